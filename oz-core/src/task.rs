@@ -1,0 +1,265 @@
+//! [`TaskSpec`]: everything a backend needs to run one task, with no backend-specific field.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::error::Error;
+use crate::image::ImageRef;
+use crate::run::validate_id;
+use crate::validate;
+
+/// Label keys every backend puts on what it creates, so a restarted worker can find it.
+pub mod labels {
+    /// Marks everything this project made.
+    pub const MANAGED_BY: &str = "oz.dev/managed-by";
+    /// The value of [`MANAGED_BY`].
+    pub const MANAGED_BY_VALUE: &str = "oz";
+    /// The worker that made it.
+    pub const WORKER_ID: &str = "oz.dev/worker-id";
+    /// The task (run) id.
+    pub const TASK_ID: &str = "oz.dev/task-id";
+    /// The execution id, when the server sent one.
+    pub const EXECUTION_ID: &str = "oz.dev/execution-id";
+}
+
+/// How much of the machine a task may use.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Resources {
+    /// CPUs (fractions allowed); `None` = no limit.
+    pub vcpus: Option<f64>,
+    /// Memory in bytes; `None` = no limit.
+    pub memory_bytes: Option<u64>,
+    /// The most processes/threads; `None` = the backend's default.
+    pub max_pids: Option<u64>,
+    /// The most open files; `None` = the backend's default.
+    pub max_open_files: Option<u64>,
+}
+
+/// The network a sandbox gets.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum NetworkMode {
+    /// No network at all (loopback only).
+    None,
+    /// The backend's ordinary network (the host's, for the Direct backend).
+    #[default]
+    Default,
+    /// An isolated network whose only way out is an egress proxy allowing these domains.
+    Isolated {
+        /// Domains reachable through the proxy (`github.com`, `*.crates.io`).
+        allowed_domains: Vec<String>,
+    },
+}
+
+/// A content to mount into the sandbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SidecarSource {
+    /// The content of an image.
+    Image(ImageRef),
+    /// A folder on the worker's host.
+    HostPath(std::path::PathBuf),
+}
+
+/// A sidecar to mount.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SidecarMount {
+    /// Where the content comes from.
+    pub source: SidecarSource,
+    /// Where it is mounted (absolute).
+    pub mount_path: String,
+    /// Whether the task may write to it.
+    pub read_write: bool,
+}
+
+/// What is known about a sandbox before the task is: enough to prepare one ahead of time (a warm pool).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SandboxSpec {
+    /// The image; `None` = the backend's default (ignored by the Direct backend).
+    pub image: Option<ImageRef>,
+    /// Sidecars to mount; the first at `/agent` is the runner's.
+    pub sidecars: Vec<SidecarMount>,
+    /// The working directory, relative to the sandbox's workspace; `None` = the workspace itself.
+    pub workdir: Option<String>,
+    /// Limits.
+    pub resources: Resources,
+    /// Network.
+    pub network: NetworkMode,
+    /// Labels added to everything the backend creates (on top of the [`labels`] it always sets).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One task for a backend to run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskSpec {
+    /// The task (run) id; names the workspace, container or Job.
+    pub task_id: String,
+    /// The execution id, when the server sent one (a retried run has several).
+    pub execution_id: Option<String>,
+    /// The sandbox to run in.
+    pub sandbox: SandboxSpec,
+    /// The command: `argv[0]` and its arguments. Never carries a secret.
+    pub argv: Vec<String>,
+    /// The task's environment, in order; a later entry with the same name wins. The backend adds only
+    /// what it documents (for example `HOME`, `TMPDIR`, `PATH`).
+    pub env: Vec<(String, String)>,
+    /// Bytes written to the task's stdin, which is then closed; `None` = an empty stdin.
+    pub stdin: Option<Bytes>,
+    /// Killed (SIGTERM, grace, SIGKILL) and failed with `task_timeout` after this long.
+    pub timeout: Option<Duration>,
+    /// Remove everything made for the task once it ends (the default); `false` keeps it for debugging.
+    pub cleanup: bool,
+}
+
+impl TaskSpec {
+    /// A spec with defaults: default sandbox, empty env, no timeout, cleanup on.
+    pub fn new(task_id: impl Into<String>, argv: Vec<String>) -> Self {
+        Self {
+            task_id: task_id.into(),
+            execution_id: None,
+            sandbox: SandboxSpec::default(),
+            argv,
+            env: Vec::new(),
+            stdin: None,
+            timeout: None,
+            cleanup: true,
+        }
+    }
+
+    /// Adds a variable.
+    pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sets the timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Sets whether to clean up.
+    pub fn cleanup(mut self, cleanup: bool) -> Self {
+        self.cleanup = cleanup;
+        self
+    }
+
+    /// Sets stdin.
+    pub fn stdin(mut self, stdin: impl Into<Bytes>) -> Self {
+        self.stdin = Some(stdin.into());
+        self
+    }
+
+    /// The environment with later entries winning, in first-appearance order.
+    pub fn effective_env(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::with_capacity(self.env.len());
+        for (name, value) in &self.env {
+            match out.iter_mut().find(|(n, _)| n == name) {
+                Some(slot) => slot.1 = value.clone(),
+                None => out.push((name.clone(), value.clone())),
+            }
+        }
+        out
+    }
+
+    /// The labels every backend puts on what it creates for this task.
+    pub fn labels(&self, worker_id: &str) -> BTreeMap<String, String> {
+        let mut l = self.sandbox.labels.clone();
+        l.insert(labels::MANAGED_BY.into(), labels::MANAGED_BY_VALUE.into());
+        l.insert(labels::WORKER_ID.into(), worker_id.into());
+        l.insert(labels::TASK_ID.into(), self.task_id.clone());
+        if let Some(e) = &self.execution_id {
+            l.insert(labels::EXECUTION_ID.into(), e.clone());
+        }
+        l
+    }
+
+    /// Checks ids, argv, env, workdir and limits.
+    pub fn validate(&self) -> Result<(), Error> {
+        validate_id("task_id", &self.task_id)?;
+        if let Some(e) = &self.execution_id {
+            validate_id("execution_id", e)?;
+        }
+        if self.argv.is_empty() || self.argv[0].is_empty() {
+            return Err(Error::invalid("argv", "must name a command"));
+        }
+        for (i, arg) in self.argv.iter().enumerate() {
+            if arg.contains('\0') {
+                return Err(Error::invalid(format!("argv[{i}]"), "must not contain a NUL byte"));
+            }
+        }
+        for (name, value) in &self.env {
+            validate::env_name("env", name)?;
+            validate::env_value(&format!("env.{name}"), value)?;
+        }
+        if let Some(w) = &self.sandbox.workdir {
+            validate::relative_path("workdir", w)?;
+        }
+        if self.timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::invalid("timeout", "must be more than zero"));
+        }
+        if let Some(cpus) = self.sandbox.resources.vcpus {
+            if !(cpus.is_finite() && cpus > 0.0 && cpus <= 1024.0) {
+                return Err(Error::invalid("resources.vcpus", format!("{cpus} is not in (0, 1024]")));
+            }
+        }
+        if self.sandbox.resources.memory_bytes.is_some_and(|m| m < 4 * 1024 * 1024) {
+            return Err(Error::invalid("resources.memory_bytes", "must be at least 4 MiB"));
+        }
+        for (i, s) in self.sandbox.sidecars.iter().enumerate() {
+            validate::absolute_path(&format!("sidecars[{i}].mount_path"), &s.mount_path)?;
+        }
+        for (k, v) in &self.sandbox.labels {
+            validate::text("labels", k, 253, false)?;
+            validate::text(&format!("labels.{k}"), v, 1024, false)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn effective_env_later_wins_in_first_order() {
+        let spec = TaskSpec::new("t1", vec!["true".into()]).env("A", "1").env("B", "2").env("A", "3");
+        assert_eq!(spec.effective_env(), vec![("A".into(), "3".into()), ("B".into(), "2".into())]);
+    }
+
+    #[test]
+    fn validation_refuses_bad_specs() {
+        let ok = TaskSpec::new("t1", vec!["true".into()]);
+        ok.validate().unwrap();
+        let mut bad = vec![
+            TaskSpec::new("../t", vec!["true".into()]),
+            TaskSpec::new("t", vec![]),
+            TaskSpec::new("t", vec!["a\0".into()]),
+            ok.clone().env("BAD NAME", "x"),
+            ok.clone().timeout(Duration::ZERO),
+        ];
+        let mut w = ok.clone();
+        w.sandbox.workdir = Some("../../etc".into());
+        bad.push(w);
+        let mut m = ok.clone();
+        m.sandbox.resources.memory_bytes = Some(1);
+        bad.push(m);
+        let mut c = ok.clone();
+        c.sandbox.resources.vcpus = Some(f64::NAN);
+        bad.push(c);
+        for spec in bad {
+            assert!(spec.validate().is_err(), "{spec:?}");
+        }
+    }
+
+    #[test]
+    fn labels_identify_worker_task_and_execution() {
+        let mut spec = TaskSpec::new("t1", vec!["true".into()]);
+        spec.execution_id = Some("e1".into());
+        let l = spec.labels("w1");
+        assert_eq!(l[labels::WORKER_ID], "w1");
+        assert_eq!(l[labels::TASK_ID], "t1");
+        assert_eq!(l[labels::EXECUTION_ID], "e1");
+        assert_eq!(l[labels::MANAGED_BY], "oz");
+    }
+}

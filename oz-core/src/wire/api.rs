@@ -1,0 +1,465 @@
+//! REST API bodies under `/api/v1`, field for field as the Oz Agent API names them. Optional fields are
+//! omitted when absent; unknown fields are ignored on input.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::environment::EnvironmentConfig;
+use crate::run::RunState;
+use crate::wire::callbacks::Artifact;
+use crate::wire::worker::HarnessConfig;
+
+/// The largest page `GET /agent/runs` returns.
+pub const MAX_PAGE_LIMIT: u32 = 500;
+/// The page size when none is asked for.
+pub const DEFAULT_PAGE_LIMIT: u32 = 20;
+/// At most this many attachments per run request.
+pub const MAX_ATTACHMENTS: usize = 5;
+/// At most this many metadata keys per run request.
+pub const MAX_METADATA_KEYS: usize = 20;
+
+/// `AmbientAgentConfig`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentConfig {
+    /// A name for the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_id: Option<String>,
+    /// A prompt prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_prompt: Option<String>,
+    /// The environment to run in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment_id: Option<String>,
+    /// A skill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skill_spec: Option<String>,
+    /// Skills.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skills: Option<Vec<serde_json::Value>>,
+    /// MCP servers by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp_servers: Option<BTreeMap<String, serde_json::Value>>,
+    /// Computer use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub computer_use_enabled: Option<bool>,
+    /// 1..=60 minutes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_minutes: Option<u32>,
+    /// `warp` or absent = hosted; otherwise a self-hosted worker id, matched exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_host: Option<String>,
+    /// The harness.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub harness: Option<HarnessConfig>,
+    /// Harness auth secret names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub harness_auth_secrets: Option<serde_json::Value>,
+    /// Inference providers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference_providers: Option<serde_json::Value>,
+    /// A runner id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner_id: Option<String>,
+    /// Session sharing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_sharing: Option<serde_json::Value>,
+    /// `CREATOR` or `EXECUTOR`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_strategy: Option<String>,
+}
+
+/// An attachment of a run request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// The file name.
+    pub file_name: String,
+    /// Its MIME type.
+    pub mime_type: String,
+    /// Its content, base64.
+    pub data: String,
+}
+
+/// `RunAgentRequest`, the body of `POST /agent/runs`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunAgentRequest {
+    /// What to do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// A skill to run instead of a prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skill: Option<String>,
+    /// The agent's configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<AgentConfig>,
+    /// A title.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Run for the team rather than the user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<bool>,
+    /// The agent identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_identity_uid: Option<String>,
+    /// A conversation to continue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<String>,
+    /// Up to five files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachments: Option<Vec<Attachment>>,
+    /// The run that started this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_run_id: Option<String>,
+    /// Interactive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interactive: Option<bool>,
+    /// Up to 20 keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BTreeMap<String, serde_json::Value>>,
+    /// `normal`, `plan`, `orchestrate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+}
+
+/// The 200 body of `POST /agent/runs`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunCreated {
+    /// The run.
+    pub run_id: String,
+    /// The same id (deprecated).
+    pub task_id: String,
+    /// Its state.
+    pub state: RunState,
+    /// Whether the team is at capacity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_capacity: Option<bool>,
+}
+
+/// A run's status message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusMessage {
+    /// The message.
+    pub message: String,
+    /// An error code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    /// Whether retrying may help.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retryable: Option<bool>,
+    /// Until when a debug session is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_debug_until: Option<Timestamp>,
+}
+
+/// A run's schedule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSchedule {
+    /// The schedule.
+    pub schedule_id: String,
+    /// Its name.
+    pub schedule_name: String,
+    /// Its cron expression.
+    pub cron_schedule: String,
+}
+
+/// Who a run is scoped to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scope {
+    /// `User` or `Team`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The user's or team's id.
+    pub uid: String,
+}
+
+/// `RunItem`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunItem {
+    /// The run.
+    pub run_id: String,
+    /// The same id.
+    pub task_id: String,
+    /// Its title.
+    pub title: String,
+    /// Its state.
+    pub state: RunState,
+    /// Its prompt.
+    pub prompt: String,
+    /// Created.
+    pub created_at: Timestamp,
+    /// Updated.
+    pub updated_at: Timestamp,
+    /// `LOCAL` or `REMOTE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_location: Option<String>,
+    /// When the agent started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    /// Why it is where it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_message: Option<StatusMessage>,
+    /// `API`, `SCHEDULED_AGENT`, `SLACK`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The schedule that made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<RunSchedule>,
+    /// Session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// Session link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_link: Option<String>,
+    /// What triggered it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger_url: Option<String>,
+    /// Who created it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creator: Option<serde_json::Value>,
+    /// Who runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor: Option<serde_json::Value>,
+    /// Usage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_usage: Option<serde_json::Value>,
+    /// The agent config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_config: Option<AgentConfig>,
+    /// Conversation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<String>,
+    /// Parent run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_run_id: Option<String>,
+    /// Whether the sandbox runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_sandbox_running: Option<bool>,
+    /// Whether it can be cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_run_type_cancellable: Option<bool>,
+    /// What it produced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<Vec<Artifact>>,
+    /// The skill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_skill: Option<serde_json::Value>,
+    /// Its scope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Scope>,
+    /// Metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BTreeMap<String, serde_json::Value>>,
+    /// How long it ran, ISO-8601 (`PT1M3.5S`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_time: Option<String>,
+}
+
+/// Cursor pagination.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageInfo {
+    /// Whether there is more.
+    pub has_next_page: bool,
+    /// The cursor of the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// The body of `GET /agent/runs`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunList {
+    /// This page.
+    pub runs: Vec<RunItem>,
+    /// Pagination.
+    pub page_info: PageInfo,
+}
+
+/// `POST /agent/runs/{id}/followups`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FollowupRequest {
+    /// The message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// `normal`, `plan`, `orchestrate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+}
+
+/// `POST /agent/schedules`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleCreate {
+    /// Its name.
+    pub name: String,
+    /// 5-field cron, UTC.
+    pub cron_schedule: String,
+    /// The prompt (required unless a skill).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// The agent config of its runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_config: Option<AgentConfig>,
+    /// For the team.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<bool>,
+}
+
+/// `PUT /agent/schedules/{id}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleUpdate {
+    /// Its name.
+    pub name: String,
+    /// 5-field cron, UTC.
+    pub cron_schedule: String,
+    /// Whether it fires.
+    pub enabled: bool,
+    /// The prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// The agent config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_config: Option<AgentConfig>,
+}
+
+/// When a schedule ran and will run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleHistory {
+    /// Last time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ran: Option<Timestamp>,
+    /// Next time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_run: Option<Timestamp>,
+}
+
+/// A schedule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleItem {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its cron expression.
+    pub cron_schedule: String,
+    /// Whether it fires.
+    pub enabled: bool,
+    /// The prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// The last error when spawning a run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_spawn_error: Option<String>,
+    /// The agent config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_config: Option<AgentConfig>,
+    /// Its environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<serde_json::Value>,
+    /// Created.
+    pub created_at: Timestamp,
+    /// Updated.
+    pub updated_at: Timestamp,
+    /// Creator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<serde_json::Value>,
+    /// Last updater.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_by: Option<serde_json::Value>,
+    /// Last and next run.
+    pub history: ScheduleHistory,
+    /// Scope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Scope>,
+}
+
+/// `CloudEnvironment`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CloudEnvironment {
+    /// Its id.
+    pub uid: String,
+    /// Its configuration.
+    pub config: EnvironmentConfig,
+    /// Last change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_updated: Option<Timestamp>,
+    /// Whether setup failed last time.
+    #[serde(default)]
+    pub setup_failed: bool,
+    /// When a run last used it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_task_run_timestamp: Option<Timestamp>,
+    /// Scope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Scope>,
+    /// Creator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creator: Option<serde_json::Value>,
+}
+
+/// The body of `GET /agent/environments`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EnvironmentList {
+    /// All of them.
+    pub environments: Vec<CloudEnvironment>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn run_request_round_trips_the_oz_shape() {
+        let body = json!({
+            "prompt": "fix it",
+            "title": "t",
+            "config": {"environment_id": "env-1", "worker_host": "my-worker", "harness": {"type": "codex"}, "idle_timeout_minutes": 5},
+            "metadata": {"k": "v"},
+            "unknown_future": true
+        });
+        let req: RunAgentRequest = serde_json::from_value(body).unwrap();
+        let config = req.config.as_ref().unwrap();
+        assert_eq!(config.worker_host.as_deref(), Some("my-worker"));
+        assert_eq!(
+            serde_json::to_value(&req).unwrap(),
+            json!({"prompt": "fix it", "title": "t",
+                "config": {"environment_id": "env-1", "worker_host": "my-worker", "harness": {"type": "codex"}, "idle_timeout_minutes": 5},
+                "metadata": {"k": "v"}})
+        );
+    }
+
+    #[test]
+    fn run_created_and_items_pin_their_fields() {
+        let created = RunCreated { run_id: "r".into(), task_id: "r".into(), state: RunState::Queued, at_capacity: None };
+        assert_eq!(serde_json::to_value(&created).unwrap(), json!({"run_id": "r", "task_id": "r", "state": "QUEUED"}));
+        let item = json!({
+            "run_id": "r", "task_id": "r", "title": "t", "state": "INPROGRESS", "prompt": "p",
+            "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:01Z",
+            "status_message": {"message": "waiting for worker w"}, "artifacts": [{"artifact_type": "PLAN", "content": "x"}],
+            "scope": {"type": "Team", "uid": "team-1"}, "brand_new": 1
+        });
+        let parsed: RunItem = serde_json::from_value(item.clone()).unwrap();
+        assert_eq!(parsed.state, RunState::InProgress);
+        let mut expected = item;
+        expected.as_object_mut().unwrap().remove("brand_new");
+        assert_eq!(serde_json::to_value(&parsed).unwrap(), expected);
+        let list = RunList { runs: vec![], page_info: PageInfo { has_next_page: false, next_cursor: None } };
+        assert_eq!(serde_json::to_value(&list).unwrap(), json!({"runs": [], "page_info": {"has_next_page": false}}));
+    }
+
+    #[test]
+    fn schedules_and_environments_pin_their_fields() {
+        let create: ScheduleCreate = serde_json::from_value(json!({"name": "n", "cron_schedule": "0 * * * *", "prompt": "p"})).unwrap();
+        assert_eq!(create.enabled, None);
+        assert!(serde_json::from_value::<ScheduleCreate>(json!({"name": "n"})).is_err());
+        assert!(serde_json::from_value::<ScheduleUpdate>(json!({"name": "n", "cron_schedule": "* * * * *"})).is_err());
+        let env = json!({"environments": [{"uid": "e1", "config": {"name": "api", "github_repos": [{"owner": "a", "repo": "b"}], "setup_commands": []}, "setup_failed": false}]});
+        let parsed: EnvironmentList = serde_json::from_value(env.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&parsed).unwrap(), env);
+    }
+}

@@ -1,0 +1,159 @@
+//! What the in-sandbox runner reports to the control plane, authenticated with the run's workload token
+//! (our extension; the hosted Oz agent reports over a private channel).
+//!
+//! `POST /api/v1/agent/runs/{run_id}/report` with one [`RunnerReport`] per request.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::run::RunState;
+
+/// The path, under `/api/v1`, the runner posts reports to.
+pub fn report_path(run_id: &str) -> String {
+    format!("/agent/runs/{run_id}/report")
+}
+
+/// One report from the runner.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunnerReport {
+    /// When it happened.
+    pub at: Timestamp,
+    /// What happened.
+    #[serde(flatten)]
+    pub event: RunnerEvent,
+}
+
+/// Something the runner did or saw.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum RunnerEvent {
+    /// The runner started.
+    Started {
+        /// The runner's version.
+        version: String,
+    },
+    /// A repo is being cloned.
+    CloneStarted {
+        /// `owner/name`.
+        repo: String,
+    },
+    /// A repo was cloned.
+    CloneFinished {
+        /// `owner/name`.
+        repo: String,
+        /// How long it took.
+        millis: u64,
+        /// Whether it worked.
+        ok: bool,
+        /// Why not.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// A setup command started.
+    SetupStarted {
+        /// Its index in the environment.
+        index: usize,
+        /// The command.
+        command: String,
+    },
+    /// A setup command ended.
+    SetupFinished {
+        /// Its index.
+        index: usize,
+        /// Its exit code.
+        exit_code: i32,
+        /// How long it took.
+        millis: u64,
+    },
+    /// The harness (the agent) started.
+    HarnessStarted {
+        /// `command`, `claude`, `codex`, `gemini`.
+        harness: String,
+    },
+    /// Output from a setup command or the harness, already redacted.
+    Output {
+        /// `stdout` or `stderr`.
+        stream: String,
+        /// The text (lossy UTF-8).
+        text: String,
+    },
+    /// Something the run produced.
+    Artifact(Artifact),
+    /// The run ended.
+    Finished {
+        /// `SUCCEEDED`, `FAILED` or `CANCELLED`.
+        state: RunState,
+        /// The harness's exit code, if it ran.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
+        /// A summary.
+        message: String,
+    },
+}
+
+/// An artifact, as the Oz API lists them on a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "artifact_type", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Artifact {
+    /// A plan.
+    Plan {
+        /// The plan text.
+        #[serde(default)]
+        content: String,
+    },
+    /// A pull request.
+    PullRequest {
+        /// Its URL.
+        url: String,
+        /// Its branch.
+        branch: String,
+    },
+    /// A screenshot.
+    Screenshot {
+        /// Where it is.
+        #[serde(default)]
+        url: String,
+    },
+    /// A file.
+    File {
+        /// Its path or URL.
+        path: String,
+        /// A description.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        description: Option<String>,
+    },
+    /// A reference to something elsewhere (a commit, an issue).
+    ExternalReference {
+        /// What kind (`git_commit`, ...).
+        reference_type: String,
+        /// Where.
+        url: String,
+        /// A title.
+        #[serde(default)]
+        title: String,
+        /// More.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        metadata: Option<serde_json::Value>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_are_flat_tagged_json() {
+        let r = RunnerReport {
+            at: "2026-11-22T10:00:00Z".parse().unwrap(),
+            event: RunnerEvent::Finished { state: RunState::Succeeded, exit_code: Some(0), message: "ok".into() },
+        };
+        assert_eq!(
+            serde_json::to_value(&r).unwrap(),
+            serde_json::json!({"at": "2026-11-22T10:00:00Z", "event": "finished", "state": "SUCCEEDED", "exit_code": 0, "message": "ok"})
+        );
+        let a = RunnerEvent::Artifact(Artifact::PullRequest { url: "u".into(), branch: "b".into() });
+        assert_eq!(serde_json::to_value(&a).unwrap(), serde_json::json!({"event": "artifact", "artifact_type": "PULL_REQUEST", "url": "u", "branch": "b"}));
+        let back: RunnerEvent = serde_json::from_value(serde_json::to_value(&a).unwrap()).unwrap();
+        assert_eq!(back, a);
+    }
+}

@@ -1,0 +1,11 @@
+//! Wire types: one definition of every JSON shape, shared by the server, the worker and the SDK.
+//!
+//! - [`worker`]: the worker WebSocket protocol (`task_assignment`, `task_claimed`, ...).
+//! - [`api`]: the REST API bodies (runs, schedules, environments).
+//! - [`problem`]: RFC 7807 problem documents.
+//! - [`callbacks`]: what the in-sandbox runner reports to the control plane (our extension).
+
+pub mod api;
+pub mod callbacks;
+pub mod problem;
+pub mod worker;
