@@ -306,6 +306,11 @@ impl TaskDriver {
         self.events.send(event).await.is_ok()
     }
 
+    /// A cloneable sender of events, for the backend's output readers.
+    pub fn event_sender(&self) -> EventSender {
+        EventSender(self.events.clone())
+    }
+
     /// The cancellation requested so far, if any.
     pub fn cancel_requested(&self) -> Option<CancelReason> {
         *self.cancel.borrow()
@@ -336,6 +341,18 @@ impl TaskDriver {
             finished_at: SystemTime::now(),
         };
         let _ = self.outcome.send(outcome);
+    }
+}
+
+/// Sends a task's events from any number of backend tasks (stdout and stderr readers, ...).
+#[derive(Clone, Debug)]
+pub struct EventSender(mpsc::Sender<TaskEvent>);
+
+impl EventSender {
+    /// Sends an event, waiting while the channel is full (this is what bounds a backend's memory).
+    /// Returns false if nobody listens any more.
+    pub async fn emit(&self, event: TaskEvent) -> bool {
+        self.0.send(event).await.is_ok()
     }
 }
 

@@ -3,7 +3,7 @@
 //! A backend crate implements [`ConformanceFixture`] and expands [`conformance_suite!`](crate::conformance_suite)
 //! in a test file, which makes one test per case so the runner can parallelise them:
 //!
-//! ```ignore
+//! ```text
 //! async fn fixture() -> Option<MyFixture> { Some(MyFixture::new()) } // None = skip (say why, loudly)
 //! oz_core::conformance_suite!(fixture);
 //! ```

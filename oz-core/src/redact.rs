@@ -212,7 +212,10 @@ mod tests {
                 let masked = r.redact_str(&format!("Authorization: Basic {encoded}"));
                 assert!(masked.contains("[REDACTED]"), "{prefix:?}: {masked}");
                 let leftover: String = masked.replace("[REDACTED]", "").replace("Authorization: Basic ", "");
-                assert!(leftover.len() <= 6, "{prefix:?}: too much of the encoding survived: {masked}");
+                // What may survive: the encoding of the (public) prefix, plus at most 2 boundary
+                // characters on each side that mix secret and non-secret bits, plus padding.
+                let budget = prefix.len().div_ceil(3) * 4 + 6;
+                assert!(leftover.len() <= budget, "{prefix:?}: too much of the encoding survived: {masked}");
             }
         }
     }

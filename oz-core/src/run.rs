@@ -185,6 +185,7 @@ impl FromStr for RunState {
 mod tests {
     use super::*;
     use RunState::*;
+    use crate::error::Error;
 
     /// The full table, written out independently of `can_transition_to`'s match, checked for all 81 pairs.
     #[test]

@@ -1,0 +1,440 @@
+//! [`DirectBackend`]: the [`Backend`] implementation that runs tasks as host processes.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use oz_core::backend::{
+    Backend, BackendError, CancelReason, EventSender, ExitStatus, Failure, PreparedSandbox, RecoveredTask, RecoveryAction,
+    TaskDriver, TaskEvent, TaskHandle, TaskPhase,
+};
+use oz_core::failure::FailureReason;
+use oz_core::task::{SandboxSpec, TaskSpec};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::Child;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::config::DirectConfig;
+use crate::dotenv;
+use crate::error::DirectError;
+use crate::process::{self, Limits, RUN_ID_VAR};
+use crate::workspace::{Marker, Workspace};
+
+/// The backend's name, also its `OZ_WORKER_BACKEND`.
+pub const NAME: &str = "direct";
+
+/// The variables the Direct backend adds to every task, besides the task's own.
+pub const ADDED_ENV: [&str; 8] =
+    ["HOME", "TMPDIR", "PATH", "GIT_CONFIG_GLOBAL", "OZ_RUN_ID", "OZ_WORKSPACE_ROOT", "OZ_WORKER_BACKEND", "OZ_ENVIRONMENT_FILE"];
+
+/// How long a teardown command may run.
+const TEARDOWN_LIMIT: Duration = Duration::from_secs(300);
+/// Output is read in chunks of at most this size.
+const CHUNK: usize = 64 * 1024;
+
+/// Runs each task as a process group on the host, in its own workspace, with a minimal environment.
+#[derive(Clone, Debug)]
+pub struct DirectBackend {
+    config: Arc<DirectConfig>,
+}
+
+impl DirectBackend {
+    /// Validates the configuration and creates the workspace root (mode 0700) if missing.
+    pub fn new(config: DirectConfig) -> Result<Self, DirectError> {
+        config.validate()?;
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.workspace_root)
+            .map_err(|source| DirectError::Workspace { path: config.workspace_root.display().to_string(), source })?;
+        Ok(Self { config: Arc::new(config) })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DirectConfig {
+        &self.config
+    }
+
+    /// The folder a task's workspace lives in.
+    pub fn workspace_path(&self, task_id: &str) -> PathBuf {
+        self.config.workspace_root.join(task_id)
+    }
+
+    fn start(&self, ws: Workspace, spec: TaskSpec) -> TaskHandle {
+        let (handle, driver) = TaskHandle::channel(&spec.task_id);
+        let span = info_span!("task", backend = NAME, task_id = %spec.task_id);
+        tokio::spawn(run_task(self.config.clone(), ws, spec, driver).instrument(span));
+        handle
+    }
+}
+
+fn marker_for(config: &DirectConfig, spec: &TaskSpec) -> Marker {
+    Marker {
+        worker_id: config.worker_id.clone(),
+        task_id: Some(spec.task_id.clone()),
+        execution_id: spec.execution_id.clone(),
+        cleanup: spec.cleanup && config.cleanup,
+    }
+}
+
+#[async_trait]
+impl Backend for DirectBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn launch(&self, spec: TaskSpec) -> Result<TaskHandle, BackendError> {
+        spec.validate().map_err(DirectError::from)?;
+        let ws = Workspace::at(&self.config.workspace_root, &spec.task_id);
+        ws.create(&self.config.workspace_root, &marker_for(&self.config, &spec))?;
+        Ok(self.start(ws, spec))
+    }
+
+    async fn prepare(&self, sandbox: SandboxSpec) -> Result<PreparedSandbox, BackendError> {
+        let id = format!("prepared-{}", uuid_like());
+        let ws = Workspace::at(&self.config.workspace_root, &id);
+        let marker = Marker { worker_id: self.config.worker_id.clone(), task_id: None, execution_id: None, cleanup: true };
+        ws.create(&self.config.workspace_root, &marker)?;
+        Ok(PreparedSandbox { id, spec: sandbox, state: Box::new(ws) })
+    }
+
+    async fn launch_prepared(&self, prepared: PreparedSandbox, spec: TaskSpec) -> Result<TaskHandle, BackendError> {
+        spec.validate().map_err(DirectError::from)?;
+        if spec.sandbox != prepared.spec {
+            return Err(BackendError::new(FailureReason::WorkspaceSetup, "the task asks for a different sandbox than the one prepared"));
+        }
+        let Ok(warm) = prepared.state.downcast::<Workspace>() else {
+            return Err(BackendError::new(FailureReason::WorkspaceSetup, "the prepared sandbox was not made by the Direct backend"));
+        };
+        let ws = Workspace::at(&self.config.workspace_root, &spec.task_id);
+        if ws.root.exists() {
+            return Err(DirectError::Workspace { path: ws.root.display().to_string(), source: std::io::ErrorKind::AlreadyExists.into() }.into());
+        }
+        std::fs::rename(&warm.root, &ws.root)
+            .map_err(|source| DirectError::Workspace { path: ws.root.display().to_string(), source })?;
+        ws.write_marker(&marker_for(&self.config, &spec))?;
+        Ok(self.start(ws, spec))
+    }
+
+    async fn discard(&self, prepared: PreparedSandbox) -> Result<(), BackendError> {
+        if let Ok(ws) = prepared.state.downcast::<Workspace>() {
+            ws.remove()?;
+        }
+        Ok(())
+    }
+
+    async fn recover(&self) -> Result<Vec<RecoveredTask>, BackendError> {
+        let root = &self.config.workspace_root;
+        let entries = std::fs::read_dir(root).map_err(|source| DirectError::Workspace { path: root.display().to_string(), source })?;
+        let mut found = Vec::new();
+        for entry in entries.flatten() {
+            let ws = Workspace { root: entry.path() };
+            let Some(marker) = ws.read_marker() else { continue };
+            if marker.worker_id != self.config.worker_id {
+                continue;
+            }
+            let Some(task_id) = marker.task_id.clone() else {
+                // A warm folder that never got a task.
+                if let Err(e) = ws.remove() {
+                    warn!(error = %e, "could not remove a leftover prepared workspace");
+                }
+                continue;
+            };
+            let killed = process::processes_of_task(&task_id).len();
+            process::kill_task(None, &task_id);
+            let kept = !marker.cleanup;
+            if !kept {
+                if let Err(e) = ws.remove() {
+                    warn!(task_id, error = %e, "could not remove a leftover workspace");
+                }
+            }
+            info!(task_id, killed, kept, "recovered a task left by an earlier run of this worker");
+            found.push(RecoveredTask {
+                task_id,
+                execution_id: marker.execution_id,
+                action: RecoveryAction::Removed(Failure {
+                    reason: FailureReason::Unknown,
+                    message: format!(
+                        "the worker restarted while the task ran; the Direct backend cannot reattach to host processes, so it stopped {killed} leftover process(es){}",
+                        if kept { " and kept the workspace (cleanup is off)" } else { " and removed the workspace" }
+                    ),
+                }),
+            });
+        }
+        Ok(found)
+    }
+}
+
+fn uuid_like() -> String {
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{:x}-{:x}", std::process::id(), nanos)
+}
+
+/// Why a process was stopped before it exited by itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StopCause {
+    Timeout,
+    Cancel(CancelReason),
+}
+
+fn to_exit(status: std::process::ExitStatus) -> ExitStatus {
+    ExitStatus { code: status.code(), signal: status.signal() }
+}
+
+fn describe_exit(exit: ExitStatus) -> String {
+    match (exit.code, exit.signal) {
+        (Some(c), _) => format!("exited with code {c}"),
+        (None, Some(s)) => format!("was killed by signal {s}"),
+        (None, None) => "ended".to_owned(),
+    }
+}
+
+/// Reads `reader` to its end in chunks of at most 64 KiB, emitting each chunk. When nobody listens the
+/// output is still drained, so the task never blocks on a full pipe.
+async fn pump(mut reader: impl AsyncRead + Unpin, events: EventSender, stdout: bool) {
+    let mut buf = BytesMut::with_capacity(CHUNK);
+    let mut listening = true;
+    loop {
+        buf.reserve(CHUNK);
+        match reader.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let chunk: Bytes = buf.split().freeze();
+                if listening {
+                    listening = events.emit(if stdout { TaskEvent::Stdout(chunk) } else { TaskEvent::Stderr(chunk) }).await;
+                }
+            }
+        }
+    }
+}
+
+/// Supervises a spawned process: streams its output, feeds its stdin, stops it on timeout or
+/// cancellation, kills what it leaves behind, and returns how it ended.
+async fn supervise(
+    mut child: Child,
+    stdin: Option<Bytes>,
+    deadline: Option<tokio::time::Instant>,
+    driver: &TaskDriver,
+    task_id: &str,
+    grace: Duration,
+    cancellable: bool,
+) -> (ExitStatus, Option<StopCause>) {
+    let pgid = child.id();
+    let events = driver.event_sender();
+    let readers = [
+        child.stdout.take().map(|r| tokio::spawn(pump(r, events.clone(), true))),
+        child.stderr.take().map(|r| tokio::spawn(pump(r, events.clone(), false))),
+    ];
+    if let Some(mut input) = child.stdin.take() {
+        tokio::spawn(async move {
+            if let Some(bytes) = stdin {
+                let _ = input.write_all(&bytes).await;
+            }
+            // Dropping closes the pipe: the task sees EOF.
+        });
+    }
+    let timeout = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let cancel = async {
+        if cancellable { driver.cancelled().await } else { std::future::pending().await }
+    };
+    let mut stop = None;
+    let status = tokio::select! {
+        status = child.wait() => status,
+        () = timeout => { stop = Some(StopCause::Timeout); Err(std::io::ErrorKind::TimedOut.into()) }
+        reason = cancel => { stop = Some(StopCause::Cancel(reason)); Err(std::io::ErrorKind::Interrupted.into()) }
+    };
+    let status = match (status, stop) {
+        (Ok(status), _) => status,
+        (Err(_), Some(cause)) => {
+            info!(?cause, "stopping the task: SIGTERM, then SIGKILL after {grace:?}");
+            driver.emit(TaskEvent::Phase(TaskPhase::Stopping)).await;
+            process::stop_task(pgid, task_id, grace).await;
+            match child.wait().await {
+                Ok(s) => s,
+                Err(_) => std::process::ExitStatus::from_raw(9),
+            }
+        }
+        (Err(e), None) => {
+            warn!(error = %e, "waiting for the task failed");
+            std::process::ExitStatus::from_raw(9)
+        }
+    };
+    // Like a container whose first process exits: whatever the task left running goes too.
+    process::kill_task(pgid, task_id);
+    for reader in readers.into_iter().flatten() {
+        if tokio::time::timeout(Duration::from_secs(5), reader).await.is_err() {
+            warn!("an output pipe stayed open after every process of the task was killed");
+        }
+    }
+    (to_exit(status), stop)
+}
+
+/// The environment of a task: `HOME`, `TMPDIR`, `PATH`, `GIT_CONFIG_GLOBAL`; the task's own; the
+/// backend's configured variables; then `OZ_RUN_ID`, `OZ_WORKSPACE_ROOT`, `OZ_WORKER_BACKEND`,
+/// `OZ_ENVIRONMENT_FILE`. Later entries win.
+fn task_env(config: &DirectConfig, ws: &Workspace, spec: &TaskSpec, cwd: &Path) -> Vec<(String, String)> {
+    let mut env = TaskSpec::new(spec.task_id.clone(), vec![String::new()]);
+    env = env
+        .env("HOME", ws.home().display().to_string())
+        .env("TMPDIR", ws.tmp().display().to_string())
+        .env("PATH", config.path.clone())
+        .env("GIT_CONFIG_GLOBAL", ws.gitconfig().display().to_string());
+    env.env.extend(spec.env.iter().cloned());
+    env.env.extend(config.environment.iter().cloned());
+    env = env
+        .env(RUN_ID_VAR, spec.task_id.clone())
+        .env("OZ_WORKSPACE_ROOT", cwd.display().to_string())
+        .env("OZ_WORKER_BACKEND", NAME)
+        .env("OZ_ENVIRONMENT_FILE", ws.environment_file().display().to_string());
+    env.effective_env()
+}
+
+fn merge(env: &mut Vec<(String, String)>, extra: Vec<(String, String)>) {
+    for (name, value) in extra {
+        if name == RUN_ID_VAR {
+            warn!("the setup command tried to change OZ_RUN_ID; ignored");
+            continue;
+        }
+        match env.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = value,
+            None => env.push((name, value)),
+        }
+    }
+}
+
+struct Finished {
+    exit: Option<ExitStatus>,
+    failure: Option<Failure>,
+    started_at: Option<SystemTime>,
+}
+
+async fn run_task(config: Arc<DirectConfig>, ws: Workspace, spec: TaskSpec, driver: TaskDriver) {
+    let result = execute(&config, &ws, &spec, &driver).await;
+    let mut finished = match result {
+        Ok(f) => f,
+        Err(e) => Finished { exit: None, failure: Some(Failure { reason: e.reason(), message: e.to_string() }), started_at: None },
+    };
+    let cwd = config.target_dir.clone().unwrap_or_else(|| ws.work_dir());
+    if let Some(teardown) = &config.teardown_command {
+        driver.emit(TaskEvent::Phase(TaskPhase::TeardownCommand)).await;
+        let env = task_env(&config, &ws, &spec, &cwd);
+        match run_shell(teardown, &env, &cwd, &driver, &spec.task_id, &config, Some(TEARDOWN_LIMIT), false).await {
+            Ok((exit, None)) if exit.success() => {}
+            Ok((exit, _)) => {
+                let message = format!("teardown_command {}", describe_exit(exit));
+                warn!("{message}");
+                if finished.failure.is_none() {
+                    finished.failure = Some(Failure { reason: FailureReason::TeardownCommand, message });
+                }
+            }
+            Err(e) => warn!(error = %e, "teardown_command could not start"),
+        }
+    }
+    let keep = !(spec.cleanup && config.cleanup);
+    if keep {
+        info!(path = %ws.root.display(), "keeping the workspace (cleanup is off)");
+    } else {
+        driver.emit(TaskEvent::Phase(TaskPhase::CleaningUp)).await;
+        if let Err(e) = ws.remove() {
+            warn!(error = %e, "cleanup failed");
+            if finished.failure.is_none() {
+                finished.failure = Some(Failure { reason: FailureReason::Cleanup, message: e.to_string() });
+            }
+        }
+    }
+    info!(failure = ?finished.failure.as_ref().map(|f| f.reason), "task ended");
+    driver.finish(finished.exit, finished.failure, finished.started_at);
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_shell(
+    script: &str,
+    env: &[(String, String)],
+    cwd: &Path,
+    driver: &TaskDriver,
+    task_id: &str,
+    config: &DirectConfig,
+    limit: Option<Duration>,
+    cancellable: bool,
+) -> Result<(ExitStatus, Option<StopCause>), std::io::Error> {
+    let argv = ["/bin/sh".to_owned(), "-c".to_owned(), script.to_owned()];
+    let limits = Limits { max_open_files: config.max_open_files, max_address_space: None };
+    let child = process::spawn(&argv, env, cwd, limits)?;
+    let deadline = limit.map(|l| tokio::time::Instant::now() + l);
+    Ok(supervise(child, None, deadline, driver, task_id, config.stop_grace, cancellable).await)
+}
+
+fn stop_failure(cause: StopCause, timeout: Option<Duration>, what: &str) -> Failure {
+    match cause {
+        StopCause::Timeout => Failure {
+            reason: FailureReason::TaskTimeout,
+            message: format!("{what} ran past its timeout of {}s and was stopped", timeout.map_or(0, |t| t.as_secs())),
+        },
+        StopCause::Cancel(reason) => Failure {
+            reason: reason.failure_reason(),
+            message: match reason {
+                CancelReason::Requested => format!("{what} was cancelled"),
+                CancelReason::Shutdown => format!("{what} was stopped because the worker is shutting down"),
+            },
+        },
+    }
+}
+
+async fn execute(config: &DirectConfig, ws: &Workspace, spec: &TaskSpec, driver: &TaskDriver) -> Result<Finished, DirectError> {
+    driver.emit(TaskEvent::Phase(TaskPhase::Preparing)).await;
+    let deadline = spec.timeout.map(|t| tokio::time::Instant::now() + t);
+    let base = config.target_dir.clone().unwrap_or_else(|| ws.work_dir());
+    let cwd = match &spec.sandbox.workdir {
+        Some(w) => base.join(w),
+        None => base.clone(),
+    };
+    std::fs::create_dir_all(&cwd).map_err(|source| DirectError::Workspace { path: cwd.display().to_string(), source })?;
+    let mut env = task_env(config, ws, spec, &cwd);
+
+    if let Some(setup) = &config.setup_command {
+        driver.emit(TaskEvent::Phase(TaskPhase::SetupCommand)).await;
+        let limit = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+        let (exit, stop) = run_shell(setup, &env, &cwd, driver, &spec.task_id, config, limit, true)
+            .await
+            .map_err(|e| DirectError::Setup(format!("could not start /bin/sh: {e}")))?;
+        if let Some(cause) = stop {
+            return Ok(Finished { exit: Some(exit), failure: Some(stop_failure(cause, spec.timeout, "setup_command")), started_at: None });
+        }
+        if !exit.success() {
+            return Err(DirectError::Setup(describe_exit(exit)));
+        }
+        match std::fs::read_to_string(ws.environment_file()) {
+            Ok(text) => merge(&mut env, dotenv::parse(&text).map_err(|e| DirectError::Setup(format!("{}: {e}", ws.environment_file().display())))?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(DirectError::Setup(format!("could not read OZ_ENVIRONMENT_FILE: {e}"))),
+        }
+    }
+
+    if let Some(cause) = driver.cancel_requested() {
+        return Ok(Finished { exit: None, failure: Some(stop_failure(StopCause::Cancel(cause), spec.timeout, "the task")), started_at: None });
+    }
+    driver.emit(TaskEvent::Phase(TaskPhase::Starting)).await;
+    let limits = Limits { max_open_files: config.max_open_files, max_address_space: spec.sandbox.resources.memory_bytes };
+    let child = process::spawn(&spec.argv, &env, &cwd, limits)
+        .map_err(|source| DirectError::Spawn { command: spec.argv[0].clone(), source })?;
+    let started_at = SystemTime::now();
+    info!(pid = child.id(), "task started");
+    driver.emit(TaskEvent::Phase(TaskPhase::Running)).await;
+    let (exit, stop) = supervise(child, spec.stdin.clone(), deadline, driver, &spec.task_id, config.stop_grace, true).await;
+    driver.emit(TaskEvent::Exited(exit)).await;
+    let failure = match stop {
+        Some(cause) => Some(stop_failure(cause, spec.timeout, "the task")),
+        None if exit.success() => None,
+        None => Some(Failure { reason: FailureReason::ContainerExit, message: format!("the task {}", describe_exit(exit)) }),
+    };
+    Ok(Finished { exit: Some(exit), failure, started_at: Some(started_at) })
+}

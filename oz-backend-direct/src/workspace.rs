@@ -1,0 +1,161 @@
+//! The per-task folder: its layout, the marker that names its owner, and its removal.
+//!
+//! ```text
+//! <workspace_root>/<task_id>/     mode 0700
+//!   oz-task.json                  marker: worker id, task id, execution id, cleanup flag
+//!   workspace/                    the task's working directory (unless target_dir is set)
+//!   home/                         HOME
+//!   tmp/                          TMPDIR
+//!   gitconfig                     GIT_CONFIG_GLOBAL (empty: the host's ~/.gitconfig is not used)
+//!   environment.env               OZ_ENVIRONMENT_FILE, written by setup_command
+//! ```
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::DirectError;
+
+/// The marker file's name.
+pub const MARKER: &str = "oz-task.json";
+
+/// What the marker records.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Marker {
+    /// The worker that made the folder.
+    pub worker_id: String,
+    /// The task, or `None` for a prepared (warm) folder not yet given a task.
+    pub task_id: Option<String>,
+    /// The execution id.
+    pub execution_id: Option<String>,
+    /// Whether the folder is to be removed after the task.
+    pub cleanup: bool,
+}
+
+/// Paths of one task's folder.
+#[derive(Clone, Debug)]
+pub struct Workspace {
+    /// `<root>/<name>`.
+    pub root: PathBuf,
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> DirectError {
+    DirectError::Workspace { path: path.display().to_string(), source }
+}
+
+impl Workspace {
+    /// The folder for `name` under `root` (not created).
+    pub fn at(root: &Path, name: &str) -> Self {
+        Self { root: root.join(name) }
+    }
+    /// The working directory.
+    pub fn work_dir(&self) -> PathBuf {
+        self.root.join("workspace")
+    }
+    /// HOME.
+    pub fn home(&self) -> PathBuf {
+        self.root.join("home")
+    }
+    /// TMPDIR.
+    pub fn tmp(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+    /// GIT_CONFIG_GLOBAL.
+    pub fn gitconfig(&self) -> PathBuf {
+        self.root.join("gitconfig")
+    }
+    /// OZ_ENVIRONMENT_FILE.
+    pub fn environment_file(&self) -> PathBuf {
+        self.root.join("environment.env")
+    }
+    /// The marker.
+    pub fn marker_path(&self) -> PathBuf {
+        self.root.join(MARKER)
+    }
+
+    /// Creates the folder (0700, failing if it exists), its subfolders and the marker.
+    pub fn create(&self, workspace_root: &Path, marker: &Marker) -> Result<(), DirectError> {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(workspace_root).map_err(|e| io_err(workspace_root, e))?;
+        std::fs::DirBuilder::new().mode(0o700).create(&self.root).map_err(|e| io_err(&self.root, e))?;
+        // The mode given to mkdir is masked by the umask; make sure it is 0700.
+        std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700)).map_err(|e| io_err(&self.root, e))?;
+        self.write_marker(marker)?;
+        for dir in [self.work_dir(), self.home(), self.tmp()] {
+            std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| io_err(&dir, e))?;
+        }
+        std::fs::write(self.gitconfig(), b"").map_err(|e| io_err(&self.gitconfig(), e))?;
+        Ok(())
+    }
+
+    /// Rewrites the marker (atomically: write then rename).
+    pub fn write_marker(&self, marker: &Marker) -> Result<(), DirectError> {
+        let tmp = self.root.join(format!(".{MARKER}.tmp"));
+        let json = serde_json::to_vec_pretty(marker).map_err(|e| io_err(&tmp, std::io::Error::other(e)))?;
+        std::fs::write(&tmp, json).map_err(|e| io_err(&tmp, e))?;
+        std::fs::rename(&tmp, self.marker_path()).map_err(|e| io_err(&self.marker_path(), e))
+    }
+
+    /// Reads the marker, if the folder has a readable one.
+    pub fn read_marker(&self) -> Option<Marker> {
+        let bytes = std::fs::read(self.marker_path()).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Removes the folder and everything in it, even read-only subfolders.
+    pub fn remove(&self) -> Result<(), DirectError> {
+        remove_tree(&self.root).map_err(|source| DirectError::Cleanup { path: self.root.display().to_string(), source })
+    }
+}
+
+/// `rm -rf` that also copes with folders the task made read-only.
+pub fn remove_tree(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(_) => {
+            make_writable(path);
+            match std::fs::remove_dir_all(path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            }
+        }
+    }
+}
+
+fn make_writable(path: &Path) {
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return };
+    if meta.is_dir() {
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700));
+        if let Ok(entries) = std::fs::read_dir(path) {
+            for entry in entries.flatten() {
+                make_writable(&entry.path());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_the_layout_privately_and_removes_read_only_trees() {
+        let root = tempfile::tempdir().unwrap();
+        let ws = Workspace::at(root.path(), "t1");
+        let marker = Marker { worker_id: "w".into(), task_id: Some("t1".into()), execution_id: None, cleanup: true };
+        ws.create(root.path(), &marker).unwrap();
+        let mode = std::fs::metadata(&ws.root).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        assert!(ws.work_dir().is_dir() && ws.home().is_dir() && ws.tmp().is_dir() && ws.gitconfig().is_file());
+        assert_eq!(ws.read_marker(), Some(marker.clone()));
+        assert!(ws.create(root.path(), &marker).is_err(), "an existing folder must not be reused");
+        let locked = ws.work_dir().join("locked");
+        std::fs::create_dir(&locked).unwrap();
+        std::fs::write(locked.join("f"), b"x").unwrap();
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o500)).unwrap();
+        ws.remove().unwrap();
+        assert!(!ws.root.exists());
+        ws.remove().unwrap();
+    }
+}
