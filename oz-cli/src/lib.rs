@@ -1,1 +1,10 @@
-//! placeholder
+//! The `oz` command, as a library: the agent runner (`oz agent run`) and its parts.
+//!
+//! ```
+//! use oz_cli::agent::harness::Harness;
+//! // The argv of a preset harness for a prompt.
+//! let argv = Harness::Codex.argv("fix the flaky test", None);
+//! assert_eq!(argv[0], "codex");
+//! ```
+
+pub mod agent;

@@ -1,0 +1,150 @@
+//! The flags of `oz agent run`, as Oz names them, parsed leniently: a flag this version does not know
+//! (from a newer worker) is warned about and skipped, not fatal.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, ValueEnum};
+
+/// The format of the runner's own event log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Human-readable lines; the harness's output passes through.
+    #[default]
+    Text,
+    /// One JSON object per line (the same shape the control plane receives).
+    Ndjson,
+    /// Accepted as a synonym of ndjson.
+    Json,
+}
+
+/// `oz agent run`: prepare the workspace and run the agent, here or inside a sandbox.
+#[derive(Clone, Debug, Default, Args)]
+pub struct RunArgs {
+    /// The task (run) id; with --server-root-url and OZ_WORKLOAD_TOKEN the run reports to the control plane.
+    #[arg(long)]
+    pub task_id: Option<String>,
+    /// Set by workers: we run inside a managed sandbox.
+    #[arg(long)]
+    pub sandboxed: bool,
+    /// The control plane's root URL (`http://127.0.0.1:8080`).
+    #[arg(long, env = "WARP_SERVER_ROOT_URL")]
+    pub server_root_url: Option<String>,
+    /// The environment id to prepare (fetched from the control plane).
+    #[arg(long)]
+    pub environment: Option<String>,
+    /// Our extension: an environment definition in a JSON file (name, github_repos, setup_commands, ...).
+    #[arg(long, value_name = "PATH")]
+    pub environment_file: Option<PathBuf>,
+    /// The model for the harness.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// A skill to run.
+    #[arg(long)]
+    pub skill: Option<String>,
+    /// MCP servers, as JSON (passed to the harness in OZ_MCP_SERVERS).
+    #[arg(long)]
+    pub mcp: Option<String>,
+    /// The harness: command, claude, codex, gemini, or oz (the configured default).
+    #[arg(long, default_value = "oz")]
+    pub harness: String,
+    /// Session sharing (accepted; sharing is done by the control plane).
+    #[arg(long)]
+    pub share: Option<String>,
+    /// Stay up after completion for this long (accepted; the runner exits when the agent does).
+    #[arg(long, num_args = 0..=1, default_missing_value = "0s")]
+    pub idle_on_complete: Option<String>,
+    /// The prompt; else OZ_PROMPT; else the run's prompt from the control plane.
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// The folder to clone into and run in (default: the current directory).
+    #[arg(long, value_name = "PATH")]
+    pub workdir: Option<PathBuf>,
+    /// Where repos are cloned from: `<base>/<owner>/<repo>` (default https://github.com).
+    #[arg(long, env = "OZ_GIT_BASE_URL", default_value = "https://github.com")]
+    pub git_base_url: String,
+    /// How the runner's own events are printed.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output_format: OutputFormat,
+    /// The command harness's argv (after `--`).
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+/// A wrapper so `RunArgs` can be parsed on its own (tests, lenient parsing).
+#[derive(Debug, Parser)]
+#[command(name = "oz agent run", no_binary_name = true)]
+struct Standalone {
+    #[command(flatten)]
+    args: RunArgs,
+}
+
+/// Parses `oz agent run`'s arguments, dropping unknown flags (and the value that follows one, if it
+/// is not itself a flag). Returns the args and a warning per dropped flag.
+pub fn parse_lenient(raw: Vec<String>) -> Result<(RunArgs, Vec<String>), clap::Error> {
+    let mut argv = raw;
+    let mut warnings = Vec::new();
+    for _ in 0..64 {
+        match Standalone::try_parse_from(&argv) {
+            Ok(parsed) => return Ok((parsed.args, warnings)),
+            Err(e) if e.kind() == clap::error::ErrorKind::UnknownArgument => {
+                let Some(clap::error::ContextValue::String(bad)) = e.get(clap::error::ContextKind::InvalidArg).cloned() else {
+                    return Err(e);
+                };
+                let separator = argv.iter().position(|a| a == "--").unwrap_or(argv.len());
+                let Some(pos) = argv[..separator].iter().position(|a| *a == bad || a.starts_with(&format!("{bad}="))) else {
+                    return Err(e);
+                };
+                let flag = argv.remove(pos);
+                let mut dropped = flag.clone();
+                if !flag.contains('=') && pos < argv.len().min(separator.saturating_sub(1)) && !argv[pos].starts_with('-') {
+                    dropped.push(' ');
+                    dropped.push_str(&argv.remove(pos));
+                }
+                warnings.push(format!("ignoring unknown flag {dropped:?} (from a newer oz version?)"));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Standalone::try_parse_from(&argv).map(|p| (p.args, warnings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(args: &[&str]) -> Vec<String> {
+        args.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn accepts_the_oz_worker_command_line() {
+        let (args, warnings) = parse_lenient(v(&[
+            "--task-id", "run-1", "--sandboxed", "--server-root-url", "http://127.0.0.1:9", "--environment", "env-1",
+            "--model", "m", "--mcp", "{}", "--harness", "claude", "--share", "team", "--idle-on-complete",
+        ]))
+        .unwrap();
+        assert!(warnings.is_empty());
+        assert_eq!(args.task_id.as_deref(), Some("run-1"));
+        assert!(args.sandboxed);
+        assert_eq!(args.environment.as_deref(), Some("env-1"));
+        assert_eq!(args.harness, "claude");
+        assert_eq!(args.idle_on_complete.as_deref(), Some("0s"));
+    }
+
+    #[test]
+    fn unknown_flags_are_warned_about_not_fatal() {
+        let (args, warnings) = parse_lenient(v(&[
+            "--future-flag", "value", "--task-id", "t", "--other-new=1", "--new-switch", "--harness", "command", "--", "./agent.sh", "--future-flag",
+        ]))
+        .unwrap();
+        assert_eq!(args.task_id.as_deref(), Some("t"));
+        assert_eq!(args.command, ["./agent.sh", "--future-flag"]);
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        assert!(warnings[0].contains("--future-flag value"));
+    }
+
+    #[test]
+    fn a_bad_value_for_a_known_flag_is_still_an_error() {
+        assert!(parse_lenient(v(&["--output-format", "yaml"])).is_err());
+    }
+}

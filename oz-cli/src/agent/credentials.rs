@@ -1,0 +1,228 @@
+//! Git credentials for the run, handed to git through a credential helper: never in a clone URL,
+//! argv, `.git/config` or the environment of the agent.
+//!
+//! The runner keeps the credentials in memory and serves them on a Unix socket in a private folder
+//! (mode 0700). Git is configured through `GIT_CONFIG_COUNT`/`GIT_CONFIG_KEY_n`/`GIT_CONFIG_VALUE_n`
+//! (environment, not files) to call `oz agent git-credential`, which asks the socket. The socket
+//! disappears with the runner: the credentials die with the run.
+
+use std::io::{BufRead, Write};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use oz_core::credentials::GitCredential;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+use tracing::warn;
+
+/// The variable holding the run's git credentials as JSON (removed from every child's environment).
+pub const CREDENTIALS_VAR: &str = "OZ_GIT_CREDENTIALS";
+/// The variable pointing git's helper at the socket.
+pub const SOCKET_VAR: &str = "OZ_GIT_CREDENTIAL_SOCKET";
+
+/// A credential as it arrives in `OZ_GIT_CREDENTIALS`.
+#[derive(Deserialize)]
+struct CredentialJson {
+    host: String,
+    #[serde(default = "default_username")]
+    username: String,
+    token: String,
+    #[serde(default)]
+    expires_at: Option<Timestamp>,
+}
+
+fn default_username() -> String {
+    "x-access-token".to_owned()
+}
+
+/// Reads the run's git credentials from `OZ_GIT_CREDENTIALS` (a JSON array of
+/// `{host, username?, token, expires_at?}`), falling back to `GITHUB_TOKEN`/`GH_TOKEN` for github.com.
+pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Vec<GitCredential>, String> {
+    let mut out = Vec::new();
+    if let Some(json) = get(CREDENTIALS_VAR).filter(|s| !s.trim().is_empty()) {
+        // The parse error must not echo the JSON (it holds tokens): report only where it failed.
+        let parsed: Vec<CredentialJson> = serde_json::from_str(&json)
+            .map_err(|e| format!("{CREDENTIALS_VAR} is not a JSON array of {{host, username, token, expires_at}} (line {}, column {})", e.line(), e.column()))?;
+        for c in parsed {
+            out.push(GitCredential::new(c.host.to_ascii_lowercase(), c.username, c.token, c.expires_at));
+        }
+    }
+    if !out.iter().any(|c| c.host == "github.com") {
+        if let Some(token) = get("GITHUB_TOKEN").or_else(|| get("GH_TOKEN")).filter(|t| !t.is_empty()) {
+            out.push(GitCredential::new("github.com", "x-access-token", token, None));
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Serialize, Deserialize)]
+struct Ask {
+    host: String,
+    protocol: String,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct Answer {
+    username: Option<String>,
+    password: Option<String>,
+}
+
+/// Serves the run's credentials on a private socket while it lives.
+pub struct CredentialServer {
+    dir: PathBuf,
+    socket: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CredentialServer {
+    /// Binds the socket in a new 0700 folder under `tmp` and starts serving.
+    pub fn start(credentials: Vec<GitCredential>, tmp: &Path) -> std::io::Result<Self> {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let dir = tmp.join(format!("oz-cred-{}-{nanos:x}", std::process::id()));
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        let socket = dir.join("git.sock");
+        let listener = UnixListener::bind(&socket)?;
+        let credentials = Arc::new(credentials);
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let credentials = credentials.clone();
+                tokio::spawn(async move {
+                    let (read, mut write) = stream.into_split();
+                    let mut line = String::new();
+                    if BufReader::new(read).take(4096).read_line(&mut line).await.is_err() {
+                        return;
+                    }
+                    let answer = match serde_json::from_str::<Ask>(&line) {
+                        Ok(ask) => answer(&credentials, &ask),
+                        Err(_) => Answer::default(),
+                    };
+                    if let Ok(json) = serde_json::to_string(&answer) {
+                        let _ = write.write_all(json.as_bytes()).await;
+                        let _ = write.write_all(b"\n").await;
+                    }
+                });
+            }
+        });
+        Ok(Self { dir, socket, task })
+    }
+
+    /// The socket's path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The variables that make git (and anything the agent runs) use the helper: earlier helpers are
+    /// reset, then `!'<oz>' agent git-credential` is added.
+    pub fn git_env(&self, oz_binary: &Path) -> Vec<(String, String)> {
+        let quoted = format!("'{}'", oz_binary.display().to_string().replace('\'', "'\\''"));
+        vec![
+            (SOCKET_VAR.into(), self.socket.display().to_string()),
+            ("GIT_CONFIG_COUNT".into(), "2".into()),
+            ("GIT_CONFIG_KEY_0".into(), "credential.helper".into()),
+            ("GIT_CONFIG_VALUE_0".into(), String::new()),
+            ("GIT_CONFIG_KEY_1".into(), "credential.helper".into()),
+            ("GIT_CONFIG_VALUE_1".into(), format!("!{quoted} agent git-credential")),
+            ("GIT_TERMINAL_PROMPT".into(), "0".into()),
+        ]
+    }
+}
+
+impl Drop for CredentialServer {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+fn answer(credentials: &[GitCredential], ask: &Ask) -> Answer {
+    // Only over https (or http to a loopback host, for local servers): never hand a token to a
+    // plain-text remote.
+    let host = ask.host.to_ascii_lowercase();
+    let host_name = host.split(':').next().unwrap_or("");
+    let loopback = matches!(host_name, "localhost" | "127.0.0.1" | "[::1]");
+    if !(ask.protocol == "https" || (ask.protocol == "http" && loopback)) {
+        return Answer::default();
+    }
+    let Some(c) = credentials.iter().find(|c| c.host == host) else { return Answer::default() };
+    if c.expires_at.is_some_and(|e| Timestamp::now() >= e) {
+        warn!(host = %c.host, "the git credential for this host has expired; not using it");
+        return Answer::default();
+    }
+    Answer { username: Some(c.username.clone()), password: Some(c.expose().to_owned()) }
+}
+
+/// `oz agent git-credential <get|store|erase>`: git's credential-helper protocol. `get` asks the
+/// runner's socket; `store` and `erase` do nothing (the runner owns the credentials).
+pub fn helper_main(operation: &str) -> i32 {
+    if operation != "get" {
+        return 0;
+    }
+    let mut protocol = String::new();
+    let mut host = String::new();
+    for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once('=') {
+            match k {
+                "protocol" => protocol = v.to_owned(),
+                "host" => host = v.to_owned(),
+                _ => {}
+            }
+        }
+    }
+    let Some(socket) = std::env::var_os(SOCKET_VAR) else { return 0 };
+    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else { return 0 };
+    let Ok(ask) = serde_json::to_string(&Ask { host, protocol }) else { return 0 };
+    if stream.write_all(format!("{ask}\n").as_bytes()).is_err() {
+        return 0;
+    }
+    let mut line = String::new();
+    if std::io::BufReader::new(stream).read_line(&mut line).is_err() {
+        return 0;
+    }
+    let Ok(answer) = serde_json::from_str::<Answer>(&line) else { return 0 };
+    if let (Some(u), Some(p)) = (answer.username, answer.password) {
+        let mut out = std::io::stdout().lock();
+        let _ = write!(out, "username={u}\npassword={p}\n");
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_from_env_and_parse_errors_do_not_echo_tokens() {
+        let json = r#"[{"host":"GitHub.com","token":"tok-123456"},{"host":"git.example.com","username":"bot","token":"t2-abcdef","expires_at":"2030-01-01T00:00:00Z"}]"#;
+        let creds = from_env(|k| (k == CREDENTIALS_VAR).then(|| json.to_owned())).unwrap();
+        assert_eq!(creds.len(), 2);
+        assert_eq!(creds[0].host, "github.com");
+        assert_eq!(creds[0].username, "x-access-token");
+        let fallback = from_env(|k| (k == "GH_TOKEN").then(|| "ghs_fallback".to_owned())).unwrap();
+        assert_eq!(fallback[0].expose(), "ghs_fallback");
+        let err = from_env(|k| (k == CREDENTIALS_VAR).then(|| r#"[{"host":"h","token":"super-secret-tok""#.to_owned())).err().unwrap();
+        assert!(!err.contains("super-secret-tok"), "{err}");
+    }
+
+    #[test]
+    fn answers_only_https_or_loopback_http_and_only_unexpired() {
+        let creds = vec![
+            GitCredential::new("github.com", "x-access-token", "tok", None),
+            GitCredential::new("127.0.0.1:8080", "u", "local", None),
+            GitCredential::new("old.example.com", "u", "expired", Some(Timestamp::from_second(1).unwrap())),
+        ];
+        let ask = |protocol: &str, host: &str| answer(&creds, &Ask { host: host.into(), protocol: protocol.into() }).password;
+        assert_eq!(ask("https", "github.com").as_deref(), Some("tok"));
+        assert_eq!(ask("https", "GITHUB.COM").as_deref(), Some("tok"));
+        assert_eq!(ask("http", "github.com"), None);
+        assert_eq!(ask("http", "127.0.0.1:8080").as_deref(), Some("local"));
+        assert_eq!(ask("https", "evil.com"), None);
+        assert_eq!(ask("https", "old.example.com"), None);
+    }
+}

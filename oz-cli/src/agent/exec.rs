@@ -1,0 +1,104 @@
+//! Running a setup command or the harness: own process group, exact environment, output streamed
+//! through the redactor into the event log, stopped (SIGTERM, grace, SIGKILL) when the run is cancelled.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+use tokio::sync::watch;
+
+use crate::agent::log::{EventLog, Stream};
+
+/// How long a cancelled process gets between SIGTERM and SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ended {
+    /// The exit code, or 128 + signal.
+    pub code: i32,
+    /// Whether it was stopped because the run was cancelled.
+    pub cancelled: bool,
+}
+
+async fn pump(mut reader: impl AsyncRead + Unpin, log: Arc<EventLog>, stream: Stream) {
+    let mut redactor = log.stream_redactor();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let clean = redactor.push(&buf[..n]);
+                log.output(stream, &clean).await;
+            }
+        }
+    }
+    let rest = redactor.finish();
+    log.output(stream, &rest).await;
+}
+
+/// Runs `argv` in `cwd` with exactly `env`, feeding `stdin`, until it exits or `cancel` turns true.
+pub async fn run(
+    argv: &[String],
+    env: &[(String, String)],
+    cwd: &Path,
+    stdin: Option<Bytes>,
+    log: Arc<EventLog>,
+    mut cancel: watch::Receiver<bool>,
+) -> std::io::Result<Ended> {
+    let mut child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .current_dir(cwd)
+        .process_group(0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pgid = child.id().and_then(|p| i32::try_from(p).ok()).map(Pid::from_raw);
+    let out = child.stdout.take().map(|r| tokio::spawn(pump(r, log.clone(), Stream::Stdout)));
+    let err = child.stderr.take().map(|r| tokio::spawn(pump(r, log.clone(), Stream::Stderr)));
+    if let Some(mut input) = child.stdin.take() {
+        tokio::spawn(async move {
+            if let Some(bytes) = stdin {
+                let _ = input.write_all(&bytes).await;
+            }
+        });
+    }
+    let mut cancelled = false;
+    let status = tokio::select! {
+        status = child.wait() => status?,
+        _ = cancel.wait_for(|c| *c) => {
+            cancelled = true;
+            if let Some(pgid) = pgid {
+                let _ = killpg(pgid, Signal::SIGTERM);
+            }
+            match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+                Ok(status) => status?,
+                Err(_) => {
+                    if let Some(pgid) = pgid {
+                        let _ = killpg(pgid, Signal::SIGKILL);
+                    }
+                    child.wait().await?
+                }
+            }
+        }
+    };
+    // What the process left running in its group goes too, so the pipes close.
+    if let Some(pgid) = pgid {
+        let _ = killpg(pgid, Signal::SIGKILL);
+    }
+    for reader in [out, err].into_iter().flatten() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
+    }
+    use std::os::unix::process::ExitStatusExt;
+    let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    Ok(Ended { code, cancelled })
+}

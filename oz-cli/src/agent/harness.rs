@@ -1,0 +1,130 @@
+//! Harnesses: what actually runs as the agent, and the command line each one gets.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The agent program to run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Harness {
+    /// Any argv; the prompt arrives in `OZ_PROMPT` and on stdin.
+    Command(Vec<String>),
+    /// Anthropic's Claude Code CLI (`claude`).
+    Claude,
+    /// OpenAI's Codex CLI (`codex`).
+    Codex,
+    /// Google's Gemini CLI (`gemini`).
+    Gemini,
+}
+
+/// A harness name as given on the command line (`--harness`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HarnessKind {
+    /// `command`.
+    Command,
+    /// `claude`.
+    Claude,
+    /// `codex`.
+    Codex,
+    /// `gemini`.
+    Gemini,
+    /// `oz`: accepted for compatibility; maps to the configured default (`OZ_DEFAULT_HARNESS`, else `command`).
+    Oz,
+}
+
+impl FromStr for HarnessKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "command" => Ok(HarnessKind::Command),
+            "claude" => Ok(HarnessKind::Claude),
+            "codex" => Ok(HarnessKind::Codex),
+            "gemini" => Ok(HarnessKind::Gemini),
+            "oz" => Ok(HarnessKind::Oz),
+            other => Err(format!("unknown harness {other:?}: expected command, claude, codex, gemini or oz")),
+        }
+    }
+}
+
+impl fmt::Display for Harness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Harness::Command(_) => "command",
+            Harness::Claude => "claude",
+            Harness::Codex => "codex",
+            Harness::Gemini => "gemini",
+        })
+    }
+}
+
+impl Harness {
+    /// Resolves a harness kind: `command` needs its argv; `oz` maps to `default_kind`.
+    pub fn resolve(kind: HarnessKind, command: Vec<String>, default_kind: Option<HarnessKind>) -> Result<Harness, String> {
+        let kind = match kind {
+            HarnessKind::Oz => match default_kind {
+                Some(HarnessKind::Oz) | None => HarnessKind::Command,
+                Some(other) => other,
+            },
+            other => other,
+        };
+        match kind {
+            HarnessKind::Command | HarnessKind::Oz => {
+                if command.is_empty() || command[0].is_empty() {
+                    Err("the command harness needs a command: pass it after `--` (oz agent run --harness command -- ./agent.sh) or in OZ_HARNESS_COMMAND as a JSON array".into())
+                } else {
+                    Ok(Harness::Command(command))
+                }
+            }
+            HarnessKind::Claude => Ok(Harness::Claude),
+            HarnessKind::Codex => Ok(Harness::Codex),
+            HarnessKind::Gemini => Ok(Harness::Gemini),
+        }
+    }
+
+    /// The argv to run for `prompt`, with an optional model. Presets use each CLI's usual
+    /// non-interactive form; the prompt is an argument there (it is not a secret), and always also in
+    /// `OZ_PROMPT` and on stdin.
+    pub fn argv(&self, prompt: &str, model: Option<&str>) -> Vec<String> {
+        let s = |x: &str| x.to_owned();
+        let mut argv = match self {
+            Harness::Command(argv) => return argv.clone(),
+            Harness::Claude => vec![s("claude"), s("-p"), s("--output-format"), s("stream-json"), s("--verbose"), s("--dangerously-skip-permissions")],
+            Harness::Codex => vec![s("codex"), s("exec"), s("--full-auto"), s("--skip-git-repo-check")],
+            Harness::Gemini => vec![s("gemini"), s("--yolo")],
+        };
+        if let Some(model) = model.filter(|m| !m.is_empty()) {
+            argv.push(s("--model"));
+            argv.push(s(model));
+        }
+        if matches!(self, Harness::Gemini) {
+            argv.push(s("--prompt"));
+        }
+        argv.push(s(prompt));
+        argv
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_build_their_usual_command_lines() {
+        assert_eq!(
+            Harness::Claude.argv("fix it", Some("sonnet")),
+            ["claude", "-p", "--output-format", "stream-json", "--verbose", "--dangerously-skip-permissions", "--model", "sonnet", "fix it"]
+        );
+        assert_eq!(Harness::Codex.argv("fix it", None), ["codex", "exec", "--full-auto", "--skip-git-repo-check", "fix it"]);
+        assert_eq!(Harness::Gemini.argv("fix it", Some("")), ["gemini", "--yolo", "--prompt", "fix it"]);
+        let cmd = Harness::Command(vec!["./agent.sh".into(), "--flag".into()]);
+        assert_eq!(cmd.argv("ignored in argv", Some("m")), ["./agent.sh", "--flag"]);
+    }
+
+    #[test]
+    fn resolution() {
+        assert_eq!(Harness::resolve(HarnessKind::Oz, vec![], Some(HarnessKind::Claude)).unwrap(), Harness::Claude);
+        assert!(Harness::resolve(HarnessKind::Oz, vec![], None).unwrap_err().contains("needs a command"));
+        assert_eq!(Harness::resolve(HarnessKind::Command, vec!["x".into()], None).unwrap(), Harness::Command(vec!["x".into()]));
+        assert!("Claude".parse::<HarnessKind>().is_ok());
+        assert!("vim".parse::<HarnessKind>().unwrap_err().contains("unknown harness"));
+    }
+}

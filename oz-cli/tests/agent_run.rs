@@ -1,0 +1,341 @@
+//! `oz agent run`, the real binary, end to end: local git repos, real processes, a loopback HTTP
+//! control plane.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+
+const OZ: &str = env!("CARGO_BIN_EXE_oz");
+
+fn git(dir: &Path, args: &[&str]) {
+    let status = Command::new("git").args(args).current_dir(dir).envs(git_identity()).status().unwrap();
+    assert!(status.success(), "git {args:?}");
+}
+
+fn git_identity() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("GIT_AUTHOR_NAME", "Test"),
+        ("GIT_AUTHOR_EMAIL", "test@example.com"),
+        ("GIT_COMMITTER_NAME", "Test"),
+        ("GIT_COMMITTER_EMAIL", "test@example.com"),
+        ("GIT_CONFIG_GLOBAL", "/dev/null"),
+        ("GIT_CONFIG_NOSYSTEM", "1"),
+    ]
+}
+
+/// A folder with bare repos at `<root>/git/<owner>/<repo>`, each with one commit.
+struct Fixture {
+    root: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new(repos: &[(&str, &str)]) -> Self {
+        let root = tempfile::tempdir().unwrap();
+        for (owner, repo) in repos {
+            let src = root.path().join("src").join(repo);
+            std::fs::create_dir_all(&src).unwrap();
+            git(&src, &["init", "-q", "-b", "main"]);
+            std::fs::write(src.join("README.md"), format!("# {repo}\n")).unwrap();
+            git(&src, &["add", "."]);
+            git(&src, &["commit", "-q", "-m", "initial"]);
+            let bare = root.path().join("git").join(owner).join(repo);
+            std::fs::create_dir_all(bare.parent().unwrap()).unwrap();
+            let status = Command::new("git").args(["clone", "-q", "--bare"]).arg(&src).arg(&bare).status().unwrap();
+            assert!(status.success());
+            git(&bare, &["config", "uploadpack.allowFilter", "true"]);
+        }
+        Self { root }
+    }
+    fn base_url(&self) -> String {
+        format!("file://{}", self.root.path().join("git").display())
+    }
+    fn workdir(&self) -> PathBuf {
+        let w = self.root.path().join("work");
+        std::fs::create_dir_all(&w).unwrap();
+        w
+    }
+    fn env_file(&self, env: Value) -> PathBuf {
+        let path = self.root.path().join("environment.json");
+        std::fs::write(&path, env.to_string()).unwrap();
+        path
+    }
+}
+
+fn oz(args: &[&str], env: &[(&str, String)], cwd: &Path) -> Output {
+    let mut cmd = Command::new(OZ);
+    cmd.args(args).current_dir(cwd).env_clear().env("PATH", std::env::var("PATH").unwrap()).env("HOME", cwd).env("TMPDIR", std::env::temp_dir());
+    cmd.envs(git_identity());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdin(Stdio::null()).output().unwrap()
+}
+
+fn events(output: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not NDJSON: {l:?}: {e}")))
+        .collect()
+}
+
+fn kinds(events: &[Value]) -> Vec<String> {
+    events.iter().map(|e| e["event"].as_str().unwrap().to_owned()).collect()
+}
+
+const AGENT: &str = r#"set -e
+cd app
+read -r first_line || true
+echo "stdin: $first_line"
+echo "env prompt: $OZ_PROMPT"
+echo "setup saw: $(cat ../setup.txt)"
+echo "$OZ_PROMPT" >> README.md
+git add README.md
+git commit -q -m "agent: apply the prompt"
+echo done"#;
+
+#[test]
+fn unmanaged_run_clones_sets_up_runs_the_harness_and_reports_the_commit() {
+    let f = Fixture::new(&[("acme", "app"), ("acme", "lib")]);
+    let env_file = f.env_file(json!({
+        "name": "sample",
+        "github_repos": [{"owner": "acme", "repo": "app"}, {"owner": "acme", "repo": "lib"}],
+        "setup_commands": ["echo \"setup ok $FROM_ENV\" > setup.txt"],
+        "env_vars": {"FROM_ENV": "from-environment"}
+    }));
+    let work = f.workdir();
+    let out = oz(
+        &["agent", "run", "--output-format", "ndjson", "--environment-file", env_file.to_str().unwrap(), "--git-base-url", &f.base_url(),
+          "--prompt", "add a line", "--harness", "command", "--", "/bin/sh", "-c", AGENT],
+        &[],
+        &work,
+    );
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let ev = events(&out);
+    let k = kinds(&ev);
+    assert_eq!(k.first().map(String::as_str), Some("started"));
+    assert_eq!(k.last().map(String::as_str), Some("finished"));
+    let pos = |name: &str| k.iter().position(|x| x == name).unwrap_or_else(|| panic!("no {name} in {k:?}"));
+    assert!(pos("clone_finished") < pos("setup_started"));
+    assert!(pos("setup_finished") < pos("harness_started"));
+    assert_eq!(k.iter().filter(|x| *x == "clone_finished").count(), 2);
+    let text: String = ev.iter().filter(|e| e["event"] == "output").map(|e| e["text"].as_str().unwrap()).collect();
+    assert!(text.contains("stdin: add a line"), "{text}");
+    assert!(text.contains("env prompt: add a line"));
+    assert!(text.contains("setup saw: setup ok from-environment"));
+    let commit = ev.iter().find(|e| e["event"] == "artifact").expect("a commit artifact");
+    assert_eq!(commit["artifact_type"], "EXTERNAL_REFERENCE");
+    assert_eq!(commit["reference_type"], "git_commit");
+    assert_eq!(commit["title"], "agent: apply the prompt");
+    assert_eq!(ev.last().unwrap()["state"], "SUCCEEDED");
+    // The clone is partial (tree:0 filter) and the change is really committed.
+    let log = Command::new("git").args(["log", "--format=%s"]).current_dir(work.join("app")).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&log.stdout), "agent: apply the prompt\ninitial\n");
+    let filter = Command::new("git").args(["config", "remote.origin.partialclonefilter"]).current_dir(work.join("app")).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&filter.stdout).trim(), "tree:0");
+}
+
+#[test]
+fn secrets_are_masked_and_credentials_reach_git_only_through_the_helper() {
+    let f = Fixture::new(&[("acme", "app")]);
+    let env_file = f.env_file(json!({"name": "s", "github_repos": [{"owner": "acme", "repo": "app"}]}));
+    let work = f.workdir();
+    let token = "ghs_abcdefghijklmnopqrstuvwxyz0123456789";
+    let creds = json!([{"host": "github.com", "token": token}]).to_string();
+    let script = r#"
+printf 'protocol=https\nhost=github.com\n\n' | git credential fill > ../filled.txt
+echo "printing a secret: $MY_SERVICE_TOKEN and again $(grep password ../filled.txt)"
+env > ../harness-env.txt
+echo "ps-visible args: $0 $*""#;
+    let out = oz(
+        &["agent", "run", "--environment-file", env_file.to_str().unwrap(), "--git-base-url", &f.base_url(), "--harness", "command", "--output-format", "ndjson",
+          "--", "/bin/sh", "-c", script],
+        &[("OZ_GIT_CREDENTIALS", creds.clone()), ("MY_SERVICE_TOKEN", "svc-secret-value-42".into())],
+        &work,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let filled = std::fs::read_to_string(f.root.path().join("filled.txt")).unwrap();
+    assert!(filled.contains(&format!("password={token}")), "the helper did not answer git: {filled}");
+    assert!(filled.contains("username=x-access-token"));
+    let all_output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!all_output.contains(token), "the git token was printed");
+    assert!(!all_output.contains("svc-secret-value-42"), "a secret-named variable was printed");
+    assert!(all_output.contains("[REDACTED]"));
+    let harness_env = std::fs::read_to_string(f.root.path().join("harness-env.txt")).unwrap();
+    assert!(!harness_env.contains("OZ_GIT_CREDENTIALS"), "the credentials variable reached the harness");
+    assert!(!harness_env.contains(token));
+    let config = std::fs::read_to_string(work.join("app/.git/config")).unwrap();
+    assert!(!config.contains(token) && !config.contains("credential"), "{config}");
+    // The socket is gone with the run.
+    let socket_line = harness_env.lines().find(|l| l.starts_with("OZ_GIT_CREDENTIAL_SOCKET=")).unwrap();
+    assert!(!Path::new(socket_line.split_once('=').unwrap().1).exists());
+}
+
+#[test]
+fn unknown_flags_warn_and_the_run_continues() {
+    let work = tempfile::tempdir().unwrap();
+    let out = oz(&["agent", "run", "--brand-new-flag", "x", "--harness", "command", "--", "/bin/echo", "ok"], &[], work.path());
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ignoring unknown flag \"--brand-new-flag x\""), "{stderr}");
+    assert!(stderr.contains("run SUCCEEDED"), "{stderr}");
+}
+
+#[test]
+fn failures_have_their_exit_status_and_a_clear_final_event() {
+    let f = Fixture::new(&[("acme", "app")]);
+    let work = f.workdir();
+    let run = |env: Value, harness: &[&str]| {
+        let file = f.env_file(env);
+        let mut args = vec!["agent", "run", "--output-format", "ndjson", "--environment-file", file.to_str().unwrap()];
+        let base = f.base_url();
+        args.extend(["--git-base-url", base.as_str(), "--harness", "command", "--"]);
+        args.extend(harness);
+        oz(&args, &[], &work)
+    };
+    let missing = run(json!({"name": "m", "github_repos": [{"owner": "acme", "repo": "nope"}]}), &["true"]);
+    assert_eq!(missing.status.code(), Some(3));
+    let last = events(&missing).pop().unwrap();
+    assert_eq!(last["state"], "FAILED");
+    assert!(last["message"].as_str().unwrap().contains("acme/nope"), "{last}");
+
+    let setup = run(json!({"name": "s", "setup_commands": ["exit 9"]}), &["true"]);
+    assert_eq!(setup.status.code(), Some(4));
+    assert!(events(&setup).pop().unwrap()["message"].as_str().unwrap().contains("setup_commands[0] exited with code 9"));
+
+    let harness = run(json!({"name": "h"}), &["/bin/sh", "-c", "exit 5"]);
+    assert_eq!(harness.status.code(), Some(5));
+    assert_eq!(events(&harness).pop().unwrap()["state"], "FAILED");
+
+    let hostile = run(json!({"name": "x", "github_repos": [{"owner": "acme", "repo": ".."}]}), &["true"]);
+    assert_eq!(hostile.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&hostile.stdout);
+    assert!(stderr.contains("github_repos[0].repo"), "{stderr}");
+
+    let credentials_in_url = oz(&["agent", "run", "--git-base-url", "https://user:tok@github.com", "--harness", "command", "--", "true"], &[], &work);
+    assert_eq!(credentials_in_url.status.code(), Some(2));
+}
+
+#[test]
+fn sigterm_cancels_the_harness_and_its_children() {
+    let work = tempfile::tempdir().unwrap();
+    let pid_file = work.path().join("child.pid");
+    let script = format!("sleep 300 & echo $! > {}; wait", pid_file.display());
+    let mut child = Command::new(OZ)
+        .args(["agent", "run", "--output-format", "ndjson", "--harness", "command", "--", "/bin/sh", "-c", &script])
+        .current_dir(work.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if std::fs::read_to_string(&pid_file).is_ok_and(|s| s.ends_with('\n')) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    let grandchild: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    assert_eq!(events(&out).pop().unwrap()["state"], "CANCELLED");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let alive = std::fs::read_to_string(format!("/proc/{grandchild}/stat")).is_ok_and(|s| !s.contains(") Z "));
+    assert!(!alive, "the harness's child survived the cancellation");
+}
+
+/// A loopback control plane: serves the environment and the run, records every report.
+async fn control_plane(token: &'static str, base_url: String) -> (String, Arc<Mutex<Vec<(Option<String>, Value)>>>) {
+    use axum::extract::{Path as UrlPath, State};
+    use axum::http::HeaderMap;
+    use axum::routing::{get, post};
+    type Reports = Arc<Mutex<Vec<(Option<String>, Value)>>>;
+    let reports: Reports = Arc::default();
+    let _ = base_url;
+    let app = axum::Router::new()
+        .route(
+            "/api/v1/agent/environments",
+            get(|| async {
+                axum::Json(json!({"environments": [{"uid": "env-1", "config": {"name": "remote", "github_repos": [{"owner": "acme", "repo": "app"}], "setup_commands": []}, "setup_failed": false}]}))
+            }),
+        )
+        .route(
+            "/api/v1/agent/runs/{id}",
+            get(|UrlPath(id): UrlPath<String>| async move {
+                axum::Json(json!({"run_id": id, "task_id": id, "title": "t", "state": "INPROGRESS", "prompt": "prompt from the server",
+                    "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"}))
+            }),
+        )
+        .route(
+            "/api/v1/agent/runs/{id}/report",
+            post(|State(reports): State<Reports>, UrlPath(id): UrlPath<String>, headers: HeaderMap, axum::Json(body): axum::Json<Value>| async move {
+                let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                let mut body = body;
+                body["_run"] = json!(id);
+                reports.lock().unwrap().push((auth, body));
+                axum::http::StatusCode::NO_CONTENT
+            }),
+        )
+        .with_state(reports.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let _ = token;
+    (format!("http://{addr}"), reports)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_managed_run_fetches_its_environment_and_prompt_and_reports_to_the_control_plane() {
+    const TOKEN: &str = "oz_wl_0123456789abcdefghijklmnop";
+    let f = Fixture::new(&[("acme", "app")]);
+    let (url, reports) = control_plane(TOKEN, f.base_url()).await;
+    let work = f.workdir();
+    let base = f.base_url();
+    let out = tokio::task::spawn_blocking(move || {
+        oz(
+            &["agent", "run", "--task-id", "run-42", "--sandboxed", "--server-root-url", &url, "--environment", "env-1", "--git-base-url", &base,
+              "--harness", "command", "--", "/bin/sh", "-c", "echo \"prompt=$OZ_PROMPT token=$OZ_WORKLOAD_TOKEN\"; ls app"],
+            &[("OZ_WORKLOAD_TOKEN", TOKEN.into())],
+            &work,
+        )
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("prompt=prompt from the server token=\n"), "the token must not reach the harness: {stdout}");
+    assert!(stdout.contains("README.md"), "the repo from the server's environment was cloned: {stdout}");
+    let reports = reports.lock().unwrap().clone();
+    let kinds: Vec<&str> = reports.iter().map(|(_, b)| b["event"].as_str().unwrap()).collect();
+    assert_eq!(kinds.first(), Some(&"started"));
+    assert_eq!(kinds.last(), Some(&"finished"));
+    assert!(kinds.contains(&"clone_finished") && kinds.contains(&"harness_started") && kinds.contains(&"output"), "{kinds:?}");
+    for (auth, body) in &reports {
+        assert_eq!(auth.as_deref(), Some(format!("Bearer {TOKEN}").as_str()));
+        assert_eq!(body["_run"], "run-42");
+        assert!(!body.to_string().contains(TOKEN));
+    }
+    assert_eq!(reports.last().unwrap().1["state"], "SUCCEEDED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_control_plane_does_not_fail_the_run() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || {
+        oz(
+            &["agent", "run", "--task-id", "r", "--server-root-url", "http://127.0.0.1:9", "--prompt", "p", "--harness", "command", "--", "/bin/echo", "still ran"],
+            &[("OZ_WORKLOAD_TOKEN", "tok-unreachable-123".into())],
+            &dir,
+        )
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "still ran\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("reporting to the control plane failed"), "{stderr}");
+    assert!(!stderr.contains("tok-unreachable-123"));
+}
