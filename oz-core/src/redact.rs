@@ -145,7 +145,8 @@ impl StreamRedactor {
         self.redactor.add(secret);
     }
 
-    /// Feeds a chunk; returns what can be emitted now.
+    /// Feeds a chunk; returns what can be emitted now. Only a tail that could still become a secret
+    /// (a proper prefix of one) is held back, so ordinary output passes through whole.
     pub fn push(&mut self, chunk: &[u8]) -> Bytes {
         let Some(automaton) = self.redactor.automaton.clone() else {
             let mut out = std::mem::take(&mut self.held);
@@ -154,25 +155,46 @@ impl StreamRedactor {
         };
         self.held.extend_from_slice(chunk);
         let buf = &self.held[..];
-        let keep = self.redactor.longest.saturating_sub(1);
-        // Bytes before `boundary` can be decided now: any match starting there lies wholly in `buf`.
-        let boundary = buf.len().saturating_sub(keep);
         let mut out = Vec::with_capacity(buf.len());
         let mut emitted = 0;
-        for m in automaton.find_iter(buf) {
-            if m.start() >= boundary {
+        loop {
+            // Bytes before `hold` are decided: no pattern can start there and still be incomplete.
+            let hold = self.first_partial_start(buf, emitted);
+            let mut overran = false;
+            let base = emitted;
+            for m in automaton.find_iter(&buf[base..]) {
+                let (start, end) = (base + m.start(), base + m.end());
+                if start >= hold {
+                    break;
+                }
+                out.extend_from_slice(&buf[emitted..start]);
+                out.extend_from_slice(MASK);
+                emitted = end;
+                if end > hold {
+                    overran = true;
+                    break;
+                }
+            }
+            if !overran {
+                out.extend_from_slice(&buf[emitted..hold]);
+                emitted = hold;
                 break;
             }
-            out.extend_from_slice(&buf[emitted..m.start()]);
-            out.extend_from_slice(MASK);
-            emitted = m.end();
-        }
-        if emitted < boundary {
-            out.extend_from_slice(&buf[emitted..boundary]);
-            emitted = boundary;
         }
         let _ = self.held.split_to(emitted);
         Bytes::from(out)
+    }
+
+    /// The first position at or after `from` whose rest of `buf` is a proper prefix of a pattern
+    /// (a secret that may continue in the next chunk), or `buf.len()`.
+    fn first_partial_start(&self, buf: &[u8], from: usize) -> usize {
+        let earliest = buf.len().saturating_sub(self.redactor.longest.saturating_sub(1)).max(from);
+        (earliest..buf.len())
+            .find(|&i| {
+                let tail = &buf[i..];
+                self.redactor.patterns.iter().any(|p| p.len() > tail.len() && p.starts_with(tail))
+            })
+            .unwrap_or(buf.len())
     }
 
     /// Ends the stream, returning the held-back bytes, masked.
@@ -247,9 +269,21 @@ mod tests {
     }
 
     #[test]
+    fn ordinary_output_is_not_held_back() {
+        let mut s = StreamRedactor::new(Redactor::new([SECRET]));
+        assert_eq!(&s.push(b"installing dependencies...\n")[..], b"installing dependencies...\n");
+        // A tail that could be the start of the secret waits for more.
+        assert_eq!(&s.push(b"token: ghs_16C")[..], b"token: ");
+        assert_eq!(&s.push(b"ATS\n")[..], b"ghs_16CATS\n");
+    }
+
+    #[test]
     fn a_secret_added_mid_stream_masks_held_bytes() {
-        let mut s = StreamRedactor::new(Redactor::new(["unrelated-secret-value"]));
+        // "new-secret-value" is registered, so "new-secr" is held as a possible start of it; then
+        // "new-secret" is registered too, and the held bytes are masked as that.
+        let mut s = StreamRedactor::new(Redactor::new(["new-secret-value"]));
         let first = s.push(b"abc-new-secr");
+        assert_eq!(&first[..], b"abc-");
         s.add_secret("new-secret");
         let mut out = first.to_vec();
         out.extend_from_slice(&s.push(b"et-tail"));

@@ -35,10 +35,27 @@ pub const EXIT_CANCELLED: i32 = 130;
 /// Variables never passed on to setup commands or the harness.
 const WITHHELD: [&str; 2] = [WORKLOAD_TOKEN_VAR, credentials::CREDENTIALS_VAR];
 
-/// Whether a variable's name says it holds a secret (its value is then masked in all output).
+/// Whether a variable's name says it holds a secret (its value is then masked in all output): one of
+/// its `_`-separated words is TOKEN, SECRET, PASSWORD, ... or it ends in `_KEY` (`API_KEY`,
+/// `AWS_SECRET_ACCESS_KEY`). `GIT_AUTHOR_NAME` is not a secret; `NPM_AUTH_TOKEN` is.
 pub fn looks_secret(name: &str) -> bool {
     let n = name.to_ascii_uppercase();
-    ["TOKEN", "SECRET", "PASSWORD", "PASSWD", "API_KEY", "APIKEY", "PRIVATE_KEY", "CREDENTIAL", "AUTH"].iter().any(|w| n.contains(w))
+    const WORDS: [&str; 11] =
+        ["TOKEN", "TOKENS", "SECRET", "SECRETS", "PASSWORD", "PASSWD", "APIKEY", "CREDENTIAL", "CREDENTIALS", "AUTH", "PAT"];
+    n.split('_').any(|w| WORDS.contains(&w)) || n.ends_with("_KEY") || n == "KEY"
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn secret_names() {
+        for yes in ["GITHUB_TOKEN", "WARP_API_KEY", "NPM_AUTH_TOKEN", "DB_PASSWORD", "AWS_SECRET_ACCESS_KEY", "my_service_token", "GH_PAT"] {
+            assert!(super::looks_secret(yes), "{yes}");
+        }
+        for no in ["GIT_AUTHOR_NAME", "PATH", "HOME", "TOKENIZER_PATH", "KEYBOARD", "OZ_PROMPT", "PATCH_LEVEL"] {
+            assert!(!super::looks_secret(no), "{no}");
+        }
+    }
 }
 
 /// Everything the runner takes from its surroundings, so tests can run it in-process.

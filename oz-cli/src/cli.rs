@@ -1,0 +1,103 @@
+//! The `oz` command line: parsing and dispatch.
+
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use crate::agent::{args, credentials, runner};
+
+/// oz: run coding agents on your own machines.
+#[derive(Debug, Parser)]
+#[command(name = "oz", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Agent commands.
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentCommand {
+    /// Prepare the workspace (clone, setup) and run the agent here; see `oz agent run --help`.
+    #[command(disable_help_flag = true)]
+    Run {
+        /// Arguments; unknown flags are warned about, not fatal.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        raw: Vec<String>,
+    },
+    /// Git credential helper used by `oz agent run` (git calls it; people do not).
+    GitCredential {
+        /// get, store or erase.
+        operation: String,
+    },
+}
+
+/// Runs the `oz` command line with `std::env::args()`. Programs that launch the runner from their own
+/// binary (embedding a backend, say) call this when invoked as `<their binary> agent ...`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Agent { command: AgentCommand::GitCredential { operation } } => exit(credentials::helper_main(&operation)),
+        Command::Agent { command: AgentCommand::Run { raw } } => {
+            if raw.iter().take_while(|a| *a != "--").any(|a| a == "--help" || a == "-h") {
+                use clap::CommandFactory;
+                let mut help = <RunHelp as CommandFactory>::command();
+                let _ = help.print_help();
+                return ExitCode::SUCCESS;
+            }
+            let (parsed, warnings) = match args::parse_lenient(raw) {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = e.print();
+                    return exit(runner::EXIT_USAGE);
+                }
+            };
+            init_tracing();
+            let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("oz: could not start the async runtime: {e}");
+                    return exit(1);
+                }
+            };
+            exit(runtime.block_on(run_agent(parsed, warnings)))
+        }
+    }
+}
+
+/// Only for `--help`: the flags of `oz agent run`.
+#[derive(Debug, Parser)]
+#[command(name = "oz agent run", about = "Prepare the workspace (clone repos, run setup commands) and run the agent harness here.", after_help = "Exit status: the harness's; 2 for bad input; 3 when a repo could not be cloned; 4 when a setup command failed; 130 when cancelled.")]
+struct RunHelp {
+    #[command(flatten)]
+    args: args::RunArgs,
+}
+
+async fn run_agent(parsed: args::RunArgs, warnings: Vec<String>) -> i32 {
+    let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else { return };
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        let _ = cancel_tx.send(true);
+    });
+    let oz_binary = std::env::current_exe().unwrap_or_else(|_| "oz".into());
+    let ctx = runner::Context { env: std::env::vars().collect(), control: None, oz_binary, cancel: cancel_rx };
+    runner::run(parsed, warnings, ctx).await
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OZ_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}
+
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
+}
