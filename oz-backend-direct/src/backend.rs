@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use oz_core::backend::{
-    Backend, BackendError, CancelReason, EventSender, ExitStatus, Failure, PreparedSandbox, RecoveredTask, RecoveryAction,
-    TaskDriver, TaskEvent, TaskHandle, TaskPhase,
+    Backend, BackendError, CancelReason, EventSender, ExitStatus, Failure, PreparedSandbox,
+    RecoveredTask, RecoveryAction, TaskDriver, TaskEvent, TaskHandle, TaskPhase,
 };
 use oz_core::failure::FailureReason;
 use oz_core::task::{SandboxSpec, TaskSpec};
@@ -27,8 +27,16 @@ use crate::workspace::{Marker, Workspace};
 pub const NAME: &str = "direct";
 
 /// The variables the Direct backend adds to every task, besides the task's own.
-pub const ADDED_ENV: [&str; 8] =
-    ["HOME", "TMPDIR", "PATH", "GIT_CONFIG_GLOBAL", "OZ_RUN_ID", "OZ_WORKSPACE_ROOT", "OZ_WORKER_BACKEND", "OZ_ENVIRONMENT_FILE"];
+pub const ADDED_ENV: [&str; 8] = [
+    "HOME",
+    "TMPDIR",
+    "PATH",
+    "GIT_CONFIG_GLOBAL",
+    "OZ_RUN_ID",
+    "OZ_WORKSPACE_ROOT",
+    "OZ_WORKER_BACKEND",
+    "OZ_ENVIRONMENT_FILE",
+];
 
 /// How long a teardown command may run.
 const TEARDOWN_LIMIT: Duration = Duration::from_secs(300);
@@ -50,8 +58,13 @@ impl DirectBackend {
             .recursive(true)
             .mode(0o700)
             .create(&config.workspace_root)
-            .map_err(|source| DirectError::Workspace { path: config.workspace_root.display().to_string(), source })?;
-        Ok(Self { config: Arc::new(config) })
+            .map_err(|source| DirectError::Workspace {
+                path: config.workspace_root.display().to_string(),
+                source,
+            })?;
+        Ok(Self {
+            config: Arc::new(config),
+        })
     }
 
     /// The configuration.
@@ -90,32 +103,60 @@ impl Backend for DirectBackend {
     async fn launch(&self, spec: TaskSpec) -> Result<TaskHandle, BackendError> {
         spec.validate().map_err(DirectError::from)?;
         let ws = Workspace::at(&self.config.workspace_root, &spec.task_id);
-        ws.create(&self.config.workspace_root, &marker_for(&self.config, &spec))?;
+        ws.create(
+            &self.config.workspace_root,
+            &marker_for(&self.config, &spec),
+        )?;
         Ok(self.start(ws, spec))
     }
 
     async fn prepare(&self, sandbox: SandboxSpec) -> Result<PreparedSandbox, BackendError> {
         let id = format!("prepared-{}", uuid_like());
         let ws = Workspace::at(&self.config.workspace_root, &id);
-        let marker = Marker { worker_id: self.config.worker_id.clone(), task_id: None, execution_id: None, cleanup: true };
+        let marker = Marker {
+            worker_id: self.config.worker_id.clone(),
+            task_id: None,
+            execution_id: None,
+            cleanup: true,
+        };
         ws.create(&self.config.workspace_root, &marker)?;
-        Ok(PreparedSandbox { id, spec: sandbox, state: Box::new(ws) })
+        Ok(PreparedSandbox {
+            id,
+            spec: sandbox,
+            state: Box::new(ws),
+        })
     }
 
-    async fn launch_prepared(&self, prepared: PreparedSandbox, spec: TaskSpec) -> Result<TaskHandle, BackendError> {
+    async fn launch_prepared(
+        &self,
+        prepared: PreparedSandbox,
+        spec: TaskSpec,
+    ) -> Result<TaskHandle, BackendError> {
         spec.validate().map_err(DirectError::from)?;
         if spec.sandbox != prepared.spec {
-            return Err(BackendError::new(FailureReason::WorkspaceSetup, "the task asks for a different sandbox than the one prepared"));
+            return Err(BackendError::new(
+                FailureReason::WorkspaceSetup,
+                "the task asks for a different sandbox than the one prepared",
+            ));
         }
         let Ok(warm) = prepared.state.downcast::<Workspace>() else {
-            return Err(BackendError::new(FailureReason::WorkspaceSetup, "the prepared sandbox was not made by the Direct backend"));
+            return Err(BackendError::new(
+                FailureReason::WorkspaceSetup,
+                "the prepared sandbox was not made by the Direct backend",
+            ));
         };
         let ws = Workspace::at(&self.config.workspace_root, &spec.task_id);
         if ws.root.exists() {
-            return Err(DirectError::Workspace { path: ws.root.display().to_string(), source: std::io::ErrorKind::AlreadyExists.into() }.into());
+            return Err(DirectError::Workspace {
+                path: ws.root.display().to_string(),
+                source: std::io::ErrorKind::AlreadyExists.into(),
+            }
+            .into());
         }
-        std::fs::rename(&warm.root, &ws.root)
-            .map_err(|source| DirectError::Workspace { path: ws.root.display().to_string(), source })?;
+        std::fs::rename(&warm.root, &ws.root).map_err(|source| DirectError::Workspace {
+            path: ws.root.display().to_string(),
+            source,
+        })?;
         ws.write_marker(&marker_for(&self.config, &spec))?;
         Ok(self.start(ws, spec))
     }
@@ -129,11 +170,16 @@ impl Backend for DirectBackend {
 
     async fn recover(&self) -> Result<Vec<RecoveredTask>, BackendError> {
         let root = &self.config.workspace_root;
-        let entries = std::fs::read_dir(root).map_err(|source| DirectError::Workspace { path: root.display().to_string(), source })?;
+        let entries = std::fs::read_dir(root).map_err(|source| DirectError::Workspace {
+            path: root.display().to_string(),
+            source,
+        })?;
         let mut found = Vec::new();
         for entry in entries.flatten() {
             let ws = Workspace { root: entry.path() };
-            let Some(marker) = ws.read_marker() else { continue };
+            let Some(marker) = ws.read_marker() else {
+                continue;
+            };
             if marker.worker_id != self.config.worker_id {
                 continue;
             }
@@ -152,7 +198,10 @@ impl Backend for DirectBackend {
                     warn!(task_id, error = %e, "could not remove a leftover workspace");
                 }
             }
-            info!(task_id, killed, kept, "recovered a task left by an earlier run of this worker");
+            info!(
+                task_id,
+                killed, kept, "recovered a task left by an earlier run of this worker"
+            );
             found.push(RecoveredTask {
                 task_id,
                 execution_id: marker.execution_id,
@@ -170,7 +219,10 @@ impl Backend for DirectBackend {
 }
 
 fn uuid_like() -> String {
-    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     format!("{:x}-{:x}", std::process::id(), nanos)
 }
 
@@ -182,7 +234,10 @@ enum StopCause {
 }
 
 fn to_exit(status: std::process::ExitStatus) -> ExitStatus {
-    ExitStatus { code: status.code(), signal: status.signal() }
+    ExitStatus {
+        code: status.code(),
+        signal: status.signal(),
+    }
 }
 
 fn describe_exit(exit: ExitStatus) -> String {
@@ -205,7 +260,13 @@ async fn pump(mut reader: impl AsyncRead + Unpin, events: EventSender, stdout: b
             Ok(_) => {
                 let chunk: Bytes = buf.split().freeze();
                 if listening {
-                    listening = events.emit(if stdout { TaskEvent::Stdout(chunk) } else { TaskEvent::Stderr(chunk) }).await;
+                    listening = events
+                        .emit(if stdout {
+                            TaskEvent::Stdout(chunk)
+                        } else {
+                            TaskEvent::Stderr(chunk)
+                        })
+                        .await;
                 }
             }
         }
@@ -226,8 +287,14 @@ async fn supervise(
     let pgid = child.id();
     let events = driver.event_sender();
     let readers = [
-        child.stdout.take().map(|r| tokio::spawn(pump(r, events.clone(), true))),
-        child.stderr.take().map(|r| tokio::spawn(pump(r, events.clone(), false))),
+        child
+            .stdout
+            .take()
+            .map(|r| tokio::spawn(pump(r, events.clone(), true))),
+        child
+            .stderr
+            .take()
+            .map(|r| tokio::spawn(pump(r, events.clone(), false))),
     ];
     if let Some(mut input) = child.stdin.take() {
         tokio::spawn(async move {
@@ -244,7 +311,11 @@ async fn supervise(
         }
     };
     let cancel = async {
-        if cancellable { driver.cancelled().await } else { std::future::pending().await }
+        if cancellable {
+            driver.cancelled().await
+        } else {
+            std::future::pending().await
+        }
     };
     let mut stop = None;
     let status = tokio::select! {
@@ -255,7 +326,10 @@ async fn supervise(
     let status = match (status, stop) {
         (Ok(status), _) => status,
         (Err(_), Some(cause)) => {
-            info!(?cause, "stopping the task: SIGTERM, then SIGKILL after {grace:?}");
+            info!(
+                ?cause,
+                "stopping the task: SIGTERM, then SIGKILL after {grace:?}"
+            );
             driver.emit(TaskEvent::Phase(TaskPhase::Stopping)).await;
             process::stop_task(pgid, task_id, grace).await;
             match child.wait().await {
@@ -271,7 +345,10 @@ async fn supervise(
     // Like a container whose first process exits: whatever the task left running goes too.
     process::kill_task(pgid, task_id);
     for reader in readers.into_iter().flatten() {
-        if tokio::time::timeout(Duration::from_secs(5), reader).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), reader)
+            .await
+            .is_err()
+        {
             warn!("an output pipe stayed open after every process of the task was killed");
         }
     }
@@ -281,7 +358,12 @@ async fn supervise(
 /// The environment of a task: `HOME`, `TMPDIR`, `PATH`, `GIT_CONFIG_GLOBAL`; the task's own; the
 /// backend's configured variables; then `OZ_RUN_ID`, `OZ_WORKSPACE_ROOT`, `OZ_WORKER_BACKEND`,
 /// `OZ_ENVIRONMENT_FILE`. Later entries win.
-fn task_env(config: &DirectConfig, ws: &Workspace, spec: &TaskSpec, cwd: &Path) -> Vec<(String, String)> {
+fn task_env(
+    config: &DirectConfig,
+    ws: &Workspace,
+    spec: &TaskSpec,
+    cwd: &Path,
+) -> Vec<(String, String)> {
     let mut env = TaskSpec::new(spec.task_id.clone(), vec![String::new()]);
     env = env
         .env("HOME", ws.home().display().to_string())
@@ -294,7 +376,10 @@ fn task_env(config: &DirectConfig, ws: &Workspace, spec: &TaskSpec, cwd: &Path) 
         .env(RUN_ID_VAR, spec.task_id.clone())
         .env("OZ_WORKSPACE_ROOT", cwd.display().to_string())
         .env("OZ_WORKER_BACKEND", NAME)
-        .env("OZ_ENVIRONMENT_FILE", ws.environment_file().display().to_string());
+        .env(
+            "OZ_ENVIRONMENT_FILE",
+            ws.environment_file().display().to_string(),
+        );
     env.effective_env()
 }
 
@@ -321,19 +406,42 @@ async fn run_task(config: Arc<DirectConfig>, ws: Workspace, spec: TaskSpec, driv
     let result = execute(&config, &ws, &spec, &driver).await;
     let mut finished = match result {
         Ok(f) => f,
-        Err(e) => Finished { exit: None, failure: Some(Failure { reason: e.reason(), message: e.to_string() }), started_at: None },
+        Err(e) => Finished {
+            exit: None,
+            failure: Some(Failure {
+                reason: e.reason(),
+                message: e.to_string(),
+            }),
+            started_at: None,
+        },
     };
     let cwd = config.target_dir.clone().unwrap_or_else(|| ws.work_dir());
     if let Some(teardown) = &config.teardown_command {
-        driver.emit(TaskEvent::Phase(TaskPhase::TeardownCommand)).await;
+        driver
+            .emit(TaskEvent::Phase(TaskPhase::TeardownCommand))
+            .await;
         let env = task_env(&config, &ws, &spec, &cwd);
-        match run_shell(teardown, &env, &cwd, &driver, &spec.task_id, &config, Some(TEARDOWN_LIMIT), false).await {
+        match run_shell(
+            teardown,
+            &env,
+            &cwd,
+            &driver,
+            &spec.task_id,
+            &config,
+            Some(TEARDOWN_LIMIT),
+            false,
+        )
+        .await
+        {
             Ok((exit, None)) if exit.success() => {}
             Ok((exit, _)) => {
                 let message = format!("teardown_command {}", describe_exit(exit));
                 warn!("{message}");
                 if finished.failure.is_none() {
-                    finished.failure = Some(Failure { reason: FailureReason::TeardownCommand, message });
+                    finished.failure = Some(Failure {
+                        reason: FailureReason::TeardownCommand,
+                        message,
+                    });
                 }
             }
             Err(e) => warn!(error = %e, "teardown_command could not start"),
@@ -347,7 +455,10 @@ async fn run_task(config: Arc<DirectConfig>, ws: Workspace, spec: TaskSpec, driv
         if let Err(e) = ws.remove() {
             warn!(error = %e, "cleanup failed");
             if finished.failure.is_none() {
-                finished.failure = Some(Failure { reason: FailureReason::Cleanup, message: e.to_string() });
+                finished.failure = Some(Failure {
+                    reason: FailureReason::Cleanup,
+                    message: e.to_string(),
+                });
             }
         }
     }
@@ -367,29 +478,51 @@ async fn run_shell(
     cancellable: bool,
 ) -> Result<(ExitStatus, Option<StopCause>), std::io::Error> {
     let argv = ["/bin/sh".to_owned(), "-c".to_owned(), script.to_owned()];
-    let limits = Limits { max_open_files: config.max_open_files, max_address_space: None };
+    let limits = Limits {
+        max_open_files: config.max_open_files,
+        max_address_space: None,
+    };
     let child = process::spawn(&argv, env, cwd, limits)?;
     let deadline = limit.map(|l| tokio::time::Instant::now() + l);
-    Ok(supervise(child, None, deadline, driver, task_id, config.stop_grace, cancellable).await)
+    Ok(supervise(
+        child,
+        None,
+        deadline,
+        driver,
+        task_id,
+        config.stop_grace,
+        cancellable,
+    )
+    .await)
 }
 
 fn stop_failure(cause: StopCause, timeout: Option<Duration>, what: &str) -> Failure {
     match cause {
         StopCause::Timeout => Failure {
             reason: FailureReason::TaskTimeout,
-            message: format!("{what} ran past its timeout of {}s and was stopped", timeout.map_or(0, |t| t.as_secs())),
+            message: format!(
+                "{what} ran past its timeout of {}s and was stopped",
+                timeout.map_or(0, |t| t.as_secs())
+            ),
         },
         StopCause::Cancel(reason) => Failure {
             reason: reason.failure_reason(),
             message: match reason {
                 CancelReason::Requested => format!("{what} was cancelled"),
-                CancelReason::Shutdown => format!("{what} was stopped because the worker is shutting down"),
+                CancelReason::Shutdown => {
+                    format!("{what} was stopped because the worker is shutting down")
+                }
             },
         },
     }
 }
 
-async fn execute(config: &DirectConfig, ws: &Workspace, spec: &TaskSpec, driver: &TaskDriver) -> Result<Finished, DirectError> {
+async fn execute(
+    config: &DirectConfig,
+    ws: &Workspace,
+    spec: &TaskSpec,
+    driver: &TaskDriver,
+) -> Result<Finished, DirectError> {
     driver.emit(TaskEvent::Phase(TaskPhase::Preparing)).await;
     let deadline = spec.timeout.map(|t| tokio::time::Instant::now() + t);
     let base = config.target_dir.clone().unwrap_or_else(|| ws.work_dir());
@@ -397,44 +530,99 @@ async fn execute(config: &DirectConfig, ws: &Workspace, spec: &TaskSpec, driver:
         Some(w) => base.join(w),
         None => base.clone(),
     };
-    std::fs::create_dir_all(&cwd).map_err(|source| DirectError::Workspace { path: cwd.display().to_string(), source })?;
+    std::fs::create_dir_all(&cwd).map_err(|source| DirectError::Workspace {
+        path: cwd.display().to_string(),
+        source,
+    })?;
     let mut env = task_env(config, ws, spec, &cwd);
 
     if let Some(setup) = &config.setup_command {
         driver.emit(TaskEvent::Phase(TaskPhase::SetupCommand)).await;
         let limit = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
-        let (exit, stop) = run_shell(setup, &env, &cwd, driver, &spec.task_id, config, limit, true)
-            .await
-            .map_err(|e| DirectError::Setup(format!("could not start /bin/sh: {e}")))?;
+        let (exit, stop) = run_shell(
+            setup,
+            &env,
+            &cwd,
+            driver,
+            &spec.task_id,
+            config,
+            limit,
+            true,
+        )
+        .await
+        .map_err(|e| DirectError::Setup(format!("could not start /bin/sh: {e}")))?;
         if let Some(cause) = stop {
-            return Ok(Finished { exit: Some(exit), failure: Some(stop_failure(cause, spec.timeout, "setup_command")), started_at: None });
+            return Ok(Finished {
+                exit: Some(exit),
+                failure: Some(stop_failure(cause, spec.timeout, "setup_command")),
+                started_at: None,
+            });
         }
         if !exit.success() {
             return Err(DirectError::Setup(describe_exit(exit)));
         }
         match std::fs::read_to_string(ws.environment_file()) {
-            Ok(text) => merge(&mut env, dotenv::parse(&text).map_err(|e| DirectError::Setup(format!("{}: {e}", ws.environment_file().display())))?),
+            Ok(text) => merge(
+                &mut env,
+                dotenv::parse(&text).map_err(|e| {
+                    DirectError::Setup(format!("{}: {e}", ws.environment_file().display()))
+                })?,
+            ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(DirectError::Setup(format!("could not read OZ_ENVIRONMENT_FILE: {e}"))),
+            Err(e) => {
+                return Err(DirectError::Setup(format!(
+                    "could not read OZ_ENVIRONMENT_FILE: {e}"
+                )));
+            }
         }
     }
 
     if let Some(cause) = driver.cancel_requested() {
-        return Ok(Finished { exit: None, failure: Some(stop_failure(StopCause::Cancel(cause), spec.timeout, "the task")), started_at: None });
+        return Ok(Finished {
+            exit: None,
+            failure: Some(stop_failure(
+                StopCause::Cancel(cause),
+                spec.timeout,
+                "the task",
+            )),
+            started_at: None,
+        });
     }
     driver.emit(TaskEvent::Phase(TaskPhase::Starting)).await;
-    let limits = Limits { max_open_files: config.max_open_files, max_address_space: spec.sandbox.resources.memory_bytes };
-    let child = process::spawn(&spec.argv, &env, &cwd, limits)
-        .map_err(|source| DirectError::Spawn { command: spec.argv[0].clone(), source })?;
+    let limits = Limits {
+        max_open_files: config.max_open_files,
+        max_address_space: spec.sandbox.resources.memory_bytes,
+    };
+    let child =
+        process::spawn(&spec.argv, &env, &cwd, limits).map_err(|source| DirectError::Spawn {
+            command: spec.argv[0].clone(),
+            source,
+        })?;
     let started_at = SystemTime::now();
     info!(pid = child.id(), "task started");
     driver.emit(TaskEvent::Phase(TaskPhase::Running)).await;
-    let (exit, stop) = supervise(child, spec.stdin.clone(), deadline, driver, &spec.task_id, config.stop_grace, true).await;
+    let (exit, stop) = supervise(
+        child,
+        spec.stdin.clone(),
+        deadline,
+        driver,
+        &spec.task_id,
+        config.stop_grace,
+        true,
+    )
+    .await;
     driver.emit(TaskEvent::Exited(exit)).await;
     let failure = match stop {
         Some(cause) => Some(stop_failure(cause, spec.timeout, "the task")),
         None if exit.success() => None,
-        None => Some(Failure { reason: FailureReason::ContainerExit, message: format!("the task {}", describe_exit(exit)) }),
+        None => Some(Failure {
+            reason: FailureReason::ContainerExit,
+            message: format!("the task {}", describe_exit(exit)),
+        }),
     };
-    Ok(Finished { exit: Some(exit), failure, started_at: Some(started_at) })
+    Ok(Finished {
+        exit: Some(exit),
+        failure,
+        started_at: Some(started_at),
+    })
 }

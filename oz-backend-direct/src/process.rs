@@ -23,7 +23,12 @@ pub struct Limits {
 }
 
 /// Spawns `argv` in `cwd` with exactly `env`, in a new process group, with piped stdio.
-pub fn spawn(argv: &[String], env: &[(String, String)], cwd: &Path, limits: Limits) -> std::io::Result<Child> {
+pub fn spawn(
+    argv: &[String],
+    env: &[(String, String)],
+    cwd: &Path,
+    limits: Limits,
+) -> std::io::Result<Child> {
     let mut command = Command::new(&argv[0]);
     command
         .args(&argv[1..])
@@ -69,13 +74,17 @@ pub fn group_exists(pgid: u32) -> bool {
 
 /// Whether the process `pid` exists and is not a zombie.
 pub fn process_alive(pid: u32) -> bool {
-    let Ok(p) = i32::try_from(pid) else { return false };
+    let Ok(p) = i32::try_from(pid) else {
+        return false;
+    };
     if kill(Pid::from_raw(p), None).is_err() {
         return false;
     }
     // A zombie still answers kill(0); it is dead for our purposes.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit_once(") ").is_none_or(|(_, rest)| !rest.starts_with('Z')),
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_none_or(|(_, rest)| !rest.starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -85,7 +94,9 @@ pub fn process_alive(pid: u32) -> bool {
 pub fn processes_of_task(task_id: &str) -> Vec<u32> {
     let needle = format!("{RUN_ID_VAR}={task_id}");
     let me = std::process::id();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     entries
         .flatten()
         .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
@@ -109,7 +120,7 @@ pub async fn stop_task(pgid: Option<u32>, task_id: &str, grace: Duration) {
     }
     let deadline = tokio::time::Instant::now() + grace;
     while tokio::time::Instant::now() < deadline {
-        let group_left = pgid.is_some_and(|g| group_has_live_members(g));
+        let group_left = pgid.is_some_and(group_has_live_members);
         if !group_left && processes_of_task(task_id).is_empty() {
             return;
         }
@@ -133,16 +144,21 @@ fn group_has_live_members(pgid: u32) -> bool {
     if !group_exists(pgid) {
         return false;
     }
-    let Ok(entries) = std::fs::read_dir("/proc") else { return true };
-    entries.flatten().filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok())).any(|pid| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-            // Fields after the command: state ppid pgrp ...
-            stat.rsplit_once(") ").is_some_and(|(_, rest)| {
-                let mut fields = rest.split_whitespace();
-                let state = fields.next();
-                let pgrp = fields.nth(1).and_then(|p| p.parse::<u32>().ok());
-                state != Some("Z") && pgrp == Some(pgid)
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .any(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                // Fields after the command: state ppid pgrp ...
+                stat.rsplit_once(") ").is_some_and(|(_, rest)| {
+                    let mut fields = rest.split_whitespace();
+                    let state = fields.next();
+                    let pgrp = fields.nth(1).and_then(|p| p.parse::<u32>().ok());
+                    state != Some("Z") && pgrp == Some(pgid)
+                })
             })
         })
-    })
 }

@@ -1,6 +1,8 @@
 //! `oz agent run`, the real binary, end to end: local git repos, real processes, a loopback HTTP
 //! control plane.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -10,7 +12,12 @@ use serde_json::{Value, json};
 const OZ: &str = env!("CARGO_BIN_EXE_oz");
 
 fn git(dir: &Path, args: &[&str]) {
-    let status = Command::new("git").args(args).current_dir(dir).envs(git_identity()).status().unwrap();
+    let status = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .envs(git_identity())
+        .status()
+        .unwrap();
     assert!(status.success(), "git {args:?}");
 }
 
@@ -42,7 +49,12 @@ impl Fixture {
             git(&src, &["commit", "-q", "-m", "initial"]);
             let bare = root.path().join("git").join(owner).join(repo);
             std::fs::create_dir_all(bare.parent().unwrap()).unwrap();
-            let status = Command::new("git").args(["clone", "-q", "--bare"]).arg(&src).arg(&bare).status().unwrap();
+            let status = Command::new("git")
+                .args(["clone", "-q", "--bare"])
+                .arg(&src)
+                .arg(&bare)
+                .status()
+                .unwrap();
             assert!(status.success());
             git(&bare, &["config", "uploadpack.allowFilter", "true"]);
         }
@@ -65,7 +77,12 @@ impl Fixture {
 
 fn oz(args: &[&str], env: &[(&str, String)], cwd: &Path) -> Output {
     let mut cmd = Command::new(OZ);
-    cmd.args(args).current_dir(cwd).env_clear().env("PATH", std::env::var("PATH").unwrap()).env("HOME", cwd).env("TMPDIR", std::env::temp_dir());
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("HOME", cwd)
+        .env("TMPDIR", std::env::temp_dir());
     cmd.envs(git_identity());
     for (k, v) in env {
         cmd.env(k, v);
@@ -81,7 +98,10 @@ fn events(output: &Output) -> Vec<Value> {
 }
 
 fn kinds(events: &[Value]) -> Vec<String> {
-    events.iter().map(|e| e["event"].as_str().unwrap().to_owned()).collect()
+    events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 const AGENT: &str = r#"set -e
@@ -106,40 +126,83 @@ fn unmanaged_run_clones_sets_up_runs_the_harness_and_reports_the_commit() {
     }));
     let work = f.workdir();
     let out = oz(
-        &["agent", "run", "--output-format", "ndjson", "--environment-file", env_file.to_str().unwrap(), "--git-base-url", &f.base_url(),
-          "--prompt", "add a line", "--harness", "command", "--", "/bin/sh", "-c", AGENT],
+        &[
+            "agent",
+            "run",
+            "--output-format",
+            "ndjson",
+            "--environment-file",
+            env_file.to_str().unwrap(),
+            "--git-base-url",
+            &f.base_url(),
+            "--prompt",
+            "add a line",
+            "--harness",
+            "command",
+            "--",
+            "/bin/sh",
+            "-c",
+            AGENT,
+        ],
         &[],
         &work,
     );
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let ev = events(&out);
     let k = kinds(&ev);
     assert_eq!(k.first().map(String::as_str), Some("started"));
     assert_eq!(k.last().map(String::as_str), Some("finished"));
-    let pos = |name: &str| k.iter().position(|x| x == name).unwrap_or_else(|| panic!("no {name} in {k:?}"));
+    let pos = |name: &str| {
+        k.iter()
+            .position(|x| x == name)
+            .unwrap_or_else(|| panic!("no {name} in {k:?}"))
+    };
     assert!(pos("clone_finished") < pos("setup_started"));
     assert!(pos("setup_finished") < pos("harness_started"));
     assert_eq!(k.iter().filter(|x| *x == "clone_finished").count(), 2);
-    let text: String = ev.iter().filter(|e| e["event"] == "output").map(|e| e["text"].as_str().unwrap()).collect();
+    let text: String = ev
+        .iter()
+        .filter(|e| e["event"] == "output")
+        .map(|e| e["text"].as_str().unwrap())
+        .collect();
     assert!(text.contains("stdin: add a line"), "{text}");
     assert!(text.contains("env prompt: add a line"));
     assert!(text.contains("setup saw: setup ok from-environment"));
-    let commit = ev.iter().find(|e| e["event"] == "artifact").expect("a commit artifact");
+    let commit = ev
+        .iter()
+        .find(|e| e["event"] == "artifact")
+        .expect("a commit artifact");
     assert_eq!(commit["artifact_type"], "EXTERNAL_REFERENCE");
     assert_eq!(commit["reference_type"], "git_commit");
     assert_eq!(commit["title"], "agent: apply the prompt");
     assert_eq!(ev.last().unwrap()["state"], "SUCCEEDED");
     // The clone is partial (tree:0 filter) and the change is really committed.
-    let log = Command::new("git").args(["log", "--format=%s"]).current_dir(work.join("app")).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&log.stdout), "agent: apply the prompt\ninitial\n");
-    let filter = Command::new("git").args(["config", "remote.origin.partialclonefilter"]).current_dir(work.join("app")).output().unwrap();
+    let log = Command::new("git")
+        .args(["log", "--format=%s"])
+        .current_dir(work.join("app"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&log.stdout),
+        "agent: apply the prompt\ninitial\n"
+    );
+    let filter = Command::new("git")
+        .args(["config", "remote.origin.partialclonefilter"])
+        .current_dir(work.join("app"))
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&filter.stdout).trim(), "tree:0");
 }
 
 #[test]
 fn secrets_are_masked_and_credentials_reach_git_only_through_the_helper() {
     let f = Fixture::new(&[("acme", "app")]);
-    let env_file = f.env_file(json!({"name": "s", "github_repos": [{"owner": "acme", "repo": "app"}]}));
+    let env_file =
+        f.env_file(json!({"name": "s", "github_repos": [{"owner": "acme", "repo": "app"}]}));
     let work = f.workdir();
     let token = "ghs_abcdefghijklmnopqrstuvwxyz0123456789";
     let creds = json!([{"host": "github.com", "token": token}]).to_string();
@@ -149,37 +212,94 @@ echo "printing a secret: $MY_SERVICE_TOKEN and again $(grep password ../filled.t
 env > ../harness-env.txt
 echo "ps-visible args: $0 $*""#;
     let out = oz(
-        &["agent", "run", "--environment-file", env_file.to_str().unwrap(), "--git-base-url", &f.base_url(), "--harness", "command", "--output-format", "ndjson",
-          "--", "/bin/sh", "-c", script],
-        &[("OZ_GIT_CREDENTIALS", creds.clone()), ("MY_SERVICE_TOKEN", "svc-secret-value-42".into())],
+        &[
+            "agent",
+            "run",
+            "--environment-file",
+            env_file.to_str().unwrap(),
+            "--git-base-url",
+            &f.base_url(),
+            "--harness",
+            "command",
+            "--output-format",
+            "ndjson",
+            "--",
+            "/bin/sh",
+            "-c",
+            script,
+        ],
+        &[
+            ("OZ_GIT_CREDENTIALS", creds.clone()),
+            ("MY_SERVICE_TOKEN", "svc-secret-value-42".into()),
+        ],
         &work,
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let filled = std::fs::read_to_string(f.root.path().join("filled.txt")).unwrap();
-    assert!(filled.contains(&format!("password={token}")), "the helper did not answer git: {filled}");
+    assert!(
+        filled.contains(&format!("password={token}")),
+        "the helper did not answer git: {filled}"
+    );
     assert!(filled.contains("username=x-access-token"));
-    let all_output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let all_output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!all_output.contains(token), "the git token was printed");
-    assert!(!all_output.contains("svc-secret-value-42"), "a secret-named variable was printed");
+    assert!(
+        !all_output.contains("svc-secret-value-42"),
+        "a secret-named variable was printed"
+    );
     assert!(all_output.contains("[REDACTED]"));
     let harness_env = std::fs::read_to_string(f.root.path().join("harness-env.txt")).unwrap();
-    assert!(!harness_env.contains("OZ_GIT_CREDENTIALS"), "the credentials variable reached the harness");
+    assert!(
+        !harness_env.contains("OZ_GIT_CREDENTIALS"),
+        "the credentials variable reached the harness"
+    );
     assert!(!harness_env.contains(token));
     let config = std::fs::read_to_string(work.join("app/.git/config")).unwrap();
-    assert!(!config.contains(token) && !config.contains("credential"), "{config}");
+    assert!(
+        !config.contains(token) && !config.contains("credential"),
+        "{config}"
+    );
     // The socket is gone with the run.
-    let socket_line = harness_env.lines().find(|l| l.starts_with("OZ_GIT_CREDENTIAL_SOCKET=")).unwrap();
+    let socket_line = harness_env
+        .lines()
+        .find(|l| l.starts_with("OZ_GIT_CREDENTIAL_SOCKET="))
+        .unwrap();
     assert!(!Path::new(socket_line.split_once('=').unwrap().1).exists());
 }
 
 #[test]
 fn unknown_flags_warn_and_the_run_continues() {
     let work = tempfile::tempdir().unwrap();
-    let out = oz(&["agent", "run", "--brand-new-flag", "x", "--harness", "command", "--", "/bin/echo", "ok"], &[], work.path());
+    let out = oz(
+        &[
+            "agent",
+            "run",
+            "--brand-new-flag",
+            "x",
+            "--harness",
+            "command",
+            "--",
+            "/bin/echo",
+            "ok",
+        ],
+        &[],
+        work.path(),
+    );
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("ignoring unknown flag \"--brand-new-flag x\""), "{stderr}");
+    assert!(
+        stderr.contains("ignoring unknown flag \"--brand-new-flag x\""),
+        "{stderr}"
+    );
     assert!(stderr.contains("run SUCCEEDED"), "{stderr}");
 }
 
@@ -189,32 +309,75 @@ fn failures_have_their_exit_status_and_a_clear_final_event() {
     let work = f.workdir();
     let run = |env: Value, harness: &[&str]| {
         let file = f.env_file(env);
-        let mut args = vec!["agent", "run", "--output-format", "ndjson", "--environment-file", file.to_str().unwrap()];
+        let mut args = vec![
+            "agent",
+            "run",
+            "--output-format",
+            "ndjson",
+            "--environment-file",
+            file.to_str().unwrap(),
+        ];
         let base = f.base_url();
-        args.extend(["--git-base-url", base.as_str(), "--harness", "command", "--"]);
+        args.extend([
+            "--git-base-url",
+            base.as_str(),
+            "--harness",
+            "command",
+            "--",
+        ]);
         args.extend(harness);
         oz(&args, &[], &work)
     };
-    let missing = run(json!({"name": "m", "github_repos": [{"owner": "acme", "repo": "nope"}]}), &["true"]);
+    let missing = run(
+        json!({"name": "m", "github_repos": [{"owner": "acme", "repo": "nope"}]}),
+        &["true"],
+    );
     assert_eq!(missing.status.code(), Some(3));
     let last = events(&missing).pop().unwrap();
     assert_eq!(last["state"], "FAILED");
-    assert!(last["message"].as_str().unwrap().contains("acme/nope"), "{last}");
+    assert!(
+        last["message"].as_str().unwrap().contains("acme/nope"),
+        "{last}"
+    );
 
-    let setup = run(json!({"name": "s", "setup_commands": ["exit 9"]}), &["true"]);
+    let setup = run(
+        json!({"name": "s", "setup_commands": ["exit 9"]}),
+        &["true"],
+    );
     assert_eq!(setup.status.code(), Some(4));
-    assert!(events(&setup).pop().unwrap()["message"].as_str().unwrap().contains("setup_commands[0] exited with code 9"));
+    assert!(
+        events(&setup).pop().unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("setup_commands[0] exited with code 9")
+    );
 
     let harness = run(json!({"name": "h"}), &["/bin/sh", "-c", "exit 5"]);
     assert_eq!(harness.status.code(), Some(5));
     assert_eq!(events(&harness).pop().unwrap()["state"], "FAILED");
 
-    let hostile = run(json!({"name": "x", "github_repos": [{"owner": "acme", "repo": ".."}]}), &["true"]);
+    let hostile = run(
+        json!({"name": "x", "github_repos": [{"owner": "acme", "repo": ".."}]}),
+        &["true"],
+    );
     assert_eq!(hostile.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&hostile.stdout);
     assert!(stderr.contains("github_repos[0].repo"), "{stderr}");
 
-    let credentials_in_url = oz(&["agent", "run", "--git-base-url", "https://user:tok@github.com", "--harness", "command", "--", "true"], &[], &work);
+    let credentials_in_url = oz(
+        &[
+            "agent",
+            "run",
+            "--git-base-url",
+            "https://user:tok@github.com",
+            "--harness",
+            "command",
+            "--",
+            "true",
+        ],
+        &[],
+        &work,
+    );
     assert_eq!(credentials_in_url.status.code(), Some(2));
 }
 
@@ -223,8 +386,19 @@ fn sigterm_cancels_the_harness_and_its_children() {
     let work = tempfile::tempdir().unwrap();
     let pid_file = work.path().join("child.pid");
     let script = format!("sleep 300 & echo $! > {}; wait", pid_file.display());
-    let mut child = Command::new(OZ)
-        .args(["agent", "run", "--output-format", "ndjson", "--harness", "command", "--", "/bin/sh", "-c", &script])
+    let child = Command::new(OZ)
+        .args([
+            "agent",
+            "run",
+            "--output-format",
+            "ndjson",
+            "--harness",
+            "command",
+            "--",
+            "/bin/sh",
+            "-c",
+            &script,
+        ])
         .current_dir(work.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -236,24 +410,32 @@ fn sigterm_cancels_the_harness_and_its_children() {
         }
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
-    let grandchild: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let grandchild: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130));
     assert_eq!(events(&out).pop().unwrap()["state"], "CANCELLED");
     std::thread::sleep(std::time::Duration::from_millis(100));
-    let alive = std::fs::read_to_string(format!("/proc/{grandchild}/stat")).is_ok_and(|s| !s.contains(") Z "));
+    let alive = std::fs::read_to_string(format!("/proc/{grandchild}/stat"))
+        .is_ok_and(|s| !s.contains(") Z "));
     assert!(!alive, "the harness's child survived the cancellation");
 }
 
 /// A loopback control plane: serves the environment and the run, records every report.
-async fn control_plane(token: &'static str, base_url: String) -> (String, Arc<Mutex<Vec<(Option<String>, Value)>>>) {
+async fn control_plane() -> (String, Arc<Mutex<Vec<(Option<String>, Value)>>>) {
     use axum::extract::{Path as UrlPath, State};
     use axum::http::HeaderMap;
     use axum::routing::{get, post};
     type Reports = Arc<Mutex<Vec<(Option<String>, Value)>>>;
     let reports: Reports = Arc::default();
-    let _ = base_url;
     let app = axum::Router::new()
         .route(
             "/api/v1/agent/environments",
@@ -282,7 +464,6 @@ async fn control_plane(token: &'static str, base_url: String) -> (String, Arc<Mu
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let _ = token;
     (format!("http://{addr}"), reports)
 }
 
@@ -290,28 +471,63 @@ async fn control_plane(token: &'static str, base_url: String) -> (String, Arc<Mu
 async fn a_managed_run_fetches_its_environment_and_prompt_and_reports_to_the_control_plane() {
     const TOKEN: &str = "oz_wl_0123456789abcdefghijklmnop";
     let f = Fixture::new(&[("acme", "app")]);
-    let (url, reports) = control_plane(TOKEN, f.base_url()).await;
+    let (url, reports) = control_plane().await;
     let work = f.workdir();
     let base = f.base_url();
     let out = tokio::task::spawn_blocking(move || {
         oz(
-            &["agent", "run", "--task-id", "run-42", "--sandboxed", "--server-root-url", &url, "--environment", "env-1", "--git-base-url", &base,
-              "--harness", "command", "--", "/bin/sh", "-c", "echo \"prompt=$OZ_PROMPT token=$OZ_WORKLOAD_TOKEN\"; ls app"],
+            &[
+                "agent",
+                "run",
+                "--task-id",
+                "run-42",
+                "--sandboxed",
+                "--server-root-url",
+                &url,
+                "--environment",
+                "env-1",
+                "--git-base-url",
+                &base,
+                "--harness",
+                "command",
+                "--",
+                "/bin/sh",
+                "-c",
+                "echo \"prompt=$OZ_PROMPT token=$OZ_WORKLOAD_TOKEN\"; ls app",
+            ],
             &[("OZ_WORKLOAD_TOKEN", TOKEN.into())],
             &work,
         )
     })
     .await
     .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("prompt=prompt from the server token=\n"), "the token must not reach the harness: {stdout}");
-    assert!(stdout.contains("README.md"), "the repo from the server's environment was cloned: {stdout}");
+    assert!(
+        stdout.contains("prompt=prompt from the server token=\n"),
+        "the token must not reach the harness: {stdout}"
+    );
+    assert!(
+        stdout.contains("README.md"),
+        "the repo from the server's environment was cloned: {stdout}"
+    );
     let reports = reports.lock().unwrap().clone();
-    let kinds: Vec<&str> = reports.iter().map(|(_, b)| b["event"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = reports
+        .iter()
+        .map(|(_, b)| b["event"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds.first(), Some(&"started"));
     assert_eq!(kinds.last(), Some(&"finished"));
-    assert!(kinds.contains(&"clone_finished") && kinds.contains(&"harness_started") && kinds.contains(&"output"), "{kinds:?}");
+    assert!(
+        kinds.contains(&"clone_finished")
+            && kinds.contains(&"harness_started")
+            && kinds.contains(&"output"),
+        "{kinds:?}"
+    );
     for (auth, body) in &reports {
         assert_eq!(auth.as_deref(), Some(format!("Bearer {TOKEN}").as_str()));
         assert_eq!(body["_run"], "run-42");
@@ -326,7 +542,21 @@ async fn an_unreachable_control_plane_does_not_fail_the_run() {
     let dir = work.path().to_path_buf();
     let out = tokio::task::spawn_blocking(move || {
         oz(
-            &["agent", "run", "--task-id", "r", "--server-root-url", "http://127.0.0.1:9", "--prompt", "p", "--harness", "command", "--", "/bin/echo", "still ran"],
+            &[
+                "agent",
+                "run",
+                "--task-id",
+                "r",
+                "--server-root-url",
+                "http://127.0.0.1:9",
+                "--prompt",
+                "p",
+                "--harness",
+                "command",
+                "--",
+                "/bin/echo",
+                "still ran",
+            ],
             &[("OZ_WORKLOAD_TOKEN", "tok-unreachable-123".into())],
             &dir,
         )
@@ -336,6 +566,9 @@ async fn an_unreachable_control_plane_does_not_fail_the_run() {
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout), "still ran\n");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("reporting to the control plane failed"), "{stderr}");
+    assert!(
+        stderr.contains("reporting to the control plane failed"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("tok-unreachable-123"));
 }

@@ -16,17 +16,11 @@ pub const MASK: &[u8] = b"[REDACTED]";
 pub const MIN_SECRET_LEN: usize = 6;
 
 /// A set of secrets to mask, with the automaton that finds them.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Redactor {
     patterns: Vec<Vec<u8>>,
     automaton: Option<AhoCorasick>,
     longest: usize,
-}
-
-impl Default for Redactor {
-    fn default() -> Self {
-        Self { patterns: Vec::new(), automaton: None, longest: 0 }
-    }
 }
 
 impl Redactor {
@@ -121,7 +115,10 @@ impl Redactor {
             None
         } else {
             // Leftmost-longest over a handful of literal patterns cannot fail to build.
-            AhoCorasick::builder().match_kind(MatchKind::LeftmostLongest).build(&self.patterns).ok()
+            AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostLongest)
+                .build(&self.patterns)
+                .ok()
         };
     }
 }
@@ -137,7 +134,10 @@ pub struct StreamRedactor {
 impl StreamRedactor {
     /// A stream redactor over `redactor`.
     pub fn new(redactor: Redactor) -> Self {
-        Self { redactor, held: BytesMut::new() }
+        Self {
+            redactor,
+            held: BytesMut::new(),
+        }
     }
 
     /// Registers one more secret; bytes still held back are masked too.
@@ -188,11 +188,17 @@ impl StreamRedactor {
     /// The first position at or after `from` whose rest of `buf` is a proper prefix of a pattern
     /// (a secret that may continue in the next chunk), or `buf.len()`.
     fn first_partial_start(&self, buf: &[u8], from: usize) -> usize {
-        let earliest = buf.len().saturating_sub(self.redactor.longest.saturating_sub(1)).max(from);
+        let earliest = buf
+            .len()
+            .saturating_sub(self.redactor.longest.saturating_sub(1))
+            .max(from);
         (earliest..buf.len())
             .find(|&i| {
                 let tail = &buf[i..];
-                self.redactor.patterns.iter().any(|p| p.len() > tail.len() && p.starts_with(tail))
+                self.redactor
+                    .patterns
+                    .iter()
+                    .any(|p| p.len() > tail.len() && p.starts_with(tail))
             })
             .unwrap_or(buf.len())
     }
@@ -214,7 +220,10 @@ mod tests {
     #[test]
     fn masks_a_whole_buffer() {
         let r = Redactor::new([SECRET]);
-        assert_eq!(r.redact_str(&format!("token={SECRET}; again {SECRET}")), "token=[REDACTED]; again [REDACTED]");
+        assert_eq!(
+            r.redact_str(&format!("token={SECRET}; again {SECRET}")),
+            "token=[REDACTED]; again [REDACTED]"
+        );
         assert_eq!(r.redact_str("nothing here"), "nothing here");
     }
 
@@ -230,14 +239,23 @@ mod tests {
         let r = Redactor::new([SECRET]);
         for prefix in ["", "a", "ab", "abc", "user:"] {
             let data = format!("{prefix}{SECRET}");
-            for encoded in [STANDARD_NO_PAD.encode(&data), URL_SAFE_NO_PAD.encode(&data), base64::engine::general_purpose::STANDARD.encode(&data)] {
+            for encoded in [
+                STANDARD_NO_PAD.encode(&data),
+                URL_SAFE_NO_PAD.encode(&data),
+                base64::engine::general_purpose::STANDARD.encode(&data),
+            ] {
                 let masked = r.redact_str(&format!("Authorization: Basic {encoded}"));
                 assert!(masked.contains("[REDACTED]"), "{prefix:?}: {masked}");
-                let leftover: String = masked.replace("[REDACTED]", "").replace("Authorization: Basic ", "");
+                let leftover: String = masked
+                    .replace("[REDACTED]", "")
+                    .replace("Authorization: Basic ", "");
                 // What may survive: the encoding of the (public) prefix, plus at most 2 boundary
                 // characters on each side that mix secret and non-secret bits, plus padding.
                 let budget = prefix.len().div_ceil(3) * 4 + 6;
-                assert!(leftover.len() <= budget, "{prefix:?}: too much of the encoding survived: {masked}");
+                assert!(
+                    leftover.len() <= budget,
+                    "{prefix:?}: too much of the encoding survived: {masked}"
+                );
             }
         }
     }
@@ -251,7 +269,11 @@ mod tests {
             out.extend_from_slice(&s.push(&text.as_bytes()[..split]));
             out.extend_from_slice(&s.push(&text.as_bytes()[split..]));
             out.extend_from_slice(&s.finish());
-            assert_eq!(String::from_utf8(out).unwrap(), "before [REDACTED] after", "split at {split}");
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                "before [REDACTED] after",
+                "split at {split}"
+            );
         }
     }
 
@@ -271,7 +293,10 @@ mod tests {
     #[test]
     fn ordinary_output_is_not_held_back() {
         let mut s = StreamRedactor::new(Redactor::new([SECRET]));
-        assert_eq!(&s.push(b"installing dependencies...\n")[..], b"installing dependencies...\n");
+        assert_eq!(
+            &s.push(b"installing dependencies...\n")[..],
+            b"installing dependencies...\n"
+        );
         // A tail that could be the start of the secret waits for more.
         assert_eq!(&s.push(b"token: ghs_16C")[..], b"token: ");
         assert_eq!(&s.push(b"ATS\n")[..], b"ghs_16CATS\n");

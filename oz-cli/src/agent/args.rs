@@ -87,20 +87,30 @@ pub fn parse_lenient(raw: Vec<String>) -> Result<(RunArgs, Vec<String>), clap::E
         match Standalone::try_parse_from(&argv) {
             Ok(parsed) => return Ok((parsed.args, warnings)),
             Err(e) if e.kind() == clap::error::ErrorKind::UnknownArgument => {
-                let Some(clap::error::ContextValue::String(bad)) = e.get(clap::error::ContextKind::InvalidArg).cloned() else {
+                let Some(clap::error::ContextValue::String(bad)) =
+                    e.get(clap::error::ContextKind::InvalidArg).cloned()
+                else {
                     return Err(e);
                 };
                 let separator = argv.iter().position(|a| a == "--").unwrap_or(argv.len());
-                let Some(pos) = argv[..separator].iter().position(|a| *a == bad || a.starts_with(&format!("{bad}="))) else {
+                let Some(pos) = argv[..separator]
+                    .iter()
+                    .position(|a| *a == bad || a.starts_with(&format!("{bad}=")))
+                else {
                     return Err(e);
                 };
                 let flag = argv.remove(pos);
                 let mut dropped = flag.clone();
-                if !flag.contains('=') && pos < argv.len().min(separator.saturating_sub(1)) && !argv[pos].starts_with('-') {
+                if !flag.contains('=')
+                    && pos < argv.len().min(separator.saturating_sub(1))
+                    && !argv[pos].starts_with('-')
+                {
                     dropped.push(' ');
                     dropped.push_str(&argv.remove(pos));
                 }
-                warnings.push(format!("ignoring unknown flag {dropped:?} (from a newer oz version?)"));
+                warnings.push(format!(
+                    "ignoring unknown flag {dropped:?} (from a newer oz version?)"
+                ));
             }
             Err(e) => return Err(e),
         }
@@ -119,8 +129,22 @@ mod tests {
     #[test]
     fn accepts_the_oz_worker_command_line() {
         let (args, warnings) = parse_lenient(v(&[
-            "--task-id", "run-1", "--sandboxed", "--server-root-url", "http://127.0.0.1:9", "--environment", "env-1",
-            "--model", "m", "--mcp", "{}", "--harness", "claude", "--share", "team", "--idle-on-complete",
+            "--task-id",
+            "run-1",
+            "--sandboxed",
+            "--server-root-url",
+            "http://127.0.0.1:9",
+            "--environment",
+            "env-1",
+            "--model",
+            "m",
+            "--mcp",
+            "{}",
+            "--harness",
+            "claude",
+            "--share",
+            "team",
+            "--idle-on-complete",
         ]))
         .unwrap();
         assert!(warnings.is_empty());
@@ -134,7 +158,17 @@ mod tests {
     #[test]
     fn unknown_flags_are_warned_about_not_fatal() {
         let (args, warnings) = parse_lenient(v(&[
-            "--future-flag", "value", "--task-id", "t", "--other-new=1", "--new-switch", "--harness", "command", "--", "./agent.sh", "--future-flag",
+            "--future-flag",
+            "value",
+            "--task-id",
+            "t",
+            "--other-new=1",
+            "--new-switch",
+            "--harness",
+            "command",
+            "--",
+            "./agent.sh",
+            "--future-flag",
         ]))
         .unwrap();
         assert_eq!(args.task_id.as_deref(), Some("t"));

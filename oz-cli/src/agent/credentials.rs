@@ -47,12 +47,25 @@ pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Vec<GitCredentia
         let parsed: Vec<CredentialJson> = serde_json::from_str(&json)
             .map_err(|e| format!("{CREDENTIALS_VAR} is not a JSON array of {{host, username, token, expires_at}} (line {}, column {})", e.line(), e.column()))?;
         for c in parsed {
-            out.push(GitCredential::new(c.host.to_ascii_lowercase(), c.username, c.token, c.expires_at));
+            out.push(GitCredential::new(
+                c.host.to_ascii_lowercase(),
+                c.username,
+                c.token,
+                c.expires_at,
+            ));
         }
     }
     if !out.iter().any(|c| c.host == "github.com") {
-        if let Some(token) = get("GITHUB_TOKEN").or_else(|| get("GH_TOKEN")).filter(|t| !t.is_empty()) {
-            out.push(GitCredential::new("github.com", "x-access-token", token, None));
+        if let Some(token) = get("GITHUB_TOKEN")
+            .or_else(|| get("GH_TOKEN"))
+            .filter(|t| !t.is_empty())
+        {
+            out.push(GitCredential::new(
+                "github.com",
+                "x-access-token",
+                token,
+                None,
+            ));
         }
     }
     Ok(out)
@@ -80,7 +93,10 @@ pub struct CredentialServer {
 impl CredentialServer {
     /// Binds the socket in a new 0700 folder under `tmp` and starts serving.
     pub fn start(credentials: Vec<GitCredential>, tmp: &Path) -> std::io::Result<Self> {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
         let dir = tmp.join(format!("oz-cred-{}-{nanos:x}", std::process::id()));
         std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
         let socket = dir.join("git.sock");
@@ -92,7 +108,12 @@ impl CredentialServer {
                 tokio::spawn(async move {
                     let (read, mut write) = stream.into_split();
                     let mut line = String::new();
-                    if BufReader::new(read).take(4096).read_line(&mut line).await.is_err() {
+                    if BufReader::new(read)
+                        .take(4096)
+                        .read_line(&mut line)
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                     let answer = match serde_json::from_str::<Ask>(&line) {
@@ -117,14 +138,20 @@ impl CredentialServer {
     /// The variables that make git (and anything the agent runs) use the helper: earlier helpers are
     /// reset, then `!'<oz>' agent git-credential` is added.
     pub fn git_env(&self, oz_binary: &Path) -> Vec<(String, String)> {
-        let quoted = format!("'{}'", oz_binary.display().to_string().replace('\'', "'\\''"));
+        let quoted = format!(
+            "'{}'",
+            oz_binary.display().to_string().replace('\'', "'\\''")
+        );
         vec![
             (SOCKET_VAR.into(), self.socket.display().to_string()),
             ("GIT_CONFIG_COUNT".into(), "2".into()),
             ("GIT_CONFIG_KEY_0".into(), "credential.helper".into()),
             ("GIT_CONFIG_VALUE_0".into(), String::new()),
             ("GIT_CONFIG_KEY_1".into(), "credential.helper".into()),
-            ("GIT_CONFIG_VALUE_1".into(), format!("!{quoted} agent git-credential")),
+            (
+                "GIT_CONFIG_VALUE_1".into(),
+                format!("!{quoted} agent git-credential"),
+            ),
             ("GIT_TERMINAL_PROMPT".into(), "0".into()),
         ]
     }
@@ -147,12 +174,17 @@ fn answer(credentials: &[GitCredential], ask: &Ask) -> Answer {
     if !(ask.protocol == "https" || (ask.protocol == "http" && loopback)) {
         return Answer::default();
     }
-    let Some(c) = credentials.iter().find(|c| c.host == host) else { return Answer::default() };
+    let Some(c) = credentials.iter().find(|c| c.host == host) else {
+        return Answer::default();
+    };
     if c.expires_at.is_some_and(|e| Timestamp::now() >= e) {
         warn!(host = %c.host, "the git credential for this host has expired; not using it");
         return Answer::default();
     }
-    Answer { username: Some(c.username.clone()), password: Some(c.expose().to_owned()) }
+    Answer {
+        username: Some(c.username.clone()),
+        password: Some(c.expose().to_owned()),
+    }
 }
 
 /// `oz agent git-credential <get|store|erase>`: git's credential-helper protocol. `get` asks the
@@ -175,17 +207,28 @@ pub fn helper_main(operation: &str) -> i32 {
             }
         }
     }
-    let Some(socket) = std::env::var_os(SOCKET_VAR) else { return 0 };
-    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else { return 0 };
-    let Ok(ask) = serde_json::to_string(&Ask { host, protocol }) else { return 0 };
+    let Some(socket) = std::env::var_os(SOCKET_VAR) else {
+        return 0;
+    };
+    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
+        return 0;
+    };
+    let Ok(ask) = serde_json::to_string(&Ask { host, protocol }) else {
+        return 0;
+    };
     if stream.write_all(format!("{ask}\n").as_bytes()).is_err() {
         return 0;
     }
     let mut line = String::new();
-    if std::io::BufReader::new(stream).read_line(&mut line).is_err() {
+    if std::io::BufReader::new(stream)
+        .read_line(&mut line)
+        .is_err()
+    {
         return 0;
     }
-    let Ok(answer) = serde_json::from_str::<Answer>(&line) else { return 0 };
+    let Ok(answer) = serde_json::from_str::<Answer>(&line) else {
+        return 0;
+    };
     if let (Some(u), Some(p)) = (answer.username, answer.password) {
         let mut out = std::io::stdout().lock();
         let _ = write!(out, "username={u}\npassword={p}\n");
@@ -206,7 +249,11 @@ mod tests {
         assert_eq!(creds[0].username, "x-access-token");
         let fallback = from_env(|k| (k == "GH_TOKEN").then(|| "ghs_fallback".to_owned())).unwrap();
         assert_eq!(fallback[0].expose(), "ghs_fallback");
-        let err = from_env(|k| (k == CREDENTIALS_VAR).then(|| r#"[{"host":"h","token":"super-secret-tok""#.to_owned())).err().unwrap();
+        let err = from_env(|k| {
+            (k == CREDENTIALS_VAR).then(|| r#"[{"host":"h","token":"super-secret-tok""#.to_owned())
+        })
+        .err()
+        .unwrap();
         assert!(!err.contains("super-secret-tok"), "{err}");
     }
 
@@ -215,9 +262,23 @@ mod tests {
         let creds = vec![
             GitCredential::new("github.com", "x-access-token", "tok", None),
             GitCredential::new("127.0.0.1:8080", "u", "local", None),
-            GitCredential::new("old.example.com", "u", "expired", Some(Timestamp::from_second(1).unwrap())),
+            GitCredential::new(
+                "old.example.com",
+                "u",
+                "expired",
+                Some(Timestamp::from_second(1).unwrap()),
+            ),
         ];
-        let ask = |protocol: &str, host: &str| answer(&creds, &Ask { host: host.into(), protocol: protocol.into() }).password;
+        let ask = |protocol: &str, host: &str| {
+            answer(
+                &creds,
+                &Ask {
+                    host: host.into(),
+                    protocol: protocol.into(),
+                },
+            )
+            .password
+        };
         assert_eq!(ask("https", "github.com").as_deref(), Some("tok"));
         assert_eq!(ask("https", "GITHUB.COM").as_deref(), Some("tok"));
         assert_eq!(ask("http", "github.com"), None);

@@ -40,7 +40,9 @@ impl FromStr for HarnessKind {
             "codex" => Ok(HarnessKind::Codex),
             "gemini" => Ok(HarnessKind::Gemini),
             "oz" => Ok(HarnessKind::Oz),
-            other => Err(format!("unknown harness {other:?}: expected command, claude, codex, gemini or oz")),
+            other => Err(format!(
+                "unknown harness {other:?}: expected command, claude, codex, gemini or oz"
+            )),
         }
     }
 }
@@ -58,7 +60,11 @@ impl fmt::Display for Harness {
 
 impl Harness {
     /// Resolves a harness kind: `command` needs its argv; `oz` maps to `default_kind`.
-    pub fn resolve(kind: HarnessKind, command: Vec<String>, default_kind: Option<HarnessKind>) -> Result<Harness, String> {
+    pub fn resolve(
+        kind: HarnessKind,
+        command: Vec<String>,
+        default_kind: Option<HarnessKind>,
+    ) -> Result<Harness, String> {
         let kind = match kind {
             HarnessKind::Oz => match default_kind {
                 Some(HarnessKind::Oz) | None => HarnessKind::Command,
@@ -87,8 +93,20 @@ impl Harness {
         let s = |x: &str| x.to_owned();
         let mut argv = match self {
             Harness::Command(argv) => return argv.clone(),
-            Harness::Claude => vec![s("claude"), s("-p"), s("--output-format"), s("stream-json"), s("--verbose"), s("--dangerously-skip-permissions")],
-            Harness::Codex => vec![s("codex"), s("exec"), s("--full-auto"), s("--skip-git-repo-check")],
+            Harness::Claude => vec![
+                s("claude"),
+                s("-p"),
+                s("--output-format"),
+                s("stream-json"),
+                s("--verbose"),
+                s("--dangerously-skip-permissions"),
+            ],
+            Harness::Codex => vec![
+                s("codex"),
+                s("exec"),
+                s("--full-auto"),
+                s("--skip-git-repo-check"),
+            ],
             Harness::Gemini => vec![s("gemini"), s("--yolo")],
         };
         if let Some(model) = model.filter(|m| !m.is_empty()) {
@@ -111,20 +129,60 @@ mod tests {
     fn presets_build_their_usual_command_lines() {
         assert_eq!(
             Harness::Claude.argv("fix it", Some("sonnet")),
-            ["claude", "-p", "--output-format", "stream-json", "--verbose", "--dangerously-skip-permissions", "--model", "sonnet", "fix it"]
+            [
+                "claude",
+                "-p",
+                "--output-format",
+                "stream-json",
+                "--verbose",
+                "--dangerously-skip-permissions",
+                "--model",
+                "sonnet",
+                "fix it"
+            ]
         );
-        assert_eq!(Harness::Codex.argv("fix it", None), ["codex", "exec", "--full-auto", "--skip-git-repo-check", "fix it"]);
-        assert_eq!(Harness::Gemini.argv("fix it", Some("")), ["gemini", "--yolo", "--prompt", "fix it"]);
+        assert_eq!(
+            Harness::Codex.argv("fix it", None),
+            [
+                "codex",
+                "exec",
+                "--full-auto",
+                "--skip-git-repo-check",
+                "fix it"
+            ]
+        );
+        assert_eq!(
+            Harness::Gemini.argv("fix it", Some("")),
+            ["gemini", "--yolo", "--prompt", "fix it"]
+        );
         let cmd = Harness::Command(vec!["./agent.sh".into(), "--flag".into()]);
-        assert_eq!(cmd.argv("ignored in argv", Some("m")), ["./agent.sh", "--flag"]);
+        assert_eq!(
+            cmd.argv("ignored in argv", Some("m")),
+            ["./agent.sh", "--flag"]
+        );
     }
 
     #[test]
     fn resolution() {
-        assert_eq!(Harness::resolve(HarnessKind::Oz, vec![], Some(HarnessKind::Claude)).unwrap(), Harness::Claude);
-        assert!(Harness::resolve(HarnessKind::Oz, vec![], None).unwrap_err().contains("needs a command"));
-        assert_eq!(Harness::resolve(HarnessKind::Command, vec!["x".into()], None).unwrap(), Harness::Command(vec!["x".into()]));
+        assert_eq!(
+            Harness::resolve(HarnessKind::Oz, vec![], Some(HarnessKind::Claude)).unwrap(),
+            Harness::Claude
+        );
+        assert!(
+            Harness::resolve(HarnessKind::Oz, vec![], None)
+                .unwrap_err()
+                .contains("needs a command")
+        );
+        assert_eq!(
+            Harness::resolve(HarnessKind::Command, vec!["x".into()], None).unwrap(),
+            Harness::Command(vec!["x".into()])
+        );
         assert!("Claude".parse::<HarnessKind>().is_ok());
-        assert!("vim".parse::<HarnessKind>().unwrap_err().contains("unknown harness"));
+        assert!(
+            "vim"
+                .parse::<HarnessKind>()
+                .unwrap_err()
+                .contains("unknown harness")
+        );
     }
 }
