@@ -1,10 +1,17 @@
-//! Cloning the environment's repos, in parallel, as partial clones (`--filter=tree:0`), each into
-//! `<workdir>/<repo>`. Credentials reach git only through the credential helper.
+//! Cloning the environment's repos, in parallel, each into `<workdir>/<repo>`.
+//!
+//! With a `git` binary (on `PATH`, or the sidecar's `/agent/bin/git`): partial clones
+//! (`--filter=tree:0`), credentials through the credential helper. Without one: the built-in git
+//! (gitoxide), shallow clones (depth 1; it cannot make partial clones), credentials handed over in
+//! memory. Either way a credential is never in a URL, argv or `.git/config`.
 
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
+use oz_core::credentials::GitCredential;
 use oz_core::environment::RepoRef;
 use oz_core::wire::callbacks::RunnerEvent;
 use tokio::process::Command;
@@ -66,41 +73,62 @@ pub struct Cloned {
     pub error: Option<String>,
 }
 
+/// How repos are cloned.
+#[derive(Clone, Debug)]
+pub enum Cloner {
+    /// The git binary at this path, configured through the environment given.
+    Binary {
+        /// The binary.
+        git: PathBuf,
+        /// Its environment (with the credential helper configured).
+        env: Vec<(String, String)>,
+    },
+    /// The built-in git, with these credentials.
+    Builtin(Arc<Vec<GitCredential>>),
+}
+
 /// Clones every repo at once; returns them in the given order.
 pub async fn clone_all(
     repos: &[RepoRef],
     base: &str,
     workdir: &Path,
-    git: &Path,
-    env: &[(String, String)],
+    cloner: &Cloner,
     log: Arc<EventLog>,
 ) -> Vec<Cloned> {
     let jobs = repos.iter().cloned().map(|repo| {
         let log = log.clone();
         let url = clone_url(base, &repo);
         let dir = workdir.join(&repo.repo);
-        let git = git.to_path_buf();
-        let env = env.to_vec();
+        let cloner = cloner.clone();
         async move {
             log.emit(RunnerEvent::CloneStarted {
                 repo: repo.to_string(),
             })
             .await;
             let started = Instant::now();
-            let error = if dir.join(".git").exists() {
+            let result = if dir.join(".git").exists() {
                 log.note(&format!(
                     "{repo} is already present in {}; not cloned again",
                     dir.display()
                 ));
-                None
+                Ok(())
             } else {
-                clone_one(&git, &url, &dir, &env).await.err()
+                match &cloner {
+                    Cloner::Binary { git, env } => clone_one(git, &url, &dir, env).await,
+                    Cloner::Builtin(credentials) => {
+                        let (url, dir, credentials) =
+                            (url.clone(), dir.clone(), credentials.clone());
+                        tokio::task::spawn_blocking(move || builtin_clone(&url, &dir, credentials))
+                            .await
+                            .unwrap_or_else(|e| Err(format!("the built-in git stopped: {e}")))
+                    }
+                }
             };
-            let error = error.map(|e| log.redact(&e));
-            let head = if error.is_none() {
-                rev_parse_head(&git, &dir, &env).await
-            } else {
-                None
+            let error = result.err().map(|e| log.redact(&e));
+            let head = match (&error, &cloner) {
+                (None, Cloner::Binary { git, env }) => rev_parse_head(git, &dir, env).await,
+                (None, Cloner::Builtin(_)) => builtin_head(&dir),
+                (Some(_), _) => None,
             };
             log.emit(RunnerEvent::CloneFinished {
                 repo: repo.to_string(),
@@ -146,6 +174,78 @@ async fn clone_one(
             .trim()
             .to_owned())
     }
+}
+
+/// Clones with the built-in git: shallow (depth 1), isolated from any git configuration on the host,
+/// credentials answered in memory (same rules as the helper: https or loopback http, unexpired).
+pub fn builtin_clone(
+    url: &str,
+    dir: &Path,
+    credentials: Arc<Vec<GitCredential>>,
+) -> Result<(), String> {
+    use gix::credentials::helper::Action;
+    use gix::credentials::protocol::Outcome;
+    let interrupt = AtomicBool::new(false);
+    let mut prepare = gix::clone::PrepareFetch::new(
+        url,
+        dir,
+        gix::create::Kind::WithWorktree,
+        gix::create::Options::default(),
+        gix::open::Options::isolated(),
+    )
+    .map_err(|e| format!("could not prepare the clone: {e}"))?
+    .with_shallow(gix::remote::fetch::Shallow::DepthAtRemote(NonZeroU32::MIN))
+    .configure_connection(move |connection| {
+        let credentials = credentials.clone();
+        connection.set_credentials(move |action| match action {
+            Action::Get(mut context) => {
+                context.destructure_url_in_place(false)?;
+                let protocol = context.protocol.clone().unwrap_or_default();
+                let host = context.host.clone().unwrap_or_default();
+                Ok(
+                    crate::agent::credentials::lookup(&credentials, &protocol, &host).map(
+                        |(username, password)| Outcome {
+                            identity: gix::sec::identity::Account {
+                                username: username.to_owned(),
+                                password: password.to_owned(),
+                                oauth_refresh_token: None,
+                            },
+                            next: context.into(),
+                        },
+                    ),
+                )
+            }
+            Action::Store(_) | Action::Erase(_) => Ok(None),
+        });
+        Ok(())
+    });
+    let (mut checkout, _) = prepare
+        .fetch_then_checkout(gix::progress::Discard, &interrupt)
+        .map_err(|e| error_chain(&e))?;
+    checkout
+        .main_worktree(gix::progress::Discard, &interrupt)
+        .map_err(|e| error_chain(&e))?;
+    Ok(())
+}
+
+/// An error and its causes, `outer: inner: innermost`.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let next = cause.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn builtin_head(dir: &Path) -> Option<String> {
+    let repo = gix::open(dir).ok()?;
+    repo.head_id().ok().map(|id| id.to_string())
 }
 
 /// `git rev-parse HEAD` in `dir`.

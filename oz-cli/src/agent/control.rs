@@ -96,8 +96,7 @@ impl HttpControlPlane {
         run_id: &str,
         token: SecretString,
     ) -> Result<Self, ControlError> {
-        // One rustls crypto provider for the process (ring); a second install attempt is harmless.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::agent::install_crypto_provider();
         let client = reqwest::Client::builder()
             .user_agent(concat!("oz-agent-runner/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(std::time::Duration::from_secs(10))

@@ -165,25 +165,38 @@ impl Drop for CredentialServer {
     }
 }
 
-fn answer(credentials: &[GitCredential], ask: &Ask) -> Answer {
-    // Only over https (or http to a loopback host, for local servers): never hand a token to a
-    // plain-text remote.
-    let host = ask.host.to_ascii_lowercase();
-    let host_name = host.split(':').next().unwrap_or("");
-    let loopback = matches!(host_name, "localhost" | "127.0.0.1" | "[::1]");
-    if !(ask.protocol == "https" || (ask.protocol == "http" && loopback)) {
-        return Answer::default();
-    }
-    let Some(c) = credentials.iter().find(|c| c.host == host) else {
-        return Answer::default();
+/// The credential for `host` (as git names it: `github.com`, `127.0.0.1:8080`) over `protocol`, if
+/// one may be handed out: only over https, or http to a loopback host (local servers), never to a
+/// plain-text remote; never once expired. Returns `(username, token)`.
+pub fn lookup<'a>(
+    credentials: &'a [GitCredential],
+    protocol: &str,
+    host: &str,
+) -> Option<(&'a str, &'a str)> {
+    let host = host.to_ascii_lowercase();
+    let host_name = match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => host.as_str(),
     };
+    let loopback = matches!(host_name, "localhost" | "127.0.0.1" | "[::1]");
+    if !(protocol == "https" || (protocol == "http" && loopback)) {
+        return None;
+    }
+    let c = credentials.iter().find(|c| c.host == host)?;
     if c.expires_at.is_some_and(|e| Timestamp::now() >= e) {
         warn!(host = %c.host, "the git credential for this host has expired; not using it");
-        return Answer::default();
+        return None;
     }
-    Answer {
-        username: Some(c.username.clone()),
-        password: Some(c.expose().to_owned()),
+    Some((c.username.as_str(), c.expose()))
+}
+
+fn answer(credentials: &[GitCredential], ask: &Ask) -> Answer {
+    match lookup(credentials, &ask.protocol, &ask.host) {
+        Some((username, password)) => Answer {
+            username: Some(username.to_owned()),
+            password: Some(password.to_owned()),
+        },
+        None => Answer::default(),
     }
 }
 

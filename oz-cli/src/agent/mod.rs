@@ -13,3 +13,9 @@ pub mod exec;
 pub mod harness;
 pub mod log;
 pub mod runner;
+
+/// Installs the process's rustls crypto provider (ring), once, before any HTTP client is built (ours
+/// and the built-in git's). Installing it again is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -80,6 +80,7 @@ impl Context {
 
 /// Runs the agent; returns the process exit status.
 pub async fn run(args: RunArgs, warnings: Vec<String>, ctx: Context) -> i32 {
+    crate::agent::install_crypto_provider();
     let token = ctx.var(WORKLOAD_TOKEN_VAR).filter(|t| !t.is_empty());
     let git_credentials = match credentials::from_env(|k| ctx.var(k)) {
         Ok(c) => c,
@@ -239,12 +240,13 @@ async fn prepare_and_run(
         .map(PathBuf::from)
         .filter(|p| p.is_dir() && p.as_os_str().len() < 70)
         .unwrap_or_else(|| PathBuf::from("/tmp"));
-    let credential_server = CredentialServer::start(git_credentials, &tmp).map_err(|e| {
-        (
-            EXIT_USAGE,
-            format!("could not start the git credential helper: {e}"),
-        )
-    })?;
+    let credential_server =
+        CredentialServer::start(git_credentials.clone(), &tmp).map_err(|e| {
+            (
+                EXIT_USAGE,
+                format!("could not start the git credential helper: {e}"),
+            )
+        })?;
     let artifacts_file = tmp.join(format!("oz-artifacts-{}.ndjson", std::process::id()));
 
     // The environment of every child: ours minus the run's secrets, plus the environment's
@@ -281,15 +283,21 @@ async fn prepare_and_run(
             .iter()
             .find(|(k, _)| k == "PATH")
             .map(|(_, v)| v.as_str());
-        let git = clone::find_git(path_var).ok_or_else(|| {
-            (EXIT_CLONE, "git was not found on PATH nor at /agent/bin/git: install git in the image or use a sidecar that ships it".to_owned())
-        })?;
+        let cloner = match clone::find_git(path_var) {
+            Some(git) => clone::Cloner::Binary {
+                git,
+                env: child_env.clone(),
+            },
+            None => {
+                log.note("no git binary on PATH nor at /agent/bin/git: cloning with the built-in git (shallow, depth 1)");
+                clone::Cloner::Builtin(Arc::new(git_credentials.clone()))
+            }
+        };
         cloned = clone::clone_all(
             &environment.github_repos,
             &args.git_base_url,
             &workdir,
-            &git,
-            &child_env,
+            &cloner,
             log.clone(),
         )
         .await;
