@@ -56,10 +56,7 @@ fn git(dir: &Path, args: &[&str]) -> Result<(), String> {
         .envs(IDENTITY.iter().copied())
         .status()
         .map_err(|e| format!("git is needed for this example: {e}"))?;
-    status
-        .success()
-        .then_some(())
-        .ok_or_else(|| format!("git {args:?} failed"))
+    status.success().then_some(()).ok_or_else(|| format!("git {args:?} failed"))
 }
 
 const IDENTITY: [(&str, &str); 5] = [
@@ -83,16 +80,7 @@ async fn demo() -> Result<bool, Box<dyn std::error::Error>> {
     git(&src, &["commit", "-q", "-m", "initial commit"])?;
     let bare = root.join("git/acme/hello");
     std::fs::create_dir_all(bare.parent().ok_or("no parent")?)?;
-    git(
-        root,
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            src.to_str().ok_or("path")?,
-            bare.to_str().ok_or("path")?,
-        ],
-    )?;
+    git(root, &["clone", "-q", "--bare", src.to_str().ok_or("path")?, bare.to_str().ok_or("path")?])?;
 
     // 2. The environment: the repo to clone and a setup command.
     let environment = root.join("environment.json");
@@ -137,11 +125,7 @@ async fn demo() -> Result<bool, Box<dyn std::error::Error>> {
         spec = spec.env(k, v);
     }
 
-    println!(
-        "launching task {} on the {} backend",
-        spec.task_id,
-        backend.name()
-    );
+    println!("launching task {} on the {} backend", spec.task_id, backend.name());
     let mut handle = backend.launch(spec).await?;
     let mut events = handle.take_events().ok_or("no events")?;
     while let Some(event) = events.recv().await {
@@ -163,20 +147,16 @@ async fn demo() -> Result<bool, Box<dyn std::error::Error>> {
     if let Some(f) = &outcome.failure {
         println!("failure: {} ({})", f.message, f.reason);
     }
-    if let (Some(start), Ok(total)) = (
-        outcome.startup_latency(),
-        outcome.finished_at.duration_since(outcome.accepted_at),
-    ) {
+    if let (Some(start), Ok(total)) =
+        (outcome.startup_latency(), outcome.finished_at.duration_since(outcome.accepted_at))
+    {
         println!(
             "timing: accepted -> process started {:.1} ms, total {:.1} ms",
             start.as_secs_f64() * 1e3,
             total.as_secs_f64() * 1e3
         );
     }
-    println!(
-        "workspace removed: {}",
-        !root.join("workspaces/example-run-1").exists()
-    );
+    println!("workspace removed: {}", !root.join("workspaces/example-run-1").exists());
     Ok(outcome.succeeded())
 }
 
@@ -191,16 +171,8 @@ fn print_runner_event(line: &str) {
         "output" => v["text"].as_str().unwrap_or("").trim_end().to_owned(),
         "clone_finished" => format!("{} in {} ms", v["repo"].as_str().unwrap_or(""), v["millis"]),
         "setup_started" => v["command"].as_str().unwrap_or("").to_owned(),
-        "artifact" => format!(
-            "{} {}",
-            v["reference_type"].as_str().unwrap_or(""),
-            v["title"].as_str().unwrap_or("")
-        ),
-        "finished" => format!(
-            "{} - {}",
-            v["state"].as_str().unwrap_or(""),
-            v["message"].as_str().unwrap_or("")
-        ),
+        "artifact" => format!("{} {}", v["reference_type"].as_str().unwrap_or(""), v["title"].as_str().unwrap_or("")),
+        "finished" => format!("{} - {}", v["state"].as_str().unwrap_or(""), v["message"].as_str().unwrap_or("")),
         _ => String::new(),
     };
     println!("[runner] {kind:<15} {detail}");

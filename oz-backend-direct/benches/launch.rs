@@ -31,19 +31,11 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn main() {
-    let iterations: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(500);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let iterations: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(500);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async move {
         let root = tempfile::tempdir().unwrap();
-        let backend =
-            DirectBackend::new(DirectConfig::new("bench", root.path().join("ws"))).unwrap();
+        let backend = DirectBackend::new(DirectConfig::new("bench", root.path().join("ws"))).unwrap();
         let mut bare = Vec::with_capacity(iterations);
         let mut direct = Vec::with_capacity(iterations);
         let mut to_start = Vec::with_capacity(iterations);
@@ -63,10 +55,7 @@ fn main() {
 
             let t = Instant::now();
             let outcome = backend
-                .launch(TaskSpec::new(
-                    format!("bench-{i}"),
-                    vec!["/bin/true".into()],
-                ))
+                .launch(TaskSpec::new(format!("bench-{i}"), vec!["/bin/true".into()]))
                 .await
                 .unwrap()
                 .wait()

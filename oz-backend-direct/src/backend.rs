@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use oz_core::backend::{
-    Backend, BackendError, CancelReason, EventSender, ExitStatus, Failure, PreparedSandbox,
-    RecoveredTask, RecoveryAction, TaskDriver, TaskEvent, TaskHandle, TaskPhase,
+    Backend, BackendError, CancelReason, EventSender, ExitStatus, Failure, PreparedSandbox, RecoveredTask,
+    RecoveryAction, TaskDriver, TaskEvent, TaskHandle, TaskPhase,
 };
 use oz_core::failure::FailureReason;
 use oz_core::task::{SandboxSpec, TaskSpec};
@@ -58,13 +58,8 @@ impl DirectBackend {
             .recursive(true)
             .mode(0o700)
             .create(&config.workspace_root)
-            .map_err(|source| DirectError::Workspace {
-                path: config.workspace_root.display().to_string(),
-                source,
-            })?;
-        Ok(Self {
-            config: Arc::new(config),
-        })
+            .map_err(|source| DirectError::Workspace { path: config.workspace_root.display().to_string(), source })?;
+        Ok(Self { config: Arc::new(config) })
     }
 
     /// The configuration.
@@ -103,35 +98,20 @@ impl Backend for DirectBackend {
     async fn launch(&self, spec: TaskSpec) -> Result<TaskHandle, BackendError> {
         spec.validate().map_err(DirectError::from)?;
         let ws = Workspace::at(&self.config.workspace_root, &spec.task_id);
-        ws.create(
-            &self.config.workspace_root,
-            &marker_for(&self.config, &spec),
-        )?;
+        ws.create(&self.config.workspace_root, &marker_for(&self.config, &spec))?;
         Ok(self.start(ws, spec))
     }
 
     async fn prepare(&self, sandbox: SandboxSpec) -> Result<PreparedSandbox, BackendError> {
         let id = format!("prepared-{}", uuid_like());
         let ws = Workspace::at(&self.config.workspace_root, &id);
-        let marker = Marker {
-            worker_id: self.config.worker_id.clone(),
-            task_id: None,
-            execution_id: None,
-            cleanup: true,
-        };
+        let marker =
+            Marker { worker_id: self.config.worker_id.clone(), task_id: None, execution_id: None, cleanup: true };
         ws.create(&self.config.workspace_root, &marker)?;
-        Ok(PreparedSandbox {
-            id,
-            spec: sandbox,
-            state: Box::new(ws),
-        })
+        Ok(PreparedSandbox { id, spec: sandbox, state: Box::new(ws) })
     }
 
-    async fn launch_prepared(
-        &self,
-        prepared: PreparedSandbox,
-        spec: TaskSpec,
-    ) -> Result<TaskHandle, BackendError> {
+    async fn launch_prepared(&self, prepared: PreparedSandbox, spec: TaskSpec) -> Result<TaskHandle, BackendError> {
         spec.validate().map_err(DirectError::from)?;
         if spec.sandbox != prepared.spec {
             return Err(BackendError::new(
@@ -153,10 +133,8 @@ impl Backend for DirectBackend {
             }
             .into());
         }
-        std::fs::rename(&warm.root, &ws.root).map_err(|source| DirectError::Workspace {
-            path: ws.root.display().to_string(),
-            source,
-        })?;
+        std::fs::rename(&warm.root, &ws.root)
+            .map_err(|source| DirectError::Workspace { path: ws.root.display().to_string(), source })?;
         ws.write_marker(&marker_for(&self.config, &spec))?;
         Ok(self.start(ws, spec))
     }
@@ -170,10 +148,8 @@ impl Backend for DirectBackend {
 
     async fn recover(&self) -> Result<Vec<RecoveredTask>, BackendError> {
         let root = &self.config.workspace_root;
-        let entries = std::fs::read_dir(root).map_err(|source| DirectError::Workspace {
-            path: root.display().to_string(),
-            source,
-        })?;
+        let entries = std::fs::read_dir(root)
+            .map_err(|source| DirectError::Workspace { path: root.display().to_string(), source })?;
         let mut found = Vec::new();
         for entry in entries.flatten() {
             let ws = Workspace { root: entry.path() };
@@ -198,10 +174,7 @@ impl Backend for DirectBackend {
                     warn!(task_id, error = %e, "could not remove a leftover workspace");
                 }
             }
-            info!(
-                task_id,
-                killed, kept, "recovered a task left by an earlier run of this worker"
-            );
+            info!(task_id, killed, kept, "recovered a task left by an earlier run of this worker");
             found.push(RecoveredTask {
                 task_id,
                 execution_id: marker.execution_id,
@@ -219,10 +192,7 @@ impl Backend for DirectBackend {
 }
 
 fn uuid_like() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     format!("{:x}-{:x}", std::process::id(), nanos)
 }
 
@@ -234,10 +204,7 @@ enum StopCause {
 }
 
 fn to_exit(status: std::process::ExitStatus) -> ExitStatus {
-    ExitStatus {
-        code: status.code(),
-        signal: status.signal(),
-    }
+    ExitStatus { code: status.code(), signal: status.signal() }
 }
 
 fn describe_exit(exit: ExitStatus) -> String {
@@ -260,13 +227,8 @@ async fn pump(mut reader: impl AsyncRead + Unpin, events: EventSender, stdout: b
             Ok(_) => {
                 let chunk: Bytes = buf.split().freeze();
                 if listening {
-                    listening = events
-                        .emit(if stdout {
-                            TaskEvent::Stdout(chunk)
-                        } else {
-                            TaskEvent::Stderr(chunk)
-                        })
-                        .await;
+                    listening =
+                        events.emit(if stdout { TaskEvent::Stdout(chunk) } else { TaskEvent::Stderr(chunk) }).await;
                 }
             }
         }
@@ -287,14 +249,8 @@ async fn supervise(
     let pgid = child.id();
     let events = driver.event_sender();
     let readers = [
-        child
-            .stdout
-            .take()
-            .map(|r| tokio::spawn(pump(r, events.clone(), true))),
-        child
-            .stderr
-            .take()
-            .map(|r| tokio::spawn(pump(r, events.clone(), false))),
+        child.stdout.take().map(|r| tokio::spawn(pump(r, events.clone(), true))),
+        child.stderr.take().map(|r| tokio::spawn(pump(r, events.clone(), false))),
     ];
     if let Some(mut input) = child.stdin.take() {
         tokio::spawn(async move {
@@ -310,13 +266,7 @@ async fn supervise(
             None => std::future::pending().await,
         }
     };
-    let cancel = async {
-        if cancellable {
-            driver.cancelled().await
-        } else {
-            std::future::pending().await
-        }
-    };
+    let cancel = async { if cancellable { driver.cancelled().await } else { std::future::pending().await } };
     let mut stop = None;
     let status = tokio::select! {
         status = child.wait() => status,
@@ -326,10 +276,7 @@ async fn supervise(
     let status = match (status, stop) {
         (Ok(status), _) => status,
         (Err(_), Some(cause)) => {
-            info!(
-                ?cause,
-                "stopping the task: SIGTERM, then SIGKILL after {grace:?}"
-            );
+            info!(?cause, "stopping the task: SIGTERM, then SIGKILL after {grace:?}");
             driver.emit(TaskEvent::Phase(TaskPhase::Stopping)).await;
             process::stop_task(pgid, task_id, grace).await;
             match child.wait().await {
@@ -345,10 +292,7 @@ async fn supervise(
     // Like a container whose first process exits: whatever the task left running goes too.
     process::kill_task(pgid, task_id);
     for reader in readers.into_iter().flatten() {
-        if tokio::time::timeout(Duration::from_secs(5), reader)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(Duration::from_secs(5), reader).await.is_err() {
             warn!("an output pipe stayed open after every process of the task was killed");
         }
     }
@@ -358,12 +302,7 @@ async fn supervise(
 /// The environment of a task: `HOME`, `TMPDIR`, `PATH`, `GIT_CONFIG_GLOBAL`; the task's own; the
 /// backend's configured variables; then `OZ_RUN_ID`, `OZ_WORKSPACE_ROOT`, `OZ_WORKER_BACKEND`,
 /// `OZ_ENVIRONMENT_FILE`. Later entries win.
-fn task_env(
-    config: &DirectConfig,
-    ws: &Workspace,
-    spec: &TaskSpec,
-    cwd: &Path,
-) -> Vec<(String, String)> {
+fn task_env(config: &DirectConfig, ws: &Workspace, spec: &TaskSpec, cwd: &Path) -> Vec<(String, String)> {
     let mut env = TaskSpec::new(spec.task_id.clone(), vec![String::new()]);
     env = env
         .env("HOME", ws.home().display().to_string())
@@ -376,10 +315,7 @@ fn task_env(
         .env(RUN_ID_VAR, spec.task_id.clone())
         .env("OZ_WORKSPACE_ROOT", cwd.display().to_string())
         .env("OZ_WORKER_BACKEND", NAME)
-        .env(
-            "OZ_ENVIRONMENT_FILE",
-            ws.environment_file().display().to_string(),
-        );
+        .env("OZ_ENVIRONMENT_FILE", ws.environment_file().display().to_string());
     env.effective_env()
 }
 
@@ -408,40 +344,23 @@ async fn run_task(config: Arc<DirectConfig>, ws: Workspace, spec: TaskSpec, driv
         Ok(f) => f,
         Err(e) => Finished {
             exit: None,
-            failure: Some(Failure {
-                reason: e.reason(),
-                message: e.to_string(),
-            }),
+            failure: Some(Failure { reason: e.reason(), message: e.to_string() }),
             started_at: None,
         },
     };
     let cwd = config.target_dir.clone().unwrap_or_else(|| ws.work_dir());
     if let Some(teardown) = &config.teardown_command {
-        driver
-            .emit(TaskEvent::Phase(TaskPhase::TeardownCommand))
-            .await;
+        driver.emit(TaskEvent::Phase(TaskPhase::TeardownCommand)).await;
         let env = task_env(&config, &ws, &spec, &cwd);
-        match run_shell(
-            teardown,
-            &env,
-            &cwd,
-            &driver,
-            &spec.task_id,
-            &config,
-            Some(TEARDOWN_LIMIT),
-            false,
-        )
-        .await
-        {
+        let teardown_run =
+            run_shell(teardown, &env, &cwd, &driver, &spec.task_id, &config, Some(TEARDOWN_LIMIT), false);
+        match teardown_run.instrument(info_span!("teardown_command")).await {
             Ok((exit, None)) if exit.success() => {}
             Ok((exit, _)) => {
                 let message = format!("teardown_command {}", describe_exit(exit));
                 warn!("{message}");
                 if finished.failure.is_none() {
-                    finished.failure = Some(Failure {
-                        reason: FailureReason::TeardownCommand,
-                        message,
-                    });
+                    finished.failure = Some(Failure { reason: FailureReason::TeardownCommand, message });
                 }
             }
             Err(e) => warn!(error = %e, "teardown_command could not start"),
@@ -455,10 +374,7 @@ async fn run_task(config: Arc<DirectConfig>, ws: Workspace, spec: TaskSpec, driv
         if let Err(e) = ws.remove() {
             warn!(error = %e, "cleanup failed");
             if finished.failure.is_none() {
-                finished.failure = Some(Failure {
-                    reason: FailureReason::Cleanup,
-                    message: e.to_string(),
-                });
+                finished.failure = Some(Failure { reason: FailureReason::Cleanup, message: e.to_string() });
             }
         }
     }
@@ -478,32 +394,17 @@ async fn run_shell(
     cancellable: bool,
 ) -> Result<(ExitStatus, Option<StopCause>), std::io::Error> {
     let argv = ["/bin/sh".to_owned(), "-c".to_owned(), script.to_owned()];
-    let limits = Limits {
-        max_open_files: config.max_open_files,
-        max_address_space: None,
-    };
+    let limits = Limits { max_open_files: config.max_open_files, max_address_space: None };
     let child = process::spawn(&argv, env, cwd, limits)?;
     let deadline = limit.map(|l| tokio::time::Instant::now() + l);
-    Ok(supervise(
-        child,
-        None,
-        deadline,
-        driver,
-        task_id,
-        config.stop_grace,
-        cancellable,
-    )
-    .await)
+    Ok(supervise(child, None, deadline, driver, task_id, config.stop_grace, cancellable).await)
 }
 
 fn stop_failure(cause: StopCause, timeout: Option<Duration>, what: &str) -> Failure {
     match cause {
         StopCause::Timeout => Failure {
             reason: FailureReason::TaskTimeout,
-            message: format!(
-                "{what} ran past its timeout of {}s and was stopped",
-                timeout.map_or(0, |t| t.as_secs())
-            ),
+            message: format!("{what} ran past its timeout of {}s and was stopped", timeout.map_or(0, |t| t.as_secs())),
         },
         StopCause::Cancel(reason) => Failure {
             reason: reason.failure_reason(),
@@ -530,27 +431,17 @@ async fn execute(
         Some(w) => base.join(w),
         None => base.clone(),
     };
-    std::fs::create_dir_all(&cwd).map_err(|source| DirectError::Workspace {
-        path: cwd.display().to_string(),
-        source,
-    })?;
+    std::fs::create_dir_all(&cwd)
+        .map_err(|source| DirectError::Workspace { path: cwd.display().to_string(), source })?;
     let mut env = task_env(config, ws, spec, &cwd);
 
     if let Some(setup) = &config.setup_command {
         driver.emit(TaskEvent::Phase(TaskPhase::SetupCommand)).await;
         let limit = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
-        let (exit, stop) = run_shell(
-            setup,
-            &env,
-            &cwd,
-            driver,
-            &spec.task_id,
-            config,
-            limit,
-            true,
-        )
-        .await
-        .map_err(|e| DirectError::Setup(format!("could not start /bin/sh: {e}")))?;
+        let (exit, stop) = run_shell(setup, &env, &cwd, driver, &spec.task_id, config, limit, true)
+            .instrument(info_span!("setup_command"))
+            .await
+            .map_err(|e| DirectError::Setup(format!("could not start /bin/sh: {e}")))?;
         if let Some(cause) = stop {
             return Ok(Finished {
                 exit: Some(exit),
@@ -564,15 +455,12 @@ async fn execute(
         match std::fs::read_to_string(ws.environment_file()) {
             Ok(text) => merge(
                 &mut env,
-                dotenv::parse(&text).map_err(|e| {
-                    DirectError::Setup(format!("{}: {e}", ws.environment_file().display()))
-                })?,
+                dotenv::parse(&text)
+                    .map_err(|e| DirectError::Setup(format!("{}: {e}", ws.environment_file().display())))?,
             ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
-                return Err(DirectError::Setup(format!(
-                    "could not read OZ_ENVIRONMENT_FILE: {e}"
-                )));
+                return Err(DirectError::Setup(format!("could not read OZ_ENVIRONMENT_FILE: {e}")));
             }
         }
     }
@@ -580,49 +468,27 @@ async fn execute(
     if let Some(cause) = driver.cancel_requested() {
         return Ok(Finished {
             exit: None,
-            failure: Some(stop_failure(
-                StopCause::Cancel(cause),
-                spec.timeout,
-                "the task",
-            )),
+            failure: Some(stop_failure(StopCause::Cancel(cause), spec.timeout, "the task")),
             started_at: None,
         });
     }
     driver.emit(TaskEvent::Phase(TaskPhase::Starting)).await;
-    let limits = Limits {
-        max_open_files: config.max_open_files,
-        max_address_space: spec.sandbox.resources.memory_bytes,
-    };
-    let child =
-        process::spawn(&spec.argv, &env, &cwd, limits).map_err(|source| DirectError::Spawn {
-            command: spec.argv[0].clone(),
-            source,
-        })?;
+    let limits =
+        Limits { max_open_files: config.max_open_files, max_address_space: spec.sandbox.resources.memory_bytes };
+    let child = process::spawn(&spec.argv, &env, &cwd, limits)
+        .map_err(|source| DirectError::Spawn { command: spec.argv[0].clone(), source })?;
     let started_at = SystemTime::now();
     info!(pid = child.id(), "task started");
     driver.emit(TaskEvent::Phase(TaskPhase::Running)).await;
-    let (exit, stop) = supervise(
-        child,
-        spec.stdin.clone(),
-        deadline,
-        driver,
-        &spec.task_id,
-        config.stop_grace,
-        true,
-    )
-    .await;
+    let supervised = supervise(child, spec.stdin.clone(), deadline, driver, &spec.task_id, config.stop_grace, true);
+    let (exit, stop) = supervised.instrument(info_span!("run")).await;
     driver.emit(TaskEvent::Exited(exit)).await;
     let failure = match stop {
         Some(cause) => Some(stop_failure(cause, spec.timeout, "the task")),
         None if exit.success() => None,
-        None => Some(Failure {
-            reason: FailureReason::ContainerExit,
-            message: format!("the task {}", describe_exit(exit)),
-        }),
+        None => {
+            Some(Failure { reason: FailureReason::ContainerExit, message: format!("the task {}", describe_exit(exit)) })
+        }
     };
-    Ok(Finished {
-        exit: Some(exit),
-        failure,
-        started_at: Some(started_at),
-    })
+    Ok(Finished { exit: Some(exit), failure, started_at: Some(started_at) })
 }

@@ -42,8 +42,7 @@ impl DirectConfig {
             setup_command: None,
             teardown_command: None,
             environment: Vec::new(),
-            path: std::env::var("PATH")
-                .unwrap_or_else(|_| oz_core::sidecar::DEFAULT_PATH.to_owned()),
+            path: std::env::var("PATH").unwrap_or_else(|_| oz_core::sidecar::DEFAULT_PATH.to_owned()),
             stop_grace: Duration::from_secs(10),
             max_open_files: 65536,
             cleanup: true,
@@ -61,9 +60,7 @@ impl DirectConfig {
         }
         if let Some(t) = &self.target_dir {
             if !t.is_absolute() || !t.is_dir() {
-                return Err(DirectError::Config(format!(
-                    "target_dir {t:?} must be an existing absolute folder"
-                )));
+                return Err(DirectError::Config(format!("target_dir {t:?} must be an existing absolute folder")));
             }
         }
         for (name, value) in &self.environment {

@@ -11,10 +11,7 @@ pub fn parse(text: &str) -> Result<Vec<(String, String)>, String> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let line = line
-            .strip_prefix("export ")
-            .map(str::trim_start)
-            .unwrap_or(line);
+        let line = line.strip_prefix("export ").map(str::trim_start).unwrap_or(line);
         let Some((name, value)) = line.split_once('=') else {
             return Err(format!("line {line_no}: expected KEY=VALUE"));
         };
@@ -22,14 +19,9 @@ pub fn parse(text: &str) -> Result<Vec<(String, String)>, String> {
         oz_core::validate::env_name("name", name).map_err(|e| format!("line {line_no}: {e}"))?;
         let value = value.trim();
         let value = if let Some(inner) = value.strip_prefix('\'') {
-            inner
-                .strip_suffix('\'')
-                .ok_or_else(|| format!("line {line_no}: unterminated single quote"))?
-                .to_owned()
+            inner.strip_suffix('\'').ok_or_else(|| format!("line {line_no}: unterminated single quote"))?.to_owned()
         } else if let Some(inner) = value.strip_prefix('"') {
-            let inner = inner
-                .strip_suffix('"')
-                .ok_or_else(|| format!("line {line_no}: unterminated double quote"))?;
+            let inner = inner.strip_suffix('"').ok_or_else(|| format!("line {line_no}: unterminated double quote"))?;
             unescape(inner).map_err(|e| format!("line {line_no}: {e}"))?
         } else {
             // Unquoted: a ` #` starts a comment.
@@ -85,10 +77,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_line() {
-        assert_eq!(
-            parse("A=1\nnot a pair").unwrap_err(),
-            "line 2: expected KEY=VALUE"
-        );
+        assert_eq!(parse("A=1\nnot a pair").unwrap_err(), "line 2: expected KEY=VALUE");
         assert!(parse("BAD-NAME=1").unwrap_err().starts_with("line 1:"));
         assert!(parse("A='open").unwrap_err().contains("unterminated"));
         assert!(parse("A=\"\\q\"").unwrap_err().contains("unknown escape"));

@@ -23,12 +23,7 @@ pub struct Limits {
 }
 
 /// Spawns `argv` in `cwd` with exactly `env`, in a new process group, with piped stdio.
-pub fn spawn(
-    argv: &[String],
-    env: &[(String, String)],
-    cwd: &Path,
-    limits: Limits,
-) -> std::io::Result<Child> {
+pub fn spawn(argv: &[String], env: &[(String, String)], cwd: &Path, limits: Limits) -> std::io::Result<Child> {
     let mut command = Command::new(&argv[0]);
     command
         .args(&argv[1..])
@@ -82,9 +77,7 @@ pub fn process_alive(pid: u32) -> bool {
     }
     // A zombie still answers kill(0); it is dead for our purposes.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_none_or(|(_, rest)| !rest.starts_with('Z')),
+        Ok(stat) => stat.rsplit_once(") ").is_none_or(|(_, rest)| !rest.starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -147,18 +140,15 @@ fn group_has_live_members(pgid: u32) -> bool {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return true;
     };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
-        .any(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                // Fields after the command: state ppid pgrp ...
-                stat.rsplit_once(") ").is_some_and(|(_, rest)| {
-                    let mut fields = rest.split_whitespace();
-                    let state = fields.next();
-                    let pgrp = fields.nth(1).and_then(|p| p.parse::<u32>().ok());
-                    state != Some("Z") && pgrp == Some(pgid)
-                })
+    entries.flatten().filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok())).any(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            // Fields after the command: state ppid pgrp ...
+            stat.rsplit_once(") ").is_some_and(|(_, rest)| {
+                let mut fields = rest.split_whitespace();
+                let state = fields.next();
+                let pgrp = fields.nth(1).and_then(|p| p.parse::<u32>().ok());
+                state != Some("Z") && pgrp == Some(pgid)
             })
         })
+    })
 }

@@ -41,18 +41,13 @@ pub struct Workspace {
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> DirectError {
-    DirectError::Workspace {
-        path: path.display().to_string(),
-        source,
-    }
+    DirectError::Workspace { path: path.display().to_string(), source }
 }
 
 impl Workspace {
     /// The folder for `name` under `root` (not created).
     pub fn at(root: &Path, name: &str) -> Self {
-        Self {
-            root: root.join(name),
-        }
+        Self { root: root.join(name) }
     }
     /// The working directory.
     pub fn work_dir(&self) -> PathBuf {
@@ -86,19 +81,13 @@ impl Workspace {
             .mode(0o700)
             .create(workspace_root)
             .map_err(|e| io_err(workspace_root, e))?;
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&self.root)
-            .map_err(|e| io_err(&self.root, e))?;
+        std::fs::DirBuilder::new().mode(0o700).create(&self.root).map_err(|e| io_err(&self.root, e))?;
         // The mode given to mkdir is masked by the umask; make sure it is 0700.
         std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| io_err(&self.root, e))?;
         self.write_marker(marker)?;
         for dir in [self.work_dir(), self.home(), self.tmp()] {
-            std::fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&dir)
-                .map_err(|e| io_err(&dir, e))?;
+            std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| io_err(&dir, e))?;
         }
         std::fs::write(self.gitconfig(), b"").map_err(|e| io_err(&self.gitconfig(), e))?;
         Ok(())
@@ -107,8 +96,7 @@ impl Workspace {
     /// Rewrites the marker (atomically: write then rename).
     pub fn write_marker(&self, marker: &Marker) -> Result<(), DirectError> {
         let tmp = self.root.join(format!(".{MARKER}.tmp"));
-        let json = serde_json::to_vec_pretty(marker)
-            .map_err(|e| io_err(&tmp, std::io::Error::other(e)))?;
+        let json = serde_json::to_vec_pretty(marker).map_err(|e| io_err(&tmp, std::io::Error::other(e)))?;
         std::fs::write(&tmp, json).map_err(|e| io_err(&tmp, e))?;
         std::fs::rename(&tmp, self.marker_path()).map_err(|e| io_err(&self.marker_path(), e))
     }
@@ -121,10 +109,7 @@ impl Workspace {
 
     /// Removes the folder and everything in it, even read-only subfolders.
     pub fn remove(&self) -> Result<(), DirectError> {
-        remove_tree(&self.root).map_err(|source| DirectError::Cleanup {
-            path: self.root.display().to_string(),
-            source,
-        })
+        remove_tree(&self.root).map_err(|source| DirectError::Cleanup { path: self.root.display().to_string(), source })
     }
 }
 
@@ -165,26 +150,13 @@ mod tests {
     fn creates_the_layout_privately_and_removes_read_only_trees() {
         let root = tempfile::tempdir().unwrap();
         let ws = Workspace::at(root.path(), "t1");
-        let marker = Marker {
-            worker_id: "w".into(),
-            task_id: Some("t1".into()),
-            execution_id: None,
-            cleanup: true,
-        };
+        let marker = Marker { worker_id: "w".into(), task_id: Some("t1".into()), execution_id: None, cleanup: true };
         ws.create(root.path(), &marker).unwrap();
         let mode = std::fs::metadata(&ws.root).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
-        assert!(
-            ws.work_dir().is_dir()
-                && ws.home().is_dir()
-                && ws.tmp().is_dir()
-                && ws.gitconfig().is_file()
-        );
+        assert!(ws.work_dir().is_dir() && ws.home().is_dir() && ws.tmp().is_dir() && ws.gitconfig().is_file());
         assert_eq!(ws.read_marker(), Some(marker.clone()));
-        assert!(
-            ws.create(root.path(), &marker).is_err(),
-            "an existing folder must not be reused"
-        );
+        assert!(ws.create(root.path(), &marker).is_err(), "an existing folder must not be reused");
         let locked = ws.work_dir().join("locked");
         std::fs::create_dir(&locked).unwrap();
         std::fs::write(locked.join("f"), b"x").unwrap();

@@ -34,16 +34,11 @@ impl ConformanceFixture for DirectFixture {
         if path.exists() {
             left.push(path.display().to_string());
         }
-        left.extend(
-            process::processes_of_task(&spec.task_id)
-                .into_iter()
-                .map(|p| format!("process {p}")),
-        );
+        left.extend(process::processes_of_task(&spec.task_id).into_iter().map(|p| format!("process {p}")));
         left
     }
     async fn purge(&self, spec: &TaskSpec) {
-        oz_backend_direct::workspace::remove_tree(&self.backend.workspace_path(&spec.task_id))
-            .unwrap();
+        oz_backend_direct::workspace::remove_tree(&self.backend.workspace_path(&spec.task_id)).unwrap();
     }
     async fn process_alive(&self, _spec: &TaskSpec, pid: u32) -> bool {
         process::process_alive(pid)
@@ -58,10 +53,7 @@ async fn fixture() -> Option<DirectFixture> {
     let mut config = DirectConfig::new("conformance-worker", root.path().join("ws"));
     config.stop_grace = Duration::from_secs(1);
     let backend = Arc::new(DirectBackend::new(config).unwrap());
-    Some(DirectFixture {
-        _root: root,
-        backend,
-    })
+    Some(DirectFixture { _root: root, backend })
 }
 
 oz_core::conformance_suite!(fixture);

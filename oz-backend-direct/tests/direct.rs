@@ -22,26 +22,28 @@ fn backend(root: &tempfile::TempDir, tweak: impl FnOnce(&mut DirectConfig)) -> D
     DirectBackend::new(config).unwrap()
 }
 
-/// The worker's own secrets (here, the variables of the test process) never reach a task, even
-/// though the process that launches tasks has them.
+/// The worker's own secrets never reach a task, even though the process that launches tasks has them:
+/// here the test process holds an API key, and every variable it has (but `PATH`, passed on purpose)
+/// must be absent from the task.
 #[tokio::test]
+#[allow(unsafe_code)]
 async fn worker_variables_do_not_leak() {
+    const KEY: &str = "oz_live_worker_api_key_do_not_leak_123";
+    // SAFETY: std serialises environment writes with process spawning (its env lock); no C code in
+    // this test reads the environment concurrently.
+    unsafe { std::env::set_var("WARP_API_KEY", KEY) };
     let root = tempfile::tempdir().unwrap();
     let b = backend(&root, |_| {});
-    // Every variable of this process must be absent from the task, except PATH (passed on purpose).
     let c = run_to_end(&b, TaskSpec::new(task_id("leak"), vec!["env".into()])).await;
     assert!(c.outcome.succeeded());
     let task_env = String::from_utf8_lossy(&c.stdout).to_string();
+    assert!(task_env.contains("OZ_RUN_ID="), "the env listing is real: {task_env}");
     let mine: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k != "PATH").collect();
-    assert!(!mine.is_empty());
+    assert!(mine.iter().any(|(k, _)| k == "WARP_API_KEY"));
     for (k, v) in mine {
-        assert!(
-            !task_env.lines().any(|l| l == format!("{k}={v}")),
-            "{k} leaked into the task"
-        );
+        assert!(!task_env.lines().any(|l| l == format!("{k}={v}")), "{k} leaked into the task");
     }
-    // And a variable named like the worker's API key is only there if the spec asks for it.
-    assert!(!task_env.contains("WARP_API_KEY"));
+    assert!(!task_env.contains(KEY));
 }
 
 #[tokio::test]
@@ -69,32 +71,17 @@ async fn the_workspace_is_private_with_its_own_home_tmp_and_git_config() {
 async fn setup_command_output_and_dotenv_reach_the_task() {
     let root = tempfile::tempdir().unwrap();
     let b = backend(&root, |c| {
-        c.setup_command = Some("echo setting-up; printf 'FROM_SETUP=\"hello world\"\\nexport SECOND=2\\n' > \"$OZ_ENVIRONMENT_FILE\"".into());
+        c.setup_command = Some(
+            "echo setting-up; printf 'FROM_SETUP=\"hello world\"\\nexport SECOND=2\\n' > \"$OZ_ENVIRONMENT_FILE\""
+                .into(),
+        );
         c.environment = vec![("FROM_CONFIG".into(), "cfg".into())];
     });
-    let c = run_to_end(
-        &b,
-        sh(
-            &task_id("setup"),
-            "echo \"$FROM_SETUP|$SECOND|$FROM_CONFIG\"",
-        ),
-    )
-    .await;
+    let c = run_to_end(&b, sh(&task_id("setup"), "echo \"$FROM_SETUP|$SECOND|$FROM_CONFIG\"")).await;
     assert!(c.outcome.succeeded(), "{:?}", c.outcome);
-    assert_eq!(
-        String::from_utf8_lossy(&c.stdout),
-        "setting-up\nhello world|2|cfg\n"
-    );
-    let setup_at = c
-        .phases
-        .iter()
-        .position(|p| *p == TaskPhase::SetupCommand)
-        .unwrap();
-    let running_at = c
-        .phases
-        .iter()
-        .position(|p| *p == TaskPhase::Running)
-        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&c.stdout), "setting-up\nhello world|2|cfg\n");
+    let setup_at = c.phases.iter().position(|p| *p == TaskPhase::SetupCommand).unwrap();
+    let running_at = c.phases.iter().position(|p| *p == TaskPhase::Running).unwrap();
     assert!(setup_at < running_at);
 }
 
@@ -114,9 +101,8 @@ async fn a_failing_setup_command_fails_the_task_before_it_starts() {
 #[tokio::test]
 async fn a_malformed_environment_file_is_a_setup_failure_naming_the_line() {
     let root = tempfile::tempdir().unwrap();
-    let b = backend(&root, |c| {
-        c.setup_command = Some("printf 'OK=1\\nnot-a-pair\\n' > \"$OZ_ENVIRONMENT_FILE\"".into())
-    });
+    let b =
+        backend(&root, |c| c.setup_command = Some("printf 'OK=1\\nnot-a-pair\\n' > \"$OZ_ENVIRONMENT_FILE\"".into()));
     let c = run_to_end(&b, sh(&task_id("dotenv"), "true")).await;
     assert_eq!(c.outcome.reason(), Some(FailureReason::SetupCommand));
     assert!(c.outcome.failure.unwrap().message.contains("line 2"));
@@ -126,21 +112,13 @@ async fn a_malformed_environment_file_is_a_setup_failure_naming_the_line() {
 async fn teardown_runs_after_every_task_and_its_failure_is_reported() {
     let root = tempfile::tempdir().unwrap();
     let marker = root.path().join("teardown-ran");
-    let b = backend(&root, |c| {
-        c.teardown_command = Some(format!(
-            "echo \"$OZ_RUN_ID\" >> {}; exit 2",
-            marker.display()
-        ))
-    });
+    let b =
+        backend(&root, |c| c.teardown_command = Some(format!("echo \"$OZ_RUN_ID\" >> {}; exit 2", marker.display())));
     let id = task_id("teardown");
     let c = run_to_end(&b, sh(&id, "echo working")).await;
     assert_eq!(c.outcome.reason(), Some(FailureReason::TeardownCommand));
     let failed = run_to_end(&b, sh(&task_id("teardown2"), "exit 7")).await;
-    assert_eq!(
-        failed.outcome.reason(),
-        Some(FailureReason::ContainerExit),
-        "the task's own failure is kept"
-    );
+    assert_eq!(failed.outcome.reason(), Some(FailureReason::ContainerExit), "the task's own failure is kept");
     let ran = std::fs::read_to_string(&marker).unwrap();
     assert_eq!(ran.lines().count(), 2);
     assert_eq!(ran.lines().next(), Some(id.as_str()));
@@ -158,33 +136,19 @@ async fn target_dir_mode_runs_in_the_given_folder_and_never_removes_it() {
     assert!(c.outcome.succeeded(), "{:?}", c.outcome);
     let out = String::from_utf8_lossy(&c.stdout).to_string();
     assert!(out.starts_with("keep me"));
-    assert!(
-        out.trim_end()
-            .ends_with(&target.path().display().to_string())
-    );
+    assert!(out.trim_end().ends_with(&target.path().display().to_string()));
     assert!(target.path().join("made-by-task").exists());
-    assert!(
-        !b.workspace_path(&id).exists(),
-        "the per-task folder is still removed"
-    );
+    assert!(!b.workspace_path(&id).exists(), "the per-task folder is still removed");
 }
 
 #[tokio::test]
 async fn a_memory_limit_is_enforced() {
     let root = tempfile::tempdir().unwrap();
     let b = backend(&root, |_| {});
-    let mut spec = sh(
-        &task_id("mem"),
-        "head -c 200000000 /dev/zero | sort > /dev/null",
-    );
+    let mut spec = sh(&task_id("mem"), "head -c 200000000 /dev/zero | sort > /dev/null");
     spec.sandbox.resources.memory_bytes = Some(64 * 1024 * 1024);
     let c = run_to_end(&b, spec).await;
-    assert_eq!(
-        c.outcome.reason(),
-        Some(FailureReason::ContainerExit),
-        "{:?}",
-        c.outcome
-    );
+    assert_eq!(c.outcome.reason(), Some(FailureReason::ContainerExit), "{:?}", c.outcome);
 }
 
 #[tokio::test]
@@ -195,13 +159,8 @@ async fn a_second_task_with_the_same_id_is_refused() {
     let first = b.launch(sh(&id, "sleep 5")).await.unwrap();
     let err = b.launch(sh(&id, "true")).await.unwrap_err();
     assert_eq!(err.reason, FailureReason::WorkspaceSetup);
-    first
-        .canceller()
-        .cancel(oz_core::backend::CancelReason::Requested);
-    assert_eq!(
-        first.wait().await.reason(),
-        Some(FailureReason::TaskCancelled)
-    );
+    first.canceller().cancel(oz_core::backend::CancelReason::Requested);
+    assert_eq!(first.wait().await.reason(), Some(FailureReason::TaskCancelled));
 }
 
 #[tokio::test]
@@ -212,12 +171,7 @@ async fn a_prepared_workspace_is_handed_to_a_task_and_discarded_ones_vanish() {
     let warm_path = b.workspace_path(&warm.id);
     assert!(warm_path.is_dir());
     let id = task_id("warm");
-    let c = b
-        .launch_prepared(warm, sh(&id, "pwd"))
-        .await
-        .unwrap()
-        .wait()
-        .await;
+    let c = b.launch_prepared(warm, sh(&id, "pwd")).await.unwrap().wait().await;
     assert!(c.succeeded(), "{c:?}");
     assert!(!warm_path.exists() && !b.workspace_path(&id).exists());
     let unused = b.prepare(SandboxSpec::default()).await.unwrap();
@@ -240,10 +194,7 @@ async fn a_restarted_backend_removes_what_a_dead_one_left() {
     let other_id = task_id("other");
     {
         let b = backend(&root, |_| {});
-        let mut handle = b
-            .launch(sh(&id, "sleep 300 & echo started; wait"))
-            .await
-            .unwrap();
+        let mut handle = b.launch(sh(&id, "sleep 300 & echo started; wait")).await.unwrap();
         let mut events = handle.take_events().unwrap();
         while let Some(e) = events.recv().await {
             if matches!(e, oz_core::backend::TaskEvent::Stdout(_)) {
@@ -251,19 +202,13 @@ async fn a_restarted_backend_removes_what_a_dead_one_left() {
             }
         }
         let other = backend(&root, |c| c.worker_id = "w2".into());
-        let keep = other
-            .launch(sh(&other_id, "true").cleanup(false))
-            .await
-            .unwrap();
+        let keep = other.launch(sh(&other_id, "true").cleanup(false)).await.unwrap();
         assert!(keep.wait().await.succeeded());
         // Simulate the crash: the runtime's tasks are abandoned, nothing is cleaned.
         std::mem::forget(events);
         std::mem::forget(handle);
     }
-    assert!(
-        !process::processes_of_task(&id).is_empty(),
-        "the orphaned task should still be running"
-    );
+    assert!(!process::processes_of_task(&id).is_empty(), "the orphaned task should still be running");
     let restarted = backend(&root, |_| {});
     let recovered = restarted.recover().await.unwrap();
     assert_eq!(recovered.len(), 1, "{recovered:?}");
@@ -280,15 +225,9 @@ async fn a_restarted_backend_removes_what_a_dead_one_left() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(
-        process::processes_of_task(&id).is_empty(),
-        "orphaned processes survived recovery"
-    );
+    assert!(process::processes_of_task(&id).is_empty(), "orphaned processes survived recovery");
     assert!(!restarted.workspace_path(&id).exists());
-    assert!(
-        restarted.workspace_path(&other_id).exists(),
-        "another worker's workspace was touched"
-    );
+    assert!(restarted.workspace_path(&other_id).exists(), "another worker's workspace was touched");
 }
 
 #[tokio::test]
@@ -303,10 +242,5 @@ async fn bad_configuration_is_refused_clearly() {
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let mut config = DirectConfig::new("w", root.path().join("ws"));
     config.target_dir = Some(file);
-    assert!(
-        DirectBackend::new(config)
-            .unwrap_err()
-            .to_string()
-            .contains("target_dir")
-    );
+    assert!(DirectBackend::new(config).unwrap_err().to_string().contains("target_dir"));
 }

@@ -43,17 +43,11 @@ enum AgentCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Agent {
-            command: AgentCommand::GitCredential { operation },
-        } => exit(credentials::helper_main(&operation)),
-        Command::Agent {
-            command: AgentCommand::Run { raw },
-        } => {
-            if raw
-                .iter()
-                .take_while(|a| *a != "--")
-                .any(|a| a == "--help" || a == "-h")
-            {
+        Command::Agent { command: AgentCommand::GitCredential { operation } } => {
+            exit(credentials::helper_main(&operation))
+        }
+        Command::Agent { command: AgentCommand::Run { raw } } => {
+            if raw.iter().take_while(|a| *a != "--").any(|a| a == "--help" || a == "-h") {
                 use clap::CommandFactory;
                 let mut help = <RunHelp as CommandFactory>::command();
                 let _ = help.print_help();
@@ -67,11 +61,7 @@ pub fn main() -> ExitCode {
                 }
             };
             init_tracing();
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-            {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("oz: could not start the async runtime: {e}");
@@ -99,33 +89,22 @@ async fn run_agent(parsed: args::RunArgs, warnings: Vec<String>) -> i32 {
     let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
             return;
         };
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         let _ = cancel_tx.send(true);
     });
     let oz_binary = std::env::current_exe().unwrap_or_else(|_| "oz".into());
-    let ctx = runner::Context {
-        env: std::env::vars().collect(),
-        control: None,
-        oz_binary,
-        cancel: cancel_rx,
-    };
+    let ctx = runner::Context { env: std::env::vars().collect(), control: None, oz_binary, cancel: cancel_rx };
     runner::run(parsed, warnings, ctx).await
 }
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("OZ_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }
 
 fn exit(code: i32) -> ExitCode {

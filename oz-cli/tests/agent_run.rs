@@ -12,12 +12,7 @@ use serde_json::{Value, json};
 const OZ: &str = env!("CARGO_BIN_EXE_oz");
 
 fn git(dir: &Path, args: &[&str]) {
-    let status = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .envs(git_identity())
-        .status()
-        .unwrap();
+    let status = Command::new("git").args(args).current_dir(dir).envs(git_identity()).status().unwrap();
     assert!(status.success(), "git {args:?}");
 }
 
@@ -49,12 +44,7 @@ impl Fixture {
             git(&src, &["commit", "-q", "-m", "initial"]);
             let bare = root.path().join("git").join(owner).join(repo);
             std::fs::create_dir_all(bare.parent().unwrap()).unwrap();
-            let status = Command::new("git")
-                .args(["clone", "-q", "--bare"])
-                .arg(&src)
-                .arg(&bare)
-                .status()
-                .unwrap();
+            let status = Command::new("git").args(["clone", "-q", "--bare"]).arg(&src).arg(&bare).status().unwrap();
             assert!(status.success());
             git(&bare, &["config", "uploadpack.allowFilter", "true"]);
         }
@@ -98,10 +88,7 @@ fn events(output: &Output) -> Vec<Value> {
 }
 
 fn kinds(events: &[Value]) -> Vec<String> {
-    events
-        .iter()
-        .map(|e| e["event"].as_str().unwrap().to_owned())
-        .collect()
+    events.iter().map(|e| e["event"].as_str().unwrap().to_owned()).collect()
 }
 
 const AGENT: &str = r#"set -e
@@ -147,49 +134,27 @@ fn unmanaged_run_clones_sets_up_runs_the_harness_and_reports_the_commit() {
         &[],
         &work,
     );
-    assert!(
-        out.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     let ev = events(&out);
     let k = kinds(&ev);
     assert_eq!(k.first().map(String::as_str), Some("started"));
     assert_eq!(k.last().map(String::as_str), Some("finished"));
-    let pos = |name: &str| {
-        k.iter()
-            .position(|x| x == name)
-            .unwrap_or_else(|| panic!("no {name} in {k:?}"))
-    };
+    let pos = |name: &str| k.iter().position(|x| x == name).unwrap_or_else(|| panic!("no {name} in {k:?}"));
     assert!(pos("clone_finished") < pos("setup_started"));
     assert!(pos("setup_finished") < pos("harness_started"));
     assert_eq!(k.iter().filter(|x| *x == "clone_finished").count(), 2);
-    let text: String = ev
-        .iter()
-        .filter(|e| e["event"] == "output")
-        .map(|e| e["text"].as_str().unwrap())
-        .collect();
+    let text: String = ev.iter().filter(|e| e["event"] == "output").map(|e| e["text"].as_str().unwrap()).collect();
     assert!(text.contains("stdin: add a line"), "{text}");
     assert!(text.contains("env prompt: add a line"));
     assert!(text.contains("setup saw: setup ok from-environment"));
-    let commit = ev
-        .iter()
-        .find(|e| e["event"] == "artifact")
-        .expect("a commit artifact");
+    let commit = ev.iter().find(|e| e["event"] == "artifact").expect("a commit artifact");
     assert_eq!(commit["artifact_type"], "EXTERNAL_REFERENCE");
     assert_eq!(commit["reference_type"], "git_commit");
     assert_eq!(commit["title"], "agent: apply the prompt");
     assert_eq!(ev.last().unwrap()["state"], "SUCCEEDED");
     // The clone is partial (tree:0 filter) and the change is really committed.
-    let log = Command::new("git")
-        .args(["log", "--format=%s"])
-        .current_dir(work.join("app"))
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&log.stdout),
-        "agent: apply the prompt\ninitial\n"
-    );
+    let log = Command::new("git").args(["log", "--format=%s"]).current_dir(work.join("app")).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&log.stdout), "agent: apply the prompt\ninitial\n");
     let filter = Command::new("git")
         .args(["config", "remote.origin.partialclonefilter"])
         .current_dir(work.join("app"))
@@ -201,8 +166,7 @@ fn unmanaged_run_clones_sets_up_runs_the_harness_and_reports_the_commit() {
 #[test]
 fn secrets_are_masked_and_credentials_reach_git_only_through_the_helper() {
     let f = Fixture::new(&[("acme", "app")]);
-    let env_file =
-        f.env_file(json!({"name": "s", "github_repos": [{"owner": "acme", "repo": "app"}]}));
+    let env_file = f.env_file(json!({"name": "s", "github_repos": [{"owner": "acme", "repo": "app"}]}));
     let work = f.workdir();
     let token = "ghs_abcdefghijklmnopqrstuvwxyz0123456789";
     let creds = json!([{"host": "github.com", "token": token}]).to_string();
@@ -228,50 +192,24 @@ echo "ps-visible args: $0 $*""#;
             "-c",
             script,
         ],
-        &[
-            ("OZ_GIT_CREDENTIALS", creds.clone()),
-            ("MY_SERVICE_TOKEN", "svc-secret-value-42".into()),
-        ],
+        &[("OZ_GIT_CREDENTIALS", creds.clone()), ("MY_SERVICE_TOKEN", "svc-secret-value-42".into())],
         &work,
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let filled = std::fs::read_to_string(f.root.path().join("filled.txt")).unwrap();
-    assert!(
-        filled.contains(&format!("password={token}")),
-        "the helper did not answer git: {filled}"
-    );
+    assert!(filled.contains(&format!("password={token}")), "the helper did not answer git: {filled}");
     assert!(filled.contains("username=x-access-token"));
-    let all_output = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let all_output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!all_output.contains(token), "the git token was printed");
-    assert!(
-        !all_output.contains("svc-secret-value-42"),
-        "a secret-named variable was printed"
-    );
+    assert!(!all_output.contains("svc-secret-value-42"), "a secret-named variable was printed");
     assert!(all_output.contains("[REDACTED]"));
     let harness_env = std::fs::read_to_string(f.root.path().join("harness-env.txt")).unwrap();
-    assert!(
-        !harness_env.contains("OZ_GIT_CREDENTIALS"),
-        "the credentials variable reached the harness"
-    );
+    assert!(!harness_env.contains("OZ_GIT_CREDENTIALS"), "the credentials variable reached the harness");
     assert!(!harness_env.contains(token));
     let config = std::fs::read_to_string(work.join("app/.git/config")).unwrap();
-    assert!(
-        !config.contains(token) && !config.contains("credential"),
-        "{config}"
-    );
+    assert!(!config.contains(token) && !config.contains("credential"), "{config}");
     // The socket is gone with the run.
-    let socket_line = harness_env
-        .lines()
-        .find(|l| l.starts_with("OZ_GIT_CREDENTIAL_SOCKET="))
-        .unwrap();
+    let socket_line = harness_env.lines().find(|l| l.starts_with("OZ_GIT_CREDENTIAL_SOCKET=")).unwrap();
     assert!(!Path::new(socket_line.split_once('=').unwrap().1).exists());
 }
 
@@ -279,27 +217,14 @@ echo "ps-visible args: $0 $*""#;
 fn unknown_flags_warn_and_the_run_continues() {
     let work = tempfile::tempdir().unwrap();
     let out = oz(
-        &[
-            "agent",
-            "run",
-            "--brand-new-flag",
-            "x",
-            "--harness",
-            "command",
-            "--",
-            "/bin/echo",
-            "ok",
-        ],
+        &["agent", "run", "--brand-new-flag", "x", "--harness", "command", "--", "/bin/echo", "ok"],
         &[],
         work.path(),
     );
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("ignoring unknown flag \"--brand-new-flag x\""),
-        "{stderr}"
-    );
+    assert!(stderr.contains("ignoring unknown flag \"--brand-new-flag x\""), "{stderr}");
     assert!(stderr.contains("run SUCCEEDED"), "{stderr}");
 }
 
@@ -309,72 +234,35 @@ fn failures_have_their_exit_status_and_a_clear_final_event() {
     let work = f.workdir();
     let run = |env: Value, harness: &[&str]| {
         let file = f.env_file(env);
-        let mut args = vec![
-            "agent",
-            "run",
-            "--output-format",
-            "ndjson",
-            "--environment-file",
-            file.to_str().unwrap(),
-        ];
+        let mut args = vec!["agent", "run", "--output-format", "ndjson", "--environment-file", file.to_str().unwrap()];
         let base = f.base_url();
-        args.extend([
-            "--git-base-url",
-            base.as_str(),
-            "--harness",
-            "command",
-            "--",
-        ]);
+        args.extend(["--git-base-url", base.as_str(), "--harness", "command", "--"]);
         args.extend(harness);
         oz(&args, &[], &work)
     };
-    let missing = run(
-        json!({"name": "m", "github_repos": [{"owner": "acme", "repo": "nope"}]}),
-        &["true"],
-    );
+    let missing = run(json!({"name": "m", "github_repos": [{"owner": "acme", "repo": "nope"}]}), &["true"]);
     assert_eq!(missing.status.code(), Some(3));
     let last = events(&missing).pop().unwrap();
     assert_eq!(last["state"], "FAILED");
-    assert!(
-        last["message"].as_str().unwrap().contains("acme/nope"),
-        "{last}"
-    );
+    assert!(last["message"].as_str().unwrap().contains("acme/nope"), "{last}");
 
-    let setup = run(
-        json!({"name": "s", "setup_commands": ["exit 9"]}),
-        &["true"],
-    );
+    let setup = run(json!({"name": "s", "setup_commands": ["exit 9"]}), &["true"]);
     assert_eq!(setup.status.code(), Some(4));
     assert!(
-        events(&setup).pop().unwrap()["message"]
-            .as_str()
-            .unwrap()
-            .contains("setup_commands[0] exited with code 9")
+        events(&setup).pop().unwrap()["message"].as_str().unwrap().contains("setup_commands[0] exited with code 9")
     );
 
     let harness = run(json!({"name": "h"}), &["/bin/sh", "-c", "exit 5"]);
     assert_eq!(harness.status.code(), Some(5));
     assert_eq!(events(&harness).pop().unwrap()["state"], "FAILED");
 
-    let hostile = run(
-        json!({"name": "x", "github_repos": [{"owner": "acme", "repo": ".."}]}),
-        &["true"],
-    );
+    let hostile = run(json!({"name": "x", "github_repos": [{"owner": "acme", "repo": ".."}]}), &["true"]);
     assert_eq!(hostile.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&hostile.stdout);
     assert!(stderr.contains("github_repos[0].repo"), "{stderr}");
 
     let credentials_in_url = oz(
-        &[
-            "agent",
-            "run",
-            "--git-base-url",
-            "https://user:tok@github.com",
-            "--harness",
-            "command",
-            "--",
-            "true",
-        ],
+        &["agent", "run", "--git-base-url", "https://user:tok@github.com", "--harness", "command", "--", "true"],
         &[],
         &work,
     );
@@ -387,18 +275,7 @@ fn sigterm_cancels_the_harness_and_its_children() {
     let pid_file = work.path().join("child.pid");
     let script = format!("sleep 300 & echo $! > {}; wait", pid_file.display());
     let child = Command::new(OZ)
-        .args([
-            "agent",
-            "run",
-            "--output-format",
-            "ndjson",
-            "--harness",
-            "command",
-            "--",
-            "/bin/sh",
-            "-c",
-            &script,
-        ])
+        .args(["agent", "run", "--output-format", "ndjson", "--harness", "command", "--", "/bin/sh", "-c", &script])
         .current_dir(work.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -410,22 +287,13 @@ fn sigterm_cancels_the_harness_and_its_children() {
         }
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
-    let grandchild: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    let grandchild: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130));
     assert_eq!(events(&out).pop().unwrap()["state"], "CANCELLED");
     std::thread::sleep(std::time::Duration::from_millis(100));
-    let alive = std::fs::read_to_string(format!("/proc/{grandchild}/stat"))
-        .is_ok_and(|s| !s.contains(") Z "));
+    let alive = std::fs::read_to_string(format!("/proc/{grandchild}/stat")).is_ok_and(|s| !s.contains(") Z "));
     assert!(!alive, "the harness's child survived the cancellation");
 }
 
@@ -501,31 +369,19 @@ async fn a_managed_run_fetches_its_environment_and_prompt_and_reports_to_the_con
     })
     .await
     .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("prompt=prompt from the server token=\n"),
         "the token must not reach the harness: {stdout}"
     );
-    assert!(
-        stdout.contains("README.md"),
-        "the repo from the server's environment was cloned: {stdout}"
-    );
+    assert!(stdout.contains("README.md"), "the repo from the server's environment was cloned: {stdout}");
     let reports = reports.lock().unwrap().clone();
-    let kinds: Vec<&str> = reports
-        .iter()
-        .map(|(_, b)| b["event"].as_str().unwrap())
-        .collect();
+    let kinds: Vec<&str> = reports.iter().map(|(_, b)| b["event"].as_str().unwrap()).collect();
     assert_eq!(kinds.first(), Some(&"started"));
     assert_eq!(kinds.last(), Some(&"finished"));
     assert!(
-        kinds.contains(&"clone_finished")
-            && kinds.contains(&"harness_started")
-            && kinds.contains(&"output"),
+        kinds.contains(&"clone_finished") && kinds.contains(&"harness_started") && kinds.contains(&"output"),
         "{kinds:?}"
     );
     for (auth, body) in &reports {
@@ -566,30 +422,20 @@ async fn an_unreachable_control_plane_does_not_fail_the_run() {
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout), "still ran\n");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("reporting to the control plane failed"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("reporting to the control plane failed"), "{stderr}");
     assert!(!stderr.contains("tok-unreachable-123"));
 }
 
 /// A smart-HTTP git server on loopback: `git http-backend` behind a small CGI bridge that requires
 /// Basic auth with `user`/`password`. Returns the base URL (`http://127.0.0.1:PORT/git`).
-async fn git_http_server(
-    project_root: PathBuf,
-    user: &'static str,
-    password: &'static str,
-) -> String {
+async fn git_http_server(project_root: PathBuf, user: &'static str, password: &'static str) -> String {
     use axum::body::Bytes;
     use axum::extract::{Path as UrlPath, RawQuery};
     use axum::http::{HeaderMap, Method, StatusCode};
     use axum::response::{IntoResponse, Response};
     use base64::Engine;
 
-    let expected = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
-    );
+    let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")));
     let handler = move |method: Method,
                         UrlPath(path): UrlPath<String>,
                         RawQuery(query): RawQuery,
@@ -598,22 +444,11 @@ async fn git_http_server(
         let root = project_root.clone();
         let expected = expected.clone();
         async move {
-            if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str())
-            {
-                return (
-                    StatusCode::UNAUTHORIZED,
-                    [("www-authenticate", "Basic realm=\"git\"")],
-                    "auth required",
-                )
+            if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
+                return (StatusCode::UNAUTHORIZED, [("www-authenticate", "Basic realm=\"git\"")], "auth required")
                     .into_response();
             }
-            let header = |name: &str| {
-                headers
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_owned()
-            };
+            let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
             let mut child = tokio::process::Command::new("git")
                 .arg("http-backend")
                 .env_clear()
@@ -635,9 +470,7 @@ async fn git_http_server(
                 .spawn()
                 .unwrap();
             let mut stdin = child.stdin.take().unwrap();
-            tokio::io::AsyncWriteExt::write_all(&mut stdin, &body)
-                .await
-                .unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut stdin, &body).await.unwrap();
             drop(stdin);
             let out = child.wait_with_output().await.unwrap();
             let split = out
@@ -645,17 +478,10 @@ async fn git_http_server(
                 .windows(4)
                 .position(|w| w == b"\r\n\r\n")
                 .map(|i| (i, 4))
-                .or_else(|| {
-                    out.stdout
-                        .windows(2)
-                        .position(|w| w == b"\n\n")
-                        .map(|i| (i, 2))
-                })
+                .or_else(|| out.stdout.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2)))
                 .unwrap();
-            let (head, rest) = (
-                String::from_utf8_lossy(&out.stdout[..split.0]).to_string(),
-                out.stdout[split.0 + split.1..].to_vec(),
-            );
+            let (head, rest) =
+                (String::from_utf8_lossy(&out.stdout[..split.0]).to_string(), out.stdout[split.0 + split.1..].to_vec());
             let mut response = Response::new(axum::body::Body::from(rest));
             for line in head.lines() {
                 let Some((k, v)) = line.split_once(':') else {
@@ -664,10 +490,9 @@ async fn git_http_server(
                 let (k, v) = (k.trim(), v.trim());
                 if k.eq_ignore_ascii_case("status") {
                     *response.status_mut() = StatusCode::from_u16(v[..3].parse().unwrap()).unwrap();
-                } else if let (Ok(name), Ok(value)) = (
-                    axum::http::HeaderName::try_from(k),
-                    axum::http::HeaderValue::try_from(v),
-                ) {
+                } else if let (Ok(name), Ok(value)) =
+                    (axum::http::HeaderName::try_from(k), axum::http::HeaderValue::try_from(v))
+                {
                     response.headers_mut().insert(name, value);
                 }
             }
@@ -683,25 +508,15 @@ async fn git_http_server(
 
 const HTTP_TOKEN: &str = "ghs_http_token_0123456789abcdef";
 
-async fn run_http_clone(
-    extra_env: Vec<(&'static str, String)>,
-    with_credentials: bool,
-) -> (Output, Fixture, PathBuf) {
+async fn run_http_clone(extra_env: Vec<(&'static str, String)>, with_credentials: bool) -> (Output, Fixture, PathBuf) {
     let f = Fixture::new(&[("acme", "app")]);
     let base = git_http_server(f.root.path().join("git"), "x-access-token", HTTP_TOKEN).await;
-    let host = base
-        .trim_start_matches("http://")
-        .trim_end_matches("/git")
-        .to_owned();
-    let env_file =
-        f.env_file(json!({"name": "h", "github_repos": [{"owner": "acme", "repo": "app"}]}));
+    let host = base.trim_start_matches("http://").trim_end_matches("/git").to_owned();
+    let env_file = f.env_file(json!({"name": "h", "github_repos": [{"owner": "acme", "repo": "app"}]}));
     let work = f.workdir();
     let mut env = extra_env;
     if with_credentials {
-        env.push((
-            "OZ_GIT_CREDENTIALS",
-            json!([{"host": host, "token": HTTP_TOKEN}]).to_string(),
-        ));
+        env.push(("OZ_GIT_CREDENTIALS", json!([{"host": host, "token": HTTP_TOKEN}]).to_string()));
     }
     let w = work.clone();
     let out = tokio::task::spawn_blocking(move || {
@@ -740,26 +555,13 @@ async fn run_http_clone(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clones_over_authenticated_http_through_the_credential_helper() {
     let (out, _f, work) = run_http_clone(vec![], true).await;
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("# app"));
     let config = std::fs::read_to_string(work.join("app/.git/config")).unwrap();
-    assert!(
-        !config.contains(HTTP_TOKEN) && !config.contains("x-access-token@"),
-        "{config}"
-    );
+    assert!(!config.contains(HTTP_TOKEN) && !config.contains("x-access-token@"), "{config}");
     // The server really requires the credential: without it the clone fails.
     let (denied, _f, _) = run_http_clone(vec![], false).await;
-    assert_eq!(
-        denied.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&denied.stdout)
-    );
+    assert_eq!(denied.status.code(), Some(3), "{}", String::from_utf8_lossy(&denied.stdout));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -768,17 +570,10 @@ async fn clones_with_the_builtin_git_when_there_is_no_git_binary() {
     let no_git_path = vec![("PATH", empty.path().display().to_string())];
     let (out, _f, work) = run_http_clone(no_git_path.clone(), true).await;
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("# app"), "{stdout}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("built-in git"));
-    assert!(
-        work.join("app/.git/shallow").exists(),
-        "the built-in clone is shallow"
-    );
+    assert!(work.join("app/.git/shallow").exists(), "the built-in clone is shallow");
     let config = std::fs::read_to_string(work.join("app/.git/config")).unwrap();
     assert!(!config.contains(HTTP_TOKEN), "{config}");
     let (denied, _f, _) = run_http_clone(no_git_path, false).await;

@@ -38,10 +38,7 @@ pub struct BackendError {
 impl BackendError {
     /// Builds an error.
     pub fn new(reason: FailureReason, message: impl Into<String>) -> Self {
-        Self {
-            reason,
-            message: message.into(),
-        }
+        Self { reason, message: message.into() }
     }
 }
 
@@ -95,17 +92,11 @@ pub struct ExitStatus {
 impl ExitStatus {
     /// An exit with a code.
     pub fn code(code: i32) -> Self {
-        Self {
-            code: Some(code),
-            signal: None,
-        }
+        Self { code: Some(code), signal: None }
     }
     /// Death by a signal.
     pub fn signal(signal: i32) -> Self {
-        Self {
-            code: None,
-            signal: Some(signal),
-        }
+        Self { code: None, signal: Some(signal) }
     }
     /// Whether it exited 0.
     pub fn success(self) -> bool {
@@ -165,8 +156,7 @@ impl TaskOutcome {
     }
     /// Time from acceptance to the process starting.
     pub fn startup_latency(&self) -> Option<Duration> {
-        self.started_at
-            .and_then(|s| s.duration_since(self.accepted_at).ok())
+        self.started_at.and_then(|s| s.duration_since(self.accepted_at).ok())
     }
 }
 
@@ -265,13 +255,7 @@ impl TaskHandle {
                 cancel: Canceller(cancel_tx),
                 accepted_at,
             },
-            TaskDriver {
-                task_id,
-                events: events_tx,
-                outcome: outcome_tx,
-                cancel: cancel_rx,
-                accepted_at,
-            },
+            TaskDriver { task_id, events: events_tx, outcome: outcome_tx, cancel: cancel_rx, accepted_at },
         )
     }
 
@@ -350,12 +334,7 @@ impl TaskDriver {
     }
 
     /// Reports the outcome, ending the task.
-    pub fn finish(
-        self,
-        exit: Option<ExitStatus>,
-        failure: Option<Failure>,
-        started_at: Option<SystemTime>,
-    ) {
+    pub fn finish(self, exit: Option<ExitStatus>, failure: Option<Failure>, started_at: Option<SystemTime>) {
         let outcome = TaskOutcome {
             task_id: self.task_id,
             exit,
@@ -392,10 +371,7 @@ pub struct PreparedSandbox {
 
 impl fmt::Debug for PreparedSandbox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PreparedSandbox")
-            .field("id", &self.id)
-            .field("spec", &self.spec)
-            .finish_non_exhaustive()
+        f.debug_struct("PreparedSandbox").field("id", &self.id).field("spec", &self.spec).finish_non_exhaustive()
     }
 }
 
@@ -433,19 +409,11 @@ pub trait Backend: Send + Sync + 'static {
     /// Prepares a sandbox ahead of its task (a warm pool). Backends without a useful notion of this
     /// return a sandbox that [`Backend::launch_prepared`] simply launches into.
     async fn prepare(&self, sandbox: SandboxSpec) -> Result<PreparedSandbox, BackendError> {
-        Ok(PreparedSandbox {
-            id: String::new(),
-            spec: sandbox,
-            state: Box::new(()),
-        })
+        Ok(PreparedSandbox { id: String::new(), spec: sandbox, state: Box::new(()) })
     }
 
     /// Runs a task in a prepared sandbox. The task's `sandbox` must equal the prepared one's.
-    async fn launch_prepared(
-        &self,
-        prepared: PreparedSandbox,
-        mut spec: TaskSpec,
-    ) -> Result<TaskHandle, BackendError> {
+    async fn launch_prepared(&self, prepared: PreparedSandbox, mut spec: TaskSpec) -> Result<TaskHandle, BackendError> {
         if spec.sandbox != prepared.spec {
             return Err(BackendError::new(
                 FailureReason::WorkspaceSetup,
@@ -475,9 +443,7 @@ mod tests {
         let (handle, driver) = TaskHandle::channel("t1");
         let producer = tokio::spawn(async move {
             for _ in 0..(EVENT_CHANNEL_CAPACITY * 3) {
-                driver
-                    .emit(TaskEvent::Stdout(Bytes::from_static(b"x")))
-                    .await;
+                driver.emit(TaskEvent::Stdout(Bytes::from_static(b"x"))).await;
             }
             driver.finish(Some(ExitStatus::code(0)), None, Some(SystemTime::now()));
         });
@@ -504,10 +470,7 @@ mod tests {
         c.cancel(CancelReason::Shutdown);
         c.cancel(CancelReason::Requested);
         assert_eq!(driver.cancelled().await, CancelReason::Shutdown);
-        assert_eq!(
-            CancelReason::Shutdown.failure_reason(),
-            FailureReason::GracefulShutdown
-        );
+        assert_eq!(CancelReason::Shutdown.failure_reason(), FailureReason::GracefulShutdown);
     }
 
     #[test]

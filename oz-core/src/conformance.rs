@@ -106,9 +106,7 @@ fn dummy_outcome() -> TaskOutcome {
 }
 
 async fn guarded<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(CASE_LIMIT, f)
-        .await
-        .expect("the case hung past its limit")
+    tokio::time::timeout(CASE_LIMIT, f).await.expect("the case hung past its limit")
 }
 
 async fn assert_no_leftovers(f: &dyn ConformanceFixture, spec: &TaskSpec) {
@@ -135,12 +133,7 @@ pub async fn succeeds(f: &dyn ConformanceFixture) {
 pub async fn nonzero_exit(f: &dyn ConformanceFixture) {
     let spec = f.shell_task(&task_id("exit"), "echo about-to-fail; exit 3");
     let c = guarded(run_to_end(&*f.backend(), spec.clone())).await;
-    assert_eq!(
-        c.outcome.reason(),
-        Some(FailureReason::ContainerExit),
-        "{:?}",
-        c.outcome
-    );
+    assert_eq!(c.outcome.reason(), Some(FailureReason::ContainerExit), "{:?}", c.outcome);
     assert_eq!(c.outcome.run_state(), RunState::Failed);
     assert_eq!(c.outcome.exit.map(|e| e.oz_exit_code()), Some(3));
     assert_eq!(&c.stdout[..], b"about-to-fail\n");
@@ -151,12 +144,7 @@ pub async fn nonzero_exit(f: &dyn ConformanceFixture) {
 pub async fn killed_by_signal(f: &dyn ConformanceFixture) {
     let spec = f.shell_task(&task_id("sig"), "kill -9 $$");
     let c = guarded(run_to_end(&*f.backend(), spec.clone())).await;
-    assert_eq!(
-        c.outcome.reason(),
-        Some(FailureReason::ContainerExit),
-        "{:?}",
-        c.outcome
-    );
+    assert_eq!(c.outcome.reason(), Some(FailureReason::ContainerExit), "{:?}", c.outcome);
     assert_eq!(c.outcome.exit.map(|e| e.oz_exit_code()), Some(137));
     assert_no_leftovers(f, &spec).await;
 }
@@ -165,27 +153,15 @@ pub async fn killed_by_signal(f: &dyn ConformanceFixture) {
 pub async fn missing_command(f: &dyn ConformanceFixture) {
     let spec = f.command_task(&task_id("missing"), &["/nonexistent/oz-no-such-command"]);
     let c = guarded(run_to_end(&*f.backend(), spec.clone())).await;
-    assert_eq!(
-        c.outcome.reason(),
-        Some(f.missing_command_reason()),
-        "{:?}",
-        c.outcome
-    );
+    assert_eq!(c.outcome.reason(), Some(f.missing_command_reason()), "{:?}", c.outcome);
     assert_no_leftovers(f, &spec).await;
 }
 
 /// A task past its timeout is stopped and fails with `task_timeout`.
 pub async fn times_out(f: &dyn ConformanceFixture) {
-    let spec = f
-        .shell_task(&task_id("timeout"), "echo started; sleep 60")
-        .timeout(Duration::from_secs(1));
+    let spec = f.shell_task(&task_id("timeout"), "echo started; sleep 60").timeout(Duration::from_secs(1));
     let c = guarded(run_to_end(&*f.backend(), spec.clone())).await;
-    assert_eq!(
-        c.outcome.reason(),
-        Some(FailureReason::TaskTimeout),
-        "{:?}",
-        c.outcome
-    );
+    assert_eq!(c.outcome.reason(), Some(FailureReason::TaskTimeout), "{:?}", c.outcome);
     assert_eq!(c.outcome.run_state(), RunState::Failed);
     assert_eq!(&c.stdout[..], b"started\n");
     assert_no_leftovers(f, &spec).await;
@@ -194,8 +170,7 @@ pub async fn times_out(f: &dyn ConformanceFixture) {
 /// Cancelling mid-run kills the whole tree, including a child that ignores SIGTERM, and reports
 /// `task_cancelled`.
 pub async fn cancel_kills_the_tree(f: &dyn ConformanceFixture) {
-    let script =
-        "(trap '' TERM; exec sleep 300) & echo \"child $!\"; sleep 300 & echo \"child $!\"; wait";
+    let script = "(trap '' TERM; exec sleep 300) & echo \"child $!\"; sleep 300 & echo \"child $!\"; wait";
     let spec = f.shell_task(&task_id("cancel"), script);
     let backend = f.backend();
     let mut handle = guarded(backend.launch(spec.clone())).await.expect("launch");
@@ -220,31 +195,18 @@ pub async fn cancel_kills_the_tree(f: &dyn ConformanceFixture) {
     };
     guarded(collect).await;
     let outcome = guarded(handle.wait()).await;
-    assert_eq!(
-        pids.len(),
-        2,
-        "the task did not report its children: {out:?}"
-    );
-    assert_eq!(
-        outcome.reason(),
-        Some(FailureReason::TaskCancelled),
-        "{outcome:?}"
-    );
+    assert_eq!(pids.len(), 2, "the task did not report its children: {out:?}");
+    assert_eq!(outcome.reason(), Some(FailureReason::TaskCancelled), "{outcome:?}");
     assert_eq!(outcome.run_state(), RunState::Cancelled);
     for pid in pids {
-        assert!(
-            !f.process_alive(&spec, pid).await,
-            "child {pid} survived the cancellation"
-        );
+        assert!(!f.process_alive(&spec, pid).await, "child {pid} survived the cancellation");
     }
     assert_no_leftovers(f, &spec).await;
 }
 
 /// Stdin carries the given bytes and is then closed.
 pub async fn stdin_is_delivered(f: &dyn ConformanceFixture) {
-    let spec = f
-        .command_task(&task_id("stdin"), &["cat"])
-        .stdin(&b"the prompt\nline two\n"[..]);
+    let spec = f.command_task(&task_id("stdin"), &["cat"]).stdin(&b"the prompt\nline two\n"[..]);
     let c = guarded(run_to_end(&*f.backend(), spec)).await;
     assert!(c.outcome.succeeded(), "{:?}", c.outcome);
     assert_eq!(&c.stdout[..], b"the prompt\nline two\n");
@@ -261,17 +223,13 @@ pub async fn env_is_exactly_the_specs(f: &dyn ConformanceFixture) {
     let c = guarded(run_to_end(&*f.backend(), spec.clone())).await;
     assert!(c.outcome.succeeded(), "{:?}", c.outcome);
     let text = String::from_utf8_lossy(&c.stdout);
-    let seen: std::collections::BTreeMap<&str, &str> =
-        text.lines().filter_map(|l| l.split_once('=')).collect();
+    let seen: std::collections::BTreeMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
     assert_eq!(seen.get("OZ_CONF_A"), Some(&"overridden"));
     assert_eq!(seen.get("OZ_CONF_B"), Some(&"two words = fine"));
     let mut allowed: Vec<&str> = spec.env.iter().map(|(k, _)| k.as_str()).collect();
     allowed.extend(f.added_env());
     let unexpected: Vec<&&str> = seen.keys().filter(|k| !allowed.contains(k)).collect();
-    assert!(
-        unexpected.is_empty(),
-        "variables the spec did not ask for: {unexpected:?}\nfull env:\n{text}"
-    );
+    assert!(unexpected.is_empty(), "variables the spec did not ask for: {unexpected:?}\nfull env:\n{text}");
 }
 
 /// Peak resident memory of this process, in bytes (Linux).
@@ -311,11 +269,7 @@ pub async fn large_output_with_bounded_memory(f: &dyn ConformanceFixture) {
     assert!(all_x, "the output was corrupted");
     if let (Some(before), Some(after)) = (before, peak_rss_bytes()) {
         let grown = after.saturating_sub(before);
-        assert!(
-            grown < 24 * 1024 * 1024,
-            "peak memory grew by {} MiB while streaming 50 MiB",
-            grown / (1024 * 1024)
-        );
+        assert!(grown < 24 * 1024 * 1024, "peak memory grew by {} MiB while streaming 50 MiB", grown / (1024 * 1024));
     }
     assert_no_leftovers(f, &spec).await;
 }

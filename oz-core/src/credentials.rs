@@ -60,11 +60,7 @@ pub struct WorkloadToken {
 impl WorkloadToken {
     /// Wraps a token.
     pub fn new(token: impl Into<String>, expires_at: Timestamp, scope: TokenScope) -> Self {
-        Self {
-            token: SecretString::from(token.into()),
-            expires_at,
-            scope,
-        }
+        Self { token: SecretString::from(token.into()), expires_at, scope }
     }
     /// The token itself.
     pub fn expose(&self) -> &str {
@@ -107,12 +103,7 @@ impl GitCredential {
         token: impl Into<String>,
         expires_at: Option<Timestamp>,
     ) -> Self {
-        Self {
-            host: host.into(),
-            username: username.into(),
-            token: SecretString::from(token.into()),
-            expires_at,
-        }
+        Self { host: host.into(), username: username.into(), token: SecretString::from(token.into()), expires_at }
     }
     /// The token itself.
     pub fn expose(&self) -> &str {
@@ -142,21 +133,12 @@ mod tests {
         let token = WorkloadToken::new(
             secret,
             Timestamp::from_second(2_000_000_000).unwrap(),
-            TokenScope {
-                team: "t".into(),
-                user: None,
-                run_id: "r".into(),
-                repos: vec!["a/b".into()],
-            },
+            TokenScope { team: "t".into(), user: None, run_id: "r".into(), repos: vec!["a/b".into()] },
         );
         let git = GitCredential::new("github.com", "x-access-token", secret, None);
-        for shown in [
-            format!("{key:?}"),
-            format!("{key}"),
-            format!("{token:?}"),
-            format!("{git:?}"),
-            format!("{git:#?}"),
-        ] {
+        for shown in
+            [format!("{key:?}"), format!("{key}"), format!("{token:?}"), format!("{git:?}"), format!("{git:#?}")]
+        {
             assert!(!shown.contains(secret), "{shown}");
             assert!(shown.contains("REDACTED"), "{shown}");
         }

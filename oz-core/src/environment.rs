@@ -34,10 +34,7 @@ pub struct RepoRef {
 impl RepoRef {
     /// Builds and validates a repo reference.
     pub fn new(owner: impl Into<String>, repo: impl Into<String>) -> Result<Self, Error> {
-        let r = RepoRef {
-            owner: owner.into(),
-            repo: repo.into(),
-        };
+        let r = RepoRef { owner: owner.into(), repo: repo.into() };
         r.validate()?;
         Ok(r)
     }
@@ -46,10 +43,7 @@ impl RepoRef {
     pub fn parse(text: &str) -> Result<Self, Error> {
         match text.split_once('/') {
             Some((owner, repo)) => Self::new(owner, repo),
-            None => Err(Error::invalid(
-                "repo",
-                format!("{text:?} must look like owner/name"),
-            )),
+            None => Err(Error::invalid("repo", format!("{text:?} must look like owner/name"))),
         }
     }
 
@@ -73,9 +67,7 @@ impl RepoRef {
         let repo = &self.repo;
         let repo_ok = !repo.is_empty()
             && repo.len() <= 100
-            && repo
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            && repo.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
             && repo != "."
             && repo != ".."
             && !repo.ends_with(".git");
@@ -131,43 +123,29 @@ impl EnvironmentConfig {
         if let Some(description) = &self.description {
             validate::text("description", description, MAX_DESCRIPTION_LEN, true)?;
         }
-        if let Some(image) = self
-            .docker_image
-            .as_deref()
-            .filter(|s| !s.trim().is_empty())
-        {
+        if let Some(image) = self.docker_image.as_deref().filter(|s| !s.trim().is_empty()) {
             ImageRef::parse(image)?;
         }
         if self.github_repos.len() > MAX_REPOS {
             return Err(Error::invalid(
                 "github_repos",
-                format!(
-                    "has {} entries; the limit is {MAX_REPOS}",
-                    self.github_repos.len()
-                ),
+                format!("has {} entries; the limit is {MAX_REPOS}", self.github_repos.len()),
             ));
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, repo) in self.github_repos.iter().enumerate() {
-            repo.validate()
-                .map_err(|e| e.within(&format!("github_repos[{i}]")))?;
+            repo.validate().map_err(|e| e.within(&format!("github_repos[{i}]")))?;
             if !seen.insert(repo.repo.to_ascii_lowercase()) {
                 return Err(Error::invalid(
                     format!("github_repos[{i}]"),
-                    format!(
-                        "another repo is also named {:?}; each is cloned into a directory of that name",
-                        repo.repo
-                    ),
+                    format!("another repo is also named {:?}; each is cloned into a directory of that name", repo.repo),
                 ));
             }
         }
         if self.setup_commands.len() > MAX_SETUP_COMMANDS {
             return Err(Error::invalid(
                 "setup_commands",
-                format!(
-                    "has {} entries; the limit is {MAX_SETUP_COMMANDS}",
-                    self.setup_commands.len()
-                ),
+                format!("has {} entries; the limit is {MAX_SETUP_COMMANDS}", self.setup_commands.len()),
             ));
         }
         for (i, command) in self.setup_commands.iter().enumerate() {
@@ -180,10 +158,7 @@ impl EnvironmentConfig {
         if self.env_vars.len() > MAX_ENV_VARS {
             return Err(Error::invalid(
                 "env_vars",
-                format!(
-                    "has {} entries; the limit is {MAX_ENV_VARS}",
-                    self.env_vars.len()
-                ),
+                format!("has {} entries; the limit is {MAX_ENV_VARS}", self.env_vars.len()),
             ));
         }
         for (name, value) in &self.env_vars {
@@ -203,10 +178,7 @@ mod tests {
             name: "api".into(),
             description: Some("the API service".into()),
             docker_image: Some("ghcr.io/acme/api-env:3".into()),
-            github_repos: vec![
-                RepoRef::new("acme", "api").unwrap(),
-                RepoRef::new("acme", "web.site").unwrap(),
-            ],
+            github_repos: vec![RepoRef::new("acme", "api").unwrap(), RepoRef::new("acme", "web.site").unwrap()],
             setup_commands: vec!["make deps".into()],
             env_vars: BTreeMap::from([("RUST_LOG".into(), "info".into())]),
         }
@@ -223,34 +195,13 @@ mod tests {
         let cases: Vec<(Mutation, &str)> = vec![
             (|e| e.name = " ".into(), "invalid name"),
             (|e| e.name = "a\u{1b}[31m".into(), "invalid name"),
-            (
-                |e| e.docker_image = Some("../../etc".into()),
-                "invalid docker_image",
-            ),
-            (
-                |e| e.github_repos[1].repo = "..".into(),
-                "invalid github_repos[1].repo",
-            ),
-            (
-                |e| e.github_repos[0].owner = "a/b".into(),
-                "invalid github_repos[0].owner",
-            ),
-            (
-                |e| e.github_repos[1].repo = "API".into(),
-                "invalid github_repos[1]",
-            ),
-            (
-                |e| e.setup_commands.push("ok\0".into()),
-                "invalid setup_commands[1]",
-            ),
-            (
-                |e| e.setup_commands.push("x".repeat(MAX_SETUP_COMMAND_LEN + 1)),
-                "invalid setup_commands[1]",
-            ),
-            (
-                |e| e.setup_commands = vec!["x".into(); MAX_SETUP_COMMANDS + 1],
-                "invalid setup_commands",
-            ),
+            (|e| e.docker_image = Some("../../etc".into()), "invalid docker_image"),
+            (|e| e.github_repos[1].repo = "..".into(), "invalid github_repos[1].repo"),
+            (|e| e.github_repos[0].owner = "a/b".into(), "invalid github_repos[0].owner"),
+            (|e| e.github_repos[1].repo = "API".into(), "invalid github_repos[1]"),
+            (|e| e.setup_commands.push("ok\0".into()), "invalid setup_commands[1]"),
+            (|e| e.setup_commands.push("x".repeat(MAX_SETUP_COMMAND_LEN + 1)), "invalid setup_commands[1]"),
+            (|e| e.setup_commands = vec!["x".into(); MAX_SETUP_COMMANDS + 1], "invalid setup_commands"),
             (
                 |e| {
                     e.env_vars.insert("BAD-NAME".into(), "v".into());
@@ -268,22 +219,13 @@ mod tests {
             let mut env = sample();
             mutate(&mut env);
             let err = env.validate().unwrap_err().to_string();
-            assert!(
-                err.starts_with(expected),
-                "{err:?} should start with {expected:?}"
-            );
+            assert!(err.starts_with(expected), "{err:?} should start with {expected:?}");
         }
     }
 
     #[test]
     fn repo_grammar() {
-        for ok in [
-            "acme/api",
-            "a/b",
-            "A-b/.github",
-            "x/y_z.rs",
-            "octo-org/hello-world",
-        ] {
+        for ok in ["acme/api", "a/b", "A-b/.github", "x/y_z.rs", "octo-org/hello-world"] {
             RepoRef::parse(ok).unwrap();
         }
         for bad in [

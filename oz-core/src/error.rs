@@ -27,19 +27,13 @@ pub enum Error {
 impl Error {
     /// Builds an [`Error::Invalid`].
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::Invalid {
-            field: field.into(),
-            reason: reason.into(),
-        }
+        Error::Invalid { field: field.into(), reason: reason.into() }
     }
 
     /// The same error with its field name prefixed by `parent` (`repos[2]` + `owner` = `repos[2].owner`).
     pub fn within(self, parent: &str) -> Self {
         match self {
-            Error::Invalid { field, reason } => Error::Invalid {
-                field: format!("{parent}.{field}"),
-                reason,
-            },
+            Error::Invalid { field, reason } => Error::Invalid { field: format!("{parent}.{field}"), reason },
             other => other,
         }
     }

@@ -126,12 +126,11 @@ impl FailureReason {
         use FailureReason::*;
         match self {
             TaskCancelled => RunState::Cancelled,
-            TaskTimeout | ContainerExit | ContainerOom | SetupCommand | TeardownCommand
-            | InvalidImage | ActiveDeadline | InitContainer | JobFailed => RunState::Failed,
-            Unknown | GracefulShutdown | ImagePull | SidecarPrep | ContainerCreate
-            | ContainerStart | ContainerWait | WorkspaceSetup | AgentInvocation
-            | DispatchCommand | DispatchTimeout | CancelCommand | JobCreate | JobWatch
-            | Evicted | PodWatch | Unschedulable | VolumeMount | Cleanup => RunState::Error,
+            TaskTimeout | ContainerExit | ContainerOom | SetupCommand | TeardownCommand | InvalidImage
+            | ActiveDeadline | InitContainer | JobFailed => RunState::Failed,
+            Unknown | GracefulShutdown | ImagePull | SidecarPrep | ContainerCreate | ContainerStart | ContainerWait
+            | WorkspaceSetup | AgentInvocation | DispatchCommand | DispatchTimeout | CancelCommand | JobCreate
+            | JobWatch | Evicted | PodWatch | Unschedulable | VolumeMount | Cleanup => RunState::Error,
         }
     }
 }
@@ -179,9 +178,9 @@ impl ErrorCode {
     /// (ERROR), the rest the user's (FAILED).
     pub fn terminal_state(self) -> RunState {
         match self {
-            ErrorCode::AuthenticationRequired
-            | ErrorCode::ResourceUnavailable
-            | ErrorCode::InternalError => RunState::Error,
+            ErrorCode::AuthenticationRequired | ErrorCode::ResourceUnavailable | ErrorCode::InternalError => {
+                RunState::Error
+            }
             _ => RunState::Failed,
         }
     }
@@ -202,57 +201,26 @@ teardown_command,dispatch_command,dispatch_timeout,cancel_command,job_create,job
 pod_watch,unschedulable,volume_mount,init_container,invalid_image,active_deadline,cleanup"
         );
         for r in FailureReason::ALL {
-            assert_eq!(
-                serde_json::to_value(r).unwrap(),
-                serde_json::Value::String(r.as_str().into())
-            );
+            assert_eq!(serde_json::to_value(r).unwrap(), serde_json::Value::String(r.as_str().into()));
             assert_eq!(r.as_str().parse::<FailureReason>().unwrap(), *r);
         }
     }
 
     #[test]
     fn user_errors_fail_and_platform_errors_error() {
-        assert_eq!(
-            FailureReason::ContainerExit.terminal_state(),
-            RunState::Failed
-        );
-        assert_eq!(
-            FailureReason::SetupCommand.terminal_state(),
-            RunState::Failed
-        );
-        assert_eq!(
-            FailureReason::InvalidImage.terminal_state(),
-            RunState::Failed
-        );
+        assert_eq!(FailureReason::ContainerExit.terminal_state(), RunState::Failed);
+        assert_eq!(FailureReason::SetupCommand.terminal_state(), RunState::Failed);
+        assert_eq!(FailureReason::InvalidImage.terminal_state(), RunState::Failed);
         assert_eq!(FailureReason::ImagePull.terminal_state(), RunState::Error);
-        assert_eq!(
-            FailureReason::WorkspaceSetup.terminal_state(),
-            RunState::Error
-        );
-        assert_eq!(
-            FailureReason::TaskCancelled.terminal_state(),
-            RunState::Cancelled
-        );
+        assert_eq!(FailureReason::WorkspaceSetup.terminal_state(), RunState::Error);
+        assert_eq!(FailureReason::TaskCancelled.terminal_state(), RunState::Cancelled);
         for r in FailureReason::ALL {
             assert!(r.terminal_state().is_terminal());
         }
-        let error_codes: Vec<_> = ErrorCode::ALL
-            .iter()
-            .filter(|c| c.terminal_state() == RunState::Error)
-            .map(|c| c.as_str())
-            .collect();
-        assert_eq!(
-            error_codes,
-            [
-                "authentication_required",
-                "resource_unavailable",
-                "internal_error"
-            ]
-        );
+        let error_codes: Vec<_> =
+            ErrorCode::ALL.iter().filter(|c| c.terminal_state() == RunState::Error).map(|c| c.as_str()).collect();
+        assert_eq!(error_codes, ["authentication_required", "resource_unavailable", "internal_error"]);
         assert_eq!(ErrorCode::ALL.len(), 16);
-        assert_eq!(
-            serde_json::from_str::<FailureReason>("\"from_the_future\"").unwrap(),
-            FailureReason::Unknown
-        );
+        assert_eq!(serde_json::from_str::<FailureReason>("\"from_the_future\"").unwrap(), FailureReason::Unknown);
     }
 }

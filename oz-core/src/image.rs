@@ -35,10 +35,7 @@ impl ImageRef {
         if input.len() > MAX_IMAGE_REF_LEN {
             return Err(Error::invalid(
                 field,
-                format!(
-                    "is {} bytes long; the limit is {MAX_IMAGE_REF_LEN}",
-                    input.len()
-                ),
+                format!("is {} bytes long; the limit is {MAX_IMAGE_REF_LEN}", input.len()),
             ));
         }
         if let Some(c) = input.chars().find(|c| c.is_control() || c.is_whitespace()) {
@@ -58,10 +55,7 @@ impl ImageRef {
             None => (rest, None),
         };
         if name.is_empty() {
-            return Err(Error::invalid(
-                field,
-                format!("{input:?} has no repository name"),
-            ));
+            return Err(Error::invalid(field, format!("{input:?} has no repository name")));
         }
         let (registry, path) = match name.split_once('/') {
             Some((first, remainder))
@@ -75,20 +69,12 @@ impl ImageRef {
             _ => (None, name),
         };
         if path.len() > 255 {
-            return Err(Error::invalid(
-                field,
-                "the repository path is longer than 255 bytes",
-            ));
+            return Err(Error::invalid(field, "the repository path is longer than 255 bytes"));
         }
         for component in path.split('/') {
             check_path_component(component, input)?;
         }
-        Ok(ImageRef {
-            registry,
-            path: path.to_owned(),
-            tag,
-            digest,
-        })
+        Ok(ImageRef { registry, path: path.to_owned(), tag, digest })
     }
 
     /// The registry host (with port), if one was given.
@@ -127,33 +113,16 @@ impl ImageRef {
 fn parse_digest(digest: &str) -> Result<String, Error> {
     let field = "docker_image";
     let Some((algorithm, hex)) = digest.split_once(':') else {
-        return Err(Error::invalid(
-            field,
-            format!("digest {digest:?} must look like sha256:<hex>"),
-        ));
+        return Err(Error::invalid(field, format!("digest {digest:?} must look like sha256:<hex>")));
     };
-    let algorithm_ok = algorithm
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic())
-        && algorithm
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '.' | '_' | '-'));
-    let hex_ok = hex.len() >= 32
-        && hex
-            .chars()
-            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c));
+    let algorithm_ok = algorithm.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && algorithm.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '.' | '_' | '-'));
+    let hex_ok = hex.len() >= 32 && hex.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c));
     if !algorithm_ok || !hex_ok {
-        return Err(Error::invalid(
-            field,
-            format!("digest {digest:?} must look like sha256:<lowercase hex>"),
-        ));
+        return Err(Error::invalid(field, format!("digest {digest:?} must look like sha256:<lowercase hex>")));
     }
     if algorithm == "sha256" && hex.len() != 64 {
-        return Err(Error::invalid(
-            field,
-            "a sha256 digest has exactly 64 hex digits",
-        ));
+        return Err(Error::invalid(field, "a sha256 digest has exactly 64 hex digits"));
     }
     Ok(digest.to_owned())
 }
@@ -161,13 +130,8 @@ fn parse_digest(digest: &str) -> Result<String, Error> {
 fn parse_tag(tag: &str) -> Result<String, Error> {
     let ok = !tag.is_empty()
         && tag.len() <= 128
-        && tag
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-        && tag
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        && tag.chars().next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        && tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
     if !ok {
         return Err(Error::invalid(
             "docker_image",
@@ -209,15 +173,9 @@ fn check_path_component(component: &str, input: &str) -> Result<(), Error> {
     // alpha-numeric ( separator alpha-numeric )*, separator = [_.] | __ | [-]+
     let bytes = component.as_bytes();
     let valid = !bytes.is_empty()
-        && bytes
-            .first()
-            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        && bytes
-            .last()
-            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        && bytes.iter().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
-        })
+        && bytes.first().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && bytes.last().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'))
         && !component.contains("..")
         && !component.contains("___")
         && !component.contains("._")
@@ -271,10 +229,7 @@ impl<'de> Deserialize<'de> for ImageRef {
 /// Picks the image a task runs in, with Oz's precedence: the assignment's image, else the backend's
 /// default image, else [`DEFAULT_IMAGE`]. An empty or whitespace-only assignment image counts as absent
 /// (the Oz server sends `""` for "no image"); anything else must parse.
-pub fn resolve_image(
-    assignment: Option<&str>,
-    backend_default: Option<&ImageRef>,
-) -> Result<ImageRef, Error> {
+pub fn resolve_image(assignment: Option<&str>, backend_default: Option<&ImageRef>) -> Result<ImageRef, Error> {
     match assignment.map(str::trim).filter(|s| !s.is_empty()) {
         Some(image) => ImageRef::parse(image),
         None => match backend_default {
@@ -293,15 +248,9 @@ mod tests {
     #[test]
     fn parses_the_usual_shapes() {
         let r = ImageRef::parse("ubuntu:22.04").unwrap();
-        assert_eq!(
-            (r.registry(), r.path(), r.tag(), r.digest()),
-            (None, "ubuntu", Some("22.04"), None)
-        );
+        assert_eq!((r.registry(), r.path(), r.tag(), r.digest()), (None, "ubuntu", Some("22.04"), None));
         let r = ImageRef::parse("localhost:5000/acme/tools").unwrap();
-        assert_eq!(
-            (r.registry(), r.path(), r.tag()),
-            (Some("localhost:5000"), "acme/tools", None)
-        );
+        assert_eq!((r.registry(), r.path(), r.tag()), (Some("localhost:5000"), "acme/tools", None));
         assert_eq!(r.tag_or_latest(), Some("latest"));
         let full = format!("ghcr.io/acme/env-base:v1.2@{DIGEST}");
         let r = ImageRef::parse(&full).unwrap();
@@ -348,18 +297,10 @@ mod tests {
     #[test]
     fn resolution_follows_oz_precedence() {
         let backend = ImageRef::parse("acme/default:1").unwrap();
-        assert_eq!(
-            resolve_image(Some("alpine:3"), Some(&backend))
-                .unwrap()
-                .to_string(),
-            "alpine:3"
-        );
+        assert_eq!(resolve_image(Some("alpine:3"), Some(&backend)).unwrap().to_string(), "alpine:3");
         assert_eq!(resolve_image(None, Some(&backend)).unwrap(), backend);
         assert_eq!(resolve_image(Some("  "), Some(&backend)).unwrap(), backend);
-        assert_eq!(
-            resolve_image(None, None).unwrap().to_string(),
-            "ubuntu:22.04"
-        );
+        assert_eq!(resolve_image(None, None).unwrap().to_string(), "ubuntu:22.04");
         assert!(resolve_image(Some("Bad Image"), Some(&backend)).is_err());
     }
 

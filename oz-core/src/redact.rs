@@ -115,10 +115,7 @@ impl Redactor {
             None
         } else {
             // Leftmost-longest over a handful of literal patterns cannot fail to build.
-            AhoCorasick::builder()
-                .match_kind(MatchKind::LeftmostLongest)
-                .build(&self.patterns)
-                .ok()
+            AhoCorasick::builder().match_kind(MatchKind::LeftmostLongest).build(&self.patterns).ok()
         };
     }
 }
@@ -134,10 +131,7 @@ pub struct StreamRedactor {
 impl StreamRedactor {
     /// A stream redactor over `redactor`.
     pub fn new(redactor: Redactor) -> Self {
-        Self {
-            redactor,
-            held: BytesMut::new(),
-        }
+        Self { redactor, held: BytesMut::new() }
     }
 
     /// Registers one more secret; bytes still held back are masked too.
@@ -188,17 +182,11 @@ impl StreamRedactor {
     /// The first position at or after `from` whose rest of `buf` is a proper prefix of a pattern
     /// (a secret that may continue in the next chunk), or `buf.len()`.
     fn first_partial_start(&self, buf: &[u8], from: usize) -> usize {
-        let earliest = buf
-            .len()
-            .saturating_sub(self.redactor.longest.saturating_sub(1))
-            .max(from);
+        let earliest = buf.len().saturating_sub(self.redactor.longest.saturating_sub(1)).max(from);
         (earliest..buf.len())
             .find(|&i| {
                 let tail = &buf[i..];
-                self.redactor
-                    .patterns
-                    .iter()
-                    .any(|p| p.len() > tail.len() && p.starts_with(tail))
+                self.redactor.patterns.iter().any(|p| p.len() > tail.len() && p.starts_with(tail))
             })
             .unwrap_or(buf.len())
     }
@@ -220,10 +208,7 @@ mod tests {
     #[test]
     fn masks_a_whole_buffer() {
         let r = Redactor::new([SECRET]);
-        assert_eq!(
-            r.redact_str(&format!("token={SECRET}; again {SECRET}")),
-            "token=[REDACTED]; again [REDACTED]"
-        );
+        assert_eq!(r.redact_str(&format!("token={SECRET}; again {SECRET}")), "token=[REDACTED]; again [REDACTED]");
         assert_eq!(r.redact_str("nothing here"), "nothing here");
     }
 
@@ -246,16 +231,11 @@ mod tests {
             ] {
                 let masked = r.redact_str(&format!("Authorization: Basic {encoded}"));
                 assert!(masked.contains("[REDACTED]"), "{prefix:?}: {masked}");
-                let leftover: String = masked
-                    .replace("[REDACTED]", "")
-                    .replace("Authorization: Basic ", "");
+                let leftover: String = masked.replace("[REDACTED]", "").replace("Authorization: Basic ", "");
                 // What may survive: the encoding of the (public) prefix, plus at most 2 boundary
                 // characters on each side that mix secret and non-secret bits, plus padding.
                 let budget = prefix.len().div_ceil(3) * 4 + 6;
-                assert!(
-                    leftover.len() <= budget,
-                    "{prefix:?}: too much of the encoding survived: {masked}"
-                );
+                assert!(leftover.len() <= budget, "{prefix:?}: too much of the encoding survived: {masked}");
             }
         }
     }
@@ -269,11 +249,7 @@ mod tests {
             out.extend_from_slice(&s.push(&text.as_bytes()[..split]));
             out.extend_from_slice(&s.push(&text.as_bytes()[split..]));
             out.extend_from_slice(&s.finish());
-            assert_eq!(
-                String::from_utf8(out).unwrap(),
-                "before [REDACTED] after",
-                "split at {split}"
-            );
+            assert_eq!(String::from_utf8(out).unwrap(), "before [REDACTED] after", "split at {split}");
         }
     }
 
@@ -293,10 +269,7 @@ mod tests {
     #[test]
     fn ordinary_output_is_not_held_back() {
         let mut s = StreamRedactor::new(Redactor::new([SECRET]));
-        assert_eq!(
-            &s.push(b"installing dependencies...\n")[..],
-            b"installing dependencies...\n"
-        );
+        assert_eq!(&s.push(b"installing dependencies...\n")[..], b"installing dependencies...\n");
         // A tail that could be the start of the secret waits for more.
         assert_eq!(&s.push(b"token: ghs_16C")[..], b"token: ");
         assert_eq!(&s.push(b"ATS\n")[..], b"ghs_16CATS\n");

@@ -17,18 +17,12 @@ pub fn validate_id(kind: &'static str, value: &str) -> Result<(), Error> {
         return Err(Error::invalid(kind, "must not be empty"));
     }
     if value.len() > MAX_ID_LEN {
-        return Err(Error::invalid(
-            kind,
-            format!("is {} bytes long; the limit is {MAX_ID_LEN}", value.len()),
-        ));
+        return Err(Error::invalid(kind, format!("is {} bytes long; the limit is {MAX_ID_LEN}", value.len())));
     }
     if value.starts_with('.') {
         return Err(Error::invalid(kind, "must not start with '.'"));
     }
-    if let Some(c) = value
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-    {
+    if let Some(c) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
         return Err(Error::invalid(
             kind,
             format!("contains {c:?}; only ASCII letters, digits, '-', '_' and '.' are allowed"),
@@ -136,10 +130,7 @@ impl RunState {
 
     /// True for states a run never leaves.
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            RunState::Succeeded | RunState::Failed | RunState::Error | RunState::Cancelled
-        )
+        matches!(self, RunState::Succeeded | RunState::Failed | RunState::Error | RunState::Cancelled)
     }
 
     /// Whether a run may move from `self` to `to`. The table:
@@ -160,10 +151,7 @@ impl RunState {
         match self {
             Queued => matches!(to, Pending | Claimed | Cancelled | Error),
             Pending => matches!(to, Queued | Claimed | Cancelled | Error),
-            Claimed => matches!(
-                to,
-                InProgress | Succeeded | Failed | Error | Cancelled | Queued
-            ),
+            Claimed => matches!(to, InProgress | Succeeded | Failed | Error | Cancelled | Queued),
             InProgress => matches!(to, Blocked | Succeeded | Failed | Error | Cancelled),
             Blocked => matches!(to, InProgress | Succeeded | Failed | Error | Cancelled),
             Succeeded | Failed | Error | Cancelled => false,
@@ -172,11 +160,7 @@ impl RunState {
 
     /// The one transition function: returns the new state, or an error naming both states.
     pub fn transition(self, to: RunState) -> Result<RunState, Error> {
-        if self.can_transition_to(to) {
-            Ok(to)
-        } else {
-            Err(Error::IllegalTransition { from: self, to })
-        }
+        if self.can_transition_to(to) { Ok(to) } else { Err(Error::IllegalTransition { from: self, to }) }
     }
 }
 
@@ -269,27 +253,14 @@ mod tests {
             assert_eq!(serde_json::from_str::<RunState>(&json).unwrap(), state);
             assert_eq!(state.as_str().parse::<RunState>().unwrap(), state);
         }
-        assert_eq!(
-            serde_json::to_string(&InProgress).unwrap(),
-            "\"INPROGRESS\""
-        );
+        assert_eq!(serde_json::to_string(&InProgress).unwrap(), "\"INPROGRESS\"");
         assert!("IN_PROGRESS".parse::<RunState>().is_err());
     }
 
     #[test]
     fn run_ids_refuse_what_could_escape() {
         assert!(RunId::parse("0b5c1b0e-2f7a-4f55-9d6c-6f0d3a2d1e11").is_ok());
-        for bad in [
-            "",
-            "..",
-            "../etc",
-            "a/b",
-            "a b",
-            "a\0b",
-            ".hidden",
-            &"x".repeat(129),
-            "é",
-        ] {
+        for bad in ["", "..", "../etc", "a/b", "a b", "a\0b", ".hidden", &"x".repeat(129), "é"] {
             assert!(RunId::parse(bad).is_err(), "{bad:?} accepted");
         }
         assert!(serde_json::from_str::<RunId>("\"../x\"").is_err());

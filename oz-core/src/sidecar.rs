@@ -32,9 +32,7 @@ pub struct SidecarLayout {
 
 impl Default for SidecarLayout {
     fn default() -> Self {
-        Self {
-            mount: SIDECAR_MOUNT.to_owned(),
-        }
+        Self { mount: SIDECAR_MOUNT.to_owned() }
     }
 }
 
@@ -43,9 +41,7 @@ impl SidecarLayout {
     pub fn at(mount: impl Into<String>) -> Result<Self, Error> {
         let mount = mount.into();
         validate::absolute_path("sidecar mount", &mount)?;
-        Ok(Self {
-            mount: mount.trim_end_matches('/').to_owned(),
-        })
+        Ok(Self { mount: mount.trim_end_matches('/').to_owned() })
     }
     /// The mount point.
     pub fn mount(&self) -> &str {
@@ -71,10 +67,7 @@ impl SidecarLayout {
     /// `SSL_CERT_FILE` pointing at the bundled CAs (only when the image has no bundle of its own;
     /// the backend decides, passing `image_has_ca_bundle`).
     pub fn env(&self, image_path: &str, image_has_ca_bundle: bool) -> Vec<(String, String)> {
-        let mut env = vec![(
-            "PATH".to_owned(),
-            format!("{}:{image_path}", self.bin_dir()),
-        )];
+        let mut env = vec![("PATH".to_owned(), format!("{}:{image_path}", self.bin_dir()))];
         if !image_has_ca_bundle {
             env.push(("SSL_CERT_FILE".to_owned(), self.ca_bundle()));
         }
@@ -109,14 +102,8 @@ impl AdditionalSidecar {
         let image = ImageRef::parse(&self.image).map_err(|e| e.within("additional_sidecars"))?;
         validate::absolute_path("additional_sidecars.mount_path", &self.mount_path)?;
         let normalized = self.mount_path.trim_end_matches('/');
-        if normalized == SIDECAR_MOUNT
-            || normalized.starts_with("/agent/")
-            || normalized == "/workspace"
-        {
-            return Err(Error::invalid(
-                "additional_sidecars.mount_path",
-                format!("{normalized} is reserved"),
-            ));
+        if normalized == SIDECAR_MOUNT || normalized.starts_with("/agent/") || normalized == "/workspace" {
+            return Err(Error::invalid("additional_sidecars.mount_path", format!("{normalized} is reserved")));
         }
         Ok(image)
     }
@@ -139,12 +126,7 @@ impl SidecarFile {
     /// Describes `content` at `path` (relative, validated).
     pub fn new(path: &str, mode: u32, content: &[u8]) -> Result<Self, Error> {
         validate::relative_path("sidecar file", path)?;
-        Ok(Self {
-            path: path.to_owned(),
-            mode,
-            sha256: Sha256::digest(content).into(),
-            len: content.len() as u64,
-        })
+        Ok(Self { path: path.to_owned(), mode, sha256: Sha256::digest(content).into(), len: content.len() as u64 })
     }
 }
 
@@ -200,12 +182,10 @@ impl std::fmt::Display for SidecarDigest {
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 #[cfg(test)]
@@ -221,17 +201,11 @@ mod tests {
             layout.env("/usr/bin:/bin", false),
             vec![
                 ("PATH".to_owned(), "/agent/bin:/usr/bin:/bin".to_owned()),
-                (
-                    "SSL_CERT_FILE".to_owned(),
-                    "/agent/certs/ca-certificates.crt".to_owned()
-                )
+                ("SSL_CERT_FILE".to_owned(), "/agent/certs/ca-certificates.crt".to_owned())
             ]
         );
         assert_eq!(layout.env("/bin", true).len(), 1);
-        assert_eq!(
-            layout.entrypoint_script(),
-            "#!/bin/sh\nexec /agent/bin/oz \"$@\"\n"
-        );
+        assert_eq!(layout.entrypoint_script(), "#!/bin/sh\nexec /agent/bin/oz \"$@\"\n");
         assert!(SidecarLayout::at("relative").is_err());
     }
 
@@ -258,24 +232,10 @@ mod tests {
 
     #[test]
     fn additional_sidecars_are_validated() {
-        let ok = AdditionalSidecar {
-            image: "acme/tools:1".into(),
-            mount_path: "/opt/tools".into(),
-            read_write: false,
-        };
+        let ok = AdditionalSidecar { image: "acme/tools:1".into(), mount_path: "/opt/tools".into(), read_write: false };
         ok.validate().unwrap();
-        for mount in [
-            "/agent",
-            "/agent/x",
-            "/workspace",
-            "relative",
-            "/",
-            "/a/../agent",
-        ] {
-            let s = AdditionalSidecar {
-                mount_path: mount.into(),
-                ..ok.clone()
-            };
+        for mount in ["/agent", "/agent/x", "/workspace", "relative", "/", "/a/../agent"] {
+            let s = AdditionalSidecar { mount_path: mount.into(), ..ok.clone() };
             assert!(s.validate().is_err(), "{mount}");
         }
         let json = serde_json::json!({"image": "a/b", "mount_path": "/m"});

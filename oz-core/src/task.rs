@@ -185,10 +185,7 @@ impl TaskSpec {
         }
         for (i, arg) in self.argv.iter().enumerate() {
             if arg.contains('\0') {
-                return Err(Error::invalid(
-                    format!("argv[{i}]"),
-                    "must not contain a NUL byte",
-                ));
+                return Err(Error::invalid(format!("argv[{i}]"), "must not contain a NUL byte"));
             }
         }
         for (name, value) in &self.env {
@@ -203,22 +200,11 @@ impl TaskSpec {
         }
         if let Some(cpus) = self.sandbox.resources.vcpus {
             if !(cpus.is_finite() && cpus > 0.0 && cpus <= 1024.0) {
-                return Err(Error::invalid(
-                    "resources.vcpus",
-                    format!("{cpus} is not in (0, 1024]"),
-                ));
+                return Err(Error::invalid("resources.vcpus", format!("{cpus} is not in (0, 1024]")));
             }
         }
-        if self
-            .sandbox
-            .resources
-            .memory_bytes
-            .is_some_and(|m| m < 4 * 1024 * 1024)
-        {
-            return Err(Error::invalid(
-                "resources.memory_bytes",
-                "must be at least 4 MiB",
-            ));
+        if self.sandbox.resources.memory_bytes.is_some_and(|m| m < 4 * 1024 * 1024) {
+            return Err(Error::invalid("resources.memory_bytes", "must be at least 4 MiB"));
         }
         for (i, s) in self.sandbox.sidecars.iter().enumerate() {
             validate::absolute_path(&format!("sidecars[{i}].mount_path"), &s.mount_path)?;
@@ -237,14 +223,8 @@ mod tests {
 
     #[test]
     fn effective_env_later_wins_in_first_order() {
-        let spec = TaskSpec::new("t1", vec!["true".into()])
-            .env("A", "1")
-            .env("B", "2")
-            .env("A", "3");
-        assert_eq!(
-            spec.effective_env(),
-            vec![("A".into(), "3".into()), ("B".into(), "2".into())]
-        );
+        let spec = TaskSpec::new("t1", vec!["true".into()]).env("A", "1").env("B", "2").env("A", "3");
+        assert_eq!(spec.effective_env(), vec![("A".into(), "3".into()), ("B".into(), "2".into())]);
     }
 
     #[test]

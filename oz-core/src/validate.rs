@@ -8,19 +8,11 @@ use crate::error::Error;
 /// only where `allow_newlines` is set, together with `\n` and `\r`).
 pub fn text(field: &str, value: &str, max: usize, allow_newlines: bool) -> Result<(), Error> {
     if value.len() > max {
-        return Err(Error::invalid(
-            field,
-            format!("is {} bytes long; the limit is {max}", value.len()),
-        ));
+        return Err(Error::invalid(field, format!("is {} bytes long; the limit is {max}", value.len())));
     }
-    let bad = value
-        .chars()
-        .find(|c| c.is_control() && !(allow_newlines && matches!(c, '\n' | '\r' | '\t')));
+    let bad = value.chars().find(|c| c.is_control() && !(allow_newlines && matches!(c, '\n' | '\r' | '\t')));
     if let Some(c) = bad {
-        return Err(Error::invalid(
-            field,
-            format!("contains the control character {:?}", c),
-        ));
+        return Err(Error::invalid(field, format!("contains the control character {:?}", c)));
     }
     Ok(())
 }
@@ -30,25 +22,16 @@ pub fn relative_path(field: &str, value: &str) -> Result<(), Error> {
     path_common(field, value)?;
     let path = Path::new(value);
     if path.is_absolute() {
-        return Err(Error::invalid(
-            field,
-            format!("{value:?} must be a relative path"),
-        ));
+        return Err(Error::invalid(field, format!("{value:?} must be a relative path")));
     }
     for component in path.components() {
         match component {
             Component::Normal(_) | Component::CurDir => {}
             Component::ParentDir => {
-                return Err(Error::invalid(
-                    field,
-                    format!("{value:?} must not contain '..'"),
-                ));
+                return Err(Error::invalid(field, format!("{value:?} must not contain '..'")));
             }
             Component::RootDir | Component::Prefix(_) => {
-                return Err(Error::invalid(
-                    field,
-                    format!("{value:?} must be a relative path"),
-                ));
+                return Err(Error::invalid(field, format!("{value:?} must be a relative path")));
             }
         }
     }
@@ -60,16 +43,10 @@ pub fn absolute_path(field: &str, value: &str) -> Result<(), Error> {
     path_common(field, value)?;
     let path = Path::new(value);
     if !path.is_absolute() {
-        return Err(Error::invalid(
-            field,
-            format!("{value:?} must be an absolute path"),
-        ));
+        return Err(Error::invalid(field, format!("{value:?} must be an absolute path")));
     }
     if path.components().any(|c| matches!(c, Component::ParentDir)) {
-        return Err(Error::invalid(
-            field,
-            format!("{value:?} must not contain '..'"),
-        ));
+        return Err(Error::invalid(field, format!("{value:?} must not contain '..'")));
     }
     if path.components().count() < 2 {
         return Err(Error::invalid(field, "must not be the root directory"));
@@ -87,9 +64,7 @@ fn path_common(field: &str, value: &str) -> Result<(), Error> {
 /// An environment variable name: `[A-Za-z_][A-Za-z0-9_]*`, at most 256 bytes.
 pub fn env_name(field: &str, name: &str) -> Result<(), Error> {
     let mut chars = name.chars();
-    let first_ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
     if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') || name.len() > 256 {
         return Err(Error::invalid(
             field,
@@ -107,10 +82,7 @@ pub fn env_value(field: &str, value: &str) -> Result<(), Error> {
         return Err(Error::invalid(field, "must not contain a NUL byte"));
     }
     if value.len() > 128 * 1024 {
-        return Err(Error::invalid(
-            field,
-            format!("is {} bytes long; the limit is 131072", value.len()),
-        ));
+        return Err(Error::invalid(field, format!("is {} bytes long; the limit is 131072", value.len())));
     }
     Ok(())
 }
@@ -124,15 +96,7 @@ mod tests {
         for ok in ["a", "a/b", "./a", "a/./b", "repo.git"] {
             relative_path("p", ok).unwrap();
         }
-        for bad in [
-            "",
-            "/etc",
-            "../x",
-            "a/../../b",
-            "a\0b",
-            "a\nb",
-            &"a".repeat(5000),
-        ] {
+        for bad in ["", "/etc", "../x", "a/../../b", "a\0b", "a\nb", &"a".repeat(5000)] {
             assert!(relative_path("p", bad).is_err(), "{bad:?}");
         }
     }

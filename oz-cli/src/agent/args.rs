@@ -87,15 +87,12 @@ pub fn parse_lenient(raw: Vec<String>) -> Result<(RunArgs, Vec<String>), clap::E
         match Standalone::try_parse_from(&argv) {
             Ok(parsed) => return Ok((parsed.args, warnings)),
             Err(e) if e.kind() == clap::error::ErrorKind::UnknownArgument => {
-                let Some(clap::error::ContextValue::String(bad)) =
-                    e.get(clap::error::ContextKind::InvalidArg).cloned()
+                let Some(clap::error::ContextValue::String(bad)) = e.get(clap::error::ContextKind::InvalidArg).cloned()
                 else {
                     return Err(e);
                 };
                 let separator = argv.iter().position(|a| a == "--").unwrap_or(argv.len());
-                let Some(pos) = argv[..separator]
-                    .iter()
-                    .position(|a| *a == bad || a.starts_with(&format!("{bad}=")))
+                let Some(pos) = argv[..separator].iter().position(|a| *a == bad || a.starts_with(&format!("{bad}=")))
                 else {
                     return Err(e);
                 };
@@ -108,9 +105,7 @@ pub fn parse_lenient(raw: Vec<String>) -> Result<(RunArgs, Vec<String>), clap::E
                     dropped.push(' ');
                     dropped.push_str(&argv.remove(pos));
                 }
-                warnings.push(format!(
-                    "ignoring unknown flag {dropped:?} (from a newer oz version?)"
-                ));
+                warnings.push(format!("ignoring unknown flag {dropped:?} (from a newer oz version?)"));
             }
             Err(e) => return Err(e),
         }

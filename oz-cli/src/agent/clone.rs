@@ -21,18 +21,16 @@ use crate::agent::log::EventLog;
 /// Checks a git base URL: a known scheme and no credentials in it.
 pub fn validate_base_url(base: &str) -> Result<(), String> {
     let Some((scheme, rest)) = base.split_once("://") else {
-        return Err(format!(
-            "the git base URL {base:?} must start with https://, http://, ssh:// or file://"
-        ));
+        return Err(format!("the git base URL {base:?} must start with https://, http://, ssh:// or file://"));
     };
     if !matches!(scheme, "https" | "http" | "ssh" | "file") {
-        return Err(format!(
-            "the git base URL scheme {scheme:?} is not one of https, http, ssh, file"
-        ));
+        return Err(format!("the git base URL scheme {scheme:?} is not one of https, http, ssh, file"));
     }
     let authority = rest.split('/').next().unwrap_or("");
     if authority.contains('@') && scheme != "ssh" {
-        return Err("the git base URL must not carry credentials; they are handed to git through the credential helper".into());
+        return Err(
+            "the git base URL must not carry credentials; they are handed to git through the credential helper".into(),
+        );
     }
     if base.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err("the git base URL must not contain spaces or control characters".into());
@@ -42,21 +40,13 @@ pub fn validate_base_url(base: &str) -> Result<(), String> {
 
 /// The clone URL of `repo` under `base`.
 pub fn clone_url(base: &str, repo: &RepoRef) -> String {
-    format!(
-        "{}/{}/{}",
-        base.trim_end_matches('/'),
-        repo.owner,
-        repo.repo
-    )
+    format!("{}/{}/{}", base.trim_end_matches('/'), repo.owner, repo.repo)
 }
 
 /// Finds a git binary: on `PATH`, else the sidecar's own (`/agent/bin/git`).
 pub fn find_git(path_var: Option<&str>) -> Option<PathBuf> {
-    let from_path = path_var
-        .into_iter()
-        .flat_map(|p| p.split(':'))
-        .map(|d| Path::new(d).join("git"))
-        .find(|p| p.is_file());
+    let from_path =
+        path_var.into_iter().flat_map(|p| p.split(':')).map(|d| Path::new(d).join("git")).find(|p| p.is_file());
     from_path.or_else(|| Some(PathBuf::from("/agent/bin/git")).filter(|p| p.is_file()))
 }
 
@@ -101,23 +91,16 @@ pub async fn clone_all(
         let dir = workdir.join(&repo.repo);
         let cloner = cloner.clone();
         async move {
-            log.emit(RunnerEvent::CloneStarted {
-                repo: repo.to_string(),
-            })
-            .await;
+            log.emit(RunnerEvent::CloneStarted { repo: repo.to_string() }).await;
             let started = Instant::now();
             let result = if dir.join(".git").exists() {
-                log.note(&format!(
-                    "{repo} is already present in {}; not cloned again",
-                    dir.display()
-                ));
+                log.note(&format!("{repo} is already present in {}; not cloned again", dir.display()));
                 Ok(())
             } else {
                 match &cloner {
                     Cloner::Binary { git, env } => clone_one(git, &url, &dir, env).await,
                     Cloner::Builtin(credentials) => {
-                        let (url, dir, credentials) =
-                            (url.clone(), dir.clone(), credentials.clone());
+                        let (url, dir, credentials) = (url.clone(), dir.clone(), credentials.clone());
                         tokio::task::spawn_blocking(move || builtin_clone(&url, &dir, credentials))
                             .await
                             .unwrap_or_else(|e| Err(format!("the built-in git stopped: {e}")))
@@ -137,23 +120,13 @@ pub async fn clone_all(
                 error: error.clone(),
             })
             .await;
-            Cloned {
-                repo,
-                dir,
-                head,
-                error,
-            }
+            Cloned { repo, dir, head, error }
         }
     });
     futures::future::join_all(jobs).await
 }
 
-async fn clone_one(
-    git: &Path,
-    url: &str,
-    dir: &Path,
-    env: &[(String, String)],
-) -> Result<(), String> {
+async fn clone_one(git: &Path, url: &str, dir: &Path, env: &[(String, String)]) -> Result<(), String> {
     let output = Command::new(git)
         .args(["clone", "--quiet", "--filter=tree:0", "--", url])
         .arg(dir)
@@ -167,22 +140,13 @@ async fn clone_one(
         Ok(())
     } else {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        Err(stderr
-            .lines()
-            .rfind(|l| !l.trim().is_empty())
-            .unwrap_or("git clone failed")
-            .trim()
-            .to_owned())
+        Err(stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("git clone failed").trim().to_owned())
     }
 }
 
 /// Clones with the built-in git: shallow (depth 1), isolated from any git configuration on the host,
 /// credentials answered in memory (same rules as the helper: https or loopback http, unexpired).
-pub fn builtin_clone(
-    url: &str,
-    dir: &Path,
-    credentials: Arc<Vec<GitCredential>>,
-) -> Result<(), String> {
+pub fn builtin_clone(url: &str, dir: &Path, credentials: Arc<Vec<GitCredential>>) -> Result<(), String> {
     use gix::credentials::helper::Action;
     use gix::credentials::protocol::Outcome;
     let interrupt = AtomicBool::new(false);
@@ -202,29 +166,24 @@ pub fn builtin_clone(
                 context.destructure_url_in_place(false)?;
                 let protocol = context.protocol.clone().unwrap_or_default();
                 let host = context.host.clone().unwrap_or_default();
-                Ok(
-                    crate::agent::credentials::lookup(&credentials, &protocol, &host).map(
-                        |(username, password)| Outcome {
-                            identity: gix::sec::identity::Account {
-                                username: username.to_owned(),
-                                password: password.to_owned(),
-                                oauth_refresh_token: None,
-                            },
-                            next: context.into(),
+                Ok(crate::agent::credentials::lookup(&credentials, &protocol, &host).map(|(username, password)| {
+                    Outcome {
+                        identity: gix::sec::identity::Account {
+                            username: username.to_owned(),
+                            password: password.to_owned(),
+                            oauth_refresh_token: None,
                         },
-                    ),
-                )
+                        next: context.into(),
+                    }
+                }))
             }
             Action::Store(_) | Action::Erase(_) => Ok(None),
         });
         Ok(())
     });
-    let (mut checkout, _) = prepare
-        .fetch_then_checkout(gix::progress::Discard, &interrupt)
-        .map_err(|e| error_chain(&e))?;
-    checkout
-        .main_worktree(gix::progress::Discard, &interrupt)
-        .map_err(|e| error_chain(&e))?;
+    let (mut checkout, _) =
+        prepare.fetch_then_checkout(gix::progress::Discard, &interrupt).map_err(|e| error_chain(&e))?;
+    checkout.main_worktree(gix::progress::Discard, &interrupt).map_err(|e| error_chain(&e))?;
     Ok(())
 }
 
@@ -258,19 +217,11 @@ pub async fn rev_parse_head(git: &Path, dir: &Path, env: &[(String, String)]) ->
         .output()
         .await
         .ok()?;
-    output
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    output.status.success().then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
 /// The commits on `HEAD` since `since`, newest first: `(sha, subject)`.
-pub async fn commits_since(
-    git: &Path,
-    dir: &Path,
-    since: &str,
-    env: &[(String, String)],
-) -> Vec<(String, String)> {
+pub async fn commits_since(git: &Path, dir: &Path, since: &str, env: &[(String, String)]) -> Vec<(String, String)> {
     let Ok(output) = Command::new(git)
         .args(["log", "--format=%H %s", &format!("{since}..HEAD")])
         .current_dir(dir)
@@ -293,27 +244,13 @@ mod tests {
 
     #[test]
     fn base_urls_never_carry_credentials() {
-        for ok in [
-            "https://github.com",
-            "file:///srv/git",
-            "http://127.0.0.1:8080/git",
-            "ssh://git@github.com",
-        ] {
+        for ok in ["https://github.com", "file:///srv/git", "http://127.0.0.1:8080/git", "ssh://git@github.com"] {
             validate_base_url(ok).unwrap();
         }
-        for bad in [
-            "github.com",
-            "ftp://x",
-            "https://user:tok@github.com",
-            "https://tok@github.com/x",
-            "https://a b",
-        ] {
+        for bad in ["github.com", "ftp://x", "https://user:tok@github.com", "https://tok@github.com/x", "https://a b"] {
             assert!(validate_base_url(bad).is_err(), "{bad}");
         }
         let repo = RepoRef::new("acme", "api").unwrap();
-        assert_eq!(
-            clone_url("https://github.com/", &repo),
-            "https://github.com/acme/api"
-        );
+        assert_eq!(clone_url("https://github.com/", &repo), "https://github.com/acme/api");
     }
 }

@@ -91,21 +91,14 @@ impl std::fmt::Debug for HttpControlPlane {
 
 impl HttpControlPlane {
     /// A client for `server_root_url` (the API is under `/api/v1`).
-    pub fn new(
-        server_root_url: &str,
-        run_id: &str,
-        token: SecretString,
-    ) -> Result<Self, ControlError> {
+    pub fn new(server_root_url: &str, run_id: &str, token: SecretString) -> Result<Self, ControlError> {
         crate::agent::install_crypto_provider();
         let client = reqwest::Client::builder()
             .user_agent(concat!("oz-agent-runner/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(std::time::Duration::from_secs(10))
             .timeout(std::time::Duration::from_secs(30))
             .build()
-            .map_err(|e| ControlError::Transport {
-                what: "client setup".into(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| ControlError::Transport { what: "client setup".into(), message: e.to_string() })?;
         Ok(Self {
             client,
             api: format!("{}/api/v1", server_root_url.trim_end_matches('/')),
@@ -114,11 +107,7 @@ impl HttpControlPlane {
         })
     }
 
-    async fn send(
-        &self,
-        what: &str,
-        request: reqwest::RequestBuilder,
-    ) -> Result<reqwest::Response, ControlError> {
+    async fn send(&self, what: &str, request: reqwest::RequestBuilder) -> Result<reqwest::Response, ControlError> {
         let mut delay = std::time::Duration::from_millis(200);
         let mut attempt = 0;
         loop {
@@ -151,10 +140,7 @@ impl HttpControlPlane {
                             detail: detail.chars().take(500).collect(),
                         })
                     }
-                    Err(e) => Err(ControlError::Transport {
-                        what: what.into(),
-                        message: e.without_url().to_string(),
-                    }),
+                    Err(e) => Err(ControlError::Transport { what: what.into(), message: e.without_url().to_string() }),
                 };
             }
             tokio::time::sleep(delay).await;
@@ -167,38 +153,30 @@ impl HttpControlPlane {
 impl ControlPlane for HttpControlPlane {
     async fn report(&self, report: &RunnerReport) -> Result<(), ControlError> {
         let url = format!("{}{}", self.api, report_path(&self.run_id));
-        self.send("a progress report", self.client.post(url).json(report))
-            .await
-            .map(drop)
+        self.send("a progress report", self.client.post(url).json(report)).await.map(drop)
     }
 
     async fn environment(&self, id: &str) -> Result<EnvironmentConfig, ControlError> {
         let url = format!("{}/agent/environments", self.api);
-        let response = self
-            .send("the environment list", self.client.get(url))
-            .await?;
-        let list: EnvironmentList = response.json().await.map_err(|e| ControlError::Transport {
-            what: "the environment list".into(),
-            message: e.to_string(),
-        })?;
+        let response = self.send("the environment list", self.client.get(url)).await?;
+        let list: EnvironmentList = response
+            .json()
+            .await
+            .map_err(|e| ControlError::Transport { what: "the environment list".into(), message: e.to_string() })?;
         list.environments
             .into_iter()
             .find(|e| e.uid == id)
             .map(|e| e.config)
-            .ok_or_else(|| {
-                ControlError::NotFound(format!(
-                    "the control plane has no environment {id:?} for this run"
-                ))
-            })
+            .ok_or_else(|| ControlError::NotFound(format!("the control plane has no environment {id:?} for this run")))
     }
 
     async fn prompt(&self) -> Result<Option<String>, ControlError> {
         let url = format!("{}/agent/runs/{}", self.api, self.run_id);
         let response = self.send("the run", self.client.get(url)).await?;
-        let run: RunItem = response.json().await.map_err(|e| ControlError::Transport {
-            what: "the run".into(),
-            message: e.to_string(),
-        })?;
+        let run: RunItem = response
+            .json()
+            .await
+            .map_err(|e| ControlError::Transport { what: "the run".into(), message: e.to_string() })?;
         Ok(Some(run.prompt).filter(|p| !p.is_empty()))
     }
 }

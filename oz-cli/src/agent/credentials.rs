@@ -44,28 +44,20 @@ pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Vec<GitCredentia
     let mut out = Vec::new();
     if let Some(json) = get(CREDENTIALS_VAR).filter(|s| !s.trim().is_empty()) {
         // The parse error must not echo the JSON (it holds tokens): report only where it failed.
-        let parsed: Vec<CredentialJson> = serde_json::from_str(&json)
-            .map_err(|e| format!("{CREDENTIALS_VAR} is not a JSON array of {{host, username, token, expires_at}} (line {}, column {})", e.line(), e.column()))?;
+        let parsed: Vec<CredentialJson> = serde_json::from_str(&json).map_err(|e| {
+            format!(
+                "{CREDENTIALS_VAR} is not a JSON array of {{host, username, token, expires_at}} (line {}, column {})",
+                e.line(),
+                e.column()
+            )
+        })?;
         for c in parsed {
-            out.push(GitCredential::new(
-                c.host.to_ascii_lowercase(),
-                c.username,
-                c.token,
-                c.expires_at,
-            ));
+            out.push(GitCredential::new(c.host.to_ascii_lowercase(), c.username, c.token, c.expires_at));
         }
     }
     if !out.iter().any(|c| c.host == "github.com") {
-        if let Some(token) = get("GITHUB_TOKEN")
-            .or_else(|| get("GH_TOKEN"))
-            .filter(|t| !t.is_empty())
-        {
-            out.push(GitCredential::new(
-                "github.com",
-                "x-access-token",
-                token,
-                None,
-            ));
+        if let Some(token) = get("GITHUB_TOKEN").or_else(|| get("GH_TOKEN")).filter(|t| !t.is_empty()) {
+            out.push(GitCredential::new("github.com", "x-access-token", token, None));
         }
     }
     Ok(out)
@@ -93,10 +85,8 @@ pub struct CredentialServer {
 impl CredentialServer {
     /// Binds the socket in a new 0700 folder under `tmp` and starts serving.
     pub fn start(credentials: Vec<GitCredential>, tmp: &Path) -> std::io::Result<Self> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         let dir = tmp.join(format!("oz-cred-{}-{nanos:x}", std::process::id()));
         std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
         let socket = dir.join("git.sock");
@@ -108,12 +98,7 @@ impl CredentialServer {
                 tokio::spawn(async move {
                     let (read, mut write) = stream.into_split();
                     let mut line = String::new();
-                    if BufReader::new(read)
-                        .take(4096)
-                        .read_line(&mut line)
-                        .await
-                        .is_err()
-                    {
+                    if BufReader::new(read).take(4096).read_line(&mut line).await.is_err() {
                         return;
                     }
                     let answer = match serde_json::from_str::<Ask>(&line) {
@@ -138,20 +123,14 @@ impl CredentialServer {
     /// The variables that make git (and anything the agent runs) use the helper: earlier helpers are
     /// reset, then `!'<oz>' agent git-credential` is added.
     pub fn git_env(&self, oz_binary: &Path) -> Vec<(String, String)> {
-        let quoted = format!(
-            "'{}'",
-            oz_binary.display().to_string().replace('\'', "'\\''")
-        );
+        let quoted = format!("'{}'", oz_binary.display().to_string().replace('\'', "'\\''"));
         vec![
             (SOCKET_VAR.into(), self.socket.display().to_string()),
             ("GIT_CONFIG_COUNT".into(), "2".into()),
             ("GIT_CONFIG_KEY_0".into(), "credential.helper".into()),
             ("GIT_CONFIG_VALUE_0".into(), String::new()),
             ("GIT_CONFIG_KEY_1".into(), "credential.helper".into()),
-            (
-                "GIT_CONFIG_VALUE_1".into(),
-                format!("!{quoted} agent git-credential"),
-            ),
+            ("GIT_CONFIG_VALUE_1".into(), format!("!{quoted} agent git-credential")),
             ("GIT_TERMINAL_PROMPT".into(), "0".into()),
         ]
     }
@@ -168,11 +147,7 @@ impl Drop for CredentialServer {
 /// The credential for `host` (as git names it: `github.com`, `127.0.0.1:8080`) over `protocol`, if
 /// one may be handed out: only over https, or http to a loopback host (local servers), never to a
 /// plain-text remote; never once expired. Returns `(username, token)`.
-pub fn lookup<'a>(
-    credentials: &'a [GitCredential],
-    protocol: &str,
-    host: &str,
-) -> Option<(&'a str, &'a str)> {
+pub fn lookup<'a>(credentials: &'a [GitCredential], protocol: &str, host: &str) -> Option<(&'a str, &'a str)> {
     let host = host.to_ascii_lowercase();
     let host_name = match host.rsplit_once(':') {
         Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
@@ -192,10 +167,9 @@ pub fn lookup<'a>(
 
 fn answer(credentials: &[GitCredential], ask: &Ask) -> Answer {
     match lookup(credentials, &ask.protocol, &ask.host) {
-        Some((username, password)) => Answer {
-            username: Some(username.to_owned()),
-            password: Some(password.to_owned()),
-        },
+        Some((username, password)) => {
+            Answer { username: Some(username.to_owned()), password: Some(password.to_owned()) }
+        }
         None => Answer::default(),
     }
 }
@@ -233,10 +207,7 @@ pub fn helper_main(operation: &str) -> i32 {
         return 0;
     }
     let mut line = String::new();
-    if std::io::BufReader::new(stream)
-        .read_line(&mut line)
-        .is_err()
-    {
+    if std::io::BufReader::new(stream).read_line(&mut line).is_err() {
         return 0;
     }
     let Ok(answer) = serde_json::from_str::<Answer>(&line) else {
@@ -262,11 +233,9 @@ mod tests {
         assert_eq!(creds[0].username, "x-access-token");
         let fallback = from_env(|k| (k == "GH_TOKEN").then(|| "ghs_fallback".to_owned())).unwrap();
         assert_eq!(fallback[0].expose(), "ghs_fallback");
-        let err = from_env(|k| {
-            (k == CREDENTIALS_VAR).then(|| r#"[{"host":"h","token":"super-secret-tok""#.to_owned())
-        })
-        .err()
-        .unwrap();
+        let err = from_env(|k| (k == CREDENTIALS_VAR).then(|| r#"[{"host":"h","token":"super-secret-tok""#.to_owned()))
+            .err()
+            .unwrap();
         assert!(!err.contains("super-secret-tok"), "{err}");
     }
 
@@ -275,23 +244,10 @@ mod tests {
         let creds = vec![
             GitCredential::new("github.com", "x-access-token", "tok", None),
             GitCredential::new("127.0.0.1:8080", "u", "local", None),
-            GitCredential::new(
-                "old.example.com",
-                "u",
-                "expired",
-                Some(Timestamp::from_second(1).unwrap()),
-            ),
+            GitCredential::new("old.example.com", "u", "expired", Some(Timestamp::from_second(1).unwrap())),
         ];
-        let ask = |protocol: &str, host: &str| {
-            answer(
-                &creds,
-                &Ask {
-                    host: host.into(),
-                    protocol: protocol.into(),
-                },
-            )
-            .password
-        };
+        let ask =
+            |protocol: &str, host: &str| answer(&creds, &Ask { host: host.into(), protocol: protocol.into() }).password;
         assert_eq!(ask("https", "github.com").as_deref(), Some("tok"));
         assert_eq!(ask("https", "GITHUB.COM").as_deref(), Some("tok"));
         assert_eq!(ask("http", "github.com"), None);

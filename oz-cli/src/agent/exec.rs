@@ -62,18 +62,9 @@ pub async fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    let pgid = child
-        .id()
-        .and_then(|p| i32::try_from(p).ok())
-        .map(Pid::from_raw);
-    let out = child
-        .stdout
-        .take()
-        .map(|r| tokio::spawn(pump(r, log.clone(), Stream::Stdout)));
-    let err = child
-        .stderr
-        .take()
-        .map(|r| tokio::spawn(pump(r, log.clone(), Stream::Stderr)));
+    let pgid = child.id().and_then(|p| i32::try_from(p).ok()).map(Pid::from_raw);
+    let out = child.stdout.take().map(|r| tokio::spawn(pump(r, log.clone(), Stream::Stdout)));
+    let err = child.stderr.take().map(|r| tokio::spawn(pump(r, log.clone(), Stream::Stderr)));
     if let Some(mut input) = child.stdin.take() {
         tokio::spawn(async move {
             if let Some(bytes) = stdin {
@@ -108,8 +99,6 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
     }
     use std::os::unix::process::ExitStatusExt;
-    let code = status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
     Ok(Ended { code, cancelled })
 }

@@ -40,9 +40,7 @@ impl FromStr for HarnessKind {
             "codex" => Ok(HarnessKind::Codex),
             "gemini" => Ok(HarnessKind::Gemini),
             "oz" => Ok(HarnessKind::Oz),
-            other => Err(format!(
-                "unknown harness {other:?}: expected command, claude, codex, gemini or oz"
-            )),
+            other => Err(format!("unknown harness {other:?}: expected command, claude, codex, gemini or oz")),
         }
     }
 }
@@ -101,12 +99,7 @@ impl Harness {
                 s("--verbose"),
                 s("--dangerously-skip-permissions"),
             ],
-            Harness::Codex => vec![
-                s("codex"),
-                s("exec"),
-                s("--full-auto"),
-                s("--skip-git-repo-check"),
-            ],
+            Harness::Codex => vec![s("codex"), s("exec"), s("--full-auto"), s("--skip-git-repo-check")],
             Harness::Gemini => vec![s("gemini"), s("--yolo")],
         };
         if let Some(model) = model.filter(|m| !m.is_empty()) {
@@ -143,46 +136,22 @@ mod tests {
         );
         assert_eq!(
             Harness::Codex.argv("fix it", None),
-            [
-                "codex",
-                "exec",
-                "--full-auto",
-                "--skip-git-repo-check",
-                "fix it"
-            ]
+            ["codex", "exec", "--full-auto", "--skip-git-repo-check", "fix it"]
         );
-        assert_eq!(
-            Harness::Gemini.argv("fix it", Some("")),
-            ["gemini", "--yolo", "--prompt", "fix it"]
-        );
+        assert_eq!(Harness::Gemini.argv("fix it", Some("")), ["gemini", "--yolo", "--prompt", "fix it"]);
         let cmd = Harness::Command(vec!["./agent.sh".into(), "--flag".into()]);
-        assert_eq!(
-            cmd.argv("ignored in argv", Some("m")),
-            ["./agent.sh", "--flag"]
-        );
+        assert_eq!(cmd.argv("ignored in argv", Some("m")), ["./agent.sh", "--flag"]);
     }
 
     #[test]
     fn resolution() {
-        assert_eq!(
-            Harness::resolve(HarnessKind::Oz, vec![], Some(HarnessKind::Claude)).unwrap(),
-            Harness::Claude
-        );
-        assert!(
-            Harness::resolve(HarnessKind::Oz, vec![], None)
-                .unwrap_err()
-                .contains("needs a command")
-        );
+        assert_eq!(Harness::resolve(HarnessKind::Oz, vec![], Some(HarnessKind::Claude)).unwrap(), Harness::Claude);
+        assert!(Harness::resolve(HarnessKind::Oz, vec![], None).unwrap_err().contains("needs a command"));
         assert_eq!(
             Harness::resolve(HarnessKind::Command, vec!["x".into()], None).unwrap(),
             Harness::Command(vec!["x".into()])
         );
         assert!("Claude".parse::<HarnessKind>().is_ok());
-        assert!(
-            "vim"
-                .parse::<HarnessKind>()
-                .unwrap_err()
-                .contains("unknown harness")
-        );
+        assert!("vim".parse::<HarnessKind>().unwrap_err().contains("unknown harness"));
     }
 }

@@ -43,18 +43,8 @@ pub struct EventLog {
 
 impl EventLog {
     /// A log in `format`, reporting to `control`, masking `redactor`'s secrets.
-    pub fn new(
-        format: OutputFormat,
-        control: Arc<dyn ControlPlane>,
-        redactor: Redactor,
-    ) -> Arc<Self> {
-        Arc::new(Self {
-            format,
-            control,
-            redactor,
-            report_failed: AtomicBool::new(false),
-            print_lock: Mutex::new(()),
-        })
+    pub fn new(format: OutputFormat, control: Arc<dyn ControlPlane>, redactor: Redactor) -> Arc<Self> {
+        Arc::new(Self { format, control, redactor, report_failed: AtomicBool::new(false), print_lock: Mutex::new(()) })
     }
 
     /// The redactor, for output streams.
@@ -69,10 +59,7 @@ impl EventLog {
 
     /// Records an event.
     pub async fn emit(&self, event: RunnerEvent) {
-        let report = RunnerReport {
-            at: Timestamp::now(),
-            event,
-        };
+        let report = RunnerReport { at: Timestamp::now(), event };
         {
             let _guard = self.print_lock.lock().await;
             match self.format {
@@ -92,9 +79,7 @@ impl EventLog {
         }
         if let Err(e) = self.control.report(&report).await {
             if !self.report_failed.swap(true, Ordering::Relaxed) {
-                warn!(
-                    "reporting to the control plane failed (further failures are not logged): {e}"
-                );
+                warn!("reporting to the control plane failed (further failures are not logged): {e}");
             }
         }
     }
@@ -116,28 +101,20 @@ impl EventLog {
         if self.format == OutputFormat::Text {
             let _guard = self.print_lock.lock().await;
             let _ = match stream {
-                Stream::Stdout => std::io::stdout()
-                    .lock()
-                    .write_all(bytes)
-                    .and_then(|()| std::io::stdout().lock().flush()),
+                Stream::Stdout => {
+                    std::io::stdout().lock().write_all(bytes).and_then(|()| std::io::stdout().lock().flush())
+                }
                 Stream::Stderr => std::io::stderr().lock().write_all(bytes),
             };
         }
-        let event = RunnerEvent::Output {
-            stream: stream.name().into(),
-            text: String::from_utf8_lossy(bytes).into_owned(),
-        };
+        let event =
+            RunnerEvent::Output { stream: stream.name().into(), text: String::from_utf8_lossy(bytes).into_owned() };
         if self.format == OutputFormat::Text {
             // Already printed raw; only report.
-            let report = RunnerReport {
-                at: Timestamp::now(),
-                event,
-            };
+            let report = RunnerReport { at: Timestamp::now(), event };
             if let Err(e) = self.control.report(&report).await {
                 if !self.report_failed.swap(true, Ordering::Relaxed) {
-                    warn!(
-                        "reporting to the control plane failed (further failures are not logged): {e}"
-                    );
+                    warn!("reporting to the control plane failed (further failures are not logged): {e}");
                 }
             }
         } else {
@@ -150,32 +127,20 @@ fn human(event: &RunnerEvent) -> Option<String> {
     Some(match event {
         RunnerEvent::Started { version } => format!("agent runner {version} starting"),
         RunnerEvent::CloneStarted { repo } => format!("cloning {repo}"),
-        RunnerEvent::CloneFinished {
-            repo,
-            millis,
-            ok: true,
-            ..
-        } => format!("cloned {repo} in {millis} ms"),
-        RunnerEvent::CloneFinished { repo, error, .. } => format!(
-            "could not clone {repo}: {}",
-            error.as_deref().unwrap_or("unknown error")
-        ),
+        RunnerEvent::CloneFinished { repo, millis, ok: true, .. } => format!("cloned {repo} in {millis} ms"),
+        RunnerEvent::CloneFinished { repo, error, .. } => {
+            format!("could not clone {repo}: {}", error.as_deref().unwrap_or("unknown error"))
+        }
         RunnerEvent::SetupStarted { index, command } => format!("setup[{index}]: {command}"),
-        RunnerEvent::SetupFinished {
-            index,
-            exit_code,
-            millis,
-        } => format!("setup[{index}] exited {exit_code} after {millis} ms"),
+        RunnerEvent::SetupFinished { index, exit_code, millis } => {
+            format!("setup[{index}] exited {exit_code} after {millis} ms")
+        }
         RunnerEvent::HarnessStarted { harness } => format!("starting the {harness} harness"),
         RunnerEvent::Output { .. } => return None,
         RunnerEvent::Artifact(a) => {
             format!("artifact: {}", serde_json::to_string(a).unwrap_or_default())
         }
-        RunnerEvent::Finished {
-            state,
-            exit_code,
-            message,
-        } => match exit_code {
+        RunnerEvent::Finished { state, exit_code, message } => match exit_code {
             Some(code) => format!("run {state} (exit {code}): {message}"),
             None => format!("run {state}: {message}"),
         },

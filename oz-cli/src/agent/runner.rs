@@ -12,6 +12,7 @@ use oz_core::run::RunState;
 use oz_core::wire::callbacks::{Artifact, RunnerEvent};
 use secrecy::SecretString;
 use tokio::sync::watch;
+use tracing::{Instrument, info_span};
 
 use crate::agent::args::RunArgs;
 use crate::agent::clone::{self, Cloned};
@@ -70,11 +71,7 @@ pub struct Context {
 
 impl Context {
     fn var(&self, name: &str) -> Option<String> {
-        self.env
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
+        self.env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone())
     }
 }
 
@@ -90,64 +87,39 @@ pub async fn run(args: RunArgs, warnings: Vec<String>, ctx: Context) -> i32 {
         }
     };
     // Every secret we know of is masked from the first byte of output.
-    let mut secrets: Vec<String> = git_credentials
-        .iter()
-        .map(|c| c.expose().to_owned())
-        .collect();
+    let mut secrets: Vec<String> = git_credentials.iter().map(|c| c.expose().to_owned()).collect();
     secrets.extend(token.clone());
-    secrets.extend(
-        ctx.env
-            .iter()
-            .filter(|(k, _)| looks_secret(k))
-            .map(|(_, v)| v.clone()),
-    );
+    secrets.extend(ctx.env.iter().filter(|(k, _)| looks_secret(k)).map(|(_, v)| v.clone()));
     let redactor = Redactor::new(secrets.iter().map(String::as_bytes));
 
-    let control: Arc<dyn ControlPlane> =
-        match (&ctx.control, &args.server_root_url, &args.task_id, &token) {
-            (Some(c), ..) => c.clone(),
-            (None, Some(url), Some(task_id), Some(token)) => {
-                match HttpControlPlane::new(url, task_id, SecretString::from(token.clone())) {
-                    Ok(c) => Arc::new(c),
-                    Err(e) => {
-                        eprintln!("oz: {e}");
-                        return EXIT_USAGE;
-                    }
+    let control: Arc<dyn ControlPlane> = match (&ctx.control, &args.server_root_url, &args.task_id, &token) {
+        (Some(c), ..) => c.clone(),
+        (None, Some(url), Some(task_id), Some(token)) => {
+            match HttpControlPlane::new(url, task_id, SecretString::from(token.clone())) {
+                Ok(c) => Arc::new(c),
+                Err(e) => {
+                    eprintln!("oz: {e}");
+                    return EXIT_USAGE;
                 }
             }
-            _ => Arc::new(Detached),
-        };
+        }
+        _ => Arc::new(Detached),
+    };
     let log = EventLog::new(args.output_format, control.clone(), redactor);
-    log.emit(RunnerEvent::Started {
-        version: env!("CARGO_PKG_VERSION").into(),
-    })
-    .await;
+    log.emit(RunnerEvent::Started { version: env!("CARGO_PKG_VERSION").into() }).await;
     for w in &warnings {
         log.note(w);
     }
-    if !control.is_connected()
-        && (args.server_root_url.is_some() || args.task_id.is_some())
-        && ctx.control.is_none()
-    {
-        log.note(
-            "running unmanaged: reporting needs --server-root-url, --task-id and OZ_WORKLOAD_TOKEN",
-        );
+    if !control.is_connected() && (args.server_root_url.is_some() || args.task_id.is_some()) && ctx.control.is_none() {
+        log.note("running unmanaged: reporting needs --server-root-url, --task-id and OZ_WORKLOAD_TOKEN");
     }
 
-    match prepare_and_run(&args, &ctx, &log, control.as_ref(), git_credentials).await {
+    let span = info_span!("agent_run", task_id = args.task_id.as_deref().unwrap_or("unmanaged"));
+    match prepare_and_run(&args, &ctx, &log, control.as_ref(), git_credentials).instrument(span).await {
         Ok(code) => code,
         Err((code, message)) => {
-            let state = if code == EXIT_CANCELLED {
-                RunState::Cancelled
-            } else {
-                RunState::Failed
-            };
-            log.emit(RunnerEvent::Finished {
-                state,
-                exit_code: None,
-                message: log.redact(&message),
-            })
-            .await;
+            let state = if code == EXIT_CANCELLED { RunState::Cancelled } else { RunState::Failed };
+            log.emit(RunnerEvent::Finished { state, exit_code: None, message: log.redact(&message) }).await;
             code
         }
     }
@@ -155,36 +127,18 @@ pub async fn run(args: RunArgs, warnings: Vec<String>, ctx: Context) -> i32 {
 
 type Failure = (i32, String);
 
-async fn load_environment(
-    args: &RunArgs,
-    control: &dyn ControlPlane,
-) -> Result<EnvironmentConfig, Failure> {
+async fn load_environment(args: &RunArgs, control: &dyn ControlPlane) -> Result<EnvironmentConfig, Failure> {
     let env = if let Some(path) = &args.environment_file {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            (
-                EXIT_USAGE,
-                format!("could not read {}: {e}", path.display()),
-            )
-        })?;
-        serde_json::from_str::<EnvironmentConfig>(&text).map_err(|e| {
-            (
-                EXIT_USAGE,
-                format!("{} is not a valid environment: {e}", path.display()),
-            )
-        })?
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| (EXIT_USAGE, format!("could not read {}: {e}", path.display())))?;
+        serde_json::from_str::<EnvironmentConfig>(&text)
+            .map_err(|e| (EXIT_USAGE, format!("{} is not a valid environment: {e}", path.display())))?
     } else if let Some(id) = &args.environment {
-        control
-            .environment(id)
-            .await
-            .map_err(|e| (EXIT_USAGE, e.to_string()))?
+        control.environment(id).await.map_err(|e| (EXIT_USAGE, e.to_string()))?
     } else {
-        EnvironmentConfig {
-            name: "none".into(),
-            ..Default::default()
-        }
+        EnvironmentConfig { name: "none".into(), ..Default::default() }
     };
-    env.validate()
-        .map_err(|e| (EXIT_USAGE, format!("the environment is invalid: {e}")))?;
+    env.validate().map_err(|e| (EXIT_USAGE, format!("the environment is invalid: {e}")))?;
     Ok(env)
 }
 
@@ -201,12 +155,8 @@ async fn prepare_and_run(
     let default_kind = ctx.var("OZ_DEFAULT_HARNESS").and_then(|k| k.parse().ok());
     let command = if args.command.is_empty() {
         match ctx.var("OZ_HARNESS_COMMAND") {
-            Some(json) => serde_json::from_str::<Vec<String>>(&json).map_err(|e| {
-                (
-                    EXIT_USAGE,
-                    format!("OZ_HARNESS_COMMAND must be a JSON array of strings: {e}"),
-                )
-            })?,
+            Some(json) => serde_json::from_str::<Vec<String>>(&json)
+                .map_err(|e| (EXIT_USAGE, format!("OZ_HARNESS_COMMAND must be a JSON array of strings: {e}")))?,
             None => Vec::new(),
         }
     } else {
@@ -215,48 +165,30 @@ async fn prepare_and_run(
     let harness = Harness::resolve(kind, command, default_kind).map_err(|e| (EXIT_USAGE, e))?;
     let prompt = match args.prompt.clone().or_else(|| ctx.var("OZ_PROMPT")) {
         Some(p) => p,
-        None => control
-            .prompt()
-            .await
-            .map_err(|e| (EXIT_USAGE, e.to_string()))?
-            .unwrap_or_default(),
+        None => control.prompt().await.map_err(|e| (EXIT_USAGE, e.to_string()))?.unwrap_or_default(),
     };
 
     let workdir = match &args.workdir {
         Some(w) => {
-            std::fs::create_dir_all(w).map_err(|e| {
-                (
-                    EXIT_USAGE,
-                    format!("could not create --workdir {}: {e}", w.display()),
-                )
-            })?;
+            std::fs::create_dir_all(w)
+                .map_err(|e| (EXIT_USAGE, format!("could not create --workdir {}: {e}", w.display())))?;
             w.clone()
         }
-        None => std::env::current_dir()
-            .map_err(|e| (EXIT_USAGE, format!("no current directory: {e}")))?,
+        None => std::env::current_dir().map_err(|e| (EXIT_USAGE, format!("no current directory: {e}")))?,
     };
     let tmp = ctx
         .var("TMPDIR")
         .map(PathBuf::from)
         .filter(|p| p.is_dir() && p.as_os_str().len() < 70)
         .unwrap_or_else(|| PathBuf::from("/tmp"));
-    let credential_server =
-        CredentialServer::start(git_credentials.clone(), &tmp).map_err(|e| {
-            (
-                EXIT_USAGE,
-                format!("could not start the git credential helper: {e}"),
-            )
-        })?;
+    let credential_server = CredentialServer::start(git_credentials.clone(), &tmp)
+        .map_err(|e| (EXIT_USAGE, format!("could not start the git credential helper: {e}")))?;
     let artifacts_file = tmp.join(format!("oz-artifacts-{}.ndjson", std::process::id()));
 
     // The environment of every child: ours minus the run's secrets, plus the environment's
     // variables, the credential helper, and what the harness needs to know.
-    let mut child_env: Vec<(String, String)> = ctx
-        .env
-        .iter()
-        .filter(|(k, _)| !WITHHELD.contains(&k.as_str()))
-        .cloned()
-        .collect();
+    let mut child_env: Vec<(String, String)> =
+        ctx.env.iter().filter(|(k, _)| !WITHHELD.contains(&k.as_str())).cloned().collect();
     let mut set = |k: &str, v: String| {
         child_env.retain(|(name, _)| name != k);
         child_env.push((k.to_owned(), v));
@@ -279,36 +211,23 @@ async fn prepare_and_run(
     // Clone.
     let mut cloned: Vec<Cloned> = Vec::new();
     if !environment.github_repos.is_empty() {
-        let path_var = child_env
-            .iter()
-            .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| v.as_str());
+        let path_var = child_env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
         let cloner = match clone::find_git(path_var) {
-            Some(git) => clone::Cloner::Binary {
-                git,
-                env: child_env.clone(),
-            },
+            Some(git) => clone::Cloner::Binary { git, env: child_env.clone() },
             None => {
-                log.note("no git binary on PATH nor at /agent/bin/git: cloning with the built-in git (shallow, depth 1)");
+                log.note(
+                    "no git binary on PATH nor at /agent/bin/git: cloning with the built-in git (shallow, depth 1)",
+                );
                 clone::Cloner::Builtin(Arc::new(git_credentials.clone()))
             }
         };
-        cloned = clone::clone_all(
-            &environment.github_repos,
-            &args.git_base_url,
-            &workdir,
-            &cloner,
-            log.clone(),
-        )
-        .await;
+        cloned = clone::clone_all(&environment.github_repos, &args.git_base_url, &workdir, &cloner, log.clone())
+            .instrument(info_span!("clone", repos = environment.github_repos.len()))
+            .await;
         if let Some(failed) = cloned.iter().find(|c| c.error.is_some()) {
             return Err((
                 EXIT_CLONE,
-                format!(
-                    "could not clone {}: {}",
-                    failed.repo,
-                    failed.error.clone().unwrap_or_default()
-                ),
+                format!("could not clone {}: {}", failed.repo, failed.error.clone().unwrap_or_default()),
             ));
         }
     }
@@ -316,28 +235,13 @@ async fn prepare_and_run(
     // Setup commands, in order.
     for (index, command) in environment.setup_commands.iter().enumerate() {
         check_cancel(&ctx.cancel)?;
-        log.emit(RunnerEvent::SetupStarted {
-            index,
-            command: command.clone(),
-        })
-        .await;
+        log.emit(RunnerEvent::SetupStarted { index, command: command.clone() }).await;
         let started = std::time::Instant::now();
         let argv = ["/bin/sh".to_owned(), "-c".to_owned(), command.clone()];
-        let ended = exec::run(
-            &argv,
-            &child_env,
-            &workdir,
-            None,
-            log.clone(),
-            ctx.cancel.clone(),
-        )
-        .await
-        .map_err(|e| {
-            (
-                EXIT_SETUP,
-                format!("setup_commands[{index}] could not start: {e}"),
-            )
-        })?;
+        let ended = exec::run(&argv, &child_env, &workdir, None, log.clone(), ctx.cancel.clone())
+            .instrument(info_span!("setup_command", index))
+            .await
+            .map_err(|e| (EXIT_SETUP, format!("setup_commands[{index}] could not start: {e}")))?;
         log.emit(RunnerEvent::SetupFinished {
             index,
             exit_code: ended.code,
@@ -348,56 +252,32 @@ async fn prepare_and_run(
             return Err((EXIT_CANCELLED, "cancelled during setup".into()));
         }
         if ended.code != 0 {
-            return Err((
-                EXIT_SETUP,
-                format!("setup_commands[{index}] exited with code {}", ended.code),
-            ));
+            return Err((EXIT_SETUP, format!("setup_commands[{index}] exited with code {}", ended.code)));
         }
     }
 
     // The harness.
     check_cancel(&ctx.cancel)?;
     let argv = harness.argv(&prompt, args.model.as_deref());
-    log.emit(RunnerEvent::HarnessStarted {
-        harness: harness.to_string(),
-    })
-    .await;
-    let ended = exec::run(
-        &argv,
-        &child_env,
-        &workdir,
-        Some(Bytes::from(prompt.clone())),
-        log.clone(),
-        ctx.cancel.clone(),
-    )
-    .await
-    .map_err(|e| {
-        (
-            127,
-            format!("could not start the {harness} harness ({}): {e}", argv[0]),
-        )
-    })?;
+    log.emit(RunnerEvent::HarnessStarted { harness: harness.to_string() }).await;
+    let ended =
+        exec::run(&argv, &child_env, &workdir, Some(Bytes::from(prompt.clone())), log.clone(), ctx.cancel.clone())
+            .instrument(info_span!("harness", harness = %harness))
+            .await
+            .map_err(|e| (127, format!("could not start the {harness} harness ({}): {e}", argv[0])))?;
 
     // Artifacts: what the harness declared, and the commits it made.
     for artifact in read_artifacts(&artifacts_file, log) {
         log.emit(RunnerEvent::Artifact(artifact)).await;
     }
     let _ = std::fs::remove_file(&artifacts_file);
-    if let Some(git) = clone::find_git(
-        child_env
-            .iter()
-            .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| v.as_str()),
-    ) {
+    if let Some(git) = clone::find_git(child_env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str())) {
         for c in &cloned {
             let Some(before) = &c.head else { continue };
             for (sha, subject) in clone::commits_since(&git, &c.dir, before, &child_env).await {
                 log.emit(RunnerEvent::Artifact(Artifact::ExternalReference {
                     reference_type: "git_commit".into(),
-                    url: format!(
-                        "{}/commit/{sha}",
-                        clone::clone_url(&args.git_base_url, &c.repo)
-                    ),
+                    url: format!("{}/commit/{sha}", clone::clone_url(&args.git_base_url, &c.repo)),
                     title: subject,
                     metadata: Some(serde_json::json!({"repo": c.repo.to_string(), "sha": sha})),
                 }))
@@ -410,33 +290,16 @@ async fn prepare_and_run(
     let (state, code, message) = if ended.cancelled {
         (RunState::Cancelled, EXIT_CANCELLED, "cancelled".to_owned())
     } else if ended.code == 0 {
-        (
-            RunState::Succeeded,
-            0,
-            format!("the {harness} harness finished"),
-        )
+        (RunState::Succeeded, 0, format!("the {harness} harness finished"))
     } else {
-        (
-            RunState::Failed,
-            ended.code,
-            format!("the {harness} harness exited with code {}", ended.code),
-        )
+        (RunState::Failed, ended.code, format!("the {harness} harness exited with code {}", ended.code))
     };
-    log.emit(RunnerEvent::Finished {
-        state,
-        exit_code: Some(ended.code),
-        message,
-    })
-    .await;
+    log.emit(RunnerEvent::Finished { state, exit_code: Some(ended.code), message }).await;
     Ok(code)
 }
 
 fn check_cancel(cancel: &watch::Receiver<bool>) -> Result<(), Failure> {
-    if *cancel.borrow() {
-        Err((EXIT_CANCELLED, "cancelled".into()))
-    } else {
-        Ok(())
-    }
+    if *cancel.borrow() { Err((EXIT_CANCELLED, "cancelled".into())) } else { Ok(()) }
 }
 
 fn read_artifacts(path: &Path, log: &EventLog) -> Vec<Artifact> {
@@ -449,10 +312,7 @@ fn read_artifacts(path: &Path, log: &EventLog) -> Vec<Artifact> {
         .filter_map(|(i, line)| match serde_json::from_str::<Artifact>(line) {
             Ok(a) => Some(a),
             Err(e) => {
-                log.note(&format!(
-                    "OZ_ARTIFACTS_FILE line {}: not an artifact ({e}); skipped",
-                    i + 1
-                ));
+                log.note(&format!("OZ_ARTIFACTS_FILE line {}: not an artifact ({e}); skipped", i + 1));
                 None
             }
         })
@@ -474,15 +334,7 @@ mod tests {
         ] {
             assert!(super::looks_secret(yes), "{yes}");
         }
-        for no in [
-            "GIT_AUTHOR_NAME",
-            "PATH",
-            "HOME",
-            "TOKENIZER_PATH",
-            "KEYBOARD",
-            "OZ_PROMPT",
-            "PATCH_LEVEL",
-        ] {
+        for no in ["GIT_AUTHOR_NAME", "PATH", "HOME", "TOKENIZER_PATH", "KEYBOARD", "OZ_PROMPT", "PATCH_LEVEL"] {
             assert!(!super::looks_secret(no), "{no}");
         }
     }

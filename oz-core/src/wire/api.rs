@@ -435,16 +435,9 @@ mod tests {
 
     #[test]
     fn run_created_and_items_pin_their_fields() {
-        let created = RunCreated {
-            run_id: "r".into(),
-            task_id: "r".into(),
-            state: RunState::Queued,
-            at_capacity: None,
-        };
-        assert_eq!(
-            serde_json::to_value(&created).unwrap(),
-            json!({"run_id": "r", "task_id": "r", "state": "QUEUED"})
-        );
+        let created =
+            RunCreated { run_id: "r".into(), task_id: "r".into(), state: RunState::Queued, at_capacity: None };
+        assert_eq!(serde_json::to_value(&created).unwrap(), json!({"run_id": "r", "task_id": "r", "state": "QUEUED"}));
         let item = json!({
             "run_id": "r", "task_id": "r", "title": "t", "state": "INPROGRESS", "prompt": "p",
             "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:01Z",
@@ -456,33 +449,17 @@ mod tests {
         let mut expected = item;
         expected.as_object_mut().unwrap().remove("brand_new");
         assert_eq!(serde_json::to_value(&parsed).unwrap(), expected);
-        let list = RunList {
-            runs: vec![],
-            page_info: PageInfo {
-                has_next_page: false,
-                next_cursor: None,
-            },
-        };
-        assert_eq!(
-            serde_json::to_value(&list).unwrap(),
-            json!({"runs": [], "page_info": {"has_next_page": false}})
-        );
+        let list = RunList { runs: vec![], page_info: PageInfo { has_next_page: false, next_cursor: None } };
+        assert_eq!(serde_json::to_value(&list).unwrap(), json!({"runs": [], "page_info": {"has_next_page": false}}));
     }
 
     #[test]
     fn schedules_and_environments_pin_their_fields() {
-        let create: ScheduleCreate = serde_json::from_value(
-            json!({"name": "n", "cron_schedule": "0 * * * *", "prompt": "p"}),
-        )
-        .unwrap();
+        let create: ScheduleCreate =
+            serde_json::from_value(json!({"name": "n", "cron_schedule": "0 * * * *", "prompt": "p"})).unwrap();
         assert_eq!(create.enabled, None);
         assert!(serde_json::from_value::<ScheduleCreate>(json!({"name": "n"})).is_err());
-        assert!(
-            serde_json::from_value::<ScheduleUpdate>(
-                json!({"name": "n", "cron_schedule": "* * * * *"})
-            )
-            .is_err()
-        );
+        assert!(serde_json::from_value::<ScheduleUpdate>(json!({"name": "n", "cron_schedule": "* * * * *"})).is_err());
         let env = json!({"environments": [{"uid": "e1", "config": {"name": "api", "github_repos": [{"owner": "a", "repo": "b"}], "setup_commands": []}, "setup_failed": false}]});
         let parsed: EnvironmentList = serde_json::from_value(env.clone()).unwrap();
         assert_eq!(serde_json::to_value(&parsed).unwrap(), env);

@@ -145,20 +145,13 @@ mod tests {
     fn reports_are_flat_tagged_json() {
         let r = RunnerReport {
             at: "2026-11-22T10:00:00Z".parse().unwrap(),
-            event: RunnerEvent::Finished {
-                state: RunState::Succeeded,
-                exit_code: Some(0),
-                message: "ok".into(),
-            },
+            event: RunnerEvent::Finished { state: RunState::Succeeded, exit_code: Some(0), message: "ok".into() },
         };
         assert_eq!(
             serde_json::to_value(&r).unwrap(),
             serde_json::json!({"at": "2026-11-22T10:00:00Z", "event": "finished", "state": "SUCCEEDED", "exit_code": 0, "message": "ok"})
         );
-        let a = RunnerEvent::Artifact(Artifact::PullRequest {
-            url: "u".into(),
-            branch: "b".into(),
-        });
+        let a = RunnerEvent::Artifact(Artifact::PullRequest { url: "u".into(), branch: "b".into() });
         assert_eq!(
             serde_json::to_value(&a).unwrap(),
             serde_json::json!({"event": "artifact", "artifact_type": "PULL_REQUEST", "url": "u", "branch": "b"})

@@ -78,11 +78,7 @@ impl Problem {
 
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} ({}, HTTP {}): {}",
-            self.title, self.error, self.status, self.detail
-        )
+        write!(f, "{} ({}, HTTP {}): {}", self.title, self.error, self.status, self.detail)
     }
 }
 
@@ -102,10 +98,8 @@ mod tests {
                 "retryable": false
             })
         );
-        let minimal: Problem = serde_json::from_str(
-            r#"{"status":503,"error":"resource_unavailable","retryable":true,"new":1}"#,
-        )
-        .unwrap();
+        let minimal: Problem =
+            serde_json::from_str(r#"{"status":503,"error":"resource_unavailable","retryable":true,"new":1}"#).unwrap();
         assert_eq!(minimal.kind, "about:blank");
         assert!(minimal.retryable);
         assert!(Problem::new(500, ErrorCode::InternalError, "x").retryable);

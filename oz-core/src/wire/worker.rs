@@ -248,10 +248,7 @@ pub enum WorkerMessage {
 }
 
 fn envelope<T: Serialize>(kind: &str, data: &T) -> Result<String, serde_json::Error> {
-    serde_json::to_string(&Envelope {
-        kind: kind.to_owned(),
-        data: serde_json::to_value(data)?,
-    })
+    serde_json::to_string(&Envelope { kind: kind.to_owned(), data: serde_json::to_value(data)? })
 }
 
 impl ServerMessage {
@@ -267,12 +264,8 @@ impl ServerMessage {
     pub fn from_json(text: &str) -> Result<Option<Self>, serde_json::Error> {
         let env: Envelope = serde_json::from_str(text)?;
         Ok(match env.kind.as_str() {
-            "task_assignment" => Some(ServerMessage::TaskAssignment(Box::new(
-                serde_json::from_value(env.data)?,
-            ))),
-            "task_cancellation" => Some(ServerMessage::TaskCancellation(serde_json::from_value(
-                env.data,
-            )?)),
+            "task_assignment" => Some(ServerMessage::TaskAssignment(Box::new(serde_json::from_value(env.data)?))),
+            "task_cancellation" => Some(ServerMessage::TaskCancellation(serde_json::from_value(env.data)?)),
             _ => None,
         })
     }
@@ -303,15 +296,9 @@ impl WorkerMessage {
     pub fn from_json(text: &str) -> Result<Option<Self>, serde_json::Error> {
         let env: Envelope = serde_json::from_str(text)?;
         Ok(match env.kind.as_str() {
-            "task_claimed" => Some(WorkerMessage::TaskClaimed(serde_json::from_value(
-                env.data,
-            )?)),
-            "task_rejected" => Some(WorkerMessage::TaskRejected(serde_json::from_value(
-                env.data,
-            )?)),
-            "task_completed" => Some(WorkerMessage::TaskCompleted(serde_json::from_value(
-                env.data,
-            )?)),
+            "task_claimed" => Some(WorkerMessage::TaskClaimed(serde_json::from_value(env.data)?)),
+            "task_rejected" => Some(WorkerMessage::TaskRejected(serde_json::from_value(env.data)?)),
+            "task_completed" => Some(WorkerMessage::TaskCompleted(serde_json::from_value(env.data)?)),
             "task_failed" => Some(WorkerMessage::TaskFailed(serde_json::from_value(env.data)?)),
             _ => None,
         })
@@ -359,85 +346,46 @@ mod tests {
     #[test]
     fn parses_an_oz_assignment_and_tolerates_unknown_fields() {
         let text = oz_assignment().to_string();
-        let Some(ServerMessage::TaskAssignment(a)) = ServerMessage::from_json(&text).unwrap()
-        else {
+        let Some(ServerMessage::TaskAssignment(a)) = ServerMessage::from_json(&text).unwrap() else {
             panic!("not an assignment")
         };
         assert_eq!(a.task_id, "run-1");
+        assert_eq!(a.task.owner, Owner { kind: OwnerType::Team, id: "team-1".into() });
         assert_eq!(
-            a.task.owner,
-            Owner {
-                kind: OwnerType::Team,
-                id: "team-1".into()
-            }
-        );
-        assert_eq!(
-            a.task
-                .agent_config_snapshot
-                .as_ref()
-                .unwrap()
-                .harness
-                .as_ref()
-                .unwrap()
-                .kind
-                .as_deref(),
+            a.task.agent_config_snapshot.as_ref().unwrap().harness.as_ref().unwrap().kind.as_deref(),
             Some("claude")
         );
-        assert_eq!(
-            a.instance_shape,
-            Some(InstanceShape {
-                vcpus: 2.0,
-                memory_gb: 4.0
-            })
-        );
+        assert_eq!(a.instance_shape, Some(InstanceShape { vcpus: 2.0, memory_gb: 4.0 }));
         assert_eq!(a.additional_sidecars[0].mount_path, "/opt/tools");
     }
 
     #[test]
     fn serializes_pascal_case_owner_and_omits_absent_optionals() {
         let text = oz_assignment().to_string();
-        let Some(ServerMessage::TaskAssignment(mut a)) = ServerMessage::from_json(&text).unwrap()
-        else {
-            panic!()
-        };
+        let Some(ServerMessage::TaskAssignment(mut a)) = ServerMessage::from_json(&text).unwrap() else { panic!() };
         a.execution_id = None;
         a.instance_shape = None;
         a.docker_image = None;
         a.task.agent_config_snapshot = None;
-        let v: serde_json::Value =
-            serde_json::from_str(&ServerMessage::TaskAssignment(a).to_json().unwrap()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&ServerMessage::TaskAssignment(a).to_json().unwrap()).unwrap();
         assert_eq!(v["type"], "task_assignment");
-        assert_eq!(
-            v["data"]["task"]["owner"],
-            json!({"Type": "TEAM", "Id": "team-1"})
-        );
+        assert_eq!(v["data"]["task"]["owner"], json!({"Type": "TEAM", "Id": "team-1"}));
         let data = v["data"].as_object().unwrap();
         for absent in ["execution_id", "instance_shape", "docker_image"] {
             assert!(!data.contains_key(absent), "{absent} should be omitted");
         }
-        assert!(
-            !v["data"]["task"]
-                .as_object()
-                .unwrap()
-                .contains_key("agent_config_snapshot")
-        );
+        assert!(!v["data"]["task"].as_object().unwrap().contains_key("agent_config_snapshot"));
     }
 
     #[test]
     fn worker_messages_have_the_exact_oz_shapes() {
         let cases = [
             (
-                WorkerMessage::TaskClaimed(TaskClaimed {
-                    task_id: "t".into(),
-                    worker_id: "w".into(),
-                }),
+                WorkerMessage::TaskClaimed(TaskClaimed { task_id: "t".into(), worker_id: "w".into() }),
                 json!({"type": "task_claimed", "data": {"task_id": "t", "worker_id": "w"}}),
             ),
             (
-                WorkerMessage::TaskRejected(TaskRejected {
-                    task_id: "t".into(),
-                    reason: "at capacity".into(),
-                }),
+                WorkerMessage::TaskRejected(TaskRejected { task_id: "t".into(), reason: "at capacity".into() }),
                 json!({"type": "task_rejected", "data": {"task_id": "t", "reason": "at capacity"}}),
             ),
             (
@@ -468,34 +416,18 @@ mod tests {
         ];
         for (message, expected) in cases {
             let text = message.to_json().unwrap();
-            assert_eq!(
-                serde_json::from_str::<serde_json::Value>(&text).unwrap(),
-                expected
-            );
+            assert_eq!(serde_json::from_str::<serde_json::Value>(&text).unwrap(), expected);
             assert_eq!(WorkerMessage::from_json(&text).unwrap(), Some(message));
         }
     }
 
     #[test]
     fn unknown_types_are_ignored_not_errors() {
-        assert_eq!(
-            ServerMessage::from_json(r#"{"type":"hello_v2","data":{"x":1}}"#).unwrap(),
-            None
-        );
-        assert_eq!(
-            WorkerMessage::from_json(r#"{"type":"telemetry"}"#).unwrap(),
-            None
-        );
+        assert_eq!(ServerMessage::from_json(r#"{"type":"hello_v2","data":{"x":1}}"#).unwrap(), None);
+        assert_eq!(WorkerMessage::from_json(r#"{"type":"telemetry"}"#).unwrap(), None);
         assert!(ServerMessage::from_json("not json").is_err());
         assert!(ServerMessage::from_json(r#"{"type":"task_cancellation","data":{}}"#).is_err());
-        let cancel =
-            ServerMessage::from_json(r#"{"type":"task_cancellation","data":{"task_id":"t"}}"#)
-                .unwrap();
-        assert_eq!(
-            cancel,
-            Some(ServerMessage::TaskCancellation(TaskCancellation {
-                task_id: "t".into()
-            }))
-        );
+        let cancel = ServerMessage::from_json(r#"{"type":"task_cancellation","data":{"task_id":"t"}}"#).unwrap();
+        assert_eq!(cancel, Some(ServerMessage::TaskCancellation(TaskCancellation { task_id: "t".into() })));
     }
 }
