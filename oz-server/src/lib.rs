@@ -1,7 +1,123 @@
-//! The control plane: REST API, worker WebSocket endpoint, dispatcher, scheduler, persistence.
+//! The control plane: the REST API (wire-compatible with the Oz Agent API), the worker WebSocket
+//! endpoint and dispatcher, the runner's callbacks, live events, and persistence (SQLite embedded).
 //!
-//! **Status: not yet implemented.** It arrives with the control-plane issue.
+//! ```no_run
+//! use std::sync::Arc;
+//! use oz_server::{ServerConfig, bootstrap_team, start, store::sqlite::SqliteStore};
 //!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = Arc::new(SqliteStore::open("oz.db".as_ref()).await?);
+//! let (_team, api_key) = bootstrap_team(store.as_ref(), "acme").await?;
+//! let config = ServerConfig { listen: "127.0.0.1:0".into(), ..Default::default() };
+//! let server = start(config, store).await?;
+//! println!("listening on {}, API key {api_key}", server.url());
+//! # server.shutdown().await;
+//! # Ok(()) }
 //! ```
-//! // Nothing to call yet.
-//! ```
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod dispatch;
+pub mod error;
+pub mod extract;
+pub mod hub;
+pub mod lifecycle;
+pub mod secrets;
+pub mod state;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub use config::ServerConfig;
+pub use error::{ApiError, ServerError};
+use tokio::sync::oneshot;
+
+use crate::dispatch::Dispatcher;
+use crate::hub::EventHub;
+use crate::lifecycle::Lifecycle;
+use crate::state::AppState;
+use crate::store::{ApiKeyRecord, Store, TeamRecord};
+
+/// A started server.
+pub struct RunningServer {
+    addr: SocketAddr,
+    url: String,
+    state: AppState,
+    stop: Option<oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+    /// Its root URL (`http://127.0.0.1:PORT`).
+    pub fn url(&self) -> String {
+        self.url.clone()
+    }
+    /// The shared state (tests, embedding).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+    /// Stops accepting connections and stops the dispatcher.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        for task in self.tasks.drain(..) {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+/// Starts the server on `config.listen` over `store`.
+pub async fn start(config: ServerConfig, store: Arc<dyn Store>) -> Result<RunningServer, ServerError> {
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|source| ServerError::Bind { addr: config.listen.clone(), source })?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.listen.clone(), source })?;
+    let url = config.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let config = Arc::new(config);
+    let hub = EventHub::default();
+    let lifecycle = Lifecycle::new(store.clone(), hub.clone());
+    let dispatcher = Dispatcher::new(lifecycle.clone(), config.clone());
+    dispatcher.set_public_url(&url);
+    let state =
+        AppState { store, hub, lifecycle, dispatcher: dispatcher.clone(), config, public_url: url.clone().into() };
+    let app = api::router(state.clone());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let http = tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+            let _ = stopped.await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!("the HTTP server stopped: {e}");
+        }
+    });
+    let dispatch = tokio::spawn(dispatcher.run());
+    tracing::info!(%url, "control plane listening");
+    Ok(RunningServer { addr, url, state, stop: Some(stop), tasks: vec![http, dispatch] })
+}
+
+/// Creates a team with one user and an API key for it; returns the team id and the key (shown once).
+pub async fn bootstrap_team(store: &dyn Store, name: &str) -> Result<(String, String), ServerError> {
+    let team_id = format!("team_{}", uuid::Uuid::new_v4().simple());
+    store.create_team(&TeamRecord { id: team_id.clone(), name: name.to_owned() }).await?;
+    let user_id = format!("user_{}", uuid::Uuid::new_v4().simple());
+    store.create_user(&user_id, &team_id, &format!("{name} admin")).await?;
+    let key = secrets::mint(secrets::API_KEY_PREFIX);
+    store
+        .create_api_key(&ApiKeyRecord {
+            id: key.id,
+            team_id: team_id.clone(),
+            user_id: Some(user_id),
+            secret_hash: key.hash,
+            revoked: false,
+        })
+        .await?;
+    Ok((team_id, key.text))
+}

@@ -1,0 +1,97 @@
+//! `/agent/environments`: list (as Oz), and our extension: create, get, update, delete.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use jiff::Timestamp;
+use oz_core::environment::EnvironmentConfig;
+use oz_core::wire::api::{CloudEnvironment, EnvironmentList, Scope};
+
+use crate::auth::{Caller, Principal};
+use crate::error::ApiError;
+use crate::extract::ApiJson;
+use crate::state::AppState;
+use crate::store::EnvironmentRecord;
+
+fn cloud(env: EnvironmentRecord) -> CloudEnvironment {
+    CloudEnvironment {
+        uid: env.id,
+        config: env.config,
+        last_updated: Some(env.updated_at),
+        setup_failed: false,
+        last_task_run_timestamp: None,
+        scope: Some(Scope { kind: "Team".into(), uid: env.team_id }),
+        creator: env.creator_id.map(|c| serde_json::json!({"uid": c})),
+    }
+}
+
+fn validated(config: EnvironmentConfig) -> Result<EnvironmentConfig, ApiError> {
+    config.validate().map_err(|e| ApiError::invalid(e.to_string()))?;
+    Ok(config)
+}
+
+/// `GET /agent/environments` (API key, or a run's workload token: the run's team's environments).
+pub async fn list(State(state): State<AppState>, principal: Principal) -> Result<Json<EnvironmentList>, ApiError> {
+    let envs = state.store.environments(principal.team_id()).await?;
+    Ok(Json(EnvironmentList { environments: envs.into_iter().map(cloud).collect() }))
+}
+
+/// `POST /agent/environments`.
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(config): ApiJson<EnvironmentConfig>,
+) -> Result<Json<CloudEnvironment>, ApiError> {
+    let now = Timestamp::now();
+    let record = EnvironmentRecord {
+        id: format!("env_{}", uuid::Uuid::new_v4().simple()),
+        team_id: caller.team_id,
+        config: validated(config)?,
+        creator_id: caller.user_id,
+        created_at: now,
+        updated_at: now,
+    };
+    state.store.insert_environment(&record).await?;
+    Ok(Json(cloud(record)))
+}
+
+/// `GET /agent/environments/{id}`.
+pub async fn get(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<CloudEnvironment>, ApiError> {
+    let env = state
+        .store
+        .environment(principal.team_id(), &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("there is no environment {id:?}")))?;
+    Ok(Json(cloud(env)))
+}
+
+/// `PUT /agent/environments/{id}`.
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(config): ApiJson<EnvironmentConfig>,
+) -> Result<Json<CloudEnvironment>, ApiError> {
+    let config = validated(config)?;
+    state.store.update_environment(&caller.team_id, &id, &config, Timestamp::now()).await.map_err(|e| match e {
+        crate::store::StoreError::NotFound => ApiError::not_found(format!("there is no environment {id:?}")),
+        other => other.into(),
+    })?;
+    get(State(state), Principal::Key(caller), Path(id)).await
+}
+
+/// `DELETE /agent/environments/{id}`: `{"success": true}`.
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state.store.delete_environment(&caller.team_id, &id).await.map_err(|e| match e {
+        crate::store::StoreError::NotFound => ApiError::not_found(format!("there is no environment {id:?}")),
+        other => other.into(),
+    })?;
+    Ok(Json(serde_json::json!({"success": true})))
+}

@@ -1,0 +1,52 @@
+//! The REST API under `/api/v1`, one module per area.
+
+pub mod callbacks;
+pub mod environments;
+pub mod events;
+pub mod runs;
+pub mod workers;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use oz_core::failure::ErrorCode;
+
+use crate::dispatch::ws::worker_socket;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config.max_body_bytes;
+    let api = Router::new()
+        .route("/agent/runs", post(runs::create).get(runs::list))
+        .route("/agent/run", post(runs::create))
+        .route("/agent/runs/{id}", get(runs::get))
+        .route("/agent/runs/{id}/cancel", post(runs::cancel))
+        .route("/agent/runs/{id}/transcript", get(runs::transcript))
+        .route("/agent/runs/{id}/transcript/content", get(runs::transcript_content))
+        .route("/agent/runs/{id}/events", get(events::stream))
+        .route("/agent/runs/{id}/report", post(callbacks::report))
+        .route("/agent/environments", get(environments::list).post(environments::create))
+        .route(
+            "/agent/environments/{id}",
+            get(environments::get).put(environments::update).delete(environments::delete),
+        )
+        .route("/workers", get(workers::list))
+        .route("/selfhosted/worker/ws", get(worker_socket))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                ErrorCode::InvalidRequest,
+                "this method is not allowed on this endpoint",
+            )
+        });
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(|| async { ApiError::not_found("no such endpoint (the API is under /api/v1)") })
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}

@@ -1,0 +1,321 @@
+//! `/agent/runs`: create (also `/agent/run`), list with filters and cursor pages, get, cancel,
+//! transcript.
+
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jiff::Timestamp;
+use oz_core::run::RunState;
+use oz_core::wire::api::{
+    DEFAULT_PAGE_LIMIT, MAX_ATTACHMENTS, MAX_METADATA_KEYS, MAX_PAGE_LIMIT, PageInfo, RunAgentRequest, RunCreated,
+    RunItem, RunList,
+};
+
+use crate::auth::{Caller, Principal};
+use crate::dispatch::ws::validate_worker_id;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, query_pairs};
+use crate::lifecycle::run_item;
+use crate::state::AppState;
+use crate::store::{PageRequest, RunFilter, RunRecord, RunSort, SortValue, StateChange};
+
+/// The longest prompt accepted, in bytes.
+pub const MAX_PROMPT_LEN: usize = 100 * 1024;
+
+fn validate_request(req: &RunAgentRequest) -> Result<(), ApiError> {
+    let prompt = req.prompt.as_deref().unwrap_or("");
+    if prompt.trim().is_empty() && req.skill.as_deref().unwrap_or("").trim().is_empty() {
+        return Err(ApiError::invalid("prompt is required (or skill)"));
+    }
+    oz_core::validate::text("prompt", prompt, MAX_PROMPT_LEN, true).map_err(|e| ApiError::invalid(e.to_string()))?;
+    if let Some(title) = &req.title {
+        oz_core::validate::text("title", title, 512, false).map_err(|e| ApiError::invalid(e.to_string()))?;
+    }
+    if let Some(a) = &req.attachments {
+        if a.len() > MAX_ATTACHMENTS {
+            return Err(ApiError::invalid(format!(
+                "attachments: at most {MAX_ATTACHMENTS} are allowed, got {}",
+                a.len()
+            )));
+        }
+        for (i, att) in a.iter().enumerate() {
+            base64::engine::general_purpose::STANDARD
+                .decode(&att.data)
+                .map_err(|_| ApiError::invalid(format!("attachments[{i}].data is not base64")))?;
+        }
+    }
+    if req.metadata.as_ref().is_some_and(|m| m.len() > MAX_METADATA_KEYS) {
+        return Err(ApiError::invalid(format!("metadata: at most {MAX_METADATA_KEYS} keys are allowed")));
+    }
+    if let Some(config) = &req.config {
+        if let Some(minutes) = config.idle_timeout_minutes {
+            if !(1..=60).contains(&minutes) {
+                return Err(ApiError::invalid(format!("config.idle_timeout_minutes must be 1-60, got {minutes}")));
+            }
+        }
+        if let Some(kind) = config.harness.as_ref().and_then(|h| h.kind.as_deref()) {
+            if !matches!(kind, "oz" | "claude" | "codex" | "gemini" | "command") {
+                return Err(ApiError::invalid(format!(
+                    "config.harness.type {kind:?} is not one of oz, claude, codex, gemini, command"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `POST /agent/runs` and `POST /agent/run`.
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<RunAgentRequest>,
+) -> Result<Json<RunCreated>, ApiError> {
+    validate_request(&req)?;
+    let mut config = req.config.clone().unwrap_or_default();
+    let worker_host = match config.worker_host.as_deref() {
+        None | Some("warp") => state.config.default_worker_host.clone().ok_or_else(|| {
+            ApiError::invalid("config.worker_host is required: this server runs agents on self-hosted workers only")
+        })?,
+        Some(host) => host.to_owned(),
+    };
+    validate_worker_id(&worker_host).map_err(|e| ApiError::invalid(format!("config.worker_host: {}", e.detail)))?;
+    config.worker_host = Some(worker_host.clone());
+    if let Some(env_id) = &config.environment_id {
+        if state.store.environment(&caller.team_id, env_id).await?.is_none() {
+            return Err(ApiError::invalid(format!("config.environment_id: there is no environment {env_id:?}")));
+        }
+    }
+    let now = Timestamp::now();
+    let prompt = req.prompt.clone().unwrap_or_default();
+    let title = req.title.clone().filter(|t| !t.trim().is_empty()).unwrap_or_else(|| prompt.chars().take(80).collect());
+    let connected = state.dispatcher.connections(&caller.team_id, &worker_host) > 0;
+    let waiting = if connected {
+        format!("waiting for worker {worker_host}")
+    } else {
+        format!("waiting for worker {worker_host}: no worker with this id is connected")
+    };
+    let run = RunRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        team_id: caller.team_id.clone(),
+        creator_id: caller.user_id.clone(),
+        title,
+        prompt,
+        state: RunState::Queued,
+        source: "API".into(),
+        worker_host: Some(worker_host),
+        config: Some(config),
+        status_message: Some(oz_core::wire::api::StatusMessage {
+            message: waiting,
+            error_code: None,
+            retryable: None,
+            session_debug_until: None,
+        }),
+        artifacts: Vec::new(),
+        metadata: req.metadata.as_ref().map(|m| serde_json::json!(m)),
+        schedule_id: None,
+        parent_run_id: req.parent_run_id.clone(),
+        created_at: now,
+        updated_at: now,
+        started_at: None,
+        finished_at: None,
+        execution_id: None,
+        claimed_by: None,
+        lease_expires_at: None,
+        cancel_requested: false,
+    };
+    state.store.insert_run(&run).await?;
+    state.dispatcher.wake();
+    Ok(Json(RunCreated { run_id: run.id.clone(), task_id: run.id, state: RunState::Queued, at_capacity: None }))
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Cursor {
+    v: SortValue,
+    id: String,
+}
+
+fn sort_value(run: &RunRecord, sort: RunSort) -> SortValue {
+    match sort {
+        RunSort::CreatedAt => SortValue::Micros(run.created_at.as_microsecond()),
+        RunSort::UpdatedAt => SortValue::Micros(run.updated_at.as_microsecond()),
+        RunSort::Title => SortValue::Text(run.title.clone()),
+        RunSort::Agent => SortValue::Text(run.config.as_ref().and_then(|c| c.name.clone()).unwrap_or_default()),
+    }
+}
+
+fn parse_time(name: &str, value: &str) -> Result<Timestamp, ApiError> {
+    value.parse().map_err(|_| {
+        ApiError::invalid(format!("{name} must be an RFC 3339 time such as 2026-01-31T12:00:00Z, got {value:?}"))
+    })
+}
+
+/// `GET /agent/runs`.
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> Result<Json<RunList>, ApiError> {
+    let mut filter = RunFilter::default();
+    let mut limit = DEFAULT_PAGE_LIMIT;
+    let mut cursor: Option<String> = None;
+    let mut sort = RunSort::CreatedAt;
+    let mut descending = true;
+    for (key, value) in query_pairs(query.as_deref()) {
+        match key.as_str() {
+            "limit" => {
+                limit = value.parse().ok().filter(|l| (1..=MAX_PAGE_LIMIT).contains(l)).ok_or_else(|| {
+                    ApiError::invalid(format!("limit must be an integer from 1 to {MAX_PAGE_LIMIT}, got {value:?}"))
+                })?
+            }
+            "cursor" => cursor = Some(value),
+            "state" => {
+                for s in value.split(',').filter(|s| !s.is_empty()) {
+                    filter.states.push(s.parse().map_err(|_| {
+                        ApiError::invalid(format!("state {s:?} is not one of QUEUED, PENDING, CLAIMED, INPROGRESS, SUCCEEDED, FAILED, BLOCKED, ERROR, CANCELLED"))
+                    })?);
+                }
+            }
+            "name" => filter.name = Some(value),
+            "model_id" => filter.model_id = Some(value),
+            "creator" => filter.creator = Some(value),
+            "source" => filter.source = Some(value),
+            "created_after" => filter.created_after = Some(parse_time("created_after", &value)?),
+            "created_before" => filter.created_before = Some(parse_time("created_before", &value)?),
+            "updated_after" => filter.updated_after = Some(parse_time("updated_after", &value)?),
+            "environment_id" => filter.environment_id = Some(value),
+            "schedule_id" => filter.schedule_id = Some(value),
+            "ancestor_run_id" => filter.ancestor_run_id = Some(value),
+            "q" => filter.q = Some(value),
+            "sort_by" => {
+                sort = match value.as_str() {
+                    "created_at" => RunSort::CreatedAt,
+                    "updated_at" => RunSort::UpdatedAt,
+                    "title" => RunSort::Title,
+                    "agent" => RunSort::Agent,
+                    other => {
+                        return Err(ApiError::invalid(format!(
+                            "sort_by {other:?} is not one of updated_at, created_at, title, agent"
+                        )));
+                    }
+                }
+            }
+            "sort_order" => {
+                descending = match value.as_str() {
+                    "desc" => true,
+                    "asc" => false,
+                    other => return Err(ApiError::invalid(format!("sort_order {other:?} is not asc or desc"))),
+                }
+            }
+            _ => {} // unknown parameters are ignored, as Oz does
+        }
+    }
+    let after = match cursor {
+        Some(c) => {
+            let bytes = URL_SAFE_NO_PAD
+                .decode(&c)
+                .map_err(|_| ApiError::invalid("cursor is not a cursor this server issued"))?;
+            let parsed: Cursor = serde_json::from_slice(&bytes)
+                .map_err(|_| ApiError::invalid("cursor is not a cursor this server issued"))?;
+            Some((parsed.v, parsed.id))
+        }
+        None => None,
+    };
+    let page = PageRequest { sort, descending, limit, after };
+    let mut runs = state.store.list_runs(&caller.team_id, &filter, &page).await?;
+    let has_next_page = runs.len() > limit as usize;
+    runs.truncate(limit as usize);
+    let next_cursor = if has_next_page {
+        runs.last().map(|last| {
+            let c = Cursor { v: sort_value(last, sort), id: last.id.clone() };
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&c).unwrap_or_default())
+        })
+    } else {
+        None
+    };
+    Ok(Json(RunList { runs: runs.iter().map(run_item).collect(), page_info: PageInfo { has_next_page, next_cursor } }))
+}
+
+/// Loads a run the principal may see: a team's runs for an API key, its own run for a workload token.
+pub async fn visible_run(state: &AppState, principal: &Principal, run_id: &str) -> Result<RunRecord, ApiError> {
+    let not_found = || ApiError::not_found(format!("there is no run {run_id:?}"));
+    if let Principal::Run(token) = principal {
+        if token.run_id != run_id {
+            return Err(not_found());
+        }
+    }
+    state.store.run(principal.team_id(), run_id).await?.ok_or_else(not_found)
+}
+
+/// `GET /agent/runs/{id}`.
+pub async fn get(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(run_id): Path<String>,
+) -> Result<Json<RunItem>, ApiError> {
+    Ok(Json(run_item(&visible_run(&state, &principal, &run_id).await?)))
+}
+
+/// `POST /agent/runs/{id}/cancel`: 200 with the run id; 400 if it already ended; 409 (retryable)
+/// while PENDING.
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(run_id): Path<String>,
+) -> Result<Json<String>, ApiError> {
+    let run = visible_run(&state, &Principal::Key(caller), &run_id).await?;
+    match run.state {
+        s if s.is_terminal() => Err(ApiError::invalid(format!("the run already ended ({s})"))),
+        RunState::Pending => {
+            Err(ApiError::conflict("the run is being handed to a worker; retry in a moment").retryable(true))
+        }
+        RunState::Queued => {
+            state
+                .lifecycle
+                .apply(
+                    &run.id,
+                    StateChange::new(RunState::Queued, RunState::Cancelled).message("cancelled before it started"),
+                )
+                .await?;
+            Ok(Json(run.id))
+        }
+        _ => {
+            state.store.request_cancel(&run.id, Timestamp::now()).await?;
+            state.dispatcher.forward_cancel(&run);
+            Ok(Json(run.id))
+        }
+    }
+}
+
+/// `GET /agent/runs/{id}/transcript`: 302 to the stored transcript.
+pub async fn transcript(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(run_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let run = visible_run(&state, &principal, &run_id).await?;
+    let location = format!("/api/v1/agent/runs/{}/transcript/content", run.id);
+    Ok((StatusCode::FOUND, [(header::LOCATION, location)]).into_response())
+}
+
+/// `GET /agent/runs/{id}/transcript/content`: every stored event of the run, as a JSON array.
+pub async fn transcript_content(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(run_id): Path<String>,
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    let run = visible_run(&state, &principal, &run_id).await?;
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let batch = state.store.events(&run.id, after, 1000).await?;
+        if batch.is_empty() {
+            break;
+        }
+        after = batch.last().map_or(after, |e| e.seq);
+        out.extend(batch.into_iter().map(|e| serde_json::json!({"seq": e.seq, "at": e.at, "event": e.body})));
+    }
+    Ok(Json(out))
+}

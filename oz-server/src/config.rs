@@ -1,0 +1,35 @@
+//! The server's configuration.
+
+use std::time::Duration;
+
+/// How the control plane behaves.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Where it listens (`127.0.0.1:8080`; port 0 picks a free one).
+    pub listen: String,
+    /// The URL workers and runners reach the server at (sent as `WARP_SERVER_ROOT_URL`); defaults to
+    /// `http://<listen address>`.
+    pub public_url: Option<String>,
+    /// The worker a run goes to when it names none (`config.worker_host` absent). `None`: such runs
+    /// are refused, since this server has no hosted execution.
+    pub default_worker_host: Option<String>,
+    /// How long a worker may hold a run without news before the run ends ERROR.
+    pub lease_timeout: Duration,
+    /// How long a run's workload token lives (it is revoked earlier, when the run ends).
+    pub token_ttl: Duration,
+    /// The largest request body accepted.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            public_url: None,
+            default_worker_host: None,
+            lease_timeout: Duration::from_secs(90),
+            token_ttl: Duration::from_secs(24 * 3600),
+            max_body_bytes: 2 * 1024 * 1024,
+        }
+    }
+}

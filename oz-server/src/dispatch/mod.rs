@@ -1,0 +1,344 @@
+//! Dispatch: connected workers, and the loop that hands QUEUED runs to them.
+//!
+//! A run for `worker_host` X goes only to connections of the same team whose worker id is exactly X;
+//! several connections with one id share the load (fewest runs in flight first). Offering a run moves
+//! it QUEUED -> PENDING with a lease; `task_claimed` -> CLAIMED; `task_rejected` -> QUEUED again (that
+//! connection is skipped for a moment); a connection that drops returns its PENDING runs to the queue.
+//! While any connection of the worker id is up, the leases of its runs are renewed; a lease that runs
+//! out ends the run ERROR with a message saying so.
+
+pub mod assignment;
+pub mod ws;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use oz_core::run::RunState;
+use oz_core::wire::worker::{ServerMessage, TaskCancellation, WorkerMessage};
+use tokio::sync::{Notify, mpsc};
+use tracing::{info, warn};
+
+use crate::config::ServerConfig;
+use crate::lifecycle::Lifecycle;
+use crate::store::{RunRecord, StateChange};
+
+/// How long a connection that rejected a task is skipped.
+const REJECT_BACKOFF: Duration = Duration::from_secs(1);
+/// How often the loop runs without being woken (lease checks, retries after rejections).
+const TICK: Duration = Duration::from_millis(500);
+
+struct Conn {
+    team_id: String,
+    worker_id: String,
+    tx: mpsc::UnboundedSender<ServerMessage>,
+    in_flight: HashSet<String>,
+    skip_until: Option<Instant>,
+}
+
+/// A connected worker, as `GET /workers` lists it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct WorkerInfo {
+    /// The worker id.
+    pub worker_id: String,
+    /// How many connections it has.
+    pub connections: usize,
+    /// Runs it holds now.
+    pub runs_in_flight: usize,
+}
+
+/// The dispatcher. Cheap to clone.
+#[derive(Clone)]
+pub struct Dispatcher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    lifecycle: Lifecycle,
+    config: Arc<ServerConfig>,
+    public_url: Mutex<String>,
+    conns: Mutex<HashMap<u64, Conn>>,
+    next_id: AtomicU64,
+    wake: Notify,
+}
+
+impl Dispatcher {
+    /// A dispatcher over the run lifecycle.
+    pub fn new(lifecycle: Lifecycle, config: Arc<ServerConfig>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                lifecycle,
+                config,
+                public_url: Mutex::new(String::new()),
+                conns: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+                wake: Notify::new(),
+            }),
+        }
+    }
+
+    fn conns(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Conn>> {
+        self.inner.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets the URL sent to workers as `WARP_SERVER_ROOT_URL`.
+    pub fn set_public_url(&self, url: &str) {
+        *self.inner.public_url.lock().unwrap_or_else(|p| p.into_inner()) = url.to_owned();
+    }
+
+    /// Registers a connection; returns its id and the messages to send it.
+    pub fn register(&self, team_id: &str, worker_id: &str) -> (u64, mpsc::UnboundedReceiver<ServerMessage>) {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.conns().insert(
+            id,
+            Conn {
+                team_id: team_id.to_owned(),
+                worker_id: worker_id.to_owned(),
+                tx,
+                in_flight: HashSet::new(),
+                skip_until: None,
+            },
+        );
+        info!(worker_id, connection = id, "worker connected");
+        self.wake();
+        (id, rx)
+    }
+
+    /// Forgets a connection; its PENDING runs go back to the queue. Runs it claimed keep their lease:
+    /// the worker may reconnect and report them.
+    pub async fn unregister(&self, conn_id: u64) {
+        let Some(conn) = self.conns().remove(&conn_id) else { return };
+        info!(worker_id = %conn.worker_id, connection = conn_id, "worker disconnected");
+        for run_id in conn.in_flight {
+            let Ok(Some(run)) = self.inner.lifecycle.store().run_by_id(&run_id).await else { continue };
+            if run.state == RunState::Pending {
+                let message = format!("worker {} disconnected before claiming the run; queued again", conn.worker_id);
+                if let Err(e) = self.inner.lifecycle.advance(&run_id, RunState::Queued, Some(message)).await {
+                    warn!(run_id, "could not requeue: {}", e.detail);
+                }
+            }
+        }
+        self.wake();
+    }
+
+    /// Wakes the dispatch loop (a run was queued, a worker freed up).
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// How many connections a worker id has in a team.
+    pub fn connections(&self, team_id: &str, worker_id: &str) -> usize {
+        self.conns().values().filter(|c| c.team_id == team_id && c.worker_id == worker_id).count()
+    }
+
+    /// The team's connected workers.
+    pub fn workers(&self, team_id: &str) -> Vec<WorkerInfo> {
+        let mut by_id: HashMap<String, WorkerInfo> = HashMap::new();
+        for c in self.conns().values().filter(|c| c.team_id == team_id) {
+            let w = by_id.entry(c.worker_id.clone()).or_insert_with(|| WorkerInfo {
+                worker_id: c.worker_id.clone(),
+                connections: 0,
+                runs_in_flight: 0,
+            });
+            w.connections += 1;
+            w.runs_in_flight += c.in_flight.len();
+        }
+        let mut list: Vec<WorkerInfo> = by_id.into_values().collect();
+        list.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+        list
+    }
+
+    /// Sends `task_cancellation` for a held run to its worker's connections.
+    pub fn forward_cancel(&self, run: &RunRecord) {
+        let Some(worker_id) = &run.claimed_by else { return };
+        let message = ServerMessage::TaskCancellation(TaskCancellation { task_id: run.id.clone() });
+        let conns = self.conns();
+        let holders: Vec<&Conn> =
+            conns.values().filter(|c| c.team_id == run.team_id && c.worker_id == *worker_id).collect();
+        let preferred: Vec<&&Conn> = holders.iter().filter(|c| c.in_flight.contains(&run.id)).collect();
+        let targets: Vec<&Conn> =
+            if preferred.is_empty() { holders.clone() } else { preferred.into_iter().copied().collect() };
+        for c in targets {
+            let _ = c.tx.send(message.clone());
+        }
+    }
+
+    /// Handles a message from a connection.
+    pub async fn on_message(&self, conn_id: u64, message: WorkerMessage) {
+        let lifecycle = &self.inner.lifecycle;
+        let task_id = message.task_id().to_owned();
+        let (team_id, worker_id) = {
+            let conns = self.conns();
+            let Some(c) = conns.get(&conn_id) else { return };
+            (c.team_id.clone(), c.worker_id.clone())
+        };
+        // A worker may only speak about runs of its own team that it holds.
+        let run = match lifecycle.store().run_by_id(&task_id).await {
+            Ok(Some(run)) if run.team_id == team_id && run.claimed_by.as_deref() == Some(worker_id.as_str()) => run,
+            Ok(_) => {
+                warn!(task_id, worker_id, "a worker reported on a run it does not hold; ignored");
+                return;
+            }
+            Err(e) => {
+                warn!(task_id, "store error: {e}");
+                return;
+            }
+        };
+        let result = match &message {
+            WorkerMessage::TaskClaimed(_) => {
+                self.track(conn_id, &task_id, true);
+                let mut change = StateChange::new(RunState::Pending, RunState::Claimed)
+                    .message(format!("claimed by worker {worker_id}"));
+                change.lease_expires_at = Some(Some(self.lease_deadline()));
+                if run.state == RunState::Pending { lifecycle.apply(&task_id, change).await.map(drop) } else { Ok(()) }
+            }
+            WorkerMessage::TaskRejected(m) => {
+                self.track(conn_id, &task_id, false);
+                if let Some(c) = self.conns().get_mut(&conn_id) {
+                    c.skip_until = Some(Instant::now() + REJECT_BACKOFF);
+                }
+                let note = format!("worker {worker_id} rejected the run ({}); queued again", m.reason);
+                lifecycle.advance(&task_id, RunState::Queued, Some(note)).await.map(drop)
+            }
+            WorkerMessage::TaskCompleted(m) => {
+                self.track(conn_id, &task_id, false);
+                let to =
+                    if m.task_state == Some(RunState::Cancelled) { RunState::Cancelled } else { RunState::Succeeded };
+                let text =
+                    if m.message.is_empty() { format!("worker {worker_id} reported {to}") } else { m.message.clone() };
+                lifecycle.advance(&task_id, to, Some(text)).await.map(drop)
+            }
+            WorkerMessage::TaskFailed(m) => {
+                self.track(conn_id, &task_id, false);
+                let to = m.failure_reason.terminal_state();
+                let text = format!("{} ({}, exit code {})", m.message, m.failure_reason, m.exit_code);
+                lifecycle.advance(&task_id, to, Some(text)).await.map(drop)
+            }
+        };
+        if let Err(e) = result {
+            warn!(task_id, "could not apply the worker's report: {}", e.detail);
+        }
+        self.wake();
+    }
+
+    fn track(&self, conn_id: u64, run_id: &str, holding: bool) {
+        if let Some(c) = self.conns().get_mut(&conn_id) {
+            if holding {
+                c.in_flight.insert(run_id.to_owned());
+            } else {
+                c.in_flight.remove(run_id);
+                c.skip_until = None;
+            }
+        }
+    }
+
+    fn lease_deadline(&self) -> Timestamp {
+        let lease = jiff::SignedDuration::try_from(self.inner.config.lease_timeout)
+            .unwrap_or(jiff::SignedDuration::from_secs(90));
+        Timestamp::now().checked_add(lease).unwrap_or(Timestamp::MAX)
+    }
+
+    /// The dispatch loop: runs until the process ends.
+    pub async fn run(self) {
+        loop {
+            if let Err(e) = self.dispatch_once().await {
+                warn!("dispatch failed: {}", e.detail);
+            }
+            if let Err(e) = self.maintain_leases().await {
+                warn!("lease upkeep failed: {}", e.detail);
+            }
+            let _ = tokio::time::timeout(TICK, self.inner.wake.notified()).await;
+        }
+    }
+
+    /// Offers queued runs to connected workers, once.
+    pub async fn dispatch_once(&self) -> Result<(), crate::error::ApiError> {
+        let keys: HashSet<(String, String)> =
+            self.conns().values().map(|c| (c.team_id.clone(), c.worker_id.clone())).collect();
+        for (team_id, worker_id) in keys {
+            let queued = self.inner.lifecycle.store().queued_runs(&team_id, &worker_id, 64).await?;
+            for run in queued {
+                let Some((conn_id, tx)) = self.pick(&team_id, &worker_id) else { break };
+                self.offer(conn_id, tx, run).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn pick(&self, team_id: &str, worker_id: &str) -> Option<(u64, mpsc::UnboundedSender<ServerMessage>)> {
+        let now = Instant::now();
+        self.conns()
+            .iter()
+            .filter(|(_, c)| c.team_id == team_id && c.worker_id == worker_id && c.skip_until.is_none_or(|t| t <= now))
+            .min_by_key(|(id, c)| (c.in_flight.len(), **id))
+            .map(|(id, c)| (*id, c.tx.clone()))
+    }
+
+    async fn offer(
+        &self,
+        conn_id: u64,
+        tx: mpsc::UnboundedSender<ServerMessage>,
+        run: RunRecord,
+    ) -> Result<(), crate::error::ApiError> {
+        let lifecycle = &self.inner.lifecycle;
+        let execution_id = uuid::Uuid::new_v4().to_string();
+        let public_url = self.inner.public_url.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let assignment = assignment::build(
+            lifecycle.store().as_ref(),
+            &run,
+            &execution_id,
+            &public_url,
+            self.inner.config.token_ttl,
+        )
+        .await?;
+        let worker_id = run.worker_host.clone().unwrap_or_default();
+        let mut change =
+            StateChange::new(RunState::Queued, RunState::Pending).message(format!("offered to worker {worker_id}"));
+        change.claimed_by = Some(Some(worker_id));
+        change.execution_id = Some(execution_id);
+        change.lease_expires_at = Some(Some(self.lease_deadline()));
+        match lifecycle.apply(&run.id, change).await {
+            Ok(_) => {}
+            Err(e) if e.status == axum::http::StatusCode::CONFLICT => return Ok(()), // cancelled meanwhile
+            Err(e) => return Err(e),
+        }
+        self.track(conn_id, &run.id, true);
+        if tx.send(ServerMessage::TaskAssignment(Box::new(assignment))).is_err() {
+            self.track(conn_id, &run.id, false);
+            lifecycle
+                .advance(&run.id, RunState::Queued, Some("the worker connection closed; queued again".into()))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn maintain_leases(&self) -> Result<(), crate::error::ApiError> {
+        let store = self.inner.lifecycle.store();
+        // Renew the leases of runs held by workers that are connected.
+        let live: HashSet<String> = self.conns().values().flat_map(|c| c.in_flight.iter().cloned()).collect();
+        let deadline = self.lease_deadline();
+        for run_id in &live {
+            store.renew_lease(run_id, deadline).await?;
+        }
+        let connected: HashSet<(String, String)> =
+            self.conns().values().map(|c| (c.team_id.clone(), c.worker_id.clone())).collect();
+        for run in store.expired_leases(Timestamp::now()).await? {
+            let holder = (run.team_id.clone(), run.claimed_by.clone().unwrap_or_default());
+            if connected.contains(&holder) {
+                // The worker is back (a reconnect): keep waiting for its report.
+                store.renew_lease(&run.id, deadline).await?;
+                continue;
+            }
+            let message = format!(
+                "worker {} stopped responding while holding the run (no connection for {}s); the run did not finish",
+                holder.1,
+                self.inner.config.lease_timeout.as_secs()
+            );
+            self.inner.lifecycle.advance(&run.id, RunState::Error, Some(message)).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,134 @@
+//! The one place a run's state changes: the oz-core state machine checks the move, the store applies
+//! it only if nobody changed the run meanwhile, the change is recorded as an event (stored and
+//! published live), and a run that ends has its workload tokens revoked.
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use oz_core::run::RunState;
+use oz_core::wire::api::RunItem;
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::hub::EventHub;
+use crate::store::{RunEventRecord, RunRecord, StateChange, Store, StoreError};
+
+/// Changes runs' states and records their events.
+#[derive(Clone)]
+pub struct Lifecycle {
+    store: Arc<dyn Store>,
+    hub: EventHub,
+}
+
+impl Lifecycle {
+    /// Over a store and a hub.
+    pub fn new(store: Arc<dyn Store>, hub: EventHub) -> Self {
+        Self { store, hub }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Applies `change` to the run `run_id`.
+    pub async fn apply(&self, run_id: &str, change: StateChange) -> Result<RunRecord, ApiError> {
+        change.from.transition(change.to).map_err(|e| ApiError::conflict(e.to_string()))?;
+        let now = Timestamp::now();
+        let run = self.store.change_state(run_id, &change, now).await.map_err(|e| match e {
+            StoreError::StateChanged { expected, actual } => {
+                ApiError::conflict(format!("the run is {actual} now, not {expected}")).retryable(true)
+            }
+            other => other.into(),
+        })?;
+        let mut body = json!({"event": "state", "state": run.state});
+        if let Some(m) = &run.status_message {
+            body["status_message"] = json!(m);
+        }
+        self.record(run_id, now, body).await?;
+        if run.state.is_terminal() {
+            self.store.revoke_tokens(run_id).await?;
+        }
+        tracing::info!(run_id, from = %change.from, to = %run.state, "run state changed");
+        Ok(run)
+    }
+
+    /// Moves the run to `to` from whatever state it is in now, if the state machine allows that move;
+    /// `Ok(None)` if it does not (for example, the run already ended).
+    pub async fn advance(
+        &self,
+        run_id: &str,
+        to: RunState,
+        message: Option<String>,
+    ) -> Result<Option<RunRecord>, ApiError> {
+        for _ in 0..3 {
+            let Some(run) = self.store.run_by_id(run_id).await? else {
+                return Err(ApiError::not_found(format!("no run {run_id}")));
+            };
+            if !run.state.can_transition_to(to) {
+                return Ok(None);
+            }
+            let mut change = StateChange::new(run.state, to);
+            if let Some(m) = &message {
+                change = change.message(m.clone());
+            }
+            if to == RunState::Queued {
+                change.claimed_by = Some(None);
+                change.lease_expires_at = Some(None);
+            }
+            match self.apply(run_id, change).await {
+                Ok(run) => return Ok(Some(run)),
+                Err(e) if e.status == axum::http::StatusCode::CONFLICT => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Stores an event of the run and publishes it live; returns its sequence number.
+    pub async fn record(&self, run_id: &str, at: Timestamp, body: serde_json::Value) -> Result<i64, ApiError> {
+        let seq = self.store.append_event(run_id, at, &body).await?;
+        self.hub.publish(RunEventRecord { run_id: run_id.to_owned(), seq, at, body });
+        Ok(seq)
+    }
+}
+
+/// A stored run as the API shows it.
+pub fn run_item(run: &RunRecord) -> RunItem {
+    let run_time = match (run.started_at, run.finished_at) {
+        (Some(s), Some(f)) => {
+            f.duration_since(s).try_into().ok().map(|d: std::time::Duration| format!("PT{:.3}S", d.as_secs_f64()))
+        }
+        _ => None,
+    };
+    RunItem {
+        run_id: run.id.clone(),
+        task_id: run.id.clone(),
+        title: run.title.clone(),
+        state: run.state,
+        prompt: run.prompt.clone(),
+        created_at: run.created_at,
+        updated_at: run.updated_at,
+        execution_location: Some("REMOTE".into()),
+        started_at: run.started_at,
+        status_message: run.status_message.clone(),
+        source: Some(run.source.clone()),
+        schedule: None,
+        session_id: None,
+        session_link: None,
+        trigger_url: None,
+        creator: run.creator_id.as_ref().map(|c| json!({"uid": c})),
+        executor: run.worker_host.as_ref().map(|w| json!({"worker_id": w})),
+        request_usage: None,
+        agent_config: run.config.clone(),
+        conversation_id: None,
+        parent_run_id: run.parent_run_id.clone(),
+        is_sandbox_running: Some(matches!(run.state, RunState::Claimed | RunState::InProgress | RunState::Blocked)),
+        is_run_type_cancellable: Some(!run.state.is_terminal()),
+        artifacts: (!run.artifacts.is_empty()).then(|| run.artifacts.clone()),
+        agent_skill: None,
+        scope: Some(oz_core::wire::api::Scope { kind: "Team".into(), uid: run.team_id.clone() }),
+        metadata: run.metadata.as_ref().and_then(|m| serde_json::from_value(m.clone()).ok()),
+        run_time,
+    }
+}

@@ -1,0 +1,26 @@
+//! The state every handler shares.
+
+use std::sync::Arc;
+
+use crate::config::ServerConfig;
+use crate::dispatch::Dispatcher;
+use crate::hub::EventHub;
+use crate::lifecycle::Lifecycle;
+use crate::store::Store;
+
+/// Shared state: the store, the live event hub, the dispatcher, the configuration.
+#[derive(Clone)]
+pub struct AppState {
+    /// Persistence.
+    pub store: Arc<dyn Store>,
+    /// Live run events.
+    pub hub: EventHub,
+    /// State changes and events.
+    pub lifecycle: Lifecycle,
+    /// Worker connections and the queue.
+    pub dispatcher: Dispatcher,
+    /// Configuration.
+    pub config: Arc<ServerConfig>,
+    /// The URL workers and runners use.
+    pub public_url: Arc<str>,
+}

@@ -1,0 +1,336 @@
+//! Persistence: the [`Store`] trait the rest of the server uses, and its records. SQLite is the
+//! embedded default ([`sqlite::SqliteStore`]); the trait is what a PostgreSQL store implements next.
+//!
+//! Everything that must survive a restart lives here: teams and keys, environments, runs (which are
+//! also the queue), their events, workload tokens, and dispatch leases.
+
+pub mod migrations;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use oz_core::environment::EnvironmentConfig;
+use oz_core::run::RunState;
+use oz_core::wire::api::{AgentConfig, StatusMessage};
+use oz_core::wire::callbacks::Artifact;
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A stored value could not be decoded.
+    #[error("corrupt stored value in {what}: {message}")]
+    Corrupt {
+        /// Which column.
+        what: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// A compare-and-set found another state than expected.
+    #[error("the run is {actual}, not {expected}")]
+    StateChanged {
+        /// What the caller expected.
+        expected: RunState,
+        /// What it is.
+        actual: RunState,
+    },
+    /// Nothing with that id.
+    #[error("not found")]
+    NotFound,
+}
+
+/// A team.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TeamRecord {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// A stored API key (the secret itself is never stored, only its SHA-256).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    /// The key's public id (the part before the secret).
+    pub id: String,
+    /// Its team.
+    pub team_id: String,
+    /// The user it acts as, if any.
+    pub user_id: Option<String>,
+    /// SHA-256 of the secret.
+    pub secret_hash: Vec<u8>,
+    /// When it was revoked.
+    pub revoked: bool,
+}
+
+/// A stored environment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EnvironmentRecord {
+    /// Its id.
+    pub id: String,
+    /// Its team.
+    pub team_id: String,
+    /// Its configuration.
+    pub config: EnvironmentConfig,
+    /// Who made it.
+    pub creator_id: Option<String>,
+    /// Created.
+    pub created_at: Timestamp,
+    /// Last changed.
+    pub updated_at: Timestamp,
+}
+
+/// A stored run. Runs are also the queue: a QUEUED run is waiting for a worker.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunRecord {
+    /// Its id (also its task id).
+    pub id: String,
+    /// Its team.
+    pub team_id: String,
+    /// Who asked for it.
+    pub creator_id: Option<String>,
+    /// Its title.
+    pub title: String,
+    /// Its prompt.
+    pub prompt: String,
+    /// Its state.
+    pub state: RunState,
+    /// Where it came from (`API`, `SCHEDULED_AGENT`, ...).
+    pub source: String,
+    /// The worker id it must run on; `None` = hosted (not served here).
+    pub worker_host: Option<String>,
+    /// Its agent config.
+    pub config: Option<AgentConfig>,
+    /// Why it is where it is.
+    pub status_message: Option<StatusMessage>,
+    /// What it produced.
+    pub artifacts: Vec<Artifact>,
+    /// Free-form metadata.
+    pub metadata: Option<serde_json::Value>,
+    /// The schedule that made it.
+    pub schedule_id: Option<String>,
+    /// The run that started it.
+    pub parent_run_id: Option<String>,
+    /// Created.
+    pub created_at: Timestamp,
+    /// Last changed.
+    pub updated_at: Timestamp,
+    /// When the agent started.
+    pub started_at: Option<Timestamp>,
+    /// When it ended.
+    pub finished_at: Option<Timestamp>,
+    /// The current attempt's id.
+    pub execution_id: Option<String>,
+    /// The worker id that holds it (PENDING, CLAIMED, INPROGRESS).
+    pub claimed_by: Option<String>,
+    /// Until when the worker's hold is good without news from it.
+    pub lease_expires_at: Option<Timestamp>,
+    /// Whether someone asked to cancel it.
+    pub cancel_requested: bool,
+}
+
+/// Filters of `GET /agent/runs`.
+#[derive(Clone, Debug, Default)]
+pub struct RunFilter {
+    /// Any of these states.
+    pub states: Vec<RunState>,
+    /// By agent name.
+    pub name: Option<String>,
+    /// By model.
+    pub model_id: Option<String>,
+    /// By creator.
+    pub creator: Option<String>,
+    /// By source.
+    pub source: Option<String>,
+    /// Created at or after.
+    pub created_after: Option<Timestamp>,
+    /// Created before.
+    pub created_before: Option<Timestamp>,
+    /// Updated at or after.
+    pub updated_after: Option<Timestamp>,
+    /// By environment.
+    pub environment_id: Option<String>,
+    /// By schedule.
+    pub schedule_id: Option<String>,
+    /// Children of this run.
+    pub ancestor_run_id: Option<String>,
+    /// Free text in title or prompt.
+    pub q: Option<String>,
+}
+
+/// How to order a run list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RunSort {
+    /// By last change.
+    UpdatedAt,
+    /// By creation (the default).
+    #[default]
+    CreatedAt,
+    /// By title.
+    Title,
+    /// By agent name.
+    Agent,
+}
+
+/// A page request: after the row with `(sort value, id)` in the cursor.
+#[derive(Clone, Debug)]
+pub struct PageRequest {
+    /// Sort key.
+    pub sort: RunSort,
+    /// Descending?
+    pub descending: bool,
+    /// At most this many.
+    pub limit: u32,
+    /// Continue after this row: its sort value and id.
+    pub after: Option<(SortValue, String)>,
+}
+
+/// A sort value in a cursor.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum SortValue {
+    /// A time, in microseconds.
+    Micros(i64),
+    /// A text.
+    Text(String),
+}
+
+/// One event of a run (the transcript and the live stream).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunEventRecord {
+    /// The run.
+    pub run_id: String,
+    /// Its position in the run's stream, from 1.
+    pub seq: i64,
+    /// When it happened.
+    pub at: Timestamp,
+    /// The event as JSON.
+    pub body: serde_json::Value,
+}
+
+/// A stored workload token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadTokenRecord {
+    /// The token's public id.
+    pub id: String,
+    /// The one run it is for.
+    pub run_id: String,
+    /// The run's team.
+    pub team_id: String,
+    /// SHA-256 of the secret.
+    pub secret_hash: Vec<u8>,
+    /// When it stops being valid.
+    pub expires_at: Timestamp,
+    /// Whether it was revoked (its run ended).
+    pub revoked: bool,
+}
+
+/// A state change, applied only if the run is still in `from` (compare-and-set). The caller has
+/// checked the move with [`RunState::transition`].
+#[derive(Clone, Debug)]
+pub struct StateChange {
+    /// The state the caller saw.
+    pub from: RunState,
+    /// The state to move to.
+    pub to: RunState,
+    /// A new status message (`None` keeps the old one).
+    pub status_message: Option<StatusMessage>,
+    /// Who holds the run now (`Some(None)` clears it).
+    pub claimed_by: Option<Option<String>>,
+    /// The new execution id, if it changes.
+    pub execution_id: Option<String>,
+    /// The lease deadline (`Some(None)` clears it).
+    pub lease_expires_at: Option<Option<Timestamp>>,
+}
+
+impl StateChange {
+    /// A bare change from `from` to `to`.
+    pub fn new(from: RunState, to: RunState) -> Self {
+        Self { from, to, status_message: None, claimed_by: None, execution_id: None, lease_expires_at: None }
+    }
+    /// With a status message.
+    pub fn message(mut self, message: impl Into<String>) -> Self {
+        self.status_message = Some(StatusMessage {
+            message: message.into(),
+            error_code: None,
+            retryable: None,
+            session_debug_until: None,
+        });
+        self
+    }
+}
+
+/// The persistence the server needs.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates a team.
+    async fn create_team(&self, team: &TeamRecord) -> Result<(), StoreError>;
+    /// Creates a user in a team.
+    async fn create_user(&self, id: &str, team_id: &str, name: &str) -> Result<(), StoreError>;
+    /// Stores an API key.
+    async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
+    /// Finds an API key by its public id.
+    async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+
+    /// Stores an environment.
+    async fn insert_environment(&self, env: &EnvironmentRecord) -> Result<(), StoreError>;
+    /// Replaces an environment's config (team-scoped).
+    async fn update_environment(
+        &self,
+        team_id: &str,
+        id: &str,
+        config: &EnvironmentConfig,
+        at: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// Deletes an environment (team-scoped).
+    async fn delete_environment(&self, team_id: &str, id: &str) -> Result<(), StoreError>;
+    /// One environment (team-scoped).
+    async fn environment(&self, team_id: &str, id: &str) -> Result<Option<EnvironmentRecord>, StoreError>;
+    /// All of a team's environments.
+    async fn environments(&self, team_id: &str) -> Result<Vec<EnvironmentRecord>, StoreError>;
+
+    /// Stores a new run.
+    async fn insert_run(&self, run: &RunRecord) -> Result<(), StoreError>;
+    /// One run of a team.
+    async fn run(&self, team_id: &str, id: &str) -> Result<Option<RunRecord>, StoreError>;
+    /// One run, whatever its team (internal: dispatch, callbacks).
+    async fn run_by_id(&self, id: &str) -> Result<Option<RunRecord>, StoreError>;
+    /// A page of a team's runs; returns one more than `limit` if there is a next page.
+    async fn list_runs(
+        &self,
+        team_id: &str,
+        filter: &RunFilter,
+        page: &PageRequest,
+    ) -> Result<Vec<RunRecord>, StoreError>;
+    /// Applies a state change if the run is still in `change.from`; returns the updated run.
+    async fn change_state(&self, id: &str, change: &StateChange, at: Timestamp) -> Result<RunRecord, StoreError>;
+    /// Marks a run as asked to cancel.
+    async fn request_cancel(&self, id: &str, at: Timestamp) -> Result<(), StoreError>;
+    /// Extends the lease of a held run.
+    async fn renew_lease(&self, id: &str, until: Timestamp) -> Result<(), StoreError>;
+    /// Records that the agent started.
+    async fn mark_started(&self, id: &str, at: Timestamp) -> Result<(), StoreError>;
+    /// Adds an artifact.
+    async fn add_artifact(&self, id: &str, artifact: &Artifact, at: Timestamp) -> Result<(), StoreError>;
+    /// A team's QUEUED runs for one worker host, oldest first.
+    async fn queued_runs(&self, team_id: &str, worker_host: &str, limit: u32) -> Result<Vec<RunRecord>, StoreError>;
+    /// Runs held by a worker id (PENDING, CLAIMED, INPROGRESS, BLOCKED).
+    async fn held_runs(&self, worker_id: &str) -> Result<Vec<RunRecord>, StoreError>;
+    /// Held runs whose lease ran out before `now`.
+    async fn expired_leases(&self, now: Timestamp) -> Result<Vec<RunRecord>, StoreError>;
+
+    /// Appends an event to a run's stream; returns its sequence number.
+    async fn append_event(&self, run_id: &str, at: Timestamp, body: &serde_json::Value) -> Result<i64, StoreError>;
+    /// A run's events after `after_seq`, at most `limit`.
+    async fn events(&self, run_id: &str, after_seq: i64, limit: u32) -> Result<Vec<RunEventRecord>, StoreError>;
+
+    /// Stores a workload token.
+    async fn insert_token(&self, token: &WorkloadTokenRecord) -> Result<(), StoreError>;
+    /// Finds a workload token by its public id.
+    async fn token(&self, id: &str) -> Result<Option<WorkloadTokenRecord>, StoreError>;
+    /// Revokes every token of a run.
+    async fn revoke_tokens(&self, run_id: &str) -> Result<(), StoreError>;
+}

@@ -1,0 +1,558 @@
+//! The embedded SQLite store: one file (WAL, `synchronous=NORMAL`), or `:memory:` for tests.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use oz_core::environment::EnvironmentConfig;
+use oz_core::wire::callbacks::Artifact;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+
+use super::*;
+
+/// The SQLite store.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+/// Microseconds since the epoch: how times are stored (sortable, exact).
+pub fn micros(t: Timestamp) -> i64 {
+    t.as_microsecond()
+}
+
+fn from_micros(us: i64) -> Timestamp {
+    Timestamp::from_microsecond(us).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(what: &'static str, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt { what, message: e.to_string() })
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database file at `path` and applies pending migrations.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// A private in-memory database (one connection, so every query sees the same data).
+    pub async fn in_memory() -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_us INTEGER NOT NULL)",
+        )
+        .execute(&self.pool)
+        .await?;
+        let applied: Vec<i64> = sqlx::query("SELECT version FROM schema_migrations")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for (version, sql) in migrations::MIGRATIONS {
+            if applied.contains(version) {
+                continue;
+            }
+            let mut tx = self.pool.begin().await?;
+            sqlx::raw_sql(*sql).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO schema_migrations (version, applied_us) VALUES (?, ?)")
+                .bind(version)
+                .bind(micros(Timestamp::now()))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            tracing::info!(version, "applied a database migration");
+        }
+        Ok(())
+    }
+}
+
+const RUN_COLUMNS: &str = "id, team_id, creator_id, title, prompt, state, source, worker_host, config, status_message, artifacts, \
+     metadata, schedule_id, parent_run_id, created_us, updated_us, started_us, finished_us, execution_id, claimed_by, lease_us, \
+     cancel_requested";
+
+fn run_from_row(row: &SqliteRow) -> Result<RunRecord, StoreError> {
+    let state: String = row.try_get("state")?;
+    let config: Option<String> = row.try_get("config")?;
+    let status: Option<String> = row.try_get("status_message")?;
+    let artifacts: String = row.try_get("artifacts")?;
+    let metadata: Option<String> = row.try_get("metadata")?;
+    Ok(RunRecord {
+        id: row.try_get("id")?,
+        team_id: row.try_get("team_id")?,
+        creator_id: row.try_get("creator_id")?,
+        title: row.try_get("title")?,
+        prompt: row.try_get("prompt")?,
+        state: state.parse().map_err(|_| StoreError::Corrupt { what: "runs.state", message: state.clone() })?,
+        source: row.try_get("source")?,
+        worker_host: row.try_get("worker_host")?,
+        config: config.map(|c| parse_json("runs.config", &c)).transpose()?,
+        status_message: status.map(|s| parse_json("runs.status_message", &s)).transpose()?,
+        artifacts: parse_json("runs.artifacts", &artifacts)?,
+        metadata: metadata.map(|m| parse_json("runs.metadata", &m)).transpose()?,
+        schedule_id: row.try_get("schedule_id")?,
+        parent_run_id: row.try_get("parent_run_id")?,
+        created_at: from_micros(row.try_get("created_us")?),
+        updated_at: from_micros(row.try_get("updated_us")?),
+        started_at: row.try_get::<Option<i64>, _>("started_us")?.map(from_micros),
+        finished_at: row.try_get::<Option<i64>, _>("finished_us")?.map(from_micros),
+        execution_id: row.try_get("execution_id")?,
+        claimed_by: row.try_get("claimed_by")?,
+        lease_expires_at: row.try_get::<Option<i64>, _>("lease_us")?.map(from_micros),
+        cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
+    })
+}
+
+fn env_from_row(row: &SqliteRow) -> Result<EnvironmentRecord, StoreError> {
+    let config: String = row.try_get("config")?;
+    Ok(EnvironmentRecord {
+        id: row.try_get("id")?,
+        team_id: row.try_get("team_id")?,
+        config: parse_json("environments.config", &config)?,
+        creator_id: row.try_get("creator_id")?,
+        created_at: from_micros(row.try_get("created_us")?),
+        updated_at: from_micros(row.try_get("updated_us")?),
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_team(&self, team: &TeamRecord) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO teams (id, name, created_us) VALUES (?, ?, ?)")
+            .bind(&team.id)
+            .bind(&team.name)
+            .bind(micros(Timestamp::now()))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn create_user(&self, id: &str, team_id: &str, name: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO users (id, team_id, name, created_us) VALUES (?, ?, ?, ?)")
+            .bind(id)
+            .bind(team_id)
+            .bind(name)
+            .bind(micros(Timestamp::now()))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO api_keys (id, team_id, user_id, secret_hash, revoked, created_us) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&key.id)
+        .bind(&key.team_id)
+        .bind(&key.user_id)
+        .bind(&key.secret_hash)
+        .bind(key.revoked as i64)
+        .bind(micros(Timestamp::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let row = sqlx::query("SELECT id, team_id, user_id, secret_hash, revoked FROM api_keys WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(ApiKeyRecord {
+                id: r.try_get("id")?,
+                team_id: r.try_get("team_id")?,
+                user_id: r.try_get("user_id")?,
+                secret_hash: r.try_get("secret_hash")?,
+                revoked: r.try_get::<i64, _>("revoked")? != 0,
+            })
+        })
+        .transpose()
+    }
+
+    async fn insert_environment(&self, env: &EnvironmentRecord) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO environments (id, team_id, config, creator_id, created_us, updated_us) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(&env.id)
+            .bind(&env.team_id)
+            .bind(json(&env.config))
+            .bind(&env.creator_id)
+            .bind(micros(env.created_at))
+            .bind(micros(env.updated_at))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn update_environment(
+        &self,
+        team_id: &str,
+        id: &str,
+        config: &EnvironmentConfig,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE environments SET config = ?, updated_us = ? WHERE team_id = ? AND id = ?")
+            .bind(json(config))
+            .bind(micros(at))
+            .bind(team_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+    }
+
+    async fn delete_environment(&self, team_id: &str, id: &str) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM environments WHERE team_id = ? AND id = ?")
+            .bind(team_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+    }
+
+    async fn environment(&self, team_id: &str, id: &str) -> Result<Option<EnvironmentRecord>, StoreError> {
+        sqlx::query("SELECT * FROM environments WHERE team_id = ? AND id = ?")
+            .bind(team_id)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| env_from_row(&r))
+            .transpose()
+    }
+
+    async fn environments(&self, team_id: &str) -> Result<Vec<EnvironmentRecord>, StoreError> {
+        sqlx::query("SELECT * FROM environments WHERE team_id = ? ORDER BY created_us, id")
+            .bind(team_id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(env_from_row)
+            .collect()
+    }
+
+    async fn insert_run(&self, run: &RunRecord) -> Result<(), StoreError> {
+        let environment_id = run.config.as_ref().and_then(|c| c.environment_id.clone());
+        let model_id = run.config.as_ref().and_then(|c| c.model_id.clone());
+        let agent_name = run.config.as_ref().and_then(|c| c.name.clone());
+        sqlx::query(
+            "INSERT INTO runs (id, team_id, creator_id, title, prompt, state, source, worker_host, config, status_message, artifacts, \
+             metadata, schedule_id, parent_run_id, environment_id, model_id, agent_name, created_us, updated_us, execution_id) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&run.id)
+        .bind(&run.team_id)
+        .bind(&run.creator_id)
+        .bind(&run.title)
+        .bind(&run.prompt)
+        .bind(run.state.as_str())
+        .bind(&run.source)
+        .bind(&run.worker_host)
+        .bind(run.config.as_ref().map(json))
+        .bind(run.status_message.as_ref().map(json))
+        .bind(json(&run.artifacts))
+        .bind(run.metadata.as_ref().map(json))
+        .bind(&run.schedule_id)
+        .bind(&run.parent_run_id)
+        .bind(environment_id)
+        .bind(model_id)
+        .bind(agent_name)
+        .bind(micros(run.created_at))
+        .bind(micros(run.updated_at))
+        .bind(&run.execution_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn run(&self, team_id: &str, id: &str) -> Result<Option<RunRecord>, StoreError> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE team_id = ? AND id = ?");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(team_id)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| run_from_row(&r))
+            .transpose()
+    }
+
+    async fn run_by_id(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| run_from_row(&r))
+            .transpose()
+    }
+
+    async fn list_runs(
+        &self,
+        team_id: &str,
+        filter: &RunFilter,
+        page: &PageRequest,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!("SELECT {RUN_COLUMNS} FROM runs WHERE team_id = "));
+        q.push_bind(team_id.to_owned());
+        if !filter.states.is_empty() {
+            q.push(" AND state IN (");
+            let mut sep = q.separated(", ");
+            for s in &filter.states {
+                sep.push_bind(s.as_str());
+            }
+            q.push(")");
+        }
+        let text_filters = [
+            ("agent_name", &filter.name),
+            ("model_id", &filter.model_id),
+            ("creator_id", &filter.creator),
+            ("source", &filter.source),
+            ("environment_id", &filter.environment_id),
+            ("schedule_id", &filter.schedule_id),
+            ("parent_run_id", &filter.ancestor_run_id),
+        ];
+        for (column, value) in text_filters {
+            if let Some(v) = value {
+                q.push(format!(" AND {column} = ")).push_bind(v.clone());
+            }
+        }
+        if let Some(t) = filter.created_after {
+            q.push(" AND created_us >= ").push_bind(micros(t));
+        }
+        if let Some(t) = filter.created_before {
+            q.push(" AND created_us < ").push_bind(micros(t));
+        }
+        if let Some(t) = filter.updated_after {
+            q.push(" AND updated_us >= ").push_bind(micros(t));
+        }
+        if let Some(text) = &filter.q {
+            let pattern = format!("%{}%", text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+            q.push(" AND (title LIKE ")
+                .push_bind(pattern.clone())
+                .push(" ESCAPE '\\' OR prompt LIKE ")
+                .push_bind(pattern)
+                .push(" ESCAPE '\\')");
+        }
+        let column = match page.sort {
+            RunSort::UpdatedAt => "updated_us",
+            RunSort::CreatedAt => "created_us",
+            RunSort::Title => "title",
+            RunSort::Agent => "COALESCE(agent_name, '')",
+        };
+        let (cmp, order) = if page.descending { ("<", "DESC") } else { (">", "ASC") };
+        if let Some((value, id)) = &page.after {
+            q.push(format!(" AND ({column}, id) {cmp} ("));
+            match value {
+                SortValue::Micros(v) => q.push_bind(*v),
+                SortValue::Text(v) => q.push_bind(v.clone()),
+            };
+            q.push(", ").push_bind(id.clone()).push(")");
+        }
+        q.push(format!(" ORDER BY {column} {order}, id {order} LIMIT ")).push_bind(i64::from(page.limit) + 1);
+        q.build().fetch_all(&self.pool).await?.iter().map(run_from_row).collect()
+    }
+
+    async fn change_state(&self, id: &str, change: &StateChange, at: Timestamp) -> Result<RunRecord, StoreError> {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("UPDATE runs SET state = ");
+        q.push_bind(change.to.as_str()).push(", updated_us = ").push_bind(micros(at));
+        if let Some(message) = &change.status_message {
+            q.push(", status_message = ").push_bind(json(message));
+        }
+        if let Some(claimed_by) = &change.claimed_by {
+            q.push(", claimed_by = ").push_bind(claimed_by.clone());
+        }
+        if let Some(execution_id) = &change.execution_id {
+            q.push(", execution_id = ").push_bind(execution_id.clone());
+        }
+        if let Some(lease) = &change.lease_expires_at {
+            q.push(", lease_us = ").push_bind(lease.map(micros));
+        }
+        if change.to.is_terminal() {
+            q.push(", finished_us = ").push_bind(micros(at)).push(", lease_us = NULL");
+        }
+        q.push(" WHERE id = ").push_bind(id.to_owned()).push(" AND state = ").push_bind(change.from.as_str());
+        let done = q.build().execute(&self.pool).await?;
+        let run = self.run_by_id(id).await?.ok_or(StoreError::NotFound)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::StateChanged { expected: change.from, actual: run.state });
+        }
+        Ok(run)
+    }
+
+    async fn request_cancel(&self, id: &str, at: Timestamp) -> Result<(), StoreError> {
+        sqlx::query("UPDATE runs SET cancel_requested = 1, updated_us = ? WHERE id = ?")
+            .bind(micros(at))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn renew_lease(&self, id: &str, until: Timestamp) -> Result<(), StoreError> {
+        sqlx::query("UPDATE runs SET lease_us = ? WHERE id = ? AND lease_us IS NOT NULL")
+            .bind(micros(until))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn mark_started(&self, id: &str, at: Timestamp) -> Result<(), StoreError> {
+        sqlx::query("UPDATE runs SET started_us = COALESCE(started_us, ?), updated_us = ? WHERE id = ?")
+            .bind(micros(at))
+            .bind(micros(at))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn add_artifact(&self, id: &str, artifact: &Artifact, at: Timestamp) -> Result<(), StoreError> {
+        sqlx::query("UPDATE runs SET artifacts = json_insert(artifacts, '$[#]', json(?)), updated_us = ? WHERE id = ?")
+            .bind(json(artifact))
+            .bind(micros(at))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn queued_runs(&self, team_id: &str, worker_host: &str, limit: u32) -> Result<Vec<RunRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE state = 'QUEUED' AND team_id = ? AND worker_host = ? ORDER BY created_us, id LIMIT ?"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(team_id)
+            .bind(worker_host)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(run_from_row)
+            .collect()
+    }
+
+    async fn held_runs(&self, worker_id: &str) -> Result<Vec<RunRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE claimed_by = ? AND state IN ('PENDING', 'CLAIMED', 'INPROGRESS', 'BLOCKED')"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(worker_id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(run_from_row)
+            .collect()
+    }
+
+    async fn expired_leases(&self, now: Timestamp) -> Result<Vec<RunRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE lease_us IS NOT NULL AND lease_us < ? \
+             AND state IN ('PENDING', 'CLAIMED', 'INPROGRESS', 'BLOCKED')"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(micros(now))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(run_from_row)
+            .collect()
+    }
+
+    async fn append_event(&self, run_id: &str, at: Timestamp, body: &serde_json::Value) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO run_events (run_id, seq, at_us, body) \
+             VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM run_events WHERE run_id = ?), ?, ?) RETURNING seq",
+        )
+        .bind(run_id)
+        .bind(run_id)
+        .bind(micros(at))
+        .bind(json(body))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    async fn events(&self, run_id: &str, after_seq: i64, limit: u32) -> Result<Vec<RunEventRecord>, StoreError> {
+        sqlx::query("SELECT run_id, seq, at_us, body FROM run_events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?")
+            .bind(run_id)
+            .bind(after_seq)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                let body: String = r.try_get("body")?;
+                Ok(RunEventRecord {
+                    run_id: r.try_get("run_id")?,
+                    seq: r.try_get("seq")?,
+                    at: from_micros(r.try_get("at_us")?),
+                    body: parse_json("run_events.body", &body)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn insert_token(&self, token: &WorkloadTokenRecord) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO workload_tokens (id, run_id, team_id, secret_hash, expires_us, revoked) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(&token.id)
+            .bind(&token.run_id)
+            .bind(&token.team_id)
+            .bind(&token.secret_hash)
+            .bind(micros(token.expires_at))
+            .bind(token.revoked as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn token(&self, id: &str) -> Result<Option<WorkloadTokenRecord>, StoreError> {
+        sqlx::query("SELECT id, run_id, team_id, secret_hash, expires_us, revoked FROM workload_tokens WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| {
+                Ok(WorkloadTokenRecord {
+                    id: r.try_get("id")?,
+                    run_id: r.try_get("run_id")?,
+                    team_id: r.try_get("team_id")?,
+                    secret_hash: r.try_get("secret_hash")?,
+                    expires_at: from_micros(r.try_get("expires_us")?),
+                    revoked: r.try_get::<i64, _>("revoked")? != 0,
+                })
+            })
+            .transpose()
+    }
+
+    async fn revoke_tokens(&self, run_id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE workload_tokens SET revoked = 1 WHERE run_id = ?").bind(run_id).execute(&self.pool).await?;
+        Ok(())
+    }
+}
