@@ -169,10 +169,8 @@ impl Backend for DirectBackend {
             let killed = process::processes_of_task(&task_id).len();
             process::kill_task(None, &task_id);
             let kept = !marker.cleanup;
-            if !kept {
-                if let Err(e) = ws.remove() {
-                    warn!(task_id, error = %e, "could not remove a leftover workspace");
-                }
+            if !kept && let Err(e) = ws.remove() {
+                warn!(task_id, error = %e, "could not remove a leftover workspace");
             }
             info!(task_id, killed, kept, "recovered a task left by an earlier run of this worker");
             found.push(RecoveredTask {

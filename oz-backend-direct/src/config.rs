@@ -58,10 +58,10 @@ impl DirectConfig {
                 self.workspace_root
             )));
         }
-        if let Some(t) = &self.target_dir {
-            if !t.is_absolute() || !t.is_dir() {
-                return Err(DirectError::Config(format!("target_dir {t:?} must be an existing absolute folder")));
-            }
+        if let Some(t) = &self.target_dir
+            && (!t.is_absolute() || !t.is_dir())
+        {
+            return Err(DirectError::Config(format!("target_dir {t:?} must be an existing absolute folder")));
         }
         for (name, value) in &self.environment {
             oz_core::validate::env_name("environment", name)?;

@@ -198,10 +198,10 @@ impl TaskSpec {
         if self.timeout.is_some_and(|t| t.is_zero()) {
             return Err(Error::invalid("timeout", "must be more than zero"));
         }
-        if let Some(cpus) = self.sandbox.resources.vcpus {
-            if !(cpus.is_finite() && cpus > 0.0 && cpus <= 1024.0) {
-                return Err(Error::invalid("resources.vcpus", format!("{cpus} is not in (0, 1024]")));
-            }
+        if let Some(cpus) = self.sandbox.resources.vcpus
+            && !(cpus.is_finite() && cpus > 0.0 && cpus <= 1024.0)
+        {
+            return Err(Error::invalid("resources.vcpus", format!("{cpus} is not in (0, 1024]")));
         }
         if self.sandbox.resources.memory_bytes.is_some_and(|m| m < 4 * 1024 * 1024) {
             return Err(Error::invalid("resources.memory_bytes", "must be at least 4 MiB"));

@@ -17,10 +17,10 @@ impl EventHub {
     /// Publishes an event to the run's live subscribers, if any.
     pub fn publish(&self, event: RunEventRecord) {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = channels.get(&event.run_id) {
-            if tx.send(event.clone()).is_err() {
-                channels.remove(&event.run_id);
-            }
+        if let Some(tx) = channels.get(&event.run_id)
+            && tx.send(event.clone()).is_err()
+        {
+            channels.remove(&event.run_id);
         }
     }
 

@@ -55,10 +55,10 @@ pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Vec<GitCredentia
             out.push(GitCredential::new(c.host.to_ascii_lowercase(), c.username, c.token, c.expires_at));
         }
     }
-    if !out.iter().any(|c| c.host == "github.com") {
-        if let Some(token) = get("GITHUB_TOKEN").or_else(|| get("GH_TOKEN")).filter(|t| !t.is_empty()) {
-            out.push(GitCredential::new("github.com", "x-access-token", token, None));
-        }
+    if !out.iter().any(|c| c.host == "github.com")
+        && let Some(token) = get("GITHUB_TOKEN").or_else(|| get("GH_TOKEN")).filter(|t| !t.is_empty())
+    {
+        out.push(GitCredential::new("github.com", "x-access-token", token, None));
     }
     Ok(out)
 }

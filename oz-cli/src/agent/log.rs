@@ -77,10 +77,10 @@ impl EventLog {
                 }
             }
         }
-        if let Err(e) = self.control.report(&report).await {
-            if !self.report_failed.swap(true, Ordering::Relaxed) {
-                warn!("reporting to the control plane failed (further failures are not logged): {e}");
-            }
+        if let Err(e) = self.control.report(&report).await
+            && !self.report_failed.swap(true, Ordering::Relaxed)
+        {
+            warn!("reporting to the control plane failed (further failures are not logged): {e}");
         }
     }
 
@@ -112,10 +112,10 @@ impl EventLog {
         if self.format == OutputFormat::Text {
             // Already printed raw; only report.
             let report = RunnerReport { at: Timestamp::now(), event };
-            if let Err(e) = self.control.report(&report).await {
-                if !self.report_failed.swap(true, Ordering::Relaxed) {
-                    warn!("reporting to the control plane failed (further failures are not logged): {e}");
-                }
+            if let Err(e) = self.control.report(&report).await
+                && !self.report_failed.swap(true, Ordering::Relaxed)
+            {
+                warn!("reporting to the control plane failed (further failures are not logged): {e}");
             }
         } else {
             self.emit(event).await;

@@ -51,17 +51,17 @@ fn validate_request(req: &RunAgentRequest) -> Result<(), ApiError> {
         return Err(ApiError::invalid(format!("metadata: at most {MAX_METADATA_KEYS} keys are allowed")));
     }
     if let Some(config) = &req.config {
-        if let Some(minutes) = config.idle_timeout_minutes {
-            if !(1..=60).contains(&minutes) {
-                return Err(ApiError::invalid(format!("config.idle_timeout_minutes must be 1-60, got {minutes}")));
-            }
+        if let Some(minutes) = config.idle_timeout_minutes
+            && !(1..=60).contains(&minutes)
+        {
+            return Err(ApiError::invalid(format!("config.idle_timeout_minutes must be 1-60, got {minutes}")));
         }
-        if let Some(kind) = config.harness.as_ref().and_then(|h| h.kind.as_deref()) {
-            if !matches!(kind, "oz" | "claude" | "codex" | "gemini" | "command") {
-                return Err(ApiError::invalid(format!(
-                    "config.harness.type {kind:?} is not one of oz, claude, codex, gemini, command"
-                )));
-            }
+        if let Some(kind) = config.harness.as_ref().and_then(|h| h.kind.as_deref())
+            && !matches!(kind, "oz" | "claude" | "codex" | "gemini" | "command")
+        {
+            return Err(ApiError::invalid(format!(
+                "config.harness.type {kind:?} is not one of oz, claude, codex, gemini, command"
+            )));
         }
     }
     Ok(())
@@ -83,10 +83,10 @@ pub async fn create(
     };
     validate_worker_id(&worker_host).map_err(|e| ApiError::invalid(format!("config.worker_host: {}", e.detail)))?;
     config.worker_host = Some(worker_host.clone());
-    if let Some(env_id) = &config.environment_id {
-        if state.store.environment(&caller.team_id, env_id).await?.is_none() {
-            return Err(ApiError::invalid(format!("config.environment_id: there is no environment {env_id:?}")));
-        }
+    if let Some(env_id) = &config.environment_id
+        && state.store.environment(&caller.team_id, env_id).await?.is_none()
+    {
+        return Err(ApiError::invalid(format!("config.environment_id: there is no environment {env_id:?}")));
     }
     let now = Timestamp::now();
     let prompt = req.prompt.clone().unwrap_or_default();
@@ -241,10 +241,10 @@ pub async fn list(
 /// Loads a run the principal may see: a team's runs for an API key, its own run for a workload token.
 pub async fn visible_run(state: &AppState, principal: &Principal, run_id: &str) -> Result<RunRecord, ApiError> {
     let not_found = || ApiError::not_found(format!("there is no run {run_id:?}"));
-    if let Principal::Run(token) = principal {
-        if token.run_id != run_id {
-            return Err(not_found());
-        }
+    if let Principal::Run(token) = principal
+        && token.run_id != run_id
+    {
+        return Err(not_found());
     }
     state.store.run(principal.team_id(), run_id).await?.ok_or_else(not_found)
 }

@@ -1,0 +1,221 @@
+//! `/agent/runs` over real HTTP: shapes, validation, pagination, cancel, auth and tenancy.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use support::TestServer;
+
+fn assert_problem(status: u16, body: &Value, expected_status: u16, code: &str) {
+    assert_eq!(status, expected_status, "{body}");
+    assert_eq!(body["error"], code, "{body}");
+    assert_eq!(body["status"], expected_status, "{body}");
+    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()), "{body}");
+}
+
+#[tokio::test]
+async fn create_returns_the_oz_shape_and_the_run_waits_for_its_worker() {
+    let t = TestServer::start().await;
+    let (status, body) = t.post("/agent/runs", &t.key_a, json!({"prompt": "fix the flaky test", "config": {"worker_host": "w1"}})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "QUEUED");
+    assert_eq!(body["run_id"], body["task_id"]);
+    assert_eq!(body.as_object().unwrap().len(), 3, "no unexpected fields: {body}");
+    let run_id = body["run_id"].as_str().unwrap();
+    let (status, run) = t.get(&format!("/agent/runs/{run_id}"), &t.key_a).await;
+    assert_eq!(status, 200);
+    assert_eq!(run["prompt"], "fix the flaky test");
+    assert_eq!(run["title"], "fix the flaky test");
+    assert_eq!(run["agent_config"]["worker_host"], "w1");
+    assert!(run["status_message"]["message"].as_str().unwrap().contains("no worker with this id is connected"), "{run}");
+    for key in ["run_id", "task_id", "title", "state", "prompt", "created_at", "updated_at"] {
+        assert!(run.get(key).is_some(), "{key} missing: {run}");
+    }
+    let (status, alias) = t.post("/agent/run", &t.key_a, json!({"prompt": "via the alias", "config": {"worker_host": "w1"}})).await;
+    assert_eq!(status, 200, "{alias}");
+}
+
+#[tokio::test]
+async fn bad_requests_get_problem_documents() {
+    let t = TestServer::start().await;
+    let cases = [
+        (json!({"config": {"worker_host": "w1"}}), "prompt is required"),
+        (json!({"prompt": "x"}), "worker_host is required"),
+        (json!({"prompt": "x", "config": {"worker_host": "warp-1"}}), "reserved"),
+        (json!({"prompt": "x", "config": {"worker_host": "../w"}}), "worker_host"),
+        (json!({"prompt": "x", "config": {"worker_host": "w", "environment_id": "nope"}}), "no environment"),
+        (json!({"prompt": "x", "config": {"worker_host": "w", "idle_timeout_minutes": 0}}), "idle_timeout_minutes"),
+        (json!({"prompt": "x", "config": {"worker_host": "w", "harness": {"type": "vim"}}}), "harness.type"),
+        (json!({"prompt": "x", "config": {"worker_host": "w"}, "attachments": vec![json!({"file_name": "a", "mime_type": "t", "data": ""}); 6]}), "attachments"),
+        (json!({"prompt": "x", "config": {"worker_host": "w"}, "attachments": [{"file_name": "a", "mime_type": "t", "data": "!!!"}]}), "base64"),
+        (json!({"prompt": 5}), "expected shape"),
+        (json!({"prompt": "a\u{0}b", "config": {"worker_host": "w"}}), "control character"),
+    ];
+    for (body, expected) in cases {
+        let (status, problem) = t.post("/agent/runs", &t.key_a, body.clone()).await;
+        assert_problem(status, &problem, 400, "invalid_request");
+        assert!(problem["detail"].as_str().unwrap().contains(expected), "{body} -> {problem}");
+        assert_eq!(problem["retryable"], false);
+    }
+    // Not JSON, wrong content type, too big.
+    let url = t.url("/agent/runs");
+    let resp = t.http.post(&url).bearer_auth(&t.key_a).header("content-type", "application/json").body("{not json").send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let resp = t.http.post(&url).bearer_auth(&t.key_a).body("prompt=x").send().await.unwrap();
+    assert_eq!(resp.status(), 415);
+    let huge = json!({"prompt": "x".repeat(3 * 1024 * 1024), "config": {"worker_host": "w"}});
+    let (status, problem) = t.post("/agent/runs", &t.key_a, huge).await;
+    assert_eq!(status, 413, "{problem}");
+    // Nothing was created by any of it.
+    let (_, list) = t.get("/agent/runs", &t.key_a).await;
+    assert_eq!(list["runs"].as_array().unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn pages_follow_cursors_without_gaps_or_repeats_and_filters_apply() {
+    let t = TestServer::start().await;
+    let mut ids = Vec::new();
+    for i in 0..23 {
+        ids.push(t.create_run(&t.key_a, "w1", &format!("task number {i}")).await);
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/agent/runs?limit=10&cursor={c}"),
+            None => "/agent/runs?limit=10".into(),
+        };
+        let (status, page) = t.get(&path, &t.key_a).await;
+        assert_eq!(status, 200, "{page}");
+        pages += 1;
+        seen.extend(page["runs"].as_array().unwrap().iter().map(|r| r["run_id"].as_str().unwrap().to_owned()));
+        if page["page_info"]["has_next_page"] == true {
+            cursor = Some(page["page_info"]["next_cursor"].as_str().unwrap().to_owned());
+        } else {
+            assert!(page["page_info"].get("next_cursor").is_none());
+            break;
+        }
+    }
+    assert_eq!(pages, 3);
+    ids.reverse(); // newest first by default
+    assert_eq!(seen, ids);
+    let (_, asc) = t.get("/agent/runs?limit=500&sort_order=asc", &t.key_a).await;
+    assert_eq!(asc["runs"][0]["prompt"], "task number 0");
+    let (_, q) = t.get("/agent/runs?q=number%2017", &t.key_a).await;
+    assert_eq!(q["runs"].as_array().unwrap().len(), 1);
+    t.post(&format!("/agent/runs/{}/cancel", ids[0]), &t.key_a, json!({})).await;
+    let (_, cancelled) = t.get("/agent/runs?state=CANCELLED", &t.key_a).await;
+    assert_eq!(cancelled["runs"].as_array().unwrap().len(), 1);
+    let (_, both) = t.get("/agent/runs?state=CANCELLED&state=QUEUED&limit=500", &t.key_a).await;
+    assert_eq!(both["runs"].as_array().unwrap().len(), 23);
+    for bad in ["state=RUNNING", "limit=0", "limit=501", "limit=x", "cursor=garbage", "sort_by=size", "sort_order=up", "created_after=yesterday"] {
+        let (status, problem) = t.get(&format!("/agent/runs?{bad}"), &t.key_a).await;
+        assert_problem(status, &problem, 400, "invalid_request");
+    }
+}
+
+#[tokio::test]
+async fn cancel_follows_the_oz_status_codes() {
+    let t = TestServer::start().await;
+    let id = t.create_run(&t.key_a, "w1", "p").await;
+    let (status, body) = t.post(&format!("/agent/runs/{id}/cancel"), &t.key_a, json!({})).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, json!(id));
+    assert_eq!(t.state_of(&t.key_a, &id).await, "CANCELLED");
+    let (status, problem) = t.post(&format!("/agent/runs/{id}/cancel"), &t.key_a, json!({})).await;
+    assert_problem(status, &problem, 400, "invalid_request");
+    let (status, problem) = t.post("/agent/runs/no-such-run/cancel", &t.key_a, json!({})).await;
+    assert_problem(status, &problem, 404, "resource_not_found");
+}
+
+#[tokio::test]
+async fn authentication_is_required_and_bad_keys_are_refused() {
+    let t = TestServer::start().await;
+    let resp = t.http.get(t.url("/agent/runs")).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "authentication_required");
+    let forged = format!("{}0", &t.key_a[..t.key_a.len() - 1]);
+    for key in ["nonsense", "oz_0000000000000000.0000000000000000000000000000000000000000000000000000000000000000", forged.as_str()] {
+        let (status, problem) = t.get("/agent/runs", key).await;
+        assert_problem(status, &problem, 401, "authentication_required");
+        assert!(!problem.to_string().contains(key), "the key must not be echoed");
+    }
+    let (status, problem) = t.get("/nope", &t.key_a).await;
+    assert_problem(status, &problem, 404, "resource_not_found");
+    let (status, _) = t.call(Method::DELETE, "/agent/runs", &t.key_a, None).await;
+    assert_eq!(status, 405);
+}
+
+/// Team B's key sees nothing of team A: every run endpoint answers 404, lists are empty.
+#[tokio::test]
+async fn another_teams_key_gets_404_everywhere() {
+    let t = TestServer::start().await;
+    let id = t.create_run(&t.key_a, "w1", "secret plans").await;
+    let (_, env) = t.post("/agent/environments", &t.key_a, json!({"name": "a-env"})).await;
+    let env_id = env["uid"].as_str().unwrap().to_owned();
+    for (method, path) in [
+        (Method::GET, format!("/agent/runs/{id}")),
+        (Method::POST, format!("/agent/runs/{id}/cancel")),
+        (Method::GET, format!("/agent/runs/{id}/transcript")),
+        (Method::GET, format!("/agent/runs/{id}/transcript/content")),
+        (Method::GET, format!("/agent/runs/{id}/events")),
+        (Method::GET, format!("/agent/environments/{env_id}")),
+        (Method::PUT, format!("/agent/environments/{env_id}")),
+        (Method::DELETE, format!("/agent/environments/{env_id}")),
+    ] {
+        let body = (method == Method::PUT).then(|| json!({"name": "stolen"}));
+        let (status, problem) = t.call(method.clone(), &path, &t.key_b, body).await;
+        assert_problem(status, &problem, 404, "resource_not_found");
+        assert!(!problem.to_string().contains("secret plans"));
+    }
+    let (_, list) = t.get("/agent/runs", &t.key_b).await;
+    assert_eq!(list["runs"].as_array().unwrap().len(), 0);
+    let (_, envs) = t.get("/agent/environments", &t.key_b).await;
+    assert_eq!(envs["environments"].as_array().unwrap().len(), 0);
+    // Team B cannot start a run in team A's environment either.
+    let (status, _) = t.post("/agent/runs", &t.key_b, json!({"prompt": "x", "config": {"worker_host": "w", "environment_id": env_id}})).await;
+    assert_eq!(status, 400);
+    assert_eq!(t.state_of(&t.key_a, &id).await, "QUEUED");
+}
+
+#[tokio::test]
+async fn environments_crud_validates_and_matches_the_oz_list_shape() {
+    let t = TestServer::start().await;
+    let config = json!({"name": "api", "docker_image": "ubuntu:22.04", "github_repos": [{"owner": "acme", "repo": "api"}], "setup_commands": ["make"]});
+    let (status, created) = t.post("/agent/environments", &t.key_a, config.clone()).await;
+    assert_eq!(status, 200, "{created}");
+    let uid = created["uid"].as_str().unwrap().to_owned();
+    assert_eq!(created["config"], config);
+    let (_, list) = t.get("/agent/environments", &t.key_a).await;
+    assert_eq!(list["environments"][0]["uid"], uid.as_str());
+    assert_eq!(list["environments"][0]["setup_failed"], false);
+    let (status, updated) = t.call(Method::PUT, &format!("/agent/environments/{uid}"), &t.key_a, Some(json!({"name": "api2"}))).await;
+    assert_eq!(status, 200);
+    assert_eq!(updated["config"]["name"], "api2");
+    for bad in [json!({"name": ""}), json!({"name": "x", "docker_image": "../etc"}), json!({"name": "x", "github_repos": [{"owner": "a", "repo": ".."}]})] {
+        let (status, problem) = t.post("/agent/environments", &t.key_a, bad.clone()).await;
+        assert_problem(status, &problem, 400, "invalid_request");
+    }
+    let (status, body) = t.call(Method::DELETE, &format!("/agent/environments/{uid}"), &t.key_a, None).await;
+    assert_eq!((status, body), (200, json!({"success": true})));
+    let (status, _) = t.get(&format!("/agent/environments/{uid}"), &t.key_a).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn the_transcript_redirects_to_the_stored_events() {
+    let t = TestServer::start().await;
+    let id = t.create_run(&t.key_a, "w1", "p").await;
+    t.post(&format!("/agent/runs/{id}/cancel"), &t.key_a, json!({})).await;
+    let no_redirect = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let resp = no_redirect.get(t.url(&format!("/agent/runs/{id}/transcript"))).bearer_auth(&t.key_a).send().await.unwrap();
+    assert_eq!(resp.status(), 302);
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let content: Value = t.http.get(format!("{}{location}", t.server.url())).bearer_auth(&t.key_a).send().await.unwrap().json().await.unwrap();
+    assert_eq!(content[0]["event"]["state"], "CANCELLED");
+}

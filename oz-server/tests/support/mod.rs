@@ -1,0 +1,139 @@
+//! Test support: a real server on loopback, two teams with API keys, an HTTP client, and a worker
+//! that speaks the Oz worker protocol over a real WebSocket.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use oz_core::wire::worker::{ServerMessage, WorkerMessage};
+use oz_server::store::Store;
+use oz_server::store::sqlite::SqliteStore;
+use oz_server::{RunningServer, ServerConfig, bootstrap_team, start};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+pub struct TestServer {
+    pub server: RunningServer,
+    pub store: Arc<dyn Store>,
+    pub key_a: String,
+    pub key_b: String,
+    pub http: reqwest::Client,
+}
+
+pub fn config() -> ServerConfig {
+    ServerConfig { listen: "127.0.0.1:0".into(), lease_timeout: Duration::from_secs(2), ..Default::default() }
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(config(), Arc::new(SqliteStore::in_memory().await.unwrap())).await
+    }
+
+    pub async fn start_with(config: ServerConfig, store: Arc<dyn Store>) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let (_, key_a) = bootstrap_team(store.as_ref(), "team-a").await.unwrap();
+        let (_, key_b) = bootstrap_team(store.as_ref(), "team-b").await.unwrap();
+        let server = start(config, store.clone()).await.unwrap();
+        Self { server, store, key_a, key_b, http: reqwest::Client::new() }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.server.url())
+    }
+
+    pub async fn call(&self, method: reqwest::Method, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.http.request(method, self.url(path)).bearer_auth(key);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn get(&self, path: &str, key: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, key, None).await
+    }
+
+    pub async fn post(&self, path: &str, key: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, key, Some(body)).await
+    }
+
+    /// Creates a run for `worker`; returns its id.
+    pub async fn create_run(&self, key: &str, worker: &str, prompt: &str) -> String {
+        let (status, body) = self.post("/agent/runs", key, json!({"prompt": prompt, "config": {"worker_host": worker}})).await;
+        assert_eq!(status, 200, "{body}");
+        body["run_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn state_of(&self, key: &str, run_id: &str) -> String {
+        let (status, body) = self.get(&format!("/agent/runs/{run_id}"), key).await;
+        assert_eq!(status, 200, "{body}");
+        body["state"].as_str().unwrap().to_owned()
+    }
+
+    /// Polls until the run is in `state` (bounded; not a timing assertion, a hang guard).
+    pub async fn wait_state(&self, key: &str, run_id: &str, state: &str) -> Value {
+        for _ in 0..400 {
+            let (_, body) = self.get(&format!("/agent/runs/{run_id}"), key).await;
+            if body["state"] == state {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let (_, body) = self.get(&format!("/agent/runs/{run_id}"), key).await;
+        panic!("run {run_id} never reached {state}: {body}");
+    }
+
+    pub async fn worker(&self, key: &str, worker_id: &str) -> Worker {
+        Worker::connect(&self.server.url(), key, worker_id).await
+    }
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A worker connection speaking the Oz protocol.
+pub struct Worker {
+    pub ws: Ws,
+    pub worker_id: String,
+}
+
+impl Worker {
+    pub async fn connect(base: &str, key: &str, worker_id: &str) -> Self {
+        let url = format!("{}/api/v1/selfhosted/worker/ws?worker_id={worker_id}", base.replace("http://", "ws://"));
+        let mut request = url.into_client_request().unwrap();
+        request.headers_mut().insert("Authorization", format!("Bearer {key}").parse().unwrap());
+        let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+        Self { ws, worker_id: worker_id.to_owned() }
+    }
+
+    /// The next protocol message as raw JSON (pings skipped), or None after `wait`.
+    pub async fn next_raw(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => return Some(serde_json::from_str(&t).unwrap()),
+                Ok(Some(Ok(_))) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    pub async fn next(&mut self) -> ServerMessage {
+        let raw = self.next_raw(Duration::from_secs(10)).await.expect("a message from the server");
+        ServerMessage::from_json(&raw.to_string()).unwrap().expect("a known message")
+    }
+
+    pub async fn send(&mut self, message: WorkerMessage) {
+        self.ws.send(Message::Text(message.to_json().unwrap().into())).await.unwrap();
+    }
+
+    pub async fn send_raw(&mut self, text: &str) {
+        self.ws.send(Message::Text(text.to_owned().into())).await.unwrap();
+    }
+}
