@@ -18,7 +18,8 @@ fn assert_problem(status: u16, body: &Value, expected_status: u16, code: &str) {
 #[tokio::test]
 async fn create_returns_the_oz_shape_and_the_run_waits_for_its_worker() {
     let t = TestServer::start().await;
-    let (status, body) = t.post("/agent/runs", &t.key_a, json!({"prompt": "fix the flaky test", "config": {"worker_host": "w1"}})).await;
+    let (status, body) =
+        t.post("/agent/runs", &t.key_a, json!({"prompt": "fix the flaky test", "config": {"worker_host": "w1"}})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["state"], "QUEUED");
     assert_eq!(body["run_id"], body["task_id"]);
@@ -29,11 +30,15 @@ async fn create_returns_the_oz_shape_and_the_run_waits_for_its_worker() {
     assert_eq!(run["prompt"], "fix the flaky test");
     assert_eq!(run["title"], "fix the flaky test");
     assert_eq!(run["agent_config"]["worker_host"], "w1");
-    assert!(run["status_message"]["message"].as_str().unwrap().contains("no worker with this id is connected"), "{run}");
+    assert!(
+        run["status_message"]["message"].as_str().unwrap().contains("no worker with this id is connected"),
+        "{run}"
+    );
     for key in ["run_id", "task_id", "title", "state", "prompt", "created_at", "updated_at"] {
         assert!(run.get(key).is_some(), "{key} missing: {run}");
     }
-    let (status, alias) = t.post("/agent/run", &t.key_a, json!({"prompt": "via the alias", "config": {"worker_host": "w1"}})).await;
+    let (status, alias) =
+        t.post("/agent/run", &t.key_a, json!({"prompt": "via the alias", "config": {"worker_host": "w1"}})).await;
     assert_eq!(status, 200, "{alias}");
 }
 
@@ -48,8 +53,14 @@ async fn bad_requests_get_problem_documents() {
         (json!({"prompt": "x", "config": {"worker_host": "w", "environment_id": "nope"}}), "no environment"),
         (json!({"prompt": "x", "config": {"worker_host": "w", "idle_timeout_minutes": 0}}), "idle_timeout_minutes"),
         (json!({"prompt": "x", "config": {"worker_host": "w", "harness": {"type": "vim"}}}), "harness.type"),
-        (json!({"prompt": "x", "config": {"worker_host": "w"}, "attachments": vec![json!({"file_name": "a", "mime_type": "t", "data": ""}); 6]}), "attachments"),
-        (json!({"prompt": "x", "config": {"worker_host": "w"}, "attachments": [{"file_name": "a", "mime_type": "t", "data": "!!!"}]}), "base64"),
+        (
+            json!({"prompt": "x", "config": {"worker_host": "w"}, "attachments": vec![json!({"file_name": "a", "mime_type": "t", "data": ""}); 6]}),
+            "attachments",
+        ),
+        (
+            json!({"prompt": "x", "config": {"worker_host": "w"}, "attachments": [{"file_name": "a", "mime_type": "t", "data": "!!!"}]}),
+            "base64",
+        ),
         (json!({"prompt": 5}), "expected shape"),
         (json!({"prompt": "a\u{0}b", "config": {"worker_host": "w"}}), "control character"),
     ];
@@ -61,7 +72,15 @@ async fn bad_requests_get_problem_documents() {
     }
     // Not JSON, wrong content type, too big.
     let url = t.url("/agent/runs");
-    let resp = t.http.post(&url).bearer_auth(&t.key_a).header("content-type", "application/json").body("{not json").send().await.unwrap();
+    let resp = t
+        .http
+        .post(&url)
+        .bearer_auth(&t.key_a)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 400);
     assert_eq!(resp.headers()["content-type"], "application/problem+json");
     let resp = t.http.post(&url).bearer_auth(&t.key_a).body("prompt=x").send().await.unwrap();
@@ -112,7 +131,16 @@ async fn pages_follow_cursors_without_gaps_or_repeats_and_filters_apply() {
     assert_eq!(cancelled["runs"].as_array().unwrap().len(), 1);
     let (_, both) = t.get("/agent/runs?state=CANCELLED&state=QUEUED&limit=500", &t.key_a).await;
     assert_eq!(both["runs"].as_array().unwrap().len(), 23);
-    for bad in ["state=RUNNING", "limit=0", "limit=501", "limit=x", "cursor=garbage", "sort_by=size", "sort_order=up", "created_after=yesterday"] {
+    for bad in [
+        "state=RUNNING",
+        "limit=0",
+        "limit=501",
+        "limit=x",
+        "cursor=garbage",
+        "sort_by=size",
+        "sort_order=up",
+        "created_after=yesterday",
+    ] {
         let (status, problem) = t.get(&format!("/agent/runs?{bad}"), &t.key_a).await;
         assert_problem(status, &problem, 400, "invalid_request");
     }
@@ -140,7 +168,11 @@ async fn authentication_is_required_and_bad_keys_are_refused() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "authentication_required");
     let forged = format!("{}0", &t.key_a[..t.key_a.len() - 1]);
-    for key in ["nonsense", "oz_0000000000000000.0000000000000000000000000000000000000000000000000000000000000000", forged.as_str()] {
+    for key in [
+        "nonsense",
+        "oz_0000000000000000.0000000000000000000000000000000000000000000000000000000000000000",
+        forged.as_str(),
+    ] {
         let (status, problem) = t.get("/agent/runs", key).await;
         assert_problem(status, &problem, 401, "authentication_required");
         assert!(!problem.to_string().contains(key), "the key must not be echoed");
@@ -178,7 +210,9 @@ async fn another_teams_key_gets_404_everywhere() {
     let (_, envs) = t.get("/agent/environments", &t.key_b).await;
     assert_eq!(envs["environments"].as_array().unwrap().len(), 0);
     // Team B cannot start a run in team A's environment either.
-    let (status, _) = t.post("/agent/runs", &t.key_b, json!({"prompt": "x", "config": {"worker_host": "w", "environment_id": env_id}})).await;
+    let (status, _) = t
+        .post("/agent/runs", &t.key_b, json!({"prompt": "x", "config": {"worker_host": "w", "environment_id": env_id}}))
+        .await;
     assert_eq!(status, 400);
     assert_eq!(t.state_of(&t.key_a, &id).await, "QUEUED");
 }
@@ -194,10 +228,15 @@ async fn environments_crud_validates_and_matches_the_oz_list_shape() {
     let (_, list) = t.get("/agent/environments", &t.key_a).await;
     assert_eq!(list["environments"][0]["uid"], uid.as_str());
     assert_eq!(list["environments"][0]["setup_failed"], false);
-    let (status, updated) = t.call(Method::PUT, &format!("/agent/environments/{uid}"), &t.key_a, Some(json!({"name": "api2"}))).await;
+    let (status, updated) =
+        t.call(Method::PUT, &format!("/agent/environments/{uid}"), &t.key_a, Some(json!({"name": "api2"}))).await;
     assert_eq!(status, 200);
     assert_eq!(updated["config"]["name"], "api2");
-    for bad in [json!({"name": ""}), json!({"name": "x", "docker_image": "../etc"}), json!({"name": "x", "github_repos": [{"owner": "a", "repo": ".."}]})] {
+    for bad in [
+        json!({"name": ""}),
+        json!({"name": "x", "docker_image": "../etc"}),
+        json!({"name": "x", "github_repos": [{"owner": "a", "repo": ".."}]}),
+    ] {
         let (status, problem) = t.post("/agent/environments", &t.key_a, bad.clone()).await;
         assert_problem(status, &problem, 400, "invalid_request");
     }
@@ -213,9 +252,19 @@ async fn the_transcript_redirects_to_the_stored_events() {
     let id = t.create_run(&t.key_a, "w1", "p").await;
     t.post(&format!("/agent/runs/{id}/cancel"), &t.key_a, json!({})).await;
     let no_redirect = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let resp = no_redirect.get(t.url(&format!("/agent/runs/{id}/transcript"))).bearer_auth(&t.key_a).send().await.unwrap();
+    let resp =
+        no_redirect.get(t.url(&format!("/agent/runs/{id}/transcript"))).bearer_auth(&t.key_a).send().await.unwrap();
     assert_eq!(resp.status(), 302);
     let location = resp.headers()["location"].to_str().unwrap().to_owned();
-    let content: Value = t.http.get(format!("{}{location}", t.server.url())).bearer_auth(&t.key_a).send().await.unwrap().json().await.unwrap();
+    let content: Value = t
+        .http
+        .get(format!("{}{location}", t.server.url()))
+        .bearer_auth(&t.key_a)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(content[0]["event"]["state"], "CANCELLED");
 }

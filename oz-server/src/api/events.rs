@@ -42,48 +42,73 @@ pub async fn stream(
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
+/// Whether an event is the run's terminal state change.
+fn is_terminal_state(e: &RunEventRecord) -> bool {
+    e.body.get("event").and_then(|k| k.as_str()) == Some("state")
+        && e.body
+            .get("state")
+            .and_then(|s| s.as_str())
+            .and_then(|s| s.parse::<oz_core::run::RunState>().ok())
+            .is_some_and(|s| s.is_terminal())
+}
+
+struct Cursor {
+    state: AppState,
+    run_id: String,
+    after: i64,
+    live: Option<tokio::sync::broadcast::Receiver<RunEventRecord>>,
+    backlog: std::collections::VecDeque<RunEventRecord>,
+    ended: bool,
+    idle_after_end: u8,
+}
+
+/// Stored events after `after`, then live ones, until the run's terminal state event was sent.
+/// (The run row changes before its state event is stored, so "the run ended" alone is not the end.)
 fn async_stream_events(state: AppState, run_id: String, after: i64) -> impl Stream<Item = Result<Event, Infallible>> {
-    futures::stream::unfold(
-        (
-            state,
-            run_id,
-            after,
-            None::<tokio::sync::broadcast::Receiver<RunEventRecord>>,
-            Vec::<RunEventRecord>::new(),
-            false,
-        ),
-        |(state, run_id, mut after, mut live, mut backlog, mut done)| async move {
-            loop {
-                if let Some(e) = (!backlog.is_empty()).then(|| backlog.remove(0)) {
-                    after = e.seq;
-                    let event = sse_event(&e);
-                    return Some((Ok(event), (state, run_id, after, live, backlog, done)));
-                }
-                if done {
-                    return None;
-                }
-                // Subscribe before reading the store, so nothing falls between the two.
-                let rx = live.get_or_insert_with(|| state.hub.subscribe(&run_id));
-                match state.store.events(&run_id, after, 500).await {
-                    Ok(batch) if !batch.is_empty() => {
-                        backlog = batch;
-                        continue;
-                    }
-                    Ok(_) => {}
-                    Err(_) => return None,
-                }
-                let ended = state.store.run_by_id(&run_id).await.ok().flatten().is_none_or(|r| r.state.is_terminal());
-                if ended {
-                    done = true;
+    let cursor =
+        Cursor { state, run_id, after, live: None, backlog: Default::default(), ended: false, idle_after_end: 0 };
+    futures::stream::unfold(cursor, |mut c| async move {
+        loop {
+            if let Some(e) = c.backlog.pop_front() {
+                if e.seq <= c.after {
                     continue;
                 }
-                match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
-                    Ok(Ok(e)) if e.seq > after => backlog.push(e),
-                    Ok(Ok(_)) | Err(_) => {}
-                    Ok(Err(RecvError::Lagged(_))) => {}
-                    Ok(Err(RecvError::Closed)) => live = None,
+                c.after = e.seq;
+                c.ended |= is_terminal_state(&e);
+                let event = sse_event(&e);
+                return Some((Ok(event), c));
+            }
+            // Subscribe before reading the store, so nothing falls between the two.
+            if c.live.is_none() {
+                c.live = Some(c.state.hub.subscribe(&c.run_id));
+            }
+            match c.state.store.events(&c.run_id, c.after, 500).await {
+                Ok(batch) if !batch.is_empty() => {
+                    c.backlog.extend(batch);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+            if c.ended {
+                return None;
+            }
+            let run_ended =
+                c.state.store.run_by_id(&c.run_id).await.ok().flatten().is_none_or(|r| r.state.is_terminal());
+            if run_ended {
+                // Its state event is being stored; give it a moment, but never hang on it.
+                c.idle_after_end += 1;
+                if c.idle_after_end > 20 {
+                    return None;
                 }
             }
-        },
-    )
+            let wait = if run_ended { Duration::from_millis(50) } else { Duration::from_secs(5) };
+            let rx = c.live.as_mut()?;
+            match tokio::time::timeout(wait, rx.recv()).await {
+                Ok(Ok(e)) => c.backlog.push_back(e),
+                Ok(Err(RecvError::Closed)) => c.live = None,
+                Ok(Err(RecvError::Lagged(_))) | Err(_) => {}
+            }
+        }
+    })
 }

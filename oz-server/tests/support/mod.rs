@@ -1,7 +1,7 @@
 //! Test support: a real server on loopback, two teams with API keys, an HTTP client, and a worker
 //! that speaks the Oz worker protocol over a real WebSocket.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,7 +65,8 @@ impl TestServer {
 
     /// Creates a run for `worker`; returns its id.
     pub async fn create_run(&self, key: &str, worker: &str, prompt: &str) -> String {
-        let (status, body) = self.post("/agent/runs", key, json!({"prompt": prompt, "config": {"worker_host": worker}})).await;
+        let (status, body) =
+            self.post("/agent/runs", key, json!({"prompt": prompt, "config": {"worker_host": worker}})).await;
         assert_eq!(status, 200, "{body}");
         body["run_id"].as_str().unwrap().to_owned()
     }

@@ -1,0 +1,370 @@
+//! Dispatch over a real WebSocket with the Oz worker protocol, and the runner's callbacks.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use oz_core::failure::FailureReason;
+use oz_core::run::RunState;
+use oz_core::wire::worker::{
+    ServerMessage, TaskAssignment, TaskClaimed, TaskCompleted, TaskFailed, TaskRejected, WorkerMessage,
+};
+use oz_server::store::sqlite::SqliteStore;
+use serde_json::json;
+use support::{TestServer, Worker};
+
+fn assignment(message: ServerMessage) -> TaskAssignment {
+    match message {
+        ServerMessage::TaskAssignment(a) => *a,
+        other => panic!("expected an assignment, got {other:?}"),
+    }
+}
+
+fn claimed(task_id: &str, worker: &Worker) -> WorkerMessage {
+    WorkerMessage::TaskClaimed(TaskClaimed { task_id: task_id.into(), worker_id: worker.worker_id.clone() })
+}
+
+async fn report(t: &TestServer, run_id: &str, token: &str, body: serde_json::Value) -> u16 {
+    let resp = t
+        .http
+        .post(t.url(&format!("/agent/runs/{run_id}/report")))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    resp.status().as_u16()
+}
+
+/// The whole happy path: offered (PENDING) in the Oz shape, claimed, the runner reports with its
+/// workload token (INPROGRESS, output, artifact, SUCCEEDED), and the token dies with the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_flows_from_queue_to_worker_to_success() {
+    let t = TestServer::start().await;
+    let (_, env) = t
+        .post(
+            "/agent/environments",
+            &t.key_a,
+            json!({"name": "e", "docker_image": "alpine:3", "env_vars": {"FOO": "bar"}}),
+        )
+        .await;
+    let env_id = env["uid"].as_str().unwrap();
+    let mut w = t.worker(&t.key_a, "w1").await;
+    let (status, created) = t.post("/agent/runs", &t.key_a, json!({"prompt": "do it", "config": {"worker_host": "w1", "environment_id": env_id, "harness": {"type": "claude"}}})).await;
+    assert_eq!(status, 200);
+    let run_id = created["run_id"].as_str().unwrap().to_owned();
+
+    let raw = w.next_raw(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(raw["type"], "task_assignment");
+    assert_eq!(raw["data"]["task"]["owner"]["Type"], "TEAM", "PascalCase owner keys: {raw}");
+    let a = assignment(ServerMessage::from_json(&raw.to_string()).unwrap().unwrap());
+    assert_eq!(a.task_id, run_id);
+    assert_eq!(a.task.task_definition.prompt, "do it");
+    assert_eq!(a.docker_image.as_deref(), Some("alpine:3"));
+    assert_eq!(a.env_vars["FOO"], "bar");
+    assert_eq!(
+        a.task.agent_config_snapshot.as_ref().unwrap().harness.as_ref().unwrap().kind.as_deref(),
+        Some("claude")
+    );
+    assert!(a.env_vars["WARP_SERVER_ROOT_URL"].starts_with("http://127.0.0.1:"));
+    let token = a.env_vars["OZ_WORKLOAD_TOKEN"].clone();
+    assert!(token.starts_with("ozw_"));
+    assert_eq!(t.state_of(&t.key_a, &run_id).await, "PENDING");
+
+    w.send(claimed(&run_id, &w)).await;
+    t.wait_state(&t.key_a, &run_id, "CLAIMED").await;
+
+    // The workload token works for this run's report, and only this run's.
+    assert_eq!(
+        report(
+            &t,
+            &run_id,
+            &token,
+            json!({"at": "2026-11-22T10:00:00Z", "event": "harness_started", "harness": "claude"})
+        )
+        .await,
+        204
+    );
+    t.wait_state(&t.key_a, &run_id, "INPROGRESS").await;
+    let other = t.create_run(&t.key_a, "nobody", "other").await;
+    assert_eq!(
+        report(&t, &other, &token, json!({"at": "2026-11-22T10:00:00Z", "event": "started", "version": "1"})).await,
+        404
+    );
+    let resp = t.http.get(t.url("/agent/runs")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(resp.status(), 401, "a workload token is not an API key");
+    let resp = t.http.get(t.url(&format!("/agent/runs/{run_id}"))).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "the runner may read its own run");
+    let resp = t.http.get(t.url("/agent/environments")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "the runner may read its team's environments");
+
+    assert_eq!(
+        report(
+            &t,
+            &run_id,
+            &token,
+            json!({"at": "2026-11-22T10:00:01Z", "event": "output", "stream": "stdout", "text": "working\n"})
+        )
+        .await,
+        204
+    );
+    assert_eq!(report(&t, &run_id, &token, json!({"at": "2026-11-22T10:00:02Z", "event": "artifact", "artifact_type": "PULL_REQUEST", "url": "https://x/pr/1", "branch": "fix"})).await, 204);
+    assert_eq!(report(&t, &run_id, &token, json!({"at": "2026-11-22T10:00:03Z", "event": "finished", "state": "SUCCEEDED", "exit_code": 0, "message": "done"})).await, 204);
+    let run = t.wait_state(&t.key_a, &run_id, "SUCCEEDED").await;
+    assert_eq!(run["artifacts"][0]["artifact_type"], "PULL_REQUEST");
+    assert!(run["started_at"].is_string());
+    assert_eq!(run["status_message"]["message"], "done");
+    // The token died with the run.
+    assert_eq!(
+        report(
+            &t,
+            &run_id,
+            &token,
+            json!({"at": "2026-11-22T10:00:04Z", "event": "output", "stream": "stdout", "text": "late"})
+        )
+        .await,
+        401
+    );
+    // A late task_completed from the worker changes nothing.
+    w.send(WorkerMessage::TaskCompleted(TaskCompleted {
+        task_id: run_id.clone(),
+        message: "".into(),
+        task_state: None,
+    }))
+    .await;
+    let (_, transcript) = t.get(&format!("/agent/runs/{run_id}/transcript/content"), &t.key_a).await;
+    let kinds: Vec<&str> =
+        transcript.as_array().unwrap().iter().map(|e| e["event"]["event"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["state", "state", "harness_started", "state", "output", "artifact", "finished", "state"],
+        "{transcript}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_go_only_to_the_exact_worker_id_of_the_same_team() {
+    let t = TestServer::start().await;
+    let mut upper = t.worker(&t.key_a, "W1").await;
+    let mut other_team = t.worker(&t.key_b, "w1").await;
+    let mut other_id = t.worker(&t.key_a, "w2").await;
+    let run = t.create_run(&t.key_a, "w1", "for w1 only").await;
+    for w in [&mut upper, &mut other_team, &mut other_id] {
+        assert!(
+            w.next_raw(Duration::from_millis(700)).await.is_none(),
+            "{} got a run that was not for it",
+            w.worker_id
+        );
+    }
+    let (_, body) = t.get(&format!("/agent/runs/{run}"), &t.key_a).await;
+    assert_eq!(body["state"], "QUEUED");
+    let mut right = t.worker(&t.key_a, "w1").await;
+    assert_eq!(assignment(right.next().await).task_id, run);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_sharing_an_id_share_the_load_and_rejections_requeue() {
+    let t = TestServer::start().await;
+    let mut a = t.worker(&t.key_a, "pool").await;
+    let mut b = t.worker(&t.key_a, "pool").await;
+    let r1 = t.create_run(&t.key_a, "pool", "one").await;
+    // Both are idle: the first run goes to the first connection.
+    assert_eq!(assignment(a.next().await).task_id, r1);
+    let r2 = t.create_run(&t.key_a, "pool", "two").await;
+    let second = b.next().await;
+    assert_eq!(assignment(second).task_id, r2, "the second run goes to the idle connection");
+    // b rejects: the run is queued again and offered again (to a or, after a moment, to b).
+    b.send(WorkerMessage::TaskRejected(TaskRejected { task_id: r2.clone(), reason: "at capacity".into() })).await;
+    let again = tokio::select! {
+        m = a.next() => m,
+        m = b.next() => m,
+    };
+    assert_eq!(assignment(again).task_id, r2);
+    let (_, run) = t.get(&format!("/agent/runs/{r2}"), &t.key_a).await;
+    assert_eq!(run["state"], "PENDING");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_vanishes_returns_unclaimed_runs_and_errors_claimed_ones_after_the_lease() {
+    let t = TestServer::start().await;
+    let mut w = t.worker(&t.key_a, "flaky").await;
+    let claimed_run = t.create_run(&t.key_a, "flaky", "will be claimed").await;
+    assert_eq!(assignment(w.next().await).task_id, claimed_run);
+    w.send(claimed(&claimed_run, &w)).await;
+    t.wait_state(&t.key_a, &claimed_run, "CLAIMED").await;
+    let unclaimed = t.create_run(&t.key_a, "flaky", "never claimed").await;
+    assert_eq!(assignment(w.next().await).task_id, unclaimed);
+    drop(w);
+    let queued = t.wait_state(&t.key_a, &unclaimed, "QUEUED").await;
+    assert!(queued["status_message"]["message"].as_str().unwrap().contains("disconnected"), "{queued}");
+    let errored = t.wait_state(&t.key_a, &claimed_run, "ERROR").await;
+    assert!(errored["status_message"]["message"].as_str().unwrap().contains("stopped responding"), "{errored}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellation_is_forwarded_and_confirmed() {
+    let t = TestServer::start().await;
+    let mut w = t.worker(&t.key_a, "w1").await;
+    let run = t.create_run(&t.key_a, "w1", "long task").await;
+    assert_eq!(assignment(w.next().await).task_id, run);
+    let (status, problem) = t.post(&format!("/agent/runs/{run}/cancel"), &t.key_a, json!({})).await;
+    assert_eq!(status, 409, "{problem}");
+    assert_eq!(problem["retryable"], true);
+    w.send(claimed(&run, &w)).await;
+    t.wait_state(&t.key_a, &run, "CLAIMED").await;
+    let (status, _) = t.post(&format!("/agent/runs/{run}/cancel"), &t.key_a, json!({})).await;
+    assert_eq!(status, 200);
+    match w.next().await {
+        ServerMessage::TaskCancellation(c) => assert_eq!(c.task_id, run),
+        other => panic!("expected a cancellation, got {other:?}"),
+    }
+    w.send(WorkerMessage::TaskCompleted(TaskCompleted {
+        task_id: run.clone(),
+        message: "stopped".into(),
+        task_state: Some(RunState::Cancelled),
+    }))
+    .await;
+    t.wait_state(&t.key_a, &run, "CANCELLED").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_end_failed_or_error_by_reason_and_strangers_cannot_report() {
+    let t = TestServer::start().await;
+    let mut w = t.worker(&t.key_a, "w1").await;
+    let mut intruder = t.worker(&t.key_a, "w9").await;
+    let user_fault = t.create_run(&t.key_a, "w1", "exit 1").await;
+    assert_eq!(assignment(w.next().await).task_id, user_fault);
+    // Another worker cannot speak for a run it does not hold.
+    intruder
+        .send(WorkerMessage::TaskCompleted(TaskCompleted {
+            task_id: user_fault.clone(),
+            message: "".into(),
+            task_state: None,
+        }))
+        .await;
+    w.send(claimed(&user_fault, &w)).await;
+    t.wait_state(&t.key_a, &user_fault, "CLAIMED").await;
+    w.send(WorkerMessage::TaskFailed(TaskFailed {
+        task_id: user_fault.clone(),
+        message: "the task exited with code 1".into(),
+        failure_reason: FailureReason::ContainerExit,
+        exit_code: 1,
+    }))
+    .await;
+    let failed = t.wait_state(&t.key_a, &user_fault, "FAILED").await;
+    assert!(failed["status_message"]["message"].as_str().unwrap().contains("container_exit"));
+    let platform_fault = t.create_run(&t.key_a, "w1", "pull fails").await;
+    assert_eq!(assignment(w.next().await).task_id, platform_fault);
+    w.send(claimed(&platform_fault, &w)).await;
+    t.wait_state(&t.key_a, &platform_fault, "CLAIMED").await;
+    w.send_raw(r#"{"type":"task_failed","data":{"task_id":"PLACEHOLDER","message":"no registry","failure_reason":"image_pull","exit_code":0}}"#.replace("PLACEHOLDER", &platform_fault).as_str()).await;
+    t.wait_state(&t.key_a, &platform_fault, "ERROR").await;
+    // Garbage and unknown message types do not hurt the connection.
+    w.send_raw("not json at all").await;
+    w.send_raw(r#"{"type":"telemetry_v9","data":{}}"#).await;
+    let after = t.create_run(&t.key_a, "w1", "still works").await;
+    assert_eq!(assignment(w.next().await).task_id, after);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_worker_connections_are_refused() {
+    let t = TestServer::start().await;
+    let base = t.server.url().replace("http://", "ws://");
+    for (query, key) in [
+        ("worker_id=warp-1", t.key_a.as_str()),
+        ("worker_id=", t.key_a.as_str()),
+        ("", t.key_a.as_str()),
+        ("worker_id=w1", "bad-key"),
+    ] {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = format!("{base}/api/v1/selfhosted/worker/ws?{query}").into_client_request().unwrap();
+        req.headers_mut().insert("Authorization", format!("Bearer {key}").parse().unwrap());
+        assert!(tokio_tungstenite::connect_async(req).await.is_err(), "{query} with {key} was accepted");
+    }
+}
+
+/// Runs survive a restart of the server: a queued run is still queued, and is dispatched after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_run_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("oz.db");
+    let store = Arc::new(SqliteStore::open(&path).await.unwrap());
+    let t = TestServer::start_with(support::config(), store).await;
+    let run = t.create_run(&t.key_a, "w1", "durable").await;
+    let key = t.key_a.clone();
+    t.server.shutdown().await;
+    drop(t.store);
+    let store = Arc::new(SqliteStore::open(&path).await.unwrap());
+    let server = oz_server::start(support::config(), store).await.unwrap();
+    let http = reqwest::Client::new();
+    let body: serde_json::Value = http
+        .get(format!("{}/api/v1/agent/runs/{run}", server.url()))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["state"], "QUEUED");
+    let mut w = Worker::connect(&server.url(), &key, "w1").await;
+    assert_eq!(assignment(w.next().await).task_id, run);
+}
+
+/// The events stream live over SSE and resume after a given event id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_stream_live_and_resume_with_last_event_id() {
+    let t = TestServer::start().await;
+    let mut w = t.worker(&t.key_a, "w1").await;
+    let run = t.create_run(&t.key_a, "w1", "watch me").await;
+    let a = assignment(w.next().await);
+    let token = a.env_vars["OZ_WORKLOAD_TOKEN"].clone();
+    let url = t.url(&format!("/agent/runs/{run}/events"));
+    let key = t.key_a.clone();
+    let http = t.http.clone();
+    let reader =
+        tokio::spawn(async move { http.get(url).bearer_auth(key).send().await.unwrap().text().await.unwrap() });
+    w.send(claimed(&run, &w)).await;
+    report(
+        &t,
+        &run,
+        &token,
+        json!({"at": "2026-11-22T10:00:00Z", "event": "output", "stream": "stdout", "text": "hello"}),
+    )
+    .await;
+    report(&t, &run, &token, json!({"at": "2026-11-22T10:00:01Z", "event": "finished", "state": "FAILED", "exit_code": 2, "message": "nope"})).await;
+    let text = tokio::time::timeout(Duration::from_secs(20), reader).await.unwrap().unwrap();
+    let ids: Vec<i64> = text.lines().filter_map(|l| l.strip_prefix("id: ")).map(|s| s.parse().unwrap()).collect();
+    assert!(ids.len() >= 5, "{text}");
+    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "ids in order without gaps: {ids:?}");
+    assert!(text.contains("event: output") && text.contains("\"hello\""), "{text}");
+    assert!(text.contains("\"FAILED\""));
+    // Resume after the third event: only later ones come.
+    let resumed = t
+        .http
+        .get(t.url(&format!("/agent/runs/{run}/events")))
+        .bearer_auth(&t.key_a)
+        .header("Last-Event-ID", "3")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let resumed_ids: Vec<i64> =
+        resumed.lines().filter_map(|l| l.strip_prefix("id: ")).map(|s| s.parse().unwrap()).collect();
+    assert_eq!(resumed_ids.first(), Some(&4));
+    assert_eq!(resumed_ids.last(), ids.last());
+    let bad = t
+        .http
+        .get(t.url(&format!("/agent/runs/{run}/events")))
+        .bearer_auth(&t.key_a)
+        .header("Last-Event-ID", "x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+}
