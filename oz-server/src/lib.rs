@@ -23,6 +23,7 @@ pub mod error;
 pub mod extract;
 pub mod hub;
 pub mod lifecycle;
+pub mod scheduler;
 pub mod secrets;
 pub mod state;
 pub mod store;
@@ -99,8 +100,9 @@ pub async fn start(config: ServerConfig, store: Arc<dyn Store>) -> Result<Runnin
         }
     });
     let dispatch = tokio::spawn(dispatcher.run());
+    let schedules = tokio::spawn(scheduler::run(state.clone()));
     tracing::info!(%url, "control plane listening");
-    Ok(RunningServer { addr, url, state, stop: Some(stop), tasks: vec![http, dispatch] })
+    Ok(RunningServer { addr, url, state, stop: Some(stop), tasks: vec![http, dispatch, schedules] })
 }
 
 /// Creates a team with one user and an API key for it; returns the team id and the key (shown once).

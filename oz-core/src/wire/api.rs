@@ -307,6 +307,9 @@ pub struct ScheduleCreate {
     /// For the team.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub team: Option<bool>,
+    /// Our extension: an IANA time zone for the cron expression (default UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
 }
 
 /// `PUT /agent/schedules/{id}`.
@@ -324,6 +327,9 @@ pub struct ScheduleUpdate {
     /// The agent config.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_config: Option<AgentConfig>,
+    /// Our extension: an IANA time zone for the cron expression (default UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
 }
 
 /// When a schedule ran and will run.
@@ -375,6 +381,9 @@ pub struct ScheduleItem {
     /// Scope.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<Scope>,
+    /// Our extension: an IANA time zone for the cron expression (default UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
 }
 
 /// `CloudEnvironment`.

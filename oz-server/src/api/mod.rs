@@ -4,6 +4,7 @@ pub mod callbacks;
 pub mod environments;
 pub mod events;
 pub mod runs;
+pub mod schedules;
 pub mod workers;
 
 use axum::Router;
@@ -33,6 +34,10 @@ pub fn router(state: AppState) -> Router {
             "/agent/environments/{id}",
             get(environments::get).put(environments::update).delete(environments::delete),
         )
+        .route("/agent/schedules", post(schedules::create).get(schedules::list))
+        .route("/agent/schedules/{id}", get(schedules::get).put(schedules::update).delete(schedules::delete))
+        .route("/agent/schedules/{id}/pause", post(schedules::pause))
+        .route("/agent/schedules/{id}/resume", post(schedules::resume))
         .route("/workers", get(workers::list))
         .route("/selfhosted/worker/ws", get(worker_socket))
         .fallback(|| async { ApiError::not_found("no such endpoint") })

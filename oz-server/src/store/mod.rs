@@ -265,7 +265,7 @@ impl StateChange {
 
 /// The persistence the server needs.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: ScheduleStore {
     /// Creates a team.
     async fn create_team(&self, team: &TeamRecord) -> Result<(), StoreError>;
     /// Creates a user in a team.
@@ -333,4 +333,67 @@ pub trait Store: Send + Sync + 'static {
     async fn token(&self, id: &str) -> Result<Option<WorkloadTokenRecord>, StoreError>;
     /// Revokes every token of a run.
     async fn revoke_tokens(&self, run_id: &str) -> Result<(), StoreError>;
+}
+
+/// A stored schedule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScheduleRecord {
+    /// Its id.
+    pub id: String,
+    /// Its team.
+    pub team_id: String,
+    /// Its name.
+    pub name: String,
+    /// The 5-field cron expression.
+    pub cron: String,
+    /// The IANA time zone of the expression; `None` = UTC.
+    pub timezone: Option<String>,
+    /// Whether it fires.
+    pub enabled: bool,
+    /// The prompt of its runs.
+    pub prompt: Option<String>,
+    /// The agent config of its runs.
+    pub agent_config: Option<AgentConfig>,
+    /// Who made it.
+    pub created_by: Option<String>,
+    /// Who changed it last.
+    pub updated_by: Option<String>,
+    /// Created.
+    pub created_at: Timestamp,
+    /// Last changed.
+    pub updated_at: Timestamp,
+    /// When it last made a run.
+    pub last_ran_at: Option<Timestamp>,
+    /// When it fires next (`None` while paused).
+    pub next_run_at: Option<Timestamp>,
+    /// Why the last run could not be made.
+    pub last_spawn_error: Option<String>,
+}
+
+/// Schedules' persistence.
+#[async_trait]
+pub trait ScheduleStore: Send + Sync + 'static {
+    /// Stores a new schedule.
+    async fn insert_schedule(&self, s: &ScheduleRecord) -> Result<(), StoreError>;
+    /// Replaces a schedule's fields (team-scoped).
+    async fn update_schedule(&self, s: &ScheduleRecord) -> Result<(), StoreError>;
+    /// Deletes a schedule (team-scoped).
+    async fn delete_schedule(&self, team_id: &str, id: &str) -> Result<(), StoreError>;
+    /// One schedule (team-scoped).
+    async fn schedule(&self, team_id: &str, id: &str) -> Result<Option<ScheduleRecord>, StoreError>;
+    /// A team's schedules.
+    async fn schedules(&self, team_id: &str) -> Result<Vec<ScheduleRecord>, StoreError>;
+    /// Enabled schedules due at `now`.
+    async fn due_schedules(&self, now: Timestamp) -> Result<Vec<ScheduleRecord>, StoreError>;
+    /// Atomically: if the schedule's next run is still `expected_next`, moves it to `new_next`, records
+    /// the firing, and stores `run` (if any) or the spawn error. Returns false if another process fired
+    /// it first: each tick makes exactly one run.
+    async fn fire_schedule(
+        &self,
+        id: &str,
+        expected_next: Timestamp,
+        new_next: Option<Timestamp>,
+        run: Result<&RunRecord, &str>,
+        at: Timestamp,
+    ) -> Result<bool, StoreError>;
 }

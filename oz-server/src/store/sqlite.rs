@@ -144,6 +144,43 @@ fn env_from_row(row: &SqliteRow) -> Result<EnvironmentRecord, StoreError> {
     })
 }
 
+async fn insert_run_with<'e, E: sqlx::Executor<'e, Database = Sqlite>>(
+    executor: E,
+    run: &RunRecord,
+) -> Result<(), StoreError> {
+    let environment_id = run.config.as_ref().and_then(|c| c.environment_id.clone());
+    let model_id = run.config.as_ref().and_then(|c| c.model_id.clone());
+    let agent_name = run.config.as_ref().and_then(|c| c.name.clone());
+    sqlx::query(
+        "INSERT INTO runs (id, team_id, creator_id, title, prompt, state, source, worker_host, config, status_message, artifacts, \
+         metadata, schedule_id, parent_run_id, environment_id, model_id, agent_name, created_us, updated_us, execution_id) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&run.id)
+    .bind(&run.team_id)
+    .bind(&run.creator_id)
+    .bind(&run.title)
+    .bind(&run.prompt)
+    .bind(run.state.as_str())
+    .bind(&run.source)
+    .bind(&run.worker_host)
+    .bind(run.config.as_ref().map(json))
+    .bind(run.status_message.as_ref().map(json))
+    .bind(json(&run.artifacts))
+    .bind(run.metadata.as_ref().map(json))
+    .bind(&run.schedule_id)
+    .bind(&run.parent_run_id)
+    .bind(environment_id)
+    .bind(model_id)
+    .bind(agent_name)
+    .bind(micros(run.created_at))
+    .bind(micros(run.updated_at))
+    .bind(&run.execution_id)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn create_team(&self, team: &TeamRecord) -> Result<(), StoreError> {
@@ -259,37 +296,7 @@ impl Store for SqliteStore {
     }
 
     async fn insert_run(&self, run: &RunRecord) -> Result<(), StoreError> {
-        let environment_id = run.config.as_ref().and_then(|c| c.environment_id.clone());
-        let model_id = run.config.as_ref().and_then(|c| c.model_id.clone());
-        let agent_name = run.config.as_ref().and_then(|c| c.name.clone());
-        sqlx::query(
-            "INSERT INTO runs (id, team_id, creator_id, title, prompt, state, source, worker_host, config, status_message, artifacts, \
-             metadata, schedule_id, parent_run_id, environment_id, model_id, agent_name, created_us, updated_us, execution_id) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&run.id)
-        .bind(&run.team_id)
-        .bind(&run.creator_id)
-        .bind(&run.title)
-        .bind(&run.prompt)
-        .bind(run.state.as_str())
-        .bind(&run.source)
-        .bind(&run.worker_host)
-        .bind(run.config.as_ref().map(json))
-        .bind(run.status_message.as_ref().map(json))
-        .bind(json(&run.artifacts))
-        .bind(run.metadata.as_ref().map(json))
-        .bind(&run.schedule_id)
-        .bind(&run.parent_run_id)
-        .bind(environment_id)
-        .bind(model_id)
-        .bind(agent_name)
-        .bind(micros(run.created_at))
-        .bind(micros(run.updated_at))
-        .bind(&run.execution_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        insert_run_with(&self.pool, run).await
     }
 
     async fn run(&self, team_id: &str, id: &str) -> Result<Option<RunRecord>, StoreError> {
@@ -554,5 +561,145 @@ impl Store for SqliteStore {
     async fn revoke_tokens(&self, run_id: &str) -> Result<(), StoreError> {
         sqlx::query("UPDATE workload_tokens SET revoked = 1 WHERE run_id = ?").bind(run_id).execute(&self.pool).await?;
         Ok(())
+    }
+}
+
+fn schedule_from_row(row: &SqliteRow) -> Result<ScheduleRecord, StoreError> {
+    let config: Option<String> = row.try_get("agent_config")?;
+    Ok(ScheduleRecord {
+        id: row.try_get("id")?,
+        team_id: row.try_get("team_id")?,
+        name: row.try_get("name")?,
+        cron: row.try_get("cron")?,
+        timezone: row.try_get("timezone")?,
+        enabled: row.try_get::<i64, _>("enabled")? != 0,
+        prompt: row.try_get("prompt")?,
+        agent_config: config.map(|c| parse_json("schedules.agent_config", &c)).transpose()?,
+        created_by: row.try_get("created_by")?,
+        updated_by: row.try_get("updated_by")?,
+        created_at: from_micros(row.try_get("created_us")?),
+        updated_at: from_micros(row.try_get("updated_us")?),
+        last_ran_at: row.try_get::<Option<i64>, _>("last_ran_us")?.map(from_micros),
+        next_run_at: row.try_get::<Option<i64>, _>("next_run_us")?.map(from_micros),
+        last_spawn_error: row.try_get("last_spawn_error")?,
+    })
+}
+
+#[async_trait]
+impl ScheduleStore for SqliteStore {
+    async fn insert_schedule(&self, s: &ScheduleRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO schedules (id, team_id, name, cron, timezone, enabled, prompt, agent_config, created_by, updated_by, \
+             created_us, updated_us, last_ran_us, next_run_us, last_spawn_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&s.id)
+        .bind(&s.team_id)
+        .bind(&s.name)
+        .bind(&s.cron)
+        .bind(&s.timezone)
+        .bind(s.enabled as i64)
+        .bind(&s.prompt)
+        .bind(s.agent_config.as_ref().map(json))
+        .bind(&s.created_by)
+        .bind(&s.updated_by)
+        .bind(micros(s.created_at))
+        .bind(micros(s.updated_at))
+        .bind(s.last_ran_at.map(micros))
+        .bind(s.next_run_at.map(micros))
+        .bind(&s.last_spawn_error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn update_schedule(&self, s: &ScheduleRecord) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE schedules SET name = ?, cron = ?, timezone = ?, enabled = ?, prompt = ?, agent_config = ?, updated_by = ?, \
+             updated_us = ?, next_run_us = ? WHERE team_id = ? AND id = ?",
+        )
+        .bind(&s.name)
+        .bind(&s.cron)
+        .bind(&s.timezone)
+        .bind(s.enabled as i64)
+        .bind(&s.prompt)
+        .bind(s.agent_config.as_ref().map(json))
+        .bind(&s.updated_by)
+        .bind(micros(s.updated_at))
+        .bind(s.next_run_at.map(micros))
+        .bind(&s.team_id)
+        .bind(&s.id)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+    }
+
+    async fn delete_schedule(&self, team_id: &str, id: &str) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM schedules WHERE team_id = ? AND id = ?")
+            .bind(team_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+    }
+
+    async fn schedule(&self, team_id: &str, id: &str) -> Result<Option<ScheduleRecord>, StoreError> {
+        sqlx::query("SELECT * FROM schedules WHERE team_id = ? AND id = ?")
+            .bind(team_id)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| schedule_from_row(&r))
+            .transpose()
+    }
+
+    async fn schedules(&self, team_id: &str) -> Result<Vec<ScheduleRecord>, StoreError> {
+        sqlx::query("SELECT * FROM schedules WHERE team_id = ? ORDER BY created_us, id")
+            .bind(team_id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(schedule_from_row)
+            .collect()
+    }
+
+    async fn due_schedules(&self, now: Timestamp) -> Result<Vec<ScheduleRecord>, StoreError> {
+        sqlx::query("SELECT * FROM schedules WHERE enabled = 1 AND next_run_us IS NOT NULL AND next_run_us <= ? ORDER BY next_run_us LIMIT 100")
+            .bind(micros(now))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(schedule_from_row)
+            .collect()
+    }
+
+    async fn fire_schedule(
+        &self,
+        id: &str,
+        expected_next: Timestamp,
+        new_next: Option<Timestamp>,
+        run: Result<&RunRecord, &str>,
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let error = run.err().map(str::to_owned);
+        let done = sqlx::query(
+            "UPDATE schedules SET next_run_us = ?, last_ran_us = ?, last_spawn_error = ? WHERE id = ? AND next_run_us = ? AND enabled = 1",
+        )
+        .bind(new_next.map(micros))
+        .bind(micros(at))
+        .bind(&error)
+        .bind(id)
+        .bind(micros(expected_next))
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        if let Ok(run) = run {
+            insert_run_with(&mut *tx, run).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 }

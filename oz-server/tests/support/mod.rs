@@ -20,6 +20,8 @@ pub struct TestServer {
     pub store: Arc<dyn Store>,
     pub key_a: String,
     pub key_b: String,
+    pub team_a: String,
+    pub team_b: String,
     pub http: reqwest::Client,
 }
 
@@ -34,10 +36,10 @@ impl TestServer {
 
     pub async fn start_with(config: ServerConfig, store: Arc<dyn Store>) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let (_, key_a) = bootstrap_team(store.as_ref(), "team-a").await.unwrap();
-        let (_, key_b) = bootstrap_team(store.as_ref(), "team-b").await.unwrap();
+        let (team_a, key_a) = bootstrap_team(store.as_ref(), "team-a").await.unwrap();
+        let (team_b, key_b) = bootstrap_team(store.as_ref(), "team-b").await.unwrap();
         let server = start(config, store.clone()).await.unwrap();
-        Self { server, store, key_a, key_b, http: reqwest::Client::new() }
+        Self { server, store, key_a, key_b, team_a, team_b, http: reqwest::Client::new() }
     }
 
     pub fn url(&self, path: &str) -> String {
