@@ -40,7 +40,7 @@ pub fn parse_cron(expr: &str) -> Result<Cron, ApiError> {
         Err(e) => {
             // Find the field that fails on its own, to name it.
             for (i, field) in fields.iter().enumerate() {
-                let mut probe = vec!["*"; 5];
+                let mut probe = ["*"; 5];
                 probe[i] = field;
                 if parser.parse(&probe.join(" ")).is_err() {
                     return Err(ApiError::invalid(format!(
