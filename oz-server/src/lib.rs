@@ -27,6 +27,7 @@ pub mod scheduler;
 pub mod secrets;
 pub mod state;
 pub mod store;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -474,3 +474,52 @@ mod tests {
         assert_eq!(serde_json::to_value(&parsed).unwrap(), env);
     }
 }
+
+/// Our extension: `POST /integrations` and `PUT /integrations/{id}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IntegrationRequest {
+    /// Its name.
+    pub name: String,
+    /// The prompt of its runs; `{{payload}}` is replaced by the delivery's body (else it is appended).
+    pub prompt: String,
+    /// The agent config of its runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_config: Option<AgentConfig>,
+    /// Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+}
+
+/// Our extension: an integration (a named trigger fired by signed webhooks).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IntegrationItem {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// `webhook`.
+    pub kind: String,
+    /// Whether deliveries make runs.
+    pub enabled: bool,
+    /// The prompt of its runs.
+    pub prompt: String,
+    /// The agent config of its runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_config: Option<AgentConfig>,
+    /// Where to POST signed deliveries.
+    pub webhook_url: String,
+    /// The signing secret: present only in the response that created it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Created.
+    pub created_at: Timestamp,
+    /// Updated.
+    pub updated_at: Timestamp,
+}
+
+/// Our extension: the answer to an accepted webhook delivery.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookAccepted {
+    /// The run it started.
+    pub run_id: String,
+}

@@ -3,6 +3,7 @@
 pub mod callbacks;
 pub mod environments;
 pub mod events;
+pub mod integrations;
 pub mod runs;
 pub mod schedules;
 pub mod workers;
@@ -38,6 +39,9 @@ pub fn router(state: AppState) -> Router {
         .route("/agent/schedules/{id}", get(schedules::get).put(schedules::update).delete(schedules::delete))
         .route("/agent/schedules/{id}/pause", post(schedules::pause))
         .route("/agent/schedules/{id}/resume", post(schedules::resume))
+        .route("/integrations", post(integrations::create).get(integrations::list))
+        .route("/integrations/{id}", get(integrations::get).put(integrations::update).delete(integrations::delete))
+        .route("/integrations/{id}/webhook", post(integrations::deliver))
         .route("/workers", get(workers::list))
         .route("/selfhosted/worker/ws", get(worker_socket))
         .fallback(|| async { ApiError::not_found("no such endpoint") })

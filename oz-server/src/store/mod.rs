@@ -265,7 +265,7 @@ impl StateChange {
 
 /// The persistence the server needs.
 #[async_trait]
-pub trait Store: ScheduleStore {
+pub trait Store: ScheduleStore + IntegrationStore {
     /// Creates a team.
     async fn create_team(&self, team: &TeamRecord) -> Result<(), StoreError>;
     /// Creates a user in a team.
@@ -395,5 +395,58 @@ pub trait ScheduleStore: Send + Sync + 'static {
         new_next: Option<Timestamp>,
         run: Result<&RunRecord, &str>,
         at: Timestamp,
+    ) -> Result<bool, StoreError>;
+}
+
+/// A stored integration: a named trigger that turns a signed webhook into a run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IntegrationRecord {
+    /// Its id.
+    pub id: String,
+    /// Its team.
+    pub team_id: String,
+    /// Its name.
+    pub name: String,
+    /// `webhook` (Slack and Linear come later).
+    pub kind: String,
+    /// The HMAC key webhooks are signed with (kept to verify signatures; never shown after creation).
+    pub secret: String,
+    /// Whether deliveries make runs.
+    pub enabled: bool,
+    /// The prompt of its runs; `{{payload}}` is replaced by the delivery's body (else it is appended).
+    pub prompt: String,
+    /// The agent config of its runs.
+    pub agent_config: Option<AgentConfig>,
+    /// Who made it.
+    pub created_by: Option<String>,
+    /// Created.
+    pub created_at: Timestamp,
+    /// Last changed.
+    pub updated_at: Timestamp,
+}
+
+/// Integrations' persistence.
+#[async_trait]
+pub trait IntegrationStore: Send + Sync + 'static {
+    /// Stores a new integration.
+    async fn insert_integration(&self, i: &IntegrationRecord) -> Result<(), StoreError>;
+    /// Replaces an integration's fields (team-scoped; the secret is kept).
+    async fn update_integration(&self, i: &IntegrationRecord) -> Result<(), StoreError>;
+    /// Deletes an integration (team-scoped).
+    async fn delete_integration(&self, team_id: &str, id: &str) -> Result<(), StoreError>;
+    /// One integration of a team.
+    async fn integration(&self, team_id: &str, id: &str) -> Result<Option<IntegrationRecord>, StoreError>;
+    /// One integration, whatever its team (webhook deliveries carry no API key).
+    async fn integration_by_id(&self, id: &str) -> Result<Option<IntegrationRecord>, StoreError>;
+    /// A team's integrations.
+    async fn integrations(&self, team_id: &str) -> Result<Vec<IntegrationRecord>, StoreError>;
+    /// Records a delivery's signature; false if that exact delivery was seen before (a replay).
+    /// Also forgets deliveries older than `forget_before`.
+    async fn record_delivery(
+        &self,
+        integration_id: &str,
+        signature: &str,
+        at: Timestamp,
+        forget_before: Timestamp,
     ) -> Result<bool, StoreError>;
 }

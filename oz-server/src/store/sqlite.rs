@@ -703,3 +703,117 @@ impl ScheduleStore for SqliteStore {
         Ok(true)
     }
 }
+
+fn integration_from_row(row: &SqliteRow) -> Result<IntegrationRecord, StoreError> {
+    let config: Option<String> = row.try_get("agent_config")?;
+    Ok(IntegrationRecord {
+        id: row.try_get("id")?,
+        team_id: row.try_get("team_id")?,
+        name: row.try_get("name")?,
+        kind: row.try_get("kind")?,
+        secret: row.try_get("secret")?,
+        enabled: row.try_get::<i64, _>("enabled")? != 0,
+        prompt: row.try_get("prompt")?,
+        agent_config: config.map(|c| parse_json("integrations.agent_config", &c)).transpose()?,
+        created_by: row.try_get("created_by")?,
+        created_at: from_micros(row.try_get("created_us")?),
+        updated_at: from_micros(row.try_get("updated_us")?),
+    })
+}
+
+#[async_trait]
+impl IntegrationStore for SqliteStore {
+    async fn insert_integration(&self, i: &IntegrationRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO integrations (id, team_id, name, kind, secret, enabled, prompt, agent_config, created_by, created_us, updated_us) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&i.id)
+        .bind(&i.team_id)
+        .bind(&i.name)
+        .bind(&i.kind)
+        .bind(&i.secret)
+        .bind(i.enabled as i64)
+        .bind(&i.prompt)
+        .bind(i.agent_config.as_ref().map(json))
+        .bind(&i.created_by)
+        .bind(micros(i.created_at))
+        .bind(micros(i.updated_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn update_integration(&self, i: &IntegrationRecord) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE integrations SET name = ?, enabled = ?, prompt = ?, agent_config = ?, updated_us = ? WHERE team_id = ? AND id = ?")
+            .bind(&i.name)
+            .bind(i.enabled as i64)
+            .bind(&i.prompt)
+            .bind(i.agent_config.as_ref().map(json))
+            .bind(micros(i.updated_at))
+            .bind(&i.team_id)
+            .bind(&i.id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+    }
+
+    async fn delete_integration(&self, team_id: &str, id: &str) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM integrations WHERE team_id = ? AND id = ?")
+            .bind(team_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+    }
+
+    async fn integration(&self, team_id: &str, id: &str) -> Result<Option<IntegrationRecord>, StoreError> {
+        sqlx::query("SELECT * FROM integrations WHERE team_id = ? AND id = ?")
+            .bind(team_id)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| integration_from_row(&r))
+            .transpose()
+    }
+
+    async fn integration_by_id(&self, id: &str) -> Result<Option<IntegrationRecord>, StoreError> {
+        sqlx::query("SELECT * FROM integrations WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| integration_from_row(&r))
+            .transpose()
+    }
+
+    async fn integrations(&self, team_id: &str) -> Result<Vec<IntegrationRecord>, StoreError> {
+        sqlx::query("SELECT * FROM integrations WHERE team_id = ? ORDER BY created_us, id")
+            .bind(team_id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(integration_from_row)
+            .collect()
+    }
+
+    async fn record_delivery(
+        &self,
+        integration_id: &str,
+        signature: &str,
+        at: Timestamp,
+        forget_before: Timestamp,
+    ) -> Result<bool, StoreError> {
+        sqlx::query("DELETE FROM webhook_deliveries WHERE at_us < ?")
+            .bind(micros(forget_before))
+            .execute(&self.pool)
+            .await?;
+        let done =
+            sqlx::query("INSERT OR IGNORE INTO webhook_deliveries (integration_id, signature, at_us) VALUES (?, ?, ?)")
+                .bind(integration_id)
+                .bind(signature)
+                .bind(micros(at))
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
