@@ -1,9 +1,39 @@
-//! A typed async client of the oz (and Oz) REST API.
+//! A typed async client of the oz REST API (wire-compatible with the Oz Agent API), shaped like
+//! octocrab: [`Client::builder`], one handle per API area, builders ending in `.send().await`, list
+//! calls as [`Stream`](futures::Stream)s that follow cursors, and a run's events as a stream that
+//! resumes after a dropped connection.
 //!
-//! **Status: not yet implemented.** The wire types it will use already live in `oz_core::wire`.
+//! ```no_run
+//! use futures::StreamExt;
 //!
+//! # async fn demo() -> oz_sdk::Result<()> {
+//! // Defaults: WARP_API_KEY and OZ_API_BASE_URL, as the official Oz SDKs.
+//! let client = oz_sdk::Client::builder().base_url("http://127.0.0.1:8080").api_key("oz_...").build()?;
+//! let run = client.runs().create("fix the flaky test").worker_host("my-worker").send().await?;
+//! let mut events = Box::pin(client.runs().events(&run.run_id));
+//! while let Some(event) = events.next().await {
+//!     println!("{:?}", event?.kind());
+//! }
+//! # Ok(()) }
 //! ```
-//! use oz_core::wire::api::RunAgentRequest;
-//! let request = RunAgentRequest { prompt: Some("fix the flaky test".into()), ..Default::default() };
-//! assert!(serde_json::to_string(&request).is_ok());
-//! ```
+//!
+//! Errors are one type, [`Error`], carrying the server's problem document. Idempotent calls
+//! (GET, PUT, DELETE) are retried with backoff on 429, 5xx and connection errors; creating is not.
+
+mod client;
+mod environments;
+mod error;
+mod integrations;
+mod runs;
+mod schedules;
+pub mod sse;
+mod workers;
+
+pub use client::{Client, ClientBuilder, DEFAULT_BASE_URL};
+pub use environments::EnvironmentsHandler;
+pub use error::{Error, Result};
+pub use integrations::{CreateIntegration, IntegrationsHandler};
+pub use oz_core::wire;
+pub use runs::{CreateRun, ListRuns, RunsHandler};
+pub use schedules::{CreateSchedule, SchedulesHandler};
+pub use workers::{Worker, WorkersHandler};

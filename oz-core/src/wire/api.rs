@@ -523,3 +523,35 @@ pub struct WebhookAccepted {
     /// The run it started.
     pub run_id: String,
 }
+
+/// Our extension: one event of `GET /agent/runs/{id}/events` (Server-Sent Events; the SSE `id` is
+/// `seq`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunStreamEvent {
+    /// Its position in the run's stream, from 1.
+    pub seq: i64,
+    /// When it happened.
+    pub at: Timestamp,
+    /// The run.
+    pub run_id: String,
+    /// The event: `{"event": "state", "state": ..., "status_message": ...}` for state changes, else a
+    /// runner report (`output`, `artifact`, `finished`, ...).
+    pub event: serde_json::Value,
+}
+
+impl RunStreamEvent {
+    /// The event's kind (`state`, `output`, `finished`, ...).
+    pub fn kind(&self) -> &str {
+        self.event.get("event").and_then(|k| k.as_str()).unwrap_or("")
+    }
+    /// For a state change, the new state.
+    pub fn state(&self) -> Option<RunState> {
+        (self.kind() == "state")
+            .then(|| self.event.get("state").and_then(|s| serde_json::from_value(s.clone()).ok()))
+            .flatten()
+    }
+    /// For a runner report, the report.
+    pub fn runner_report(&self) -> Option<crate::wire::callbacks::RunnerReport> {
+        (self.kind() != "state").then(|| serde_json::from_value(self.event.clone()).ok()).flatten()
+    }
+}
