@@ -187,36 +187,22 @@ impl ListRuns {
     }
     /// Every matching run, page after page.
     pub fn stream(self) -> impl Stream<Item = Result<RunItem>> + Send + 'static {
-        futures::stream::unfold((Some(self), Vec::<RunItem>::new()), |(next, mut buffer)| async move {
-            loop {
-                if !buffer.is_empty() {
-                    let item = buffer.remove(0);
-                    return Some((Ok(item), (next, buffer)));
-                }
-                let builder = next?;
+        type Buffer = std::collections::VecDeque<RunItem>;
+        futures::stream::unfold((Some(self), Buffer::new()), |(mut next, mut buffer)| async move {
+            if buffer.is_empty() {
+                let builder = next.take()?;
                 match builder.clone().send().await {
                     Ok(page) => {
-                        buffer = page.runs;
-                        let following = match (page.page_info.has_next_page, page.page_info.next_cursor) {
-                            (true, Some(c)) => Some(builder.cursor(c)),
-                            _ => None,
-                        };
-                        if buffer.is_empty() && following.is_none() {
-                            return None;
+                        buffer.extend(page.runs);
+                        if let (true, Some(cursor)) = (page.page_info.has_next_page, page.page_info.next_cursor) {
+                            next = Some(builder.cursor(cursor));
                         }
-                        return match buffer.is_empty() {
-                            true => {
-                                Some((Err(Error::Decode("an empty page claimed a next page".into())), (None, buffer)))
-                            }
-                            false => {
-                                let item = buffer.remove(0);
-                                Some((Ok(item), (following, buffer)))
-                            }
-                        };
                     }
                     Err(e) => return Some((Err(e), (None, buffer))),
                 }
             }
+            let item = buffer.pop_front()?;
+            Some((Ok(item), (next, buffer)))
         })
     }
 }
