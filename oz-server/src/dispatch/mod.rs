@@ -241,14 +241,22 @@ impl Dispatcher {
         Timestamp::now().checked_add(lease).unwrap_or(Timestamp::MAX)
     }
 
-    /// The dispatch loop: runs until the process ends.
+    /// The dispatch loop: runs until the process ends. A wake dispatches at once; lease upkeep runs on
+    /// the tick only, so it never sits between a new run and its worker.
     pub async fn run(self) {
+        let mut next_upkeep = Instant::now();
         loop {
             if let Err(e) = self.dispatch_once().await {
                 warn!("dispatch failed: {}", e.detail);
             }
-            if let Err(e) = self.maintain_leases().await {
-                warn!("lease upkeep failed: {}", e.detail);
+            if Instant::now() >= next_upkeep {
+                if let Err(e) = self.maintain_leases().await {
+                    warn!("lease upkeep failed: {}", e.detail);
+                }
+                if let Err(e) = self.inner.lifecycle.store().maintenance().await {
+                    warn!("store upkeep failed: {e}");
+                }
+                next_upkeep = Instant::now() + TICK;
             }
             let _ = tokio::time::timeout(TICK, self.inner.wake.notified()).await;
         }

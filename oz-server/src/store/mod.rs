@@ -333,6 +333,9 @@ pub trait Store: ScheduleStore + IntegrationStore {
     async fn token(&self, id: &str) -> Result<Option<WorkloadTokenRecord>, StoreError>;
     /// Revokes every token of a run.
     async fn revoke_tokens(&self, run_id: &str) -> Result<(), StoreError>;
+
+    /// Periodic upkeep, called off the request path (SQLite: a WAL checkpoint).
+    async fn maintenance(&self) -> Result<(), StoreError>;
 }
 
 /// A stored schedule.

@@ -16,7 +16,11 @@ use super::*;
 /// The SQLite store.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
+    /// Reads.
     pool: SqlitePool,
+    /// Writes, through one connection: they queue in-process instead of sleeping in SQLite's busy
+    /// handler when two connections want the write lock at once.
+    writer: SqlitePool,
 }
 
 /// Microseconds since the epoch: how times are stored (sortable, exact).
@@ -46,8 +50,12 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
-        let store = Self { pool };
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options.clone()).await?;
+        // The writer never checkpoints on commit (a commit would pay the checkpoint's fsync);
+        // `maintenance` checkpoints from a reader connection instead.
+        let writer =
+            SqlitePoolOptions::new().max_connections(1).connect_with(options.pragma("wal_autocheckpoint", "0")).await?;
+        let store = Self { pool, writer };
         store.migrate().await?;
         Ok(store)
     }
@@ -61,7 +69,7 @@ impl SqliteStore {
             .max_lifetime(None)
             .connect_with(options)
             .await?;
-        let store = Self { pool };
+        let store = Self { writer: pool.clone(), pool };
         store.migrate().await?;
         Ok(store)
     }
@@ -70,7 +78,7 @@ impl SqliteStore {
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_us INTEGER NOT NULL)",
         )
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         let applied: Vec<i64> = sqlx::query("SELECT version FROM schema_migrations")
             .fetch_all(&self.pool)
@@ -82,7 +90,7 @@ impl SqliteStore {
             if applied.contains(version) {
                 continue;
             }
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.writer.begin().await?;
             sqlx::raw_sql(*sql).execute(&mut *tx).await?;
             sqlx::query("INSERT INTO schema_migrations (version, applied_us) VALUES (?, ?)")
                 .bind(version)
@@ -188,7 +196,7 @@ impl Store for SqliteStore {
             .bind(&team.id)
             .bind(&team.name)
             .bind(micros(Timestamp::now()))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -199,7 +207,7 @@ impl Store for SqliteStore {
             .bind(team_id)
             .bind(name)
             .bind(micros(Timestamp::now()))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -214,7 +222,7 @@ impl Store for SqliteStore {
         .bind(&key.secret_hash)
         .bind(key.revoked as i64)
         .bind(micros(Timestamp::now()))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -244,7 +252,7 @@ impl Store for SqliteStore {
             .bind(&env.creator_id)
             .bind(micros(env.created_at))
             .bind(micros(env.updated_at))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -261,7 +269,7 @@ impl Store for SqliteStore {
             .bind(micros(at))
             .bind(team_id)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
     }
@@ -270,7 +278,7 @@ impl Store for SqliteStore {
         let done = sqlx::query("DELETE FROM environments WHERE team_id = ? AND id = ?")
             .bind(team_id)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
     }
@@ -296,7 +304,7 @@ impl Store for SqliteStore {
     }
 
     async fn insert_run(&self, run: &RunRecord) -> Result<(), StoreError> {
-        insert_run_with(&self.pool, run).await
+        insert_run_with(&self.writer, run).await
     }
 
     async fn run(&self, team_id: &str, id: &str) -> Result<Option<RunRecord>, StoreError> {
@@ -405,7 +413,7 @@ impl Store for SqliteStore {
             q.push(", finished_us = ").push_bind(micros(at)).push(", lease_us = NULL");
         }
         q.push(" WHERE id = ").push_bind(id.to_owned()).push(" AND state = ").push_bind(change.from.as_str());
-        let done = q.build().execute(&self.pool).await?;
+        let done = q.build().execute(&self.writer).await?;
         let run = self.run_by_id(id).await?.ok_or(StoreError::NotFound)?;
         if done.rows_affected() == 0 {
             return Err(StoreError::StateChanged { expected: change.from, actual: run.state });
@@ -417,7 +425,7 @@ impl Store for SqliteStore {
         sqlx::query("UPDATE runs SET cancel_requested = 1, updated_us = ? WHERE id = ?")
             .bind(micros(at))
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -426,7 +434,7 @@ impl Store for SqliteStore {
         sqlx::query("UPDATE runs SET lease_us = ? WHERE id = ? AND lease_us IS NOT NULL")
             .bind(micros(until))
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -436,7 +444,7 @@ impl Store for SqliteStore {
             .bind(micros(at))
             .bind(micros(at))
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -446,7 +454,7 @@ impl Store for SqliteStore {
             .bind(json(artifact))
             .bind(micros(at))
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -502,7 +510,7 @@ impl Store for SqliteStore {
         .bind(run_id)
         .bind(micros(at))
         .bind(json(body))
-        .fetch_one(&self.pool)
+        .fetch_one(&self.writer)
         .await?;
         Ok(row.try_get(0)?)
     }
@@ -535,7 +543,7 @@ impl Store for SqliteStore {
             .bind(&token.secret_hash)
             .bind(micros(token.expires_at))
             .bind(token.revoked as i64)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -558,8 +566,17 @@ impl Store for SqliteStore {
             .transpose()
     }
 
+    async fn maintenance(&self) -> Result<(), StoreError> {
+        // A passive checkpoint copies what it can from the WAL without blocking writers.
+        sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&self.pool).await?;
+        Ok(())
+    }
+
     async fn revoke_tokens(&self, run_id: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE workload_tokens SET revoked = 1 WHERE run_id = ?").bind(run_id).execute(&self.pool).await?;
+        sqlx::query("UPDATE workload_tokens SET revoked = 1 WHERE run_id = ?")
+            .bind(run_id)
+            .execute(&self.writer)
+            .await?;
         Ok(())
     }
 }
@@ -607,7 +624,7 @@ impl ScheduleStore for SqliteStore {
         .bind(s.last_ran_at.map(micros))
         .bind(s.next_run_at.map(micros))
         .bind(&s.last_spawn_error)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -628,7 +645,7 @@ impl ScheduleStore for SqliteStore {
         .bind(s.next_run_at.map(micros))
         .bind(&s.team_id)
         .bind(&s.id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
     }
@@ -637,7 +654,7 @@ impl ScheduleStore for SqliteStore {
         let done = sqlx::query("DELETE FROM schedules WHERE team_id = ? AND id = ?")
             .bind(team_id)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
     }
@@ -680,7 +697,7 @@ impl ScheduleStore for SqliteStore {
         run: Result<&RunRecord, &str>,
         at: Timestamp,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let error = run.err().map(str::to_owned);
         let done = sqlx::query(
             "UPDATE schedules SET next_run_us = ?, last_ran_us = ?, last_spawn_error = ? WHERE id = ? AND next_run_us = ? AND enabled = 1",
@@ -739,7 +756,7 @@ impl IntegrationStore for SqliteStore {
         .bind(&i.created_by)
         .bind(micros(i.created_at))
         .bind(micros(i.updated_at))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -753,7 +770,7 @@ impl IntegrationStore for SqliteStore {
             .bind(micros(i.updated_at))
             .bind(&i.team_id)
             .bind(&i.id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
     }
@@ -762,7 +779,7 @@ impl IntegrationStore for SqliteStore {
         let done = sqlx::query("DELETE FROM integrations WHERE team_id = ? AND id = ?")
             .bind(team_id)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
     }
@@ -805,14 +822,14 @@ impl IntegrationStore for SqliteStore {
     ) -> Result<bool, StoreError> {
         sqlx::query("DELETE FROM webhook_deliveries WHERE at_us < ?")
             .bind(micros(forget_before))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         let done =
             sqlx::query("INSERT OR IGNORE INTO webhook_deliveries (integration_id, signature, at_us) VALUES (?, ?, ?)")
                 .bind(integration_id)
                 .bind(signature)
                 .bind(micros(at))
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
         Ok(done.rows_affected() == 1)
     }
