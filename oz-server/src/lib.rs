@@ -100,10 +100,11 @@ pub async fn start(config: ServerConfig, store: Arc<dyn Store>) -> Result<Runnin
             tracing::error!("the HTTP server stopped: {e}");
         }
     });
-    let dispatch = tokio::spawn(dispatcher.run());
+    let dispatch = tokio::spawn(dispatcher.clone().run());
+    let upkeep = tokio::spawn(dispatcher.upkeep());
     let schedules = tokio::spawn(scheduler::run(state.clone()));
     tracing::info!(%url, "control plane listening");
-    Ok(RunningServer { addr, url, state, stop: Some(stop), tasks: vec![http, dispatch, schedules] })
+    Ok(RunningServer { addr, url, state, stop: Some(stop), tasks: vec![http, dispatch, upkeep, schedules] })
 }
 
 /// Creates a team with one user and an API key for it; returns the team id and the key (shown once).

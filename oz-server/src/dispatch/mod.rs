@@ -241,24 +241,28 @@ impl Dispatcher {
         Timestamp::now().checked_add(lease).unwrap_or(Timestamp::MAX)
     }
 
-    /// The dispatch loop: runs until the process ends. A wake dispatches at once; lease upkeep runs on
-    /// the tick only, so it never sits between a new run and its worker.
+    /// The dispatch loop: runs until the process ends. It only dispatches, so nothing slow ever sits
+    /// between a new run and its worker; upkeep has its own loop ([`Dispatcher::upkeep`]).
     pub async fn run(self) {
-        let mut next_upkeep = Instant::now();
         loop {
             if let Err(e) = self.dispatch_once().await {
                 warn!("dispatch failed: {}", e.detail);
             }
-            if Instant::now() >= next_upkeep {
-                if let Err(e) = self.maintain_leases().await {
-                    warn!("lease upkeep failed: {}", e.detail);
-                }
-                if let Err(e) = self.inner.lifecycle.store().maintenance().await {
-                    warn!("store upkeep failed: {e}");
-                }
-                next_upkeep = Instant::now() + TICK;
-            }
             let _ = tokio::time::timeout(TICK, self.inner.wake.notified()).await;
+        }
+    }
+
+    /// The upkeep loop: renews the leases of runs held by connected workers, ends runs whose worker
+    /// is gone, and lets the store do its housekeeping. Runs until the process ends.
+    pub async fn upkeep(self) {
+        loop {
+            if let Err(e) = self.maintain_leases().await {
+                warn!("lease upkeep failed: {}", e.detail);
+            }
+            if let Err(e) = self.inner.lifecycle.store().maintenance().await {
+                warn!("store upkeep failed: {e}");
+            }
+            tokio::time::sleep(TICK).await;
         }
     }
 
