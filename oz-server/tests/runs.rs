@@ -268,3 +268,30 @@ async fn the_transcript_redirects_to_the_stored_events() {
         .unwrap();
     assert_eq!(content[0]["event"]["state"], "CANCELLED");
 }
+
+#[tokio::test]
+async fn a_followup_starts_a_child_run_with_the_same_config() {
+    let t = TestServer::start().await;
+    let parent = t.create_run(&t.key_a, "w1", "first attempt").await;
+    let (status, created) = t
+        .post(
+            &format!("/agent/runs/{parent}/followups"),
+            &t.key_a,
+            json!({"message": "now also add tests", "mode": "normal"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let child = created["run_id"].as_str().unwrap();
+    let (_, run) = t.get(&format!("/agent/runs/{child}"), &t.key_a).await;
+    assert_eq!(run["parent_run_id"], parent.as_str());
+    assert_eq!(run["prompt"], "now also add tests");
+    assert_eq!(run["agent_config"]["worker_host"], "w1");
+    let (_, children) = t.get(&format!("/agent/runs?ancestor_run_id={parent}"), &t.key_a).await;
+    assert_eq!(children["runs"].as_array().unwrap().len(), 1);
+    for bad in [json!({}), json!({"message": " "}), json!({"message": "x", "mode": "yolo"})] {
+        let (status, _) = t.post(&format!("/agent/runs/{parent}/followups"), &t.key_a, bad).await;
+        assert_eq!(status, 400);
+    }
+    let (status, _) = t.post(&format!("/agent/runs/{parent}/followups"), &t.key_b, json!({"message": "m"})).await;
+    assert_eq!(status, 404);
+}

@@ -1,21 +1,21 @@
 //! `POST /agent/runs/{id}/report`: what the in-sandbox runner reports, with its run's workload token.
 //! Starting moves a CLAIMED run to INPROGRESS; output and artifacts are recorded; `finished` ends it.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use oz_core::run::RunState;
 use oz_core::wire::callbacks::{RunnerEvent, RunnerReport};
 
 use crate::auth::RunToken;
 use crate::error::ApiError;
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, ApiPath};
 use crate::state::AppState;
 
 /// The handler.
 pub async fn report(
     State(state): State<AppState>,
     token: RunToken,
-    Path(run_id): Path<String>,
+    ApiPath(run_id): ApiPath<String>,
     ApiJson(report): ApiJson<RunnerReport>,
 ) -> Result<StatusCode, ApiError> {
     if token.run_id != run_id {

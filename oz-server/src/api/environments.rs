@@ -1,14 +1,14 @@
 //! `/agent/environments`: list (as Oz), and our extension: create, get, update, delete.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use jiff::Timestamp;
 use oz_core::environment::EnvironmentConfig;
 use oz_core::wire::api::{CloudEnvironment, EnvironmentList, Scope};
 
 use crate::auth::{Caller, Principal};
 use crate::error::ApiError;
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, ApiPath};
 use crate::state::AppState;
 use crate::store::EnvironmentRecord;
 
@@ -58,7 +58,7 @@ pub async fn create(
 pub async fn get(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<CloudEnvironment>, ApiError> {
     let env = state
         .store
@@ -72,7 +72,7 @@ pub async fn get(
 pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(config): ApiJson<EnvironmentConfig>,
 ) -> Result<Json<CloudEnvironment>, ApiError> {
     let config = validated(config)?;
@@ -80,14 +80,14 @@ pub async fn update(
         crate::store::StoreError::NotFound => ApiError::not_found(format!("there is no environment {id:?}")),
         other => other.into(),
     })?;
-    get(State(state), Principal::Key(caller), Path(id)).await
+    get(State(state), Principal::Key(caller), ApiPath(id)).await
 }
 
 /// `DELETE /agent/environments/{id}`: `{"success": true}`.
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     state.store.delete_environment(&caller.team_id, &id).await.map_err(|e| match e {
         crate::store::StoreError::NotFound => ApiError::not_found(format!("there is no environment {id:?}")),

@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
@@ -14,6 +14,7 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::api::runs::visible_run;
 use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::extract::ApiPath;
 use crate::state::AppState;
 use crate::store::RunEventRecord;
 
@@ -27,7 +28,7 @@ fn sse_event(e: &RunEventRecord) -> Event {
 pub async fn stream(
     State(state): State<AppState>,
     principal: Principal,
-    Path(run_id): Path<String>,
+    ApiPath(run_id): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let run = visible_run(&state, &principal, &run_id).await?;

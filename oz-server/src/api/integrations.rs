@@ -2,8 +2,7 @@
 //! signed delivery becomes a run.
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use jiff::Timestamp;
 use oz_core::failure::ErrorCode;
@@ -13,7 +12,7 @@ use crate::api::runs::{NewRun, prepare_run};
 use crate::auth::Caller;
 use crate::dispatch::ws::validate_worker_id;
 use crate::error::ApiError;
-use crate::extract::ApiJson;
+use crate::extract::{ApiBytes, ApiJson, ApiPath};
 use crate::state::AppState;
 use crate::store::{IntegrationRecord, StoreError};
 use crate::webhook::{self, REPLAY_WINDOW_SECS, SIGNATURE_HEADER, SignatureError, TIMESTAMP_HEADER};
@@ -100,7 +99,7 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<IntegrationItem>, ApiError> {
     let i = state
         .store
@@ -114,7 +113,7 @@ pub async fn get(
 pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<IntegrationRequest>,
 ) -> Result<Json<IntegrationItem>, ApiError> {
     validate(&state, &req)?;
@@ -136,7 +135,7 @@ pub async fn update(
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     state.store.delete_integration(&caller.team_id, &id).await.map_err(not_found(&id))?;
     Ok(Json(serde_json::json!({"success": true})))
@@ -145,9 +144,9 @@ pub async fn delete(
 /// `POST /integrations/{id}/webhook`: no API key; the signature is the credential. 202 with the run.
 pub async fn deliver(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> Result<(StatusCode, Json<WebhookAccepted>), ApiError> {
     // Unknown integrations and bad signatures look the same from outside.
     let refused = |why: &str| ApiError::unauthenticated(format!("the delivery was refused: {why}"));

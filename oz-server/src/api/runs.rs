@@ -2,7 +2,7 @@
 //! transcript.
 
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -17,7 +17,7 @@ use oz_core::wire::api::{
 use crate::auth::{Caller, Principal};
 use crate::dispatch::ws::validate_worker_id;
 use crate::error::ApiError;
-use crate::extract::{ApiJson, query_pairs};
+use crate::extract::{ApiJson, ApiPath, query_pairs};
 use crate::lifecycle::run_item;
 use crate::state::AppState;
 use crate::store::{PageRequest, RunFilter, RunRecord, RunSort, SortValue, StateChange};
@@ -289,7 +289,7 @@ pub async fn visible_run(state: &AppState, principal: &Principal, run_id: &str) 
 pub async fn get(
     State(state): State<AppState>,
     principal: Principal,
-    Path(run_id): Path<String>,
+    ApiPath(run_id): ApiPath<String>,
 ) -> Result<Json<RunItem>, ApiError> {
     Ok(Json(run_item(&visible_run(&state, &principal, &run_id).await?)))
 }
@@ -299,7 +299,7 @@ pub async fn get(
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
-    Path(run_id): Path<String>,
+    ApiPath(run_id): ApiPath<String>,
 ) -> Result<Json<String>, ApiError> {
     let run = visible_run(&state, &Principal::Key(caller), &run_id).await?;
     match run.state {
@@ -329,7 +329,7 @@ pub async fn cancel(
 pub async fn transcript(
     State(state): State<AppState>,
     principal: Principal,
-    Path(run_id): Path<String>,
+    ApiPath(run_id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let run = visible_run(&state, &principal, &run_id).await?;
     let location = format!("/api/v1/agent/runs/{}/transcript/content", run.id);
@@ -340,7 +340,7 @@ pub async fn transcript(
 pub async fn transcript_content(
     State(state): State<AppState>,
     principal: Principal,
-    Path(run_id): Path<String>,
+    ApiPath(run_id): ApiPath<String>,
 ) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
     let run = visible_run(&state, &principal, &run_id).await?;
     let mut out = Vec::new();
@@ -354,4 +354,40 @@ pub async fn transcript_content(
         out.extend(batch.into_iter().map(|e| serde_json::json!({"seq": e.seq, "at": e.at, "event": e.body})));
     }
     Ok(Json(out))
+}
+
+/// `POST /agent/runs/{id}/followups`: continues a run with a new message. This server starts a new
+/// run with the same agent config, the message as its prompt, and the original as its parent
+/// (`parent_run_id`), and answers like `POST /agent/runs`.
+pub async fn followup(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(run_id): ApiPath<String>,
+    ApiJson(req): ApiJson<oz_core::wire::api::FollowupRequest>,
+) -> Result<Json<RunCreated>, ApiError> {
+    let parent = visible_run(&state, &Principal::Key(caller.clone()), &run_id).await?;
+    let message = req.message.unwrap_or_default();
+    if message.trim().is_empty() {
+        return Err(ApiError::invalid("message is required"));
+    }
+    oz_core::validate::text("message", &message, MAX_PROMPT_LEN, true).map_err(|e| ApiError::invalid(e.to_string()))?;
+    if let Some(mode) = &req.mode
+        && !matches!(mode.as_str(), "normal" | "plan" | "orchestrate")
+    {
+        return Err(ApiError::invalid(format!("mode {mode:?} is not one of normal, plan, orchestrate")));
+    }
+    let new = NewRun {
+        prompt: message,
+        title: Some(format!("Follow-up: {}", parent.title)),
+        config: parent.config.clone(),
+        source: parent.source.clone(),
+        creator_id: caller.user_id.clone(),
+        schedule_id: None,
+        parent_run_id: Some(parent.id.clone()),
+        metadata: None,
+    };
+    let run = prepare_run(&state, &caller.team_id, new).await?;
+    state.store.insert_run(&run).await?;
+    state.dispatcher.wake();
+    Ok(Json(RunCreated { run_id: run.id.clone(), task_id: run.id, state: RunState::Queued, at_capacity: None }))
 }

@@ -1,14 +1,14 @@
 //! `/agent/schedules`: create, list, get, update, delete, pause, resume.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use jiff::Timestamp;
 use oz_core::wire::api::{AgentConfig, ScheduleCreate, ScheduleHistory, ScheduleItem, ScheduleUpdate, Scope};
 
 use crate::auth::Caller;
 use crate::dispatch::ws::validate_worker_id;
 use crate::error::ApiError;
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, ApiPath};
 use crate::scheduler::{parse_cron, schedule_next, time_zone};
 use crate::state::AppState;
 use crate::store::{ScheduleRecord, StoreError};
@@ -137,7 +137,7 @@ async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<ScheduleRec
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ScheduleItem>, ApiError> {
     Ok(Json(item(load(&state, &caller, &id).await?)))
 }
@@ -146,7 +146,7 @@ pub async fn get(
 pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<ScheduleUpdate>,
 ) -> Result<Json<ScheduleItem>, ApiError> {
     let mut s = load(&state, &caller, &id).await?;
@@ -172,7 +172,7 @@ pub async fn update(
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     state.store.delete_schedule(&caller.team_id, &id).await.map_err(not_found(&id))?;
     Ok(Json(serde_json::json!({"success": true})))
@@ -199,7 +199,7 @@ async fn set_enabled(
 pub async fn pause(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ScheduleItem>, ApiError> {
     set_enabled(state, caller, id, false).await
 }
@@ -208,7 +208,7 @@ pub async fn pause(
 pub async fn resume(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ScheduleItem>, ApiError> {
     set_enabled(state, caller, id, true).await
 }

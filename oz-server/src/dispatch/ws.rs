@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
@@ -34,8 +35,15 @@ pub async fn worker_socket(
     State(state): State<AppState>,
     caller: Caller,
     RawQuery(query): RawQuery,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    let upgrade = upgrade.map_err(|e| {
+        ApiError::new(
+            e.status(),
+            oz_core::failure::ErrorCode::InvalidRequest,
+            format!("this endpoint takes a WebSocket: {}", e.body_text()),
+        )
+    })?;
     let worker_id = query_pairs(query.as_deref())
         .into_iter()
         .find(|(k, _)| k == "worker_id")
