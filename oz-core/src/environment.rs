@@ -23,6 +23,7 @@ pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_DESCRIPTION_LEN: usize = 4096;
 
 /// A GitHub-style repository: `{owner, repo}` on the wire, `owner/repo` in text.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct RepoRef {
     /// The user or organisation.
@@ -91,6 +92,7 @@ impl fmt::Display for RepoRef {
 
 /// The configuration of an environment, as the Oz API's `CloudEnvironment.config`, plus `env_vars`
 /// (our extension; omitted from JSON when empty so Oz clients see the shape they know).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnvironmentConfig {
     /// A short human name.

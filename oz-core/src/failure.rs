@@ -13,6 +13,7 @@ macro_rules! wire_enum {
     ($(#[$meta:meta])* $name:ident (unknown: $fallback:expr) { $($(#[$vmeta:meta])* $variant:ident = $wire:literal,)* }) => {
         $(#[$meta])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         pub enum $name {
             $($(#[$vmeta])* #[serde(rename = $wire)] $variant,)*
         }

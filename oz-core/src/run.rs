@@ -32,6 +32,7 @@ pub fn validate_id(kind: &'static str, value: &str) -> Result<(), Error> {
 }
 
 /// The id of a run. In the Oz API the same value is also the run's `task_id`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
 pub struct RunId(String);
@@ -75,6 +76,7 @@ impl<'de> Deserialize<'de> for RunId {
 }
 
 /// The state of a run, exactly as the Oz API names them.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum RunState {

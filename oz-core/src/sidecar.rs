@@ -84,6 +84,7 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 
 /// One more sidecar, from the assignment's `additional_sidecars`: an image whose content is mounted at
 /// `mount_path`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AdditionalSidecar {
     /// The image providing the content.

@@ -368,3 +368,21 @@ async fn events_stream_live_and_resume_with_last_event_id() {
         .unwrap();
     assert_eq!(bad.status(), 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_are_listed_only_to_their_team() {
+    let t = TestServer::start().await;
+    let _a = t.worker(&t.key_a, "team-a-box").await;
+    let _a2 = t.worker(&t.key_a, "team-a-box").await;
+    for _ in 0..100 {
+        let (_, body) = t.get("/workers", &t.key_a).await;
+        if body["workers"].as_array().is_some_and(|w| !w.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (_, mine) = t.get("/workers", &t.key_a).await;
+    assert_eq!(mine["workers"], json!([{"worker_id": "team-a-box", "connections": 2, "runs_in_flight": 0}]));
+    let (_, theirs) = t.get("/workers", &t.key_b).await;
+    assert_eq!(theirs["workers"], json!([]));
+}

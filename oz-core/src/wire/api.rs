@@ -21,6 +21,7 @@ pub const MAX_ATTACHMENTS: usize = 5;
 pub const MAX_METADATA_KEYS: usize = 20;
 
 /// `AmbientAgentConfig`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct AgentConfig {
     /// A name for the agent.
@@ -74,6 +75,7 @@ pub struct AgentConfig {
 }
 
 /// An attachment of a run request.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attachment {
     /// The file name.
@@ -85,6 +87,7 @@ pub struct Attachment {
 }
 
 /// `RunAgentRequest`, the body of `POST /agent/runs`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunAgentRequest {
     /// What to do.
@@ -126,6 +129,7 @@ pub struct RunAgentRequest {
 }
 
 /// The 200 body of `POST /agent/runs`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunCreated {
     /// The run.
@@ -140,6 +144,7 @@ pub struct RunCreated {
 }
 
 /// A run's status message.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusMessage {
     /// The message.
@@ -156,6 +161,7 @@ pub struct StatusMessage {
 }
 
 /// A run's schedule.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunSchedule {
     /// The schedule.
@@ -167,6 +173,7 @@ pub struct RunSchedule {
 }
 
 /// Who a run is scoped to.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Scope {
     /// `User` or `Team`.
@@ -177,6 +184,7 @@ pub struct Scope {
 }
 
 /// `RunItem`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunItem {
     /// The run.
@@ -259,6 +267,7 @@ pub struct RunItem {
 }
 
 /// Cursor pagination.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PageInfo {
     /// Whether there is more.
@@ -269,6 +278,7 @@ pub struct PageInfo {
 }
 
 /// The body of `GET /agent/runs`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunList {
     /// This page.
@@ -278,6 +288,7 @@ pub struct RunList {
 }
 
 /// `POST /agent/runs/{id}/followups`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FollowupRequest {
     /// The message.
@@ -289,6 +300,7 @@ pub struct FollowupRequest {
 }
 
 /// `POST /agent/schedules`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ScheduleCreate {
     /// Its name.
@@ -313,6 +325,7 @@ pub struct ScheduleCreate {
 }
 
 /// `PUT /agent/schedules/{id}`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ScheduleUpdate {
     /// Its name.
@@ -333,6 +346,7 @@ pub struct ScheduleUpdate {
 }
 
 /// When a schedule ran and will run.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScheduleHistory {
     /// Last time.
@@ -344,6 +358,7 @@ pub struct ScheduleHistory {
 }
 
 /// A schedule.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ScheduleItem {
     /// Its id.
@@ -387,6 +402,7 @@ pub struct ScheduleItem {
 }
 
 /// `CloudEnvironment`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CloudEnvironment {
     /// Its id.
@@ -411,6 +427,7 @@ pub struct CloudEnvironment {
 }
 
 /// The body of `GET /agent/environments`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EnvironmentList {
     /// All of them.
@@ -476,6 +493,7 @@ mod tests {
 }
 
 /// Our extension: `POST /integrations` and `PUT /integrations/{id}`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct IntegrationRequest {
     /// Its name.
@@ -491,6 +509,7 @@ pub struct IntegrationRequest {
 }
 
 /// Our extension: an integration (a named trigger fired by signed webhooks).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct IntegrationItem {
     /// Its id.
@@ -518,6 +537,7 @@ pub struct IntegrationItem {
 }
 
 /// Our extension: the answer to an accepted webhook delivery.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebhookAccepted {
     /// The run it started.
@@ -526,6 +546,7 @@ pub struct WebhookAccepted {
 
 /// Our extension: one event of `GET /agent/runs/{id}/events` (Server-Sent Events; the SSE `id` is
 /// `seq`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunStreamEvent {
     /// Its position in the run's stream, from 1.

@@ -14,6 +14,7 @@ pub fn report_path(run_id: &str) -> String {
 }
 
 /// One report from the runner.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunnerReport {
     /// When it happened.
@@ -24,6 +25,7 @@ pub struct RunnerReport {
 }
 
 /// Something the runner did or saw.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum RunnerEvent {
@@ -92,6 +94,7 @@ pub enum RunnerEvent {
 }
 
 /// An artifact, as the Oz API lists them on a run.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "artifact_type", rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Artifact {

@@ -8,6 +8,7 @@ use crate::failure::ErrorCode;
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 
 /// An API error, as `application/problem+json`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
     /// A URI naming the problem type.

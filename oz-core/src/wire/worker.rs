@@ -11,6 +11,7 @@ use crate::run::RunState;
 use crate::sidecar::AdditionalSidecar;
 
 /// The raw envelope.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
     /// The message type.
@@ -22,6 +23,7 @@ pub struct Envelope {
 }
 
 /// Who a task belongs to; the keys are PascalCase on the wire (`Type`, `Id`), as Oz sends them.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Owner {
     /// `USER` or `TEAM`.
@@ -33,6 +35,7 @@ pub struct Owner {
 }
 
 /// The kind of owner.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum OwnerType {
@@ -43,6 +46,7 @@ pub enum OwnerType {
 }
 
 /// The prompt of a task.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskDefinition {
     /// What the agent is asked to do.
@@ -51,6 +55,7 @@ pub struct TaskDefinition {
 }
 
 /// The harness of a task.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HarnessConfig {
     /// `oz`, `claude`, `codex`, `gemini`, or ours: `command`.
@@ -68,6 +73,7 @@ pub struct HarnessConfig {
 }
 
 /// The agent configuration captured when the task was created.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct AgentConfigSnapshot {
     /// The environment to prepare.
@@ -109,6 +115,7 @@ pub struct AgentConfigSnapshot {
 }
 
 /// The task inside an assignment.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AssignedTask {
     /// The task id (the run id).
@@ -134,6 +141,7 @@ pub struct AssignedTask {
 }
 
 /// CPU and memory for a task.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct InstanceShape {
     /// CPUs.
@@ -143,6 +151,7 @@ pub struct InstanceShape {
 }
 
 /// `task_assignment`: the server gives a task to a worker.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskAssignment {
     /// The task id.
@@ -173,6 +182,7 @@ pub struct TaskAssignment {
 }
 
 /// `task_cancellation`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskCancellation {
     /// The task to cancel.
@@ -180,6 +190,7 @@ pub struct TaskCancellation {
 }
 
 /// `task_claimed`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskClaimed {
     /// The task.
@@ -189,6 +200,7 @@ pub struct TaskClaimed {
 }
 
 /// `task_rejected`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskRejected {
     /// The task.
@@ -198,6 +210,7 @@ pub struct TaskRejected {
 }
 
 /// `task_completed`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskCompleted {
     /// The task.
@@ -211,6 +224,7 @@ pub struct TaskCompleted {
 }
 
 /// `task_failed`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskFailed {
     /// The task.

@@ -6,12 +6,15 @@ use axum::http::StatusCode;
 use oz_core::run::RunState;
 use oz_core::wire::callbacks::{RunnerEvent, RunnerReport};
 
+#[allow(unused_imports)]
+use crate::api::schema::*;
 use crate::auth::RunToken;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath};
 use crate::state::AppState;
 
 /// The handler.
+#[utoipa::path(post, path = "/agent/runs/{id}/report", tag = "callbacks", params(("id" = String, Path)), request_body = RunnerReport, responses((status = 204, description = "Recorded"), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found (or another team's)", body = Problem, content_type = "application/problem+json")))]
 pub async fn report(
     State(state): State<AppState>,
     token: RunToken,

@@ -6,6 +6,8 @@ use jiff::Timestamp;
 use oz_core::environment::EnvironmentConfig;
 use oz_core::wire::api::{CloudEnvironment, EnvironmentList, Scope};
 
+#[allow(unused_imports)]
+use crate::api::schema::*;
 use crate::auth::{Caller, Principal};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath};
@@ -30,12 +32,14 @@ fn validated(config: EnvironmentConfig) -> Result<EnvironmentConfig, ApiError> {
 }
 
 /// `GET /agent/environments` (API key, or a run's workload token: the run's team's environments).
+#[utoipa::path(get, path = "/agent/environments", tag = "environments", responses((status = 200, body = EnvironmentList), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json")))]
 pub async fn list(State(state): State<AppState>, principal: Principal) -> Result<Json<EnvironmentList>, ApiError> {
     let envs = state.store.environments(principal.team_id()).await?;
     Ok(Json(EnvironmentList { environments: envs.into_iter().map(cloud).collect() }))
 }
 
 /// `POST /agent/environments`.
+#[utoipa::path(post, path = "/agent/environments", tag = "environments", request_body = EnvironmentConfig, responses((status = 200, body = CloudEnvironment), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json")))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -55,6 +59,7 @@ pub async fn create(
 }
 
 /// `GET /agent/environments/{id}`.
+#[utoipa::path(get, path = "/agent/environments/{id}", tag = "environments", params(("id" = String, Path)), responses((status = 200, body = CloudEnvironment), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found (or another team's)", body = Problem, content_type = "application/problem+json")))]
 pub async fn get(
     State(state): State<AppState>,
     principal: Principal,
@@ -69,6 +74,7 @@ pub async fn get(
 }
 
 /// `PUT /agent/environments/{id}`.
+#[utoipa::path(put, path = "/agent/environments/{id}", tag = "environments", params(("id" = String, Path)), request_body = EnvironmentConfig, responses((status = 200, body = CloudEnvironment), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found (or another team's)", body = Problem, content_type = "application/problem+json")))]
 pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
@@ -84,6 +90,7 @@ pub async fn update(
 }
 
 /// `DELETE /agent/environments/{id}`: `{"success": true}`.
+#[utoipa::path(delete, path = "/agent/environments/{id}", tag = "environments", params(("id" = String, Path)), responses((status = 200, body = Object, description = "{\"success\": true}"), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found (or another team's)", body = Problem, content_type = "application/problem+json")))]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,

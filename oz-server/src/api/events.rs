@@ -12,6 +12,8 @@ use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::api::runs::visible_run;
+#[allow(unused_imports)]
+use crate::api::schema::*;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::ApiPath;
@@ -25,6 +27,7 @@ fn sse_event(e: &RunEventRecord) -> Event {
 }
 
 /// The handler.
+#[utoipa::path(get, path = "/agent/runs/{id}/events", tag = "runs", params(("id" = String, Path), ("Last-Event-ID" = Option<i64>, Header)), responses((status = 200, description = "Server-Sent Events; each data is a RunStreamEvent", body = RunStreamEvent, content_type = "text/event-stream"), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found (or another team's)", body = Problem, content_type = "application/problem+json")))]
 pub async fn stream(
     State(state): State<AppState>,
     principal: Principal,

@@ -9,6 +9,8 @@ use oz_core::failure::ErrorCode;
 use oz_core::wire::api::{IntegrationItem, IntegrationRequest, WebhookAccepted};
 
 use crate::api::runs::{NewRun, prepare_run};
+#[allow(unused_imports)]
+use crate::api::schema::*;
 use crate::auth::Caller;
 use crate::dispatch::ws::validate_worker_id;
 use crate::error::ApiError;
@@ -64,6 +66,7 @@ fn not_found(id: &str) -> impl Fn(StoreError) -> ApiError + '_ {
 }
 
 /// `POST /integrations`: the response carries the signing secret, once.
+#[utoipa::path(post, path = "/integrations", tag = "integrations", request_body = IntegrationRequest, responses((status = 200, body = IntegrationItem, description = "Carries the signing secret, once"), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json")))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -89,6 +92,7 @@ pub async fn create(
 }
 
 /// `GET /integrations`.
+#[utoipa::path(get, path = "/integrations", tag = "integrations", responses((status = 200, body = Object, description = "{\"integrations\": [IntegrationItem]}"), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json")))]
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
     let items: Vec<IntegrationItem> =
         state.store.integrations(&caller.team_id).await?.into_iter().map(|i| item(&state, i, false)).collect();
@@ -96,6 +100,7 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<
 }
 
 /// `GET /integrations/{id}`.
+#[utoipa::path(get, path = "/integrations/{id}", tag = "integrations", params(("id" = String, Path)), responses((status = 200, body = IntegrationItem), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found (or another team's)", body = Problem, content_type = "application/problem+json")))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -110,6 +115,7 @@ pub async fn get(
 }
 
 /// `PUT /integrations/{id}` (the secret is kept).
+#[utoipa::path(put, path = "/integrations/{id}", tag = "integrations", params(("id" = String, Path)), request_body = IntegrationRequest, responses((status = 200, body = IntegrationItem), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found (or another team's)", body = Problem, content_type = "application/problem+json")))]
 pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
@@ -132,6 +138,7 @@ pub async fn update(
 }
 
 /// `DELETE /integrations/{id}`.
+#[utoipa::path(delete, path = "/integrations/{id}", tag = "integrations", params(("id" = String, Path)), responses((status = 200, body = Object, description = "{\"success\": true}"), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found (or another team's)", body = Problem, content_type = "application/problem+json")))]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -142,6 +149,7 @@ pub async fn delete(
 }
 
 /// `POST /integrations/{id}/webhook`: no API key; the signature is the credential. 202 with the run.
+#[utoipa::path(post, path = "/integrations/{id}/webhook", tag = "integrations", params(("id" = String, Path), ("X-Oz-Timestamp" = i64, Header, description = "unix seconds"), ("X-Oz-Signature" = String, Header, description = "v1=<hex HMAC-SHA256(secret, timestamp.body)>")), request_body(content = String, content_type = "application/octet-stream"), responses((status = 202, body = WebhookAccepted), (status = 401, description = "Bad signature, stale or unknown", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Replayed delivery", body = Problem, content_type = "application/problem+json")))]
 pub async fn deliver(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,

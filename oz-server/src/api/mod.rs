@@ -6,6 +6,7 @@ pub mod events;
 pub mod integrations;
 pub mod runs;
 pub mod schedules;
+pub(crate) mod schema;
 pub mod workers;
 
 use axum::Router;
@@ -45,6 +46,12 @@ pub fn router(state: AppState) -> Router {
         .route("/integrations/{id}/webhook", post(integrations::deliver))
         .route("/workers", get(workers::list))
         .route("/selfhosted/worker/ws", get(worker_socket))
+        .route(
+            "/openapi.json",
+            get(|| async {
+                ([(axum::http::header::CONTENT_TYPE, "application/json")], crate::openapi::document_json())
+            }),
+        )
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

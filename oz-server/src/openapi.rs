@@ -1,0 +1,56 @@
+//! The OpenAPI document, generated from the handlers' annotations and the wire types of oz-core;
+//! served at `GET /api/v1/openapi.json` and pinned by a snapshot test (`oz-server/openapi.json`).
+
+use utoipa::Modify;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+use crate::api::{callbacks, environments, events, integrations, runs, schedules, workers};
+
+/// The document.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "oz control plane",
+        description = "Wire-compatible with the Oz Agent API (runs, schedules, environments), plus our extensions: \
+            environment create/update/delete, integrations with signed webhooks, workers, run events as Server-Sent \
+            Events, and the runner's report callback. Errors are RFC 7807 problem documents with Oz's `error` codes.",
+        license(name = "Apache-2.0")
+    ),
+    servers((url = "/api/v1")),
+    paths(
+        runs::create, runs::list, runs::get, runs::cancel, runs::transcript, runs::transcript_content, runs::followup,
+        events::stream, callbacks::report,
+        environments::list, environments::create, environments::get, environments::update, environments::delete,
+        schedules::create, schedules::list, schedules::get, schedules::update, schedules::delete, schedules::pause, schedules::resume,
+        integrations::create, integrations::list, integrations::get, integrations::update, integrations::delete, integrations::deliver,
+        workers::list,
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API key (`oz_...`), or a run's workload token (`ozw_...`) where a runner calls",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The document as pretty JSON (what the snapshot pins).
+pub fn document_json() -> String {
+    ApiDoc::openapi().to_pretty_json().unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
