@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Command, Stdio};
 
+#[allow(clippy::zombie_processes)] // the callers wait for it
 fn spawn(data_dir: &std::path::Path) -> (Child, String, Vec<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_oz-server"))
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
