@@ -386,3 +386,29 @@ async fn workers_are_listed_only_to_their_team() {
     let (_, theirs) = t.get("/workers", &t.key_b).await;
     assert_eq!(theirs["workers"], json!([]));
 }
+
+/// A run someone asked to cancel ends CANCELLED even if its agent died of the stop signal and the
+/// runner (or the worker) reported a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_run_that_reports_failure_ends_cancelled() {
+    let t = TestServer::start().await;
+    let mut w = t.worker(&t.key_a, "w1").await;
+    let run = t.create_run(&t.key_a, "w1", "long").await;
+    let token = assignment(w.next().await).env_vars["OZ_WORKLOAD_TOKEN"].clone();
+    w.send(claimed(&run, &w)).await;
+    t.wait_state(&t.key_a, &run, "CLAIMED").await;
+    let (status, _) = t.post(&format!("/agent/runs/{run}/cancel"), &t.key_a, json!({})).await;
+    assert_eq!(status, 200);
+    assert!(matches!(w.next().await, ServerMessage::TaskCancellation(_)));
+    let body = json!({"at": "2026-11-22T10:00:00Z", "event": "finished", "state": "FAILED", "exit_code": 143, "message": "the command harness exited with code 143"});
+    assert_eq!(report(&t, &run, &token, body).await, 204);
+    t.wait_state(&t.key_a, &run, "CANCELLED").await;
+    // Without a cancel request the same report is a failure.
+    let other = t.create_run(&t.key_a, "w1", "other").await;
+    let token = assignment(w.next().await).env_vars["OZ_WORKLOAD_TOKEN"].clone();
+    w.send(claimed(&other, &w)).await;
+    t.wait_state(&t.key_a, &other, "CLAIMED").await;
+    let body = json!({"at": "2026-11-22T10:00:00Z", "event": "finished", "state": "FAILED", "exit_code": 1, "message": "exit 1"});
+    assert_eq!(report(&t, &other, &token, body).await, 204);
+    t.wait_state(&t.key_a, &other, "FAILED").await;
+}

@@ -1,8 +1,28 @@
-//! The worker daemon (`oz-agent-worker`): connects to the control plane, claims tasks, runs them on a
-//! backend, reports their outcome.
+//! The worker daemon's core: connects outbound to the control plane over a WebSocket, speaks the Oz
+//! worker protocol, runs each assignment on a [`Backend`](oz_core::backend::Backend), and reports the
+//! outcome.
 //!
-//! **Status: not yet implemented.** It arrives with the worker issue.
+//! ```no_run
+//! use std::sync::Arc;
+//! use oz_core::credentials::ApiKey;
+//! use oz_worker::{CommandOptions, Worker, WorkerConfig};
 //!
+//! # async fn demo(backend: Arc<dyn oz_core::backend::Backend>) -> Result<(), oz_worker::WorkerError> {
+//! let command = CommandOptions { entrypoint: "oz".into(), server_root_url: "http://127.0.0.1:8080".into(), ..Default::default() };
+//! let config = WorkerConfig::new("my-worker", "ws://127.0.0.1:8080/api/v1/selfhosted/worker/ws", ApiKey::new("oz_..."), command);
+//! let worker = Worker::new(config, backend)?;
+//! let handle = worker.handle(); // handle.shutdown() on SIGTERM
+//! worker.run().await
+//! # }
 //! ```
-//! // Nothing to call yet.
-//! ```
+//!
+//! **Status:** the connection, claiming, concurrency, cancellation, shutdown and the Oz command line
+//! are here; the `oz-agent-worker` program (flags, YAML config), metrics and `wss` are not yet.
+
+pub mod command;
+mod error;
+mod worker;
+
+pub use command::CommandOptions;
+pub use error::WorkerError;
+pub use worker::{Worker, WorkerConfig, WorkerHandle, outcome_message};

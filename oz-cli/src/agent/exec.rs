@@ -91,6 +91,8 @@ pub async fn run(
             }
         }
     };
+    // A stop signal may reach the process before it reaches us: a cancellation noticed now still counts.
+    cancelled |= *cancel.borrow();
     // What the process left running in its group goes too, so the pipes close.
     if let Some(pgid) = pgid {
         let _ = killpg(pgid, Signal::SIGKILL);

@@ -43,6 +43,9 @@ pub async fn report(
         RunnerEvent::Artifact(artifact) => state.store.add_artifact(&run.id, artifact, report.at).await?,
         RunnerEvent::Finished { state: end, message, .. } => {
             let to = match end {
+                // Someone asked to cancel it, and it did not succeed: it was cancelled (its agent may
+                // have died of the stop signal before the runner saw its own).
+                RunState::Failed | RunState::Error if run.cancel_requested => RunState::Cancelled,
                 RunState::Succeeded | RunState::Failed | RunState::Cancelled | RunState::Error => *end,
                 other => {
                     return Err(ApiError::invalid(format!("finished.state must be a terminal state, got {other}")));

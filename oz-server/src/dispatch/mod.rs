@@ -213,7 +213,7 @@ impl Dispatcher {
             }
             WorkerMessage::TaskFailed(m) => {
                 self.track(conn_id, &task_id, false);
-                let to = m.failure_reason.terminal_state();
+                let to = if run.cancel_requested { RunState::Cancelled } else { m.failure_reason.terminal_state() };
                 let text = format!("{} ({}, exit code {})", m.message, m.failure_reason, m.exit_code);
                 lifecycle.advance(&task_id, to, Some(text)).await.map(drop)
             }

@@ -1,0 +1,200 @@
+//! End to end over real sockets: the control plane, a worker on the Direct backend, and the `oz`
+//! runner as the agent's entrypoint. A run clones a local repo, commits, and is reported back; a run
+//! is cancelled.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use oz_backend_direct::{DirectBackend, DirectConfig};
+use oz_core::credentials::ApiKey;
+use oz_core::environment::{EnvironmentConfig, RepoRef};
+use oz_core::run::RunState;
+use oz_core::wire::api::AgentConfig;
+use oz_core::wire::worker::HarnessConfig;
+use oz_server::store::sqlite::SqliteStore;
+use oz_worker::{CommandOptions, Worker, WorkerConfig};
+
+const OZ: &str = env!("CARGO_BIN_EXE_oz");
+
+fn git(dir: &Path, args: &[&str]) {
+    let ok = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "T")
+        .env("GIT_AUTHOR_EMAIL", "t@e")
+        .env("GIT_COMMITTER_NAME", "T")
+        .env("GIT_COMMITTER_EMAIL", "t@e")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "git {args:?}");
+}
+
+struct Stack {
+    _dir: tempfile::TempDir,
+    server: oz_server::RunningServer,
+    client: oz_sdk::Client,
+    worker: oz_worker::WorkerHandle,
+    workspaces: std::path::PathBuf,
+    git_base: String,
+}
+
+async fn stack() -> Stack {
+    let dir = tempfile::tempdir().unwrap();
+    // A sample repo at <dir>/git/acme/app.
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    git(&src, &["init", "-q", "-b", "main"]);
+    std::fs::write(src.join("README.md"), "# app\n").unwrap();
+    git(&src, &["add", "."]);
+    git(&src, &["commit", "-q", "-m", "initial"]);
+    let bare = dir.path().join("git/acme/app");
+    std::fs::create_dir_all(bare.parent().unwrap()).unwrap();
+    git(dir.path(), &["clone", "-q", "--bare", src.to_str().unwrap(), bare.to_str().unwrap()]);
+
+    let store = Arc::new(SqliteStore::in_memory().await.unwrap());
+    let (_, key) = oz_server::bootstrap_team(store.as_ref(), "e2e").await.unwrap();
+    let server =
+        oz_server::start(oz_server::ServerConfig { listen: "127.0.0.1:0".into(), ..Default::default() }, store)
+            .await
+            .unwrap();
+    let client = oz_sdk::Client::builder().base_url(server.url()).api_key(&key).build().unwrap();
+
+    let workspaces = dir.path().join("workspaces");
+    let mut direct = DirectConfig::new("e2e-worker", &workspaces);
+    direct.stop_grace = Duration::from_secs(2);
+    let backend = Arc::new(DirectBackend::new(direct).unwrap());
+    let command = CommandOptions {
+        entrypoint: OZ.into(),
+        server_root_url: server.url(),
+        idle_on_complete: None,
+        extra_env: vec![],
+    };
+    let ws = format!("{}/api/v1/selfhosted/worker/ws", server.url().replace("http://", "ws://"));
+    let worker = Worker::new(WorkerConfig::new("e2e-worker", ws, ApiKey::new(key), command), backend).unwrap();
+    let handle = worker.handle();
+    tokio::spawn(worker.run());
+    let git_base = format!("file://{}", dir.path().join("git").display());
+    Stack { _dir: dir, server, client, worker: handle, workspaces, git_base }
+}
+
+async fn environment(s: &Stack) -> String {
+    let env = EnvironmentConfig {
+        name: "app".into(),
+        github_repos: vec![RepoRef::new("acme", "app").unwrap()],
+        setup_commands: vec!["echo set-up > setup.txt".into()],
+        env_vars: [
+            ("OZ_GIT_BASE_URL", s.git_base.as_str()),
+            ("GIT_AUTHOR_NAME", "Agent"),
+            ("GIT_AUTHOR_EMAIL", "agent@example.com"),
+            ("GIT_COMMITTER_NAME", "Agent"),
+            ("GIT_COMMITTER_EMAIL", "agent@example.com"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect(),
+        ..Default::default()
+    };
+    s.client.environments().create(&env).await.unwrap().uid
+}
+
+fn command_config(env_id: &str, script: &str) -> AgentConfig {
+    AgentConfig {
+        worker_host: Some("e2e-worker".into()),
+        environment_id: Some(env_id.into()),
+        harness: Some(HarnessConfig {
+            kind: Some("command".into()),
+            command: Some(vec!["/bin/sh".into(), "-c".into(), script.into()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_goes_from_the_api_through_a_worker_and_comes_back_with_its_commit() {
+    let s = stack().await;
+    let env_id = environment(&s).await;
+    let script = "set -e; cd app; cat ../setup.txt; echo \"$OZ_PROMPT\" >> README.md; git add README.md; git commit -q -m 'agent: apply the prompt'; echo done";
+    let run = s
+        .client
+        .runs()
+        .create("add a line to the README")
+        .agent_config(command_config(&env_id, script))
+        .send()
+        .await
+        .unwrap();
+    let events: Vec<_> = tokio::time::timeout(
+        Duration::from_secs(60),
+        s.client.runs().events(&run.run_id).map(|e| e.unwrap()).collect::<Vec<_>>(),
+    )
+    .await
+    .expect("the run ends");
+    let states: Vec<RunState> = events.iter().filter_map(|e| e.state()).collect();
+    assert_eq!(states.first(), Some(&RunState::Pending), "{states:?}");
+    assert!(states.contains(&RunState::Claimed) && states.contains(&RunState::InProgress), "{states:?}");
+    assert_eq!(states.last(), Some(&RunState::Succeeded), "{events:#?}");
+    let output: String =
+        events.iter().filter(|e| e.kind() == "output").filter_map(|e| e.event["text"].as_str()).collect();
+    assert!(output.contains("set-up") && output.contains("done"), "{output}");
+    let item = s.client.runs().get(&run.run_id).await.unwrap();
+    let artifacts = item.artifacts.unwrap_or_default();
+    assert!(format!("{artifacts:?}").contains("agent: apply the prompt"), "{artifacts:?}");
+    assert!(item.started_at.is_some());
+    // The run is reported as soon as the runner says so; the backend removes the workspace right after.
+    for _ in 0..100 {
+        if !s.workspaces.join(&run.run_id).exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!s.workspaces.join(&run.run_id).exists(), "the workspace was removed");
+    s.worker.shutdown();
+    s.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_is_cancelled_through_the_api() {
+    let s = stack().await;
+    let env_id = environment(&s).await;
+    let run = s
+        .client
+        .runs()
+        .create("wait forever")
+        .agent_config(command_config(&env_id, "echo started; sleep 300"))
+        .send()
+        .await
+        .unwrap();
+    let mut events = Box::pin(s.client.runs().events(&run.run_id));
+    // Wait until the agent is running, then cancel.
+    while let Some(e) = events.next().await {
+        if e.unwrap().kind() == "harness_started" {
+            break;
+        }
+    }
+    for _ in 0..50 {
+        match s.client.runs().cancel(&run.run_id).await {
+            Ok(_) => break,
+            Err(e) if e.status() == Some(409) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let rest: Vec<_> =
+        tokio::time::timeout(Duration::from_secs(60), events.map(|e| e.unwrap()).collect::<Vec<_>>()).await.unwrap();
+    assert_eq!(rest.iter().rev().find_map(|e| e.state()), Some(RunState::Cancelled), "{rest:#?}");
+    for _ in 0..100 {
+        if !s.workspaces.join(&run.run_id).exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!s.workspaces.join(&run.run_id).exists(), "the cancelled task's workspace was removed");
+    s.worker.shutdown();
+    s.server.shutdown().await;
+}

@@ -1,0 +1,379 @@
+//! The worker: one outbound WebSocket to the control plane, tasks run on a backend.
+//!
+//! - Connects with `Authorization: Bearer <key>` to `<ws url>?worker_id=<id>`; pings every 30 s; drops
+//!   a connection it has not heard from in 60 s; redials at once after a live connection drops, then
+//!   backs off from 1 s doubling to 60 s while dialing fails.
+//! - Messages to the server go through an outbox that outlives connections: a task that ends while
+//!   disconnected has its outcome delivered after the next connect.
+//! - `max_concurrent_tasks` (0 = unlimited): beyond it, assignments get `task_rejected`.
+//! - `task_cancellation` stops the task through the backend; its end is reported as CANCELLED.
+//! - Shutdown: stop taking tasks (assignments are rejected), cancel running tasks (reported as
+//!   `graceful_shutdown`), deliver every outcome, close. [`WorkerHandle::abort`] exits at once.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use oz_core::backend::{Backend, CancelReason, Canceller, TaskOutcome};
+use oz_core::credentials::ApiKey;
+use oz_core::failure::FailureReason;
+use oz_core::run::RunState;
+use oz_core::task::TaskSpec;
+use oz_core::wire::worker::{
+    ServerMessage, TaskAssignment, TaskClaimed, TaskCompleted, TaskFailed, TaskRejected, WorkerMessage,
+};
+use tokio::sync::{Notify, watch};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::command::{CommandOptions, agent_argv, agent_env};
+use crate::error::WorkerError;
+
+/// How the worker connects and behaves.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// This worker's id; runs for `worker_host` = this id come here.
+    pub worker_id: String,
+    /// `ws://host:port/api/v1/selfhosted/worker/ws` (the `worker_id` query is added).
+    pub websocket_url: String,
+    /// The API key.
+    pub api_key: ApiKey,
+    /// At most this many tasks at once; 0 = unlimited.
+    pub max_concurrent_tasks: usize,
+    /// Remove what tasks leave behind (off: `--no-cleanup`).
+    pub cleanup: bool,
+    /// The agent's command line and environment.
+    pub command: CommandOptions,
+    /// Ping interval.
+    pub ping_interval: Duration,
+    /// Drop the connection after this long without a message.
+    pub read_deadline: Duration,
+    /// First reconnect delay.
+    pub backoff_min: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+}
+
+impl WorkerConfig {
+    /// Defaults as Oz: ping 30 s, read deadline 60 s, backoff 1 s to 60 s, cleanup on, unlimited tasks.
+    pub fn new(
+        worker_id: impl Into<String>,
+        websocket_url: impl Into<String>,
+        api_key: ApiKey,
+        command: CommandOptions,
+    ) -> Self {
+        Self {
+            worker_id: worker_id.into(),
+            websocket_url: websocket_url.into(),
+            api_key,
+            max_concurrent_tasks: 0,
+            cleanup: true,
+            command,
+            ping_interval: Duration::from_secs(30),
+            read_deadline: Duration::from_secs(60),
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Running,
+    Draining,
+    Aborted,
+}
+
+struct Shared {
+    /// Running tasks; `None` while the backend is still launching one.
+    tasks: HashMap<String, Option<Canceller>>,
+    /// Cancellations that arrived while their task was launching.
+    cancel_pending: HashSet<String>,
+    outbox: VecDeque<WorkerMessage>,
+}
+
+/// Controls a running worker.
+#[derive(Clone, Debug)]
+pub struct WorkerHandle {
+    mode: watch::Sender<Mode>,
+}
+
+impl WorkerHandle {
+    /// Graceful shutdown: take no more tasks, cancel the running ones (reported as
+    /// `graceful_shutdown`), deliver their outcomes, then stop.
+    pub fn shutdown(&self) {
+        self.mode.send_if_modified(|m| {
+            if *m == Mode::Running {
+                *m = Mode::Draining;
+                true
+            } else {
+                false
+            }
+        });
+    }
+    /// Stops at once (a second signal).
+    pub fn abort(&self) {
+        let _ = self.mode.send(Mode::Aborted);
+    }
+}
+
+/// The worker daemon's core.
+pub struct Worker {
+    config: Arc<WorkerConfig>,
+    backend: Arc<dyn Backend>,
+    shared: Arc<Mutex<Shared>>,
+    outbox_ready: Arc<Notify>,
+    mode: watch::Receiver<Mode>,
+    handle: WorkerHandle,
+}
+
+impl Worker {
+    /// A worker for `backend`.
+    pub fn new(config: WorkerConfig, backend: Arc<dyn Backend>) -> Result<Self, WorkerError> {
+        oz_core::run::validate_id("worker_id", &config.worker_id)?;
+        let (tx, rx) = watch::channel(Mode::Running);
+        Ok(Self {
+            config: Arc::new(config),
+            backend,
+            shared: Arc::new(Mutex::new(Shared {
+                tasks: HashMap::new(),
+                cancel_pending: HashSet::new(),
+                outbox: VecDeque::new(),
+            })),
+            outbox_ready: Arc::new(Notify::new()),
+            mode: rx,
+            handle: WorkerHandle { mode: tx },
+        })
+    }
+
+    /// A handle to stop it.
+    pub fn handle(&self) -> WorkerHandle {
+        self.handle.clone()
+    }
+
+    fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn send(&self, message: WorkerMessage) {
+        self.shared().outbox.push_back(message);
+        self.outbox_ready.notify_one();
+    }
+
+    fn finished(&self) -> bool {
+        let s = self.shared();
+        *self.mode.borrow() == Mode::Draining && s.tasks.is_empty() && s.outbox.is_empty()
+    }
+
+    /// Runs until shut down (or aborted).
+    pub async fn run(self) -> Result<(), WorkerError> {
+        let this = Arc::new(self);
+        let mut backoff = this.config.backoff_min;
+        let mut mode = this.mode.clone();
+        loop {
+            if *mode.borrow() == Mode::Aborted || this.finished() {
+                return Ok(());
+            }
+            match this.connect().await {
+                Ok(ws) => {
+                    info!(worker_id = %this.config.worker_id, "connected to the control plane");
+                    backoff = this.config.backoff_min;
+                    this.clone().session(ws).await;
+                    // A live connection that dropped is redialed at once.
+                }
+                Err(e) => {
+                    warn!("could not connect ({e}); retrying in {}s", backoff.as_secs_f32());
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = mode.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(this.config.backoff_max);
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<WsStream, WorkerError> {
+        let sep = if self.config.websocket_url.contains('?') { '&' } else { '?' };
+        let url = format!("{}{sep}worker_id={}", self.config.websocket_url, self.config.worker_id);
+        let mut request = url.into_client_request().map_err(|e| WorkerError::Connect(e.to_string()))?;
+        let auth = format!("Bearer {}", self.config.api_key.expose())
+            .parse()
+            .map_err(|_| WorkerError::Connect("the API key is not a valid header value".into()))?;
+        request.headers_mut().insert("Authorization", auth);
+        let connect = tokio_tungstenite::connect_async(request);
+        let (ws, _) = tokio::time::timeout(Duration::from_secs(15), connect)
+            .await
+            .map_err(|_| WorkerError::Connect("timed out".into()))?
+            .map_err(|e| WorkerError::Connect(e.to_string()))?;
+        Ok(ws)
+    }
+
+    async fn session(self: Arc<Self>, ws: WsStream) {
+        let (mut sink, mut stream) = ws.split();
+        let mut ping = tokio::time::interval(self.config.ping_interval);
+        ping.tick().await;
+        let mut mode = self.mode.clone();
+        loop {
+            // Deliver what is waiting; a message leaves the outbox only once written.
+            loop {
+                let next = self.shared().outbox.front().cloned();
+                let Some(message) = next else { break };
+                let Ok(text) = message.to_json() else {
+                    self.shared().outbox.pop_front();
+                    continue;
+                };
+                if sink.send(Message::Text(text.into())).await.is_err() {
+                    return;
+                }
+                self.shared().outbox.pop_front();
+            }
+            if *mode.borrow() == Mode::Aborted {
+                return;
+            }
+            if self.finished() {
+                let _ = sink.close().await;
+                return;
+            }
+            tokio::select! {
+                _ = ping.tick() => {
+                    if sink.send(Message::Ping(Default::default())).await.is_err() {
+                        return;
+                    }
+                }
+                _ = self.outbox_ready.notified() => {}
+                _ = mode.changed() => {
+                    if *mode.borrow() == Mode::Draining {
+                        self.begin_shutdown();
+                    }
+                }
+                frame = tokio::time::timeout(self.config.read_deadline, stream.next()) => match frame {
+                    Ok(Some(Ok(Message::Text(text)))) => match ServerMessage::from_json(&text) {
+                        Ok(Some(message)) => self.clone().on_message(message),
+                        Ok(None) => {}
+                        Err(e) => warn!("ignoring a malformed message from the server: {e}"),
+                    },
+                    Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => return,
+                    Ok(Some(Ok(_))) => {}
+                    Err(_) => {
+                        warn!("no message from the server in {}s; reconnecting", self.config.read_deadline.as_secs());
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    fn begin_shutdown(&self) {
+        let cancellers: Vec<Canceller> = self.shared().tasks.values().flatten().cloned().collect();
+        info!(tasks = cancellers.len(), "shutting down: cancelling running tasks");
+        for c in cancellers {
+            c.cancel(CancelReason::Shutdown);
+        }
+        self.outbox_ready.notify_one();
+    }
+
+    fn on_message(self: Arc<Self>, message: ServerMessage) {
+        match message {
+            ServerMessage::TaskAssignment(a) => self.on_assignment(*a),
+            ServerMessage::TaskCancellation(c) => {
+                let mut shared = self.shared();
+                match shared.tasks.get(&c.task_id).cloned() {
+                    Some(Some(canceller)) => canceller.cancel(CancelReason::Requested),
+                    Some(None) => {
+                        shared.cancel_pending.insert(c.task_id.clone());
+                    }
+                    None => warn!(task_id = %c.task_id, "cancellation for a task this worker does not run"),
+                }
+            }
+        }
+    }
+
+    fn on_assignment(self: Arc<Self>, assignment: TaskAssignment) {
+        let task_id = assignment.task_id.clone();
+        let reject = |reason: String| WorkerMessage::TaskRejected(TaskRejected { task_id: task_id.clone(), reason });
+        if *self.mode.borrow() != Mode::Running {
+            self.send(reject("the worker is shutting down".into()));
+            return;
+        }
+        let active = self.shared().tasks.len();
+        if self.config.max_concurrent_tasks > 0 && active >= self.config.max_concurrent_tasks {
+            self.send(reject(format!("at capacity ({active} of {} tasks)", self.config.max_concurrent_tasks)));
+            return;
+        }
+        let mut spec = TaskSpec::new(task_id.clone(), agent_argv(&assignment, &self.config.command));
+        spec.execution_id = assignment.execution_id.clone();
+        spec.env = agent_env(&assignment, &self.config.command);
+        spec.cleanup = self.config.cleanup;
+        if let Some(shape) = assignment.instance_shape {
+            spec.sandbox.resources.vcpus = Some(shape.vcpus);
+            spec.sandbox.resources.memory_bytes = Some((shape.memory_gb * 1024.0 * 1024.0 * 1024.0) as u64);
+        }
+        // Claim first, as Oz does; a launch that fails is then reported as task_failed.
+        self.send(WorkerMessage::TaskClaimed(TaskClaimed {
+            task_id: task_id.clone(),
+            worker_id: self.config.worker_id.clone(),
+        }));
+        let span = info_span!("task", task_id = %task_id, worker_id = %self.config.worker_id);
+        let worker = self.clone();
+        // Take the slot before the launch, so a burst of assignments respects the limit.
+        self.shared().tasks.insert(task_id.clone(), None);
+        tokio::spawn(
+            async move {
+                let message = match worker.backend.launch(spec).await {
+                    Ok(handle) => {
+                        let cancelled_meanwhile = {
+                            let mut shared = worker.shared();
+                            shared.tasks.insert(task_id.clone(), Some(handle.canceller()));
+                            shared.cancel_pending.remove(&task_id)
+                        };
+                        // A cancellation or a shutdown that arrived during the launch still applies.
+                        if cancelled_meanwhile {
+                            handle.canceller().cancel(CancelReason::Requested);
+                        } else if *worker.mode.borrow() != Mode::Running {
+                            handle.canceller().cancel(CancelReason::Shutdown);
+                        }
+                        outcome_message(&task_id, &handle.wait().await)
+                    }
+                    Err(e) => WorkerMessage::TaskFailed(TaskFailed {
+                        task_id: task_id.clone(),
+                        message: e.message.clone(),
+                        failure_reason: e.reason,
+                        exit_code: 0,
+                    }),
+                };
+                info!(message = ?message, "task ended");
+                worker.shared().tasks.remove(&task_id);
+                worker.send(message);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The message reporting an outcome: `task_completed` for success and cancellation, else `task_failed`.
+pub fn outcome_message(task_id: &str, outcome: &TaskOutcome) -> WorkerMessage {
+    let exit_code = outcome.exit.map_or(0, |e| e.oz_exit_code());
+    match &outcome.failure {
+        None => WorkerMessage::TaskCompleted(TaskCompleted {
+            task_id: task_id.into(),
+            message: "the agent finished".into(),
+            task_state: None,
+        }),
+        Some(f) if f.reason == FailureReason::TaskCancelled => WorkerMessage::TaskCompleted(TaskCompleted {
+            task_id: task_id.into(),
+            message: f.message.clone(),
+            task_state: Some(RunState::Cancelled),
+        }),
+        Some(f) => WorkerMessage::TaskFailed(TaskFailed {
+            task_id: task_id.into(),
+            message: f.message.clone(),
+            failure_reason: f.reason,
+            exit_code,
+        }),
+    }
+}
