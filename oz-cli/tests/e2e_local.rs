@@ -46,6 +46,8 @@ struct Stack {
 }
 
 async fn stack() -> Stack {
+    // Server errors are logged, not returned: show them in the test's output.
+    let _ = tracing_subscriber::fmt().with_env_filter("warn").with_test_writer().try_init();
     let dir = tempfile::tempdir().unwrap();
     // A sample repo at <dir>/git/acme/app.
     let src = dir.path().join("src");
@@ -58,7 +60,7 @@ async fn stack() -> Stack {
     std::fs::create_dir_all(bare.parent().unwrap()).unwrap();
     git(dir.path(), &["clone", "-q", "--bare", src.to_str().unwrap(), bare.to_str().unwrap()]);
 
-    let store = Arc::new(SqliteStore::in_memory().await.unwrap());
+    let store = Arc::new(SqliteStore::temporary().await.unwrap());
     let (_, key) = oz_server::bootstrap_team(store.as_ref(), "e2e").await.unwrap();
     let server =
         oz_server::start(oz_server::ServerConfig { listen: "127.0.0.1:0".into(), ..Default::default() }, store)

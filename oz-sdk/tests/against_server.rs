@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 async fn server() -> (oz_server::RunningServer, Client) {
-    let store = Arc::new(SqliteStore::in_memory().await.unwrap());
+    let store = Arc::new(SqliteStore::temporary().await.unwrap());
     let (_, key) = oz_server::bootstrap_team(store.as_ref(), "sdk").await.unwrap();
     let config = oz_server::ServerConfig { listen: "127.0.0.1:0".into(), ..Default::default() };
     let server = oz_server::start(config, store).await.unwrap();
@@ -101,7 +101,7 @@ async fn schedules_integrations_and_workers() {
 /// The SDK follows a run's events live until it ends, while a worker and the runner drive it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_follow_a_run_to_its_end() {
-    let store = Arc::new(SqliteStore::in_memory().await.unwrap());
+    let store = Arc::new(SqliteStore::temporary().await.unwrap());
     let (_, key) = oz_server::bootstrap_team(store.as_ref(), "sdk").await.unwrap();
     let server =
         oz_server::start(oz_server::ServerConfig { listen: "127.0.0.1:0".into(), ..Default::default() }, store)

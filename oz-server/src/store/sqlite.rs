@@ -1,7 +1,6 @@
 //! The embedded SQLite store: one file (WAL, `synchronous=NORMAL`), or `:memory:` for tests.
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,6 +15,8 @@ use super::*;
 /// The SQLite store.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
+    /// Keeps a temporary database's folder alive as long as the store.
+    _temp: Option<std::sync::Arc<tempfile::TempDir>>,
     /// Reads.
     pool: SqlitePool,
     /// Writes, through one connection: they queue in-process instead of sleeping in SQLite's busy
@@ -55,22 +56,19 @@ impl SqliteStore {
         // `maintenance` checkpoints from a reader connection instead.
         let writer =
             SqlitePoolOptions::new().max_connections(1).connect_with(options.pragma("wal_autocheckpoint", "0")).await?;
-        let store = Self { pool, writer };
+        let store = Self { _temp: None, pool, writer };
         store.migrate().await?;
         Ok(store)
     }
 
-    /// A private in-memory database (one connection, so every query sees the same data).
-    pub async fn in_memory() -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(options)
-            .await?;
-        let store = Self { writer: pool.clone(), pool };
-        store.migrate().await?;
+    /// A private database in a temporary folder, removed when the last clone of the store is dropped
+    /// (tests, examples). Not `:memory:`: a pooled connection that sqlx closes (it does when a query
+    /// is abandoned midway) would come back to a new, empty in-memory database.
+    pub async fn temporary() -> Result<Self, StoreError> {
+        let dir = tempfile::tempdir()
+            .map_err(|e| StoreError::Corrupt { what: "temporary folder", message: e.to_string() })?;
+        let mut store = Self::open(&dir.path().join("oz.db")).await?;
+        store._temp = Some(std::sync::Arc::new(dir));
         Ok(store)
     }
 

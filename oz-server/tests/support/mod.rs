@@ -31,7 +31,7 @@ pub fn config() -> ServerConfig {
 
 impl TestServer {
     pub async fn start() -> Self {
-        Self::start_with(config(), Arc::new(SqliteStore::in_memory().await.unwrap())).await
+        Self::start_with(config(), Arc::new(SqliteStore::temporary().await.unwrap())).await
     }
 
     pub async fn start_with(config: ServerConfig, store: Arc<dyn Store>) -> Self {
