@@ -12,7 +12,7 @@ target=$(rustc -vV | sed -n 's/^host: //p')
 out=${1:-target/sidecar/oz}
 echo "building a static oz for $target ..." >&2
 # An explicit --target keeps RUSTFLAGS away from build scripts and proc macros, which must stay dynamic.
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$target" -p oz-cli --bin oz
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$target" -p oz-cli --bin oz --no-default-features
 mkdir -p "$(dirname "$out")"
 cp "target/$target/release/oz" "$out"
 if readelf -l "$out" | grep -q 'INTERP'; then

@@ -20,6 +20,32 @@ enum Command {
         #[command(subcommand)]
         command: AgentCommand,
     },
+    /// The local stack: a control plane and a worker on this machine.
+    #[cfg(feature = "local-stack")]
+    Local {
+        #[command(subcommand)]
+        command: LocalCommand,
+    },
+}
+
+#[cfg(feature = "local-stack")]
+#[derive(Debug, Subcommand)]
+enum LocalCommand {
+    /// Start the control plane (SQLite) and a worker (Direct backend) until Ctrl-C.
+    Up {
+        /// Where the database, the API key and the workspaces live.
+        #[arg(long, env = "OZ_DATA_DIR", default_value = ".oz-local")]
+        data_dir: std::path::PathBuf,
+        /// Where the control plane listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
+    /// Start the stack, run a sample agent task end to end, show the result and the timings, stop.
+    Quickstart {
+        /// Where the database, the API key, the sample repo and the workspaces live.
+        #[arg(long, env = "OZ_DATA_DIR", default_value = ".oz-local")]
+        data_dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -43,6 +69,31 @@ enum AgentCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        #[cfg(feature = "local-stack")]
+        Command::Local { command } => {
+            init_tracing();
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("oz: could not start the async runtime: {e}");
+                    return exit(1);
+                }
+            };
+            let result = runtime.block_on(async move {
+                match command {
+                    LocalCommand::Up { data_dir, listen } => crate::local::up(&data_dir, &listen).await.map(|()| true),
+                    LocalCommand::Quickstart { data_dir } => crate::local::quickstart(&data_dir).await,
+                }
+            });
+            match result {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => exit(1),
+                Err(e) => {
+                    eprintln!("oz: {e}");
+                    exit(1)
+                }
+            }
+        }
         Command::Agent { command: AgentCommand::GitCredential { operation } } => {
             exit(credentials::helper_main(&operation))
         }

@@ -9,3 +9,5 @@
 
 pub mod agent;
 pub mod cli;
+#[cfg(feature = "local-stack")]
+pub mod local;

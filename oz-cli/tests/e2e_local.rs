@@ -200,3 +200,33 @@ async fn a_run_is_cancelled_through_the_api() {
     s.worker.shutdown();
     s.server.shutdown().await;
 }
+
+/// The README's first command: `oz local quickstart` on a fresh data directory.
+#[test]
+fn the_quickstart_runs_the_main_job_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let out =
+        Command::new(OZ).args(["local", "quickstart", "--data-dir"]).arg(dir.path().join("data")).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for expected in [
+        "[CLAIMED]",
+        "cloned acme/hello",
+        "agent: committed",
+        "==> run Succeeded",
+        "git_commit",
+        "submitted -> claimed",
+        "total",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} missing from:\n{stdout}");
+    }
+    // Nothing left running or lying around: the workspace is gone, the key is private.
+    let workspaces = dir.path().join("data/workspaces");
+    assert_eq!(std::fs::read_dir(&workspaces).unwrap().count(), 0);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(dir.path().join("data/api-key")).unwrap().permissions().mode() & 0o777, 0o600);
+    // A second run in the same data directory reuses the key and the sample.
+    let again =
+        Command::new(OZ).args(["local", "quickstart", "--data-dir"]).arg(dir.path().join("data")).output().unwrap();
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stdout));
+}

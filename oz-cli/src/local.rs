@@ -1,0 +1,284 @@
+//! The local stack (feature `local-stack`): the control plane on SQLite under a data directory, and an
+//! embedded worker on the Direct backend whose tasks run this same `oz` binary as their runner.
+//!
+//! - `oz local up`: starts it and prints how to use it, until Ctrl-C.
+//! - `oz local quickstart`: starts it, registers an environment from a small sample repository, submits
+//!   a run whose command harness changes the code and commits, follows it live, and prints the result
+//!   with a timing breakdown.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use oz_backend_direct::{DirectBackend, DirectConfig};
+use oz_core::backend::{Backend, RecoveryAction};
+use oz_core::credentials::ApiKey;
+use oz_core::environment::{EnvironmentConfig, RepoRef};
+use oz_core::run::RunState;
+use oz_core::wire::api::{AgentConfig, RunStreamEvent};
+use oz_core::wire::worker::HarnessConfig;
+use oz_server::store::sqlite::SqliteStore;
+use oz_worker::{CommandOptions, Worker, WorkerConfig, WorkerHandle};
+
+/// The worker id of the embedded worker.
+pub const LOCAL_WORKER: &str = "local";
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// A running local stack.
+pub struct LocalStack {
+    /// The control plane.
+    pub server: oz_server::RunningServer,
+    /// The embedded worker.
+    pub worker: WorkerHandle,
+    /// The team's API key.
+    pub api_key: String,
+    /// Where everything lives.
+    pub data_dir: PathBuf,
+}
+
+impl LocalStack {
+    /// An SDK client for the stack.
+    pub fn client(&self) -> Result<oz_sdk::Client, Error> {
+        Ok(oz_sdk::Client::builder().base_url(self.server.url()).api_key(&self.api_key).build()?)
+    }
+
+    /// Stops the worker (cancelling its tasks) and the server.
+    pub async fn stop(self) {
+        self.worker.shutdown();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.server.shutdown().await;
+    }
+}
+
+/// Starts the stack in `data_dir` (created if missing), listening on `listen`.
+pub async fn start(data_dir: &Path, listen: &str) -> Result<LocalStack, Error> {
+    std::fs::create_dir_all(data_dir).map_err(|e| format!("could not create {}: {e}", data_dir.display()))?;
+    let store = Arc::new(SqliteStore::open(&data_dir.join("oz.db")).await?);
+    let key_file = data_dir.join("api-key");
+    let api_key = match std::fs::read_to_string(&key_file) {
+        Ok(k) => k.trim().to_owned(),
+        Err(_) => {
+            let (_, key) = oz_server::bootstrap_team(store.as_ref(), "local").await?;
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&key_file)?;
+            writeln!(f, "{key}")?;
+            key
+        }
+    };
+    let config = oz_server::ServerConfig {
+        listen: listen.to_owned(),
+        default_worker_host: Some(LOCAL_WORKER.into()),
+        ..Default::default()
+    };
+    let server = oz_server::start(config, store).await?;
+
+    let backend = Arc::new(DirectBackend::new(DirectConfig::new(LOCAL_WORKER, data_dir.join("workspaces")))?);
+    for leftover in backend.recover().await? {
+        if let RecoveryAction::Removed(f) = leftover.action {
+            eprintln!("oz: cleaned up task {} left by an earlier run: {}", leftover.task_id, f.message);
+        }
+    }
+    let me = std::env::current_exe()?.display().to_string();
+    let command =
+        CommandOptions { entrypoint: me, server_root_url: server.url(), idle_on_complete: None, extra_env: Vec::new() };
+    let ws = format!("{}/api/v1/selfhosted/worker/ws", server.url().replacen("http://", "ws://", 1));
+    let worker = Worker::new(WorkerConfig::new(LOCAL_WORKER, ws, ApiKey::new(api_key.clone()), command), backend)?;
+    let handle = worker.handle();
+    tokio::spawn(async move {
+        if let Err(e) = worker.run().await {
+            eprintln!("oz: the local worker stopped: {e}");
+        }
+    });
+    Ok(LocalStack { server, worker: handle, api_key, data_dir: data_dir.to_owned() })
+}
+
+/// `oz local up`.
+pub async fn up(data_dir: &Path, listen: &str) -> Result<(), Error> {
+    let stack = start(data_dir, listen).await?;
+    println!("oz local stack is up");
+    println!("  control plane  {}/api/v1   (database {})", stack.server.url(), stack.data_dir.join("oz.db").display());
+    println!(
+        "  worker         {LOCAL_WORKER} (Direct backend, workspaces under {})",
+        stack.data_dir.join("workspaces").display()
+    );
+    println!("  API key        saved in {}", stack.data_dir.join("api-key").display());
+    println!();
+    println!("  export OZ_API_BASE_URL={}/api/v1", stack.server.url());
+    println!("  export WARP_API_KEY=$(cat {})", stack.data_dir.join("api-key").display());
+    println!("  curl -s -H \"Authorization: Bearer $WARP_API_KEY\" $OZ_API_BASE_URL/agent/runs");
+    println!();
+    println!("Ctrl-C to stop.");
+    wait_for_signal().await;
+    println!("stopping");
+    stack.stop().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return;
+    };
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+}
+
+fn git(dir: &Path, args: &[&str]) -> Result<(), Error> {
+    let status = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "oz quickstart")
+        .env("GIT_AUTHOR_EMAIL", "quickstart@oz.invalid")
+        .env("GIT_COMMITTER_NAME", "oz quickstart")
+        .env("GIT_COMMITTER_EMAIL", "quickstart@oz.invalid")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map_err(|e| format!("the quickstart needs git: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("git {args:?} failed").into()) }
+}
+
+/// Makes the sample repository `acme/hello` under `<root>/git` (once); returns the git base URL.
+fn sample_repo(root: &Path) -> Result<String, Error> {
+    let bare = root.join("git/acme/hello");
+    if !bare.exists() {
+        let src = root.join("src/hello");
+        std::fs::create_dir_all(&src)?;
+        git(&src, &["init", "-q", "-b", "main"])?;
+        std::fs::write(src.join("greeting.txt"), "Hello\n")?;
+        std::fs::write(src.join("README.md"), "# hello\n\nA tiny sample project for the oz quickstart.\n")?;
+        git(&src, &["add", "."])?;
+        git(&src, &["commit", "-q", "-m", "Initial commit"])?;
+        std::fs::create_dir_all(bare.parent().ok_or("no parent")?)?;
+        git(root, &["clone", "-q", "--bare", &src.display().to_string(), &bare.display().to_string()])?;
+    }
+    Ok(format!("file://{}", root.join("git").display()))
+}
+
+/// The sample agent: reads the prompt, changes the code, commits.
+const SAMPLE_AGENT: &str = r#"set -e
+cd hello
+echo "agent: the task is: $OZ_PROMPT"
+echo "agent: setup left: $(cat ../.setup-done)"
+printf 'Hello, world!\n' > greeting.txt
+git add greeting.txt
+git commit -q -m "Greet the whole world"
+echo "agent: committed $(git rev-parse --short HEAD): $(git log -1 --format=%s)""#;
+
+fn at(events: &[RunStreamEvent], pred: impl Fn(&RunStreamEvent) -> bool) -> Option<Timestamp> {
+    events.iter().find(|e| pred(e)).map(|e| e.at)
+}
+
+fn ms(from: Option<Timestamp>, to: Option<Timestamp>) -> String {
+    match (from, to) {
+        (Some(a), Some(b)) => format!("{:>8.1} ms", b.duration_since(a).as_secs_f64() * 1e3),
+        _ => "       -   ".into(),
+    }
+}
+
+/// `oz local quickstart`. Returns whether the run succeeded.
+pub async fn quickstart(data_dir: &Path) -> Result<bool, Error> {
+    println!("==> starting the local stack in {}", data_dir.display());
+    let stack = start(data_dir, "127.0.0.1:0").await?;
+    let client = stack.client()?;
+    println!("    control plane {} with worker {LOCAL_WORKER:?} on the Direct backend", stack.server.url());
+
+    let git_base = sample_repo(&data_dir.join("sample"))?;
+    let mut env = EnvironmentConfig {
+        name: "hello".into(),
+        description: Some("The quickstart's sample repository".into()),
+        github_repos: vec![RepoRef::new("acme", "hello")?],
+        setup_commands: vec!["echo 'dependencies installed' > .setup-done".into()],
+        ..Default::default()
+    };
+    for (k, v) in [
+        ("OZ_GIT_BASE_URL", git_base.as_str()),
+        ("GIT_AUTHOR_NAME", "oz agent"),
+        ("GIT_AUTHOR_EMAIL", "agent@oz.invalid"),
+        ("GIT_COMMITTER_NAME", "oz agent"),
+        ("GIT_COMMITTER_EMAIL", "agent@oz.invalid"),
+    ] {
+        env.env_vars.insert(k.into(), v.into());
+    }
+    let environment = client.environments().create(&env).await?;
+    println!("==> registered environment {} (repo acme/hello from {git_base})", environment.uid);
+
+    let config = AgentConfig {
+        worker_host: Some(LOCAL_WORKER.into()),
+        environment_id: Some(environment.uid.clone()),
+        harness: Some(HarnessConfig {
+            kind: Some("command".into()),
+            command: Some(vec!["/bin/sh".into(), "-c".into(), SAMPLE_AGENT.into()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let submitted = Timestamp::now();
+    let run = client
+        .runs()
+        .create("Make the greeting say hello to the whole world")
+        .agent_config(config)
+        .title("quickstart")
+        .send()
+        .await?;
+    println!("==> submitted run {}", run.run_id);
+
+    let mut stream = Box::pin(client.runs().events(&run.run_id));
+    let mut events = Vec::new();
+    let follow = async {
+        while let Some(event) = stream.next().await {
+            let event = event?;
+            match event.kind() {
+                "state" => println!(
+                    "    [{}] {}",
+                    event.event["state"].as_str().unwrap_or("?"),
+                    event.event["status_message"]["message"].as_str().unwrap_or("")
+                ),
+                "clone_finished" => println!(
+                    "    cloned {} in {} ms",
+                    event.event["repo"].as_str().unwrap_or(""),
+                    event.event["millis"]
+                ),
+                "setup_started" => println!("    setup: {}", event.event["command"].as_str().unwrap_or("")),
+                "harness_started" => {
+                    println!("    agent started ({} harness)", event.event["harness"].as_str().unwrap_or(""))
+                }
+                "output" => {
+                    for line in event.event["text"].as_str().unwrap_or("").lines() {
+                        println!("    | {line}");
+                    }
+                }
+                _ => {}
+            }
+            events.push(event);
+        }
+        Ok::<(), Error>(())
+    };
+    tokio::time::timeout(Duration::from_secs(300), follow)
+        .await
+        .map_err(|_| "the run did not finish within 5 minutes")??;
+
+    let item = client.runs().get(&run.run_id).await?;
+    println!("==> run {:?}: {}", item.state, item.status_message.as_ref().map(|m| m.message.as_str()).unwrap_or(""));
+    for artifact in item.artifacts.clone().unwrap_or_default() {
+        println!("    artifact: {}", serde_json::to_string(&artifact).unwrap_or_default());
+    }
+    let queued = Some(submitted);
+    let claimed = at(&events, |e| e.state() == Some(RunState::Claimed));
+    let sandbox_ready = at(&events, |e| e.kind() == "started");
+    let agent_started = at(&events, |e| e.kind() == "harness_started");
+    let finished = at(&events, |e| e.state().is_some_and(|s| s.is_terminal()));
+    println!("==> timing");
+    println!("    submitted -> claimed        {}", ms(queued, claimed));
+    println!("    claimed   -> sandbox ready  {}", ms(claimed, sandbox_ready));
+    println!("    sandbox   -> agent started  {}", ms(sandbox_ready, agent_started));
+    println!("    agent     -> finished       {}", ms(agent_started, finished));
+    println!("    total                       {}", ms(queued, finished));
+    let ok = item.state == RunState::Succeeded;
+    stack.stop().await;
+    Ok(ok)
+}
