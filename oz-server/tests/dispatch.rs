@@ -171,8 +171,15 @@ async fn connections_sharing_an_id_share_the_load_and_rejections_requeue() {
     let mut a = t.worker(&t.key_a, "pool").await;
     let mut b = t.worker(&t.key_a, "pool").await;
     let r1 = t.create_run(&t.key_a, "pool", "one").await;
-    // Both are idle: the first run goes to the first connection.
-    assert_eq!(assignment(a.next().await).task_id, r1);
+    // Both are idle: the first run goes to either (connections register when their upgrade completes).
+    let a_got_it = tokio::select! {
+        m = a.next() => { assert_eq!(assignment(m).task_id, r1); true }
+        m = b.next() => { assert_eq!(assignment(m).task_id, r1); false }
+    };
+    if !a_got_it {
+        std::mem::swap(&mut a, &mut b);
+    }
+    // Now `a` holds a run and `b` is idle: the second run goes to `b`.
     let r2 = t.create_run(&t.key_a, "pool", "two").await;
     let second = b.next().await;
     assert_eq!(assignment(second).task_id, r2, "the second run goes to the idle connection");
@@ -411,4 +418,29 @@ async fn a_cancelled_run_that_reports_failure_ends_cancelled() {
     let body = json!({"at": "2026-11-22T10:00:00Z", "event": "finished", "state": "FAILED", "exit_code": 1, "message": "exit 1"});
     assert_eq!(report(&t, &other, &token, body).await, 204);
     t.wait_state(&t.key_a, &other, "FAILED").await;
+}
+
+/// A runner that reports CANCELLED when nobody asked to cancel (its worker is shutting down) does not
+/// decide the outcome: the worker's report does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unrequested_cancellation_from_the_runner_waits_for_the_worker() {
+    let t = TestServer::start().await;
+    let mut w = t.worker(&t.key_a, "w1").await;
+    let run = t.create_run(&t.key_a, "w1", "p").await;
+    let token = assignment(w.next().await).env_vars["OZ_WORKLOAD_TOKEN"].clone();
+    w.send(claimed(&run, &w)).await;
+    t.wait_state(&t.key_a, &run, "CLAIMED").await;
+    let body = json!({"at": "2026-11-22T10:00:00Z", "event": "finished", "state": "CANCELLED", "exit_code": 130, "message": "cancelled"});
+    assert_eq!(report(&t, &run, &token, body).await, 204);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(t.state_of(&t.key_a, &run).await, "CLAIMED");
+    w.send(WorkerMessage::TaskFailed(TaskFailed {
+        task_id: run.clone(),
+        message: "the task was stopped because the worker is shutting down".into(),
+        failure_reason: FailureReason::GracefulShutdown,
+        exit_code: 143,
+    }))
+    .await;
+    let item = t.wait_state(&t.key_a, &run, "ERROR").await;
+    assert!(item["status_message"]["message"].as_str().unwrap().contains("graceful_shutdown"));
 }

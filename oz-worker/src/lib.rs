@@ -20,6 +20,7 @@
 //! are here; the `oz-agent-worker` program (flags, YAML config), metrics and `wss` are not yet.
 
 pub mod command;
+pub mod config;
 mod error;
 mod worker;
 

@@ -148,6 +148,32 @@ impl Worker {
         })
     }
 
+    /// Reports tasks a backend found after a restart (see `Backend::recover`): the ones it removed
+    /// are reported as failed once connected (their runs end with the backend's message); the ones it
+    /// reattached to are followed like any task.
+    pub fn adopt_recovered(self: &Arc<Self>, recovered: Vec<oz_core::backend::RecoveredTask>) {
+        for task in recovered {
+            match task.action {
+                oz_core::backend::RecoveryAction::Removed(f) => self.send(WorkerMessage::TaskFailed(TaskFailed {
+                    task_id: task.task_id,
+                    message: f.message,
+                    failure_reason: f.reason,
+                    exit_code: 0,
+                })),
+                oz_core::backend::RecoveryAction::Reattached(handle) => {
+                    let worker = self.clone();
+                    let task_id = task.task_id.clone();
+                    self.shared().tasks.insert(task_id.clone(), Some(handle.canceller()));
+                    tokio::spawn(async move {
+                        let message = outcome_message(&task_id, &handle.wait().await);
+                        worker.shared().tasks.remove(&task_id);
+                        worker.send(message);
+                    });
+                }
+            }
+        }
+    }
+
     /// A handle to stop it.
     pub fn handle(&self) -> WorkerHandle {
         self.handle.clone()
@@ -169,7 +195,12 @@ impl Worker {
 
     /// Runs until shut down (or aborted).
     pub async fn run(self) -> Result<(), WorkerError> {
-        let this = Arc::new(self);
+        Arc::new(self).run_shared().await
+    }
+
+    /// [`Worker::run`] for a worker already shared (after [`Worker::adopt_recovered`]).
+    pub async fn run_shared(self: Arc<Self>) -> Result<(), WorkerError> {
+        let this = self;
         let mut backoff = this.config.backoff_min;
         let mut mode = this.mode.clone();
         loop {

@@ -51,6 +51,12 @@ pub async fn report(
                     return Err(ApiError::invalid(format!("finished.state must be a terminal state, got {other}")));
                 }
             };
+            // The runner stopped by a signal nobody asked for (its worker shutting down, say) is not a
+            // cancellation: keep the report as an event and let the worker's report (or the lease) end
+            // the run with the real reason.
+            if to == RunState::Cancelled && !run.cancel_requested {
+                return Ok(StatusCode::NO_CONTENT);
+            }
             state.lifecycle.advance(&run.id, to, Some(message.clone())).await?;
         }
         _ => {}

@@ -1,0 +1,167 @@
+//! `oz-agent-worker`: the worker daemon, with Oz's flags and YAML configuration.
+//!
+//! ```text
+//! oz-agent-worker --worker-id my-worker --server-root-url http://127.0.0.1:8080 --backend direct
+//! oz-agent-worker --config-file worker.yaml
+//! ```
+//!
+//! Flags override the file, which overrides the defaults. SIGTERM or Ctrl-C: stop taking tasks, cancel
+//! the running ones (reported as `graceful_shutdown`), deliver their outcomes, exit; a second signal
+//! exits at once.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use oz_core::backend::Backend;
+use oz_core::credentials::ApiKey;
+use oz_worker::config::{BackendKind, FileConfig, backend_kind, parse_file, resolve_env};
+use oz_worker::{CommandOptions, Worker, WorkerConfig};
+
+/// The oz worker daemon.
+#[derive(Debug, Parser)]
+#[command(name = "oz-agent-worker", version)]
+struct Flags {
+    /// A YAML configuration file (strict: unknown keys are errors).
+    #[arg(long)]
+    config_file: Option<std::path::PathBuf>,
+    /// docker, direct or kubernetes (default: the file's backend, else docker).
+    #[arg(long)]
+    backend: Option<String>,
+    /// The API key.
+    #[arg(long, env = "WARP_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// This worker's id (runs with this `worker_host` come here).
+    #[arg(long)]
+    worker_id: Option<String>,
+    /// The worker WebSocket URL (default: derived from --server-root-url).
+    #[arg(long)]
+    web_socket_url: Option<String>,
+    /// The control plane's root URL, also given to tasks.
+    #[arg(long, env = "OZ_SERVER_ROOT_URL")]
+    server_root_url: Option<String>,
+    /// error, warn, info, debug, trace.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    /// Keep what tasks leave behind.
+    #[arg(long)]
+    no_cleanup: bool,
+    /// `HOST:CONTAINER[:ro|rw]` (Docker; repeatable).
+    #[arg(short = 'v', long = "volumes")]
+    volumes: Vec<String>,
+    /// `KEY=VALUE`, or a bare `KEY` to pass on the worker's own value (repeatable).
+    #[arg(short = 'e', long = "env")]
+    env: Vec<String>,
+    /// At most this many tasks at once; 0 = unlimited.
+    #[arg(long)]
+    max_concurrent_tasks: Option<usize>,
+    /// Passed to the agent as `--idle-on-complete <duration>`.
+    #[arg(long)]
+    idle_on_complete: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let flags = Flags::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&flags.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("oz-agent-worker: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(flags)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("oz-agent-worker: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
+    let file = match &flags.config_file {
+        Some(path) => {
+            parse_file(&std::fs::read_to_string(path).map_err(|e| format!("could not read {}: {e}", path.display()))?)?
+        }
+        None => FileConfig::default(),
+    };
+    let kind = backend_kind(flags.backend.as_deref().map(str::parse).transpose()?, &file);
+    let worker_id = flags
+        .worker_id
+        .or(file.worker_id.clone())
+        .ok_or("a worker id is required: --worker-id or worker_id in the file")?;
+    let api_key = flags.api_key.ok_or("an API key is required: --api-key or WARP_API_KEY")?;
+    let server_root_url = flags.server_root_url.ok_or("the control plane's URL is required: --server-root-url")?;
+    let web_socket_url = flags.web_socket_url.unwrap_or_else(|| {
+        let ws = server_root_url.replacen("https://", "wss://", 1).replacen("http://", "ws://", 1);
+        format!("{}/api/v1/selfhosted/worker/ws", ws.trim_end_matches('/'))
+    });
+    if web_socket_url.starts_with("wss://") {
+        return Err("wss:// is not supported by this build yet; put the worker next to the control plane or use a TLS-terminating proxy on loopback".into());
+    }
+    let cleanup = !flags.no_cleanup && file.cleanup.unwrap_or(true);
+    let lookup = |k: &str| std::env::var(k).ok();
+    let mut extra_env = Vec::new();
+    let section_env =
+        file.backend.as_ref().and_then(|b| b.direct.as_ref().map(|d| d.environment.clone())).unwrap_or_default();
+    for entry in section_env {
+        let spec = match entry.value {
+            Some(v) => format!("{}={v}", entry.name),
+            None => entry.name,
+        };
+        extra_env.push(resolve_env(&spec, lookup)?);
+    }
+    for spec in &flags.env {
+        extra_env.push(resolve_env(spec, lookup)?);
+    }
+    if !flags.volumes.is_empty() && kind != BackendKind::Docker {
+        return Err("-v/--volumes applies to the docker backend only".into());
+    }
+
+    let (backend, entrypoint): (Arc<dyn Backend>, String) = match kind {
+        BackendKind::Direct => {
+            let section = file.backend.as_ref().and_then(|b| b.direct.clone()).unwrap_or_default();
+            let root = section.workspace_root.unwrap_or_else(|| std::env::temp_dir().join("oz-workspaces"));
+            let mut direct = oz_backend_direct::DirectConfig::new(&worker_id, root);
+            direct.setup_command = section.setup_command;
+            direct.teardown_command = section.teardown_command;
+            direct.cleanup = cleanup;
+            (Arc::new(oz_backend_direct::DirectBackend::new(direct)?), section.oz_path.unwrap_or_else(|| "oz".into()))
+        }
+        BackendKind::Docker => {
+            return Err("the docker backend is not built into this worker yet; use --backend direct".into());
+        }
+        BackendKind::Kubernetes => {
+            return Err("the kubernetes backend is not built into this worker yet; use --backend direct".into());
+        }
+    };
+    let command = CommandOptions { entrypoint, server_root_url, idle_on_complete: flags.idle_on_complete, extra_env };
+    let mut config = WorkerConfig::new(worker_id.clone(), web_socket_url, ApiKey::new(api_key), command);
+    config.cleanup = cleanup;
+    config.max_concurrent_tasks = flags.max_concurrent_tasks.or(file.max_concurrent_tasks).unwrap_or(0);
+    let worker = Arc::new(Worker::new(config, backend.clone())?);
+    // What an earlier run of this worker left: reattach or clean up, and tell the control plane.
+    let recovered = backend.recover().await?;
+    if !recovered.is_empty() {
+        eprintln!("oz-agent-worker: found {} task(s) left by an earlier run; reporting them", recovered.len());
+    }
+    worker.adopt_recovered(recovered);
+    let handle = worker.handle();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            return;
+        };
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        eprintln!("oz-agent-worker: shutting down (a second signal exits at once)");
+        handle.shutdown();
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        handle.abort();
+    });
+    eprintln!("oz-agent-worker {worker_id} starting ({kind:?} backend)");
+    worker.run_shared().await?;
+    Ok(())
+}
