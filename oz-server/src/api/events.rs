@@ -109,7 +109,9 @@ fn async_stream_events(state: AppState, run_id: String, after: i64) -> impl Stre
             let wait = if run_ended { Duration::from_millis(50) } else { Duration::from_secs(5) };
             let rx = c.live.as_mut()?;
             match tokio::time::timeout(wait, rx.recv()).await {
-                Ok(Ok(e)) => c.backlog.push_back(e),
+                // A wake-up only: the next pass reads the store, which has every event in order
+                // (events can be published out of order by concurrent writers, never stored so).
+                Ok(Ok(_)) => {}
                 Ok(Err(RecvError::Closed)) => c.live = None,
                 Ok(Err(RecvError::Lagged(_))) | Err(_) => {}
             }
