@@ -187,6 +187,67 @@ async fn insert_run_with<'e, E: sqlx::Executor<'e, Database = Sqlite>>(
     Ok(())
 }
 
+/// The tables whose rows belong to a team and are read, listed and deleted the same way.
+#[derive(Clone, Copy)]
+enum TeamTable {
+    Environments,
+    Schedules,
+    Integrations,
+}
+
+impl TeamTable {
+    fn name(self) -> &'static str {
+        match self {
+            TeamTable::Environments => "environments",
+            TeamTable::Schedules => "schedules",
+            TeamTable::Integrations => "integrations",
+        }
+    }
+}
+
+impl SqliteStore {
+    /// One row of a team, decoded.
+    async fn team_row<T>(
+        &self,
+        table: TeamTable,
+        team_id: &str,
+        id: &str,
+        decode: fn(&SqliteRow) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        let sql = format!("SELECT * FROM {} WHERE team_id = ? AND id = ?", table.name());
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(team_id)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| decode(&r))
+            .transpose()
+    }
+
+    /// All rows of a team, oldest first, decoded.
+    async fn team_rows<T>(
+        &self,
+        table: TeamTable,
+        team_id: &str,
+        decode: fn(&SqliteRow) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        let sql = format!("SELECT * FROM {} WHERE team_id = ? ORDER BY created_us, id", table.name());
+        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(team_id).fetch_all(&self.pool).await?.iter().map(decode).collect()
+    }
+
+    /// Deletes one row of a team; `NotFound` if there was none.
+    async fn delete_team_row(&self, table: TeamTable, team_id: &str, id: &str) -> Result<(), StoreError> {
+        let sql = format!("DELETE FROM {} WHERE team_id = ? AND id = ?", table.name());
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(team_id).bind(id).execute(&self.writer).await?;
+        found(done.rows_affected())
+    }
+}
+
+/// `NotFound` when a write touched no row.
+fn found(rows: u64) -> Result<(), StoreError> {
+    if rows == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn create_team(&self, team: &TeamRecord) -> Result<(), StoreError> {
@@ -269,36 +330,19 @@ impl Store for SqliteStore {
             .bind(id)
             .execute(&self.writer)
             .await?;
-        if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+        found(done.rows_affected())
     }
 
     async fn delete_environment(&self, team_id: &str, id: &str) -> Result<(), StoreError> {
-        let done = sqlx::query("DELETE FROM environments WHERE team_id = ? AND id = ?")
-            .bind(team_id)
-            .bind(id)
-            .execute(&self.writer)
-            .await?;
-        if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+        self.delete_team_row(TeamTable::Environments, team_id, id).await
     }
 
     async fn environment(&self, team_id: &str, id: &str) -> Result<Option<EnvironmentRecord>, StoreError> {
-        sqlx::query("SELECT * FROM environments WHERE team_id = ? AND id = ?")
-            .bind(team_id)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| env_from_row(&r))
-            .transpose()
+        self.team_row(TeamTable::Environments, team_id, id, env_from_row).await
     }
 
     async fn environments(&self, team_id: &str) -> Result<Vec<EnvironmentRecord>, StoreError> {
-        sqlx::query("SELECT * FROM environments WHERE team_id = ? ORDER BY created_us, id")
-            .bind(team_id)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(env_from_row)
-            .collect()
+        self.team_rows(TeamTable::Environments, team_id, env_from_row).await
     }
 
     async fn insert_run(&self, run: &RunRecord) -> Result<(), StoreError> {
@@ -645,36 +689,19 @@ impl ScheduleStore for SqliteStore {
         .bind(&s.id)
         .execute(&self.writer)
         .await?;
-        if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+        found(done.rows_affected())
     }
 
     async fn delete_schedule(&self, team_id: &str, id: &str) -> Result<(), StoreError> {
-        let done = sqlx::query("DELETE FROM schedules WHERE team_id = ? AND id = ?")
-            .bind(team_id)
-            .bind(id)
-            .execute(&self.writer)
-            .await?;
-        if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+        self.delete_team_row(TeamTable::Schedules, team_id, id).await
     }
 
     async fn schedule(&self, team_id: &str, id: &str) -> Result<Option<ScheduleRecord>, StoreError> {
-        sqlx::query("SELECT * FROM schedules WHERE team_id = ? AND id = ?")
-            .bind(team_id)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| schedule_from_row(&r))
-            .transpose()
+        self.team_row(TeamTable::Schedules, team_id, id, schedule_from_row).await
     }
 
     async fn schedules(&self, team_id: &str) -> Result<Vec<ScheduleRecord>, StoreError> {
-        sqlx::query("SELECT * FROM schedules WHERE team_id = ? ORDER BY created_us, id")
-            .bind(team_id)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(schedule_from_row)
-            .collect()
+        self.team_rows(TeamTable::Schedules, team_id, schedule_from_row).await
     }
 
     async fn due_schedules(&self, now: Timestamp) -> Result<Vec<ScheduleRecord>, StoreError> {
@@ -770,26 +797,15 @@ impl IntegrationStore for SqliteStore {
             .bind(&i.id)
             .execute(&self.writer)
             .await?;
-        if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+        found(done.rows_affected())
     }
 
     async fn delete_integration(&self, team_id: &str, id: &str) -> Result<(), StoreError> {
-        let done = sqlx::query("DELETE FROM integrations WHERE team_id = ? AND id = ?")
-            .bind(team_id)
-            .bind(id)
-            .execute(&self.writer)
-            .await?;
-        if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+        self.delete_team_row(TeamTable::Integrations, team_id, id).await
     }
 
     async fn integration(&self, team_id: &str, id: &str) -> Result<Option<IntegrationRecord>, StoreError> {
-        sqlx::query("SELECT * FROM integrations WHERE team_id = ? AND id = ?")
-            .bind(team_id)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| integration_from_row(&r))
-            .transpose()
+        self.team_row(TeamTable::Integrations, team_id, id, integration_from_row).await
     }
 
     async fn integration_by_id(&self, id: &str) -> Result<Option<IntegrationRecord>, StoreError> {
@@ -802,13 +818,7 @@ impl IntegrationStore for SqliteStore {
     }
 
     async fn integrations(&self, team_id: &str) -> Result<Vec<IntegrationRecord>, StoreError> {
-        sqlx::query("SELECT * FROM integrations WHERE team_id = ? ORDER BY created_us, id")
-            .bind(team_id)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(integration_from_row)
-            .collect()
+        self.team_rows(TeamTable::Integrations, team_id, integration_from_row).await
     }
 
     async fn record_delivery(
