@@ -56,8 +56,14 @@ impl LocalStack {
     }
 }
 
-/// Starts the stack in `data_dir` (created if missing), listening on `listen`.
+/// Starts the stack in `data_dir` (created if missing), listening on `listen`; tasks run this binary
+/// as their runner.
 pub async fn start(data_dir: &Path, listen: &str) -> Result<LocalStack, Error> {
+    start_with_runner(data_dir, listen, std::env::current_exe()?).await
+}
+
+/// [`start`] with another `oz` binary as the tasks' runner (benchmarks, tests).
+pub async fn start_with_runner(data_dir: &Path, listen: &str, runner: PathBuf) -> Result<LocalStack, Error> {
     std::fs::create_dir_all(data_dir).map_err(|e| format!("could not create {}: {e}", data_dir.display()))?;
     let store = Arc::new(SqliteStore::open(&data_dir.join("oz.db")).await?);
     let key_file = data_dir.join("api-key");
@@ -83,9 +89,12 @@ pub async fn start(data_dir: &Path, listen: &str) -> Result<LocalStack, Error> {
             eprintln!("oz: cleaned up task {} left by an earlier run: {}", leftover.task_id, f.message);
         }
     }
-    let me = std::env::current_exe()?.display().to_string();
-    let command =
-        CommandOptions { entrypoint: me, server_root_url: server.url(), idle_on_complete: None, extra_env: Vec::new() };
+    let command = CommandOptions {
+        entrypoint: runner.display().to_string(),
+        server_root_url: server.url(),
+        idle_on_complete: None,
+        extra_env: Vec::new(),
+    };
     let ws = format!("{}/api/v1/selfhosted/worker/ws", server.url().replacen("http://", "ws://", 1));
     let worker = Worker::new(WorkerConfig::new(LOCAL_WORKER, ws, ApiKey::new(api_key.clone()), command), backend)?;
     let handle = worker.handle();

@@ -230,3 +230,80 @@ fn the_quickstart_runs_the_main_job_end_to_end() {
         Command::new(OZ).args(["local", "quickstart", "--data-dir"]).arg(dir.path().join("data")).output().unwrap();
     assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stdout));
 }
+
+/// The control plane restarts while a run is in progress: the worker reconnects and delivers the
+/// outcome, and the run completes and is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_restarts_mid_run_and_the_run_still_completes() {
+    let _ = tracing_subscriber::fmt().with_env_filter("warn").with_test_writer().try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("oz.db");
+    let store = Arc::new(SqliteStore::open(&db).await.unwrap());
+    let (_, key) = oz_server::bootstrap_team(store.as_ref(), "restart").await.unwrap();
+    let config = || oz_server::ServerConfig {
+        listen: "127.0.0.1:0".into(),
+        lease_timeout: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let server = oz_server::start(config(), store).await.unwrap();
+    let addr = server.local_addr();
+    let client = oz_sdk::Client::builder().base_url(server.url()).api_key(&key).build().unwrap();
+
+    let backend = Arc::new(DirectBackend::new(DirectConfig::new("restart-worker", dir.path().join("ws"))).unwrap());
+    let command = CommandOptions {
+        entrypoint: OZ.into(),
+        server_root_url: server.url(),
+        idle_on_complete: None,
+        extra_env: vec![],
+    };
+    let ws = format!("ws://{addr}/api/v1/selfhosted/worker/ws");
+    let mut worker_config = WorkerConfig::new("restart-worker", ws, ApiKey::new(key.clone()), command);
+    worker_config.backoff_min = Duration::from_millis(200);
+    let worker = Worker::new(worker_config, backend).unwrap();
+    let worker_handle = worker.handle();
+    tokio::spawn(worker.run());
+
+    let config_with = |script: &str| AgentConfig {
+        worker_host: Some("restart-worker".into()),
+        harness: Some(HarnessConfig {
+            kind: Some("command".into()),
+            command: Some(vec!["/bin/sh".into(), "-c".into(), script.into()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let run = client
+        .runs()
+        .create("survive a restart")
+        .agent_config(config_with("echo working; sleep 3; echo finished"))
+        .send()
+        .await
+        .unwrap();
+    // Wait until the agent runs, then take the control plane down.
+    for _ in 0..200 {
+        if client.runs().get(&run.run_id).await.unwrap().state == RunState::InProgress {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(client.runs().get(&run.run_id).await.unwrap().state, RunState::InProgress);
+    server.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The same database, the same address.
+    let mut config = config();
+    config.listen = addr.to_string();
+    let restarted = oz_server::start(config, Arc::new(SqliteStore::open(&db).await.unwrap())).await.unwrap();
+    let mut state = RunState::InProgress;
+    for _ in 0..400 {
+        state = client.runs().get(&run.run_id).await.unwrap().state;
+        if state.is_terminal() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state, RunState::Succeeded, "{:?}", client.runs().get(&run.run_id).await.unwrap());
+    let transcript = client.runs().transcript(&run.run_id).await.unwrap();
+    assert!(transcript.iter().any(|e| e["event"]["event"] == "started"), "events from before the restart are kept");
+    worker_handle.shutdown();
+    restarted.shutdown().await;
+}
