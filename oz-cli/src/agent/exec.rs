@@ -91,7 +91,13 @@ pub async fn run(
             }
         }
     };
-    // A stop signal may reach the process before it reaches us: a cancellation noticed now still counts.
+    // A stop signal may reach the process before it reaches us (the backend signals the whole task at
+    // once): if it died of a signal, give our own notice a moment before calling it a failure.
+    use std::os::unix::process::ExitStatusExt;
+    if !cancelled && status.signal().is_some() {
+        cancelled =
+            tokio::time::timeout(Duration::from_millis(500), cancel.wait_for(|c| *c)).await.is_ok_and(|r| r.is_ok());
+    }
     cancelled |= *cancel.borrow();
     // What the process left running in its group goes too, so the pipes close.
     if let Some(pgid) = pgid {
@@ -100,7 +106,6 @@ pub async fn run(
     for reader in [out, err].into_iter().flatten() {
         let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
     }
-    use std::os::unix::process::ExitStatusExt;
     let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
     Ok(Ended { code, cancelled })
 }
