@@ -307,3 +307,118 @@ async fn the_server_restarts_mid_run_and_the_run_still_completes() {
     worker_handle.shutdown();
     restarted.shutdown().await;
 }
+
+/// A TCP proxy on loopback whose link can be cut (all connections dropped, new ones refused) and
+/// restored.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let (up2, conns2) = (up.clone(), conns.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up2.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                conns2.lock().unwrap().push(task);
+            }
+        });
+        Self { addr, up, conns }
+    }
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The network between the worker (and its runner) and the control plane drops mid-run and comes
+/// back: the outcome still arrives, through the worker's outbox after it reconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_network_drops_mid_run_and_the_outcome_still_arrives() {
+    let _ = tracing_subscriber::fmt().with_env_filter("warn").with_test_writer().try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::temporary().await.unwrap());
+    let (_, key) = oz_server::bootstrap_team(store.as_ref(), "net").await.unwrap();
+    let server =
+        oz_server::start(oz_server::ServerConfig { listen: "127.0.0.1:0".into(), ..Default::default() }, store)
+            .await
+            .unwrap();
+    let client = oz_sdk::Client::builder().base_url(server.url()).api_key(&key).build().unwrap();
+    let proxy = Proxy::start(server.local_addr()).await;
+    let via_proxy = format!("http://{}", proxy.addr);
+
+    let backend = Arc::new(DirectBackend::new(DirectConfig::new("net-worker", dir.path().join("ws"))).unwrap());
+    let command = CommandOptions {
+        entrypoint: OZ.into(),
+        server_root_url: via_proxy.clone(),
+        idle_on_complete: None,
+        extra_env: vec![],
+    };
+    let mut config = WorkerConfig::new(
+        "net-worker",
+        format!("ws://{}/api/v1/selfhosted/worker/ws", proxy.addr),
+        ApiKey::new(key),
+        command,
+    );
+    config.backoff_min = Duration::from_millis(100);
+    config.backoff_max = Duration::from_millis(500);
+    let worker = Worker::new(config, backend).unwrap();
+    let handle = worker.handle();
+    tokio::spawn(worker.run());
+
+    let agent = AgentConfig {
+        worker_host: Some("net-worker".into()),
+        harness: Some(HarnessConfig {
+            kind: Some("command".into()),
+            command: Some(vec!["/bin/sh".into(), "-c".into(), "echo started; sleep 1; echo done".into()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let run = client.runs().create("through a flaky network").agent_config(agent).send().await.unwrap();
+    for _ in 0..200 {
+        if client.runs().get(&run.run_id).await.unwrap().state == RunState::InProgress {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // Cut the link for longer than the task lasts and than the runner retries its reports.
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        client.runs().get(&run.run_id).await.unwrap().state,
+        RunState::InProgress,
+        "nothing reached the server during the outage"
+    );
+    proxy.restore();
+    let mut state = RunState::InProgress;
+    for _ in 0..200 {
+        state = client.runs().get(&run.run_id).await.unwrap().state;
+        if state.is_terminal() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state, RunState::Succeeded, "{:?}", client.runs().get(&run.run_id).await.unwrap());
+    handle.shutdown();
+    server.shutdown().await;
+}
