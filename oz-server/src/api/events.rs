@@ -21,9 +21,12 @@ use crate::state::AppState;
 use crate::store::RunEventRecord;
 
 fn sse_event(e: &RunEventRecord) -> Event {
-    let kind = e.body.get("event").and_then(|k| k.as_str()).unwrap_or("message").to_owned();
-    let data = serde_json::json!({"seq": e.seq, "at": e.at, "run_id": e.run_id, "event": e.body});
-    Event::default().id(e.seq.to_string()).event(kind).data(data.to_string())
+    let wire =
+        oz_core::wire::api::RunStreamEvent { seq: e.seq, at: e.at, run_id: e.run_id.clone(), event: e.body.clone() };
+    let kind = wire.kind();
+    let kind = if kind.is_empty() { "message".to_owned() } else { kind.to_owned() };
+    let data = serde_json::to_string(&wire).unwrap_or_default();
+    Event::default().id(e.seq.to_string()).event(kind).data(data)
 }
 
 /// The handler.
