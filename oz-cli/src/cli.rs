@@ -20,6 +20,38 @@ enum Command {
         #[command(subcommand)]
         command: AgentCommand,
     },
+    /// Runs on a control plane: list, show, cancel, watch.
+    #[cfg(feature = "api-client")]
+    Run {
+        #[command(subcommand)]
+        command: crate::remote::runs::RunCommand,
+        #[command(flatten)]
+        api: crate::remote::ApiOpts,
+    },
+    /// Schedules: runs started by a cron expression.
+    #[cfg(feature = "api-client")]
+    Schedule {
+        #[command(subcommand)]
+        command: crate::remote::schedules::ScheduleCommand,
+        #[command(flatten)]
+        api: crate::remote::ApiOpts,
+    },
+    /// Environments: the repos, image, setup commands and variables a run starts from.
+    #[cfg(feature = "api-client")]
+    Environment {
+        #[command(subcommand)]
+        command: crate::remote::environments::EnvironmentCommand,
+        #[command(flatten)]
+        api: crate::remote::ApiOpts,
+    },
+    /// Integrations: webhooks that start runs.
+    #[cfg(feature = "api-client")]
+    Integration {
+        #[command(subcommand)]
+        command: crate::remote::integrations::IntegrationCommand,
+        #[command(flatten)]
+        api: crate::remote::ApiOpts,
+    },
     /// The local stack: a control plane and a worker on this machine.
     #[cfg(feature = "local-stack")]
     Local {
@@ -57,6 +89,9 @@ enum AgentCommand {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
         raw: Vec<String>,
     },
+    /// Start a run on the control plane, print its id, and follow it live until it ends.
+    #[cfg(feature = "api-client")]
+    RunCloud(Box<crate::remote::runs::RunCloudArgs>),
     /// Git credential helper used by `oz agent run` (git calls it; people do not).
     GitCredential {
         /// get, store or erase.
@@ -93,6 +128,22 @@ pub fn main() -> ExitCode {
                     exit(1)
                 }
             }
+        }
+        #[cfg(feature = "api-client")]
+        Command::Agent { command: AgentCommand::RunCloud(args) } => {
+            crate::remote::run_command(crate::remote::runs::run_cloud(*args))
+        }
+        #[cfg(feature = "api-client")]
+        Command::Run { command, api } => crate::remote::run_command(crate::remote::runs::run(command, api)),
+        #[cfg(feature = "api-client")]
+        Command::Schedule { command, api } => crate::remote::run_command(crate::remote::schedules::run(command, api)),
+        #[cfg(feature = "api-client")]
+        Command::Environment { command, api } => {
+            crate::remote::run_command(crate::remote::environments::run(command, api))
+        }
+        #[cfg(feature = "api-client")]
+        Command::Integration { command, api } => {
+            crate::remote::run_command(crate::remote::integrations::run(command, api))
         }
         Command::Agent { command: AgentCommand::GitCredential { operation } } => {
             exit(credentials::helper_main(&operation))

@@ -1,4 +1,6 @@
-//! The `oz` command, as a library: the agent runner (`oz agent run`) and its parts.
+//! The `oz` command, as a library: the agent runner (`oz agent run`) and its parts, the API client
+//! commands (`oz agent run-cloud`, `oz run`, `oz schedule`, ...; feature `api-client`) and the local
+//! stack (feature `local-stack`).
 //!
 //! ```
 //! use oz_cli::agent::harness::Harness;
@@ -11,3 +13,5 @@ pub mod agent;
 pub mod cli;
 #[cfg(feature = "local-stack")]
 pub mod local;
+#[cfg(feature = "api-client")]
+pub mod remote;

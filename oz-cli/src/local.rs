@@ -13,7 +13,6 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use jiff::Timestamp;
 use oz_backend_direct::{DirectBackend, DirectConfig};
 use oz_core::backend::{Backend, RecoveryAction};
@@ -236,42 +235,13 @@ pub async fn quickstart(data_dir: &Path) -> Result<bool, Error> {
         .await?;
     println!("==> submitted run {}", run.run_id);
 
-    let mut stream = Box::pin(client.runs().events(&run.run_id));
-    let mut events = Vec::new();
-    let follow = async {
-        while let Some(event) = stream.next().await {
-            let event = event?;
-            match event.kind() {
-                "state" => println!(
-                    "    [{}] {}",
-                    event.event["state"].as_str().unwrap_or("?"),
-                    event.event["status_message"]["message"].as_str().unwrap_or("")
-                ),
-                "clone_finished" => println!(
-                    "    cloned {} in {} ms",
-                    event.event["repo"].as_str().unwrap_or(""),
-                    event.event["millis"]
-                ),
-                "setup_started" => println!("    setup: {}", event.event["command"].as_str().unwrap_or("")),
-                "harness_started" => {
-                    println!("    agent started ({} harness)", event.event["harness"].as_str().unwrap_or(""))
-                }
-                "output" => {
-                    for line in event.event["text"].as_str().unwrap_or("").lines() {
-                        println!("    | {line}");
-                    }
-                }
-                _ => {}
-            }
-            events.push(event);
-        }
-        Ok::<(), Error>(())
-    };
-    tokio::time::timeout(Duration::from_secs(300), follow)
-        .await
-        .map_err(|_| "the run did not finish within 5 minutes")??;
-
-    let item = client.runs().get(&run.run_id).await?;
+    let followed = tokio::time::timeout(
+        Duration::from_secs(300),
+        crate::remote::follow::follow(&client, &run.run_id, crate::remote::Format::Text),
+    )
+    .await
+    .map_err(|_| "the run did not finish within 5 minutes")??;
+    let (events, item) = (followed.events, followed.run);
     println!("==> run {:?}: {}", item.state, item.status_message.as_ref().map(|m| m.message.as_str()).unwrap_or(""));
     for artifact in item.artifacts.clone().unwrap_or_default() {
         println!("    artifact: {}", serde_json::to_string(&artifact).unwrap_or_default());

@@ -101,11 +101,15 @@ impl ClientBuilder {
             Some(k) => k,
             None => SecretString::from(
                 std::env::var("WARP_API_KEY")
-                    .map_err(|_| Error::Config("no API key: call .api_key(..) or set WARP_API_KEY".into()))?,
+                    .ok()
+                    .filter(|k| !k.trim().is_empty())
+                    .ok_or_else(|| Error::Config("no API key: call .api_key(..) or set WARP_API_KEY".into()))?,
             ),
         };
-        let base =
-            self.base_url.or_else(|| std::env::var("OZ_API_BASE_URL").ok()).unwrap_or_else(|| DEFAULT_BASE_URL.into());
+        let base = self
+            .base_url
+            .or_else(|| std::env::var("OZ_API_BASE_URL").ok().filter(|u| !u.trim().is_empty()))
+            .unwrap_or_else(|| DEFAULT_BASE_URL.into());
         let mut base = base.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(Error::Config(format!("the base URL {base:?} must start with http:// or https://")));

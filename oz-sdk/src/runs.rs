@@ -119,6 +119,16 @@ impl CreateRun {
         self.request.metadata.get_or_insert_with(Default::default).insert(key.into(), value.into());
         self
     }
+    /// Shares the run with the whole team (`team: true`).
+    pub fn team(mut self, shared: bool) -> Self {
+        self.request.team = Some(shared);
+        self
+    }
+    /// Attaches a file (the server accepts at most 5); `data` is the content, base64-encoded.
+    pub fn attachment(mut self, attachment: oz_core::wire::api::Attachment) -> Self {
+        self.request.attachments.get_or_insert_with(Vec::new).push(attachment);
+        self
+    }
     /// Replaces the whole agent config.
     pub fn agent_config(mut self, config: AgentConfig) -> Self {
         self.request.config = Some(config);

@@ -1,0 +1,259 @@
+//! `oz agent run-cloud` and `oz run list|get|cancel|watch`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use base64::Engine;
+use futures::StreamExt;
+use oz_core::run::RunState;
+use oz_core::wire::api::{Attachment, RunItem};
+
+use super::follow::{Followed, follow};
+use super::output::Printer;
+use super::{ApiOpts, CliError, EXIT_RUN_DID_NOT_SUCCEED, Format};
+
+/// The most attachments a run accepts.
+const MAX_ATTACHMENTS: usize = 5;
+
+/// `oz agent run-cloud`: starts a run on the control plane and follows it.
+#[derive(Debug, clap::Args)]
+pub struct RunCloudArgs {
+    /// What the agent should do.
+    #[arg(long, short = 'p')]
+    pub prompt: String,
+    /// The environment (its id) that says which repos to clone and how to set them up.
+    #[arg(long, short = 'e')]
+    pub environment: Option<String>,
+    /// The self-hosted worker id to run on.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// The model.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// The harness: claude, codex, gemini, command, oz.
+    #[arg(long)]
+    pub harness: Option<String>,
+    /// The agent's name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The run's title.
+    #[arg(long)]
+    pub title: Option<String>,
+    /// Share the run with the whole team.
+    #[arg(long)]
+    pub share: bool,
+    /// A file to attach to the prompt (up to 5).
+    #[arg(long, value_name = "FILE")]
+    pub attach: Vec<PathBuf>,
+    /// Print the run id and return instead of following the run.
+    #[arg(long)]
+    pub no_follow: bool,
+    /// How to reach the API and print results.
+    #[command(flatten)]
+    pub api: ApiOpts,
+}
+
+/// `oz run ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum RunCommand {
+    /// Lists runs, newest first.
+    List {
+        /// Only runs in this state (QUEUED, INPROGRESS, SUCCEEDED, FAILED, ...).
+        #[arg(long)]
+        state: Option<RunState>,
+        /// At most this many (default 20); with `--all`, the page size.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Only runs whose title or prompt contain this.
+        #[arg(long)]
+        query: Option<String>,
+        /// Only runs from this source (API, SCHEDULED_AGENT, ...).
+        #[arg(long)]
+        source: Option<String>,
+        /// Only runs made by this schedule.
+        #[arg(long)]
+        schedule: Option<String>,
+        /// Only runs in this environment.
+        #[arg(long)]
+        environment: Option<String>,
+        /// Every match, following pages.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Shows one run.
+    Get {
+        /// The run id.
+        run_id: String,
+    },
+    /// Cancels a run.
+    Cancel {
+        /// The run id.
+        run_id: String,
+    },
+    /// Follows a run live (from its first event) until it ends.
+    Watch {
+        /// The run id.
+        run_id: String,
+    },
+}
+
+fn read_attachment(path: &PathBuf) -> Result<Attachment, CliError> {
+    let data = std::fs::read(path).map_err(|e| CliError::Usage(format!("--attach {}: {e}", path.display())))?;
+    let file_name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| CliError::Usage(format!("--attach {}: not a file name", path.display())))?
+        .to_owned();
+    let mime_type = match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("gif") => "image/gif",
+        Some("webp") => "image/webp",
+        Some("pdf") => "application/pdf",
+        Some("json") => "application/json",
+        Some("txt" | "md" | "log" | "diff" | "patch") => "text/plain",
+        _ => "application/octet-stream",
+    }
+    .to_owned();
+    Ok(Attachment { file_name, mime_type, data: base64::engine::general_purpose::STANDARD.encode(data) })
+}
+
+/// Runs `oz agent run-cloud`.
+pub async fn run_cloud(args: RunCloudArgs) -> Result<ExitCode, CliError> {
+    if args.attach.len() > MAX_ATTACHMENTS {
+        return Err(CliError::Usage(format!("--attach: at most {MAX_ATTACHMENTS} files, got {}", args.attach.len())));
+    }
+    let client = args.api.client()?;
+    let printer = Printer { format: args.api.output_format };
+    let mut request = client.runs().create(args.prompt);
+    if let Some(v) = args.environment {
+        request = request.environment_id(v);
+    }
+    if let Some(v) = args.host {
+        request = request.worker_host(v);
+    }
+    if let Some(v) = args.model {
+        request = request.model_id(v);
+    }
+    if let Some(v) = args.harness {
+        request = request.harness(v);
+    }
+    if let Some(v) = args.name {
+        request = request.name(v);
+    }
+    if let Some(v) = args.title {
+        request = request.title(v);
+    }
+    if args.share {
+        request = request.team(true);
+    }
+    for path in &args.attach {
+        request = request.attachment(read_attachment(path)?);
+    }
+    let created = request.send().await?;
+    if args.no_follow {
+        printer.item(&created, |c| c.run_id.clone())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    match printer.format {
+        Format::Text => println!("run {}", created.run_id),
+        Format::Ndjson => printer.item(&created, |_| String::new())?,
+        Format::Json => {}
+    }
+    finish_following(&client, &created.run_id, printer).await
+}
+
+async fn finish_following(client: &oz_sdk::Client, run_id: &str, printer: Printer) -> Result<ExitCode, CliError> {
+    let Followed { run, .. } = follow(client, run_id, printer.format).await?;
+    match printer.format {
+        Format::Text => {
+            let message = run.status_message.as_ref().map(|m| m.message.as_str()).unwrap_or("");
+            println!(
+                "run {} ended {}{}",
+                run.run_id,
+                run.state,
+                if message.is_empty() { String::new() } else { format!(": {message}") }
+            );
+        }
+        Format::Json => printer.item(&run, |_| String::new())?,
+        Format::Ndjson => {}
+    }
+    Ok(if run.state == RunState::Succeeded { ExitCode::SUCCESS } else { ExitCode::from(EXIT_RUN_DID_NOT_SUCCEED) })
+}
+
+/// Renders a run for people.
+pub fn describe_run(run: &RunItem) -> String {
+    let mut lines = vec![
+        format!("run         {}", run.run_id),
+        format!("title       {}", run.title),
+        format!("state       {}", run.state),
+    ];
+    if let Some(m) = &run.status_message {
+        lines.push(format!("status      {}", m.message));
+    }
+    lines.push(format!("created     {}", run.created_at));
+    if let Some(t) = run.started_at {
+        lines.push(format!("started     {t}"));
+    }
+    lines.push(format!("updated     {}", run.updated_at));
+    if let Some(s) = &run.source {
+        lines.push(format!("source      {s}"));
+    }
+    lines.push(format!("prompt      {}", run.prompt));
+    for artifact in run.artifacts.iter().flatten() {
+        lines.push(format!("artifact    {}", serde_json::to_string(artifact).unwrap_or_default()));
+    }
+    lines.join("\n")
+}
+
+const RUN_HEADERS: &[&str] = &["RUN", "STATE", "CREATED", "TITLE"];
+
+fn run_row(run: &RunItem) -> Vec<String> {
+    vec![run.run_id.clone(), run.state.to_string(), run.created_at.to_string(), run.title.clone()]
+}
+
+/// Runs `oz run ...`.
+pub async fn run(command: RunCommand, api: ApiOpts) -> Result<ExitCode, CliError> {
+    let client = api.client()?;
+    let printer = Printer { format: api.output_format };
+    match command {
+        RunCommand::List { state, limit, query, source, schedule, environment, all } => {
+            let mut list = client.runs().list().limit(limit);
+            if let Some(v) = state {
+                list = list.state(v);
+            }
+            if let Some(v) = query {
+                list = list.query(v);
+            }
+            if let Some(v) = source {
+                list = list.source(v);
+            }
+            if let Some(v) = schedule {
+                list = list.schedule_id(v);
+            }
+            if let Some(v) = environment {
+                list = list.environment_id(v);
+            }
+            let runs = if all {
+                let mut runs = Vec::new();
+                let mut stream = Box::pin(list.stream());
+                while let Some(run) = stream.next().await {
+                    runs.push(run?);
+                }
+                runs
+            } else {
+                list.send().await?.runs
+            };
+            printer.list(&runs, RUN_HEADERS, run_row)?;
+        }
+        RunCommand::Get { run_id } => printer.item(&client.runs().get(&run_id).await?, describe_run)?,
+        RunCommand::Cancel { run_id } => {
+            let id = client.runs().cancel(&run_id).await?;
+            printer.item(&serde_json::json!({ "run_id": id, "cancel_requested": true }), |_| {
+                format!("cancellation of run {id} requested")
+            })?;
+        }
+        RunCommand::Watch { run_id } => return finish_following(&client, &run_id, printer).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}

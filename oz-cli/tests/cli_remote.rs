@@ -1,0 +1,277 @@
+//! The API client commands, run as a user would: the `oz` binary against a local stack over real
+//! sockets (control plane on SQLite, a worker on the Direct backend, `oz` as the agent's runner).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::Output;
+
+use oz_cli::local::LocalStack;
+
+const OZ: &str = env!("CARGO_BIN_EXE_oz");
+
+struct Cli {
+    _dir: tempfile::TempDir,
+    stack: LocalStack,
+}
+
+impl Cli {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let stack = oz_cli::local::start_with_runner(dir.path(), "127.0.0.1:0", OZ.into()).await.unwrap();
+        Cli { _dir: dir, stack }
+    }
+
+    async fn oz(&self, args: &[&str]) -> Output {
+        self.oz_with_key(args, &self.stack.api_key).await
+    }
+
+    async fn oz_with_key(&self, args: &[&str], key: &str) -> Output {
+        tokio::process::Command::new(OZ)
+            .args(args)
+            .env("WARP_API_KEY", key)
+            .env("OZ_API_BASE_URL", format!("{}/api/v1", self.stack.server.url()))
+            .output()
+            .await
+            .unwrap()
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+fn json(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "oz failed: {}{}", stdout(o), stderr(o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(o)))
+}
+
+/// An environment whose command harness runs `script` with /bin/sh.
+async fn environment(cli: &Cli, script: &str) -> String {
+    let command = serde_json::to_string(&["/bin/sh", "-c", script]).unwrap();
+    let out = cli
+        .oz(&[
+            "environment",
+            "create",
+            "--name",
+            "cli-test",
+            "--env",
+            &format!("OZ_HARNESS_COMMAND={command}"),
+            "--setup-command",
+            "true",
+            "--output-format",
+            "json",
+        ])
+        .await;
+    json(&out)["uid"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_cloud_follows_a_run_to_success_and_run_commands_show_it() {
+    let cli = Cli::start().await;
+    let env = environment(&cli, "echo agent-was-here; echo done > result.txt").await;
+
+    let out = cli
+        .oz(&["agent", "run-cloud", "--prompt", "say hi", "-e", &env, "--host", "local", "--harness", "command"])
+        .await;
+    let text = stdout(&out);
+    assert!(out.status.success(), "run-cloud failed: {text}{}", stderr(&out));
+    let first = text.lines().next().unwrap();
+    assert!(first.starts_with("run "), "the run id comes first: {text}");
+    let run_id = first.trim_start_matches("run ").to_owned();
+    assert!(text.contains("| agent-was-here"), "the agent's output is followed live: {text}");
+    assert!(text.contains("CLAIMED"), "state changes are shown: {text}");
+    assert!(text.trim_end().ends_with(&format!("run {run_id} ended SUCCEEDED")) || text.contains("ended SUCCEEDED"));
+
+    // The same run through `oz run`: JSON, NDJSON and text.
+    let got = json(&cli.oz(&["run", "get", &run_id, "--output-format", "json"]).await);
+    assert_eq!(got["state"], "SUCCEEDED");
+    assert_eq!(got["prompt"], "say hi");
+    let list = cli.oz(&["run", "list", "--output-format", "ndjson"]).await;
+    let lines: Vec<serde_json::Value> =
+        stdout(&list).lines().map(|l| serde_json::from_str(l).expect("one object per line")).collect();
+    assert!(lines.iter().any(|r| r["run_id"] == run_id.as_str()));
+    let table = stdout(&cli.oz(&["run", "list", "--state", "SUCCEEDED"]).await);
+    assert!(table.starts_with("RUN"), "a table with headers: {table}");
+    assert!(table.contains(&run_id));
+    let none = stdout(&cli.oz(&["run", "list", "--state", "FAILED"]).await);
+    assert_eq!(none.trim(), "(none)");
+
+    // Watching a finished run replays its events and exits with its outcome.
+    let watch = cli.oz(&["run", "watch", &run_id, "--output-format", "ndjson"]).await;
+    assert!(watch.status.success());
+    let events: Vec<serde_json::Value> = stdout(&watch).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(events.iter().any(|e| e["event"]["event"] == "harness_started"), "{events:?}");
+    assert!(events.windows(2).all(|w| w[0]["seq"].as_i64() < w[1]["seq"].as_i64()), "events in order");
+    cli.stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_fails_exits_3_and_no_follow_prints_only_the_id() {
+    let cli = Cli::start().await;
+    let env = environment(&cli, "echo broken >&2; exit 7").await;
+    let out = cli.oz(&["agent", "run-cloud", "-p", "fail", "-e", &env, "--host", "local"]).await;
+    assert_eq!(out.status.code(), Some(3), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("ended FAILED"), "{}", stdout(&out));
+
+    let quiet = cli.oz(&["agent", "run-cloud", "-p", "fail", "-e", &env, "--host", "local", "--no-follow"]).await;
+    assert!(quiet.status.success());
+    let id = stdout(&quiet).trim().to_owned();
+    assert!(!id.is_empty() && !id.contains(' '), "only the id: {id:?}");
+    let got = json(&cli.oz(&["run", "get", &id, "--output-format", "json"]).await);
+    assert_eq!(got["run_id"], id.as_str());
+    cli.stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_from_another_terminal_ends_the_followed_run() {
+    let cli = Cli::start().await;
+    let env = environment(&cli, "echo started; sleep 60").await;
+    let key = cli.stack.api_key.clone();
+    let base = format!("{}/api/v1", cli.stack.server.url());
+    let follower = tokio::process::Command::new(OZ)
+        .args(["agent", "run-cloud", "-p", "wait", "-e", &env, "--host", "local", "--output-format", "ndjson"])
+        .env("WARP_API_KEY", &key)
+        .env("OZ_API_BASE_URL", &base)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the agent is running, then cancel through the CLI.
+    let client = cli.stack.client().unwrap();
+    let run_id = loop {
+        let runs = client.runs().list().send().await.unwrap().runs;
+        if let Some(r) = runs.iter().find(|r| r.state == oz_core::run::RunState::InProgress) {
+            break r.run_id.clone();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let cancel = cli.oz(&["run", "cancel", &run_id]).await;
+    assert!(cancel.status.success(), "{}", stderr(&cancel));
+    assert!(stdout(&cancel).contains("cancellation of run"));
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), follower.wait_with_output())
+        .await
+        .expect("the follower ends when the run does")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let last: serde_json::Value = serde_json::from_str(stdout(&out).lines().last().unwrap()).unwrap();
+    assert_eq!(last["event"]["state"], "CANCELLED", "{}", stdout(&out));
+    cli.stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_environments_and_integrations_round_trip() {
+    let cli = Cli::start().await;
+    let env = environment(&cli, "true").await;
+    let envs = json(&cli.oz(&["environment", "list", "--output-format", "json"]).await);
+    assert_eq!(envs.as_array().unwrap().len(), 1);
+    let updated = json(
+        &cli.oz(&[
+            "environment",
+            "update",
+            &env,
+            "--description",
+            "now described",
+            "--repo",
+            "acme/app",
+            "--output-format",
+            "json",
+        ])
+        .await,
+    );
+    assert_eq!(updated["config"]["description"], "now described");
+    assert_eq!(updated["config"]["github_repos"][0]["repo"], "app");
+    assert!(updated["config"]["env_vars"]["OZ_HARNESS_COMMAND"].is_string(), "untouched fields stay");
+
+    let created = json(
+        &cli.oz(&[
+            "schedule",
+            "create",
+            "--name",
+            "nightly",
+            "--cron",
+            "0 3 * * *",
+            "-p",
+            "tidy up",
+            "-e",
+            &env,
+            "--timezone",
+            "Europe/Paris",
+            "--output-format",
+            "json",
+        ])
+        .await,
+    );
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["enabled"], true);
+    assert_eq!(created["timezone"], "Europe/Paris");
+    let paused = json(&cli.oz(&["schedule", "pause", &id, "--output-format", "json"]).await);
+    assert_eq!(paused["enabled"], false);
+    let renamed = json(&cli.oz(&["schedule", "update", &id, "--cron", "15 4 * * 1", "--output-format", "json"]).await);
+    assert_eq!(renamed["cron_schedule"], "15 4 * * 1");
+    assert_eq!(renamed["name"], "nightly", "untouched fields stay");
+    assert_eq!(renamed["enabled"], false, "an update does not unpause");
+    let resumed = json(&cli.oz(&["schedule", "unpause", &id, "--output-format", "json"]).await);
+    assert_eq!(resumed["enabled"], true);
+    let text = stdout(&cli.oz(&["schedule", "list"]).await);
+    assert!(text.contains("nightly") && text.contains("15 4 * * 1"), "{text}");
+    assert!(cli.oz(&["schedule", "delete", &id]).await.status.success());
+    let gone = cli.oz(&["schedule", "get", &id]).await;
+    assert_eq!(gone.status.code(), Some(1));
+
+    let hook = cli.oz(&["integration", "create", "--name", "ci", "-p", "look at this", "--host", "local"]).await;
+    let text = stdout(&hook);
+    assert!(text.contains("webhook") && text.contains("secret"), "the secret is shown once: {text}");
+    let items = json(&cli.oz(&["integration", "list", "--output-format", "json"]).await);
+    let hook_id = items[0]["id"].as_str().unwrap().to_owned();
+    assert!(items[0].get("secret").is_none(), "lists do not show the secret: {items}");
+    let off = json(&cli.oz(&["integration", "update", &hook_id, "--disable", "--output-format", "json"]).await);
+    assert_eq!(off["enabled"], false);
+    assert!(cli.oz(&["integration", "delete", &hook_id]).await.status.success());
+    cli.stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_one_line_with_the_problem_and_never_show_the_key() {
+    let cli = Cli::start().await;
+    let missing = cli.oz(&["run", "get", "no-such-run"]).await;
+    assert_eq!(missing.status.code(), Some(1));
+    let err = stderr(&missing);
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
+    assert!(err.starts_with("oz: error: Not Found (resource_not_found, HTTP 404): "), "{err}");
+    assert!(stdout(&missing).is_empty());
+
+    let foreign_key = "oz_live_this_key_belongs_to_nobody_0123456789";
+    let refused = cli.oz_with_key(&["run", "list"], foreign_key).await;
+    assert_eq!(refused.status.code(), Some(1));
+    let err = stderr(&refused);
+    assert!(err.contains("HTTP 401"), "{err}");
+    assert!(!err.contains(foreign_key), "the key never appears: {err}");
+
+    let bad = cli.oz(&["schedule", "create", "--name", "x", "--cron", "not a cron", "-p", "p"]).await;
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr(&bad).contains("cron"), "the detail names the field: {}", stderr(&bad));
+
+    let usage = cli.oz(&["environment", "create", "--name", "x", "--repo", "../escape"]).await;
+    assert_eq!(usage.status.code(), Some(2), "{}", stderr(&usage));
+    assert!(stderr(&usage).contains("--repo"));
+
+    let unreachable = tokio::process::Command::new(OZ)
+        .args(["run", "list", "--api-base-url", "http://127.0.0.1:9/api/v1"])
+        .env("WARP_API_KEY", "k")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(unreachable.status.code(), Some(1));
+    assert!(stderr(&unreachable).starts_with("oz: error: could not reach the API"), "{}", stderr(&unreachable));
+
+    let no_key = tokio::process::Command::new(OZ)
+        .args(["run", "list", "--api-base-url", &cli.stack.server.url()])
+        .env_remove("WARP_API_KEY")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(no_key.status.code(), Some(1));
+    assert!(stderr(&no_key).contains("WARP_API_KEY"), "{}", stderr(&no_key));
+    cli.stack.stop().await;
+}
