@@ -242,10 +242,7 @@ pub async fn quickstart(data_dir: &Path) -> Result<bool, Error> {
     .await
     .map_err(|_| "the run did not finish within 5 minutes")??;
     let (events, item) = (followed.events, followed.run);
-    println!("==> run {:?}: {}", item.state, item.status_message.as_ref().map(|m| m.message.as_str()).unwrap_or(""));
-    for artifact in item.artifacts.clone().unwrap_or_default() {
-        println!("    artifact: {}", serde_json::to_string(&artifact).unwrap_or_default());
-    }
+    println!("==> run {}: {}", item.state, item.status_message.as_ref().map(|m| m.message.as_str()).unwrap_or(""));
     let queued = Some(submitted);
     let claimed = at(&events, |e| e.state() == Some(RunState::Claimed));
     let sandbox_ready = at(&events, |e| e.kind() == "started");

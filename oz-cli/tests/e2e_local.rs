@@ -210,10 +210,10 @@ fn the_quickstart_runs_the_main_job_end_to_end() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     for expected in [
-        "[CLAIMED]",
+        "CLAIMED     claimed by worker local",
         "cloned acme/hello",
         "agent: committed",
-        "==> run Succeeded",
+        "==> run SUCCEEDED",
         "git_commit",
         "submitted -> claimed",
         "total",
