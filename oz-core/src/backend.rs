@@ -432,6 +432,13 @@ pub trait Backend: Send + Sync + 'static {
     /// Finds what an earlier process of this worker (same worker id) left: reattaches to tasks that
     /// still run where the backend can, and stops and removes the rest.
     async fn recover(&self) -> Result<Vec<RecoveredTask>, BackendError>;
+
+    /// Whether running tasks outlive this process and are reattached by [`Backend::recover`] after a
+    /// restart (containers, Jobs). A worker shutting down leaves such tasks running; it cancels the
+    /// tasks of backends that return `false` (the default), reporting `graceful_shutdown`.
+    fn preserves_tasks_on_shutdown(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,8 @@ pub struct ServerConfig {
     pub token_ttl: Duration,
     /// The largest request body accepted.
     pub max_body_bytes: usize,
+    /// Serve Prometheus metrics at `/metrics` (unauthenticated; default on).
+    pub metrics: bool,
 }
 
 impl Default for ServerConfig {
@@ -30,6 +32,7 @@ impl Default for ServerConfig {
             lease_timeout: Duration::from_secs(90),
             token_ttl: Duration::from_secs(24 * 3600),
             max_body_bytes: 2 * 1024 * 1024,
+            metrics: true,
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod error;
 pub mod extract;
 pub mod hub;
 pub mod lifecycle;
+pub mod metrics;
 pub mod openapi;
 pub mod scheduler;
 pub mod secrets;

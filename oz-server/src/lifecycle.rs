@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::error::ApiError;
 use crate::hub::EventHub;
+use crate::metrics::ServerMetrics;
 use crate::store::{RunEventRecord, RunRecord, StateChange, Store, StoreError};
 
 /// Changes runs' states and records their events.
@@ -18,12 +19,25 @@ use crate::store::{RunEventRecord, RunRecord, StateChange, Store, StoreError};
 pub struct Lifecycle {
     store: Arc<dyn Store>,
     hub: EventHub,
+    metrics: ServerMetrics,
+    /// Striped per-run locks: a state change and its event are recorded together, so no other event
+    /// of the run gets a sequence number between them (a runner's report cannot precede the state
+    /// change that a reader already saw).
+    stripes: Arc<[tokio::sync::Mutex<()>]>,
 }
+
+const STRIPES: usize = 64;
 
 impl Lifecycle {
     /// Over a store and a hub.
     pub fn new(store: Arc<dyn Store>, hub: EventHub) -> Self {
-        Self { store, hub }
+        let stripes: Vec<tokio::sync::Mutex<()>> = (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
+        Self { store, hub, metrics: ServerMetrics::default(), stripes: stripes.into() }
+    }
+
+    /// The server's metrics (state changes are counted here).
+    pub fn metrics(&self) -> &ServerMetrics {
+        &self.metrics
     }
 
     /// The store.
@@ -34,6 +48,7 @@ impl Lifecycle {
     /// Applies `change` to the run `run_id`.
     pub async fn apply(&self, run_id: &str, change: StateChange) -> Result<RunRecord, ApiError> {
         change.from.transition(change.to).map_err(|e| ApiError::conflict(e.to_string()))?;
+        let _ordered = self.stripe(run_id).lock().await;
         let now = Timestamp::now();
         let run = self.store.change_state(run_id, &change, now).await.map_err(|e| match e {
             StoreError::StateChanged { expected, actual } => {
@@ -45,10 +60,12 @@ impl Lifecycle {
         if let Some(m) = &run.status_message {
             body["status_message"] = json!(m);
         }
-        self.record(run_id, now, body).await?;
+        self.append(run_id, now, body).await?;
         if run.state.is_terminal() {
             self.store.revoke_tokens(run_id).await?;
         }
+        let age = std::time::Duration::try_from(now.duration_since(run.created_at)).unwrap_or_default();
+        self.metrics.state_changed(run.state, age);
         tracing::info!(run_id, from = %change.from, to = %run.state, "run state changed");
         Ok(run)
     }
@@ -87,6 +104,17 @@ impl Lifecycle {
 
     /// Stores an event of the run and publishes it live; returns its sequence number.
     pub async fn record(&self, run_id: &str, at: Timestamp, body: serde_json::Value) -> Result<i64, ApiError> {
+        let _ordered = self.stripe(run_id).lock().await;
+        self.append(run_id, at, body).await
+    }
+
+    fn stripe(&self, run_id: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(run_id);
+        &self.stripes[(hash % STRIPES as u64) as usize]
+    }
+
+    async fn append(&self, run_id: &str, at: Timestamp, body: serde_json::Value) -> Result<i64, ApiError> {
         let seq = self.store.append_event(run_id, at, &body).await?;
         self.hub.publish(RunEventRecord { run_id: run_id.to_owned(), seq, at, body });
         Ok(seq)

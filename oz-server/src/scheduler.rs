@@ -112,7 +112,10 @@ pub async fn tick(state: &AppState) -> Result<usize, ApiError> {
         if state.store.fire_schedule(&schedule.id, expected, next, outcome, now).await? {
             fired += 1;
             match &prepared {
-                Ok(run) => info!(schedule = %schedule.id, run = %run.id, "schedule fired"),
+                Ok(run) => {
+                    state.lifecycle.metrics().run_created(&run.source);
+                    info!(schedule = %schedule.id, run = %run.id, "schedule fired")
+                }
                 Err(e) => warn!(schedule = %schedule.id, "schedule fired but no run could be made: {}", e.detail),
             }
         }

@@ -18,6 +18,8 @@ pub struct FileConfig {
     pub cleanup: Option<bool>,
     /// At most this many tasks; 0 = unlimited.
     pub max_concurrent_tasks: Option<usize>,
+    /// Our extension: serve Prometheus metrics at `http://<this>/metrics` (e.g. `127.0.0.1:9464`).
+    pub metrics_listen: Option<String>,
     /// Exactly one backend.
     pub backend: Option<BackendSection>,
 }

@@ -16,12 +16,12 @@
 //! # }
 //! ```
 //!
-//! **Status:** the connection, claiming, concurrency, cancellation, shutdown and the Oz command line
-//! are here; the `oz-agent-worker` program (flags, YAML config), metrics and `wss` are not yet.
+//! Metrics: [`Worker::metrics`] and [`metrics::serve`] (the program's `--metrics-listen`).
 
 pub mod command;
 pub mod config;
 mod error;
+pub mod metrics;
 mod worker;
 
 pub use command::CommandOptions;

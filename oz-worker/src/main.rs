@@ -58,6 +58,9 @@ struct Flags {
     /// Passed to the agent as `--idle-on-complete <duration>`.
     #[arg(long)]
     idle_on_complete: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464); off by default.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -99,8 +102,8 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
         let ws = server_root_url.replacen("https://", "wss://", 1).replacen("http://", "ws://", 1);
         format!("{}/api/v1/selfhosted/worker/ws", ws.trim_end_matches('/'))
     });
-    if web_socket_url.starts_with("wss://") {
-        return Err("wss:// is not supported by this build yet; put the worker next to the control plane or use a TLS-terminating proxy on loopback".into());
+    if !(web_socket_url.starts_with("ws://") || web_socket_url.starts_with("wss://")) {
+        return Err(format!("the WebSocket URL {web_socket_url:?} must start with ws:// or wss://").into());
     }
     let cleanup = !flags.no_cleanup && file.cleanup.unwrap_or(true);
     let lookup = |k: &str| std::env::var(k).ok();
@@ -143,6 +146,12 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
     config.cleanup = cleanup;
     config.max_concurrent_tasks = flags.max_concurrent_tasks.or(file.max_concurrent_tasks).unwrap_or(0);
     let worker = Arc::new(Worker::new(config, backend.clone())?);
+    if let Some(listen) = flags.metrics_listen.or(file.metrics_listen.clone()) {
+        let (addr, _task) = oz_worker::metrics::serve(worker.metrics(), &listen)
+            .await
+            .map_err(|e| format!("could not serve metrics on {listen}: {e}"))?;
+        eprintln!("oz-agent-worker: metrics at http://{addr}/metrics");
+    }
     // What an earlier run of this worker left: reattach or clean up, and tell the control plane.
     let recovered = backend.recover().await?;
     if !recovered.is_empty() {

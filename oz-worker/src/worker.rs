@@ -28,6 +28,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::metrics::{RejectReason, WorkerMetrics};
+
 use crate::command::{CommandOptions, agent_argv, agent_env};
 use crate::error::WorkerError;
 
@@ -127,12 +129,15 @@ pub struct Worker {
     outbox_ready: Arc<Notify>,
     mode: watch::Receiver<Mode>,
     handle: WorkerHandle,
+    metrics: WorkerMetrics,
 }
 
 impl Worker {
     /// A worker for `backend`.
     pub fn new(config: WorkerConfig, backend: Arc<dyn Backend>) -> Result<Self, WorkerError> {
         oz_core::run::validate_id("worker_id", &config.worker_id)?;
+        // One TLS crypto provider for the process (ring), for wss:// connections.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let (tx, rx) = watch::channel(Mode::Running);
         Ok(Self {
             config: Arc::new(config),
@@ -145,6 +150,7 @@ impl Worker {
             outbox_ready: Arc::new(Notify::new()),
             mode: rx,
             handle: WorkerHandle { mode: tx },
+            metrics: WorkerMetrics::new(),
         })
     }
 
@@ -164,14 +170,36 @@ impl Worker {
                     let worker = self.clone();
                     let task_id = task.task_id.clone();
                     self.shared().tasks.insert(task_id.clone(), Some(handle.canceller()));
-                    tokio::spawn(async move {
-                        let message = outcome_message(&task_id, &handle.wait().await);
-                        worker.shared().tasks.remove(&task_id);
-                        worker.send(message);
-                    });
+                    self.track_active();
+                    let span =
+                        info_span!("task", task_id = %task_id, worker_id = %self.config.worker_id, reattached = true);
+                    tokio::spawn(
+                        async move {
+                            let outcome = handle.wait().await;
+                            let elapsed = outcome.finished_at.duration_since(outcome.accepted_at).unwrap_or_default();
+                            worker.metrics.finished(&outcome, elapsed);
+                            let message = outcome_message(&task_id, &outcome);
+                            info!(message = ?message, "reattached task ended");
+                            worker.shared().tasks.remove(&task_id);
+                            worker.track_active();
+                            worker.send(message);
+                        }
+                        .instrument(span),
+                    );
                 }
             }
         }
+    }
+
+    /// Its metrics (serve them with [`crate::metrics::serve`]).
+    pub fn metrics(&self) -> WorkerMetrics {
+        self.metrics.clone()
+    }
+
+    /// Records the number of running tasks.
+    fn track_active(&self) {
+        let active = self.shared().tasks.len();
+        self.metrics.set_active(active);
     }
 
     /// A handle to stop it.
@@ -190,7 +218,9 @@ impl Worker {
 
     fn finished(&self) -> bool {
         let s = self.shared();
-        *self.mode.borrow() == Mode::Draining && s.tasks.is_empty() && s.outbox.is_empty()
+        // Tasks a backend preserves across restarts are left running: the next process reattaches.
+        let tasks_done = s.tasks.is_empty() || self.backend.preserves_tasks_on_shutdown();
+        *self.mode.borrow() == Mode::Draining && tasks_done && s.outbox.is_empty()
     }
 
     /// Runs until shut down (or aborted).
@@ -203,6 +233,7 @@ impl Worker {
         let this = self;
         let mut backoff = this.config.backoff_min;
         let mut mode = this.mode.clone();
+        let mut connected_before = false;
         loop {
             if *mode.borrow() == Mode::Aborted || this.finished() {
                 return Ok(());
@@ -210,8 +241,14 @@ impl Worker {
             match this.connect().await {
                 Ok(ws) => {
                     info!(worker_id = %this.config.worker_id, "connected to the control plane");
+                    if connected_before {
+                        this.metrics.reconnected();
+                    }
+                    connected_before = true;
+                    this.metrics.set_connected(true);
                     backoff = this.config.backoff_min;
                     this.clone().session(ws).await;
+                    this.metrics.set_connected(false);
                     // A live connection that dropped is redialed at once.
                 }
                 Err(e) => {
@@ -298,6 +335,16 @@ impl Worker {
     }
 
     fn begin_shutdown(&self) {
+        if self.backend.preserves_tasks_on_shutdown() {
+            let running = self.shared().tasks.len();
+            info!(
+                tasks = running,
+                backend = self.backend.name(),
+                "shutting down: leaving running tasks to be reattached after restart"
+            );
+            self.outbox_ready.notify_one();
+            return;
+        }
         let cancellers: Vec<Canceller> = self.shared().tasks.values().flatten().cloned().collect();
         info!(tasks = cancellers.len(), "shutting down: cancelling running tasks");
         for c in cancellers {
@@ -326,11 +373,13 @@ impl Worker {
         let task_id = assignment.task_id.clone();
         let reject = |reason: String| WorkerMessage::TaskRejected(TaskRejected { task_id: task_id.clone(), reason });
         if *self.mode.borrow() != Mode::Running {
+            self.metrics.rejected(RejectReason::ShuttingDown);
             self.send(reject("the worker is shutting down".into()));
             return;
         }
         let active = self.shared().tasks.len();
         if self.config.max_concurrent_tasks > 0 && active >= self.config.max_concurrent_tasks {
+            self.metrics.rejected(RejectReason::Capacity);
             self.send(reject(format!("at capacity ({active} of {} tasks)", self.config.max_concurrent_tasks)));
             return;
         }
@@ -347,10 +396,14 @@ impl Worker {
             task_id: task_id.clone(),
             worker_id: self.config.worker_id.clone(),
         }));
-        let span = info_span!("task", task_id = %task_id, worker_id = %self.config.worker_id);
+        self.metrics.claimed();
+        let claimed_at = std::time::Instant::now();
+        let span =
+            info_span!("task", task_id = %task_id, worker_id = %self.config.worker_id, backend = self.backend.name());
         let worker = self.clone();
         // Take the slot before the launch, so a burst of assignments respects the limit.
         self.shared().tasks.insert(task_id.clone(), None);
+        self.track_active();
         tokio::spawn(
             async move {
                 let message = match worker.backend.launch(spec).await {
@@ -366,17 +419,23 @@ impl Worker {
                         } else if *worker.mode.borrow() != Mode::Running {
                             handle.canceller().cancel(CancelReason::Shutdown);
                         }
-                        outcome_message(&task_id, &handle.wait().await)
+                        let outcome = handle.wait().await;
+                        worker.metrics.finished(&outcome, claimed_at.elapsed());
+                        outcome_message(&task_id, &outcome)
                     }
-                    Err(e) => WorkerMessage::TaskFailed(TaskFailed {
-                        task_id: task_id.clone(),
-                        message: e.message.clone(),
-                        failure_reason: e.reason,
-                        exit_code: 0,
-                    }),
+                    Err(e) => {
+                        worker.metrics.launch_failed(e.reason, claimed_at.elapsed());
+                        WorkerMessage::TaskFailed(TaskFailed {
+                            task_id: task_id.clone(),
+                            message: e.message.clone(),
+                            failure_reason: e.reason,
+                            exit_code: 0,
+                        })
+                    }
                 };
                 info!(message = ?message, "task ended");
                 worker.shared().tasks.remove(&task_id);
+                worker.track_active();
                 worker.send(message);
             }
             .instrument(span),

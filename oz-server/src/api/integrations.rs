@@ -201,6 +201,7 @@ pub async fn deliver(
     };
     let run = prepare_run(&state, &integration.team_id, new).await?;
     state.store.insert_run(&run).await?;
+    state.lifecycle.metrics().run_created(&run.source);
     state.dispatcher.wake();
     Ok((StatusCode::ACCEPTED, Json(WebhookAccepted { run_id: run.id })))
 }

@@ -60,10 +60,27 @@ pub fn router(state: AppState) -> Router {
                 "this method is not allowed on this endpoint",
             )
         });
-    Router::new()
-        .nest("/api/v1", api)
-        .route("/healthz", get(|| async { "ok" }))
-        .fallback(|| async { ApiError::not_found("no such endpoint (the API is under /api/v1)") })
+    let metrics = state.lifecycle.metrics().clone();
+    let api = api.route_layer(axum::middleware::from_fn_with_state(metrics.clone(), crate::metrics::track_requests));
+    let mut root = Router::new().nest("/api/v1", api).route("/healthz", get(|| async { "ok" }));
+    if state.config.metrics {
+        root = root.route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics.render(),
+                    )
+                }
+            }),
+        );
+    }
+    root.fallback(|| async { ApiError::not_found("no such endpoint (the API is under /api/v1)") })
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }

@@ -166,6 +166,7 @@ pub async fn create(
     };
     let run = prepare_run(&state, &caller.team_id, new).await?;
     state.store.insert_run(&run).await?;
+    state.lifecycle.metrics().run_created(&run.source);
     state.dispatcher.wake();
     Ok(Json(RunCreated { run_id: run.id.clone(), task_id: run.id, state: RunState::Queued, at_capacity: None }))
 }
@@ -397,6 +398,7 @@ pub async fn followup(
     };
     let run = prepare_run(&state, &caller.team_id, new).await?;
     state.store.insert_run(&run).await?;
+    state.lifecycle.metrics().run_created(&run.source);
     state.dispatcher.wake();
     Ok(Json(RunCreated { run_id: run.id.clone(), task_id: run.id, state: RunState::Queued, at_capacity: None }))
 }

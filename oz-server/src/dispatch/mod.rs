@@ -102,6 +102,8 @@ impl Dispatcher {
                 skip_until: None,
             },
         );
+        let open = self.conns().len();
+        self.inner.lifecycle.metrics().set_workers_connected(open);
         info!(worker_id, connection = id, "worker connected");
         self.wake();
         (id, rx)
@@ -111,6 +113,8 @@ impl Dispatcher {
     /// the worker may reconnect and report them.
     pub async fn unregister(&self, conn_id: u64) {
         let Some(conn) = self.conns().remove(&conn_id) else { return };
+        let open = self.conns().len();
+        self.inner.lifecycle.metrics().set_workers_connected(open);
         info!(worker_id = %conn.worker_id, connection = conn_id, "worker disconnected");
         for run_id in conn.in_flight {
             let Ok(Some(run)) = self.inner.lifecycle.store().run_by_id(&run_id).await else { continue };
