@@ -1,0 +1,291 @@
+//! [`DockerBackend`]: the `Backend` implementation tying images, the sidecar, containers and
+//! recovery together.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::query_parameters::ListContainersOptionsBuilder;
+use oz_core::backend::{
+    Backend, BackendError, Failure, RecoveredTask, RecoveryAction, TaskDriver, TaskEvent, TaskHandle, TaskPhase,
+};
+use oz_core::failure::FailureReason;
+use oz_core::image::{ImageRef, resolve_image};
+use oz_core::task::{NetworkMode, TaskSpec, labels};
+
+use crate::config::{DefaultNetwork, DockerConfig};
+use crate::container::{CLEANUP_LABEL, ContainerInputs, DEADLINE_LABEL, container_body, container_name};
+use crate::engine::describe;
+use crate::error::DockerError;
+use crate::images::RegistryAuth;
+use crate::sidecar::{SidecarContent, SidecarVolumes};
+use crate::task::{Follow, follow};
+
+/// Runs tasks in containers on a Docker engine.
+pub struct DockerBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    docker: Arc<Docker>,
+    config: DockerConfig,
+    auth: RegistryAuth,
+    sidecar: Option<SidecarContent>,
+    volumes: SidecarVolumes,
+}
+
+impl std::fmt::Debug for DockerBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerBackend").field("worker_id", &self.inner.config.worker_id).finish_non_exhaustive()
+    }
+}
+
+impl DockerBackend {
+    /// Connects to the engine (negotiating the API version and checking its platform), reads the
+    /// registry credentials and the sidecar content.
+    pub async fn connect(config: DockerConfig) -> Result<Self, DockerError> {
+        oz_core::run::validate_id("worker_id", &config.worker_id).map_err(|e| DockerError::Config(e.to_string()))?;
+        for volume in &config.volumes {
+            validate_volume(volume)?;
+        }
+        let docker = crate::engine::connect(&config).await?;
+        let auth = RegistryAuth::load(config.docker_config.as_deref()).map_err(DockerError::Config)?;
+        let sidecar = match &config.sidecar_binary {
+            Some(binary) => {
+                let ca = config.sidecar_ca_bundle.clone().or_else(|| {
+                    let host = std::path::PathBuf::from("/etc/ssl/certs/ca-certificates.crt");
+                    host.exists().then_some(host)
+                });
+                Some(SidecarContent::from_binary(binary, ca.as_deref())?)
+            }
+            None => None,
+        };
+        let inner = Inner { docker: Arc::new(docker), config, auth, sidecar, volumes: SidecarVolumes::default() };
+        Ok(Self { inner: Arc::new(inner) })
+    }
+
+    /// The engine client.
+    pub fn docker(&self) -> &Docker {
+        &self.inner.docker
+    }
+
+    /// The sidecar content, if configured.
+    pub fn sidecar(&self) -> Option<&SidecarContent> {
+        self.inner.sidecar.as_ref()
+    }
+
+    /// Removes sidecar volumes of other content that no container uses.
+    pub async fn collect_garbage(&self) -> Vec<String> {
+        let keep = self.inner.sidecar.as_ref().map(|s| s.volume_name());
+        crate::sidecar::collect_garbage(&self.inner.docker, keep.as_deref()).await
+    }
+
+    /// Containers labelled with this worker id (running or not).
+    pub async fn own_containers(&self) -> Result<Vec<bollard::models::ContainerSummary>, DockerError> {
+        list_labelled(&self.inner.docker, &format!("{}={}", labels::WORKER_ID, self.inner.config.worker_id)).await
+    }
+}
+
+fn validate_volume(spec: &str) -> Result<(), DockerError> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let ok = match parts.as_slice() {
+        [host, container] => !host.is_empty() && container.starts_with('/'),
+        [host, container, mode] => !host.is_empty() && container.starts_with('/') && matches!(*mode, "ro" | "rw"),
+        _ => false,
+    };
+    if !ok || parts.get(1).is_some_and(|c| c.trim_end_matches('/') == "/agent") {
+        return Err(DockerError::Config(format!("volume {spec:?}: expected HOST:/CONTAINER[:ro|rw], not over /agent")));
+    }
+    Ok(())
+}
+
+async fn list_labelled(docker: &Docker, label: &str) -> Result<Vec<bollard::models::ContainerSummary>, DockerError> {
+    let mut filters = HashMap::new();
+    filters.insert("label".to_owned(), vec![label.to_owned()]);
+    let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+    Ok(docker.list_containers(Some(options)).await?)
+}
+
+impl Inner {
+    fn network_for(&self, spec: &TaskSpec) -> Result<String, BackendError> {
+        match &spec.sandbox.network {
+            NetworkMode::None => Ok("none".into()),
+            NetworkMode::Default => Ok(match &self.config.network {
+                DefaultNetwork::None => "none".into(),
+                DefaultNetwork::Bridge => "bridge".into(),
+                DefaultNetwork::Named(n) => n.clone(),
+            }),
+            NetworkMode::Isolated { .. } => Err(BackendError::new(
+                FailureReason::ContainerCreate,
+                "the isolated network mode (egress through an allow-list proxy) is not available in the Docker backend yet; use none or the default network",
+            )),
+        }
+    }
+
+    /// Everything before the container starts; returns the container id.
+    async fn prepare(&self, spec: &TaskSpec, driver: &TaskDriver) -> Result<String, BackendError> {
+        let image = resolve_image(
+            spec.sandbox.image.as_ref().map(ImageRef::to_string).as_deref(),
+            self.config.default_image.as_ref(),
+        )
+        .map_err(|e| BackendError::new(FailureReason::InvalidImage, e.to_string()))?;
+        let network = self.network_for(spec)?;
+        let events = driver.event_sender();
+        driver.emit(TaskEvent::Phase(TaskPhase::PullingImage)).await;
+        crate::images::ensure(&self.docker, &image, self.config.pull_policy, &self.auth, &events).await?;
+        let image_path = self
+            .docker
+            .inspect_image(&image.to_string())
+            .await
+            .ok()
+            .and_then(|i| i.config)
+            .and_then(|c| c.env)
+            .and_then(|env| env.into_iter().find_map(|e| e.strip_prefix("PATH=").map(str::to_owned)));
+        let sidecar_volume = match &self.sidecar {
+            Some(content) => {
+                driver.emit(TaskEvent::Phase(TaskPhase::PreparingSidecar)).await;
+                Some(self.volumes.ensure(&self.docker, content, &image, &events).await?)
+            }
+            None => None,
+        };
+        if driver.cancel_requested().is_some() {
+            return Err(BackendError::new(FailureReason::TaskCancelled, "cancelled before the container was created"));
+        }
+        driver.emit(TaskEvent::Phase(TaskPhase::Preparing)).await;
+        let deadline =
+            spec.timeout.map(|t| (SystemTime::now() + t).duration_since(UNIX_EPOCH).unwrap_or_default().as_secs());
+        let inputs = ContainerInputs {
+            image: &image,
+            image_path,
+            sidecar_volume: sidecar_volume.as_deref(),
+            sidecar_has_ca_bundle: self.sidecar.as_ref().is_some_and(|_| {
+                self.config.sidecar_ca_bundle.is_some()
+                    || std::path::Path::new("/etc/ssl/certs/ca-certificates.crt").exists()
+            }),
+            network,
+            deadline,
+        };
+        let body = container_body(spec, &self.config, &inputs);
+        let options =
+            bollard::query_parameters::CreateContainerOptionsBuilder::default().name(&container_name(spec)).build();
+        let created = self.docker.create_container(Some(options), body).await.map_err(|e| {
+            let message = describe(&e);
+            let reason = if message.contains("No such image") {
+                FailureReason::InvalidImage
+            } else {
+                FailureReason::ContainerCreate
+            };
+            BackendError::new(reason, format!("could not create the container: {message}"))
+        })?;
+        Ok(created.id)
+    }
+}
+
+#[async_trait]
+impl Backend for DockerBackend {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    async fn launch(&self, spec: TaskSpec) -> Result<TaskHandle, BackendError> {
+        spec.validate().map_err(|e| BackendError::new(FailureReason::ContainerCreate, e.to_string()))?;
+        let inner = self.inner.clone();
+        let (handle, driver) = TaskHandle::channel(spec.task_id.clone());
+        let span = tracing::info_span!("docker_task", task_id = %spec.task_id, worker_id = %inner.config.worker_id);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let container = match inner.prepare(&spec, &driver).await {
+                    Ok(id) => id,
+                    Err(e) => {
+                        // A container may exist if creation failed late; remove it by name.
+                        crate::task::remove(&inner.docker, &container_name(&spec)).await;
+                        driver.finish(None, Some(Failure { reason: e.reason, message: e.message }), None);
+                        return;
+                    }
+                };
+                let plan = Follow {
+                    container,
+                    stdin: spec.stdin.clone(),
+                    deadline: spec.timeout.map(|t| SystemTime::now() + t),
+                    cleanup: spec.cleanup && inner.config.cleanup,
+                    stop_grace: inner.config.stop_grace,
+                    start: true,
+                };
+                follow(inner.docker.clone(), driver, plan).await;
+            },
+            span,
+        ));
+        Ok(handle)
+    }
+
+    async fn recover(&self) -> Result<Vec<RecoveredTask>, BackendError> {
+        let inner = &self.inner;
+        let found = self
+            .own_containers()
+            .await
+            .map_err(|e| BackendError::new(FailureReason::ContainerWait, format!("could not list containers: {e}")))?;
+        let mut recovered = Vec::new();
+        for container in found {
+            let labels = container.labels.clone().unwrap_or_default();
+            let Some(task_id) = labels.get(labels::TASK_ID).cloned() else { continue };
+            let Some(id) = container.id.clone() else { continue };
+            let execution_id = labels.get(labels::EXECUTION_ID).cloned();
+            let cleanup = labels.get(CLEANUP_LABEL).is_none_or(|v| v == "true");
+            let deadline = labels
+                .get(DEADLINE_LABEL)
+                .and_then(|d| d.parse::<u64>().ok())
+                .map(|secs| UNIX_EPOCH + Duration::from_secs(secs));
+            use bollard::models::ContainerSummaryStateEnum as State;
+            let running = container.state == Some(State::RUNNING);
+            let created_only = container.state == Some(State::CREATED);
+            if created_only {
+                // Never started: it had not begun; remove it and say so.
+                crate::task::remove(&inner.docker, &id).await;
+                recovered.push(RecoveredTask {
+                    task_id,
+                    execution_id,
+                    action: RecoveryAction::Removed(Failure {
+                        reason: FailureReason::ContainerStart,
+                        message: "the worker restarted before the task's container started; it was removed".into(),
+                    }),
+                });
+                continue;
+            }
+            // Running: follow it to its end. Exited meanwhile: report how it ended.
+            let (handle, driver) = TaskHandle::channel(task_id.clone());
+            let plan = Follow {
+                container: id,
+                stdin: None,
+                deadline,
+                cleanup,
+                stop_grace: inner.config.stop_grace,
+                start: false,
+            };
+            tracing::info!(task_id, running, "reattaching to a container left by an earlier run");
+            tokio::spawn(follow(inner.docker.clone(), driver, plan));
+            recovered.push(RecoveredTask { task_id, execution_id, action: RecoveryAction::Reattached(handle) });
+        }
+        self.collect_garbage().await;
+        Ok(recovered)
+    }
+
+    fn preserves_tasks_on_shutdown(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volumes_are_checked() {
+        assert!(validate_volume("/data:/data").is_ok());
+        assert!(validate_volume("cache:/cache:rw").is_ok());
+        for bad in ["/data", "/data:data", "/data:/data:rx", "x:/agent", ":/x"] {
+            assert!(validate_volume(bad).is_err(), "{bad}");
+        }
+    }
+}

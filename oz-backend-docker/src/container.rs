@@ -1,0 +1,163 @@
+//! The container a task runs in: its create request (hardening, limits, labels, mounts, network).
+//! Pure: no engine calls, so the shape is unit-tested exactly.
+
+use std::collections::HashMap;
+
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
+use oz_core::image::ImageRef;
+use oz_core::sidecar::{DEFAULT_PATH, SidecarLayout};
+use oz_core::task::TaskSpec;
+
+use crate::config::DockerConfig;
+
+/// Label: whether to remove the container after its task (`true`/`false`), for a restarted worker.
+pub const CLEANUP_LABEL: &str = "oz.dev/cleanup";
+/// Label: the task's deadline as Unix seconds, for a restarted worker.
+pub const DEADLINE_LABEL: &str = "oz.dev/deadline";
+/// Where the task's working directory lives.
+pub const WORKSPACE: &str = "/workspace";
+
+/// What the task's container is made from besides its spec.
+#[derive(Debug, Clone)]
+pub struct ContainerInputs<'a> {
+    /// The resolved image.
+    pub image: &'a ImageRef,
+    /// The image's own `PATH`, if it sets one.
+    pub image_path: Option<String>,
+    /// The sidecar volume to mount read-only at `/agent`, if any.
+    pub sidecar_volume: Option<&'a str>,
+    /// Whether the sidecar carries a CA bundle.
+    pub sidecar_has_ca_bundle: bool,
+    /// The network mode (`none`, `bridge`, a network name).
+    pub network: String,
+    /// The deadline as Unix seconds, if the task has a timeout.
+    pub deadline: Option<u64>,
+}
+
+/// The name of a task's container.
+pub fn container_name(spec: &TaskSpec) -> String {
+    match &spec.execution_id {
+        Some(e) => format!("oz-{}-{e}", spec.task_id),
+        None => format!("oz-{}", spec.task_id),
+    }
+}
+
+/// The create request for a task's container.
+pub fn container_body(spec: &TaskSpec, config: &DockerConfig, inputs: &ContainerInputs<'_>) -> ContainerCreateBody {
+    let mut env = spec.effective_env();
+    if inputs.sidecar_volume.is_some() {
+        let layout = SidecarLayout::default();
+        let image_path = inputs.image_path.clone().unwrap_or_else(|| DEFAULT_PATH.to_owned());
+        for (name, value) in layout.env(&image_path, !inputs.sidecar_has_ca_bundle) {
+            if !env.iter().any(|(n, _)| *n == name) {
+                env.push((name, value));
+            }
+        }
+    }
+    let mut labels: HashMap<String, String> = spec.labels(&config.worker_id).into_iter().collect();
+    labels.insert(CLEANUP_LABEL.into(), (spec.cleanup && config.cleanup).to_string());
+    if let Some(deadline) = inputs.deadline {
+        labels.insert(DEADLINE_LABEL.into(), deadline.to_string());
+    }
+    let mut binds = config.volumes.clone();
+    if let Some(volume) = inputs.sidecar_volume {
+        binds.push(format!("{volume}:{}:ro", SidecarLayout::default().mount()));
+    }
+    let memory = spec.sandbox.resources.memory_bytes.and_then(|m| i64::try_from(m).ok());
+    let nano_cpus = spec.sandbox.resources.vcpus.map(|v| (v * 1e9) as i64).filter(|n| *n > 0);
+    let pids = spec.sandbox.resources.max_pids.and_then(|p| i64::try_from(p).ok()).unwrap_or(config.pids_limit);
+    let workdir = match &spec.sandbox.workdir {
+        Some(w) => format!("{WORKSPACE}/{}", w.trim_start_matches("./")),
+        None => WORKSPACE.to_owned(),
+    };
+    let mut log_opts = HashMap::new();
+    log_opts.insert("max-size".to_owned(), config.log_max_size.clone());
+    log_opts.insert("max-file".to_owned(), "2".to_owned());
+    let (entrypoint, cmd) = match spec.argv.split_first() {
+        Some((first, rest)) => (vec![first.clone()], rest.to_vec()),
+        None => (Vec::new(), Vec::new()),
+    };
+    ContainerCreateBody {
+        image: Some(inputs.image.to_string()),
+        entrypoint: Some(entrypoint),
+        cmd: Some(cmd),
+        env: Some(env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        working_dir: Some(workdir),
+        user: config.user.clone(),
+        labels: Some(labels),
+        attach_stdin: Some(spec.stdin.is_some()),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        open_stdin: Some(spec.stdin.is_some()),
+        stdin_once: Some(spec.stdin.is_some()),
+        tty: Some(false),
+        network_disabled: Some(inputs.network == "none"),
+        host_config: Some(HostConfig {
+            // A real init as PID 1: signals reach the agent, zombies are reaped.
+            init: Some(true),
+            cap_drop: Some(vec!["ALL".into()]),
+            security_opt: Some(vec!["no-new-privileges:true".into()]),
+            memory,
+            // Swap equal to memory: no swap beyond the limit.
+            memory_swap: memory,
+            nano_cpus,
+            pids_limit: Some(pids),
+            network_mode: Some(inputs.network.clone()),
+            binds: Some(binds),
+            log_config: Some(HostConfigLogConfig { typ: Some("json-file".into()), config: Some(log_opts) }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_container_is_hardened_limited_and_labelled() {
+        let mut config = DockerConfig::new("w1");
+        config.volumes = vec!["/data:/data:ro".into()];
+        config.user = Some("1000:1000".into());
+        let mut spec = TaskSpec::new("t1", vec!["/agent/entrypoint.sh".into(), "agent".into(), "run".into()])
+            .env("A", "1")
+            .env("PATH", "/custom");
+        spec.execution_id = Some("e1".into());
+        spec.sandbox.resources.vcpus = Some(1.5);
+        spec.sandbox.resources.memory_bytes = Some(2 << 30);
+        let image = ImageRef::parse("debian:bookworm").unwrap();
+        let inputs = ContainerInputs {
+            image: &image,
+            image_path: Some("/usr/bin:/bin".into()),
+            sidecar_volume: Some("oz-sidecar-abc"),
+            sidecar_has_ca_bundle: true,
+            network: "none".into(),
+            deadline: Some(1_900_000_000),
+        };
+        let body = container_body(&spec, &config, &inputs);
+        let host = body.host_config.clone().unwrap();
+        assert_eq!(host.cap_drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(host.security_opt, Some(vec!["no-new-privileges:true".to_string()]));
+        assert_eq!(host.memory, Some(2 << 30));
+        assert_eq!(host.memory_swap, host.memory, "no swap beyond memory");
+        assert_eq!(host.nano_cpus, Some(1_500_000_000));
+        assert_eq!(host.pids_limit, Some(4096));
+        assert_eq!(host.init, Some(true));
+        assert_eq!(host.network_mode.as_deref(), Some("none"));
+        assert_eq!(host.binds.unwrap(), vec!["/data:/data:ro".to_string(), "oz-sidecar-abc:/agent:ro".to_string()]);
+        assert_eq!(body.user.as_deref(), Some("1000:1000"));
+        assert_eq!(body.working_dir.as_deref(), Some("/workspace"));
+        assert_eq!(body.entrypoint, Some(vec!["/agent/entrypoint.sh".to_string()]));
+        assert_eq!(body.cmd, Some(vec!["agent".to_string(), "run".to_string()]));
+        let env = body.env.unwrap();
+        assert!(env.contains(&"PATH=/custom".to_string()), "the spec's PATH wins: {env:?}");
+        assert!(env.contains(&"SSL_CERT_FILE=/agent/certs/ca-certificates.crt".to_string()));
+        let labels = body.labels.unwrap();
+        assert_eq!(labels["oz.dev/worker-id"], "w1");
+        assert_eq!(labels["oz.dev/task-id"], "t1");
+        assert_eq!(labels["oz.dev/execution-id"], "e1");
+        assert_eq!(labels[DEADLINE_LABEL], "1900000000");
+        assert_eq!(container_name(&spec), "oz-t1-e1");
+    }
+}
