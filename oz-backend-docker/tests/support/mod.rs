@@ -1,7 +1,7 @@
 //! Shared by the Docker tests: reaching the engine (skipping loudly when there is none, unless
 //! `OZ_REQUIRE_DOCKER=1`), the local test images, and finding what a task left behind.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
 
