@@ -2,7 +2,8 @@
 # Makes sure a Docker engine answers and the local test images exist (no registry can be reached, so
 # images are built from Debian packages and imported). Idempotent: images are built only when missing.
 #
-#   oz-test/busybox:latest   a bare busybox (no git, no CA certificates, no package manager)
+#   oz-test/busybox:latest      a bare busybox (no git, no CA certificates, no package manager)
+#   oz-test/debian-git:latest   Debian bookworm (minbase) with git and CA certificates, via debootstrap
 set -euo pipefail
 
 log() { printf '[prepare-docker] %s\n' "$*" >&2; }
@@ -37,6 +38,22 @@ if ! docker image inspect oz-test/busybox:latest >/dev/null 2>&1; then
   echo 'nobody:x:65534:65534:nobody:/:/bin/sh' >> "$rootfs/etc/passwd"
   chmod 1777 "$rootfs/tmp"
   tar -C "$rootfs" -c . | docker import --change 'CMD ["/bin/sh"]' --change 'ENV PATH=/bin' - oz-test/busybox:latest >/dev/null
+  rm -rf "$rootfs"
+fi
+if ! docker image inspect oz-test/debian-git:latest >/dev/null 2>&1; then
+  log "building oz-test/debian-git:latest with debootstrap (a few minutes, once)"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! command -v debootstrap >/dev/null; then
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq debootstrap >/dev/null
+  fi
+  rootfs=$(mktemp -d)
+  debootstrap --variant=minbase --include=git,ca-certificates bookworm "$rootfs" http://deb.debian.org/debian >/tmp/debootstrap.log 2>&1 \
+    || { log "debootstrap failed (see /tmp/debootstrap.log)"; exit 1; }
+  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+  mkdir -p "$rootfs/workspace"
+  tar -C "$rootfs" -c . | docker import --change 'CMD ["/bin/bash"]' \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' - oz-test/debian-git:latest >/dev/null
   rm -rf "$rootfs"
 fi
 log "images: $(docker images --format '{{.Repository}}:{{.Tag}}' | grep '^oz-test/' | tr '\n' ' ')"

@@ -75,8 +75,11 @@ async fn run(
         .logs(false)
         .build();
     // Attach before starting so not a byte of output is missed.
+    // A container found after a restart may have exited already: it cannot be attached to, but its
+    // exit status is still there to report.
     let attached = match docker.attach_container(id, Some(attach_options)).await {
-        Ok(a) => a,
+        Ok(a) => Some(a),
+        Err(_) if !plan.start => None,
         Err(e) => {
             return (None, Some(failure(FailureReason::ContainerStart, format!("could not attach: {}", describe(&e)))));
         }
@@ -97,16 +100,19 @@ async fn run(
     *started_at = Some(SystemTime::now());
     driver.emit(TaskEvent::Phase(TaskPhase::Running)).await;
 
-    let mut input = attached.input;
-    if let Some(stdin) = plan.stdin.clone() {
+    let (input, output) = match attached {
+        Some(a) => (Some(a.input), Some(a.output)),
+        None => (None, None),
+    };
+    if let (Some(mut input), Some(stdin)) = (input, plan.stdin.clone()) {
         tokio::spawn(async move {
             let _ = input.write_all(&stdin).await;
             let _ = input.shutdown().await;
         });
     }
     let events = driver.event_sender();
-    let mut output = attached.output;
     let pump = async move {
+        let Some(mut output) = output else { return };
         while let Some(item) = output.next().await {
             let event = match item {
                 Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => TaskEvent::Stdout(message),

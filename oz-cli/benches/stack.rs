@@ -2,7 +2,11 @@
 //!
 //! ```text
 //! cargo bench -p oz-cli --bench stack [-- RUNS]
+//! cargo bench -p oz-cli --bench stack -- RUNS docker   # the Docker backend (busybox image, static sidecar)
 //! ```
+//!
+//! With `docker`, tasks run in `oz-test/busybox:latest` containers with the static sidecar
+//! (`target/sidecar/oz`), and the baseline is `docker run --rm --network none oz-test/busybox:latest true`.
 //!
 //! The stack is `oz local`'s: the control plane on SQLite (a file), a worker on the Direct backend,
 //! the release `oz` binary as the runner. Each run has no repos and no setup; its command harness is
@@ -25,13 +29,33 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 
 fn main() {
     let runs: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(200);
+    let docker = std::env::args().any(|a| a == "docker");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
-        let stack =
-            oz_cli::local::start_with_runner(dir.path(), "127.0.0.1:0", env!("CARGO_BIN_EXE_oz").into()).await.unwrap();
+        let backend = if docker {
+            let sidecar = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/sidecar/oz");
+            assert!(sidecar.exists(), "run scripts/build-sidecar-oz.sh first");
+            oz_cli::local::LocalBackend::Docker { sidecar, mounts: vec![] }
+        } else {
+            oz_cli::local::LocalBackend::Direct
+        };
+        let stack = oz_cli::local::start_with(dir.path(), "127.0.0.1:0", env!("CARGO_BIN_EXE_oz").into(), backend)
+            .await
+            .unwrap();
         let client = stack.client().unwrap();
+        let environment_id = if docker {
+            let env = oz_core::environment::EnvironmentConfig {
+                name: "bench".into(),
+                docker_image: Some("oz-test/busybox:latest".into()),
+                ..Default::default()
+            };
+            Some(client.environments().create(&env).await.unwrap().uid)
+        } else {
+            None
+        };
         let config = AgentConfig {
+            environment_id,
             worker_host: Some(oz_cli::local::LOCAL_WORKER.into()),
             harness: Some(HarnessConfig {
                 kind: Some("command".into()),
@@ -44,7 +68,17 @@ fn main() {
         let mut bare = Vec::with_capacity(runs);
         for i in 0..(runs + 10) {
             let t = Instant::now();
-            tokio::process::Command::new("/bin/true").status().await.unwrap();
+            if docker {
+                let ok = tokio::process::Command::new("docker")
+                    .args(["run", "--rm", "--network", "none", "oz-test/busybox:latest", "true"])
+                    .status()
+                    .await
+                    .unwrap()
+                    .success();
+                assert!(ok, "docker run failed");
+            } else {
+                tokio::process::Command::new("/bin/true").status().await.unwrap();
+            }
             let fork_exec = t.elapsed();
 
             let submitted = Timestamp::now();
@@ -65,11 +99,13 @@ fn main() {
         }
         stack_latency.sort();
         bare.sort();
-        println!("{runs} runs, one at a time, after 10 warm-up; command harness /bin/true, no repos, no setup");
+        let backend = if docker { "Docker (busybox, static sidecar)" } else { "Direct" };
+        println!("{runs} runs, one at a time, after 10 warm-up; {backend} backend; command harness /bin/true, no repos, no setup");
         println!("| measurement (ms) | p50 | p90 | p99 |");
         println!("|---|---|---|---|");
         println!(
-            "| bare fork/exec of /bin/true | {:.2} | {:.2} | {:.2} |",
+            "| {} | {:.2} | {:.2} | {:.2} |",
+            if docker { "docker run --rm --network none busybox true" } else { "bare fork/exec of /bin/true" },
             pct(&bare, 0.5),
             pct(&bare, 0.9),
             pct(&bare, 0.99)

@@ -71,13 +71,48 @@ enum LocalCommand {
         /// Where the control plane listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
+        #[command(flatten)]
+        backend: BackendArgs,
     },
     /// Start the stack, run a sample agent task end to end, show the result and the timings, stop.
     Quickstart {
         /// Where the database, the API key, the sample repo and the workspaces live.
         #[arg(long, env = "OZ_DATA_DIR", default_value = ".oz-local")]
         data_dir: std::path::PathBuf,
+        #[command(flatten)]
+        backend: BackendArgs,
+        /// The image of the sample run (Docker backend; it needs git): default `oz-test/debian-git:latest`,
+        /// which `.ci/prepare-docker.sh` builds.
+        #[arg(long)]
+        image: Option<String>,
     },
+}
+
+/// Which backend the local worker uses.
+#[cfg(feature = "local-stack")]
+#[derive(Debug, clap::Args)]
+struct BackendArgs {
+    /// `direct` (processes here; the default) or `docker` (containers on the local engine).
+    #[arg(long, default_value = "direct", value_parser = ["direct", "docker"])]
+    backend: String,
+    /// The static `oz` for the Docker sidecar (default: `OZ_SIDECAR_BINARY`, else `target/sidecar/oz`
+    /// from `scripts/build-sidecar-oz.sh`).
+    #[arg(long)]
+    sidecar: Option<std::path::PathBuf>,
+}
+
+#[cfg(feature = "local-stack")]
+impl BackendArgs {
+    fn choice(&self) -> Result<crate::local::LocalBackend, String> {
+        if self.backend == "direct" {
+            return Ok(crate::local::LocalBackend::Direct);
+        }
+        let sidecar =
+            self.sidecar.clone().or_else(crate::local::LocalBackend::default_sidecar).ok_or(
+                "the Docker backend needs the static oz: run scripts/build-sidecar-oz.sh, or pass --sidecar PATH",
+            )?;
+        Ok(crate::local::LocalBackend::Docker { sidecar, mounts: Vec::new() })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -116,8 +151,19 @@ pub fn main() -> ExitCode {
             };
             let result = runtime.block_on(async move {
                 match command {
-                    LocalCommand::Up { data_dir, listen } => crate::local::up(&data_dir, &listen).await.map(|()| true),
-                    LocalCommand::Quickstart { data_dir } => crate::local::quickstart(&data_dir).await,
+                    LocalCommand::Up { data_dir, listen, backend } => {
+                        crate::local::up(&data_dir, &listen, backend.choice()?).await.map(|()| true)
+                    }
+                    LocalCommand::Quickstart { data_dir, backend, image } => {
+                        let choice = backend.choice()?;
+                        let image = match (&choice, image) {
+                            (crate::local::LocalBackend::Docker { .. }, None) => {
+                                Some("oz-test/debian-git:latest".to_owned())
+                            }
+                            (_, image) => image,
+                        };
+                        crate::local::quickstart(&data_dir, choice, image).await
+                    }
                 }
             });
             match result {

@@ -39,6 +39,8 @@ pub struct LocalStack {
     pub api_key: String,
     /// Where everything lives.
     pub data_dir: PathBuf,
+    /// Where tasks run.
+    pub backend: LocalBackend,
 }
 
 impl LocalStack {
@@ -55,6 +57,41 @@ impl LocalStack {
     }
 }
 
+/// Where the local worker runs tasks.
+#[derive(Debug, Clone, Default)]
+pub enum LocalBackend {
+    /// Processes on this machine (the default; needs nothing but this binary).
+    #[default]
+    Direct,
+    /// Containers on the local Docker engine, with the static `oz` as the sidecar. Containers use the
+    /// host's network so they reach the control plane on loopback.
+    Docker {
+        /// The statically linked `oz` (`scripts/build-sidecar-oz.sh` makes `target/sidecar/oz`).
+        sidecar: PathBuf,
+        /// Host folders to mount at the same path (read-only), e.g. a local git remote.
+        mounts: Vec<PathBuf>,
+    },
+}
+
+impl LocalBackend {
+    /// The static sidecar `oz`: `OZ_SIDECAR_BINARY`, else `target/sidecar/oz` next to this build.
+    pub fn default_sidecar() -> Option<PathBuf> {
+        if let Some(p) = std::env::var_os("OZ_SIDECAR_BINARY") {
+            return Some(PathBuf::from(p));
+        }
+        let exe = std::env::current_exe().ok()?;
+        let candidate = exe.parent()?.parent()?.join("sidecar/oz");
+        candidate.exists().then_some(candidate)
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            LocalBackend::Direct => "Direct",
+            LocalBackend::Docker { .. } => "Docker",
+        }
+    }
+}
+
 /// Starts the stack in `data_dir` (created if missing), listening on `listen`; tasks run this binary
 /// as their runner.
 pub async fn start(data_dir: &Path, listen: &str) -> Result<LocalStack, Error> {
@@ -63,6 +100,16 @@ pub async fn start(data_dir: &Path, listen: &str) -> Result<LocalStack, Error> {
 
 /// [`start`] with another `oz` binary as the tasks' runner (benchmarks, tests).
 pub async fn start_with_runner(data_dir: &Path, listen: &str, runner: PathBuf) -> Result<LocalStack, Error> {
+    start_with(data_dir, listen, runner, LocalBackend::Direct).await
+}
+
+/// [`start`] with a runner and a backend.
+pub async fn start_with(
+    data_dir: &Path,
+    listen: &str,
+    runner: PathBuf,
+    backend_choice: LocalBackend,
+) -> Result<LocalStack, Error> {
     std::fs::create_dir_all(data_dir).map_err(|e| format!("could not create {}: {e}", data_dir.display()))?;
     let store = Arc::new(SqliteStore::open(&data_dir.join("oz.db")).await?);
     let key_file = data_dir.join("api-key");
@@ -82,38 +129,62 @@ pub async fn start_with_runner(data_dir: &Path, listen: &str, runner: PathBuf) -
     };
     let server = oz_server::start(config, store).await?;
 
-    let backend = Arc::new(DirectBackend::new(DirectConfig::new(LOCAL_WORKER, data_dir.join("workspaces")))?);
-    for leftover in backend.recover().await? {
-        if let RecoveryAction::Removed(f) = leftover.action {
-            eprintln!("oz: cleaned up task {} left by an earlier run: {}", leftover.task_id, f.message);
+    let (backend, entrypoint): (Arc<dyn Backend>, String) = match &backend_choice {
+        LocalBackend::Direct => (
+            Arc::new(DirectBackend::new(DirectConfig::new(LOCAL_WORKER, data_dir.join("workspaces")))?),
+            runner.display().to_string(),
+        ),
+        LocalBackend::Docker { sidecar, mounts } => {
+            let mut config = oz_backend_docker::DockerConfig::new(LOCAL_WORKER);
+            config.sidecar_binary = Some(sidecar.clone());
+            config.network = oz_backend_docker::DefaultNetwork::Named("host".into());
+            config.volumes = mounts.iter().map(|m| format!("{0}:{0}:ro", m.display())).collect();
+            let backend = oz_backend_docker::DockerBackend::connect(config)
+                .await
+                .map_err(|e| format!("the Docker backend is not available: {e}"))?;
+            (Arc::new(backend), oz_core::sidecar::SidecarLayout::default().entrypoint())
+        }
+    };
+    let recovered = backend.recover().await?;
+    for leftover in &recovered {
+        match &leftover.action {
+            RecoveryAction::Removed(f) => {
+                eprintln!("oz: cleaned up task {} left by an earlier run: {}", leftover.task_id, f.message)
+            }
+            RecoveryAction::Reattached(_) => {
+                eprintln!("oz: reattached to task {} left running by an earlier run", leftover.task_id)
+            }
         }
     }
-    let command = CommandOptions {
-        entrypoint: runner.display().to_string(),
-        server_root_url: server.url(),
-        idle_on_complete: None,
-        extra_env: Vec::new(),
-    };
+    let command =
+        CommandOptions { entrypoint, server_root_url: server.url(), idle_on_complete: None, extra_env: Vec::new() };
     let ws = format!("{}/api/v1/selfhosted/worker/ws", server.url().replacen("http://", "ws://", 1));
-    let worker = Worker::new(WorkerConfig::new(LOCAL_WORKER, ws, ApiKey::new(api_key.clone()), command), backend)?;
+    let worker =
+        Arc::new(Worker::new(WorkerConfig::new(LOCAL_WORKER, ws, ApiKey::new(api_key.clone()), command), backend)?);
+    worker.adopt_recovered(recovered);
     let handle = worker.handle();
     tokio::spawn(async move {
-        if let Err(e) = worker.run().await {
+        if let Err(e) = worker.run_shared().await {
             eprintln!("oz: the local worker stopped: {e}");
         }
     });
-    Ok(LocalStack { server, worker: handle, api_key, data_dir: data_dir.to_owned() })
+    Ok(LocalStack { server, worker: handle, api_key, data_dir: data_dir.to_owned(), backend: backend_choice })
 }
 
 /// `oz local up`.
-pub async fn up(data_dir: &Path, listen: &str) -> Result<(), Error> {
-    let stack = start(data_dir, listen).await?;
+pub async fn up(data_dir: &Path, listen: &str, backend: LocalBackend) -> Result<(), Error> {
+    let stack = start_with(data_dir, listen, std::env::current_exe()?, backend).await?;
     println!("oz local stack is up");
     println!("  control plane  {}/api/v1   (database {})", stack.server.url(), stack.data_dir.join("oz.db").display());
-    println!(
-        "  worker         {LOCAL_WORKER} (Direct backend, workspaces under {})",
-        stack.data_dir.join("workspaces").display()
-    );
+    match &stack.backend {
+        LocalBackend::Direct => println!(
+            "  worker         {LOCAL_WORKER} (Direct backend, workspaces under {})",
+            stack.data_dir.join("workspaces").display()
+        ),
+        LocalBackend::Docker { sidecar, .. } => {
+            println!("  worker         {LOCAL_WORKER} (Docker backend, sidecar {}, host network)", sidecar.display())
+        }
+    }
     println!("  API key        saved in {}", stack.data_dir.join("api-key").display());
     println!();
     println!("  export OZ_API_BASE_URL={}/api/v1", stack.server.url());
@@ -189,18 +260,33 @@ fn ms(from: Option<Timestamp>, to: Option<Timestamp>) -> String {
 }
 
 /// `oz local quickstart`. Returns whether the run succeeded.
-pub async fn quickstart(data_dir: &Path) -> Result<bool, Error> {
+pub async fn quickstart(data_dir: &Path, backend: LocalBackend, image: Option<String>) -> Result<bool, Error> {
     println!("==> starting the local stack in {}", data_dir.display());
-    let stack = start(data_dir, "127.0.0.1:0").await?;
-    let client = stack.client()?;
-    println!("    control plane {} with worker {LOCAL_WORKER:?} on the Direct backend", stack.server.url());
-
+    std::fs::create_dir_all(data_dir).map_err(|e| format!("could not create {}: {e}", data_dir.display()))?;
+    let data_dir = &std::fs::canonicalize(data_dir)?;
     let git_base = sample_repo(&data_dir.join("sample"))?;
+    // In containers, the sample remote is mounted at the same path, read-only.
+    let backend = match backend {
+        LocalBackend::Docker { sidecar, mut mounts } => {
+            mounts.push(data_dir.join("sample/git"));
+            LocalBackend::Docker { sidecar, mounts }
+        }
+        direct => direct,
+    };
+    let stack = start_with(data_dir, "127.0.0.1:0", std::env::current_exe()?, backend).await?;
+    let client = stack.client()?;
+    println!(
+        "    control plane {} with worker {LOCAL_WORKER:?} on the {} backend",
+        stack.server.url(),
+        stack.backend.name()
+    );
+
     let mut env = EnvironmentConfig {
         name: "hello".into(),
         description: Some("The quickstart's sample repository".into()),
         github_repos: vec![RepoRef::new("acme", "hello")?],
         setup_commands: vec!["echo 'dependencies installed' > .setup-done".into()],
+        docker_image: image,
         ..Default::default()
     };
     for (k, v) in [

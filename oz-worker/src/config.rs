@@ -56,6 +56,19 @@ pub struct DockerSection {
     /// Variables for tasks.
     #[serde(default)]
     pub environment: Vec<EnvEntry>,
+    /// Our extension: the static `oz` mounted as the sidecar at `/agent` (see
+    /// `scripts/build-sidecar-oz.sh`); without it the image must provide `oz` on its PATH.
+    pub sidecar_binary: Option<PathBuf>,
+    /// Our extension: `always`, `if-not-present` (default) or `never`.
+    pub pull_policy: Option<String>,
+    /// Our extension: `none` (default), `bridge`, `host` or an existing network's name.
+    pub network: Option<String>,
+    /// Our extension: run tasks as this user (`1000:1000`).
+    pub user: Option<String>,
+    /// Our extension: the image of tasks that name none (default `ubuntu:22.04`).
+    pub default_image: Option<String>,
+    /// Our extension: the engine address (default `DOCKER_HOST`, else the local socket).
+    pub docker_host: Option<String>,
 }
 
 /// `backend.direct`.

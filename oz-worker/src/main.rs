@@ -108,8 +108,16 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
     let cleanup = !flags.no_cleanup && file.cleanup.unwrap_or(true);
     let lookup = |k: &str| std::env::var(k).ok();
     let mut extra_env = Vec::new();
-    let section_env =
-        file.backend.as_ref().and_then(|b| b.direct.as_ref().map(|d| d.environment.clone())).unwrap_or_default();
+    let section_env = file
+        .backend
+        .as_ref()
+        .and_then(|b| {
+            b.direct
+                .as_ref()
+                .map(|d| d.environment.clone())
+                .or_else(|| b.docker.as_ref().map(|d| d.environment.clone()))
+        })
+        .unwrap_or_default();
     for entry in section_env {
         let spec = match entry.value {
             Some(v) => format!("{}={v}", entry.name),
@@ -134,8 +142,39 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
             direct.cleanup = cleanup;
             (Arc::new(oz_backend_direct::DirectBackend::new(direct)?), section.oz_path.unwrap_or_else(|| "oz".into()))
         }
+        #[cfg(feature = "docker")]
         BackendKind::Docker => {
-            return Err("the docker backend is not built into this worker yet; use --backend direct".into());
+            let section = file.backend.as_ref().and_then(|b| b.docker.clone()).unwrap_or_default();
+            let mut docker = oz_backend_docker::DockerConfig::new(&worker_id);
+            docker.volumes = section.volumes.clone();
+            docker.volumes.extend(flags.volumes.iter().cloned());
+            docker.cleanup = cleanup;
+            docker.user = section.user.clone();
+            docker.docker_host = section.docker_host.clone();
+            docker.sidecar_binary = section.sidecar_binary.clone();
+            if let Some(policy) = &section.pull_policy {
+                docker.pull_policy = policy.parse().map_err(|e: String| format!("backend.docker.pull_policy: {e}"))?;
+            }
+            if let Some(image) = &section.default_image {
+                docker.default_image = Some(
+                    oz_core::image::ImageRef::parse(image).map_err(|e| format!("backend.docker.default_image: {e}"))?,
+                );
+            }
+            docker.network = match section.network.as_deref() {
+                None | Some("none") => oz_backend_docker::DefaultNetwork::None,
+                Some("bridge") => oz_backend_docker::DefaultNetwork::Bridge,
+                Some(name) => oz_backend_docker::DefaultNetwork::Named(name.to_owned()),
+            };
+            let entrypoint = if docker.sidecar_binary.is_some() {
+                oz_core::sidecar::SidecarLayout::default().entrypoint()
+            } else {
+                "oz".to_owned()
+            };
+            (Arc::new(oz_backend_docker::DockerBackend::connect(docker).await?), entrypoint)
+        }
+        #[cfg(not(feature = "docker"))]
+        BackendKind::Docker => {
+            return Err("this worker was built without the docker feature; use --backend direct".into());
         }
         BackendKind::Kubernetes => {
             return Err("the kubernetes backend is not built into this worker yet; use --backend direct".into());

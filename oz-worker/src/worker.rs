@@ -384,6 +384,14 @@ impl Worker {
             return;
         }
         let mut spec = TaskSpec::new(task_id.clone(), agent_argv(&assignment, &self.config.command));
+        // The image: the assignment's, else the backend's default (an invalid one fails the task below).
+        let image = assignment
+            .docker_image
+            .as_deref()
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+            .map(oz_core::image::ImageRef::parse)
+            .transpose();
         spec.execution_id = assignment.execution_id.clone();
         spec.env = agent_env(&assignment, &self.config.command);
         spec.cleanup = self.config.cleanup;
@@ -406,7 +414,14 @@ impl Worker {
         self.track_active();
         tokio::spawn(
             async move {
-                let message = match worker.backend.launch(spec).await {
+                let launched = match image {
+                    Ok(image) => {
+                        spec.sandbox.image = image;
+                        worker.backend.launch(spec).await
+                    }
+                    Err(e) => Err(oz_core::backend::BackendError::new(FailureReason::InvalidImage, e.to_string())),
+                };
+                let message = match launched {
                     Ok(handle) => {
                         let cancelled_meanwhile = {
                             let mut shared = worker.shared();
