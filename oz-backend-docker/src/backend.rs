@@ -50,6 +50,12 @@ impl DockerBackend {
         for volume in &config.volumes {
             validate_volume(volume)?;
         }
+        for range in &config.isolated_allowed_ranges {
+            validate_range(range)?;
+        }
+        if matches!(&config.network, DefaultNetwork::Isolated { allowed_domains } if allowed_domains.is_empty()) {
+            return Err(DockerError::Config("the isolated network needs at least one allowed domain".into()));
+        }
         let docker = crate::engine::connect(&config).await?;
         let auth = RegistryAuth::load(config.docker_config.as_deref()).map_err(DockerError::Config)?;
         let sidecar = match &config.sidecar_binary {
@@ -101,6 +107,17 @@ fn validate_volume(spec: &str) -> Result<(), DockerError> {
     Ok(())
 }
 
+fn validate_range(range: &str) -> Result<(), DockerError> {
+    let bad = || DockerError::Config(format!("allowed range {range:?}: expected ADDRESS/PREFIX, e.g. 10.20.0.0/16"));
+    let (addr, prefix) = range.split_once('/').ok_or_else(bad)?;
+    let addr: std::net::IpAddr = addr.parse().map_err(|_| bad())?;
+    let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+    if prefix > if addr.is_ipv4() { 32 } else { 128 } {
+        return Err(bad());
+    }
+    Ok(())
+}
+
 async fn list_labelled(docker: &Docker, label: &str) -> Result<Vec<bollard::models::ContainerSummary>, DockerError> {
     let mut filters = HashMap::new();
     filters.insert("label".to_owned(), vec![label.to_owned()]);
@@ -109,18 +126,17 @@ async fn list_labelled(docker: &Docker, label: &str) -> Result<Vec<bollard::mode
 }
 
 impl Inner {
-    fn network_for(&self, spec: &TaskSpec) -> Result<String, BackendError> {
+    /// The network mode: a plain one, or `Err(domains)` for an isolated network with these domains.
+    fn network_for(&self, spec: &TaskSpec) -> Result<String, Vec<String>> {
         match &spec.sandbox.network {
             NetworkMode::None => Ok("none".into()),
-            NetworkMode::Default => Ok(match &self.config.network {
-                DefaultNetwork::None => "none".into(),
-                DefaultNetwork::Bridge => "bridge".into(),
-                DefaultNetwork::Named(n) => n.clone(),
-            }),
-            NetworkMode::Isolated { .. } => Err(BackendError::new(
-                FailureReason::ContainerCreate,
-                "the isolated network mode (egress through an allow-list proxy) is not available in the Docker backend yet; use none or the default network",
-            )),
+            NetworkMode::Isolated { allowed_domains } => Err(allowed_domains.clone()),
+            NetworkMode::Default => match &self.config.network {
+                DefaultNetwork::None => Ok("none".into()),
+                DefaultNetwork::Bridge => Ok("bridge".into()),
+                DefaultNetwork::Named(n) => Ok(n.clone()),
+                DefaultNetwork::Isolated { allowed_domains } => Err(allowed_domains.clone()),
+            },
         }
     }
 
@@ -131,7 +147,7 @@ impl Inner {
             self.config.default_image.as_ref(),
         )
         .map_err(|e| BackendError::new(FailureReason::InvalidImage, e.to_string()))?;
-        let network = self.network_for(spec)?;
+        let network_choice = self.network_for(spec);
         let events = driver.event_sender();
         driver.emit(TaskEvent::Phase(TaskPhase::PullingImage)).await;
         crate::images::ensure(&self.docker, &image, self.config.pull_policy, &self.auth, &events).await?;
@@ -154,6 +170,21 @@ impl Inner {
             return Err(BackendError::new(FailureReason::TaskCancelled, "cancelled before the container was created"));
         }
         driver.emit(TaskEvent::Phase(TaskPhase::Preparing)).await;
+        let (network, extra_env) = match network_choice {
+            Ok(plain) => (plain, Vec::new()),
+            Err(domains) => {
+                let name = crate::network::create(
+                    &self.docker,
+                    spec,
+                    &self.config,
+                    &image,
+                    sidecar_volume.as_deref(),
+                    &domains,
+                )
+                .await?;
+                (name, crate::network::proxy_env())
+            }
+        };
         let deadline =
             spec.timeout.map(|t| (SystemTime::now() + t).duration_since(UNIX_EPOCH).unwrap_or_default().as_secs());
         let inputs = ContainerInputs {
@@ -166,6 +197,7 @@ impl Inner {
             }),
             network,
             deadline,
+            extra_env,
         };
         let body = container_body(spec, &self.config, &inputs);
         let options =
@@ -199,13 +231,14 @@ impl Backend for DockerBackend {
                 let container = match inner.prepare(&spec, &driver).await {
                     Ok(id) => id,
                     Err(e) => {
-                        // A container may exist if creation failed late; remove it by name.
-                        crate::task::remove(&inner.docker, &container_name(&spec)).await;
+                        // Something may exist if preparation failed late: remove it all.
+                        crate::task::remove_task(&inner.docker, &spec.task_id, &container_name(&spec)).await;
                         driver.finish(None, Some(Failure { reason: e.reason, message: e.message }), None);
                         return;
                     }
                 };
                 let plan = Follow {
+                    task_id: spec.task_id.clone(),
                     container,
                     stdin: spec.stdin.clone(),
                     deadline: spec.timeout.map(|t| SystemTime::now() + t),
@@ -230,6 +263,10 @@ impl Backend for DockerBackend {
         for container in found {
             let labels = container.labels.clone().unwrap_or_default();
             let Some(task_id) = labels.get(labels::TASK_ID).cloned() else { continue };
+            if labels.contains_key(crate::network::ROLE_LABEL) {
+                // An egress proxy goes with its task; an orphan one is removed below.
+                continue;
+            }
             let Some(id) = container.id.clone() else { continue };
             let execution_id = labels.get(labels::EXECUTION_ID).cloned();
             let cleanup = labels.get(CLEANUP_LABEL).is_none_or(|v| v == "true");
@@ -242,7 +279,7 @@ impl Backend for DockerBackend {
             let created_only = container.state == Some(State::CREATED);
             if created_only {
                 // Never started: it had not begun; remove it and say so.
-                crate::task::remove(&inner.docker, &id).await;
+                crate::task::remove_task(&inner.docker, &task_id, &id).await;
                 recovered.push(RecoveredTask {
                     task_id,
                     execution_id,
@@ -256,6 +293,7 @@ impl Backend for DockerBackend {
             // Running: follow it to its end. Exited meanwhile: report how it ended.
             let (handle, driver) = TaskHandle::channel(task_id.clone());
             let plan = Follow {
+                task_id: task_id.clone(),
                 container: id,
                 stdin: None,
                 deadline,
@@ -266,6 +304,17 @@ impl Backend for DockerBackend {
             tracing::info!(task_id, running, "reattaching to a container left by an earlier run");
             tokio::spawn(follow(inner.docker.clone(), driver, plan));
             recovered.push(RecoveredTask { task_id, execution_id, action: RecoveryAction::Reattached(handle) });
+        }
+        // Proxies and networks whose task container is gone.
+        let tasks: std::collections::HashSet<String> = recovered.iter().map(|r| r.task_id.clone()).collect();
+        for container in self.own_containers().await.unwrap_or_default() {
+            let labels = container.labels.unwrap_or_default();
+            if let (Some(task_id), Some(id)) = (labels.get(labels::TASK_ID), container.id)
+                && labels.contains_key(crate::network::ROLE_LABEL)
+                && !tasks.contains(task_id)
+            {
+                crate::task::remove_task(&inner.docker, task_id, &id).await;
+            }
         }
         self.collect_garbage().await;
         Ok(recovered)
@@ -286,6 +335,10 @@ mod tests {
         assert!(validate_volume("cache:/cache:rw").is_ok());
         for bad in ["/data", "/data:data", "/data:/data:rx", "x:/agent", ":/x"] {
             assert!(validate_volume(bad).is_err(), "{bad}");
+        }
+        assert!(validate_range("10.20.0.0/16").is_ok());
+        for bad in ["10.20.0.0", "10.20.0.0/40", "example.com/8"] {
+            assert!(validate_range(bad).is_err(), "{bad}");
         }
     }
 }

@@ -39,6 +39,11 @@ pub enum DefaultNetwork {
     Bridge,
     /// A named network that already exists (made by the operator).
     Named(String),
+    /// An internal network per task whose only way out is an egress proxy allowing these domains.
+    Isolated {
+        /// `example.com`, or `*.example.com` for its subdomains.
+        allowed_domains: Vec<String>,
+    },
 }
 
 /// How the Docker backend behaves.
@@ -75,6 +80,11 @@ pub struct DockerConfig {
     pub cleanup: bool,
     /// Largest size of a container's log file before Docker rotates it (default `16m`).
     pub log_max_size: String,
+    /// Isolated mode: the network the egress proxy reaches the world through (default `bridge`).
+    pub isolated_egress_network: String,
+    /// Isolated mode: non-public ranges the proxy allows nonetheless (`10.20.0.0/16`), e.g. a
+    /// control plane on a private address. Loopback, private and metadata addresses are refused otherwise.
+    pub isolated_allowed_ranges: Vec<String>,
 }
 
 impl DockerConfig {
@@ -95,6 +105,8 @@ impl DockerConfig {
             stop_grace: Duration::from_secs(10),
             cleanup: true,
             log_max_size: "16m".into(),
+            isolated_egress_network: "bridge".into(),
+            isolated_allowed_ranges: Vec::new(),
         }
     }
 }

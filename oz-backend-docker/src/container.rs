@@ -32,6 +32,8 @@ pub struct ContainerInputs<'a> {
     pub network: String,
     /// The deadline as Unix seconds, if the task has a timeout.
     pub deadline: Option<u64>,
+    /// Variables the backend adds (the egress proxy's, in isolated mode); the spec's win.
+    pub extra_env: Vec<(String, String)>,
 }
 
 /// The name of a task's container.
@@ -45,6 +47,11 @@ pub fn container_name(spec: &TaskSpec) -> String {
 /// The create request for a task's container.
 pub fn container_body(spec: &TaskSpec, config: &DockerConfig, inputs: &ContainerInputs<'_>) -> ContainerCreateBody {
     let mut env = spec.effective_env();
+    for (name, value) in &inputs.extra_env {
+        if !env.iter().any(|(n, _)| n == name) {
+            env.push((name.clone(), value.clone()));
+        }
+    }
     if inputs.sidecar_volume.is_some() {
         let layout = SidecarLayout::default();
         let image_path = inputs.image_path.clone().unwrap_or_else(|| DEFAULT_PATH.to_owned());
@@ -134,6 +141,7 @@ mod tests {
             sidecar_has_ca_bundle: true,
             network: "none".into(),
             deadline: Some(1_900_000_000),
+            extra_env: vec![("HTTPS_PROXY".into(), "http://egress:3128".into())],
         };
         let body = container_body(&spec, &config, &inputs);
         let host = body.host_config.clone().unwrap();
@@ -153,6 +161,7 @@ mod tests {
         let env = body.env.unwrap();
         assert!(env.contains(&"PATH=/custom".to_string()), "the spec's PATH wins: {env:?}");
         assert!(env.contains(&"SSL_CERT_FILE=/agent/certs/ca-certificates.crt".to_string()));
+        assert!(env.contains(&"HTTPS_PROXY=http://egress:3128".to_string()));
         let labels = body.labels.unwrap();
         assert_eq!(labels["oz.dev/worker-id"], "w1");
         assert_eq!(labels["oz.dev/task-id"], "t1");

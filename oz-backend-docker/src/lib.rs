@@ -31,6 +31,7 @@ pub mod container;
 pub mod engine;
 mod error;
 pub mod images;
+pub mod network;
 pub mod sidecar;
 pub mod task;
 

@@ -23,6 +23,8 @@ fn failure(reason: FailureReason, message: impl Into<String>) -> Failure {
 /// How a followed container should be treated.
 #[derive(Debug, Clone)]
 pub struct Follow {
+    /// The task.
+    pub task_id: String,
     /// The container id.
     pub container: String,
     /// Bytes for stdin, if the task has any (only for a fresh start).
@@ -44,9 +46,26 @@ pub async fn follow(docker: Arc<Docker>, driver: TaskDriver, plan: Follow) {
     let (exit, failure) = run(&docker, &driver, &plan, &mut started_at).await;
     if plan.cleanup {
         driver.emit(TaskEvent::Phase(TaskPhase::CleaningUp)).await;
-        remove(&docker, &plan.container).await;
+        remove_task(&docker, &plan.task_id, &plan.container).await;
     }
     driver.finish(exit, failure, started_at);
+}
+
+/// Removes a task's container, anything else labelled with its id (an egress proxy), and its networks.
+pub async fn remove_task(docker: &Docker, task_id: &str, container: &str) {
+    remove(docker, container).await;
+    let mut filters = std::collections::HashMap::new();
+    filters.insert("label".to_owned(), vec![format!("{}={task_id}", oz_core::task::labels::TASK_ID)]);
+    let options =
+        bollard::query_parameters::ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+    if let Ok(found) = docker.list_containers(Some(options)).await {
+        for c in found {
+            if let Some(id) = c.id {
+                remove(docker, &id).await;
+            }
+        }
+    }
+    crate::network::remove_networks(docker, task_id).await;
 }
 
 /// Removes a container and its anonymous volumes, tolerating one already gone.

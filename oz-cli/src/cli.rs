@@ -127,6 +127,18 @@ enum AgentCommand {
     /// Start a run on the control plane, print its id, and follow it live until it ends.
     #[cfg(feature = "api-client")]
     RunCloud(Box<crate::remote::runs::RunCloudArgs>),
+    /// The egress proxy of an isolated task network (the Docker backend runs it; people do not).
+    EgressProxy {
+        /// Where to listen.
+        #[arg(long, default_value = "0.0.0.0:3128")]
+        listen: String,
+        /// An allowed domain: `example.com`, or `*.example.com` for its subdomains (repeatable).
+        #[arg(long = "allow")]
+        allow: Vec<String>,
+        /// A non-public range to allow nonetheless, e.g. `10.20.0.0/16` (repeatable).
+        #[arg(long = "allow-range")]
+        allow_range: Vec<crate::egress::Cidr>,
+    },
     /// Git credential helper used by `oz agent run` (git calls it; people do not).
     GitCredential {
         /// get, store or erase.
@@ -190,6 +202,23 @@ pub fn main() -> ExitCode {
         #[cfg(feature = "api-client")]
         Command::Integration { command, api } => {
             crate::remote::run_command(crate::remote::integrations::run(command, api))
+        }
+        Command::Agent { command: AgentCommand::EgressProxy { listen, allow, allow_range } } => {
+            let policy = crate::egress::Policy { domains: allow, allowed_ranges: allow_range };
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("oz: could not start the async runtime: {e}");
+                    return exit(1);
+                }
+            };
+            match runtime.block_on(crate::egress::serve(&listen, policy)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("oz egress-proxy: {e}");
+                    exit(1)
+                }
+            }
         }
         Command::Agent { command: AgentCommand::GitCredential { operation } } => {
             exit(credentials::helper_main(&operation))

@@ -11,6 +11,7 @@
 
 pub mod agent;
 pub mod cli;
+pub mod egress;
 #[cfg(feature = "local-stack")]
 pub mod local;
 #[cfg(feature = "api-client")]

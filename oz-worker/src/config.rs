@@ -61,8 +61,16 @@ pub struct DockerSection {
     pub sidecar_binary: Option<PathBuf>,
     /// Our extension: `always`, `if-not-present` (default) or `never`.
     pub pull_policy: Option<String>,
-    /// Our extension: `none` (default), `bridge`, `host` or an existing network's name.
+    /// Our extension: `none` (default), `bridge`, `host`, `isolated` or an existing network's name.
     pub network: Option<String>,
+    /// Our extension, for `network: isolated`: the domains tasks may reach through the egress proxy.
+    #[serde(default)]
+    pub allowed_domains: Vec<String>,
+    /// Our extension, for `network: isolated`: non-public ranges the proxy allows nonetheless.
+    #[serde(default)]
+    pub allowed_ranges: Vec<String>,
+    /// Our extension, for `network: isolated`: the network the proxy goes out through (default `bridge`).
+    pub egress_network: Option<String>,
     /// Our extension: run tasks as this user (`1000:1000`).
     pub user: Option<String>,
     /// Our extension: the image of tasks that name none (default `ubuntu:22.04`).

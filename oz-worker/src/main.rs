@@ -152,6 +152,10 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
             docker.user = section.user.clone();
             docker.docker_host = section.docker_host.clone();
             docker.sidecar_binary = section.sidecar_binary.clone();
+            docker.isolated_allowed_ranges = section.allowed_ranges.clone();
+            if let Some(network) = &section.egress_network {
+                docker.isolated_egress_network = network.clone();
+            }
             if let Some(policy) = &section.pull_policy {
                 docker.pull_policy = policy.parse().map_err(|e: String| format!("backend.docker.pull_policy: {e}"))?;
             }
@@ -163,6 +167,12 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
             docker.network = match section.network.as_deref() {
                 None | Some("none") => oz_backend_docker::DefaultNetwork::None,
                 Some("bridge") => oz_backend_docker::DefaultNetwork::Bridge,
+                Some("isolated") => {
+                    if section.allowed_domains.is_empty() {
+                        return Err("backend.docker.network: isolated needs allowed_domains (at least the control plane's host)".into());
+                    }
+                    oz_backend_docker::DefaultNetwork::Isolated { allowed_domains: section.allowed_domains.clone() }
+                }
                 Some(name) => oz_backend_docker::DefaultNetwork::Named(name.to_owned()),
             };
             let entrypoint = if docker.sidecar_binary.is_some() {
