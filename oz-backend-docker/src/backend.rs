@@ -68,7 +68,8 @@ impl DockerBackend {
             }
             None => None,
         };
-        let inner = Inner { docker: Arc::new(docker), config, auth, sidecar, volumes: SidecarVolumes::default() };
+        let volumes = SidecarVolumes::new(config.worker_id.clone());
+        let inner = Inner { docker: Arc::new(docker), config, auth, sidecar, volumes };
         Ok(Self { inner: Arc::new(inner) })
     }
 
@@ -82,10 +83,10 @@ impl DockerBackend {
         self.inner.sidecar.as_ref()
     }
 
-    /// Removes sidecar volumes of other content that no container uses.
+    /// Removes the sidecar volumes this worker made for other content that no container uses.
     pub async fn collect_garbage(&self) -> Vec<String> {
         let keep = self.inner.sidecar.as_ref().map(|s| s.volume_name());
-        crate::sidecar::collect_garbage(&self.inner.docker, keep.as_deref()).await
+        crate::sidecar::collect_garbage(&self.inner.docker, &self.inner.config.worker_id, keep.as_deref()).await
     }
 
     /// Containers labelled with this worker id (running or not).

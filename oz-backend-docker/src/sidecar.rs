@@ -119,10 +119,16 @@ fn prep_error(message: impl Into<String>) -> BackendError {
 /// Materializes sidecar content into volumes, once per digest per engine.
 #[derive(Debug, Default)]
 pub struct SidecarVolumes {
+    worker_id: String,
     ready: tokio::sync::Mutex<HashMap<String, ()>>,
 }
 
 impl SidecarVolumes {
+    /// Volumes this worker makes are labelled with its id (other workers' are never collected by it).
+    pub fn new(worker_id: impl Into<String>) -> Self {
+        Self { worker_id: worker_id.into(), ready: Default::default() }
+    }
+
     /// Makes sure the volume for `content` exists and is complete; returns its name. The first task to
     /// need a digest pays for it (one upload); every later task reuses the volume.
     pub async fn ensure(
@@ -135,10 +141,11 @@ impl SidecarVolumes {
         let name = content.volume_name();
         // Held across the preparation: two tasks needing the same new digest prepare it once.
         let mut ready = self.ready.lock().await;
-        if ready.contains_key(&name) {
+        // Cheap insurance against the volume having been removed behind our back.
+        if ready.contains_key(&name) && docker.inspect_volume(&name).await.is_ok() {
             return Ok(name);
         }
-        let probe = ProbeContainer::create(docker, &name, image).await?;
+        let probe = ProbeContainer::create(docker, &name, image, &self.worker_id).await?;
         let result = async {
             let complete = docker
                 .get_container_archive_info(&probe.id, Some(archive_path(&format!("/agent/{COMPLETE_MARKER}"))))
@@ -179,9 +186,10 @@ struct ProbeContainer {
 }
 
 impl ProbeContainer {
-    async fn create(docker: &Docker, volume: &str, image: &ImageRef) -> Result<Self, BackendError> {
+    async fn create(docker: &Docker, volume: &str, image: &ImageRef, worker_id: &str) -> Result<Self, BackendError> {
         let mut labels = HashMap::new();
         labels.insert(labels::MANAGED_BY.to_owned(), labels::MANAGED_BY_VALUE.to_owned());
+        labels.insert(labels::WORKER_ID.to_owned(), worker_id.to_owned());
         labels.insert(DIGEST_LABEL.to_owned(), volume.to_owned());
         let volume_request =
             VolumeCreateRequest { name: Some(volume.to_owned()), labels: Some(labels.clone()), ..Default::default() };
@@ -217,10 +225,12 @@ impl ProbeContainer {
     }
 }
 
-/// Removes sidecar volumes of other digests that no container uses; returns their names.
-pub async fn collect_garbage(docker: &Docker, keep: Option<&str>) -> Vec<String> {
+/// Removes the sidecar volumes this worker made for other content that no container uses; returns
+/// their names. (A volume is shared by every worker of the engine with the same content; only the
+/// worker that made it collects it.)
+pub async fn collect_garbage(docker: &Docker, worker_id: &str, keep: Option<&str>) -> Vec<String> {
     let mut filters = HashMap::new();
-    filters.insert("label".to_owned(), vec![DIGEST_LABEL.to_owned()]);
+    filters.insert("label".to_owned(), vec![DIGEST_LABEL.to_owned(), format!("{}={worker_id}", labels::WORKER_ID)]);
     let options = ListVolumesOptionsBuilder::default().filters(&filters).build();
     let Ok(list) = docker.list_volumes(Some(options)).await else { return Vec::new() };
     let mut removed = Vec::new();

@@ -203,13 +203,15 @@ async fn run(
         };
         return (Some(exit), Some(failure(reason, message)));
     }
-    let oom = docker
-        .inspect_container(id, None::<bollard::query_parameters::InspectContainerOptions>)
-        .await
-        .ok()
-        .and_then(|c| c.state)
-        .and_then(|s| s.oom_killed)
-        .unwrap_or(false);
+    // A process the kernel killed for memory, and the task failed: that is why.
+    let oom = code != 0
+        && docker
+            .inspect_container(id, None::<bollard::query_parameters::InspectContainerOptions>)
+            .await
+            .ok()
+            .and_then(|c| c.state)
+            .and_then(|s| s.oom_killed)
+            .unwrap_or(false);
     if oom {
         return (
             Some(exit),
