@@ -1,0 +1,65 @@
+//! [`KubernetesConfig`]: Oz's `backend.kubernetes` keys.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How the Kubernetes backend shapes Jobs.
+#[derive(Clone, Debug)]
+pub struct KubernetesConfig {
+    /// This worker's id; every Job is labelled with it.
+    pub worker_id: String,
+    /// The namespace Jobs go to (default `default`).
+    pub namespace: String,
+    /// The image of tasks that name none (default `ubuntu:22.04`).
+    pub default_image: Option<String>,
+    /// `Always`, `IfNotPresent` (default) or `Never`.
+    pub image_pull_policy: String,
+    /// Mount the sidecar as an image volume instead of copying it with an init container.
+    pub use_image_volumes: bool,
+    /// The image holding the sidecar under `/agent`.
+    pub sidecar_image: String,
+    /// Run before the task, as the init container `setup`, in the task's image and workspace.
+    pub setup_command: Option<String>,
+    /// Run when the task container stops, as its preStop hook.
+    pub teardown_command: Option<String>,
+    /// More labels on the Job and its Pod.
+    pub extra_labels: BTreeMap<String, String>,
+    /// Annotations on the Job and its Pod.
+    pub extra_annotations: BTreeMap<String, String>,
+    /// The Job's `activeDeadlineSeconds` (default 8 hours).
+    pub active_deadline_seconds: i64,
+    /// The Job's `ttlSecondsAfterFinished` when cleanup is on (default a day).
+    pub ttl_seconds_after_finished: i32,
+    /// The `/workspace` emptyDir's size limit (`10Gi`), if any.
+    pub workspace_size_limit: Option<String>,
+    /// How long a Pod may stay unschedulable before the task fails (zero disables).
+    pub unschedulable_timeout: Duration,
+    /// A PodSpec (JSON) merged under the generated one: imagePullSecrets, nodeSelector, tolerations...
+    pub pod_template: Option<serde_json::Value>,
+    /// Remove finished Jobs (through their TTL).
+    pub cleanup: bool,
+}
+
+impl KubernetesConfig {
+    /// Oz's defaults for a worker id and a sidecar image.
+    pub fn new(worker_id: impl Into<String>, sidecar_image: impl Into<String>) -> Self {
+        Self {
+            worker_id: worker_id.into(),
+            namespace: "default".into(),
+            default_image: None,
+            image_pull_policy: "IfNotPresent".into(),
+            use_image_volumes: false,
+            sidecar_image: sidecar_image.into(),
+            setup_command: None,
+            teardown_command: None,
+            extra_labels: BTreeMap::new(),
+            extra_annotations: BTreeMap::new(),
+            active_deadline_seconds: 28_800,
+            ttl_seconds_after_finished: 86_400,
+            workspace_size_limit: None,
+            unschedulable_timeout: Duration::from_secs(30),
+            pod_template: None,
+            cleanup: true,
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! The Job of a task: one per execution, pure (no API calls), so its exact shape is tested.
+//!
+//! - `backoffLimit: 0`, `activeDeadlineSeconds`, `ttlSecondsAfterFinished` (when cleanup is on);
+//! - labels identifying worker, task and execution on the Job and its Pod, plus the extra ones;
+//! - volumes: `/workspace` (an emptyDir with an optional size limit) and the sidecar at `/agent`, copied
+//!   by a root init container from the sidecar image into an emptyDir, or an image volume;
+//! - `setup_command` as the init container `setup`, `teardown_command` as the task's preStop hook;
+//! - `instance_shape` as requests equal to limits;
+//! - the configured `pod_template` merged under the generated spec: our init containers first, our
+//!   env wins on the task container.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::Job;
+use oz_core::task::{TaskSpec, labels};
+use serde_json::{Value, json};
+
+use crate::config::KubernetesConfig;
+use crate::error::KubernetesError;
+
+/// The task container's name.
+pub const TASK_CONTAINER: &str = "task";
+/// The sidecar copy init container's name.
+pub const SIDECAR_INIT: &str = "oz-sidecar";
+/// The setup init container's name.
+pub const SETUP_INIT: &str = "setup";
+
+/// The Job's name: `oz-<task>[-<execution>]`, made a valid DNS label (at most 63 characters).
+pub fn job_name(spec: &TaskSpec) -> String {
+    let raw = match &spec.execution_id {
+        Some(e) => format!("oz-{}-{e}", spec.task_id),
+        None => format!("oz-{}", spec.task_id),
+    };
+    let mut name: String =
+        raw.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
+    name.truncate(63);
+    name.trim_end_matches('-').to_owned()
+}
+
+/// The labels of a task's Job and Pod.
+pub fn job_labels(spec: &TaskSpec, config: &KubernetesConfig) -> BTreeMap<String, String> {
+    let mut labels = config.extra_labels.clone();
+    labels.extend(spec.labels(&config.worker_id));
+    labels
+}
+
+/// The label selector of every Job this worker made.
+pub fn worker_selector(worker_id: &str) -> String {
+    format!("{}={},{}={worker_id}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE, labels::WORKER_ID)
+}
+
+fn resources(spec: &TaskSpec) -> Option<Value> {
+    let r = &spec.sandbox.resources;
+    let mut quantities = serde_json::Map::new();
+    if let Some(cpus) = r.vcpus {
+        quantities.insert("cpu".into(), json!(format!("{}m", (cpus * 1000.0).round() as i64)));
+    }
+    if let Some(memory) = r.memory_bytes {
+        quantities.insert("memory".into(), json!(memory.to_string()));
+    }
+    (!quantities.is_empty()).then(|| json!({"requests": quantities.clone(), "limits": quantities}))
+}
+
+/// The Job for `spec`.
+pub fn job(spec: &TaskSpec, config: &KubernetesConfig) -> Result<Job, KubernetesError> {
+    let labels = job_labels(spec, config);
+    let image = spec
+        .sandbox
+        .image
+        .as_ref()
+        .map(|i| i.to_string())
+        .or_else(|| config.default_image.clone())
+        .unwrap_or_else(|| oz_core::image::DEFAULT_IMAGE.to_owned());
+    let env: Vec<Value> =
+        spec.effective_env().into_iter().map(|(name, value)| json!({"name": name, "value": value})).collect();
+    let workdir = match &spec.sandbox.workdir {
+        Some(w) => format!("/workspace/{}", w.trim_start_matches("./")),
+        None => "/workspace".to_owned(),
+    };
+    let mounts = json!([
+        {"name": "workspace", "mountPath": "/workspace"},
+        {"name": "agent", "mountPath": "/agent", "readOnly": true},
+    ]);
+    let mut task = json!({
+        "name": TASK_CONTAINER,
+        "image": image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": spec.argv,
+        "env": env,
+        "workingDir": workdir,
+        "volumeMounts": mounts,
+        "securityContext": {"allowPrivilegeEscalation": false},
+    });
+    if let Some(r) = resources(spec) {
+        task["resources"] = r;
+    }
+    if let Some(teardown) = &config.teardown_command {
+        task["lifecycle"] = json!({"preStop": {"exec": {"command": ["/bin/sh", "-c", teardown]}}});
+    }
+    let mut init = Vec::new();
+    let agent_volume = if config.use_image_volumes {
+        json!({"name": "agent", "image": {"reference": config.sidecar_image, "pullPolicy": config.image_pull_policy}})
+    } else {
+        init.push(json!({
+            "name": SIDECAR_INIT,
+            "image": config.sidecar_image,
+            "imagePullPolicy": config.image_pull_policy,
+            "command": ["/bin/sh", "-c", "cp -a /agent/. /sidecar/"],
+            "volumeMounts": [{"name": "agent", "mountPath": "/sidecar"}],
+            "securityContext": {"runAsUser": 0, "allowPrivilegeEscalation": false},
+        }));
+        json!({"name": "agent", "emptyDir": {}})
+    };
+    if let Some(setup) = &config.setup_command {
+        init.push(json!({
+            "name": SETUP_INIT,
+            "image": image,
+            "imagePullPolicy": config.image_pull_policy,
+            "command": ["/bin/sh", "-c", setup],
+            "env": env,
+            "workingDir": "/workspace",
+            "volumeMounts": mounts,
+        }));
+    }
+    let mut workspace = json!({"name": "workspace", "emptyDir": {}});
+    if let Some(limit) = &config.workspace_size_limit {
+        workspace["emptyDir"]["sizeLimit"] = json!(limit);
+    }
+    let generated = json!({
+        "restartPolicy": "Never",
+        "initContainers": init,
+        "containers": [task],
+        "volumes": [workspace, agent_volume],
+    });
+    let pod_spec = match &config.pod_template {
+        Some(template) => merge_pod_spec(template, generated)?,
+        None => generated,
+    };
+    let mut job_spec = json!({
+        "backoffLimit": 0,
+        "activeDeadlineSeconds": spec.timeout.map_or(config.active_deadline_seconds, |t| t.as_secs().max(1) as i64),
+        "template": {
+            "metadata": {"labels": labels, "annotations": config.extra_annotations},
+            "spec": pod_spec,
+        },
+    });
+    if spec.cleanup && config.cleanup {
+        job_spec["ttlSecondsAfterFinished"] = json!(config.ttl_seconds_after_finished);
+    }
+    let job = json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(spec),
+            "namespace": config.namespace,
+            "labels": labels,
+            "annotations": config.extra_annotations,
+        },
+        "spec": job_spec,
+    });
+    serde_json::from_value(job).map_err(|e| KubernetesError::Manifest(e.to_string()))
+}
+
+/// Merges the generated PodSpec over `template`: our fields win; init containers are ours then the
+/// template's; the template's container named `task` is merged under ours (our env wins by name);
+/// other template containers and volumes are kept.
+pub fn merge_pod_spec(template: &Value, generated: Value) -> Result<Value, KubernetesError> {
+    let Some(template) = template.as_object() else {
+        return Err(KubernetesError::Manifest("pod_template must be a PodSpec object".into()));
+    };
+    let mut merged = template.clone();
+    let Value::Object(ours) = generated else {
+        return Err(KubernetesError::Manifest("internal: not an object".into()));
+    };
+    for (key, value) in ours {
+        let theirs = merged.remove(&key);
+        let combined = match (key.as_str(), theirs) {
+            ("initContainers" | "volumes", Some(Value::Array(theirs))) => {
+                let mut list = value.as_array().cloned().unwrap_or_default();
+                let names: Vec<Value> = list.iter().map(|v| v["name"].clone()).collect();
+                list.extend(theirs.into_iter().filter(|v| !names.contains(&v["name"])));
+                Value::Array(list)
+            }
+            ("containers", Some(Value::Array(theirs))) => {
+                let mut list = Vec::new();
+                for ours in value.as_array().cloned().unwrap_or_default() {
+                    let base = theirs.iter().find(|c| c["name"] == ours["name"]).cloned();
+                    list.push(match base {
+                        Some(base) => merge_container(base, ours),
+                        None => ours,
+                    });
+                }
+                let names: Vec<Value> = list.iter().map(|v| v["name"].clone()).collect();
+                list.extend(theirs.into_iter().filter(|c| !names.contains(&c["name"])));
+                Value::Array(list)
+            }
+            _ => value,
+        };
+        merged.insert(key, combined);
+    }
+    Ok(Value::Object(merged))
+}
+
+fn merge_container(base: Value, ours: Value) -> Value {
+    let (Value::Object(mut base), Value::Object(ours)) = (base, ours) else { return Value::Null };
+    for (key, value) in ours {
+        if key == "env" {
+            let mut env: Vec<Value> = base.remove("env").and_then(|e| e.as_array().cloned()).unwrap_or_default();
+            for var in value.as_array().cloned().unwrap_or_default() {
+                env.retain(|e| e["name"] != var["name"]);
+                env.push(var);
+            }
+            base.insert(key, Value::Array(env));
+        } else if key == "volumeMounts" {
+            let mut list = value.as_array().cloned().unwrap_or_default();
+            let paths: Vec<Value> = list.iter().map(|m| m["mountPath"].clone()).collect();
+            let theirs = base.remove("volumeMounts").and_then(|m| m.as_array().cloned()).unwrap_or_default();
+            list.extend(theirs.into_iter().filter(|m| !paths.contains(&m["mountPath"])));
+            base.insert(key, Value::Array(list));
+        } else {
+            base.insert(key, value);
+        }
+    }
+    Value::Object(base)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn spec() -> TaskSpec {
+        let mut spec = TaskSpec::new("run-1", vec!["/agent/entrypoint.sh".into(), "agent".into(), "run".into()])
+            .env("TASK_ID", "run-1")
+            .env("A", "1");
+        spec.execution_id = Some("exec-1".into());
+        spec.sandbox.image = Some(oz_core::image::ImageRef::parse("debian:bookworm").unwrap());
+        spec.sandbox.resources.vcpus = Some(2.0);
+        spec.sandbox.resources.memory_bytes = Some(4 << 30);
+        spec
+    }
+
+    #[test]
+    fn the_job_has_oz_shape() {
+        let mut config = KubernetesConfig::new("w1", "ghcr.io/acme/oz-sidecar:1");
+        config.namespace = "agents".into();
+        config.setup_command = Some("./prepare.sh".into());
+        config.teardown_command = Some("./cleanup.sh".into());
+        config.workspace_size_limit = Some("10Gi".into());
+        config.extra_labels.insert("team".into(), "infra".into());
+        let job = serde_json::to_value(job(&spec(), &config).unwrap()).unwrap();
+        assert_eq!(job["metadata"]["name"], "oz-run-1-exec-1");
+        assert_eq!(job["metadata"]["namespace"], "agents");
+        for (k, v) in [
+            ("oz.dev/worker-id", "w1"),
+            ("oz.dev/task-id", "run-1"),
+            ("oz.dev/execution-id", "exec-1"),
+            ("oz.dev/managed-by", "oz"),
+            ("team", "infra"),
+        ] {
+            assert_eq!(job["metadata"]["labels"][k], v, "{k}");
+            assert_eq!(job["spec"]["template"]["metadata"]["labels"][k], v, "pod {k}");
+        }
+        assert_eq!(job["spec"]["backoffLimit"], 0);
+        assert_eq!(job["spec"]["activeDeadlineSeconds"], 28_800);
+        assert_eq!(job["spec"]["ttlSecondsAfterFinished"], 86_400);
+        let pod = &job["spec"]["template"]["spec"];
+        assert_eq!(pod["restartPolicy"], "Never");
+        assert_eq!(pod["initContainers"][0]["name"], SIDECAR_INIT);
+        assert_eq!(pod["initContainers"][0]["image"], "ghcr.io/acme/oz-sidecar:1");
+        assert_eq!(pod["initContainers"][0]["securityContext"]["runAsUser"], 0);
+        assert_eq!(pod["initContainers"][1]["name"], SETUP_INIT);
+        assert_eq!(pod["initContainers"][1]["command"][2], "./prepare.sh");
+        let task = &pod["containers"][0];
+        assert_eq!(task["name"], TASK_CONTAINER);
+        assert_eq!(task["image"], "debian:bookworm");
+        assert_eq!(task["command"], json!(["/agent/entrypoint.sh", "agent", "run"]));
+        assert_eq!(task["workingDir"], "/workspace");
+        assert_eq!(task["resources"]["requests"], json!({"cpu": "2000m", "memory": "4294967296"}));
+        assert_eq!(task["resources"]["limits"], task["resources"]["requests"], "requests equal limits");
+        assert_eq!(task["lifecycle"]["preStop"]["exec"]["command"][2], "./cleanup.sh");
+        assert_eq!(task["volumeMounts"][1], json!({"name": "agent", "mountPath": "/agent", "readOnly": true}));
+        assert_eq!(pod["volumes"][0], json!({"name": "workspace", "emptyDir": {"sizeLimit": "10Gi"}}));
+        assert_eq!(pod["volumes"][1], json!({"name": "agent", "emptyDir": {}}));
+    }
+
+    #[test]
+    fn image_volumes_timeouts_and_no_cleanup() {
+        let mut config = KubernetesConfig::new("w1", "acme/sidecar:2");
+        config.use_image_volumes = true;
+        let mut s = spec().timeout(Duration::from_secs(600)).cleanup(false);
+        s.execution_id = None;
+        let job = serde_json::to_value(job(&s, &config).unwrap()).unwrap();
+        let pod = &job["spec"]["template"]["spec"];
+        assert_eq!(pod["initContainers"], json!([]), "no copy with an image volume");
+        assert_eq!(
+            pod["volumes"][1],
+            json!({"name": "agent", "image": {"reference": "acme/sidecar:2", "pullPolicy": "IfNotPresent"}})
+        );
+        assert_eq!(job["spec"]["activeDeadlineSeconds"], 600);
+        assert!(job["spec"].get("ttlSecondsAfterFinished").is_none());
+        assert_eq!(job["metadata"]["name"], "oz-run-1");
+    }
+
+    #[test]
+    fn the_pod_template_merges_under_ours() {
+        let mut config = KubernetesConfig::new("w1", "acme/sidecar:2");
+        config.pod_template = Some(json!({
+            "imagePullSecrets": [{"name": "regcred"}],
+            "nodeSelector": {"pool": "agents"},
+            "restartPolicy": "Always",
+            "initContainers": [{"name": "warm-cache", "image": "busybox"}],
+            "containers": [
+                {"name": "task", "env": [{"name": "A", "value": "from-template"}, {"name": "B", "value": "2"}],
+                 "volumeMounts": [{"name": "cache", "mountPath": "/cache"}]},
+                {"name": "proxy", "image": "envoy"}
+            ],
+            "volumes": [{"name": "cache", "emptyDir": {}}]
+        }));
+        let job = serde_json::to_value(job(&spec(), &config).unwrap()).unwrap();
+        let pod = &job["spec"]["template"]["spec"];
+        assert_eq!(pod["imagePullSecrets"][0]["name"], "regcred");
+        assert_eq!(pod["nodeSelector"]["pool"], "agents");
+        assert_eq!(pod["restartPolicy"], "Never", "ours wins");
+        assert_eq!(pod["initContainers"][0]["name"], SIDECAR_INIT, "our init containers first");
+        assert_eq!(pod["initContainers"][1]["name"], "warm-cache");
+        let task = &pod["containers"][0];
+        let env = task["env"].as_array().unwrap();
+        assert!(env.contains(&json!({"name": "A", "value": "1"})), "our env wins: {env:?}");
+        assert!(!env.contains(&json!({"name": "A", "value": "from-template"})));
+        assert!(env.contains(&json!({"name": "B", "value": "2"})), "theirs is kept");
+        assert!(task["volumeMounts"].as_array().unwrap().iter().any(|m| m["mountPath"] == "/cache"));
+        assert_eq!(pod["containers"][1]["name"], "proxy");
+        assert!(pod["volumes"].as_array().unwrap().iter().any(|v| v["name"] == "cache"));
+        assert!(merge_pod_spec(&json!([1]), json!({})).is_err());
+    }
+
+    #[test]
+    fn job_names_are_dns_labels() {
+        let mut s = TaskSpec::new("Run_With.Odd", vec!["x".into()]);
+        s.execution_id = Some("e".repeat(80));
+        let name = job_name(&s);
+        assert!(name.len() <= 63);
+        assert!(name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'), "{name}");
+        assert!(name.starts_with("oz-run-with-odd-"));
+    }
+}
