@@ -7,4 +7,7 @@ pub enum KubernetesError {
     /// A manifest could not be built (a bad `pod_template`, ...).
     #[error("invalid Job manifest: {0}")]
     Manifest(String),
+    /// No client could be made (no in-cluster config, no kubeconfig).
+    #[error("cannot reach a Kubernetes API server: {0}")]
+    Client(String),
 }

@@ -15,9 +15,12 @@
 //! assert_eq!(job.metadata.name.as_deref(), Some("oz-run-1"));
 //! ```
 
+mod backend;
 pub mod config;
 mod error;
 pub mod manifest;
+pub mod status;
 
+pub use backend::KubernetesBackend;
 pub use config::KubernetesConfig;
 pub use error::KubernetesError;

@@ -1,0 +1,285 @@
+//! [`KubernetesBackend`]: a Job per task, followed by watches (never polling loops), logs streamed
+//! live from the task container, cancellation by deleting the Job (foreground), and reattachment to
+//! the Jobs a previous process of this worker left.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use futures::{AsyncReadExt, StreamExt};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams, PropagationPolicy};
+use kube::runtime::{WatchStreamExt, watcher};
+use oz_core::backend::{
+    Backend, BackendError, CancelReason, ExitStatus, Failure, RecoveredTask, RecoveryAction, TaskDriver, TaskEvent,
+    TaskHandle, TaskPhase,
+};
+use oz_core::failure::FailureReason;
+use oz_core::task::{TaskSpec, labels};
+
+use crate::config::KubernetesConfig;
+use crate::manifest::{self, TASK_CONTAINER};
+use crate::status::{Observed, observe_job, observe_pod};
+
+/// Runs tasks as Jobs in a namespace.
+#[derive(Clone)]
+pub struct KubernetesBackend {
+    client: kube::Client,
+    config: Arc<KubernetesConfig>,
+}
+
+impl std::fmt::Debug for KubernetesBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubernetesBackend").field("namespace", &self.config.namespace).finish_non_exhaustive()
+    }
+}
+
+impl KubernetesBackend {
+    /// A backend over a client (in-cluster, a kubeconfig, or a test server).
+    pub fn new(client: kube::Client, config: KubernetesConfig) -> Self {
+        Self { client, config: Arc::new(config) }
+    }
+
+    /// A backend with the client from the default loading rules: in-cluster, else `KUBECONFIG`, else
+    /// `~/.kube/config`.
+    pub async fn infer(config: KubernetesConfig) -> Result<Self, crate::KubernetesError> {
+        let client = kube::Client::try_default().await.map_err(|e| crate::KubernetesError::Client(e.to_string()))?;
+        Ok(Self::new(client, config))
+    }
+
+    fn jobs(&self) -> Api<Job> {
+        Api::namespaced(self.client.clone(), &self.config.namespace)
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.config.namespace)
+    }
+
+    fn task_selector(&self, task_id: &str) -> String {
+        format!("{},{}={task_id}", manifest::worker_selector(&self.config.worker_id), labels::TASK_ID)
+    }
+
+    async fn delete_job(&self, name: &str) {
+        let params = DeleteParams { propagation_policy: Some(PropagationPolicy::Foreground), ..Default::default() };
+        match self.jobs().delete(name, &params).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => tracing::warn!(job = name, "could not delete the Job: {e}"),
+        }
+    }
+
+    /// Follows a task's Job and Pod to the end.
+    async fn follow(self, driver: TaskDriver, job: String, task_id: String, cleanup: bool) {
+        let (exit, failure, started) = self.watch_to_end(&driver, &job, &task_id).await;
+        // A Job whose Pod can never finish (no image, no node, a failed init) is removed even with
+        // cleanup off; one left at shutdown is not: the next process reattaches to it.
+        let delete = match failure.as_ref().map(|f| f.reason) {
+            Some(FailureReason::GracefulShutdown) => false,
+            Some(
+                FailureReason::ImagePull
+                | FailureReason::InvalidImage
+                | FailureReason::Unschedulable
+                | FailureReason::ContainerCreate
+                | FailureReason::InitContainer
+                | FailureReason::SetupCommand,
+            ) => true,
+            _ => cleanup,
+        };
+        if delete {
+            driver.emit(TaskEvent::Phase(TaskPhase::CleaningUp)).await;
+            self.delete_job(&job).await;
+        }
+        driver.finish(exit, failure, started);
+    }
+
+    async fn watch_to_end(
+        &self,
+        driver: &TaskDriver,
+        job: &str,
+        task_id: &str,
+    ) -> (Option<ExitStatus>, Option<Failure>, Option<SystemTime>) {
+        enum Update {
+            Pod(Box<Pod>),
+            Job(Box<Job>),
+            Deleted,
+        }
+        let selector = self.task_selector(task_id);
+        // Transient API errors and 410 Gone are the watcher's to retry (with backoff); they never fail a task.
+        let pods = watcher(self.pods(), watcher::Config::default().labels(&selector)).default_backoff().filter_map(
+            |e| async move {
+                match e {
+                    Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => Some(Update::Pod(Box::new(p))),
+                    Ok(watcher::Event::Delete(_)) => Some(Update::Deleted),
+                    Ok(_) => None,
+                    Err(e) => {
+                        tracing::debug!("pod watch: {e}; retrying");
+                        None
+                    }
+                }
+            },
+        );
+        let jobs = watcher(self.jobs(), watcher::Config::default().labels(&selector)).default_backoff().filter_map(
+            |e| async move {
+                match e {
+                    Ok(watcher::Event::Apply(j) | watcher::Event::InitApply(j)) => Some(Update::Job(Box::new(j))),
+                    Ok(watcher::Event::Delete(_)) => Some(Update::Deleted),
+                    _ => None,
+                }
+            },
+        );
+        let mut updates = futures::stream::select(pods.boxed(), jobs.boxed());
+        let mut started: Option<SystemTime> = None;
+        let mut logs: Option<tokio::task::JoinHandle<()>> = None;
+        let mut unschedulable_since: Option<Instant> = None;
+        let limit = self.config.unschedulable_timeout;
+        let fail = |reason: FailureReason, message: String| Some(Failure { reason, message });
+        let result = loop {
+            let tick = tokio::time::sleep(Duration::from_millis(500));
+            tokio::select! {
+                reason = driver.cancelled() => {
+                    let reason = match reason { CancelReason::Shutdown => FailureReason::GracefulShutdown, _ => FailureReason::TaskCancelled };
+                    if reason == FailureReason::GracefulShutdown {
+                        // Jobs outlive the worker: leave it for the next process to reattach.
+                        break (None, fail(reason, "the worker shut down; the Job keeps running".into()));
+                    }
+                    driver.emit(TaskEvent::Phase(TaskPhase::Stopping)).await;
+                    self.delete_job(job).await;
+                    break (None, fail(reason, "the task was cancelled; its Job was deleted".into()));
+                }
+                () = tick => {
+                    if let Some(since) = unschedulable_since
+                        && !limit.is_zero()
+                        && since.elapsed() >= limit
+                    {
+                        let message = format!("the pod could not be scheduled for {}s", limit.as_secs());
+                        break (None, fail(FailureReason::Unschedulable, message));
+                    }
+                }
+                update = updates.next() => {
+                    let observed = match update {
+                        Some(Update::Pod(pod)) => {
+                            let seen = observe_pod(&pod);
+                            if matches!(seen, Observed::Running) && logs.is_none() {
+                                started = Some(SystemTime::now());
+                                driver.emit(TaskEvent::Phase(TaskPhase::Running)).await;
+                                let name = pod.metadata.name.clone().unwrap_or_default();
+                                logs = Some(tokio::spawn(stream_logs(self.pods(), name, driver.event_sender())));
+                            }
+                            seen
+                        }
+                        Some(Update::Job(j)) => match observe_job(&j) {
+                            // Only a Job's failure is news; its other changes say nothing about the Pod.
+                            failed @ Observed::Failed(..) => failed,
+                            _ => continue,
+                        },
+                        Some(Update::Deleted) => {
+                            if driver.cancel_requested().is_some() { continue; }
+                            Observed::Failed(FailureReason::JobWatch, "the Job or its Pod was deleted by someone else".into(), None)
+                        }
+                        None => Observed::Failed(FailureReason::JobWatch, "the watches ended".into(), None),
+                    };
+                    match observed {
+                        Observed::Waiting | Observed::Running => { unschedulable_since = None; }
+                        Observed::Unschedulable(message) => {
+                            let since = *unschedulable_since.get_or_insert_with(Instant::now);
+                            if !limit.is_zero() && since.elapsed() >= limit {
+                                break (None, fail(FailureReason::Unschedulable, format!("the pod could not be scheduled: {message}")));
+                            }
+                        }
+                        Observed::Exited(code) => {
+                            let exit = ExitStatus::code(code);
+                            break if code == 0 { (Some(exit), None) } else {
+                                (Some(exit), fail(FailureReason::JobFailed, format!("the task exited with code {code}")))
+                            };
+                        }
+                        Observed::Failed(reason, message, code) => break (code.map(ExitStatus::code), fail(reason, message)),
+                    }
+                }
+            }
+        };
+        // Deliver the rest of the output before the outcome.
+        if let Some(task) = logs {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+        if let Some(exit) = result.0 {
+            driver.emit(TaskEvent::Exited(exit)).await;
+        }
+        (result.0, result.1, started)
+    }
+}
+
+/// Streams the task container's log (stdout and stderr, as Kubernetes merges them) as events.
+async fn stream_logs(pods: Api<Pod>, pod: String, events: oz_core::backend::EventSender) {
+    let params = LogParams { follow: true, container: Some(TASK_CONTAINER.into()), ..Default::default() };
+    let Ok(mut reader) = pods.log_stream(&pod, &params).await else { return };
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        match reader.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if !events.emit(TaskEvent::Stdout(bytes::Bytes::copy_from_slice(&buffer[..n]))).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for KubernetesBackend {
+    fn name(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    async fn launch(&self, spec: TaskSpec) -> Result<TaskHandle, BackendError> {
+        spec.validate().map_err(|e| BackendError::new(FailureReason::JobCreate, e.to_string()))?;
+        let job = manifest::job(&spec, &self.config)
+            .map_err(|e| BackendError::new(FailureReason::JobCreate, e.to_string()))?;
+        let name = manifest::job_name(&spec);
+        self.jobs().create(&PostParams::default(), &job).await.map_err(|e| {
+            let message = match &e {
+                kube::Error::Api(s) if s.code == 403 => {
+                    format!("not allowed to create Jobs in namespace {}: {}", self.config.namespace, s.message)
+                }
+                kube::Error::Api(s) if s.code == 409 => format!("a Job named {name} already exists"),
+                other => format!("could not create the Job: {other}"),
+            };
+            BackendError::new(FailureReason::JobCreate, message)
+        })?;
+        let (handle, driver) = TaskHandle::channel(spec.task_id.clone());
+        let span = tracing::info_span!("k8s_task", task_id = %spec.task_id, job = %name);
+        let cleanup = spec.cleanup && self.config.cleanup;
+        tokio::spawn(tracing::Instrument::instrument(self.clone().follow(driver, name, spec.task_id, cleanup), span));
+        Ok(handle)
+    }
+
+    async fn recover(&self) -> Result<Vec<RecoveredTask>, BackendError> {
+        let params = ListParams::default().labels(&manifest::worker_selector(&self.config.worker_id));
+        let jobs = self
+            .jobs()
+            .list(&params)
+            .await
+            .map_err(|e| BackendError::new(FailureReason::JobWatch, format!("could not list Jobs: {e}")))?;
+        let mut recovered = Vec::new();
+        for job in jobs.items {
+            let labels = job.metadata.labels.clone().unwrap_or_default();
+            let (Some(task_id), Some(name)) = (labels.get(labels::TASK_ID).cloned(), job.metadata.name.clone()) else {
+                continue;
+            };
+            let (handle, driver) = TaskHandle::channel(task_id.clone());
+            tracing::info!(task_id, job = name, "reattaching to a Job left by an earlier run");
+            tokio::spawn(self.clone().follow(driver, name, task_id.clone(), self.config.cleanup));
+            recovered.push(RecoveredTask {
+                task_id,
+                execution_id: labels.get(labels::EXECUTION_ID).cloned(),
+                action: RecoveryAction::Reattached(handle),
+            });
+        }
+        Ok(recovered)
+    }
+
+    fn preserves_tasks_on_shutdown(&self) -> bool {
+        true
+    }
+}

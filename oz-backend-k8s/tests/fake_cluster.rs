@@ -1,0 +1,243 @@
+//! The Kubernetes backend against the fake API server (oz-k8s-fake): the Job it creates, each failure
+//! mode a Pod or Job can show, live logs, cancellation, a watch that survives 410 Gone, and
+//! reattaching after a restart.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use oz_backend_k8s::{KubernetesBackend, KubernetesConfig};
+use oz_core::backend::{Backend, CancelReason, TaskEvent, TaskHandle, TaskOutcome};
+use oz_core::failure::FailureReason;
+use oz_core::task::TaskSpec;
+use oz_k8s_fake::{FakeCluster, WatchKind};
+use serde_json::{Value, json};
+
+const NS: &str = "agents";
+
+async fn setup() -> (FakeCluster, KubernetesBackend) {
+    let cluster = FakeCluster::start().await.unwrap();
+    let client = kube::Client::try_from(kube::Config::new(cluster.url().parse().unwrap())).unwrap();
+    let mut config = KubernetesConfig::new("k8s-worker", "acme/oz-sidecar:1");
+    config.namespace = NS.into();
+    config.unschedulable_timeout = Duration::from_secs(1);
+    (cluster.clone(), KubernetesBackend::new(client, config))
+}
+
+fn spec(id: &str) -> TaskSpec {
+    TaskSpec::new(id, vec!["/agent/entrypoint.sh".into(), "agent".into(), "run".into()]).env("TASK_ID", id)
+}
+
+/// Waits for the task's Pod; returns its name.
+async fn pod_of(cluster: &FakeCluster, task: &str) -> String {
+    for _ in 0..200 {
+        if let Some(p) =
+            cluster.objects(WatchKind::Pod, NS).into_iter().find(|p| p["metadata"]["labels"]["oz.dev/task-id"] == task)
+        {
+            return p["metadata"]["name"].as_str().unwrap().to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no pod for {task}");
+}
+
+fn container(state: Value) -> Value {
+    json!([{"name": "task", "image": "busybox", "imageID": "", "ready": true, "restartCount": 0, "state": state}])
+}
+
+async fn outcome(handle: TaskHandle) -> (TaskOutcome, String) {
+    let mut handle = handle;
+    let mut events = handle.take_events().unwrap();
+    let collect = tokio::spawn(async move {
+        let mut out = String::new();
+        while let Some(e) = events.recv().await {
+            if let TaskEvent::Stdout(b) = e {
+                out.push_str(&String::from_utf8_lossy(&b));
+            }
+        }
+        out
+    });
+    let outcome = tokio::time::timeout(Duration::from_secs(30), handle.wait()).await.expect("the task ends");
+    (outcome, collect.await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_runs_streams_its_log_live_and_its_job_is_removed() {
+    let (cluster, backend) = setup().await;
+    let handle = backend.launch(spec("t-ok")).await.unwrap();
+    let job = &cluster.objects(WatchKind::Job, NS)[0];
+    assert_eq!(job["metadata"]["name"], "oz-t-ok");
+    assert_eq!(job["spec"]["backoffLimit"], 0);
+    assert_eq!(job["metadata"]["labels"]["oz.dev/worker-id"], "k8s-worker");
+    let pod = pod_of(&cluster, "t-ok").await;
+    cluster.set_pod_status(
+        NS,
+        &pod,
+        json!({"phase": "Running", "containerStatuses": container(json!({"running": {}}))}),
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    cluster.append_log(NS, &pod, "cloning...\n");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    cluster.append_log(NS, &pod, "done\n");
+    cluster.set_pod_status(
+        NS,
+        &pod,
+        json!({"phase": "Succeeded", "containerStatuses": container(json!({"terminated": {"exitCode": 0}}))}),
+    );
+    let (outcome, out) = outcome(handle).await;
+    assert!(outcome.succeeded(), "{outcome:?}");
+    assert_eq!(out, "cloning...\ndone\n");
+    assert!(outcome.started_at.is_some());
+    assert!(cluster.objects(WatchKind::Job, NS).is_empty(), "cleanup removed the Job");
+    assert!(cluster.requests().iter().any(|r| r.starts_with("DELETE /apis/batch/v1/namespaces/agents/jobs/oz-t-ok")));
+}
+
+/// Runs a task whose Pod gets `status` (after Running, when `run_first`), and returns the outcome.
+async fn failing(id: &str, run_first: bool, status: Value) -> (TaskOutcome, FakeCluster) {
+    let (cluster, backend) = setup().await;
+    let handle = backend.launch(spec(id)).await.unwrap();
+    let pod = pod_of(&cluster, id).await;
+    if run_first {
+        cluster.set_pod_status(
+            NS,
+            &pod,
+            json!({"phase": "Running", "containerStatuses": container(json!({"running": {}}))}),
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.set_pod_status(NS, &pod, status);
+    (outcome(handle).await.0, cluster)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_failure_mode_ends_with_its_reason() {
+    let exited = json!({"phase": "Failed", "containerStatuses": container(json!({"terminated": {"exitCode": 3}}))});
+    let (o, _) = failing("t-exit", true, exited).await;
+    assert_eq!(o.reason(), Some(FailureReason::JobFailed), "{o:?}");
+    assert_eq!(o.exit.unwrap().code, Some(3));
+
+    let pull = json!({"phase": "Pending", "containerStatuses": [{"name": "task", "image": "acme/x:1", "imageID": "",
+        "ready": false, "restartCount": 0, "state": {"waiting": {"reason": "ImagePullBackOff", "message": "back-off"}}}]});
+    let (o, cluster) = failing("t-pull", false, pull).await;
+    assert_eq!(o.reason(), Some(FailureReason::ImagePull), "{o:?}");
+    assert!(o.failure.unwrap().message.contains("acme/x:1"));
+    assert!(cluster.objects(WatchKind::Job, NS).is_empty(), "a Job that can never run is removed");
+
+    let oom = json!({"phase": "Failed", "containerStatuses": container(json!({"terminated": {"exitCode": 137, "reason": "OOMKilled"}}))});
+    let (o, _) = failing("t-oom", true, oom).await;
+    assert_eq!(o.reason(), Some(FailureReason::ContainerOom), "{o:?}");
+
+    let evicted = json!({"phase": "Failed", "reason": "Evicted", "message": "the node was low on memory"});
+    let (o, _) = failing("t-evict", true, evicted).await;
+    assert_eq!(o.reason(), Some(FailureReason::Evicted), "{o:?}");
+
+    let init = json!({"phase": "Pending", "initContainerStatuses": [{"name": "oz-sidecar", "image": "x", "imageID": "",
+        "ready": false, "restartCount": 0, "state": {"terminated": {"exitCode": 1, "message": "cp: permission denied"}}}]});
+    let (o, _) = failing("t-init", false, init).await;
+    assert_eq!(o.reason(), Some(FailureReason::InitContainer), "{o:?}");
+    assert!(o.failure.unwrap().message.contains("permission denied"));
+
+    let started = std::time::Instant::now();
+    let unschedulable = json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+        "reason": "Unschedulable", "message": "0/3 nodes are available: insufficient memory"}]});
+    let (o, _) = failing("t-sched", false, unschedulable).await;
+    assert_eq!(o.reason(), Some(FailureReason::Unschedulable), "{o:?}");
+    assert!(started.elapsed() >= Duration::from_secs(1), "only after unschedulable_timeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_on_the_job_fails_the_task() {
+    let (cluster, backend) = setup().await;
+    let handle = backend.launch(spec("t-deadline").timeout(Duration::from_secs(60))).await.unwrap();
+    assert_eq!(cluster.objects(WatchKind::Job, NS)[0]["spec"]["activeDeadlineSeconds"], 60);
+    let pod = pod_of(&cluster, "t-deadline").await;
+    cluster.set_pod_status(
+        NS,
+        &pod,
+        json!({"phase": "Running", "containerStatuses": container(json!({"running": {}}))}),
+    );
+    cluster.set_job_status(
+        NS,
+        "oz-t-deadline",
+        json!({"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]}),
+    );
+    let (o, _) = outcome(handle).await;
+    assert_eq!(o.reason(), Some(FailureReason::ActiveDeadline), "{o:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_deletes_the_job_in_the_foreground() {
+    let (cluster, backend) = setup().await;
+    let handle = backend.launch(spec("t-cancel")).await.unwrap();
+    let pod = pod_of(&cluster, "t-cancel").await;
+    cluster.set_pod_status(
+        NS,
+        &pod,
+        json!({"phase": "Running", "containerStatuses": container(json!({"running": {}}))}),
+    );
+    handle.canceller().cancel(CancelReason::Requested);
+    let (o, _) = outcome(handle).await;
+    assert_eq!(o.reason(), Some(FailureReason::TaskCancelled), "{o:?}");
+    assert!(cluster.objects(WatchKind::Job, NS).is_empty());
+    assert!(cluster.objects(WatchKind::Pod, NS).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_that_gets_410_gone_does_not_fail_the_task() {
+    let (cluster, backend) = setup().await;
+    let handle = backend.launch(spec("t-410")).await.unwrap();
+    let pod = pod_of(&cluster, "t-410").await;
+    cluster.set_pod_status(
+        NS,
+        &pod,
+        json!({"phase": "Running", "containerStatuses": container(json!({"running": {}}))}),
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Something else changes, history is compacted past it, and every watch stream drops.
+    cluster.set_job_status(NS, "oz-t-410", json!({"active": 1}));
+    cluster.compact();
+    cluster.drop_watches();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.set_pod_status(
+        NS,
+        &pod,
+        json!({"phase": "Succeeded", "containerStatuses": container(json!({"terminated": {"exitCode": 0}}))}),
+    );
+    let (o, _) = outcome(handle).await;
+    assert!(o.succeeded(), "{o:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_worker_reattaches_to_its_jobs_and_reports_their_outcome() {
+    let (cluster, backend) = setup().await;
+    let first = backend.launch(spec("t-reattach")).await.unwrap();
+    let pod = pod_of(&cluster, "t-reattach").await;
+    cluster.set_pod_status(
+        NS,
+        &pod,
+        json!({"phase": "Running", "containerStatuses": container(json!({"running": {}}))}),
+    );
+    // The worker goes away (its handle with it); a new process of the same worker starts.
+    drop(first);
+    let client = kube::Client::try_from(kube::Config::new(cluster.url().parse().unwrap())).unwrap();
+    let mut config = KubernetesConfig::new("k8s-worker", "acme/oz-sidecar:1");
+    config.namespace = NS.into();
+    let restarted = KubernetesBackend::new(client.clone(), config.clone());
+    let mut found = restarted.recover().await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].task_id, "t-reattach");
+    let other = KubernetesBackend::new(client, KubernetesConfig { worker_id: "someone-else".into(), ..config });
+    assert!(other.recover().await.unwrap().is_empty(), "another worker's Jobs are not its business");
+    let oz_core::backend::RecoveryAction::Reattached(handle) = found.remove(0).action else { panic!("not reattached") };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    cluster.append_log(NS, &pod, "still going\n");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    cluster.set_pod_status(
+        NS,
+        &pod,
+        json!({"phase": "Succeeded", "containerStatuses": container(json!({"terminated": {"exitCode": 0}}))}),
+    );
+    let (o, out) = outcome(handle).await;
+    assert!(o.succeeded(), "{o:?}");
+    assert!(out.contains("still going"), "{out}");
+}
