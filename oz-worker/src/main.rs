@@ -186,8 +186,57 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
         BackendKind::Docker => {
             return Err("this worker was built without the docker feature; use --backend direct".into());
         }
+        #[cfg(feature = "kubernetes")]
         BackendKind::Kubernetes => {
-            return Err("the kubernetes backend is not built into this worker yet; use --backend direct".into());
+            let section = file.backend.as_ref().and_then(|b| b.kubernetes.clone()).unwrap_or_default();
+            let sidecar_image = section
+                .sidecar_image
+                .clone()
+                .ok_or("backend.kubernetes.sidecar_image is required: an image with the sidecar under /agent")?;
+            let mut k8s = oz_backend_k8s::KubernetesConfig::new(&worker_id, sidecar_image);
+            if let Some(ns) = &section.namespace {
+                k8s.namespace = ns.clone();
+            }
+            k8s.default_image = section.default_image.clone();
+            if let Some(policy) = &section.image_pull_policy {
+                k8s.image_pull_policy = policy.clone();
+            }
+            k8s.use_image_volumes = section.use_image_volumes.unwrap_or(false);
+            k8s.setup_command = section.setup_command.clone();
+            k8s.teardown_command = section.teardown_command.clone();
+            k8s.extra_labels = section.extra_labels.clone().unwrap_or_default();
+            k8s.extra_annotations = section.extra_annotations.clone().unwrap_or_default();
+            if let Some(v) = section.active_deadline_seconds {
+                k8s.active_deadline_seconds = i64::try_from(v).unwrap_or(i64::MAX);
+            }
+            if let Some(v) = section.ttl_seconds_after_finished {
+                k8s.ttl_seconds_after_finished = i32::try_from(v).unwrap_or(i32::MAX);
+            }
+            k8s.workspace_size_limit = section.workspace_size_limit.clone();
+            if let Some(t) = &section.unschedulable_timeout {
+                k8s.unschedulable_timeout = parse_duration(t).ok_or_else(|| {
+                    format!("backend.kubernetes.unschedulable_timeout: {t:?} is not a duration like 30s")
+                })?;
+            }
+            k8s.pod_template = section.pod_template.clone();
+            k8s.cleanup = cleanup;
+            let backend = match &section.kubeconfig {
+                Some(path) => {
+                    let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                        .map_err(|e| format!("backend.kubernetes.kubeconfig {path}: {e}"))?;
+                    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                        .await
+                        .map_err(|e| format!("backend.kubernetes.kubeconfig {path}: {e}"))?;
+                    let client = kube::Client::try_from(config).map_err(|e| format!("kubernetes client: {e}"))?;
+                    oz_backend_k8s::KubernetesBackend::new(client, k8s)
+                }
+                None => oz_backend_k8s::KubernetesBackend::infer(k8s).await?,
+            };
+            (Arc::new(backend), oz_core::sidecar::SidecarLayout::default().entrypoint())
+        }
+        #[cfg(not(feature = "kubernetes"))]
+        BackendKind::Kubernetes => {
+            return Err("this worker was built without the kubernetes feature; use --backend direct or docker".into());
         }
     };
     let command = CommandOptions { entrypoint, server_root_url, idle_on_complete: flags.idle_on_complete, extra_env };
@@ -222,4 +271,20 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
     eprintln!("oz-agent-worker {worker_id} starting ({kind:?} backend)");
     worker.run_shared().await?;
     Ok(())
+}
+
+/// `30s`, `2m`, `1h`, `0s`.
+#[cfg(feature = "kubernetes")]
+fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_secs(secs))
 }
