@@ -1,9 +1,10 @@
 //! The Kubernetes backend: one Job per task execution.
 //!
-//! **Status: in progress.** Done: the configuration ([`KubernetesConfig`], Oz's `backend.kubernetes`
-//! keys) and the Job manifest ([`manifest::job`]) with its request-shape tests. Not yet: the client
-//! (launch, watches, logs, cancel, reattach), the preflight Job, the fake API server and the Helm
-//! chart. The crate does not implement `Backend` yet, so no caller can mistake it for a working one.
+//! [`KubernetesBackend`] creates the Job ([`manifest::job`]), follows its Pod and Job with watchers,
+//! streams the task container's log live, maps what they show to Oz's failure reasons
+//! ([`status`]), cancels by deleting the Job, and reattaches to this worker's Jobs after a restart.
+//! Not yet: the preflight Job, Events (`FailedMount`), the egress NetworkPolicy. See
+//! `docs/kubernetes-backend.md`.
 //!
 //! ```
 //! use oz_backend_k8s::{KubernetesConfig, manifest};

@@ -25,6 +25,8 @@ struct Inner {
     /// Bumped to end every open watch (an API server restart, a load balancer dropping streams).
     generation: watch::Sender<u64>,
     requests: Mutex<Vec<String>>,
+    /// How often an idle watch that asked for bookmarks gets one (a real API server: about a minute).
+    bookmark_every: Mutex<Duration>,
 }
 
 /// A running fake API server on loopback. Dropping it stops serving.
@@ -52,8 +54,13 @@ impl FakeCluster {
     pub async fn start() -> std::io::Result<Self> {
         let (changed, _) = watch::channel(0);
         let (generation, _) = watch::channel(0);
-        let inner =
-            Arc::new(Inner { state: Mutex::new(State::default()), changed, generation, requests: Mutex::default() });
+        let inner = Arc::new(Inner {
+            state: Mutex::new(State::default()),
+            changed,
+            generation,
+            requests: Mutex::default(),
+            bookmark_every: Mutex::new(Duration::from_millis(500)),
+        });
         let app = Router::new()
             .route("/apis/batch/v1/namespaces/{ns}/jobs", get(list_jobs).post(create_job))
             .route("/apis/batch/v1/namespaces/{ns}/jobs/{name}", get(get_job).delete(delete_job))
@@ -137,6 +144,11 @@ impl FakeCluster {
     /// Forgets the event history: a watch resuming from before now gets 410 Gone.
     pub fn compact(&self) {
         self.state().compact();
+    }
+
+    /// Sets how often idle watches get a bookmark (default 500 ms, so tests see them quickly).
+    pub fn set_bookmark_interval(&self, every: Duration) {
+        *self.inner.bookmark_every.lock().unwrap_or_else(|p| p.into_inner()) = every;
     }
 
     /// Ends every open watch stream (as an API server restart would).
@@ -230,7 +242,11 @@ fn watch_response(inner: Arc<Inner>, kind: WatchKind, ns: String, params: &HashM
             if !c.pending.is_empty() {
                 continue;
             }
-            let bookmark_every = if bookmarks { Duration::from_millis(500) } else { Duration::from_secs(3600) };
+            let bookmark_every = if bookmarks {
+                *c.inner.bookmark_every.lock().unwrap_or_else(|p| p.into_inner())
+            } else {
+                Duration::from_secs(3600)
+            };
             tokio::select! {
                 _ = c.changed.changed() => {}
                 _ = c.generation.changed() => return None,
