@@ -48,6 +48,38 @@ impl KubernetesBackend {
         Ok(Self::new(client, config))
     }
 
+    /// Checks, before taking tasks, that tasks can run: that this worker may create, watch and delete
+    /// Jobs and read Pod logs in its namespace, and that the init-container pattern works (the sidecar
+    /// image's `/agent` is copied into the Pod and the preflight image can read it). Runs one small Job
+    /// (`preflight_image`, the sidecar init container) and removes it. The error names what is missing.
+    pub async fn preflight(&self) -> Result<(), crate::KubernetesError> {
+        let id = format!("preflight-{}", uuid_suffix());
+        let argv = vec!["/bin/sh".into(), "-c".into(), "test -x /agent/bin/oz && echo preflight-ok".into()];
+        let mut spec = TaskSpec::new(id, argv);
+        spec.sandbox.image = oz_core::image::ImageRef::parse(&self.config.preflight_image).ok();
+        let fail = crate::KubernetesError::Preflight;
+        let handle = self.launch(spec).await.map_err(|e| fail(e.message))?;
+        let limit = self.config.preflight_timeout;
+        let outcome = tokio::time::timeout(limit, handle.wait())
+            .await
+            .map_err(|_| fail(format!("the preflight Job did not finish within {}s", limit.as_secs())))?;
+        match outcome.failure {
+            None => Ok(()),
+            Some(f) => Err(fail(match f.reason {
+                FailureReason::ImagePull | FailureReason::InvalidImage => format!(
+                    "cannot pull the preflight image {} or the sidecar image {}: {}",
+                    self.config.preflight_image, self.config.sidecar_image, f.message
+                ),
+                FailureReason::InitContainer => format!(
+                    "the sidecar init container failed (does {} contain /agent and cp?): {}",
+                    self.config.sidecar_image, f.message
+                ),
+                FailureReason::JobFailed => format!("the sidecar was not usable in the task container: {}", f.message),
+                _ => f.message,
+            })),
+        }
+    }
+
     fn jobs(&self) -> Api<Job> {
         Api::namespaced(self.client.clone(), &self.config.namespace)
     }
@@ -209,6 +241,11 @@ impl KubernetesBackend {
     }
 }
 
+fn uuid_suffix() -> String {
+    let nanos = SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("{:08x}{:04x}", nanos, std::process::id() & 0xffff)
+}
+
 /// Streams the task container's log (stdout and stderr, as Kubernetes merges them) as events.
 async fn stream_logs(pods: Api<Pod>, pod: String, events: oz_core::backend::EventSender) {
     let params = LogParams { follow: true, container: Some(TASK_CONTAINER.into()), ..Default::default() };
@@ -240,7 +277,10 @@ impl Backend for KubernetesBackend {
         self.jobs().create(&PostParams::default(), &job).await.map_err(|e| {
             let message = match &e {
                 kube::Error::Api(s) if s.code == 403 => {
-                    format!("not allowed to create Jobs in namespace {}: {}", self.config.namespace, s.message)
+                    format!(
+                        "not allowed to create Jobs in namespace {} (the Role needs batch/jobs create): {}",
+                        self.config.namespace, s.message
+                    )
                 }
                 kube::Error::Api(s) if s.code == 409 => format!("a Job named {name} already exists"),
                 other => format!("could not create the Job: {other}"),

@@ -38,6 +38,10 @@ pub struct KubernetesConfig {
     pub pod_template: Option<serde_json::Value>,
     /// Remove finished Jobs (through their TTL).
     pub cleanup: bool,
+    /// The image of the start-up preflight Job (default `busybox:1.36`).
+    pub preflight_image: String,
+    /// How long the preflight Job may take (default 2 minutes).
+    pub preflight_timeout: Duration,
 }
 
 impl KubernetesConfig {
@@ -60,6 +64,8 @@ impl KubernetesConfig {
             unschedulable_timeout: Duration::from_secs(30),
             pod_template: None,
             cleanup: true,
+            preflight_image: "busybox:1.36".into(),
+            preflight_timeout: Duration::from_secs(120),
         }
     }
 }

@@ -10,4 +10,7 @@ pub enum KubernetesError {
     /// No client could be made (no in-cluster config, no kubeconfig).
     #[error("cannot reach a Kubernetes API server: {0}")]
     Client(String),
+    /// The preflight Job showed that tasks cannot run; the message names what is missing.
+    #[error("preflight failed: {0}")]
+    Preflight(String),
 }

@@ -3,7 +3,8 @@
 //! [`KubernetesBackend`] creates the Job ([`manifest::job`]), follows its Pod and Job with watchers,
 //! streams the task container's log live, maps what they show to Oz's failure reasons
 //! ([`status`]), cancels by deleting the Job, and reattaches to this worker's Jobs after a restart.
-//! Not yet: the preflight Job, Events (`FailedMount`), the egress NetworkPolicy. See
+//! [`KubernetesBackend::preflight`] checks permissions and the init-container pattern at start-up.
+//! Not yet: Events (`FailedMount`), the egress NetworkPolicy. See
 //! `docs/kubernetes-backend.md`.
 //!
 //! ```

@@ -241,3 +241,59 @@ async fn a_restarted_worker_reattaches_to_its_jobs_and_reports_their_outcome() {
     assert!(o.succeeded(), "{o:?}");
     assert!(out.contains("still going"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_preflight_job_checks_permissions_and_the_init_container_pattern() {
+    // A cluster where it works: the scripted kubelet runs the Pod to success.
+    let (cluster, backend) = setup().await;
+    let kubelet = {
+        let cluster = cluster.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Some(p) = cluster.objects(WatchKind::Pod, NS).into_iter().next() {
+                    let name = p["metadata"]["name"].as_str().unwrap().to_owned();
+                    cluster.set_pod_status(
+                        NS,
+                        &name,
+                        json!({"phase": "Running", "containerStatuses": container(json!({"running": {}}))}),
+                    );
+                    cluster.set_pod_status(NS, &name, json!({"phase": "Succeeded", "containerStatuses": container(json!({"terminated": {"exitCode": 0}}))}));
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    backend.preflight().await.unwrap();
+    kubelet.await.unwrap();
+    let job = cluster.requests().into_iter().find(|r| r.starts_with("POST")).unwrap();
+    assert!(job.contains("/namespaces/agents/jobs"), "{job}");
+    assert!(cluster.objects(WatchKind::Job, NS).is_empty(), "the preflight Job is removed");
+
+    // A worker that may not create Jobs: the error says which permission is missing.
+    let (cluster, backend) = setup().await;
+    cluster.deny("POST", "/jobs");
+    let err = backend.preflight().await.unwrap_err().to_string();
+    assert!(err.contains("preflight failed") && err.contains("batch/jobs create"), "{err}");
+
+    // A sidecar image without /agent: the init container fails, and the error says so.
+    let (cluster, backend) = setup().await;
+    let kubelet = {
+        let cluster = cluster.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Some(p) = cluster.objects(WatchKind::Pod, NS).into_iter().next() {
+                    let name = p["metadata"]["name"].as_str().unwrap().to_owned();
+                    cluster.set_pod_status(NS, &name, json!({"phase": "Pending", "initContainerStatuses": [{"name": "oz-sidecar",
+                        "image": "acme/oz-sidecar:1", "imageID": "", "ready": false, "restartCount": 0,
+                        "state": {"terminated": {"exitCode": 1, "message": "cp: can't stat '/agent/.': No such file or directory"}}}]}));
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let err = backend.preflight().await.unwrap_err().to_string();
+    kubelet.await.unwrap();
+    assert!(err.contains("sidecar init container failed") && err.contains("acme/oz-sidecar:1"), "{err}");
+}

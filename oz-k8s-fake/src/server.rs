@@ -27,6 +27,8 @@ struct Inner {
     requests: Mutex<Vec<String>>,
     /// How often an idle watch that asked for bookmarks gets one (a real API server: about a minute).
     bookmark_every: Mutex<Duration>,
+    /// `(method, path fragment)` pairs answered 403, as RBAC would.
+    denied: Mutex<Vec<(String, String)>>,
 }
 
 /// A running fake API server on loopback. Dropping it stops serving.
@@ -60,6 +62,7 @@ impl FakeCluster {
             generation,
             requests: Mutex::default(),
             bookmark_every: Mutex::new(Duration::from_millis(500)),
+            denied: Mutex::default(),
         });
         let app = Router::new()
             .route("/apis/batch/v1/namespaces/{ns}/jobs", get(list_jobs).post(create_job))
@@ -146,6 +149,11 @@ impl FakeCluster {
         self.state().compact();
     }
 
+    /// Answers 403 Forbidden to `method` requests whose path contains `fragment` (`"POST", "/jobs"`).
+    pub fn deny(&self, method: &str, fragment: &str) {
+        self.inner.denied.lock().unwrap_or_else(|p| p.into_inner()).push((method.to_owned(), fragment.to_owned()));
+    }
+
     /// Sets how often idle watches get a bookmark (default 500 ms, so tests see them quickly).
     pub fn set_bookmark_interval(&self, every: Duration) {
         *self.inner.bookmark_every.lock().unwrap_or_else(|p| p.into_inner()) = every;
@@ -168,6 +176,20 @@ async fn record_request(
 ) -> Response {
     let line = format!("{} {}", request.method(), request.uri());
     inner.requests.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+    let path = request.uri().path().to_owned();
+    let denied = inner
+        .denied
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .any(|(m, f)| request.method().as_str() == m && path.contains(f.as_str()));
+    if denied {
+        return status(
+            403,
+            "Forbidden",
+            format!("{} {path} is forbidden: the service account lacks the permission", request.method()),
+        );
+    }
     next.run(request).await
 }
 

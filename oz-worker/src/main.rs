@@ -219,6 +219,9 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
                 })?;
             }
             k8s.pod_template = section.pod_template.clone();
+            if let Some(image) = &section.preflight_image {
+                k8s.preflight_image = image.clone();
+            }
             k8s.cleanup = cleanup;
             let backend = match &section.kubeconfig {
                 Some(path) => {
@@ -232,6 +235,8 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
                 }
                 None => oz_backend_k8s::KubernetesBackend::infer(k8s).await?,
             };
+            eprintln!("oz-agent-worker: running the Kubernetes preflight Job");
+            backend.preflight().await?;
             (Arc::new(backend), oz_core::sidecar::SidecarLayout::default().entrypoint())
         }
         #[cfg(not(feature = "kubernetes"))]

@@ -68,12 +68,33 @@ async fn a_run_becomes_a_job_and_a_restarted_worker_reattaches_to_it() {
             .await
             .unwrap();
     let client = oz_sdk::Client::builder().base_url(server.url()).api_key(&key).build().unwrap();
+    // A kubelet for the preflight Jobs: each worker start runs one and waits for it.
+    let preflights = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let kubelet = {
+        let cluster = cluster.clone();
+        let preflights = preflights.clone();
+        tokio::spawn(async move {
+            loop {
+                for p in cluster.objects(WatchKind::Pod, "agents") {
+                    let task = p["metadata"]["labels"]["oz.dev/task-id"].as_str().unwrap_or("");
+                    if task.starts_with("preflight-") && p["status"]["phase"] == "Pending" {
+                        let name = p["metadata"]["name"].as_str().unwrap();
+                        cluster.set_pod_status("agents", name, json!({"phase": "Succeeded"}));
+                        preflights.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
     let mut worker = spawn_worker(dir.path(), &server.url(), &key);
 
     let config = AgentConfig { worker_host: Some("k8s-e2e".into()), ..Default::default() };
     let run = client.runs().create("on kubernetes").agent_config(config).send().await.unwrap();
     let pod = pod_of(&cluster, &run.run_id).await;
-    let job = &cluster.objects(WatchKind::Job, "agents")[0];
+    assert_eq!(preflights.load(std::sync::atomic::Ordering::SeqCst), 1, "the preflight Job ran before any task");
+    let jobs = cluster.objects(WatchKind::Job, "agents");
+    let job = jobs.iter().find(|j| j["metadata"]["labels"]["oz.dev/task-id"] == run.run_id.as_str()).unwrap();
     assert_eq!(job["metadata"]["labels"]["team"], "infra");
     let command = &job["spec"]["template"]["spec"]["containers"][0]["command"];
     assert_eq!(command[0], "/agent/entrypoint.sh", "the sidecar's entrypoint runs the agent");
@@ -105,9 +126,11 @@ async fn a_run_becomes_a_job_and_a_restarted_worker_reattaches_to_it() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_eq!(item.state.as_str(), "FAILED", "{item:?}");
+    assert_eq!(preflights.load(std::sync::atomic::Ordering::SeqCst), 2, "the restart ran it again");
     assert!(item.status_message.unwrap().message.contains("out of memory"));
     Command::new("kill").args(["-TERM", &restarted.id().to_string()]).status().unwrap();
     // Jobs outlive the worker: a graceful shutdown leaves them and exits.
     assert!(restarted.wait().unwrap().success());
+    kubelet.abort();
     server.shutdown().await;
 }
