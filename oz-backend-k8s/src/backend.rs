@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use async_trait::async_trait;
 use futures::{AsyncReadExt, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams, PropagationPolicy};
 use kube::runtime::{WatchStreamExt, watcher};
 use oz_core::backend::{
@@ -78,6 +78,10 @@ impl KubernetesBackend {
                 _ => f.message,
             })),
         }
+    }
+
+    fn events(&self) -> Api<Event> {
+        Api::namespaced(self.client.clone(), &self.config.namespace)
     }
 
     fn jobs(&self) -> Api<Job> {
@@ -165,6 +169,10 @@ impl KubernetesBackend {
         let mut logs: Option<tokio::task::JoinHandle<()>> = None;
         let mut unschedulable_since: Option<Instant> = None;
         let limit = self.config.unschedulable_timeout;
+        // Events about the Pod (FailedMount), watched once its name is known.
+        let (event_tx, mut event_rx) = tokio::sync::mpsc::channel::<Event>(16);
+        let mut events_watch: Option<tokio::task::JoinHandle<()>> = None;
+        let mut mount_failing: Option<(Instant, String)> = None;
         let fail = |reason: FailureReason, message: String| Some(Failure { reason, message });
         let result = loop {
             let tick = tokio::time::sleep(Duration::from_millis(500));
@@ -179,7 +187,20 @@ impl KubernetesBackend {
                     self.delete_job(job).await;
                     break (None, fail(reason, "the task was cancelled; its Job was deleted".into()));
                 }
+                Some(event) = event_rx.recv() => {
+                    if event.reason.as_deref() == Some("FailedMount") && started.is_none() {
+                        let message = event.message.unwrap_or_default();
+                        let since = mount_failing.as_ref().map_or_else(Instant::now, |(t, _)| *t);
+                        mount_failing = Some((since, message));
+                    }
+                }
                 () = tick => {
+                    if let Some((since, message)) = &mount_failing
+                        && started.is_none()
+                        && since.elapsed() >= self.config.mount_timeout
+                    {
+                        break (None, fail(FailureReason::VolumeMount, format!("the pod's volumes could not be mounted: {message}")));
+                    }
                     if let Some(since) = unschedulable_since
                         && !limit.is_zero()
                         && since.elapsed() >= limit
@@ -192,6 +213,9 @@ impl KubernetesBackend {
                     let observed = match update {
                         Some(Update::Pod(pod)) => {
                             let seen = observe_pod(&pod);
+                            if events_watch.is_none() && let Some(name) = pod.metadata.name.clone() {
+                                events_watch = Some(tokio::spawn(watch_events(self.events(), name, event_tx.clone())));
+                            }
                             if matches!(seen, Observed::Running) && logs.is_none() {
                                 started = Some(SystemTime::now());
                                 driver.emit(TaskEvent::Phase(TaskPhase::Running)).await;
@@ -230,6 +254,9 @@ impl KubernetesBackend {
                 }
             }
         };
+        if let Some(task) = events_watch {
+            task.abort();
+        }
         // Deliver the rest of the output before the outcome.
         if let Some(task) = logs {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
@@ -238,6 +265,19 @@ impl KubernetesBackend {
             driver.emit(TaskEvent::Exited(exit)).await;
         }
         (result.0, result.1, started)
+    }
+}
+
+/// Forwards the Events about one Pod.
+async fn watch_events(events: Api<Event>, pod: String, tx: tokio::sync::mpsc::Sender<Event>) {
+    let config = watcher::Config::default().fields(&format!("involvedObject.name={pod}"));
+    let mut stream = Box::pin(watcher(events, config).default_backoff());
+    while let Some(item) = stream.next().await {
+        if let Ok(watcher::Event::Apply(e) | watcher::Event::InitApply(e)) = item
+            && tx.send(e).await.is_err()
+        {
+            return;
+        }
     }
 }
 

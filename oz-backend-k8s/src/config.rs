@@ -42,6 +42,9 @@ pub struct KubernetesConfig {
     pub preflight_image: String,
     /// How long the preflight Job may take (default 2 minutes).
     pub preflight_timeout: Duration,
+    /// How long a Pod may keep failing to mount its volumes (`FailedMount` events) before the task
+    /// fails as `volume_mount` (default 60 s; transient attach delays resolve within it).
+    pub mount_timeout: Duration,
 }
 
 impl KubernetesConfig {
@@ -66,6 +69,7 @@ impl KubernetesConfig {
             cleanup: true,
             preflight_image: "busybox:1.36".into(),
             preflight_timeout: Duration::from_secs(120),
+            mount_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -4,7 +4,7 @@
 //! streams the task container's log live, maps what they show to Oz's failure reasons
 //! ([`status`]), cancels by deleting the Job, and reattaches to this worker's Jobs after a restart.
 //! [`KubernetesBackend::preflight`] checks permissions and the init-container pattern at start-up.
-//! Not yet: Events (`FailedMount`), the egress NetworkPolicy. See
+//! Not yet: the egress NetworkPolicy. See
 //! `docs/kubernetes-backend.md`.
 //!
 //! ```

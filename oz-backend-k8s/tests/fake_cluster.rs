@@ -297,3 +297,24 @@ async fn the_preflight_job_checks_permissions_and_the_init_container_pattern() {
     kubelet.await.unwrap();
     assert!(err.contains("sidecar init container failed") && err.contains("acme/oz-sidecar:1"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_that_cannot_mount_its_volumes_fails_as_volume_mount() {
+    let cluster = FakeCluster::start().await.unwrap();
+    let client = kube::Client::try_from(kube::Config::new(cluster.url().parse().unwrap())).unwrap();
+    let mut config = KubernetesConfig::new("k8s-worker", "acme/oz-sidecar:1");
+    config.namespace = NS.into();
+    config.mount_timeout = Duration::from_secs(1);
+    let backend = KubernetesBackend::new(client, config);
+    let handle = backend.launch(spec("t-mount")).await.unwrap();
+    let pod = pod_of(&cluster, "t-mount").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let message = "MountVolume.SetUp failed for volume \"creds\": secret \"creds\" not found";
+    cluster.add_pod_event(NS, &pod, "FailedMount", message);
+    let started = std::time::Instant::now();
+    let (o, _) = outcome(handle).await;
+    assert_eq!(o.reason(), Some(FailureReason::VolumeMount), "{o:?}");
+    assert!(o.failure.unwrap().message.contains("secret \"creds\" not found"));
+    assert!(started.elapsed() >= Duration::from_millis(500), "a mount failure gets its grace period first");
+    assert!(cluster.objects(WatchKind::Job, NS).is_empty(), "a Job that cannot start is removed");
+}

@@ -68,6 +68,7 @@ impl FakeCluster {
             .route("/apis/batch/v1/namespaces/{ns}/jobs", get(list_jobs).post(create_job))
             .route("/apis/batch/v1/namespaces/{ns}/jobs/{name}", get(get_job).delete(delete_job))
             .route("/api/v1/namespaces/{ns}/pods", get(list_pods))
+            .route("/api/v1/namespaces/{ns}/events", get(list_events))
             .route("/api/v1/namespaces/{ns}/pods/{name}", get(get_pod))
             .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(pod_log))
             .fallback(|uri: Uri| async move { status(404, "NotFound", format!("the fake does not serve {uri}")) })
@@ -128,6 +129,21 @@ impl FakeCluster {
     pub fn set_job_status(&self, namespace: &str, job: &str, new_status: Value) {
         let mut state = self.state();
         state.modify(WatchKind::Job, namespace, job, |j| j["status"] = new_status);
+        let rv = state.rv;
+        drop(state);
+        self.inner.changed.send_replace(rv);
+    }
+
+    /// Records an Event about a Pod (`FailedMount`, `FailedScheduling`, ...), as the kubelet would.
+    pub fn add_pod_event(&self, namespace: &str, pod: &str, reason: &str, message: &str) {
+        let mut state = self.state();
+        let name = format!("{pod}.{}", uuid::Uuid::new_v4().simple());
+        let event = json!({
+            "metadata": {"name": name},
+            "involvedObject": {"kind": "Pod", "name": pod, "namespace": namespace, "apiVersion": "v1"},
+            "reason": reason, "message": message, "type": "Warning", "count": 1,
+        });
+        let _ = state.create(WatchKind::Event, namespace, event);
         let rv = state.rv;
         drop(state);
         self.inner.changed.send_replace(rv);
@@ -195,7 +211,8 @@ async fn record_request(
 
 fn list_response(inner: &Inner, kind: WatchKind, ns: &str, params: &HashMap<String, String>) -> Response {
     let state = lock(inner);
-    let selector = Selector::parse(params.get("labelSelector").map(String::as_str));
+    let selector = Selector::parse(params.get("labelSelector").map(String::as_str))
+        .with_fields(params.get("fieldSelector").map(String::as_str));
     let all = state.list(kind, ns, &selector);
     let limit = params.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
     let start = params.get("continue").and_then(|c| c.parse::<usize>().ok()).unwrap_or(0);
@@ -210,7 +227,8 @@ fn list_response(inner: &Inner, kind: WatchKind, ns: &str, params: &HashMap<Stri
 }
 
 fn watch_response(inner: Arc<Inner>, kind: WatchKind, ns: String, params: &HashMap<String, String>) -> Response {
-    let selector = Selector::parse(params.get("labelSelector").map(String::as_str));
+    let selector = Selector::parse(params.get("labelSelector").map(String::as_str))
+        .with_fields(params.get("fieldSelector").map(String::as_str));
     let bookmarks = params.get("allowWatchBookmarks").is_some_and(|v| v == "true");
     let timeout = params.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).unwrap_or(300);
     let from: u64 = params.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -296,6 +314,14 @@ async fn list_jobs(AxumState(inner): AxumState<Arc<Inner>>, Path(ns): Path<Strin
         watch_response(inner, WatchKind::Job, ns, &p)
     } else {
         list_response(&inner, WatchKind::Job, &ns, &p)
+    }
+}
+
+async fn list_events(AxumState(inner): AxumState<Arc<Inner>>, Path(ns): Path<String>, Query(p): Params) -> Response {
+    if is_watch(&p) {
+        watch_response(inner, WatchKind::Event, ns, &p)
+    } else {
+        list_response(&inner, WatchKind::Event, &ns, &p)
     }
 }
 

@@ -12,19 +12,22 @@ pub enum WatchKind {
     Job,
     /// `v1` Pod.
     Pod,
+    /// `v1` Event.
+    Event,
 }
 
 impl WatchKind {
     pub(crate) fn api_version(self) -> &'static str {
         match self {
             WatchKind::Job => "batch/v1",
-            WatchKind::Pod => "v1",
+            WatchKind::Pod | WatchKind::Event => "v1",
         }
     }
     pub(crate) fn kind(self) -> &'static str {
         match self {
             WatchKind::Job => "Job",
             WatchKind::Pod => "Pod",
+            WatchKind::Event => "Event",
         }
     }
 }
@@ -131,9 +134,10 @@ impl State {
     }
 }
 
-/// An equality-based label selector (`a=b,c=d`; `a==b` and `a!=b` too).
+/// An equality-based label selector (`a=b,c=d`; `a==b` and `a!=b` too), with optional field terms
+/// (`involvedObject.name=x`, `metadata.name=y`).
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Selector(Vec<(String, String, bool)>);
+pub(crate) struct Selector(Vec<(String, String, bool)>, Vec<(String, String, bool)>);
 
 impl Selector {
     pub(crate) fn parse(raw: Option<&str>) -> Self {
@@ -145,11 +149,19 @@ impl Selector {
                 terms.push((k.trim().to_owned(), v.trim().to_owned(), true));
             }
         }
-        Self(terms)
+        Self(terms, Vec::new())
+    }
+
+    /// Adds the terms of a field selector.
+    pub(crate) fn with_fields(mut self, raw: Option<&str>) -> Self {
+        self.1 = Self::parse(raw).0;
+        self
     }
 
     pub(crate) fn matches(&self, object: &Value) -> bool {
         let labels = &object["metadata"]["labels"];
+        let field = |path: &str| path.split('.').fold(object, |o, k| &o[k]).as_str().map(str::to_owned);
         self.0.iter().all(|(k, v, eq)| (labels[k.as_str()].as_str() == Some(v.as_str())) == *eq)
+            && self.1.iter().all(|(k, v, eq)| (field(k).as_deref() == Some(v.as_str())) == *eq)
     }
 }
