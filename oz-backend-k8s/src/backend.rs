@@ -80,6 +80,10 @@ impl KubernetesBackend {
         }
     }
 
+    fn policies(&self) -> Api<k8s_openapi::api::networking::v1::NetworkPolicy> {
+        Api::namespaced(self.client.clone(), &self.config.namespace)
+    }
+
     fn events(&self) -> Api<Event> {
         Api::namespaced(self.client.clone(), &self.config.namespace)
     }
@@ -102,6 +106,13 @@ impl KubernetesBackend {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => tracing::warn!(job = name, "could not delete the Job: {e}"),
+        }
+        if self.config.egress_policy.is_some() {
+            match self.policies().delete(name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => tracing::warn!(policy = name, "could not delete the NetworkPolicy: {e}"),
+            }
         }
     }
 
@@ -327,6 +338,17 @@ impl Backend for KubernetesBackend {
             };
             BackendError::new(FailureReason::JobCreate, message)
         })?;
+        if let Some(policy) = &self.config.egress_policy {
+            let np = manifest::network_policy(&spec, &self.config, policy)
+                .map_err(|e| BackendError::new(FailureReason::JobCreate, e.to_string()))?;
+            if let Err(e) = self.policies().create(&PostParams::default(), &np).await {
+                self.delete_job(&name).await;
+                return Err(BackendError::new(
+                    FailureReason::JobCreate,
+                    format!("could not create the egress NetworkPolicy: {e}"),
+                ));
+            }
+        }
         let (handle, driver) = TaskHandle::channel(spec.task_id.clone());
         let span = tracing::info_span!("k8s_task", task_id = %spec.task_id, job = %name);
         let cleanup = spec.cleanup && self.config.cleanup;

@@ -3,6 +3,16 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// An egress NetworkPolicy per task: all egress denied except DNS and these CIDRs and ports. It is
+/// IP-based only (no domain names), and needs a network plugin that enforces NetworkPolicy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EgressPolicy {
+    /// Destinations allowed (`10.0.0.0/8`, `140.82.112.0/20`).
+    pub allowed_cidrs: Vec<String>,
+    /// TCP ports allowed to those destinations (empty: every port).
+    pub ports: Vec<i32>,
+}
+
 /// How the Kubernetes backend shapes Jobs.
 #[derive(Clone, Debug)]
 pub struct KubernetesConfig {
@@ -45,6 +55,8 @@ pub struct KubernetesConfig {
     /// How long a Pod may keep failing to mount its volumes (`FailedMount` events) before the task
     /// fails as `volume_mount` (default 60 s; transient attach delays resolve within it).
     pub mount_timeout: Duration,
+    /// An egress NetworkPolicy for every task, if set.
+    pub egress_policy: Option<EgressPolicy>,
 }
 
 impl KubernetesConfig {
@@ -70,6 +82,7 @@ impl KubernetesConfig {
             preflight_image: "busybox:1.36".into(),
             preflight_timeout: Duration::from_secs(120),
             mount_timeout: Duration::from_secs(60),
+            egress_policy: None,
         }
     }
 }

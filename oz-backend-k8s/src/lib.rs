@@ -4,7 +4,7 @@
 //! streams the task container's log live, maps what they show to Oz's failure reasons
 //! ([`status`]), cancels by deleting the Job, and reattaches to this worker's Jobs after a restart.
 //! [`KubernetesBackend::preflight`] checks permissions and the init-container pattern at start-up.
-//! Not yet: the egress NetworkPolicy. See
+//! With [`EgressPolicy`] each task also gets an egress NetworkPolicy (IP-based). See
 //! `docs/kubernetes-backend.md`.
 //!
 //! ```
@@ -24,5 +24,5 @@ pub mod manifest;
 pub mod status;
 
 pub use backend::KubernetesBackend;
-pub use config::KubernetesConfig;
+pub use config::{EgressPolicy, KubernetesConfig};
 pub use error::KubernetesError;

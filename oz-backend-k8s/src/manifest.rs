@@ -161,6 +161,36 @@ pub fn job(spec: &TaskSpec, config: &KubernetesConfig) -> Result<Job, Kubernetes
     serde_json::from_value(job).map_err(|e| KubernetesError::Manifest(e.to_string()))
 }
 
+/// The egress NetworkPolicy of a task: its Pod (by task label) may reach DNS and the allowed CIDRs
+/// and ports, nothing else. Named like the Job, labelled like it.
+pub fn network_policy(
+    spec: &TaskSpec,
+    config: &KubernetesConfig,
+    policy: &crate::config::EgressPolicy,
+) -> Result<k8s_openapi::api::networking::v1::NetworkPolicy, KubernetesError> {
+    let labels = job_labels(spec, config);
+    let ports: Vec<Value> = policy.ports.iter().map(|p| json!({"protocol": "TCP", "port": p})).collect();
+    let mut allowed =
+        json!({"to": policy.allowed_cidrs.iter().map(|c| json!({"ipBlock": {"cidr": c}})).collect::<Vec<_>>()});
+    if !ports.is_empty() {
+        allowed["ports"] = json!(ports);
+    }
+    let value = json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": job_name(spec), "namespace": config.namespace, "labels": labels},
+        "spec": {
+            "podSelector": {"matchLabels": {labels::TASK_ID: spec.task_id, labels::WORKER_ID: config.worker_id}},
+            "policyTypes": ["Egress"],
+            "egress": [
+                {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+                allowed,
+            ],
+        },
+    });
+    serde_json::from_value(value).map_err(|e| KubernetesError::Manifest(e.to_string()))
+}
+
 /// Merges the generated PodSpec over `template`: our fields win; init containers are ours then the
 /// template's; the template's container named `task` is merged under ours (our env wins by name);
 /// other template containers and volumes are kept.
@@ -333,6 +363,19 @@ mod tests {
         assert_eq!(pod["containers"][1]["name"], "proxy");
         assert!(pod["volumes"].as_array().unwrap().iter().any(|v| v["name"] == "cache"));
         assert!(merge_pod_spec(&json!([1]), json!({})).is_err());
+    }
+
+    #[test]
+    fn the_egress_policy_allows_dns_and_the_listed_ranges_only() {
+        let config = KubernetesConfig::new("w1", "acme/sidecar:2");
+        let policy = crate::config::EgressPolicy { allowed_cidrs: vec!["140.82.112.0/20".into()], ports: vec![443] };
+        let np = serde_json::to_value(network_policy(&spec(), &config, &policy).unwrap()).unwrap();
+        assert_eq!(np["metadata"]["name"], "oz-run-1-exec-1");
+        assert_eq!(np["spec"]["podSelector"]["matchLabels"]["oz.dev/task-id"], "run-1");
+        assert_eq!(np["spec"]["policyTypes"], json!(["Egress"]));
+        assert_eq!(np["spec"]["egress"][0]["ports"][0], json!({"protocol": "UDP", "port": 53}));
+        assert_eq!(np["spec"]["egress"][1]["to"], json!([{"ipBlock": {"cidr": "140.82.112.0/20"}}]));
+        assert_eq!(np["spec"]["egress"][1]["ports"], json!([{"protocol": "TCP", "port": 443}]));
     }
 
     #[test]

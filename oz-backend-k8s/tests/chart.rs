@@ -259,6 +259,16 @@ async fn the_role_grants_exactly_what_the_backend_uses() {
     handle.canceller().cancel(CancelReason::Requested);
     handle.wait().await;
     let _ = backend.launch(TaskSpec::new("rbac-3", vec!["true".into()])).await.unwrap();
+    // With an egress policy: its NetworkPolicy is made and removed with the task.
+    let client = kube::Client::try_from(kube::Config::new(cluster.url().parse().unwrap())).unwrap();
+    let mut with_policy = KubernetesConfig::new("rbac-worker", "acme/oz-sidecar:1");
+    with_policy.namespace = "agents".into();
+    with_policy.egress_policy =
+        Some(oz_backend_k8s::EgressPolicy { allowed_cidrs: vec!["10.0.0.0/8".into()], ports: vec![] });
+    let policed = KubernetesBackend::new(client, with_policy);
+    let handle = policed.launch(TaskSpec::new("rbac-4", vec!["true".into()])).await.unwrap();
+    handle.canceller().cancel(CancelReason::Requested);
+    handle.wait().await;
     let _ = backend.recover().await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
 

@@ -318,3 +318,28 @@ async fn a_pod_that_cannot_mount_its_volumes_fails_as_volume_mount() {
     assert!(started.elapsed() >= Duration::from_millis(500), "a mount failure gets its grace period first");
     assert!(cluster.objects(WatchKind::Job, NS).is_empty(), "a Job that cannot start is removed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_egress_policy_goes_with_each_task_and_is_removed_with_it() {
+    let cluster = FakeCluster::start().await.unwrap();
+    let client = kube::Client::try_from(kube::Config::new(cluster.url().parse().unwrap())).unwrap();
+    let mut config = KubernetesConfig::new("k8s-worker", "acme/oz-sidecar:1");
+    config.namespace = NS.into();
+    config.egress_policy =
+        Some(oz_backend_k8s::EgressPolicy { allowed_cidrs: vec!["10.20.0.0/16".into()], ports: vec![443] });
+    let backend = KubernetesBackend::new(client, config);
+    let handle = backend.launch(spec("t-np")).await.unwrap();
+    let policies = cluster.objects(WatchKind::NetworkPolicy, NS);
+    assert_eq!(policies.len(), 1);
+    assert_eq!(policies[0]["spec"]["podSelector"]["matchLabels"]["oz.dev/task-id"], "t-np");
+    assert_eq!(policies[0]["spec"]["egress"][1]["to"][0]["ipBlock"]["cidr"], "10.20.0.0/16");
+    let pod = pod_of(&cluster, "t-np").await;
+    cluster.set_pod_status(
+        NS,
+        &pod,
+        json!({"phase": "Succeeded", "containerStatuses": container(json!({"terminated": {"exitCode": 0}}))}),
+    );
+    let (o, _) = outcome(handle).await;
+    assert!(o.succeeded(), "{o:?}");
+    assert!(cluster.objects(WatchKind::NetworkPolicy, NS).is_empty(), "removed with the Job");
+}

@@ -69,6 +69,11 @@ impl FakeCluster {
             .route("/apis/batch/v1/namespaces/{ns}/jobs/{name}", get(get_job).delete(delete_job))
             .route("/api/v1/namespaces/{ns}/pods", get(list_pods))
             .route("/api/v1/namespaces/{ns}/events", get(list_events))
+            .route("/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies", axum::routing::post(create_policy))
+            .route(
+                "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/{name}",
+                axum::routing::delete(delete_policy),
+            )
             .route("/api/v1/namespaces/{ns}/pods/{name}", get(get_pod))
             .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(pod_log))
             .fallback(|uri: Uri| async move { status(404, "NotFound", format!("the fake does not serve {uri}")) })
@@ -314,6 +319,35 @@ async fn list_jobs(AxumState(inner): AxumState<Arc<Inner>>, Path(ns): Path<Strin
         watch_response(inner, WatchKind::Job, ns, &p)
     } else {
         list_response(&inner, WatchKind::Job, &ns, &p)
+    }
+}
+
+async fn create_policy(AxumState(inner): AxumState<Arc<Inner>>, Path(ns): Path<String>, body: Bytes) -> Response {
+    let Ok(policy) = serde_json::from_slice::<Value>(&body) else {
+        return status(400, "BadRequest", "the body is not JSON");
+    };
+    let mut state = lock(&inner);
+    match state.create(WatchKind::NetworkPolicy, &ns, policy) {
+        Ok(created) => {
+            let rv = state.rv;
+            drop(state);
+            inner.changed.send_replace(rv);
+            (StatusCode::CREATED, axum::Json(created)).into_response()
+        }
+        Err((code, message)) => status(code, if code == 409 { "AlreadyExists" } else { "Invalid" }, message),
+    }
+}
+
+async fn delete_policy(AxumState(inner): AxumState<Arc<Inner>>, Path((ns, name)): Path<(String, String)>) -> Response {
+    let mut state = lock(&inner);
+    match state.delete(WatchKind::NetworkPolicy, &ns, &name) {
+        Some(deleted) => {
+            let rv = state.rv;
+            drop(state);
+            inner.changed.send_replace(rv);
+            axum::Json(deleted).into_response()
+        }
+        None => status(404, "NotFound", format!("networkpolicies {name:?} not found")),
     }
 }
 

@@ -14,6 +14,8 @@ pub enum WatchKind {
     Pod,
     /// `v1` Event.
     Event,
+    /// `networking.k8s.io/v1` NetworkPolicy.
+    NetworkPolicy,
 }
 
 impl WatchKind {
@@ -21,6 +23,7 @@ impl WatchKind {
         match self {
             WatchKind::Job => "batch/v1",
             WatchKind::Pod | WatchKind::Event => "v1",
+            WatchKind::NetworkPolicy => "networking.k8s.io/v1",
         }
     }
     pub(crate) fn kind(self) -> &'static str {
@@ -28,6 +31,7 @@ impl WatchKind {
             WatchKind::Job => "Job",
             WatchKind::Pod => "Pod",
             WatchKind::Event => "Event",
+            WatchKind::NetworkPolicy => "NetworkPolicy",
         }
     }
 }

@@ -119,6 +119,20 @@ pub struct KubernetesSection {
     pub pod_template: Option<serde_json::Value>,
     #[serde(default)]
     pub environment: Vec<EnvEntry>,
+    /// Our extension: an egress NetworkPolicy per task.
+    pub egress_policy: Option<EgressPolicySection>,
+}
+
+/// `backend.kubernetes.egress_policy` (our extension).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressPolicySection {
+    /// Destinations allowed besides DNS.
+    #[serde(default)]
+    pub allowed_cidrs: Vec<String>,
+    /// TCP ports allowed to them (empty: all).
+    #[serde(default)]
+    pub ports: Vec<i32>,
 }
 
 /// Which backend.

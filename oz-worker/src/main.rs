@@ -219,6 +219,12 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
                 })?;
             }
             k8s.pod_template = section.pod_template.clone();
+            if let Some(policy) = &section.egress_policy {
+                k8s.egress_policy = Some(oz_backend_k8s::EgressPolicy {
+                    allowed_cidrs: policy.allowed_cidrs.clone(),
+                    ports: policy.ports.clone(),
+                });
+            }
             if let Some(image) = &section.preflight_image {
                 k8s.preflight_image = image.clone();
             }
