@@ -117,8 +117,13 @@ impl KubernetesBackend {
     }
 
     /// Follows a task's Job and Pod to the end.
-    async fn follow(self, driver: TaskDriver, job: String, task_id: String, cleanup: bool) {
-        let (exit, failure, started) = self.watch_to_end(&driver, &job, &task_id).await;
+    async fn follow(self, driver: TaskDriver, job: String, task_id: String, cleanup: bool, has_timeout: bool) {
+        let (exit, mut failure, started) = self.watch_to_end(&driver, &job, &task_id).await;
+        // The deadline came from the task's own timeout: say so in Oz's terms.
+        if has_timeout && let Some(f) = failure.as_mut().filter(|f| f.reason == FailureReason::ActiveDeadline) {
+            f.reason = FailureReason::TaskTimeout;
+            f.message = "the task ran past its timeout and its Job was stopped".into();
+        }
         // A Job whose Pod can never finish (no image, no node, a failed init) is removed even with
         // cleanup off; one left at shutdown is not: the next process reattaches to it.
         let delete = match failure.as_ref().map(|f| f.reason) {
@@ -227,7 +232,11 @@ impl KubernetesBackend {
                             if events_watch.is_none() && let Some(name) = pod.metadata.name.clone() {
                                 events_watch = Some(tokio::spawn(watch_events(self.events(), name, event_tx.clone())));
                             }
-                            if matches!(seen, Observed::Running) && logs.is_none() {
+                            // Running, or already ended before we saw it run (a quick task): its log is
+                            // there either way, and a follow streams all of it.
+                            let ran = matches!(seen, Observed::Running | Observed::Exited(_))
+                                || matches!(seen, Observed::Failed(_, _, Some(_)));
+                            if ran && logs.is_none() {
                                 started = Some(SystemTime::now());
                                 driver.emit(TaskEvent::Phase(TaskPhase::Running)).await;
                                 let name = pod.metadata.name.clone().unwrap_or_default();
@@ -269,8 +278,13 @@ impl KubernetesBackend {
             task.abort();
         }
         // Deliver the rest of the output before the outcome.
-        if let Some(task) = logs {
-            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        if let Some(mut task) = logs {
+            // A container that exited has its whole log to deliver; otherwise (a deadline, an eviction)
+            // the stream may never end by itself.
+            let wait = if result.0.is_some() { Duration::from_secs(10) } else { Duration::from_secs(2) };
+            if tokio::time::timeout(wait, &mut task).await.is_err() {
+                task.abort();
+            }
         }
         if let Some(exit) = result.0 {
             driver.emit(TaskEvent::Exited(exit)).await;
@@ -322,6 +336,9 @@ impl Backend for KubernetesBackend {
 
     async fn launch(&self, spec: TaskSpec) -> Result<TaskHandle, BackendError> {
         spec.validate().map_err(|e| BackendError::new(FailureReason::JobCreate, e.to_string()))?;
+        if spec.stdin.is_some() {
+            return Err(BackendError::new(FailureReason::JobCreate, "a Kubernetes Job cannot be given stdin"));
+        }
         let job = manifest::job(&spec, &self.config)
             .map_err(|e| BackendError::new(FailureReason::JobCreate, e.to_string()))?;
         let name = manifest::job_name(&spec);
@@ -352,7 +369,9 @@ impl Backend for KubernetesBackend {
         let (handle, driver) = TaskHandle::channel(spec.task_id.clone());
         let span = tracing::info_span!("k8s_task", task_id = %spec.task_id, job = %name);
         let cleanup = spec.cleanup && self.config.cleanup;
-        tokio::spawn(tracing::Instrument::instrument(self.clone().follow(driver, name, spec.task_id, cleanup), span));
+        let has_timeout = spec.timeout.is_some();
+        let follow = self.clone().follow(driver, name, spec.task_id, cleanup, has_timeout);
+        tokio::spawn(tracing::Instrument::instrument(follow, span));
         Ok(handle)
     }
 
@@ -371,7 +390,7 @@ impl Backend for KubernetesBackend {
             };
             let (handle, driver) = TaskHandle::channel(task_id.clone());
             tracing::info!(task_id, job = name, "reattaching to a Job left by an earlier run");
-            tokio::spawn(self.clone().follow(driver, name, task_id.clone(), self.config.cleanup));
+            tokio::spawn(self.clone().follow(driver, name, task_id.clone(), self.config.cleanup, false));
             recovered.push(RecoveredTask {
                 task_id,
                 execution_id: labels.get(labels::EXECUTION_ID).cloned(),

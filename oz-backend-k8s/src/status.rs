@@ -107,6 +107,14 @@ pub fn observe_pod(pod: &Pod) -> Observed {
         Some("Succeeded") => return Observed::Exited(terminated.map_or(0, |t| t.exit_code)),
         Some("Failed") => {
             let code = terminated.map(|t| t.exit_code);
+            if matches!(terminated.and_then(|t| t.reason.as_deref()), Some("StartError" | "ContainerCannotRun")) {
+                let message = terminated.and_then(|t| t.message.clone()).unwrap_or_default();
+                return Observed::Failed(
+                    FailureReason::ContainerStart,
+                    format!("the task could not start: {message}"),
+                    code,
+                );
+            }
             if terminated.and_then(|t| t.reason.as_deref()) == Some("OOMKilled") {
                 return Observed::Failed(
                     FailureReason::ContainerOom,

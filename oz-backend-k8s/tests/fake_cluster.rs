@@ -147,9 +147,10 @@ async fn each_failure_mode_ends_with_its_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deadline_on_the_job_fails_the_task() {
+    // The backend's own deadline (the task has no timeout of its own): active_deadline.
     let (cluster, backend) = setup().await;
-    let handle = backend.launch(spec("t-deadline").timeout(Duration::from_secs(60))).await.unwrap();
-    assert_eq!(cluster.objects(WatchKind::Job, NS)[0]["spec"]["activeDeadlineSeconds"], 60);
+    let handle = backend.launch(spec("t-deadline")).await.unwrap();
+    assert_eq!(cluster.objects(WatchKind::Job, NS)[0]["spec"]["activeDeadlineSeconds"], 28_800);
     let pod = pod_of(&cluster, "t-deadline").await;
     cluster.set_pod_status(
         NS,

@@ -11,7 +11,10 @@
 //! - a Job controller: creating a Job creates its Pod (`<job>-<suffix>`, labelled `job-name`); a Pod
 //!   that succeeds or fails completes or fails its Job;
 //! - scripted kubelet: tests set a Pod's status ([`FakeCluster::set_pod_status`]) and append to its
-//!   log ([`FakeCluster::append_log`]), which `GET .../log?follow=true` streams live.
+//!   log ([`FakeCluster::append_log`]), which `GET .../log?follow=true` streams live;
+//! - or a running kubelet ([`FakeCluster::enable_kubelet`]): each Pod's command runs as a local
+//!   process group, its output is the log, its exit the Pod's status;
+//! - Events (`add_pod_event`) with field selectors, NetworkPolicies, and RBAC denials (`deny`).
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -21,6 +24,7 @@
 //! # }
 //! ```
 
+mod kubelet;
 mod server;
 mod state;
 

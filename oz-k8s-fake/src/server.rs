@@ -18,7 +18,7 @@ use crate::state::{Selector, State, WatchKind};
 
 type Params = Query<HashMap<String, String>>;
 
-struct Inner {
+pub(crate) struct Inner {
     state: Mutex<State>,
     /// The latest resourceVersion: watches wake on its change.
     changed: watch::Sender<u64>,
@@ -29,6 +29,48 @@ struct Inner {
     bookmark_every: Mutex<Duration>,
     /// `(method, path fragment)` pairs answered 403, as RBAC would.
     denied: Mutex<Vec<(String, String)>>,
+    /// Where the fake kubelet keeps logs and working folders, when enabled.
+    kubelet: Mutex<Option<std::path::PathBuf>>,
+}
+
+pub(crate) fn register_log_file(inner: &Inner, ns: &str, pod: &str, path: std::path::PathBuf) {
+    lock(inner).log_files.insert((ns.to_owned(), pod.to_owned()), path);
+}
+
+pub(crate) fn register_process_group(inner: &Inner, ns: &str, pod: &str, pgid: i32) {
+    lock(inner).groups.insert((ns.to_owned(), pod.to_owned()), pgid);
+}
+
+/// Sets a Pod's status; a Pod that ended completes or fails its Job, as the Job controller does.
+pub(crate) fn set_pod_status(inner: &Inner, namespace: &str, pod: &str, new_status: Value) {
+    let mut state = lock(inner);
+    let Some(updated) = state.modify(WatchKind::Pod, namespace, pod, |p| p["status"] = new_status) else { return };
+    let phase = updated["status"]["phase"].as_str().unwrap_or("").to_owned();
+    let job = updated["metadata"]["labels"]["job-name"].as_str().map(str::to_owned);
+    if let Some(job) = job {
+        let condition = match phase.as_str() {
+            "Succeeded" => Some(json!({"active": 0, "succeeded": 1,
+                "conditions": [{"type": "Complete", "status": "True"}]})),
+            "Failed" => Some(json!({"active": 0, "failed": 1,
+                "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]})),
+            _ => None,
+        };
+        if let Some(job_status) = condition {
+            state.modify(WatchKind::Job, namespace, &job, |j| j["status"] = job_status);
+        }
+    }
+    let rv = state.rv;
+    drop(state);
+    inner.changed.send_replace(rv);
+}
+
+/// Sets a Job's status.
+pub(crate) fn set_job_status(inner: &Inner, namespace: &str, job: &str, new_status: Value) {
+    let mut state = lock(inner);
+    state.modify(WatchKind::Job, namespace, job, |j| j["status"] = new_status);
+    let rv = state.rv;
+    drop(state);
+    inner.changed.send_replace(rv);
 }
 
 /// A running fake API server on loopback. Dropping it stops serving.
@@ -63,6 +105,7 @@ impl FakeCluster {
             requests: Mutex::default(),
             bookmark_every: Mutex::new(Duration::from_millis(500)),
             denied: Mutex::default(),
+            kubelet: Mutex::default(),
         });
         let app = Router::new()
             .route("/apis/batch/v1/namespaces/{ns}/jobs", get(list_jobs).post(create_job))
@@ -109,34 +152,18 @@ impl FakeCluster {
     /// Sets a Pod's `status` (phase, container statuses, conditions); a Pod that succeeded or failed
     /// completes or fails its Job, as the Job controller does.
     pub fn set_pod_status(&self, namespace: &str, pod: &str, new_status: Value) {
-        let mut state = self.state();
-        let Some(updated) = state.modify(WatchKind::Pod, namespace, pod, |p| p["status"] = new_status) else { return };
-        let phase = updated["status"]["phase"].as_str().unwrap_or("").to_owned();
-        let job = updated["metadata"]["labels"]["job-name"].as_str().map(str::to_owned);
-        if let Some(job) = job {
-            let condition = match phase.as_str() {
-                "Succeeded" => Some(json!({"active": 0, "succeeded": 1,
-                    "conditions": [{"type": "Complete", "status": "True"}]})),
-                "Failed" => Some(json!({"active": 0, "failed": 1,
-                    "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]})),
-                _ => None,
-            };
-            if let Some(job_status) = condition {
-                state.modify(WatchKind::Job, namespace, &job, |j| j["status"] = job_status);
-            }
-        }
-        let rv = state.rv;
-        drop(state);
-        self.inner.changed.send_replace(rv);
+        set_pod_status(&self.inner, namespace, pod, new_status);
     }
 
     /// Sets a Job's `status` directly (a deadline exceeded, say).
     pub fn set_job_status(&self, namespace: &str, job: &str, new_status: Value) {
-        let mut state = self.state();
-        state.modify(WatchKind::Job, namespace, job, |j| j["status"] = new_status);
-        let rv = state.rv;
-        drop(state);
-        self.inner.changed.send_replace(rv);
+        set_job_status(&self.inner, namespace, job, new_status);
+    }
+
+    /// Runs Pods for real from now on: each Pod's `task` command as a local process group (see the
+    /// `kubelet` module), with logs and work folders under `dir`.
+    pub fn enable_kubelet(&self, dir: impl Into<std::path::PathBuf>) {
+        *self.inner.kubelet.lock().unwrap_or_else(|p| p.into_inner()) = Some(dir.into());
     }
 
     /// Records an Event about a Pod (`FailedMount`, `FailedScheduling`, ...), as the kubelet would.
@@ -409,11 +436,16 @@ async fn create_job(AxumState(inner): AxumState<Arc<Inner>>, Path(ns): Path<Stri
         "spec": created["spec"]["template"]["spec"].clone(),
         "status": {"phase": "Pending"},
     });
-    let _ = state.create(WatchKind::Pod, &ns, pod);
+    let pod = state.create(WatchKind::Pod, &ns, pod);
     let current = state.modify(WatchKind::Job, &ns, &name, |j| j["status"] = json!({"active": 1}));
     let rv = state.rv;
     drop(state);
     inner.changed.send_replace(rv);
+    let kubelet = inner.kubelet.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if let (Some(dir), Ok(pod)) = (kubelet, pod) {
+        let deadline = created["spec"]["activeDeadlineSeconds"].as_u64();
+        tokio::spawn(crate::kubelet::run_pod(inner.clone(), dir, ns.clone(), pod, deadline));
+    }
     (StatusCode::CREATED, axum::Json(current.unwrap_or(created))).into_response()
 }
 
@@ -426,6 +458,19 @@ async fn delete_job(
     let _ = method;
     let foreground =
         serde_json::from_slice::<Value>(&body).ok().is_some_and(|b| b["propagationPolicy"] == "Foreground");
+    // The kubelet stops the Pods' processes first (a deletion completes once they are gone).
+    let groups: Vec<i32> = {
+        let state = lock(&inner);
+        state
+            .list(WatchKind::Pod, &ns, &Selector::parse(Some(&format!("job-name={name}"))))
+            .iter()
+            .filter_map(|p| p["metadata"]["name"].as_str())
+            .filter_map(|p| state.groups.get(&(ns.clone(), p.to_owned())).copied())
+            .collect()
+    };
+    for pgid in groups {
+        crate::kubelet::stop_group(pgid).await;
+    }
     let mut state = lock(&inner);
     let pods: Vec<String> = state
         .list(WatchKind::Pod, &ns, &Selector::parse(Some(&format!("job-name={name}"))))
@@ -452,6 +497,39 @@ async fn delete_job(
     axum::Json(job).into_response()
 }
 
+/// Streams a kubelet-written log file, following it until the Pod ends.
+fn file_log(inner: Arc<Inner>, key: (String, String), path: std::path::PathBuf, follow: bool) -> Response {
+    use std::io::{Read, Seek, SeekFrom};
+    let stream =
+        futures::stream::unfold((inner, key, path, 0u64, false), move |(inner, key, path, offset, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                let finished = {
+                    let state = lock(&inner);
+                    let pod = state.objects.get(&(WatchKind::Pod, key.0.clone(), key.1.clone()));
+                    pod.is_none_or(|p| matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")))
+                };
+                let mut chunk = vec![0u8; 64 * 1024];
+                let read = std::fs::File::open(&path).and_then(|mut f| {
+                    f.seek(SeekFrom::Start(offset))?;
+                    f.read(&mut chunk)
+                });
+                match read {
+                    Ok(n) if n > 0 => {
+                        chunk.truncate(n);
+                        let next = (inner, key, path, offset + n as u64, false);
+                        return Some((Ok::<Bytes, std::io::Error>(Bytes::from(chunk)), next));
+                    }
+                    _ if finished || !follow => return None,
+                    _ => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        });
+    Response::new(Body::from_stream(stream.boxed()))
+}
+
 async fn pod_log(
     AxumState(inner): AxumState<Arc<Inner>>,
     Path((ns, name)): Path<(String, String)>,
@@ -469,6 +547,10 @@ async fn pod_log(
     }
     let follow = p.get("follow").is_some_and(|f| f == "true");
     let key = (ns.clone(), name.clone());
+    let file = lock(&inner).log_files.get(&key).cloned();
+    if let Some(path) = file {
+        return file_log(inner, key, path, follow);
+    }
     if !follow {
         let text = lock(&inner).logs.get(&key).cloned().unwrap_or_default();
         return Response::new(Body::from(text));

@@ -54,6 +54,10 @@ pub(crate) struct State {
     /// Versions at or below this are gone from the history: resuming from them is 410.
     pub(crate) compacted_through: u64,
     pub(crate) logs: BTreeMap<(String, String), String>,
+    /// Pods whose log is a file the fake kubelet writes.
+    pub(crate) log_files: BTreeMap<(String, String), std::path::PathBuf>,
+    /// Process groups the fake kubelet runs, by Pod.
+    pub(crate) groups: BTreeMap<(String, String), i32>,
 }
 
 impl State {

@@ -1,0 +1,134 @@
+//! An optional fake kubelet ([`crate::FakeCluster::enable_kubelet`]): each Pod's `task` container
+//! command really runs, as a local process group, with exactly the Pod's env plus what a container
+//! runtime adds (`PATH`, `HOSTNAME`); its output (stdout and stderr merged, as in a Pod's log) goes to
+//! a file the log endpoint streams; its exit becomes the Pod's status; the Job's
+//! `activeDeadlineSeconds` is enforced; deleting the Pod stops the group (SIGTERM, a grace period,
+//! SIGKILL) before the deletion completes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+
+use crate::server::Inner;
+
+/// How long a deleted Pod's processes have between SIGTERM and SIGKILL.
+pub(crate) const GRACE: Duration = Duration::from_secs(1);
+
+fn terminated(code: i32, reason: Option<&str>, message: Option<&str>) -> Value {
+    let mut t = json!({"exitCode": code});
+    if let Some(r) = reason {
+        t["reason"] = json!(r);
+    }
+    if let Some(m) = message {
+        t["message"] = json!(m);
+    }
+    json!([{"name": "task", "image": "", "imageID": "", "ready": false, "restartCount": 0, "state": {"terminated": t}}])
+}
+
+/// Runs a Pod's task container to its end.
+pub(crate) async fn run_pod(inner: Arc<Inner>, dir: PathBuf, ns: String, pod: Value, deadline: Option<u64>) {
+    let name = pod["metadata"]["name"].as_str().unwrap_or("").to_owned();
+    let job = pod["metadata"]["labels"]["job-name"].as_str().unwrap_or("").to_owned();
+    let task = pod["spec"]["containers"].as_array().and_then(|c| c.iter().find(|c| c["name"] == "task")).cloned();
+    let Some(task) = task else { return };
+    let argv: Vec<String> = task["command"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    let mut env: Vec<(String, String)> = vec![
+        ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
+        ("HOSTNAME".into(), name.clone()),
+    ];
+    for var in task["env"].as_array().cloned().unwrap_or_default() {
+        if let (Some(k), Some(v)) = (var["name"].as_str(), var["value"].as_str()) {
+            env.retain(|(n, _)| n != k);
+            env.push((k.to_owned(), v.to_owned()));
+        }
+    }
+    let log_path = dir.join(format!("{ns}-{name}.log"));
+    let workdir = dir.join(format!("{ns}-{name}.work"));
+    let opened = std::fs::create_dir_all(&workdir).and_then(|()| std::fs::File::create(&log_path));
+    let Ok(log) = opened else { return };
+    crate::server::register_log_file(&inner, &ns, &name, log_path);
+    let Some((program, args)) = argv.split_first() else { return };
+    let (Ok(out), Ok(err)) = (log.try_clone(), log.try_clone()) else { return };
+    let spawned = tokio::process::Command::new(program)
+        .args(args)
+        .env_clear()
+        .envs(env)
+        .current_dir(&workdir)
+        .process_group(0)
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            let message = format!("failed to start container \"task\": exec: {program:?}: {e}");
+            crate::server::set_pod_status(
+                &inner,
+                &ns,
+                &name,
+                json!({"phase": "Failed", "containerStatuses": terminated(128, Some("StartError"), Some(&message))}),
+            );
+            return;
+        }
+    };
+    let pgid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+    crate::server::register_process_group(&inner, &ns, &name, pgid);
+    crate::server::set_pod_status(
+        &inner,
+        &ns,
+        &name,
+        json!({"phase": "Running", "containerStatuses": [{"name": "task", "image": "", "imageID": "", "ready": true,
+               "restartCount": 0, "state": {"running": {"startedAt": "2026-11-22T00:00:00Z"}}}]}),
+    );
+    let limit = deadline.map(Duration::from_secs);
+    let timeout = async {
+        match limit {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        status = child.wait() => {
+            use std::os::unix::process::ExitStatusExt;
+            let Ok(status) = status else { return };
+            let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(9));
+            let phase = if code == 0 { "Succeeded" } else { "Failed" };
+            crate::server::set_pod_status(&inner, &ns, &name, json!({"phase": phase, "containerStatuses": terminated(code, None, None)}));
+        }
+        () = timeout => {
+            stop_group(pgid).await;
+            let _ = child.wait().await;
+            crate::server::set_pod_status(&inner, &ns, &name, json!({"phase": "Failed", "reason": "DeadlineExceeded",
+                "message": "Pod was active on the node longer than the specified deadline"}));
+            crate::server::set_job_status(&inner, &ns, &job, json!({"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]}));
+        }
+    }
+}
+
+/// SIGTERM to the group, the grace period, then SIGKILL; returns once nothing in the group runs.
+pub(crate) async fn stop_group(pgid: i32) {
+    if pgid <= 0 {
+        return;
+    }
+    let group = Pid::from_raw(pgid);
+    let _ = killpg(group, Signal::SIGTERM);
+    let waited = std::time::Instant::now();
+    while waited.elapsed() < GRACE && killpg(group, None).is_ok() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = killpg(group, Signal::SIGKILL);
+    for _ in 0..50 {
+        if killpg(group, None).is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
