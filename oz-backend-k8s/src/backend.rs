@@ -57,6 +57,7 @@ impl KubernetesBackend {
         let argv = vec!["/bin/sh".into(), "-c".into(), "test -x /agent/bin/oz && echo preflight-ok".into()];
         let mut spec = TaskSpec::new(id, argv);
         spec.sandbox.image = oz_core::image::ImageRef::parse(&self.config.preflight_image).ok();
+        spec.sandbox.resources = self.config.preflight_resources.clone();
         let fail = crate::KubernetesError::Preflight;
         let handle = self.launch(spec).await.map_err(|e| fail(e.message))?;
         let limit = self.config.preflight_timeout;
@@ -154,7 +155,8 @@ impl KubernetesBackend {
         enum Update {
             Pod(Box<Pod>),
             Job(Box<Job>),
-            Deleted,
+            /// The Pod is gone; its last state tells how it ended, if it did.
+            PodDeleted(Box<Pod>),
         }
         let selector = self.task_selector(task_id);
         // Transient API errors and 410 Gone are the watcher's to retry (with backoff); they never fail a task.
@@ -162,7 +164,7 @@ impl KubernetesBackend {
             |e| async move {
                 match e {
                     Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => Some(Update::Pod(Box::new(p))),
-                    Ok(watcher::Event::Delete(_)) => Some(Update::Deleted),
+                    Ok(watcher::Event::Delete(p)) => Some(Update::PodDeleted(Box::new(p))),
                     Ok(_) => None,
                     Err(e) => {
                         tracing::debug!("pod watch: {e}; retrying");
@@ -174,8 +176,8 @@ impl KubernetesBackend {
         let jobs = watcher(self.jobs(), watcher::Config::default().labels(&selector)).default_backoff().filter_map(
             |e| async move {
                 match e {
+                    // A Job's deletion says nothing the Pod's does not (its Pod goes first or with it).
                     Ok(watcher::Event::Apply(j) | watcher::Event::InitApply(j)) => Some(Update::Job(Box::new(j))),
-                    Ok(watcher::Event::Delete(_)) => Some(Update::Deleted),
                     _ => None,
                 }
             },
@@ -249,9 +251,13 @@ impl KubernetesBackend {
                             failed @ Observed::Failed(..) => failed,
                             _ => continue,
                         },
-                        Some(Update::Deleted) => {
+                        Some(Update::PodDeleted(pod)) => {
                             if driver.cancel_requested().is_some() { continue; }
-                            Observed::Failed(FailureReason::JobWatch, "the Job or its Pod was deleted by someone else".into(), None)
+                            match observe_pod(&pod) {
+                                // It had ended (another process of this worker cleaned up): that is the outcome.
+                                ended @ (Observed::Exited(_) | Observed::Failed(..)) => ended,
+                                _ => Observed::Failed(FailureReason::JobWatch, "the task's Pod was deleted by someone else".into(), None),
+                            }
                         }
                         None => Observed::Failed(FailureReason::JobWatch, "the watches ended".into(), None),
                     };

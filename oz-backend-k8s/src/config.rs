@@ -13,6 +13,37 @@ pub struct EgressPolicy {
     pub ports: Vec<i32>,
 }
 
+/// Parses a Kubernetes CPU quantity (`100m`, `0.5`, `2`) into cores.
+pub fn parse_cpu(quantity: &str) -> Option<f64> {
+    let q = quantity.trim();
+    match q.strip_suffix('m') {
+        Some(milli) => milli.parse::<f64>().ok().map(|m| m / 1000.0),
+        None => q.parse::<f64>().ok(),
+    }
+    .filter(|c| *c > 0.0)
+}
+
+/// Parses a Kubernetes memory quantity (`64Mi`, `1Gi`, `500M`, `1048576`) into bytes.
+pub fn parse_memory(quantity: &str) -> Option<u64> {
+    let q = quantity.trim();
+    let units: [(&str, u64); 8] = [
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("k", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+    ];
+    for (suffix, factor) in units {
+        if let Some(n) = q.strip_suffix(suffix) {
+            return n.parse::<u64>().ok().and_then(|n| n.checked_mul(factor));
+        }
+    }
+    q.parse().ok()
+}
+
 /// How the Kubernetes backend shapes Jobs.
 #[derive(Clone, Debug)]
 pub struct KubernetesConfig {
@@ -52,6 +83,8 @@ pub struct KubernetesConfig {
     pub preflight_image: String,
     /// How long the preflight Job may take (default 2 minutes).
     pub preflight_timeout: Duration,
+    /// The preflight Job's CPU (cores) and memory (bytes), as requests equal to limits.
+    pub preflight_resources: oz_core::task::Resources,
     /// How long a Pod may keep failing to mount its volumes (`FailedMount` events) before the task
     /// fails as `volume_mount` (default 60 s; transient attach delays resolve within it).
     pub mount_timeout: Duration,
@@ -81,8 +114,29 @@ impl KubernetesConfig {
             cleanup: true,
             preflight_image: "busybox:1.36".into(),
             preflight_timeout: Duration::from_secs(120),
+            preflight_resources: oz_core::task::Resources {
+                vcpus: Some(0.1),
+                memory_bytes: Some(64 << 20),
+                ..Default::default()
+            },
             mount_timeout: Duration::from_secs(60),
             egress_policy: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_parse() {
+        assert_eq!(parse_cpu("100m"), Some(0.1));
+        assert_eq!(parse_cpu("2"), Some(2.0));
+        assert_eq!(parse_cpu("x"), None);
+        assert_eq!(parse_memory("64Mi"), Some(64 << 20));
+        assert_eq!(parse_memory("1G"), Some(1_000_000_000));
+        assert_eq!(parse_memory("1048576"), Some(1 << 20));
+        assert_eq!(parse_memory("lots"), None);
     }
 }

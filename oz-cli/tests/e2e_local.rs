@@ -395,12 +395,17 @@ async fn the_network_drops_mid_run_and_the_outcome_still_arrives() {
         ..Default::default()
     };
     let run = client.runs().create("through a flaky network").agent_config(agent).send().await.unwrap();
-    for _ in 0..200 {
-        if client.runs().get(&run.run_id).await.unwrap().state == RunState::InProgress {
+    // Wait until the agent itself runs (the runner has its prompt), however slow the machine.
+    let mut running = false;
+    for _ in 0..400 {
+        let transcript = client.runs().transcript(&run.run_id).await.unwrap();
+        if transcript.iter().any(|e| e["event"]["event"] == "harness_started") {
+            running = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    assert!(running, "the agent never started");
     // Cut the link for longer than the task lasts and than the runner retries its reports.
     proxy.cut();
     tokio::time::sleep(Duration::from_secs(4)).await;

@@ -107,6 +107,7 @@ pub struct KubernetesSection {
     pub image_pull_policy: Option<String>,
     pub use_image_volumes: Option<bool>,
     pub preflight_image: Option<String>,
+    pub preflight_resources: Option<PreflightResources>,
     pub sidecar_image: Option<String>,
     pub setup_command: Option<String>,
     pub teardown_command: Option<String>,
@@ -121,6 +122,16 @@ pub struct KubernetesSection {
     pub environment: Vec<EnvEntry>,
     /// Our extension: an egress NetworkPolicy per task.
     pub egress_policy: Option<EgressPolicySection>,
+}
+
+/// `backend.kubernetes.preflight_resources`: requests equal to limits for the preflight Job.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreflightResources {
+    /// CPU, as a Kubernetes quantity (`100m`, `1`).
+    pub cpu: Option<String>,
+    /// Memory, as a Kubernetes quantity (`64Mi`, `1Gi`).
+    pub memory: Option<String>,
 }
 
 /// `backend.kubernetes.egress_policy` (our extension).
@@ -229,7 +240,13 @@ mod tests {
         assert_eq!(backend_kind(None, &c), BackendKind::Direct);
         assert_eq!(backend_kind(Some(BackendKind::Docker), &c), BackendKind::Docker);
         assert_eq!(backend_kind(None, &FileConfig::default()), BackendKind::Docker);
-        parse_file("backend:\n  kubernetes:\n    namespace: agents\n    unschedulable_timeout: 30s\n    pod_template: {spec: {}}\n").unwrap();
+        let k8s = parse_file(
+            "backend:\n  kubernetes:\n    namespace: agents\n    unschedulable_timeout: 30s\n    pod_template: {spec: {}}\n    preflight_image: busybox:1.36\n    preflight_resources: {cpu: 100m, memory: 64Mi}\n    egress_policy: {allowed_cidrs: [10.0.0.0/8], ports: [443]}\n",
+        )
+        .unwrap();
+        let section = k8s.backend.unwrap().kubernetes.unwrap();
+        assert_eq!(section.preflight_resources.unwrap().memory.as_deref(), Some("64Mi"));
+        assert_eq!(section.egress_policy.unwrap().ports, vec![443]);
     }
 
     #[test]

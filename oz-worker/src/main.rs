@@ -228,6 +228,19 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
             if let Some(image) = &section.preflight_image {
                 k8s.preflight_image = image.clone();
             }
+            if let Some(r) = &section.preflight_resources {
+                if let Some(cpu) = &r.cpu {
+                    k8s.preflight_resources.vcpus = Some(oz_backend_k8s::config::parse_cpu(cpu).ok_or_else(|| {
+                        format!("backend.kubernetes.preflight_resources.cpu: {cpu:?} is not a quantity")
+                    })?);
+                }
+                if let Some(memory) = &r.memory {
+                    k8s.preflight_resources.memory_bytes =
+                        Some(oz_backend_k8s::config::parse_memory(memory).ok_or_else(|| {
+                            format!("backend.kubernetes.preflight_resources.memory: {memory:?} is not a quantity")
+                        })?);
+                }
+            }
             k8s.cleanup = cleanup;
             let backend = match &section.kubeconfig {
                 Some(path) => {

@@ -110,6 +110,10 @@ impl HttpControlPlane {
     async fn send(&self, what: &str, request: reqwest::RequestBuilder) -> Result<reqwest::Response, ControlError> {
         let mut delay = std::time::Duration::from_millis(200);
         let mut attempt = 0;
+        // Reads are safe to repeat whatever failed, and the run cannot start without them: they ride
+        // out a longer outage (about 12 s) than reports, which are retried only when nothing was sent.
+        let read = request.try_clone().and_then(|r| r.build().ok()).is_some_and(|r| r.method() == reqwest::Method::GET);
+        let attempts = if read { 8 } else { 4 };
         loop {
             attempt += 1;
             let result = request
@@ -123,9 +127,9 @@ impl HttpControlPlane {
                 .await;
             let retryable = match &result {
                 Ok(r) => r.status().is_server_error() || r.status().as_u16() == 429,
-                Err(e) => e.is_connect() || e.is_timeout(),
+                Err(e) => e.is_connect() || e.is_timeout() || read,
             };
-            if !retryable || attempt >= 4 {
+            if !retryable || attempt >= attempts {
                 return match result {
                     Ok(r) if r.status().is_success() => Ok(r),
                     Ok(r) => {
@@ -144,7 +148,7 @@ impl HttpControlPlane {
                 };
             }
             tokio::time::sleep(delay).await;
-            delay *= 2;
+            delay = (delay * 2).min(std::time::Duration::from_secs(3));
         }
     }
 }
