@@ -344,3 +344,29 @@ async fn an_egress_policy_goes_with_each_task_and_is_removed_with_it() {
     assert!(o.succeeded(), "{o:?}");
     assert!(cluster.objects(WatchKind::NetworkPolicy, NS).is_empty(), "removed with the Job");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_api_errors_never_fail_a_task() {
+    let (cluster, backend) = setup().await;
+    let handle = backend.launch(spec("t-blip")).await.unwrap();
+    let pod = pod_of(&cluster, "t-blip").await;
+    cluster.set_pod_status(
+        NS,
+        &pod,
+        json!({"phase": "Running", "containerStatuses": container(json!({"running": {}}))}),
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The API server answers 503 to every list and watch, and drops the open streams, for a while.
+    cluster.fail_requests("GET", "/namespaces/agents/", 503);
+    cluster.drop_watches();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(cluster.requests().iter().rev().take(20).any(|r| r.starts_with("GET")), "the watchers kept retrying");
+    cluster.heal();
+    cluster.set_pod_status(
+        NS,
+        &pod,
+        json!({"phase": "Succeeded", "containerStatuses": container(json!({"terminated": {"exitCode": 0}}))}),
+    );
+    let (o, _) = outcome(handle).await;
+    assert!(o.succeeded(), "a blip is not a failure: {o:?}");
+}

@@ -310,17 +310,25 @@ pub async fn no_cleanup_keeps_it(f: &dyn ConformanceFixture) {
 #[macro_export]
 macro_rules! conformance_suite {
     ($fixture:path) => {
-        $crate::conformance_suite!(@cases $fixture;
+        $crate::conformance_suite!(@cases $fixture; [];
             succeeds, nonzero_exit, killed_by_signal, missing_command, times_out, cancel_kills_the_tree,
             stdin_is_delivered, env_is_exactly_the_specs, large_output_with_bounded_memory, no_cleanup_keeps_it);
     };
-    (@cases $fixture:path; $($case:ident),*) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() {
-                let Some(fixture) = $fixture().await else { return };
-                $crate::conformance::$case(&fixture).await;
-            }
-        )*
+    // Every case `#[ignore]`d with a reason (for a real cluster, say): run them with `-- --ignored`.
+    ($fixture:path, ignore = $why:literal) => {
+        $crate::conformance_suite!(@cases $fixture; [ignore = $why];
+            succeeds, nonzero_exit, killed_by_signal, missing_command, times_out, cancel_kills_the_tree,
+            stdin_is_delivered, env_is_exactly_the_specs, large_output_with_bounded_memory, no_cleanup_keeps_it);
+    };
+    (@cases $fixture:path; $attrs:tt; $($case:ident),*) => {
+        $( $crate::conformance_suite!(@case $fixture; $attrs; $case); )*
+    };
+    (@case $fixture:path; [$($attr:meta)*]; $case:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        $(#[$attr])*
+        async fn $case() {
+            let Some(fixture) = $fixture().await else { return };
+            $crate::conformance::$case(&fixture).await;
+        }
     };
 }

@@ -27,8 +27,9 @@ pub(crate) struct Inner {
     requests: Mutex<Vec<String>>,
     /// How often an idle watch that asked for bookmarks gets one (a real API server: about a minute).
     bookmark_every: Mutex<Duration>,
-    /// `(method, path fragment)` pairs answered 403, as RBAC would.
-    denied: Mutex<Vec<(String, String)>>,
+    /// `(method, path fragment, status)`: requests answered with that error (403 as RBAC would, 5xx
+    /// as an overloaded API server would).
+    denied: Mutex<Vec<(String, String, u16)>>,
     /// Where the fake kubelet keeps logs and working folders, when enabled.
     kubelet: Mutex<Option<std::path::PathBuf>>,
 }
@@ -199,7 +200,18 @@ impl FakeCluster {
 
     /// Answers 403 Forbidden to `method` requests whose path contains `fragment` (`"POST", "/jobs"`).
     pub fn deny(&self, method: &str, fragment: &str) {
-        self.inner.denied.lock().unwrap_or_else(|p| p.into_inner()).push((method.to_owned(), fragment.to_owned()));
+        self.fail_requests(method, fragment, 403);
+    }
+
+    /// Answers `status` to `method` requests whose path contains `fragment`, until [`FakeCluster::heal`].
+    pub fn fail_requests(&self, method: &str, fragment: &str, status: u16) {
+        let rule = (method.to_owned(), fragment.to_owned(), status);
+        self.inner.denied.lock().unwrap_or_else(|p| p.into_inner()).push(rule);
+    }
+
+    /// Stops failing requests.
+    pub fn heal(&self) {
+        self.inner.denied.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// Sets how often idle watches get a bookmark (default 500 ms, so tests see them quickly).
@@ -225,18 +237,20 @@ async fn record_request(
     let line = format!("{} {}", request.method(), request.uri());
     inner.requests.lock().unwrap_or_else(|p| p.into_inner()).push(line);
     let path = request.uri().path().to_owned();
-    let denied = inner
+    let failure = inner
         .denied
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .iter()
-        .any(|(m, f)| request.method().as_str() == m && path.contains(f.as_str()));
-    if denied {
-        return status(
-            403,
-            "Forbidden",
-            format!("{} {path} is forbidden: the service account lacks the permission", request.method()),
-        );
+        .find(|(m, f, _)| request.method().as_str() == m && path.contains(f.as_str()))
+        .map(|(_, _, code)| *code);
+    match failure {
+        Some(403) => {
+            let message = format!("{} {path} is forbidden: the service account lacks the permission", request.method());
+            return status(403, "Forbidden", message);
+        }
+        Some(code) => return status(code, "ServiceUnavailable", "the API server is overloaded; try again"),
+        None => {}
     }
     next.run(request).await
 }
