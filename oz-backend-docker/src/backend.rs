@@ -126,17 +126,24 @@ async fn list_labelled(docker: &Docker, label: &str) -> Result<Vec<bollard::mode
     Ok(docker.list_containers(Some(options)).await?)
 }
 
+/// The network a task's container joins.
+enum NetworkChoice {
+    /// A network mode as is (`none`, `bridge`, a name).
+    Plain(String),
+    /// An internal network of its own behind an egress proxy allowing these domains.
+    Isolated(Vec<String>),
+}
+
 impl Inner {
-    /// The network mode: a plain one, or `Err(domains)` for an isolated network with these domains.
-    fn network_for(&self, spec: &TaskSpec) -> Result<String, Vec<String>> {
+    fn network_for(&self, spec: &TaskSpec) -> NetworkChoice {
         match &spec.sandbox.network {
-            NetworkMode::None => Ok("none".into()),
-            NetworkMode::Isolated { allowed_domains } => Err(allowed_domains.clone()),
+            NetworkMode::None => NetworkChoice::Plain("none".into()),
+            NetworkMode::Isolated { allowed_domains } => NetworkChoice::Isolated(allowed_domains.clone()),
             NetworkMode::Default => match &self.config.network {
-                DefaultNetwork::None => Ok("none".into()),
-                DefaultNetwork::Bridge => Ok("bridge".into()),
-                DefaultNetwork::Named(n) => Ok(n.clone()),
-                DefaultNetwork::Isolated { allowed_domains } => Err(allowed_domains.clone()),
+                DefaultNetwork::None => NetworkChoice::Plain("none".into()),
+                DefaultNetwork::Bridge => NetworkChoice::Plain("bridge".into()),
+                DefaultNetwork::Named(n) => NetworkChoice::Plain(n.clone()),
+                DefaultNetwork::Isolated { allowed_domains } => NetworkChoice::Isolated(allowed_domains.clone()),
             },
         }
     }
@@ -151,15 +158,9 @@ impl Inner {
         let network_choice = self.network_for(spec);
         let events = driver.event_sender();
         driver.emit(TaskEvent::Phase(TaskPhase::PullingImage)).await;
-        crate::images::ensure(&self.docker, &image, self.config.pull_policy, &self.auth, &events).await?;
-        let image_path = self
-            .docker
-            .inspect_image(&image.to_string())
-            .await
-            .ok()
-            .and_then(|i| i.config)
-            .and_then(|c| c.env)
-            .and_then(|env| env.into_iter().find_map(|e| e.strip_prefix("PATH=").map(str::to_owned)));
+        let inspected =
+            crate::images::ensure(&self.docker, &image, self.config.pull_policy, &self.auth, &events).await?;
+        let image_path = crate::images::image_path(&inspected);
         let sidecar_volume = match &self.sidecar {
             Some(content) => {
                 driver.emit(TaskEvent::Phase(TaskPhase::PreparingSidecar)).await;
@@ -172,8 +173,8 @@ impl Inner {
         }
         driver.emit(TaskEvent::Phase(TaskPhase::Preparing)).await;
         let (network, extra_env) = match network_choice {
-            Ok(plain) => (plain, Vec::new()),
-            Err(domains) => {
+            NetworkChoice::Plain(plain) => (plain, Vec::new()),
+            NetworkChoice::Isolated(domains) => {
                 let name = crate::network::create(
                     &self.docker,
                     spec,
@@ -192,10 +193,7 @@ impl Inner {
             image: &image,
             image_path,
             sidecar_volume: sidecar_volume.as_deref(),
-            sidecar_has_ca_bundle: self.sidecar.as_ref().is_some_and(|_| {
-                self.config.sidecar_ca_bundle.is_some()
-                    || std::path::Path::new("/etc/ssl/certs/ca-certificates.crt").exists()
-            }),
+            sidecar_has_ca_bundle: self.sidecar.as_ref().is_some_and(SidecarContent::has_ca_bundle),
             network,
             deadline,
             extra_env,
@@ -261,7 +259,7 @@ impl Backend for DockerBackend {
             .await
             .map_err(|e| BackendError::new(FailureReason::ContainerWait, format!("could not list containers: {e}")))?;
         let mut recovered = Vec::new();
-        for container in found {
+        for container in &found {
             let labels = container.labels.clone().unwrap_or_default();
             let Some(task_id) = labels.get(labels::TASK_ID).cloned() else { continue };
             if labels.contains_key(crate::network::ROLE_LABEL) {
@@ -308,7 +306,7 @@ impl Backend for DockerBackend {
         }
         // Proxies and networks whose task container is gone.
         let tasks: std::collections::HashSet<String> = recovered.iter().map(|r| r.task_id.clone()).collect();
-        for container in self.own_containers().await.unwrap_or_default() {
+        for container in found {
             let labels = container.labels.unwrap_or_default();
             if let (Some(task_id), Some(id)) = (labels.get(labels::TASK_ID), container.id)
                 && labels.contains_key(crate::network::ROLE_LABEL)

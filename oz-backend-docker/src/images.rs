@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use bollard::Docker;
 use bollard::auth::DockerCredentials;
+use bollard::models::ImageInspect;
 use bollard::query_parameters::CreateImageOptionsBuilder;
 use futures::StreamExt;
 use oz_core::backend::{BackendError, EventSender, TaskEvent};
@@ -96,29 +97,29 @@ fn normalize_registry(registry: &str) -> String {
     }
 }
 
-/// Whether the engine has `image`.
-pub async fn is_present(docker: &Docker, image: &ImageRef) -> Result<bool, BackendError> {
+/// The engine's record of `image`, or `None` when it does not have it.
+pub async fn inspect(docker: &Docker, image: &ImageRef) -> Result<Option<ImageInspect>, BackendError> {
     match docker.inspect_image(&image.to_string()).await {
-        Ok(_) => Ok(true),
-        Err(e) if is_not_found(&e) => Ok(false),
+        Ok(found) => Ok(Some(found)),
+        Err(e) if is_not_found(&e) => Ok(None),
         Err(e) => {
             Err(BackendError::new(FailureReason::ImagePull, format!("could not inspect {image}: {}", describe(&e))))
         }
     }
 }
 
-/// Makes sure `image` is present under `policy`, pulling it (with progress events) when needed.
+/// Makes sure `image` is present under `policy`, pulling it (with progress events) when needed;
+/// returns the engine's record of it.
 pub async fn ensure(
     docker: &Docker,
     image: &ImageRef,
     policy: PullPolicy,
     auth: &RegistryAuth,
     events: &EventSender,
-) -> Result<(), BackendError> {
-    let present = is_present(docker, image).await?;
-    match (policy, present) {
-        (PullPolicy::IfNotPresent | PullPolicy::Never, true) => return Ok(()),
-        (PullPolicy::Never, false) => {
+) -> Result<ImageInspect, BackendError> {
+    match (policy, inspect(docker, image).await?) {
+        (PullPolicy::IfNotPresent | PullPolicy::Never, Some(found)) => return Ok(found),
+        (PullPolicy::Never, None) => {
             return Err(BackendError::new(
                 FailureReason::InvalidImage,
                 format!("image {image} is not present on this engine and the pull policy is never"),
@@ -126,7 +127,15 @@ pub async fn ensure(
         }
         _ => {}
     }
-    pull(docker, image, auth, events).await
+    pull(docker, image, auth, events).await?;
+    inspect(docker, image).await?.ok_or_else(|| {
+        BackendError::new(FailureReason::ImagePull, format!("{image} was pulled but the engine does not have it"))
+    })
+}
+
+/// The `PATH` an image sets, if it sets one.
+pub fn image_path(image: &ImageInspect) -> Option<String> {
+    image.config.as_ref()?.env.as_ref()?.iter().find_map(|e| e.strip_prefix("PATH=").map(str::to_owned))
 }
 
 async fn pull(

@@ -22,6 +22,8 @@ use crate::error::DockerError;
 
 /// The label naming a sidecar volume's content digest.
 pub const DIGEST_LABEL: &str = "oz.dev/sidecar-digest";
+/// Where the CA bundle sits in the content.
+const CA_BUNDLE: &str = "certs/ca-certificates.crt";
 /// The file written last: its presence means the volume is complete.
 const COMPLETE_MARKER: &str = ".complete";
 
@@ -49,7 +51,7 @@ impl SidecarContent {
             ("entrypoint.sh".to_owned(), 0o755, Bytes::from(layout.entrypoint_script())),
         ];
         if let Some(ca) = ca_bundle {
-            files.push(("certs/ca-certificates.crt".to_owned(), 0o644, Bytes::from(read(ca)?)));
+            files.push((CA_BUNDLE.to_owned(), 0o644, Bytes::from(read(ca)?)));
         }
         Self::new(files)
     }
@@ -63,6 +65,11 @@ impl SidecarContent {
         let digest = manifest.digest();
         files.push(("VERSION".to_owned(), 0o644, Bytes::from(format!("{}\n", digest.as_hex()))));
         Ok(Self { files, digest })
+    }
+
+    /// Whether the content carries a CA bundle (tasks then get `SSL_CERT_FILE` pointing at it).
+    pub fn has_ca_bundle(&self) -> bool {
+        self.files.iter().any(|(path, _, _)| path == CA_BUNDLE)
     }
 
     /// The content digest.

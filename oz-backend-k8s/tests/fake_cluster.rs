@@ -16,11 +16,17 @@ use serde_json::{Value, json};
 const NS: &str = "agents";
 
 async fn setup() -> (FakeCluster, KubernetesBackend) {
+    setup_with(|_| {}).await
+}
+
+/// A fake cluster and a backend on it, configured further by `configure`.
+async fn setup_with(configure: impl FnOnce(&mut KubernetesConfig)) -> (FakeCluster, KubernetesBackend) {
     let cluster = FakeCluster::start().await.unwrap();
     let client = kube::Client::try_from(kube::Config::new(cluster.url().parse().unwrap())).unwrap();
     let mut config = KubernetesConfig::new("k8s-worker", "acme/oz-sidecar:1");
     config.namespace = NS.into();
     config.unschedulable_timeout = Duration::from_secs(1);
+    configure(&mut config);
     (cluster.clone(), KubernetesBackend::new(client, config))
 }
 
@@ -301,12 +307,7 @@ async fn the_preflight_job_checks_permissions_and_the_init_container_pattern() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_that_cannot_mount_its_volumes_fails_as_volume_mount() {
-    let cluster = FakeCluster::start().await.unwrap();
-    let client = kube::Client::try_from(kube::Config::new(cluster.url().parse().unwrap())).unwrap();
-    let mut config = KubernetesConfig::new("k8s-worker", "acme/oz-sidecar:1");
-    config.namespace = NS.into();
-    config.mount_timeout = Duration::from_secs(1);
-    let backend = KubernetesBackend::new(client, config);
+    let (cluster, backend) = setup_with(|c| c.mount_timeout = Duration::from_secs(1)).await;
     let handle = backend.launch(spec("t-mount")).await.unwrap();
     let pod = pod_of(&cluster, "t-mount").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -322,13 +323,11 @@ async fn a_pod_that_cannot_mount_its_volumes_fails_as_volume_mount() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_egress_policy_goes_with_each_task_and_is_removed_with_it() {
-    let cluster = FakeCluster::start().await.unwrap();
-    let client = kube::Client::try_from(kube::Config::new(cluster.url().parse().unwrap())).unwrap();
-    let mut config = KubernetesConfig::new("k8s-worker", "acme/oz-sidecar:1");
-    config.namespace = NS.into();
-    config.egress_policy =
-        Some(oz_backend_k8s::EgressPolicy { allowed_cidrs: vec!["10.20.0.0/16".into()], ports: vec![443] });
-    let backend = KubernetesBackend::new(client, config);
+    let (cluster, backend) = setup_with(|c| {
+        c.egress_policy =
+            Some(oz_backend_k8s::EgressPolicy { allowed_cidrs: vec!["10.20.0.0/16".into()], ports: vec![443] })
+    })
+    .await;
     let handle = backend.launch(spec("t-np")).await.unwrap();
     let policies = cluster.objects(WatchKind::NetworkPolicy, NS);
     assert_eq!(policies.len(), 1);

@@ -12,23 +12,7 @@ use serde_json::{Value, json};
 const OZ: &str = env!("CARGO_BIN_EXE_oz");
 
 mod support;
-use support::git_http_server;
-
-fn git(dir: &Path, args: &[&str]) {
-    let status = Command::new("git").args(args).current_dir(dir).envs(git_identity()).status().unwrap();
-    assert!(status.success(), "git {args:?}");
-}
-
-fn git_identity() -> Vec<(&'static str, &'static str)> {
-    vec![
-        ("GIT_AUTHOR_NAME", "Test"),
-        ("GIT_AUTHOR_EMAIL", "test@example.com"),
-        ("GIT_COMMITTER_NAME", "Test"),
-        ("GIT_COMMITTER_EMAIL", "test@example.com"),
-        ("GIT_CONFIG_GLOBAL", "/dev/null"),
-        ("GIT_CONFIG_NOSYSTEM", "1"),
-    ]
-}
+use support::{git, git_http_server, git_identity};
 
 /// A folder with bare repos at `<root>/git/<owner>/<repo>`, each with one commit.
 struct Fixture {

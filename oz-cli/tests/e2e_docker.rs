@@ -22,6 +22,7 @@ use oz_core::wire::worker::HarnessConfig;
 const OZ: &str = env!("CARGO_BIN_EXE_oz");
 
 mod support;
+use support::git;
 
 /// The static sidecar and a reachable engine with the test images, or `None` (skip, said loudly).
 fn prerequisites() -> Option<PathBuf> {
@@ -50,21 +51,6 @@ fn prerequisites() -> Option<PathBuf> {
             None
         }
     }
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let ok = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "T")
-        .env("GIT_AUTHOR_EMAIL", "t@e")
-        .env("GIT_COMMITTER_NAME", "T")
-        .env("GIT_COMMITTER_EMAIL", "t@e")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "git {args:?}");
 }
 
 /// A bare repo at `<root>/git/acme/app`; returns the `file://` base URL.

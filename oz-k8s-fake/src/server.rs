@@ -186,11 +186,9 @@ impl FakeCluster {
     pub fn append_log(&self, namespace: &str, pod: &str, text: &str) {
         let mut state = self.state();
         state.logs.entry((namespace.to_owned(), pod.to_owned())).or_default().push_str(text);
-        let rv = state.rv;
         drop(state);
         // Log followers wake on the same signal.
         self.inner.changed.send_modify(|_| ());
-        let _ = rv;
     }
 
     /// Forgets the event history: a watch resuming from before now gets 410 Gone.

@@ -1,9 +1,9 @@
-//! Shared by the `oz` tests: a smart-HTTP git server on loopback.
+//! Shared by the `oz` tests: running git with a fixed identity, and a smart-HTTP git server on loopback.
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::PathBuf;
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 /// A smart-HTTP git server on loopback: `git http-backend` behind a small CGI bridge that requires
 /// Basic auth with `user`/`password`. Returns the base URL (`http://127.0.0.1:PORT/git`).
@@ -83,4 +83,22 @@ pub async fn git_http_server(project_root: PathBuf, user: &'static str, password
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     format!("http://{addr}/git")
+}
+
+/// Runs git in `dir`, asserting it succeeds.
+pub fn git(dir: &Path, args: &[&str]) {
+    let status = Command::new("git").args(args).current_dir(dir).envs(git_identity()).status().unwrap();
+    assert!(status.success(), "git {args:?}");
+}
+
+/// A fixed identity and no user or system git configuration.
+pub fn git_identity() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("GIT_AUTHOR_NAME", "Test"),
+        ("GIT_AUTHOR_EMAIL", "test@example.com"),
+        ("GIT_COMMITTER_NAME", "Test"),
+        ("GIT_COMMITTER_EMAIL", "test@example.com"),
+        ("GIT_CONFIG_GLOBAL", "/dev/null"),
+        ("GIT_CONFIG_NOSYSTEM", "1"),
+    ]
 }
