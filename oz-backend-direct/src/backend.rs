@@ -51,8 +51,9 @@ pub struct DirectBackend {
 
 impl DirectBackend {
     /// Validates the configuration and creates the workspace root (mode 0700) if missing.
-    pub fn new(config: DirectConfig) -> Result<Self, DirectError> {
+    pub fn new(mut config: DirectConfig) -> Result<Self, DirectError> {
         config.validate()?;
+        config.environment = config.resolved_environment()?;
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -308,7 +309,7 @@ fn task_env(config: &DirectConfig, ws: &Workspace, spec: &TaskSpec, cwd: &Path) 
         .env("PATH", config.path.clone())
         .env("GIT_CONFIG_GLOBAL", ws.gitconfig().display().to_string());
     env.env.extend(spec.env.iter().cloned());
-    env.env.extend(config.environment.iter().cloned());
+    env.env.extend(config.environment.iter().filter_map(|e| Some((e.name.clone(), e.value.clone()?))));
     env = env
         .env(RUN_ID_VAR, spec.task_id.clone())
         .env("OZ_WORKSPACE_ROOT", cwd.display().to_string())

@@ -75,7 +75,7 @@ async fn setup_command_output_and_dotenv_reach_the_task() {
             "echo setting-up; printf 'FROM_SETUP=\"hello world\"\\nexport SECOND=2\\n' > \"$OZ_ENVIRONMENT_FILE\""
                 .into(),
         );
-        c.environment = vec![("FROM_CONFIG".into(), "cfg".into())];
+        c.environment = vec![oz_core::task::EnvEntry::new("FROM_CONFIG", "cfg")];
     });
     let c = run_to_end(&b, sh(&task_id("setup"), "echo \"$FROM_SETUP|$SECOND|$FROM_CONFIG\"")).await;
     assert!(c.outcome.succeeded(), "{:?}", c.outcome);

@@ -11,9 +11,10 @@ use bollard::query_parameters::ListContainersOptionsBuilder;
 use oz_core::backend::{
     Backend, BackendError, Failure, RecoveredTask, RecoveryAction, TaskDriver, TaskEvent, TaskHandle, TaskPhase,
 };
+use oz_core::egress::EgressPolicy;
 use oz_core::failure::FailureReason;
 use oz_core::image::{ImageRef, resolve_image};
-use oz_core::task::{NetworkMode, TaskSpec, labels};
+use oz_core::task::{EnvEntry, NetworkMode, TaskSpec, labels};
 
 use crate::config::{DefaultNetwork, DockerConfig};
 use crate::container::{CLEANUP_LABEL, ContainerInputs, DEADLINE_LABEL, container_body, container_name};
@@ -31,6 +32,8 @@ pub struct DockerBackend {
 struct Inner {
     docker: Arc<Docker>,
     config: DockerConfig,
+    /// The configured `environment`, resolved against the worker's own at start-up.
+    environment: Vec<(String, String)>,
     auth: RegistryAuth,
     sidecar: Option<SidecarContent>,
     volumes: SidecarVolumes,
@@ -46,18 +49,11 @@ impl DockerBackend {
     /// Connects to the engine (negotiating the API version and checking its platform), reads the
     /// registry credentials and the sidecar content.
     pub async fn connect(config: DockerConfig) -> Result<Self, DockerError> {
-        oz_core::run::validate_id("worker_id", &config.worker_id).map_err(|e| DockerError::Config(e.to_string()))?;
-        for volume in &config.volumes {
-            validate_volume(volume)?;
-        }
-        for range in &config.isolated_allowed_ranges {
-            validate_range(range)?;
-        }
-        if matches!(&config.network, DefaultNetwork::Isolated { allowed_domains } if allowed_domains.is_empty()) {
-            return Err(DockerError::Config("the isolated network needs at least one allowed domain".into()));
-        }
+        config.validate()?;
+        let environment = EnvEntry::resolve_all(&config.environment, "environment", |k| std::env::var(k).ok())
+            .map_err(DockerError::invalid)?;
         let docker = crate::engine::connect(&config).await?;
-        let auth = RegistryAuth::load(config.docker_config.as_deref()).map_err(DockerError::Config)?;
+        let auth = RegistryAuth::load(config.docker_config.as_deref())?;
         let sidecar = match &config.sidecar_binary {
             Some(binary) => {
                 let ca = config.sidecar_ca_bundle.clone().or_else(|| {
@@ -69,7 +65,7 @@ impl DockerBackend {
             None => None,
         };
         let volumes = SidecarVolumes::new(config.worker_id.clone());
-        let inner = Inner { docker: Arc::new(docker), config, auth, sidecar, volumes };
+        let inner = Inner { docker: Arc::new(docker), config, environment, auth, sidecar, volumes };
         Ok(Self { inner: Arc::new(inner) })
     }
 
@@ -95,30 +91,6 @@ impl DockerBackend {
     }
 }
 
-fn validate_volume(spec: &str) -> Result<(), DockerError> {
-    let parts: Vec<&str> = spec.split(':').collect();
-    let ok = match parts.as_slice() {
-        [host, container] => !host.is_empty() && container.starts_with('/'),
-        [host, container, mode] => !host.is_empty() && container.starts_with('/') && matches!(*mode, "ro" | "rw"),
-        _ => false,
-    };
-    if !ok || parts.get(1).is_some_and(|c| c.trim_end_matches('/') == "/agent") {
-        return Err(DockerError::Config(format!("volume {spec:?}: expected HOST:/CONTAINER[:ro|rw], not over /agent")));
-    }
-    Ok(())
-}
-
-fn validate_range(range: &str) -> Result<(), DockerError> {
-    let bad = || DockerError::Config(format!("allowed range {range:?}: expected ADDRESS/PREFIX, e.g. 10.20.0.0/16"));
-    let (addr, prefix) = range.split_once('/').ok_or_else(bad)?;
-    let addr: std::net::IpAddr = addr.parse().map_err(|_| bad())?;
-    let prefix: u8 = prefix.parse().map_err(|_| bad())?;
-    if prefix > if addr.is_ipv4() { 32 } else { 128 } {
-        return Err(bad());
-    }
-    Ok(())
-}
-
 async fn list_labelled(docker: &Docker, label: &str) -> Result<Vec<bollard::models::ContainerSummary>, DockerError> {
     let mut filters = HashMap::new();
     filters.insert("label".to_owned(), vec![label.to_owned()]);
@@ -130,22 +102,26 @@ async fn list_labelled(docker: &Docker, label: &str) -> Result<Vec<bollard::mode
 enum NetworkChoice {
     /// A network mode as is (`none`, `bridge`, a name).
     Plain(String),
-    /// An internal network of its own behind an egress proxy allowing these domains.
-    Isolated(Vec<String>),
+    /// An internal network of its own behind an egress proxy with this policy.
+    Isolated(EgressPolicy),
 }
 
 impl Inner {
     fn network_for(&self, spec: &TaskSpec) -> NetworkChoice {
         match &spec.sandbox.network {
             NetworkMode::None => NetworkChoice::Plain("none".into()),
-            NetworkMode::Isolated { allowed_domains } => NetworkChoice::Isolated(allowed_domains.clone()),
+            NetworkMode::Isolated { allowed_domains } => NetworkChoice::Isolated(self.egress_policy(allowed_domains)),
             NetworkMode::Default => match &self.config.network {
                 DefaultNetwork::None => NetworkChoice::Plain("none".into()),
                 DefaultNetwork::Bridge => NetworkChoice::Plain("bridge".into()),
                 DefaultNetwork::Named(n) => NetworkChoice::Plain(n.clone()),
-                DefaultNetwork::Isolated { allowed_domains } => NetworkChoice::Isolated(allowed_domains.clone()),
+                DefaultNetwork::Isolated => NetworkChoice::Isolated(self.egress_policy(&self.config.allowed_domains)),
             },
         }
+    }
+
+    fn egress_policy(&self, domains: &[String]) -> EgressPolicy {
+        EgressPolicy { domains: domains.to_vec(), allowed_ranges: self.config.allowed_ranges.clone() }
     }
 
     /// Everything before the container starts; returns the container id.
@@ -174,14 +150,14 @@ impl Inner {
         driver.emit(TaskEvent::Phase(TaskPhase::Preparing)).await;
         let (network, extra_env) = match network_choice {
             NetworkChoice::Plain(plain) => (plain, Vec::new()),
-            NetworkChoice::Isolated(domains) => {
+            NetworkChoice::Isolated(policy) => {
                 let name = crate::network::create(
                     &self.docker,
                     spec,
                     &self.config,
                     &image,
                     sidecar_volume.as_deref(),
-                    &domains,
+                    &policy,
                 )
                 .await?;
                 (name, crate::network::proxy_env())
@@ -196,6 +172,7 @@ impl Inner {
             sidecar_has_ca_bundle: self.sidecar.as_ref().is_some_and(SidecarContent::has_ca_bundle),
             network,
             deadline,
+            configured_env: &self.environment,
             extra_env,
         };
         let body = container_body(spec, &self.config, &inputs);
@@ -321,23 +298,5 @@ impl Backend for DockerBackend {
 
     fn preserves_tasks_on_shutdown(&self) -> bool {
         true
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn volumes_are_checked() {
-        assert!(validate_volume("/data:/data").is_ok());
-        assert!(validate_volume("cache:/cache:rw").is_ok());
-        for bad in ["/data", "/data:data", "/data:/data:rx", "x:/agent", ":/x"] {
-            assert!(validate_volume(bad).is_err(), "{bad}");
-        }
-        assert!(validate_range("10.20.0.0/16").is_ok());
-        for bad in ["10.20.0.0", "10.20.0.0/40", "example.com/8"] {
-            assert!(validate_range(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -32,6 +32,8 @@ pub struct ContainerInputs<'a> {
     pub network: String,
     /// The deadline as Unix seconds, if the task has a timeout.
     pub deadline: Option<u64>,
+    /// Variables the backend's configuration gives every task (`environment`); they win over the spec's.
+    pub configured_env: &'a [(String, String)],
     /// Variables the backend adds (the egress proxy's, in isolated mode); the spec's win.
     pub extra_env: Vec<(String, String)>,
 }
@@ -47,6 +49,10 @@ pub fn container_name(spec: &TaskSpec) -> String {
 /// The create request for a task's container.
 pub fn container_body(spec: &TaskSpec, config: &DockerConfig, inputs: &ContainerInputs<'_>) -> ContainerCreateBody {
     let mut env = spec.effective_env();
+    for (name, value) in inputs.configured_env {
+        env.retain(|(n, _)| n != name);
+        env.push((name.clone(), value.clone()));
+    }
     for (name, value) in &inputs.extra_env {
         if !env.iter().any(|(n, _)| n == name) {
             env.push((name.clone(), value.clone()));
@@ -141,6 +147,7 @@ mod tests {
             sidecar_has_ca_bundle: true,
             network: "none".into(),
             deadline: Some(1_900_000_000),
+            configured_env: &[("FROM_CONFIG".into(), "1".into()), ("A".into(), "configured".into())],
             extra_env: vec![("HTTPS_PROXY".into(), "http://egress:3128".into())],
         };
         let body = container_body(&spec, &config, &inputs);
@@ -162,6 +169,8 @@ mod tests {
         assert!(env.contains(&"PATH=/custom".to_string()), "the spec's PATH wins: {env:?}");
         assert!(env.contains(&"SSL_CERT_FILE=/agent/certs/ca-certificates.crt".to_string()));
         assert!(env.contains(&"HTTPS_PROXY=http://egress:3128".to_string()));
+        assert!(env.contains(&"FROM_CONFIG=1".to_string()), "{env:?}");
+        assert!(env.contains(&"A=configured".to_string()) && !env.contains(&"A=1".to_string()), "{env:?}");
         let labels = body.labels.unwrap();
         assert_eq!(labels["oz.dev/worker-id"], "w1");
         assert_eq!(labels["oz.dev/task-id"], "t1");

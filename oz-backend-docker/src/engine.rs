@@ -13,8 +13,7 @@ pub async fn connect(config: &DockerConfig) -> Result<Docker, DockerError> {
         .clone()
         .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()))
         .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
-    let unreachable =
-        |e: bollard::errors::Error| DockerError::Unreachable { addr: host.clone(), message: describe(&e) };
+    let unreachable = |source: bollard::errors::Error| DockerError::Unreachable { addr: host.clone(), source };
     let docker = if let Some(path) = host.strip_prefix("unix://") {
         Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)
     } else if host.starts_with("tcp://") || host.starts_with("http://") {

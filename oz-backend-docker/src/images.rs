@@ -16,6 +16,7 @@ use oz_core::image::ImageRef;
 
 use crate::config::PullPolicy;
 use crate::engine::{describe, is_not_found};
+use crate::error::DockerError;
 
 /// Registry credentials read from a Docker config file (`auths` entries; credential helpers are not
 /// consulted).
@@ -33,7 +34,7 @@ impl std::fmt::Debug for RegistryAuth {
 
 impl RegistryAuth {
     /// Reads `path`, or the default config file when `None`; a missing file means no credentials.
-    pub fn load(path: Option<&Path>) -> Result<Self, String> {
+    pub fn load(path: Option<&Path>) -> Result<Self, DockerError> {
         let path: PathBuf = match path {
             Some(p) => p.to_owned(),
             None => match std::env::var_os("DOCKER_CONFIG") {
@@ -47,9 +48,9 @@ impl RegistryAuth {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(e) => return Err(format!("could not read {}: {e}", path.display())),
+            Err(source) => return Err(DockerError::Read { path, source }),
         };
-        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+        Self::parse(&text).map_err(|e| DockerError::Config(format!("{}: {e}", path.display())))
     }
 
     /// Parses a config file's text.

@@ -4,13 +4,16 @@
 //! addresses. The proxy sits on the internal network (as `egress`) and on an egress network.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, EndpointSettings, HostConfig, NetworkConnectRequest, NetworkCreateRequest};
 use bollard::query_parameters::{CreateContainerOptionsBuilder, ListNetworksOptionsBuilder};
 use oz_core::backend::BackendError;
+use oz_core::egress::{EgressPolicy, ProxyStatus};
 use oz_core::failure::FailureReason;
 use oz_core::image::ImageRef;
+use oz_core::sidecar::SidecarLayout;
 use oz_core::task::{TaskSpec, labels};
 
 use crate::config::DockerConfig;
@@ -51,7 +54,7 @@ pub async fn create(
     config: &DockerConfig,
     image: &ImageRef,
     sidecar_volume: Option<&str>,
-    allowed_domains: &[String],
+    policy: &EgressPolicy,
 ) -> Result<String, BackendError> {
     let Some(sidecar_volume) = sidecar_volume else {
         return Err(err(
@@ -73,21 +76,12 @@ pub async fn create(
         .await
         .map_err(|e| err(format!("could not create network {name}: {}", describe(&e))))?;
 
-    let mut cmd =
-        vec!["agent".to_owned(), "egress-proxy".to_owned(), "--listen".to_owned(), format!("0.0.0.0:{PROXY_PORT}")];
-    for domain in allowed_domains {
-        cmd.push("--allow".into());
-        cmd.push(domain.clone());
-    }
-    for range in &config.isolated_allowed_ranges {
-        cmd.push("--allow-range".into());
-        cmd.push(range.clone());
-    }
+    let cmd = policy.proxy_argv(SocketAddr::from(([0, 0, 0, 0], PROXY_PORT)));
     let mut proxy_labels = task_labels;
     proxy_labels.insert(ROLE_LABEL.into(), "egress-proxy".into());
     let body = ContainerCreateBody {
         image: Some(image.to_string()),
-        entrypoint: Some(vec!["/agent/bin/oz".into()]),
+        entrypoint: Some(vec![SidecarLayout::default().oz_binary()]),
         cmd: Some(cmd),
         env: Some(Vec::new()),
         labels: Some(proxy_labels),
@@ -98,7 +92,7 @@ pub async fn create(
             memory: Some(128 << 20),
             memory_swap: Some(128 << 20),
             pids_limit: Some(256),
-            network_mode: Some(config.isolated_egress_network.clone()),
+            network_mode: Some(config.egress_network.clone()),
             binds: Some(vec![format!("{sidecar_volume}:/agent:ro")]),
             ..Default::default()
         }),
@@ -122,30 +116,41 @@ pub async fn create(
         .start_container(&proxy.id, None::<bollard::query_parameters::StartContainerOptions>)
         .await
         .map_err(|e| err(format!("could not start the egress proxy: {}", describe(&e))))?;
-    wait_until_listening(docker, &proxy.id).await?;
+    wait_until_ready(docker, &proxy.id).await?;
     Ok(name)
 }
 
-/// Waits for the proxy's "listening" line, so the task never starts before its way out exists; a
-/// proxy that dies instead fails the task with what it said.
-async fn wait_until_listening(docker: &Docker, id: &str) -> Result<(), BackendError> {
+/// Waits for the proxy's [`ProxyStatus::Ready`] line on its standard output, so the task never
+/// starts before its way out exists; a proxy that dies instead fails the task with what it said.
+async fn wait_until_ready(docker: &Docker, id: &str) -> Result<(), BackendError> {
+    use bollard::container::LogOutput;
     use futures::StreamExt;
     let options =
         bollard::query_parameters::LogsOptionsBuilder::default().stdout(true).stderr(true).follow(true).build();
     let mut logs = docker.logs(id, Some(options));
+    let mut stdout = String::new();
     let mut said = String::new();
-    let found = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+    let ready = tokio::time::timeout(std::time::Duration::from_secs(10), async {
         while let Some(Ok(chunk)) = logs.next().await {
-            said.push_str(&chunk.to_string());
-            if said.contains("listening on") {
-                return true;
+            match chunk {
+                LogOutput::StdOut { message } => {
+                    stdout.push_str(&String::from_utf8_lossy(&message));
+                    while let Some(end) = stdout.find('\n') {
+                        let line: String = stdout.drain(..=end).collect();
+                        if let Some(ProxyStatus::Ready { .. }) = ProxyStatus::from_line(&line) {
+                            return true;
+                        }
+                        said.push_str(&line);
+                    }
+                }
+                other => said.push_str(&other.to_string()),
             }
         }
         false
     })
     .await
     .unwrap_or(false);
-    if found { Ok(()) } else { Err(err(format!("the egress proxy did not start: {}", said.trim()))) }
+    if ready { Ok(()) } else { Err(err(format!("the egress proxy did not start: {}", said.trim()))) }
 }
 
 /// Removes the networks labelled with `task_id` (after its containers are gone).

@@ -44,8 +44,7 @@ impl SidecarContent {
     /// The layout's files from the static `oz` binary and an optional CA bundle.
     pub fn from_binary(oz: &Path, ca_bundle: Option<&Path>) -> Result<Self, DockerError> {
         let layout = SidecarLayout::default();
-        let read =
-            |p: &Path| std::fs::read(p).map_err(|e| DockerError::Config(format!("sidecar file {}: {e}", p.display())));
+        let read = |p: &Path| std::fs::read(p).map_err(|source| DockerError::Read { path: p.to_owned(), source });
         let mut files = vec![
             ("bin/oz".to_owned(), 0o755, Bytes::from(read(oz)?)),
             ("entrypoint.sh".to_owned(), 0o755, Bytes::from(layout.entrypoint_script())),
@@ -60,7 +59,7 @@ impl SidecarContent {
     pub fn new(mut files: Vec<(String, u32, Bytes)>) -> Result<Self, DockerError> {
         let mut manifest = SidecarManifest::default();
         for (path, mode, content) in &files {
-            manifest.insert(SidecarFile::new(path, *mode, content).map_err(|e| DockerError::Config(e.to_string()))?);
+            manifest.insert(SidecarFile::new(path, *mode, content).map_err(DockerError::invalid)?);
         }
         let digest = manifest.digest();
         files.push(("VERSION".to_owned(), 0o644, Bytes::from(format!("{}\n", digest.as_hex()))));

@@ -98,9 +98,9 @@ async fn an_isolated_task_reaches_only_its_allowed_domains_through_the_proxy() {
     let mut config = DockerConfig::new("isolated-test");
     config.sidecar_binary = Some(sidecar);
     config.pull_policy = PullPolicy::Never;
-    config.isolated_egress_network = world.clone();
+    config.egress_network = world.clone();
     // The test's world is a private range: allow it, as an operator would allow their own services.
-    config.isolated_allowed_ranges = vec![subnet];
+    config.allowed_ranges = vec![subnet.parse().unwrap()];
     let backend = DockerBackend::connect(config).await.unwrap();
     // bash's /dev/tcp as the client: the images have no curl, and busybox's static wget cannot resolve.
     let script = format!(

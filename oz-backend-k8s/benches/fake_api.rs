@@ -48,7 +48,7 @@ fn main() {
         let client = kube::Client::try_from(kube::Config::new(cluster.url().parse().unwrap())).unwrap();
         let mut config = KubernetesConfig::new("bench", "acme/oz-sidecar:1");
         config.namespace = "bench".into();
-        let backend = KubernetesBackend::new(client.clone(), config.clone());
+        let backend = KubernetesBackend::new(client.clone(), config.clone()).unwrap();
         let raw: Api<Job> = Api::namespaced(client, "bench");
 
         // 1. Launch latency against a bare create, alternating, 200 each.

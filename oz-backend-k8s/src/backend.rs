@@ -19,6 +19,7 @@ use oz_core::failure::FailureReason;
 use oz_core::task::{TaskSpec, labels};
 
 use crate::config::KubernetesConfig;
+use crate::error::KubernetesError;
 use crate::manifest::{self, TASK_CONTAINER};
 use crate::status::{Observed, observe_job, observe_pod};
 
@@ -36,29 +37,41 @@ impl std::fmt::Debug for KubernetesBackend {
 }
 
 impl KubernetesBackend {
-    /// A backend over a client (in-cluster, a kubeconfig, or a test server).
-    pub fn new(client: kube::Client, config: KubernetesConfig) -> Self {
-        Self { client, config: Arc::new(config) }
+    /// A backend over a client (in-cluster, a kubeconfig, or a test server); checks the
+    /// configuration and resolves its `environment` (see [`KubernetesConfig::validate_and_resolve`]).
+    pub fn new(client: kube::Client, mut config: KubernetesConfig) -> Result<Self, KubernetesError> {
+        config.validate_and_resolve()?;
+        Ok(Self { client, config: Arc::new(config) })
     }
 
-    /// A backend with the client from the default loading rules: in-cluster, else `KUBECONFIG`, else
-    /// `~/.kube/config`.
-    pub async fn infer(config: KubernetesConfig) -> Result<Self, crate::KubernetesError> {
-        let client = kube::Client::try_default().await.map_err(|e| crate::KubernetesError::Client(e.to_string()))?;
-        Ok(Self::new(client, config))
+    /// A backend with the client from `config.kubeconfig`, else the default loading rules:
+    /// in-cluster, else `KUBECONFIG`, else `~/.kube/config`.
+    pub async fn connect(config: KubernetesConfig) -> Result<Self, KubernetesError> {
+        let client = match &config.kubeconfig {
+            Some(path) => {
+                let kubeconfig_error = |source| KubernetesError::Kubeconfig { path: path.clone(), source };
+                let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(kubeconfig_error)?;
+                let client_config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                    .await
+                    .map_err(kubeconfig_error)?;
+                kube::Client::try_from(client_config).map_err(KubernetesError::Client)?
+            }
+            None => kube::Client::try_default().await.map_err(KubernetesError::Client)?,
+        };
+        Self::new(client, config)
     }
 
     /// Checks, before taking tasks, that tasks can run: that this worker may create, watch and delete
     /// Jobs and read Pod logs in its namespace, and that the init-container pattern works (the sidecar
     /// image's `/agent` is copied into the Pod and the preflight image can read it). Runs one small Job
     /// (`preflight_image`, the sidecar init container) and removes it. The error names what is missing.
-    pub async fn preflight(&self) -> Result<(), crate::KubernetesError> {
+    pub async fn preflight(&self) -> Result<(), KubernetesError> {
         let id = format!("preflight-{}", uuid_suffix());
         let argv = vec!["/bin/sh".into(), "-c".into(), "test -x /agent/bin/oz && echo preflight-ok".into()];
         let mut spec = TaskSpec::new(id, argv);
         spec.sandbox.image = oz_core::image::ImageRef::parse(&self.config.preflight_image).ok();
         spec.sandbox.resources = self.config.preflight_resources.clone();
-        let fail = crate::KubernetesError::Preflight;
+        let fail = KubernetesError::Preflight;
         let handle = self.launch(spec).await.map_err(|e| fail(e.message))?;
         let limit = self.config.preflight_timeout;
         let outcome = tokio::time::timeout(limit, handle.wait())

@@ -1,16 +1,28 @@
-//! [`KubernetesConfig`]: Oz's `backend.kubernetes` keys.
+//! [`KubernetesConfig`]: Oz's `backend.kubernetes` keys. It is also that section of the worker's
+//! YAML file (unknown keys are errors); `worker_id` and `cleanup` come from the worker, not the section.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
+
+use oz_core::egress::IpNet;
+use oz_core::image::{ImageRef, PullPolicy};
+use oz_core::task::{EnvEntry, Resources};
+use serde::{Deserialize, Deserializer};
+
+use crate::error::KubernetesError;
 
 /// An egress NetworkPolicy per task: all egress denied except DNS and these CIDRs and ports. It is
 /// IP-based only (no domain names), and needs a network plugin that enforces NetworkPolicy.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EgressPolicy {
     /// Destinations allowed (`10.0.0.0/8`, `140.82.112.0/20`).
-    pub allowed_cidrs: Vec<String>,
+    #[serde(default)]
+    pub allowed_cidrs: Vec<IpNet>,
     /// TCP ports allowed to those destinations (empty: every port).
-    pub ports: Vec<i32>,
+    #[serde(default)]
+    pub ports: Vec<u16>,
 }
 
 /// Parses a Kubernetes CPU quantity (`100m`, `0.5`, `2`) into cores.
@@ -45,19 +57,24 @@ pub fn parse_memory(quantity: &str) -> Option<u64> {
 }
 
 /// How the Kubernetes backend shapes Jobs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct KubernetesConfig {
     /// This worker's id; every Job is labelled with it.
+    #[serde(skip)]
     pub worker_id: String,
     /// The namespace Jobs go to (default `default`).
     pub namespace: String,
+    /// The kubeconfig file to use; default: in-cluster configuration, else `KUBECONFIG`, else
+    /// `~/.kube/config` (see [`crate::KubernetesBackend::connect`]).
+    pub kubeconfig: Option<PathBuf>,
     /// The image of tasks that name none (default `ubuntu:22.04`).
-    pub default_image: Option<String>,
-    /// `Always`, `IfNotPresent` (default) or `Never`.
-    pub image_pull_policy: String,
+    pub default_image: Option<ImageRef>,
+    /// `Always`, `IfNotPresent` (default) or `Never`, for the task, the sidecar and setup.
+    pub image_pull_policy: PullPolicy,
     /// Mount the sidecar as an image volume instead of copying it with an init container.
     pub use_image_volumes: bool,
-    /// The image holding the sidecar under `/agent`.
+    /// The image holding the sidecar under `/agent` (required).
     pub sidecar_image: String,
     /// Run before the task, as the init container `setup`, in the task's image and workspace.
     pub setup_command: Option<String>,
@@ -73,23 +90,38 @@ pub struct KubernetesConfig {
     pub ttl_seconds_after_finished: i32,
     /// The `/workspace` emptyDir's size limit (`10Gi`), if any.
     pub workspace_size_limit: Option<String>,
-    /// How long a Pod may stay unschedulable before the task fails (zero disables).
+    /// How long a Pod may stay unschedulable before the task fails (zero disables; `30s` in the YAML).
+    #[serde(with = "humantime_serde")]
     pub unschedulable_timeout: Duration,
     /// A PodSpec (JSON) merged under the generated one: imagePullSecrets, nodeSelector, tolerations...
     pub pod_template: Option<serde_json::Value>,
+    /// Variables every task gets (Oz's `environment`), after the task's own. Entries without a value
+    /// take the worker's own when the backend is made.
+    pub environment: Vec<EnvEntry>,
     /// Remove finished Jobs (through their TTL).
+    #[serde(skip)]
     pub cleanup: bool,
     /// The image of the start-up preflight Job (default `busybox:1.36`).
     pub preflight_image: String,
     /// How long the preflight Job may take (default 2 minutes).
+    #[serde(with = "humantime_serde")]
     pub preflight_timeout: Duration,
-    /// The preflight Job's CPU (cores) and memory (bytes), as requests equal to limits.
-    pub preflight_resources: oz_core::task::Resources,
+    /// The preflight Job's CPU (cores) and memory (bytes), as requests equal to limits; in the YAML
+    /// as Kubernetes quantities: `{cpu: 100m, memory: 64Mi}`.
+    #[serde(deserialize_with = "quantities")]
+    pub preflight_resources: Resources,
     /// How long a Pod may keep failing to mount its volumes (`FailedMount` events) before the task
     /// fails as `volume_mount` (default 60 s; transient attach delays resolve within it).
+    #[serde(with = "humantime_serde")]
     pub mount_timeout: Duration,
     /// An egress NetworkPolicy for every task, if set.
     pub egress_policy: Option<EgressPolicy>,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        Self::new("", "")
+    }
 }
 
 impl KubernetesConfig {
@@ -98,8 +130,9 @@ impl KubernetesConfig {
         Self {
             worker_id: worker_id.into(),
             namespace: "default".into(),
+            kubeconfig: None,
             default_image: None,
-            image_pull_policy: "IfNotPresent".into(),
+            image_pull_policy: PullPolicy::IfNotPresent,
             use_image_volumes: false,
             sidecar_image: sidecar_image.into(),
             setup_command: None,
@@ -111,18 +144,56 @@ impl KubernetesConfig {
             workspace_size_limit: None,
             unschedulable_timeout: Duration::from_secs(30),
             pod_template: None,
+            environment: Vec::new(),
             cleanup: true,
             preflight_image: "busybox:1.36".into(),
             preflight_timeout: Duration::from_secs(120),
-            preflight_resources: oz_core::task::Resources {
-                vcpus: Some(0.1),
-                memory_bytes: Some(64 << 20),
-                ..Default::default()
-            },
+            preflight_resources: Resources { vcpus: Some(0.1), memory_bytes: Some(64 << 20), ..Default::default() },
             mount_timeout: Duration::from_secs(60),
             egress_policy: None,
         }
     }
+
+    /// Checks the configuration and gives every `environment` entry its value (inherited ones from
+    /// the worker's own environment, now).
+    pub fn validate_and_resolve(&mut self) -> Result<(), KubernetesError> {
+        oz_core::run::validate_id("worker_id", &self.worker_id).map_err(KubernetesError::Invalid)?;
+        if self.sidecar_image.trim().is_empty() {
+            return Err(KubernetesError::Config(
+                "sidecar_image is required: an image with the sidecar under /agent".into(),
+            ));
+        }
+        for (field, image) in [("sidecar_image", &self.sidecar_image), ("preflight_image", &self.preflight_image)] {
+            ImageRef::parse(image).map_err(|e| KubernetesError::Invalid(e.within(field)))?;
+        }
+        if self.active_deadline_seconds <= 0 {
+            return Err(KubernetesError::Config("active_deadline_seconds must be positive".into()));
+        }
+        let resolved = EnvEntry::resolve_all(&self.environment, "environment", |k| std::env::var(k).ok())
+            .map_err(KubernetesError::Invalid)?;
+        self.environment = resolved.into_iter().map(|(name, value)| EnvEntry::new(name, value)).collect();
+        Ok(())
+    }
+}
+
+/// `{cpu: "100m", memory: "64Mi"}` as [`Resources`].
+fn quantities<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Resources, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Quantities {
+        cpu: Option<String>,
+        memory: Option<String>,
+    }
+    let q = Quantities::deserialize(deserializer)?;
+    let vcpus = q
+        .cpu
+        .map(|c| parse_cpu(&c).ok_or_else(|| serde::de::Error::custom(format!("cpu: {c:?} is not a quantity"))))
+        .transpose()?;
+    let memory_bytes = q
+        .memory
+        .map(|m| parse_memory(&m).ok_or_else(|| serde::de::Error::custom(format!("memory: {m:?} is not a quantity"))))
+        .transpose()?;
+    Ok(Resources { vcpus, memory_bytes, ..Default::default() })
 }
 
 #[cfg(test)]
@@ -138,5 +209,37 @@ mod tests {
         assert_eq!(parse_memory("1G"), Some(1_000_000_000));
         assert_eq!(parse_memory("1048576"), Some(1 << 20));
         assert_eq!(parse_memory("lots"), None);
+    }
+
+    #[test]
+    fn the_yaml_section_reads_typed_values_and_refuses_unknown_keys() {
+        let c: KubernetesConfig = serde_json::from_value(serde_json::json!({
+            "namespace": "agents", "sidecar_image": "acme/sidecar:1", "image_pull_policy": "Always",
+            "unschedulable_timeout": "2m", "preflight_resources": {"cpu": "250m", "memory": "128Mi"},
+            "egress_policy": {"allowed_cidrs": ["10.0.0.0/8"], "ports": [443]},
+            "environment": [{"name": "A", "value": "1"}]
+        }))
+        .unwrap();
+        assert_eq!(c.image_pull_policy, PullPolicy::Always);
+        assert_eq!(c.unschedulable_timeout, Duration::from_secs(120));
+        assert_eq!(c.preflight_resources.vcpus, Some(0.25));
+        assert_eq!(c.preflight_resources.memory_bytes, Some(128 << 20));
+        assert_eq!(c.egress_policy.unwrap().ports, vec![443]);
+        assert_eq!(c.environment, vec![EnvEntry::new("A", "1")]);
+        assert_eq!(c.namespace, "agents");
+        assert_eq!(c.active_deadline_seconds, 28_800, "defaults fill what the YAML leaves out");
+        let e = serde_json::from_value::<KubernetesConfig>(serde_json::json!({"namespce": "x"})).unwrap_err();
+        assert!(e.to_string().contains("namespce"), "{e}");
+        let e = serde_json::from_value::<KubernetesConfig>(serde_json::json!({"preflight_resources": {"cpu": "lots"}}))
+            .unwrap_err();
+        assert!(e.to_string().contains("lots"), "{e}");
+        let e = serde_json::from_value::<KubernetesConfig>(serde_json::json!({"unschedulable_timeout": "soon"}));
+        assert!(e.is_err());
+    }
+
+    #[test]
+    fn a_missing_sidecar_image_is_named() {
+        let mut c = KubernetesConfig { worker_id: "w".into(), ..Default::default() };
+        assert!(c.validate_and_resolve().unwrap_err().to_string().contains("sidecar_image"));
     }
 }

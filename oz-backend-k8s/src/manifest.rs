@@ -69,10 +69,20 @@ pub fn job(spec: &TaskSpec, config: &KubernetesConfig) -> Result<Job, Kubernetes
         .image
         .as_ref()
         .map(|i| i.to_string())
-        .or_else(|| config.default_image.clone())
+        .or_else(|| config.default_image.as_ref().map(ToString::to_string))
         .unwrap_or_else(|| oz_core::image::DEFAULT_IMAGE.to_owned());
-    let env: Vec<Value> =
-        spec.effective_env().into_iter().map(|(name, value)| json!({"name": name, "value": value})).collect();
+    let mut task_env = spec.effective_env();
+    for entry in &config.environment {
+        let value = entry.value.clone().ok_or_else(|| {
+            KubernetesError::Config(format!(
+                "environment {}: no value (KubernetesConfig::validate_and_resolve gives inherited variables theirs)",
+                entry.name
+            ))
+        })?;
+        task_env.retain(|(n, _)| *n != entry.name);
+        task_env.push((entry.name.clone(), value));
+    }
+    let env: Vec<Value> = task_env.into_iter().map(|(name, value)| json!({"name": name, "value": value})).collect();
     let workdir = match &spec.sandbox.workdir {
         Some(w) => format!("/workspace/{}", w.trim_start_matches("./")),
         None => "/workspace".to_owned(),
@@ -84,7 +94,7 @@ pub fn job(spec: &TaskSpec, config: &KubernetesConfig) -> Result<Job, Kubernetes
     let mut task = json!({
         "name": TASK_CONTAINER,
         "image": image,
-        "imagePullPolicy": config.image_pull_policy,
+        "imagePullPolicy": config.image_pull_policy.as_kubernetes(),
         "command": spec.argv,
         "env": env,
         "workingDir": workdir,
@@ -99,12 +109,12 @@ pub fn job(spec: &TaskSpec, config: &KubernetesConfig) -> Result<Job, Kubernetes
     }
     let mut init = Vec::new();
     let agent_volume = if config.use_image_volumes {
-        json!({"name": "agent", "image": {"reference": config.sidecar_image, "pullPolicy": config.image_pull_policy}})
+        json!({"name": "agent", "image": {"reference": config.sidecar_image, "pullPolicy": config.image_pull_policy.as_kubernetes()}})
     } else {
         init.push(json!({
             "name": SIDECAR_INIT,
             "image": config.sidecar_image,
-            "imagePullPolicy": config.image_pull_policy,
+            "imagePullPolicy": config.image_pull_policy.as_kubernetes(),
             "command": ["/bin/sh", "-c", "cp -a /agent/. /sidecar/"],
             "volumeMounts": [{"name": "agent", "mountPath": "/sidecar"}],
             "securityContext": {"runAsUser": 0, "allowPrivilegeEscalation": false},
@@ -115,7 +125,7 @@ pub fn job(spec: &TaskSpec, config: &KubernetesConfig) -> Result<Job, Kubernetes
         init.push(json!({
             "name": SETUP_INIT,
             "image": image,
-            "imagePullPolicy": config.image_pull_policy,
+            "imagePullPolicy": config.image_pull_policy.as_kubernetes(),
             "command": ["/bin/sh", "-c", setup],
             "env": env,
             "workingDir": "/workspace",
@@ -158,7 +168,7 @@ pub fn job(spec: &TaskSpec, config: &KubernetesConfig) -> Result<Job, Kubernetes
         },
         "spec": job_spec,
     });
-    serde_json::from_value(job).map_err(|e| KubernetesError::Manifest(e.to_string()))
+    serde_json::from_value(job).map_err(KubernetesError::ManifestShape)
 }
 
 /// The egress NetworkPolicy of a task: its Pod (by task label) may reach DNS and the allowed CIDRs
@@ -170,8 +180,7 @@ pub fn network_policy(
 ) -> Result<k8s_openapi::api::networking::v1::NetworkPolicy, KubernetesError> {
     let labels = job_labels(spec, config);
     let ports: Vec<Value> = policy.ports.iter().map(|p| json!({"protocol": "TCP", "port": p})).collect();
-    let mut allowed =
-        json!({"to": policy.allowed_cidrs.iter().map(|c| json!({"ipBlock": {"cidr": c}})).collect::<Vec<_>>()});
+    let mut allowed = json!({"to": policy.allowed_cidrs.iter().map(|c| json!({"ipBlock": {"cidr": c.to_string()}})).collect::<Vec<_>>()});
     if !ports.is_empty() {
         allowed["ports"] = json!(ports);
     }
@@ -188,7 +197,7 @@ pub fn network_policy(
             ],
         },
     });
-    serde_json::from_value(value).map_err(|e| KubernetesError::Manifest(e.to_string()))
+    serde_json::from_value(value).map_err(KubernetesError::ManifestShape)
 }
 
 /// Merges the generated PodSpec over `template`: our fields win; init containers are ours then the
@@ -257,6 +266,7 @@ fn merge_container(base: Value, ours: Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use oz_core::task::EnvEntry;
     use std::time::Duration;
 
     fn spec() -> TaskSpec {
@@ -314,6 +324,24 @@ mod tests {
         assert_eq!(pod["volumes"][1], json!({"name": "agent", "emptyDir": {}}));
     }
 
+    /// `backend.kubernetes.environment` reaches the task and its setup, over the task's own values.
+    #[test]
+    fn the_configured_environment_reaches_the_task_and_setup() {
+        let mut config = KubernetesConfig::new("w1", "acme/sidecar:2");
+        config.setup_command = Some("./prepare.sh".into());
+        config.environment = vec![EnvEntry::new("FROM_CONFIG", "cfg"), EnvEntry::new("A", "configured")];
+        let job = serde_json::to_value(job(&spec(), &config).unwrap()).unwrap();
+        let pod = &job["spec"]["template"]["spec"];
+        for container in [&pod["containers"][0], &pod["initContainers"][1]] {
+            let env = container["env"].as_array().unwrap();
+            assert!(env.contains(&json!({"name": "FROM_CONFIG", "value": "cfg"})), "{env:?}");
+            assert!(env.contains(&json!({"name": "A", "value": "configured"})), "{env:?}");
+            assert!(!env.contains(&json!({"name": "A", "value": "1"})), "{env:?}");
+        }
+        config.environment = vec![EnvEntry { name: "UNRESOLVED".into(), value: None }];
+        assert!(super::job(&spec(), &config).unwrap_err().to_string().contains("UNRESOLVED"));
+    }
+
     #[test]
     fn image_volumes_timeouts_and_no_cleanup() {
         let mut config = KubernetesConfig::new("w1", "acme/sidecar:2");
@@ -368,7 +396,8 @@ mod tests {
     #[test]
     fn the_egress_policy_allows_dns_and_the_listed_ranges_only() {
         let config = KubernetesConfig::new("w1", "acme/sidecar:2");
-        let policy = crate::config::EgressPolicy { allowed_cidrs: vec!["140.82.112.0/20".into()], ports: vec![443] };
+        let policy =
+            crate::config::EgressPolicy { allowed_cidrs: vec!["140.82.112.0/20".parse().unwrap()], ports: vec![443] };
         let np = serde_json::to_value(network_policy(&spec(), &config, &policy).unwrap()).unwrap();
         assert_eq!(np["metadata"]["name"], "oz-run-1-exec-1");
         assert_eq!(np["spec"]["podSelector"]["matchLabels"]["oz.dev/task-id"], "run-1");

@@ -190,9 +190,11 @@ fn the_chart_renders_valid_objects_with_a_locked_down_worker() {
     let yaml = config.data.unwrap()["worker.yaml"].clone();
     let parsed = oz_worker::config::parse_file(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
     assert_eq!(parsed.worker_id.as_deref(), Some("my-worker"));
-    let k8s = parsed.backend.unwrap().kubernetes.unwrap();
-    assert_eq!(k8s.namespace.as_deref(), Some("agents"), "defaults to the release namespace");
-    assert_eq!(k8s.sidecar_image.as_deref(), Some("ghcr.io/example/oz-sidecar:0.1.0"));
+    let Some(oz_worker::config::BackendConfig::Kubernetes(k8s)) = parsed.backend else {
+        panic!("the chart's worker.yaml configures the kubernetes backend: {yaml}")
+    };
+    assert_eq!(k8s.namespace, "agents", "defaults to the release namespace");
+    assert_eq!(k8s.sidecar_image, "ghcr.io/example/oz-sidecar:0.1.0");
 
     // An existing Secret instead: none is made, and the worker reads that one.
     let docs = rendered(json!({"apiKey": {"existingSecret": "team-key"}, "metrics": {"enabled": false}}));
@@ -234,7 +236,7 @@ async fn the_role_grants_exactly_what_the_backend_uses() {
     let client = kube::Client::try_from(kube::Config::new(cluster.url().parse().unwrap())).unwrap();
     let mut config = KubernetesConfig::new("rbac-worker", "acme/oz-sidecar:1");
     config.namespace = "agents".into();
-    let backend = KubernetesBackend::new(client, config);
+    let backend = KubernetesBackend::new(client, config).unwrap();
     let running = json!({"phase": "Running", "containerStatuses": [{"name": "task", "image": "x", "imageID": "",
         "ready": true, "restartCount": 0, "state": {"running": {}}}]});
     let done = json!({"phase": "Succeeded", "containerStatuses": [{"name": "task", "image": "x", "imageID": "",
@@ -264,8 +266,8 @@ async fn the_role_grants_exactly_what_the_backend_uses() {
     let mut with_policy = KubernetesConfig::new("rbac-worker", "acme/oz-sidecar:1");
     with_policy.namespace = "agents".into();
     with_policy.egress_policy =
-        Some(oz_backend_k8s::EgressPolicy { allowed_cidrs: vec!["10.0.0.0/8".into()], ports: vec![] });
-    let policed = KubernetesBackend::new(client, with_policy);
+        Some(oz_backend_k8s::EgressPolicy { allowed_cidrs: vec!["10.0.0.0/8".parse().unwrap()], ports: vec![] });
+    let policed = KubernetesBackend::new(client, with_policy).unwrap();
     let handle = policed.launch(TaskSpec::new("rbac-4", vec!["true".into()])).await.unwrap();
     handle.canceller().cancel(CancelReason::Requested);
     handle.wait().await;

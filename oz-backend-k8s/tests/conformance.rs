@@ -84,7 +84,7 @@ async fn fixture() -> Option<K8sFixture> {
     let mut config = KubernetesConfig::new("conformance-k8s", "acme/oz-sidecar:1");
     config.namespace = NS.into();
     config.unschedulable_timeout = Duration::from_secs(30);
-    Some(K8sFixture { cluster, backend: Arc::new(KubernetesBackend::new(client, config)), _dir: dir })
+    Some(K8sFixture { cluster, backend: Arc::new(KubernetesBackend::new(client, config).unwrap()), _dir: dir })
 }
 
 oz_core::conformance_suite!(fixture);

@@ -27,7 +27,7 @@ async fn setup_with(configure: impl FnOnce(&mut KubernetesConfig)) -> (FakeClust
     config.namespace = NS.into();
     config.unschedulable_timeout = Duration::from_secs(1);
     configure(&mut config);
-    (cluster.clone(), KubernetesBackend::new(client, config))
+    (cluster.clone(), KubernetesBackend::new(client, config).unwrap())
 }
 
 fn spec(id: &str) -> TaskSpec {
@@ -229,11 +229,12 @@ async fn a_restarted_worker_reattaches_to_its_jobs_and_reports_their_outcome() {
     let client = kube::Client::try_from(kube::Config::new(cluster.url().parse().unwrap())).unwrap();
     let mut config = KubernetesConfig::new("k8s-worker", "acme/oz-sidecar:1");
     config.namespace = NS.into();
-    let restarted = KubernetesBackend::new(client.clone(), config.clone());
+    let restarted = KubernetesBackend::new(client.clone(), config.clone()).unwrap();
     let mut found = restarted.recover().await.unwrap();
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].task_id, "t-reattach");
-    let other = KubernetesBackend::new(client, KubernetesConfig { worker_id: "someone-else".into(), ..config });
+    let other =
+        KubernetesBackend::new(client, KubernetesConfig { worker_id: "someone-else".into(), ..config }).unwrap();
     assert!(other.recover().await.unwrap().is_empty(), "another worker's Jobs are not its business");
     let oz_core::backend::RecoveryAction::Reattached(handle) = found.remove(0).action else { panic!("not reattached") };
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -324,8 +325,10 @@ async fn a_pod_that_cannot_mount_its_volumes_fails_as_volume_mount() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_egress_policy_goes_with_each_task_and_is_removed_with_it() {
     let (cluster, backend) = setup_with(|c| {
-        c.egress_policy =
-            Some(oz_backend_k8s::EgressPolicy { allowed_cidrs: vec!["10.20.0.0/16".into()], ports: vec![443] })
+        c.egress_policy = Some(oz_backend_k8s::EgressPolicy {
+            allowed_cidrs: vec!["10.20.0.0/16".parse().unwrap()],
+            ports: vec![443],
+        })
     })
     .await;
     let handle = backend.launch(spec("t-np")).await.unwrap();

@@ -20,7 +20,7 @@ async fn backend() -> KubernetesBackend {
     let sidecar = std::env::var("OZ_TEST_SIDECAR_IMAGE").expect("set OZ_TEST_SIDECAR_IMAGE to a sidecar image");
     let mut config = KubernetesConfig::new("oz-real-cluster-test", sidecar);
     config.namespace = std::env::var("OZ_TEST_NAMESPACE").unwrap_or_else(|_| "default".into());
-    KubernetesBackend::infer(config).await.expect("a cluster from KUBECONFIG or in-cluster config")
+    KubernetesBackend::connect(config).await.expect("a cluster from KUBECONFIG or in-cluster config")
 }
 
 fn task(id: &str, script: &str) -> TaskSpec {

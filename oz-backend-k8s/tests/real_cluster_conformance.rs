@@ -98,7 +98,7 @@ async fn fixture() -> Option<RealCluster> {
     let client = kube::Client::try_default().await.expect("a cluster from KUBECONFIG or in-cluster config");
     let mut config = KubernetesConfig::new("oz-conformance", sidecar);
     config.namespace = namespace.clone();
-    Some(RealCluster { backend: Arc::new(KubernetesBackend::new(client.clone(), config)), client, namespace })
+    Some(RealCluster { backend: Arc::new(KubernetesBackend::new(client.clone(), config).unwrap()), client, namespace })
 }
 
 oz_core::conformance_suite!(fixture, ignore = "needs a cluster");

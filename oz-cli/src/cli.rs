@@ -2,8 +2,10 @@
 
 use std::process::ExitCode;
 
-use crate::agent::{args, credentials, runner};
 use clap::{Parser, Subcommand};
+use oz_runner::args::EgressProxyArgs;
+#[cfg(feature = "local-stack")]
+use oz_worker::config::BackendKind;
 
 /// oz: run coding agents on your own machines.
 #[derive(Debug, Parser)]
@@ -93,8 +95,8 @@ enum LocalCommand {
 #[derive(Debug, clap::Args)]
 struct BackendArgs {
     /// `direct` (processes here; the default) or `docker` (containers on the local engine).
-    #[arg(long, default_value = "direct", value_parser = ["direct", "docker"])]
-    backend: String,
+    #[arg(long, value_enum, default_value_t = BackendKind::Direct)]
+    backend: BackendKind,
     /// The static `oz` for the Docker sidecar (default: `OZ_SIDECAR_BINARY`, else `target/sidecar/oz`
     /// from `scripts/build-sidecar-oz.sh`).
     #[arg(long)]
@@ -104,8 +106,12 @@ struct BackendArgs {
 #[cfg(feature = "local-stack")]
 impl BackendArgs {
     fn choice(&self) -> Result<crate::local::LocalBackend, String> {
-        if self.backend == "direct" {
-            return Ok(crate::local::LocalBackend::Direct);
+        match self.backend {
+            BackendKind::Direct => return Ok(crate::local::LocalBackend::Direct),
+            BackendKind::Docker => {}
+            BackendKind::Kubernetes => {
+                return Err("the local stack runs on the direct or docker backend; for Kubernetes, run oz-agent-worker --backend kubernetes".into());
+            }
         }
         let sidecar =
             self.sidecar.clone().or_else(crate::local::LocalBackend::default_sidecar).ok_or(
@@ -128,17 +134,7 @@ enum AgentCommand {
     #[cfg(feature = "api-client")]
     RunCloud(Box<crate::remote::runs::RunCloudArgs>),
     /// The egress proxy of an isolated task network (the Docker backend runs it; people do not).
-    EgressProxy {
-        /// Where to listen.
-        #[arg(long, default_value = "0.0.0.0:3128")]
-        listen: String,
-        /// An allowed domain: `example.com`, or `*.example.com` for its subdomains (repeatable).
-        #[arg(long = "allow")]
-        allow: Vec<String>,
-        /// A non-public range to allow nonetheless, e.g. `10.20.0.0/16` (repeatable).
-        #[arg(long = "allow-range")]
-        allow_range: Vec<crate::egress::Cidr>,
-    },
+    EgressProxy(EgressProxyArgs),
     /// Git credential helper used by `oz agent run` (git calls it; people do not).
     GitCredential {
         /// get, store or erase.
@@ -153,7 +149,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         #[cfg(feature = "local-stack")]
         Command::Local { command } => {
-            init_tracing();
+            oz_runner::init_tracing();
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(r) => r,
                 Err(e) => {
@@ -203,85 +199,14 @@ pub fn main() -> ExitCode {
         Command::Integration { command, api } => {
             crate::remote::run_command(crate::remote::integrations::run(command, api))
         }
-        Command::Agent { command: AgentCommand::EgressProxy { listen, allow, allow_range } } => {
-            let policy = crate::egress::Policy { domains: allow, allowed_ranges: allow_range };
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("oz: could not start the async runtime: {e}");
-                    return exit(1);
-                }
-            };
-            match runtime.block_on(crate::egress::serve(&listen, policy)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("oz egress-proxy: {e}");
-                    exit(1)
-                }
-            }
+        Command::Agent { command: AgentCommand::EgressProxy(args) } => {
+            exit(oz_runner::egress_proxy_main(&args.listen, args.policy()))
         }
         Command::Agent { command: AgentCommand::GitCredential { operation } } => {
-            exit(credentials::helper_main(&operation))
+            exit(oz_runner::credentials::helper_main(&operation))
         }
-        Command::Agent { command: AgentCommand::Run { raw } } => {
-            if raw.iter().take_while(|a| *a != "--").any(|a| a == "--help" || a == "-h") {
-                use clap::CommandFactory;
-                let mut help = <RunHelp as CommandFactory>::command();
-                let _ = help.print_help();
-                return ExitCode::SUCCESS;
-            }
-            let (parsed, warnings) = match args::parse_lenient(raw) {
-                Ok(p) => p,
-                Err(e) => {
-                    let _ = e.print();
-                    return exit(runner::EXIT_USAGE);
-                }
-            };
-            init_tracing();
-            let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("oz: could not start the async runtime: {e}");
-                    return exit(1);
-                }
-            };
-            exit(runtime.block_on(run_agent(parsed, warnings)))
-        }
+        Command::Agent { command: AgentCommand::Run { raw } } => exit(oz_runner::run_main(raw)),
     }
-}
-
-/// Only for `--help`: the flags of `oz agent run`.
-#[derive(Debug, Parser)]
-#[command(
-    name = "oz agent run",
-    about = "Prepare the workspace (clone repos, run setup commands) and run the agent harness here.",
-    after_help = "Exit status: the harness's; 2 for bad input; 3 when a repo could not be cloned; 4 when a setup command failed; 130 when cancelled."
-)]
-struct RunHelp {
-    #[command(flatten)]
-    args: args::RunArgs,
-}
-
-async fn run_agent(parsed: args::RunArgs, warnings: Vec<String>) -> i32 {
-    let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-            return;
-        };
-        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-        let _ = cancel_tx.send(true);
-    });
-    let oz_binary = std::env::current_exe().unwrap_or_else(|_| "oz".into());
-    let ctx = runner::Context { env: std::env::vars().collect(), control: None, oz_binary, cancel: cancel_rx };
-    runner::run(parsed, warnings, ctx).await
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("OZ_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }
 
 fn exit(code: i32) -> ExitCode {

@@ -1,17 +1,10 @@
-//! The `oz` command, as a library: the agent runner (`oz agent run`) and its parts, the API client
-//! commands (`oz agent run-cloud`, `oz run`, `oz schedule`, ...; feature `api-client`) and the local
-//! stack (feature `local-stack`).
-//!
-//! ```
-//! use oz_cli::agent::harness::Harness;
-//! // The argv of a preset harness for a prompt.
-//! let argv = Harness::Codex.argv("fix the flaky test", None);
-//! assert_eq!(argv[0], "codex");
-//! ```
+//! The `oz` command, as a library: one binary for the sidecar and for people. The runner's commands
+//! (`oz agent run`, `oz agent egress-proxy`, `oz agent git-credential`) come from `oz-runner`; this
+//! crate adds the API client commands (`oz agent run-cloud`, `oz run`, `oz schedule`, ...; feature
+//! `api-client`) and the local stack (`oz local`; feature `local-stack`). Both features are off in
+//! the static sidecar build.
 
-pub mod agent;
 pub mod cli;
-pub mod egress;
 #[cfg(feature = "local-stack")]
 pub mod local;
 #[cfg(feature = "api-client")]

@@ -14,14 +14,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use oz_backend_direct::{DirectBackend, DirectConfig};
-use oz_core::backend::{Backend, RecoveryAction};
+use oz_backend_direct::DirectConfig;
+use oz_backend_docker::{DefaultNetwork, DockerConfig};
+use oz_core::backend::RecoveryAction;
 use oz_core::credentials::ApiKey;
 use oz_core::environment::{EnvironmentConfig, RepoRef};
 use oz_core::run::RunState;
 use oz_core::wire::api::{AgentConfig, RunStreamEvent};
 use oz_core::wire::worker::HarnessConfig;
 use oz_server::store::sqlite::SqliteStore;
+use oz_worker::config::BackendConfig;
 use oz_worker::{CommandOptions, Worker, WorkerConfig, WorkerHandle};
 
 /// The worker id of the embedded worker.
@@ -90,6 +92,25 @@ impl LocalBackend {
             LocalBackend::Docker { .. } => "Docker",
         }
     }
+
+    /// The worker configuration of this choice: workspaces under `data_dir` and `runner` as the
+    /// tasks' runner (Direct); the sidecar, the host's network and read-only mounts (Docker).
+    fn config(&self, data_dir: &Path, runner: &Path) -> BackendConfig {
+        match self {
+            LocalBackend::Direct => {
+                let mut direct = DirectConfig::new(LOCAL_WORKER, data_dir.join("workspaces"));
+                direct.oz_path = Some(runner.to_owned());
+                BackendConfig::Direct(Box::new(direct))
+            }
+            LocalBackend::Docker { sidecar, mounts } => {
+                let mut docker = DockerConfig::new(LOCAL_WORKER);
+                docker.sidecar_binary = Some(sidecar.clone());
+                docker.network = DefaultNetwork::Named("host".into());
+                docker.volumes = mounts.iter().map(|m| format!("{0}:{0}:ro", m.display())).collect();
+                BackendConfig::Docker(Box::new(docker))
+            }
+        }
+    }
 }
 
 /// Starts the stack in `data_dir` (created if missing), listening on `listen`; tasks run this binary
@@ -129,22 +150,10 @@ pub async fn start_with(
     };
     let server = oz_server::start(config, store).await?;
 
-    let (backend, entrypoint): (Arc<dyn Backend>, String) = match &backend_choice {
-        LocalBackend::Direct => (
-            Arc::new(DirectBackend::new(DirectConfig::new(LOCAL_WORKER, data_dir.join("workspaces")))?),
-            runner.display().to_string(),
-        ),
-        LocalBackend::Docker { sidecar, mounts } => {
-            let mut config = oz_backend_docker::DockerConfig::new(LOCAL_WORKER);
-            config.sidecar_binary = Some(sidecar.clone());
-            config.network = oz_backend_docker::DefaultNetwork::Named("host".into());
-            config.volumes = mounts.iter().map(|m| format!("{0}:{0}:ro", m.display())).collect();
-            let backend = oz_backend_docker::DockerBackend::connect(config)
-                .await
-                .map_err(|e| format!("the Docker backend is not available: {e}"))?;
-            (Arc::new(backend), oz_core::sidecar::SidecarLayout::default().entrypoint())
-        }
-    };
+    let built = oz_worker::backends::build(backend_choice.config(data_dir, &runner), LOCAL_WORKER, true)
+        .await
+        .map_err(|e| format!("the {} backend is not available: {e}", backend_choice.name()))?;
+    let (backend, entrypoint) = (built.backend, built.runner_entrypoint);
     let recovered = backend.recover().await?;
     for leftover in &recovered {
         match &leftover.action {

@@ -226,6 +226,68 @@ impl<'de> Deserialize<'de> for ImageRef {
     }
 }
 
+/// When a backend pulls a task's image. Reads Docker's spellings (`always`, `if-not-present`, `never`)
+/// and Kubernetes' (`Always`, `IfNotPresent`, `Never`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum PullPolicy {
+    /// Pull before every task (the registry is asked each time; layers already present are reused).
+    Always,
+    /// Pull only when the image is not present (the default).
+    #[default]
+    IfNotPresent,
+    /// Never pull: a missing image fails the task as `invalid_image`.
+    Never,
+}
+
+impl PullPolicy {
+    /// Kubernetes' spelling, for `imagePullPolicy`.
+    pub fn as_kubernetes(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+impl fmt::Display for PullPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PullPolicy::Always => "always",
+            PullPolicy::IfNotPresent => "if-not-present",
+            PullPolicy::Never => "never",
+        })
+    }
+}
+
+impl FromStr for PullPolicy {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "always" | "Always" => Ok(Self::Always),
+            "if-not-present" | "IfNotPresent" | "if_not_present" => Ok(Self::IfNotPresent),
+            "never" | "Never" => Ok(Self::Never),
+            other => Err(Error::invalid(
+                "pull_policy",
+                format!("{other:?} is not a pull policy: expected always, if-not-present or never"),
+            )),
+        }
+    }
+}
+
+impl Serialize for PullPolicy {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PullPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        raw.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Picks the image a task runs in, with Oz's precedence: the assignment's image, else the backend's
 /// default image, else [`DEFAULT_IMAGE`]. An empty or whitespace-only assignment image counts as absent
 /// (the Oz server sends `""` for "no image"); anything else must parse.
@@ -302,6 +364,23 @@ mod tests {
         assert_eq!(resolve_image(Some("  "), Some(&backend)).unwrap(), backend);
         assert_eq!(resolve_image(None, None).unwrap().to_string(), "ubuntu:22.04");
         assert!(resolve_image(Some("Bad Image"), Some(&backend)).is_err());
+    }
+
+    #[test]
+    fn pull_policies_read_both_spellings() {
+        for (text, policy) in [
+            ("always", PullPolicy::Always),
+            ("Always", PullPolicy::Always),
+            ("if-not-present", PullPolicy::IfNotPresent),
+            ("IfNotPresent", PullPolicy::IfNotPresent),
+            ("never", PullPolicy::Never),
+            ("Never", PullPolicy::Never),
+        ] {
+            assert_eq!(serde_json::from_str::<PullPolicy>(&format!("{text:?}")).unwrap(), policy);
+        }
+        let e = serde_json::from_str::<PullPolicy>("\"sometimes\"").unwrap_err().to_string();
+        assert!(e.contains("sometimes") && e.contains("if-not-present"), "{e}");
+        assert_eq!(PullPolicy::IfNotPresent.as_kubernetes(), "IfNotPresent");
     }
 
     #[test]

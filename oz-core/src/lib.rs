@@ -24,11 +24,13 @@ pub mod backend;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod credentials;
+pub mod egress;
 pub mod environment;
 pub mod error;
 pub mod failure;
 pub mod image;
 pub mod redact;
+pub mod retry;
 pub mod run;
 pub mod sidecar;
 pub mod task;

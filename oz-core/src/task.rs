@@ -24,6 +24,52 @@ pub mod labels {
     pub const EXECUTION_ID: &str = "oz.dev/execution-id";
 }
 
+/// A variable a backend's configuration gives every task (Oz's `environment: [{name, value}]`):
+/// without a value, the task gets the worker process's own value of `name`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvEntry {
+    /// The name.
+    pub name: String,
+    /// The value; absent = the worker's own value of `name`.
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+impl EnvEntry {
+    /// A variable with a value.
+    pub fn new(name: impl Into<String>, value: impl Into<String>) -> Self {
+        Self { name: name.into(), value: Some(value.into()) }
+    }
+
+    /// The name and value, taking an absent value from `lookup` (the worker's environment); an
+    /// invalid name or value, or an inherited variable the worker does not have, is an error naming
+    /// `field` (`environment[2]`).
+    pub fn resolve(&self, field: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<(String, String), Error> {
+        validate::env_name(field, &self.name)?;
+        let value = match &self.value {
+            Some(v) => v.clone(),
+            None => lookup(&self.name).ok_or_else(|| {
+                Error::invalid(
+                    format!("{field}.value"),
+                    format!("absent, and the worker has no variable {} to pass on", self.name),
+                )
+            })?,
+        };
+        validate::env_value(&format!("{field}.{}", self.name), &value)?;
+        Ok((self.name.clone(), value))
+    }
+
+    /// [`EnvEntry::resolve`] for a list (`field[i]`).
+    pub fn resolve_all(
+        entries: &[EnvEntry],
+        field: &str,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Vec<(String, String)>, Error> {
+        entries.iter().enumerate().map(|(i, e)| e.resolve(&format!("{field}[{i}]"), &lookup)).collect()
+    }
+}
+
 /// How much of the machine a task may use.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Resources {

@@ -1,15 +1,17 @@
-//! The worker's configuration: Oz's YAML file (strict: unknown keys and two backends are errors that
-//! name the key) and flags, merged with flags over file over defaults.
-
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+//! The worker's configuration: Oz's YAML file and flags, merged with flags over file over defaults.
+//!
+//! The file is strict: unknown keys are errors that name the key, and `backend:` holds exactly one
+//! backend (an externally tagged enum). Each backend's section is that backend's own configuration
+//! type ([`oz_backend_direct::DirectConfig`], [`oz_backend_docker::DockerConfig`],
+//! [`oz_backend_k8s::KubernetesConfig`]), deserialized where it is defined; [`crate::backends::build`]
+//! makes the backend from it.
 
 use serde::Deserialize;
 
 use crate::error::WorkerError;
 
 /// The YAML file.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     /// This worker's id.
@@ -21,173 +23,124 @@ pub struct FileConfig {
     /// Our extension: serve Prometheus metrics at `http://<this>/metrics` (e.g. `127.0.0.1:9464`).
     pub metrics_listen: Option<String>,
     /// Exactly one backend.
-    pub backend: Option<BackendSection>,
+    pub backend: Option<BackendConfig>,
 }
 
-/// `backend:`: exactly one of its keys.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BackendSection {
-    /// `docker:`.
-    pub docker: Option<DockerSection>,
-    /// `direct:`.
-    pub direct: Option<DirectSection>,
-    /// `kubernetes:`.
-    pub kubernetes: Option<KubernetesSection>,
+/// `backend:`: exactly one of its keys, each the configuration of that backend (an externally
+/// tagged enum, whose deserializer names the keys when there is more than one).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum BackendConfig {
+    /// `direct:`: processes on this host.
+    #[cfg(feature = "direct")]
+    Direct(Box<oz_backend_direct::DirectConfig>),
+    /// `docker:`: containers on a Docker engine.
+    #[cfg(feature = "docker")]
+    Docker(Box<oz_backend_docker::DockerConfig>),
+    /// `kubernetes:`: a Job per task.
+    #[cfg(feature = "kubernetes")]
+    Kubernetes(Box<oz_backend_k8s::KubernetesConfig>),
 }
 
-/// A variable for tasks: `{name, value}`; no value = inherit the worker's own.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EnvEntry {
-    /// The name.
-    pub name: String,
-    /// The value; absent = the worker's own value of `name`.
-    pub value: Option<String>,
+impl<'de> Deserialize<'de> for BackendConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct OneBackend;
+        impl<'de> serde::de::Visitor<'de> for OneBackend {
+            type Value = BackendConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a mapping with one key: direct, docker or kubernetes")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                use serde::de::Error;
+                let kind: BackendKind = map
+                    .next_key()?
+                    .ok_or_else(|| A::Error::custom("`backend` is empty; set one of direct, docker or kubernetes"))?;
+                let config = match kind {
+                    #[cfg(feature = "direct")]
+                    BackendKind::Direct => BackendConfig::Direct(map.next_value()?),
+                    #[cfg(feature = "docker")]
+                    BackendKind::Docker => BackendConfig::Docker(map.next_value()?),
+                    #[cfg(feature = "kubernetes")]
+                    BackendKind::Kubernetes => BackendConfig::Kubernetes(map.next_value()?),
+                    #[allow(unreachable_patterns)]
+                    other => {
+                        return Err(A::Error::custom(format!(
+                            "this worker was built without the {} backend",
+                            other.name()
+                        )));
+                    }
+                };
+                if let Some(second) = map.next_key::<BackendKind>()? {
+                    return Err(A::Error::custom(format!(
+                        "`backend` sets more than one backend ({}, {}); keep exactly one",
+                        kind.name(),
+                        second.name()
+                    )));
+                }
+                Ok(config)
+            }
+        }
+        deserializer.deserialize_map(OneBackend)
+    }
 }
 
-/// `backend.docker`.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DockerSection {
-    /// `HOST:CONTAINER[:ro|rw]`.
-    #[serde(default)]
-    pub volumes: Vec<String>,
-    /// Variables for tasks.
-    #[serde(default)]
-    pub environment: Vec<EnvEntry>,
-    /// Our extension: the static `oz` mounted as the sidecar at `/agent` (see
-    /// `scripts/build-sidecar-oz.sh`); without it the image must provide `oz` on its PATH.
-    pub sidecar_binary: Option<PathBuf>,
-    /// Our extension: `always`, `if-not-present` (default) or `never`.
-    pub pull_policy: Option<String>,
-    /// Our extension: `none` (default), `bridge`, `host`, `isolated` or an existing network's name.
-    pub network: Option<String>,
-    /// Our extension, for `network: isolated`: the domains tasks may reach through the egress proxy.
-    #[serde(default)]
-    pub allowed_domains: Vec<String>,
-    /// Our extension, for `network: isolated`: non-public ranges the proxy allows nonetheless.
-    #[serde(default)]
-    pub allowed_ranges: Vec<String>,
-    /// Our extension, for `network: isolated`: the network the proxy goes out through (default `bridge`).
-    pub egress_network: Option<String>,
-    /// Our extension: run tasks as this user (`1000:1000`).
-    pub user: Option<String>,
-    /// Our extension: the image of tasks that name none (default `ubuntu:22.04`).
-    pub default_image: Option<String>,
-    /// Our extension: the engine address (default `DOCKER_HOST`, else the local socket).
-    pub docker_host: Option<String>,
-}
-
-/// `backend.direct`.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DirectSection {
-    /// Where task workspaces go.
-    pub workspace_root: Option<PathBuf>,
-    /// The `oz` binary tasks run (default: `oz` on PATH).
-    pub oz_path: Option<String>,
-    /// Before each task.
-    pub setup_command: Option<String>,
-    /// After each task.
-    pub teardown_command: Option<String>,
-    /// Variables for tasks.
-    #[serde(default)]
-    pub environment: Vec<EnvEntry>,
-}
-
-/// `backend.kubernetes` (accepted and validated; the backend itself is not built yet).
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(missing_docs)]
-pub struct KubernetesSection {
-    pub namespace: Option<String>,
-    pub kubeconfig: Option<String>,
-    pub default_image: Option<String>,
-    pub image_pull_policy: Option<String>,
-    pub use_image_volumes: Option<bool>,
-    pub preflight_image: Option<String>,
-    pub preflight_resources: Option<PreflightResources>,
-    pub sidecar_image: Option<String>,
-    pub setup_command: Option<String>,
-    pub teardown_command: Option<String>,
-    pub extra_labels: Option<BTreeMap<String, String>>,
-    pub extra_annotations: Option<BTreeMap<String, String>>,
-    pub active_deadline_seconds: Option<u64>,
-    pub ttl_seconds_after_finished: Option<u64>,
-    pub workspace_size_limit: Option<String>,
-    pub unschedulable_timeout: Option<String>,
-    pub pod_template: Option<serde_json::Value>,
-    #[serde(default)]
-    pub environment: Vec<EnvEntry>,
-    /// Our extension: an egress NetworkPolicy per task.
-    pub egress_policy: Option<EgressPolicySection>,
-}
-
-/// `backend.kubernetes.preflight_resources`: requests equal to limits for the preflight Job.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PreflightResources {
-    /// CPU, as a Kubernetes quantity (`100m`, `1`).
-    pub cpu: Option<String>,
-    /// Memory, as a Kubernetes quantity (`64Mi`, `1Gi`).
-    pub memory: Option<String>,
-}
-
-/// `backend.kubernetes.egress_policy` (our extension).
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EgressPolicySection {
-    /// Destinations allowed besides DNS.
-    #[serde(default)]
-    pub allowed_cidrs: Vec<String>,
-    /// TCP ports allowed to them (empty: all).
-    #[serde(default)]
-    pub ports: Vec<i32>,
-}
-
-/// Which backend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which backend (the `--backend` flag, and `oz local --backend`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum BackendKind {
-    /// Docker.
+    /// Containers on a Docker engine.
     Docker,
-    /// Direct.
+    /// Processes on this host.
     Direct,
-    /// Kubernetes.
+    /// A Job per task on a Kubernetes cluster.
     Kubernetes,
 }
 
-impl std::str::FromStr for BackendKind {
-    type Err = WorkerError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "docker" => Ok(BackendKind::Docker),
-            "direct" => Ok(BackendKind::Direct),
-            "kubernetes" => Ok(BackendKind::Kubernetes),
-            other => Err(WorkerError::Config(format!("--backend {other:?} is not one of docker, direct, kubernetes"))),
+impl BackendConfig {
+    /// Which backend this configures.
+    pub fn kind(&self) -> BackendKind {
+        match self {
+            #[cfg(feature = "direct")]
+            BackendConfig::Direct(_) => BackendKind::Direct,
+            #[cfg(feature = "docker")]
+            BackendConfig::Docker(_) => BackendKind::Docker,
+            #[cfg(feature = "kubernetes")]
+            BackendConfig::Kubernetes(_) => BackendKind::Kubernetes,
+        }
+    }
+
+    /// The defaults of `kind` (a flag naming a backend the file does not configure).
+    pub fn defaults(kind: BackendKind) -> Result<Self, WorkerError> {
+        match kind {
+            #[cfg(feature = "direct")]
+            BackendKind::Direct => Ok(BackendConfig::Direct(Default::default())),
+            #[cfg(feature = "docker")]
+            BackendKind::Docker => Ok(BackendConfig::Docker(Default::default())),
+            #[cfg(feature = "kubernetes")]
+            BackendKind::Kubernetes => Ok(BackendConfig::Kubernetes(Default::default())),
+            #[allow(unreachable_patterns)]
+            other => Err(WorkerError::Config(format!(
+                "this worker was built without the {} backend (cargo feature {0:?})",
+                other.name()
+            ))),
+        }
+    }
+}
+
+impl BackendKind {
+    /// `docker`, `direct`, `kubernetes`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Docker => "docker",
+            BackendKind::Direct => "direct",
+            BackendKind::Kubernetes => "kubernetes",
         }
     }
 }
 
 /// Parses the YAML file's text; errors name the offending key.
 pub fn parse_file(text: &str) -> Result<FileConfig, WorkerError> {
-    let config: FileConfig =
-        serde_saphyr::from_str(text).map_err(|e| WorkerError::Config(format!("the config file is invalid: {e}")))?;
-    if let Some(b) = &config.backend {
-        let set: Vec<&str> =
-            [("docker", b.docker.is_some()), ("direct", b.direct.is_some()), ("kubernetes", b.kubernetes.is_some())]
-                .iter()
-                .filter(|(_, on)| *on)
-                .map(|(n, _)| *n)
-                .collect();
-        if set.len() > 1 {
-            return Err(WorkerError::Config(format!(
-                "the config file sets more than one backend ({}); keep exactly one under `backend`",
-                set.join(", ")
-            )));
-        }
-    }
-    Ok(config)
+    serde_saphyr::from_str(text).map_err(|e| WorkerError::Config(format!("the config file is invalid: {e}")))
 }
 
 /// Resolves `KEY=VALUE` or a bare `KEY` (the worker's own value; an error if it has none).
@@ -205,27 +158,21 @@ pub fn resolve_env(spec: &str, lookup: impl Fn(&str) -> Option<String>) -> Resul
     Ok((name, value))
 }
 
-/// The backend to use: the flag, else the file's backend key, else docker (as Oz).
-pub fn backend_kind(flag: Option<BackendKind>, file: &FileConfig) -> BackendKind {
-    flag.or_else(|| {
-        file.backend.as_ref().and_then(|b| {
-            if b.direct.is_some() {
-                Some(BackendKind::Direct)
-            } else if b.kubernetes.is_some() {
-                Some(BackendKind::Kubernetes)
-            } else if b.docker.is_some() {
-                Some(BackendKind::Docker)
-            } else {
-                None
-            }
-        })
-    })
-    .unwrap_or(BackendKind::Docker)
+/// The backend to use: the flag's (with the file's section for it, if the file has that backend;
+/// else its defaults), else the file's backend, else docker's defaults (as Oz).
+pub fn backend_config(flag: Option<BackendKind>, file: Option<BackendConfig>) -> Result<BackendConfig, WorkerError> {
+    match (flag, file) {
+        (Some(kind), Some(config)) if config.kind() == kind => Ok(config),
+        (Some(kind), _) => BackendConfig::defaults(kind),
+        (None, Some(config)) => Ok(config),
+        (None, None) => BackendConfig::defaults(BackendKind::Docker),
+    }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "direct", feature = "docker", feature = "kubernetes"))]
 mod tests {
     use super::*;
+    use oz_core::task::EnvEntry;
 
     #[test]
     fn parses_the_oz_shape() {
@@ -235,18 +182,27 @@ mod tests {
         .unwrap();
         assert_eq!(c.worker_id.as_deref(), Some("my-worker"));
         assert_eq!(c.max_concurrent_tasks, Some(3));
-        let d = c.backend.as_ref().unwrap().direct.as_ref().unwrap();
+        let Some(BackendConfig::Direct(d)) = c.backend.clone() else { panic!("{:?}", c.backend) };
         assert_eq!(d.environment[1], EnvEntry { name: "HOME_INHERITED".into(), value: None });
-        assert_eq!(backend_kind(None, &c), BackendKind::Direct);
-        assert_eq!(backend_kind(Some(BackendKind::Docker), &c), BackendKind::Docker);
-        assert_eq!(backend_kind(None, &FileConfig::default()), BackendKind::Docker);
+        assert_eq!(d.oz_path.as_deref(), Some(std::path::Path::new("/usr/local/bin/oz")));
+        assert_eq!(backend_config(None, c.backend.clone()).unwrap().kind(), BackendKind::Direct);
+        assert_eq!(backend_config(Some(BackendKind::Docker), c.backend).unwrap().kind(), BackendKind::Docker);
+        assert_eq!(backend_config(None, None).unwrap().kind(), BackendKind::Docker);
         let k8s = parse_file(
-            "backend:\n  kubernetes:\n    namespace: agents\n    unschedulable_timeout: 30s\n    pod_template: {spec: {}}\n    preflight_image: busybox:1.36\n    preflight_resources: {cpu: 100m, memory: 64Mi}\n    egress_policy: {allowed_cidrs: [10.0.0.0/8], ports: [443]}\n",
+            "backend:\n  kubernetes:\n    namespace: agents\n    unschedulable_timeout: 30s\n    pod_template: {spec: {}}\n    preflight_image: busybox:1.36\n    preflight_resources: {cpu: 100m, memory: 64Mi}\n    egress_policy: {allowed_cidrs: [10.0.0.0/8], ports: [443]}\n    environment: [{name: FROM_FILE, value: k8s}]\n",
         )
         .unwrap();
-        let section = k8s.backend.unwrap().kubernetes.unwrap();
-        assert_eq!(section.preflight_resources.unwrap().memory.as_deref(), Some("64Mi"));
+        let Some(BackendConfig::Kubernetes(section)) = k8s.backend else { panic!() };
+        assert_eq!(section.preflight_resources.memory_bytes, Some(64 << 20));
         assert_eq!(section.egress_policy.unwrap().ports, vec![443]);
+        assert_eq!(section.environment, vec![EnvEntry::new("FROM_FILE", "k8s")], "kubernetes.environment is read");
+        let docker = parse_file(
+            "backend:\n  docker:\n    pull_policy: never\n    network: isolated\n    allowed_domains: [github.com]\n    allowed_ranges: [10.20.0.0/16]\n",
+        )
+        .unwrap();
+        let Some(BackendConfig::Docker(section)) = docker.backend else { panic!() };
+        assert_eq!(section.pull_policy, oz_core::image::PullPolicy::Never);
+        assert_eq!(section.network, oz_backend_docker::DefaultNetwork::Isolated);
     }
 
     #[test]
@@ -257,6 +213,10 @@ mod tests {
         assert!(e.contains("workspace_rot"), "{e}");
         let e = parse_file("backend:\n  direct: {}\n  docker: {}\n").unwrap_err().to_string();
         assert!(e.contains("more than one backend") && e.contains("docker") && e.contains("direct"), "{e}");
+        let e = parse_file("backend:\n  docker:\n    pull_policy: sometimes\n").unwrap_err().to_string();
+        assert!(e.contains("sometimes"), "{e}");
+        let e = parse_file("backend:\n  lambda: {}\n").unwrap_err().to_string();
+        assert!(e.contains("lambda"), "{e}");
         assert!(parse_file("worker_id: [unclosed").is_err());
     }
 

@@ -7,13 +7,26 @@ pub enum WorkerError {
     /// The configuration is invalid.
     #[error("invalid worker configuration: {0}")]
     Config(String),
+    /// A configured value failed oz-core's validation.
+    #[error("invalid worker configuration: {0}")]
+    Invalid(#[from] oz_core::Error),
+    /// The backend could not be made.
+    #[error("{0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The WebSocket URL or its request could not be built.
+    #[error("the worker WebSocket request is invalid: {0}")]
+    Request(String),
     /// Connecting to the control plane failed.
     #[error("could not connect to the control plane: {0}")]
-    Connect(String),
+    Connect(#[source] Box<tokio_tungstenite::tungstenite::Error>),
+    /// Connecting to the control plane took too long.
+    #[error("could not connect to the control plane: no answer within {0:?}")]
+    ConnectTimeout(std::time::Duration),
 }
 
-impl From<oz_core::Error> for WorkerError {
-    fn from(e: oz_core::Error) -> Self {
-        WorkerError::Config(e.to_string())
+impl WorkerError {
+    /// A backend's own error, kept as the cause.
+    pub fn backend(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        WorkerError::Backend(Box::new(e))
     }
 }

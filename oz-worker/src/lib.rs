@@ -18,6 +18,7 @@
 //!
 //! Metrics: [`Worker::metrics`] and [`metrics::serve`] (the program's `--metrics-listen`).
 
+pub mod backends;
 pub mod command;
 pub mod config;
 mod error;

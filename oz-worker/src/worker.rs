@@ -18,6 +18,7 @@ use futures::{SinkExt, StreamExt};
 use oz_core::backend::{Backend, CancelReason, Canceller, TaskOutcome};
 use oz_core::credentials::ApiKey;
 use oz_core::failure::FailureReason;
+use oz_core::retry::RetryPolicy;
 use oz_core::run::RunState;
 use oz_core::task::TaskSpec;
 use oz_core::wire::worker::{
@@ -231,7 +232,8 @@ impl Worker {
     /// [`Worker::run`] for a worker already shared (after [`Worker::adopt_recovered`]).
     pub async fn run_shared(self: Arc<Self>) -> Result<(), WorkerError> {
         let this = self;
-        let mut backoff = this.config.backoff_min;
+        let reconnect = RetryPolicy::forever(this.config.backoff_min, this.config.backoff_max);
+        let mut delays = reconnect.delays();
         let mut mode = this.mode.clone();
         let mut connected_before = false;
         loop {
@@ -246,18 +248,18 @@ impl Worker {
                     }
                     connected_before = true;
                     this.metrics.set_connected(true);
-                    backoff = this.config.backoff_min;
+                    delays = reconnect.delays();
                     this.clone().session(ws).await;
                     this.metrics.set_connected(false);
                     // A live connection that dropped is redialed at once.
                 }
                 Err(e) => {
-                    warn!("could not connect ({e}); retrying in {}s", backoff.as_secs_f32());
+                    let delay = delays.next().unwrap_or(this.config.backoff_max);
+                    warn!("{e}; retrying in {}s", delay.as_secs_f32());
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(delay) => {}
                         _ = mode.changed() => {}
                     }
-                    backoff = (backoff * 2).min(this.config.backoff_max);
                 }
             }
         }
@@ -266,16 +268,17 @@ impl Worker {
     async fn connect(&self) -> Result<WsStream, WorkerError> {
         let sep = if self.config.websocket_url.contains('?') { '&' } else { '?' };
         let url = format!("{}{sep}worker_id={}", self.config.websocket_url, self.config.worker_id);
-        let mut request = url.into_client_request().map_err(|e| WorkerError::Connect(e.to_string()))?;
+        let mut request = url.into_client_request().map_err(|e| WorkerError::Request(e.to_string()))?;
         let auth = format!("Bearer {}", self.config.api_key.expose())
             .parse()
-            .map_err(|_| WorkerError::Connect("the API key is not a valid header value".into()))?;
+            .map_err(|_| WorkerError::Request("the API key is not a valid header value".into()))?;
         request.headers_mut().insert("Authorization", auth);
         let connect = tokio_tungstenite::connect_async(request);
-        let (ws, _) = tokio::time::timeout(Duration::from_secs(15), connect)
+        let limit = Duration::from_secs(15);
+        let (ws, _) = tokio::time::timeout(limit, connect)
             .await
-            .map_err(|_| WorkerError::Connect("timed out".into()))?
-            .map_err(|e| WorkerError::Connect(e.to_string()))?;
+            .map_err(|_| WorkerError::ConnectTimeout(limit))?
+            .map_err(|e| WorkerError::Connect(Box::new(e)))?;
         Ok(ws)
     }
 

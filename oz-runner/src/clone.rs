@@ -16,7 +16,7 @@ use oz_core::environment::RepoRef;
 use oz_core::wire::callbacks::RunnerEvent;
 use tokio::process::Command;
 
-use crate::agent::log::EventLog;
+use crate::log::EventLog;
 
 /// Checks a git base URL: a known scheme and no credentials in it.
 pub fn validate_base_url(base: &str) -> Result<(), String> {
@@ -166,15 +166,13 @@ pub fn builtin_clone(url: &str, dir: &Path, credentials: Arc<Vec<GitCredential>>
                 context.destructure_url_in_place(false)?;
                 let protocol = context.protocol.clone().unwrap_or_default();
                 let host = context.host.clone().unwrap_or_default();
-                Ok(crate::agent::credentials::lookup(&credentials, &protocol, &host).map(|(username, password)| {
-                    Outcome {
-                        identity: gix::sec::identity::Account {
-                            username: username.to_owned(),
-                            password: password.to_owned(),
-                            oauth_refresh_token: None,
-                        },
-                        next: context.into(),
-                    }
+                Ok(crate::credentials::lookup(&credentials, &protocol, &host).map(|(username, password)| Outcome {
+                    identity: gix::sec::identity::Account {
+                        username: username.to_owned(),
+                        password: password.to_owned(),
+                        oauth_refresh_token: None,
+                    },
+                    next: context.into(),
                 }))
             }
             Action::Store(_) | Action::Erase(_) => Ok(None),

@@ -11,8 +11,8 @@ use oz_core::wire::callbacks::{RunnerEvent, RunnerReport};
 use tokio::sync::Mutex;
 use tracing::warn;
 
-use crate::agent::args::OutputFormat;
-use crate::agent::control::ControlPlane;
+use crate::args::OutputFormat;
+use crate::control::ControlPlane;
 
 /// Which output stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

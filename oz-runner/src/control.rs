@@ -92,7 +92,7 @@ impl std::fmt::Debug for HttpControlPlane {
 impl HttpControlPlane {
     /// A client for `server_root_url` (the API is under `/api/v1`).
     pub fn new(server_root_url: &str, run_id: &str, token: SecretString) -> Result<Self, ControlError> {
-        crate::agent::install_crypto_provider();
+        crate::install_crypto_provider();
         let client = reqwest::Client::builder()
             .user_agent(concat!("oz-agent-runner/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(std::time::Duration::from_secs(10))

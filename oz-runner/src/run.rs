@@ -14,13 +14,13 @@ use secrecy::SecretString;
 use tokio::sync::watch;
 use tracing::{Instrument, info_span};
 
-use crate::agent::args::RunArgs;
-use crate::agent::clone::{self, Cloned};
-use crate::agent::control::{ControlPlane, Detached, HttpControlPlane};
-use crate::agent::credentials::{self, CredentialServer};
-use crate::agent::exec;
-use crate::agent::harness::{Harness, HarnessKind};
-use crate::agent::log::EventLog;
+use crate::args::RunArgs;
+use crate::clone::{self, Cloned};
+use crate::control::{ControlPlane, Detached, HttpControlPlane};
+use crate::credentials::{self, CredentialServer};
+use crate::exec;
+use crate::harness::{Harness, HarnessKind};
+use crate::log::EventLog;
 
 /// The variable carrying the run's workload token (removed from every child's environment).
 pub const WORKLOAD_TOKEN_VAR: &str = "OZ_WORKLOAD_TOKEN";
@@ -77,7 +77,7 @@ impl Context {
 
 /// Runs the agent; returns the process exit status.
 pub async fn run(args: RunArgs, warnings: Vec<String>, ctx: Context) -> i32 {
-    crate::agent::install_crypto_provider();
+    crate::install_crypto_provider();
     let token = ctx.var(WORKLOAD_TOKEN_VAR).filter(|t| !t.is_empty());
     let git_credentials = match credentials::from_env(|k| ctx.var(k)) {
         Ok(c) => c,

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, ValueEnum};
+use oz_core::egress::{EgressPolicy, IpNet};
 
 /// The format of the runner's own event log.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -68,6 +69,46 @@ pub struct RunArgs {
     /// The command harness's argv (after `--`).
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+/// `oz agent egress-proxy`: the proxy of an isolated task network (the Docker backend runs it with
+/// [`EgressPolicy::proxy_argv`], whose flags these are).
+#[derive(Clone, Debug, Args)]
+pub struct EgressProxyArgs {
+    /// Where to listen.
+    #[arg(long, default_value = "0.0.0.0:3128")]
+    pub listen: String,
+    /// An allowed domain: `example.com`, or `*.example.com` for its subdomains (repeatable).
+    #[arg(long = "allow")]
+    pub allow: Vec<String>,
+    /// A non-public range to allow nonetheless, e.g. `10.20.0.0/16` (repeatable).
+    #[arg(long = "allow-range")]
+    pub allow_range: Vec<IpNet>,
+}
+
+impl EgressProxyArgs {
+    /// The policy these flags describe.
+    pub fn policy(&self) -> EgressPolicy {
+        EgressPolicy { domains: self.allow.clone(), allowed_ranges: self.allow_range.clone() }
+    }
+}
+
+/// Only for `--help`: the flags of `oz agent run`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "oz agent run",
+    about = "Prepare the workspace (clone repos, run setup commands) and run the agent harness here.",
+    after_help = "Exit status: the harness's; 2 for bad input; 3 when a repo could not be cloned; 4 when a setup command failed; 130 when cancelled."
+)]
+struct RunHelp {
+    #[command(flatten)]
+    args: RunArgs,
+}
+
+/// Prints the help of `oz agent run` (its flags are parsed leniently, so clap never prints it).
+pub fn print_help() {
+    use clap::CommandFactory;
+    let _ = <RunHelp as CommandFactory>::command().print_help();
 }
 
 /// A wrapper so `RunArgs` can be parsed on its own (tests, lenient parsing).
@@ -170,6 +211,31 @@ mod tests {
         assert_eq!(args.command, ["./agent.sh", "--future-flag"]);
         assert_eq!(warnings.len(), 3, "{warnings:?}");
         assert!(warnings[0].contains("--future-flag value"));
+    }
+
+    /// The Docker backend builds the proxy's argv from the policy; these flags read it back.
+    #[test]
+    fn the_egress_proxy_argv_round_trips_through_its_flags() {
+        #[derive(Debug, Parser)]
+        #[command(no_binary_name = true)]
+        enum Top {
+            Agent {
+                #[command(subcommand)]
+                command: Sub,
+            },
+        }
+        #[derive(Debug, clap::Subcommand)]
+        enum Sub {
+            EgressProxy(EgressProxyArgs),
+        }
+        let policy = EgressPolicy {
+            domains: vec!["github.com".into(), "*.githubusercontent.com".into()],
+            allowed_ranges: vec!["10.20.0.0/16".parse().unwrap(), "fd00::/8".parse().unwrap()],
+        };
+        let argv = policy.proxy_argv("0.0.0.0:3128".parse().unwrap());
+        let Top::Agent { command: Sub::EgressProxy(parsed) } = Top::try_parse_from(&argv).unwrap();
+        assert_eq!(parsed.listen, "0.0.0.0:3128");
+        assert_eq!(parsed.policy(), policy);
     }
 
     #[test]

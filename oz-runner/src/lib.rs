@@ -1,0 +1,95 @@
+//! What runs inside every sandbox, from the static sidecar `oz`: `oz agent run` (clone the
+//! environment's repos, run the setup commands, start the harness, report to the control plane),
+//! git's credential helper, and the egress proxy of isolated Docker networks. It also runs
+//! unmanaged on any machine, with no control plane.
+//!
+//! The `oz` binary (crate `oz-cli`) parses the command line and hands over to [`run_main`],
+//! [`egress_proxy_main`] and [`credentials::helper_main`].
+//!
+//! ```
+//! use oz_runner::harness::Harness;
+//! // The argv of a preset harness for a prompt.
+//! let argv = Harness::Codex.argv("fix the flaky test", None);
+//! assert_eq!(argv[0], "codex");
+//! ```
+
+pub mod args;
+pub mod clone;
+pub mod control;
+pub mod credentials;
+pub mod egress_proxy;
+pub mod exec;
+pub mod harness;
+pub mod log;
+pub mod run;
+
+/// Installs the process's rustls crypto provider (ring), once, before any HTTP client is built (ours
+/// and the built-in git's). Installing it again is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// `oz agent run <raw...>` as a process: parses the flags leniently, runs the agent with SIGTERM and
+/// SIGINT as cancellation, and returns the exit status (see [`run`]).
+pub fn run_main(raw: Vec<String>) -> i32 {
+    if raw.iter().take_while(|a| *a != "--").any(|a| a == "--help" || a == "-h") {
+        args::print_help();
+        return 0;
+    }
+    let (parsed, warnings) = match args::parse_lenient(raw) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = e.print();
+            return run::EXIT_USAGE;
+        }
+    };
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("oz: could not start the async runtime: {e}");
+            return 1;
+        }
+    };
+    runtime.block_on(async move {
+        let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+                return;
+            };
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            let _ = cancel_tx.send(true);
+        });
+        let oz_binary = std::env::current_exe().unwrap_or_else(|_| "oz".into());
+        let ctx = run::Context { env: std::env::vars().collect(), control: None, oz_binary, cancel: cancel_rx };
+        run::run(parsed, warnings, ctx).await
+    })
+}
+
+/// `oz agent egress-proxy` as a process: serves `policy` on `listen` until killed; returns the exit
+/// status.
+pub fn egress_proxy_main(listen: &str, policy: oz_core::egress::EgressPolicy) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("oz: could not start the async runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(egress_proxy::serve(listen, policy)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("oz egress-proxy: {e}");
+            1
+        }
+    }
+}
+
+/// Logs to stderr, filtered by `OZ_LOG` (default `warn`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OZ_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}

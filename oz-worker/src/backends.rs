@@ -1,0 +1,60 @@
+//! Making a backend from its configuration: the one place that does it, for `oz-agent-worker` and for
+//! `oz local`.
+
+use std::sync::Arc;
+
+use oz_core::backend::Backend;
+
+use crate::config::BackendConfig;
+use crate::error::WorkerError;
+
+/// A backend ready to take tasks, and the program its tasks run as the runner.
+pub struct BuiltBackend {
+    /// The backend.
+    pub backend: Arc<dyn Backend>,
+    /// The head of every task's argv (`/agent/entrypoint.sh` with a sidecar, else the `oz` binary).
+    pub runner_entrypoint: String,
+}
+
+impl std::fmt::Debug for BuiltBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuiltBackend")
+            .field("backend", &self.backend.name())
+            .field("runner_entrypoint", &self.runner_entrypoint)
+            .finish()
+    }
+}
+
+/// Makes the backend `config` describes, for worker `worker_id`, removing what tasks leave when
+/// `cleanup` is on. Connects to the engine or cluster and, for Kubernetes, runs the preflight Job.
+pub async fn build(config: BackendConfig, worker_id: &str, cleanup: bool) -> Result<BuiltBackend, WorkerError> {
+    let sidecar_entrypoint = oz_core::sidecar::SidecarLayout::default().entrypoint();
+    match config {
+        #[cfg(feature = "direct")]
+        BackendConfig::Direct(mut direct) => {
+            direct.worker_id = worker_id.to_owned();
+            direct.cleanup = cleanup;
+            let runner_entrypoint =
+                direct.oz_path.as_ref().map_or_else(|| "oz".to_owned(), |p| p.display().to_string());
+            let backend = oz_backend_direct::DirectBackend::new(*direct).map_err(WorkerError::backend)?;
+            Ok(BuiltBackend { backend: Arc::new(backend), runner_entrypoint })
+        }
+        #[cfg(feature = "docker")]
+        BackendConfig::Docker(mut docker) => {
+            docker.worker_id = worker_id.to_owned();
+            docker.cleanup = cleanup;
+            let runner_entrypoint = if docker.sidecar_binary.is_some() { sidecar_entrypoint } else { "oz".to_owned() };
+            let backend = oz_backend_docker::DockerBackend::connect(*docker).await.map_err(WorkerError::backend)?;
+            Ok(BuiltBackend { backend: Arc::new(backend), runner_entrypoint })
+        }
+        #[cfg(feature = "kubernetes")]
+        BackendConfig::Kubernetes(mut k8s) => {
+            k8s.worker_id = worker_id.to_owned();
+            k8s.cleanup = cleanup;
+            let backend = oz_backend_k8s::KubernetesBackend::connect(*k8s).await.map_err(WorkerError::backend)?;
+            tracing::info!("running the Kubernetes preflight Job");
+            backend.preflight().await.map_err(WorkerError::backend)?;
+            Ok(BuiltBackend { backend: Arc::new(backend), runner_entrypoint: sidecar_entrypoint })
+        }
+    }
+}
