@@ -8,10 +8,10 @@ use jiff::Timestamp;
 use oz_core::failure::ErrorCode;
 use oz_core::wire::api::{IntegrationItem, IntegrationRequest, WebhookAccepted};
 
-use crate::api::runs::{NewRun, prepare_run};
 #[allow(unused_imports)]
 use crate::api::schema::*;
 use crate::auth::Caller;
+use crate::creation::{self, NewRun};
 use crate::dispatch::ws::validate_worker_id;
 use crate::error::ApiError;
 use crate::extract::{ApiBytes, ApiJson, ApiPath};
@@ -199,9 +199,6 @@ pub async fn deliver(
         parent_run_id: None,
         metadata: Some(serde_json::json!({"integration_id": integration.id})),
     };
-    let run = prepare_run(&state, &integration.team_id, new).await?;
-    state.store.insert_run(&run).await?;
-    state.lifecycle.metrics().run_created(&run.source);
-    state.dispatcher.wake();
+    let run = creation::create(&state, &integration.team_id, new).await?;
     Ok((StatusCode::ACCEPTED, Json(WebhookAccepted { run_id: run.id })))
 }

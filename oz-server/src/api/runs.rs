@@ -17,7 +17,7 @@ use oz_core::wire::api::{
 #[allow(unused_imports)]
 use crate::api::schema::*;
 use crate::auth::{Caller, Principal};
-use crate::dispatch::ws::validate_worker_id;
+use crate::creation::{self, NewRun};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, query_pairs};
 use crate::lifecycle::run_item;
@@ -70,83 +70,6 @@ fn validate_request(req: &RunAgentRequest) -> Result<(), ApiError> {
 }
 
 /// `POST /agent/runs` and `POST /agent/run`.
-/// What a new run is made from, whatever asked for it (the API, a schedule, an integration).
-#[derive(Clone, Debug, Default)]
-pub struct NewRun {
-    /// The prompt.
-    pub prompt: String,
-    /// A title; defaults to the start of the prompt.
-    pub title: Option<String>,
-    /// The agent config (its `worker_host` is resolved against the server's default).
-    pub config: Option<oz_core::wire::api::AgentConfig>,
-    /// `API`, `SCHEDULED_AGENT`, ...
-    pub source: String,
-    /// Who asked.
-    pub creator_id: Option<String>,
-    /// The schedule that made it.
-    pub schedule_id: Option<String>,
-    /// The run that started it.
-    pub parent_run_id: Option<String>,
-    /// Free-form metadata.
-    pub metadata: Option<serde_json::Value>,
-}
-
-/// Builds a QUEUED run for `team_id`: resolves and checks the worker host, checks the environment
-/// belongs to the team, and says in its status message what it waits for.
-pub async fn prepare_run(state: &AppState, team_id: &str, new: NewRun) -> Result<RunRecord, ApiError> {
-    let mut config = new.config.unwrap_or_default();
-    let worker_host = match config.worker_host.as_deref() {
-        None | Some("warp") => state.config.default_worker_host.clone().ok_or_else(|| {
-            ApiError::invalid("config.worker_host is required: this server runs agents on self-hosted workers only")
-        })?,
-        Some(host) => host.to_owned(),
-    };
-    validate_worker_id(&worker_host).map_err(|e| ApiError::invalid(format!("config.worker_host: {}", e.detail)))?;
-    config.worker_host = Some(worker_host.clone());
-    if let Some(env_id) = &config.environment_id
-        && state.store.environment(team_id, env_id).await?.is_none()
-    {
-        return Err(ApiError::invalid(format!("config.environment_id: there is no environment {env_id:?}")));
-    }
-    let now = Timestamp::now();
-    let title = new.title.filter(|t| !t.trim().is_empty()).unwrap_or_else(|| new.prompt.chars().take(80).collect());
-    let waiting = if state.dispatcher.connections(team_id, &worker_host) > 0 {
-        format!("waiting for worker {worker_host}")
-    } else {
-        format!("waiting for worker {worker_host}: no worker with this id is connected")
-    };
-    Ok(RunRecord {
-        id: uuid::Uuid::new_v4().to_string(),
-        team_id: team_id.to_owned(),
-        creator_id: new.creator_id,
-        title,
-        prompt: new.prompt,
-        state: RunState::Queued,
-        source: new.source,
-        worker_host: Some(worker_host),
-        config: Some(config),
-        status_message: Some(oz_core::wire::api::StatusMessage {
-            message: waiting,
-            error_code: None,
-            retryable: None,
-            session_debug_until: None,
-        }),
-        artifacts: Vec::new(),
-        metadata: new.metadata,
-        schedule_id: new.schedule_id,
-        parent_run_id: new.parent_run_id,
-        created_at: now,
-        updated_at: now,
-        started_at: None,
-        finished_at: None,
-        execution_id: None,
-        claimed_by: None,
-        lease_expires_at: None,
-        cancel_requested: false,
-    })
-}
-
-/// `POST /agent/runs` and `POST /agent/run`.
 #[utoipa::path(post, path = "/agent/runs", tag = "runs", request_body = RunAgentRequest, responses((status = 200, body = RunCreated), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json")))]
 pub async fn create(
     State(state): State<AppState>,
@@ -164,11 +87,13 @@ pub async fn create(
         parent_run_id: req.parent_run_id.clone(),
         metadata: req.metadata.as_ref().map(|m| serde_json::json!(m)),
     };
-    let run = prepare_run(&state, &caller.team_id, new).await?;
-    state.store.insert_run(&run).await?;
-    state.lifecycle.metrics().run_created(&run.source);
-    state.dispatcher.wake();
-    Ok(Json(RunCreated { run_id: run.id.clone(), task_id: run.id, state: RunState::Queued, at_capacity: None }))
+    let run = creation::create(&state, &caller.team_id, new).await?;
+    Ok(created(run))
+}
+
+/// What `POST /agent/runs` and its follow-ups answer.
+fn created(run: RunRecord) -> Json<RunCreated> {
+    Json(RunCreated { run_id: run.id.clone(), task_id: run.id, state: run.state, at_capacity: None })
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -396,9 +321,6 @@ pub async fn followup(
         parent_run_id: Some(parent.id.clone()),
         metadata: None,
     };
-    let run = prepare_run(&state, &caller.team_id, new).await?;
-    state.store.insert_run(&run).await?;
-    state.lifecycle.metrics().run_created(&run.source);
-    state.dispatcher.wake();
-    Ok(Json(RunCreated { run_id: run.id.clone(), task_id: run.id, state: RunState::Queued, at_capacity: None }))
+    let run = creation::create(&state, &caller.team_id, new).await?;
+    Ok(created(run))
 }
