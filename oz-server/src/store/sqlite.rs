@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use jiff::Timestamp;
 use oz_core::environment::EnvironmentConfig;
 use oz_core::wire::callbacks::Artifact;
+use sqlx::migrate::{Migrate, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
@@ -73,34 +74,42 @@ impl SqliteStore {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_us INTEGER NOT NULL)",
+        self.adopt_old_bookkeeping().await?;
+        MIGRATOR.run(&self.writer).await?;
+        Ok(())
+    }
+
+    /// Before sqlx's migrator, the store recorded the versions it had applied in its own table,
+    /// `schema_migrations (version, applied_us)`, and `_sqlx_migrations` did not exist. On the first
+    /// open of such a database, `_sqlx_migrations` is seeded with those versions and the checksums of
+    /// today's files (their SQL is what was applied), in one transaction, so the migrator applies only
+    /// the versions that are new. `schema_migrations` is left as it was, unread from then on.
+    async fn adopt_old_bookkeeping(&self) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ('schema_migrations', ?)",
         )
-        .execute(&self.writer)
+        .bind(MIGRATOR.table_name.as_ref())
+        .fetch_all(&mut *tx)
         .await?;
-        let applied: Vec<i64> = sqlx::query("SELECT version FROM schema_migrations")
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        for (version, sql) in migrations::MIGRATIONS {
-            if applied.contains(version) {
-                continue;
-            }
-            let mut tx = self.writer.begin().await?;
-            sqlx::raw_sql(*sql).execute(&mut *tx).await?;
-            sqlx::query("INSERT INTO schema_migrations (version, applied_us) VALUES (?, ?)")
-                .bind(version)
-                .bind(micros(Timestamp::now()))
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            tracing::info!(version, "applied a database migration");
+        if tables != ["schema_migrations"] {
+            return Ok(());
         }
+        let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations").fetch_all(&mut *tx).await?;
+        tx.ensure_migrations_table(&MIGRATOR.table_name).await?;
+        for migration in MIGRATOR.iter().filter(|m| applied.contains(&m.version)) {
+            tx.skip(&MIGRATOR.table_name, migration).await?;
+        }
+        tx.commit().await?;
+        tracing::info!(?applied, "adopted the migrations an older version recorded in schema_migrations");
         Ok(())
     }
 }
+
+/// The schema: `oz-server/migrations/`, applied in order at start-up, each in its own transaction.
+/// Never edit a published file (the migrator refuses a database whose applied checksum differs);
+/// add the next.
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 const RUN_COLUMNS: &str = "id, team_id, creator_id, title, prompt, state, source, worker_host, config, status_message, artifacts, \
      metadata, schedule_id, parent_run_id, created_us, updated_us, started_us, finished_us, execution_id, claimed_by, lease_us, \
