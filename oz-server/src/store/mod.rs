@@ -55,7 +55,7 @@ pub struct TeamRecord {
 }
 
 /// A stored API key (the secret itself is never stored, only its SHA-256).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct ApiKeyRecord {
     /// The key's public id (the part before the secret).
     pub id: String,
