@@ -70,7 +70,7 @@ fn validate_request(req: &RunAgentRequest) -> Result<(), ApiError> {
 }
 
 /// `POST /agent/runs` and `POST /agent/run`.
-#[utoipa::path(post, path = "/agent/runs", tag = "runs", request_body = RunAgentRequest, responses((status = 200, body = RunCreated), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/agent/runs", tag = "runs", request_body = RunAgentRequest, responses((status = 200, body = RunCreated), BadRequest, Unauthorized))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -118,7 +118,7 @@ fn parse_time(name: &str, value: &str) -> Result<Timestamp, ApiError> {
 }
 
 /// `GET /agent/runs`.
-#[utoipa::path(get, path = "/agent/runs", tag = "runs", params(("limit" = Option<u32>, Query, description = "1-500, default 20"), ("cursor" = Option<String>, Query), ("state" = Option<Vec<RunState>>, Query, description = "repeatable"), ("name" = Option<String>, Query), ("model_id" = Option<String>, Query), ("creator" = Option<String>, Query), ("source" = Option<String>, Query), ("created_after" = Option<String>, Query), ("created_before" = Option<String>, Query), ("updated_after" = Option<String>, Query), ("environment_id" = Option<String>, Query), ("schedule_id" = Option<String>, Query), ("ancestor_run_id" = Option<String>, Query), ("q" = Option<String>, Query), ("sort_by" = Option<String>, Query, description = "updated_at, created_at, title, agent"), ("sort_order" = Option<String>, Query, description = "asc or desc")), responses((status = 200, body = RunList), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/agent/runs", tag = "runs", params(("limit" = Option<u32>, Query, description = "1-500, default 20"), ("cursor" = Option<String>, Query), ("state" = Option<Vec<RunState>>, Query, description = "repeatable"), ("name" = Option<String>, Query), ("model_id" = Option<String>, Query), ("creator" = Option<String>, Query), ("source" = Option<String>, Query), ("created_after" = Option<String>, Query), ("created_before" = Option<String>, Query), ("updated_after" = Option<String>, Query), ("environment_id" = Option<String>, Query), ("schedule_id" = Option<String>, Query), ("ancestor_run_id" = Option<String>, Query), ("q" = Option<String>, Query), ("sort_by" = Option<String>, Query, description = "updated_at, created_at, title, agent"), ("sort_order" = Option<String>, Query, description = "asc or desc")), responses((status = 200, body = RunList), BadRequest, Unauthorized))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -216,7 +216,7 @@ pub async fn visible_run(state: &AppState, principal: &Principal, run_id: &str) 
 }
 
 /// `GET /agent/runs/{id}`.
-#[utoipa::path(get, path = "/agent/runs/{id}", tag = "runs", params(("id" = String, Path)), responses((status = 200, body = RunItem), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found (or another team's)", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/agent/runs/{id}", tag = "runs", params(("id" = String, Path)), responses((status = 200, body = RunItem), BadRequest, Unauthorized, NotFound))]
 pub async fn get(
     State(state): State<AppState>,
     principal: Principal,
@@ -227,7 +227,7 @@ pub async fn get(
 
 /// `POST /agent/runs/{id}/cancel`: 200 with the run id; 400 if it already ended; 409 (retryable)
 /// while PENDING.
-#[utoipa::path(post, path = "/agent/runs/{id}/cancel", tag = "runs", params(("id" = String, Path)), responses((status = 200, body = String, description = "The run id"), (status = 409, description = "PENDING: retry", body = Problem, content_type = "application/problem+json"), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found (or another team's)", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/agent/runs/{id}/cancel", tag = "runs", params(("id" = String, Path)), responses((status = 200, body = String, description = "The run id"), (status = 409, description = "PENDING: retry", body = Problem, content_type = "application/problem+json"), BadRequest, Unauthorized, NotFound))]
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
@@ -258,7 +258,7 @@ pub async fn cancel(
 }
 
 /// `GET /agent/runs/{id}/transcript`: 302 to the stored transcript.
-#[utoipa::path(get, path = "/agent/runs/{id}/transcript", tag = "runs", params(("id" = String, Path)), responses((status = 302, description = "Redirect to the transcript"), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found (or another team's)", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/agent/runs/{id}/transcript", tag = "runs", params(("id" = String, Path)), responses((status = 302, description = "Redirect to the transcript"), BadRequest, Unauthorized, NotFound))]
 pub async fn transcript(
     State(state): State<AppState>,
     principal: Principal,
@@ -270,7 +270,7 @@ pub async fn transcript(
 }
 
 /// `GET /agent/runs/{id}/transcript/content`: every stored event of the run, as a JSON array.
-#[utoipa::path(get, path = "/agent/runs/{id}/transcript/content", tag = "runs", params(("id" = String, Path)), responses((status = 200, body = Vec<Object>), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found (or another team's)", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/agent/runs/{id}/transcript/content", tag = "runs", params(("id" = String, Path)), responses((status = 200, body = Vec<Object>), BadRequest, Unauthorized, NotFound))]
 pub async fn transcript_content(
     State(state): State<AppState>,
     principal: Principal,
@@ -293,7 +293,7 @@ pub async fn transcript_content(
 /// `POST /agent/runs/{id}/followups`: continues a run with a new message. This server starts a new
 /// run with the same agent config, the message as its prompt, and the original as its parent
 /// (`parent_run_id`), and answers like `POST /agent/runs`.
-#[utoipa::path(post, path = "/agent/runs/{id}/followups", tag = "runs", params(("id" = String, Path)), request_body = FollowupRequest, responses((status = 200, body = RunCreated), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found (or another team's)", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/agent/runs/{id}/followups", tag = "runs", params(("id" = String, Path)), request_body = FollowupRequest, responses((status = 200, body = RunCreated), BadRequest, Unauthorized, NotFound))]
 pub async fn followup(
     State(state): State<AppState>,
     caller: Caller,
