@@ -169,20 +169,13 @@ impl SqliteStore {
     /// One row of a team, decoded.
     async fn team_row<T: Stored>(&self, table: TeamTable, team_id: &str, id: &str) -> Result<Option<T>, StoreError> {
         let sql = format!("SELECT * FROM {} WHERE team_id = ? AND id = ?", table.name());
-        sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(team_id)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(T::from_row)
-            .transpose()
+        T::one(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(team_id).bind(id).fetch_optional(&self.pool).await?)
     }
 
     /// All rows of a team, oldest first, decoded.
     async fn team_rows<T: Stored>(&self, table: TeamTable, team_id: &str) -> Result<Vec<T>, StoreError> {
         let sql = format!("SELECT * FROM {} WHERE team_id = ? ORDER BY created_us, id", table.name());
-        let rows = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(team_id).fetch_all(&self.pool).await?;
-        rows.into_iter().map(T::from_row).collect()
+        T::all(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(team_id).fetch_all(&self.pool).await?)
     }
 
     /// Deletes one row of a team; `NotFound` if there was none.
@@ -292,23 +285,14 @@ impl Store for SqliteStore {
 
     async fn run(&self, team_id: &str, id: &str) -> Result<Option<RunRecord>, StoreError> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE team_id = ? AND id = ?");
-        sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(team_id)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(RunRecord::from_row)
-            .transpose()
+        RunRecord::one(
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(team_id).bind(id).fetch_optional(&self.pool).await?,
+        )
     }
 
     async fn run_by_id(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?");
-        sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(RunRecord::from_row)
-            .transpose()
+        RunRecord::one(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&self.pool).await?)
     }
 
     async fn list_runs(
@@ -374,7 +358,7 @@ impl Store for SqliteStore {
             q.push(", ").push_bind(id.clone()).push(")");
         }
         q.push(format!(" ORDER BY {column} {order}, id {order} LIMIT ")).push_bind(i64::from(page.limit) + 1);
-        q.build_query_as().fetch_all(&self.pool).await?.into_iter().map(RunRecord::from_row).collect()
+        RunRecord::all(q.build_query_as().fetch_all(&self.pool).await?)
     }
 
     async fn change_state(&self, id: &str, change: &StateChange, at: Timestamp) -> Result<RunRecord, StoreError> {
@@ -446,28 +430,21 @@ impl Store for SqliteStore {
         let sql = format!(
             "SELECT {RUN_COLUMNS} FROM runs WHERE state = 'QUEUED' AND team_id = ? AND worker_host = ? ORDER BY created_us, id LIMIT ?"
         );
-        sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(team_id)
-            .bind(worker_host)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?
-            .into_iter()
-            .map(RunRecord::from_row)
-            .collect()
+        RunRecord::all(
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(team_id)
+                .bind(worker_host)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     async fn held_runs(&self, worker_id: &str) -> Result<Vec<RunRecord>, StoreError> {
         let sql = format!(
             "SELECT {RUN_COLUMNS} FROM runs WHERE claimed_by = ? AND state IN ('PENDING', 'CLAIMED', 'INPROGRESS', 'BLOCKED')"
         );
-        sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(worker_id)
-            .fetch_all(&self.pool)
-            .await?
-            .into_iter()
-            .map(RunRecord::from_row)
-            .collect()
+        RunRecord::all(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(worker_id).fetch_all(&self.pool).await?)
     }
 
     async fn expired_leases(&self, now: Timestamp) -> Result<Vec<RunRecord>, StoreError> {
@@ -475,13 +452,7 @@ impl Store for SqliteStore {
             "SELECT {RUN_COLUMNS} FROM runs WHERE lease_us IS NOT NULL AND lease_us < ? \
              AND state IN ('PENDING', 'CLAIMED', 'INPROGRESS', 'BLOCKED')"
         );
-        sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(micros(now))
-            .fetch_all(&self.pool)
-            .await?
-            .into_iter()
-            .map(RunRecord::from_row)
-            .collect()
+        RunRecord::all(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(micros(now)).fetch_all(&self.pool).await?)
     }
 
     async fn append_event(&self, run_id: &str, at: Timestamp, body: &serde_json::Value) -> Result<i64, StoreError> {
@@ -499,17 +470,16 @@ impl Store for SqliteStore {
     }
 
     async fn events(&self, run_id: &str, after_seq: i64, limit: u32) -> Result<Vec<RunEventRecord>, StoreError> {
-        sqlx::query_as(
-            "SELECT run_id, seq, at_us, body FROM run_events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        RunEventRecord::all(
+            sqlx::query_as(
+                "SELECT run_id, seq, at_us, body FROM run_events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            )
+            .bind(run_id)
+            .bind(after_seq)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?,
         )
-        .bind(run_id)
-        .bind(after_seq)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?
-        .into_iter()
-        .map(RunEventRecord::from_row)
-        .collect()
     }
 
     async fn insert_token(&self, token: &WorkloadTokenRecord) -> Result<(), StoreError> {
@@ -526,12 +496,14 @@ impl Store for SqliteStore {
     }
 
     async fn token(&self, id: &str) -> Result<Option<WorkloadTokenRecord>, StoreError> {
-        sqlx::query_as("SELECT id, run_id, team_id, secret_hash, expires_us, revoked FROM workload_tokens WHERE id = ?")
+        WorkloadTokenRecord::one(
+            sqlx::query_as(
+                "SELECT id, run_id, team_id, secret_hash, expires_us, revoked FROM workload_tokens WHERE id = ?",
+            )
             .bind(id)
             .fetch_optional(&self.pool)
-            .await?
-            .map(WorkloadTokenRecord::from_row)
-            .transpose()
+            .await?,
+        )
     }
 
     async fn maintenance(&self) -> Result<(), StoreError> {
@@ -610,13 +582,10 @@ impl ScheduleStore for SqliteStore {
     }
 
     async fn due_schedules(&self, now: Timestamp) -> Result<Vec<ScheduleRecord>, StoreError> {
-        sqlx::query_as("SELECT * FROM schedules WHERE enabled = 1 AND next_run_us IS NOT NULL AND next_run_us <= ? ORDER BY next_run_us LIMIT 100")
+        ScheduleRecord::all(sqlx::query_as("SELECT * FROM schedules WHERE enabled = 1 AND next_run_us IS NOT NULL AND next_run_us <= ? ORDER BY next_run_us LIMIT 100")
             .bind(micros(now))
             .fetch_all(&self.pool)
-            .await?
-            .into_iter()
-            .map(ScheduleRecord::from_row)
-            .collect()
+            .await?)
     }
 
     async fn fire_schedule(
@@ -697,12 +666,9 @@ impl IntegrationStore for SqliteStore {
     }
 
     async fn integration_by_id(&self, id: &str) -> Result<Option<IntegrationRecord>, StoreError> {
-        sqlx::query_as("SELECT * FROM integrations WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(IntegrationRecord::from_row)
-            .transpose()
+        IntegrationRecord::one(
+            sqlx::query_as("SELECT * FROM integrations WHERE id = ?").bind(id).fetch_optional(&self.pool).await?,
+        )
     }
 
     async fn integrations(&self, team_id: &str) -> Result<Vec<IntegrationRecord>, StoreError> {

@@ -15,6 +15,14 @@ pub(super) trait Stored: Sized {
     type Row: for<'r> FromRow<'r, SqliteRow> + Send + Unpin;
     /// The record of a row; a value that does not decode is `Corrupt`, naming its column.
     fn from_row(row: Self::Row) -> Result<Self, StoreError>;
+
+    fn one(row: Option<Self::Row>) -> Result<Option<Self>, StoreError> {
+        row.map(Self::from_row).transpose()
+    }
+
+    fn all(rows: Vec<Self::Row>) -> Result<Vec<Self>, StoreError> {
+        rows.into_iter().map(Self::from_row).collect()
+    }
 }
 
 fn from_micros(us: i64) -> Timestamp {
