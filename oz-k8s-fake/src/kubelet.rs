@@ -9,14 +9,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
 
-use crate::server::Inner;
+use crate::cluster::{Cluster, Node};
 
 /// How long a deleted Pod's processes have between SIGTERM and SIGKILL.
-pub(crate) const GRACE: Duration = Duration::from_secs(1);
+const GRACE: Duration = Duration::from_secs(1);
 
 fn terminated(code: i32, reason: Option<&str>, message: Option<&str>) -> Value {
     let mut t = json!({"exitCode": code});
@@ -29,8 +30,29 @@ fn terminated(code: i32, reason: Option<&str>, message: Option<&str>) -> Value {
     json!([{"name": "task", "image": "", "imageID": "", "ready": false, "restartCount": 0, "state": {"terminated": t}}])
 }
 
+/// The node that runs Pods as local process groups, with their logs and work folders under `dir`.
+pub(crate) struct Kubelet {
+    dir: PathBuf,
+}
+
+impl Kubelet {
+    pub(crate) fn new(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+}
+
+impl Node for Kubelet {
+    fn run(&self, cluster: Arc<Cluster>, namespace: String, pod: Value, deadline: Option<u64>) {
+        tokio::spawn(run_pod(cluster, self.dir.clone(), namespace, pod, deadline));
+    }
+
+    fn stop(&self, pgid: i32) -> BoxFuture<'static, ()> {
+        Box::pin(stop_group(pgid))
+    }
+}
+
 /// Runs a Pod's task container to its end.
-pub(crate) async fn run_pod(inner: Arc<Inner>, dir: PathBuf, ns: String, pod: Value, deadline: Option<u64>) {
+async fn run_pod(cluster: Arc<Cluster>, dir: PathBuf, ns: String, pod: Value, deadline: Option<u64>) {
     let name = pod["metadata"]["name"].as_str().unwrap_or("").to_owned();
     let job = pod["metadata"]["labels"]["job-name"].as_str().unwrap_or("").to_owned();
     let task = pod["spec"]["containers"].as_array().and_then(|c| c.iter().find(|c| c["name"] == "task")).cloned();
@@ -53,7 +75,7 @@ pub(crate) async fn run_pod(inner: Arc<Inner>, dir: PathBuf, ns: String, pod: Va
     let workdir = dir.join(format!("{ns}-{name}.work"));
     let opened = std::fs::create_dir_all(&workdir).and_then(|()| std::fs::File::create(&log_path));
     let Ok(log) = opened else { return };
-    crate::server::register_log_file(&inner, &ns, &name, log_path);
+    cluster.register_log_file(&ns, &name, log_path);
     let Some((program, args)) = argv.split_first() else { return };
     let (Ok(out), Ok(err)) = (log.try_clone(), log.try_clone()) else { return };
     let spawned = tokio::process::Command::new(program)
@@ -70,8 +92,7 @@ pub(crate) async fn run_pod(inner: Arc<Inner>, dir: PathBuf, ns: String, pod: Va
         Ok(c) => c,
         Err(e) => {
             let message = format!("failed to start container \"task\": exec: {program:?}: {e}");
-            crate::server::set_pod_status(
-                &inner,
+            cluster.set_pod_status(
                 &ns,
                 &name,
                 json!({"phase": "Failed", "containerStatuses": terminated(128, Some("StartError"), Some(&message))}),
@@ -80,9 +101,8 @@ pub(crate) async fn run_pod(inner: Arc<Inner>, dir: PathBuf, ns: String, pod: Va
         }
     };
     let pgid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
-    crate::server::register_process_group(&inner, &ns, &name, pgid);
-    crate::server::set_pod_status(
-        &inner,
+    cluster.register_process_group(&ns, &name, pgid);
+    cluster.set_pod_status(
         &ns,
         &name,
         json!({"phase": "Running", "containerStatuses": [{"name": "task", "image": "", "imageID": "", "ready": true,
@@ -101,20 +121,20 @@ pub(crate) async fn run_pod(inner: Arc<Inner>, dir: PathBuf, ns: String, pod: Va
             let Ok(status) = status else { return };
             let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(9));
             let phase = if code == 0 { "Succeeded" } else { "Failed" };
-            crate::server::set_pod_status(&inner, &ns, &name, json!({"phase": phase, "containerStatuses": terminated(code, None, None)}));
+            cluster.set_pod_status(&ns, &name, json!({"phase": phase, "containerStatuses": terminated(code, None, None)}));
         }
         () = timeout => {
             stop_group(pgid).await;
             let _ = child.wait().await;
-            crate::server::set_pod_status(&inner, &ns, &name, json!({"phase": "Failed", "reason": "DeadlineExceeded",
+            cluster.set_pod_status(&ns, &name, json!({"phase": "Failed", "reason": "DeadlineExceeded",
                 "message": "Pod was active on the node longer than the specified deadline"}));
-            crate::server::set_job_status(&inner, &ns, &job, json!({"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]}));
+            cluster.set_job_status(&ns, &job, json!({"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]}));
         }
     }
 }
 
 /// SIGTERM to the group, the grace period, then SIGKILL; returns once nothing in the group runs.
-pub(crate) async fn stop_group(pgid: i32) {
+async fn stop_group(pgid: i32) {
     if pgid <= 0 {
         return;
     }

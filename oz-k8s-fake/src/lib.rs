@@ -24,9 +24,117 @@
 //! # }
 //! ```
 
+mod cluster;
+mod controller;
 mod kubelet;
 mod server;
 mod state;
 
-pub use server::FakeCluster;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
 pub use state::WatchKind;
+
+use crate::cluster::Cluster;
+
+/// A running fake API server on loopback. Dropping it stops serving.
+#[derive(Clone)]
+pub struct FakeCluster {
+    cluster: Arc<Cluster>,
+    url: String,
+    _server: Arc<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for FakeCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeCluster").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+impl FakeCluster {
+    /// Starts serving on a free loopback port.
+    pub async fn start() -> std::io::Result<Self> {
+        let cluster = Arc::new(Cluster::new());
+        let app = server::router(cluster.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { cluster, url, _server: Arc::new(server) })
+    }
+
+    /// The server's URL (`http://127.0.0.1:PORT`).
+    pub fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    /// Every request so far, as `METHOD /path?query`.
+    pub fn requests(&self) -> Vec<String> {
+        self.cluster.requests()
+    }
+
+    /// The objects of a kind in a namespace.
+    pub fn objects(&self, kind: WatchKind, namespace: &str) -> Vec<Value> {
+        self.cluster.objects(kind, namespace)
+    }
+
+    /// Sets a Pod's `status` (phase, container statuses, conditions); a Pod that succeeded or failed
+    /// completes or fails its Job, as the Job controller does.
+    pub fn set_pod_status(&self, namespace: &str, pod: &str, new_status: Value) {
+        self.cluster.set_pod_status(namespace, pod, new_status);
+    }
+
+    /// Sets a Job's `status` directly (a deadline exceeded, say).
+    pub fn set_job_status(&self, namespace: &str, job: &str, new_status: Value) {
+        self.cluster.set_job_status(namespace, job, new_status);
+    }
+
+    /// Runs Pods for real from now on: each Pod's `task` command as a local process group (see the
+    /// `kubelet` module), with logs and work folders under `dir`.
+    pub fn enable_kubelet(&self, dir: impl Into<std::path::PathBuf>) {
+        self.cluster.set_node(Arc::new(kubelet::Kubelet::new(dir.into())));
+    }
+
+    /// Records an Event about a Pod (`FailedMount`, `FailedScheduling`, ...), as the kubelet would.
+    pub fn add_pod_event(&self, namespace: &str, pod: &str, reason: &str, message: &str) {
+        self.cluster.add_pod_event(namespace, pod, reason, message);
+    }
+
+    /// Appends to a Pod's log (what its container printed).
+    pub fn append_log(&self, namespace: &str, pod: &str, text: &str) {
+        self.cluster.append_log(namespace, pod, text);
+    }
+
+    /// Forgets the event history: a watch resuming from before now gets 410 Gone.
+    pub fn compact(&self) {
+        self.cluster.compact();
+    }
+
+    /// Answers 403 Forbidden to `method` requests whose path contains `fragment` (`"POST", "/jobs"`).
+    pub fn deny(&self, method: &str, fragment: &str) {
+        self.fail_requests(method, fragment, 403);
+    }
+
+    /// Answers `status` to `method` requests whose path contains `fragment`, until [`FakeCluster::heal`].
+    pub fn fail_requests(&self, method: &str, fragment: &str, status: u16) {
+        self.cluster.fail_requests(method, fragment, status);
+    }
+
+    /// Stops failing requests.
+    pub fn heal(&self) {
+        self.cluster.heal();
+    }
+
+    /// Sets how often idle watches get a bookmark (default 500 ms, so tests see them quickly).
+    pub fn set_bookmark_interval(&self, every: Duration) {
+        self.cluster.set_bookmark_every(every);
+    }
+
+    /// Ends every open watch stream (as an API server restart would).
+    pub fn drop_watches(&self) {
+        self.cluster.drop_watches();
+    }
+}

@@ -18,6 +18,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod creation;
 pub mod dispatch;
 pub mod error;
 pub mod extract;

@@ -18,7 +18,7 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use tracing::{info, warn};
 
-use crate::api::runs::{NewRun, prepare_run};
+use crate::creation::{self, NewRun};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::ScheduleRecord;
@@ -104,7 +104,8 @@ pub async fn tick(state: &AppState) -> Result<usize, ApiError> {
             parent_run_id: None,
             metadata: None,
         };
-        let prepared = prepare_run(state, &schedule.team_id, new).await;
+        // A run that cannot be made is recorded with what the API would have answered.
+        let prepared = creation::prepare(state, &schedule.team_id, new).await.map_err(ApiError::from);
         let outcome = match &prepared {
             Ok(run) => Ok(run),
             Err(e) => Err(e.detail.as_str()),

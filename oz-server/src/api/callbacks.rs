@@ -14,7 +14,7 @@ use crate::extract::{ApiJson, ApiPath};
 use crate::state::AppState;
 
 /// The handler.
-#[utoipa::path(post, path = "/agent/runs/{id}/report", tag = "callbacks", params(("id" = String, Path)), request_body = RunnerReport, responses((status = 204, description = "Recorded"), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found (or another team's)", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/agent/runs/{id}/report", tag = "callbacks", params(("id" = String, Path)), request_body = RunnerReport, responses((status = 204, description = "Recorded"), BadRequest, Unauthorized, NotFound))]
 pub async fn report(
     State(state): State<AppState>,
     token: RunToken,

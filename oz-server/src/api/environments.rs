@@ -32,14 +32,14 @@ fn validated(config: EnvironmentConfig) -> Result<EnvironmentConfig, ApiError> {
 }
 
 /// `GET /agent/environments` (API key, or a run's workload token: the run's team's environments).
-#[utoipa::path(get, path = "/agent/environments", tag = "environments", responses((status = 200, body = EnvironmentList), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/agent/environments", tag = "environments", responses((status = 200, body = EnvironmentList), BadRequest, Unauthorized))]
 pub async fn list(State(state): State<AppState>, principal: Principal) -> Result<Json<EnvironmentList>, ApiError> {
     let envs = state.store.environments(principal.team_id()).await?;
     Ok(Json(EnvironmentList { environments: envs.into_iter().map(cloud).collect() }))
 }
 
 /// `POST /agent/environments`.
-#[utoipa::path(post, path = "/agent/environments", tag = "environments", request_body = EnvironmentConfig, responses((status = 200, body = CloudEnvironment), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/agent/environments", tag = "environments", request_body = EnvironmentConfig, responses((status = 200, body = CloudEnvironment), BadRequest, Unauthorized))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -59,7 +59,7 @@ pub async fn create(
 }
 
 /// `GET /agent/environments/{id}`.
-#[utoipa::path(get, path = "/agent/environments/{id}", tag = "environments", params(("id" = String, Path)), responses((status = 200, body = CloudEnvironment), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found (or another team's)", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/agent/environments/{id}", tag = "environments", params(("id" = String, Path)), responses((status = 200, body = CloudEnvironment), BadRequest, Unauthorized, NotFound))]
 pub async fn get(
     State(state): State<AppState>,
     principal: Principal,
@@ -74,7 +74,7 @@ pub async fn get(
 }
 
 /// `PUT /agent/environments/{id}`.
-#[utoipa::path(put, path = "/agent/environments/{id}", tag = "environments", params(("id" = String, Path)), request_body = EnvironmentConfig, responses((status = 200, body = CloudEnvironment), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found (or another team's)", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(put, path = "/agent/environments/{id}", tag = "environments", params(("id" = String, Path)), request_body = EnvironmentConfig, responses((status = 200, body = CloudEnvironment), BadRequest, Unauthorized, NotFound))]
 pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
@@ -90,7 +90,7 @@ pub async fn update(
 }
 
 /// `DELETE /agent/environments/{id}`: `{"success": true}`.
-#[utoipa::path(delete, path = "/agent/environments/{id}", tag = "environments", params(("id" = String, Path)), responses((status = 200, body = Object, description = "{\"success\": true}"), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found (or another team's)", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(delete, path = "/agent/environments/{id}", tag = "environments", params(("id" = String, Path)), responses((status = 200, body = Object, description = "{\"success\": true}"), BadRequest, Unauthorized, NotFound))]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,

@@ -30,7 +30,7 @@ fn sse_event(e: &RunEventRecord) -> Event {
 }
 
 /// The handler.
-#[utoipa::path(get, path = "/agent/runs/{id}/events", tag = "runs", params(("id" = String, Path), ("Last-Event-ID" = Option<i64>, Header)), responses((status = 200, description = "Server-Sent Events; each data is a RunStreamEvent", body = RunStreamEvent, content_type = "text/event-stream"), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found (or another team's)", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/agent/runs/{id}/events", tag = "runs", params(("id" = String, Path), ("Last-Event-ID" = Option<i64>, Header)), responses((status = 200, description = "Server-Sent Events; each data is a RunStreamEvent", body = RunStreamEvent, content_type = "text/event-stream"), BadRequest, Unauthorized, NotFound))]
 pub async fn stream(
     State(state): State<AppState>,
     principal: Principal,

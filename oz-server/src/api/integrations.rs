@@ -8,10 +8,10 @@ use jiff::Timestamp;
 use oz_core::failure::ErrorCode;
 use oz_core::wire::api::{IntegrationItem, IntegrationRequest, WebhookAccepted};
 
-use crate::api::runs::{NewRun, prepare_run};
 #[allow(unused_imports)]
 use crate::api::schema::*;
 use crate::auth::Caller;
+use crate::creation::{self, NewRun};
 use crate::dispatch::ws::validate_worker_id;
 use crate::error::ApiError;
 use crate::extract::{ApiBytes, ApiJson, ApiPath};
@@ -66,7 +66,7 @@ fn not_found(id: &str) -> impl Fn(StoreError) -> ApiError + '_ {
 }
 
 /// `POST /integrations`: the response carries the signing secret, once.
-#[utoipa::path(post, path = "/integrations", tag = "integrations", request_body = IntegrationRequest, responses((status = 200, body = IntegrationItem, description = "Carries the signing secret, once"), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/integrations", tag = "integrations", request_body = IntegrationRequest, responses((status = 200, body = IntegrationItem, description = "Carries the signing secret, once"), BadRequest, Unauthorized))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -92,7 +92,7 @@ pub async fn create(
 }
 
 /// `GET /integrations`.
-#[utoipa::path(get, path = "/integrations", tag = "integrations", responses((status = 200, body = Object, description = "{\"integrations\": [IntegrationItem]}"), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/integrations", tag = "integrations", responses((status = 200, body = Object, description = "{\"integrations\": [IntegrationItem]}"), BadRequest, Unauthorized))]
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
     let items: Vec<IntegrationItem> =
         state.store.integrations(&caller.team_id).await?.into_iter().map(|i| item(&state, i, false)).collect();
@@ -100,7 +100,7 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<
 }
 
 /// `GET /integrations/{id}`.
-#[utoipa::path(get, path = "/integrations/{id}", tag = "integrations", params(("id" = String, Path)), responses((status = 200, body = IntegrationItem), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found (or another team's)", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/integrations/{id}", tag = "integrations", params(("id" = String, Path)), responses((status = 200, body = IntegrationItem), BadRequest, Unauthorized, NotFound))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -115,7 +115,7 @@ pub async fn get(
 }
 
 /// `PUT /integrations/{id}` (the secret is kept).
-#[utoipa::path(put, path = "/integrations/{id}", tag = "integrations", params(("id" = String, Path)), request_body = IntegrationRequest, responses((status = 200, body = IntegrationItem), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found (or another team's)", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(put, path = "/integrations/{id}", tag = "integrations", params(("id" = String, Path)), request_body = IntegrationRequest, responses((status = 200, body = IntegrationItem), BadRequest, Unauthorized, NotFound))]
 pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
@@ -138,7 +138,7 @@ pub async fn update(
 }
 
 /// `DELETE /integrations/{id}`.
-#[utoipa::path(delete, path = "/integrations/{id}", tag = "integrations", params(("id" = String, Path)), responses((status = 200, body = Object, description = "{\"success\": true}"), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found (or another team's)", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(delete, path = "/integrations/{id}", tag = "integrations", params(("id" = String, Path)), responses((status = 200, body = Object, description = "{\"success\": true}"), BadRequest, Unauthorized, NotFound))]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -199,9 +199,6 @@ pub async fn deliver(
         parent_run_id: None,
         metadata: Some(serde_json::json!({"integration_id": integration.id})),
     };
-    let run = prepare_run(&state, &integration.team_id, new).await?;
-    state.store.insert_run(&run).await?;
-    state.lifecycle.metrics().run_created(&run.source);
-    state.dispatcher.wake();
+    let run = creation::create(&state, &integration.team_id, new).await?;
     Ok((StatusCode::ACCEPTED, Json(WebhookAccepted { run_id: run.id })))
 }

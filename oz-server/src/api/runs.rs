@@ -17,7 +17,7 @@ use oz_core::wire::api::{
 #[allow(unused_imports)]
 use crate::api::schema::*;
 use crate::auth::{Caller, Principal};
-use crate::dispatch::ws::validate_worker_id;
+use crate::creation::{self, NewRun};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, query_pairs};
 use crate::lifecycle::run_item;
@@ -70,84 +70,7 @@ fn validate_request(req: &RunAgentRequest) -> Result<(), ApiError> {
 }
 
 /// `POST /agent/runs` and `POST /agent/run`.
-/// What a new run is made from, whatever asked for it (the API, a schedule, an integration).
-#[derive(Clone, Debug, Default)]
-pub struct NewRun {
-    /// The prompt.
-    pub prompt: String,
-    /// A title; defaults to the start of the prompt.
-    pub title: Option<String>,
-    /// The agent config (its `worker_host` is resolved against the server's default).
-    pub config: Option<oz_core::wire::api::AgentConfig>,
-    /// `API`, `SCHEDULED_AGENT`, ...
-    pub source: String,
-    /// Who asked.
-    pub creator_id: Option<String>,
-    /// The schedule that made it.
-    pub schedule_id: Option<String>,
-    /// The run that started it.
-    pub parent_run_id: Option<String>,
-    /// Free-form metadata.
-    pub metadata: Option<serde_json::Value>,
-}
-
-/// Builds a QUEUED run for `team_id`: resolves and checks the worker host, checks the environment
-/// belongs to the team, and says in its status message what it waits for.
-pub async fn prepare_run(state: &AppState, team_id: &str, new: NewRun) -> Result<RunRecord, ApiError> {
-    let mut config = new.config.unwrap_or_default();
-    let worker_host = match config.worker_host.as_deref() {
-        None | Some("warp") => state.config.default_worker_host.clone().ok_or_else(|| {
-            ApiError::invalid("config.worker_host is required: this server runs agents on self-hosted workers only")
-        })?,
-        Some(host) => host.to_owned(),
-    };
-    validate_worker_id(&worker_host).map_err(|e| ApiError::invalid(format!("config.worker_host: {}", e.detail)))?;
-    config.worker_host = Some(worker_host.clone());
-    if let Some(env_id) = &config.environment_id
-        && state.store.environment(team_id, env_id).await?.is_none()
-    {
-        return Err(ApiError::invalid(format!("config.environment_id: there is no environment {env_id:?}")));
-    }
-    let now = Timestamp::now();
-    let title = new.title.filter(|t| !t.trim().is_empty()).unwrap_or_else(|| new.prompt.chars().take(80).collect());
-    let waiting = if state.dispatcher.connections(team_id, &worker_host) > 0 {
-        format!("waiting for worker {worker_host}")
-    } else {
-        format!("waiting for worker {worker_host}: no worker with this id is connected")
-    };
-    Ok(RunRecord {
-        id: uuid::Uuid::new_v4().to_string(),
-        team_id: team_id.to_owned(),
-        creator_id: new.creator_id,
-        title,
-        prompt: new.prompt,
-        state: RunState::Queued,
-        source: new.source,
-        worker_host: Some(worker_host),
-        config: Some(config),
-        status_message: Some(oz_core::wire::api::StatusMessage {
-            message: waiting,
-            error_code: None,
-            retryable: None,
-            session_debug_until: None,
-        }),
-        artifacts: Vec::new(),
-        metadata: new.metadata,
-        schedule_id: new.schedule_id,
-        parent_run_id: new.parent_run_id,
-        created_at: now,
-        updated_at: now,
-        started_at: None,
-        finished_at: None,
-        execution_id: None,
-        claimed_by: None,
-        lease_expires_at: None,
-        cancel_requested: false,
-    })
-}
-
-/// `POST /agent/runs` and `POST /agent/run`.
-#[utoipa::path(post, path = "/agent/runs", tag = "runs", request_body = RunAgentRequest, responses((status = 200, body = RunCreated), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/agent/runs", tag = "runs", request_body = RunAgentRequest, responses((status = 200, body = RunCreated), BadRequest, Unauthorized))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -164,11 +87,13 @@ pub async fn create(
         parent_run_id: req.parent_run_id.clone(),
         metadata: req.metadata.as_ref().map(|m| serde_json::json!(m)),
     };
-    let run = prepare_run(&state, &caller.team_id, new).await?;
-    state.store.insert_run(&run).await?;
-    state.lifecycle.metrics().run_created(&run.source);
-    state.dispatcher.wake();
-    Ok(Json(RunCreated { run_id: run.id.clone(), task_id: run.id, state: RunState::Queued, at_capacity: None }))
+    let run = creation::create(&state, &caller.team_id, new).await?;
+    Ok(created(run))
+}
+
+/// What `POST /agent/runs` and its follow-ups answer.
+fn created(run: RunRecord) -> Json<RunCreated> {
+    Json(RunCreated { run_id: run.id.clone(), task_id: run.id, state: run.state, at_capacity: None })
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -193,7 +118,7 @@ fn parse_time(name: &str, value: &str) -> Result<Timestamp, ApiError> {
 }
 
 /// `GET /agent/runs`.
-#[utoipa::path(get, path = "/agent/runs", tag = "runs", params(("limit" = Option<u32>, Query, description = "1-500, default 20"), ("cursor" = Option<String>, Query), ("state" = Option<Vec<RunState>>, Query, description = "repeatable"), ("name" = Option<String>, Query), ("model_id" = Option<String>, Query), ("creator" = Option<String>, Query), ("source" = Option<String>, Query), ("created_after" = Option<String>, Query), ("created_before" = Option<String>, Query), ("updated_after" = Option<String>, Query), ("environment_id" = Option<String>, Query), ("schedule_id" = Option<String>, Query), ("ancestor_run_id" = Option<String>, Query), ("q" = Option<String>, Query), ("sort_by" = Option<String>, Query, description = "updated_at, created_at, title, agent"), ("sort_order" = Option<String>, Query, description = "asc or desc")), responses((status = 200, body = RunList), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/agent/runs", tag = "runs", params(("limit" = Option<u32>, Query, description = "1-500, default 20"), ("cursor" = Option<String>, Query), ("state" = Option<Vec<RunState>>, Query, description = "repeatable"), ("name" = Option<String>, Query), ("model_id" = Option<String>, Query), ("creator" = Option<String>, Query), ("source" = Option<String>, Query), ("created_after" = Option<String>, Query), ("created_before" = Option<String>, Query), ("updated_after" = Option<String>, Query), ("environment_id" = Option<String>, Query), ("schedule_id" = Option<String>, Query), ("ancestor_run_id" = Option<String>, Query), ("q" = Option<String>, Query), ("sort_by" = Option<String>, Query, description = "updated_at, created_at, title, agent"), ("sort_order" = Option<String>, Query, description = "asc or desc")), responses((status = 200, body = RunList), BadRequest, Unauthorized))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -291,7 +216,7 @@ pub async fn visible_run(state: &AppState, principal: &Principal, run_id: &str) 
 }
 
 /// `GET /agent/runs/{id}`.
-#[utoipa::path(get, path = "/agent/runs/{id}", tag = "runs", params(("id" = String, Path)), responses((status = 200, body = RunItem), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found (or another team's)", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/agent/runs/{id}", tag = "runs", params(("id" = String, Path)), responses((status = 200, body = RunItem), BadRequest, Unauthorized, NotFound))]
 pub async fn get(
     State(state): State<AppState>,
     principal: Principal,
@@ -302,7 +227,7 @@ pub async fn get(
 
 /// `POST /agent/runs/{id}/cancel`: 200 with the run id; 400 if it already ended; 409 (retryable)
 /// while PENDING.
-#[utoipa::path(post, path = "/agent/runs/{id}/cancel", tag = "runs", params(("id" = String, Path)), responses((status = 200, body = String, description = "The run id"), (status = 409, description = "PENDING: retry", body = Problem, content_type = "application/problem+json"), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found (or another team's)", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/agent/runs/{id}/cancel", tag = "runs", params(("id" = String, Path)), responses((status = 200, body = String, description = "The run id"), (status = 409, description = "PENDING: retry", body = Problem, content_type = "application/problem+json"), BadRequest, Unauthorized, NotFound))]
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
@@ -333,7 +258,7 @@ pub async fn cancel(
 }
 
 /// `GET /agent/runs/{id}/transcript`: 302 to the stored transcript.
-#[utoipa::path(get, path = "/agent/runs/{id}/transcript", tag = "runs", params(("id" = String, Path)), responses((status = 302, description = "Redirect to the transcript"), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found (or another team's)", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/agent/runs/{id}/transcript", tag = "runs", params(("id" = String, Path)), responses((status = 302, description = "Redirect to the transcript"), BadRequest, Unauthorized, NotFound))]
 pub async fn transcript(
     State(state): State<AppState>,
     principal: Principal,
@@ -345,7 +270,7 @@ pub async fn transcript(
 }
 
 /// `GET /agent/runs/{id}/transcript/content`: every stored event of the run, as a JSON array.
-#[utoipa::path(get, path = "/agent/runs/{id}/transcript/content", tag = "runs", params(("id" = String, Path)), responses((status = 200, body = Vec<Object>), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found (or another team's)", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/agent/runs/{id}/transcript/content", tag = "runs", params(("id" = String, Path)), responses((status = 200, body = Vec<Object>), BadRequest, Unauthorized, NotFound))]
 pub async fn transcript_content(
     State(state): State<AppState>,
     principal: Principal,
@@ -368,7 +293,7 @@ pub async fn transcript_content(
 /// `POST /agent/runs/{id}/followups`: continues a run with a new message. This server starts a new
 /// run with the same agent config, the message as its prompt, and the original as its parent
 /// (`parent_run_id`), and answers like `POST /agent/runs`.
-#[utoipa::path(post, path = "/agent/runs/{id}/followups", tag = "runs", params(("id" = String, Path)), request_body = FollowupRequest, responses((status = 200, body = RunCreated), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found (or another team's)", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/agent/runs/{id}/followups", tag = "runs", params(("id" = String, Path)), request_body = FollowupRequest, responses((status = 200, body = RunCreated), BadRequest, Unauthorized, NotFound))]
 pub async fn followup(
     State(state): State<AppState>,
     caller: Caller,
@@ -396,9 +321,6 @@ pub async fn followup(
         parent_run_id: Some(parent.id.clone()),
         metadata: None,
     };
-    let run = prepare_run(&state, &caller.team_id, new).await?;
-    state.store.insert_run(&run).await?;
-    state.lifecycle.metrics().run_created(&run.source);
-    state.dispatcher.wake();
-    Ok(Json(RunCreated { run_id: run.id.clone(), task_id: run.id, state: RunState::Queued, at_capacity: None }))
+    let run = creation::create(&state, &caller.team_id, new).await?;
+    Ok(created(run))
 }

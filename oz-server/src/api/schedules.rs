@@ -82,7 +82,7 @@ fn not_found(id: &str) -> impl Fn(StoreError) -> ApiError + '_ {
 }
 
 /// `POST /agent/schedules`.
-#[utoipa::path(post, path = "/agent/schedules", tag = "schedules", request_body = ScheduleCreate, responses((status = 200, body = ScheduleItem), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/agent/schedules", tag = "schedules", request_body = ScheduleCreate, responses((status = 200, body = ScheduleItem), BadRequest, Unauthorized))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -123,7 +123,7 @@ pub async fn create(
 }
 
 /// `GET /agent/schedules`.
-#[utoipa::path(get, path = "/agent/schedules", tag = "schedules", responses((status = 200, body = Object, description = "{\"schedules\": [ScheduleItem]}"), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/agent/schedules", tag = "schedules", responses((status = 200, body = Object, description = "{\"schedules\": [ScheduleItem]}"), BadRequest, Unauthorized))]
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
     let items: Vec<ScheduleItem> = state.store.schedules(&caller.team_id).await?.into_iter().map(item).collect();
     Ok(Json(serde_json::json!({"schedules": items})))
@@ -138,7 +138,7 @@ async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<ScheduleRec
 }
 
 /// `GET /agent/schedules/{id}`.
-#[utoipa::path(get, path = "/agent/schedules/{id}", tag = "schedules", params(("id" = String, Path)), responses((status = 200, body = ScheduleItem), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found (or another team's)", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/agent/schedules/{id}", tag = "schedules", params(("id" = String, Path)), responses((status = 200, body = ScheduleItem), BadRequest, Unauthorized, NotFound))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -148,7 +148,7 @@ pub async fn get(
 }
 
 /// `PUT /agent/schedules/{id}`: `name`, `cron_schedule` and `enabled` are required.
-#[utoipa::path(put, path = "/agent/schedules/{id}", tag = "schedules", params(("id" = String, Path)), request_body = ScheduleUpdate, responses((status = 200, body = ScheduleItem), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found (or another team's)", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(put, path = "/agent/schedules/{id}", tag = "schedules", params(("id" = String, Path)), request_body = ScheduleUpdate, responses((status = 200, body = ScheduleItem), BadRequest, Unauthorized, NotFound))]
 pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
@@ -175,7 +175,7 @@ pub async fn update(
 }
 
 /// `DELETE /agent/schedules/{id}`: `{"success": true}`.
-#[utoipa::path(delete, path = "/agent/schedules/{id}", tag = "schedules", params(("id" = String, Path)), responses((status = 200, body = Object, description = "{\"success\": true}"), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found (or another team's)", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(delete, path = "/agent/schedules/{id}", tag = "schedules", params(("id" = String, Path)), responses((status = 200, body = Object, description = "{\"success\": true}"), BadRequest, Unauthorized, NotFound))]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -203,7 +203,7 @@ async fn set_enabled(
 }
 
 /// `POST /agent/schedules/{id}/pause`.
-#[utoipa::path(post, path = "/agent/schedules/{id}/pause", tag = "schedules", params(("id" = String, Path)), responses((status = 200, body = ScheduleItem), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found (or another team's)", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/agent/schedules/{id}/pause", tag = "schedules", params(("id" = String, Path)), responses((status = 200, body = ScheduleItem), BadRequest, Unauthorized, NotFound))]
 pub async fn pause(
     State(state): State<AppState>,
     caller: Caller,
@@ -213,7 +213,7 @@ pub async fn pause(
 }
 
 /// `POST /agent/schedules/{id}/resume`.
-#[utoipa::path(post, path = "/agent/schedules/{id}/resume", tag = "schedules", params(("id" = String, Path)), responses((status = 200, body = ScheduleItem), (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found (or another team's)", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/agent/schedules/{id}/resume", tag = "schedules", params(("id" = String, Path)), responses((status = 200, body = ScheduleItem), BadRequest, Unauthorized, NotFound))]
 pub async fn resume(
     State(state): State<AppState>,
     caller: Caller,

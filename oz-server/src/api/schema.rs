@@ -10,3 +10,23 @@ pub(crate) use oz_core::wire::api::{
 };
 pub(crate) use oz_core::wire::callbacks::RunnerReport;
 pub(crate) use oz_core::wire::problem::Problem;
+
+// The error responses most handlers share, declared once for their `responses(...)`.
+
+/// 400 `invalid_request`.
+#[derive(utoipa::IntoResponses)]
+#[response(status = 400, description = "Invalid request", content_type = "application/problem+json")]
+#[expect(dead_code, reason = "never built: handlers answer with ApiError, whose problem document this describes")]
+pub(crate) struct BadRequest(Problem);
+
+/// 401 `authentication_required`.
+#[derive(utoipa::IntoResponses)]
+#[response(status = 401, description = "No or bad credentials", content_type = "application/problem+json")]
+#[expect(dead_code, reason = "never built: handlers answer with ApiError, whose problem document this describes")]
+pub(crate) struct Unauthorized(Problem);
+
+/// 404 `resource_not_found`: there is no such resource, or it is another team's.
+#[derive(utoipa::IntoResponses)]
+#[response(status = 404, description = "Not found (or another team's)", content_type = "application/problem+json")]
+#[expect(dead_code, reason = "never built: handlers answer with ApiError, whose problem document this describes")]
+pub(crate) struct NotFound(Problem);

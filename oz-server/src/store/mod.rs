@@ -4,7 +4,6 @@
 //! Everything that must survive a restart lives here: teams and keys, environments, runs (which are
 //! also the queue), their events, workload tokens, and dispatch leases.
 
-pub mod migrations;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -21,6 +20,10 @@ pub enum StoreError {
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The schema could not be brought up to date (a migration failed, or an applied one differs
+    /// from its file).
+    #[error("database migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
     /// A stored value could not be decoded.
     #[error("corrupt stored value in {what}: {message}")]
     Corrupt {
@@ -52,7 +55,7 @@ pub struct TeamRecord {
 }
 
 /// A stored API key (the secret itself is never stored, only its SHA-256).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct ApiKeyRecord {
     /// The key's public id (the part before the secret).
     pub id: String,

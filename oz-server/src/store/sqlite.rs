@@ -7,10 +7,14 @@ use async_trait::async_trait;
 use jiff::Timestamp;
 use oz_core::environment::EnvironmentConfig;
 use oz_core::wire::callbacks::Artifact;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::migrate::{Migrate, Migrator};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
+use self::rows::Stored;
 use super::*;
+
+mod rows;
 
 /// The SQLite store.
 #[derive(Clone, Debug)]
@@ -29,16 +33,8 @@ pub fn micros(t: Timestamp) -> i64 {
     t.as_microsecond()
 }
 
-fn from_micros(us: i64) -> Timestamp {
-    Timestamp::from_microsecond(us).unwrap_or(Timestamp::UNIX_EPOCH)
-}
-
 fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
-}
-
-fn parse_json<T: serde::de::DeserializeOwned>(what: &'static str, text: &str) -> Result<T, StoreError> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt { what, message: e.to_string() })
 }
 
 impl SqliteStore {
@@ -73,82 +69,46 @@ impl SqliteStore {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_us INTEGER NOT NULL)",
+        self.adopt_old_bookkeeping().await?;
+        MIGRATOR.run(&self.writer).await?;
+        Ok(())
+    }
+
+    /// Before sqlx's migrator, the store recorded the versions it had applied in its own table,
+    /// `schema_migrations (version, applied_us)`, and `_sqlx_migrations` did not exist. On the first
+    /// open of such a database, `_sqlx_migrations` is seeded with those versions and the checksums of
+    /// today's files (their SQL is what was applied), in one transaction, so the migrator applies only
+    /// the versions that are new. `schema_migrations` is left as it was, unread from then on.
+    async fn adopt_old_bookkeeping(&self) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ('schema_migrations', ?)",
         )
-        .execute(&self.writer)
+        .bind(MIGRATOR.table_name.as_ref())
+        .fetch_all(&mut *tx)
         .await?;
-        let applied: Vec<i64> = sqlx::query("SELECT version FROM schema_migrations")
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        for (version, sql) in migrations::MIGRATIONS {
-            if applied.contains(version) {
-                continue;
-            }
-            let mut tx = self.writer.begin().await?;
-            sqlx::raw_sql(*sql).execute(&mut *tx).await?;
-            sqlx::query("INSERT INTO schema_migrations (version, applied_us) VALUES (?, ?)")
-                .bind(version)
-                .bind(micros(Timestamp::now()))
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            tracing::info!(version, "applied a database migration");
+        if tables != ["schema_migrations"] {
+            return Ok(());
         }
+        let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations").fetch_all(&mut *tx).await?;
+        tx.ensure_migrations_table(&MIGRATOR.table_name).await?;
+        for migration in MIGRATOR.iter().filter(|m| applied.contains(&m.version)) {
+            tx.skip(&MIGRATOR.table_name, migration).await?;
+        }
+        tx.commit().await?;
+        tracing::info!(?applied, "adopted the migrations an older version recorded in schema_migrations");
         Ok(())
     }
 }
 
+/// The schema: `oz-server/migrations/`, applied in order at start-up, each in its own transaction.
+/// Never edit a published file (the migrator refuses a database whose applied checksum differs);
+/// add the next.
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
 const RUN_COLUMNS: &str = "id, team_id, creator_id, title, prompt, state, source, worker_host, config, status_message, artifacts, \
      metadata, schedule_id, parent_run_id, created_us, updated_us, started_us, finished_us, execution_id, claimed_by, lease_us, \
      cancel_requested";
-
-fn run_from_row(row: &SqliteRow) -> Result<RunRecord, StoreError> {
-    let state: String = row.try_get("state")?;
-    let config: Option<String> = row.try_get("config")?;
-    let status: Option<String> = row.try_get("status_message")?;
-    let artifacts: String = row.try_get("artifacts")?;
-    let metadata: Option<String> = row.try_get("metadata")?;
-    Ok(RunRecord {
-        id: row.try_get("id")?,
-        team_id: row.try_get("team_id")?,
-        creator_id: row.try_get("creator_id")?,
-        title: row.try_get("title")?,
-        prompt: row.try_get("prompt")?,
-        state: state.parse().map_err(|_| StoreError::Corrupt { what: "runs.state", message: state.clone() })?,
-        source: row.try_get("source")?,
-        worker_host: row.try_get("worker_host")?,
-        config: config.map(|c| parse_json("runs.config", &c)).transpose()?,
-        status_message: status.map(|s| parse_json("runs.status_message", &s)).transpose()?,
-        artifacts: parse_json("runs.artifacts", &artifacts)?,
-        metadata: metadata.map(|m| parse_json("runs.metadata", &m)).transpose()?,
-        schedule_id: row.try_get("schedule_id")?,
-        parent_run_id: row.try_get("parent_run_id")?,
-        created_at: from_micros(row.try_get("created_us")?),
-        updated_at: from_micros(row.try_get("updated_us")?),
-        started_at: row.try_get::<Option<i64>, _>("started_us")?.map(from_micros),
-        finished_at: row.try_get::<Option<i64>, _>("finished_us")?.map(from_micros),
-        execution_id: row.try_get("execution_id")?,
-        claimed_by: row.try_get("claimed_by")?,
-        lease_expires_at: row.try_get::<Option<i64>, _>("lease_us")?.map(from_micros),
-        cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
-    })
-}
-
-fn env_from_row(row: &SqliteRow) -> Result<EnvironmentRecord, StoreError> {
-    let config: String = row.try_get("config")?;
-    Ok(EnvironmentRecord {
-        id: row.try_get("id")?,
-        team_id: row.try_get("team_id")?,
-        config: parse_json("environments.config", &config)?,
-        creator_id: row.try_get("creator_id")?,
-        created_at: from_micros(row.try_get("created_us")?),
-        updated_at: from_micros(row.try_get("updated_us")?),
-    })
-}
 
 async fn insert_run_with<'e, E: sqlx::Executor<'e, Database = Sqlite>>(
     executor: E,
@@ -207,32 +167,15 @@ impl TeamTable {
 
 impl SqliteStore {
     /// One row of a team, decoded.
-    async fn team_row<T>(
-        &self,
-        table: TeamTable,
-        team_id: &str,
-        id: &str,
-        decode: fn(&SqliteRow) -> Result<T, StoreError>,
-    ) -> Result<Option<T>, StoreError> {
+    async fn team_row<T: Stored>(&self, table: TeamTable, team_id: &str, id: &str) -> Result<Option<T>, StoreError> {
         let sql = format!("SELECT * FROM {} WHERE team_id = ? AND id = ?", table.name());
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(team_id)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| decode(&r))
-            .transpose()
+        T::one(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(team_id).bind(id).fetch_optional(&self.pool).await?)
     }
 
     /// All rows of a team, oldest first, decoded.
-    async fn team_rows<T>(
-        &self,
-        table: TeamTable,
-        team_id: &str,
-        decode: fn(&SqliteRow) -> Result<T, StoreError>,
-    ) -> Result<Vec<T>, StoreError> {
+    async fn team_rows<T: Stored>(&self, table: TeamTable, team_id: &str) -> Result<Vec<T>, StoreError> {
         let sql = format!("SELECT * FROM {} WHERE team_id = ? ORDER BY created_us, id", table.name());
-        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(team_id).fetch_all(&self.pool).await?.iter().map(decode).collect()
+        T::all(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(team_id).fetch_all(&self.pool).await?)
     }
 
     /// Deletes one row of a team; `NotFound` if there was none.
@@ -287,20 +230,11 @@ impl Store for SqliteStore {
     }
 
     async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        let row = sqlx::query("SELECT id, team_id, user_id, secret_hash, revoked FROM api_keys WHERE id = ?")
+        let key = sqlx::query_as("SELECT id, team_id, user_id, secret_hash, revoked FROM api_keys WHERE id = ?")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| {
-            Ok(ApiKeyRecord {
-                id: r.try_get("id")?,
-                team_id: r.try_get("team_id")?,
-                user_id: r.try_get("user_id")?,
-                secret_hash: r.try_get("secret_hash")?,
-                revoked: r.try_get::<i64, _>("revoked")? != 0,
-            })
-        })
-        .transpose()
+        Ok(key)
     }
 
     async fn insert_environment(&self, env: &EnvironmentRecord) -> Result<(), StoreError> {
@@ -338,11 +272,11 @@ impl Store for SqliteStore {
     }
 
     async fn environment(&self, team_id: &str, id: &str) -> Result<Option<EnvironmentRecord>, StoreError> {
-        self.team_row(TeamTable::Environments, team_id, id, env_from_row).await
+        self.team_row(TeamTable::Environments, team_id, id).await
     }
 
     async fn environments(&self, team_id: &str) -> Result<Vec<EnvironmentRecord>, StoreError> {
-        self.team_rows(TeamTable::Environments, team_id, env_from_row).await
+        self.team_rows(TeamTable::Environments, team_id).await
     }
 
     async fn insert_run(&self, run: &RunRecord) -> Result<(), StoreError> {
@@ -351,23 +285,14 @@ impl Store for SqliteStore {
 
     async fn run(&self, team_id: &str, id: &str) -> Result<Option<RunRecord>, StoreError> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE team_id = ? AND id = ?");
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(team_id)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| run_from_row(&r))
-            .transpose()
+        RunRecord::one(
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(team_id).bind(id).fetch_optional(&self.pool).await?,
+        )
     }
 
     async fn run_by_id(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?");
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| run_from_row(&r))
-            .transpose()
+        RunRecord::one(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&self.pool).await?)
     }
 
     async fn list_runs(
@@ -433,7 +358,7 @@ impl Store for SqliteStore {
             q.push(", ").push_bind(id.clone()).push(")");
         }
         q.push(format!(" ORDER BY {column} {order}, id {order} LIMIT ")).push_bind(i64::from(page.limit) + 1);
-        q.build().fetch_all(&self.pool).await?.iter().map(run_from_row).collect()
+        RunRecord::all(q.build_query_as().fetch_all(&self.pool).await?)
     }
 
     async fn change_state(&self, id: &str, change: &StateChange, at: Timestamp) -> Result<RunRecord, StoreError> {
@@ -505,28 +430,21 @@ impl Store for SqliteStore {
         let sql = format!(
             "SELECT {RUN_COLUMNS} FROM runs WHERE state = 'QUEUED' AND team_id = ? AND worker_host = ? ORDER BY created_us, id LIMIT ?"
         );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(team_id)
-            .bind(worker_host)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(run_from_row)
-            .collect()
+        RunRecord::all(
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(team_id)
+                .bind(worker_host)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     async fn held_runs(&self, worker_id: &str) -> Result<Vec<RunRecord>, StoreError> {
         let sql = format!(
             "SELECT {RUN_COLUMNS} FROM runs WHERE claimed_by = ? AND state IN ('PENDING', 'CLAIMED', 'INPROGRESS', 'BLOCKED')"
         );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(worker_id)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(run_from_row)
-            .collect()
+        RunRecord::all(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(worker_id).fetch_all(&self.pool).await?)
     }
 
     async fn expired_leases(&self, now: Timestamp) -> Result<Vec<RunRecord>, StoreError> {
@@ -534,17 +452,11 @@ impl Store for SqliteStore {
             "SELECT {RUN_COLUMNS} FROM runs WHERE lease_us IS NOT NULL AND lease_us < ? \
              AND state IN ('PENDING', 'CLAIMED', 'INPROGRESS', 'BLOCKED')"
         );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(micros(now))
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(run_from_row)
-            .collect()
+        RunRecord::all(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(micros(now)).fetch_all(&self.pool).await?)
     }
 
     async fn append_event(&self, run_id: &str, at: Timestamp, body: &serde_json::Value) -> Result<i64, StoreError> {
-        let row = sqlx::query(
+        let seq = sqlx::query_scalar(
             "INSERT INTO run_events (run_id, seq, at_us, body) \
              VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM run_events WHERE run_id = ?), ?, ?) RETURNING seq",
         )
@@ -554,27 +466,20 @@ impl Store for SqliteStore {
         .bind(json(body))
         .fetch_one(&self.writer)
         .await?;
-        Ok(row.try_get(0)?)
+        Ok(seq)
     }
 
     async fn events(&self, run_id: &str, after_seq: i64, limit: u32) -> Result<Vec<RunEventRecord>, StoreError> {
-        sqlx::query("SELECT run_id, seq, at_us, body FROM run_events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?")
+        RunEventRecord::all(
+            sqlx::query_as(
+                "SELECT run_id, seq, at_us, body FROM run_events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            )
             .bind(run_id)
             .bind(after_seq)
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|r| {
-                let body: String = r.try_get("body")?;
-                Ok(RunEventRecord {
-                    run_id: r.try_get("run_id")?,
-                    seq: r.try_get("seq")?,
-                    at: from_micros(r.try_get("at_us")?),
-                    body: parse_json("run_events.body", &body)?,
-                })
-            })
-            .collect()
+            .await?,
+        )
     }
 
     async fn insert_token(&self, token: &WorkloadTokenRecord) -> Result<(), StoreError> {
@@ -591,21 +496,14 @@ impl Store for SqliteStore {
     }
 
     async fn token(&self, id: &str) -> Result<Option<WorkloadTokenRecord>, StoreError> {
-        sqlx::query("SELECT id, run_id, team_id, secret_hash, expires_us, revoked FROM workload_tokens WHERE id = ?")
+        WorkloadTokenRecord::one(
+            sqlx::query_as(
+                "SELECT id, run_id, team_id, secret_hash, expires_us, revoked FROM workload_tokens WHERE id = ?",
+            )
             .bind(id)
             .fetch_optional(&self.pool)
-            .await?
-            .map(|r| {
-                Ok(WorkloadTokenRecord {
-                    id: r.try_get("id")?,
-                    run_id: r.try_get("run_id")?,
-                    team_id: r.try_get("team_id")?,
-                    secret_hash: r.try_get("secret_hash")?,
-                    expires_at: from_micros(r.try_get("expires_us")?),
-                    revoked: r.try_get::<i64, _>("revoked")? != 0,
-                })
-            })
-            .transpose()
+            .await?,
+        )
     }
 
     async fn maintenance(&self) -> Result<(), StoreError> {
@@ -621,27 +519,6 @@ impl Store for SqliteStore {
             .await?;
         Ok(())
     }
-}
-
-fn schedule_from_row(row: &SqliteRow) -> Result<ScheduleRecord, StoreError> {
-    let config: Option<String> = row.try_get("agent_config")?;
-    Ok(ScheduleRecord {
-        id: row.try_get("id")?,
-        team_id: row.try_get("team_id")?,
-        name: row.try_get("name")?,
-        cron: row.try_get("cron")?,
-        timezone: row.try_get("timezone")?,
-        enabled: row.try_get::<i64, _>("enabled")? != 0,
-        prompt: row.try_get("prompt")?,
-        agent_config: config.map(|c| parse_json("schedules.agent_config", &c)).transpose()?,
-        created_by: row.try_get("created_by")?,
-        updated_by: row.try_get("updated_by")?,
-        created_at: from_micros(row.try_get("created_us")?),
-        updated_at: from_micros(row.try_get("updated_us")?),
-        last_ran_at: row.try_get::<Option<i64>, _>("last_ran_us")?.map(from_micros),
-        next_run_at: row.try_get::<Option<i64>, _>("next_run_us")?.map(from_micros),
-        last_spawn_error: row.try_get("last_spawn_error")?,
-    })
 }
 
 #[async_trait]
@@ -697,21 +574,18 @@ impl ScheduleStore for SqliteStore {
     }
 
     async fn schedule(&self, team_id: &str, id: &str) -> Result<Option<ScheduleRecord>, StoreError> {
-        self.team_row(TeamTable::Schedules, team_id, id, schedule_from_row).await
+        self.team_row(TeamTable::Schedules, team_id, id).await
     }
 
     async fn schedules(&self, team_id: &str) -> Result<Vec<ScheduleRecord>, StoreError> {
-        self.team_rows(TeamTable::Schedules, team_id, schedule_from_row).await
+        self.team_rows(TeamTable::Schedules, team_id).await
     }
 
     async fn due_schedules(&self, now: Timestamp) -> Result<Vec<ScheduleRecord>, StoreError> {
-        sqlx::query("SELECT * FROM schedules WHERE enabled = 1 AND next_run_us IS NOT NULL AND next_run_us <= ? ORDER BY next_run_us LIMIT 100")
+        ScheduleRecord::all(sqlx::query_as("SELECT * FROM schedules WHERE enabled = 1 AND next_run_us IS NOT NULL AND next_run_us <= ? ORDER BY next_run_us LIMIT 100")
             .bind(micros(now))
             .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(schedule_from_row)
-            .collect()
+            .await?)
     }
 
     async fn fire_schedule(
@@ -744,23 +618,6 @@ impl ScheduleStore for SqliteStore {
         tx.commit().await?;
         Ok(true)
     }
-}
-
-fn integration_from_row(row: &SqliteRow) -> Result<IntegrationRecord, StoreError> {
-    let config: Option<String> = row.try_get("agent_config")?;
-    Ok(IntegrationRecord {
-        id: row.try_get("id")?,
-        team_id: row.try_get("team_id")?,
-        name: row.try_get("name")?,
-        kind: row.try_get("kind")?,
-        secret: row.try_get("secret")?,
-        enabled: row.try_get::<i64, _>("enabled")? != 0,
-        prompt: row.try_get("prompt")?,
-        agent_config: config.map(|c| parse_json("integrations.agent_config", &c)).transpose()?,
-        created_by: row.try_get("created_by")?,
-        created_at: from_micros(row.try_get("created_us")?),
-        updated_at: from_micros(row.try_get("updated_us")?),
-    })
 }
 
 #[async_trait]
@@ -805,20 +662,17 @@ impl IntegrationStore for SqliteStore {
     }
 
     async fn integration(&self, team_id: &str, id: &str) -> Result<Option<IntegrationRecord>, StoreError> {
-        self.team_row(TeamTable::Integrations, team_id, id, integration_from_row).await
+        self.team_row(TeamTable::Integrations, team_id, id).await
     }
 
     async fn integration_by_id(&self, id: &str) -> Result<Option<IntegrationRecord>, StoreError> {
-        sqlx::query("SELECT * FROM integrations WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| integration_from_row(&r))
-            .transpose()
+        IntegrationRecord::one(
+            sqlx::query_as("SELECT * FROM integrations WHERE id = ?").bind(id).fetch_optional(&self.pool).await?,
+        )
     }
 
     async fn integrations(&self, team_id: &str) -> Result<Vec<IntegrationRecord>, StoreError> {
-        self.team_rows(TeamTable::Integrations, team_id, integration_from_row).await
+        self.team_rows(TeamTable::Integrations, team_id).await
     }
 
     async fn record_delivery(

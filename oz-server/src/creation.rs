@@ -1,0 +1,123 @@
+//! Making runs, whatever asks for one: the API (`POST /agent/runs`, follow-ups), a schedule's tick,
+//! an integration's webhook. The callers parse and check their own input; this module resolves the
+//! worker host, checks the environment, and stores the run QUEUED.
+
+use jiff::Timestamp;
+use oz_core::run::RunState;
+use oz_core::wire::api::{AgentConfig, StatusMessage};
+
+use crate::dispatch::ws::validate_worker_id;
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::store::{RunRecord, StoreError};
+
+/// What a new run is made from.
+#[derive(Clone, Debug, Default)]
+pub struct NewRun {
+    /// The prompt.
+    pub prompt: String,
+    /// A title; defaults to the start of the prompt.
+    pub title: Option<String>,
+    /// The agent config (its `worker_host` is resolved against the server's default).
+    pub config: Option<AgentConfig>,
+    /// `API`, `SCHEDULED_AGENT`, ...
+    pub source: String,
+    /// Who asked.
+    pub creator_id: Option<String>,
+    /// The schedule that made it.
+    pub schedule_id: Option<String>,
+    /// The run that started it.
+    pub parent_run_id: Option<String>,
+    /// Free-form metadata.
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// Why a run could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CreationError {
+    /// The run cannot be made as asked (no worker host, an unknown environment); the message names
+    /// the field at fault and is meant for the caller (the API answers 400 with it).
+    #[error("{0}")]
+    Invalid(String),
+    /// The store failed.
+    #[error("storing the run failed: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl From<CreationError> for ApiError {
+    fn from(e: CreationError) -> Self {
+        match e {
+            CreationError::Invalid(detail) => ApiError::invalid(detail),
+            CreationError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// Builds a QUEUED run for `team_id` without storing it: resolves and checks the worker host,
+/// checks the environment belongs to the team, and says in its status message what it waits for.
+/// The scheduler stores it itself, in the transaction that moves the schedule to its next tick.
+pub async fn prepare(state: &AppState, team_id: &str, new: NewRun) -> Result<RunRecord, CreationError> {
+    let mut config = new.config.unwrap_or_default();
+    let worker_host = match config.worker_host.as_deref() {
+        None | Some("warp") => state.config.default_worker_host.clone().ok_or_else(|| {
+            CreationError::Invalid(
+                "config.worker_host is required: this server runs agents on self-hosted workers only".into(),
+            )
+        })?,
+        Some(host) => host.to_owned(),
+    };
+    validate_worker_id(&worker_host)
+        .map_err(|e| CreationError::Invalid(format!("config.worker_host: {}", e.detail)))?;
+    config.worker_host = Some(worker_host.clone());
+    if let Some(env_id) = &config.environment_id
+        && state.store.environment(team_id, env_id).await?.is_none()
+    {
+        return Err(CreationError::Invalid(format!("config.environment_id: there is no environment {env_id:?}")));
+    }
+    let now = Timestamp::now();
+    let title = new.title.filter(|t| !t.trim().is_empty()).unwrap_or_else(|| new.prompt.chars().take(80).collect());
+    let waiting = if state.dispatcher.connections(team_id, &worker_host) > 0 {
+        format!("waiting for worker {worker_host}")
+    } else {
+        format!("waiting for worker {worker_host}: no worker with this id is connected")
+    };
+    Ok(RunRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        team_id: team_id.to_owned(),
+        creator_id: new.creator_id,
+        title,
+        prompt: new.prompt,
+        state: RunState::Queued,
+        source: new.source,
+        worker_host: Some(worker_host),
+        config: Some(config),
+        status_message: Some(StatusMessage {
+            message: waiting,
+            error_code: None,
+            retryable: None,
+            session_debug_until: None,
+        }),
+        artifacts: Vec::new(),
+        metadata: new.metadata,
+        schedule_id: new.schedule_id,
+        parent_run_id: new.parent_run_id,
+        created_at: now,
+        updated_at: now,
+        started_at: None,
+        finished_at: None,
+        execution_id: None,
+        claimed_by: None,
+        lease_expires_at: None,
+        cancel_requested: false,
+    })
+}
+
+/// Prepares the run, stores it, counts it and wakes dispatch, which offers it to its worker.
+pub async fn create(state: &AppState, team_id: &str, new: NewRun) -> Result<RunRecord, CreationError> {
+    let run = prepare(state, team_id, new).await?;
+    state.store.insert_run(&run).await?;
+    state.lifecycle.metrics().run_created(&run.source);
+    state.dispatcher.wake();
+    Ok(run)
+}

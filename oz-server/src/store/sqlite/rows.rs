@@ -1,0 +1,241 @@
+//! The tables' rows as they are stored (times in microseconds since the epoch, JSON as text, states
+//! as their names), read by `sqlx::FromRow`, and their conversion into the store's records.
+
+use jiff::Timestamp;
+use sqlx::FromRow;
+use sqlx::sqlite::SqliteRow;
+
+use crate::store::{
+    EnvironmentRecord, IntegrationRecord, RunEventRecord, RunRecord, ScheduleRecord, StoreError, WorkloadTokenRecord,
+};
+
+/// A record read through a row of its table.
+pub(super) trait Stored: Sized {
+    /// The row, a field per column read.
+    type Row: for<'r> FromRow<'r, SqliteRow> + Send + Unpin;
+    /// The record of a row; a value that does not decode is `Corrupt`, naming its column.
+    fn from_row(row: Self::Row) -> Result<Self, StoreError>;
+
+    fn one(row: Option<Self::Row>) -> Result<Option<Self>, StoreError> {
+        row.map(Self::from_row).transpose()
+    }
+
+    fn all(rows: Vec<Self::Row>) -> Result<Vec<Self>, StoreError> {
+        rows.into_iter().map(Self::from_row).collect()
+    }
+}
+
+fn from_micros(us: i64) -> Timestamp {
+    Timestamp::from_microsecond(us).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(what: &'static str, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt { what, message: e.to_string() })
+}
+
+fn parse_json_opt<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    text: Option<String>,
+) -> Result<Option<T>, StoreError> {
+    text.map(|t| parse_json(what, &t)).transpose()
+}
+
+#[derive(FromRow)]
+pub(super) struct RunRow {
+    id: String,
+    team_id: String,
+    creator_id: Option<String>,
+    title: String,
+    prompt: String,
+    state: String,
+    source: String,
+    worker_host: Option<String>,
+    config: Option<String>,
+    status_message: Option<String>,
+    artifacts: String,
+    metadata: Option<String>,
+    schedule_id: Option<String>,
+    parent_run_id: Option<String>,
+    created_us: i64,
+    updated_us: i64,
+    started_us: Option<i64>,
+    finished_us: Option<i64>,
+    execution_id: Option<String>,
+    claimed_by: Option<String>,
+    lease_us: Option<i64>,
+    cancel_requested: bool,
+}
+
+impl Stored for RunRecord {
+    type Row = RunRow;
+    fn from_row(r: RunRow) -> Result<Self, StoreError> {
+        Ok(RunRecord {
+            state: r.state.parse().map_err(|_| StoreError::Corrupt { what: "runs.state", message: r.state.clone() })?,
+            config: parse_json_opt("runs.config", r.config)?,
+            status_message: parse_json_opt("runs.status_message", r.status_message)?,
+            artifacts: parse_json("runs.artifacts", &r.artifacts)?,
+            metadata: parse_json_opt("runs.metadata", r.metadata)?,
+            id: r.id,
+            team_id: r.team_id,
+            creator_id: r.creator_id,
+            title: r.title,
+            prompt: r.prompt,
+            source: r.source,
+            worker_host: r.worker_host,
+            schedule_id: r.schedule_id,
+            parent_run_id: r.parent_run_id,
+            created_at: from_micros(r.created_us),
+            updated_at: from_micros(r.updated_us),
+            started_at: r.started_us.map(from_micros),
+            finished_at: r.finished_us.map(from_micros),
+            execution_id: r.execution_id,
+            claimed_by: r.claimed_by,
+            lease_expires_at: r.lease_us.map(from_micros),
+            cancel_requested: r.cancel_requested,
+        })
+    }
+}
+
+#[derive(FromRow)]
+pub(super) struct EnvironmentRow {
+    id: String,
+    team_id: String,
+    config: String,
+    creator_id: Option<String>,
+    created_us: i64,
+    updated_us: i64,
+}
+
+impl Stored for EnvironmentRecord {
+    type Row = EnvironmentRow;
+    fn from_row(r: EnvironmentRow) -> Result<Self, StoreError> {
+        Ok(EnvironmentRecord {
+            config: parse_json("environments.config", &r.config)?,
+            id: r.id,
+            team_id: r.team_id,
+            creator_id: r.creator_id,
+            created_at: from_micros(r.created_us),
+            updated_at: from_micros(r.updated_us),
+        })
+    }
+}
+
+#[derive(FromRow)]
+pub(super) struct RunEventRow {
+    run_id: String,
+    seq: i64,
+    at_us: i64,
+    body: String,
+}
+
+impl Stored for RunEventRecord {
+    type Row = RunEventRow;
+    fn from_row(r: RunEventRow) -> Result<Self, StoreError> {
+        Ok(RunEventRecord {
+            body: parse_json("run_events.body", &r.body)?,
+            run_id: r.run_id,
+            seq: r.seq,
+            at: from_micros(r.at_us),
+        })
+    }
+}
+
+#[derive(FromRow)]
+pub(super) struct WorkloadTokenRow {
+    id: String,
+    run_id: String,
+    team_id: String,
+    secret_hash: Vec<u8>,
+    expires_us: i64,
+    revoked: bool,
+}
+
+impl Stored for WorkloadTokenRecord {
+    type Row = WorkloadTokenRow;
+    fn from_row(r: WorkloadTokenRow) -> Result<Self, StoreError> {
+        Ok(WorkloadTokenRecord {
+            id: r.id,
+            run_id: r.run_id,
+            team_id: r.team_id,
+            secret_hash: r.secret_hash,
+            expires_at: from_micros(r.expires_us),
+            revoked: r.revoked,
+        })
+    }
+}
+
+#[derive(FromRow)]
+pub(super) struct ScheduleRow {
+    id: String,
+    team_id: String,
+    name: String,
+    cron: String,
+    timezone: Option<String>,
+    enabled: bool,
+    prompt: Option<String>,
+    agent_config: Option<String>,
+    created_by: Option<String>,
+    updated_by: Option<String>,
+    created_us: i64,
+    updated_us: i64,
+    last_ran_us: Option<i64>,
+    next_run_us: Option<i64>,
+    last_spawn_error: Option<String>,
+}
+
+impl Stored for ScheduleRecord {
+    type Row = ScheduleRow;
+    fn from_row(r: ScheduleRow) -> Result<Self, StoreError> {
+        Ok(ScheduleRecord {
+            agent_config: parse_json_opt("schedules.agent_config", r.agent_config)?,
+            id: r.id,
+            team_id: r.team_id,
+            name: r.name,
+            cron: r.cron,
+            timezone: r.timezone,
+            enabled: r.enabled,
+            prompt: r.prompt,
+            created_by: r.created_by,
+            updated_by: r.updated_by,
+            created_at: from_micros(r.created_us),
+            updated_at: from_micros(r.updated_us),
+            last_ran_at: r.last_ran_us.map(from_micros),
+            next_run_at: r.next_run_us.map(from_micros),
+            last_spawn_error: r.last_spawn_error,
+        })
+    }
+}
+
+#[derive(FromRow)]
+pub(super) struct IntegrationRow {
+    id: String,
+    team_id: String,
+    name: String,
+    kind: String,
+    secret: String,
+    enabled: bool,
+    prompt: String,
+    agent_config: Option<String>,
+    created_by: Option<String>,
+    created_us: i64,
+    updated_us: i64,
+}
+
+impl Stored for IntegrationRecord {
+    type Row = IntegrationRow;
+    fn from_row(r: IntegrationRow) -> Result<Self, StoreError> {
+        Ok(IntegrationRecord {
+            agent_config: parse_json_opt("integrations.agent_config", r.agent_config)?,
+            id: r.id,
+            team_id: r.team_id,
+            name: r.name,
+            kind: r.kind,
+            secret: r.secret,
+            enabled: r.enabled,
+            prompt: r.prompt,
+            created_by: r.created_by,
+            created_at: from_micros(r.created_us),
+            updated_at: from_micros(r.updated_us),
+        })
+    }
+}

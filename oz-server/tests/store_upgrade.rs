@@ -1,0 +1,111 @@
+//! Databases made before the store used sqlx's migrator still open. The old store applied each
+//! numbered SQL text in a transaction and recorded it in its own table, `schema_migrations (version,
+//! applied_us)`; these tests write a database the same way, with raw SQL, and open it with today's
+//! store.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+
+use oz_server::store::sqlite::SqliteStore;
+use oz_server::store::{IntegrationStore, Store};
+use sqlx::{Connection, SqliteConnection};
+
+/// The SQL the old store applied, by version (the migration files hold the same text).
+const OLD_MIGRATIONS: [(i64, &str); 3] = [
+    (1, include_str!("../migrations/0001_teams_keys_environments_runs.sql")),
+    (2, include_str!("../migrations/0002_schedules.sql")),
+    (3, include_str!("../migrations/0003_integrations.sql")),
+];
+
+/// Writes what the old store wrote after applying the migrations up to `through`, plus a team and
+/// one of its runs.
+async fn old_database(path: &Path, through: i64) {
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let mut conn = SqliteConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_us INTEGER NOT NULL)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    for (version, sql) in OLD_MIGRATIONS.iter().filter(|(v, _)| *v <= through) {
+        let mut tx = conn.begin().await.unwrap();
+        sqlx::raw_sql(*sql).execute(&mut *tx).await.unwrap();
+        sqlx::query("INSERT INTO schema_migrations (version, applied_us) VALUES (?, ?)")
+            .bind(version)
+            .bind(1_767_225_600_000_000_i64)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    sqlx::raw_sql(
+        "INSERT INTO teams (id, name, created_us) VALUES ('team_old', 'old', 1767225600000000); \
+         INSERT INTO runs (id, team_id, title, prompt, state, source, worker_host, created_us, updated_us) \
+         VALUES ('run_old', 'team_old', 'from before', 'hello', 'SUCCEEDED', 'API', 'w1', 1767225600000000, 1767225601000000);",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+}
+
+/// `(version, success)` of `_sqlx_migrations`, and whether `schema_migrations` is still there.
+async fn bookkeeping(path: &Path) -> (Vec<(i64, bool)>, bool) {
+    let mut conn = SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+    let applied = sqlx::query_as("SELECT version, success FROM _sqlx_migrations ORDER BY version")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    let old: Option<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'")
+            .fetch_optional(&mut conn)
+            .await
+            .unwrap();
+    conn.close().await.unwrap();
+    (applied, old.is_some())
+}
+
+const ALL_APPLIED: [(i64, bool); 3] = [(1, true), (2, true), (3, true)];
+
+#[tokio::test]
+async fn a_database_of_the_old_migrations_opens_with_its_data_and_nothing_is_applied_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("oz.db");
+    old_database(&path, 3).await;
+
+    // Applying version 1 again would fail: its tables exist.
+    let store = SqliteStore::open(&path).await.unwrap();
+    let run = store.run("team_old", "run_old").await.unwrap().expect("the old run is kept");
+    assert_eq!(run.title, "from before");
+    assert_eq!(run.state, oz_core::run::RunState::Succeeded);
+    assert!(store.integrations("team_old").await.unwrap().is_empty());
+    drop(store);
+    assert_eq!(bookkeeping(&path).await, (ALL_APPLIED.to_vec(), true));
+
+    // The second open finds sqlx's table and checks the checksums it recorded.
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert!(store.run_by_id("run_old").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn an_old_database_part_way_gets_the_versions_it_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("oz.db");
+    old_database(&path, 2).await;
+
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert!(store.integrations("team_old").await.unwrap().is_empty(), "version 3 made the integrations table");
+    assert!(store.run_by_id("run_old").await.unwrap().is_some());
+    drop(store);
+    assert_eq!(bookkeeping(&path).await, (ALL_APPLIED.to_vec(), true));
+}
+
+#[tokio::test]
+async fn a_new_database_has_only_sqlx_bookkeeping() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("oz.db");
+    drop(SqliteStore::open(&path).await.unwrap());
+    assert_eq!(bookkeeping(&path).await, (ALL_APPLIED.to_vec(), false));
+}
