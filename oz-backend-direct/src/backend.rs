@@ -20,8 +20,9 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::config::DirectConfig;
 use crate::dotenv;
 use crate::error::DirectError;
-use crate::process::{self, Limits, RUN_ID_VAR};
+use crate::process::{self, Limits};
 use crate::workspace::{Marker, Workspace};
+use oz_core::runner::env::RUN_ID as RUN_ID_VAR;
 
 /// The backend's name, also its `OZ_WORKER_BACKEND`.
 pub const NAME: &str = "direct";
@@ -32,7 +33,7 @@ pub const ADDED_ENV: [&str; 8] = [
     "TMPDIR",
     "PATH",
     "GIT_CONFIG_GLOBAL",
-    "OZ_RUN_ID",
+    RUN_ID_VAR,
     "OZ_WORKSPACE_ROOT",
     "OZ_WORKER_BACKEND",
     "OZ_ENVIRONMENT_FILE",

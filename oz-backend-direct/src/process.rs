@@ -10,9 +10,6 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
-/// The variable that labels every process of a task (`OZ_RUN_ID=<task_id>`).
-pub const RUN_ID_VAR: &str = "OZ_RUN_ID";
-
 /// Limits applied to a task's processes.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -85,7 +82,7 @@ pub fn process_alive(pid: u32) -> bool {
 /// The pids of live processes whose environment holds `OZ_RUN_ID=<task_id>` (readable for the same
 /// user or root). This finds a task's processes even if they left its process group.
 pub fn processes_of_task(task_id: &str) -> Vec<u32> {
-    let needle = format!("{RUN_ID_VAR}={task_id}");
+    let needle = format!("{}={task_id}", oz_core::runner::env::RUN_ID);
     let me = std::process::id();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();

@@ -58,7 +58,7 @@ fn main() {
             environment_id,
             worker_host: Some(oz_cli::local::LOCAL_WORKER.into()),
             harness: Some(HarnessConfig {
-                kind: Some("command".into()),
+                kind: Some(oz_core::runner::HarnessKind::Command),
                 command: Some(vec!["/bin/true".into()]),
                 ..Default::default()
             }),

@@ -314,7 +314,7 @@ pub async fn quickstart(data_dir: &Path, backend: LocalBackend, image: Option<St
         worker_host: Some(LOCAL_WORKER.into()),
         environment_id: Some(environment.uid.clone()),
         harness: Some(HarnessConfig {
-            kind: Some("command".into()),
+            kind: Some(oz_core::runner::HarnessKind::Command),
             command: Some(vec!["/bin/sh".into(), "-c".into(), SAMPLE_AGENT.into()]),
             ..Default::default()
         }),

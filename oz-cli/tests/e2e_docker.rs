@@ -121,7 +121,7 @@ async fn a_bare_busybox_image_still_clones_and_runs_the_harness() {
         worker_host: Some("local".into()),
         environment_id: Some(env_id),
         harness: Some(HarnessConfig {
-            kind: Some("command".into()),
+            kind: Some(oz_core::runner::HarnessKind::Command),
             command: Some(vec!["/bin/sh".into(), "-c".into(), script.into()]),
             ..Default::default()
         }),
@@ -189,7 +189,7 @@ async fn a_worker_killed_mid_run_reattaches_after_restart_and_leaves_nothing() {
     let config = AgentConfig {
         worker_host: Some(worker_id.clone()),
         harness: Some(HarnessConfig {
-            kind: Some("command".into()),
+            kind: Some(oz_core::runner::HarnessKind::Command),
             command: Some(vec!["/bin/sh".into(), "-c".into(), "echo started; sleep 4; echo finished".into()]),
             ..Default::default()
         }),

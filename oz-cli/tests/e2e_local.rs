@@ -98,7 +98,7 @@ fn command_config(env_id: &str, script: &str) -> AgentConfig {
         worker_host: Some("e2e-worker".into()),
         environment_id: Some(env_id.into()),
         harness: Some(HarnessConfig {
-            kind: Some("command".into()),
+            kind: Some(oz_core::runner::HarnessKind::Command),
             command: Some(vec!["/bin/sh".into(), "-c".into(), script.into()]),
             ..Default::default()
         }),
@@ -253,7 +253,7 @@ async fn the_server_restarts_mid_run_and_the_run_still_completes() {
     let config_with = |script: &str| AgentConfig {
         worker_host: Some("restart-worker".into()),
         harness: Some(HarnessConfig {
-            kind: Some("command".into()),
+            kind: Some(oz_core::runner::HarnessKind::Command),
             command: Some(vec!["/bin/sh".into(), "-c".into(), script.into()]),
             ..Default::default()
         }),
@@ -375,7 +375,7 @@ async fn the_network_drops_mid_run_and_the_outcome_still_arrives() {
     let agent = AgentConfig {
         worker_host: Some("net-worker".into()),
         harness: Some(HarnessConfig {
-            kind: Some("command".into()),
+            kind: Some(oz_core::runner::HarnessKind::Command),
             command: Some(vec!["/bin/sh".into(), "-c".into(), "echo started; sleep 1; echo done".into()]),
             ..Default::default()
         }),

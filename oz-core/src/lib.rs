@@ -32,6 +32,7 @@ pub mod image;
 pub mod redact;
 pub mod retry;
 pub mod run;
+pub mod runner;
 pub mod sidecar;
 pub mod task;
 pub mod validate;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, ValueEnum};
 use oz_core::egress::{EgressPolicy, IpNet};
+use oz_core::runner::{env, flag};
 
 /// The format of the runner's own event log.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -22,37 +23,38 @@ pub enum OutputFormat {
 #[derive(Clone, Debug, Default, Args)]
 pub struct RunArgs {
     /// The task (run) id; with --server-root-url and OZ_WORKLOAD_TOKEN the run reports to the control plane.
-    #[arg(long)]
+    #[arg(long = flag::TASK_ID)]
     pub task_id: Option<String>,
     /// Set by workers: we run inside a managed sandbox.
-    #[arg(long)]
+    #[arg(long = flag::SANDBOXED)]
     pub sandboxed: bool,
     /// The control plane's root URL (`http://127.0.0.1:8080`).
-    #[arg(long, env = "WARP_SERVER_ROOT_URL")]
+    #[arg(long = flag::SERVER_ROOT_URL, env = env::SERVER_ROOT_URL)]
     pub server_root_url: Option<String>,
     /// The environment id to prepare (fetched from the control plane).
-    #[arg(long)]
+    #[arg(long = flag::ENVIRONMENT)]
     pub environment: Option<String>,
     /// Our extension: an environment definition in a JSON file (name, github_repos, setup_commands, ...).
     #[arg(long, value_name = "PATH")]
     pub environment_file: Option<PathBuf>,
     /// The model for the harness.
-    #[arg(long)]
+    #[arg(long = flag::MODEL)]
     pub model: Option<String>,
     /// A skill to run.
-    #[arg(long)]
+    #[arg(long = flag::SKILL)]
     pub skill: Option<String>,
     /// MCP servers, as JSON (passed to the harness in OZ_MCP_SERVERS).
-    #[arg(long)]
+    #[arg(long = flag::MCP)]
     pub mcp: Option<String>,
-    /// The harness: command, claude, codex, gemini, or oz (the configured default).
-    #[arg(long, default_value = "oz")]
+    /// The harness: command, claude, codex, gemini, or oz (the configured default). Read as text and
+    /// checked by the run (an unknown one ends the run with a reported failure, not a usage error).
+    #[arg(long = flag::HARNESS, default_value = "oz")]
     pub harness: String,
     /// Session sharing (accepted; sharing is done by the control plane).
-    #[arg(long)]
+    #[arg(long = flag::SHARE)]
     pub share: Option<String>,
     /// Stay up after completion for this long (accepted; the runner exits when the agent does).
-    #[arg(long, num_args = 0..=1, default_missing_value = "0s")]
+    #[arg(long = flag::IDLE_ON_COMPLETE, num_args = 0..=1, default_missing_value = "0s")]
     pub idle_on_complete: Option<String>,
     /// The prompt; else OZ_PROMPT; else the run's prompt from the control plane.
     #[arg(long)]
@@ -61,7 +63,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub workdir: Option<PathBuf>,
     /// Where repos are cloned from: `<base>/<owner>/<repo>` (default https://github.com).
-    #[arg(long, env = "OZ_GIT_BASE_URL", default_value = "https://github.com")]
+    #[arg(long, env = env::GIT_BASE_URL, default_value = "https://github.com")]
     pub git_base_url: String,
     /// How the runner's own events are printed.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
@@ -211,6 +213,46 @@ mod tests {
         assert_eq!(args.command, ["./agent.sh", "--future-flag"]);
         assert_eq!(warnings.len(), 3, "{warnings:?}");
         assert!(warnings[0].contains("--future-flag value"));
+    }
+
+    /// The worker writes the runner's argv from the contract's type; the runner's parser reads every
+    /// field back, with nothing unknown.
+    #[test]
+    fn the_runner_invocation_round_trips_through_the_parser() {
+        use oz_core::runner::{HarnessKind, RunnerInvocation};
+        let invocation = RunnerInvocation {
+            task_id: "run-1".into(),
+            sandboxed: true,
+            server_root_url: "http://cp:8080".into(),
+            environment: Some("env-1".into()),
+            model: Some("m".into()),
+            skill: Some("s".into()),
+            mcp: Some(r#"{"x":{"url":"u"}}"#.into()),
+            harness: Some(HarnessKind::Gemini),
+            share: Some(r#"{"public_access":"VIEWER"}"#.into()),
+            idle_on_complete: Some(Some("5m".into())),
+            additional_args: vec![],
+        };
+        let argv = invocation.to_argv("/agent/entrypoint.sh");
+        assert_eq!(argv[..3], ["/agent/entrypoint.sh", "agent", "run"]);
+        let (args, warnings) = parse_lenient(argv[3..].to_vec()).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(args.task_id.as_deref(), Some("run-1"));
+        assert!(args.sandboxed);
+        assert_eq!(args.server_root_url.as_deref(), Some("http://cp:8080"));
+        assert_eq!(args.environment, invocation.environment);
+        assert_eq!(args.model, invocation.model);
+        assert_eq!(args.skill, invocation.skill);
+        assert_eq!(args.mcp, invocation.mcp);
+        assert_eq!(args.harness.parse::<HarnessKind>().unwrap(), HarnessKind::Gemini);
+        assert_eq!(args.share, invocation.share);
+        assert_eq!(args.idle_on_complete.as_deref(), Some("5m"));
+        // Oz's bare `--idle-on-complete`, and no harness: the defaults.
+        let bare = RunnerInvocation { idle_on_complete: Some(None), harness: None, ..invocation };
+        let (args, warnings) = parse_lenient(bare.to_argv("oz")[3..].to_vec()).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(args.idle_on_complete.as_deref(), Some("0s"));
+        assert_eq!(args.harness.parse::<HarnessKind>().unwrap(), HarnessKind::Oz);
     }
 
     /// The Docker backend builds the proxy's argv from the policy; these flags read it back.

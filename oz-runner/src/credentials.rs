@@ -18,10 +18,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tracing::warn;
 
-/// The variable holding the run's git credentials as JSON (removed from every child's environment).
-pub const CREDENTIALS_VAR: &str = "OZ_GIT_CREDENTIALS";
-/// The variable pointing git's helper at the socket.
-pub const SOCKET_VAR: &str = "OZ_GIT_CREDENTIAL_SOCKET";
+use oz_core::runner::env;
 
 /// A credential as it arrives in `OZ_GIT_CREDENTIALS`.
 #[derive(Deserialize)]
@@ -42,11 +39,12 @@ fn default_username() -> String {
 /// `{host, username?, token, expires_at?}`), falling back to `GITHUB_TOKEN`/`GH_TOKEN` for github.com.
 pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Vec<GitCredential>, String> {
     let mut out = Vec::new();
-    if let Some(json) = get(CREDENTIALS_VAR).filter(|s| !s.trim().is_empty()) {
+    if let Some(json) = get(env::GIT_CREDENTIALS).filter(|s| !s.trim().is_empty()) {
         // The parse error must not echo the JSON (it holds tokens): report only where it failed.
         let parsed: Vec<CredentialJson> = serde_json::from_str(&json).map_err(|e| {
             format!(
-                "{CREDENTIALS_VAR} is not a JSON array of {{host, username, token, expires_at}} (line {}, column {})",
+                "{} is not a JSON array of {{host, username, token, expires_at}} (line {}, column {})",
+                env::GIT_CREDENTIALS,
                 e.line(),
                 e.column()
             )
@@ -125,7 +123,7 @@ impl CredentialServer {
     pub fn git_env(&self, oz_binary: &Path) -> Vec<(String, String)> {
         let quoted = format!("'{}'", oz_binary.display().to_string().replace('\'', "'\\''"));
         vec![
-            (SOCKET_VAR.into(), self.socket.display().to_string()),
+            (env::GIT_CREDENTIAL_SOCKET.into(), self.socket.display().to_string()),
             ("GIT_CONFIG_COUNT".into(), "2".into()),
             ("GIT_CONFIG_KEY_0".into(), "credential.helper".into()),
             ("GIT_CONFIG_VALUE_0".into(), String::new()),
@@ -194,7 +192,7 @@ pub fn helper_main(operation: &str) -> i32 {
             }
         }
     }
-    let Some(socket) = std::env::var_os(SOCKET_VAR) else {
+    let Some(socket) = std::env::var_os(env::GIT_CREDENTIAL_SOCKET) else {
         return 0;
     };
     let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
@@ -227,15 +225,16 @@ mod tests {
     #[test]
     fn credentials_from_env_and_parse_errors_do_not_echo_tokens() {
         let json = r#"[{"host":"GitHub.com","token":"tok-123456"},{"host":"git.example.com","username":"bot","token":"t2-abcdef","expires_at":"2030-01-01T00:00:00Z"}]"#;
-        let creds = from_env(|k| (k == CREDENTIALS_VAR).then(|| json.to_owned())).unwrap();
+        let creds = from_env(|k| (k == env::GIT_CREDENTIALS).then(|| json.to_owned())).unwrap();
         assert_eq!(creds.len(), 2);
         assert_eq!(creds[0].host, "github.com");
         assert_eq!(creds[0].username, "x-access-token");
         let fallback = from_env(|k| (k == "GH_TOKEN").then(|| "ghs_fallback".to_owned())).unwrap();
         assert_eq!(fallback[0].expose(), "ghs_fallback");
-        let err = from_env(|k| (k == CREDENTIALS_VAR).then(|| r#"[{"host":"h","token":"super-secret-tok""#.to_owned()))
-            .err()
-            .unwrap();
+        let err =
+            from_env(|k| (k == env::GIT_CREDENTIALS).then(|| r#"[{"host":"h","token":"super-secret-tok""#.to_owned()))
+                .err()
+                .unwrap();
         assert!(!err.contains("super-secret-tok"), "{err}");
     }
 

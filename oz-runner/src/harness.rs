@@ -1,7 +1,8 @@
 //! Harnesses: what actually runs as the agent, and the command line each one gets.
 
 use std::fmt;
-use std::str::FromStr;
+
+pub use oz_core::runner::HarnessKind;
 
 /// The agent program to run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -14,35 +15,6 @@ pub enum Harness {
     Codex,
     /// Google's Gemini CLI (`gemini`).
     Gemini,
-}
-
-/// A harness name as given on the command line (`--harness`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HarnessKind {
-    /// `command`.
-    Command,
-    /// `claude`.
-    Claude,
-    /// `codex`.
-    Codex,
-    /// `gemini`.
-    Gemini,
-    /// `oz`: accepted for compatibility; maps to the configured default (`OZ_DEFAULT_HARNESS`, else `command`).
-    Oz,
-}
-
-impl FromStr for HarnessKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "command" => Ok(HarnessKind::Command),
-            "claude" => Ok(HarnessKind::Claude),
-            "codex" => Ok(HarnessKind::Codex),
-            "gemini" => Ok(HarnessKind::Gemini),
-            "oz" => Ok(HarnessKind::Oz),
-            other => Err(format!("unknown harness {other:?}: expected command, claude, codex, gemini or oz")),
-        }
-    }
 }
 
 impl fmt::Display for Harness {
@@ -152,6 +124,6 @@ mod tests {
             Harness::Command(vec!["x".into()])
         );
         assert!("Claude".parse::<HarnessKind>().is_ok());
-        assert!("vim".parse::<HarnessKind>().unwrap_err().contains("unknown harness"));
+        assert!("vim".parse::<HarnessKind>().unwrap_err().to_string().contains("unknown harness"));
     }
 }

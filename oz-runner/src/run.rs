@@ -19,11 +19,10 @@ use crate::clone::{self, Cloned};
 use crate::control::{ControlPlane, Detached, HttpControlPlane};
 use crate::credentials::{self, CredentialServer};
 use crate::exec;
-use crate::harness::{Harness, HarnessKind};
+use crate::harness::Harness;
 use crate::log::EventLog;
+use oz_core::runner::{HarnessKind, UnknownHarness, env};
 
-/// The variable carrying the run's workload token (removed from every child's environment).
-pub const WORKLOAD_TOKEN_VAR: &str = "OZ_WORKLOAD_TOKEN";
 /// Exit status for bad input.
 pub const EXIT_USAGE: i32 = 2;
 /// Exit status when a repo could not be cloned.
@@ -34,7 +33,7 @@ pub const EXIT_SETUP: i32 = 4;
 pub const EXIT_CANCELLED: i32 = 130;
 
 /// Variables never passed on to setup commands or the harness.
-const WITHHELD: [&str; 2] = [WORKLOAD_TOKEN_VAR, credentials::CREDENTIALS_VAR];
+const WITHHELD: [&str; 2] = [env::WORKLOAD_TOKEN, env::GIT_CREDENTIALS];
 
 /// Whether a variable's name says it holds a secret (its value is then masked in all output): one of
 /// its `_`-separated words is TOKEN, SECRET, PASSWORD, ... or it ends in `_KEY` (`API_KEY`,
@@ -78,7 +77,7 @@ impl Context {
 /// Runs the agent; returns the process exit status.
 pub async fn run(args: RunArgs, warnings: Vec<String>, ctx: Context) -> i32 {
     crate::install_crypto_provider();
-    let token = ctx.var(WORKLOAD_TOKEN_VAR).filter(|t| !t.is_empty());
+    let token = ctx.var(env::WORKLOAD_TOKEN).filter(|t| !t.is_empty());
     let git_credentials = match credentials::from_env(|k| ctx.var(k)) {
         Ok(c) => c,
         Err(e) => {
@@ -151,19 +150,19 @@ async fn prepare_and_run(
 ) -> Result<i32, Failure> {
     clone::validate_base_url(&args.git_base_url).map_err(|e| (EXIT_USAGE, e))?;
     let environment = load_environment(args, control).await?;
-    let kind: HarnessKind = args.harness.parse().map_err(|e| (EXIT_USAGE, e))?;
-    let default_kind = ctx.var("OZ_DEFAULT_HARNESS").and_then(|k| k.parse().ok());
+    let kind: HarnessKind = args.harness.parse().map_err(|e: UnknownHarness| (EXIT_USAGE, e.to_string()))?;
+    let default_kind = ctx.var(env::DEFAULT_HARNESS).and_then(|k| k.parse().ok());
     let command = if args.command.is_empty() {
-        match ctx.var("OZ_HARNESS_COMMAND") {
+        match ctx.var(env::HARNESS_COMMAND) {
             Some(json) => serde_json::from_str::<Vec<String>>(&json)
-                .map_err(|e| (EXIT_USAGE, format!("OZ_HARNESS_COMMAND must be a JSON array of strings: {e}")))?,
+                .map_err(|e| (EXIT_USAGE, format!("{} must be a JSON array of strings: {e}", env::HARNESS_COMMAND)))?,
             None => Vec::new(),
         }
     } else {
         args.command.clone()
     };
     let harness = Harness::resolve(kind, command, default_kind).map_err(|e| (EXIT_USAGE, e))?;
-    let prompt = match args.prompt.clone().or_else(|| ctx.var("OZ_PROMPT")) {
+    let prompt = match args.prompt.clone().or_else(|| ctx.var(env::PROMPT)) {
         Some(p) => p,
         None => control.prompt().await.map_err(|e| (EXIT_USAGE, e.to_string()))?.unwrap_or_default(),
     };
@@ -199,13 +198,13 @@ async fn prepare_and_run(
     for (k, v) in credential_server.git_env(&ctx.oz_binary) {
         set(&k, v);
     }
-    set("OZ_PROMPT", prompt.clone());
-    set("OZ_ARTIFACTS_FILE", artifacts_file.display().to_string());
+    set(env::PROMPT, prompt.clone());
+    set(env::ARTIFACTS_FILE, artifacts_file.display().to_string());
     if let Some(task_id) = &args.task_id {
-        set("OZ_RUN_ID", task_id.clone());
+        set(env::RUN_ID, task_id.clone());
     }
     if let Some(mcp) = &args.mcp {
-        set("OZ_MCP_SERVERS", mcp.clone());
+        set(env::MCP_SERVERS, mcp.clone());
     }
 
     // Clone.
@@ -312,7 +311,7 @@ fn read_artifacts(path: &Path, log: &EventLog) -> Vec<Artifact> {
         .filter_map(|(i, line)| match serde_json::from_str::<Artifact>(line) {
             Ok(a) => Some(a),
             Err(e) => {
-                log.note(&format!("OZ_ARTIFACTS_FILE line {}: not an artifact ({e}); skipped", i + 1));
+                log.note(&format!("{} line {}: not an artifact ({e}); skipped", env::ARTIFACTS_FILE, i + 1));
                 None
             }
         })

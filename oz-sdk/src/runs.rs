@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use oz_core::run::RunState;
+use oz_core::runner::HarnessKind;
 use oz_core::wire::api::{AgentConfig, RunAgentRequest, RunCreated, RunItem, RunList, RunStreamEvent};
 use oz_core::wire::worker::HarnessConfig;
 use reqwest::Method;
@@ -95,8 +96,8 @@ impl CreateRun {
         self
     }
     /// The harness (`claude`, `codex`, `gemini`, `command`, `oz`).
-    pub fn harness(mut self, kind: impl Into<String>) -> Self {
-        self.config().harness.get_or_insert_with(HarnessConfig::default).kind = Some(kind.into());
+    pub fn harness(mut self, kind: HarnessKind) -> Self {
+        self.config().harness.get_or_insert_with(HarnessConfig::default).kind = Some(kind);
         self
     }
     /// The model.

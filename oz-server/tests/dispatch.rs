@@ -66,8 +66,8 @@ async fn a_run_flows_from_queue_to_worker_to_success() {
     assert_eq!(a.docker_image.as_deref(), Some("alpine:3"));
     assert_eq!(a.env_vars["FOO"], "bar");
     assert_eq!(
-        a.task.agent_config_snapshot.as_ref().unwrap().harness.as_ref().unwrap().kind.as_deref(),
-        Some("claude")
+        a.task.agent_config_snapshot.as_ref().unwrap().harness.as_ref().unwrap().kind,
+        Some(oz_core::runner::HarnessKind::Claude)
     );
     assert!(a.env_vars["WARP_SERVER_ROOT_URL"].starts_with("http://127.0.0.1:"));
     let token = a.env_vars["OZ_WORKLOAD_TOKEN"].clone();

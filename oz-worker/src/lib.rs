@@ -19,12 +19,11 @@
 //! Metrics: [`Worker::metrics`] and [`metrics::serve`] (the program's `--metrics-listen`).
 
 pub mod backends;
-pub mod command;
 pub mod config;
 mod error;
 pub mod metrics;
 mod worker;
 
-pub use command::CommandOptions;
 pub use error::WorkerError;
+pub use oz_core::runner::CommandOptions;
 pub use worker::{Worker, WorkerConfig, WorkerHandle, outcome_message};

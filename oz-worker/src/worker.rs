@@ -20,7 +20,6 @@ use oz_core::credentials::ApiKey;
 use oz_core::failure::FailureReason;
 use oz_core::retry::RetryPolicy;
 use oz_core::run::RunState;
-use oz_core::task::TaskSpec;
 use oz_core::wire::worker::{
     ServerMessage, TaskAssignment, TaskClaimed, TaskCompleted, TaskFailed, TaskRejected, WorkerMessage,
 };
@@ -31,8 +30,8 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::metrics::{RejectReason, WorkerMetrics};
 
-use crate::command::{CommandOptions, agent_argv, agent_env};
 use crate::error::WorkerError;
+use oz_core::runner::CommandOptions;
 
 /// How the worker connects and behaves.
 #[derive(Clone, Debug)]
@@ -386,22 +385,8 @@ impl Worker {
             self.send(reject(format!("at capacity ({active} of {} tasks)", self.config.max_concurrent_tasks)));
             return;
         }
-        let mut spec = TaskSpec::new(task_id.clone(), agent_argv(&assignment, &self.config.command));
-        // The image: the assignment's, else the backend's default (an invalid one fails the task below).
-        let image = assignment
-            .docker_image
-            .as_deref()
-            .map(str::trim)
-            .filter(|i| !i.is_empty())
-            .map(oz_core::image::ImageRef::parse)
-            .transpose();
-        spec.execution_id = assignment.execution_id.clone();
-        spec.env = agent_env(&assignment, &self.config.command);
-        spec.cleanup = self.config.cleanup;
-        if let Some(shape) = assignment.instance_shape {
-            spec.sandbox.resources.vcpus = Some(shape.vcpus);
-            spec.sandbox.resources.memory_bytes = Some((shape.memory_gb * 1024.0 * 1024.0 * 1024.0) as u64);
-        }
+        // An assignment that cannot become a task (a bad image) is claimed, then failed, as Oz does.
+        let spec = oz_core::runner::task_spec(&assignment, &self.config.command, self.config.cleanup);
         // Claim first, as Oz does; a launch that fails is then reported as task_failed.
         self.send(WorkerMessage::TaskClaimed(TaskClaimed {
             task_id: task_id.clone(),
@@ -417,12 +402,9 @@ impl Worker {
         self.track_active();
         tokio::spawn(
             async move {
-                let launched = match image {
-                    Ok(image) => {
-                        spec.sandbox.image = image;
-                        worker.backend.launch(spec).await
-                    }
-                    Err(e) => Err(oz_core::backend::BackendError::new(FailureReason::InvalidImage, e.to_string())),
+                let launched = match spec {
+                    Ok(spec) => worker.backend.launch(spec).await,
+                    Err(e) => Err(e),
                 };
                 let message = match launched {
                     Ok(handle) => {

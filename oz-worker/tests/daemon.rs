@@ -64,7 +64,7 @@ async fn start_long_run(e: &Env) -> String {
     let config = AgentConfig {
         worker_host: Some("daemon-test".into()),
         harness: Some(HarnessConfig {
-            kind: Some("command".into()),
+            kind: Some(oz_core::runner::HarnessKind::Command),
             command: Some(vec!["/bin/sh".into(), "-c".into(), "echo started; sleep 300".into()]),
             ..Default::default()
         }),

@@ -100,7 +100,7 @@ async fn a_worker_over_wss_runs_a_task_and_its_metrics_count_it() {
     let run_with = |script: &str| AgentConfig {
         worker_host: Some("tls-worker".into()),
         harness: Some(HarnessConfig {
-            kind: Some("command".into()),
+            kind: Some(oz_core::runner::HarnessKind::Command),
             command: Some(vec!["/bin/sh".into(), "-c".into(), script.into()]),
             ..Default::default()
         }),

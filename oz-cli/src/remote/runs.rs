@@ -32,7 +32,7 @@ pub struct RunCloudArgs {
     pub model: Option<String>,
     /// The harness: claude, codex, gemini, command, oz.
     #[arg(long)]
-    pub harness: Option<String>,
+    pub harness: Option<oz_core::runner::HarnessKind>,
     /// The agent's name.
     #[arg(long)]
     pub name: Option<String>,

@@ -58,9 +58,9 @@ pub struct TaskDefinition {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HarnessConfig {
-    /// `oz`, `claude`, `codex`, `gemini`, or ours: `command`.
+    /// `oz`, `claude`, `codex`, `gemini`, or ours: `command` (any case).
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
+    pub kind: Option<crate::runner::HarnessKind>,
     /// The harness's model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_id: Option<String>,
@@ -366,8 +366,8 @@ mod tests {
         assert_eq!(a.task_id, "run-1");
         assert_eq!(a.task.owner, Owner { kind: OwnerType::Team, id: "team-1".into() });
         assert_eq!(
-            a.task.agent_config_snapshot.as_ref().unwrap().harness.as_ref().unwrap().kind.as_deref(),
-            Some("claude")
+            a.task.agent_config_snapshot.as_ref().unwrap().harness.as_ref().unwrap().kind,
+            Some(crate::runner::HarnessKind::Claude)
         );
         assert_eq!(a.instance_shape, Some(InstanceShape { vcpus: 2.0, memory_gb: 4.0 }));
         assert_eq!(a.additional_sidecars[0].mount_path, "/opt/tools");

@@ -52,19 +52,10 @@ fn validate_request(req: &RunAgentRequest) -> Result<(), ApiError> {
     if req.metadata.as_ref().is_some_and(|m| m.len() > MAX_METADATA_KEYS) {
         return Err(ApiError::invalid(format!("metadata: at most {MAX_METADATA_KEYS} keys are allowed")));
     }
-    if let Some(config) = &req.config {
-        if let Some(minutes) = config.idle_timeout_minutes
-            && !(1..=60).contains(&minutes)
-        {
-            return Err(ApiError::invalid(format!("config.idle_timeout_minutes must be 1-60, got {minutes}")));
-        }
-        if let Some(kind) = config.harness.as_ref().and_then(|h| h.kind.as_deref())
-            && !matches!(kind, "oz" | "claude" | "codex" | "gemini" | "command")
-        {
-            return Err(ApiError::invalid(format!(
-                "config.harness.type {kind:?} is not one of oz, claude, codex, gemini, command"
-            )));
-        }
+    if let Some(minutes) = req.config.as_ref().and_then(|c| c.idle_timeout_minutes)
+        && !(1..=60).contains(&minutes)
+    {
+        return Err(ApiError::invalid(format!("config.idle_timeout_minutes must be 1-60, got {minutes}")));
     }
     Ok(())
 }

@@ -5,14 +5,12 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use jiff::Timestamp;
+use oz_core::runner::env as runner_env;
 use oz_core::wire::worker::{AgentConfigSnapshot, AssignedTask, Owner, OwnerType, TaskAssignment, TaskDefinition};
 
 use crate::error::ApiError;
 use crate::secrets;
 use crate::store::{RunRecord, Store, WorkloadTokenRecord};
-
-/// The variable that carries the run's workload token to the runner.
-pub const WORKLOAD_TOKEN_VAR: &str = "OZ_WORKLOAD_TOKEN";
 
 /// Builds the assignment of `run` (attempt `execution_id`), minting and storing its workload token.
 pub async fn build(
@@ -41,9 +39,9 @@ pub async fn build(
         .await?;
     let mut env_vars: BTreeMap<String, String> =
         environment.as_ref().map(|e| e.config.env_vars.clone()).unwrap_or_default();
-    env_vars.insert(WORKLOAD_TOKEN_VAR.into(), minted.text);
+    env_vars.insert(runner_env::WORKLOAD_TOKEN.into(), minted.text);
     if !public_url.is_empty() {
-        env_vars.insert("WARP_SERVER_ROOT_URL".into(), public_url.to_owned());
+        env_vars.insert(runner_env::SERVER_ROOT_URL.into(), public_url.to_owned());
     }
     Ok(TaskAssignment {
         task_id: run.id.clone(),

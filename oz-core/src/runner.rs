@@ -1,0 +1,430 @@
+//! The contract between a worker and the runner (`oz agent run`) it starts in every sandbox, written
+//! once: the runner's command line ([`RunnerInvocation`], whose flags the runner's parser reads by
+//! the same [`flag`] names), the variables it reads and sets ([`env`]), the harness kinds
+//! ([`HarnessKind`]), and what a worker makes of an assignment ([`task_spec`]: pure, so a custom
+//! worker gets exactly what `oz-agent-worker` does).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::BackendError;
+use crate::failure::FailureReason;
+use crate::task::TaskSpec;
+use crate::wire::worker::TaskAssignment;
+
+/// The names of the variables of the runner contract.
+pub mod env {
+    /// The run's workload token: the runner reports with it; never passed on to setup or the harness.
+    pub const WORKLOAD_TOKEN: &str = "OZ_WORKLOAD_TOKEN";
+    /// Git credentials for the runner's credential helper (JSON); never passed on.
+    pub const GIT_CREDENTIALS: &str = "OZ_GIT_CREDENTIALS";
+    /// The socket of the runner's git credential helper (set for setup and the harness).
+    pub const GIT_CREDENTIAL_SOCKET: &str = "OZ_GIT_CREDENTIAL_SOCKET";
+    /// The prompt: read by the runner when `--prompt` is absent; set for the harness.
+    pub const PROMPT: &str = "OZ_PROMPT";
+    /// Where the harness may write artifacts, one JSON object per line.
+    pub const ARTIFACTS_FILE: &str = "OZ_ARTIFACTS_FILE";
+    /// The run id, in every process of a task (the Direct backend finds a task's processes by it).
+    pub const RUN_ID: &str = "OZ_RUN_ID";
+    /// The MCP servers (JSON), for the harness.
+    pub const MCP_SERVERS: &str = "OZ_MCP_SERVERS";
+    /// The `command` harness's argv as a JSON array (set by the worker from the agent config).
+    pub const HARNESS_COMMAND: &str = "OZ_HARNESS_COMMAND";
+    /// The harness `oz` maps to (`claude`, `codex`, `gemini`, `command`; default `command`).
+    pub const DEFAULT_HARNESS: &str = "OZ_DEFAULT_HARNESS";
+    /// Where repos are cloned from (`<base>/<owner>/<repo>`; default `https://github.com`).
+    pub const GIT_BASE_URL: &str = "OZ_GIT_BASE_URL";
+    /// The control plane's root URL (Oz's name).
+    pub const SERVER_ROOT_URL: &str = "WARP_SERVER_ROOT_URL";
+    /// The task id (Oz's name).
+    pub const TASK_ID: &str = "TASK_ID";
+    /// Set to `0` so git never prompts.
+    pub const GIT_TERMINAL_PROMPT: &str = "GIT_TERMINAL_PROMPT";
+    /// Set to `1` so `gh` never prompts.
+    pub const GH_PROMPT_DISABLED: &str = "GH_PROMPT_DISABLED";
+}
+
+/// The long flags of `oz agent run` (without the leading `--`), as Oz names them.
+pub mod flag {
+    /// `--task-id <id>`.
+    pub const TASK_ID: &str = "task-id";
+    /// `--sandboxed`: inside a managed sandbox.
+    pub const SANDBOXED: &str = "sandboxed";
+    /// `--server-root-url <url>`.
+    pub const SERVER_ROOT_URL: &str = "server-root-url";
+    /// `--environment <id>`.
+    pub const ENVIRONMENT: &str = "environment";
+    /// `--model <id>`.
+    pub const MODEL: &str = "model";
+    /// `--skill <spec>`.
+    pub const SKILL: &str = "skill";
+    /// `--mcp <json>`.
+    pub const MCP: &str = "mcp";
+    /// `--harness <kind>`.
+    pub const HARNESS: &str = "harness";
+    /// `--share <json>`.
+    pub const SHARE: &str = "share";
+    /// `--idle-on-complete [<duration>]`.
+    pub const IDLE_ON_COMPLETE: &str = "idle-on-complete";
+}
+
+/// The agent program a run asks for (`harness.type`). Read case-insensitively.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(rename_all = "lowercase"))]
+pub enum HarnessKind {
+    /// Any argv (ours): the prompt in `OZ_PROMPT` and on stdin.
+    Command,
+    /// Anthropic's Claude Code CLI.
+    Claude,
+    /// OpenAI's Codex CLI.
+    Codex,
+    /// Google's Gemini CLI.
+    Gemini,
+    /// Oz's own agent: here, the configured default (`OZ_DEFAULT_HARNESS`, else `command`).
+    Oz,
+}
+
+impl HarnessKind {
+    /// Every kind, in the order error messages list them.
+    pub const ALL: [HarnessKind; 5] =
+        [HarnessKind::Oz, HarnessKind::Claude, HarnessKind::Codex, HarnessKind::Gemini, HarnessKind::Command];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HarnessKind::Command => "command",
+            HarnessKind::Claude => "claude",
+            HarnessKind::Codex => "codex",
+            HarnessKind::Gemini => "gemini",
+            HarnessKind::Oz => "oz",
+        }
+    }
+}
+
+impl fmt::Display for HarnessKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A harness name that is none of [`HarnessKind::ALL`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown harness {0:?}: expected one of oz, claude, codex, gemini, command")]
+pub struct UnknownHarness(pub String);
+
+impl FromStr for HarnessKind {
+    type Err = UnknownHarness;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        HarnessKind::ALL
+            .into_iter()
+            .find(|k| k.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| UnknownHarness(s.to_owned()))
+    }
+}
+
+impl Serialize for HarnessKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for HarnessKind {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        raw.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `oz agent run`'s command line as a worker writes it (Oz's order, pinned by tests):
+/// `<entrypoint> agent run --task-id <id> --sandboxed --server-root-url <url> [--environment <id>]
+/// [--model <m>] [--skill <s>] [--mcp <json>] [--harness <kind>] [--share <json>] --idle-on-complete
+/// [<duration>] <additional args...>`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunnerInvocation {
+    /// The task (run) id.
+    pub task_id: String,
+    /// Inside a managed sandbox (always, from a worker).
+    pub sandboxed: bool,
+    /// The control plane's root URL.
+    pub server_root_url: String,
+    /// The environment to prepare.
+    pub environment: Option<String>,
+    /// The model.
+    pub model: Option<String>,
+    /// The skill.
+    pub skill: Option<String>,
+    /// The MCP servers, as JSON text.
+    pub mcp: Option<String>,
+    /// The harness.
+    pub harness: Option<HarnessKind>,
+    /// Session sharing, as JSON text.
+    pub share: Option<String>,
+    /// `--idle-on-complete`: absent (`None`), bare (`Some(None)`, as Oz sends it), or with a duration.
+    pub idle_on_complete: Option<Option<String>>,
+    /// Flags the server asked for (`additional_oz_args`), appended as they are.
+    pub additional_args: Vec<String>,
+}
+
+impl RunnerInvocation {
+    /// The argv, `entrypoint` first.
+    pub fn to_argv(&self, entrypoint: &str) -> Vec<String> {
+        let long = |name: &str| format!("--{name}");
+        let mut argv = vec![entrypoint.to_owned(), "agent".into(), "run".into()];
+        argv.extend([long(flag::TASK_ID), self.task_id.clone()]);
+        if self.sandboxed {
+            argv.push(long(flag::SANDBOXED));
+        }
+        argv.extend([long(flag::SERVER_ROOT_URL), self.server_root_url.clone()]);
+        let optional = [
+            (flag::ENVIRONMENT, self.environment.clone()),
+            (flag::MODEL, self.model.clone()),
+            (flag::SKILL, self.skill.clone()),
+            (flag::MCP, self.mcp.clone()),
+            (flag::HARNESS, self.harness.map(|h| h.as_str().to_owned())),
+            (flag::SHARE, self.share.clone()),
+        ];
+        for (name, value) in optional {
+            if let Some(v) = value.filter(|v| !v.is_empty()) {
+                argv.extend([long(name), v]);
+            }
+        }
+        if let Some(duration) = &self.idle_on_complete {
+            argv.push(long(flag::IDLE_ON_COMPLETE));
+            argv.extend(duration.clone());
+        }
+        argv.extend(self.additional_args.iter().cloned());
+        argv
+    }
+}
+
+/// What a worker adds to every task.
+#[derive(Clone, Debug, Default)]
+pub struct CommandOptions {
+    /// The program: `/agent/entrypoint.sh` in a container, the `oz` binary on a host.
+    pub entrypoint: String,
+    /// The control plane's root URL.
+    pub server_root_url: String,
+    /// `--idle-on-complete` with this duration (`None` = the bare flag, as Oz sends it).
+    pub idle_on_complete: Option<String>,
+    /// Variables from the worker's configuration (`-e KEY=VALUE`), added last.
+    pub extra_env: Vec<(String, String)>,
+}
+
+/// The runner's command line for `assignment`.
+pub fn runner_invocation(assignment: &TaskAssignment, options: &CommandOptions) -> RunnerInvocation {
+    let snapshot = assignment.task.agent_config_snapshot.as_ref();
+    RunnerInvocation {
+        task_id: assignment.task_id.clone(),
+        sandboxed: true,
+        server_root_url: options.server_root_url.clone(),
+        environment: snapshot.and_then(|s| s.environment_id.clone()),
+        model: snapshot.and_then(|s| s.model_id.clone()),
+        skill: snapshot.and_then(|s| s.skill_spec.clone()),
+        mcp: snapshot.and_then(|s| s.mcp_servers.as_ref()).map(|m| m.to_string()),
+        harness: snapshot.and_then(|s| s.harness.as_ref()).and_then(|h| h.kind),
+        share: snapshot.and_then(|s| s.session_sharing.as_ref()).map(|s| s.to_string()),
+        idle_on_complete: Some(options.idle_on_complete.clone()),
+        additional_args: assignment.additional_oz_args.clone(),
+    }
+}
+
+/// The runner's environment for `assignment`, in Oz's order (later entries win): `TASK_ID`,
+/// `GIT_TERMINAL_PROMPT=0`, `GH_PROMPT_DISABLED=1`, `WARP_SERVER_ROOT_URL`, the assignment's
+/// `env_vars`, then `OZ_HARNESS_COMMAND` for the command harness, then the worker's configured
+/// variables. The backend adds its own after these.
+pub fn runner_env(assignment: &TaskAssignment, options: &CommandOptions) -> Vec<(String, String)> {
+    let mut vars = vec![
+        (env::TASK_ID.to_owned(), assignment.task_id.clone()),
+        (env::GIT_TERMINAL_PROMPT.to_owned(), "0".to_owned()),
+        (env::GH_PROMPT_DISABLED.to_owned(), "1".to_owned()),
+        (env::SERVER_ROOT_URL.to_owned(), options.server_root_url.clone()),
+    ];
+    vars.extend(assignment.env_vars.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let command = assignment
+        .task
+        .agent_config_snapshot
+        .as_ref()
+        .and_then(|s| s.harness.as_ref())
+        .and_then(|h| h.command.as_ref());
+    if let Some(argv) = command {
+        vars.push((env::HARNESS_COMMAND.to_owned(), serde_json::to_string(argv).unwrap_or_default()));
+    }
+    vars.extend(options.extra_env.iter().cloned());
+    vars
+}
+
+/// The task a backend runs for `assignment`: the runner's argv and environment, the image (the
+/// assignment's; none = the backend's default), the execution id, the instance shape, and whether to
+/// remove what it leaves. An image that does not parse is `invalid_image`.
+pub fn task_spec(
+    assignment: &TaskAssignment,
+    options: &CommandOptions,
+    cleanup: bool,
+) -> Result<TaskSpec, BackendError> {
+    let mut spec =
+        TaskSpec::new(assignment.task_id.clone(), runner_invocation(assignment, options).to_argv(&options.entrypoint));
+    spec.sandbox.image = assignment
+        .docker_image
+        .as_deref()
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+        .map(crate::image::ImageRef::parse)
+        .transpose()
+        .map_err(|e| BackendError::new(FailureReason::InvalidImage, e.to_string()))?;
+    spec.execution_id = assignment.execution_id.clone();
+    spec.env = runner_env(assignment, options);
+    spec.cleanup = cleanup;
+    if let Some(shape) = &assignment.instance_shape {
+        spec.sandbox.resources.vcpus = Some(shape.vcpus);
+        spec.sandbox.resources.memory_bytes = Some((shape.memory_gb * 1024.0 * 1024.0 * 1024.0) as u64);
+    }
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::wire::worker::ServerMessage;
+
+    fn assignment(snapshot: serde_json::Value) -> TaskAssignment {
+        assignment_with(snapshot, serde_json::json!({}))
+    }
+
+    fn assignment_with(snapshot: serde_json::Value, extra: serde_json::Value) -> TaskAssignment {
+        let mut data = serde_json::json!({
+            "task_id": "run-1",
+            "task": {"id": "run-1", "title": "t", "task_definition": {"prompt": "p"}, "created_at": "2026-01-01T00:00:00Z",
+                     "updated_at": "2026-01-01T00:00:00Z", "owner": {"Type": "TEAM", "Id": "t"}, "agent_config_snapshot": snapshot},
+            "env_vars": {"OZ_WORKLOAD_TOKEN": "ozw_x", "TASK_ID": "overridden?"},
+            "additional_oz_args": ["--debug"]
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            data[k] = v.clone();
+        }
+        let json = serde_json::json!({"type": "task_assignment", "data": data});
+        match ServerMessage::from_json(&json.to_string()).unwrap().unwrap() {
+            ServerMessage::TaskAssignment(a) => *a,
+            _ => unreachable!(),
+        }
+    }
+
+    fn options() -> CommandOptions {
+        CommandOptions {
+            entrypoint: "/agent/entrypoint.sh".into(),
+            server_root_url: "http://cp:8080".into(),
+            idle_on_complete: None,
+            extra_env: vec![("EXTRA".into(), "1".into())],
+        }
+    }
+
+    fn argv(a: &TaskAssignment, o: &CommandOptions) -> Vec<String> {
+        task_spec(a, o, true).unwrap().argv
+    }
+
+    /// The order of the flags is Oz's, pinned.
+    #[test]
+    fn argv_follows_the_oz_order() {
+        let a = assignment(
+            serde_json::json!({"environment_id": "env-1", "model_id": "m", "skill_spec": "s", "mcp_servers": {"x": {"url": "u"}},
+            "harness": {"type": "claude"}, "session_sharing": {"public_access": "VIEWER"}}),
+        );
+        assert_eq!(
+            argv(&a, &options()),
+            [
+                "/agent/entrypoint.sh",
+                "agent",
+                "run",
+                "--task-id",
+                "run-1",
+                "--sandboxed",
+                "--server-root-url",
+                "http://cp:8080",
+                "--environment",
+                "env-1",
+                "--model",
+                "m",
+                "--skill",
+                "s",
+                "--mcp",
+                r#"{"x":{"url":"u"}}"#,
+                "--harness",
+                "claude",
+                "--share",
+                r#"{"public_access":"VIEWER"}"#,
+                "--idle-on-complete",
+                "--debug"
+            ]
+        );
+        let bare = assignment(serde_json::json!({}));
+        let mut o = options();
+        o.idle_on_complete = Some("5m".into());
+        assert_eq!(
+            argv(&bare, &o),
+            [
+                "/agent/entrypoint.sh",
+                "agent",
+                "run",
+                "--task-id",
+                "run-1",
+                "--sandboxed",
+                "--server-root-url",
+                "http://cp:8080",
+                "--idle-on-complete",
+                "5m",
+                "--debug"
+            ]
+        );
+    }
+
+    #[test]
+    fn env_follows_the_oz_order_and_later_wins() {
+        let a = assignment(serde_json::json!({"harness": {"type": "command", "command": ["./agent.sh", "--fast"]}}));
+        let env = task_spec(&a, &options(), true).unwrap().env;
+        let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "TASK_ID",
+                "GIT_TERMINAL_PROMPT",
+                "GH_PROMPT_DISABLED",
+                "WARP_SERVER_ROOT_URL",
+                "OZ_WORKLOAD_TOKEN",
+                "TASK_ID",
+                "OZ_HARNESS_COMMAND",
+                "EXTRA"
+            ]
+        );
+        assert_eq!(env[6].1, r#"["./agent.sh","--fast"]"#);
+    }
+
+    #[test]
+    fn the_spec_carries_the_image_shape_execution_and_cleanup() {
+        let a = assignment_with(
+            serde_json::json!({}),
+            serde_json::json!({"docker_image": "debian:12", "execution_id": "e-1", "instance_shape": {"vcpus": 2.0, "memory_gb": 1.5}}),
+        );
+        let spec = task_spec(&a, &options(), false).unwrap();
+        assert_eq!(spec.sandbox.image.unwrap().to_string(), "debian:12");
+        assert_eq!(spec.execution_id.as_deref(), Some("e-1"));
+        assert_eq!(spec.sandbox.resources.vcpus, Some(2.0));
+        assert_eq!(spec.sandbox.resources.memory_bytes, Some(1536 << 20));
+        assert!(!spec.cleanup);
+        let blank = assignment_with(serde_json::json!({}), serde_json::json!({"docker_image": "  "}));
+        assert_eq!(task_spec(&blank, &options(), true).unwrap().sandbox.image, None, "blank means none");
+        let bad = assignment_with(serde_json::json!({}), serde_json::json!({"docker_image": "../x"}));
+        assert_eq!(task_spec(&bad, &options(), true).unwrap_err().reason, FailureReason::InvalidImage);
+    }
+
+    #[test]
+    fn harness_kinds_read_any_case_and_name_the_choices() {
+        assert_eq!("Claude".parse::<HarnessKind>().unwrap(), HarnessKind::Claude);
+        assert_eq!(serde_json::from_str::<HarnessKind>("\"GEMINI\"").unwrap(), HarnessKind::Gemini);
+        assert_eq!(serde_json::to_string(&HarnessKind::Command).unwrap(), "\"command\"");
+        let e = serde_json::from_str::<HarnessKind>("\"vim\"").unwrap_err().to_string();
+        assert!(e.contains("vim") && e.contains("claude"), "{e}");
+    }
+}
