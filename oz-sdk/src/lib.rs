@@ -23,10 +23,10 @@
 mod client;
 mod environments;
 mod error;
+mod http;
 mod integrations;
 mod runs;
 mod schedules;
-pub mod sse;
 mod workers;
 
 pub use client::{Client, ClientBuilder, DEFAULT_BASE_URL};

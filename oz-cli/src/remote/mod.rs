@@ -83,10 +83,26 @@ impl CliError {
                     format!("{what} ({}, HTTP {}): {detail}", problem.error, problem.status)
                 }
             }
-            other => other.to_string(),
+            other => with_causes(other),
         };
         format!("oz: error: {}", text.replace(['\n', '\r'], " "))
     }
+}
+
+/// An error's message followed by those of its causes that it does not already show (a transport
+/// error's "error sending request" says why only in its causes: "Connection refused").
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// Runs a client command on a fresh runtime and turns its result into an exit code.
@@ -115,5 +131,25 @@ pub(crate) fn key_value(raw: &str) -> Result<(String, String), String> {
     match raw.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
         _ => Err(format!("{raw:?} is not KEY=VALUE")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unreachable_api_is_one_line_with_its_cause_and_without_the_key() {
+        const KEY: &str = "oz_key_0123456789abcdef";
+        let client =
+            oz_sdk::Client::builder().base_url("http://127.0.0.1:9").api_key(KEY).max_retries(0).build().unwrap();
+        let error = CliError::from(client.runs().get("r").await.unwrap_err());
+        let line = error.one_line();
+        assert!(line.starts_with("oz: error: could not reach the API: "), "{line}");
+        assert!(line.contains("Connection refused"), "the cause is shown: {line}");
+        assert!(!line.contains(KEY) && !format!("{error:?}").contains(KEY), "{line}");
+        assert_eq!(error.exit_code(), 1);
     }
 }
