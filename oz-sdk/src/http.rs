@@ -1,4 +1,4 @@
-//! The HTTP plumbing of [`Client`](crate::Client): one
+//! The HTTP plumbing [`Client`](crate::Client) and [`AgentClient`](crate::AgentClient) share: one
 //! reqwest setup, the bearer credential, retries through [`RetryPolicy`], and the mapping of error
 //! answers to problem documents.
 
@@ -47,6 +47,18 @@ impl RetryRule {
     /// A call that is safe to repeat: on 429, 5xx, a retryable problem or any transport error.
     pub(crate) fn idempotent(policy: RetryPolicy) -> Self {
         RetryRule { policy, when: |e| e.is_retryable() || e.status().is_some_and(|s| s == 429 || s >= 500) }
+    }
+
+    /// A call that must not be repeated once the server may have seen it: on 429 and 5xx (answered,
+    /// so not acted on), and on transport errors that sent nothing (connect errors, timeouts).
+    pub(crate) fn unless_sent(policy: RetryPolicy) -> Self {
+        RetryRule {
+            policy,
+            when: |e| match e {
+                Error::Transport(t) => t.is_connect() || t.is_timeout(),
+                _ => e.status().is_some_and(|s| s == 429 || s >= 500),
+            },
+        }
     }
 }
 

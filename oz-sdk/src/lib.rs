@@ -20,6 +20,7 @@
 //! Errors are one type, [`Error`], carrying the server's problem document. Idempotent calls
 //! (GET, PUT, DELETE) are retried with backoff on 429, 5xx and connection errors; creating is not.
 
+mod agent;
 mod client;
 mod environments;
 mod error;
@@ -29,6 +30,7 @@ mod runs;
 mod schedules;
 mod workers;
 
+pub use agent::{AgentClient, AgentClientBuilder};
 pub use client::{Client, ClientBuilder, DEFAULT_BASE_URL};
 pub use environments::EnvironmentsHandler;
 pub use error::{Error, Result};
