@@ -98,7 +98,7 @@ pub async fn run(args: RunArgs, warnings: Vec<String>, ctx: Context) -> i32 {
             match control::connect(url, task_id, SecretString::from(token.clone())) {
                 Ok(c) => Arc::new(c),
                 Err(e) => {
-                    eprintln!("oz: {e}");
+                    eprintln!("oz: {}", crate::error_chain(&e));
                     return EXIT_USAGE;
                 }
             }

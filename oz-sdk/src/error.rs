@@ -34,6 +34,10 @@ pub enum Error {
     /// The client is misconfigured (no API key, bad base URL).
     #[error("client configuration: {0}")]
     Config(String),
+    /// The HTTP client could not be set up (for one, no CA certificates on the system to verify
+    /// TLS with).
+    #[error("the HTTP client could not be set up: {0}")]
+    Setup(#[source] reqwest::Error),
 }
 
 /// How much of an unreadable body an [`Error::Decode`] keeps.

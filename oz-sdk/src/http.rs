@@ -92,7 +92,7 @@ impl Http {
             .connect_timeout(settings.connect_timeout)
             .read_timeout(settings.timeout)
             .build()
-            .map_err(|e| Error::Config(format!("the HTTP client could not be set up: {e}")))?;
+            .map_err(Error::Setup)?;
         Ok(Self { client, base, credential })
     }
 

@@ -17,8 +17,12 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Errors are one type, [`Error`], carrying the server's problem document. Idempotent calls
-//! (GET, PUT, DELETE) are retried with backoff on 429, 5xx and connection errors; creating is not.
+//! Errors are one type, [`Error`], carrying the server's problem document, or the cause it kept
+//! (`source()`). Idempotent calls (GET, PUT, DELETE) are retried with backoff
+//! ([`oz_core::retry::RetryPolicy`]) on 429, 5xx and connection errors; creating is not.
+//!
+//! [`AgentClient`] is the API as one run sees it, with the run's workload token: its reports, its
+//! environment and its prompt. The in-sandbox runner (`oz-runner`) talks to the control plane with it.
 
 mod agent;
 mod client;

@@ -83,26 +83,10 @@ impl CliError {
                     format!("{what} ({}, HTTP {}): {detail}", problem.error, problem.status)
                 }
             }
-            other => with_causes(other),
+            other => oz_runner::error_chain(other),
         };
         format!("oz: error: {}", text.replace(['\n', '\r'], " "))
     }
-}
-
-/// An error's message followed by those of its causes that it does not already show (a transport
-/// error's "error sending request" says why only in its causes: "Connection refused").
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(c) = cause {
-        let more = c.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        cause = c.source();
-    }
-    text
 }
 
 /// Runs a client command on a fresh runtime and turns its result into an exit code.
