@@ -180,24 +180,9 @@ pub fn builtin_clone(url: &str, dir: &Path, credentials: Arc<Vec<GitCredential>>
         Ok(())
     });
     let (mut checkout, _) =
-        prepare.fetch_then_checkout(gix::progress::Discard, &interrupt).map_err(|e| error_chain(&e))?;
-    checkout.main_worktree(gix::progress::Discard, &interrupt).map_err(|e| error_chain(&e))?;
+        prepare.fetch_then_checkout(gix::progress::Discard, &interrupt).map_err(|e| crate::error_chain(&e))?;
+    checkout.main_worktree(gix::progress::Discard, &interrupt).map_err(|e| crate::error_chain(&e))?;
     Ok(())
-}
-
-/// An error and its causes, `outer: inner: innermost`.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let next = cause.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 fn builtin_head(dir: &Path) -> Option<String> {

@@ -1,35 +1,27 @@
 //! The runner's link to the control plane, behind a small trait so the runner is testable without a
-//! server, and runs unmanaged when there is none.
+//! server, and runs unmanaged when there is none. Over HTTP it is the SDK's [`AgentClient`], whose
+//! retries suit the runner: reads ride out a restart of the control plane, reports are not sent twice.
 
 use async_trait::async_trait;
 use oz_core::environment::EnvironmentConfig;
-use oz_core::wire::api::{EnvironmentList, RunItem};
-use oz_core::wire::callbacks::{RunnerReport, report_path};
-use secrecy::{ExposeSecret, SecretString};
+use oz_core::wire::callbacks::RunnerReport;
+use oz_sdk::AgentClient;
+use secrecy::SecretString;
 
 /// What can go wrong talking to the control plane. Messages never contain the token.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ControlError {
-    /// The server answered with an error status.
-    #[error("the control plane answered {status} to {what}: {detail}")]
-    Status {
-        /// The HTTP status.
-        status: u16,
-        /// What was asked.
-        what: String,
-        /// The problem's detail, or the body.
-        detail: String,
+    /// The control plane refused, could not be reached, or answered something unreadable.
+    #[error("{what}: {source}")]
+    Request {
+        /// What the runner was doing.
+        what: &'static str,
+        /// The SDK's error (its problem document, or its transport error).
+        #[source]
+        source: oz_sdk::Error,
     },
-    /// The request did not get an answer.
-    #[error("could not reach the control plane for {what}: {message}")]
-    Transport {
-        /// What was asked.
-        what: String,
-        /// Why.
-        message: String,
-    },
-    /// Nothing with that id.
+    /// There is no control plane to ask (an unmanaged run).
     #[error("{0}")]
     NotFound(String),
 }
@@ -71,116 +63,69 @@ impl ControlPlane for Detached {
     }
 }
 
-/// The control plane over HTTP, authenticated with the run's workload token.
-pub struct HttpControlPlane {
-    client: reqwest::Client,
-    api: String,
-    run_id: String,
-    token: SecretString,
-}
-
-impl std::fmt::Debug for HttpControlPlane {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpControlPlane")
-            .field("api", &self.api)
-            .field("run_id", &self.run_id)
-            .field("token", &"[REDACTED]")
-            .finish()
-    }
-}
-
-impl HttpControlPlane {
-    /// A client for `server_root_url` (the API is under `/api/v1`).
-    pub fn new(server_root_url: &str, run_id: &str, token: SecretString) -> Result<Self, ControlError> {
-        crate::install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("oz-agent-runner/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(std::time::Duration::from_secs(10))
-            .timeout(std::time::Duration::from_secs(30))
-            .build()
-            .map_err(|e| ControlError::Transport { what: "client setup".into(), message: e.to_string() })?;
-        Ok(Self {
-            client,
-            api: format!("{}/api/v1", server_root_url.trim_end_matches('/')),
-            run_id: run_id.to_owned(),
-            token,
-        })
-    }
-
-    async fn send(&self, what: &str, request: reqwest::RequestBuilder) -> Result<reqwest::Response, ControlError> {
-        let mut delay = std::time::Duration::from_millis(200);
-        let mut attempt = 0;
-        // Reads are safe to repeat whatever failed, and the run cannot start without them: they ride
-        // out a longer outage (about 12 s) than reports, which are retried only when nothing was sent.
-        let read = request.try_clone().and_then(|r| r.build().ok()).is_some_and(|r| r.method() == reqwest::Method::GET);
-        let attempts = if read { 8 } else { 4 };
-        loop {
-            attempt += 1;
-            let result = request
-                .try_clone()
-                .ok_or_else(|| ControlError::Transport {
-                    what: what.into(),
-                    message: "the request cannot be retried".into(),
-                })?
-                .bearer_auth(self.token.expose_secret())
-                .send()
-                .await;
-            let retryable = match &result {
-                Ok(r) => r.status().is_server_error() || r.status().as_u16() == 429,
-                Err(e) => e.is_connect() || e.is_timeout() || read,
-            };
-            if !retryable || attempt >= attempts {
-                return match result {
-                    Ok(r) if r.status().is_success() => Ok(r),
-                    Ok(r) => {
-                        let status = r.status().as_u16();
-                        let body = r.text().await.unwrap_or_default();
-                        let detail = serde_json::from_str::<oz_core::wire::problem::Problem>(&body)
-                            .map(|p| p.detail)
-                            .unwrap_or(body);
-                        Err(ControlError::Status {
-                            status,
-                            what: what.into(),
-                            detail: detail.chars().take(500).collect(),
-                        })
-                    }
-                    Err(e) => Err(ControlError::Transport { what: what.into(), message: e.without_url().to_string() }),
-                };
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(std::time::Duration::from_secs(3));
-        }
-    }
+/// The control plane over HTTP for run `run_id`, authenticated with its workload token.
+pub fn connect(server_root_url: &str, run_id: &str, token: SecretString) -> Result<AgentClient, ControlError> {
+    AgentClient::builder(server_root_url, run_id, token)
+        .user_agent(concat!("oz-agent-runner/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|source| ControlError::Request { what: "setting up the control plane's client", source })
 }
 
 #[async_trait]
-impl ControlPlane for HttpControlPlane {
+impl ControlPlane for AgentClient {
     async fn report(&self, report: &RunnerReport) -> Result<(), ControlError> {
-        let url = format!("{}{}", self.api, report_path(&self.run_id));
-        self.send("a progress report", self.client.post(url).json(report)).await.map(drop)
+        AgentClient::report(self, report)
+            .await
+            .map_err(|source| ControlError::Request { what: "reporting to the control plane", source })
     }
 
     async fn environment(&self, id: &str) -> Result<EnvironmentConfig, ControlError> {
-        let url = format!("{}/agent/environments", self.api);
-        let response = self.send("the environment list", self.client.get(url)).await?;
-        let list: EnvironmentList = response
-            .json()
+        AgentClient::environment(self, id)
             .await
-            .map_err(|e| ControlError::Transport { what: "the environment list".into(), message: e.to_string() })?;
-        list.environments
-            .into_iter()
-            .find(|e| e.uid == id)
-            .map(|e| e.config)
-            .ok_or_else(|| ControlError::NotFound(format!("the control plane has no environment {id:?} for this run")))
+            .map_err(|source| ControlError::Request { what: "fetching the environment", source })
     }
 
     async fn prompt(&self) -> Result<Option<String>, ControlError> {
-        let url = format!("{}/agent/runs/{}", self.api, self.run_id);
-        let response = self.send("the run", self.client.get(url)).await?;
-        let run: RunItem = response
-            .json()
-            .await
-            .map_err(|e| ControlError::Transport { what: "the run".into(), message: e.to_string() })?;
-        Ok(Some(run.prompt).filter(|p| !p.is_empty()))
+        AgentClient::prompt(self).await.map_err(|source| ControlError::Request { what: "fetching the run", source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::error::Error as _;
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn errors_keep_the_sdk_error_as_their_cause_and_never_show_the_token() {
+        const TOKEN: &str = "oz_wl_runner_0123456789abcdef";
+        let connected = connect("http://127.0.0.1:9", "run-1", SecretString::from(TOKEN)).unwrap();
+        assert!(!format!("{connected:?}").contains(TOKEN));
+        let quick = oz_core::retry::RetryPolicy::bounded(Duration::from_millis(1), Duration::from_millis(1), 1);
+        let control = AgentClient::builder("http://127.0.0.1:9", "run-1", SecretString::from(TOKEN))
+            .read_retries(quick)
+            .build()
+            .unwrap();
+        let control: &dyn ControlPlane = &control;
+        let error = control.environment("env-1").await.unwrap_err();
+        let source = error.source().and_then(|s| s.downcast_ref::<oz_sdk::Error>());
+        assert!(matches!(source, Some(oz_sdk::Error::Transport(_))), "{error:?}");
+        assert!(error.to_string().starts_with("fetching the environment: could not reach the API"), "{error}");
+        let mut shown = format!("{error} {error:?}");
+        let mut cause = error.source();
+        while let Some(c) = cause {
+            shown.push_str(&format!(" {c} {c:?}"));
+            cause = c.source();
+        }
+        assert!(!shown.contains(TOKEN), "{shown}");
+    }
+
+    #[test]
+    fn a_server_root_that_is_not_a_url_is_refused_at_once() {
+        let error = connect("127.0.0.1:8080", "run-1", SecretString::from("t")).unwrap_err();
+        assert!(matches!(error, ControlError::Request { source: oz_sdk::Error::Config(_), .. }), "{error:?}");
     }
 }

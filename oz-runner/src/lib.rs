@@ -86,6 +86,22 @@ pub fn egress_proxy_main(listen: &str, policy: oz_core::egress::EgressPolicy) ->
     }
 }
 
+/// An error and those of its causes its message does not already show, `outer: inner: innermost`
+/// (a reqwest error says "error sending request" and only its causes say "Connection refused").
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let next = cause.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// Logs to stderr, filtered by `OZ_LOG` (default `warn`).
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("OZ_LOG")

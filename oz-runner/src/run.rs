@@ -16,7 +16,7 @@ use tracing::{Instrument, info_span};
 
 use crate::args::RunArgs;
 use crate::clone::{self, Cloned};
-use crate::control::{ControlPlane, Detached, HttpControlPlane};
+use crate::control::{self, ControlPlane, Detached};
 use crate::credentials::{self, CredentialServer};
 use crate::exec;
 use crate::harness::Harness;
@@ -94,10 +94,10 @@ pub async fn run(args: RunArgs, warnings: Vec<String>, ctx: Context) -> i32 {
     let control: Arc<dyn ControlPlane> = match (&ctx.control, &args.server_root_url, &args.task_id, &token) {
         (Some(c), ..) => c.clone(),
         (None, Some(url), Some(task_id), Some(token)) => {
-            match HttpControlPlane::new(url, task_id, SecretString::from(token.clone())) {
+            match control::connect(url, task_id, SecretString::from(token.clone())) {
                 Ok(c) => Arc::new(c),
                 Err(e) => {
-                    eprintln!("oz: {e}");
+                    eprintln!("oz: {}", crate::error_chain(&e));
                     return EXIT_USAGE;
                 }
             }

@@ -4,8 +4,9 @@ use oz_core::environment::EnvironmentConfig;
 use oz_core::wire::api::{CloudEnvironment, EnvironmentList};
 use reqwest::Method;
 
-use crate::client::{Client, seg};
+use crate::client::Client;
 use crate::error::Result;
+use crate::http::seg;
 
 /// `client.environments()`.
 #[derive(Debug, Clone)]

@@ -3,8 +3,9 @@
 use oz_core::wire::api::{AgentConfig, IntegrationItem, IntegrationRequest};
 use reqwest::Method;
 
-use crate::client::{Client, seg};
+use crate::client::Client;
 use crate::error::Result;
+use crate::http::seg;
 
 /// `client.integrations()`.
 #[derive(Debug, Clone)]

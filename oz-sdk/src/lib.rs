@@ -17,18 +17,24 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Errors are one type, [`Error`], carrying the server's problem document. Idempotent calls
-//! (GET, PUT, DELETE) are retried with backoff on 429, 5xx and connection errors; creating is not.
+//! Errors are one type, [`Error`], carrying the server's problem document, or the cause it kept
+//! (`source()`). Idempotent calls (GET, PUT, DELETE) are retried with backoff
+//! ([`oz_core::retry::RetryPolicy`]) on 429, 5xx and connection errors; creating is not.
+//!
+//! [`AgentClient`] is the API as one run sees it, with the run's workload token: its reports, its
+//! environment and its prompt. The in-sandbox runner (`oz-runner`) talks to the control plane with it.
 
+mod agent;
 mod client;
 mod environments;
 mod error;
+mod http;
 mod integrations;
 mod runs;
 mod schedules;
-pub mod sse;
 mod workers;
 
+pub use agent::{AgentClient, AgentClientBuilder};
 pub use client::{Client, ClientBuilder, DEFAULT_BASE_URL};
 pub use environments::EnvironmentsHandler;
 pub use error::{Error, Result};

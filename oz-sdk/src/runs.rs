@@ -1,17 +1,24 @@
 //! Runs: create, list (a page, or a stream following cursors), get, cancel, and live events.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use backon::{BackoffBuilder, ExponentialBackoff};
+use eventsource_stream as sse;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt, TryStreamExt};
+use oz_core::retry::RetryPolicy;
 use oz_core::run::RunState;
 use oz_core::runner::HarnessKind;
 use oz_core::wire::api::{AgentConfig, RunAgentRequest, RunCreated, RunItem, RunList, RunStreamEvent};
 use oz_core::wire::worker::HarnessConfig;
 use reqwest::Method;
+use sse::Eventsource;
 
-use crate::client::{Client, seg};
+use crate::client::Client;
 use crate::error::{Error, Result};
-use crate::sse::SseParser;
+use crate::http::{RetryRule, decode, seg};
 
 /// `client.runs()`.
 #[derive(Debug, Clone)]
@@ -193,8 +200,7 @@ impl ListRuns {
     /// One page.
     pub async fn send(self) -> Result<RunList> {
         let params = self.params.clone();
-        let resp = self.client.execute(Method::GET, "/agent/runs", move |r| r.query(&params)).await?;
-        resp.json().await.map_err(|e| Error::Decode(e.to_string()))
+        decode(self.client.execute(Method::GET, "/agent/runs", move |r| r.query(&params)).await?).await
     }
     /// Every matching run, page after page.
     pub fn stream(self) -> impl Stream<Item = Result<RunItem>> + Send + 'static {
@@ -218,6 +224,12 @@ impl ListRuns {
     }
 }
 
+/// How the event stream waits before reconnecting; reset whenever a connection delivers bytes, so
+/// only drops in a row with nothing received end the stream.
+const RECONNECT: RetryPolicy = RetryPolicy::bounded(Duration::from_millis(100), Duration::from_secs(1), 5);
+
+type SseEvents = BoxStream<'static, std::result::Result<sse::Event, sse::EventStreamError<reqwest::Error>>>;
+
 fn events_stream(
     client: Client,
     run_id: String,
@@ -225,95 +237,115 @@ fn events_stream(
 ) -> impl Stream<Item = Result<RunStreamEvent>> + Send + 'static {
     struct S {
         client: Client,
-        run_id: String,
+        path: String,
         last: i64,
-        body: Option<futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>>,
-        parser: SseParser,
-        pending: std::collections::VecDeque<RunStreamEvent>,
+        body: Option<SseEvents>,
+        /// Whether the current connection delivered any bytes (keep-alives included).
+        received: Arc<AtomicBool>,
+        delays: ExponentialBackoff,
+        drops: usize,
         done: bool,
-        failures: u32,
     }
     let s = S {
         client,
-        run_id,
+        path: format!("/agent/runs/{}/events", seg(&run_id)),
         last: after,
         body: None,
-        parser: SseParser::default(),
-        pending: Default::default(),
+        received: Arc::default(),
+        delays: RECONNECT.builder().build(),
+        drops: 0,
         done: false,
-        failures: 0,
     };
     futures::stream::unfold(s, |mut s| async move {
         loop {
-            if let Some(e) = s.pending.pop_front() {
-                if e.seq <= s.last {
-                    continue;
-                }
-                s.last = e.seq;
-                if e.state().is_some_and(|st| st.is_terminal()) {
-                    s.done = true;
-                }
-                return Some((Ok(e), s));
-            }
             if s.done {
                 return None;
             }
             let Some(body) = s.body.as_mut() else {
                 // (Re)connect, resuming after the last event.
-                let path = format!("/agent/runs/{}/events", seg(&s.run_id));
-                let resp = s
-                    .client
-                    .request(Method::GET, &path)
-                    .header("last-event-id", s.last.to_string())
-                    .header("accept", "text/event-stream")
-                    .send()
-                    .await;
-                match resp {
-                    Ok(r) if r.status().is_success() => {
-                        s.body = Some(r.bytes_stream().boxed());
-                        s.parser = SseParser::default();
+                let last = s.last.to_string();
+                let build = |r: reqwest::RequestBuilder| {
+                    r.header("last-event-id", last.as_str()).header("accept", "text/event-stream")
+                };
+                match s.client.http.execute(Method::GET, &s.path, build, RetryRule::NEVER).await {
+                    Ok(resp) => {
+                        let received = s.received.clone();
+                        let bytes = resp.bytes_stream().inspect_ok(move |_| received.store(true, Ordering::Relaxed));
+                        s.body = Some(bytes.eventsource().boxed());
                     }
-                    Ok(r) => {
-                        let status = r.status().as_u16();
-                        let err = match r.json::<oz_core::wire::problem::Problem>().await {
-                            Ok(p) => Error::Api(Box::new(p)),
-                            Err(_) => Error::Decode(format!("the event stream answered HTTP {status}")),
-                        };
-                        s.done = true;
-                        return Some((Err(err), s));
-                    }
-                    Err(e) => {
-                        s.failures += 1;
-                        if s.failures > 5 {
+                    Err(Error::Transport(e)) => match s.delays.next() {
+                        Some(delay) => tokio::time::sleep(delay).await,
+                        None => {
                             s.done = true;
-                            return Some((Err(Error::Transport(e.without_url().to_string())), s));
+                            return Some((Err(Error::Transport(e)), s));
                         }
-                        tokio::time::sleep(Duration::from_millis(200 * u64::from(s.failures))).await;
+                    },
+                    Err(e) => {
+                        s.done = true;
+                        return Some((Err(e), s));
                     }
                 }
                 continue;
             };
-            match body.next().await {
-                Some(Ok(bytes)) => {
-                    s.failures = 0;
-                    for event in s.parser.push(&bytes) {
-                        match serde_json::from_str::<RunStreamEvent>(&event.data) {
-                            Ok(e) => s.pending.push_back(e),
-                            Err(e) => return Some((Err(Error::Decode(format!("bad event: {e}"))), s)),
-                        }
+            let cause: Option<Box<dyn std::error::Error + Send + Sync>> = match body.next().await {
+                Some(Ok(event)) => {
+                    let event = match serde_json::from_str::<RunStreamEvent>(&event.data) {
+                        Ok(e) => e,
+                        Err(e) => return Some((Err(Error::decode(e, event.data.as_bytes())), s)),
+                    };
+                    if event.seq <= s.last {
+                        continue;
                     }
+                    s.last = event.seq;
+                    s.done = event.state().is_some_and(|st| st.is_terminal());
+                    return Some((Ok(event), s));
                 }
-                // The connection dropped (or the server closed early): reconnect and resume.
-                Some(Err(_)) | None => {
-                    s.body = None;
-                    s.failures += 1;
-                    if s.failures > 5 {
-                        s.done = true;
-                        return Some((Err(Error::Transport("the event stream kept dropping".into())), s));
-                    }
-                    tokio::time::sleep(Duration::from_millis(100 * u64::from(s.failures))).await;
+                Some(Err(sse::EventStreamError::Transport(e))) => Some(Box::new(e.without_url())),
+                Some(Err(e)) => Some(Box::new(e)),
+                None => None,
+            };
+            // The connection dropped (or the server closed early): reconnect and resume.
+            s.body = None;
+            if s.received.swap(false, Ordering::Relaxed) {
+                s.delays = RECONNECT.builder().build();
+                s.drops = 0;
+            }
+            s.drops += 1;
+            match s.delays.next() {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => {
+                    s.done = true;
+                    return Some((Err(Error::EventsDropped { drops: s.drops, source: cause }), s));
                 }
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use futures::TryStreamExt;
+
+    use super::sse::Eventsource;
+
+    /// The framing the server's stream uses (keep-alive comments, ids, names, multi-line data) parses
+    /// the same wherever the network splits it.
+    #[tokio::test]
+    async fn parses_events_split_anywhere() {
+        let text = ": keep-alive\n\nid: 1\nevent: state\ndata: {\"a\":1}\n\nid: 2\ndata: line1\ndata: line2\n\n";
+        for split in 0..text.len() {
+            let chunks = [&text.as_bytes()[..split], &text.as_bytes()[split..]];
+            let events: Vec<_> = futures::stream::iter(chunks.map(Ok::<_, std::convert::Infallible>))
+                .eventsource()
+                .try_collect()
+                .await
+                .unwrap();
+            assert_eq!(events.len(), 2, "split at {split}");
+            assert_eq!((events[0].id.as_str(), events[0].event.as_str()), ("1", "state"));
+            assert_eq!(events[0].data, "{\"a\":1}");
+            assert_eq!(events[1].data, "line1\nline2");
+        }
+    }
 }

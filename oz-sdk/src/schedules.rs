@@ -3,8 +3,9 @@
 use oz_core::wire::api::{AgentConfig, ScheduleCreate, ScheduleItem, ScheduleUpdate};
 use reqwest::Method;
 
-use crate::client::{Client, seg};
+use crate::client::Client;
 use crate::error::Result;
+use crate::http::seg;
 
 /// `client.schedules()`.
 #[derive(Debug, Clone)]

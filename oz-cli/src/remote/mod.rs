@@ -83,7 +83,7 @@ impl CliError {
                     format!("{what} ({}, HTTP {}): {detail}", problem.error, problem.status)
                 }
             }
-            other => other.to_string(),
+            other => oz_runner::error_chain(other),
         };
         format!("oz: error: {}", text.replace(['\n', '\r'], " "))
     }
@@ -115,5 +115,25 @@ pub(crate) fn key_value(raw: &str) -> Result<(String, String), String> {
     match raw.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
         _ => Err(format!("{raw:?} is not KEY=VALUE")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unreachable_api_is_one_line_with_its_cause_and_without_the_key() {
+        const KEY: &str = "oz_key_0123456789abcdef";
+        let client =
+            oz_sdk::Client::builder().base_url("http://127.0.0.1:9").api_key(KEY).max_retries(0).build().unwrap();
+        let error = CliError::from(client.runs().get("r").await.unwrap_err());
+        let line = error.one_line();
+        assert!(line.starts_with("oz: error: could not reach the API: "), "{line}");
+        assert!(line.contains("Connection refused"), "the cause is shown: {line}");
+        assert!(!line.contains(KEY) && !format!("{error:?}").contains(KEY), "{line}");
+        assert_eq!(error.exit_code(), 1);
     }
 }
