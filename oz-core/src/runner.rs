@@ -1,6 +1,6 @@
 //! The contract between a worker and the runner (`oz agent run`) it starts in every sandbox, written
 //! once: the runner's command line ([`RunnerInvocation`], whose flags the runner's parser reads by
-//! the same [`flag`] names), the variables it reads and sets ([`env`]), the harness kinds
+//! the same [`flag`] names), the variables it reads and sets ([`env`](mod@env)), the harness kinds
 //! ([`HarnessKind`]), and what a worker makes of an assignment ([`task_spec`]: pure, so a custom
 //! worker gets exactly what `oz-agent-worker` does).
 

@@ -62,7 +62,7 @@ pub struct RunArgs {
     /// The folder to clone into and run in (default: the current directory).
     #[arg(long, value_name = "PATH")]
     pub workdir: Option<PathBuf>,
-    /// Where repos are cloned from: `<base>/<owner>/<repo>` (default https://github.com).
+    /// Where repos are cloned from: `<base>/<owner>/<repo>` (default `https://github.com`).
     #[arg(long, env = env::GIT_BASE_URL, default_value = "https://github.com")]
     pub git_base_url: String,
     /// How the runner's own events are printed.

@@ -80,7 +80,8 @@ impl EventLog {
         if let Err(e) = self.control.report(&report).await
             && !self.report_failed.swap(true, Ordering::Relaxed)
         {
-            warn!("reporting to the control plane failed (further failures are not logged): {e}");
+            let why = self.redact(&crate::error_chain(&e));
+            warn!("reporting to the control plane failed (further failures are not logged): {why}");
         }
     }
 
@@ -115,7 +116,8 @@ impl EventLog {
             if let Err(e) = self.control.report(&report).await
                 && !self.report_failed.swap(true, Ordering::Relaxed)
             {
-                warn!("reporting to the control plane failed (further failures are not logged): {e}");
+                let why = self.redact(&crate::error_chain(&e));
+                warn!("reporting to the control plane failed (further failures are not logged): {why}");
             }
         } else {
             self.emit(event).await;
