@@ -21,8 +21,7 @@ use crate::engine::describe;
 
 /// The proxy's name on the task's network.
 pub const PROXY_ALIAS: &str = "egress";
-/// The proxy's port.
-pub const PROXY_PORT: u16 = 3128;
+pub use oz_core::egress::PROXY_PORT;
 /// Label marking a task's egress proxy container.
 pub const ROLE_LABEL: &str = "oz.dev/role";
 

@@ -46,7 +46,9 @@ impl KubernetesBackend {
 
     /// A backend with the client from `config.kubeconfig`, else the default loading rules:
     /// in-cluster, else `KUBECONFIG`, else `~/.kube/config`.
-    pub async fn connect(config: KubernetesConfig) -> Result<Self, KubernetesError> {
+    pub async fn connect(mut config: KubernetesConfig) -> Result<Self, KubernetesError> {
+        // A bad configuration is named before any cluster is asked for.
+        config.validate_and_resolve()?;
         let client = match &config.kubeconfig {
             Some(path) => {
                 let kubeconfig_error = |source| KubernetesError::Kubeconfig { path: path.clone(), source };

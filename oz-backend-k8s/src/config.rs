@@ -148,7 +148,7 @@ impl KubernetesConfig {
             cleanup: true,
             preflight_image: "busybox:1.36".into(),
             preflight_timeout: Duration::from_secs(120),
-            preflight_resources: Resources { vcpus: Some(0.1), memory_bytes: Some(64 << 20), ..Default::default() },
+            preflight_resources: default_preflight_resources(),
             mount_timeout: Duration::from_secs(60),
             egress_policy: None,
         }
@@ -176,7 +176,12 @@ impl KubernetesConfig {
     }
 }
 
-/// `{cpu: "100m", memory: "64Mi"}` as [`Resources`].
+/// 100m CPU, 64 MiB.
+fn default_preflight_resources() -> Resources {
+    Resources { vcpus: Some(0.1), memory_bytes: Some(64 << 20), ..Default::default() }
+}
+
+/// `{cpu: "100m", memory: "64Mi"}` as [`Resources`]; what is left out keeps its default.
 fn quantities<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Resources, D::Error> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -193,7 +198,8 @@ fn quantities<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Resources, D
         .memory
         .map(|m| parse_memory(&m).ok_or_else(|| serde::de::Error::custom(format!("memory: {m:?} is not a quantity"))))
         .transpose()?;
-    Ok(Resources { vcpus, memory_bytes, ..Default::default() })
+    let defaults = default_preflight_resources();
+    Ok(Resources { vcpus: vcpus.or(defaults.vcpus), memory_bytes: memory_bytes.or(defaults.memory_bytes), ..defaults })
 }
 
 #[cfg(test)]
@@ -228,6 +234,10 @@ mod tests {
         assert_eq!(c.environment, vec![EnvEntry::new("A", "1")]);
         assert_eq!(c.namespace, "agents");
         assert_eq!(c.active_deadline_seconds, 28_800, "defaults fill what the YAML leaves out");
+        let cpu_only: KubernetesConfig =
+            serde_json::from_value(serde_json::json!({"preflight_resources": {"cpu": "1"}})).unwrap();
+        assert_eq!(cpu_only.preflight_resources.vcpus, Some(1.0));
+        assert_eq!(cpu_only.preflight_resources.memory_bytes, Some(64 << 20), "memory keeps its default");
         let e = serde_json::from_value::<KubernetesConfig>(serde_json::json!({"namespce": "x"})).unwrap_err();
         assert!(e.to_string().contains("namespce"), "{e}");
         let e = serde_json::from_value::<KubernetesConfig>(serde_json::json!({"preflight_resources": {"cpu": "lots"}}))

@@ -18,6 +18,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Agent commands.
+    #[command(name = oz_core::runner::RUN_SUBCOMMAND[0])]
     Agent {
         #[command(subcommand)]
         command: AgentCommand,
@@ -95,12 +96,22 @@ enum LocalCommand {
 #[derive(Debug, clap::Args)]
 struct BackendArgs {
     /// `direct` (processes here; the default) or `docker` (containers on the local engine).
-    #[arg(long, value_enum, default_value_t = BackendKind::Direct)]
+    #[arg(long, default_value = "direct", value_parser = local_backend_kind())]
     backend: BackendKind,
     /// The static `oz` for the Docker sidecar (default: `OZ_SIDECAR_BINARY`, else `target/sidecar/oz`
     /// from `scripts/build-sidecar-oz.sh`).
     #[arg(long)]
     sidecar: Option<std::path::PathBuf>,
+}
+
+/// The worker's `BackendKind`, limited to the backends the local stack runs.
+#[cfg(feature = "local-stack")]
+fn local_backend_kind() -> impl clap::builder::TypedValueParser<Value = BackendKind> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["direct", "docker"]).map(|name| match name.as_str() {
+        "docker" => BackendKind::Docker,
+        _ => BackendKind::Direct,
+    })
 }
 
 #[cfg(feature = "local-stack")]
@@ -124,7 +135,7 @@ impl BackendArgs {
 #[derive(Debug, Subcommand)]
 enum AgentCommand {
     /// Prepare the workspace (clone, setup) and run the agent here; see `oz agent run --help`.
-    #[command(disable_help_flag = true)]
+    #[command(name = oz_core::runner::RUN_SUBCOMMAND[1], disable_help_flag = true)]
     Run {
         /// Arguments; unknown flags are warned about, not fatal.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
@@ -134,6 +145,7 @@ enum AgentCommand {
     #[cfg(feature = "api-client")]
     RunCloud(Box<crate::remote::runs::RunCloudArgs>),
     /// The egress proxy of an isolated task network (the Docker backend runs it; people do not).
+    #[command(name = oz_core::egress::PROXY_SUBCOMMAND[1])]
     EgressProxy(EgressProxyArgs),
     /// Git credential helper used by `oz agent run` (git calls it; people do not).
     GitCredential {
@@ -200,7 +212,7 @@ pub fn main() -> ExitCode {
             crate::remote::run_command(crate::remote::integrations::run(command, api))
         }
         Command::Agent { command: AgentCommand::EgressProxy(args) } => {
-            exit(oz_runner::egress_proxy_main(&args.listen, args.policy()))
+            exit(oz_runner::egress_proxy_main(args.listen, args.policy()))
         }
         Command::Agent { command: AgentCommand::GitCredential { operation } } => {
             exit(oz_runner::credentials::helper_main(&operation))
@@ -211,4 +223,50 @@ pub fn main() -> ExitCode {
 
 fn exit(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+
+    /// The worker's argv for the runner, through this binary's real command line and then the
+    /// runner's parser: every field arrives, nothing is unknown.
+    #[test]
+    fn the_runner_argv_a_worker_writes_reaches_the_runner() {
+        let invocation = oz_core::runner::RunnerInvocation {
+            task_id: "run-1".into(),
+            sandboxed: true,
+            server_root_url: "http://cp:8080".into(),
+            environment: Some("env-1".into()),
+            harness: Some(oz_core::runner::HarnessKind::Codex),
+            idle_on_complete: Some(None),
+            additional_args: vec!["--future-flag".into()],
+            ..Default::default()
+        };
+        let cli = Cli::try_parse_from(invocation.to_argv("oz")).unwrap();
+        let Command::Agent { command: AgentCommand::Run { raw } } = cli.command else { panic!("not agent run") };
+        let (args, warnings) = oz_runner::args::parse_lenient(raw).unwrap();
+        assert_eq!(args.task_id.as_deref(), Some("run-1"));
+        assert!(args.sandboxed);
+        assert_eq!(args.environment.as_deref(), Some("env-1"));
+        assert_eq!(args.harness, "codex");
+        assert_eq!(warnings.len(), 1, "only the additional flag is unknown: {warnings:?}");
+    }
+
+    /// The Docker backend's argv for the egress proxy, through this binary's real command line.
+    #[test]
+    fn the_egress_proxy_argv_the_docker_backend_writes_reaches_the_proxy() {
+        let policy = oz_core::egress::EgressPolicy {
+            domains: vec!["github.com".into()],
+            allowed_ranges: vec!["10.20.0.0/16".parse().unwrap()],
+        };
+        let listen = std::net::SocketAddr::from(([0, 0, 0, 0], oz_core::egress::PROXY_PORT));
+        let mut argv = vec!["oz".to_owned()];
+        argv.extend(policy.proxy_argv(listen));
+        let cli = Cli::try_parse_from(argv).unwrap();
+        let Command::Agent { command: AgentCommand::EgressProxy(args) } = cli.command else { panic!("not the proxy") };
+        assert_eq!(args.listen, listen);
+        assert_eq!(args.policy(), policy);
+    }
 }

@@ -95,26 +95,34 @@ impl EgressPolicy {
     /// The arguments of `oz` that serve this policy on `listen`: `agent egress-proxy --listen ADDR
     /// [--allow DOMAIN]... [--allow-range CIDR]...`.
     pub fn proxy_argv(&self, listen: SocketAddr) -> Vec<String> {
-        let mut argv =
-            vec!["agent".to_owned(), "egress-proxy".to_owned(), PROXY_LISTEN_FLAG.to_owned(), listen.to_string()];
+        let long = |name: &str| format!("--{name}");
+        let mut argv: Vec<String> = PROXY_SUBCOMMAND.iter().map(|s| (*s).to_owned()).collect();
+        argv.extend([long(proxy_flag::LISTEN), listen.to_string()]);
         for domain in &self.domains {
-            argv.push(PROXY_ALLOW_FLAG.into());
-            argv.push(domain.clone());
+            argv.extend([long(proxy_flag::ALLOW), domain.clone()]);
         }
         for range in &self.allowed_ranges {
-            argv.push(PROXY_ALLOW_RANGE_FLAG.into());
-            argv.push(range.to_string());
+            argv.extend([long(proxy_flag::ALLOW_RANGE), range.to_string()]);
         }
         argv
     }
 }
 
-/// `--listen`, in [`EgressPolicy::proxy_argv`].
-pub const PROXY_LISTEN_FLAG: &str = "--listen";
-/// `--allow`, in [`EgressPolicy::proxy_argv`].
-pub const PROXY_ALLOW_FLAG: &str = "--allow";
-/// `--allow-range`, in [`EgressPolicy::proxy_argv`].
-pub const PROXY_ALLOW_RANGE_FLAG: &str = "--allow-range";
+/// The `oz` subcommand that runs the proxy.
+pub const PROXY_SUBCOMMAND: [&str; 2] = ["agent", "egress-proxy"];
+
+/// The port the proxy listens on by default.
+pub const PROXY_PORT: u16 = 3128;
+
+/// The proxy's long flags (without the leading `--`), as [`EgressPolicy::proxy_argv`] writes them.
+pub mod proxy_flag {
+    /// `--listen ADDR`.
+    pub const LISTEN: &str = "listen";
+    /// `--allow DOMAIN`, repeatable.
+    pub const ALLOW: &str = "allow";
+    /// `--allow-range CIDR`, repeatable.
+    pub const ALLOW_RANGE: &str = "allow-range";
+}
 
 /// What the proxy says on its standard output, one JSON object per line, for the program that
 /// started it (the Docker backend waits for [`ProxyStatus::Ready`] before starting the task).

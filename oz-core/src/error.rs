@@ -38,3 +38,20 @@ impl Error {
         }
     }
 }
+
+/// An error and those of its causes its message does not already show, `outer: inner: innermost`
+/// (a reqwest error says "error sending request" and only its causes say "Connection refused"): the
+/// one-line form of an error for people (the CLI, the runner's messages).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let next = cause.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = cause.source();
+    }
+    text
+}

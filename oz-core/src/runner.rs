@@ -46,6 +46,9 @@ pub mod env {
     pub const GH_PROMPT_DISABLED: &str = "GH_PROMPT_DISABLED";
 }
 
+/// The `oz` subcommand that is the runner.
+pub const RUN_SUBCOMMAND: [&str; 2] = ["agent", "run"];
+
 /// The long flags of `oz agent run` (without the leading `--`), as Oz names them.
 pub mod flag {
     /// `--task-id <id>`.
@@ -70,10 +73,11 @@ pub mod flag {
     pub const IDLE_ON_COMPLETE: &str = "idle-on-complete";
 }
 
-/// The agent program a run asks for (`harness.type`). Read case-insensitively.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[cfg_attr(feature = "openapi", schema(rename_all = "lowercase"))]
+/// The agent program a run asks for (`harness.type`), read case-insensitively. On the wire an
+/// unknown name is kept as [`HarnessKind::Other`] (a newer peer's, or a stored run's from before the
+/// API checked it) so the message around it still decodes; the API refuses unknown names in new
+/// requests, and the runner refuses to run one (parsing with [`FromStr`] is strict).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum HarnessKind {
     /// Any argv (ours): the prompt in `OZ_PROMPT` and on stdin.
     Command,
@@ -85,22 +89,35 @@ pub enum HarnessKind {
     Gemini,
     /// Oz's own agent: here, the configured default (`OZ_DEFAULT_HARNESS`, else `command`).
     Oz,
+    /// A name this version does not know, as it was given.
+    Other(String),
 }
 
 impl HarnessKind {
-    /// Every kind, in the order error messages list them.
-    pub const ALL: [HarnessKind; 5] =
+    /// Every kind this version knows, in the order error messages list them.
+    pub const KNOWN: [HarnessKind; 5] =
         [HarnessKind::Oz, HarnessKind::Claude, HarnessKind::Codex, HarnessKind::Gemini, HarnessKind::Command];
 
     /// The wire name.
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &str {
         match self {
             HarnessKind::Command => "command",
             HarnessKind::Claude => "claude",
             HarnessKind::Codex => "codex",
             HarnessKind::Gemini => "gemini",
             HarnessKind::Oz => "oz",
+            HarnessKind::Other(name) => name,
         }
+    }
+
+    /// A known kind, or [`HarnessKind::Other`] with the name as given.
+    pub fn lenient(name: &str) -> Self {
+        name.parse().unwrap_or_else(|_| HarnessKind::Other(name.to_owned()))
+    }
+
+    /// Whether this version knows it.
+    pub fn is_known(&self) -> bool {
+        !matches!(self, HarnessKind::Other(_))
     }
 }
 
@@ -110,15 +127,16 @@ impl fmt::Display for HarnessKind {
     }
 }
 
-/// A harness name that is none of [`HarnessKind::ALL`].
+/// A harness name that is none of [`HarnessKind::KNOWN`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("unknown harness {0:?}: expected one of oz, claude, codex, gemini, command")]
 pub struct UnknownHarness(pub String);
 
 impl FromStr for HarnessKind {
     type Err = UnknownHarness;
+    /// Strict: an unknown name is an error.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        HarnessKind::ALL
+        HarnessKind::KNOWN
             .into_iter()
             .find(|k| k.as_str().eq_ignore_ascii_case(s))
             .ok_or_else(|| UnknownHarness(s.to_owned()))
@@ -132,9 +150,10 @@ impl Serialize for HarnessKind {
 }
 
 impl<'de> Deserialize<'de> for HarnessKind {
+    /// Lenient: an unknown name becomes [`HarnessKind::Other`].
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(deserializer)?;
-        raw.parse().map_err(serde::de::Error::custom)
+        Ok(HarnessKind::lenient(&raw))
     }
 }
 
@@ -172,7 +191,8 @@ impl RunnerInvocation {
     /// The argv, `entrypoint` first.
     pub fn to_argv(&self, entrypoint: &str) -> Vec<String> {
         let long = |name: &str| format!("--{name}");
-        let mut argv = vec![entrypoint.to_owned(), "agent".into(), "run".into()];
+        let mut argv = vec![entrypoint.to_owned()];
+        argv.extend(RUN_SUBCOMMAND.iter().map(|s| (*s).to_owned()));
         argv.extend([long(flag::TASK_ID), self.task_id.clone()]);
         if self.sandboxed {
             argv.push(long(flag::SANDBOXED));
@@ -183,7 +203,7 @@ impl RunnerInvocation {
             (flag::MODEL, self.model.clone()),
             (flag::SKILL, self.skill.clone()),
             (flag::MCP, self.mcp.clone()),
-            (flag::HARNESS, self.harness.map(|h| h.as_str().to_owned())),
+            (flag::HARNESS, self.harness.as_ref().map(|h| h.as_str().to_owned())),
             (flag::SHARE, self.share.clone()),
         ];
         for (name, value) in optional {
@@ -200,8 +220,8 @@ impl RunnerInvocation {
     }
 }
 
-/// What a worker adds to every task.
-#[derive(Clone, Debug, Default)]
+/// What a worker adds to every task. Its `Debug` shows the variables' names, not their values.
+#[derive(Clone, Default)]
 pub struct CommandOptions {
     /// The program: `/agent/entrypoint.sh` in a container, the `oz` binary on a host.
     pub entrypoint: String,
@@ -211,6 +231,18 @@ pub struct CommandOptions {
     pub idle_on_complete: Option<String>,
     /// Variables from the worker's configuration (`-e KEY=VALUE`), added last.
     pub extra_env: Vec<(String, String)>,
+}
+
+impl fmt::Debug for CommandOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.extra_env.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("CommandOptions")
+            .field("entrypoint", &self.entrypoint)
+            .field("server_root_url", &self.server_root_url)
+            .field("idle_on_complete", &self.idle_on_complete)
+            .field("extra_env", &names)
+            .finish()
+    }
 }
 
 /// The runner's command line for `assignment`.
@@ -224,7 +256,7 @@ pub fn runner_invocation(assignment: &TaskAssignment, options: &CommandOptions) 
         model: snapshot.and_then(|s| s.model_id.clone()),
         skill: snapshot.and_then(|s| s.skill_spec.clone()),
         mcp: snapshot.and_then(|s| s.mcp_servers.as_ref()).map(|m| m.to_string()),
-        harness: snapshot.and_then(|s| s.harness.as_ref()).and_then(|h| h.kind),
+        harness: snapshot.and_then(|s| s.harness.as_ref()).and_then(|h| h.kind.clone()),
         share: snapshot.and_then(|s| s.session_sharing.as_ref()).map(|s| s.to_string()),
         idle_on_complete: Some(options.idle_on_complete.clone()),
         additional_args: assignment.additional_oz_args.clone(),
@@ -420,11 +452,34 @@ mod tests {
     }
 
     #[test]
-    fn harness_kinds_read_any_case_and_name_the_choices() {
+    fn debug_output_never_shows_variable_values() {
+        let mut o = options();
+        o.extra_env = vec![("NPM_TOKEN".into(), "npm_s3cret".into())];
+        let shown = format!("{o:?} {:?}", crate::task::EnvEntry::new("NPM_TOKEN", "npm_s3cret"));
+        assert!(shown.contains("NPM_TOKEN") && !shown.contains("npm_s3cret"), "{shown}");
+    }
+
+    #[test]
+    fn harness_kinds_read_any_case_and_keep_unknown_names_on_the_wire() {
         assert_eq!("Claude".parse::<HarnessKind>().unwrap(), HarnessKind::Claude);
         assert_eq!(serde_json::from_str::<HarnessKind>("\"GEMINI\"").unwrap(), HarnessKind::Gemini);
         assert_eq!(serde_json::to_string(&HarnessKind::Command).unwrap(), "\"command\"");
-        let e = serde_json::from_str::<HarnessKind>("\"vim\"").unwrap_err().to_string();
+        let e = "vim".parse::<HarnessKind>().unwrap_err().to_string();
         assert!(e.contains("vim") && e.contains("claude"), "{e}");
+        // A message naming a harness this version does not know still decodes, and says it again.
+        let other = serde_json::from_str::<HarnessKind>("\"future-agent\"").unwrap();
+        assert_eq!(other, HarnessKind::Other("future-agent".into()));
+        assert!(!other.is_known());
+        assert_eq!(serde_json::to_string(&other).unwrap(), "\"future-agent\"");
+    }
+
+    /// An assignment from a newer server, naming a harness this worker does not know, becomes a task
+    /// whose runner is told that name (and refuses it, reporting why), not an undecodable message.
+    #[test]
+    fn an_unknown_harness_passes_through_to_the_runner() {
+        let a = assignment(serde_json::json!({"harness": {"type": "future-agent"}}));
+        let argv = argv(&a, &options());
+        let at = argv.iter().position(|x| x == "--harness").unwrap();
+        assert_eq!(argv[at + 1], "future-agent");
     }
 }

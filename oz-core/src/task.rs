@@ -26,7 +26,8 @@ pub mod labels {
 
 /// A variable a backend's configuration gives every task (Oz's `environment: [{name, value}]`):
 /// without a value, the task gets the worker process's own value of `name`.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+/// Its `Debug` shows names, never values (an inherited value may be a token).
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnvEntry {
     /// The name.
@@ -34,6 +35,13 @@ pub struct EnvEntry {
     /// The value; absent = the worker's own value of `name`.
     #[serde(default)]
     pub value: Option<String>,
+}
+
+impl std::fmt::Debug for EnvEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let value = if self.value.is_some() { "[set]" } else { "[inherited]" };
+        f.debug_struct("EnvEntry").field("name", &self.name).field("value", &value).finish()
+    }
 }
 
 impl EnvEntry {

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, ValueEnum};
-use oz_core::egress::{EgressPolicy, IpNet};
+use std::net::SocketAddr;
+
+use oz_core::egress::{EgressPolicy, IpNet, PROXY_PORT, proxy_flag};
 use oz_core::runner::{env, flag};
 
 /// The format of the runner's own event log.
@@ -78,13 +80,13 @@ pub struct RunArgs {
 #[derive(Clone, Debug, Args)]
 pub struct EgressProxyArgs {
     /// Where to listen.
-    #[arg(long, default_value = "0.0.0.0:3128")]
-    pub listen: String,
+    #[arg(long = proxy_flag::LISTEN, default_value_t = SocketAddr::from(([0, 0, 0, 0], PROXY_PORT)))]
+    pub listen: SocketAddr,
     /// An allowed domain: `example.com`, or `*.example.com` for its subdomains (repeatable).
-    #[arg(long = "allow")]
+    #[arg(long = proxy_flag::ALLOW)]
     pub allow: Vec<String>,
     /// A non-public range to allow nonetheless, e.g. `10.20.0.0/16` (repeatable).
-    #[arg(long = "allow-range")]
+    #[arg(long = proxy_flag::ALLOW_RANGE)]
     pub allow_range: Vec<IpNet>,
 }
 
@@ -276,7 +278,7 @@ mod tests {
         };
         let argv = policy.proxy_argv("0.0.0.0:3128".parse().unwrap());
         let Top::Agent { command: Sub::EgressProxy(parsed) } = Top::try_parse_from(&argv).unwrap();
-        assert_eq!(parsed.listen, "0.0.0.0:3128");
+        assert_eq!(parsed.listen, SocketAddr::from(([0, 0, 0, 0], PROXY_PORT)));
         assert_eq!(parsed.policy(), policy);
     }
 

@@ -180,8 +180,8 @@ pub fn builtin_clone(url: &str, dir: &Path, credentials: Arc<Vec<GitCredential>>
         Ok(())
     });
     let (mut checkout, _) =
-        prepare.fetch_then_checkout(gix::progress::Discard, &interrupt).map_err(|e| crate::error_chain(&e))?;
-    checkout.main_worktree(gix::progress::Discard, &interrupt).map_err(|e| crate::error_chain(&e))?;
+        prepare.fetch_then_checkout(gix::progress::Discard, &interrupt).map_err(|e| oz_core::error::error_chain(&e))?;
+    checkout.main_worktree(gix::progress::Discard, &interrupt).map_err(|e| oz_core::error::error_chain(&e))?;
     Ok(())
 }
 

@@ -94,7 +94,7 @@ pub struct EgressProxy {
 
 impl EgressProxy {
     /// Binds `listen`.
-    pub async fn bind(listen: &str, policy: EgressPolicy, resolver: Resolver) -> std::io::Result<Self> {
+    pub async fn bind(listen: SocketAddr, policy: EgressPolicy, resolver: Resolver) -> std::io::Result<Self> {
         let listener = TcpListener::bind(listen).await?;
         Ok(Self { listener, policy: Arc::new(policy), resolver })
     }
@@ -121,7 +121,7 @@ impl EgressProxy {
 
 /// Serves the proxy on `listen` with the system's resolver configuration until the process ends,
 /// printing [`ProxyStatus::Ready`] on standard output once it accepts connections.
-pub async fn serve(listen: &str, policy: EgressPolicy) -> std::io::Result<()> {
+pub async fn serve(listen: SocketAddr, policy: EgressPolicy) -> std::io::Result<()> {
     let domains = policy.domains.len();
     let proxy = EgressProxy::bind(listen, policy, Resolver::from_system()?).await?;
     let ready = ProxyStatus::Ready { listen: proxy.local_addr()?, domains };
@@ -282,7 +282,10 @@ mod tests {
             domains: vec!["only-our-dns.test".into()],
             allowed_ranges: vec!["127.0.0.0/8".parse().unwrap()],
         };
-        let proxy = EgressProxy::bind("127.0.0.1:0", policy, Resolver::with_name_server(dns).unwrap()).await.unwrap();
+        let proxy =
+            EgressProxy::bind(SocketAddr::from(([127, 0, 0, 1], 0)), policy, Resolver::with_name_server(dns).unwrap())
+                .await
+                .unwrap();
         let proxy_addr = proxy.local_addr().unwrap();
         tokio::spawn(proxy.run());
         let mut client = TcpStream::connect(proxy_addr).await.unwrap();

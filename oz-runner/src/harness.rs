@@ -53,6 +53,7 @@ impl Harness {
             HarnessKind::Claude => Ok(Harness::Claude),
             HarnessKind::Codex => Ok(Harness::Codex),
             HarnessKind::Gemini => Ok(Harness::Gemini),
+            HarnessKind::Other(name) => Err(oz_core::runner::UnknownHarness(name).to_string()),
         }
     }
 

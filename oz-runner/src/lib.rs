@@ -69,7 +69,7 @@ pub fn run_main(raw: Vec<String>) -> i32 {
 
 /// `oz agent egress-proxy` as a process: serves `policy` on `listen` until killed; returns the exit
 /// status.
-pub fn egress_proxy_main(listen: &str, policy: oz_core::egress::EgressPolicy) -> i32 {
+pub fn egress_proxy_main(listen: std::net::SocketAddr, policy: oz_core::egress::EgressPolicy) -> i32 {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -84,22 +84,6 @@ pub fn egress_proxy_main(listen: &str, policy: oz_core::egress::EgressPolicy) ->
             1
         }
     }
-}
-
-/// An error and those of its causes its message does not already show, `outer: inner: innermost`
-/// (a reqwest error says "error sending request" and only its causes say "Connection refused").
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let next = cause.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// Logs to stderr, filtered by `OZ_LOG` (default `warn`).

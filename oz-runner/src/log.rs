@@ -80,7 +80,7 @@ impl EventLog {
         if let Err(e) = self.control.report(&report).await
             && !self.report_failed.swap(true, Ordering::Relaxed)
         {
-            let why = self.redact(&crate::error_chain(&e));
+            let why = self.redact(&oz_core::error::error_chain(&e));
             warn!("reporting to the control plane failed (further failures are not logged): {why}");
         }
     }
@@ -116,7 +116,7 @@ impl EventLog {
             if let Err(e) = self.control.report(&report).await
                 && !self.report_failed.swap(true, Ordering::Relaxed)
             {
-                let why = self.redact(&crate::error_chain(&e));
+                let why = self.redact(&oz_core::error::error_chain(&e));
                 warn!("reporting to the control plane failed (further failures are not logged): {why}");
             }
         } else {

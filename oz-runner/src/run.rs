@@ -97,7 +97,7 @@ pub async fn run(args: RunArgs, warnings: Vec<String>, ctx: Context) -> i32 {
             match control::connect(url, task_id, SecretString::from(token.clone())) {
                 Ok(c) => Arc::new(c),
                 Err(e) => {
-                    eprintln!("oz: {}", crate::error_chain(&e));
+                    eprintln!("oz: {}", oz_core::error::error_chain(&e));
                     return EXIT_USAGE;
                 }
             }
@@ -133,7 +133,7 @@ async fn load_environment(args: &RunArgs, control: &dyn ControlPlane) -> Result<
         serde_json::from_str::<EnvironmentConfig>(&text)
             .map_err(|e| (EXIT_USAGE, format!("{} is not a valid environment: {e}", path.display())))?
     } else if let Some(id) = &args.environment {
-        control.environment(id).await.map_err(|e| (EXIT_USAGE, e.to_string()))?
+        control.environment(id).await.map_err(|e| (EXIT_USAGE, oz_core::error::error_chain(&e)))?
     } else {
         EnvironmentConfig { name: "none".into(), ..Default::default() }
     };
@@ -164,7 +164,7 @@ async fn prepare_and_run(
     let harness = Harness::resolve(kind, command, default_kind).map_err(|e| (EXIT_USAGE, e))?;
     let prompt = match args.prompt.clone().or_else(|| ctx.var(env::PROMPT)) {
         Some(p) => p,
-        None => control.prompt().await.map_err(|e| (EXIT_USAGE, e.to_string()))?.unwrap_or_default(),
+        None => control.prompt().await.map_err(|e| (EXIT_USAGE, oz_core::error::error_chain(&e)))?.unwrap_or_default(),
     };
 
     let workdir = match &args.workdir {

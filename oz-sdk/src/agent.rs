@@ -17,7 +17,7 @@ use crate::http::{Http, HttpSettings, RetryRule, decode, seg};
 
 /// A client for one run, authenticated with its workload token. Reads (the environment, the
 /// prompt) are retried on any transport error, 429 and 5xx; a report only when it cannot have
-/// arrived (connect errors, timeouts) and on 429 and 5xx, so it is not recorded twice.
+/// arrived (a connect error) or was refused (429, 5xx), so a retry never records it twice.
 ///
 /// ```no_run
 /// # async fn demo() -> oz_sdk::Result<()> {

@@ -50,12 +50,13 @@ impl RetryRule {
     }
 
     /// A call that must not be repeated once the server may have seen it: on 429 and 5xx (answered,
-    /// so not acted on), and on transport errors that sent nothing (connect errors, timeouts).
+    /// so not acted on), and on connect errors (a connect timeout included), which sent nothing. A
+    /// timeout after the request went out is not retried: the server may have acted on it.
     pub(crate) fn unless_sent(policy: RetryPolicy) -> Self {
         RetryRule {
             policy,
             when: |e| match e {
-                Error::Transport(t) => t.is_connect() || t.is_timeout(),
+                Error::Transport(t) => t.is_connect(),
                 _ => e.status().is_some_and(|s| s == 429 || s >= 500),
             },
         }

@@ -41,7 +41,7 @@ pub enum CreationError {
     #[error("{0}")]
     Invalid(String),
     /// The store failed.
-    #[error("storing the run failed: {0}")]
+    #[error("the store failed while making the run: {0}")]
     Store(#[from] StoreError),
 }
 

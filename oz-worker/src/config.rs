@@ -55,13 +55,16 @@ impl<'de> Deserialize<'de> for BackendConfig {
                 let kind: BackendKind = map
                     .next_key()?
                     .ok_or_else(|| A::Error::custom("`backend` is empty; set one of direct, docker or kubernetes"))?;
+                // A bare key (`docker:` with nothing under it) means that backend's defaults.
                 let config = match kind {
                     #[cfg(feature = "direct")]
-                    BackendKind::Direct => BackendConfig::Direct(map.next_value()?),
+                    BackendKind::Direct => BackendConfig::Direct(map.next_value::<Option<_>>()?.unwrap_or_default()),
                     #[cfg(feature = "docker")]
-                    BackendKind::Docker => BackendConfig::Docker(map.next_value()?),
+                    BackendKind::Docker => BackendConfig::Docker(map.next_value::<Option<_>>()?.unwrap_or_default()),
                     #[cfg(feature = "kubernetes")]
-                    BackendKind::Kubernetes => BackendConfig::Kubernetes(map.next_value()?),
+                    BackendKind::Kubernetes => {
+                        BackendConfig::Kubernetes(map.next_value::<Option<_>>()?.unwrap_or_default())
+                    }
                     #[allow(unreachable_patterns)]
                     other => {
                         return Err(A::Error::custom(format!(
@@ -109,6 +112,23 @@ impl BackendConfig {
         }
     }
 
+    /// The variables every task of this backend gets (its section's `environment`).
+    pub fn environment_mut(&mut self) -> &mut Vec<oz_core::task::EnvEntry> {
+        match self {
+            #[cfg(feature = "direct")]
+            BackendConfig::Direct(c) => &mut c.environment,
+            #[cfg(feature = "docker")]
+            BackendConfig::Docker(c) => &mut c.environment,
+            #[cfg(feature = "kubernetes")]
+            BackendConfig::Kubernetes(c) => &mut c.environment,
+        }
+    }
+
+    /// Adds the `-e` flags' variables after the file's, so a flag wins over the file for the same name.
+    pub fn add_flag_environment(&mut self, vars: Vec<(String, String)>) {
+        self.environment_mut().extend(vars.into_iter().map(|(name, value)| oz_core::task::EnvEntry::new(name, value)));
+    }
+
     /// The defaults of `kind` (a flag naming a backend the file does not configure).
     pub fn defaults(kind: BackendKind) -> Result<Self, WorkerError> {
         match kind {
@@ -140,7 +160,7 @@ impl BackendKind {
 
 /// Parses the YAML file's text; errors name the offending key.
 pub fn parse_file(text: &str) -> Result<FileConfig, WorkerError> {
-    serde_saphyr::from_str(text).map_err(|e| WorkerError::Config(format!("the config file is invalid: {e}")))
+    serde_saphyr::from_str(text).map_err(|e| WorkerError::ConfigFile(Box::new(e)))
 }
 
 /// Resolves `KEY=VALUE` or a bare `KEY` (the worker's own value; an error if it has none).
@@ -206,6 +226,18 @@ mod tests {
     }
 
     #[test]
+    fn a_bare_backend_key_means_its_defaults() {
+        for (yaml, kind) in [
+            ("backend:\n  direct:\n", BackendKind::Direct),
+            ("backend:\n  docker:\n", BackendKind::Docker),
+            ("backend:\n  kubernetes: {}\n", BackendKind::Kubernetes),
+        ] {
+            let c = parse_file(yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"));
+            assert_eq!(c.backend.unwrap().kind(), kind, "{yaml}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_and_two_backends_are_errors_naming_the_key() {
         let e = parse_file("worker_id: w\nmax_concurent_tasks: 3\n").unwrap_err().to_string();
         assert!(e.contains("max_concurent_tasks"), "{e}");
@@ -218,6 +250,16 @@ mod tests {
         let e = parse_file("backend:\n  lambda: {}\n").unwrap_err().to_string();
         assert!(e.contains("lambda"), "{e}");
         assert!(parse_file("worker_id: [unclosed").is_err());
+    }
+
+    /// `-e FOO=1` over `environment: [{name: FOO, value: "2"}]`: the flag comes later, and every
+    /// backend lets a later entry win.
+    #[test]
+    fn flag_variables_come_after_the_files() {
+        let c = parse_file("backend:\n  direct:\n    environment: [{name: FOO, value: \"2\"}]\n").unwrap();
+        let mut config = c.backend.unwrap();
+        config.add_flag_environment(vec![("FOO".into(), "1".into())]);
+        assert_eq!(*config.environment_mut(), vec![EnvEntry::new("FOO", "2"), EnvEntry::new("FOO", "1")]);
     }
 
     #[test]

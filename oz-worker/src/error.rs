@@ -13,9 +13,15 @@ pub enum WorkerError {
     /// The backend could not be made.
     #[error("{0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The YAML file does not parse or names unknown keys.
+    #[error("invalid worker configuration: the config file is invalid: {0}")]
+    ConfigFile(#[source] Box<serde_saphyr::Error>),
     /// The WebSocket URL or its request could not be built.
     #[error("the worker WebSocket request is invalid: {0}")]
-    Request(String),
+    Request(#[source] Box<tokio_tungstenite::tungstenite::Error>),
+    /// The API key cannot be sent as a header value (its text is never shown).
+    #[error("the API key is not a valid header value")]
+    ApiKeyHeader,
     /// Connecting to the control plane failed.
     #[error("could not connect to the control plane: {0}")]
     Connect(#[source] Box<tokio_tungstenite::tungstenite::Error>),

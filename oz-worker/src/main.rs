@@ -107,7 +107,9 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
     }
     let cleanup = !flags.no_cleanup && file.cleanup.unwrap_or(true);
     let lookup = |k: &str| std::env::var(k).ok();
-    let extra_env = flags.env.iter().map(|spec| resolve_env(spec, lookup)).collect::<Result<Vec<_>, _>>()?;
+    // `-e` goes to the backend after the file's `environment`, so the flag wins for the same name.
+    let flag_env = flags.env.iter().map(|spec| resolve_env(spec, lookup)).collect::<Result<Vec<_>, _>>()?;
+    backend_config.add_flag_environment(flag_env);
     if !flags.volumes.is_empty() {
         match &mut backend_config {
             #[cfg(feature = "docker")]
@@ -122,7 +124,7 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
         entrypoint: built.runner_entrypoint,
         server_root_url,
         idle_on_complete: flags.idle_on_complete,
-        extra_env,
+        extra_env: Vec::new(),
     };
     let mut config = WorkerConfig::new(worker_id.clone(), web_socket_url, ApiKey::new(api_key), command);
     config.cleanup = cleanup;

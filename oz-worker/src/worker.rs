@@ -267,10 +267,8 @@ impl Worker {
     async fn connect(&self) -> Result<WsStream, WorkerError> {
         let sep = if self.config.websocket_url.contains('?') { '&' } else { '?' };
         let url = format!("{}{sep}worker_id={}", self.config.websocket_url, self.config.worker_id);
-        let mut request = url.into_client_request().map_err(|e| WorkerError::Request(e.to_string()))?;
-        let auth = format!("Bearer {}", self.config.api_key.expose())
-            .parse()
-            .map_err(|_| WorkerError::Request("the API key is not a valid header value".into()))?;
+        let mut request = url.into_client_request().map_err(|e| WorkerError::Request(Box::new(e)))?;
+        let auth = format!("Bearer {}", self.config.api_key.expose()).parse().map_err(|_| WorkerError::ApiKeyHeader)?;
         request.headers_mut().insert("Authorization", auth);
         let connect = tokio_tungstenite::connect_async(request);
         let limit = Duration::from_secs(15);

@@ -139,6 +139,46 @@ async fn sigterm_shuts_down_gracefully() {
     assert!(!e.dir.path().join("ws").join(&run_id).exists());
 }
 
+/// The section's `environment` (a value, and one inherited from the worker) and `-e` reach the task,
+/// and a flag wins over the file for the same name ("flags override the file").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_variables_reach_the_task_and_flags_win() {
+    let e = env(60).await;
+    let yaml = format!(
+        "worker_id: daemon-test\nbackend:\n  direct:\n    workspace_root: {}\n    oz_path: {}\n    environment:\n      - {{name: FROM_FILE, value: file}}\n      - {{name: BOTH, value: file}}\n      - {{name: INHERITED_BY_TASK}}\n",
+        e.dir.path().join("ws").display(),
+        oz_binary().display()
+    );
+    std::fs::write(e.dir.path().join("worker.yaml"), yaml).unwrap();
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_oz-agent-worker"))
+        .arg("--config-file")
+        .arg(e.dir.path().join("worker.yaml"))
+        .args(["--server-root-url", &e.server.url(), "--log-level", "warn", "-e", "BOTH=flag", "-e", "ONLY_FLAG=1"])
+        .env("WARP_API_KEY", &e.key)
+        .env("INHERITED_BY_TASK", "from-the-worker")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let script = "echo \"vars: $FROM_FILE $BOTH $ONLY_FLAG $INHERITED_BY_TASK\"";
+    let config = AgentConfig {
+        worker_host: Some("daemon-test".into()),
+        harness: Some(HarnessConfig {
+            kind: Some(oz_core::runner::HarnessKind::Command),
+            command: Some(vec!["/bin/sh".into(), "-c".into(), script.into()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let run = e.client.runs().create("print the variables").agent_config(config).send().await.unwrap();
+    let item = wait_for(&e, &run.run_id, |s| s == "SUCCEEDED" || s == "FAILED" || s == "ERROR").await;
+    assert_eq!(item.state.as_str(), "SUCCEEDED", "{item:?}");
+    let transcript = serde_json::to_string(&e.client.runs().transcript(&run.run_id).await.unwrap()).unwrap();
+    assert!(transcript.contains("vars: file flag 1 from-the-worker"), "{transcript}");
+    signal(&worker, "-TERM");
+    assert!(worker.wait().unwrap().success());
+}
+
 #[test]
 fn bad_configuration_is_refused_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();

@@ -83,7 +83,7 @@ impl CliError {
                     format!("{what} ({}, HTTP {}): {detail}", problem.error, problem.status)
                 }
             }
-            other => oz_runner::error_chain(other),
+            other => oz_core::error::error_chain(other),
         };
         format!("oz: error: {}", text.replace(['\n', '\r'], " "))
     }

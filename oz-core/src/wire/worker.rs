@@ -60,6 +60,7 @@ pub struct TaskDefinition {
 pub struct HarnessConfig {
     /// `oz`, `claude`, `codex`, `gemini`, or ours: `command` (any case).
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub kind: Option<crate::runner::HarnessKind>,
     /// The harness's model.
     #[serde(default, skip_serializing_if = "Option::is_none")]

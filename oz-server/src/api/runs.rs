@@ -52,6 +52,14 @@ fn validate_request(req: &RunAgentRequest) -> Result<(), ApiError> {
     if req.metadata.as_ref().is_some_and(|m| m.len() > MAX_METADATA_KEYS) {
         return Err(ApiError::invalid(format!("metadata: at most {MAX_METADATA_KEYS} keys are allowed")));
     }
+    if let Some(kind) = req.config.as_ref().and_then(|c| c.harness.as_ref()).and_then(|h| h.kind.as_ref())
+        && !kind.is_known()
+    {
+        return Err(ApiError::invalid(format!(
+            "config.harness.type {:?} is not one of oz, claude, codex, gemini, command",
+            kind.as_str()
+        )));
+    }
     if let Some(minutes) = req.config.as_ref().and_then(|c| c.idle_timeout_minutes)
         && !(1..=60).contains(&minutes)
     {
