@@ -68,12 +68,15 @@ enum Command {
 enum LocalCommand {
     /// Start the control plane (SQLite) and a worker (Direct backend) until Ctrl-C.
     Up {
-        /// Where the database, the API key and the workspaces live.
+        /// Where the database and the workspaces live.
         #[arg(long, env = "OZ_DATA_DIR", default_value = ".oz-local")]
         data_dir: std::path::PathBuf,
         /// Where the control plane listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
+        /// Also write the session's API key to this file (mode 0600); by default it is only printed.
+        #[arg(long)]
+        api_key_file: Option<std::path::PathBuf>,
         #[command(flatten)]
         backend: BackendArgs,
     },
@@ -171,8 +174,10 @@ pub fn main() -> ExitCode {
             };
             let result = runtime.block_on(async move {
                 match command {
-                    LocalCommand::Up { data_dir, listen, backend } => {
-                        crate::local::up(&data_dir, &listen, backend.choice()?).await.map(|()| true)
+                    LocalCommand::Up { data_dir, listen, api_key_file, backend } => {
+                        crate::local::up(&data_dir, &listen, backend.choice()?, api_key_file.as_deref())
+                            .await
+                            .map(|()| true)
                     }
                     LocalCommand::Quickstart { data_dir, backend, image } => {
                         let choice = backend.choice()?;

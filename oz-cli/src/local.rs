@@ -20,8 +20,11 @@ use oz_core::backend::RecoveryAction;
 use oz_core::credentials::ApiKey;
 use oz_core::environment::{EnvironmentConfig, RepoRef};
 use oz_core::run::RunState;
+use oz_core::wire::admin::{NewKey, NewTeam, Role};
 use oz_core::wire::api::{AgentConfig, RunStreamEvent};
 use oz_core::wire::worker::HarnessConfig;
+use oz_server::principals;
+use oz_server::store::Store;
 use oz_server::store::sqlite::SqliteStore;
 use oz_worker::config::BackendConfig;
 use oz_worker::{CommandOptions, Worker, WorkerConfig, WorkerHandle};
@@ -37,7 +40,7 @@ pub struct LocalStack {
     pub server: oz_server::RunningServer,
     /// The embedded worker.
     pub worker: WorkerHandle,
-    /// The team's API key.
+    /// An admin API key of the team for this session (revoked when the stack next starts).
     pub api_key: String,
     /// Where everything lives.
     pub data_dir: PathBuf,
@@ -133,16 +136,8 @@ pub async fn start_with(
 ) -> Result<LocalStack, Error> {
     std::fs::create_dir_all(data_dir).map_err(|e| format!("could not create {}: {e}", data_dir.display()))?;
     let store = Arc::new(SqliteStore::open(&data_dir.join("oz.db")).await?);
-    let key_file = data_dir.join("api-key");
-    let api_key = match std::fs::read_to_string(&key_file) {
-        Ok(k) => k.trim().to_owned(),
-        Err(_) => {
-            let (_, key) = oz_server::bootstrap_team(store.as_ref(), "local").await?;
-            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&key_file)?;
-            writeln!(f, "{key}")?;
-            key
-        }
-    };
+    let credentials = session_credentials(store.as_ref(), data_dir).await?;
+    let api_key = credentials.api_key;
     let config = oz_server::ServerConfig {
         listen: listen.to_owned(),
         default_worker_host: Some(LOCAL_WORKER.into()),
@@ -168,8 +163,10 @@ pub async fn start_with(
     let command =
         CommandOptions { entrypoint, server_root_url: server.url(), idle_on_complete: None, extra_env: Vec::new() };
     let ws = format!("{}/api/v1/selfhosted/worker/ws", server.url().replacen("http://", "ws://", 1));
-    let worker =
-        Arc::new(Worker::new(WorkerConfig::new(LOCAL_WORKER, ws, ApiKey::new(api_key.clone()), command), backend)?);
+    let worker = Arc::new(Worker::new(
+        WorkerConfig::new(LOCAL_WORKER, ws, ApiKey::new(credentials.worker_key), command),
+        backend,
+    )?);
     worker.adopt_recovered(recovered);
     let handle = worker.handle();
     tokio::spawn(async move {
@@ -180,8 +177,59 @@ pub async fn start_with(
     Ok(LocalStack { server, worker: handle, api_key, data_dir: data_dir.to_owned(), backend: backend_choice })
 }
 
-/// `oz local up`.
-pub async fn up(data_dir: &Path, listen: &str, backend: LocalBackend) -> Result<(), Error> {
+/// The name of the API key each start of the stack mints for this session.
+const SESSION_KEY: &str = "oz local session";
+/// The name of the worker credential each start mints for the embedded worker.
+const WORKER_KEY: &str = "oz local worker";
+
+/// What one start of the stack works with; their secrets live only in this process.
+struct SessionCredentials {
+    api_key: String,
+    worker_key: String,
+}
+
+/// The stack's team (made on the first start) and fresh credentials for this session: an admin API
+/// key and the embedded worker's credential. The ones of earlier starts are revoked (their secrets
+/// died with that process), and so is a key file an older version left in the clear.
+async fn session_credentials(store: &dyn Store, data_dir: &Path) -> Result<SessionCredentials, Error> {
+    let team_id = match store.teams().await?.into_iter().next() {
+        Some(team) => team.id,
+        None => {
+            let created = principals::create_team(store, &NewTeam { name: "local".into() }, true).await?;
+            // Its first key is never shown: each session gets its own.
+            store.revoke_api_key(&created.team_id, &created.key.item.id, Timestamp::now()).await?;
+            created.team_id
+        }
+    };
+    let old_file = data_dir.join("api-key");
+    let old_file_key = std::fs::read_to_string(&old_file).ok().and_then(|text| {
+        let text = text.trim().to_owned();
+        text.strip_prefix("oz_").and_then(|rest| rest.split_once('.')).map(|(id, _)| id.to_owned())
+    });
+    for key in store.api_keys(&team_id).await? {
+        let earlier_session = key.name == SESSION_KEY || key.name == WORKER_KEY;
+        if key.revoked_at.is_none() && (earlier_session || old_file_key.as_deref() == Some(key.id.as_str())) {
+            store.revoke_api_key(&team_id, &key.id, Timestamp::now()).await?;
+        }
+    }
+    if old_file.exists() {
+        std::fs::remove_file(&old_file)?;
+        eprintln!("oz: removed {} (a key an older version kept in the clear) and revoked its key", old_file.display());
+    }
+    let admin = store
+        .users(&team_id)
+        .await?
+        .into_iter()
+        .find(|u| u.role == Role::Admin && !u.disabled)
+        .ok_or("the local team has no admin left")?;
+    let session = NewKey { name: SESSION_KEY.into(), ..Default::default() };
+    let api_key = principals::create_key(store, &team_id, Some(&admin.id), &session).await?.key;
+    let worker_key = oz_server::mint_worker_credential(store, &team_id, WORKER_KEY, &[LOCAL_WORKER]).await?;
+    Ok(SessionCredentials { api_key, worker_key })
+}
+
+/// `oz local up`; with `key_file`, the session's API key is also written there (mode 0600).
+pub async fn up(data_dir: &Path, listen: &str, backend: LocalBackend, key_file: Option<&Path>) -> Result<(), Error> {
     let stack = start_with(data_dir, listen, std::env::current_exe()?, backend).await?;
     println!("oz local stack is up");
     println!("  control plane  {}/api/v1   (database {})", stack.server.url(), stack.data_dir.join("oz.db").display());
@@ -194,10 +242,19 @@ pub async fn up(data_dir: &Path, listen: &str, backend: LocalBackend) -> Result<
             println!("  worker         {LOCAL_WORKER} (Docker backend, sidecar {}, host network)", sidecar.display())
         }
     }
-    println!("  API key        saved in {}", stack.data_dir.join("api-key").display());
+    println!("  API key        {} (an admin's; valid until this stack stops or restarts)", stack.api_key);
+    if let Some(path) = key_file {
+        let _ = std::fs::remove_file(path);
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+        writeln!(f, "{}", stack.api_key)?;
+        println!("                 also written to {} (mode 0600)", path.display());
+    }
     println!();
     println!("  export OZ_API_BASE_URL={}/api/v1", stack.server.url());
-    println!("  export WARP_API_KEY=$(cat {})", stack.data_dir.join("api-key").display());
+    match key_file {
+        Some(path) => println!("  export WARP_API_KEY=$(cat {})", path.display()),
+        None => println!("  export WARP_API_KEY={}", stack.api_key),
+    }
     println!("  curl -s -H \"Authorization: Bearer $WARP_API_KEY\" $OZ_API_BASE_URL/agent/runs");
     println!();
     println!("Ctrl-C to stop.");

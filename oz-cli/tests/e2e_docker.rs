@@ -161,13 +161,14 @@ async fn a_worker_killed_mid_run_reattaches_after_restart_and_leaves_nothing() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let store = std::sync::Arc::new(oz_server::store::sqlite::SqliteStore::temporary().await.unwrap());
-    let (_, key) = oz_server::bootstrap_team(store.as_ref(), "t").await.unwrap();
+    let (team, key) = oz_server::bootstrap_team(store.as_ref(), "t").await.unwrap();
+    let worker_id = format!("docker-reattach-{}", std::process::id());
+    let worker_key = oz_server::mint_worker_credential(store.as_ref(), &team, "docker", &[&worker_id]).await.unwrap();
     let server =
         oz_server::start(oz_server::ServerConfig { listen: "127.0.0.1:0".into(), ..Default::default() }, store)
             .await
             .unwrap();
     let client = oz_sdk::Client::builder().base_url(server.url()).api_key(&key).build().unwrap();
-    let worker_id = format!("docker-reattach-{}", std::process::id());
     let yaml = format!(
         "worker_id: {worker_id}\nbackend:\n  docker:\n    sidecar_binary: {}\n    network: host\n    pull_policy: never\n",
         sidecar.display()
@@ -179,7 +180,7 @@ async fn a_worker_killed_mid_run_reattaches_after_restart_and_leaves_nothing() {
             .arg("--config-file")
             .arg(dir.path().join("worker.yaml"))
             .args(["--server-root-url", &server.url(), "--log-level", "warn"])
-            .env("WARP_API_KEY", &key)
+            .env("WARP_API_KEY", &worker_key)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -48,7 +48,8 @@ async fn stack() -> Stack {
     git(dir.path(), &["clone", "-q", "--bare", src.to_str().unwrap(), bare.to_str().unwrap()]);
 
     let store = Arc::new(SqliteStore::temporary().await.unwrap());
-    let (_, key) = oz_server::bootstrap_team(store.as_ref(), "e2e").await.unwrap();
+    let (team, key) = oz_server::bootstrap_team(store.as_ref(), "e2e").await.unwrap();
+    let worker_key = oz_server::mint_worker_credential(store.as_ref(), &team, "e2e", &["e2e-worker"]).await.unwrap();
     let server =
         oz_server::start(oz_server::ServerConfig { listen: "127.0.0.1:0".into(), ..Default::default() }, store)
             .await
@@ -66,7 +67,7 @@ async fn stack() -> Stack {
         extra_env: vec![],
     };
     let ws = format!("{}/api/v1/selfhosted/worker/ws", server.url().replace("http://", "ws://"));
-    let worker = Worker::new(WorkerConfig::new("e2e-worker", ws, ApiKey::new(key), command), backend).unwrap();
+    let worker = Worker::new(WorkerConfig::new("e2e-worker", ws, ApiKey::new(worker_key), command), backend).unwrap();
     let handle = worker.handle();
     tokio::spawn(worker.run());
     let git_base = format!("file://{}", dir.path().join("git").display());
@@ -207,12 +208,11 @@ fn the_quickstart_runs_the_main_job_end_to_end() {
     ] {
         assert!(stdout.contains(expected), "{expected:?} missing from:\n{stdout}");
     }
-    // Nothing left running or lying around: the workspace is gone, the key is private.
+    // Nothing left running or lying around: the workspace is gone, and no key is left in a file.
     let workspaces = dir.path().join("data/workspaces");
     assert_eq!(std::fs::read_dir(&workspaces).unwrap().count(), 0);
-    use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(dir.path().join("data/api-key")).unwrap().permissions().mode() & 0o777, 0o600);
-    // A second run in the same data directory reuses the key and the sample.
+    assert!(!dir.path().join("data/api-key").exists(), "a key file nobody asked for");
+    // A second run in the same data directory reuses the team and the sample.
     let again =
         Command::new(OZ).args(["local", "quickstart", "--data-dir"]).arg(dir.path().join("data")).output().unwrap();
     assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stdout));
@@ -226,7 +226,9 @@ async fn the_server_restarts_mid_run_and_the_run_still_completes() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("oz.db");
     let store = Arc::new(SqliteStore::open(&db).await.unwrap());
-    let (_, key) = oz_server::bootstrap_team(store.as_ref(), "restart").await.unwrap();
+    let (team, key) = oz_server::bootstrap_team(store.as_ref(), "restart").await.unwrap();
+    let worker_key =
+        oz_server::mint_worker_credential(store.as_ref(), &team, "restart", &["restart-worker"]).await.unwrap();
     let config = || oz_server::ServerConfig {
         listen: "127.0.0.1:0".into(),
         lease_timeout: Duration::from_secs(60),
@@ -244,7 +246,7 @@ async fn the_server_restarts_mid_run_and_the_run_still_completes() {
         extra_env: vec![],
     };
     let ws = format!("ws://{addr}/api/v1/selfhosted/worker/ws");
-    let mut worker_config = WorkerConfig::new("restart-worker", ws, ApiKey::new(key.clone()), command);
+    let mut worker_config = WorkerConfig::new("restart-worker", ws, ApiKey::new(worker_key), command);
     worker_config.backoff_min = Duration::from_millis(200);
     let worker = Worker::new(worker_config, backend).unwrap();
     let worker_handle = worker.handle();
@@ -344,7 +346,8 @@ async fn the_network_drops_mid_run_and_the_outcome_still_arrives() {
     let _ = tracing_subscriber::fmt().with_env_filter("warn").with_test_writer().try_init();
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::temporary().await.unwrap());
-    let (_, key) = oz_server::bootstrap_team(store.as_ref(), "net").await.unwrap();
+    let (team, key) = oz_server::bootstrap_team(store.as_ref(), "net").await.unwrap();
+    let worker_key = oz_server::mint_worker_credential(store.as_ref(), &team, "net", &["net-worker"]).await.unwrap();
     let server =
         oz_server::start(oz_server::ServerConfig { listen: "127.0.0.1:0".into(), ..Default::default() }, store)
             .await
@@ -363,7 +366,7 @@ async fn the_network_drops_mid_run_and_the_outcome_still_arrives() {
     let mut config = WorkerConfig::new(
         "net-worker",
         format!("ws://{}/api/v1/selfhosted/worker/ws", proxy.addr),
-        ApiKey::new(key),
+        ApiKey::new(worker_key),
         command,
     );
     config.backoff_min = Duration::from_millis(100);

@@ -102,7 +102,8 @@ async fn schedules_integrations_and_workers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_follow_a_run_to_its_end() {
     let store = Arc::new(SqliteStore::temporary().await.unwrap());
-    let (_, key) = oz_server::bootstrap_team(store.as_ref(), "sdk").await.unwrap();
+    let (team, key) = oz_server::bootstrap_team(store.as_ref(), "sdk").await.unwrap();
+    let worker_key = oz_server::mint_worker_credential(store.as_ref(), &team, "w1", &["w1"]).await.unwrap();
     let server =
         oz_server::start(oz_server::ServerConfig { listen: "127.0.0.1:0".into(), ..Default::default() }, store)
             .await
@@ -112,7 +113,7 @@ async fn events_follow_a_run_to_its_end() {
     let mut request = format!("{}/api/v1/selfhosted/worker/ws?worker_id=w1", server.url().replace("http", "ws"))
         .into_client_request()
         .unwrap();
-    request.headers_mut().insert("Authorization", format!("Bearer {key}").parse().unwrap());
+    request.headers_mut().insert("Authorization", format!("Bearer {worker_key}").parse().unwrap());
     let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
     assert_eq!(client.workers().list().await.unwrap()[0].worker_id, "w1");
 

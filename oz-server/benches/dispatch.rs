@@ -59,7 +59,9 @@ fn main() {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("bench.db")).await.unwrap());
-        let (_, key) = oz_server::bootstrap_team(store.as_ref(), "bench").await.unwrap();
+        let (team, key) = oz_server::bootstrap_team(store.as_ref(), "bench").await.unwrap();
+        let worker_key =
+            oz_server::mint_worker_credential(store.as_ref(), &team, "bench", &["bench-worker"]).await.unwrap();
         let server =
             oz_server::start(oz_server::ServerConfig { listen: "127.0.0.1:0".into(), ..Default::default() }, store)
                 .await
@@ -86,7 +88,7 @@ fn main() {
         let mut req = format!("{}/api/v1/selfhosted/worker/ws?worker_id=bench-worker", base.replace("http", "ws"))
             .into_client_request()
             .unwrap();
-        req.headers_mut().insert("Authorization", format!("Bearer {key}").parse().unwrap());
+        req.headers_mut().insert("Authorization", format!("Bearer {worker_key}").parse().unwrap());
         let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
         let http = reqwest::Client::new();
         let iterations = 500;

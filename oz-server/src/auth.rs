@@ -1,21 +1,64 @@
-//! Who is calling: an API key (a team member) or a run's workload token. Every query is then scoped
-//! to the caller's team (or run).
+//! Who is calling: an API key (a user's, with a role), a worker credential (the worker WebSocket
+//! only), or a run's workload token (its own run only). Every query is then scoped to the caller's
+//! team (or run); revocation, expiry and disabled users take effect on the next request, since every
+//! request reads its credential from the store.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use jiff::Timestamp;
 
+use oz_core::wire::admin::{KeyKind, Role};
+
 use crate::error::ApiError;
 use crate::secrets;
 use crate::state::AppState;
+use crate::store::KeyWithUser;
 
-/// A caller authenticated with an API key.
+/// A caller authenticated with an API key (not a worker credential), with the role it acts with:
+/// the narrower of its key's ceiling and its user's role. Any role may read; handlers that change
+/// something take [`Member`] or [`Admin`] instead, so the check cannot be forgotten.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Caller {
     /// The caller's team: every query is scoped to it.
     pub team_id: String,
-    /// The user the key acts as.
+    /// The user the key acts as (`None` for keys made before users had roles).
     pub user_id: Option<String>,
+    /// The key's public id.
+    pub key_id: String,
+    /// What it may do.
+    pub role: Role,
+    /// Whether it may create teams.
+    pub server_admin: bool,
+}
+
+impl Caller {
+    /// `Forbidden` unless the caller has at least `role`.
+    pub fn require(&self, role: Role) -> Result<(), ApiError> {
+        if self.role >= role {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!("this needs the {role} role; this key acts as {}", self.role)))
+        }
+    }
+}
+
+/// A caller with at least the member role (create, steer and cancel runs; environments; schedules).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member(pub Caller);
+
+/// A caller with the admin role (users, credentials, secrets, integrations, workers).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admin(pub Caller);
+
+/// A worker credential, for the worker WebSocket: the worker ids it may connect as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerCredential {
+    /// Its team.
+    pub team_id: String,
+    /// Its public id.
+    pub key_id: String,
+    /// The worker ids it was issued for.
+    pub worker_ids: Vec<String>,
 }
 
 /// A runner authenticated with its run's workload token: good for that run only.
@@ -58,14 +101,39 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
         .ok_or_else(|| ApiError::unauthenticated("the Authorization header must be `Bearer <API key>`"))
 }
 
-async fn caller_from(state: &AppState, token: &str) -> Result<Caller, ApiError> {
+/// A credential that authenticates: known, its secret right, not revoked, not expired, its user
+/// (if any) not disabled.
+async fn credential_from(state: &AppState, token: &str) -> Result<KeyWithUser, ApiError> {
     let invalid = || ApiError::unauthenticated("the API key is not valid");
     let (id, secret) = secrets::parse(secrets::API_KEY_PREFIX, token).ok_or_else(invalid)?;
-    let key = state.store.api_key(id).await?.ok_or_else(invalid)?;
-    if key.revoked || !secrets::verify(secret, &key.secret_hash) {
+    let found = state.store.api_key(id).await?.ok_or_else(invalid)?;
+    if !secrets::verify(secret, &found.key.secret_hash) {
         return Err(invalid());
     }
-    Ok(Caller { team_id: key.team_id, user_id: key.user_id })
+    if found.key.revoked_at.is_some() {
+        return Err(ApiError::unauthenticated("the API key was revoked"));
+    }
+    if found.key.expires_at.is_some_and(|at| Timestamp::now() >= at) {
+        return Err(ApiError::unauthenticated("the API key has expired"));
+    }
+    if found.user.as_ref().is_some_and(|u| u.disabled) {
+        return Err(ApiError::unauthenticated("the API key's user is disabled"));
+    }
+    if found.key.user_id.is_some() && found.user.is_none() {
+        return Err(invalid());
+    }
+    Ok(found)
+}
+
+async fn caller_from(state: &AppState, token: &str) -> Result<Caller, ApiError> {
+    let KeyWithUser { key, user } = credential_from(state, token).await?;
+    if key.kind == KeyKind::Worker {
+        return Err(ApiError::forbidden("a worker credential only opens the worker WebSocket; use an API key"));
+    }
+    // Keys made before users had roles act as their team's admin.
+    let user_role = user.as_ref().map_or(Role::Admin, |u| u.role);
+    let role = key.role.map_or(user_role, |ceiling| ceiling.min(user_role));
+    Ok(Caller { team_id: key.team_id, user_id: key.user_id, key_id: key.id, role, server_admin: key.server_admin })
 }
 
 async fn run_token_from(state: &AppState, token: &str) -> Result<RunToken, ApiError> {
@@ -92,6 +160,38 @@ impl FromRequestParts<AppState> for Caller {
             return Err(ApiError::unauthenticated("a workload token cannot be used here; use an API key"));
         }
         caller_from(state, token).await
+    }
+}
+
+impl FromRequestParts<AppState> for Member {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        caller.require(Role::Member)?;
+        Ok(Member(caller))
+    }
+}
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        caller.require(Role::Admin)?;
+        Ok(Admin(caller))
+    }
+}
+
+impl FromRequestParts<AppState> for WorkerCredential {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts)?;
+        let KeyWithUser { key, .. } = credential_from(state, token).await?;
+        if key.kind != KeyKind::Worker {
+            return Err(ApiError::forbidden(
+                "the worker WebSocket needs a worker credential (oz-server admin key create --worker-id ...), not an API key",
+            ));
+        }
+        Ok(WorkerCredential { team_id: key.team_id, key_id: key.id, worker_ids: key.worker_ids })
     }
 }
 

@@ -38,6 +38,10 @@ impl ApiError {
     pub fn unauthenticated(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, ErrorCode::AuthenticationRequired, detail).retryable(false)
     }
+    /// 403 `not_authorized`: authenticated, but this key's role (or kind) may not do this.
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, ErrorCode::NotAuthorized, detail).retryable(false)
+    }
     /// 409 `conflict`.
     pub fn conflict(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, detail)
@@ -107,4 +111,7 @@ pub enum ServerError {
     /// The configuration.
     #[error("invalid server configuration: {0}")]
     Config(String),
+    /// Making a team, user or credential was refused.
+    #[error(transparent)]
+    Principal(#[from] crate::principals::PrincipalError),
 }

@@ -26,6 +26,7 @@ pub mod hub;
 pub mod lifecycle;
 pub mod metrics;
 pub mod openapi;
+pub mod principals;
 pub mod scheduler;
 pub mod secrets;
 pub mod state;
@@ -43,7 +44,9 @@ use crate::dispatch::Dispatcher;
 use crate::hub::EventHub;
 use crate::lifecycle::Lifecycle;
 use crate::state::AppState;
-use crate::store::{ApiKeyRecord, Store, TeamRecord};
+use oz_core::wire::admin::{KeyKind, NewKey, NewTeam};
+
+use crate::store::Store;
 
 /// A started server.
 pub struct RunningServer {
@@ -110,21 +113,25 @@ pub async fn start(config: ServerConfig, store: Arc<dyn Store>) -> Result<Runnin
     Ok(RunningServer { addr, url, state, stop: Some(stop), tasks: vec![http, dispatch, upkeep, schedules] })
 }
 
-/// Creates a team with one user and an API key for it; returns the team id and the key (shown once).
+/// Creates a team with an admin user and an API key for it (a server admin's, which may also create
+/// teams); returns the team id and the key (shown once).
 pub async fn bootstrap_team(store: &dyn Store, name: &str) -> Result<(String, String), ServerError> {
-    let team_id = format!("team_{}", uuid::Uuid::new_v4().simple());
-    store.create_team(&TeamRecord { id: team_id.clone(), name: name.to_owned() }).await?;
-    let user_id = format!("user_{}", uuid::Uuid::new_v4().simple());
-    store.create_user(&user_id, &team_id, &format!("{name} admin")).await?;
-    let key = secrets::mint(secrets::API_KEY_PREFIX);
-    store
-        .create_api_key(&ApiKeyRecord {
-            id: key.id,
-            team_id: team_id.clone(),
-            user_id: Some(user_id),
-            secret_hash: key.hash,
-            revoked: false,
-        })
-        .await?;
-    Ok((team_id, key.text))
+    let created = principals::create_team(store, &NewTeam { name: name.to_owned() }, true).await?;
+    Ok((created.team_id, created.key.key))
+}
+
+/// Issues a worker credential of `team_id` bound to `worker_ids`; returns the key (shown once).
+pub async fn mint_worker_credential(
+    store: &dyn Store,
+    team_id: &str,
+    name: &str,
+    worker_ids: &[&str],
+) -> Result<String, ServerError> {
+    let new = NewKey {
+        name: name.to_owned(),
+        kind: KeyKind::Worker,
+        worker_ids: worker_ids.iter().map(|w| (*w).to_owned()).collect(),
+        ..Default::default()
+    };
+    Ok(principals::create_key(store, team_id, None, &new).await?.key)
 }

@@ -5,7 +5,7 @@ use utoipa::Modify;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use crate::api::{callbacks, environments, events, integrations, runs, schedules, workers};
+use crate::api::{admin, callbacks, environments, events, integrations, runs, schedules, workers};
 
 /// The document.
 #[derive(OpenApi)]
@@ -14,7 +14,7 @@ use crate::api::{callbacks, environments, events, integrations, runs, schedules,
         title = "oz control plane",
         description = "Wire-compatible with the Oz Agent API (runs, schedules, environments), plus our extensions: \
             environment create/update/delete, integrations with signed webhooks, workers, run events as Server-Sent \
-            Events, and the runner's report callback. Errors are RFC 7807 problem documents with Oz's `error` codes.",
+            Events, the runner's report callback, and the admin API (users, roles, credentials, teams). Errors are RFC 7807 problem documents with Oz's `error` codes.",
         license(name = "Apache-2.0")
     ),
     servers((url = "/api/v1")),
@@ -25,6 +25,8 @@ use crate::api::{callbacks, environments, events, integrations, runs, schedules,
         schedules::create, schedules::list, schedules::get, schedules::update, schedules::delete, schedules::pause, schedules::resume,
         integrations::create, integrations::list, integrations::get, integrations::update, integrations::delete, integrations::deliver,
         workers::list,
+        admin::users, admin::create_user, admin::update_user, admin::keys, admin::create_key, admin::rotate_key,
+        admin::revoke_key, admin::create_team,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

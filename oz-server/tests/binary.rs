@@ -1,4 +1,5 @@
-//! The `oz-server` program: first start creates a key; the API answers with it; a restart keeps it.
+//! The `oz-server` program: first start creates a team and shows its admin key once (a file only
+//! when asked); the API answers with it; a restart keeps it; `oz-server admin` manages credentials.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -8,9 +9,15 @@ use std::process::{Child, Command, Stdio};
 
 #[allow(clippy::zombie_processes)] // the callers wait for it
 fn spawn(data_dir: &std::path::Path) -> (Child, String, Vec<String>) {
+    spawn_with(data_dir, &[])
+}
+
+#[allow(clippy::zombie_processes)] // the callers wait for it
+fn spawn_with(data_dir: &std::path::Path, extra: &[&str]) -> (Child, String, Vec<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_oz-server"))
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
+        .args(extra)
         .env("OZ_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -28,14 +35,30 @@ fn spawn(data_dir: &std::path::Path) -> (Child, String, Vec<String>) {
     }
 }
 
+/// The key printed at first start.
+fn shown_key(output: &[String]) -> String {
+    output.iter().find_map(|l| l.trim().strip_prefix("oz_").map(|rest| format!("oz_{rest}"))).expect("a key was shown")
+}
+
+#[test]
+fn a_key_file_is_written_only_when_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("admin-key");
+    let (mut child, _, output) = spawn_with(dir.path(), &["--api-key-file", file.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), shown_key(&output));
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    nix_kill(&child);
+    child.wait().unwrap();
+}
+
 #[test]
 fn first_start_makes_a_key_and_a_restart_keeps_the_data() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, url, output) = spawn(dir.path());
-    let key = std::fs::read_to_string(dir.path().join("api-key")).unwrap().trim().to_owned();
+    let key = shown_key(&output);
     assert!(key.starts_with("oz_"));
-    assert!(output.iter().any(|l| l.contains(&key)), "the key is shown once at creation: {output:?}");
-    assert_eq!(std::fs::metadata(dir.path().join("api-key")).unwrap().permissions().mode() & 0o777, 0o600);
+    let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(!files.iter().any(|f| f.to_string_lossy().contains("key")), "no key file unless asked: {files:?}");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
@@ -75,4 +98,52 @@ fn first_start_makes_a_key_and_a_restart_keeps_the_data() {
 
 fn nix_kill(child: &Child) {
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+}
+
+fn admin(data_dir: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_oz-server"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("admin")
+        .args(args)
+        .env("OZ_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "admin {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `oz-server admin`: a team, a viewer, a viewer's key that can read but not cancel, and a revoked
+/// key refused on the next request, all against the running server.
+#[test]
+fn admin_commands_manage_users_and_keys_of_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, url, _) = spawn(dir.path());
+    let created = admin(dir.path(), &["team", "create", "--name", "acme"]);
+    let admin_key = shown_key(&created.lines().map(str::to_owned).collect::<Vec<_>>());
+    let user = admin(dir.path(), &["user", "create", "--team", "acme", "--name", "vera", "--role", "viewer"]);
+    let user_id = user.split_whitespace().nth(2).unwrap().to_owned();
+    let key_out = admin(dir.path(), &["key", "create", "--team", "acme", "--user", &user_id, "--name", "vera's"]);
+    let viewer_key = shown_key(&key_out.lines().map(str::to_owned).collect::<Vec<_>>());
+    let listed = admin(dir.path(), &["key", "list", "--team", "acme"]);
+    assert!(listed.contains("vera's") && !listed.contains(&viewer_key[3..]), "the list never shows secrets: {listed}");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let status = |key: &str, method: reqwest::Method, path: &str| {
+        rt.block_on(async {
+            let mut req = http.request(method, format!("{url}/api/v1{path}")).bearer_auth(key);
+            req = req.json(&serde_json::json!({"prompt": "p", "config": {"worker_host": "w"}}));
+            req.send().await.unwrap().status().as_u16()
+        })
+    };
+    assert_eq!(status(&admin_key, reqwest::Method::POST, "/agent/runs"), 200);
+    assert_eq!(status(&viewer_key, reqwest::Method::GET, "/agent/runs"), 200, "a viewer reads");
+    assert_eq!(status(&viewer_key, reqwest::Method::POST, "/agent/runs"), 403, "a viewer cannot create");
+    let key_id = viewer_key.trim_start_matches("oz_").split('.').next().unwrap().to_owned();
+    admin(dir.path(), &["key", "revoke", "--team", "acme", &key_id]);
+    assert_eq!(status(&viewer_key, reqwest::Method::GET, "/agent/runs"), 401, "revoked: refused on the next request");
+    nix_kill(&child);
+    child.wait().unwrap();
 }

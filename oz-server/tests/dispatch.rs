@@ -293,6 +293,42 @@ async fn bad_worker_connections_are_refused() {
     }
 }
 
+/// A worker id is bound to the credential issued for it: a team API key, another id's credential,
+/// another team's credential, a revoked one, are all refused; two connections with the right one
+/// (Oz's load spreading) are fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_credential_issued_for_a_worker_id_opens_its_socket() {
+    let t = TestServer::start().await;
+    let url = t.server.url();
+    assert_eq!(Worker::try_connect(&url, &t.key_a, "w1").await.err(), Some(403), "a team API key");
+    let w2 = t.worker_credential(&t.key_a, "w2").await;
+    assert_eq!(Worker::try_connect(&url, &w2, "w1").await.err(), Some(403), "another id's credential");
+    let b_w1 = t.worker_credential(&t.key_b, "w1").await;
+    let mut b = Worker::connect(&url, &b_w1, "w1").await;
+    let w1 = t.worker_credential(&t.key_a, "w1").await;
+    let mut first = Worker::connect(&url, &w1, "w1").await;
+    let _second = Worker::connect(&url, &w1, "w1").await;
+    // Team B's worker w1 never sees team A's runs.
+    let run = t.create_run(&t.key_a, "w1", "for team a").await;
+    assert_eq!(assignment(first.next().await).task_id, run);
+    assert!(b.next_raw(Duration::from_millis(300)).await.is_none(), "team b's w1 got team a's run");
+    // A second live credential for an id that has one is refused at issue.
+    let (status, body) = t.post("/admin/keys", &t.key_a, json!({"kind": "worker", "worker_ids": ["w1"]})).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("already has a live credential"), "{body}");
+    // Revoked: the open connection is closed, and a new one is refused.
+    let (status, keys) = t.get("/admin/keys", &t.key_a).await;
+    assert_eq!(status, 200);
+    let id = keys["keys"].as_array().unwrap().iter().find(|k| k["worker_ids"] == json!(["w1"])).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = t.call(reqwest::Method::DELETE, &format!("/admin/keys/{id}"), &t.key_a, None).await;
+    assert_eq!(status, 200);
+    assert!(first.closed_within(Duration::from_secs(5)).await, "the revoked worker's connection stays open");
+    assert_eq!(Worker::try_connect(&url, &w1, "w1").await.err(), Some(401));
+}
+
 /// Runs survive a restart of the server: a queued run is still queued, and is dispatched after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_run_survives_a_restart() {
@@ -302,6 +338,7 @@ async fn a_queued_run_survives_a_restart() {
     let t = TestServer::start_with(support::config(), store).await;
     let run = t.create_run(&t.key_a, "w1", "durable").await;
     let key = t.key_a.clone();
+    let worker_key = t.worker_credential(&t.key_a, "w1").await;
     t.server.shutdown().await;
     drop(t.store);
     let store = Arc::new(SqliteStore::open(&path).await.unwrap());
@@ -317,7 +354,7 @@ async fn a_queued_run_survives_a_restart() {
         .await
         .unwrap();
     assert_eq!(body["state"], "QUEUED");
-    let mut w = Worker::connect(&server.url(), &key, "w1").await;
+    let mut w = Worker::connect(&server.url(), &worker_key, "w1").await;
     assert_eq!(assignment(w.next().await).task_id, run);
 }
 

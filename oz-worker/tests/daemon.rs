@@ -23,7 +23,7 @@ fn oz_binary() -> PathBuf {
 struct Env {
     dir: tempfile::TempDir,
     server: oz_server::RunningServer,
-    key: String,
+    worker_key: String,
     client: oz_sdk::Client,
 }
 
@@ -31,7 +31,9 @@ async fn env(lease_secs: u64) -> Env {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::temporary().await.unwrap());
-    let (_, key) = oz_server::bootstrap_team(store.as_ref(), "t").await.unwrap();
+    let (team, key) = oz_server::bootstrap_team(store.as_ref(), "t").await.unwrap();
+    let worker_key =
+        oz_server::mint_worker_credential(store.as_ref(), &team, "daemon-test", &["daemon-test"]).await.unwrap();
     let config = oz_server::ServerConfig {
         listen: "127.0.0.1:0".into(),
         lease_timeout: Duration::from_secs(lease_secs),
@@ -45,7 +47,7 @@ async fn env(lease_secs: u64) -> Env {
         oz_binary().display()
     );
     std::fs::write(dir.path().join("worker.yaml"), yaml).unwrap();
-    Env { dir, server, key, client }
+    Env { dir, server, worker_key, client }
 }
 
 fn spawn_worker(e: &Env) -> Child {
@@ -53,7 +55,7 @@ fn spawn_worker(e: &Env) -> Child {
         .arg("--config-file")
         .arg(e.dir.path().join("worker.yaml"))
         .args(["--server-root-url", &e.server.url(), "--log-level", "warn"])
-        .env("WARP_API_KEY", &e.key)
+        .env("WARP_API_KEY", &e.worker_key)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -154,7 +156,7 @@ async fn configured_variables_reach_the_task_and_flags_win() {
         .arg("--config-file")
         .arg(e.dir.path().join("worker.yaml"))
         .args(["--server-root-url", &e.server.url(), "--log-level", "warn", "-e", "BOTH=flag", "-e", "ONLY_FLAG=1"])
-        .env("WARP_API_KEY", &e.key)
+        .env("WARP_API_KEY", &e.worker_key)
         .env("INHERITED_BY_TASK", "from-the-worker")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

@@ -62,7 +62,8 @@ async fn a_run_becomes_a_job_and_a_restarted_worker_reattaches_to_it() {
     )
     .unwrap();
     let store = Arc::new(SqliteStore::temporary().await.unwrap());
-    let (_, key) = oz_server::bootstrap_team(store.as_ref(), "t").await.unwrap();
+    let (team, key) = oz_server::bootstrap_team(store.as_ref(), "t").await.unwrap();
+    let worker_key = oz_server::mint_worker_credential(store.as_ref(), &team, "k8s", &["k8s-e2e"]).await.unwrap();
     let server =
         oz_server::start(oz_server::ServerConfig { listen: "127.0.0.1:0".into(), ..Default::default() }, store)
             .await
@@ -87,7 +88,7 @@ async fn a_run_becomes_a_job_and_a_restarted_worker_reattaches_to_it() {
             }
         })
     };
-    let mut worker = spawn_worker(dir.path(), &server.url(), &key);
+    let mut worker = spawn_worker(dir.path(), &server.url(), &worker_key);
 
     let config = AgentConfig { worker_host: Some("k8s-e2e".into()), ..Default::default() };
     let run = client.runs().create("on kubernetes").agent_config(config).send().await.unwrap();
@@ -109,7 +110,7 @@ async fn a_run_becomes_a_job_and_a_restarted_worker_reattaches_to_it() {
     // The worker dies mid-run; its restart finds the Job and follows it.
     worker.kill().unwrap();
     worker.wait().unwrap();
-    let mut restarted = spawn_worker(dir.path(), &server.url(), &key);
+    let mut restarted = spawn_worker(dir.path(), &server.url(), &worker_key);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     cluster.set_pod_status(
         "agents",

@@ -58,7 +58,8 @@ fn free_port() -> u16 {
 async fn a_worker_over_wss_runs_a_task_and_its_metrics_count_it() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::temporary().await.unwrap());
-    let (_, key) = oz_server::bootstrap_team(store.as_ref(), "t").await.unwrap();
+    let (team, key) = oz_server::bootstrap_team(store.as_ref(), "t").await.unwrap();
+    let worker_key = oz_server::mint_worker_credential(store.as_ref(), &team, "tls", &["tls-worker"]).await.unwrap();
     let config = oz_server::ServerConfig { listen: "127.0.0.1:0".into(), ..Default::default() };
     let server = oz_server::start(config, store).await.unwrap();
     let upstream: std::net::SocketAddr = server.url().trim_start_matches("http://").parse().unwrap();
@@ -72,7 +73,7 @@ async fn a_worker_over_wss_runs_a_task_and_its_metrics_count_it() {
         .args(["--server-root-url", &server.url()])
         .args(["--web-socket-url", &format!("wss://localhost:{tls_port}/api/v1/selfhosted/worker/ws")])
         .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-        .env("WARP_API_KEY", &key)
+        .env("WARP_API_KEY", &worker_key)
         .env("SSL_CERT_FILE", &ca_file)
         .env("TMPDIR", dir.path())
         .env("PATH", format!("{}:/usr/bin:/bin", oz_binary().parent().unwrap().display()))

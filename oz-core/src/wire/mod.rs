@@ -4,7 +4,9 @@
 //! - [`api`]: the REST API bodies (runs, schedules, environments).
 //! - [`problem`]: RFC 7807 problem documents.
 //! - [`callbacks`]: what the in-sandbox runner reports to the control plane (our extension).
+//! - [`admin`]: teams, users, roles and credentials (our extension).
 
+pub mod admin;
 pub mod api;
 pub mod callbacks;
 pub mod problem;

@@ -8,7 +8,7 @@ use oz_core::wire::api::{CloudEnvironment, EnvironmentList, Scope};
 
 #[allow(unused_imports)]
 use crate::api::schema::*;
-use crate::auth::{Caller, Principal};
+use crate::auth::{Member, Principal, RunToken};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath};
 use crate::state::AppState;
@@ -31,10 +31,21 @@ fn validated(config: EnvironmentConfig) -> Result<EnvironmentConfig, ApiError> {
     Ok(config)
 }
 
-/// `GET /agent/environments` (API key, or a run's workload token: the run's team's environments).
+/// The one environment a workload token may read: its run's (none if the run names none).
+async fn run_environment(state: &AppState, token: &RunToken) -> Result<Option<String>, ApiError> {
+    let run = state.store.run(&token.team_id, &token.run_id).await?;
+    Ok(run.and_then(|r| r.config).and_then(|c| c.environment_id))
+}
+
+/// `GET /agent/environments` (API key: the team's environments; a run's workload token: its run's
+/// environment only).
 #[utoipa::path(get, path = "/agent/environments", tag = "environments", responses((status = 200, body = EnvironmentList), BadRequest, Unauthorized))]
 pub async fn list(State(state): State<AppState>, principal: Principal) -> Result<Json<EnvironmentList>, ApiError> {
-    let envs = state.store.environments(principal.team_id()).await?;
+    let mut envs = state.store.environments(principal.team_id()).await?;
+    if let Principal::Run(token) = &principal {
+        let own = run_environment(&state, token).await?;
+        envs.retain(|e| own.as_deref() == Some(e.id.as_str()));
+    }
     Ok(Json(EnvironmentList { environments: envs.into_iter().map(cloud).collect() }))
 }
 
@@ -42,7 +53,7 @@ pub async fn list(State(state): State<AppState>, principal: Principal) -> Result
 #[utoipa::path(post, path = "/agent/environments", tag = "environments", request_body = EnvironmentConfig, responses((status = 200, body = CloudEnvironment), BadRequest, Unauthorized))]
 pub async fn create(
     State(state): State<AppState>,
-    caller: Caller,
+    Member(caller): Member,
     ApiJson(config): ApiJson<EnvironmentConfig>,
 ) -> Result<Json<CloudEnvironment>, ApiError> {
     let now = Timestamp::now();
@@ -65,11 +76,13 @@ pub async fn get(
     principal: Principal,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<CloudEnvironment>, ApiError> {
-    let env = state
-        .store
-        .environment(principal.team_id(), &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("there is no environment {id:?}")))?;
+    let not_found = || ApiError::not_found(format!("there is no environment {id:?}"));
+    if let Principal::Run(token) = &principal
+        && run_environment(&state, token).await?.as_deref() != Some(id.as_str())
+    {
+        return Err(not_found());
+    }
+    let env = state.store.environment(principal.team_id(), &id).await?.ok_or_else(not_found)?;
     Ok(Json(cloud(env)))
 }
 
@@ -77,7 +90,7 @@ pub async fn get(
 #[utoipa::path(put, path = "/agent/environments/{id}", tag = "environments", params(("id" = String, Path)), request_body = EnvironmentConfig, responses((status = 200, body = CloudEnvironment), BadRequest, Unauthorized, NotFound))]
 pub async fn update(
     State(state): State<AppState>,
-    caller: Caller,
+    Member(caller): Member,
     ApiPath(id): ApiPath<String>,
     ApiJson(config): ApiJson<EnvironmentConfig>,
 ) -> Result<Json<CloudEnvironment>, ApiError> {
@@ -93,7 +106,7 @@ pub async fn update(
 #[utoipa::path(delete, path = "/agent/environments/{id}", tag = "environments", params(("id" = String, Path)), responses((status = 200, body = Object, description = "{\"success\": true}"), BadRequest, Unauthorized, NotFound))]
 pub async fn delete(
     State(state): State<AppState>,
-    caller: Caller,
+    Member(caller): Member,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     state.store.delete_environment(&caller.team_id, &id).await.map_err(|e| match e {

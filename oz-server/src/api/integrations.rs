@@ -10,7 +10,7 @@ use oz_core::wire::api::{IntegrationItem, IntegrationRequest, WebhookAccepted};
 
 #[allow(unused_imports)]
 use crate::api::schema::*;
-use crate::auth::Caller;
+use crate::auth::{Admin, Caller};
 use crate::creation::{self, NewRun};
 use crate::dispatch::ws::validate_worker_id;
 use crate::error::ApiError;
@@ -69,7 +69,7 @@ fn not_found(id: &str) -> impl Fn(StoreError) -> ApiError + '_ {
 #[utoipa::path(post, path = "/integrations", tag = "integrations", request_body = IntegrationRequest, responses((status = 200, body = IntegrationItem, description = "Carries the signing secret, once"), BadRequest, Unauthorized))]
 pub async fn create(
     State(state): State<AppState>,
-    caller: Caller,
+    Admin(caller): Admin,
     ApiJson(req): ApiJson<IntegrationRequest>,
 ) -> Result<Json<IntegrationItem>, ApiError> {
     validate(&state, &req)?;
@@ -118,7 +118,7 @@ pub async fn get(
 #[utoipa::path(put, path = "/integrations/{id}", tag = "integrations", params(("id" = String, Path)), request_body = IntegrationRequest, responses((status = 200, body = IntegrationItem), BadRequest, Unauthorized, NotFound))]
 pub async fn update(
     State(state): State<AppState>,
-    caller: Caller,
+    Admin(caller): Admin,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<IntegrationRequest>,
 ) -> Result<Json<IntegrationItem>, ApiError> {
@@ -141,7 +141,7 @@ pub async fn update(
 #[utoipa::path(delete, path = "/integrations/{id}", tag = "integrations", params(("id" = String, Path)), responses((status = 200, body = Object, description = "{\"success\": true}"), BadRequest, Unauthorized, NotFound))]
 pub async fn delete(
     State(state): State<AppState>,
-    caller: Caller,
+    Admin(caller): Admin,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     state.store.delete_integration(&caller.team_id, &id).await.map_err(not_found(&id))?;

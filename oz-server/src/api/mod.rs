@@ -1,5 +1,6 @@
 //! The REST API under `/api/v1`, one module per area.
 
+pub mod admin;
 pub mod callbacks;
 pub mod environments;
 pub mod events;
@@ -45,6 +46,12 @@ pub fn router(state: AppState) -> Router {
         .route("/integrations/{id}", get(integrations::get).put(integrations::update).delete(integrations::delete))
         .route("/integrations/{id}/webhook", post(integrations::deliver))
         .route("/workers", get(workers::list))
+        .route("/admin/users", get(admin::users).post(admin::create_user))
+        .route("/admin/users/{id}", axum::routing::put(admin::update_user))
+        .route("/admin/keys", get(admin::keys).post(admin::create_key))
+        .route("/admin/keys/{id}", axum::routing::delete(admin::revoke_key))
+        .route("/admin/keys/{id}/rotate", post(admin::rotate_key))
+        .route("/admin/teams", post(admin::create_team))
         .route("/selfhosted/worker/ws", get(worker_socket))
         .route(
             "/openapi.json",

@@ -16,7 +16,7 @@ use oz_core::wire::api::{
 
 #[allow(unused_imports)]
 use crate::api::schema::*;
-use crate::auth::{Caller, Principal};
+use crate::auth::{Caller, Member, Principal};
 use crate::creation::{self, NewRun};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, query_pairs};
@@ -72,7 +72,7 @@ fn validate_request(req: &RunAgentRequest) -> Result<(), ApiError> {
 #[utoipa::path(post, path = "/agent/runs", tag = "runs", request_body = RunAgentRequest, responses((status = 200, body = RunCreated), BadRequest, Unauthorized))]
 pub async fn create(
     State(state): State<AppState>,
-    caller: Caller,
+    Member(caller): Member,
     ApiJson(req): ApiJson<RunAgentRequest>,
 ) -> Result<Json<RunCreated>, ApiError> {
     validate_request(&req)?;
@@ -229,7 +229,7 @@ pub async fn get(
 #[utoipa::path(post, path = "/agent/runs/{id}/cancel", tag = "runs", params(("id" = String, Path)), responses((status = 200, body = String, description = "The run id"), (status = 409, description = "PENDING: retry", body = Problem, content_type = "application/problem+json"), BadRequest, Unauthorized, NotFound))]
 pub async fn cancel(
     State(state): State<AppState>,
-    caller: Caller,
+    Member(caller): Member,
     ApiPath(run_id): ApiPath<String>,
 ) -> Result<Json<String>, ApiError> {
     let run = visible_run(&state, &Principal::Key(caller), &run_id).await?;
@@ -295,7 +295,7 @@ pub async fn transcript_content(
 #[utoipa::path(post, path = "/agent/runs/{id}/followups", tag = "runs", params(("id" = String, Path)), request_body = FollowupRequest, responses((status = 200, body = RunCreated), BadRequest, Unauthorized, NotFound))]
 pub async fn followup(
     State(state): State<AppState>,
-    caller: Caller,
+    Member(caller): Member,
     ApiPath(run_id): ApiPath<String>,
     ApiJson(req): ApiJson<oz_core::wire::api::FollowupRequest>,
 ) -> Result<Json<RunCreated>, ApiError> {

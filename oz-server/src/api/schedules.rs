@@ -7,7 +7,7 @@ use oz_core::wire::api::{AgentConfig, ScheduleCreate, ScheduleHistory, ScheduleI
 
 #[allow(unused_imports)]
 use crate::api::schema::*;
-use crate::auth::Caller;
+use crate::auth::{Caller, Member};
 use crate::dispatch::ws::validate_worker_id;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath};
@@ -85,7 +85,7 @@ fn not_found(id: &str) -> impl Fn(StoreError) -> ApiError + '_ {
 #[utoipa::path(post, path = "/agent/schedules", tag = "schedules", request_body = ScheduleCreate, responses((status = 200, body = ScheduleItem), BadRequest, Unauthorized))]
 pub async fn create(
     State(state): State<AppState>,
-    caller: Caller,
+    Member(caller): Member,
     ApiJson(req): ApiJson<ScheduleCreate>,
 ) -> Result<Json<ScheduleItem>, ApiError> {
     validate(
@@ -151,7 +151,7 @@ pub async fn get(
 #[utoipa::path(put, path = "/agent/schedules/{id}", tag = "schedules", params(("id" = String, Path)), request_body = ScheduleUpdate, responses((status = 200, body = ScheduleItem), BadRequest, Unauthorized, NotFound))]
 pub async fn update(
     State(state): State<AppState>,
-    caller: Caller,
+    Member(caller): Member,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<ScheduleUpdate>,
 ) -> Result<Json<ScheduleItem>, ApiError> {
@@ -178,7 +178,7 @@ pub async fn update(
 #[utoipa::path(delete, path = "/agent/schedules/{id}", tag = "schedules", params(("id" = String, Path)), responses((status = 200, body = Object, description = "{\"success\": true}"), BadRequest, Unauthorized, NotFound))]
 pub async fn delete(
     State(state): State<AppState>,
-    caller: Caller,
+    Member(caller): Member,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     state.store.delete_schedule(&caller.team_id, &id).await.map_err(not_found(&id))?;
@@ -206,7 +206,7 @@ async fn set_enabled(
 #[utoipa::path(post, path = "/agent/schedules/{id}/pause", tag = "schedules", params(("id" = String, Path)), responses((status = 200, body = ScheduleItem), BadRequest, Unauthorized, NotFound))]
 pub async fn pause(
     State(state): State<AppState>,
-    caller: Caller,
+    Member(caller): Member,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ScheduleItem>, ApiError> {
     set_enabled(state, caller, id, false).await
@@ -216,7 +216,7 @@ pub async fn pause(
 #[utoipa::path(post, path = "/agent/schedules/{id}/resume", tag = "schedules", params(("id" = String, Path)), responses((status = 200, body = ScheduleItem), BadRequest, Unauthorized, NotFound))]
 pub async fn resume(
     State(state): State<AppState>,
-    caller: Caller,
+    Member(caller): Member,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ScheduleItem>, ApiError> {
     set_enabled(state, caller, id, true).await

@@ -4,6 +4,9 @@
 
 pub(crate) use oz_core::environment::EnvironmentConfig;
 pub(crate) use oz_core::run::RunState;
+pub(crate) use oz_core::wire::admin::{
+    KeyCreated, KeyItem, KeyList, NewKey, NewTeam, NewUser, TeamCreated, UserItem, UserList, UserUpdate,
+};
 pub(crate) use oz_core::wire::api::{
     CloudEnvironment, EnvironmentList, FollowupRequest, IntegrationItem, IntegrationRequest, RunAgentRequest,
     RunCreated, RunItem, RunList, RunStreamEvent, ScheduleCreate, ScheduleItem, ScheduleUpdate, WebhookAccepted,
@@ -30,3 +33,9 @@ pub(crate) struct Unauthorized(Problem);
 #[response(status = 404, description = "Not found (or another team's)", content_type = "application/problem+json")]
 #[expect(dead_code, reason = "never built: handlers answer with ApiError, whose problem document this describes")]
 pub(crate) struct NotFound(Problem);
+
+/// 403 `not_authorized`: the key's role (or kind) may not do this.
+#[derive(utoipa::IntoResponses)]
+#[response(status = 403, description = "The key's role may not do this", content_type = "application/problem+json")]
+#[expect(dead_code, reason = "never built: handlers answer with ApiError, whose problem document this describes")]
+pub(crate) struct Forbidden(Problem);

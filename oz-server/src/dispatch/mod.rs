@@ -33,6 +33,10 @@ const TICK: Duration = Duration::from_millis(500);
 struct Conn {
     team_id: String,
     worker_id: String,
+    /// The worker credential it opened with.
+    key_id: String,
+    /// Notified to close the connection (its credential was revoked or rotated).
+    closed: Arc<Notify>,
     tx: mpsc::UnboundedSender<ServerMessage>,
     in_flight: HashSet<String>,
     skip_until: Option<Instant>,
@@ -88,15 +92,24 @@ impl Dispatcher {
         *self.inner.public_url.lock().unwrap_or_else(|p| p.into_inner()) = url.to_owned();
     }
 
-    /// Registers a connection; returns its id and the messages to send it.
-    pub fn register(&self, team_id: &str, worker_id: &str) -> (u64, mpsc::UnboundedReceiver<ServerMessage>) {
+    /// Registers a connection opened with worker credential `key_id`; returns its id, the messages to
+    /// send it, and what is notified when it must close.
+    pub fn register(
+        &self,
+        team_id: &str,
+        worker_id: &str,
+        key_id: &str,
+    ) -> (u64, mpsc::UnboundedReceiver<ServerMessage>, Arc<Notify>) {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
+        let closed = Arc::new(Notify::new());
         self.conns().insert(
             id,
             Conn {
                 team_id: team_id.to_owned(),
                 worker_id: worker_id.to_owned(),
+                key_id: key_id.to_owned(),
+                closed: closed.clone(),
                 tx,
                 in_flight: HashSet::new(),
                 skip_until: None,
@@ -106,7 +119,14 @@ impl Dispatcher {
         self.inner.lifecycle.metrics().set_workers_connected(open);
         info!(worker_id, connection = id, "worker connected");
         self.wake();
-        (id, rx)
+        (id, rx, closed)
+    }
+
+    /// Closes the connections opened with credential `key_id` of `team_id` (revoked or rotated).
+    pub fn disconnect_credential(&self, team_id: &str, key_id: &str) {
+        for conn in self.conns().values().filter(|c| c.team_id == team_id && c.key_id == key_id) {
+            conn.closed.notify_one();
+        }
     }
 
     /// Forgets a connection; its PENDING runs go back to the queue. Runs it claimed keep their lease:

@@ -11,7 +11,7 @@ use futures::{SinkExt, StreamExt};
 use oz_core::wire::worker::WorkerMessage;
 use tracing::{Instrument, info_span, warn};
 
-use crate::auth::Caller;
+use crate::auth::WorkerCredential;
 use crate::error::ApiError;
 use crate::extract::query_pairs;
 use crate::state::AppState;
@@ -33,7 +33,7 @@ pub fn validate_worker_id(id: &str) -> Result<(), ApiError> {
 /// The upgrade handler.
 pub async fn worker_socket(
     State(state): State<AppState>,
-    caller: Caller,
+    credential: WorkerCredential,
     RawQuery(query): RawQuery,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
@@ -50,13 +50,20 @@ pub async fn worker_socket(
         .map(|(_, v)| v)
         .ok_or_else(|| ApiError::invalid("the worker_id query parameter is required"))?;
     validate_worker_id(&worker_id)?;
-    let span = info_span!("worker_connection", worker_id = %worker_id);
-    Ok(upgrade.on_upgrade(move |socket| serve(socket, state, caller.team_id, worker_id).instrument(span)))
+    // The credential names the worker ids it was issued for; any other is refused.
+    if !credential.worker_ids.contains(&worker_id) {
+        return Err(ApiError::forbidden(format!(
+            "this worker credential was not issued for worker id {worker_id:?} (it is for: {})",
+            credential.worker_ids.join(", ")
+        )));
+    }
+    let span = info_span!("worker_connection", worker_id = %worker_id, credential = %credential.key_id);
+    Ok(upgrade.on_upgrade(move |socket| serve(socket, state, credential, worker_id).instrument(span)))
 }
 
-async fn serve(socket: WebSocket, state: AppState, team_id: String, worker_id: String) {
+async fn serve(socket: WebSocket, state: AppState, credential: WorkerCredential, worker_id: String) {
     let dispatcher = state.dispatcher.clone();
-    let (conn_id, mut outbox) = dispatcher.register(&team_id, &worker_id);
+    let (conn_id, mut outbox, closed) = dispatcher.register(&credential.team_id, &worker_id, &credential.key_id);
     let (mut sink, mut stream) = socket.split();
     let writer = tokio::spawn(async move {
         let mut ping = tokio::time::interval(PING_EVERY);
@@ -79,7 +86,14 @@ async fn serve(socket: WebSocket, state: AppState, team_id: String, worker_id: S
         let _ = sink.close().await;
     });
     loop {
-        match tokio::time::timeout(READ_DEADLINE, stream.next()).await {
+        let next = tokio::select! {
+            next = tokio::time::timeout(READ_DEADLINE, stream.next()) => next,
+            _ = closed.notified() => {
+                warn!("the worker's credential was revoked or rotated; closing the connection");
+                break;
+            }
+        };
+        match next {
             Ok(Some(Ok(Message::Text(text)))) => match WorkerMessage::from_json(&text) {
                 Ok(Some(message)) => dispatcher.on_message(conn_id, message).await,
                 Ok(None) => {}

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use jiff::Timestamp;
 use oz_core::environment::EnvironmentConfig;
 use oz_core::run::RunState;
+use oz_core::wire::admin::{KeyKind, PrincipalKind, Role};
 use oz_core::wire::api::{AgentConfig, StatusMessage};
 use oz_core::wire::callbacks::Artifact;
 
@@ -54,19 +55,81 @@ pub struct TeamRecord {
     pub name: String,
 }
 
-/// A stored API key (the secret itself is never stored, only its SHA-256).
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+/// A user or service account of a team.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserRecord {
+    /// Its id.
+    pub id: String,
+    /// Its team.
+    pub team_id: String,
+    /// Its name.
+    pub name: String,
+    /// Person or service account.
+    pub kind: PrincipalKind,
+    /// Its role in the team.
+    pub role: Role,
+    /// Disabled users' keys are refused.
+    pub disabled: bool,
+    /// When it was made.
+    pub created_at: Timestamp,
+}
+
+/// A stored credential (the secret itself is never stored, only its SHA-256).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiKeyRecord {
     /// The key's public id (the part before the secret).
     pub id: String,
     /// Its team.
     pub team_id: String,
-    /// The user it acts as, if any.
+    /// The user it acts as; `None` for keys made before users had roles (they act as an admin).
     pub user_id: Option<String>,
+    /// A name to recognize it by.
+    pub name: String,
+    /// API key or worker credential.
+    pub kind: KeyKind,
+    /// Its role ceiling (`None`: its user's role).
+    pub role: Option<Role>,
+    /// The worker ids a worker credential may connect as.
+    pub worker_ids: Vec<String>,
     /// SHA-256 of the secret.
     pub secret_hash: Vec<u8>,
+    /// May create teams (`POST /admin/teams`).
+    pub server_admin: bool,
+    /// When it was made.
+    pub created_at: Timestamp,
+    /// When it stops working by itself.
+    pub expires_at: Option<Timestamp>,
     /// When it was revoked.
-    pub revoked: bool,
+    pub revoked_at: Option<Timestamp>,
+}
+
+impl ApiKeyRecord {
+    /// A fresh key with no user, role, workers or expiry (fill in what applies).
+    pub fn new(id: impl Into<String>, team_id: impl Into<String>, secret_hash: Vec<u8>) -> Self {
+        Self {
+            id: id.into(),
+            team_id: team_id.into(),
+            user_id: None,
+            name: String::new(),
+            kind: KeyKind::Api,
+            role: None,
+            worker_ids: Vec::new(),
+            secret_hash,
+            server_admin: false,
+            created_at: Timestamp::now(),
+            expires_at: None,
+            revoked_at: None,
+        }
+    }
+}
+
+/// A key as authentication sees it: the key and, if it acts as a user, that user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyWithUser {
+    /// The key.
+    pub key: ApiKeyRecord,
+    /// Its user, if any.
+    pub user: Option<UserRecord>,
 }
 
 /// A stored environment.
@@ -266,18 +329,39 @@ impl StateChange {
     }
 }
 
-/// The persistence the server needs.
+/// Teams, their users and service accounts, and credentials.
 #[async_trait]
-pub trait Store: ScheduleStore + IntegrationStore {
+pub trait PrincipalStore: Send + Sync + 'static {
     /// Creates a team.
     async fn create_team(&self, team: &TeamRecord) -> Result<(), StoreError>;
-    /// Creates a user in a team.
-    async fn create_user(&self, id: &str, team_id: &str, name: &str) -> Result<(), StoreError>;
-    /// Stores an API key.
+    /// Every team, oldest first.
+    async fn teams(&self) -> Result<Vec<TeamRecord>, StoreError>;
+    /// A team by id.
+    async fn team(&self, id: &str) -> Result<Option<TeamRecord>, StoreError>;
+    /// Creates a user (or service account).
+    async fn create_user(&self, user: &UserRecord) -> Result<(), StoreError>;
+    /// A user of a team.
+    async fn user(&self, team_id: &str, id: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// The team's users, oldest first.
+    async fn users(&self, team_id: &str) -> Result<Vec<UserRecord>, StoreError>;
+    /// Changes a user's role or disabled flag.
+    async fn update_user(&self, team_id: &str, id: &str, role: Role, disabled: bool) -> Result<(), StoreError>;
+    /// Stores a credential.
     async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
-    /// Finds an API key by its public id.
-    async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+    /// A credential by its public id, with its user (for authentication).
+    async fn api_key(&self, id: &str) -> Result<Option<KeyWithUser>, StoreError>;
+    /// The team's credentials, oldest first.
+    async fn api_keys(&self, team_id: &str) -> Result<Vec<ApiKeyRecord>, StoreError>;
+    /// Revokes a credential of the team (`NotFound` if it has none such; revoking twice keeps the
+    /// first time).
+    async fn revoke_api_key(&self, team_id: &str, id: &str, at: Timestamp) -> Result<(), StoreError>;
+    /// Stores `new` and revokes `old` in one transaction (a rotation).
+    async fn replace_api_key(&self, old: &str, new: &ApiKeyRecord, at: Timestamp) -> Result<(), StoreError>;
+}
 
+/// The persistence the server needs.
+#[async_trait]
+pub trait Store: PrincipalStore + ScheduleStore + IntegrationStore {
     /// Stores an environment.
     async fn insert_environment(&self, env: &EnvironmentRecord) -> Result<(), StoreError>;
     /// Replaces an environment's config (team-scoped).

@@ -14,6 +14,7 @@ use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 use self::rows::Stored;
 use super::*;
 
+mod principals;
 mod rows;
 
 /// The SQLite store.
@@ -153,6 +154,8 @@ enum TeamTable {
     Environments,
     Schedules,
     Integrations,
+    Users,
+    ApiKeys,
 }
 
 impl TeamTable {
@@ -161,6 +164,8 @@ impl TeamTable {
             TeamTable::Environments => "environments",
             TeamTable::Schedules => "schedules",
             TeamTable::Integrations => "integrations",
+            TeamTable::Users => "users",
+            TeamTable::ApiKeys => "api_keys",
         }
     }
 }
@@ -193,50 +198,6 @@ fn found(rows: u64) -> Result<(), StoreError> {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn create_team(&self, team: &TeamRecord) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO teams (id, name, created_us) VALUES (?, ?, ?)")
-            .bind(&team.id)
-            .bind(&team.name)
-            .bind(micros(Timestamp::now()))
-            .execute(&self.writer)
-            .await?;
-        Ok(())
-    }
-
-    async fn create_user(&self, id: &str, team_id: &str, name: &str) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO users (id, team_id, name, created_us) VALUES (?, ?, ?, ?)")
-            .bind(id)
-            .bind(team_id)
-            .bind(name)
-            .bind(micros(Timestamp::now()))
-            .execute(&self.writer)
-            .await?;
-        Ok(())
-    }
-
-    async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO api_keys (id, team_id, user_id, secret_hash, revoked, created_us) VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&key.id)
-        .bind(&key.team_id)
-        .bind(&key.user_id)
-        .bind(&key.secret_hash)
-        .bind(key.revoked as i64)
-        .bind(micros(Timestamp::now()))
-        .execute(&self.writer)
-        .await?;
-        Ok(())
-    }
-
-    async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        let key = sqlx::query_as("SELECT id, team_id, user_id, secret_hash, revoked FROM api_keys WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(key)
-    }
-
     async fn insert_environment(&self, env: &EnvironmentRecord) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO environments (id, team_id, config, creator_id, created_us, updated_us) VALUES (?, ?, ?, ?, ?, ?)")
             .bind(&env.id)

@@ -23,6 +23,8 @@ pub struct TestServer {
     pub team_a: String,
     pub team_b: String,
     pub http: reqwest::Client,
+    /// Worker credentials minted so far, by (team, worker id): one live credential per worker id.
+    worker_keys: std::sync::Mutex<std::collections::HashMap<(String, String), String>>,
 }
 
 pub fn config() -> ServerConfig {
@@ -39,7 +41,16 @@ impl TestServer {
         let (team_a, key_a) = bootstrap_team(store.as_ref(), "team-a").await.unwrap();
         let (team_b, key_b) = bootstrap_team(store.as_ref(), "team-b").await.unwrap();
         let server = start(config, store.clone()).await.unwrap();
-        Self { server, store, key_a, key_b, team_a, team_b, http: reqwest::Client::new() }
+        Self {
+            server,
+            store,
+            key_a,
+            key_b,
+            team_a,
+            team_b,
+            http: reqwest::Client::new(),
+            worker_keys: Default::default(),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -92,8 +103,24 @@ impl TestServer {
         panic!("run {run_id} never reached {state}: {body}");
     }
 
+    /// A worker of the team whose API key is `key`, connected with a worker credential for
+    /// `worker_id` (minted once per team and id, then reused, as a real worker reuses its own).
     pub async fn worker(&self, key: &str, worker_id: &str) -> Worker {
-        Worker::connect(&self.server.url(), key, worker_id).await
+        let credential = self.worker_credential(key, worker_id).await;
+        Worker::connect(&self.server.url(), &credential, worker_id).await
+    }
+
+    /// The worker credential for `worker_id` in the team of API key `key`.
+    pub async fn worker_credential(&self, key: &str, worker_id: &str) -> String {
+        let team = if key == self.key_b { self.team_b.clone() } else { self.team_a.clone() };
+        let slot = (team.clone(), worker_id.to_owned());
+        if let Some(found) = self.worker_keys.lock().unwrap().get(&slot) {
+            return found.clone();
+        }
+        let minted =
+            oz_server::mint_worker_credential(self.store.as_ref(), &team, "test worker", &[worker_id]).await.unwrap();
+        self.worker_keys.lock().unwrap().insert(slot, minted.clone());
+        minted
     }
 }
 
@@ -107,11 +134,21 @@ pub struct Worker {
 
 impl Worker {
     pub async fn connect(base: &str, key: &str, worker_id: &str) -> Self {
+        Self::try_connect(base, key, worker_id)
+            .await
+            .unwrap_or_else(|status| panic!("the worker was refused: {status}"))
+    }
+
+    /// Connects, or returns the HTTP status the upgrade was refused with.
+    pub async fn try_connect(base: &str, key: &str, worker_id: &str) -> Result<Self, u16> {
         let url = format!("{}/api/v1/selfhosted/worker/ws?worker_id={worker_id}", base.replace("http://", "ws://"));
         let mut request = url.into_client_request().unwrap();
         request.headers_mut().insert("Authorization", format!("Bearer {key}").parse().unwrap());
-        let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-        Self { ws, worker_id: worker_id.to_owned() }
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((ws, _)) => Ok(Self { ws, worker_id: worker_id.to_owned() }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
+            Err(e) => panic!("could not connect: {e}"),
+        }
     }
 
     /// The next protocol message as raw JSON (pings skipped), or None after `wait`.
@@ -123,6 +160,19 @@ impl Worker {
                 Ok(Some(Ok(Message::Text(t)))) => return Some(serde_json::from_str(&t).unwrap()),
                 Ok(Some(Ok(_))) => continue,
                 _ => return None,
+            }
+        }
+    }
+
+    /// Whether the server closes the connection within `wait` (messages before that are skipped).
+    pub async fn closed_within(&mut self, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.ws.next()).await {
+                Err(_) => return false,
+                Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return true,
+                Ok(Some(Ok(_))) => continue,
             }
         }
     }

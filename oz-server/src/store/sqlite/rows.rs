@@ -6,7 +6,8 @@ use sqlx::FromRow;
 use sqlx::sqlite::SqliteRow;
 
 use crate::store::{
-    EnvironmentRecord, IntegrationRecord, RunEventRecord, RunRecord, ScheduleRecord, StoreError, WorkloadTokenRecord,
+    ApiKeyRecord, EnvironmentRecord, IntegrationRecord, RunEventRecord, RunRecord, ScheduleRecord, StoreError,
+    TeamRecord, UserRecord, WorkloadTokenRecord,
 };
 
 /// A record read through a row of its table.
@@ -236,6 +237,96 @@ impl Stored for IntegrationRecord {
             created_by: r.created_by,
             created_at: from_micros(r.created_us),
             updated_at: from_micros(r.updated_us),
+        })
+    }
+}
+
+#[derive(FromRow)]
+pub(super) struct TeamRow {
+    id: String,
+    name: String,
+}
+
+impl Stored for TeamRecord {
+    type Row = TeamRow;
+    fn from_row(r: TeamRow) -> Result<Self, StoreError> {
+        Ok(TeamRecord { id: r.id, name: r.name })
+    }
+}
+
+fn parse_name<T: std::str::FromStr>(what: &'static str, text: &str) -> Result<T, StoreError>
+where
+    T::Err: std::fmt::Display,
+{
+    text.parse().map_err(|e: T::Err| StoreError::Corrupt { what, message: e.to_string() })
+}
+
+fn parse_enum<T: serde::de::DeserializeOwned>(what: &'static str, text: &str) -> Result<T, StoreError> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned()))
+        .map_err(|e| StoreError::Corrupt { what, message: e.to_string() })
+}
+
+#[derive(FromRow)]
+pub(super) struct UserRow {
+    id: String,
+    team_id: String,
+    name: String,
+    kind: String,
+    role: String,
+    disabled: bool,
+    created_us: i64,
+}
+
+impl Stored for UserRecord {
+    type Row = UserRow;
+    fn from_row(r: UserRow) -> Result<Self, StoreError> {
+        Ok(UserRecord {
+            kind: parse_enum("users.kind", &r.kind)?,
+            role: parse_name("users.role", &r.role)?,
+            id: r.id,
+            team_id: r.team_id,
+            name: r.name,
+            disabled: r.disabled,
+            created_at: from_micros(r.created_us),
+        })
+    }
+}
+
+#[derive(FromRow)]
+pub(super) struct ApiKeyRow {
+    id: String,
+    team_id: String,
+    user_id: Option<String>,
+    name: String,
+    kind: String,
+    role: Option<String>,
+    worker_ids: String,
+    secret_hash: Vec<u8>,
+    server_admin: bool,
+    created_us: i64,
+    expires_us: Option<i64>,
+    revoked_us: Option<i64>,
+    revoked: bool,
+}
+
+impl Stored for ApiKeyRecord {
+    type Row = ApiKeyRow;
+    fn from_row(r: ApiKeyRow) -> Result<Self, StoreError> {
+        // Keys revoked before revocation had a time count as revoked at the epoch.
+        let revoked_at = r.revoked_us.map(from_micros).or(r.revoked.then_some(Timestamp::UNIX_EPOCH));
+        Ok(ApiKeyRecord {
+            kind: parse_enum("api_keys.kind", &r.kind)?,
+            role: r.role.as_deref().map(|role| parse_name("api_keys.role", role)).transpose()?,
+            worker_ids: parse_json("api_keys.worker_ids", &r.worker_ids)?,
+            id: r.id,
+            team_id: r.team_id,
+            user_id: r.user_id,
+            name: r.name,
+            secret_hash: r.secret_hash,
+            server_admin: r.server_admin,
+            created_at: from_micros(r.created_us),
+            expires_at: r.expires_us.map(from_micros),
+            revoked_at,
         })
     }
 }
