@@ -138,9 +138,11 @@ pub async fn start_with(
     let store = Arc::new(SqliteStore::open(&data_dir.join("oz.db")).await?);
     let credentials = session_credentials(store.as_ref(), data_dir).await?;
     let api_key = credentials.api_key;
+    let (secret_keys, _) = oz_server::vault::Keyring::load_or_create(&data_dir.join("secret-keys"), None)?;
     let config = oz_server::ServerConfig {
         listen: listen.to_owned(),
         default_worker_host: Some(LOCAL_WORKER.into()),
+        secret_keys: Some(secret_keys),
         ..Default::default()
     };
     let server = oz_server::start(config, store).await?;

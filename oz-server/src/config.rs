@@ -21,6 +21,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Serve Prometheus metrics at `/metrics` (unauthenticated; default on).
     pub metrics: bool,
+    /// The keys secrets are sealed with (`crate::vault`). `None`: a key made for this process only,
+    /// so what it seals cannot be opened after a restart (tests, throwaway servers).
+    pub secret_keys: Option<crate::vault::Keyring>,
 }
 
 impl Default for ServerConfig {
@@ -33,6 +36,7 @@ impl Default for ServerConfig {
             token_ttl: Duration::from_secs(24 * 3600),
             max_body_bytes: 2 * 1024 * 1024,
             metrics: true,
+            secret_keys: None,
         }
     }
 }

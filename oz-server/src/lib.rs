@@ -31,6 +31,7 @@ pub mod scheduler;
 pub mod secrets;
 pub mod state;
 pub mod store;
+pub mod vault;
 pub mod webhook;
 
 use std::net::SocketAddr;
@@ -89,13 +90,33 @@ pub async fn start(config: ServerConfig, store: Arc<dyn Store>) -> Result<Runnin
         .map_err(|source| ServerError::Bind { addr: config.listen.clone(), source })?;
     let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.listen.clone(), source })?;
     let url = config.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let keyring = match &config.secret_keys {
+        Some(keys) => keys.clone(),
+        None => {
+            tracing::warn!("no secret keys configured: secrets sealed now will not open after a restart");
+            vault::Keyring::generate("ephemeral").map_err(|e| ServerError::Config(e.to_string()))?
+        }
+    };
+    let resealed = vault::upkeep(store.as_ref(), &keyring)
+        .await
+        .map_err(|e| ServerError::Config(format!("sealing secrets: {e}")))?;
+    if resealed > 0 {
+        tracing::info!(resealed, key = keyring.current_id(), "sealed stored secrets with the current key");
+    }
     let config = Arc::new(config);
     let hub = EventHub::default();
     let lifecycle = Lifecycle::new(store.clone(), hub.clone());
     let dispatcher = Dispatcher::new(lifecycle.clone(), config.clone());
     dispatcher.set_public_url(&url);
-    let state =
-        AppState { store, hub, lifecycle, dispatcher: dispatcher.clone(), config, public_url: url.clone().into() };
+    let state = AppState {
+        store,
+        hub,
+        lifecycle,
+        dispatcher: dispatcher.clone(),
+        config,
+        public_url: url.clone().into(),
+        keyring: Arc::new(keyring),
+    };
     let app = api::router(state.clone());
     let (stop, stopped) = oneshot::channel::<()>();
     let http = tokio::spawn(async move {

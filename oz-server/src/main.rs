@@ -9,6 +9,8 @@
 //! oz-server admin key list --team acme
 //! oz-server admin key rotate --team acme <key id>
 //! oz-server admin key revoke --team acme <key id>
+//! echo -n "$NPM_TOKEN" | oz-server admin secret set --team acme --name npm-token
+//! oz-server admin secret-key rotate                                  # then restart, then `drop k1`
 //! ```
 //!
 //! On its first start in a data directory it creates a team with an admin and prints the admin's API
@@ -25,7 +27,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use oz_core::wire::admin::{KeyCreated, KeyKind, NewKey, NewTeam, NewUser, PrincipalKind, Role};
 use oz_server::store::sqlite::SqliteStore;
-use oz_server::store::{PrincipalStore, Store, TeamRecord};
+use oz_server::store::{PrincipalStore, SecretRecord, Store, TeamRecord};
+use oz_server::vault::{self, Keyring};
 use oz_server::{ServerConfig, principals, start};
 
 /// The oz control plane: REST API, worker WebSocket, scheduler; SQLite under --data-dir.
@@ -35,6 +38,10 @@ struct Args {
     /// Where the database lives.
     #[arg(long, env = "OZ_DATA_DIR", default_value = ".oz-data", global = true)]
     data_dir: PathBuf,
+    /// The keys secrets are sealed with (default `<data-dir>/secret-keys`, made on first start; keep
+    /// a copy off this disk). `OZ_SECRET_KEY` (one base64 key) takes precedence.
+    #[arg(long, env = "OZ_SECRET_KEY_FILE", global = true)]
+    secret_key_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
@@ -89,6 +96,62 @@ enum AdminCommand {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Team secrets (values read from standard input, never shown).
+    Secret {
+        #[command(subcommand)]
+        command: SecretCommand,
+    },
+    /// The keys secrets are sealed with.
+    SecretKey {
+        #[command(subcommand)]
+        command: SecretKeyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SecretCommand {
+    /// Sets a secret to the value read from standard input (a trailing newline is dropped).
+    Set {
+        /// The team (id or name).
+        #[arg(long)]
+        team: String,
+        /// Its name.
+        #[arg(long)]
+        name: String,
+    },
+    /// The team's secrets (names only).
+    List {
+        /// The team (id or name).
+        #[arg(long)]
+        team: String,
+    },
+    /// Deletes a secret.
+    Delete {
+        /// The team (id or name).
+        #[arg(long)]
+        team: String,
+        /// Its name.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SecretKeyCommand {
+    /// Adds a new current key to the key file; the server reseals every secret with it at its next
+    /// start, after which `drop` removes the old key.
+    Rotate {
+        /// The new key's id (default: the next `kN`).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Removes a key that no stored secret is sealed with any more.
+    Drop {
+        /// The key's id.
+        id: String,
+    },
+    /// The keys' ids (never the keys) and how many stored values each seals.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -187,10 +250,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let key_file = args.secret_key_file.clone().unwrap_or_else(|| args.data_dir.join("secret-keys"));
     let result = runtime.block_on(async move {
         match args.command {
-            None => serve(&args.data_dir, args.serve).await,
-            Some(Command::Admin { command }) => admin(&args.data_dir, command).await,
+            None => serve(&args.data_dir, &key_file, args.serve).await,
+            Some(Command::Admin { command }) => admin(&args.data_dir, &key_file, command).await,
         }
     });
     match result {
@@ -221,8 +285,27 @@ fn kind_name(kind: KeyKind) -> &'static str {
     }
 }
 
-async fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), Error> {
+/// The keys secrets are sealed with, made on first use.
+fn keyring(key_file: &Path) -> Result<Keyring, Error> {
+    let env = std::env::var("OZ_SECRET_KEY").ok();
+    if env.is_none()
+        && let Some(dir) = key_file.parent()
+    {
+        std::fs::create_dir_all(dir)?;
+    }
+    let (keyring, made) = Keyring::load_or_create(key_file, env.as_deref())?;
+    if made {
+        eprintln!(
+            "oz-server: made the secret keys in {} (mode 0600); keep a copy off this disk: without it the stored secrets cannot be opened",
+            key_file.display()
+        );
+    }
+    Ok(keyring)
+}
+
+async fn serve(data_dir: &Path, key_file: &Path, args: ServeArgs) -> Result<(), Error> {
     let store = open(data_dir).await?;
+    let secret_keys = keyring(key_file)?;
     if store.teams().await?.is_empty() {
         let created = principals::create_team(store.as_ref(), &NewTeam { name: args.team.clone() }, true).await?;
         println!("created team {} ({}) with its admin {}", created.name, created.team_id, created.admin.id);
@@ -238,6 +321,7 @@ async fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), Error> {
         public_url: args.public_url,
         default_worker_host: args.default_worker_host,
         lease_timeout: Duration::from_secs(args.lease_timeout_secs),
+        secret_keys: Some(secret_keys),
         ..Default::default()
     };
     let db = data_dir.join("oz.db");
@@ -263,10 +347,47 @@ async fn team(store: &dyn Store, id_or_name: &str) -> Result<TeamRecord, Error> 
     }
 }
 
-async fn admin(data_dir: &Path, command: AdminCommand) -> Result<(), Error> {
+async fn admin(data_dir: &Path, key_file: &Path, command: AdminCommand) -> Result<(), Error> {
     let store = open(data_dir).await?;
     let store: &dyn Store = store.as_ref();
     match command {
+        AdminCommand::Secret { command: SecretCommand::Set { team: t, name } } => {
+            let team = team(store, &t).await?;
+            oz_core::wire::secrets::validate_secret_name("--name", &name)?;
+            let mut value = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut value)?;
+            let value = value.strip_suffix('\n').unwrap_or(&value).trim_end_matches('\r').to_owned();
+            if value.is_empty() {
+                return Err("the value (on standard input) is empty".into());
+            }
+            let keys = keyring(key_file)?;
+            let now = jiff::Timestamp::now();
+            let created_at = store.secret(&team.id, &name).await?.map_or(now, |s| s.created_at);
+            let sealed = keys.seal(&vault::secret_place(&team.id, &name), &value)?;
+            store
+                .put_secret(&SecretRecord {
+                    team_id: team.id,
+                    name: name.clone(),
+                    sealed,
+                    updated_by: None,
+                    created_at,
+                    updated_at: now,
+                })
+                .await?;
+            println!("set secret {name} (sealed with key {})", keys.current_id());
+        }
+        AdminCommand::Secret { command: SecretCommand::List { team: t } } => {
+            let team = team(store, &t).await?;
+            for s in store.secrets(&team.id).await? {
+                println!("{}\tupdated {}", s.name, s.updated_at);
+            }
+        }
+        AdminCommand::Secret { command: SecretCommand::Delete { team: t, name } } => {
+            let team = team(store, &t).await?;
+            store.delete_secret(&team.id, &name).await?;
+            println!("deleted secret {name}");
+        }
+        AdminCommand::SecretKey { command } => secret_keys(store, key_file, command).await?,
         AdminCommand::Team { command: TeamCommand::Create { name } } => {
             let created = principals::create_team(store, &NewTeam { name }, false).await?;
             println!("created team {} ({}) with its admin {}", created.name, created.team_id, created.admin.id);
@@ -340,6 +461,54 @@ async fn admin(data_dir: &Path, command: AdminCommand) -> Result<(), Error> {
             let team = team(store, &t).await?;
             let revoked = principals::revoke_key(store, &team.id, &id).await?;
             println!("revoked {} ({})", revoked.id, kind_name(revoked.kind));
+        }
+    }
+    Ok(())
+}
+
+async fn secret_keys(store: &dyn Store, key_file: &Path, command: SecretKeyCommand) -> Result<(), Error> {
+    let keys = keyring(key_file)?;
+    // How many stored values each key seals.
+    let mut uses: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for s in store.all_secrets().await? {
+        *uses.entry(Keyring::key_of(&s.sealed).unwrap_or("?").to_owned()).or_default() += 1;
+    }
+    for t in store.teams().await? {
+        for i in store.integrations(&t.id).await? {
+            *uses.entry(Keyring::key_of(&i.secret).unwrap_or("(in the clear)").to_owned()).or_default() += 1;
+        }
+    }
+    match command {
+        SecretKeyCommand::List => {
+            for id in keys.ids() {
+                let current = if id == keys.current_id() { "\tcurrent" } else { "" };
+                println!("{id}\t{} value(s){current}", uses.get(id).copied().unwrap_or(0));
+            }
+        }
+        SecretKeyCommand::Rotate { id } => {
+            if std::env::var("OZ_SECRET_KEY").is_ok() {
+                return Err("the keys come from OZ_SECRET_KEY: rotate by putting a key file in its place".into());
+            }
+            let id = id.unwrap_or_else(|| {
+                (1..).map(|n| format!("k{n}")).find(|k| !keys.ids().contains(&k.as_str())).unwrap_or_default()
+            });
+            let next = keys.rotated(&id)?;
+            next.write_file(key_file, true)?;
+            println!(
+                "{id} is now the current key in {}; restart the server to reseal the stored secrets,",
+                key_file.display()
+            );
+            println!("then `oz-server admin secret-key drop {}` removes the old key", keys.current_id());
+        }
+        SecretKeyCommand::Drop { id } => {
+            if let Some(n) = uses.get(&id).filter(|n| **n > 0) {
+                return Err(format!(
+                    "{n} stored value(s) are still sealed with {id:?}: restart the server to reseal them first"
+                )
+                .into());
+            }
+            keys.without(&id)?.write_file(key_file, true)?;
+            println!("dropped key {id}");
         }
     }
     Ok(())

@@ -5,7 +5,7 @@ use utoipa::Modify;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use crate::api::{admin, callbacks, environments, events, integrations, runs, schedules, workers};
+use crate::api::{admin, callbacks, environments, events, integrations, runs, schedules, secrets, workers};
 
 /// The document.
 #[derive(OpenApi)]
@@ -27,6 +27,7 @@ use crate::api::{admin, callbacks, environments, events, integrations, runs, sch
         workers::list,
         admin::users, admin::create_user, admin::update_user, admin::keys, admin::create_key, admin::rotate_key,
         admin::revoke_key, admin::create_team,
+        secrets::list, secrets::put, secrets::delete,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

@@ -23,4 +23,6 @@ pub struct AppState {
     pub config: Arc<ServerConfig>,
     /// The URL workers and runners use.
     pub public_url: Arc<str>,
+    /// What secrets are sealed with.
+    pub keyring: Arc<crate::vault::Keyring>,
 }

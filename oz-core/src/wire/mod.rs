@@ -5,9 +5,11 @@
 //! - [`problem`]: RFC 7807 problem documents.
 //! - [`callbacks`]: what the in-sandbox runner reports to the control plane (our extension).
 //! - [`admin`]: teams, users, roles and credentials (our extension).
+//! - [`secrets`]: team secrets, write-only (our extension).
 
 pub mod admin;
 pub mod api;
 pub mod callbacks;
 pub mod problem;
+pub mod secrets;
 pub mod worker;

@@ -17,12 +17,14 @@ use crate::error::ApiError;
 use crate::extract::{ApiBytes, ApiJson, ApiPath};
 use crate::state::AppState;
 use crate::store::{IntegrationRecord, StoreError};
+use crate::vault;
 use crate::webhook::{self, REPLAY_WINDOW_SECS, SIGNATURE_HEADER, SignatureError, TIMESTAMP_HEADER};
 
 /// The largest payload put into a prompt, in bytes.
 pub const MAX_PAYLOAD_IN_PROMPT: usize = 64 * 1024;
 
-fn item(state: &AppState, i: IntegrationRecord, with_secret: bool) -> IntegrationItem {
+/// `shown_secret`: the signing secret in the clear, for the one answer that carries it.
+fn item(state: &AppState, i: IntegrationRecord, shown_secret: Option<String>) -> IntegrationItem {
     IntegrationItem {
         webhook_url: format!("{}/api/v1/integrations/{}/webhook", state.public_url, i.id),
         id: i.id,
@@ -31,7 +33,7 @@ fn item(state: &AppState, i: IntegrationRecord, with_secret: bool) -> Integratio
         enabled: i.enabled,
         prompt: i.prompt,
         agent_config: i.agent_config,
-        secret: with_secret.then_some(i.secret),
+        secret: shown_secret,
         created_at: i.created_at,
         updated_at: i.updated_at,
     }
@@ -74,12 +76,15 @@ pub async fn create(
 ) -> Result<Json<IntegrationItem>, ApiError> {
     validate(&state, &req)?;
     let now = Timestamp::now();
+    let id = format!("int_{}", uuid::Uuid::new_v4().simple());
+    let signing_secret = format!("whsec_{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let sealed = state.keyring.seal(&vault::integration_place(&id), &signing_secret).map_err(ApiError::internal)?;
     let record = IntegrationRecord {
-        id: format!("int_{}", uuid::Uuid::new_v4().simple()),
+        id,
         team_id: caller.team_id,
         name: req.name,
         kind: "webhook".into(),
-        secret: format!("whsec_{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple()),
+        secret: sealed,
         enabled: req.enabled.unwrap_or(true),
         prompt: req.prompt,
         agent_config: req.agent_config,
@@ -88,14 +93,14 @@ pub async fn create(
         updated_at: now,
     };
     state.store.insert_integration(&record).await?;
-    Ok(Json(item(&state, record, true)))
+    Ok(Json(item(&state, record, Some(signing_secret))))
 }
 
 /// `GET /integrations`.
 #[utoipa::path(get, path = "/integrations", tag = "integrations", responses((status = 200, body = Object, description = "{\"integrations\": [IntegrationItem]}"), BadRequest, Unauthorized))]
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
     let items: Vec<IntegrationItem> =
-        state.store.integrations(&caller.team_id).await?.into_iter().map(|i| item(&state, i, false)).collect();
+        state.store.integrations(&caller.team_id).await?.into_iter().map(|i| item(&state, i, None)).collect();
     Ok(Json(serde_json::json!({"integrations": items})))
 }
 
@@ -111,7 +116,7 @@ pub async fn get(
         .integration(&caller.team_id, &id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("there is no integration {id:?}")))?;
-    Ok(Json(item(&state, i, false)))
+    Ok(Json(item(&state, i, None)))
 }
 
 /// `PUT /integrations/{id}` (the secret is kept).
@@ -134,7 +139,7 @@ pub async fn update(
     i.enabled = req.enabled.unwrap_or(i.enabled);
     i.updated_at = Timestamp::now();
     state.store.update_integration(&i).await.map_err(not_found(&id))?;
-    Ok(Json(item(&state, i, false)))
+    Ok(Json(item(&state, i, None)))
 }
 
 /// `DELETE /integrations/{id}`.
@@ -162,12 +167,19 @@ pub async fn deliver(
         state.store.integration_by_id(&id).await?.ok_or_else(|| refused("the signature does not match"))?;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let now = Timestamp::now().as_second();
-    webhook::verify(&integration.secret, header(TIMESTAMP_HEADER), header(SIGNATURE_HEADER), &body, now).map_err(
-        |e| match e {
-            SignatureError::Malformed(m) => refused(m),
-            other => refused(&other.to_string()),
-        },
-    )?;
+    let secret = if vault::is_sealed(&integration.secret) {
+        state
+            .keyring
+            .open(&vault::integration_place(&integration.id), &integration.secret)
+            .map_err(ApiError::internal)?
+    } else {
+        secrecy::SecretString::from(integration.secret.clone())
+    };
+    let secret = secrecy::ExposeSecret::expose_secret(&secret);
+    webhook::verify(secret, header(TIMESTAMP_HEADER), header(SIGNATURE_HEADER), &body, now).map_err(|e| match e {
+        SignatureError::Malformed(m) => refused(m),
+        other => refused(&other.to_string()),
+    })?;
     if !integration.enabled {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

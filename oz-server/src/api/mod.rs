@@ -8,6 +8,7 @@ pub mod integrations;
 pub mod runs;
 pub mod schedules;
 pub(crate) mod schema;
+pub mod secrets;
 pub mod workers;
 
 use axum::Router;
@@ -46,6 +47,8 @@ pub fn router(state: AppState) -> Router {
         .route("/integrations/{id}", get(integrations::get).put(integrations::update).delete(integrations::delete))
         .route("/integrations/{id}/webhook", post(integrations::deliver))
         .route("/workers", get(workers::list))
+        .route("/secrets", get(secrets::list))
+        .route("/secrets/{name}", axum::routing::put(secrets::put).delete(secrets::delete))
         .route("/admin/users", get(admin::users).post(admin::create_user))
         .route("/admin/users/{id}", axum::routing::put(admin::update_user))
         .route("/admin/keys", get(admin::keys).post(admin::create_key))

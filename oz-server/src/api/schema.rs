@@ -13,6 +13,7 @@ pub(crate) use oz_core::wire::api::{
 };
 pub(crate) use oz_core::wire::callbacks::RunnerReport;
 pub(crate) use oz_core::wire::problem::Problem;
+pub(crate) use oz_core::wire::secrets::{SecretItem, SecretList, SecretWrite};
 
 // The error responses most handlers share, declared once for their `responses(...)`.
 

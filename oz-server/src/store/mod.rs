@@ -359,9 +359,43 @@ pub trait PrincipalStore: Send + Sync + 'static {
     async fn replace_api_key(&self, old: &str, new: &ApiKeyRecord, at: Timestamp) -> Result<(), StoreError>;
 }
 
+/// A team secret as stored: sealed (`crate::vault`), never in the clear.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretRecord {
+    /// Its team.
+    pub team_id: String,
+    /// Its name.
+    pub name: String,
+    /// The sealed value.
+    pub sealed: String,
+    /// Who set it last.
+    pub updated_by: Option<String>,
+    /// When it was first set.
+    pub created_at: Timestamp,
+    /// When its value last changed.
+    pub updated_at: Timestamp,
+}
+
+/// Team secrets, sealed.
+#[async_trait]
+pub trait SecretStore: Send + Sync + 'static {
+    /// Sets a secret (insert, or a new value keeping its creation time).
+    async fn put_secret(&self, secret: &SecretRecord) -> Result<(), StoreError>;
+    /// A secret of the team.
+    async fn secret(&self, team_id: &str, name: &str) -> Result<Option<SecretRecord>, StoreError>;
+    /// The team's secrets, by name.
+    async fn secrets(&self, team_id: &str) -> Result<Vec<SecretRecord>, StoreError>;
+    /// Every secret of every team (resealing after a key rotation).
+    async fn all_secrets(&self) -> Result<Vec<SecretRecord>, StoreError>;
+    /// Replaces a secret's sealed value with the same value sealed again (times unchanged).
+    async fn reseal_secret(&self, team_id: &str, name: &str, sealed: &str) -> Result<(), StoreError>;
+    /// Deletes a secret (`NotFound` if there is none).
+    async fn delete_secret(&self, team_id: &str, name: &str) -> Result<(), StoreError>;
+}
+
 /// The persistence the server needs.
 #[async_trait]
-pub trait Store: PrincipalStore + ScheduleStore + IntegrationStore {
+pub trait Store: PrincipalStore + SecretStore + ScheduleStore + IntegrationStore {
     /// Stores an environment.
     async fn insert_environment(&self, env: &EnvironmentRecord) -> Result<(), StoreError>;
     /// Replaces an environment's config (team-scoped).
@@ -421,6 +455,9 @@ pub trait Store: PrincipalStore + ScheduleStore + IntegrationStore {
     /// Revokes every token of a run.
     async fn revoke_tokens(&self, run_id: &str) -> Result<(), StoreError>;
 
+    /// Makes overwritten and deleted content leave the database's files (SQLite: a checkpoint that
+    /// empties the write-ahead log, whose old frames would still hold it); after a secret changes.
+    async fn forget_overwritten(&self) -> Result<(), StoreError>;
     /// Periodic upkeep, called off the request path (SQLite: a WAL checkpoint).
     async fn maintenance(&self) -> Result<(), StoreError>;
 }
@@ -530,6 +567,8 @@ pub trait IntegrationStore: Send + Sync + 'static {
     async fn integration_by_id(&self, id: &str) -> Result<Option<IntegrationRecord>, StoreError>;
     /// A team's integrations.
     async fn integrations(&self, team_id: &str) -> Result<Vec<IntegrationRecord>, StoreError>;
+    /// Replaces an integration's stored signing secret (sealing an older clear one, or resealing).
+    async fn reseal_integration_secret(&self, id: &str, sealed: &str) -> Result<(), StoreError>;
     /// Records a delivery's signature; false if that exact delivery was seen before (a replay).
     /// Also forgets deliveries older than `forget_before`.
     async fn record_delivery(

@@ -16,6 +16,7 @@ use super::*;
 
 mod principals;
 mod rows;
+mod secrets;
 
 /// The SQLite store.
 #[derive(Clone, Debug)]
@@ -47,7 +48,10 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Deleted and overwritten content is zeroed, not left in free pages (a value replaced by
+            // its sealed form, a revoked key's row).
+            .pragma("secure_delete", "on");
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options.clone()).await?;
         // The writer never checkpoints on commit (a commit would pay the checkpoint's fsync);
         // `maintenance` checkpoints from a reader connection instead.
@@ -473,6 +477,12 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn forget_overwritten(&self) -> Result<(), StoreError> {
+        // On the writer, so no write of ours is between the checkpoint and the truncation.
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.writer).await?;
+        Ok(())
+    }
+
     async fn revoke_tokens(&self, run_id: &str) -> Result<(), StoreError> {
         sqlx::query("UPDATE workload_tokens SET revoked = 1 WHERE run_id = ?")
             .bind(run_id)
@@ -620,6 +630,15 @@ impl IntegrationStore for SqliteStore {
 
     async fn delete_integration(&self, team_id: &str, id: &str) -> Result<(), StoreError> {
         self.delete_team_row(TeamTable::Integrations, team_id, id).await
+    }
+
+    async fn reseal_integration_secret(&self, id: &str, sealed: &str) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE integrations SET secret = ? WHERE id = ?")
+            .bind(sealed)
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        found(done.rows_affected())
     }
 
     async fn integration(&self, team_id: &str, id: &str) -> Result<Option<IntegrationRecord>, StoreError> {

@@ -6,8 +6,8 @@ use sqlx::FromRow;
 use sqlx::sqlite::SqliteRow;
 
 use crate::store::{
-    ApiKeyRecord, EnvironmentRecord, IntegrationRecord, RunEventRecord, RunRecord, ScheduleRecord, StoreError,
-    TeamRecord, UserRecord, WorkloadTokenRecord,
+    ApiKeyRecord, EnvironmentRecord, IntegrationRecord, RunEventRecord, RunRecord, ScheduleRecord, SecretRecord,
+    StoreError, TeamRecord, UserRecord, WorkloadTokenRecord,
 };
 
 /// A record read through a row of its table.
@@ -327,6 +327,30 @@ impl Stored for ApiKeyRecord {
             created_at: from_micros(r.created_us),
             expires_at: r.expires_us.map(from_micros),
             revoked_at,
+        })
+    }
+}
+
+#[derive(FromRow)]
+pub(super) struct SecretRow {
+    team_id: String,
+    name: String,
+    sealed: String,
+    updated_by: Option<String>,
+    created_us: i64,
+    updated_us: i64,
+}
+
+impl Stored for SecretRecord {
+    type Row = SecretRow;
+    fn from_row(r: SecretRow) -> Result<Self, StoreError> {
+        Ok(SecretRecord {
+            team_id: r.team_id,
+            name: r.name,
+            sealed: r.sealed,
+            updated_by: r.updated_by,
+            created_at: from_micros(r.created_us),
+            updated_at: from_micros(r.updated_us),
         })
     }
 }
