@@ -6,6 +6,7 @@ use std::fmt;
 
 use async_trait::async_trait;
 use jiff::Timestamp;
+use jsonwebtoken::crypto::CryptoProvider;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use oz_core::environment::RepoRef;
 use reqwest::{Method, RequestBuilder};
@@ -113,6 +114,9 @@ impl GitHubAppProviderBuilder {
         if matches!(&self.issuer, AppIssuer::ClientId(id) if id.is_empty()) {
             return Err(CredentialError::config(PROVIDER, "the App's client id or app id is empty"));
         }
+        // jsonwebtoken picks its crypto from its features and panics when it cannot (were another
+        // crate to enable aws_lc_rs too): name ours, as the HTTP client names rustls' ring.
+        let _ = CryptoProvider::install_default(&jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER);
         let key = EncodingKey::from_rsa_pem(self.private_key_pem.expose_secret().as_bytes())
             .map_err(CredentialError::PrivateKey)?;
         sign(&key, &self.issuer, Timestamp::now()).map_err(CredentialError::PrivateKey)?;

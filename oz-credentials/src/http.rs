@@ -117,13 +117,13 @@ impl Api {
             let request = build(self.client.request(call.method.clone(), call.url.clone()));
             let response = request.send().await.map_err(|e| self.transport(call.action, e))?;
             let status = response.status();
-            let body = self.read_body(call.action, response).await?;
+            let mut body = self.read_body(call.action, response).await?;
             if status.is_success() {
-                Ok(body)
-            } else {
-                let answer = ProviderAnswer { status: status.as_u16(), message: answer_message(&body, call.secrets) };
-                Err(CredentialError::Refused { provider: self.provider, action: call.action, answer })
+                return Ok(body);
             }
+            let answer = ProviderAnswer { status: status.as_u16(), message: answer_message(&body, call.secrets) };
+            body.zeroize();
+            Err(CredentialError::Refused { provider: self.provider, action: call.action, answer })
         };
         attempt
             .retry(self.retry.builder())

@@ -3,7 +3,7 @@
 use jiff::Timestamp;
 use oz_credentials::{
     Access, Action, ActsAs, AppIssuer, CredentialError, CredentialRequest, CredentialScope, CredentialStrategy,
-    GitCredentialProvider, GitHubAppProvider, ProviderKind, Revocation, RunIdentity, RunUser,
+    GitCredentialProvider, GitHubAppProvider, GitHubAppProviderBuilder, ProviderKind, Revocation, RunIdentity, RunUser,
 };
 use secrecy::SecretString;
 use serde_json::json;
@@ -24,12 +24,18 @@ async fn fake() -> FakeGitHub {
     fake
 }
 
+/// The App 4242 with the key `pem`, at `api_base`, with quick retries.
+fn builder(api_base: &str, pem: &str) -> GitHubAppProviderBuilder {
+    GitHubAppProvider::builder(AppIssuer::AppId(APP_ID), SecretString::from(pem)).api_base(api_base).http(quick_http())
+}
+
 fn provider(fake: &FakeGitHub, pem: &str) -> GitHubAppProvider {
-    GitHubAppProvider::builder(AppIssuer::AppId(APP_ID), SecretString::from(pem))
-        .api_base(&fake.url)
-        .http(quick_http())
-        .build()
-        .unwrap()
+    builder(&fake.url, pem).build().unwrap()
+}
+
+/// Always the installation `id`, without a lookup.
+fn fixed(fake: &FakeGitHub, pem: &str, id: u64) -> GitHubAppProvider {
+    builder(&fake.url, pem).installation_id(id).build().unwrap()
 }
 
 fn request(repos: &[&str], access: Access) -> CredentialRequest {
@@ -138,11 +144,7 @@ async fn a_jwt_signed_with_another_key_is_refused() {
     assert!(fake.minted().is_empty());
 
     // Also when minting with a fixed installation.
-    let fixed = GitHubAppProvider::builder(AppIssuer::AppId(APP_ID), SecretString::from(OTHER_PRIVATE_PEM))
-        .api_base(&fake.url)
-        .installation_id(77)
-        .build()
-        .unwrap();
+    let fixed = fixed(&fake, OTHER_PRIVATE_PEM, 77);
     let err = fixed.issue(&request(&["acme/api"], Access::Read)).await.unwrap_err();
     assert_eq!(err.status(), Some(401));
     assert!(matches!(err, CredentialError::Refused { action: Action::MintInstallationToken, .. }));
@@ -172,21 +174,13 @@ async fn unknown_installations_and_repositories_are_github_s_errors() {
     assert_eq!(err.status(), Some(404));
 
     // An unknown installation: 404 from the mint.
-    let unknown = GitHubAppProvider::builder(AppIssuer::AppId(APP_ID), SecretString::from(APP_PRIVATE_PEM))
-        .api_base(&fake.url)
-        .installation_id(999)
-        .build()
-        .unwrap();
+    let unknown = fixed(&fake, APP_PRIVATE_PEM, 999);
     let err = unknown.issue(&request(&["acme/api"], Access::Read)).await.unwrap_err();
     assert!(matches!(&err, CredentialError::Refused { action: Action::MintInstallationToken, .. }), "{err:?}");
     assert_eq!(err.status(), Some(404));
 
     // A repository the installation does not have: 422 from the mint.
-    let fixed = GitHubAppProvider::builder(AppIssuer::AppId(APP_ID), SecretString::from(APP_PRIVATE_PEM))
-        .api_base(&fake.url)
-        .installation_id(77)
-        .build()
-        .unwrap();
+    let fixed = fixed(&fake, APP_PRIVATE_PEM, 77);
     let err = fixed.issue(&request(&["acme/api", "acme/nope"], Access::Read)).await.unwrap_err();
     assert_eq!(err.status(), Some(422));
     assert!(shown(&err).contains("not accessible to the parent installation"), "{}", shown(&err));
@@ -253,12 +247,7 @@ async fn a_token_wider_than_asked_is_revoked_and_never_handed_out() {
 #[tokio::test]
 async fn a_mint_is_not_retried_after_a_server_error_but_a_revoke_is() {
     let fake = fake().await;
-    let github = GitHubAppProvider::builder(AppIssuer::AppId(APP_ID), SecretString::from(APP_PRIVATE_PEM))
-        .api_base(&fake.url)
-        .installation_id(77)
-        .http(quick_http())
-        .build()
-        .unwrap();
+    let github = fixed(&fake, APP_PRIVATE_PEM, 77);
 
     fake.fail_next(502);
     let err = github.issue(&request(&["acme/api"], Access::Read)).await.unwrap_err();
@@ -280,11 +269,11 @@ async fn a_mint_is_not_retried_after_a_server_error_but_a_revoke_is() {
 async fn no_error_or_debug_output_shows_a_token_a_jwt_or_the_key() {
     let fake = fake().await;
     let github = provider(&fake, APP_PRIVATE_PEM);
-    let builder = GitHubAppProvider::builder(AppIssuer::AppId(APP_ID), SecretString::from(APP_PRIVATE_PEM));
+    let unbuilt = builder(&fake.url, APP_PRIVATE_PEM);
     let issued = github.issue(&request(&["acme/api"], Access::Read)).await.unwrap();
 
     let mut outputs = vec![
-        format!("{builder:?}"),
+        format!("{unbuilt:?}"),
         format!("{github:?}"),
         format!("{github:#?}"),
         format!("{issued:?}"),
@@ -293,16 +282,8 @@ async fn no_error_or_debug_output_shows_a_token_a_jwt_or_the_key() {
     ];
     let other = provider(&fake, OTHER_PRIVATE_PEM);
     outputs.push(format!("{other:?}"));
-    let fixed = GitHubAppProvider::builder(AppIssuer::AppId(APP_ID), SecretString::from(APP_PRIVATE_PEM))
-        .api_base(&fake.url)
-        .installation_id(77)
-        .build()
-        .unwrap();
-    let closed = GitHubAppProvider::builder(AppIssuer::AppId(APP_ID), SecretString::from(APP_PRIVATE_PEM))
-        .api_base("http://127.0.0.1:9")
-        .http(quick_http())
-        .build()
-        .unwrap();
+    let fixed = fixed(&fake, APP_PRIVATE_PEM, 77);
+    let closed = builder("http://127.0.0.1:9", APP_PRIVATE_PEM).build().unwrap();
     let errors = [
         other.issue(&request(&["acme/api"], Access::Read)).await.unwrap_err(),
         fixed.issue(&request(&["acme/nope"], Access::Read)).await.unwrap_err(),
@@ -310,10 +291,8 @@ async fn no_error_or_debug_output_shows_a_token_a_jwt_or_the_key() {
         github.issue(&request(&["acme/api", "octo/tools"], Access::Read)).await.unwrap_err(),
         closed.issue(&request(&["acme/api"], Access::Read)).await.unwrap_err(),
         closed.revoke(&issued).await.unwrap_err(),
-        GitHubAppProvider::builder(AppIssuer::AppId(APP_ID), SecretString::from(APP_PUBLIC_PEM)).build().unwrap_err(),
-        GitHubAppProvider::builder(AppIssuer::AppId(APP_ID), SecretString::from(&APP_PRIVATE_PEM[..800]))
-            .build()
-            .unwrap_err(),
+        builder(&fake.url, APP_PUBLIC_PEM).build().unwrap_err(),
+        builder(&fake.url, &APP_PRIVATE_PEM[..800]).build().unwrap_err(),
     ];
     assert!(matches!(errors[4], CredentialError::Transport { .. }), "{:?}", errors[4]);
     assert!(matches!(errors[6], CredentialError::PrivateKey(_)), "{:?}", errors[6]);
