@@ -473,6 +473,9 @@ async fn execute(
         });
     }
     driver.emit(TaskEvent::Phase(TaskPhase::Starting)).await;
+    // The secret input (the workload token) goes to the process's stdin, never its environment.
+    let (stdin, delivery) = spec.stdin_and_secret_input()?;
+    env.extend(delivery);
     let limits =
         Limits { max_open_files: config.max_open_files, max_address_space: spec.sandbox.resources.memory_bytes };
     let child = process::spawn(&spec.argv, &env, &cwd, limits)
@@ -480,7 +483,7 @@ async fn execute(
     let started_at = SystemTime::now();
     info!(pid = child.id(), "task started");
     driver.emit(TaskEvent::Phase(TaskPhase::Running)).await;
-    let supervised = supervise(child, spec.stdin.clone(), deadline, driver, &spec.task_id, config.stop_grace, true);
+    let supervised = supervise(child, stdin, deadline, driver, &spec.task_id, config.stop_grace, true);
     let (exit, stop) = supervised.instrument(info_span!("run")).await;
     driver.emit(TaskEvent::Exited(exit)).await;
     let failure = match stop {

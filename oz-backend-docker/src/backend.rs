@@ -199,6 +199,9 @@ impl Backend for DockerBackend {
 
     async fn launch(&self, spec: TaskSpec) -> Result<TaskHandle, BackendError> {
         spec.validate().map_err(|e| BackendError::new(FailureReason::ContainerCreate, e.to_string()))?;
+        let (stdin, _) = spec
+            .stdin_and_secret_input()
+            .map_err(|e| BackendError::new(FailureReason::ContainerCreate, e.to_string()))?;
         let inner = self.inner.clone();
         let (handle, driver) = TaskHandle::channel(spec.task_id.clone());
         let span = tracing::info_span!("docker_task", task_id = %spec.task_id, worker_id = %inner.config.worker_id);
@@ -216,7 +219,7 @@ impl Backend for DockerBackend {
                 let plan = Follow {
                     task_id: spec.task_id.clone(),
                     container,
-                    stdin: spec.stdin.clone(),
+                    stdin,
                     deadline: spec.timeout.map(|t| SystemTime::now() + t),
                     cleanup: spec.cleanup && inner.config.cleanup,
                     stop_grace: inner.config.stop_grace,

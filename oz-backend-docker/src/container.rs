@@ -48,7 +48,12 @@ pub fn container_name(spec: &TaskSpec) -> String {
 
 /// The create request for a task's container.
 pub fn container_body(spec: &TaskSpec, config: &DockerConfig, inputs: &ContainerInputs<'_>) -> ContainerCreateBody {
+    // The secret input (the workload token) arrives on stdin: only the variable saying so is here.
+    let has_stdin = spec.stdin.is_some() || spec.secret_input.is_some();
     let mut env = spec.effective_env();
+    if spec.secret_input.is_some() {
+        env.push((oz_core::runner::env::SECRET_INPUT.to_owned(), oz_core::runner::env::SECRET_INPUT_STDIN.to_owned()));
+    }
     for (name, value) in inputs.configured_env {
         env.retain(|(n, _)| n != name);
         env.push((name.clone(), value.clone()));
@@ -98,11 +103,11 @@ pub fn container_body(spec: &TaskSpec, config: &DockerConfig, inputs: &Container
         working_dir: Some(workdir),
         user: config.user.clone(),
         labels: Some(labels),
-        attach_stdin: Some(spec.stdin.is_some()),
+        attach_stdin: Some(has_stdin),
         attach_stdout: Some(true),
         attach_stderr: Some(true),
-        open_stdin: Some(spec.stdin.is_some()),
-        stdin_once: Some(spec.stdin.is_some()),
+        open_stdin: Some(has_stdin),
+        stdin_once: Some(has_stdin),
         tty: Some(false),
         network_disabled: Some(inputs.network == "none"),
         host_config: Some(HostConfig {

@@ -100,6 +100,19 @@ impl KubernetesBackend {
         Api::namespaced(self.client.clone(), &self.config.namespace)
     }
 
+    fn secrets(&self) -> Api<k8s_openapi::api::core::v1::Secret> {
+        Api::namespaced(self.client.clone(), &self.config.namespace)
+    }
+
+    /// Removes a task's secret input (named like its Job), if it has one.
+    async fn delete_secret_input(&self, name: &str) {
+        match self.secrets().delete(name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => tracing::warn!(secret = name, "could not delete the task's secret input: {e}"),
+        }
+    }
+
     fn events(&self) -> Api<Event> {
         Api::namespaced(self.client.clone(), &self.config.namespace)
     }
@@ -123,6 +136,7 @@ impl KubernetesBackend {
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => tracing::warn!(job = name, "could not delete the Job: {e}"),
         }
+        self.delete_secret_input(name).await;
         if self.config.egress_policy.is_some() {
             match self.policies().delete(name, &DeleteParams::default()).await {
                 Ok(_) => {}
@@ -135,6 +149,8 @@ impl KubernetesBackend {
     /// Follows a task's Job and Pod to the end.
     async fn follow(self, driver: TaskDriver, job: String, task_id: String, cleanup: bool, has_timeout: bool) {
         let (exit, mut failure, started) = self.watch_to_end(&driver, &job, &task_id).await;
+        // The secret input is of no use once the task has ended, whether or not its Job is kept.
+        self.delete_secret_input(&job).await;
         // The deadline came from the task's own timeout: say so in Oz's terms.
         if has_timeout && let Some(f) = failure.as_mut().filter(|f| f.reason == FailureReason::ActiveDeadline) {
             f.reason = FailureReason::TaskTimeout;
@@ -363,7 +379,25 @@ impl Backend for KubernetesBackend {
         let job = manifest::job(&spec, &self.config)
             .map_err(|e| BackendError::new(FailureReason::JobCreate, e.to_string()))?;
         let name = manifest::job_name(&spec);
-        self.jobs().create(&PostParams::default(), &job).await.map_err(|e| {
+        let secret = manifest::secret_input(&spec, &self.config)
+            .map_err(|e| BackendError::new(FailureReason::JobCreate, e.to_string()))?;
+        if let Some(secret) = &secret {
+            self.secrets().create(&PostParams::default(), secret).await.map_err(|e| {
+                let message = match &e {
+                    kube::Error::Api(s) if s.code == 403 => format!(
+                        "not allowed to create Secrets in namespace {} (the Role needs secrets create, for the task's workload token): {}",
+                        self.config.namespace, s.message
+                    ),
+                    other => format!("could not create the task's secret input: {other}"),
+                };
+                BackendError::new(FailureReason::JobCreate, message)
+            })?;
+        }
+        let created = self.jobs().create(&PostParams::default(), &job).await;
+        if created.is_err() && secret.is_some() {
+            self.delete_secret_input(&name).await;
+        }
+        created.map_err(|e| {
             let message = match &e {
                 kube::Error::Api(s) if s.code == 403 => {
                     format!(
@@ -403,6 +437,20 @@ impl Backend for KubernetesBackend {
             .list(&params)
             .await
             .map_err(|e| BackendError::new(FailureReason::JobWatch, format!("could not list Jobs: {e}")))?;
+        // A secret input whose Job was never made (a crash between the two) is removed.
+        let job_names: std::collections::HashSet<String> =
+            jobs.items.iter().filter_map(|j| j.metadata.name.clone()).collect();
+        match self.secrets().list(&params).await {
+            Ok(secrets) => {
+                for name in secrets.items.into_iter().filter_map(|s| s.metadata.name) {
+                    if !job_names.contains(&name) {
+                        tracing::info!(secret = name, "removing a secret input left without its Job");
+                        self.delete_secret_input(&name).await;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("could not list the worker's secret inputs: {e}"),
+        }
         let mut recovered = Vec::new();
         for job in jobs.items {
             let labels = job.metadata.labels.clone().unwrap_or_default();

@@ -24,6 +24,10 @@ pub const TASK_CONTAINER: &str = "task";
 pub const SIDECAR_INIT: &str = "oz-sidecar";
 /// The setup init container's name.
 pub const SETUP_INIT: &str = "setup";
+/// Where the task's secret input is mounted (a Secret volume: in memory on the node).
+pub const SECRET_INPUT_DIR: &str = "/var/run/oz/secret-input";
+/// The secret input's file in [`SECRET_INPUT_DIR`].
+pub const SECRET_INPUT_KEY: &str = "value";
 
 /// The Job's name: `oz-<task>[-<execution>]`, made a valid DNS label (at most 63 characters).
 pub fn job_name(spec: &TaskSpec) -> String {
@@ -83,6 +87,15 @@ pub fn job(spec: &TaskSpec, config: &KubernetesConfig) -> Result<Job, Kubernetes
         task_env.push((entry.name.clone(), value));
     }
     let env: Vec<Value> = task_env.into_iter().map(|(name, value)| json!({"name": name, "value": value})).collect();
+    // The secret input reaches the task container only, as a file of a Secret volume named here by
+    // its Secret's name: the Pod spec never holds the value.
+    let mut task_only_env = env.clone();
+    if spec.secret_input.is_some() {
+        task_only_env.push(json!({
+            "name": oz_core::runner::env::SECRET_INPUT,
+            "value": format!("{SECRET_INPUT_DIR}/{SECRET_INPUT_KEY}"),
+        }));
+    }
     let workdir = match &spec.sandbox.workdir {
         Some(w) => format!("/workspace/{}", w.trim_start_matches("./")),
         None => "/workspace".to_owned(),
@@ -91,14 +104,20 @@ pub fn job(spec: &TaskSpec, config: &KubernetesConfig) -> Result<Job, Kubernetes
         {"name": "workspace", "mountPath": "/workspace"},
         {"name": "agent", "mountPath": "/agent", "readOnly": true},
     ]);
+    let mut task_mounts = mounts.clone();
+    if spec.secret_input.is_some()
+        && let Some(list) = task_mounts.as_array_mut()
+    {
+        list.push(json!({"name": "secret-input", "mountPath": SECRET_INPUT_DIR, "readOnly": true}));
+    }
     let mut task = json!({
         "name": TASK_CONTAINER,
         "image": image,
         "imagePullPolicy": config.image_pull_policy.as_kubernetes(),
         "command": spec.argv,
-        "env": env,
+        "env": task_only_env,
         "workingDir": workdir,
-        "volumeMounts": mounts,
+        "volumeMounts": task_mounts,
         "securityContext": {"allowPrivilegeEscalation": false},
     });
     if let Some(r) = resources(spec) {
@@ -136,11 +155,18 @@ pub fn job(spec: &TaskSpec, config: &KubernetesConfig) -> Result<Job, Kubernetes
     if let Some(limit) = &config.workspace_size_limit {
         workspace["emptyDir"]["sizeLimit"] = json!(limit);
     }
+    let mut volumes = vec![workspace, agent_volume];
+    if spec.secret_input.is_some() {
+        volumes.push(json!({
+            "name": "secret-input",
+            "secret": {"secretName": job_name(spec), "defaultMode": 0o400, "items": [{"key": SECRET_INPUT_KEY, "path": SECRET_INPUT_KEY}]},
+        }));
+    }
     let generated = json!({
         "restartPolicy": "Never",
         "initContainers": init,
         "containers": [task],
-        "volumes": [workspace, agent_volume],
+        "volumes": volumes,
     });
     let pod_spec = match &config.pod_template {
         Some(template) => merge_pod_spec(template, generated)?,
@@ -169,6 +195,23 @@ pub fn job(spec: &TaskSpec, config: &KubernetesConfig) -> Result<Job, Kubernetes
         "spec": job_spec,
     });
     serde_json::from_value(job).map_err(KubernetesError::ManifestShape)
+}
+
+/// The Secret holding a task's secret input (the workload token), named and labelled like its Job,
+/// `None` without one. The backend makes it before the Job and removes it when the task ends.
+pub fn secret_input(
+    spec: &TaskSpec,
+    config: &KubernetesConfig,
+) -> Result<Option<k8s_openapi::api::core::v1::Secret>, KubernetesError> {
+    let Some(input) = &spec.secret_input else { return Ok(None) };
+    let value = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {"name": job_name(spec), "namespace": config.namespace, "labels": job_labels(spec, config)},
+        "stringData": {SECRET_INPUT_KEY: input.expose()},
+    });
+    serde_json::from_value(value).map(Some).map_err(KubernetesError::ManifestShape)
 }
 
 /// The egress NetworkPolicy of a task: its Pod (by task label) may reach DNS and the allowed CIDRs

@@ -249,7 +249,9 @@ async fn the_role_grants_exactly_what_the_backend_uses() {
             .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
             .unwrap()
     };
-    let handle = backend.launch(TaskSpec::new("rbac-1", vec!["true".into()])).await.unwrap();
+    let mut with_token = TaskSpec::new("rbac-1", vec!["true".into()]);
+    with_token.secret_input = Some(oz_core::task::SecretInput::new("ozw_token"));
+    let handle = backend.launch(with_token).await.unwrap();
     let pod = pod_name("rbac-1");
     cluster.set_pod_status("agents", &pod, running.clone());
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -99,6 +99,49 @@ async fn a_task_runs_streams_its_log_live_and_its_job_is_removed() {
 }
 
 /// Runs a task whose Pod gets `status` (after Running, when `run_first`), and returns the outcome.
+/// The workload token reaches the Pod as a file of a Secret volume: neither the Job nor the Pod spec
+/// holds it (searched for its bytes), the task container is told where it is, and the Secret is
+/// removed when the task ends even with cleanup off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_secret_input_is_a_secret_volume_never_in_the_pod_spec() {
+    let (cluster, backend) = setup_with(|c| c.cleanup = false).await;
+    let token = "ozw_0123456789abcdef.never-in-a-pod-spec";
+    let mut task = spec("t-secret");
+    task.secret_input = Some(oz_core::task::SecretInput::new(token));
+    let handle = backend.launch(task).await.unwrap();
+    let pod = pod_of(&cluster, "t-secret").await;
+    let job = cluster.objects(WatchKind::Job, NS)[0].clone();
+    let pod_spec = cluster.objects(WatchKind::Pod, NS)[0].clone();
+    for object in [&job, &pod_spec] {
+        assert!(!object.to_string().contains("never-in-a-pod-spec"), "the token is in the spec: {object}");
+    }
+    let task_container = &pod_spec["spec"]["containers"][0];
+    assert!(
+        task_container["env"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "OZ_SECRET_INPUT", "value": "/var/run/oz/secret-input/value"}))
+    );
+    let volume = pod_spec["spec"]["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "secret-input").unwrap();
+    assert_eq!(volume["secret"]["secretName"], "oz-t-secret");
+    let secrets = cluster.objects(WatchKind::Secret, NS);
+    assert_eq!(secrets.len(), 1);
+    assert_eq!(secrets[0]["metadata"]["labels"]["oz.dev/task-id"], "t-secret");
+    use base64::Engine;
+    let stored =
+        base64::engine::general_purpose::STANDARD.decode(secrets[0]["data"]["value"].as_str().unwrap()).unwrap();
+    assert_eq!(stored, token.as_bytes());
+    cluster.set_pod_status(
+        NS,
+        &pod,
+        json!({"phase": "Succeeded", "containerStatuses": container(json!({"terminated": {"exitCode": 0}}))}),
+    );
+    let (outcome, _) = outcome(handle).await;
+    assert!(outcome.succeeded(), "{outcome:?}");
+    assert_eq!(cluster.objects(WatchKind::Job, NS).len(), 1, "cleanup is off: the Job stays");
+    assert!(cluster.objects(WatchKind::Secret, NS).is_empty(), "the token's Secret went with the task");
+}
+
 async fn failing(id: &str, run_first: bool, status: Value) -> (TaskOutcome, FakeCluster) {
     let (cluster, backend) = setup().await;
     let handle = backend.launch(spec(id)).await.unwrap();

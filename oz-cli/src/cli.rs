@@ -152,8 +152,10 @@ enum AgentCommand {
     EgressProxy(EgressProxyArgs),
     /// Git credential helper used by `oz agent run` (git calls it; people do not).
     GitCredential {
-        /// get, store or erase.
+        /// get, store or erase (git's), or token (prints the token for HOST).
         operation: String,
+        /// With `token`: the host.
+        host: Option<String>,
     },
 }
 
@@ -219,8 +221,8 @@ pub fn main() -> ExitCode {
         Command::Agent { command: AgentCommand::EgressProxy(args) } => {
             exit(oz_runner::egress_proxy_main(args.listen, args.policy()))
         }
-        Command::Agent { command: AgentCommand::GitCredential { operation } } => {
-            exit(oz_runner::credentials::helper_main(&operation))
+        Command::Agent { command: AgentCommand::GitCredential { operation, host } } => {
+            exit(oz_runner::credentials::helper_main(&operation, host.as_deref()))
         }
         Command::Agent { command: AgentCommand::Run { raw } } => exit(oz_runner::run_main(raw)),
     }

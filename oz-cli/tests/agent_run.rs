@@ -284,36 +284,30 @@ fn sigterm_cancels_the_harness_and_its_children() {
     assert!(!alive, "the harness's child survived the cancellation");
 }
 
-/// A loopback control plane: serves the environment and the run, records every report.
-async fn control_plane() -> (String, Arc<Mutex<Vec<(Option<String>, Value)>>>) {
+/// A loopback control plane: serves the run's resolved configuration (`resolved`), records every
+/// report with its `Authorization` header.
+async fn control_plane(resolved: Value) -> (String, Arc<Mutex<Vec<(Option<String>, Value)>>>) {
     use axum::extract::{Path as UrlPath, State};
     use axum::http::HeaderMap;
     use axum::routing::{get, post};
     type Reports = Arc<Mutex<Vec<(Option<String>, Value)>>>;
     let reports: Reports = Arc::default();
     let app = axum::Router::new()
-        .route(
-            "/api/v1/agent/environments",
-            get(|| async {
-                axum::Json(json!({"environments": [{"uid": "env-1", "config": {"name": "remote", "github_repos": [{"owner": "acme", "repo": "app"}], "setup_commands": []}, "setup_failed": false}]}))
-            }),
-        )
-        .route(
-            "/api/v1/agent/runs/{id}",
-            get(|UrlPath(id): UrlPath<String>| async move {
-                axum::Json(json!({"run_id": id, "task_id": id, "title": "t", "state": "INPROGRESS", "prompt": "prompt from the server",
-                    "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"}))
-            }),
-        )
+        .route("/api/v1/agent/runs/{id}/resolved", get(move || async move { axum::Json(resolved) }))
         .route(
             "/api/v1/agent/runs/{id}/report",
-            post(|State(reports): State<Reports>, UrlPath(id): UrlPath<String>, headers: HeaderMap, axum::Json(body): axum::Json<Value>| async move {
-                let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
-                let mut body = body;
-                body["_run"] = json!(id);
-                reports.lock().unwrap().push((auth, body));
-                axum::http::StatusCode::NO_CONTENT
-            }),
+            post(
+                |State(reports): State<Reports>,
+                 UrlPath(id): UrlPath<String>,
+                 headers: HeaderMap,
+                 axum::Json(body): axum::Json<Value>| async move {
+                    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                    let mut body = body;
+                    body["_run"] = json!(id);
+                    reports.lock().unwrap().push((auth, body));
+                    axum::http::StatusCode::NO_CONTENT
+                },
+            ),
         )
         .with_state(reports.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -326,7 +320,11 @@ async fn control_plane() -> (String, Arc<Mutex<Vec<(Option<String>, Value)>>>) {
 async fn a_managed_run_fetches_its_environment_and_prompt_and_reports_to_the_control_plane() {
     const TOKEN: &str = "oz_wl_0123456789abcdefghijklmnop";
     let f = Fixture::new(&[("acme", "app")]);
-    let (url, reports) = control_plane().await;
+    let (url, reports) = control_plane(json!({
+        "prompt": "prompt from the server",
+        "environment": {"name": "remote", "github_repos": [{"owner": "acme", "repo": "app"}], "setup_commands": []},
+    }))
+    .await;
     let work = f.workdir();
     let base = f.base_url();
     let out = tokio::task::spawn_blocking(move || {
@@ -377,6 +375,128 @@ async fn a_managed_run_fetches_its_environment_and_prompt_and_reports_to_the_con
         assert!(!body.to_string().contains(TOKEN));
     }
     assert_eq!(reports.last().unwrap().1["state"], "SUCCEEDED");
+}
+
+const PUSH_TOKEN: &str = "ghs_push_token_abcdef0123456789";
+const PUSH_WORKLOAD_TOKEN: &str = "ozw_push_workload_token_0123456789";
+const PUSH_SECRET: &str = "sekrit-api-value-4242";
+
+/// The harness of the push test: records its environment and its parent's (the runner's), then
+/// commits and pushes.
+const PUSHING_AGENT: &str = r#"set -e
+env > harness-env.txt
+tr '\0' '\n' < /proc/$PPID/environ > runner-environ.txt
+tr '\0' ' ' < /proc/$PPID/cmdline > runner-cmdline.txt
+cd app
+echo "by the agent" >> README.md
+git commit -q -am "agent: change"
+git push -q origin HEAD:refs/heads/agent-change
+echo "pushed with API_SECRET=$API_SECRET""#;
+
+/// A managed run whose workload token arrives one way or another (`delivery`), whose git token
+/// comes from the control plane: neither is in the harness's environment or in the runner's
+/// `/proc/<pid>/environ`, yet the harness's `git push` to an authenticated smart-HTTP server works.
+async fn push_through_the_helper(delivery: &str) {
+    let f = Fixture::new(&[("acme", "app")]);
+    let base = git_http_server(f.root.path().join("git"), "x-access-token", PUSH_TOKEN).await;
+    let host = base.trim_start_matches("http://").trim_end_matches("/git").to_owned();
+    let (url, reports) = control_plane(json!({
+        "prompt": "push something",
+        "environment": {"name": "remote", "github_repos": [{"owner": "acme", "repo": "app"}],
+            "setup_commands": ["env > setup-env.txt"]},
+        "secret_env": {"API_SECRET": PUSH_SECRET},
+        "git_credentials": [{"host": host, "username": "x-access-token", "token": PUSH_TOKEN}],
+    }))
+    .await;
+    let work = f.workdir();
+    let w = work.clone();
+    let on_stdin = delivery == "stdin";
+    let out = tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new(OZ);
+        cmd.args([
+            "agent",
+            "run",
+            "--task-id",
+            "run-push",
+            "--sandboxed",
+            "--server-root-url",
+            &url,
+            "--environment",
+            "env-1",
+            "--git-base-url",
+            &base,
+            "--harness",
+            "command",
+            "--",
+            "/bin/sh",
+            "-c",
+            PUSHING_AGENT,
+        ])
+        .current_dir(&w)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("HOME", &w)
+        .envs(git_identity())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        if on_stdin {
+            cmd.env("OZ_SECRET_INPUT", "stdin");
+        } else {
+            // An older worker: the token in the environment; the runner re-executes without it.
+            cmd.env("OZ_WORKLOAD_TOKEN", PUSH_WORKLOAD_TOKEN);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        if on_stdin {
+            std::io::Write::write_all(&mut stdin, PUSH_WORKLOAD_TOKEN.as_bytes()).unwrap();
+        }
+        drop(stdin);
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("pushed with API_SECRET="), "{stdout}");
+    for file in ["harness-env.txt", "runner-environ.txt", "setup-env.txt"] {
+        let text = std::fs::read_to_string(work.join(file)).unwrap();
+        assert!(!text.is_empty(), "{file} is empty");
+        for secret in [PUSH_TOKEN, PUSH_WORKLOAD_TOKEN] {
+            assert!(!text.contains(secret), "{delivery}: {file} holds a token:\n{text}");
+        }
+    }
+    let parent = std::fs::read_to_string(work.join("runner-cmdline.txt")).unwrap();
+    assert!(parent.contains("agent run --task-id run-push"), "the harness's parent is not the runner: {parent}");
+    // The team secret reaches the setup commands and the harness, as asked.
+    assert!(std::fs::read_to_string(work.join("harness-env.txt")).unwrap().contains(PUSH_SECRET));
+    let pushed = Command::new("git")
+        .args(["log", "-1", "--format=%s", "agent-change"])
+        .current_dir(f.root.path().join("git/acme/app"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&pushed.stdout).trim(), "agent: change", "the push did not land");
+    let config = std::fs::read_to_string(work.join("app/.git/config")).unwrap();
+    assert!(!config.contains(PUSH_TOKEN), "{config}");
+    let reports = reports.lock().unwrap().clone();
+    assert!(reports.iter().any(|(_, b)| b["event"] == "finished"));
+    for (auth, body) in &reports {
+        assert_eq!(auth.as_deref(), Some(format!("Bearer {PUSH_WORKLOAD_TOKEN}").as_str()));
+        let text = body.to_string();
+        for secret in [PUSH_TOKEN, PUSH_WORKLOAD_TOKEN, PUSH_SECRET] {
+            assert!(!text.contains(secret), "a report holds a secret: {text}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_on_stdin_stay_out_of_every_environment_yet_the_agent_can_push() {
+    push_through_the_helper("stdin").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_in_the_environment_is_taken_out_by_re_executing_and_the_agent_can_push() {
+    push_through_the_helper("environment").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -106,6 +106,12 @@ async fn a_bare_busybox_image_still_clones_and_runs_the_harness() {
     let backend = LocalBackend::Docker { sidecar, mounts: vec![] };
     let stack = oz_cli::local::start_with(&dir.path().join("data"), "127.0.0.1:0", OZ.into(), backend).await.unwrap();
     let client = stack.client().unwrap();
+    // The git token and an npm token are team secrets; the git host's provider hands out the first.
+    let npm_token = "npm_docker_e2e_secret_fedcba9876543210";
+    client.secrets().set("git-token", token).await.unwrap();
+    client.secrets().set("npm-token", npm_token).await.unwrap();
+    let provider = oz_core::wire::admin::GitProvider::Static { token_secret: "git-token".into(), username: None };
+    client.git_providers().set(&host, &provider).await.unwrap();
     let mut env = EnvironmentConfig {
         name: "bare".into(),
         docker_image: Some("oz-test/busybox:latest".into()),
@@ -113,10 +119,16 @@ async fn a_bare_busybox_image_still_clones_and_runs_the_harness() {
         ..Default::default()
     };
     env.env_vars.insert("OZ_GIT_BASE_URL".into(), git_base);
-    env.env_vars.insert("OZ_GIT_CREDENTIALS".into(), serde_json::json!([{"host": host, "token": token}]).to_string());
+    env.secrets.insert("NPM_TOKEN".into(), "npm-token".into());
     let env_id = client.environments().create(&env).await.unwrap().uid;
+    // The harness names the variables holding a token in its own and its runner's environment (the
+    // patterns do not match themselves in OZ_HARNESS_COMMAND), then waits a moment so the
+    // test can inspect the running container.
     let script = "set -e; test ! -e /usr/bin/git; test ! -e /etc/ssl/certs/ca-certificates.crt; \
-                  head -1 app/README.md; echo \"in $(pwd) as $(id -u)\"";
+                  head -1 app/README.md; echo \"in $(pwd) as $(id -u)\"; \
+                  echo \"tokens in env: [$(env | grep -e 'oz[w]_' -e 'gh[s]_' | cut -d= -f1 | tr '\\n' ' ')]\"; \
+                  echo \"tokens in the runner's env: [$(tr '\\0' '\\n' < /proc/$PPID/environ | grep -e 'oz[w]_' -e 'gh[s]_' | cut -d= -f1 | tr '\\n' ' ')]\"; \
+                  echo \"npm=$NPM_TOKEN\"; sleep 2";
     let config = AgentConfig {
         worker_host: Some("local".into()),
         environment_id: Some(env_id),
@@ -128,6 +140,17 @@ async fn a_bare_busybox_image_still_clones_and_runs_the_harness() {
         ..Default::default()
     };
     let run = client.runs().create("look around").agent_config(config).send().await.unwrap();
+    let run_id = run.run_id.clone();
+    let inspected = tokio::spawn(async move {
+        for _ in 0..600 {
+            if let Some(name) = containers_of(&run_id).first() {
+                let out = Command::new("docker").args(["inspect", name]).output().unwrap();
+                return String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no container for the run");
+    });
     let events: Vec<_> = tokio::time::timeout(
         Duration::from_secs(120),
         client.runs().events(&run.run_id).map(|e| e.unwrap()).collect::<Vec<_>>(),
@@ -143,7 +166,17 @@ async fn a_bare_busybox_image_still_clones_and_runs_the_harness() {
     assert_eq!(item.state, RunState::Succeeded, "{item:?}\n{output}");
     assert!(output.contains("# app"), "the repo was cloned without git: {output}");
     assert!(output.contains("in /workspace as 0"), "{output}");
-    assert!(events.iter().all(|e| !e.event.to_string().contains(token)), "the token never reaches the transcript");
+    assert!(output.contains("tokens in env: []"), "{output}");
+    assert!(output.contains("tokens in the runner's env: []"), "{output}");
+    assert!(output.contains("npm="), "{output}");
+    for secret in [token, npm_token] {
+        assert!(events.iter().all(|e| !e.event.to_string().contains(secret)), "a secret reached the transcript");
+    }
+    let inspect = inspected.await.unwrap();
+    assert!(inspect.contains("OZ_SECRET_INPUT"), "not the container of the run: {inspect}");
+    for secret in [token, npm_token, "ozw_"] {
+        assert!(!inspect.contains(secret), "docker inspect shows {secret:?}:\n{inspect}");
+    }
     // The run ends when the runner reports; the worker removes the container just after.
     for _ in 0..200 {
         if containers_of(&run.run_id).is_empty() {

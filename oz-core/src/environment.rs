@@ -109,9 +109,15 @@ pub struct EnvironmentConfig {
     /// Shell commands run in order after cloning, before the agent starts.
     #[serde(default)]
     pub setup_commands: Vec<String>,
-    /// Variables added to the agent's environment.
+    /// Variables added to the agent's environment: settings, visible to every member (secrets go in
+    /// [`EnvironmentConfig::secrets`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env_vars: BTreeMap<String, String>,
+    /// Our extension: variables whose values are team secrets, `{"NPM_TOKEN": "npm-token"}` (the
+    /// variable, the secret's name). A run's runner fetches the values with its workload token; they
+    /// never appear in the environment's config, the assignment or the sandbox's spec.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
 }
 
 impl EnvironmentConfig {
@@ -167,6 +173,19 @@ impl EnvironmentConfig {
             validate::env_name("env_vars", name)?;
             validate::env_value(&format!("env_vars.{name}"), value)?;
         }
+        if self.secrets.len() > MAX_ENV_VARS {
+            return Err(Error::invalid(
+                "secrets",
+                format!("has {} entries; the limit is {MAX_ENV_VARS}", self.secrets.len()),
+            ));
+        }
+        for (variable, secret) in &self.secrets {
+            validate::env_name("secrets", variable)?;
+            crate::wire::secrets::validate_secret_name(&format!("secrets.{variable}"), secret)?;
+            if self.env_vars.contains_key(variable) {
+                return Err(Error::invalid(format!("secrets.{variable}"), "is also in env_vars; keep one"));
+            }
+        }
         Ok(())
     }
 }
@@ -183,6 +202,7 @@ mod tests {
             github_repos: vec![RepoRef::new("acme", "api").unwrap(), RepoRef::new("acme", "web.site").unwrap()],
             setup_commands: vec!["make deps".into()],
             env_vars: BTreeMap::from([("RUST_LOG".into(), "info".into())]),
+            secrets: BTreeMap::from([("NPM_TOKEN".into(), "npm-token".into())]),
         }
     }
 

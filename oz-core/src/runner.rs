@@ -44,6 +44,16 @@ pub mod env {
     pub const GIT_TERMINAL_PROMPT: &str = "GIT_TERMINAL_PROMPT";
     /// Set to `1` so `gh` never prompts.
     pub const GH_PROMPT_DISABLED: &str = "GH_PROMPT_DISABLED";
+    /// Where the task's secret input is (`stdin`, or a file's path); see `oz_core::task::SecretInput`.
+    pub const SECRET_INPUT: &str = "OZ_SECRET_INPUT";
+    /// The value of [`SECRET_INPUT`] for stdin.
+    pub const SECRET_INPUT_STDIN: &str = "stdin";
+    /// A pipe the runner re-executes itself with, holding what it took out of its environment.
+    pub const SCRUBBED_FD: &str = "OZ_SCRUBBED_FD";
+    /// GitHub tokens by their usual names: taken as git credentials, never passed on.
+    pub const GITHUB_TOKEN: &str = "GITHUB_TOKEN";
+    /// `gh`'s token variable: never passed on (`gh` gets a token through the runner's helper).
+    pub const GH_TOKEN: &str = "GH_TOKEN";
 }
 
 /// The `oz` subcommand that is the runner.
@@ -266,7 +276,8 @@ pub fn runner_invocation(assignment: &TaskAssignment, options: &CommandOptions) 
 /// The runner's environment for `assignment`, in Oz's order (later entries win): `TASK_ID`,
 /// `GIT_TERMINAL_PROMPT=0`, `GH_PROMPT_DISABLED=1`, `WARP_SERVER_ROOT_URL`, the assignment's
 /// `env_vars`, then `OZ_HARNESS_COMMAND` for the command harness, then the worker's configured
-/// variables. The backend adds its own after these.
+/// variables. The backend adds its own after these. [`task_spec`] then takes the workload token out
+/// of it (into the task's secret input).
 pub fn runner_env(assignment: &TaskAssignment, options: &CommandOptions) -> Vec<(String, String)> {
     let mut vars = vec![
         (env::TASK_ID.to_owned(), assignment.task_id.clone()),
@@ -308,6 +319,12 @@ pub fn task_spec(
         .map_err(|e| BackendError::new(FailureReason::InvalidImage, e.to_string()))?;
     spec.execution_id = assignment.execution_id.clone();
     spec.env = runner_env(assignment, options);
+    // The workload token never goes into the environment: the backend hands it over outside it.
+    if let Some(at) = spec.env.iter().rposition(|(k, _)| k == env::WORKLOAD_TOKEN) {
+        let (_, token) = spec.env.remove(at);
+        spec.env.retain(|(k, _)| k != env::WORKLOAD_TOKEN);
+        spec.secret_input = Some(crate::task::SecretInput::new(token));
+    }
     spec.cleanup = cleanup;
     if let Some(shape) = &assignment.instance_shape {
         spec.sandbox.resources.vcpus = Some(shape.vcpus);
@@ -424,13 +441,16 @@ mod tests {
                 "GIT_TERMINAL_PROMPT",
                 "GH_PROMPT_DISABLED",
                 "WARP_SERVER_ROOT_URL",
-                "OZ_WORKLOAD_TOKEN",
                 "TASK_ID",
                 "OZ_HARNESS_COMMAND",
                 "EXTRA"
             ]
         );
-        assert_eq!(env[6].1, r#"["./agent.sh","--fast"]"#);
+        assert_eq!(env[5].1, r#"["./agent.sh","--fast"]"#);
+        // The workload token is the task's secret input, never in its environment.
+        let spec = task_spec(&a, &options(), true).unwrap();
+        assert_eq!(spec.secret_input.as_ref().map(crate::task::SecretInput::expose), Some("ozw_x"));
+        assert!(!format!("{spec:?}").contains("ozw_x"), "Debug shows the token");
     }
 
     #[test]

@@ -78,6 +78,37 @@ impl EnvEntry {
     }
 }
 
+/// A secret for a task's first process that must not appear in its environment, its argv or the
+/// sandbox's own description (`docker inspect`, the Pod spec): the run's workload token. A backend
+/// delivers it on the process's stdin (Direct, Docker) or in a file of an in-memory volume
+/// (Kubernetes: a Secret object, referenced by name, removed with the task), and tells the process
+/// which in `OZ_SECRET_INPUT` (`stdin`, or the file's path). `Debug` never shows it.
+#[derive(Clone)]
+pub struct SecretInput(secrecy::SecretString);
+
+impl SecretInput {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(secrecy::SecretString::from(value.into()))
+    }
+    /// The value, for the one place that delivers it.
+    pub fn expose(&self) -> &str {
+        secrecy::ExposeSecret::expose_secret(&self.0)
+    }
+}
+
+impl std::fmt::Debug for SecretInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretInput([REDACTED])")
+    }
+}
+
+impl PartialEq for SecretInput {
+    fn eq(&self, other: &Self) -> bool {
+        self.expose() == other.expose()
+    }
+}
+
 /// How much of the machine a task may use.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Resources {
@@ -159,6 +190,8 @@ pub struct TaskSpec {
     pub env: Vec<(String, String)>,
     /// Bytes written to the task's stdin, which is then closed; `None` = an empty stdin.
     pub stdin: Option<Bytes>,
+    /// A secret delivered outside the environment (see [`SecretInput`]); not with `stdin`.
+    pub secret_input: Option<SecretInput>,
     /// Killed (SIGTERM, grace, SIGKILL) and failed with `task_timeout` after this long.
     pub timeout: Option<Duration>,
     /// Remove everything made for the task once it ends (the default); `false` keeps it for debugging.
@@ -175,8 +208,24 @@ impl TaskSpec {
             argv,
             env: Vec::new(),
             stdin: None,
+            secret_input: None,
             timeout: None,
             cleanup: true,
+        }
+    }
+
+    /// What a backend that hands the secret input over on stdin writes there: the secret input, or the
+    /// task's own stdin (a task cannot have both), and the variable that tells the task which.
+    pub fn stdin_and_secret_input(&self) -> Result<(Option<Bytes>, Option<(String, String)>), Error> {
+        match (&self.secret_input, &self.stdin) {
+            (Some(_), Some(_)) => {
+                Err(Error::invalid("stdin", "a task with a secret input takes it on stdin; it cannot have stdin too"))
+            }
+            (Some(secret), None) => Ok((
+                Some(Bytes::copy_from_slice(secret.expose().as_bytes())),
+                Some((crate::runner::env::SECRET_INPUT.to_owned(), crate::runner::env::SECRET_INPUT_STDIN.to_owned())),
+            )),
+            (None, stdin) => Ok((stdin.clone(), None)),
         }
     }
 

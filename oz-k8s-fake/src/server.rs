@@ -38,6 +38,8 @@ pub(crate) fn router(cluster: Arc<Cluster>) -> Router {
             "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/{name}",
             axum::routing::delete(delete_policy),
         )
+        .route("/api/v1/namespaces/{ns}/secrets", get(list_secrets).post(create_secret))
+        .route("/api/v1/namespaces/{ns}/secrets/{name}", get(get_secret).delete(delete_secret))
         .route("/api/v1/namespaces/{ns}/pods/{name}", get(get_pod))
         .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(pod_log))
         .fallback(|uri: Uri| async move { status(404, "NotFound", format!("the fake does not serve {uri}")) })
@@ -185,6 +187,49 @@ async fn delete_policy(
     match cluster.delete(WatchKind::NetworkPolicy, &ns, &name) {
         Some(deleted) => axum::Json(deleted).into_response(),
         None => status(404, "NotFound", format!("networkpolicies {name:?} not found")),
+    }
+}
+
+/// Creates a Secret as the API server does: `stringData` is write-only, folded into `data` (base64).
+async fn create_secret(AxumState(cluster): AxumState<Arc<Cluster>>, Path(ns): Path<String>, body: Bytes) -> Response {
+    use base64::Engine;
+    let Ok(mut secret) = serde_json::from_slice::<Value>(&body) else {
+        return status(400, "BadRequest", "the body is not JSON");
+    };
+    if let Some(Value::Object(plain)) = secret.as_object_mut().and_then(|o| o.remove("stringData")) {
+        let data = secret["data"].as_object().cloned().unwrap_or_default();
+        let mut data = data;
+        for (key, value) in plain {
+            let text = value.as_str().unwrap_or_default();
+            data.insert(key, json!(base64::engine::general_purpose::STANDARD.encode(text)));
+        }
+        secret["data"] = Value::Object(data);
+    }
+    match cluster.create(WatchKind::Secret, &ns, secret) {
+        Ok(created) => (StatusCode::CREATED, axum::Json(created)).into_response(),
+        Err((code, message)) => refused(code, message),
+    }
+}
+
+async fn list_secrets(
+    AxumState(cluster): AxumState<Arc<Cluster>>,
+    Path(ns): Path<String>,
+    Query(p): Params,
+) -> Response {
+    list_response(&cluster, WatchKind::Secret, &ns, &p)
+}
+
+async fn get_secret(AxumState(cluster): AxumState<Arc<Cluster>>, Path((ns, name)): Path<(String, String)>) -> Response {
+    get_object(&cluster, WatchKind::Secret, &ns, &name)
+}
+
+async fn delete_secret(
+    AxumState(cluster): AxumState<Arc<Cluster>>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Response {
+    match cluster.delete(WatchKind::Secret, &ns, &name) {
+        Some(deleted) => axum::Json(deleted).into_response(),
+        None => status(404, "NotFound", format!("secrets {name:?} not found")),
     }
 }
 

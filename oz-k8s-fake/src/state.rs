@@ -16,13 +16,15 @@ pub enum WatchKind {
     Event,
     /// `networking.k8s.io/v1` NetworkPolicy.
     NetworkPolicy,
+    /// `v1` Secret (stored as the API server stores it: `stringData` folded into base64 `data`).
+    Secret,
 }
 
 impl WatchKind {
     pub(crate) fn api_version(self) -> &'static str {
         match self {
             WatchKind::Job => "batch/v1",
-            WatchKind::Pod | WatchKind::Event => "v1",
+            WatchKind::Pod | WatchKind::Event | WatchKind::Secret => "v1",
             WatchKind::NetworkPolicy => "networking.k8s.io/v1",
         }
     }
@@ -32,6 +34,7 @@ impl WatchKind {
             WatchKind::Pod => "Pod",
             WatchKind::Event => "Event",
             WatchKind::NetworkPolicy => "NetworkPolicy",
+            WatchKind::Secret => "Secret",
         }
     }
 }

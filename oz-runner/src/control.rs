@@ -3,8 +3,7 @@
 //! retries suit the runner: reads ride out a restart of the control plane, reports are not sent twice.
 
 use async_trait::async_trait;
-use oz_core::environment::EnvironmentConfig;
-use oz_core::wire::callbacks::RunnerReport;
+use oz_core::wire::callbacks::{ResolvedRun, RunnerReport};
 use oz_sdk::AgentClient;
 use secrecy::SecretString;
 
@@ -31,10 +30,9 @@ pub enum ControlError {
 pub trait ControlPlane: Send + Sync {
     /// Records one event of the run (progress, output, artifacts, the end).
     async fn report(&self, report: &RunnerReport) -> Result<(), ControlError>;
-    /// The environment with this id.
-    async fn environment(&self, id: &str) -> Result<EnvironmentConfig, ControlError>;
-    /// The run's prompt, if the control plane has one.
-    async fn prompt(&self) -> Result<Option<String>, ControlError>;
+    /// What the run needs to start (prompt, environment, secrets, git credentials); `None` without a
+    /// control plane.
+    async fn resolved(&self) -> Result<Option<ResolvedRun>, ControlError>;
     /// Whether reports go anywhere.
     fn is_connected(&self) -> bool {
         true
@@ -50,12 +48,7 @@ impl ControlPlane for Detached {
     async fn report(&self, _report: &RunnerReport) -> Result<(), ControlError> {
         Ok(())
     }
-    async fn environment(&self, id: &str) -> Result<EnvironmentConfig, ControlError> {
-        Err(ControlError::NotFound(format!(
-            "environment {id:?} cannot be fetched without a control plane: pass --server-root-url with OZ_WORKLOAD_TOKEN, or --environment-file"
-        )))
-    }
-    async fn prompt(&self) -> Result<Option<String>, ControlError> {
+    async fn resolved(&self) -> Result<Option<ResolvedRun>, ControlError> {
         Ok(None)
     }
     fn is_connected(&self) -> bool {
@@ -79,14 +72,11 @@ impl ControlPlane for AgentClient {
             .map_err(|source| ControlError::Request { what: "reporting to the control plane", source })
     }
 
-    async fn environment(&self, id: &str) -> Result<EnvironmentConfig, ControlError> {
-        AgentClient::environment(self, id)
+    async fn resolved(&self) -> Result<Option<ResolvedRun>, ControlError> {
+        AgentClient::resolved(self)
             .await
-            .map_err(|source| ControlError::Request { what: "fetching the environment", source })
-    }
-
-    async fn prompt(&self) -> Result<Option<String>, ControlError> {
-        AgentClient::prompt(self).await.map_err(|source| ControlError::Request { what: "fetching the run", source })
+            .map(Some)
+            .map_err(|source| ControlError::Request { what: "fetching the run's configuration", source })
     }
 }
 
@@ -110,10 +100,10 @@ mod tests {
             .build()
             .unwrap();
         let control: &dyn ControlPlane = &control;
-        let error = control.environment("env-1").await.unwrap_err();
+        let error = control.resolved().await.unwrap_err();
         let source = error.source().and_then(|s| s.downcast_ref::<oz_sdk::Error>());
         assert!(matches!(source, Some(oz_sdk::Error::Transport(_))), "{error:?}");
-        assert!(error.to_string().starts_with("fetching the environment: could not reach the API"), "{error}");
+        assert!(error.to_string().starts_with("fetching the run's configuration: could not reach the API"), "{error}");
         let mut shown = format!("{error} {error:?}");
         let mut cause = error.source();
         while let Some(c) = cause {

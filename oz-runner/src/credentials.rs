@@ -134,11 +134,42 @@ impl CredentialServer {
     }
 }
 
+impl CredentialServer {
+    /// With a github.com credential and a `gh` on `path`: a `gh` in this server's private folder that
+    /// asks the helper for the token and runs the real `gh` with it, so `gh` works without `GH_TOKEN`
+    /// in anyone's environment. Returns the `PATH` with that folder first, or `None` (no wrapper).
+    pub fn gh_wrapper(
+        &self,
+        credentials: &[GitCredential],
+        oz_binary: &Path,
+        path: Option<&str>,
+    ) -> std::io::Result<Option<String>> {
+        if !credentials.iter().any(|c| c.host == "github.com") {
+            return Ok(None);
+        }
+        let Some(path) = path else { return Ok(None) };
+        let Some(real) = path.split(':').map(|dir| Path::new(dir).join("gh")).find(|p| p.is_file()) else {
+            return Ok(None);
+        };
+        let quote = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', "'\\''"));
+        let bin = self.dir.join("bin");
+        std::fs::DirBuilder::new().mode(0o700).create(&bin)?;
+        let script = format!(
+            "#!/bin/sh\n# gh with the run's token, from the runner's credential helper (never in the environment).\nGH_TOKEN=\"$({} agent git-credential token github.com)\" || exit 1\nexport GH_TOKEN\nexec {} \"$@\"\n",
+            quote(oz_binary),
+            quote(&real)
+        );
+        let wrapper = bin.join("gh");
+        std::fs::write(&wrapper, script)?;
+        std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        Ok(Some(format!("{}:{path}", bin.display())))
+    }
+}
+
 impl Drop for CredentialServer {
     fn drop(&mut self) {
         self.task.abort();
-        let _ = std::fs::remove_file(&self.socket);
-        let _ = std::fs::remove_dir(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -174,7 +205,24 @@ fn answer(credentials: &[GitCredential], ask: &Ask) -> Answer {
 
 /// `oz agent git-credential <get|store|erase>`: git's credential-helper protocol. `get` asks the
 /// runner's socket; `store` and `erase` do nothing (the runner owns the credentials).
-pub fn helper_main(operation: &str) -> i32 {
+/// `oz agent git-credential token <host>` prints the https token for `host` (the `gh` wrapper's).
+pub fn helper_main(operation: &str, host: Option<&str>) -> i32 {
+    if operation == "token" {
+        let Some(host) = host else {
+            eprintln!("oz agent git-credential token: name the host (github.com)");
+            return 2;
+        };
+        return match ask_socket(Ask { host: host.to_owned(), protocol: "https".into() }) {
+            Some(Answer { password: Some(p), .. }) => {
+                let _ = writeln!(std::io::stdout().lock(), "{p}");
+                0
+            }
+            _ => {
+                eprintln!("oz agent git-credential token: the runner has no credential for {host}");
+                1
+            }
+        };
+    }
     if operation != "get" {
         return 0;
     }
@@ -192,30 +240,22 @@ pub fn helper_main(operation: &str) -> i32 {
             }
         }
     }
-    let Some(socket) = std::env::var_os(env::GIT_CREDENTIAL_SOCKET) else {
-        return 0;
-    };
-    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
-        return 0;
-    };
-    let Ok(ask) = serde_json::to_string(&Ask { host, protocol }) else {
-        return 0;
-    };
-    if stream.write_all(format!("{ask}\n").as_bytes()).is_err() {
-        return 0;
-    }
-    let mut line = String::new();
-    if std::io::BufReader::new(stream).read_line(&mut line).is_err() {
-        return 0;
-    }
-    let Ok(answer) = serde_json::from_str::<Answer>(&line) else {
-        return 0;
-    };
-    if let (Some(u), Some(p)) = (answer.username, answer.password) {
+    if let Some(Answer { username: Some(u), password: Some(p) }) = ask_socket(Ask { host, protocol }) {
         let mut out = std::io::stdout().lock();
         let _ = write!(out, "username={u}\npassword={p}\n");
     }
     0
+}
+
+/// Asks the runner's credential socket (`OZ_GIT_CREDENTIAL_SOCKET`).
+fn ask_socket(ask: Ask) -> Option<Answer> {
+    let socket = std::env::var_os(env::GIT_CREDENTIAL_SOCKET)?;
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).ok()?;
+    let ask = serde_json::to_string(&ask).ok()?;
+    stream.write_all(format!("{ask}\n").as_bytes()).ok()?;
+    let mut line = String::new();
+    std::io::BufReader::new(stream).read_line(&mut line).ok()?;
+    serde_json::from_str::<Answer>(&line).ok()
 }
 
 #[cfg(test)]

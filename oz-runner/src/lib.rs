@@ -19,6 +19,7 @@ pub mod control;
 pub mod credentials;
 pub mod egress_proxy;
 pub mod exec;
+pub mod handover;
 pub mod harness;
 pub mod log;
 pub mod run;
@@ -43,6 +44,18 @@ pub fn run_main(raw: Vec<String>) -> i32 {
             return run::EXIT_USAGE;
         }
     };
+    // The run's secrets live in memory only: out of this process's environment, before anything runs.
+    if let Err(e) = handover::reexec_without_secrets() {
+        eprintln!("oz: {e}");
+        return run::EXIT_USAGE;
+    }
+    let held = match handover::take() {
+        Ok(held) => held,
+        Err(e) => {
+            eprintln!("oz: {e}");
+            return run::EXIT_USAGE;
+        }
+    };
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(r) => r,
@@ -62,7 +75,9 @@ pub fn run_main(raw: Vec<String>) -> i32 {
             let _ = cancel_tx.send(true);
         });
         let oz_binary = std::env::current_exe().unwrap_or_else(|_| "oz".into());
-        let ctx = run::Context { env: std::env::vars().collect(), control: None, oz_binary, cancel: cancel_rx };
+        let mut env: Vec<(String, String)> = std::env::vars().collect();
+        env.extend(held);
+        let ctx = run::Context { env, control: None, oz_binary, cancel: cancel_rx };
         run::run(parsed, warnings, ctx).await
     })
 }

@@ -21,6 +21,7 @@ use crate::credentials::{self, CredentialServer};
 use crate::exec;
 use crate::harness::Harness;
 use crate::log::EventLog;
+use oz_core::credentials::GitCredential;
 use oz_core::runner::{HarnessKind, UnknownHarness, env};
 
 /// Exit status for bad input.
@@ -32,8 +33,17 @@ pub const EXIT_SETUP: i32 = 4;
 /// Exit status when the run was cancelled.
 pub const EXIT_CANCELLED: i32 = 130;
 
-/// Variables never passed on to setup commands or the harness.
-const WITHHELD: [&str; 2] = [env::WORKLOAD_TOKEN, env::GIT_CREDENTIALS];
+/// Variables never passed on to setup commands or the harness, wherever they come from (the
+/// process, the environment's variables, its secrets): the workload token, and git tokens, which
+/// reach git and `gh` only through the credential helper.
+const WITHHELD: [&str; 6] = [
+    env::WORKLOAD_TOKEN,
+    env::GIT_CREDENTIALS,
+    env::GITHUB_TOKEN,
+    env::GH_TOKEN,
+    env::SECRET_INPUT,
+    crate::handover::HANDOVER,
+];
 
 /// Whether a variable's name says it holds a secret (its value is then masked in all output): one of
 /// its `_`-separated words is TOKEN, SECRET, PASSWORD, ... or it ends in `_KEY` (`API_KEY`,
@@ -78,19 +88,6 @@ impl Context {
 pub async fn run(args: RunArgs, warnings: Vec<String>, ctx: Context) -> i32 {
     crate::install_crypto_provider();
     let token = ctx.var(env::WORKLOAD_TOKEN).filter(|t| !t.is_empty());
-    let git_credentials = match credentials::from_env(|k| ctx.var(k)) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("oz: {e}");
-            return EXIT_USAGE;
-        }
-    };
-    // Every secret we know of is masked from the first byte of output.
-    let mut secrets: Vec<String> = git_credentials.iter().map(|c| c.expose().to_owned()).collect();
-    secrets.extend(token.clone());
-    secrets.extend(ctx.env.iter().filter(|(k, _)| looks_secret(k)).map(|(_, v)| v.clone()));
-    let redactor = Redactor::new(secrets.iter().map(String::as_bytes));
-
     let control: Arc<dyn ControlPlane> = match (&ctx.control, &args.server_root_url, &args.task_id, &token) {
         (Some(c), ..) => c.clone(),
         (None, Some(url), Some(task_id), Some(token)) => {
@@ -104,17 +101,30 @@ pub async fn run(args: RunArgs, warnings: Vec<String>, ctx: Context) -> i32 {
         }
         _ => Arc::new(Detached),
     };
+    // What the run needs is gathered before anything is printed, so that every secret in it is
+    // masked from the first byte of output.
+    let start = gather(&args, &ctx, control.as_ref()).await;
+    let mut secrets: Vec<String> = token.iter().cloned().collect();
+    secrets.extend(ctx.env.iter().filter(|(k, _)| looks_secret(k)).map(|(_, v)| v.clone()));
+    if let Ok(start) = &start {
+        secrets.extend(start.secrets());
+    }
+    let redactor = Redactor::new(secrets.iter().map(String::as_bytes));
     let log = EventLog::new(args.output_format, control.clone(), redactor);
     log.emit(RunnerEvent::Started { version: env!("CARGO_PKG_VERSION").into() }).await;
     for w in &warnings {
         log.note(w);
     }
     if !control.is_connected() && (args.server_root_url.is_some() || args.task_id.is_some()) && ctx.control.is_none() {
-        log.note("running unmanaged: reporting needs --server-root-url, --task-id and OZ_WORKLOAD_TOKEN");
+        log.note("running unmanaged: reporting needs --server-root-url, --task-id and a workload token");
     }
 
     let span = info_span!("agent_run", task_id = args.task_id.as_deref().unwrap_or("unmanaged"));
-    match prepare_and_run(&args, &ctx, &log, control.as_ref(), git_credentials).instrument(span).await {
+    let outcome = match start {
+        Ok(start) => prepare_and_run(&args, &ctx, &log, start).instrument(span).await,
+        Err(failure) => Err(failure),
+    };
+    match outcome {
         Ok(code) => code,
         Err((code, message)) => {
             let state = if code == EXIT_CANCELLED { RunState::Cancelled } else { RunState::Failed };
@@ -126,30 +136,94 @@ pub async fn run(args: RunArgs, warnings: Vec<String>, ctx: Context) -> i32 {
 
 type Failure = (i32, String);
 
-async fn load_environment(args: &RunArgs, control: &dyn ControlPlane) -> Result<EnvironmentConfig, Failure> {
-    let env = if let Some(path) = &args.environment_file {
+/// What a run starts from: its environment, its prompt (when the control plane has one), the
+/// variables whose values are secrets, and the git credentials for the credential helper.
+struct Start {
+    environment: EnvironmentConfig,
+    prompt: Option<String>,
+    secret_env: Vec<(String, String)>,
+    git_credentials: Vec<GitCredential>,
+}
+
+impl Start {
+    /// Every secret value it holds (for the redactor).
+    fn secrets(&self) -> Vec<String> {
+        let mut secrets: Vec<String> = self.git_credentials.iter().map(|c| c.expose().to_owned()).collect();
+        secrets.extend(self.secret_env.iter().map(|(_, v)| v.clone()));
+        secrets.extend(self.environment.env_vars.iter().filter(|(k, _)| looks_secret(k)).map(|(_, v)| v.clone()));
+        secrets
+    }
+}
+
+/// Fetches the run's configuration from the control plane (if any) and reads the environment file
+/// (if given), then collects the git credentials: the control plane's first, then the ones named in
+/// `OZ_GIT_CREDENTIALS` or `GITHUB_TOKEN`/`GH_TOKEN`, from the secrets, the environment's variables
+/// or the process.
+async fn gather(args: &RunArgs, ctx: &Context, control: &dyn ControlPlane) -> Result<Start, Failure> {
+    // Without the run's configuration a run can still go ahead when its command line says all it
+    // needs (a prompt, no environment to fetch): reports are best-effort in the same way.
+    let self_sufficient = (args.prompt.is_some() || ctx.var(env::PROMPT).is_some()) && args.environment.is_none();
+    let resolved = match control.resolved().await {
+        Ok(resolved) => resolved,
+        Err(e) if self_sufficient => {
+            eprintln!("oz agent run: {}; going on with the command line's prompt", oz_core::error::error_chain(&e));
+            None
+        }
+        Err(e) => return Err((EXIT_USAGE, oz_core::error::error_chain(&e))),
+    };
+    let (environment, prompt, secret_env, mut git_credentials) = match resolved {
+        Some(r) => (
+            r.environment,
+            Some(r.prompt).filter(|p| !p.is_empty()),
+            r.secret_env.into_iter().collect::<Vec<_>>(),
+            r.git_credentials.iter().map(|c| c.to_credential()).collect::<Vec<_>>(),
+        ),
+        None => (None, None, Vec::new(), Vec::new()),
+    };
+    let environment = if let Some(path) = &args.environment_file {
         let text = std::fs::read_to_string(path)
             .map_err(|e| (EXIT_USAGE, format!("could not read {}: {e}", path.display())))?;
         serde_json::from_str::<EnvironmentConfig>(&text)
             .map_err(|e| (EXIT_USAGE, format!("{} is not a valid environment: {e}", path.display())))?
     } else if let Some(id) = &args.environment {
-        control.environment(id).await.map_err(|e| (EXIT_USAGE, oz_core::error::error_chain(&e)))?
+        match environment {
+            Some(environment) => environment,
+            None if control.is_connected() => {
+                return Err((EXIT_USAGE, format!("the control plane has no environment {id:?} for this run")));
+            }
+            None => {
+                return Err((
+                    EXIT_USAGE,
+                    format!(
+                        "environment {id:?} cannot be fetched without a control plane: pass --server-root-url with a workload token, or --environment-file"
+                    ),
+                ));
+            }
+        }
     } else {
-        EnvironmentConfig { name: "none".into(), ..Default::default() }
+        environment.unwrap_or_else(|| EnvironmentConfig { name: "none".into(), ..Default::default() })
     };
-    env.validate().map_err(|e| (EXIT_USAGE, format!("the environment is invalid: {e}")))?;
-    Ok(env)
+    environment.validate().map_err(|e| (EXIT_USAGE, format!("the environment is invalid: {e}")))?;
+    let lookup = |name: &str| {
+        secret_env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .or_else(|| environment.env_vars.get(name).cloned())
+            .or_else(|| ctx.var(name))
+    };
+    for credential in credentials::from_env(lookup).map_err(|e| (EXIT_USAGE, e))? {
+        if !git_credentials.iter().any(|c| c.host == credential.host) {
+            git_credentials.push(credential);
+        }
+    }
+    Ok(Start { environment, prompt, secret_env, git_credentials })
 }
 
-async fn prepare_and_run(
-    args: &RunArgs,
-    ctx: &Context,
-    log: &Arc<EventLog>,
-    control: &dyn ControlPlane,
-    git_credentials: Vec<oz_core::credentials::GitCredential>,
-) -> Result<i32, Failure> {
+async fn prepare_and_run(args: &RunArgs, ctx: &Context, log: &Arc<EventLog>, start: Start) -> Result<i32, Failure> {
     clone::validate_base_url(&args.git_base_url).map_err(|e| (EXIT_USAGE, e))?;
-    let environment = load_environment(args, control).await?;
+    let Start { environment, prompt: resolved_prompt, secret_env, git_credentials } = start;
     let kind: HarnessKind = args.harness.parse().map_err(|e: UnknownHarness| (EXIT_USAGE, e.to_string()))?;
     let default_kind = ctx.var(env::DEFAULT_HARNESS).and_then(|k| k.parse().ok());
     let command = if args.command.is_empty() {
@@ -162,10 +236,7 @@ async fn prepare_and_run(
         args.command.clone()
     };
     let harness = Harness::resolve(kind, command, default_kind).map_err(|e| (EXIT_USAGE, e))?;
-    let prompt = match args.prompt.clone().or_else(|| ctx.var(env::PROMPT)) {
-        Some(p) => p,
-        None => control.prompt().await.map_err(|e| (EXIT_USAGE, oz_core::error::error_chain(&e)))?.unwrap_or_default(),
-    };
+    let prompt = args.prompt.clone().or_else(|| ctx.var(env::PROMPT)).or(resolved_prompt).unwrap_or_default();
 
     let workdir = match &args.workdir {
         Some(w) => {
@@ -188,23 +259,28 @@ async fn prepare_and_run(
     // variables, the credential helper, and what the harness needs to know.
     let mut child_env: Vec<(String, String)> =
         ctx.env.iter().filter(|(k, _)| !WITHHELD.contains(&k.as_str())).cloned().collect();
-    let mut set = |k: &str, v: String| {
-        child_env.retain(|(name, _)| name != k);
-        child_env.push((k.to_owned(), v));
-    };
-    for (k, v) in &environment.env_vars {
-        set(k, v.clone());
+    for (k, v) in environment.env_vars.iter().chain(secret_env.iter().map(|(k, v)| (k, v))) {
+        set_var(&mut child_env, k, v.clone());
     }
+    // Whatever the environment's variables or secrets said, no token goes to a child.
+    child_env.retain(|(name, _)| !WITHHELD.contains(&name.as_str()));
     for (k, v) in credential_server.git_env(&ctx.oz_binary) {
-        set(&k, v);
+        set_var(&mut child_env, &k, v);
     }
-    set(env::PROMPT, prompt.clone());
-    set(env::ARTIFACTS_FILE, artifacts_file.display().to_string());
+    let path_now = child_env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone());
+    if let Some(path) = credential_server
+        .gh_wrapper(&git_credentials, &ctx.oz_binary, path_now.as_deref())
+        .map_err(|e| (EXIT_USAGE, format!("could not set up gh's credentials: {e}")))?
+    {
+        set_var(&mut child_env, "PATH", path);
+    }
+    set_var(&mut child_env, env::PROMPT, prompt.clone());
+    set_var(&mut child_env, env::ARTIFACTS_FILE, artifacts_file.display().to_string());
     if let Some(task_id) = &args.task_id {
-        set(env::RUN_ID, task_id.clone());
+        set_var(&mut child_env, env::RUN_ID, task_id.clone());
     }
     if let Some(mcp) = &args.mcp {
-        set(env::MCP_SERVERS, mcp.clone());
+        set_var(&mut child_env, env::MCP_SERVERS, mcp.clone());
     }
 
     // Clone.
@@ -295,6 +371,12 @@ async fn prepare_and_run(
     };
     log.emit(RunnerEvent::Finished { state, exit_code: Some(ended.code), message }).await;
     Ok(code)
+}
+
+/// Sets `name` in `env`, replacing any earlier value.
+fn set_var(env: &mut Vec<(String, String)>, name: &str, value: String) {
+    env.retain(|(k, _)| k != name);
+    env.push((name.to_owned(), value));
 }
 
 fn check_cancel(cancel: &watch::Receiver<bool>) -> Result<(), Failure> {

@@ -7,7 +7,7 @@ use oz_core::environment::EnvironmentConfig;
 use oz_core::failure::ErrorCode;
 use oz_core::retry::RetryPolicy;
 use oz_core::wire::api::{EnvironmentList, RunItem};
-use oz_core::wire::callbacks::{RunnerReport, report_path};
+use oz_core::wire::callbacks::{ResolvedRun, RunnerReport, report_path, resolved_path};
 use oz_core::wire::problem::Problem;
 use reqwest::Method;
 use secrecy::SecretString;
@@ -127,6 +127,13 @@ impl AgentClient {
             let detail = format!("the control plane has no environment {id:?} for this run");
             Error::Api(Box::new(Problem::new(404, ErrorCode::ResourceNotFound, detail)))
         })
+    }
+
+    /// What the runner needs to start (`GET /agent/runs/{id}/resolved`): the prompt, the environment,
+    /// the secrets the run references and its git credentials. The control plane answers it until
+    /// the runner reports that the harness started.
+    pub async fn resolved(&self) -> Result<ResolvedRun> {
+        self.read(&resolved_path(&seg(&self.run_id))).await
     }
 
     /// The run's prompt (`GET /agent/runs/{id}`); an empty one is `None`.

@@ -32,6 +32,7 @@ mod http;
 mod integrations;
 mod runs;
 mod schedules;
+mod secrets;
 mod workers;
 
 pub use agent::{AgentClient, AgentClientBuilder};
@@ -42,4 +43,5 @@ pub use integrations::{CreateIntegration, IntegrationsHandler};
 pub use oz_core::wire;
 pub use runs::{CreateRun, ListRuns, RunsHandler};
 pub use schedules::{CreateSchedule, SchedulesHandler};
+pub use secrets::{GitProvidersHandler, SecretsHandler};
 pub use workers::{Worker, WorkersHandler};

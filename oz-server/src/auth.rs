@@ -64,6 +64,8 @@ pub struct WorkerCredential {
 /// A runner authenticated with its run's workload token: good for that run only.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunToken {
+    /// The token's public id.
+    pub token_id: String,
     /// The one run it may touch.
     pub run_id: String,
     /// The run's team.
@@ -149,7 +151,7 @@ async fn run_token_from(state: &AppState, token: &str) -> Result<RunToken, ApiEr
     if Timestamp::now() >= record.expires_at {
         return Err(ApiError::unauthenticated("the workload token has expired"));
     }
-    Ok(RunToken { run_id: record.run_id, team_id: record.team_id })
+    Ok(RunToken { token_id: record.id, run_id: record.run_id, team_id: record.team_id })
 }
 
 impl FromRequestParts<AppState> for Caller {

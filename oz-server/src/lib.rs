@@ -22,6 +22,7 @@ pub mod creation;
 pub mod dispatch;
 pub mod error;
 pub mod extract;
+pub mod git_credentials;
 pub mod hub;
 pub mod lifecycle;
 pub mod metrics;

@@ -1,6 +1,6 @@
 //! The one place a run's state changes: the oz-core state machine checks the move, the store applies
 //! it only if nobody changed the run meanwhile, the change is recorded as an event (stored and
-//! published live), and a run that ends has its workload tokens revoked.
+//! published live), and a run that ends has its workload tokens and git credentials revoked.
 
 use std::sync::Arc;
 
@@ -10,6 +10,7 @@ use oz_core::wire::api::RunItem;
 use serde_json::json;
 
 use crate::error::ApiError;
+use crate::git_credentials::GitCredentialBroker;
 use crate::hub::EventHub;
 use crate::metrics::ServerMetrics;
 use crate::store::{RunEventRecord, RunRecord, StateChange, Store, StoreError};
@@ -24,6 +25,8 @@ pub struct Lifecycle {
     /// of the run gets a sequence number between them (a runner's report cannot precede the state
     /// change that a reader already saw).
     stripes: Arc<[tokio::sync::Mutex<()>]>,
+    /// The git credentials runs were issued, revoked when they end.
+    credentials: GitCredentialBroker,
 }
 
 const STRIPES: usize = 64;
@@ -32,7 +35,18 @@ impl Lifecycle {
     /// Over a store and a hub.
     pub fn new(store: Arc<dyn Store>, hub: EventHub) -> Self {
         let stripes: Vec<tokio::sync::Mutex<()>> = (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
-        Self { store, hub, metrics: ServerMetrics::default(), stripes: stripes.into() }
+        Self {
+            store,
+            hub,
+            metrics: ServerMetrics::default(),
+            stripes: stripes.into(),
+            credentials: GitCredentialBroker::default(),
+        }
+    }
+
+    /// The git credentials runs hold.
+    pub fn credentials(&self) -> &GitCredentialBroker {
+        &self.credentials
     }
 
     /// The server's metrics (state changes are counted here).
@@ -63,6 +77,10 @@ impl Lifecycle {
         self.append(run_id, now, body).await?;
         if run.state.is_terminal() {
             self.store.revoke_tokens(run_id).await?;
+            // The provider is asked off the request path; a failure is logged.
+            let credentials = self.credentials.clone();
+            let ended = run_id.to_owned();
+            tokio::spawn(async move { credentials.revoke(&ended).await });
         }
         let age = std::time::Duration::try_from(now.duration_since(run.created_at)).unwrap_or_default();
         self.metrics.state_changed(run.state, age);

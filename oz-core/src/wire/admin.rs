@@ -232,6 +232,71 @@ pub struct TeamCreated {
     pub key: KeyCreated,
 }
 
+/// How a team's runs get git credentials for one git host (`PUT /admin/git-providers/{host}`):
+/// minted per run, scoped to the run's repositories and revoked when it ends (GitHub App, GitLab), or
+/// a team secret used as is (static, the weakest). Secrets are named, never given here.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum GitProvider {
+    /// A GitHub App: an installation token per run, for exactly the run's repositories.
+    GithubApp {
+        /// The App's client id (`Iv1...`) or numeric app id.
+        app: String,
+        /// The team secret holding the App's private key (PEM).
+        private_key_secret: String,
+        /// The installation to use; default: the one installed on the repositories' owner.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        installation_id: Option<u64>,
+        /// The API root (default `https://api.github.com`; GitHub Enterprise: `https://host/api/v3`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        api_url: Option<String>,
+    },
+    /// GitLab: a project access token per run.
+    Gitlab {
+        /// The instance (`https://gitlab.com`).
+        url: String,
+        /// The team secret holding a token that may create project access tokens.
+        token_secret: String,
+    },
+    /// A team secret (a personal access token) used as is: not scoped, not revoked by us.
+    Static {
+        /// The team secret holding the token.
+        token_secret: String,
+        /// The user name git presents (default `x-access-token`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        username: Option<String>,
+    },
+}
+
+impl GitProvider {
+    /// The team secrets it names.
+    pub fn secret_names(&self) -> Vec<&str> {
+        match self {
+            GitProvider::GithubApp { private_key_secret, .. } => vec![private_key_secret],
+            GitProvider::Gitlab { token_secret, .. } | GitProvider::Static { token_secret, .. } => vec![token_secret],
+        }
+    }
+}
+
+/// A configured git provider.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitProviderItem {
+    /// The git host it serves (`github.com`, `gitlab.example.com:8443`).
+    pub host: String,
+    /// How.
+    pub provider: GitProvider,
+}
+
+/// `{"git_providers": [...]}`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitProviderList {
+    /// The team's providers, by host.
+    pub git_providers: Vec<GitProviderItem>,
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -13,6 +13,63 @@ pub fn report_path(run_id: &str) -> String {
     format!("/agent/runs/{run_id}/report")
 }
 
+/// The path, under `/api/v1`, of a run's resolved configuration (its workload token only, once).
+pub fn resolved_path(run_id: &str) -> String {
+    format!("/agent/runs/{run_id}/resolved")
+}
+
+/// What a runner needs to start, fetched once with its run's workload token: the prompt, the
+/// environment, the values of the secrets the run references (by the variable they go into), and
+/// short-lived git credentials for the environment's repositories. `Debug` shows no value.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResolvedRun {
+    /// The run's prompt.
+    pub prompt: String,
+    /// The run's environment, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<crate::environment::EnvironmentConfig>,
+    /// Variables for setup commands and the harness whose values are team secrets.
+    #[serde(default)]
+    pub secret_env: std::collections::BTreeMap<String, String>,
+    /// For the runner's git credential helper only (never the environment).
+    #[serde(default)]
+    pub git_credentials: Vec<ResolvedGitCredential>,
+}
+
+impl std::fmt::Debug for ResolvedRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResolvedRun")
+            .field("prompt", &self.prompt)
+            .field("environment", &self.environment)
+            .field("secret_env", &self.secret_env.keys().collect::<Vec<_>>())
+            .field("git_credentials", &self.git_credentials.iter().map(|c| &c.host).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// A git credential in a [`ResolvedRun`].
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedGitCredential {
+    /// The host it is for.
+    pub host: String,
+    /// The user name git presents.
+    pub username: String,
+    /// The token.
+    pub token: String,
+    /// When it stops working.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+}
+
+impl ResolvedGitCredential {
+    /// As the runner's credential type.
+    pub fn to_credential(&self) -> crate::credentials::GitCredential {
+        crate::credentials::GitCredential::new(&self.host, &self.username, &self.token, self.expires_at)
+    }
+}
+
 /// One report from the runner.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -103,3 +103,55 @@ pub async fn create_team(
     }
     Ok(Json(principals::create_team(state.store.as_ref(), &new, false).await?))
 }
+
+/// `GET /admin/git-providers`: how the team's runs get git credentials, per host.
+#[utoipa::path(get, path = "/admin/git-providers", tag = "admin", responses((status = 200, body = GitProviderList), Unauthorized, Forbidden))]
+pub async fn git_providers(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+) -> Result<Json<GitProviderList>, ApiError> {
+    let providers = state.store.git_providers(&caller.team_id).await?;
+    Ok(Json(GitProviderList {
+        git_providers: providers.into_iter().map(|(host, provider)| GitProviderItem { host, provider }).collect(),
+    }))
+}
+
+/// `PUT /admin/git-providers/{host}`: the provider for a git host (`github.com`); the secrets it
+/// names must exist.
+#[utoipa::path(put, path = "/admin/git-providers/{host}", tag = "admin", params(("host" = String, Path)), request_body = GitProvider, responses((status = 200, body = GitProviderItem), BadRequest, Unauthorized, Forbidden))]
+pub async fn put_git_provider(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    ApiPath(host): ApiPath<String>,
+    ApiJson(provider): ApiJson<GitProvider>,
+) -> Result<Json<GitProviderItem>, ApiError> {
+    let host = host.to_ascii_lowercase();
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'));
+    if !host_ok {
+        return Err(ApiError::invalid(format!("host {host:?}: a git host name, with an optional :port")));
+    }
+    for name in provider.secret_names() {
+        oz_core::wire::secrets::validate_secret_name("secret", name).map_err(|e| ApiError::invalid(e.to_string()))?;
+        if state.store.secret(&caller.team_id, name).await?.is_none() {
+            return Err(ApiError::invalid(format!("the team has no secret {name:?} (PUT /secrets/{name} first)")));
+        }
+    }
+    state.store.put_git_provider(&caller.team_id, &host, &provider).await?;
+    Ok(Json(GitProviderItem { host, provider }))
+}
+
+/// `DELETE /admin/git-providers/{host}`.
+#[utoipa::path(delete, path = "/admin/git-providers/{host}", tag = "admin", params(("host" = String, Path)), responses((status = 200, body = Object, description = "{\"success\": true}"), Unauthorized, Forbidden, NotFound))]
+pub async fn delete_git_provider(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    ApiPath(host): ApiPath<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state.store.delete_git_provider(&caller.team_id, &host.to_ascii_lowercase()).await.map_err(|e| match e {
+        crate::store::StoreError::NotFound => ApiError::not_found(format!("there is no git provider for {host:?}")),
+        other => other.into(),
+    })?;
+    Ok(Json(serde_json::json!({"success": true})))
+}

@@ -1,10 +1,11 @@
-//! `POST /agent/runs/{id}/report`: what the in-sandbox runner reports, with its run's workload token.
+//! The in-sandbox runner's calls, with its run's workload token: `GET /agent/runs/{id}/resolved`
+//! (what it needs to start, once) and `POST /agent/runs/{id}/report` (what it reports).
 //! Starting moves a CLAIMED run to INPROGRESS; output and artifacts are recorded; `finished` ends it.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use oz_core::run::RunState;
-use oz_core::wire::callbacks::{RunnerEvent, RunnerReport};
+use oz_core::wire::callbacks::{ResolvedRun, RunnerEvent, RunnerReport};
 
 #[allow(unused_imports)]
 use crate::api::schema::*;
@@ -35,6 +36,7 @@ pub async fn report(
         RunnerEvent::Started { .. } | RunnerEvent::CloneStarted { .. } | RunnerEvent::HarnessStarted { .. } => {
             if matches!(report.event, RunnerEvent::HarnessStarted { .. }) {
                 state.store.mark_started(&run.id, report.at).await?;
+                state.store.close_resolution(&token.token_id, jiff::Timestamp::now()).await?;
             }
             if run.state == RunState::Claimed {
                 state.lifecycle.advance(&run.id, RunState::InProgress, Some("the agent is running".into())).await?;
@@ -62,4 +64,63 @@ pub async fn report(
         _ => {}
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The variables `harness_auth_secrets` fills for a harness: `{claude_auth_secret_name: ...}` is
+/// `ANTHROPIC_API_KEY`, `{codex_auth_secret_name: ...}` is `OPENAI_API_KEY`.
+const HARNESS_AUTH_VARIABLES: [(&str, &str); 2] =
+    [("claude_auth_secret_name", "ANTHROPIC_API_KEY"), ("codex_auth_secret_name", "OPENAI_API_KEY")];
+
+/// `GET /agent/runs/{id}/resolved`: what the runner needs to start (prompt, environment, the values
+/// of the secrets the run references, git credentials for its repositories), until the runner
+/// reports that the harness started: the harness itself (with a token it should not have) is
+/// refused. Repeatable before that, so the runner's retries are safe.
+#[utoipa::path(get, path = "/agent/runs/{id}/resolved", tag = "callbacks", params(("id" = String, Path)), responses((status = 200, body = ResolvedRun), BadRequest, Unauthorized, NotFound, (status = 409, description = "The harness has started", body = Problem, content_type = "application/problem+json")))]
+pub async fn resolved(
+    State(state): State<AppState>,
+    token: RunToken,
+    ApiPath(run_id): ApiPath<String>,
+) -> Result<axum::Json<ResolvedRun>, ApiError> {
+    let not_found = || ApiError::not_found(format!("there is no run {run_id:?}"));
+    if token.run_id != run_id {
+        return Err(not_found());
+    }
+    let run = state.store.run(&token.team_id, &run_id).await?.ok_or_else(not_found)?;
+    if !state.store.resolution_open(&token.token_id).await? {
+        return Err(ApiError::conflict("this run's harness has started: its configuration is no longer handed out")
+            .retryable(false));
+    }
+    let config = run.config.clone().unwrap_or_default();
+    let environment = match &config.environment_id {
+        Some(id) => Some(
+            state
+                .store
+                .environment(&run.team_id, id)
+                .await?
+                .ok_or_else(|| ApiError::invalid(format!("the run's environment {id:?} no longer exists")))?
+                .config,
+        ),
+        None => None,
+    };
+    let mut references: Vec<(String, String)> =
+        environment.iter().flat_map(|e| e.secrets.iter().map(|(v, s)| (v.clone(), s.clone()))).collect();
+    if let Some(auth) = config.harness_auth_secrets.as_ref().and_then(|a| a.as_object()) {
+        for (field, variable) in HARNESS_AUTH_VARIABLES {
+            if let Some(name) = auth.get(field).and_then(|n| n.as_str()) {
+                references.push((variable.to_owned(), name.to_owned()));
+            }
+        }
+    }
+    let mut secret_env = std::collections::BTreeMap::new();
+    for (variable, name) in references {
+        let value = crate::api::secrets::open(&state, &run.team_id, &name).await?.ok_or_else(|| {
+            ApiError::invalid(format!("{variable} names the secret {name:?}, which the team does not have"))
+        })?;
+        secret_env.insert(variable, secrecy::ExposeSecret::expose_secret(&value).to_owned());
+    }
+    let git_credentials = match &environment {
+        Some(env) => state.lifecycle.credentials().issue(state.store.as_ref(), &state.keyring, &run, env).await?,
+        None => Vec::new(),
+    };
+    Ok(axum::Json(ResolvedRun { prompt: run.prompt, environment, secret_env, git_credentials }))
 }

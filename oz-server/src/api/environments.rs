@@ -31,6 +31,18 @@ fn validated(config: EnvironmentConfig) -> Result<EnvironmentConfig, ApiError> {
     Ok(config)
 }
 
+/// Every secret an environment names exists in its team (a run would otherwise fail to start).
+async fn check_secrets(state: &AppState, team_id: &str, config: &EnvironmentConfig) -> Result<(), ApiError> {
+    for (variable, name) in &config.secrets {
+        if state.store.secret(team_id, name).await?.is_none() {
+            return Err(ApiError::invalid(format!(
+                "secrets.{variable}: the team has no secret {name:?} (an admin sets it with PUT /secrets/{name})"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The one environment a workload token may read: its run's (none if the run names none).
 async fn run_environment(state: &AppState, token: &RunToken) -> Result<Option<String>, ApiError> {
     let run = state.store.run(&token.team_id, &token.run_id).await?;
@@ -56,11 +68,13 @@ pub async fn create(
     Member(caller): Member,
     ApiJson(config): ApiJson<EnvironmentConfig>,
 ) -> Result<Json<CloudEnvironment>, ApiError> {
+    let config = validated(config)?;
+    check_secrets(&state, &caller.team_id, &config).await?;
     let now = Timestamp::now();
     let record = EnvironmentRecord {
         id: format!("env_{}", uuid::Uuid::new_v4().simple()),
         team_id: caller.team_id,
-        config: validated(config)?,
+        config,
         creator_id: caller.user_id,
         created_at: now,
         updated_at: now,
@@ -95,6 +109,7 @@ pub async fn update(
     ApiJson(config): ApiJson<EnvironmentConfig>,
 ) -> Result<Json<CloudEnvironment>, ApiError> {
     let config = validated(config)?;
+    check_secrets(&state, &caller.team_id, &config).await?;
     state.store.update_environment(&caller.team_id, &id, &config, Timestamp::now()).await.map_err(|e| match e {
         crate::store::StoreError::NotFound => ApiError::not_found(format!("there is no environment {id:?}")),
         other => other.into(),

@@ -34,6 +34,7 @@ pub fn router(state: AppState) -> Router {
         .route("/agent/runs/{id}/transcript/content", get(runs::transcript_content))
         .route("/agent/runs/{id}/events", get(events::stream))
         .route("/agent/runs/{id}/report", post(callbacks::report))
+        .route("/agent/runs/{id}/resolved", get(callbacks::resolved))
         .route("/agent/environments", get(environments::list).post(environments::create))
         .route(
             "/agent/environments/{id}",
@@ -55,6 +56,11 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/keys/{id}", axum::routing::delete(admin::revoke_key))
         .route("/admin/keys/{id}/rotate", post(admin::rotate_key))
         .route("/admin/teams", post(admin::create_team))
+        .route("/admin/git-providers", get(admin::git_providers))
+        .route(
+            "/admin/git-providers/{host}",
+            axum::routing::put(admin::put_git_provider).delete(admin::delete_git_provider),
+        )
         .route("/selfhosted/worker/ws", get(worker_socket))
         .route(
             "/openapi.json",

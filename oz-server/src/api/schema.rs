@@ -5,13 +5,14 @@
 pub(crate) use oz_core::environment::EnvironmentConfig;
 pub(crate) use oz_core::run::RunState;
 pub(crate) use oz_core::wire::admin::{
-    KeyCreated, KeyItem, KeyList, NewKey, NewTeam, NewUser, TeamCreated, UserItem, UserList, UserUpdate,
+    GitProvider, GitProviderItem, GitProviderList, KeyCreated, KeyItem, KeyList, NewKey, NewTeam, NewUser, TeamCreated,
+    UserItem, UserList, UserUpdate,
 };
 pub(crate) use oz_core::wire::api::{
     CloudEnvironment, EnvironmentList, FollowupRequest, IntegrationItem, IntegrationRequest, RunAgentRequest,
     RunCreated, RunItem, RunList, RunStreamEvent, ScheduleCreate, ScheduleItem, ScheduleUpdate, WebhookAccepted,
 };
-pub(crate) use oz_core::wire::callbacks::RunnerReport;
+pub(crate) use oz_core::wire::callbacks::{ResolvedRun, RunnerReport};
 pub(crate) use oz_core::wire::problem::Problem;
 pub(crate) use oz_core::wire::secrets::{SecretItem, SecretList, SecretWrite};
 

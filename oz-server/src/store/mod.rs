@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use jiff::Timestamp;
 use oz_core::environment::EnvironmentConfig;
 use oz_core::run::RunState;
-use oz_core::wire::admin::{KeyKind, PrincipalKind, Role};
+use oz_core::wire::admin::{GitProvider, KeyKind, PrincipalKind, Role};
 use oz_core::wire::api::{AgentConfig, StatusMessage};
 use oz_core::wire::callbacks::Artifact;
 
@@ -391,6 +391,12 @@ pub trait SecretStore: Send + Sync + 'static {
     async fn reseal_secret(&self, team_id: &str, name: &str, sealed: &str) -> Result<(), StoreError>;
     /// Deletes a secret (`NotFound` if there is none).
     async fn delete_secret(&self, team_id: &str, name: &str) -> Result<(), StoreError>;
+    /// Sets the team's git provider for a host.
+    async fn put_git_provider(&self, team_id: &str, host: &str, provider: &GitProvider) -> Result<(), StoreError>;
+    /// The team's git providers, by host.
+    async fn git_providers(&self, team_id: &str) -> Result<Vec<(String, GitProvider)>, StoreError>;
+    /// Removes the team's git provider for a host (`NotFound` if there is none).
+    async fn delete_git_provider(&self, team_id: &str, host: &str) -> Result<(), StoreError>;
 }
 
 /// The persistence the server needs.
@@ -454,6 +460,10 @@ pub trait Store: PrincipalStore + SecretStore + ScheduleStore + IntegrationStore
     async fn token(&self, id: &str) -> Result<Option<WorkloadTokenRecord>, StoreError>;
     /// Revokes every token of a run.
     async fn revoke_tokens(&self, run_id: &str) -> Result<(), StoreError>;
+    /// Whether a token may still fetch its run's resolved configuration.
+    async fn resolution_open(&self, token_id: &str) -> Result<bool, StoreError>;
+    /// Ends a token's fetching of its run's resolved configuration (the harness is starting).
+    async fn close_resolution(&self, token_id: &str, at: Timestamp) -> Result<(), StoreError>;
 
     /// Makes overwritten and deleted content leave the database's files (SQLite: a checkpoint that
     /// empties the write-ahead log, whose old frames would still hold it); after a secret changes.

@@ -477,6 +477,23 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn resolution_open(&self, token_id: &str) -> Result<bool, StoreError> {
+        let closed: Option<(Option<i64>,)> = sqlx::query_as("SELECT resolved_us FROM workload_tokens WHERE id = ?")
+            .bind(token_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(matches!(closed, Some((None,))))
+    }
+
+    async fn close_resolution(&self, token_id: &str, at: Timestamp) -> Result<(), StoreError> {
+        sqlx::query("UPDATE workload_tokens SET resolved_us = COALESCE(resolved_us, ?) WHERE id = ?")
+            .bind(micros(at))
+            .bind(token_id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
     async fn forget_overwritten(&self) -> Result<(), StoreError> {
         // On the writer, so no write of ours is between the checkpoint and the truncation.
         sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.writer).await?;

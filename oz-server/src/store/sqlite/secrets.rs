@@ -3,7 +3,10 @@
 use async_trait::async_trait;
 
 use super::rows::Stored;
-use super::{SqliteStore, found, micros};
+use jiff::Timestamp;
+use oz_core::wire::admin::GitProvider;
+
+use super::{SqliteStore, found, json, micros};
 use crate::store::{SecretRecord, SecretStore, StoreError};
 
 #[async_trait]
@@ -51,6 +54,46 @@ impl SecretStore for SqliteStore {
             .bind(sealed)
             .bind(team_id)
             .bind(name)
+            .execute(&self.writer)
+            .await?;
+        found(done.rows_affected())
+    }
+
+    async fn put_git_provider(&self, team_id: &str, host: &str, provider: &GitProvider) -> Result<(), StoreError> {
+        let now = micros(Timestamp::now());
+        sqlx::query(
+            "INSERT INTO git_providers (team_id, host, provider, created_us, updated_us) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (team_id, host) DO UPDATE SET provider = excluded.provider, updated_us = excluded.updated_us",
+        )
+        .bind(team_id)
+        .bind(host)
+        .bind(json(provider))
+        .bind(now)
+        .bind(now)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn git_providers(&self, team_id: &str) -> Result<Vec<(String, GitProvider)>, StoreError> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT host, provider FROM git_providers WHERE team_id = ? ORDER BY host")
+                .bind(team_id)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|(host, provider)| {
+                let provider = serde_json::from_str(&provider)
+                    .map_err(|e| StoreError::Corrupt { what: "git_providers.provider", message: e.to_string() })?;
+                Ok((host, provider))
+            })
+            .collect()
+    }
+
+    async fn delete_git_provider(&self, team_id: &str, host: &str) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM git_providers WHERE team_id = ? AND host = ?")
+            .bind(team_id)
+            .bind(host)
             .execute(&self.writer)
             .await?;
         found(done.rows_affected())

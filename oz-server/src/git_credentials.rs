@@ -1,0 +1,177 @@
+//! Short-lived git credentials for runs: the team's git provider for the environment's git host
+//! (`oz-credentials`: a GitHub App installation token or a GitLab project token per run, scoped to
+//! the environment's repositories; or a static team secret) is asked once, when the run's runner
+//! fetches its resolved configuration, and what it issued is revoked when the run ends.
+//!
+//! Issued credentials are held in memory until their run ends: after a control-plane restart, the
+//! ones issued before it are no longer revoked by us and live out their expiry (GitHub: one hour).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use oz_core::environment::EnvironmentConfig;
+use oz_core::run::RunId;
+use oz_core::wire::admin::GitProvider;
+use oz_core::wire::callbacks::ResolvedGitCredential;
+use oz_credentials::{
+    Access, AppIssuer, CredentialRequest, CredentialStrategy, GitCredentialProvider, GitHubAppProvider, GitLabProvider,
+    IssuedCredential, RunIdentity, RunUser, StaticProvider,
+};
+use secrecy::SecretString;
+
+use crate::error::ApiError;
+use crate::store::{RunRecord, Store};
+use crate::vault::{self, Keyring};
+
+/// The git host runs of an environment clone from: the host of its `OZ_GIT_BASE_URL`, else
+/// `github.com` (the runner's default).
+pub fn git_host(environment: &EnvironmentConfig) -> Option<String> {
+    let base = environment
+        .env_vars
+        .get(oz_core::runner::env::GIT_BASE_URL)
+        .map(String::as_str)
+        .unwrap_or("https://github.com");
+    let rest = base.strip_prefix("https://").or_else(|| base.strip_prefix("http://"))?;
+    let authority = rest.split('/').next().filter(|a| !a.is_empty())?;
+    Some(authority.rsplit('@').next().unwrap_or(authority).to_ascii_lowercase())
+}
+
+type Issued = (Arc<dyn GitCredentialProvider>, IssuedCredential);
+
+/// Issues credentials for runs and revokes them when the runs end. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct GitCredentialBroker {
+    issued: Arc<Mutex<HashMap<String, Vec<Issued>>>>,
+}
+
+impl std::fmt::Debug for GitCredentialBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitCredentialBroker").finish_non_exhaustive()
+    }
+}
+
+async fn team_secret(
+    store: &dyn Store,
+    keyring: &Keyring,
+    team_id: &str,
+    name: &str,
+) -> Result<SecretString, ApiError> {
+    let record = store.secret(team_id, name).await?.ok_or_else(|| {
+        ApiError::invalid(format!("the git provider names the secret {name:?}, which the team does not have"))
+    })?;
+    keyring.open(&vault::secret_place(team_id, name), &record.sealed).map_err(ApiError::internal)
+}
+
+fn provider_error(e: oz_credentials::CredentialError) -> ApiError {
+    // Its message names the provider's answer, never a token or a key.
+    ApiError::new(
+        axum::http::StatusCode::BAD_GATEWAY,
+        oz_core::failure::ErrorCode::ExternalAuthenticationRequired,
+        format!("the git provider refused a credential for this run: {}", oz_core::error::error_chain(&e)),
+    )
+}
+
+impl GitCredentialBroker {
+    fn issued(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Issued>>> {
+        self.issued.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The credentials run `run` gets for its environment's repositories, from the team's provider
+    /// for the environment's git host (none when the team has no provider for it).
+    pub async fn issue(
+        &self,
+        store: &dyn Store,
+        keyring: &Keyring,
+        run: &RunRecord,
+        environment: &EnvironmentConfig,
+    ) -> Result<Vec<ResolvedGitCredential>, ApiError> {
+        let Some(host) = git_host(environment) else { return Ok(Vec::new()) };
+        if environment.github_repos.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some((_, provider)) = store.git_providers(&run.team_id).await?.into_iter().find(|(h, _)| *h == host) else {
+            return Ok(Vec::new());
+        };
+        let provider: Arc<dyn GitCredentialProvider> = match provider {
+            GitProvider::GithubApp { app, private_key_secret, installation_id, api_url } => {
+                let key = team_secret(store, keyring, &run.team_id, &private_key_secret).await?;
+                let mut builder = GitHubAppProvider::builder(AppIssuer::parse(&app), key).git_host(&host);
+                if let Some(url) = api_url {
+                    builder = builder.api_base(url);
+                }
+                if let Some(id) = installation_id {
+                    builder = builder.installation_id(id);
+                }
+                Arc::new(builder.build().map_err(provider_error)?)
+            }
+            GitProvider::Gitlab { url, token_secret } => {
+                let token = team_secret(store, keyring, &run.team_id, &token_secret).await?;
+                Arc::new(GitLabProvider::builder(url, token).git_host(&host).build().map_err(provider_error)?)
+            }
+            GitProvider::Static { token_secret, username } => {
+                let token = team_secret(store, keyring, &run.team_id, &token_secret).await?;
+                let username = username.unwrap_or_else(|| oz_credentials::GITHUB_TOKEN_USERNAME.to_owned());
+                Arc::new(StaticProvider::new(&host, username).with_team_token(token))
+            }
+        };
+        let strategy = run
+            .config
+            .as_ref()
+            .and_then(|c| c.credential_strategy.as_deref())
+            .map(str::parse::<CredentialStrategy>)
+            .transpose()
+            .map_err(|e| ApiError::invalid(format!("config.credential_strategy: {e}")))?
+            .unwrap_or_default();
+        let user = run.creator_id.clone().map(RunUser::new);
+        let identity = RunIdentity { strategy, creator: user.clone(), executor: user };
+        let run_id = RunId::parse(&run.id).map_err(|e| ApiError::invalid(e.to_string()))?;
+        let request =
+            CredentialRequest::new(run_id, environment.github_repos.clone(), Access::ReadWrite).with_identity(identity);
+        let issued = provider.issue(&request).await.map_err(provider_error)?;
+        let credential = ResolvedGitCredential {
+            host: issued.host.clone(),
+            username: issued.username.clone(),
+            token: issued.expose_token().to_owned(),
+            expires_at: issued.expires_at,
+        };
+        self.issued().entry(run.id.clone()).or_default().push((provider, issued));
+        Ok(vec![credential])
+    }
+
+    /// Revokes what run `run_id` was issued (its run ended); failures are logged, not returned.
+    pub async fn revoke(&self, run_id: &str) {
+        let issued = self.issued().remove(run_id).unwrap_or_default();
+        for (provider, credential) in issued {
+            if let Err(e) = provider.revoke(&credential).await {
+                tracing::warn!(
+                    run_id,
+                    "could not revoke the run's git credential: {}",
+                    oz_core::error::error_chain(&e)
+                );
+            } else {
+                tracing::debug!(run_id, host = %credential.host, "revoked the run's git credential");
+            }
+        }
+    }
+
+    /// How many runs hold credentials now.
+    pub fn runs_holding(&self) -> usize {
+        self.issued().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_git_host_comes_from_the_base_url() {
+        let mut env = EnvironmentConfig { name: "e".into(), ..Default::default() };
+        assert_eq!(git_host(&env).as_deref(), Some("github.com"));
+        env.env_vars.insert("OZ_GIT_BASE_URL".into(), "http://127.0.0.1:9418/repos".into());
+        assert_eq!(git_host(&env).as_deref(), Some("127.0.0.1:9418"));
+        env.env_vars.insert("OZ_GIT_BASE_URL".into(), "file:///srv/git".into());
+        assert_eq!(git_host(&env), None);
+    }
+}
