@@ -1,5 +1,7 @@
 //! The runner's event log: every event is printed (human text or NDJSON), and reported to the
-//! control plane. Output passes through the redactor first, so no registered secret is printed or sent.
+//! control plane. Every event passes through the redactor first, all of its text (setup command
+//! lines, clone errors, messages, artifacts, output), so no registered secret is printed or sent,
+//! whatever the caller put in it.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -57,9 +59,9 @@ impl EventLog {
         self.redactor.redact_str(text)
     }
 
-    /// Records an event.
+    /// Records an event, with every secret in its text masked.
     pub async fn emit(&self, event: RunnerEvent) {
-        let report = RunnerReport { at: Timestamp::now(), event };
+        let report = RunnerReport { at: Timestamp::now(), event: self.redact_event(event) };
         {
             let _guard = self.print_lock.lock().await;
             match self.format {
@@ -77,11 +79,63 @@ impl EventLog {
                 }
             }
         }
-        if let Err(e) = self.control.report(&report).await
+        self.send(&report).await;
+    }
+
+    /// Reports an already redacted event to the control plane.
+    async fn send(&self, report: &RunnerReport) {
+        if let Err(e) = self.control.report(report).await
             && !self.report_failed.swap(true, Ordering::Relaxed)
         {
             let why = self.redact(&oz_core::error::error_chain(&e));
             warn!("reporting to the control plane failed (further failures are not logged): {why}");
+        }
+    }
+
+    /// `event` with every secret in its text masked. The walk goes over the event's JSON form, so a
+    /// variant or field added later is covered without touching this; only the tags (which variant,
+    /// which state) are left alone, so the result still reads back as an event. Should masking make
+    /// it unreadable anyway, the masked JSON is reported as stderr output instead: never in the clear.
+    pub fn redact_event(&self, event: RunnerEvent) -> RunnerEvent {
+        if self.redactor.is_empty() {
+            return event;
+        }
+        let fields = match event {
+            // The common case, and the largest: no need for the JSON walk.
+            RunnerEvent::Output { stream, text } => return RunnerEvent::Output { stream, text: self.redact(&text) },
+            event => match serde_json::to_value(&event) {
+                Ok(serde_json::Value::Object(fields)) => fields,
+                _ => {
+                    return RunnerEvent::Output {
+                        stream: Stream::Stderr.name().into(),
+                        text: "oz: an event that could not be checked for secrets was dropped\n".into(),
+                    };
+                }
+            },
+        };
+        let fields: serde_json::Map<String, serde_json::Value> = fields
+            .into_iter()
+            .map(|(key, value)| {
+                let value = if EVENT_TAGS.contains(&key.as_str()) { value } else { self.redact_value(value) };
+                (key, value)
+            })
+            .collect();
+        let masked = serde_json::Value::Object(fields);
+        match serde_json::from_value(masked.clone()) {
+            Ok(event) => event,
+            Err(_) => RunnerEvent::Output { stream: Stream::Stderr.name().into(), text: format!("oz: {masked}\n") },
+        }
+    }
+
+    fn redact_value(&self, value: serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
+        match value {
+            Value::String(text) => Value::String(self.redact(&text)),
+            Value::Array(items) => Value::Array(items.into_iter().map(|v| self.redact_value(v)).collect()),
+            Value::Object(fields) => {
+                Value::Object(fields.into_iter().map(|(k, v)| (self.redact(&k), self.redact_value(v))).collect())
+            }
+            other => other,
         }
     }
 
@@ -112,18 +166,17 @@ impl EventLog {
             RunnerEvent::Output { stream: stream.name().into(), text: String::from_utf8_lossy(bytes).into_owned() };
         if self.format == OutputFormat::Text {
             // Already printed raw; only report.
-            let report = RunnerReport { at: Timestamp::now(), event };
-            if let Err(e) = self.control.report(&report).await
-                && !self.report_failed.swap(true, Ordering::Relaxed)
-            {
-                let why = self.redact(&oz_core::error::error_chain(&e));
-                warn!("reporting to the control plane failed (further failures are not logged): {why}");
-            }
+            let report = RunnerReport { at: Timestamp::now(), event: self.redact_event(event) };
+            self.send(&report).await;
         } else {
             self.emit(event).await;
         }
     }
 }
+
+/// The top-level keys of an event's JSON that are tags (the variant, the artifact's kind, the run
+/// state), never free text.
+const EVENT_TAGS: [&str; 3] = ["event", "artifact_type", "state"];
 
 fn human(event: &RunnerEvent) -> Option<String> {
     Some(match event {
@@ -147,4 +200,110 @@ fn human(event: &RunnerEvent) -> Option<String> {
             None => format!("run {state}: {message}"),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::Mutex as StdMutex;
+
+    use async_trait::async_trait;
+    use oz_core::environment::EnvironmentConfig;
+    use oz_core::run::RunState;
+    use oz_core::wire::callbacks::Artifact;
+
+    use super::*;
+    use crate::control::ControlError;
+
+    const SECRET: &str = "hunter2-s3cr3t-value";
+
+    /// Keeps what is reported.
+    #[derive(Default)]
+    struct Recorder(StdMutex<Vec<RunnerReport>>);
+
+    #[async_trait]
+    impl ControlPlane for Recorder {
+        async fn report(&self, report: &RunnerReport) -> Result<(), ControlError> {
+            self.0.lock().unwrap().push(report.clone());
+            Ok(())
+        }
+        async fn environment(&self, id: &str) -> Result<EnvironmentConfig, ControlError> {
+            Err(ControlError::NotFound(id.to_owned()))
+        }
+        async fn prompt(&self) -> Result<Option<String>, ControlError> {
+            Ok(None)
+        }
+    }
+
+    fn log_with(format: OutputFormat) -> (Arc<EventLog>, Arc<Recorder>) {
+        let recorder = Arc::new(Recorder::default());
+        (EventLog::new(format, recorder.clone(), Redactor::new([SECRET])), recorder)
+    }
+
+    #[tokio::test]
+    async fn a_setup_command_holding_a_secret_is_reported_masked() {
+        for format in [OutputFormat::Text, OutputFormat::Ndjson] {
+            let (log, recorder) = log_with(format);
+            let command = format!("curl -H 'Authorization: Bearer {SECRET}' https://example.com/setup.sh | sh");
+            log.emit(RunnerEvent::SetupStarted { index: 0, command }).await;
+            let reports = recorder.0.lock().unwrap().clone();
+            assert_eq!(
+                reports[0].event,
+                RunnerEvent::SetupStarted {
+                    index: 0,
+                    command: "curl -H 'Authorization: Bearer [REDACTED]' https://example.com/setup.sh | sh".into()
+                },
+                "{format:?}"
+            );
+        }
+    }
+
+    /// Every kind of event text, however the caller built it: nothing reported holds the secret,
+    /// and the events keep their kind and state.
+    #[tokio::test]
+    async fn every_event_text_is_masked_before_it_is_reported() {
+        let (log, recorder) = log_with(OutputFormat::Ndjson);
+        let events = vec![
+            RunnerEvent::CloneStarted { repo: format!("acme/{SECRET}") },
+            RunnerEvent::CloneFinished { repo: "acme/app".into(), millis: 1, ok: false, error: Some(SECRET.into()) },
+            RunnerEvent::HarnessStarted { harness: format!("command {SECRET}") },
+            RunnerEvent::Artifact(Artifact::ExternalReference {
+                reference_type: "git_commit".into(),
+                url: format!("https://x-access-token:{SECRET}@example.com/commit/1"),
+                title: SECRET.into(),
+                metadata: Some(serde_json::json!({"nested": [SECRET], SECRET: 1})),
+            }),
+            RunnerEvent::Artifact(Artifact::Plan { content: format!("use {SECRET}") }),
+            RunnerEvent::Finished { state: RunState::Failed, exit_code: Some(4), message: format!("{SECRET} failed") },
+        ];
+        for event in events.clone() {
+            log.emit(event).await;
+        }
+        log.output(Stream::Stderr, format!("out {SECRET}\n").as_bytes()).await;
+        let reports = recorder.0.lock().unwrap().clone();
+        assert_eq!(reports.len(), events.len() + 1);
+        for (report, sent) in reports.iter().zip(&events) {
+            let json = serde_json::to_string(&report.event).unwrap();
+            assert!(!json.contains(SECRET), "{json}");
+            assert!(json.contains("[REDACTED]"), "{json}");
+            assert_eq!(std::mem::discriminant(&report.event), std::mem::discriminant(sent), "{json}");
+        }
+        assert!(matches!(&reports[5].event, RunnerEvent::Finished { state: RunState::Failed, .. }));
+        assert_eq!(reports[6].event, RunnerEvent::Output { stream: "stderr".into(), text: "out [REDACTED]\n".into() });
+    }
+
+    /// A secret that spells a tag (a state's name) leaves the event readable.
+    #[tokio::test]
+    async fn a_secret_spelling_a_tag_leaves_events_readable() {
+        let recorder = Arc::new(Recorder::default());
+        let log = EventLog::new(OutputFormat::Ndjson, recorder.clone(), Redactor::new(["FAILED", "setup_started"]));
+        log.emit(RunnerEvent::Finished { state: RunState::Failed, exit_code: None, message: "FAILED".into() }).await;
+        log.emit(RunnerEvent::SetupStarted { index: 1, command: "true".into() }).await;
+        let reports = recorder.0.lock().unwrap().clone();
+        assert_eq!(
+            reports[0].event,
+            RunnerEvent::Finished { state: RunState::Failed, exit_code: None, message: "[REDACTED]".into() }
+        );
+        assert_eq!(reports[1].event, RunnerEvent::SetupStarted { index: 1, command: "true".into() });
+    }
 }

@@ -19,8 +19,10 @@ pub struct ServerConfig {
     pub token_ttl: Duration,
     /// The largest request body accepted.
     pub max_body_bytes: usize,
-    /// Serve Prometheus metrics at `/metrics` (unauthenticated; default on).
-    pub metrics: bool,
+    /// Where to serve Prometheus metrics at `/metrics`, unauthenticated, on a listener of their own
+    /// (`127.0.0.1:9464`; port 0 picks a free one). `None` (the default): no metrics listener. The API
+    /// port never serves them, so exposing the API does not expose them.
+    pub metrics_listen: Option<String>,
     /// The keys secrets are sealed with (`crate::vault`). `None`: a key made for this process only,
     /// so what it seals cannot be opened after a restart (tests, throwaway servers).
     pub secret_keys: Option<crate::vault::Keyring>,
@@ -35,7 +37,7 @@ impl Default for ServerConfig {
             lease_timeout: Duration::from_secs(90),
             token_ttl: Duration::from_secs(24 * 3600),
             max_body_bytes: 2 * 1024 * 1024,
-            metrics: true,
+            metrics_listen: None,
             secret_keys: None,
         }
     }

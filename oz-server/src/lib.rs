@@ -53,6 +53,7 @@ use crate::store::Store;
 /// A started server.
 pub struct RunningServer {
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     url: String,
     state: AppState,
     stop: Option<oneshot::Sender<()>>,
@@ -63,6 +64,10 @@ impl RunningServer {
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+    /// The address the metrics listener is bound to (`None` without `ServerConfig::metrics_listen`).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
     /// Its root URL (`http://127.0.0.1:PORT`).
     pub fn url(&self) -> String {
@@ -118,6 +123,14 @@ pub async fn start(config: ServerConfig, store: Arc<dyn Store>) -> Result<Runnin
         public_url: url.clone().into(),
         keyring: Arc::new(keyring),
     };
+    let mut tasks = Vec::new();
+    let mut metrics_addr = None;
+    if let Some(listen) = &state.config.metrics_listen {
+        let (bound, task) = serve_metrics(&state, listen).await?;
+        tracing::info!(addr = %bound, "metrics listening");
+        metrics_addr = Some(bound);
+        tasks.push(task);
+    }
     let app = api::router(state.clone());
     let (stop, stopped) = oneshot::channel::<()>();
     let http = tokio::spawn(async move {
@@ -132,7 +145,31 @@ pub async fn start(config: ServerConfig, store: Arc<dyn Store>) -> Result<Runnin
     let upkeep = tokio::spawn(dispatcher.upkeep());
     let schedules = tokio::spawn(scheduler::run(state.clone()));
     tracing::info!(%url, "control plane listening");
-    Ok(RunningServer { addr, url, state, stop: Some(stop), tasks: vec![http, dispatch, upkeep, schedules] })
+    tasks.extend([http, dispatch, upkeep, schedules]);
+    Ok(RunningServer { addr, metrics_addr, url, state, stop: Some(stop), tasks })
+}
+
+/// The metrics routes over `state`'s metrics (for serving them somewhere of one's own).
+pub fn metrics_router(state: &AppState) -> axum::Router {
+    metrics::router(state.lifecycle.metrics().clone())
+}
+
+/// Binds `listen` and serves [`metrics_router`] on it until the returned task is aborted. Binds before
+/// returning, so a bad or busy address is an error here, not a log line later.
+pub async fn serve_metrics(
+    state: &AppState,
+    listen: &str,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), ServerError> {
+    let bind_error = |source| ServerError::Bind { addr: listen.to_owned(), source };
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(bind_error)?;
+    let addr = listener.local_addr().map_err(bind_error)?;
+    let app = metrics_router(state);
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("the metrics listener stopped: {e}");
+        }
+    });
+    Ok((addr, task))
 }
 
 /// Creates a team with an admin user and an API key for it (a server admin's, which may also create

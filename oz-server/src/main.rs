@@ -1,7 +1,7 @@
 //! `oz-server`: the control plane as a program, and its administration.
 //!
 //! ```text
-//! oz-server --data-dir ./.oz-data --listen 127.0.0.1:8080 [--default-worker-host my-worker]
+//! oz-server --data-dir ./.oz-data --listen 127.0.0.1:8080 [--default-worker-host my-worker] [--metrics-listen 127.0.0.1:9464]
 //! oz-server admin team create --name acme
 //! oz-server admin user create --team acme --name ci --role member --service-account
 //! oz-server admin key create --team acme --user <user id> --role viewer --expires-in 30d
@@ -59,6 +59,10 @@ struct ServeArgs {
     /// The worker that runs get when they name none.
     #[arg(long, env = "OZ_DEFAULT_WORKER_HOST")]
     default_worker_host: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464), unauthenticated, on this
+    /// address only (never on --listen); off by default.
+    #[arg(long, env = "OZ_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
     /// Seconds a worker may hold a run without news before the run ends ERROR.
     #[arg(long, default_value_t = 90)]
     lease_timeout_secs: u64,
@@ -320,12 +324,17 @@ async fn serve(data_dir: &Path, key_file: &Path, args: ServeArgs) -> Result<(), 
         listen: args.listen,
         public_url: args.public_url,
         default_worker_host: args.default_worker_host,
+        metrics_listen: args.metrics_listen,
         lease_timeout: Duration::from_secs(args.lease_timeout_secs),
         secret_keys: Some(secret_keys),
         ..Default::default()
     };
     let db = data_dir.join("oz.db");
     let server = start(config, store).await?;
+    // The metrics line first: whoever waits for "listening on" has seen both.
+    if let Some(addr) = server.metrics_addr() {
+        println!("oz-server metrics at http://{addr}/metrics");
+    }
     println!("oz-server listening on {} (API at {}/api/v1, database {})", server.url(), server.url(), db.display());
     let _ = std::io::stdout().flush();
     shutdown_signal().await;

@@ -1,5 +1,6 @@
-//! The control plane's Prometheus metrics, served at `/metrics` (unauthenticated, like `/healthz`;
-//! turn it off with `ServerConfig::metrics = false`).
+//! The control plane's Prometheus metrics, served at `/metrics` on a listener of their own
+//! (`ServerConfig::metrics_listen`, off by default; never on the API port), unauthenticated: bind it
+//! where only the scraper can reach it.
 //!
 //! | metric | kind | labels |
 //! |---|---|---|
@@ -137,6 +138,23 @@ impl ServerMetrics {
     pub fn set_workers_connected(&self, n: usize) {
         self.workers_connected.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
+}
+
+/// The metrics listener's routes: `GET /metrics` (OpenMetrics text), 404 for anything else.
+/// [`crate::start`] serves it on `ServerConfig::metrics_listen`; embedders may serve it themselves.
+pub fn router(metrics: ServerMetrics) -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                    metrics.render(),
+                )
+            }
+        }),
+    )
 }
 
 /// Middleware counting requests by method, matched route and status.

@@ -56,7 +56,8 @@ pub fn verify(
         .parse()
         .map_err(|_| SignatureError::Malformed("X-Oz-Timestamp must be unix seconds"))?;
     let given = signature_header.ok_or(SignatureError::Malformed("missing X-Oz-Signature"))?.trim();
-    if (now - timestamp).abs() > REPLAY_WINDOW_SECS {
+    // abs_diff: any two i64s (the header is the sender's), never an overflow.
+    if now.abs_diff(timestamp) > REPLAY_WINDOW_SECS.unsigned_abs() {
         return Err(SignatureError::Stale);
     }
     let expected = sign(secret, timestamp, body);
@@ -86,5 +87,24 @@ mod tests {
         assert!(matches!(verify("s3cret", None, Some(&sig), body, 0), Err(SignatureError::Malformed(_))));
         assert!(matches!(verify("s3cret", Some("soon"), Some(&sig), body, 0), Err(SignatureError::Malformed(_))));
         assert!(matches!(verify("s3cret", Some("1"), None, body, 1), Err(SignatureError::Malformed(_))));
+    }
+
+    /// `now - timestamp` overflows an i64 at the extremes (a panic in debug builds, a wrapped and
+    /// possibly in-window difference in release ones): they are simply outside the window.
+    #[test]
+    fn extreme_timestamps_are_outside_the_window_without_overflow() {
+        let body = b"{}";
+        for (timestamp, now) in
+            [(i64::MIN, 1_700_000_000), (i64::MAX, 1_700_000_000), (i64::MIN, i64::MAX), (i64::MAX, i64::MIN)]
+        {
+            let sig = sign("s3cret", timestamp, body);
+            let header = timestamp.to_string();
+            let e = verify("s3cret", Some(&header), Some(&sig), body, now).unwrap_err();
+            assert_eq!(e, SignatureError::Stale, "{timestamp} at {now}");
+            assert!(e.to_string().contains("more than 300 s from now"), "{e}");
+        }
+        // The window's edges still hold at the extremes.
+        let sig = sign("s3cret", i64::MIN + 300, body);
+        assert_eq!(verify("s3cret", Some(&(i64::MIN + 300).to_string()), Some(&sig), body, i64::MIN), Ok(()));
     }
 }

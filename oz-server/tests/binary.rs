@@ -100,6 +100,39 @@ fn first_start_makes_a_key_and_a_restart_keeps_the_data() {
     assert!(again.wait().unwrap().success(), "SIGTERM is a clean shutdown");
 }
 
+/// `--metrics-listen`: the metrics on their own address, printed at start; the API port has none;
+/// without the flag there is no metrics listener.
+#[test]
+fn metrics_are_served_only_on_the_metrics_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, url, output) = spawn_with(dir.path(), &["--metrics-listen", "127.0.0.1:0"]);
+    let metrics_url = output
+        .iter()
+        .find_map(|l| l.strip_prefix("oz-server metrics at "))
+        .expect("the metrics address is printed")
+        .trim()
+        .to_owned();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(10)).build().unwrap();
+    let (metrics, on_api) = rt.block_on(async {
+        let metrics = http.get(&metrics_url).send().await.unwrap();
+        assert_eq!(metrics.status(), 200);
+        assert!(metrics.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
+        let on_api = http.get(format!("{url}/metrics")).send().await.unwrap().status().as_u16();
+        (metrics.text().await.unwrap(), on_api)
+    });
+    assert!(metrics.contains("oz_server_workers_connected 0"), "{metrics}");
+    assert_eq!(on_api, 404, "the API port never serves metrics");
+    nix_kill(&child);
+    child.wait().unwrap();
+
+    let (mut again, _, output) = spawn(dir.path());
+    assert!(!output.iter().any(|l| l.contains("metrics")), "no metrics listener by default: {output:?}");
+    nix_kill(&again);
+    again.wait().unwrap();
+}
+
 fn nix_kill(child: &Child) {
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
 }

@@ -67,6 +67,12 @@ async fn a_signed_delivery_starts_a_run_and_bad_ones_are_refused() {
     let good_sig = oz_server::webhook::sign(&secret, now + 1, payload.as_bytes());
     assert_eq!(deliver(&t, &url, &secret, now + 1, r#"{"issue": 43}"#, Some(good_sig)).await.0, 401);
     assert_eq!(deliver(&t, &url, "wrong-secret", now + 2, payload, None).await.0, 401);
+    // Timestamps at the ends of i64 are stale (no overflow, no panic taking the request down).
+    for extreme in [i64::MIN, i64::MAX] {
+        let (status, problem) = deliver(&t, &url, &secret, extreme, payload, None).await;
+        assert_eq!(status, 401, "{extreme}: {problem}");
+        assert!(problem.to_string().contains("more than 300 s from now"), "{problem}");
+    }
     let unsigned = t.http.post(&url).body(payload).send().await.unwrap();
     assert_eq!(unsigned.status(), 401);
     let unknown = url.replace(&id, "int_doesnotexist");

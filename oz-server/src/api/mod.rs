@@ -21,7 +21,7 @@ use crate::dispatch::ws::worker_socket;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// The whole HTTP surface.
+/// The whole HTTP surface of the API port (the metrics have their own: [`crate::metrics::router`]).
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
     let api = Router::new()
@@ -77,25 +77,8 @@ pub fn router(state: AppState) -> Router {
             )
         });
     let metrics = state.lifecycle.metrics().clone();
-    let api = api.route_layer(axum::middleware::from_fn_with_state(metrics.clone(), crate::metrics::track_requests));
-    let mut root = Router::new().nest("/api/v1", api).route("/healthz", get(|| async { "ok" }));
-    if state.config.metrics {
-        root = root.route(
-            "/metrics",
-            get(move || {
-                let metrics = metrics.clone();
-                async move {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        metrics.render(),
-                    )
-                }
-            }),
-        );
-    }
+    let api = api.route_layer(axum::middleware::from_fn_with_state(metrics, crate::metrics::track_requests));
+    let root = Router::new().nest("/api/v1", api).route("/healthz", get(|| async { "ok" }));
     root.fallback(|| async { ApiError::not_found("no such endpoint (the API is under /api/v1)") })
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
