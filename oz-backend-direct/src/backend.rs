@@ -474,8 +474,9 @@ async fn execute(
     }
     driver.emit(TaskEvent::Phase(TaskPhase::Starting)).await;
     // The secret input (the workload token) goes to the process's stdin, never its environment.
-    let (stdin, delivery) = spec.stdin_and_secret_input()?;
-    env.extend(delivery);
+    let delivery = spec.stdin_delivery()?;
+    env.extend(delivery.variable);
+    let stdin = delivery.stdin;
     let limits =
         Limits { max_open_files: config.max_open_files, max_address_space: spec.sandbox.resources.memory_bytes };
     let child = process::spawn(&spec.argv, &env, &cwd, limits)

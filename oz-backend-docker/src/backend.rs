@@ -199,9 +199,8 @@ impl Backend for DockerBackend {
 
     async fn launch(&self, spec: TaskSpec) -> Result<TaskHandle, BackendError> {
         spec.validate().map_err(|e| BackendError::new(FailureReason::ContainerCreate, e.to_string()))?;
-        let (stdin, _) = spec
-            .stdin_and_secret_input()
-            .map_err(|e| BackendError::new(FailureReason::ContainerCreate, e.to_string()))?;
+        let stdin =
+            spec.stdin_delivery().map_err(|e| BackendError::new(FailureReason::ContainerCreate, e.to_string()))?.stdin;
         let inner = self.inner.clone();
         let (handle, driver) = TaskHandle::channel(spec.task_id.clone());
         let span = tracing::info_span!("docker_task", task_id = %spec.task_id, worker_id = %inner.config.worker_id);

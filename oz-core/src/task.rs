@@ -109,6 +109,23 @@ impl PartialEq for SecretInput {
     }
 }
 
+/// See [`TaskSpec::stdin_delivery`]. Its `Debug` never shows the bytes (they may be a secret).
+pub struct StdinDelivery {
+    /// The bytes to write on the task's stdin, then close it.
+    pub stdin: Option<Bytes>,
+    /// The variable (name, value) to add to the task's environment.
+    pub variable: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for StdinDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StdinDelivery")
+            .field("stdin", &self.stdin.as_ref().map(|b| format!("[{} bytes]", b.len())))
+            .field("variable", &self.variable)
+            .finish()
+    }
+}
+
 /// How much of the machine a task may use.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Resources {
@@ -216,16 +233,19 @@ impl TaskSpec {
 
     /// What a backend that hands the secret input over on stdin writes there: the secret input, or the
     /// task's own stdin (a task cannot have both), and the variable that tells the task which.
-    pub fn stdin_and_secret_input(&self) -> Result<(Option<Bytes>, Option<(String, String)>), Error> {
+    pub fn stdin_delivery(&self) -> Result<StdinDelivery, Error> {
         match (&self.secret_input, &self.stdin) {
             (Some(_), Some(_)) => {
                 Err(Error::invalid("stdin", "a task with a secret input takes it on stdin; it cannot have stdin too"))
             }
-            (Some(secret), None) => Ok((
-                Some(Bytes::copy_from_slice(secret.expose().as_bytes())),
-                Some((crate::runner::env::SECRET_INPUT.to_owned(), crate::runner::env::SECRET_INPUT_STDIN.to_owned())),
-            )),
-            (None, stdin) => Ok((stdin.clone(), None)),
+            (Some(secret), None) => Ok(StdinDelivery {
+                stdin: Some(Bytes::copy_from_slice(secret.expose().as_bytes())),
+                variable: Some((
+                    crate::runner::env::SECRET_INPUT.to_owned(),
+                    crate::runner::env::SECRET_INPUT_STDIN.to_owned(),
+                )),
+            }),
+            (None, stdin) => Ok(StdinDelivery { stdin: stdin.clone(), variable: None }),
         }
     }
 

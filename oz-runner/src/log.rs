@@ -208,7 +208,6 @@ mod tests {
     use std::sync::Mutex as StdMutex;
 
     use async_trait::async_trait;
-    use oz_core::environment::EnvironmentConfig;
     use oz_core::run::RunState;
     use oz_core::wire::callbacks::Artifact;
 
@@ -227,10 +226,7 @@ mod tests {
             self.0.lock().unwrap().push(report.clone());
             Ok(())
         }
-        async fn environment(&self, id: &str) -> Result<EnvironmentConfig, ControlError> {
-            Err(ControlError::NotFound(id.to_owned()))
-        }
-        async fn prompt(&self) -> Result<Option<String>, ControlError> {
+        async fn resolved(&self) -> Result<Option<oz_core::wire::callbacks::ResolvedRun>, ControlError> {
             Ok(None)
         }
     }

@@ -7,8 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use oz_core::environment::EnvironmentConfig;
-use oz_core::wire::callbacks::{RunnerEvent, RunnerReport};
+use oz_core::wire::callbacks::{ResolvedRun, RunnerEvent, RunnerReport};
 use oz_runner::args::{OutputFormat, RunArgs};
 use oz_runner::control::{ControlError, ControlPlane};
 use oz_runner::run::{Context, run};
@@ -24,11 +23,14 @@ impl ControlPlane for Recorder {
         self.0.lock().unwrap().push(report.clone());
         Ok(())
     }
-    async fn environment(&self, id: &str) -> Result<EnvironmentConfig, ControlError> {
-        Err(ControlError::NotFound(id.to_owned()))
-    }
-    async fn prompt(&self) -> Result<Option<String>, ControlError> {
-        Ok(Some("p".into()))
+    /// The secret comes from the control plane, as a team secret an environment references.
+    async fn resolved(&self) -> Result<Option<ResolvedRun>, ControlError> {
+        Ok(Some(ResolvedRun {
+            prompt: "p".into(),
+            environment: None,
+            secret_env: [("MY_SERVICE_TOKEN".to_owned(), SECRET.to_owned())].into(),
+            git_credentials: Vec::new(),
+        }))
     }
 }
 
@@ -56,7 +58,6 @@ async fn a_setup_command_holding_a_secret_is_reported_with_the_secret_masked() {
         env: vec![
             ("PATH".into(), std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into())),
             ("TMPDIR".into(), dir.path().display().to_string()),
-            ("MY_SERVICE_TOKEN".into(), SECRET.into()),
         ],
         control: Some(recorder.clone()),
         oz_binary: "oz".into(),
