@@ -157,9 +157,12 @@ pub fn job(spec: &TaskSpec, config: &KubernetesConfig) -> Result<Job, Kubernetes
     }
     let mut volumes = vec![workspace, agent_volume];
     if spec.secret_input.is_some() {
+        // Readable by any user: the files of a Secret volume belong to root (without an fsGroup),
+        // and the image may run as anyone. Only the task container mounts it, and everything in it
+        // (the runner, its harness) runs as one user anyway, so a narrower mode would protect nothing.
         volumes.push(json!({
             "name": "secret-input",
-            "secret": {"secretName": job_name(spec), "defaultMode": 0o400, "items": [{"key": SECRET_INPUT_KEY, "path": SECRET_INPUT_KEY}]},
+            "secret": {"secretName": job_name(spec), "defaultMode": 0o444, "items": [{"key": SECRET_INPUT_KEY, "path": SECRET_INPUT_KEY}]},
         }));
     }
     let generated = json!({

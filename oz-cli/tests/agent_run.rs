@@ -381,12 +381,14 @@ const PUSH_TOKEN: &str = "ghs_push_token_abcdef0123456789";
 const PUSH_WORKLOAD_TOKEN: &str = "ozw_push_workload_token_0123456789";
 const PUSH_SECRET: &str = "sekrit-api-value-4242";
 
-/// The harness of the push test: records its environment and its parent's (the runner's), then
+/// The harness of the push test: records its environment, its parent's (the runner's) and what
+/// its parent's stdin still holds, then
 /// commits and pushes.
 const PUSHING_AGENT: &str = r#"set -e
 env > harness-env.txt
 tr '\0' '\n' < /proc/$PPID/environ > runner-environ.txt
 tr '\0' ' ' < /proc/$PPID/cmdline > runner-cmdline.txt
+cat /proc/$PPID/fd/0 > runner-stdin.txt 2>/dev/null || true
 cd app
 echo "by the agent" >> README.md
 git commit -q -am "agent: change"
@@ -466,6 +468,12 @@ async fn push_through_the_helper(delivery: &str) {
             assert!(!text.contains(secret), "{delivery}: {file} holds a token:\n{text}");
         }
     }
+    // What the runner read its tokens from (stdin, or the handover's memfd) is not left behind.
+    let stdin = std::fs::read_to_string(work.join("runner-stdin.txt")).unwrap();
+    assert!(
+        !stdin.contains(PUSH_TOKEN) && !stdin.contains(PUSH_WORKLOAD_TOKEN),
+        "{delivery}: the runner's stdin: {stdin}"
+    );
     let parent = std::fs::read_to_string(work.join("runner-cmdline.txt")).unwrap();
     assert!(parent.contains("agent run --task-id run-push"), "the harness's parent is not the runner: {parent}");
     // The team secret reaches the setup commands and the harness, as asked.

@@ -48,8 +48,9 @@ pub mod env {
     pub const SECRET_INPUT: &str = "OZ_SECRET_INPUT";
     /// The value of [`SECRET_INPUT`] for stdin.
     pub const SECRET_INPUT_STDIN: &str = "stdin";
-    /// A pipe the runner re-executes itself with, holding what it took out of its environment.
-    pub const SCRUBBED_FD: &str = "OZ_SCRUBBED_FD";
+    /// Set by the runner on itself when it re-executes without its secrets (its stdin then holds
+    /// them); never taken from an assignment.
+    pub const HANDOVER: &str = "OZ_HANDOVER";
     /// GitHub tokens by their usual names: taken as git credentials, never passed on.
     pub const GITHUB_TOKEN: &str = "GITHUB_TOKEN";
     /// `gh`'s token variable: never passed on (`gh` gets a token through the runner's helper).
@@ -319,6 +320,9 @@ pub fn task_spec(
         .map_err(|e| BackendError::new(FailureReason::InvalidImage, e.to_string()))?;
     spec.execution_id = assignment.execution_id.clone();
     spec.env = runner_env(assignment, options);
+    // Set by backends and the runner alone: one from an environment would make the runner skip its
+    // re-execution or misread its stdin.
+    spec.env.retain(|(k, _)| k != env::SECRET_INPUT && k != env::HANDOVER);
     // The workload token never goes into the environment: the backend hands it over outside it.
     if let Some(at) = spec.env.iter().rposition(|(k, _)| k == env::WORKLOAD_TOKEN) {
         let (_, token) = spec.env.remove(at);
@@ -451,6 +455,12 @@ mod tests {
         let spec = task_spec(&a, &options(), true).unwrap();
         assert_eq!(spec.secret_input.as_ref().map(crate::task::SecretInput::expose), Some("ozw_x"));
         assert!(!format!("{spec:?}").contains("ozw_x"), "Debug shows the token");
+        // The runner's own markers cannot come from an environment.
+        let mut marked = a.clone();
+        marked.env_vars.insert("OZ_HANDOVER".into(), "stdin".into());
+        marked.env_vars.insert("OZ_SECRET_INPUT".into(), "/etc/passwd".into());
+        let spec = task_spec(&marked, &options(), true).unwrap();
+        assert!(spec.env.iter().all(|(k, _)| k != "OZ_HANDOVER" && k != "OZ_SECRET_INPUT"), "{:?}", spec.env);
     }
 
     #[test]

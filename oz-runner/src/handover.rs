@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 pub const HELD_BACK: [&str; 4] = [env::WORKLOAD_TOKEN, env::GIT_CREDENTIALS, env::GITHUB_TOKEN, env::GH_TOKEN];
 
 /// Marks a process started by [`reexec_without_secrets`]: its stdin is the handover.
-pub const HANDOVER: &str = "OZ_HANDOVER";
+pub const HANDOVER: &str = env::HANDOVER;
 
 /// What a re-executed runner gets on stdin.
 #[derive(Serialize, Deserialize)]
@@ -90,10 +90,20 @@ pub fn take() -> Result<Vec<(String, String)>, HandoverError> {
     if std::env::var_os(HANDOVER).is_some() {
         let mut text = Vec::new();
         std::io::stdin().lock().read_to_end(&mut text)?;
+        // The memfd would stay readable as `/proc/<runner>/fd/0` (from offset 0) for as long as the
+        // runner lives; once stdin is /dev/null, nothing refers to it and it is gone.
+        forget_stdin()?;
         let handover: Handover = serde_json::from_slice(&text).map_err(|_| HandoverError::Malformed)?;
         return Ok(handover.vars);
     }
     Ok(read_secret_input()?.map(|token| (env::WORKLOAD_TOKEN.to_owned(), token)).into_iter().collect())
+}
+
+/// Points stdin at /dev/null (the runner never passes its own stdin on: children get a pipe).
+fn forget_stdin() -> Result<(), HandoverError> {
+    let null = std::fs::File::open("/dev/null")?;
+    nix::unistd::dup2_stdin(&null)?;
+    Ok(())
 }
 
 /// The secret input (the workload token), from stdin or the file `OZ_SECRET_INPUT` names.
@@ -102,6 +112,7 @@ fn read_secret_input() -> Result<Option<String>, HandoverError> {
     let mut text = String::new();
     if from == env::SECRET_INPUT_STDIN {
         std::io::stdin().lock().read_to_string(&mut text)?;
+        forget_stdin()?;
     } else {
         text = std::fs::read_to_string(&from)?;
     }

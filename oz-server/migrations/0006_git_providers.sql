@@ -4,5 +4,7 @@ CREATE TABLE git_providers (
     created_us INTEGER NOT NULL, updated_us INTEGER NOT NULL,
     PRIMARY KEY (team_id, host)
 );
--- A workload token's resolved configuration is handed out once.
+-- A run's resolved configuration is handed out from its first answer for a short window, and never
+-- once its harness started (resolved_us: when that closed it).
 ALTER TABLE workload_tokens ADD COLUMN resolved_us INTEGER;
+ALTER TABLE workload_tokens ADD COLUMN first_resolved_us INTEGER;

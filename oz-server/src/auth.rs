@@ -112,19 +112,26 @@ async fn credential_from(state: &AppState, token: &str) -> Result<KeyWithUser, A
     if !secrets::verify(secret, &found.key.secret_hash) {
         return Err(invalid());
     }
-    if found.key.revoked_at.is_some() {
-        return Err(ApiError::unauthenticated("the API key was revoked"));
-    }
-    if found.key.expires_at.is_some_and(|at| Timestamp::now() >= at) {
-        return Err(ApiError::unauthenticated("the API key has expired"));
-    }
-    if found.user.as_ref().is_some_and(|u| u.disabled) {
-        return Err(ApiError::unauthenticated("the API key's user is disabled"));
-    }
-    if found.key.user_id.is_some() && found.user.is_none() {
-        return Err(invalid());
+    if let Some(why) = lapsed(&found, Timestamp::now()) {
+        return Err(ApiError::unauthenticated(why));
     }
     Ok(found)
+}
+
+/// Why a stored credential no longer authenticates at `now` (revoked, expired, its user disabled or
+/// gone), or `None`. Also what the dispatcher checks open worker connections against.
+pub fn lapsed(found: &KeyWithUser, now: Timestamp) -> Option<&'static str> {
+    if found.key.revoked_at.is_some() {
+        Some("the API key was revoked")
+    } else if found.key.expires_at.is_some_and(|at| now >= at) {
+        Some("the API key has expired")
+    } else if found.user.as_ref().is_some_and(|u| u.disabled) {
+        Some("the API key's user is disabled")
+    } else if found.key.user_id.is_some() && found.user.is_none() {
+        Some("the API key is not valid")
+    } else {
+        None
+    }
 }
 
 async fn caller_from(state: &AppState, token: &str) -> Result<Caller, ApiError> {

@@ -17,6 +17,10 @@ pub struct ServerConfig {
     pub lease_timeout: Duration,
     /// How long a run's workload token lives (it is revoked earlier, when the run ends).
     pub token_ttl: Duration,
+    /// How long after its first answer a run's token may fetch the run's resolved configuration
+    /// again (the runner's retries of a lost answer; the runner asks once, before cloning). It stops
+    /// earlier, when the runner reports that the harness started.
+    pub resolution_window: Duration,
     /// The largest request body accepted.
     pub max_body_bytes: usize,
     /// Where to serve Prometheus metrics at `/metrics`, unauthenticated, on a listener of their own
@@ -36,6 +40,7 @@ impl Default for ServerConfig {
             default_worker_host: None,
             lease_timeout: Duration::from_secs(90),
             token_ttl: Duration::from_secs(24 * 3600),
+            resolution_window: Duration::from_secs(60),
             max_body_bytes: 2 * 1024 * 1024,
             metrics_listen: None,
             secret_keys: None,

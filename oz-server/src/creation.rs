@@ -75,6 +75,11 @@ pub async fn prepare(state: &AppState, team_id: &str, new: NewRun) -> Result<Run
     {
         return Err(CreationError::Invalid(format!("config.environment_id: there is no environment {env_id:?}")));
     }
+    let references = crate::secret_references::of_config(&config);
+    crate::secret_references::check(state.store.as_ref(), team_id, &references).await.map_err(|e| match e {
+        crate::secret_references::Refused::Store(e) => CreationError::Store(e),
+        refused => CreationError::Invalid(refused.to_string()),
+    })?;
     let now = Timestamp::now();
     let title = new.title.filter(|t| !t.trim().is_empty()).unwrap_or_else(|| new.prompt.chars().take(80).collect());
     let waiting = if state.dispatcher.connections(team_id, &worker_host) > 0 {

@@ -92,6 +92,10 @@ impl GitCredentialBroker {
         let Some((_, provider)) = store.git_providers(&run.team_id).await?.into_iter().find(|(h, _)| *h == host) else {
             return Ok(Vec::new());
         };
+        // The runner's retries get what was issued already, not one more token each.
+        if let Some(credential) = self.still_valid(&run.id, &host) {
+            return Ok(vec![credential]);
+        }
         let provider: Arc<dyn GitCredentialProvider> = match provider {
             GitProvider::GithubApp { app, private_key_secret, installation_id, api_url } => {
                 let key = team_secret(store, keyring, &run.team_id, &private_key_secret).await?;
@@ -135,7 +139,28 @@ impl GitCredentialBroker {
             expires_at: issued.expires_at,
         };
         self.issued().entry(run.id.clone()).or_default().push((provider, issued));
+        // The run may have ended (or gone back to the queue) while the provider was asked, after its
+        // credentials were revoked: revoke this one too rather than let it outlive the run.
+        let current = store.run_by_id(&run.id).await?;
+        if current.is_none_or(|r| r.state.is_terminal() || r.state == oz_core::run::RunState::Queued) {
+            self.revoke(&run.id).await;
+            return Err(ApiError::conflict("the run ended while its git credential was being issued").retryable(false));
+        }
         Ok(vec![credential])
+    }
+
+    /// What run `run_id` was issued for `host`, if it is good for a few more minutes.
+    fn still_valid(&self, run_id: &str, host: &str) -> Option<ResolvedGitCredential> {
+        let soon = jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_mins(5)).ok()?;
+        let issued = self.issued();
+        let (_, credential) =
+            issued.get(run_id)?.iter().find(|(_, c)| c.host == host && c.expires_at.is_none_or(|at| at > soon))?;
+        Some(ResolvedGitCredential {
+            host: credential.host.clone(),
+            username: credential.username.clone(),
+            token: credential.expose_token().to_owned(),
+            expires_at: credential.expires_at,
+        })
     }
 
     /// Revokes what run `run_id` was issued (its run ended); failures are logged, not returned.

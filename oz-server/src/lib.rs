@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod principals;
 pub mod scheduler;
+pub mod secret_references;
 pub mod secrets;
 pub mod state;
 pub mod store;

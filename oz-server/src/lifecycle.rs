@@ -75,7 +75,9 @@ impl Lifecycle {
             body["status_message"] = json!(m);
         }
         self.append(run_id, now, body).await?;
-        if run.state.is_terminal() {
+        // An ended run's tokens die with it; so do those of an attempt whose run went back to the
+        // queue (the next attempt gets its own), so a stale attempt cannot report or resolve.
+        if run.state.is_terminal() || run.state == RunState::Queued {
             self.store.revoke_tokens(run_id).await?;
             // The provider is asked off the request path; a failure is logged.
             let credentials = self.credentials.clone();

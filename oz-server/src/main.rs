@@ -463,7 +463,7 @@ async fn admin(data_dir: &Path, key_file: &Path, command: AdminCommand) -> Resul
         }
         AdminCommand::Key { command: KeyCommand::Rotate { team: t, id } } => {
             let team = team(store, &t).await?;
-            print_key(&principals::rotate_key(store, &team.id, &id).await?);
+            print_key(&principals::rotate_key(store, &team.id, &id, true).await?);
             println!("  the old secret of {id} no longer works");
         }
         AdminCommand::Key { command: KeyCommand::Revoke { team: t, id } } => {

@@ -22,6 +22,9 @@ pub enum PrincipalError {
     /// The team has no such user or key.
     #[error("{0}")]
     NotFound(String),
+    /// The caller may not do this to that credential.
+    #[error("{0}")]
+    Forbidden(String),
     /// The store failed.
     #[error("the store failed: {0}")]
     Store(#[from] StoreError),
@@ -32,6 +35,7 @@ impl From<PrincipalError> for ApiError {
         match e {
             PrincipalError::Invalid(m) => ApiError::invalid(m),
             PrincipalError::NotFound(m) => ApiError::not_found(m),
+            PrincipalError::Forbidden(m) => ApiError::forbidden(m),
             PrincipalError::Store(s) => s.into(),
         }
     }
@@ -222,7 +226,9 @@ pub async fn create_key(
 
 /// Replaces a live credential with a new one of the same kind, user, role, workers and remaining
 /// lifetime; the old one is refused from the next request on.
-pub async fn rotate_key(store: &dyn Store, team_id: &str, id: &str) -> Result<KeyCreated> {
+/// The replacement keeps every right of the old key, so rotating a server admin's key takes a server
+/// admin (`by_server_admin`): a team admin would otherwise mint themselves one.
+pub async fn rotate_key(store: &dyn Store, team_id: &str, id: &str, by_server_admin: bool) -> Result<KeyCreated> {
     let now = Timestamp::now();
     let old = store
         .api_keys(team_id)
@@ -232,6 +238,11 @@ pub async fn rotate_key(store: &dyn Store, team_id: &str, id: &str) -> Result<Ke
         .ok_or_else(|| PrincipalError::NotFound(format!("there is no key {id:?}")))?;
     if old.revoked_at.is_some() {
         return Err(PrincipalError::Invalid(format!("key {id:?} is revoked; create a new one instead")));
+    }
+    if old.server_admin && !by_server_admin {
+        return Err(PrincipalError::Forbidden(format!(
+            "key {id:?} is a server admin's: only a server admin rotates it"
+        )));
     }
     let minted = secrets::mint(secrets::API_KEY_PREFIX);
     let new =

@@ -329,6 +329,18 @@ async fn only_the_credential_issued_for_a_worker_id_opens_its_socket() {
     assert_eq!(Worker::try_connect(&url, &w1, "w1").await.err(), Some(401));
 }
 
+/// A worker credential revoked behind the server's back (`oz-server admin key revoke` writes the
+/// database from another process) still closes the worker's open connection, within upkeep's tick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_revoked_in_the_database_closes_its_open_connection() {
+    let t = TestServer::start().await;
+    let mut w = t.worker(&t.key_a, "w1").await;
+    let keys = t.store.api_keys(&t.team_a).await.unwrap();
+    let id = keys.iter().find(|k| k.worker_ids == ["w1"]).unwrap().id.clone();
+    t.store.revoke_api_key(&t.team_a, &id, jiff::Timestamp::now()).await.unwrap();
+    assert!(w.closed_within(Duration::from_secs(5)).await, "the revoked credential's connection stays open");
+}
+
 /// Runs survive a restart of the server: a queued run is still queued, and is dispatched after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_run_survives_a_restart() {

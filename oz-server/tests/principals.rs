@@ -152,6 +152,21 @@ async fn only_a_server_admin_creates_teams() {
     assert_eq!(status, 403, "a new team's admin is not a server admin");
 }
 
+/// A rotated key keeps its rights, so only a server admin rotates a server admin's key: a team
+/// admin would otherwise mint themselves one (and lock its owner out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_admin_cannot_rotate_the_server_admins_key() {
+    let t = TestServer::start().await;
+    let admin = key_for(&t, "admin").await;
+    let keys = t.store.api_keys(&t.team_a).await.unwrap();
+    let root = keys.iter().find(|k| k.server_admin).unwrap().id.clone();
+    let (status, body) = t.post(&format!("/admin/keys/{root}/rotate"), &admin, json!({})).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(t.get("/agent/runs", &t.key_a).await.0, 200, "the server admin's key still works");
+    let (status, rotated) = t.post(&format!("/admin/keys/{root}/rotate"), &t.key_a, json!({})).await;
+    assert_eq!(status, 200, "a server admin rotates its own: {rotated}");
+}
+
 /// A run's workload token reads its own run's environment and no other (404, as for another team's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workload_token_reads_only_its_own_runs_environment() {

@@ -182,3 +182,81 @@ async fn a_github_app_token_covers_exactly_the_environments_repositories_and_is_
     let events = t.get(&format!("/agent/runs/{run}/transcript"), &t.key_a).await.1;
     assert!(!events.to_string().contains(&minted[0].token), "the token shows in the run's events");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_resolution_closes_after_its_window_even_if_the_harness_never_reports() {
+    let config = oz_server::ServerConfig { resolution_window: Duration::from_millis(800), ..server::config() };
+    let store = std::sync::Arc::new(oz_server::store::sqlite::SqliteStore::temporary().await.unwrap());
+    let t = TestServer::start_with(config, store).await;
+    let mut w = t.worker(&t.key_a, "w1").await;
+    let a = assigned(&t, &mut w, json!({"worker_host": "w1"})).await;
+    let token = a.env_vars["OZ_WORKLOAD_TOKEN"].clone();
+    let path = format!("/agent/runs/{}/resolved", a.task_id);
+    assert_eq!(t.get(&path, &token).await.0, 200);
+    assert_eq!(t.get(&path, &token).await.0, 200, "a retry within the window");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(t.get(&path, &token).await.0, 409, "the window closed without a harness_started report");
+}
+
+/// The secrets a git provider names (a GitHub App's private key, a token that mints tokens) are the
+/// provider's: no environment or agent config can have them handed to a run, whoever wrote it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_git_providers_secret_is_never_handed_to_a_run() {
+    const PAT: &str = "ghp_provider_only_token_0123456789";
+    let t = TestServer::start().await;
+    put(&t, "/secrets/pat", json!({"value": PAT})).await;
+    put(&t, "/secrets/ok", json!({"value": "fine"})).await;
+    // An environment made before the provider names the secret.
+    let (status, early) =
+        t.post("/agent/environments", &t.key_a, json!({"name": "early", "secrets": {"X": "pat"}})).await;
+    assert_eq!(status, 200, "{early}");
+    put(&t, "/admin/git-providers/github.com", json!({"kind": "static", "token_secret": "pat"})).await;
+
+    let (status, body) =
+        t.post("/agent/environments", &t.key_a, json!({"name": "late", "secrets": {"X": "pat"}})).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("git provider"), "{body}");
+    let (status, body) = t
+        .post(
+            "/agent/runs",
+            &t.key_a,
+            json!({"prompt": "p", "config": {"worker_host": "w1",
+            "harness_auth_secrets": {"claude_auth_secret_name": "pat"}}}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = t
+        .post(
+            "/agent/runs",
+            &t.key_a,
+            json!({"prompt": "p", "config": {"worker_host": "w1",
+            "harness_auth_secrets": {"claude_auth_secret_name": "no-such"}}}),
+        )
+        .await;
+    assert_eq!(status, 400, "a missing secret is refused at creation: {body}");
+
+    let mut w = t.worker(&t.key_a, "w1").await;
+    let a = assigned(&t, &mut w, json!({"worker_host": "w1", "environment_id": early["uid"]})).await;
+    let token = a.env_vars["OZ_WORKLOAD_TOKEN"].clone();
+    let (status, body) = t.get(&format!("/agent/runs/{}/resolved", a.task_id), &token).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(!body.to_string().contains(PAT));
+}
+
+/// An attempt whose run goes back to the queue loses its token: it can neither report nor resolve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requeued_attempts_token_is_revoked() {
+    let t = TestServer::start().await;
+    let mut w = t.worker(&t.key_a, "w1").await;
+    let (status, run) = t.post("/agent/runs", &t.key_a, json!({"prompt": "p", "config": {"worker_host": "w1"}})).await;
+    assert_eq!(status, 200);
+    let ServerMessage::TaskAssignment(a) = w.next().await else { panic!("no assignment") };
+    let token = a.env_vars["OZ_WORKLOAD_TOKEN"].clone();
+    drop(w);
+    t.wait_state(&t.key_a, run["run_id"].as_str().unwrap(), "QUEUED").await;
+    assert_eq!(t.get(&format!("/agent/runs/{}/resolved", a.task_id), &token).await.0, 401);
+    let (status, _) = t
+        .post(&format!("/agent/runs/{}/report", a.task_id), &token, report(json!({"event": "started", "version": "t"})))
+        .await;
+    assert_eq!(status, 401);
+}

@@ -72,7 +72,7 @@ pub async fn rotate_key(
     Admin(caller): Admin,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<KeyCreated>, ApiError> {
-    let rotated = principals::rotate_key(state.store.as_ref(), &caller.team_id, &id).await?;
+    let rotated = principals::rotate_key(state.store.as_ref(), &caller.team_id, &id, caller.server_admin).await?;
     state.dispatcher.disconnect_credential(&caller.team_id, &id);
     Ok(Json(rotated))
 }

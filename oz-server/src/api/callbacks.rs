@@ -36,7 +36,7 @@ pub async fn report(
         RunnerEvent::Started { .. } | RunnerEvent::CloneStarted { .. } | RunnerEvent::HarnessStarted { .. } => {
             if matches!(report.event, RunnerEvent::HarnessStarted { .. }) {
                 state.store.mark_started(&run.id, report.at).await?;
-                state.store.close_resolution(&token.token_id, jiff::Timestamp::now()).await?;
+                state.store.close_resolution(&run.id, jiff::Timestamp::now()).await?;
             }
             if run.state == RunState::Claimed {
                 state.lifecycle.advance(&run.id, RunState::InProgress, Some("the agent is running".into())).await?;
@@ -66,15 +66,11 @@ pub async fn report(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The variables `harness_auth_secrets` fills for a harness: `{claude_auth_secret_name: ...}` is
-/// `ANTHROPIC_API_KEY`, `{codex_auth_secret_name: ...}` is `OPENAI_API_KEY`.
-const HARNESS_AUTH_VARIABLES: [(&str, &str); 2] =
-    [("claude_auth_secret_name", "ANTHROPIC_API_KEY"), ("codex_auth_secret_name", "OPENAI_API_KEY")];
-
 /// `GET /agent/runs/{id}/resolved`: what the runner needs to start (prompt, environment, the values
 /// of the secrets the run references, git credentials for its repositories), until the runner
-/// reports that the harness started: the harness itself (with a token it should not have) is
-/// refused. Repeatable before that, so the runner's retries are safe.
+/// reports that the harness started and for at most `resolution_window` (config) after the first answer:
+/// the harness itself (with a token it should not have) is refused, even if that report was lost.
+/// Repeatable before that, so the runner's retries are safe.
 #[utoipa::path(get, path = "/agent/runs/{id}/resolved", tag = "callbacks", params(("id" = String, Path)), responses((status = 200, body = ResolvedRun), BadRequest, Unauthorized, NotFound, (status = 409, description = "The harness has started", body = Problem, content_type = "application/problem+json")))]
 pub async fn resolved(
     State(state): State<AppState>,
@@ -86,9 +82,11 @@ pub async fn resolved(
         return Err(not_found());
     }
     let run = state.store.run(&token.team_id, &run_id).await?.ok_or_else(not_found)?;
-    if !state.store.resolution_open(&token.token_id).await? {
-        return Err(ApiError::conflict("this run's harness has started: its configuration is no longer handed out")
-            .retryable(false));
+    if !state.store.open_resolution(&token.token_id, jiff::Timestamp::now(), state.config.resolution_window).await? {
+        return Err(ApiError::conflict(
+            "this run's configuration is no longer handed out (its harness has started, or it was fetched long ago)",
+        )
+        .retryable(false));
     }
     let config = run.config.clone().unwrap_or_default();
     let environment = match &config.environment_id {
@@ -102,21 +100,16 @@ pub async fn resolved(
         ),
         None => None,
     };
-    let mut references: Vec<(String, String)> =
-        environment.iter().flat_map(|e| e.secrets.iter().map(|(v, s)| (v.clone(), s.clone()))).collect();
-    if let Some(auth) = config.harness_auth_secrets.as_ref().and_then(|a| a.as_object()) {
-        for (field, variable) in HARNESS_AUTH_VARIABLES {
-            if let Some(name) = auth.get(field).and_then(|n| n.as_str()) {
-                references.push((variable.to_owned(), name.to_owned()));
-            }
-        }
-    }
+    let mut references: Vec<_> = environment.iter().flat_map(crate::secret_references::of_environment).collect();
+    references.extend(crate::secret_references::of_config(&config));
+    // Again here: a provider may have been set up, or a secret deleted, since the run was made.
+    crate::secret_references::check(state.store.as_ref(), &run.team_id, &references).await?;
     let mut secret_env = std::collections::BTreeMap::new();
-    for (variable, name) in references {
-        let value = crate::api::secrets::open(&state, &run.team_id, &name).await?.ok_or_else(|| {
-            ApiError::invalid(format!("{variable} names the secret {name:?}, which the team does not have"))
+    for reference in references {
+        let value = crate::api::secrets::open(&state, &run.team_id, &reference.name).await?.ok_or_else(|| {
+            ApiError::invalid(format!("{}: the team has no secret {:?}", reference.field, reference.name))
         })?;
-        secret_env.insert(variable, secrecy::ExposeSecret::expose_secret(&value).to_owned());
+        secret_env.insert(reference.variable, secrecy::ExposeSecret::expose_secret(&value).to_owned());
     }
     let git_credentials = match &environment {
         Some(env) => state.lifecycle.credentials().issue(state.store.as_ref(), &state.keyring, &run, env).await?,

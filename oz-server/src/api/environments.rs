@@ -33,14 +33,8 @@ fn validated(config: EnvironmentConfig) -> Result<EnvironmentConfig, ApiError> {
 
 /// Every secret an environment names exists in its team (a run would otherwise fail to start).
 async fn check_secrets(state: &AppState, team_id: &str, config: &EnvironmentConfig) -> Result<(), ApiError> {
-    for (variable, name) in &config.secrets {
-        if state.store.secret(team_id, name).await?.is_none() {
-            return Err(ApiError::invalid(format!(
-                "secrets.{variable}: the team has no secret {name:?} (an admin sets it with PUT /secrets/{name})"
-            )));
-        }
-    }
-    Ok(())
+    let references = crate::secret_references::of_environment(config);
+    Ok(crate::secret_references::check(state.store.as_ref(), team_id, &references).await?)
 }
 
 /// The one environment a workload token may read: its run's (none if the run names none).

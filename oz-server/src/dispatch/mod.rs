@@ -283,11 +283,34 @@ impl Dispatcher {
             if let Err(e) = self.maintain_leases().await {
                 warn!("lease upkeep failed: {}", e.detail);
             }
+            if let Err(e) = self.drop_lapsed_credentials().await {
+                warn!("credential upkeep failed: {e}");
+            }
             if let Err(e) = self.inner.lifecycle.store().maintenance().await {
                 warn!("store upkeep failed: {e}");
             }
             tokio::time::sleep(TICK).await;
         }
+    }
+
+    /// Closes the connections whose worker credential no longer authenticates: revoked or rotated
+    /// (also from `oz-server admin`, another process), expired, or its user disabled.
+    async fn drop_lapsed_credentials(&self) -> Result<(), crate::store::StoreError> {
+        let credentials: HashSet<(String, String)> =
+            self.conns().values().map(|c| (c.team_id.clone(), c.key_id.clone())).collect();
+        let now = jiff::Timestamp::now();
+        for (team_id, key_id) in credentials {
+            let found = self.inner.lifecycle.store().api_key(&key_id).await?;
+            let why = match &found {
+                Some(found) => crate::auth::lapsed(found, now),
+                None => Some("the worker credential no longer exists"),
+            };
+            if let Some(why) = why {
+                info!(key_id, "closing the worker connections of a credential: {why}");
+                self.disconnect_credential(&team_id, &key_id);
+            }
+        }
+        Ok(())
     }
 
     /// Offers queued runs to connected workers, once.

@@ -460,10 +460,18 @@ pub trait Store: PrincipalStore + SecretStore + ScheduleStore + IntegrationStore
     async fn token(&self, id: &str) -> Result<Option<WorkloadTokenRecord>, StoreError>;
     /// Revokes every token of a run.
     async fn revoke_tokens(&self, run_id: &str) -> Result<(), StoreError>;
-    /// Whether a token may still fetch its run's resolved configuration.
-    async fn resolution_open(&self, token_id: &str) -> Result<bool, StoreError>;
-    /// Ends a token's fetching of its run's resolved configuration (the harness is starting).
-    async fn close_resolution(&self, token_id: &str, at: Timestamp) -> Result<(), StoreError>;
+    /// Whether a token may still fetch its run's resolved configuration at `now`: not once its run's
+    /// harness started, nor later than `window` after its first answer. Records `now` as the first
+    /// answer when there was none.
+    async fn open_resolution(
+        &self,
+        token_id: &str,
+        now: Timestamp,
+        window: std::time::Duration,
+    ) -> Result<bool, StoreError>;
+    /// Ends the fetching of a run's resolved configuration, for every token of the run (its harness
+    /// is starting).
+    async fn close_resolution(&self, run_id: &str, at: Timestamp) -> Result<(), StoreError>;
 
     /// Makes overwritten and deleted content leave the database's files (SQLite: a checkpoint that
     /// empties the write-ahead log, whose old frames would still hold it); after a secret changes.

@@ -477,18 +477,25 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn resolution_open(&self, token_id: &str) -> Result<bool, StoreError> {
-        let closed: Option<(Option<i64>,)> = sqlx::query_as("SELECT resolved_us FROM workload_tokens WHERE id = ?")
-            .bind(token_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(matches!(closed, Some((None,))))
+    async fn open_resolution(&self, token_id: &str, now: Timestamp, window: Duration) -> Result<bool, StoreError> {
+        let window_us = i64::try_from(window.as_micros()).unwrap_or(i64::MAX);
+        // One statement on the writer: the first answer's time is set once, and the check reads it.
+        let open: Option<(i64,)> = sqlx::query_as(
+            "UPDATE workload_tokens SET first_resolved_us = COALESCE(first_resolved_us, ?1) WHERE id = ?2 \
+             RETURNING resolved_us IS NULL AND ?1 - first_resolved_us <= ?3",
+        )
+        .bind(micros(now))
+        .bind(token_id)
+        .bind(window_us)
+        .fetch_optional(&self.writer)
+        .await?;
+        Ok(matches!(open, Some((1,))))
     }
 
-    async fn close_resolution(&self, token_id: &str, at: Timestamp) -> Result<(), StoreError> {
-        sqlx::query("UPDATE workload_tokens SET resolved_us = COALESCE(resolved_us, ?) WHERE id = ?")
+    async fn close_resolution(&self, run_id: &str, at: Timestamp) -> Result<(), StoreError> {
+        sqlx::query("UPDATE workload_tokens SET resolved_us = COALESCE(resolved_us, ?) WHERE run_id = ?")
             .bind(micros(at))
-            .bind(token_id)
+            .bind(run_id)
             .execute(&self.writer)
             .await?;
         Ok(())
