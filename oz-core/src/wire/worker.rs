@@ -151,9 +151,10 @@ pub struct InstanceShape {
     pub memory_gb: f64,
 }
 
-/// `task_assignment`: the server gives a task to a worker.
+/// `task_assignment`: the server gives a task to a worker. Its `Debug` names the variables without
+/// their values (one is the run's workload token).
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskAssignment {
     /// The task id.
     pub task_id: String,
@@ -180,6 +181,22 @@ pub struct TaskAssignment {
     /// CPU and memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_shape: Option<InstanceShape>,
+}
+
+impl std::fmt::Debug for TaskAssignment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskAssignment")
+            .field("task_id", &self.task_id)
+            .field("execution_id", &self.execution_id)
+            .field("task", &self.task)
+            .field("docker_image", &self.docker_image)
+            .field("sidecar_image", &self.sidecar_image)
+            .field("env_vars", &self.env_vars.keys().collect::<Vec<_>>())
+            .field("additional_sidecars", &self.additional_sidecars)
+            .field("additional_oz_args", &self.additional_oz_args)
+            .field("instance_shape", &self.instance_shape)
+            .finish()
+    }
 }
 
 /// `task_cancellation`.
@@ -372,6 +389,10 @@ mod tests {
         );
         assert_eq!(a.instance_shape, Some(InstanceShape { vcpus: 2.0, memory_gb: 4.0 }));
         assert_eq!(a.additional_sidecars[0].mount_path, "/opt/tools");
+        let mut secret = a.clone();
+        secret.env_vars.insert("OZ_WORKLOAD_TOKEN".into(), "ozw_debug_never_shows".into());
+        let shown = format!("{:?}", ServerMessage::TaskAssignment(secret));
+        assert!(shown.contains("OZ_WORKLOAD_TOKEN") && !shown.contains("ozw_debug_never_shows"), "{shown}");
     }
 
     #[test]
