@@ -53,7 +53,7 @@ impl RunsHandler {
         self.client.call(Method::GET, &format!("/agent/runs/{}", seg(run_id))).await
     }
 
-    /// Cancels a run; returns its id. A run being handed to a worker answers 409 (retryable).
+    /// Cancels a run; returns its id. A run that ended already is a 400.
     pub async fn cancel(&self, run_id: &str) -> Result<String> {
         self.client
             .call_json(Method::POST, &format!("/agent/runs/{}/cancel", seg(run_id)), &serde_json::json!({}))

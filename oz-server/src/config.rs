@@ -15,6 +15,9 @@ pub struct ServerConfig {
     pub default_worker_host: Option<String>,
     /// How long a worker may hold a run without news before the run ends ERROR.
     pub lease_timeout: Duration,
+    /// How long an offer may go unclaimed before the run goes back to the queue (to be offered
+    /// again): an offer lost with a connection or with a server that died is not waited on forever.
+    pub offer_timeout: Duration,
     /// How long a run's workload token lives (it is revoked earlier, when the run ends).
     pub token_ttl: Duration,
     /// How long after its first answer a run's token may fetch the run's resolved configuration
@@ -39,6 +42,7 @@ impl Default for ServerConfig {
             public_url: None,
             default_worker_host: None,
             lease_timeout: Duration::from_secs(90),
+            offer_timeout: Duration::from_secs(15),
             token_ttl: Duration::from_secs(24 * 3600),
             resolution_window: Duration::from_secs(60),
             max_body_bytes: 2 * 1024 * 1024,

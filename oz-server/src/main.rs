@@ -66,6 +66,9 @@ struct ServeArgs {
     /// Seconds a worker may hold a run without news before the run ends ERROR.
     #[arg(long, default_value_t = 90)]
     lease_timeout_secs: u64,
+    /// Seconds an offer may go unclaimed before the run is queued again (and offered again).
+    #[arg(long, default_value_t = 15)]
+    offer_timeout_secs: u64,
     /// The name of the team created on first start.
     #[arg(long, default_value = "default")]
     team: String,
@@ -326,6 +329,7 @@ async fn serve(data_dir: &Path, key_file: &Path, args: ServeArgs) -> Result<(), 
         default_worker_host: args.default_worker_host,
         metrics_listen: args.metrics_listen,
         lease_timeout: Duration::from_secs(args.lease_timeout_secs),
+        offer_timeout: Duration::from_secs(args.offer_timeout_secs.max(1)),
         secret_keys: Some(secret_keys),
         ..Default::default()
     };

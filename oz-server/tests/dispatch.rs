@@ -215,11 +215,22 @@ async fn a_worker_that_vanishes_returns_unclaimed_runs_and_errors_claimed_ones_a
 async fn cancellation_is_forwarded_and_confirmed() {
     let t = TestServer::start().await;
     let mut w = t.worker(&t.key_a, "w1").await;
+    // Offered, not claimed yet: cancelled at once, the worker told to drop it, a late claim ignored.
+    let offered = t.create_run(&t.key_a, "w1", "never mind").await;
+    assert_eq!(assignment(w.next().await).task_id, offered);
+    let (status, answer) = t.post(&format!("/agent/runs/{offered}/cancel"), &t.key_a, json!({})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(t.state_of(&t.key_a, &offered).await, "CANCELLED");
+    match w.next().await {
+        ServerMessage::TaskCancellation(c) => assert_eq!(c.task_id, offered),
+        other => panic!("expected a cancellation, got {other:?}"),
+    }
+    w.send(claimed(&offered, &w)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(t.state_of(&t.key_a, &offered).await, "CANCELLED");
+
     let run = t.create_run(&t.key_a, "w1", "long task").await;
     assert_eq!(assignment(w.next().await).task_id, run);
-    let (status, problem) = t.post(&format!("/agent/runs/{run}/cancel"), &t.key_a, json!({})).await;
-    assert_eq!(status, 409, "{problem}");
-    assert_eq!(problem["retryable"], true);
     w.send(claimed(&run, &w)).await;
     t.wait_state(&t.key_a, &run, "CLAIMED").await;
     let (status, _) = t.post(&format!("/agent/runs/{run}/cancel"), &t.key_a, json!({})).await;

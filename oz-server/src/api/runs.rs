@@ -224,36 +224,41 @@ pub async fn get(
     Ok(Json(run_item(&visible_run(&state, &principal, &run_id).await?)))
 }
 
-/// `POST /agent/runs/{id}/cancel`: 200 with the run id; 400 if it already ended; 409 (retryable)
-/// while PENDING.
-#[utoipa::path(post, path = "/agent/runs/{id}/cancel", tag = "runs", params(("id" = String, Path)), responses((status = 200, body = String, description = "The run id"), (status = 409, description = "PENDING: retry", body = Problem, content_type = "application/problem+json"), BadRequest, Unauthorized, NotFound))]
+/// `POST /agent/runs/{id}/cancel`: 200 with the run id; 400 if it already ended. Unlike Oz (409
+/// while PENDING), an offered run is cancelled at once and its worker told to drop the offer; 409
+/// (retryable) only if the run kept changing state under the cancel.
+#[utoipa::path(post, path = "/agent/runs/{id}/cancel", tag = "runs", params(("id" = String, Path)), responses((status = 200, body = String, description = "The run id"), (status = 409, description = "The run kept changing state: retry", body = Problem, content_type = "application/problem+json"), BadRequest, Unauthorized, NotFound))]
 pub async fn cancel(
     State(state): State<AppState>,
     Member(caller): Member,
     ApiPath(run_id): ApiPath<String>,
 ) -> Result<Json<String>, ApiError> {
-    let run = visible_run(&state, &Principal::Key(caller), &run_id).await?;
-    match run.state {
-        s if s.is_terminal() => Err(ApiError::invalid(format!("the run already ended ({s})"))),
-        RunState::Pending => {
-            Err(ApiError::conflict("the run is being handed to a worker; retry in a moment").retryable(true))
-        }
-        RunState::Queued => {
-            state
-                .lifecycle
-                .apply(
-                    &run.id,
-                    StateChange::new(RunState::Queued, RunState::Cancelled).message("cancelled before it started"),
-                )
-                .await?;
-            Ok(Json(run.id))
-        }
-        _ => {
-            state.store.request_cancel(&run.id, Timestamp::now()).await?;
-            state.dispatcher.forward_cancel(&run);
-            Ok(Json(run.id))
+    let caller = Principal::Key(caller);
+    // The run may move between the read and the change (dispatched, claimed): read again and redo.
+    for _ in 0..5 {
+        let run = visible_run(&state, &caller, &run_id).await?;
+        let before_it_started = match run.state {
+            s if s.is_terminal() => return Err(ApiError::invalid(format!("the run already ended ({s})"))),
+            RunState::Queued => "cancelled before it started",
+            // Offered, not claimed: cancelled here, and the worker is told to drop the offer.
+            RunState::Pending => "cancelled while it was offered to a worker",
+            _ => {
+                state.store.request_cancel(&run.id, Timestamp::now()).await?;
+                state.dispatcher.forward_cancel(&run);
+                return Ok(Json(run.id));
+            }
+        };
+        let change = StateChange::new(run.state, RunState::Cancelled).message(before_it_started);
+        match state.lifecycle.apply(&run.id, change).await {
+            Ok(_) => {
+                state.dispatcher.forward_cancel(&run);
+                return Ok(Json(run.id));
+            }
+            Err(e) if e.status == axum::http::StatusCode::CONFLICT => continue,
+            Err(e) => return Err(e),
         }
     }
+    Err(ApiError::conflict("the run kept changing state; retry in a moment").retryable(true))
 }
 
 /// `GET /agent/runs/{id}/transcript`: 302 to the stored transcript.

@@ -260,9 +260,11 @@ impl Dispatcher {
     }
 
     fn lease_deadline(&self) -> Timestamp {
-        let lease = jiff::SignedDuration::try_from(self.inner.config.lease_timeout)
-            .unwrap_or(jiff::SignedDuration::from_secs(90));
-        Timestamp::now().checked_add(lease).unwrap_or(Timestamp::MAX)
+        deadline(self.inner.config.lease_timeout)
+    }
+
+    fn offer_deadline(&self) -> Timestamp {
+        deadline(self.inner.config.offer_timeout)
     }
 
     /// The dispatch loop: runs until the process ends. It only dispatches, so nothing slow ever sits
@@ -358,7 +360,7 @@ impl Dispatcher {
             StateChange::new(RunState::Queued, RunState::Pending).message(format!("offered to worker {worker_id}"));
         change.claimed_by = Some(Some(worker_id));
         change.execution_id = Some(execution_id);
-        change.lease_expires_at = Some(Some(self.lease_deadline()));
+        change.lease_expires_at = Some(Some(self.offer_deadline()));
         match lifecycle.apply(&run.id, change).await {
             Ok(_) => {}
             Err(e) if e.status == axum::http::StatusCode::CONFLICT => return Ok(()), // cancelled meanwhile
@@ -376,7 +378,8 @@ impl Dispatcher {
 
     async fn maintain_leases(&self) -> Result<(), crate::error::ApiError> {
         let store = self.inner.lifecycle.store();
-        // Renew the leases of runs held by workers that are connected.
+        // Renew the leases of runs held by workers that are connected. An offer's lease is not
+        // renewed: it is claimed within `offer_timeout` or goes back to the queue.
         let live: HashSet<String> = self.conns().values().flat_map(|c| c.in_flight.iter().cloned()).collect();
         let deadline = self.lease_deadline();
         for run_id in &live {
@@ -386,6 +389,16 @@ impl Dispatcher {
             self.conns().values().map(|c| (c.team_id.clone(), c.worker_id.clone())).collect();
         for run in store.expired_leases(Timestamp::now()).await? {
             let holder = (run.team_id.clone(), run.claimed_by.clone().unwrap_or_default());
+            if run.state == RunState::Pending {
+                // Never claimed: the offer died with a connection, a worker, or a server before this one.
+                let message = format!(
+                    "worker {} did not claim the run within {}s; queued again",
+                    holder.1,
+                    self.inner.config.offer_timeout.as_secs()
+                );
+                self.inner.lifecycle.advance(&run.id, RunState::Queued, Some(message)).await?;
+                continue;
+            }
             if connected.contains(&holder) {
                 // The worker is back (a reconnect): keep waiting for its report.
                 store.renew_lease(&run.id, deadline).await?;
@@ -400,4 +413,10 @@ impl Dispatcher {
         }
         Ok(())
     }
+}
+
+/// `now + timeout`, saturating.
+fn deadline(timeout: Duration) -> Timestamp {
+    let timeout = jiff::SignedDuration::try_from(timeout).unwrap_or(jiff::SignedDuration::from_secs(90));
+    Timestamp::now().checked_add(timeout).unwrap_or(Timestamp::MAX)
 }

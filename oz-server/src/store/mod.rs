@@ -436,7 +436,8 @@ pub trait Store: PrincipalStore + SecretStore + ScheduleStore + IntegrationStore
     async fn change_state(&self, id: &str, change: &StateChange, at: Timestamp) -> Result<RunRecord, StoreError>;
     /// Marks a run as asked to cancel.
     async fn request_cancel(&self, id: &str, at: Timestamp) -> Result<(), StoreError>;
-    /// Extends the lease of a held run.
+    /// Extends the lease of a claimed or running run; never an offer's (PENDING), which is claimed
+    /// in time or goes back to the queue.
     async fn renew_lease(&self, id: &str, until: Timestamp) -> Result<(), StoreError>;
     /// Records that the agent started.
     async fn mark_started(&self, id: &str, at: Timestamp) -> Result<(), StoreError>;

@@ -363,7 +363,7 @@ impl Store for SqliteStore {
     }
 
     async fn renew_lease(&self, id: &str, until: Timestamp) -> Result<(), StoreError> {
-        sqlx::query("UPDATE runs SET lease_us = ? WHERE id = ? AND lease_us IS NOT NULL")
+        sqlx::query("UPDATE runs SET lease_us = ? WHERE id = ? AND lease_us IS NOT NULL AND state <> 'PENDING'")
             .bind(micros(until))
             .bind(id)
             .execute(&self.writer)
