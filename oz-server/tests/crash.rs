@@ -39,15 +39,8 @@ fn key_in(output: &[String]) -> String {
 }
 
 async fn state(http: &reqwest::Client, url: &str, key: &str, run: &str) -> String {
-    let body: Value = http
-        .get(format!("{url}/api/v1/agent/runs/{run}"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: Value =
+        http.get(format!("{url}/api/v1/agent/runs/{run}")).bearer_auth(key).send().await.unwrap().json().await.unwrap();
     body["state"].as_str().unwrap().to_owned()
 }
 

@@ -248,6 +248,46 @@ async fn cancellation_is_forwarded_and_confirmed() {
     t.wait_state(&t.key_a, &run, "CANCELLED").await;
 }
 
+/// A cancel answered 200 while the worker was away is carried out: the history says it was asked,
+/// the worker hears of it when it reconnects, and the run ends CANCELLED even though the agent's
+/// `finished` (SUCCEEDED) came first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_asked_while_the_worker_was_away_is_carried_out() {
+    let config = oz_server::ServerConfig { lease_timeout: Duration::from_secs(30), ..support::config() };
+    let t = TestServer::start_with(config, Arc::new(SqliteStore::temporary().await.unwrap())).await;
+    let mut w = t.worker(&t.key_a, "w1").await;
+    let run = t.create_run(&t.key_a, "w1", "long task").await;
+    let token = assignment(w.next().await).env_vars["OZ_WORKLOAD_TOKEN"].clone();
+    w.send(claimed(&run, &w)).await;
+    t.wait_state(&t.key_a, &run, "CLAIMED").await;
+    let at = jiff::Timestamp::now().to_string();
+    assert_eq!(
+        report(&t, &run, &token, json!({"at": at, "event": "harness_started", "harness": "command"})).await,
+        204
+    );
+    drop(w);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let (status, answer) = t.post(&format!("/agent/runs/{run}/cancel"), &t.key_a, json!({})).await;
+    assert_eq!(status, 200, "{answer}");
+    let mut w = Worker::connect(&t.server.url(), &t.worker_credential(&t.key_a, "w1").await, "w1").await;
+    match w.next().await {
+        ServerMessage::TaskCancellation(c) => assert_eq!(c.task_id, run),
+        other => panic!("expected the cancellation on reconnect, got {other:?}"),
+    }
+    let at = jiff::Timestamp::now().to_string();
+    let finished = json!({"at": at, "event": "finished", "state": "SUCCEEDED", "exit_code": 0, "message": "done"});
+    assert_eq!(report(&t, &run, &token, finished).await, 204);
+    let ended = t.wait_state(&t.key_a, &run, "CANCELLED").await;
+    let message = ended["status_message"]["message"].as_str().unwrap();
+    assert!(message.contains("cancelled as asked") && message.contains("SUCCEEDED"), "{ended}");
+    let (_, transcript) = t.get(&format!("/agent/runs/{run}/transcript/content"), &t.key_a).await;
+    let kinds: Vec<&str> =
+        transcript.as_array().unwrap().iter().map(|e| e["event"]["event"].as_str().unwrap()).collect();
+    let asked = kinds.iter().position(|k| *k == "cancel_requested").expect("the cancel is in the history");
+    assert!(asked < kinds.iter().rposition(|k| *k == "state").unwrap(), "{kinds:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_end_failed_or_error_by_reason_and_strangers_cannot_report() {
     let t = TestServer::start().await;

@@ -190,6 +190,27 @@ impl Dispatcher {
         }
     }
 
+    /// Sends `task_cancellation` on connection `conn_id` for every run its worker holds whose
+    /// cancel was asked for and not yet carried out.
+    pub async fn forward_pending_cancels(&self, conn_id: u64) {
+        let Some((team_id, worker_id, tx)) =
+            self.conns().get(&conn_id).map(|c| (c.team_id.clone(), c.worker_id.clone(), c.tx.clone()))
+        else {
+            return;
+        };
+        let held = match self.inner.lifecycle.store().held_runs(&worker_id).await {
+            Ok(held) => held,
+            Err(e) => {
+                warn!(worker_id, "could not look up the worker's runs: {e}");
+                return;
+            }
+        };
+        for run in held.into_iter().filter(|r| r.team_id == team_id && r.cancel_requested) {
+            info!(run_id = %run.id, worker_id, "forwarding a cancel asked while the worker was away");
+            let _ = tx.send(ServerMessage::TaskCancellation(TaskCancellation { task_id: run.id }));
+        }
+    }
+
     /// Handles a message from a connection.
     pub async fn on_message(&self, conn_id: u64, message: WorkerMessage) {
         let lifecycle = &self.inner.lifecycle;
@@ -229,8 +250,12 @@ impl Dispatcher {
             }
             WorkerMessage::TaskCompleted(m) => {
                 self.track(conn_id, &task_id, false);
-                let to =
-                    if m.task_state == Some(RunState::Cancelled) { RunState::Cancelled } else { RunState::Succeeded };
+                // A cancel answered 200 is carried out, even if the task got to finish first.
+                let to = if m.task_state == Some(RunState::Cancelled) || run.cancel_requested {
+                    RunState::Cancelled
+                } else {
+                    RunState::Succeeded
+                };
                 let text =
                     if m.message.is_empty() { format!("worker {worker_id} reported {to}") } else { m.message.clone() };
                 lifecycle.advance(&task_id, to, Some(text)).await.map(drop)

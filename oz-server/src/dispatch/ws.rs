@@ -64,6 +64,8 @@ pub async fn worker_socket(
 async fn serve(socket: WebSocket, state: AppState, credential: WorkerCredential, worker_id: String) {
     let dispatcher = state.dispatcher.clone();
     let (conn_id, mut outbox, closed) = dispatcher.register(&credential.team_id, &worker_id, &credential.key_id);
+    // Cancels asked while this worker was away (or before this server started) reach it now.
+    dispatcher.forward_pending_cancels(conn_id).await;
     let (mut sink, mut stream) = socket.split();
     let writer = tokio::spawn(async move {
         let mut ping = tokio::time::interval(PING_EVERY);
