@@ -287,6 +287,15 @@ fn sigterm_cancels_the_harness_and_its_children() {
 /// A loopback control plane: serves the run's resolved configuration (`resolved`), records every
 /// report with its `Authorization` header.
 async fn control_plane(resolved: Value) -> (String, Arc<Mutex<Vec<(Option<String>, Value)>>>) {
+    flaky_control_plane(resolved, 0).await
+}
+
+/// [`control_plane`], whose first `lost_answers` reports are recorded but answered 503, as when the
+/// control plane stored a report and died before answering.
+async fn flaky_control_plane(
+    resolved: Value,
+    lost_answers: usize,
+) -> (String, Arc<Mutex<Vec<(Option<String>, Value)>>>) {
     use axum::extract::{Path as UrlPath, State};
     use axum::http::HeaderMap;
     use axum::routing::{get, post};
@@ -297,15 +306,20 @@ async fn control_plane(resolved: Value) -> (String, Arc<Mutex<Vec<(Option<String
         .route(
             "/api/v1/agent/runs/{id}/report",
             post(
-                |State(reports): State<Reports>,
-                 UrlPath(id): UrlPath<String>,
-                 headers: HeaderMap,
-                 axum::Json(body): axum::Json<Value>| async move {
+                move |State(reports): State<Reports>,
+                      UrlPath(id): UrlPath<String>,
+                      headers: HeaderMap,
+                      axum::Json(body): axum::Json<Value>| async move {
                     let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
                     let mut body = body;
                     body["_run"] = json!(id);
-                    reports.lock().unwrap().push((auth, body));
-                    axum::http::StatusCode::NO_CONTENT
+                    let mut reports = reports.lock().unwrap();
+                    reports.push((auth, body));
+                    if reports.len() <= lost_answers {
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        axum::http::StatusCode::NO_CONTENT
+                    }
                 },
             ),
         )
@@ -507,6 +521,58 @@ async fn a_token_in_the_environment_is_taken_out_by_re_executing_and_the_agent_c
     push_through_the_helper("environment").await;
 }
 
+/// Reports whose answers were lost are sent again with the same sequence number until taken: the
+/// control plane ends up with every report, numbered from 1 with no gap, the last one `finished`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_are_resent_until_taken_and_numbered_without_gaps() {
+    let f = Fixture::new(&[("acme", "app")]);
+    let (url, reports) = flaky_control_plane(
+        json!({"prompt": "p", "environment": {"name": "e", "github_repos": [{"owner": "acme", "repo": "app"}]}}),
+        6,
+    )
+    .await;
+    let work = f.workdir();
+    let base = f.base_url();
+    let out = tokio::task::spawn_blocking(move || {
+        oz(
+            &[
+                "agent",
+                "run",
+                "--task-id",
+                "run-7",
+                "--server-root-url",
+                &url,
+                "--environment",
+                "e",
+                "--git-base-url",
+                &base,
+                "--harness",
+                "command",
+                "--",
+                "/bin/sh",
+                "-c",
+                "echo one; echo two",
+            ],
+            &[("OZ_WORKLOAD_TOKEN", "ozw_resend_token_0123456789".into())],
+            &work,
+        )
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reports = reports.lock().unwrap().clone();
+    let seqs: Vec<u64> = reports.iter().map(|(_, b)| b["seq"].as_u64().expect("numbered")).collect();
+    let mut distinct = seqs.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let expected: Vec<u64> = (1..=distinct.len() as u64).collect();
+    assert_eq!(distinct, expected, "numbered from 1 without gaps: {seqs:?}");
+    assert_eq!(seqs[..6], [1, 1, 1, 1, 1, 1], "one report at a time, the same until taken: {seqs:?}");
+    let last = reports.iter().find(|(_, b)| b["seq"].as_u64() == distinct.last().copied()).unwrap();
+    assert_eq!(last.1["event"], "finished");
+    assert!(reports.iter().any(|(_, b)| b["event"] == "output" && b["text"].as_str().unwrap_or("").contains("two")));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_control_plane_does_not_fail_the_run() {
     let work = tempfile::tempdir().unwrap();
@@ -528,7 +594,7 @@ async fn an_unreachable_control_plane_does_not_fail_the_run() {
                 "/bin/echo",
                 "still ran",
             ],
-            &[("OZ_WORKLOAD_TOKEN", "tok-unreachable-123".into())],
+            &[("OZ_WORKLOAD_TOKEN", "tok-unreachable-123".into()), ("OZ_REPORT_FLUSH_SECS", "1".into())],
             &dir,
         )
     })

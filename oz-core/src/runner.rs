@@ -44,6 +44,9 @@ pub mod env {
     pub const GIT_TERMINAL_PROMPT: &str = "GIT_TERMINAL_PROMPT";
     /// Set to `1` so `gh` never prompts.
     pub const GH_PROMPT_DISABLED: &str = "GH_PROMPT_DISABLED";
+    /// How many seconds the runner waits at its end for the control plane to take its last reports
+    /// (default 120).
+    pub const REPORT_FLUSH_SECS: &str = "OZ_REPORT_FLUSH_SECS";
     /// Where the task's secret input is (`stdin`, or a file's path); see `oz_core::task::SecretInput`.
     pub const SECRET_INPUT: &str = "OZ_SECRET_INPUT";
     /// The value of [`SECRET_INPUT`] for stdin.

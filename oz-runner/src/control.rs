@@ -25,6 +25,34 @@ pub enum ControlError {
     NotFound(String),
 }
 
+impl ControlError {
+    /// What the runner's outbox does after this answer to a report.
+    pub fn disposition(&self) -> Disposition {
+        match self {
+            ControlError::Request { source, .. } => match source.status() {
+                // The run's token is dead (the run ended, or was taken away): nothing more lands.
+                Some(401 | 403 | 404) => Disposition::GiveUp,
+                Some(status) if status >= 500 || status == 429 || source.is_retryable() => Disposition::Retry,
+                Some(_) => Disposition::Skip,
+                None if source.is_retryable() => Disposition::Retry,
+                None => Disposition::GiveUp,
+            },
+            ControlError::NotFound(_) => Disposition::GiveUp,
+        }
+    }
+}
+
+/// What to do with a report the control plane did not take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// Send it again later (unreachable, overloaded, restarting).
+    Retry,
+    /// Drop this report (refused as such) and go on with the next.
+    Skip,
+    /// Stop reporting.
+    GiveUp,
+}
+
 /// What the runner needs from the control plane.
 #[async_trait]
 pub trait ControlPlane: Send + Sync {

@@ -2,10 +2,17 @@
 //! control plane. Every event passes through the redactor first, all of its text (setup command
 //! lines, clone errors, messages, artifacts, output), so no registered secret is printed or sent,
 //! whatever the caller put in it.
+//!
+//! Reports go through an outbox: each gets the next sequence number (the control plane stores a
+//! `(run, seq)` once), and one task sends them in order, resending each until the control plane
+//! takes it, across its restarts and partitions. The outbox holds at most [`OUTBOX_REPORTS`]
+//! reports; beyond that, the run waits for room (its output pipes fill and slow the agent), so
+//! nothing is dropped and memory stays bounded. [`EventLog::close`] waits for it to drain.
 
 use std::io::Write;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use jiff::Timestamp;
 use oz_core::redact::{Redactor, StreamRedactor};
@@ -14,7 +21,17 @@ use tokio::sync::Mutex;
 use tracing::warn;
 
 use crate::args::OutputFormat;
-use crate::control::ControlPlane;
+use crate::control::{ControlPlane, Disposition};
+
+/// The most reports waiting to be sent (output chunks are at most 64 KiB each).
+pub const OUTBOX_REPORTS: usize = 1024;
+
+/// How long [`EventLog::close`] waits, by default, for the outbox to drain (a control plane that is
+/// restarting or cut off for a while still gets the whole history).
+pub const FLUSH_WITHIN: Duration = Duration::from_secs(120);
+
+/// The longest pause between two attempts at one report.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Which output stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,16 +54,43 @@ impl Stream {
 /// Prints and reports the run's events.
 pub struct EventLog {
     format: OutputFormat,
-    control: Arc<dyn ControlPlane>,
     redactor: Redactor,
-    report_failed: AtomicBool,
+    /// Serializes printing and numbering, so the outbox's order is the printed order.
     print_lock: Mutex<()>,
+    next_seq: AtomicU64,
+    outbox: Mutex<Option<tokio::sync::mpsc::Sender<RunnerReport>>>,
+    sender: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl EventLog {
-    /// A log in `format`, reporting to `control`, masking `redactor`'s secrets.
+    /// A log in `format`, reporting to `control`, masking `redactor`'s secrets. Must be made inside
+    /// a Tokio runtime (its outbox's sender is a task).
     pub fn new(format: OutputFormat, control: Arc<dyn ControlPlane>, redactor: Redactor) -> Arc<Self> {
-        Arc::new(Self { format, control, redactor, report_failed: AtomicBool::new(false), print_lock: Mutex::new(()) })
+        let (tx, rx) = tokio::sync::mpsc::channel(OUTBOX_REPORTS);
+        let sender = tokio::spawn(deliver(control, rx, redactor.clone()));
+        Arc::new(Self {
+            format,
+            redactor,
+            print_lock: Mutex::new(()),
+            next_seq: AtomicU64::new(1),
+            outbox: Mutex::new(Some(tx)),
+            sender: Mutex::new(Some(sender)),
+        })
+    }
+
+    /// Stops taking reports and waits up to `within` for the outbox to drain; says on stderr how
+    /// many could not be delivered if it did not.
+    pub async fn close(&self, within: Duration) {
+        drop(self.outbox.lock().await.take());
+        let Some(sender) = self.sender.lock().await.take() else { return };
+        let abort = sender.abort_handle();
+        if tokio::time::timeout(within, sender).await.is_err() {
+            abort.abort();
+            warn!(
+                "reporting to the control plane failed: it did not take the run's last reports within {}s; they are lost",
+                within.as_secs()
+            );
+        }
     }
 
     /// The redactor, for output streams.
@@ -61,9 +105,16 @@ impl EventLog {
 
     /// Records an event, with every secret in its text masked.
     pub async fn emit(&self, event: RunnerEvent) {
-        let report = RunnerReport { at: Timestamp::now(), event: self.redact_event(event) };
-        {
-            let _guard = self.print_lock.lock().await;
+        self.record(event, true).await;
+    }
+
+    /// Numbers, prints (if `print`) and queues one event, in that order under one lock.
+    async fn record(&self, event: RunnerEvent, print: bool) {
+        let event = self.redact_event(event);
+        let _guard = self.print_lock.lock().await;
+        let report =
+            RunnerReport { at: Timestamp::now(), seq: Some(self.next_seq.fetch_add(1, Ordering::Relaxed)), event };
+        if print {
             match self.format {
                 OutputFormat::Ndjson | OutputFormat::Json => {
                     if let Ok(line) = serde_json::to_string(&report) {
@@ -79,16 +130,10 @@ impl EventLog {
                 }
             }
         }
-        self.send(&report).await;
-    }
-
-    /// Reports an already redacted event to the control plane.
-    async fn send(&self, report: &RunnerReport) {
-        if let Err(e) = self.control.report(report).await
-            && !self.report_failed.swap(true, Ordering::Relaxed)
-        {
-            let why = self.redact(&oz_core::error::error_chain(&e));
-            warn!("reporting to the control plane failed (further failures are not logged): {why}");
+        let outbox = self.outbox.lock().await.clone();
+        if let Some(outbox) = outbox {
+            // Waits for room when the outbox is full: back-pressure, never a dropped report.
+            let _ = outbox.send(report).await;
         }
     }
 
@@ -164,12 +209,50 @@ impl EventLog {
         }
         let event =
             RunnerEvent::Output { stream: stream.name().into(), text: String::from_utf8_lossy(bytes).into_owned() };
-        if self.format == OutputFormat::Text {
-            // Already printed raw; only report.
-            let report = RunnerReport { at: Timestamp::now(), event: self.redact_event(event) };
-            self.send(&report).await;
-        } else {
-            self.emit(event).await;
+        // In text mode it was printed raw already; only report it.
+        self.record(event, self.format != OutputFormat::Text).await;
+    }
+}
+
+/// The outbox's sender: each report in order, again and again until the control plane takes it,
+/// skips it (refused as such) or the run's token is dead (then the rest is dropped, said once).
+async fn deliver(
+    control: Arc<dyn ControlPlane>,
+    mut rx: tokio::sync::mpsc::Receiver<RunnerReport>,
+    redactor: Redactor,
+) {
+    let mut failing = false;
+    while let Some(report) = rx.recv().await {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let Err(e) = control.report(&report).await else {
+                if std::mem::take(&mut failing) {
+                    tracing::info!("the control plane takes reports again");
+                }
+                break;
+            };
+            let why = redactor.redact_str(&oz_core::error::error_chain(&e));
+            match e.disposition() {
+                Disposition::Retry => {
+                    if !std::mem::replace(&mut failing, true) {
+                        warn!("reporting to the control plane failed; resending until it answers: {why}");
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_BACKOFF);
+                }
+                Disposition::Skip => {
+                    warn!(seq = report.seq, "the control plane refused a report; it is dropped: {why}");
+                    break;
+                }
+                Disposition::GiveUp => {
+                    warn!(
+                        "reporting to the control plane failed for good; the run's further reports are dropped: {why}"
+                    );
+                    rx.close();
+                    while rx.recv().await.is_some() {}
+                    return;
+                }
+            }
         }
     }
 }

@@ -124,14 +124,21 @@ pub async fn run(args: RunArgs, warnings: Vec<String>, ctx: Context) -> i32 {
         Ok(start) => prepare_and_run(&args, &ctx, &log, start).instrument(span).await,
         Err(failure) => Err(failure),
     };
-    match outcome {
+    let code = match outcome {
         Ok(code) => code,
         Err((code, message)) => {
             let state = if code == EXIT_CANCELLED { RunState::Cancelled } else { RunState::Failed };
             log.emit(RunnerEvent::Finished { state, exit_code: None, message: log.redact(&message) }).await;
             code
         }
-    }
+    };
+    // The history is the product: wait for the control plane to have all of it.
+    let flush = ctx
+        .var(env::REPORT_FLUSH_SECS)
+        .and_then(|s| s.parse().ok())
+        .map_or(crate::log::FLUSH_WITHIN, std::time::Duration::from_secs);
+    log.close(flush).await;
+    code
 }
 
 type Failure = (i32, String);

@@ -31,7 +31,11 @@ fn agent(root: &str, run_id: &str) -> AgentClient {
 }
 
 fn report() -> RunnerReport {
-    RunnerReport { at: "2026-01-01T00:00:00Z".parse().unwrap(), event: RunnerEvent::Started { version: "1".into() } }
+    RunnerReport {
+        at: "2026-01-01T00:00:00Z".parse().unwrap(),
+        seq: Some(1),
+        event: RunnerEvent::Started { version: "1".into() },
+    }
 }
 
 fn run_json(id: &str, prompt: &str) -> serde_json::Value {

@@ -134,6 +134,24 @@ impl Lifecycle {
         &self.stripes[(hash % STRIPES as u64) as usize]
     }
 
+    /// Records a runner's report once: `false` if report `runner_seq` of `attempt` is stored already
+    /// (a resend after a lost answer).
+    pub async fn record_report(
+        &self,
+        run_id: &str,
+        attempt: &str,
+        runner_seq: u64,
+        at: Timestamp,
+        body: serde_json::Value,
+    ) -> Result<bool, ApiError> {
+        let _ordered = self.stripe(run_id).lock().await;
+        let Some(seq) = self.store.append_report(run_id, attempt, runner_seq, at, &body).await? else {
+            return Ok(false);
+        };
+        self.hub.publish(RunEventRecord { run_id: run_id.to_owned(), seq, at, body });
+        Ok(true)
+    }
+
     async fn append(&self, run_id: &str, at: Timestamp, body: serde_json::Value) -> Result<i64, ApiError> {
         let seq = self.store.append_event(run_id, at, &body).await?;
         self.hub.publish(RunEventRecord { run_id: run_id.to_owned(), seq, at, body });

@@ -248,6 +248,34 @@ async fn cancellation_is_forwarded_and_confirmed() {
     t.wait_state(&t.key_a, &run, "CANCELLED").await;
 }
 
+/// A report resent with its sequence number (its answer was lost) is stored once and applied once;
+/// another attempt of the run numbers its reports afresh without colliding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_report_is_stored_once() {
+    let t = TestServer::start().await;
+    let mut w = t.worker(&t.key_a, "w1").await;
+    let run = t.create_run(&t.key_a, "w1", "twice").await;
+    let token = assignment(w.next().await).env_vars["OZ_WORKLOAD_TOKEN"].clone();
+    w.send(claimed(&run, &w)).await;
+    t.wait_state(&t.key_a, &run, "CLAIMED").await;
+    let reports = [
+        json!({"at": "2026-11-22T10:00:00Z", "seq": 1, "event": "started", "version": "t"}),
+        json!({"at": "2026-11-22T10:00:01Z", "seq": 2, "event": "artifact", "artifact_type": "PULL_REQUEST", "url": "https://x/pr/1", "branch": "b"}),
+        json!({"at": "2026-11-22T10:00:02Z", "seq": 3, "event": "finished", "state": "SUCCEEDED", "exit_code": 0, "message": "done"}),
+    ];
+    for i in [0, 1, 0, 1, 2] {
+        assert_eq!(report(&t, &run, &token, reports[i].clone()).await, 204);
+    }
+    // The run ended with its `finished`, and its token with it: a resend of that is refused (the
+    // runner stops there; the report is stored).
+    assert_eq!(report(&t, &run, &token, reports[2].clone()).await, 401);
+    let item = t.wait_state(&t.key_a, &run, "SUCCEEDED").await;
+    assert_eq!(item["artifacts"].as_array().unwrap().len(), 1, "{item}");
+    let (_, transcript) = t.get(&format!("/agent/runs/{run}/transcript/content"), &t.key_a).await;
+    let reported: Vec<u64> = transcript.as_array().unwrap().iter().filter_map(|e| e["event"]["seq"].as_u64()).collect();
+    assert_eq!(reported, [1, 2, 3], "{transcript}");
+}
+
 /// A cancel answered 200 while the worker was away is carried out: the history says it was asked,
 /// the worker hears of it when it reconnects, and the run ends CANCELLED even though the agent's
 /// `finished` (SUCCEEDED) came first.

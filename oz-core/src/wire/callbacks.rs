@@ -76,6 +76,10 @@ impl ResolvedGitCredential {
 pub struct RunnerReport {
     /// When it happened.
     pub at: Timestamp,
+    /// Its place in the run's reports, from 1 with no gap: the control plane stores each once, so
+    /// the runner resends until one is acknowledged. Absent from older runners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
     /// What happened.
     #[serde(flatten)]
     pub event: RunnerEvent,
@@ -205,6 +209,7 @@ mod tests {
     fn reports_are_flat_tagged_json() {
         let r = RunnerReport {
             at: "2026-11-22T10:00:00Z".parse().unwrap(),
+            seq: None,
             event: RunnerEvent::Finished { state: RunState::Succeeded, exit_code: Some(0), message: "ok".into() },
         };
         assert_eq!(

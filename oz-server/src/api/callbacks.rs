@@ -31,7 +31,15 @@ pub async fn report(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("there is no run {run_id:?}")))?;
     let body = serde_json::to_value(&report).map_err(ApiError::internal)?;
-    state.lifecycle.record(&run.id, report.at, body).await?;
+    // A resend (the runner did not hear the answer) is stored once; what it changes is applied
+    // again, since every change below but an artifact is idempotent.
+    let fresh = match report.seq {
+        Some(seq) => state.lifecycle.record_report(&run.id, &token.token_id, seq, report.at, body).await?,
+        None => {
+            state.lifecycle.record(&run.id, report.at, body).await?;
+            true
+        }
+    };
     match &report.event {
         RunnerEvent::Started { .. } | RunnerEvent::CloneStarted { .. } | RunnerEvent::HarnessStarted { .. } => {
             if matches!(report.event, RunnerEvent::HarnessStarted { .. }) {
@@ -42,7 +50,7 @@ pub async fn report(
                 state.lifecycle.advance(&run.id, RunState::InProgress, Some("the agent is running".into())).await?;
             }
         }
-        RunnerEvent::Artifact(artifact) => state.store.add_artifact(&run.id, artifact, report.at).await?,
+        RunnerEvent::Artifact(artifact) if fresh => state.store.add_artifact(&run.id, artifact, report.at).await?,
         RunnerEvent::Finished { state: end, message, .. } => {
             let to = match end {
                 // Someone asked to cancel it and was answered 200: it ends cancelled, whether its

@@ -452,6 +452,16 @@ pub trait Store: PrincipalStore + SecretStore + ScheduleStore + IntegrationStore
 
     /// Appends an event to a run's stream; returns its sequence number.
     async fn append_event(&self, run_id: &str, at: Timestamp, body: &serde_json::Value) -> Result<i64, StoreError>;
+    /// Appends the runner's report number `runner_seq` of attempt `attempt`, unless it is stored
+    /// already; returns its sequence number in the run's stream, or `None` for a duplicate.
+    async fn append_report(
+        &self,
+        run_id: &str,
+        attempt: &str,
+        runner_seq: u64,
+        at: Timestamp,
+        body: &serde_json::Value,
+    ) -> Result<Option<i64>, StoreError>;
     /// A run's events after `after_seq`, at most `limit`.
     async fn events(&self, run_id: &str, after_seq: i64, limit: u32) -> Result<Vec<RunEventRecord>, StoreError>;
 

@@ -434,6 +434,30 @@ impl Store for SqliteStore {
         Ok(seq)
     }
 
+    async fn append_report(
+        &self,
+        run_id: &str,
+        attempt: &str,
+        runner_seq: u64,
+        at: Timestamp,
+        body: &serde_json::Value,
+    ) -> Result<Option<i64>, StoreError> {
+        let seq = sqlx::query_scalar(
+            "INSERT INTO run_events (run_id, seq, at_us, body, attempt, runner_seq) \
+             VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM run_events WHERE run_id = ?), ?, ?, ?, ?) \
+             ON CONFLICT DO NOTHING RETURNING seq",
+        )
+        .bind(run_id)
+        .bind(run_id)
+        .bind(micros(at))
+        .bind(json(body))
+        .bind(attempt)
+        .bind(i64::try_from(runner_seq).unwrap_or(i64::MAX))
+        .fetch_optional(&self.writer)
+        .await?;
+        Ok(seq)
+    }
+
     async fn events(&self, run_id: &str, after_seq: i64, limit: u32) -> Result<Vec<RunEventRecord>, StoreError> {
         RunEventRecord::all(
             sqlx::query_as(
