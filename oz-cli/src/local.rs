@@ -7,7 +7,7 @@
 //!   with a timing breakdown.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -134,7 +134,11 @@ pub async fn start_with(
     runner: PathBuf,
     backend_choice: LocalBackend,
 ) -> Result<LocalStack, Error> {
-    std::fs::create_dir_all(data_dir).map_err(|e| format!("could not create {}: {e}", data_dir.display()))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
+        .map_err(|e| format!("could not create {}: {e}", data_dir.display()))?;
     let store = Arc::new(SqliteStore::open(&data_dir.join("oz.db")).await?);
     let credentials = session_credentials(store.as_ref(), data_dir).await?;
     let api_key = credentials.api_key;

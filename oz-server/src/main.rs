@@ -276,8 +276,18 @@ fn main() -> ExitCode {
 type Error = Box<dyn std::error::Error>;
 
 async fn open(data_dir: &Path) -> Result<Arc<SqliteStore>, Error> {
-    std::fs::create_dir_all(data_dir).map_err(|e| format!("could not create {}: {e}", data_dir.display()))?;
+    private_dir(data_dir)?;
     Ok(Arc::new(SqliteStore::open(&data_dir.join("oz.db")).await?))
+}
+
+/// The data folder: made 0700 (it holds the database and, by default, the secret keys).
+fn private_dir(data_dir: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
+        .map_err(|e| format!("could not create {}: {e}", data_dir.display()).into())
 }
 
 fn print_key(created: &KeyCreated) {

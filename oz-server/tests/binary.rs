@@ -51,6 +51,28 @@ fn a_key_file_is_written_only_when_asked_for() {
     child.wait().unwrap();
 }
 
+/// The data folder is made 0700 and the database's files 0600 (its WAL and shared memory take the
+/// database file's mode), whatever the umask.
+#[test]
+fn the_data_folder_and_the_database_are_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("nested/data");
+    let (mut child, _, _) = spawn(&data);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    let files: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("oz.db"))
+        .collect();
+    assert!(files.len() >= 2, "the database and its WAL: {files:?}");
+    for file in files {
+        assert_eq!(mode(&file), 0o600, "{}", file.display());
+    }
+    nix_kill(&child);
+    child.wait().unwrap();
+}
+
 #[test]
 fn first_start_makes_a_key_and_a_restart_keeps_the_data() {
     let dir = tempfile::tempdir().unwrap();

@@ -21,6 +21,15 @@ pub enum StoreError {
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The database's folder or file could not be made.
+    #[error("could not create {path}: {source}")]
+    Create {
+        /// What.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The schema could not be brought up to date (a migration failed, or an applied one differs
     /// from its file).
     #[error("database migration failed: {0}")]
