@@ -147,6 +147,8 @@ pub async fn start_with(
         listen: listen.to_owned(),
         default_worker_host: Some(LOCAL_WORKER.into()),
         secret_keys: Some(secret_keys),
+        // One person's machine, on loopback: nobody to protect it from.
+        run_limits: oz_server::limits::RunLimits::unlimited(),
         ..Default::default()
     };
     let server = oz_server::start(config, store).await?;

@@ -62,10 +62,17 @@ fn main() {
         let (team, key) = oz_server::bootstrap_team(store.as_ref(), "bench").await.unwrap();
         let worker_key =
             oz_server::mint_worker_credential(store.as_ref(), &team, "bench", &["bench-worker"]).await.unwrap();
-        let server =
-            oz_server::start(oz_server::ServerConfig { listen: "127.0.0.1:0".into(), ..Default::default() }, store)
-                .await
-                .unwrap();
+        let server = oz_server::start(
+            oz_server::ServerConfig {
+                listen: "127.0.0.1:0".into(),
+                // The benchmark measures the server, not its limits.
+                run_limits: oz_server::limits::RunLimits::unlimited(),
+                ..Default::default()
+            },
+            store,
+        )
+        .await
+        .unwrap();
         let base = server.url();
 
         // 1. Throughput.

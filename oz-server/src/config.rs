@@ -26,6 +26,8 @@ pub struct ServerConfig {
     pub resolution_window: Duration,
     /// The largest request body accepted.
     pub max_body_bytes: usize,
+    /// How fast a key may make runs, and how many unfinished runs a team may have.
+    pub run_limits: crate::limits::RunLimits,
     /// Where to serve Prometheus metrics at `/metrics`, unauthenticated, on a listener of their own
     /// (`127.0.0.1:9464`; port 0 picks a free one). `None` (the default): no metrics listener. The API
     /// port never serves them, so exposing the API does not expose them.
@@ -46,6 +48,7 @@ impl Default for ServerConfig {
             token_ttl: Duration::from_secs(24 * 3600),
             resolution_window: Duration::from_secs(60),
             max_body_bytes: 2 * 1024 * 1024,
+            run_limits: crate::limits::RunLimits::default(),
             metrics_listen: None,
             secret_keys: None,
         }

@@ -43,6 +43,9 @@ pub enum CreationError {
     /// The store failed.
     #[error("the store failed while making the run: {0}")]
     Store(#[from] StoreError),
+    /// The team is at its cap of unfinished runs (`crate::limits`); the API answers 429.
+    #[error("{0}")]
+    Limited(#[source] Box<ApiError>),
 }
 
 impl From<CreationError> for ApiError {
@@ -50,6 +53,7 @@ impl From<CreationError> for ApiError {
         match e {
             CreationError::Invalid(detail) => ApiError::invalid(detail),
             CreationError::Store(e) => e.into(),
+            CreationError::Limited(e) => *e,
         }
     }
 }
@@ -75,6 +79,8 @@ pub async fn prepare(state: &AppState, team_id: &str, new: NewRun) -> Result<Run
     {
         return Err(CreationError::Invalid(format!("config.environment_id: there is no environment {env_id:?}")));
     }
+    let active = state.store.unfinished_runs(team_id).await?;
+    state.run_limiter.admit(active).map_err(|e| CreationError::Limited(Box::new(e)))?;
     let references = crate::secret_references::of_config(&config);
     crate::secret_references::check(state.store.as_ref(), team_id, &references).await.map_err(|e| match e {
         crate::secret_references::Refused::Store(e) => CreationError::Store(e),

@@ -9,7 +9,8 @@ use oz_core::wire::problem::{PROBLEM_CONTENT_TYPE, Problem};
 use crate::store::StoreError;
 
 /// An error answered to an API client.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{detail}")]
 pub struct ApiError {
     /// The HTTP status.
     pub status: StatusCode,
@@ -19,12 +20,14 @@ pub struct ApiError {
     pub detail: String,
     /// Overrides the default (429 and 5xx are retryable).
     pub retryable: Option<bool>,
+    /// Seconds to send as `Retry-After`.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     /// Any status and code.
     pub fn new(status: StatusCode, code: ErrorCode, detail: impl Into<String>) -> Self {
-        Self { status, code, detail: detail.into(), retryable: None }
+        Self { status, code, detail: detail.into(), retryable: None, retry_after: None }
     }
     /// 400 `invalid_request`.
     pub fn invalid(detail: impl Into<String>) -> Self {
@@ -89,6 +92,9 @@ impl IntoResponse for ApiError {
         let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
         let mut response = (self.status, body).into_response();
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE));
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         response
     }
 }

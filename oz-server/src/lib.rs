@@ -25,6 +25,7 @@ pub mod extract;
 pub mod git_credentials;
 pub mod hub;
 pub mod lifecycle;
+pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod principals;
@@ -115,6 +116,7 @@ pub async fn start(config: ServerConfig, store: Arc<dyn Store>) -> Result<Runnin
     let lifecycle = Lifecycle::new(store.clone(), hub.clone());
     let dispatcher = Dispatcher::new(lifecycle.clone(), config.clone());
     dispatcher.set_public_url(&url);
+    let run_limiter = Arc::new(limits::RunLimiter::new(config.run_limits.clone()));
     let state = AppState {
         store,
         hub,
@@ -123,6 +125,7 @@ pub async fn start(config: ServerConfig, store: Arc<dyn Store>) -> Result<Runnin
         config,
         public_url: url.clone().into(),
         keyring: Arc::new(keyring),
+        run_limiter,
     };
     let mut tasks = Vec::new();
     let mut metrics_addr = None;
@@ -144,6 +147,13 @@ pub async fn start(config: ServerConfig, store: Arc<dyn Store>) -> Result<Runnin
     });
     let dispatch = tokio::spawn(dispatcher.clone().run());
     let upkeep = tokio::spawn(dispatcher.upkeep());
+    let limiter = state.run_limiter.clone();
+    tasks.push(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            limiter.forget_idle();
+        }
+    }));
     let schedules = tokio::spawn(scheduler::run(state.clone()));
     tracing::info!(%url, "control plane listening");
     tasks.extend([http, dispatch, upkeep, schedules]);

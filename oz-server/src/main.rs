@@ -69,6 +69,15 @@ struct ServeArgs {
     /// Seconds an offer may go unclaimed before the run is queued again (and offered again).
     #[arg(long, default_value_t = 15)]
     offer_timeout_secs: u64,
+    /// Runs one API key may create per minute, sustained (0: no limit); 429 with Retry-After beyond.
+    #[arg(long, env = "OZ_RUNS_PER_KEY_PER_MINUTE", default_value_t = 600)]
+    runs_per_key_per_minute: u32,
+    /// Runs one API key may create at once before the per-minute rate applies.
+    #[arg(long, env = "OZ_RUN_BURST", default_value_t = 100)]
+    run_burst: u32,
+    /// A team's runs that have not ended, at most (0: no cap); 429 beyond.
+    #[arg(long, env = "OZ_UNFINISHED_RUNS_PER_TEAM", default_value_t = 10_000)]
+    unfinished_runs_per_team: u64,
     /// The name of the team created on first start.
     #[arg(long, default_value = "default")]
     team: String,
@@ -340,6 +349,11 @@ async fn serve(data_dir: &Path, key_file: &Path, args: ServeArgs) -> Result<(), 
         metrics_listen: args.metrics_listen,
         lease_timeout: Duration::from_secs(args.lease_timeout_secs),
         offer_timeout: Duration::from_secs(args.offer_timeout_secs.max(1)),
+        run_limits: oz_server::limits::RunLimits {
+            per_key_per_minute: args.runs_per_key_per_minute,
+            burst: args.run_burst,
+            active_per_team: args.unfinished_runs_per_team,
+        },
         secret_keys: Some(secret_keys),
         ..Default::default()
     };

@@ -25,4 +25,6 @@ pub struct AppState {
     pub public_url: Arc<str>,
     /// What secrets are sealed with.
     pub keyring: Arc<crate::vault::Keyring>,
+    /// How fast keys may make runs.
+    pub run_limiter: Arc<crate::limits::RunLimiter>,
 }

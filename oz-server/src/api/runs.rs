@@ -76,6 +76,7 @@ pub async fn create(
     ApiJson(req): ApiJson<RunAgentRequest>,
 ) -> Result<Json<RunCreated>, ApiError> {
     validate_request(&req)?;
+    state.run_limiter.take(&caller.key_id)?;
     let new = NewRun {
         prompt: req.prompt.clone().unwrap_or_default(),
         title: req.title.clone(),
@@ -317,6 +318,7 @@ pub async fn followup(
         return Err(ApiError::invalid("message is required"));
     }
     oz_core::validate::text("message", &message, MAX_PROMPT_LEN, true).map_err(|e| ApiError::invalid(e.to_string()))?;
+    state.run_limiter.take(&caller.key_id)?;
     if let Some(mode) = &req.mode
         && !matches!(mode.as_str(), "normal" | "plan" | "orchestrate")
     {

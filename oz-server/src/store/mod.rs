@@ -452,6 +452,8 @@ pub trait Store: PrincipalStore + SecretStore + ScheduleStore + IntegrationStore
     async fn mark_started(&self, id: &str, at: Timestamp) -> Result<(), StoreError>;
     /// Adds an artifact.
     async fn add_artifact(&self, id: &str, artifact: &Artifact, at: Timestamp) -> Result<(), StoreError>;
+    /// How many of a team's runs have not ended (queued, offered, held, running).
+    async fn unfinished_runs(&self, team_id: &str) -> Result<u64, StoreError>;
     /// A team's QUEUED runs for one worker host, oldest first.
     async fn queued_runs(&self, team_id: &str, worker_host: &str, limit: u32) -> Result<Vec<RunRecord>, StoreError>;
     /// Runs held by a worker id (PENDING, CLAIMED, INPROGRESS, BLOCKED).

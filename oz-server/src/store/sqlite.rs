@@ -411,6 +411,17 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn unfinished_runs(&self, team_id: &str) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM runs WHERE team_id = ? \
+             AND state IN ('QUEUED', 'PENDING', 'CLAIMED', 'INPROGRESS', 'BLOCKED')",
+        )
+        .bind(team_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
     async fn queued_runs(&self, team_id: &str, worker_host: &str, limit: u32) -> Result<Vec<RunRecord>, StoreError> {
         let sql = format!(
             "SELECT {RUN_COLUMNS} FROM runs WHERE state = 'QUEUED' AND team_id = ? AND worker_host = ? ORDER BY created_us, id LIMIT ?"
