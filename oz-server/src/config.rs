@@ -26,6 +26,8 @@ pub struct ServerConfig {
     pub resolution_window: Duration,
     /// The largest request body accepted.
     pub max_body_bytes: usize,
+    /// The header-read deadline and the cap on open connections.
+    pub connections: crate::http::ConnectionLimits,
     /// How fast a key may make runs, and how many unfinished runs a team may have.
     pub run_limits: crate::limits::RunLimits,
     /// Where to serve Prometheus metrics at `/metrics`, unauthenticated, on a listener of their own
@@ -49,6 +51,7 @@ impl Default for ServerConfig {
             resolution_window: Duration::from_secs(60),
             max_body_bytes: 2 * 1024 * 1024,
             run_limits: crate::limits::RunLimits::default(),
+            connections: crate::http::ConnectionLimits::default(),
             metrics_listen: None,
             secret_keys: None,
         }

@@ -23,6 +23,7 @@ pub mod dispatch;
 pub mod error;
 pub mod extract;
 pub mod git_credentials;
+pub mod http;
 pub mod hub;
 pub mod lifecycle;
 pub mod limits;
@@ -137,14 +138,10 @@ pub async fn start(config: ServerConfig, store: Arc<dyn Store>) -> Result<Runnin
     }
     let app = api::router(state.clone());
     let (stop, stopped) = oneshot::channel::<()>();
-    let http = tokio::spawn(async move {
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async {
-            let _ = stopped.await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!("the HTTP server stopped: {e}");
-        }
-    });
+    let connections = state.config.connections.clone();
+    let http = tokio::spawn(http::serve(listener, app, connections, async {
+        let _ = stopped.await;
+    }));
     let dispatch = tokio::spawn(dispatcher.clone().run());
     let upkeep = tokio::spawn(dispatcher.upkeep());
     let limiter = state.run_limiter.clone();

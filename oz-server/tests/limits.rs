@@ -56,3 +56,69 @@ async fn a_team_at_its_cap_of_unfinished_runs_waits_for_some_to_end() {
     assert_eq!(t.post(&format!("/agent/runs/{run}/cancel"), &t.key_a, json!({})).await.0, 200);
     assert_eq!(create(&t, &t.key_a).await.status(), 200, "room again once one ended");
 }
+
+async fn server_with(connections: oz_server::http::ConnectionLimits) -> TestServer {
+    let config = oz_server::ServerConfig { connections, ..support::config() };
+    TestServer::start_with(config, Arc::new(SqliteStore::temporary().await.unwrap())).await
+}
+
+fn addr(t: &TestServer) -> String {
+    t.server.url().trim_start_matches("http://").to_owned()
+}
+
+/// Reads until the server closes the connection, or `wait` passes (`None`).
+async fn closed_within(stream: &mut tokio::net::TcpStream, wait: std::time::Duration) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    tokio::time::timeout(wait, async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return seen,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_headers_is_let_go() {
+    use tokio::io::AsyncWriteExt;
+    let limits = oz_server::http::ConnectionLimits {
+        header_read_timeout: std::time::Duration::from_millis(300),
+        ..Default::default()
+    };
+    let t = server_with(limits).await;
+    let mut silent = tokio::net::TcpStream::connect(addr(&t)).await.unwrap();
+    assert!(closed_within(&mut silent, std::time::Duration::from_secs(5)).await.is_some(), "a silent client stays");
+    let mut trickle = tokio::net::TcpStream::connect(addr(&t)).await.unwrap();
+    trickle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    assert!(closed_within(&mut trickle, std::time::Duration::from_secs(5)).await.is_some(), "half headers stay");
+    // A client that sends its request in time is answered.
+    let (status, _) = t.get("/agent/runs", &t.key_a).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_wait_for_one_to_close() {
+    use tokio::io::AsyncWriteExt;
+    let limits = oz_server::http::ConnectionLimits {
+        header_read_timeout: std::time::Duration::from_secs(30),
+        max_connections: 2,
+    };
+    let t = server_with(limits).await;
+    let first = tokio::net::TcpStream::connect(addr(&t)).await.unwrap();
+    let _second = tokio::net::TcpStream::connect(addr(&t)).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let mut third = tokio::net::TcpStream::connect(addr(&t)).await.unwrap();
+    third.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    assert!(
+        closed_within(&mut third, std::time::Duration::from_millis(500)).await.is_none(),
+        "a third connection was served past the cap of two"
+    );
+    drop(first);
+    let answer = closed_within(&mut third, std::time::Duration::from_secs(5)).await.expect("served once one closed");
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+}
