@@ -208,7 +208,7 @@ impl Backend for DirectBackend {
                 action: RecoveryAction::Removed(Failure {
                     reason: FailureReason::Unknown,
                     message: format!(
-                        "the worker restarted before the task's process started (while its workspace or setup_command was being prepared); it stopped {killed} leftover process(es){}",
+                        "the worker restarted before the task's process started or was recorded (while its workspace or setup_command was being prepared); it stopped {killed} leftover process(es){}",
                         if kept { " and kept the workspace (cleanup is off)" } else { " and removed the workspace" }
                     ),
                 }),
