@@ -263,7 +263,7 @@ impl Dispatcher {
             WorkerMessage::TaskFailed(m) => {
                 self.track(conn_id, &task_id, false);
                 let to = if run.cancel_requested { RunState::Cancelled } else { m.failure_reason.terminal_state() };
-                let text = failure_text(&m);
+                let text = failure_text(m);
                 lifecycle.advance(&task_id, to, Some(text)).await.map(drop)
             }
         };
