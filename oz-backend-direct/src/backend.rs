@@ -83,12 +83,12 @@ impl DirectBackend {
 }
 
 fn marker_for(config: &DirectConfig, spec: &TaskSpec) -> Marker {
-    Marker {
-        worker_id: config.worker_id.clone(),
-        task_id: Some(spec.task_id.clone()),
-        execution_id: spec.execution_id.clone(),
-        cleanup: spec.cleanup && config.cleanup,
-    }
+    Marker::new(
+        config.worker_id.clone(),
+        Some(spec.task_id.clone()),
+        spec.execution_id.clone(),
+        spec.cleanup && config.cleanup,
+    )
 }
 
 #[async_trait]
@@ -107,8 +107,7 @@ impl Backend for DirectBackend {
     async fn prepare(&self, sandbox: SandboxSpec) -> Result<PreparedSandbox, BackendError> {
         let id = format!("prepared-{}", uuid_like());
         let ws = Workspace::at(&self.config.workspace_root, &id);
-        let marker =
-            Marker { worker_id: self.config.worker_id.clone(), task_id: None, execution_id: None, cleanup: true };
+        let marker = Marker::new(self.config.worker_id.clone(), None, None, true);
         ws.create(&self.config.workspace_root, &marker)?;
         Ok(PreparedSandbox { id, spec: sandbox, state: Box::new(ws) })
     }
@@ -148,6 +147,12 @@ impl Backend for DirectBackend {
         Ok(())
     }
 
+    /// Adopts what an earlier process of this worker left. A task whose marker names a process that
+    /// is still the one recorded (same pid, same start time) is reattached: followed by polling
+    /// `/proc` until it ends, then cleaned up after as usual. One whose recorded process is gone ended
+    /// while the worker was away: its stragglers are stopped and its outcome (the recorded exit code)
+    /// is reported through a handle that finishes at once. One with no recorded process never got
+    /// past setup: its processes are stopped, its workspace removed, and it is reported `Removed`.
     async fn recover(&self) -> Result<Vec<RecoveredTask>, BackendError> {
         let root = &self.config.workspace_root;
         let entries = std::fs::read_dir(root)
@@ -168,20 +173,42 @@ impl Backend for DirectBackend {
                 }
                 continue;
             };
+            let execution_id = marker.execution_id.clone();
+            if let (Some(pid), Some(start_time)) = (marker.pid, marker.start_time) {
+                let running = process::is_running(pid, start_time);
+                info!(task_id, pid, running, "reattaching to a task left by an earlier run of this worker");
+                let (handle, driver) = TaskHandle::channel(task_id.clone());
+                let follow = Follow {
+                    config: self.config.clone(),
+                    ws,
+                    task_id: task_id.clone(),
+                    pid,
+                    start_time,
+                    deadline: marker.deadline.map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs)),
+                    cleanup: marker.cleanup,
+                };
+                let span = info_span!("task", backend = NAME, task_id = %task_id, reattached = true);
+                tokio::spawn(follow_reattached(follow, driver).instrument(span));
+                found.push(RecoveredTask { task_id, execution_id, action: RecoveryAction::Reattached(handle) });
+                continue;
+            }
             let killed = process::processes_of_task(&task_id).len();
             process::kill_task(None, &task_id);
             let kept = !marker.cleanup;
             if !kept && let Err(e) = ws.remove() {
                 warn!(task_id, error = %e, "could not remove a leftover workspace");
             }
-            info!(task_id, killed, kept, "recovered a task left by an earlier run of this worker");
+            info!(
+                task_id,
+                killed, kept, "removed a task that had not started when an earlier run of this worker ended"
+            );
             found.push(RecoveredTask {
                 task_id,
-                execution_id: marker.execution_id,
+                execution_id,
                 action: RecoveryAction::Removed(Failure {
                     reason: FailureReason::Unknown,
                     message: format!(
-                        "the worker restarted while the task ran; the Direct backend cannot reattach to host processes, so it stopped {killed} leftover process(es){}",
+                        "the worker restarted before the task's process started or was recorded (while its workspace or setup_command was being prepared); it stopped {killed} leftover process(es){}",
                         if kept { " and kept the workspace (cleanup is off)" } else { " and removed the workspace" }
                     ),
                 }),
@@ -189,6 +216,74 @@ impl Backend for DirectBackend {
         }
         Ok(found)
     }
+}
+
+/// How often a reattached task's process is looked for in `/proc`.
+const POLL: Duration = Duration::from_millis(200);
+
+/// A task found running (or ended) after a restart, as its marker recorded it.
+struct Follow {
+    config: Arc<DirectConfig>,
+    ws: Workspace,
+    task_id: String,
+    /// The wrapping shell: the task's process group leader.
+    pid: u32,
+    start_time: u64,
+    deadline: Option<SystemTime>,
+    cleanup: bool,
+}
+
+/// Follows a task this process did not start. It is not the task's parent, so it cannot wait for it:
+/// it polls `/proc` every [`POLL`] until the recorded process is gone, stops the group on cancel or
+/// at the recorded deadline, then takes the exit code the wrapping shell wrote to the workspace. The
+/// task's stdout and stderr went to pipes of the worker that died, so no output events come.
+async fn follow_reattached(f: Follow, driver: TaskDriver) {
+    let mut stop = None;
+    if process::is_running(f.pid, f.start_time) {
+        driver.emit(TaskEvent::Phase(TaskPhase::Running)).await;
+        let deadline = f
+            .deadline
+            .map(|d| tokio::time::Instant::now() + d.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO));
+        let timeout = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(timeout);
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(POLL) => if !process::is_running(f.pid, f.start_time) { break },
+                () = &mut timeout => { stop = Some(StopCause::Timeout); break }
+                reason = driver.cancelled() => { stop = Some(StopCause::Cancel(reason)); break }
+            }
+        }
+        if let Some(cause) = stop {
+            info!(?cause, "stopping the reattached task: SIGTERM, then SIGKILL after {:?}", f.config.stop_grace);
+            driver.emit(TaskEvent::Phase(TaskPhase::Stopping)).await;
+            process::stop_task(Some(f.pid), &f.task_id, f.config.stop_grace).await;
+        }
+    }
+    // Whatever the task left running goes too. Not by its group id: once the leader is gone its pid
+    // may belong to someone else; what is left of the task carries its OZ_RUN_ID.
+    process::kill_task(None, &f.task_id);
+    let exit = f.ws.read_exit_status().map(ExitStatus::code);
+    if let (Some(exit), None) = (exit, stop) {
+        driver.emit(TaskEvent::Exited(exit)).await;
+    }
+    let failure = match (stop, exit) {
+        (Some(cause), _) => Some(stop_failure(cause, None, "the task")),
+        (None, Some(exit)) if exit.success() => None,
+        (None, Some(exit)) => {
+            Some(Failure { reason: FailureReason::ContainerExit, message: format!("the task {}", describe_exit(exit)) })
+        }
+        (None, None) => Some(Failure {
+            reason: FailureReason::Unknown,
+            message: "the task's process ended while the worker was restarting, without recording its exit status (the shell wrapping it was killed), so how it ended is not known".into(),
+        }),
+    };
+    let env_spec = TaskSpec::new(f.task_id.clone(), vec![String::new()]);
+    conclude(&f.config, &f.ws, &env_spec, !f.cleanup, Finished { exit, failure, started_at: None }, driver).await;
 }
 
 fn uuid_like() -> String {
@@ -209,6 +304,10 @@ fn to_exit(status: std::process::ExitStatus) -> ExitStatus {
 
 fn describe_exit(exit: ExitStatus) -> String {
     match (exit.code, exit.signal) {
+        // The wrapping shell reports a task killed by a signal as 128 + the signal.
+        (Some(c), _) if (129..=128 + 64).contains(&c) => {
+            format!("exited with code {c} (128 + {}: killed by signal {}, or exited so)", c - 128, c - 128)
+        }
         (Some(c), _) => format!("exited with code {c}"),
         (None, Some(s)) => format!("was killed by signal {s}"),
         (None, None) => "ended".to_owned(),
@@ -340,7 +439,7 @@ struct Finished {
 
 async fn run_task(config: Arc<DirectConfig>, ws: Workspace, spec: TaskSpec, driver: TaskDriver) {
     let result = execute(&config, &ws, &spec, &driver).await;
-    let mut finished = match result {
+    let finished = match result {
         Ok(f) => f,
         Err(e) => Finished {
             exit: None,
@@ -348,12 +447,25 @@ async fn run_task(config: Arc<DirectConfig>, ws: Workspace, spec: TaskSpec, driv
             started_at: None,
         },
     };
+    let keep = !(spec.cleanup && config.cleanup);
+    conclude(&config, &ws, &spec, keep, finished, driver).await;
+}
+
+/// Runs `teardown_command`, removes the workspace unless `keep`, and finishes the task. `spec` gives
+/// the teardown its environment; for a reattached task only the backend's part of it is known.
+async fn conclude(
+    config: &DirectConfig,
+    ws: &Workspace,
+    spec: &TaskSpec,
+    keep: bool,
+    mut finished: Finished,
+    driver: TaskDriver,
+) {
     let cwd = config.target_dir.clone().unwrap_or_else(|| ws.work_dir());
     if let Some(teardown) = &config.teardown_command {
         driver.emit(TaskEvent::Phase(TaskPhase::TeardownCommand)).await;
-        let env = task_env(&config, &ws, &spec, &cwd);
-        let teardown_run =
-            run_shell(teardown, &env, &cwd, &driver, &spec.task_id, &config, Some(TEARDOWN_LIMIT), false);
+        let env = task_env(config, ws, spec, &cwd);
+        let teardown_run = run_shell(teardown, &env, &cwd, &driver, &spec.task_id, config, Some(TEARDOWN_LIMIT), false);
         match teardown_run.instrument(info_span!("teardown_command")).await {
             Ok((exit, None)) if exit.success() => {}
             Ok((exit, _)) => {
@@ -366,9 +478,12 @@ async fn run_task(config: Arc<DirectConfig>, ws: Workspace, spec: TaskSpec, driv
             Err(e) => warn!(error = %e, "teardown_command could not start"),
         }
     }
-    let keep = !(spec.cleanup && config.cleanup);
     if keep {
         info!(path = %ws.root.display(), "keeping the workspace (cleanup is off)");
+        // Without its marker the kept folder is no longer a task for `recover` to report again.
+        if let Err(e) = std::fs::remove_file(ws.marker_path()) {
+            warn!(error = %e, "could not remove the marker of a kept workspace");
+        }
     } else {
         driver.emit(TaskEvent::Phase(TaskPhase::CleaningUp)).await;
         if let Err(e) = ws.remove() {
@@ -404,12 +519,15 @@ fn stop_failure(cause: StopCause, timeout: Option<Duration>, what: &str) -> Fail
     match cause {
         StopCause::Timeout => Failure {
             reason: FailureReason::TaskTimeout,
-            message: format!("{what} ran past its timeout of {}s and was stopped", timeout.map_or(0, |t| t.as_secs())),
+            message: match timeout {
+                Some(t) => format!("{what} ran past its timeout of {}s and was stopped", t.as_secs()),
+                None => format!("{what} ran past its timeout and was stopped"),
+            },
         },
         StopCause::Cancel(reason) => Failure {
             reason: reason.failure_reason(),
             message: match reason {
-                CancelReason::Requested => format!("{what} was cancelled"),
+                CancelReason::Requested => format!("{what} was cancelled and its processes were stopped"),
                 CancelReason::Shutdown => {
                     format!("{what} was stopped because the worker is shutting down")
                 }
@@ -479,10 +597,21 @@ async fn execute(
     let stdin = delivery.stdin;
     let limits =
         Limits { max_open_files: config.max_open_files, max_address_space: spec.sandbox.resources.memory_bytes };
-    let child = process::spawn(&spec.argv, &env, &cwd, limits)
+    let child = process::spawn_recorded(&spec.argv, &env, &cwd, limits, &ws.exit_status_file())
         .map_err(|source| DirectError::Spawn { command: spec.argv[0].clone(), source })?;
     let started_at = SystemTime::now();
     info!(pid = child.id(), "task started");
+    // Record the process so that a restarted worker can reattach to it (see `recover`).
+    let mut marker = marker_for(config, spec);
+    marker.pid = child.id();
+    marker.start_time = child.id().and_then(process::start_time);
+    marker.deadline = deadline.map(|d| {
+        let left = d.saturating_duration_since(tokio::time::Instant::now());
+        (started_at + left).duration_since(SystemTime::UNIX_EPOCH).map_or(0, |t| t.as_secs().saturating_add(1))
+    });
+    if let Err(e) = ws.write_marker(&marker) {
+        warn!(error = %e, "could not record the task's process: a restarted worker will not reattach to it");
+    }
     driver.emit(TaskEvent::Phase(TaskPhase::Running)).await;
     let supervised = supervise(child, stdin, deadline, driver, &spec.task_id, config.stop_grace, true);
     let (exit, stop) = supervised.instrument(info_span!("run")).await;

@@ -11,6 +11,12 @@
 //!   labelled `OZ_RUN_ID=<task_id>` is killed when the task ends, even one that left the group;
 //! - `RLIMIT_CORE` 0, `RLIMIT_NOFILE`, and `RLIMIT_AS` when a memory limit is set.
 //!
+//! Tasks outlive a worker that crashes. Each runs under a `/bin/sh` that records its exit code in the
+//! workspace, and the workspace's marker records that shell's pid and start time; a restarted worker's
+//! [`Backend::recover`](oz_core::backend::Backend::recover) reattaches to the ones still running
+//! (same pid and start time), follows them by polling `/proc`, and reports the recorded exit code.
+//! Their output is no longer streamed: it went to pipes of the worker that died.
+//!
 //! ```no_run
 //! use oz_backend_direct::{DirectBackend, DirectConfig};
 //! use oz_core::backend::Backend;

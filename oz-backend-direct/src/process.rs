@@ -19,6 +19,83 @@ pub struct Limits {
     pub max_address_space: Option<u64>,
 }
 
+/// The script of the shell that wraps a task: it runs the task (not `exec`: it stays to see the end),
+/// writes the exit code to the file named by its first argument and exits with that code. Only shell
+/// builtins are used, so the task's `PATH` does not matter. A task killed by a signal is recorded as
+/// 128 + the signal, as shells report it. The shell exports `PWD`, which the task did not ask for:
+/// it is unset unless the second argument is `keep` (the task's environment has its own `PWD`).
+/// (A `/bin/sh` that is bash also adds `SHLVL` and `_`; dash, the usual `/bin/sh`, adds nothing else.)
+const WRAPPER: &str =
+    r#"f=$1; [ "$2" = keep ] || unset PWD; shift 2; "$@"; s=$?; printf '%s\n' "$s" > "$f"; exit "$s""#;
+
+/// The wrapping shell's `$0`, which is what `ps` shows for it.
+const WRAPPER_NAME: &str = "oz-direct-task";
+
+/// Spawns `argv` like [`spawn`], but under a `/bin/sh` that records the task's exit code in
+/// `status_file` when it ends (see [`WRAPPER`]). The returned child is that shell, the leader of the
+/// task's process group. `argv[0]` is looked up first (relative to `cwd`, or on the `PATH` of
+/// `env`), so a missing or non-executable command is still an error here rather than a shell's 127.
+pub fn spawn_recorded(
+    argv: &[String],
+    env: &[(String, String)],
+    cwd: &Path,
+    limits: Limits,
+    status_file: &Path,
+) -> std::io::Result<Child> {
+    let program = argv.first().ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let path = env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
+    check_command(program, path, cwd)?;
+    let mut wrapped = vec![
+        "/bin/sh".to_owned(),
+        "-c".to_owned(),
+        WRAPPER.to_owned(),
+        WRAPPER_NAME.to_owned(),
+        status_file.display().to_string(),
+        if env.iter().any(|(k, _)| k == "PWD") { "keep" } else { "unset" }.to_owned(),
+    ];
+    wrapped.extend(argv.iter().cloned());
+    spawn(&wrapped, env, cwd, limits)
+}
+
+/// Whether `program` names an executable file: itself if it holds a `/` (relative to `cwd`), else the
+/// first match on `path`.
+fn check_command(program: &str, path: Option<&str>, cwd: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.contains('/') {
+        let p = cwd.join(program);
+        return if executable(&p) {
+            Ok(())
+        } else if p.exists() {
+            Err(std::io::ErrorKind::PermissionDenied.into())
+        } else {
+            Err(std::io::ErrorKind::NotFound.into())
+        };
+    }
+    let found = path
+        .unwrap_or_default()
+        .split(':')
+        .map(|dir| if dir.is_empty() { cwd.to_path_buf() } else { cwd.join(dir) })
+        .any(|dir| executable(&dir.join(program)));
+    if found { Ok(()) } else { Err(std::io::ErrorKind::NotFound.into()) }
+}
+
+/// The start time of `pid` in clock ticks since boot (`/proc/<pid>/stat` field 22), if it exists.
+/// With the pid it names one process for the life of the system: pids are recycled, start times
+/// of one pid are not repeated.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may hold spaces and parentheses): field 3 (state) onwards.
+    let (_, rest) = stat.rsplit_once(") ")?;
+    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// Whether `pid` is still the process that started at `start_time` and has not exited (a zombie
+/// has).
+pub fn is_running(pid: u32, start_time: u64) -> bool {
+    process_alive(pid) && self::start_time(pid) == Some(start_time)
+}
+
 /// Spawns `argv` in `cwd` with exactly `env`, in a new process group, with piped stdio.
 pub fn spawn(argv: &[String], env: &[(String, String)], cwd: &Path, limits: Limits) -> std::io::Result<Child> {
     let mut command = Command::new(&argv[0]);

@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! <workspace_root>/<task_id>/     mode 0700
-//!   oz-task.json                  marker: worker id, task id, execution id, cleanup flag
+//!   oz-task.json                  marker: worker id, task id, execution id, cleanup flag, and once
+//!                                 the task runs: its pid, that pid's start time, its deadline
+//!   oz-exit-status                the task's exit code, written by the shell that wraps it
 //!   workspace/                    the task's working directory (unless target_dir is set)
 //!   home/                         HOME
 //!   tmp/                          TMPDIR
@@ -19,6 +21,8 @@ use crate::error::DirectError;
 
 /// The marker file's name.
 pub const MARKER: &str = "oz-task.json";
+/// The exit status file's name.
+pub const EXIT_STATUS: &str = "oz-exit-status";
 
 /// What the marker records.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +35,38 @@ pub struct Marker {
     pub execution_id: Option<String>,
     /// Whether the folder is to be removed after the task.
     pub cleanup: bool,
+    /// Once the task runs: the pid of its wrapping shell, which is also its process group id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// That process's start time, in clock ticks since boot (`/proc/<pid>/stat` field 22). A
+    /// restarted worker adopts `pid` only if its start time still matches, so a recycled pid is never
+    /// taken for the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<u64>,
+    /// When the task's timeout runs out, in seconds since the Unix epoch; a reattached task is
+    /// still stopped then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<u64>,
+}
+
+impl Marker {
+    /// A marker for a folder of `worker_id`, before its task runs.
+    pub fn new(
+        worker_id: impl Into<String>,
+        task_id: Option<String>,
+        execution_id: Option<String>,
+        cleanup: bool,
+    ) -> Self {
+        Self {
+            worker_id: worker_id.into(),
+            task_id,
+            execution_id,
+            cleanup,
+            pid: None,
+            start_time: None,
+            deadline: None,
+        }
+    }
 }
 
 /// Paths of one task's folder.
@@ -72,6 +108,17 @@ impl Workspace {
     /// The marker.
     pub fn marker_path(&self) -> PathBuf {
         self.root.join(MARKER)
+    }
+    /// Where the shell wrapping the task writes the task's exit code (decimal, then a newline) when
+    /// the task ends. It is how a restarted worker, which is not the task's parent and so cannot wait
+    /// for it, learns how it ended. Absent if the wrapping shell was killed.
+    pub fn exit_status_file(&self) -> PathBuf {
+        self.root.join(EXIT_STATUS)
+    }
+
+    /// The exit code recorded in [`Workspace::exit_status_file`], if one was.
+    pub fn read_exit_status(&self) -> Option<i32> {
+        std::fs::read_to_string(self.exit_status_file()).ok()?.trim().parse().ok()
     }
 
     /// Creates the folder (0700, failing if it exists), its subfolders and the marker.
@@ -150,7 +197,9 @@ mod tests {
     fn creates_the_layout_privately_and_removes_read_only_trees() {
         let root = tempfile::tempdir().unwrap();
         let ws = Workspace::at(root.path(), "t1");
-        let marker = Marker { worker_id: "w".into(), task_id: Some("t1".into()), execution_id: None, cleanup: true };
+        let mut marker = Marker::new("w", Some("t1".into()), None, true);
+        marker.pid = Some(42);
+        marker.start_time = Some(7);
         ws.create(root.path(), &marker).unwrap();
         let mode = std::fs::metadata(&ws.root).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);

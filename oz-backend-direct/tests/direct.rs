@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
 use oz_backend_direct::{DirectBackend, DirectConfig, process};
@@ -184,47 +185,49 @@ async fn a_prepared_workspace_is_handed_to_a_task_and_discarded_ones_vanish() {
     assert!(b.launch_prepared(mismatched, spec).await.is_err());
 }
 
-/// A worker that died mid-run (its backend dropped without stopping anything) leaves a running task
-/// and its workspace; a new backend with the same worker id stops the processes, removes the
-/// workspace and reports the task. Another worker's workspaces are left alone.
+/// A worker that died before its task's process started (here: while a setup command ran) leaves a
+/// marker without a process and the setup's processes; a new backend with the same worker id stops
+/// them, removes the workspace and reports the task removed, saying why. Another worker's
+/// workspaces are left alone. (Reattaching to tasks that did start: tests/reattach.rs.)
 #[tokio::test]
-async fn a_restarted_backend_removes_what_a_dead_one_left() {
+async fn a_restarted_backend_removes_a_task_that_had_not_started() {
     let root = tempfile::tempdir().unwrap();
     let id = task_id("orphan");
     let other_id = task_id("other");
-    {
-        let b = backend(&root, |_| {});
-        let mut handle = b.launch(sh(&id, "sleep 300 & echo started; wait")).await.unwrap();
-        let mut events = handle.take_events().unwrap();
-        while let Some(e) = events.recv().await {
-            if matches!(e, oz_core::backend::TaskEvent::Stdout(_)) {
-                break;
-            }
+    let ws_root = root.path().join("ws");
+    let ws = oz_backend_direct::workspace::Workspace::at(&ws_root, &id);
+    std::fs::create_dir_all(&ws_root).unwrap();
+    ws.create(&ws_root, &oz_backend_direct::workspace::Marker::new("w1", Some(id.clone()), None, true)).unwrap();
+    // What a setup command would leave: a process labelled with the task's OZ_RUN_ID.
+    let mut setup = std::process::Command::new("sleep")
+        .arg("300")
+        .env(oz_core::runner::env::RUN_ID, &id)
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if !process::processes_of_task(&id).is_empty() {
+            break;
         }
-        let other = backend(&root, |c| c.worker_id = "w2".into());
-        let keep = other.launch(sh(&other_id, "true").cleanup(false)).await.unwrap();
-        assert!(keep.wait().await.succeeded());
-        // Simulate the crash: the runtime's tasks are abandoned, nothing is cleaned.
-        std::mem::forget(events);
-        std::mem::forget(handle);
+        std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(!process::processes_of_task(&id).is_empty(), "the orphaned task should still be running");
+    let other = backend(&root, |c| c.worker_id = "w2".into());
+    let keep = other.launch(sh(&other_id, "true").cleanup(false)).await.unwrap();
+    assert!(keep.wait().await.succeeded());
+    assert!(!process::processes_of_task(&id).is_empty(), "the setup process should be running");
+
     let restarted = backend(&root, |_| {});
     let recovered = restarted.recover().await.unwrap();
     assert_eq!(recovered.len(), 1, "{recovered:?}");
     assert_eq!(recovered[0].task_id, id);
     match &recovered[0].action {
         RecoveryAction::Removed(f) => {
-            assert!(f.message.contains("cannot reattach"), "{}", f.message)
+            assert!(f.message.contains("before the task's process started"), "{}", f.message);
+            assert!(f.message.contains("stopped 1 leftover process"), "{}", f.message);
         }
-        RecoveryAction::Reattached(_) => panic!("the Direct backend cannot reattach"),
+        RecoveryAction::Reattached(_) => panic!("a task that never started cannot be reattached"),
     }
-    for _ in 0..100 {
-        if process::processes_of_task(&id).is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    setup.wait().unwrap();
     assert!(process::processes_of_task(&id).is_empty(), "orphaned processes survived recovery");
     assert!(!restarted.workspace_path(&id).exists());
     assert!(restarted.workspace_path(&other_id).exists(), "another worker's workspace was touched");

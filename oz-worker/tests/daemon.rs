@@ -96,31 +96,76 @@ fn run_processes(run_id: &str) -> usize {
     oz_backend_direct::process::processes_of_task(run_id).len()
 }
 
-/// `kill -9` of the worker mid-run, then a restart: the restarted worker stops what was left, removes
-/// the workspace, and the run ends ERROR saying why.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_killed_mid_run_is_cleaned_up_by_its_restart() {
-    let e = env(60).await;
-    let mut worker = spawn_worker(&e);
-    let run_id = start_long_run(&e).await;
-    assert!(run_processes(&run_id) > 0);
+async fn start_run(e: &Env, script: &str) -> String {
+    let config = AgentConfig {
+        worker_host: Some("daemon-test".into()),
+        harness: Some(HarnessConfig {
+            kind: Some(oz_core::runner::HarnessKind::Command),
+            command: Some(vec!["/bin/sh".into(), "-c".into(), script.into()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let run = e.client.runs().create("run gated").agent_config(config).send().await.unwrap();
+    wait_for(e, &run.run_id, |s| s == "INPROGRESS").await;
+    run.run_id
+}
+
+/// Kills the worker with SIGKILL and starts it again; the run's task must have outlived it.
+async fn crash_and_restart(e: &Env, mut worker: Child, run_id: &str) -> Child {
     signal(&worker, "-KILL");
     worker.wait().unwrap();
-    assert!(run_processes(&run_id) > 0, "the task outlives its worker until the restart");
-    assert!(e.dir.path().join("ws").join(&run_id).exists());
+    assert!(run_processes(run_id) > 0, "the task outlives its worker");
+    assert!(e.dir.path().join("ws").join(run_id).exists());
+    let restarted = spawn_worker(e);
+    // The old backend ended the run ERROR at once here; a reattached run stays in progress.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let item = e.client.runs().get(run_id).await.unwrap();
+    assert_eq!(item.state.as_str(), "INPROGRESS", "the restarted worker did not reattach: {item:?}");
+    restarted
+}
 
-    let mut restarted = spawn_worker(&e);
-    let item = wait_for(&e, &run_id, |s| s == "ERROR").await;
-    let message = item.status_message.unwrap().message;
-    assert!(message.contains("worker restarted") && message.contains("cannot reattach"), "{message}");
-    for _ in 0..100 {
-        if run_processes(&run_id) == 0 {
+async fn nothing_left(e: &Env, run_id: &str) {
+    for _ in 0..250 {
+        if run_processes(run_id) == 0 && !e.dir.path().join("ws").join(run_id).exists() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(run_processes(&run_id), 0, "leftover processes");
-    assert!(!e.dir.path().join("ws").join(&run_id).exists(), "leftover workspace");
+    assert_eq!(run_processes(run_id), 0, "leftover processes");
+    assert!(!e.dir.path().join("ws").join(run_id).exists(), "leftover workspace");
+}
+
+/// `kill -9` of the worker mid-run, then a restart: the restarted worker reattaches to the task that
+/// is still running, and when the task ends the run ends with its outcome (here SUCCEEDED), leaving
+/// no process and no workspace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_run_reattaches_after_restart_and_forwards_the_outcome() {
+    let e = env(60).await;
+    let gate = e.dir.path().join("go");
+    let worker = spawn_worker(&e);
+    let run_id = start_run(&e, &format!("while [ ! -e {} ]; do sleep 0.1; done", gate.display())).await;
+    let mut restarted = crash_and_restart(&e, worker, &run_id).await;
+    std::fs::write(&gate, b"").unwrap();
+    let item = wait_for(&e, &run_id, |s| s != "INPROGRESS").await;
+    assert_eq!(item.state.as_str(), "SUCCEEDED", "{item:?}");
+    nothing_left(&e, &run_id).await;
+    signal(&restarted, "-TERM");
+    assert!(restarted.wait().unwrap().success());
+}
+
+/// A run cancelled after its worker was killed and restarted: the reattached task's processes are
+/// stopped and the run ends CANCELLED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reattached_run_can_be_cancelled() {
+    let e = env(60).await;
+    let worker = spawn_worker(&e);
+    let run_id = start_long_run(&e).await;
+    let mut restarted = crash_and_restart(&e, worker, &run_id).await;
+    e.client.runs().cancel(&run_id).await.unwrap();
+    let item = wait_for(&e, &run_id, |s| s != "INPROGRESS").await;
+    assert_eq!(item.state.as_str(), "CANCELLED", "{item:?}");
+    nothing_left(&e, &run_id).await;
     signal(&restarted, "-TERM");
     assert!(restarted.wait().unwrap().success());
 }

@@ -263,7 +263,7 @@ impl Dispatcher {
             WorkerMessage::TaskFailed(m) => {
                 self.track(conn_id, &task_id, false);
                 let to = if run.cancel_requested { RunState::Cancelled } else { m.failure_reason.terminal_state() };
-                let text = format!("{} ({}, exit code {})", m.message, m.failure_reason, m.exit_code);
+                let text = failure_text(m);
                 lifecycle.advance(&task_id, to, Some(text)).await.map(drop)
             }
         };
@@ -444,4 +444,37 @@ impl Dispatcher {
 fn deadline(timeout: Duration) -> Timestamp {
     let timeout = jiff::SignedDuration::try_from(timeout).unwrap_or(jiff::SignedDuration::from_secs(90));
     Timestamp::now().checked_add(timeout).unwrap_or(Timestamp::MAX)
+}
+
+/// The run's status text for a worker's `task_failed`: its message, then the reason and the exit code.
+/// `exit_code` 0 is what the wire carries when no exit was observed (a failure never exits 0: the
+/// task was stopped, never started, or its end was not seen), so it is left out rather than shown
+/// as "exit code 0"; a code above 128 also names the signal it stands for.
+fn failure_text(m: &oz_core::wire::worker::TaskFailed) -> String {
+    match m.exit_code {
+        0 => format!("{} ({})", m.message, m.failure_reason),
+        code @ 129..=192 => format!("{} ({}, exit code {code}: signal {})", m.message, m.failure_reason, code - 128),
+        code => format!("{} ({}, exit code {code})", m.message, m.failure_reason),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use oz_core::failure::FailureReason;
+    use oz_core::wire::worker::TaskFailed;
+
+    use super::failure_text;
+
+    fn failed(reason: FailureReason, exit_code: i32) -> TaskFailed {
+        TaskFailed { task_id: "t".into(), message: "it broke".into(), failure_reason: reason, exit_code }
+    }
+
+    #[test]
+    fn failure_text_leaves_out_an_unobserved_exit_and_names_signals() {
+        let unknown = failure_text(&failed(FailureReason::Unknown, 0));
+        assert_eq!(unknown, "it broke (unknown)");
+        let killed = failure_text(&failed(FailureReason::TaskCancelled, 143));
+        assert_eq!(killed, "it broke (task_cancelled, exit code 143: signal 15)");
+        assert_eq!(failure_text(&failed(FailureReason::ContainerExit, 3)), "it broke (container_exit, exit code 3)");
+    }
 }
