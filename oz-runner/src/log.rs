@@ -325,6 +325,7 @@ mod tests {
             let (log, recorder) = log_with(format);
             let command = format!("curl -H 'Authorization: Bearer {SECRET}' https://example.com/setup.sh | sh");
             log.emit(RunnerEvent::SetupStarted { index: 0, command }).await;
+            log.close(Duration::from_secs(5)).await;
             let reports = recorder.0.lock().unwrap().clone();
             assert_eq!(
                 reports[0].event,
@@ -359,6 +360,7 @@ mod tests {
             log.emit(event).await;
         }
         log.output(Stream::Stderr, format!("out {SECRET}\n").as_bytes()).await;
+        log.close(Duration::from_secs(5)).await;
         let reports = recorder.0.lock().unwrap().clone();
         assert_eq!(reports.len(), events.len() + 1);
         for (report, sent) in reports.iter().zip(&events) {
@@ -371,6 +373,20 @@ mod tests {
         assert_eq!(reports[6].event, RunnerEvent::Output { stream: "stderr".into(), text: "out [REDACTED]\n".into() });
     }
 
+    /// Reports are numbered from 1 in the order they were made, and all of them are delivered once
+    /// the log is closed, even past the outbox's size (the emitter waits for room).
+    #[tokio::test]
+    async fn reports_are_numbered_in_order_and_all_delivered() {
+        let (log, recorder) = log_with(OutputFormat::Ndjson);
+        let count = OUTBOX_REPORTS as u64 + 50;
+        for i in 0..count {
+            log.emit(RunnerEvent::SetupStarted { index: i as usize, command: "true".into() }).await;
+        }
+        log.close(Duration::from_secs(30)).await;
+        let seqs: Vec<u64> = recorder.0.lock().unwrap().iter().filter_map(|r| r.seq).collect();
+        assert_eq!(seqs, (1..=count).collect::<Vec<_>>());
+    }
+
     /// A secret that spells a tag (a state's name) leaves the event readable.
     #[tokio::test]
     async fn a_secret_spelling_a_tag_leaves_events_readable() {
@@ -378,6 +394,7 @@ mod tests {
         let log = EventLog::new(OutputFormat::Ndjson, recorder.clone(), Redactor::new(["FAILED", "setup_started"]));
         log.emit(RunnerEvent::Finished { state: RunState::Failed, exit_code: None, message: "FAILED".into() }).await;
         log.emit(RunnerEvent::SetupStarted { index: 1, command: "true".into() }).await;
+        log.close(Duration::from_secs(5)).await;
         let reports = recorder.0.lock().unwrap().clone();
         assert_eq!(
             reports[0].event,
