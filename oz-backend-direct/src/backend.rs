@@ -205,13 +205,10 @@ impl Backend for DirectBackend {
             found.push(RecoveredTask {
                 task_id,
                 execution_id,
-                action: RecoveryAction::Removed(Failure {
-                    reason: FailureReason::Unknown,
-                    message: format!(
-                        "the worker restarted before the task's process started or was recorded (while its workspace or setup_command was being prepared); it stopped {killed} leftover process(es){}",
-                        if kept { " and kept the workspace (cleanup is off)" } else { " and removed the workspace" }
-                    ),
-                }),
+                action: RecoveryAction::NotStarted(format!(
+                    "the worker restarted before the task's process started or was recorded (while its workspace or setup_command was being prepared); it stopped {killed} leftover process(es){}",
+                    if kept { " and kept the workspace (cleanup is off)" } else { " and removed the workspace" }
+                )),
             });
         }
         Ok(found)

@@ -187,7 +187,7 @@ async fn a_prepared_workspace_is_handed_to_a_task_and_discarded_ones_vanish() {
 
 /// A worker that died before its task's process started (here: while a setup command ran) leaves a
 /// marker without a process and the setup's processes; a new backend with the same worker id stops
-/// them, removes the workspace and reports the task removed, saying why. Another worker's
+/// them, removes the workspace and reports the task as not started (to run again), saying why. Another worker's
 /// workspaces are left alone. (Reattaching to tasks that did start: tests/reattach.rs.)
 #[tokio::test]
 async fn a_restarted_backend_removes_a_task_that_had_not_started() {
@@ -221,11 +221,11 @@ async fn a_restarted_backend_removes_a_task_that_had_not_started() {
     assert_eq!(recovered.len(), 1, "{recovered:?}");
     assert_eq!(recovered[0].task_id, id);
     match &recovered[0].action {
-        RecoveryAction::Removed(f) => {
-            assert!(f.message.contains("before the task's process started"), "{}", f.message);
-            assert!(f.message.contains("stopped 1 leftover process"), "{}", f.message);
+        RecoveryAction::NotStarted(why) => {
+            assert!(why.contains("before the task's process started"), "{why}");
+            assert!(why.contains("stopped 1 leftover process"), "{why}");
         }
-        RecoveryAction::Reattached(_) => panic!("a task that never started cannot be reattached"),
+        other => panic!("a task that never started is handed back to run again, not {other:?}"),
     }
     setup.wait().unwrap();
     assert!(process::processes_of_task(&id).is_empty(), "orphaned processes survived recovery");

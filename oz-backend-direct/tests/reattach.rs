@@ -66,6 +66,7 @@ async fn recover_one(b: &DirectBackend, id: &str) -> TaskHandle {
     match task.action {
         RecoveryAction::Reattached(handle) => handle,
         RecoveryAction::Removed(f) => panic!("the task was not reattached: {}", f.message),
+        RecoveryAction::NotStarted(why) => panic!("the task was not reattached: {why}"),
     }
 }
 

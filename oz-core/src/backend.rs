@@ -394,6 +394,10 @@ pub enum RecoveryAction {
     /// It could not be kept (dead, or unreattachable); what was left was stopped and removed. The
     /// worker reports it to the control plane as failed with this failure.
     Removed(Failure),
+    /// It had not started (the earlier process died while preparing it); what was left was
+    /// stopped and removed. Nothing of the task ran, so the worker hands it back to the queue (with
+    /// this reason) to run again, rather than failing a run that never had its chance.
+    NotStarted(String),
 }
 
 /// A way to run tasks in sandboxes. Implemented by the Direct, Docker and Kubernetes backends.

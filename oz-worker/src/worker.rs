@@ -166,6 +166,10 @@ impl Worker {
                     failure_reason: f.reason,
                     exit_code: 0,
                 })),
+                // The control plane queues a rejected run again, and offers it anew.
+                oz_core::backend::RecoveryAction::NotStarted(reason) => {
+                    self.send(WorkerMessage::TaskRejected(TaskRejected { task_id: task.task_id, reason }))
+                }
                 oz_core::backend::RecoveryAction::Reattached(handle) => {
                     let worker = self.clone();
                     let task_id = task.task_id.clone();

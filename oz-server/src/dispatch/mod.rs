@@ -246,7 +246,14 @@ impl Dispatcher {
                     c.skip_until = Some(Instant::now() + REJECT_BACKOFF);
                 }
                 let note = format!("worker {worker_id} rejected the run ({}); queued again", m.reason);
-                lifecycle.advance(&task_id, RunState::Queued, Some(note)).await.map(drop)
+                match lifecycle.advance(&task_id, RunState::Queued, Some(note)).await {
+                    // Too far along to run again (its agent had started): it ends, saying why.
+                    Ok(None) => {
+                        let note = format!("worker {worker_id} gave the run up after it had started: {}", m.reason);
+                        lifecycle.advance(&task_id, RunState::Error, Some(note)).await.map(drop)
+                    }
+                    other => other.map(drop),
+                }
             }
             WorkerMessage::TaskCompleted(m) => {
                 self.track(conn_id, &task_id, false);
