@@ -167,7 +167,10 @@ pub async fn start_with(
                 eprintln!("oz: reattached to task {} left running by an earlier run", leftover.task_id)
             }
             RecoveryAction::NotStarted(why) => {
-                eprintln!("oz: task {} had not started when an earlier run ended; it runs again: {why}", leftover.task_id)
+                eprintln!(
+                    "oz: task {} had not started when an earlier run ended; it runs again: {why}",
+                    leftover.task_id
+                )
             }
         }
     }

@@ -381,6 +381,13 @@ impl Worker {
             self.send(reject("the worker is shutting down".into()));
             return;
         }
+        if self.shared().tasks.contains_key(&task_id) {
+            // Offered again (the control plane lost track of the first offer): the task runs here
+            // already, and a second copy of it must not start.
+            warn!(task_id, "an assignment for a task this worker already runs; refused");
+            self.send(reject("the worker already runs this task".into()));
+            return;
+        }
         let active = self.shared().tasks.len();
         if self.config.max_concurrent_tasks > 0 && active >= self.config.max_concurrent_tasks {
             self.metrics.rejected(RejectReason::Capacity);

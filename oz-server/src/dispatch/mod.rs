@@ -422,6 +422,11 @@ impl Dispatcher {
         for run in store.expired_leases(Timestamp::now()).await? {
             let holder = (run.team_id.clone(), run.claimed_by.clone().unwrap_or_default());
             if run.state == RunState::Pending {
+                if live.contains(&run.id) {
+                    // The connection it went to is still open (a slow or frozen worker): offering it
+                    // again would run it twice. The connection's read deadline decides.
+                    continue;
+                }
                 // Never claimed: the offer died with a connection, a worker, or a server before this one.
                 let message = format!(
                     "worker {} did not claim the run within {}s; queued again",
