@@ -261,10 +261,9 @@ impl Backend for DockerBackend {
                 recovered.push(RecoveredTask {
                     task_id,
                     execution_id,
-                    action: RecoveryAction::Removed(Failure {
-                        reason: FailureReason::ContainerStart,
-                        message: "the worker restarted before the task's container started; it was removed".into(),
-                    }),
+                    action: RecoveryAction::NotStarted(
+                        "the worker restarted before the task's container started; it was removed".into(),
+                    ),
                 });
                 continue;
             }

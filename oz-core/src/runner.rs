@@ -303,6 +303,11 @@ pub fn runner_env(assignment: &TaskAssignment, options: &CommandOptions) -> Vec<
     vars
 }
 
+/// The runner's exit status when its secret input was empty: the sandbox lost its token (a worker
+/// that died between starting the sandbox and handing the token over). Nothing of the run has
+/// happened, so the worker hands such a task back to run again.
+pub const EXIT_NO_SECRET_INPUT: i32 = 75;
+
 /// The task a backend runs for `assignment`: the runner's argv and environment, the image (the
 /// assignment's; none = the backend's default), the execution id, the instance shape, and whether to
 /// remove what it leaves. An image that does not parse is `invalid_image`.

@@ -41,6 +41,9 @@ pub enum HandoverError {
     /// The handover was not readable.
     #[error("the runner's handover is unreadable")]
     Malformed,
+    /// `OZ_SECRET_INPUT` says where the token is, and nothing is there.
+    #[error("the secret input is empty: this sandbox never got its run's token")]
+    EmptySecretInput,
 }
 
 /// If the environment holds any of [`HELD_BACK`], re-executes this program without them (they are
@@ -117,5 +120,8 @@ fn read_secret_input() -> Result<Option<String>, HandoverError> {
         text = std::fs::read_to_string(&from)?;
     }
     let token = text.trim().to_owned();
-    Ok(Some(token).filter(|t| !t.is_empty()))
+    if token.is_empty() {
+        return Err(HandoverError::EmptySecretInput);
+    }
+    Ok(Some(token))
 }

@@ -51,6 +51,10 @@ pub fn run_main(raw: Vec<String>) -> i32 {
     }
     let held = match handover::take() {
         Ok(held) => held,
+        Err(e @ handover::HandoverError::EmptySecretInput) => {
+            eprintln!("oz: {e}");
+            return oz_core::runner::EXIT_NO_SECRET_INPUT;
+        }
         Err(e) => {
             eprintln!("oz: {e}");
             return run::EXIT_USAGE;

@@ -182,7 +182,18 @@ impl Worker {
                             let outcome = handle.wait().await;
                             let elapsed = outcome.finished_at.duration_since(outcome.accepted_at).unwrap_or_default();
                             worker.metrics.finished(&outcome, elapsed);
-                            let message = outcome_message(&task_id, &outcome);
+                            let lost_token =
+                                outcome.exit.map(|e| e.oz_exit_code()) == Some(oz_core::runner::EXIT_NO_SECRET_INPUT);
+                            let message = if lost_token {
+                                // Its token went with the worker that died before handing it over:
+                                // nothing ran, so the run goes again.
+                                WorkerMessage::TaskRejected(TaskRejected {
+                                    task_id: task_id.clone(),
+                                    reason: "the sandbox never got its token before the worker restarted".into(),
+                                })
+                            } else {
+                                outcome_message(&task_id, &outcome)
+                            };
                             info!(message = ?message, "reattached task ended");
                             worker.shared().tasks.remove(&task_id);
                             worker.track_active();
