@@ -248,6 +248,37 @@ async fn cancellation_is_forwarded_and_confirmed() {
     t.wait_state(&t.key_a, &run, "CANCELLED").await;
 }
 
+/// A worker that hands back a run it claimed (it had not started it) gets it queued again; one that
+/// hands back a run whose agent had started ends it ERROR with its reason, never leaves it hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_handed_back_runs_again_unless_it_had_started() {
+    let t = TestServer::start().await;
+    let mut w = t.worker(&t.key_a, "w1").await;
+    let fresh = t.create_run(&t.key_a, "w1", "again").await;
+    assert_eq!(assignment(w.next().await).task_id, fresh);
+    w.send(claimed(&fresh, &w)).await;
+    t.wait_state(&t.key_a, &fresh, "CLAIMED").await;
+    let back = |id: &str| {
+        WorkerMessage::TaskRejected(TaskRejected { task_id: id.into(), reason: "the worker restarted".into() })
+    };
+    w.send(back(&fresh)).await;
+    assert_eq!(assignment(w.next().await).task_id, fresh, "offered again");
+
+    let started = t.create_run(&t.key_a, "w1", "too late").await;
+    let token = assignment(w.next().await).env_vars["OZ_WORKLOAD_TOKEN"].clone();
+    w.send(claimed(&started, &w)).await;
+    t.wait_state(&t.key_a, &started, "CLAIMED").await;
+    let at = jiff::Timestamp::now().to_string();
+    assert_eq!(
+        report(&t, &started, &token, json!({"at": at, "event": "harness_started", "harness": "command"})).await,
+        204
+    );
+    t.wait_state(&t.key_a, &started, "INPROGRESS").await;
+    w.send(back(&started)).await;
+    let ended = t.wait_state(&t.key_a, &started, "ERROR").await;
+    assert!(ended["status_message"]["message"].as_str().unwrap().contains("after it had started"), "{ended}");
+}
+
 /// A report resent with its sequence number (its answer was lost) is stored once and applied once;
 /// another attempt of the run numbers its reports afresh without colliding.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
