@@ -178,6 +178,8 @@ impl Worker {
             .arg("--config-file")
             .arg(&self.config)
             .args(["--server-root-url", &self.server_url, "--log-level", "warn"])
+            .arg("--outbox-file")
+            .arg(self.log_dir.join("worker.outbox"))
             .env("WARP_API_KEY", &self.credential)
             .stdout(Stdio::null())
             .stderr(log)

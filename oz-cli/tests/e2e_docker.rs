@@ -214,6 +214,7 @@ async fn a_worker_killed_mid_run_reattaches_after_restart_and_leaves_nothing() {
             .arg(dir.path().join("worker.yaml"))
             .args(["--server-root-url", &server.url(), "--log-level", "warn"])
             .env("WARP_API_KEY", &worker_key)
+            .env("OZ_WORKER_OUTBOX_FILE", dir.path().join("worker.outbox"))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

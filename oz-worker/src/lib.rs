@@ -22,6 +22,7 @@ pub mod backends;
 pub mod config;
 mod error;
 pub mod metrics;
+pub mod outbox;
 mod worker;
 
 pub use error::WorkerError;

@@ -60,6 +60,30 @@ struct Flags {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464); off by default.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<String>,
+    /// Where messages not yet sent to the control plane are kept across restarts (default:
+    /// `$STATE_DIRECTORY`, `$XDG_STATE_HOME/oz` or `~/.local/state/oz`, as `worker-<id>.outbox`).
+    #[arg(long, env = "OZ_WORKER_OUTBOX_FILE", value_name = "FILE")]
+    outbox_file: Option<std::path::PathBuf>,
+}
+
+/// The default place of the outbox file, made 0700 if missing; `None` (in memory only, said) when
+/// there is no such place.
+fn default_outbox_file(worker_id: &str) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = std::env::var_os("STATE_DIRECTORY")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_STATE_HOME").map(|d| std::path::PathBuf::from(d).join("oz")))
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".local/state/oz")))?;
+    match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir) {
+        Ok(()) => Some(dir.join(format!("worker-{worker_id}.outbox"))),
+        Err(e) => {
+            eprintln!(
+                "oz-agent-worker: no place for the outbox in {} ({e}); unsent messages are lost if the worker dies",
+                dir.display()
+            );
+            None
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -129,6 +153,7 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
     let mut config = WorkerConfig::new(worker_id.clone(), web_socket_url, ApiKey::new(api_key), command);
     config.cleanup = cleanup;
     config.max_concurrent_tasks = flags.max_concurrent_tasks.or(file.max_concurrent_tasks).unwrap_or(0);
+    config.outbox_file = flags.outbox_file.clone().or_else(|| default_outbox_file(&worker_id));
     let worker = Arc::new(Worker::new(config, backend.clone())?);
     if let Some(listen) = flags.metrics_listen.or(file.metrics_listen.clone()) {
         let (addr, _task) = oz_worker::metrics::serve(worker.metrics(), &listen)

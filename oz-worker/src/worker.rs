@@ -10,7 +10,7 @@
 //! - Shutdown: stop taking tasks (assignments are rejected), cancel running tasks (reported as
 //!   `graceful_shutdown`), deliver every outcome, close. [`WorkerHandle::abort`] exits at once.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,6 +56,9 @@ pub struct WorkerConfig {
     pub backoff_min: Duration,
     /// Longest reconnect delay.
     pub backoff_max: Duration,
+    /// Where messages not yet sent are kept, so a restarted worker still sends them (`None`: in
+    /// memory only, lost with the process).
+    pub outbox_file: Option<std::path::PathBuf>,
 }
 
 impl WorkerConfig {
@@ -77,6 +80,7 @@ impl WorkerConfig {
             read_deadline: Duration::from_secs(60),
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
+            outbox_file: None,
         }
     }
 }
@@ -93,7 +97,7 @@ struct Shared {
     tasks: HashMap<String, Option<Canceller>>,
     /// Cancellations that arrived while their task was launching.
     cancel_pending: HashSet<String>,
-    outbox: VecDeque<WorkerMessage>,
+    outbox: crate::outbox::Outbox,
 }
 
 /// Controls a running worker.
@@ -139,14 +143,11 @@ impl Worker {
         // One TLS crypto provider for the process (ring), for wss:// connections.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let (tx, rx) = watch::channel(Mode::Running);
+        let outbox = crate::outbox::Outbox::open(config.outbox_file.clone());
         Ok(Self {
             config: Arc::new(config),
             backend,
-            shared: Arc::new(Mutex::new(Shared {
-                tasks: HashMap::new(),
-                cancel_pending: HashSet::new(),
-                outbox: VecDeque::new(),
-            })),
+            shared: Arc::new(Mutex::new(Shared { tasks: HashMap::new(), cancel_pending: HashSet::new(), outbox })),
             outbox_ready: Arc::new(Notify::new()),
             mode: rx,
             handle: WorkerHandle { mode: tx },
@@ -227,7 +228,7 @@ impl Worker {
     }
 
     fn send(&self, message: WorkerMessage) {
-        self.shared().outbox.push_back(message);
+        self.shared().outbox.push(message);
         self.outbox_ready.notify_one();
     }
 
@@ -305,13 +306,13 @@ impl Worker {
                 let next = self.shared().outbox.front().cloned();
                 let Some(message) = next else { break };
                 let Ok(text) = message.to_json() else {
-                    self.shared().outbox.pop_front();
+                    self.shared().outbox.pop();
                     continue;
                 };
                 if sink.send(Message::Text(text.into())).await.is_err() {
                     return;
                 }
-                self.shared().outbox.pop_front();
+                self.shared().outbox.pop();
             }
             if *mode.borrow() == Mode::Aborted {
                 return;

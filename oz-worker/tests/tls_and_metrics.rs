@@ -74,6 +74,7 @@ async fn a_worker_over_wss_runs_a_task_and_its_metrics_count_it() {
         .args(["--web-socket-url", &format!("wss://localhost:{tls_port}/api/v1/selfhosted/worker/ws")])
         .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
         .env("WARP_API_KEY", &worker_key)
+        .env("OZ_WORKER_OUTBOX_FILE", dir.path().join("worker.outbox"))
         .env("SSL_CERT_FILE", &ca_file)
         .env("TMPDIR", dir.path())
         .env("PATH", format!("{}:/usr/bin:/bin", oz_binary().parent().unwrap().display()))
