@@ -19,6 +19,7 @@ fn spawn_worker(dir: &std::path::Path, server: &str, key: &str) -> Child {
         .arg(dir.join("worker.yaml"))
         .args(["--server-root-url", server, "--log-level", "warn"])
         .env("WARP_API_KEY", key)
+        .env("OZ_WORKER_OUTBOX_FILE", dir.join("worker.outbox"))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
