@@ -254,7 +254,13 @@ async fn a_requeued_attempts_token_is_revoked() {
     let token = a.env_vars["OZ_WORKLOAD_TOKEN"].clone();
     drop(w);
     t.wait_state(&t.key_a, run["run_id"].as_str().unwrap(), "QUEUED").await;
-    assert_eq!(t.get(&format!("/agent/runs/{}/resolved", a.task_id), &token).await.0, 401);
+    // The revocation follows the state change (by a moment).
+    let path = format!("/agent/runs/{}/resolved", a.task_id);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while t.get(&path, &token).await.0 != 401 {
+        assert!(tokio::time::Instant::now() < deadline, "the requeued attempt's token still resolves");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (status, _) = t
         .post(&format!("/agent/runs/{}/report", a.task_id), &token, report(json!({"event": "started", "version": "t"})))
         .await;
