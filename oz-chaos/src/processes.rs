@@ -109,6 +109,15 @@ impl Server {
         }
     }
 
+    /// Sends SIGSTOP (`true`) or SIGCONT (`false`): a control plane that stops answering (a
+    /// partition, as its clients see it), then comes back.
+    pub(crate) fn freeze(&self, frozen: bool) {
+        if let Some(child) = &self.child {
+            let signal = if frozen { "-STOP" } else { "-CONT" };
+            let _ = Command::new("kill").args([signal, &child.id().to_string()]).status();
+        }
+    }
+
     /// Starts it again on the same database and port.
     pub(crate) fn restart(&mut self) -> Result<(), String> {
         self.kill();

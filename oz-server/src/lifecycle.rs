@@ -59,10 +59,26 @@ impl Lifecycle {
         &self.store
     }
 
-    /// Applies `change` to the run `run_id`.
-    pub async fn apply(&self, run_id: &str, change: StateChange) -> Result<RunRecord, ApiError> {
+    /// Applies `change` to the run `run_id`. A run whose cancel was answered ends CANCELLED, whatever
+    /// end it was about to reach: the check and the cancel's record are ordered by the run's lock
+    /// (see [`Lifecycle::request_cancel`]), so no cancel answered 200 is overtaken.
+    pub async fn apply(&self, run_id: &str, mut change: StateChange) -> Result<RunRecord, ApiError> {
         change.from.transition(change.to).map_err(|e| ApiError::conflict(e.to_string()))?;
         let _ordered = self.stripe(run_id).lock().await;
+        if matches!(change.to, RunState::Succeeded | RunState::Failed | RunState::Error)
+            && self.store.run_by_id(run_id).await?.is_some_and(|r| r.cancel_requested)
+        {
+            let ended = change.to;
+            let why = change.status_message.as_ref().map(|m| m.message.clone()).unwrap_or_default();
+            change.to = RunState::Cancelled;
+            change.status_message = Some(oz_core::wire::api::StatusMessage {
+                message: format!("cancelled as asked (it ended {ended} first: {why})"),
+                error_code: None,
+                retryable: None,
+                session_debug_until: None,
+            });
+            change.from.transition(change.to).map_err(|e| ApiError::conflict(e.to_string()))?;
+        }
         let now = Timestamp::now();
         let run = self.store.change_state(run_id, &change, now).await.map_err(|e| match e {
             StoreError::StateChanged { expected, actual } => {
@@ -132,6 +148,21 @@ impl Lifecycle {
         use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
         let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(run_id);
         &self.stripes[(hash % STRIPES as u64) as usize]
+    }
+
+    /// Records that run `run` is to be cancelled (and says so in its history), unless it ended
+    /// meanwhile: then `Ok(Some(state))` with its end. Under the run's lock, so an end being applied
+    /// either comes first (and the cancel is refused) or sees the cancel (and ends CANCELLED).
+    pub async fn request_cancel(&self, run_id: &str, holder: &str) -> Result<Option<RunState>, ApiError> {
+        let _ordered = self.stripe(run_id).lock().await;
+        let current = self.store.run_by_id(run_id).await?.ok_or_else(|| ApiError::not_found("no such run"))?;
+        if current.state.is_terminal() {
+            return Ok(Some(current.state));
+        }
+        let now = Timestamp::now();
+        self.store.request_cancel(run_id, now).await?;
+        self.append(run_id, now, json!({"event": "cancel_requested", "worker_id": holder})).await?;
+        Ok(None)
     }
 
     /// Records a runner's report once: `false` if report `runner_seq` of `attempt` is stored already

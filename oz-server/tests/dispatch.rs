@@ -279,6 +279,24 @@ async fn a_run_handed_back_runs_again_unless_it_had_started() {
     assert!(ended["status_message"]["message"].as_str().unwrap().contains("after it had started"), "{ended}");
 }
 
+/// Whatever path ends a run (a report read before the cancel, the worker's outcome, a lease), once
+/// its cancel was answered 200 it ends CANCELLED: the rule is applied where every state change goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_end_overtakes_an_answered_cancel() {
+    let t = TestServer::start().await;
+    let mut w = t.worker(&t.key_a, "w1").await;
+    let run = t.create_run(&t.key_a, "w1", "racing").await;
+    let _ = assignment(w.next().await);
+    w.send(claimed(&run, &w)).await;
+    t.wait_state(&t.key_a, &run, "CLAIMED").await;
+    assert_eq!(t.post(&format!("/agent/runs/{run}/cancel"), &t.key_a, json!({})).await.0, 200);
+    // As a handler that read the run before the cancel would: straight to SUCCEEDED.
+    let ended =
+        t.server.state().lifecycle.advance(&run, RunState::Succeeded, Some("done".into())).await.unwrap().unwrap();
+    assert_eq!(ended.state, RunState::Cancelled);
+    assert!(ended.status_message.unwrap().message.contains("cancelled as asked (it ended SUCCEEDED first: done)"));
+}
+
 /// A report resent with its sequence number (its answer was lost) is stored once and applied once;
 /// another attempt of the run numbers its reports afresh without colliding.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -244,14 +244,11 @@ pub async fn cancel(
             // Offered, not claimed: cancelled here, and the worker is told to drop the offer.
             RunState::Pending => "cancelled while it was offered to a worker",
             _ => {
-                let now = Timestamp::now();
-                state.store.request_cancel(&run.id, now).await?;
                 // In the history: the cancel was asked (what became of it follows as the end state).
                 let holder = run.claimed_by.clone().unwrap_or_default();
-                state
-                    .lifecycle
-                    .record(&run.id, now, serde_json::json!({"event": "cancel_requested", "worker_id": holder}))
-                    .await?;
+                if let Some(ended) = state.lifecycle.request_cancel(&run.id, &holder).await? {
+                    return Err(ApiError::invalid(format!("the run already ended ({ended})")));
+                }
                 state.dispatcher.forward_cancel(&run);
                 return Ok(Json(run.id));
             }
