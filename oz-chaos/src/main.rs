@@ -47,9 +47,12 @@ struct Args {
     /// How many SIGKILLs (of the worker or the server, at random) while the runs flow.
     #[arg(long, default_value_t = 10)]
     kills: usize,
-    /// How many times the worker or the server is frozen (SIGSTOP) for a while.
+    /// How many times the worker is frozen (SIGSTOP) for a while.
     #[arg(long, default_value_t = 2)]
     freezes: usize,
+    /// How many times the server is frozen (SIGSTOP) for a while (see docs/reliability.md: open).
+    #[arg(long, default_value_t = 0)]
+    server_freezes: usize,
     /// Runs in flight at once.
     #[arg(long, default_value_t = 6)]
     concurrency: usize,
@@ -125,20 +128,23 @@ impl Plan {
         // runs in flight: each run is its sleep plus about half a second of the platform's own.
         let busy: Duration = runs.iter().map(|r| r.sleep + Duration::from_millis(500)).sum();
         let span = busy / args.concurrency.max(1) as u32;
-        let count = args.kills + args.freezes;
+        let count = args.kills + args.freezes + args.server_freezes;
         let gap = span / (count as u32 + 2);
-        let mut kinds: Vec<bool> =
-            std::iter::repeat_n(true, args.kills).chain(std::iter::repeat_n(false, args.freezes)).collect();
+        // 0: a kill, 1: a worker freeze, 2: a server freeze.
+        let mut kinds: Vec<u8> = std::iter::repeat_n(0, args.kills)
+            .chain(std::iter::repeat_n(1, args.freezes))
+            .chain(std::iter::repeat_n(2, args.server_freezes))
+            .collect();
         rng.shuffle(&mut kinds);
         let blows = kinds
             .into_iter()
-            .map(|kill| {
+            .map(|kind| {
                 let after = gap.mul_f64(0.5 + rng.f64() / 2.0).max(Duration::from_millis(500));
-                let blow = match (kill, rng.bool()) {
-                    (true, true) => Blow::KillWorker { down: Duration::from_millis(200 + rng.u64(..1500)) },
-                    (true, false) => Blow::KillServer { down: Duration::from_millis(200 + rng.u64(..1500)) },
-                    (false, true) => Blow::FreezeWorker { frozen: Duration::from_millis(1000 + rng.u64(..3000)) },
-                    (false, false) => Blow::FreezeServer { frozen: Duration::from_millis(1000 + rng.u64(..3000)) },
+                let blow = match (kind, rng.bool()) {
+                    (0, true) => Blow::KillWorker { down: Duration::from_millis(200 + rng.u64(..1500)) },
+                    (0, false) => Blow::KillServer { down: Duration::from_millis(200 + rng.u64(..1500)) },
+                    (1, _) => Blow::FreezeWorker { frozen: Duration::from_millis(1000 + rng.u64(..3000)) },
+                    _ => Blow::FreezeServer { frozen: Duration::from_millis(1000 + rng.u64(..3000)) },
                 };
                 (after, blow)
             })

@@ -97,6 +97,50 @@ impl Outbox {
     }
 }
 
+/// The tasks this worker has claimed and not yet seen end, kept beside the outbox, so that a
+/// restarted worker can hand back those it claimed and never started (no sandbox of theirs was
+/// found): their runs are queued again instead of waiting out their lease.
+#[derive(Debug, Default)]
+pub struct Claims {
+    ids: std::collections::BTreeSet<String>,
+    file: Option<PathBuf>,
+}
+
+impl Claims {
+    /// The claims kept in `file`, and those an earlier process of this worker left there.
+    pub fn open(file: Option<PathBuf>) -> (Self, Vec<String>) {
+        let earlier = file
+            .as_ref()
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .map(|text| text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect())
+            .unwrap_or_default();
+        (Self { ids: Default::default(), file }, earlier)
+    }
+
+    /// Notes a claim.
+    pub fn add(&mut self, task_id: &str) {
+        if self.ids.insert(task_id.to_owned()) {
+            self.save();
+        }
+    }
+
+    /// Forgets a claim (its task ended).
+    pub fn remove(&mut self, task_id: &str) {
+        if self.ids.remove(task_id) {
+            self.save();
+        }
+    }
+
+    fn save(&self) {
+        let Some(path) = &self.file else { return };
+        let temp = path.with_extension("claims-new");
+        let text: String = self.ids.iter().map(|id| format!("{id}\n")).collect();
+        if let Err(e) = std::fs::write(&temp, text).and_then(|()| std::fs::rename(&temp, path)) {
+            warn!(path = %path.display(), "could not save the worker's claims: {e}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -125,6 +169,20 @@ mod tests {
         again.pop();
         again.pop();
         assert!(Outbox::open(Some(file)).is_empty());
+    }
+
+    #[test]
+    fn claims_left_by_an_earlier_process_are_returned() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("w.claims");
+        let (mut claims, earlier) = Claims::open(Some(file.clone()));
+        assert!(earlier.is_empty());
+        claims.add("a");
+        claims.add("b");
+        claims.remove("a");
+        drop(claims);
+        let (_, earlier) = Claims::open(Some(file));
+        assert_eq!(earlier, ["b"]);
     }
 
     #[test]

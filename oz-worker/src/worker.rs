@@ -98,6 +98,9 @@ struct Shared {
     /// Cancellations that arrived while their task was launching.
     cancel_pending: HashSet<String>,
     outbox: crate::outbox::Outbox,
+    claims: crate::outbox::Claims,
+    /// What an earlier process of this worker had claimed and not seen end.
+    earlier_claims: Vec<String>,
 }
 
 /// Controls a running worker.
@@ -144,10 +147,18 @@ impl Worker {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let (tx, rx) = watch::channel(Mode::Running);
         let outbox = crate::outbox::Outbox::open(config.outbox_file.clone());
+        let (claims, earlier_claims) =
+            crate::outbox::Claims::open(config.outbox_file.as_ref().map(|f| f.with_extension("claims")));
         Ok(Self {
             config: Arc::new(config),
             backend,
-            shared: Arc::new(Mutex::new(Shared { tasks: HashMap::new(), cancel_pending: HashSet::new(), outbox })),
+            shared: Arc::new(Mutex::new(Shared {
+                tasks: HashMap::new(),
+                cancel_pending: HashSet::new(),
+                outbox,
+                claims,
+                earlier_claims,
+            })),
             outbox_ready: Arc::new(Notify::new()),
             mode: rx,
             handle: WorkerHandle { mode: tx },
@@ -159,6 +170,12 @@ impl Worker {
     /// are reported as failed once connected (their runs end with the backend's message); the ones it
     /// reattached to are followed like any task.
     pub fn adopt_recovered(self: &Arc<Self>, recovered: Vec<oz_core::backend::RecoveredTask>) {
+        // Claimed by an earlier process, and nothing of them found: they never started.
+        let earlier = std::mem::take(&mut self.shared().earlier_claims);
+        for task_id in earlier.into_iter().filter(|id| !recovered.iter().any(|t| t.task_id == *id)) {
+            let reason = "the worker restarted after claiming the run and before starting it".to_owned();
+            self.send(WorkerMessage::TaskRejected(TaskRejected { task_id, reason }));
+        }
         for task in recovered {
             match task.action {
                 oz_core::backend::RecoveryAction::Removed(f) => self.send(WorkerMessage::TaskFailed(TaskFailed {
@@ -174,7 +191,11 @@ impl Worker {
                 oz_core::backend::RecoveryAction::Reattached(handle) => {
                     let worker = self.clone();
                     let task_id = task.task_id.clone();
-                    self.shared().tasks.insert(task_id.clone(), Some(handle.canceller()));
+                    {
+                        let mut shared = self.shared();
+                        shared.tasks.insert(task_id.clone(), Some(handle.canceller()));
+                        shared.claims.add(&task_id);
+                    }
                     self.track_active();
                     let span =
                         info_span!("task", task_id = %task_id, worker_id = %self.config.worker_id, reattached = true);
@@ -196,7 +217,11 @@ impl Worker {
                                 outcome_message(&task_id, &outcome)
                             };
                             info!(message = ?message, "reattached task ended");
-                            worker.shared().tasks.remove(&task_id);
+                            {
+                                let mut shared = worker.shared();
+                                shared.tasks.remove(&task_id);
+                                shared.claims.remove(&task_id);
+                            }
                             worker.track_active();
                             worker.send(message);
                         }
@@ -419,7 +444,11 @@ impl Worker {
             info_span!("task", task_id = %task_id, worker_id = %self.config.worker_id, backend = self.backend.name());
         let worker = self.clone();
         // Take the slot before the launch, so a burst of assignments respects the limit.
-        self.shared().tasks.insert(task_id.clone(), None);
+        {
+            let mut shared = self.shared();
+            shared.tasks.insert(task_id.clone(), None);
+            shared.claims.add(&task_id);
+        }
         self.track_active();
         tokio::spawn(
             async move {
@@ -455,7 +484,11 @@ impl Worker {
                     }
                 };
                 info!(message = ?message, "task ended");
-                worker.shared().tasks.remove(&task_id);
+                {
+                    let mut shared = worker.shared();
+                    shared.tasks.remove(&task_id);
+                    shared.claims.remove(&task_id);
+                }
                 worker.track_active();
                 worker.send(message);
             }
