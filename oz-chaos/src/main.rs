@@ -479,36 +479,53 @@ async fn check(
             checked.problems.push(format!("run {}'s history is incomplete: {why}", run.run_id));
         }
     }
-    // Give removal a moment after the last run ended.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Removal follows a run's end (and a worker restarted at the last moment first recovers what
+    // its predecessor left): what is left must be gone within the grace, while the worker runs.
+    let deadline = Instant::now() + LEAK_GRACE;
+    let left = loop {
+        let left = leftovers(runs, backend, workspaces);
+        if left.is_empty() || Instant::now() > deadline {
+            break left;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    checked.leaks += left.len();
+    checked.problems.extend(left);
+    checked
+}
+
+/// How long what a run made may outlive the run.
+const LEAK_GRACE: Duration = Duration::from_secs(30);
+
+/// What is left of the runs now: their processes, workspaces, and (Docker) the worker's containers
+/// and networks; one line each.
+fn leftovers(runs: &[oz_core::wire::api::RunItem], backend: Backend, workspaces: &std::path::Path) -> Vec<String> {
+    let mut left = Vec::new();
     for run in runs {
-        let left = oz_backend_direct::process::processes_of_task(&run.run_id);
-        if !left.is_empty() {
-            checked.leaks += 1;
-            checked.problems.push(format!("run {} left processes {left:?}", run.run_id));
+        let processes = oz_backend_direct::process::processes_of_task(&run.run_id);
+        if !processes.is_empty() {
+            left.push(format!("run {} left processes {processes:?}", run.run_id));
         }
     }
     if let Ok(entries) = std::fs::read_dir(workspaces) {
-        let left: Vec<_> =
-            entries.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-        if !left.is_empty() {
-            checked.leaks += left.len();
-            checked.problems.push(format!("workspaces left: {left:?}"));
+        for entry in entries.filter_map(Result::ok) {
+            left.push(format!("workspace left: {}", entry.file_name().to_string_lossy()));
         }
     }
     if backend == Backend::Docker {
         let label = format!("{}={WORKER_ID}", oz_core::task::labels::WORKER_ID);
-        for what in [&["ps", "-a", "-q"][..], &["network", "ls", "-q"][..]] {
+        for what in [&["ps", "-a", "--format", "{{.Names}}"][..], &["network", "ls", "--format", "{{.Name}}"][..]] {
             let out =
                 std::process::Command::new("docker").args(what).args(["--filter", &format!("label={label}")]).output();
-            let left = out.map(|o| String::from_utf8_lossy(&o.stdout).lines().count()).unwrap_or(0);
-            if left > 0 {
-                checked.leaks += left;
-                checked.problems.push(format!("docker {} left {left} labelled {label}", what[0]));
+            for name in out
+                .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_owned).collect::<Vec<_>>())
+                .unwrap_or_default()
+            {
+                left.push(format!("docker {} left {name}", what[0]));
             }
         }
     }
-    checked
+    left
 }
 
 /// Whether a run's stored history is whole: the runner's reports numbered 1..n with no gap, and for
