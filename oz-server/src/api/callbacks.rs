@@ -52,10 +52,9 @@ pub async fn report(
         }
         RunnerEvent::Artifact(artifact) if fresh => state.store.add_artifact(&run.id, artifact, report.at).await?,
         RunnerEvent::Finished { state: end, message, .. } => {
+            // A run whose cancel was answered ends CANCELLED whatever end is reported here: the
+            // lifecycle sees to that for every path (`Lifecycle::apply`).
             let to = match end {
-                // Someone asked to cancel it and was answered 200: it ends cancelled, whether its
-                // agent died of the stop signal or got to finish before the signal reached it.
-                RunState::Succeeded | RunState::Failed | RunState::Error if run.cancel_requested => RunState::Cancelled,
                 RunState::Succeeded | RunState::Failed | RunState::Cancelled | RunState::Error => *end,
                 other => {
                     return Err(ApiError::invalid(format!("finished.state must be a terminal state, got {other}")));
@@ -67,12 +66,7 @@ pub async fn report(
             if to == RunState::Cancelled && !run.cancel_requested {
                 return Ok(StatusCode::NO_CONTENT);
             }
-            let message = if to == RunState::Cancelled && *end != RunState::Cancelled {
-                format!("cancelled as asked (the agent ended {end} first: {message})")
-            } else {
-                message.clone()
-            };
-            state.lifecycle.advance(&run.id, to, Some(message)).await?;
+            state.lifecycle.advance(&run.id, to, Some(message.clone())).await?;
         }
         _ => {}
     }

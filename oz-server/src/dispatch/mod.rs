@@ -257,19 +257,17 @@ impl Dispatcher {
             }
             WorkerMessage::TaskCompleted(m) => {
                 self.track(conn_id, &task_id, false);
-                // A cancel answered 200 is carried out, even if the task got to finish first.
-                let to = if m.task_state == Some(RunState::Cancelled) || run.cancel_requested {
-                    RunState::Cancelled
-                } else {
-                    RunState::Succeeded
-                };
+                // A cancel answered 200 is carried out even if the task got to finish first; the
+                // lifecycle sees to that (`Lifecycle::apply`).
+                let to =
+                    if m.task_state == Some(RunState::Cancelled) { RunState::Cancelled } else { RunState::Succeeded };
                 let text =
                     if m.message.is_empty() { format!("worker {worker_id} reported {to}") } else { m.message.clone() };
                 lifecycle.advance(&task_id, to, Some(text)).await.map(drop)
             }
             WorkerMessage::TaskFailed(m) => {
                 self.track(conn_id, &task_id, false);
-                let to = if run.cancel_requested { RunState::Cancelled } else { m.failure_reason.terminal_state() };
+                let to = m.failure_reason.terminal_state();
                 let text = failure_text(m);
                 lifecycle.advance(&task_id, to, Some(text)).await.map(drop)
             }
