@@ -78,7 +78,7 @@ impl Server {
             // Offers that die with a process come back quickly; a frozen worker keeps its runs.
             .args(["--offer-timeout-secs", "3", "--lease-timeout-secs", "60"])
             .args(["--runs-per-key-per-minute", "0", "--unfinished-runs-per-team", "0"])
-            .env("OZ_LOG", "warn")
+            .env("OZ_LOG", log_level())
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -186,7 +186,7 @@ impl Worker {
         let child = Command::new(&self.bin)
             .arg("--config-file")
             .arg(&self.config)
-            .args(["--server-root-url", &self.server_url, "--log-level", "warn"])
+            .args(["--server-root-url", &self.server_url, "--log-level", &log_level()])
             .arg("--outbox-file")
             .arg(self.log_dir.join("worker.outbox"))
             .env("WARP_API_KEY", &self.credential)
@@ -234,4 +234,10 @@ impl Drop for Worker {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The log level of the servers and workers the soak starts: `OZ_CHAOS_LOG` (`warn` unless set;
+/// `info` or `debug` to read what happened to one run in the kept logs).
+fn log_level() -> String {
+    std::env::var("OZ_CHAOS_LOG").unwrap_or_else(|_| "warn".into())
 }

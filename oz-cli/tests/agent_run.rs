@@ -682,3 +682,44 @@ async fn clones_with_the_builtin_git_when_there_is_no_git_binary() {
     let last = events(&denied).pop().unwrap();
     assert_eq!(last["state"], "FAILED");
 }
+
+/// A sandbox whose worker died before handing the token over: stdin empty, or open with nobody left
+/// to write it. Either way the runner ends at once (or after the wait) with the exit status that
+/// tells a restarted worker to hand the task back, having run nothing.
+#[test]
+fn a_runner_that_never_gets_its_token_exits_75_without_running_anything() {
+    let fixture = Fixture::new(&[]);
+    let w = fixture.workdir();
+    let marker = w.join("ran");
+    let agent = format!("touch {}", marker.display());
+    let args =
+        ["agent", "run", "--task-id", "run-lost", "--server-root-url", "http://127.0.0.1:9", "--harness", "command"];
+    let run = |stdin: Stdio| {
+        let mut cmd = Command::new(OZ);
+        cmd.args(args)
+            .args(["--", "/bin/sh", "-c", &agent])
+            .current_dir(&w)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .env("HOME", &w)
+            .env("OZ_SECRET_INPUT", "stdin")
+            .env("OZ_SECRET_INPUT_WAIT_SECS", "1")
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    };
+    // Empty stdin.
+    let out = run(Stdio::null()).output().unwrap();
+    assert_eq!(out.status.code(), Some(75), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("never got its run's token"));
+    // Stdin open, and nobody writes or closes it: the wait runs out.
+    let mut child = run(Stdio::piped()).spawn().unwrap();
+    let held_open = child.stdin.take();
+    let out = child.wait_with_output().unwrap();
+    drop(held_open);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    assert!(stderr.contains("no secret input within 1s"), "{stderr}");
+    assert!(!marker.exists(), "the agent must not have run");
+}

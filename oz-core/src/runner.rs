@@ -49,6 +49,9 @@ pub mod env {
     pub const REPORT_FLUSH_SECS: &str = "OZ_REPORT_FLUSH_SECS";
     /// Where the task's secret input is (`stdin`, or a file's path); see `oz_core::task::SecretInput`.
     pub const SECRET_INPUT: &str = "OZ_SECRET_INPUT";
+    /// How many seconds the runner waits for its secret input on stdin before it gives up with
+    /// [`super::EXIT_NO_SECRET_INPUT`] (default [`super::SECRET_INPUT_WAIT`]).
+    pub const SECRET_INPUT_WAIT_SECS: &str = "OZ_SECRET_INPUT_WAIT_SECS";
     /// The value of [`SECRET_INPUT`] for stdin.
     pub const SECRET_INPUT_STDIN: &str = "stdin";
     /// Set by the runner on itself when it re-executes without its secrets (its stdin then holds
@@ -307,6 +310,11 @@ pub fn runner_env(assignment: &TaskAssignment, options: &CommandOptions) -> Vec<
 /// that died between starting the sandbox and handing the token over). Nothing of the run has
 /// happened, so the worker hands such a task back to run again.
 pub const EXIT_NO_SECRET_INPUT: i32 = 75;
+
+/// How long the runner waits for its secret input on stdin. The worker writes it as soon as the
+/// sandbox starts; a worker that died in between may leave stdin open with nobody to write or close
+/// it, and a runner that waited forever would hold its run until the lease gave it up.
+pub const SECRET_INPUT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The task a backend runs for `assignment`: the runner's argv and environment, the image (the
 /// assignment's; none = the backend's default), the execution id, the instance shape, and whether to

@@ -44,6 +44,17 @@ pub enum HandoverError {
     /// `OZ_SECRET_INPUT` says where the token is, and nothing is there.
     #[error("the secret input is empty: this sandbox never got its run's token")]
     EmptySecretInput,
+    /// The secret input on stdin did not end within the wait (`OZ_SECRET_INPUT_WAIT_SECS`).
+    #[error("no secret input within {}s: this sandbox never got its run's token", .0.as_secs())]
+    SecretInputTimedOut(std::time::Duration),
+}
+
+impl HandoverError {
+    /// Whether the sandbox never got its token (the runner then exits
+    /// [`oz_core::runner::EXIT_NO_SECRET_INPUT`], and the task may run again elsewhere).
+    pub fn is_missing_token(&self) -> bool {
+        matches!(self, HandoverError::EmptySecretInput | HandoverError::SecretInputTimedOut(_))
+    }
 }
 
 /// If the environment holds any of [`HELD_BACK`], re-executes this program without them (they are
@@ -102,6 +113,30 @@ pub fn take() -> Result<Vec<(String, String)>, HandoverError> {
     Ok(read_secret_input()?.map(|token| (env::WORKLOAD_TOKEN.to_owned(), token)).into_iter().collect())
 }
 
+/// How long to wait for the secret input: `OZ_SECRET_INPUT_WAIT_SECS`, or
+/// [`oz_core::runner::SECRET_INPUT_WAIT`].
+fn secret_input_wait() -> std::time::Duration {
+    std::env::var(env::SECRET_INPUT_WAIT_SECS)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(oz_core::runner::SECRET_INPUT_WAIT, std::time::Duration::from_secs)
+}
+
+/// All of stdin, if it ends within `wait`. The read goes on in a thread of its own, left blocked if
+/// the wait runs out (the runner then exits).
+fn read_stdin_within(wait: std::time::Duration) -> Result<String, HandoverError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let read = std::io::stdin().lock().read_to_string(&mut text).map(|_| text);
+        let _ = tx.send(read);
+    });
+    match rx.recv_timeout(wait) {
+        Ok(read) => Ok(read?),
+        Err(_) => Err(HandoverError::SecretInputTimedOut(wait)),
+    }
+}
+
 /// Points stdin at /dev/null (the runner never passes its own stdin on: children get a pipe).
 fn forget_stdin() -> Result<(), HandoverError> {
     let null = std::fs::File::open("/dev/null")?;
@@ -112,13 +147,13 @@ fn forget_stdin() -> Result<(), HandoverError> {
 /// The secret input (the workload token), from stdin or the file `OZ_SECRET_INPUT` names.
 fn read_secret_input() -> Result<Option<String>, HandoverError> {
     let Some(from) = std::env::var_os(env::SECRET_INPUT) else { return Ok(None) };
-    let mut text = String::new();
-    if from == env::SECRET_INPUT_STDIN {
-        std::io::stdin().lock().read_to_string(&mut text)?;
+    let text = if from == env::SECRET_INPUT_STDIN {
+        let text = read_stdin_within(secret_input_wait())?;
         forget_stdin()?;
+        text
     } else {
-        text = std::fs::read_to_string(&from)?;
-    }
+        std::fs::read_to_string(&from)?
+    };
     let token = text.trim().to_owned();
     if token.is_empty() {
         return Err(HandoverError::EmptySecretInput);

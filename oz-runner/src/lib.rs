@@ -47,11 +47,11 @@ pub fn run_main(raw: Vec<String>) -> i32 {
     // The run's secrets live in memory only: out of this process's environment, before anything runs.
     if let Err(e) = handover::reexec_without_secrets() {
         eprintln!("oz: {e}");
-        return run::EXIT_USAGE;
+        return if e.is_missing_token() { oz_core::runner::EXIT_NO_SECRET_INPUT } else { run::EXIT_USAGE };
     }
     let held = match handover::take() {
         Ok(held) => held,
-        Err(e @ handover::HandoverError::EmptySecretInput) => {
+        Err(e) if e.is_missing_token() => {
             eprintln!("oz: {e}");
             return oz_core::runner::EXIT_NO_SECRET_INPUT;
         }

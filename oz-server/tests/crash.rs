@@ -15,8 +15,15 @@ use support::Worker;
 
 #[allow(clippy::zombie_processes)] // the callers kill and wait for it
 fn spawn(data_dir: &std::path::Path) -> (Child, String, Vec<String>) {
+    spawn_with(data_dir, &[])
+}
+
+#[allow(clippy::zombie_processes)] // the callers kill and wait for it
+fn spawn_with(data_dir: &std::path::Path, extra: &[&str]) -> (Child, String, Vec<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_oz-server"))
-        .args(["--listen", "127.0.0.1:0", "--offer-timeout-secs", "1", "--data-dir"])
+        .args(["--listen", "127.0.0.1:0", "--offer-timeout-secs", "1"])
+        .args(extra)
+        .arg("--data-dir")
         .arg(data_dir)
         .env("OZ_LOG", "warn")
         .stdout(Stdio::piped())
@@ -56,6 +63,33 @@ async fn wait_state(http: &reqwest::Client, url: &str, key: &str, run: &str, wan
     }
 }
 
+/// A worker credential for `worker_id`, minted with `oz-server admin` on the database.
+fn worker_credential(data_dir: &std::path::Path, worker_id: &str) -> String {
+    let minted = Command::new(env!("CARGO_BIN_EXE_oz-server"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["admin", "key", "create", "--team", "default", "--worker-id", worker_id, "--name", worker_id])
+        .env("OZ_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(minted.status.success(), "{}", String::from_utf8_lossy(&minted.stderr));
+    key_in(&String::from_utf8_lossy(&minted.stdout).lines().map(str::to_owned).collect::<Vec<_>>())
+}
+
+async fn create_run(http: &reqwest::Client, url: &str, key: &str, worker: &str) -> String {
+    let created: Value = http
+        .post(format!("{url}/api/v1/agent/runs"))
+        .bearer_auth(key)
+        .json(&json!({"prompt": "p", "config": {"worker_host": worker}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    created["run_id"].as_str().unwrap().to_owned()
+}
+
 async fn offered(worker: &mut Worker) -> String {
     let message = tokio::time::timeout(Duration::from_secs(10), worker.next()).await.expect("an offer");
     let ServerMessage::TaskAssignment(a) = message else { panic!("not an assignment: {message:?}") };
@@ -68,30 +102,12 @@ async fn an_offer_that_died_with_the_server_is_offered_again_and_can_be_cancelle
     let dir = tempfile::tempdir().unwrap();
     let (mut server, url, output) = spawn(dir.path());
     let key = key_in(&output);
-    let minted = Command::new(env!("CARGO_BIN_EXE_oz-server"))
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["admin", "key", "create", "--team", "default", "--worker-id", "w1", "--name", "w1"])
-        .env("OZ_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(minted.status.success(), "{}", String::from_utf8_lossy(&minted.stderr));
-    let credential = key_in(&String::from_utf8_lossy(&minted.stdout).lines().map(str::to_owned).collect::<Vec<_>>());
+    let credential = worker_credential(dir.path(), "w1");
     let http = reqwest::Client::new();
 
     // The worker takes the offer and never claims it (frozen); then the server dies.
     let mut worker = Worker::connect(&url, &credential, "w1").await;
-    let created: Value = http
-        .post(format!("{url}/api/v1/agent/runs"))
-        .bearer_auth(&key)
-        .json(&json!({"prompt": "p", "config": {"worker_host": "w1"}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let run = created["run_id"].as_str().unwrap().to_owned();
+    let run = create_run(&http, &url, &key, "w1").await;
     assert_eq!(offered(&mut worker).await, run);
     assert_eq!(state(&http, &url, &key, &run).await, "PENDING");
     server.kill().unwrap();
@@ -110,6 +126,53 @@ async fn an_offer_that_died_with_the_server_is_offered_again_and_can_be_cancelle
     assert_eq!(state(&http, &url, &key, &run).await, "CANCELLED");
     let told = tokio::time::timeout(Duration::from_secs(5), worker.next()).await.expect("a cancellation");
     assert!(matches!(told, ServerMessage::TaskCancellation(ref c) if c.task_id == run), "{told:?}");
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+/// A server that comes back after its workers' leases ran out while it was down does not give their
+/// runs up at once: a worker has a lease's time to find the restarted server, and one that does
+/// keeps its runs. One that never comes back loses them after that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_gives_workers_a_lease_to_come_back_before_giving_their_runs_up() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let lease = ["--lease-timeout-secs", "3"];
+    let (mut server, url, output) = spawn_with(dir.path(), &lease);
+    let key = key_in(&output);
+    let credential = worker_credential(dir.path(), "w1");
+    let http = reqwest::Client::new();
+    let mut worker = Worker::connect(&url, &credential, "w1").await;
+    let kept = create_run(&http, &url, &key, "w1").await;
+    assert_eq!(offered(&mut worker).await, kept);
+    let claim = |id: &str| {
+        oz_core::wire::worker::WorkerMessage::TaskClaimed(oz_core::wire::worker::TaskClaimed {
+            task_id: id.into(),
+            worker_id: "w1".into(),
+        })
+    };
+    worker.send(claim(&kept)).await;
+    wait_state(&http, &url, &key, &kept, "CLAIMED").await;
+    // Down for longer than the lease: the lease in the database has run out by the restart.
+    server.kill().unwrap();
+    server.wait().unwrap();
+    drop(worker);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (mut server, url, _) = spawn_with(dir.path(), &lease);
+    // The upkeep has looked at the expired lease (it runs every half second) and waits.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(state(&http, &url, &key, &kept).await, "CLAIMED", "given up before its worker could come back");
+    // The worker comes back within the lease and keeps its run for as long as it stays.
+    let worker = Worker::connect(&url, &credential, "w1").await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(state(&http, &url, &key, &kept).await, "CLAIMED");
+    // It goes for good: the run is given up after a lease.
+    drop(worker);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while state(&http, &url, &key, &kept).await != "ERROR" {
+        assert!(tokio::time::Instant::now() < deadline, "never given up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     server.kill().unwrap();
     server.wait().unwrap();
 }

@@ -622,3 +622,34 @@ async fn an_unrequested_cancellation_from_the_runner_waits_for_the_worker() {
     let item = t.wait_state(&t.key_a, &run, "ERROR").await;
     assert!(item["status_message"]["message"].as_str().unwrap().contains("graceful_shutdown"));
 }
+
+/// A runner's report is news about its run: the run keeps its lease while its runner reports, even
+/// with its worker gone, and is given up only once the reports stop for a whole lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_runner_reports_keeps_its_lease_without_its_worker() {
+    let t = TestServer::start().await;
+    let mut w = t.worker(&t.key_a, "gone").await;
+    let run = t.create_run(&t.key_a, "gone", "long task").await;
+    let token = assignment(w.next().await).env_vars["OZ_WORKLOAD_TOKEN"].clone();
+    w.send(claimed(&run, &w)).await;
+    t.wait_state(&t.key_a, &run, "CLAIMED").await;
+    drop(w);
+    // Reports for three leases' time (the lease is 2 s).
+    let until = tokio::time::Instant::now() + Duration::from_secs(6);
+    let mut seq = 1;
+    while tokio::time::Instant::now() < until {
+        let at = jiff::Timestamp::now().to_string();
+        let event = if seq == 1 {
+            json!({"seq": seq, "at": at, "event": "harness_started", "harness": "command"})
+        } else {
+            json!({"seq": seq, "at": at, "event": "output", "stream": "stdout", "text": "working\n"})
+        };
+        assert_eq!(report(&t, &run, &token, event).await, 204);
+        seq += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(t.state_of(&t.key_a, &run).await, "INPROGRESS", "a reporting run is not given up");
+    }
+    // Silence, and no worker: given up after a lease.
+    let ended = t.wait_state(&t.key_a, &run, "ERROR").await;
+    assert!(ended["status_message"]["message"].as_str().unwrap().contains("stopped responding"), "{ended}");
+}

@@ -33,6 +33,9 @@ pub async fn report(
     let body = serde_json::to_value(&report).map_err(ApiError::internal)?;
     // A resend (the runner did not hear the answer) is stored once; what it changes is applied
     // again, since every change below but an artifact is idempotent.
+    if matches!(run.state, RunState::Claimed | RunState::InProgress | RunState::Blocked) {
+        state.dispatcher.heard_from(&run.id).await?;
+    }
     let fresh = match report.seq {
         Some(seq) => state.lifecycle.record_report(&run.id, &token.token_id, seq, report.at, body).await?,
         None => {

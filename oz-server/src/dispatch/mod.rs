@@ -66,6 +66,9 @@ struct Inner {
     conns: Mutex<HashMap<u64, Conn>>,
     next_id: AtomicU64,
     wake: Notify,
+    /// When this process began: until a lease's length has passed since, a worker may not have had
+    /// the time to reconnect, and the runs it holds are not given up for want of a connection.
+    started: Instant,
 }
 
 impl Dispatcher {
@@ -79,6 +82,7 @@ impl Dispatcher {
                 conns: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 wake: Notify::new(),
+                started: Instant::now(),
             }),
         }
     }
@@ -146,6 +150,12 @@ impl Dispatcher {
             }
         }
         self.wake();
+    }
+
+    /// News about a held run (its runner reported): its lease runs a full term again, whether or not
+    /// the worker holding it is connected.
+    pub async fn heard_from(&self, run_id: &str) -> Result<(), crate::error::ApiError> {
+        Ok(self.inner.lifecycle.store().renew_lease(run_id, self.lease_deadline()).await?)
     }
 
     /// Wakes the dispatch loop (a run was queued, a worker freed up).
@@ -436,6 +446,12 @@ impl Dispatcher {
             }
             if connected.contains(&holder) {
                 // The worker is back (a reconnect): keep waiting for its report.
+                store.renew_lease(&run.id, deadline).await?;
+                continue;
+            }
+            if self.inner.started.elapsed() < self.inner.config.lease_timeout {
+                // This server restarted less than a lease ago: the worker has not had a lease's
+                // time to find it again, so its silence says nothing yet.
                 store.renew_lease(&run.id, deadline).await?;
                 continue;
             }
