@@ -147,6 +147,10 @@ enum AgentCommand {
     /// Start a run on the control plane, print its id, and follow it live until it ends.
     #[cfg(feature = "api-client")]
     RunCloud(Box<crate::remote::runs::RunCloudArgs>),
+    /// The first half of a run in a warm sandbox: clone and set up, then wait for the task (backends
+    /// run it; people do not).
+    #[command(name = oz_core::warm::WARM_SUBCOMMAND[1])]
+    Warm(oz_runner::args::WarmArgs),
     /// The egress proxy of an isolated task network (the Docker backend runs it; people do not).
     #[command(name = oz_core::egress::PROXY_SUBCOMMAND[1])]
     EgressProxy(EgressProxyArgs),
@@ -225,6 +229,7 @@ pub fn main() -> ExitCode {
             exit(oz_runner::credentials::helper_main(&operation, host.as_deref()))
         }
         Command::Agent { command: AgentCommand::Run { raw } } => exit(oz_runner::run_main(raw)),
+        Command::Agent { command: AgentCommand::Warm(args) } => exit(oz_runner::warm::warm_main(args)),
     }
 }
 

@@ -723,3 +723,125 @@ fn a_runner_that_never_gets_its_token_exits_75_without_running_anything() {
     assert!(stderr.contains("no secret input within 1s"), "{stderr}");
     assert!(!marker.exists(), "the agent must not have run");
 }
+
+/// `oz agent warm`: the repo is cloned and the setup has run before any task exists, with no token
+/// anywhere; the one handoff makes it a managed run that starts from that work, at the remote's new
+/// HEAD (pushed after the preparation), with the preparation's events first in its history. The
+/// socket takes no second task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_runner_prepares_without_a_task_then_runs_the_one_handed_to_it() {
+    use std::io::{BufRead, Write};
+    const TOKEN: &str = "ozw_warm_token_0123456789abcdef";
+    let f = Fixture::new(&[("acme", "app")]);
+    let environment = json!({"name": "warm", "github_repos": [{"owner": "acme", "repo": "app"}],
+        "setup_commands": ["echo prepared-by-setup > setup-output.txt; echo setup says hi"]});
+    let env_file = f.env_file(environment.clone());
+    let (url, reports) = control_plane(json!({"prompt": "do it", "environment": environment})).await;
+    let work = f.workdir();
+    let private = f.root.path().join("warm");
+    std::fs::create_dir_all(&private).unwrap();
+    let socket = private.join("handoff.sock");
+    let base = f.base_url();
+    let mut warm = Command::new(OZ)
+        .args(["agent", "warm", "--socket"])
+        .arg(&socket)
+        .arg("--environment-file")
+        .arg(&env_file)
+        .args(["--git-base-url", &base, "--workdir"])
+        .arg(&work)
+        .current_dir(&work)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("HOME", &work)
+        .envs(git_identity())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never ready: {:?}",
+            std::fs::read_to_string(private.join("prepare.log"))
+        );
+        assert!(warm.try_wait().unwrap().is_none(), "{:?}", std::fs::read_to_string(private.join("prepare.log")));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Prepared: cloned, set up, and nothing of any run in it.
+    assert!(work.join("app/README.md").is_file());
+    assert_eq!(std::fs::read_to_string(work.join("setup-output.txt")).unwrap(), "prepared-by-setup\n");
+    let environ = std::fs::read(format!("/proc/{}/environ", warm.id())).unwrap();
+    assert!(!String::from_utf8_lossy(&environ).contains("OZ_WORKLOAD_TOKEN"));
+    assert!(reports.lock().unwrap().is_empty(), "no report before the task");
+    // A push after the preparation: the task must see it.
+    let src = f.root.path().join("src/app");
+    std::fs::write(src.join("NEW.md"), "new\n").unwrap();
+    git(&src, &["add", "."]);
+    git(&src, &["commit", "-q", "-m", "pushed after warming"]);
+    git(&src, &["push", "-q", f.root.path().join("git/acme/app").to_str().unwrap(), "HEAD:main"]);
+
+    let handoff = oz_core::warm::Handoff {
+        argv: [
+            "oz",
+            "agent",
+            "run",
+            "--task-id",
+            "run-warm",
+            "--sandboxed",
+            "--server-root-url",
+            &url,
+            "--environment",
+            "env-1",
+            "--git-base-url",
+            &base,
+            "--harness",
+            "command",
+            "--",
+            "/bin/sh",
+            "-c",
+            "cat setup-output.txt; git -C app log -1 --format=%s; echo token=$OZ_WORKLOAD_TOKEN",
+        ]
+        .map(String::from)
+        .to_vec(),
+        env: vec![("TASK_ID".into(), "run-warm".into())],
+        secret_input: Some(oz_core::task::SecretInput::new(TOKEN)),
+    };
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    stream.write_all(format!("{}\n", serde_json::to_string(&handoff).unwrap()).as_bytes()).unwrap();
+    let mut answer = String::new();
+    std::io::BufReader::new(&stream).read_line(&mut answer).unwrap();
+    let answer: oz_core::warm::HandoffAnswer = serde_json::from_str(&answer).unwrap();
+    assert!(answer.accepted, "{answer:?}");
+    // One task per sandbox.
+    assert!(std::os::unix::net::UnixStream::connect(&socket).is_err(), "a second task could be handed over");
+
+    let out = tokio::task::spawn_blocking(move || warm.wait_with_output()).await.unwrap().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("prepared-by-setup"), "{stdout}");
+    assert!(stdout.contains("pushed after warming"), "the task must see the new HEAD: {stdout}");
+    assert!(stdout.contains("token=\n"), "the token must not reach the harness: {stdout}");
+    let reports = reports.lock().unwrap().clone();
+    let kinds: Vec<&str> = reports.iter().map(|(_, b)| b["event"].as_str().unwrap()).collect();
+    assert_eq!(kinds.first(), Some(&"started"), "{kinds:?}");
+    let position = |k: &str| kinds.iter().position(|x| *x == k).unwrap_or_else(|| panic!("no {k}: {kinds:?}"));
+    assert!(position("clone_finished") < position("setup_finished"), "{kinds:?}");
+    assert!(position("setup_finished") < position("harness_started"), "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| **k == "setup_started").count(), 1, "the setup ran once: {kinds:?}");
+    assert!(
+        reports.iter().any(|(_, b)| b.to_string().contains("setup says hi")),
+        "the setup's output is in the history"
+    );
+    assert!(
+        reports.iter().any(|(_, b)| b.to_string().contains("moved since the sandbox was prepared")),
+        "{reports:?} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (auth, body) in &reports {
+        assert_eq!(auth.as_deref(), Some(format!("Bearer {TOKEN}").as_str()));
+        assert!(!body.to_string().contains(TOKEN));
+    }
+    assert_eq!(reports.last().unwrap().1["state"], "SUCCEEDED");
+}

@@ -36,6 +36,7 @@ pub mod runner;
 pub mod sidecar;
 pub mod task;
 pub mod validate;
+pub mod warm;
 pub mod wire;
 
 pub use error::Error;

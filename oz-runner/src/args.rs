@@ -287,3 +287,21 @@ mod tests {
         assert!(parse_lenient(v(&["--output-format", "yaml"])).is_err());
     }
 }
+
+/// `oz agent warm`: prepare a warm sandbox (clone, setup) holding no credential and no task, then wait
+/// on a unix socket for the one task it will run (see `oz_core::warm`).
+#[derive(Clone, Debug, Args)]
+pub struct WarmArgs {
+    /// The unix socket to wait on for the task.
+    #[arg(long = oz_core::warm::flag::SOCKET, value_name = "PATH")]
+    pub socket: PathBuf,
+    /// The environment to prepare, as a JSON file.
+    #[arg(long = oz_core::warm::flag::ENVIRONMENT_FILE, value_name = "PATH")]
+    pub environment_file: PathBuf,
+    /// Where the repos are cloned from.
+    #[arg(long = oz_core::warm::flag::GIT_BASE_URL, default_value = "https://github.com")]
+    pub git_base_url: String,
+    /// The folder to clone into and run the setup commands in.
+    #[arg(long = oz_core::warm::flag::WORKDIR, value_name = "PATH")]
+    pub workdir: PathBuf,
+}

@@ -203,6 +203,43 @@ pub async fn rev_parse_head(git: &Path, dir: &Path, env: &[(String, String)]) ->
     output.status.success().then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
+/// Fetches the remote's `HEAD` into the clone in `dir` and, if it is not the local `HEAD`, resets the
+/// clone to it: `Some((from, to))` when it moved. The fetch goes through the credential helper
+/// configured in `env`, like the clone.
+pub async fn reset_to_remote_head(
+    git: &Path,
+    dir: &Path,
+    env: &[(String, String)],
+) -> Result<Option<(String, String)>, String> {
+    let before = rev_parse_head(git, dir, env).await.ok_or("the clone has no HEAD")?;
+    git_in(git, dir, env, &["fetch", "--quiet", "origin", "HEAD"]).await?;
+    let after = String::from_utf8_lossy(&git_in(git, dir, env, &["rev-parse", "FETCH_HEAD"]).await?).trim().to_owned();
+    if after == before {
+        return Ok(None);
+    }
+    git_in(git, dir, env, &["reset", "--hard", "--quiet", "FETCH_HEAD"]).await?;
+    Ok(Some((before, after)))
+}
+
+/// Runs git with `args` in `dir`; its stdout, or the last line it printed on stderr.
+async fn git_in(git: &Path, dir: &Path, env: &[(String, String)], args: &[&str]) -> Result<Vec<u8>, String> {
+    let output = Command::new(git)
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("could not run {}: {e}", git.display()))?;
+    if output.status.success() {
+        Ok(output.stdout)
+    } else {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        Err(stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("git failed").trim().to_owned())
+    }
+}
+
 /// The commits on `HEAD` since `since`, newest first: `(sha, subject)`.
 pub async fn commits_since(git: &Path, dir: &Path, since: &str, env: &[(String, String)]) -> Vec<(String, String)> {
     let Ok(output) = Command::new(git)

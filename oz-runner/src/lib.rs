@@ -23,6 +23,7 @@ pub mod handover;
 pub mod harness;
 pub mod log;
 pub mod run;
+pub mod warm;
 
 /// Installs the process's rustls crypto provider (ring), once, before any HTTP client is built (ours
 /// and the built-in git's). Installing it again is harmless.

@@ -193,6 +193,11 @@ impl EventLog {
         }
     }
 
+    /// A note that belongs in the run's history too: reported as a line of the runner's stderr.
+    pub async fn announce(&self, text: &str) {
+        self.emit(RunnerEvent::Output { stream: Stream::Stderr.name().into(), text: format!("oz: {text}\n") }).await;
+    }
+
     /// Output of a setup command or the harness, already redacted by the caller's stream redactor.
     pub async fn output(&self, stream: Stream, bytes: &[u8]) {
         if bytes.is_empty() {

@@ -45,6 +45,11 @@ const WITHHELD: [&str; 6] = [
     crate::handover::HANDOVER,
 ];
 
+/// Whether `name` is one of the variables never passed on to a child ([`WITHHELD`]).
+pub(crate) fn is_withheld(name: &str) -> bool {
+    WITHHELD.contains(&name)
+}
+
 /// Whether a variable's name says it holds a secret (its value is then masked in all output): one of
 /// its `_`-separated words is TOKEN, SECRET, PASSWORD, ... or it ends in `_KEY` (`API_KEY`,
 /// `AWS_SECRET_ACCESS_KEY`). `GIT_AUTHOR_NAME` is not a secret; `NPM_AUTH_TOKEN` is.
@@ -86,6 +91,16 @@ impl Context {
 
 /// Runs the agent; returns the process exit status.
 pub async fn run(args: RunArgs, warnings: Vec<String>, ctx: Context) -> i32 {
+    run_in(args, warnings, ctx, None).await
+}
+
+/// [`run`] in a warm sandbox that `prepared` made ready (`oz agent warm`): its clone and setup are
+/// not done again if the run's environment is the one prepared.
+pub async fn run_prepared(args: RunArgs, warnings: Vec<String>, ctx: Context, prepared: Prepared) -> i32 {
+    run_in(args, warnings, ctx, Some(prepared)).await
+}
+
+async fn run_in(args: RunArgs, warnings: Vec<String>, ctx: Context, prepared: Option<Prepared>) -> i32 {
     crate::install_crypto_provider();
     let token = ctx.var(env::WORKLOAD_TOKEN).filter(|t| !t.is_empty());
     let control: Arc<dyn ControlPlane> = match (&ctx.control, &args.server_root_url, &args.task_id, &token) {
@@ -121,7 +136,7 @@ pub async fn run(args: RunArgs, warnings: Vec<String>, ctx: Context) -> i32 {
 
     let span = info_span!("agent_run", task_id = args.task_id.as_deref().unwrap_or("unmanaged"));
     let outcome = match start {
-        Ok(start) => prepare_and_run(&args, &ctx, &log, start).instrument(span).await,
+        Ok(start) => prepare_and_run(&args, &ctx, &log, start, prepared).instrument(span).await,
         Err(failure) => Err(failure),
     };
     let code = match outcome {
@@ -141,7 +156,7 @@ pub async fn run(args: RunArgs, warnings: Vec<String>, ctx: Context) -> i32 {
     code
 }
 
-type Failure = (i32, String);
+pub(crate) type Failure = (i32, String);
 
 /// What a run starts from: its environment, its prompt (when the control plane has one), the
 /// variables whose values are secrets, and the git credentials for the credential helper.
@@ -159,6 +174,40 @@ impl Start {
         secrets.extend(self.secret_env.iter().map(|(_, v)| v.clone()));
         secrets.extend(self.environment.env_vars.iter().filter(|(k, _)| looks_secret(k)).map(|(_, v)| v.clone()));
         secrets
+    }
+}
+
+/// What a warm sandbox did before its task came (`oz agent warm`): the environment it prepared, where,
+/// and the events of that preparation, which become the first events of the run's history.
+pub struct Prepared {
+    /// The environment whose repos were cloned and whose setup commands ran.
+    pub environment: EnvironmentConfig,
+    /// Where the repos were cloned from.
+    pub git_base_url: String,
+    /// The folder they were cloned into.
+    pub workdir: PathBuf,
+    /// The preparation's events (clone, setup output), in order.
+    pub events: Vec<RunnerEvent>,
+    /// When it was ready.
+    pub ready_at: std::time::Instant,
+}
+
+impl Prepared {
+    /// Whether a run of `environment` cloned from `git_base_url` into `workdir` can start from it.
+    fn serves(&self, environment: &EnvironmentConfig, git_base_url: &str, workdir: &Path) -> bool {
+        self.environment.github_repos == environment.github_repos
+            && self.environment.setup_commands == environment.setup_commands
+            && self.environment.env_vars == environment.env_vars
+            && environment.secrets.is_empty()
+            && self.git_base_url == git_base_url
+            && same_folder(&self.workdir, workdir)
+    }
+}
+
+fn same_folder(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
     }
 }
 
@@ -228,7 +277,13 @@ async fn gather(args: &RunArgs, ctx: &Context, control: &dyn ControlPlane) -> Re
     Ok(Start { environment, prompt, secret_env, git_credentials })
 }
 
-async fn prepare_and_run(args: &RunArgs, ctx: &Context, log: &Arc<EventLog>, start: Start) -> Result<i32, Failure> {
+async fn prepare_and_run(
+    args: &RunArgs,
+    ctx: &Context,
+    log: &Arc<EventLog>,
+    start: Start,
+    prepared: Option<Prepared>,
+) -> Result<i32, Failure> {
     clone::validate_base_url(&args.git_base_url).map_err(|e| (EXIT_USAGE, e))?;
     let Start { environment, prompt: resolved_prompt, secret_env, git_credentials } = start;
     let kind: HarnessKind = args.harness.parse().map_err(|e: UnknownHarness| (EXIT_USAGE, e.to_string()))?;
@@ -290,52 +345,36 @@ async fn prepare_and_run(args: &RunArgs, ctx: &Context, log: &Arc<EventLog>, sta
         set_var(&mut child_env, env::MCP_SERVERS, mcp.clone());
     }
 
-    // Clone.
-    let mut cloned: Vec<Cloned> = Vec::new();
-    if !environment.github_repos.is_empty() {
-        let path_var = child_env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
-        let cloner = match clone::find_git(path_var) {
-            Some(git) => clone::Cloner::Binary { git, env: child_env.clone() },
-            None => {
-                log.note(
-                    "no git binary on PATH nor at /agent/bin/git: cloning with the built-in git (shallow, depth 1)",
-                );
-                clone::Cloner::Builtin(Arc::new(git_credentials.clone()))
+    // A warm sandbox that prepared this environment: its history first, then only what may have
+    // moved since (the repos' HEADs). One prepared for something else is prepared again.
+    let warm = match prepared {
+        Some(p) if p.serves(&environment, &args.git_base_url, &workdir) => Some(p),
+        Some(p) => {
+            log.announce("the warm sandbox was prepared for another environment: preparing it again for this run")
+                .await;
+            for repo in &p.environment.github_repos {
+                let _ = std::fs::remove_dir_all(p.workdir.join(&repo.repo));
             }
-        };
-        cloned = clone::clone_all(&environment.github_repos, &args.git_base_url, &workdir, &cloner, log.clone())
-            .instrument(info_span!("clone", repos = environment.github_repos.len()))
-            .await;
-        if let Some(failed) = cloned.iter().find(|c| c.error.is_some()) {
-            return Err((
-                EXIT_CLONE,
-                format!("could not clone {}: {}", failed.repo, failed.error.clone().unwrap_or_default()),
-            ));
+            None
         }
-    }
-
-    // Setup commands, in order.
-    for (index, command) in environment.setup_commands.iter().enumerate() {
-        check_cancel(&ctx.cancel)?;
-        log.emit(RunnerEvent::SetupStarted { index, command: command.clone() }).await;
-        let started = std::time::Instant::now();
-        let argv = ["/bin/sh".to_owned(), "-c".to_owned(), command.clone()];
-        let ended = exec::run(&argv, &child_env, &workdir, None, log.clone(), ctx.cancel.clone())
-            .instrument(info_span!("setup_command", index))
-            .await
-            .map_err(|e| (EXIT_SETUP, format!("setup_commands[{index}] could not start: {e}")))?;
-        log.emit(RunnerEvent::SetupFinished {
-            index,
-            exit_code: ended.code,
-            millis: started.elapsed().as_millis() as u64,
-        })
+        None => None,
+    };
+    if let Some(p) = &warm {
+        for event in p.events.clone() {
+            log.emit(event).await;
+        }
+        log.announce(&format!(
+            "warm sandbox: cloned and set up {} ms before the task came; its repos are brought up to date, its setup commands are not run again",
+            p.ready_at.elapsed().as_millis()
+        ))
         .await;
-        if ended.cancelled {
-            return Err((EXIT_CANCELLED, "cancelled during setup".into()));
-        }
-        if ended.code != 0 {
-            return Err((EXIT_SETUP, format!("setup_commands[{index}] exited with code {}", ended.code)));
-        }
+    }
+    let cloned =
+        clone_environment(&environment, &args.git_base_url, &workdir, &child_env, &git_credentials, log).await?;
+    if warm.is_some() {
+        refresh_heads(&cloned, &child_env, log).await?;
+    } else {
+        run_setup(&environment, &child_env, &workdir, log, &ctx.cancel).await?;
     }
 
     // The harness.
@@ -378,6 +417,92 @@ async fn prepare_and_run(args: &RunArgs, ctx: &Context, log: &Arc<EventLog>, sta
     };
     log.emit(RunnerEvent::Finished { state, exit_code: Some(ended.code), message }).await;
     Ok(code)
+}
+
+/// Clones the environment's repos into `workdir` (a repo already there is left as it is).
+pub(crate) async fn clone_environment(
+    environment: &EnvironmentConfig,
+    git_base_url: &str,
+    workdir: &Path,
+    child_env: &[(String, String)],
+    git_credentials: &[GitCredential],
+    log: &Arc<EventLog>,
+) -> Result<Vec<Cloned>, Failure> {
+    if environment.github_repos.is_empty() {
+        return Ok(Vec::new());
+    }
+    let path_var = child_env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
+    let cloner = match clone::find_git(path_var) {
+        Some(git) => clone::Cloner::Binary { git, env: child_env.to_vec() },
+        None => {
+            log.note("no git binary on PATH nor at /agent/bin/git: cloning with the built-in git (shallow, depth 1)");
+            clone::Cloner::Builtin(Arc::new(git_credentials.to_vec()))
+        }
+    };
+    let cloned = clone::clone_all(&environment.github_repos, git_base_url, workdir, &cloner, log.clone())
+        .instrument(info_span!("clone", repos = environment.github_repos.len()))
+        .await;
+    if let Some(failed) = cloned.iter().find(|c| c.error.is_some()) {
+        return Err((
+            EXIT_CLONE,
+            format!("could not clone {}: {}", failed.repo, failed.error.clone().unwrap_or_default()),
+        ));
+    }
+    Ok(cloned)
+}
+
+/// Brings each repo of a warm sandbox to its remote's current HEAD, if that moved since the clone.
+async fn refresh_heads(cloned: &[Cloned], child_env: &[(String, String)], log: &Arc<EventLog>) -> Result<(), Failure> {
+    let path_var = child_env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
+    let Some(git) = clone::find_git(path_var) else {
+        if !cloned.is_empty() {
+            log.note("no git binary: the warm sandbox's repos are used as they were cloned");
+        }
+        return Ok(());
+    };
+    for c in cloned {
+        match clone::reset_to_remote_head(&git, &c.dir, child_env).await {
+            Ok(Some((from, to))) => {
+                log.announce(&format!("{} moved since the sandbox was prepared: {from} -> {to}", c.repo)).await
+            }
+            Ok(None) => {}
+            Err(e) => return Err((EXIT_CLONE, format!("could not bring {} up to date: {}", c.repo, log.redact(&e)))),
+        }
+    }
+    Ok(())
+}
+
+/// Runs the environment's setup commands in order; the first that fails ends the run.
+pub(crate) async fn run_setup(
+    environment: &EnvironmentConfig,
+    child_env: &[(String, String)],
+    workdir: &Path,
+    log: &Arc<EventLog>,
+    cancel: &watch::Receiver<bool>,
+) -> Result<(), Failure> {
+    for (index, command) in environment.setup_commands.iter().enumerate() {
+        check_cancel(cancel)?;
+        log.emit(RunnerEvent::SetupStarted { index, command: command.clone() }).await;
+        let started = std::time::Instant::now();
+        let argv = ["/bin/sh".to_owned(), "-c".to_owned(), command.clone()];
+        let ended = exec::run(&argv, child_env, workdir, None, log.clone(), cancel.clone())
+            .instrument(info_span!("setup_command", index))
+            .await
+            .map_err(|e| (EXIT_SETUP, format!("setup_commands[{index}] could not start: {e}")))?;
+        log.emit(RunnerEvent::SetupFinished {
+            index,
+            exit_code: ended.code,
+            millis: started.elapsed().as_millis() as u64,
+        })
+        .await;
+        if ended.cancelled {
+            return Err((EXIT_CANCELLED, "cancelled during setup".into()));
+        }
+        if ended.code != 0 {
+            return Err((EXIT_SETUP, format!("setup_commands[{index}] exited with code {}", ended.code)));
+        }
+    }
+    Ok(())
 }
 
 /// Sets `name` in `env`, replacing any earlier value.

@@ -1,0 +1,118 @@
+//! The warm sandbox contract: a runner started ahead of its task (`oz agent warm`) clones the
+//! environment's repos and runs its setup commands holding no credential and no task, then waits on
+//! a unix socket in its sandbox for one [`Handoff`]: the task's runner argv and environment, and its
+//! secret input (the workload token). It answers with a [`HandoffAnswer`], stops listening, and runs
+//! the task as `oz agent run` would, minus what it already did. One sandbox serves one task.
+//!
+//! The exchange is one JSON line each way on the socket. The socket is created 0600 in a folder only
+//! the sandbox's user can enter; the backend that made the sandbox is the only other party.
+
+use serde::{Deserialize, Serialize};
+
+use crate::task::SecretInput;
+
+/// `oz agent warm`: the subcommand a backend starts in a warm sandbox.
+pub const WARM_SUBCOMMAND: [&str; 2] = ["agent", "warm"];
+
+/// The flags of `oz agent warm`.
+pub mod flag {
+    /// The unix socket to wait on for the handoff (created by the runner, removed after it).
+    pub const SOCKET: &str = "socket";
+    /// The environment to prepare, as a JSON file (an `EnvironmentConfig`).
+    pub const ENVIRONMENT_FILE: &str = "environment-file";
+    /// Where the repos are cloned from (`https://github.com` by default).
+    pub const GIT_BASE_URL: &str = "git-base-url";
+    /// The folder the repos are cloned into and the setup commands run in.
+    pub const WORKDIR: &str = "workdir";
+}
+
+/// The largest handoff accepted, in bytes (the argv, the environment and a token).
+pub const MAX_HANDOFF_BYTES: usize = 1024 * 1024;
+
+/// The name of the socket file in a warm sandbox's private folder.
+pub const SOCKET_NAME: &str = "handoff.sock";
+
+/// What the backend sends a warm runner: the task, as a cold runner would have been started with it.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+pub struct Handoff {
+    /// The task's runner argv (`[entrypoint, "agent", "run", flags...]`, from
+    /// [`crate::runner::task_spec`]); the warm runner reads the flags after `agent run`.
+    pub argv: Vec<String>,
+    /// The task's environment, added to the warm runner's own (later entries win).
+    pub env: Vec<(String, String)>,
+    /// The task's secret input (its workload token), which a cold runner reads on stdin.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "secret_input")]
+    pub secret_input: Option<SecretInput>,
+}
+
+impl std::fmt::Debug for Handoff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The environment's values may be settings the run was given; only the names are shown.
+        let names: Vec<&str> = self.env.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("Handoff")
+            .field("argv", &self.argv)
+            .field("env", &names)
+            .field("secret_input", &self.secret_input)
+            .finish()
+    }
+}
+
+impl Handoff {
+    /// The flags after `agent run` in [`Handoff::argv`], or `None` if the argv is not a runner's.
+    pub fn run_flags(&self) -> Option<Vec<String>> {
+        let position = self
+            .argv
+            .windows(crate::runner::RUN_SUBCOMMAND.len())
+            .position(|w| w.iter().map(String::as_str).eq(crate::runner::RUN_SUBCOMMAND))?;
+        Some(self.argv[position + crate::runner::RUN_SUBCOMMAND.len()..].to_vec())
+    }
+}
+
+/// The warm runner's answer: it took the task (and will run it), or why not.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HandoffAnswer {
+    /// Whether the task was taken.
+    pub accepted: bool,
+    /// Why not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+mod secret_input {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::task::SecretInput;
+
+    pub(super) fn serialize<S: Serializer>(value: &Option<SecretInput>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(v) => s.serialize_some(v.expose()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretInput>, D::Error> {
+        Ok(Option::<String>::deserialize(d)?.map(SecretInput::new))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_handoff_round_trips_and_its_debug_shows_no_value() {
+        let handoff = Handoff {
+            argv: ["/agent/oz", "agent", "run", "--task-id", "run-1"].map(String::from).to_vec(),
+            env: vec![("SETTING".into(), "hidden-value".into())],
+            secret_input: Some(SecretInput::new("ozw_secret")),
+        };
+        let text = serde_json::to_string(&handoff).unwrap();
+        assert_eq!(serde_json::from_str::<Handoff>(&text).unwrap(), handoff);
+        let shown = format!("{handoff:?}");
+        assert!(!shown.contains("ozw_secret") && !shown.contains("hidden-value"), "{shown}");
+        assert_eq!(handoff.run_flags().unwrap(), ["--task-id", "run-1"]);
+        let foreign = Handoff { argv: vec!["/bin/true".into()], env: vec![], secret_input: None };
+        assert!(foreign.run_flags().is_none());
+    }
+}
