@@ -12,7 +12,8 @@ use oz_core::backend::{
     RecoveryAction, TaskDriver, TaskEvent, TaskHandle, TaskPhase,
 };
 use oz_core::failure::FailureReason;
-use oz_core::task::{SandboxSpec, TaskSpec};
+use oz_core::task::TaskSpec;
+use oz_core::warm::{Handoff, HandoffAnswer, WarmSpec};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Child;
 use tracing::{Instrument, info, info_span, warn};
@@ -104,45 +105,83 @@ impl Backend for DirectBackend {
         Ok(self.start(ws, spec))
     }
 
-    async fn prepare(&self, sandbox: SandboxSpec) -> Result<PreparedSandbox, BackendError> {
-        let id = format!("prepared-{}", uuid_like());
+    fn warm_sandboxes(&self) -> bool {
+        true
+    }
+
+    /// A warm workspace (`warm-<id>`): `oz agent warm` started in it with the sandbox's variables
+    /// (no task's, no secret), recorded in its marker so that a restarted worker stops it; ready
+    /// once its socket answers.
+    async fn prepare(&self, warm: WarmSpec) -> Result<PreparedSandbox, BackendError> {
+        let id = format!("warm-{}", uuid_like());
         let ws = Workspace::at(&self.config.workspace_root, &id);
-        let marker = Marker::new(self.config.worker_id.clone(), None, None, true);
+        let mut marker = Marker::new(self.config.worker_id.clone(), None, None, true);
         ws.create(&self.config.workspace_root, &marker)?;
-        Ok(PreparedSandbox { id, spec: sandbox, state: Box::new(ws) })
+        match start_warm(&self.config, &ws, &warm, &mut marker).await {
+            Ok(state) => Ok(PreparedSandbox { id, spec: warm.sandbox, state: Box::new(state) }),
+            Err(e) => {
+                if let Some(pid) = marker.pid {
+                    process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+                }
+                let _ = ws.remove();
+                Err(e)
+            }
+        }
     }
 
     async fn launch_prepared(&self, prepared: PreparedSandbox, spec: TaskSpec) -> Result<TaskHandle, BackendError> {
         spec.validate().map_err(DirectError::from)?;
-        if spec.sandbox != prepared.spec {
-            return Err(BackendError::new(
-                FailureReason::WorkspaceSetup,
-                "the task asks for a different sandbox than the one prepared",
-            ));
-        }
-        let Ok(warm) = prepared.state.downcast::<Workspace>() else {
+        let Ok(warm) = prepared.state.downcast::<WarmWorkspace>() else {
             return Err(BackendError::new(
                 FailureReason::WorkspaceSetup,
                 "the prepared sandbox was not made by the Direct backend",
             ));
         };
-        let ws = Workspace::at(&self.config.workspace_root, &spec.task_id);
-        if ws.root.exists() {
-            return Err(DirectError::Workspace {
-                path: ws.root.display().to_string(),
-                source: std::io::ErrorKind::AlreadyExists.into(),
-            }
-            .into());
+        if spec.sandbox != prepared.spec {
+            warm.stop();
+            return Err(BackendError::new(
+                FailureReason::WorkspaceSetup,
+                "the task asks for a different sandbox than the one prepared",
+            ));
         }
-        std::fs::rename(&warm.root, &ws.root)
-            .map_err(|source| DirectError::Workspace { path: ws.root.display().to_string(), source })?;
-        ws.write_marker(&marker_for(&self.config, &spec))?;
-        Ok(self.start(ws, spec))
+        let child = warm.child.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(child) = child else {
+            return Err(BackendError::new(FailureReason::WorkspaceSetup, "the warm sandbox was handed a task already"));
+        };
+        let env = task_env(&self.config, &warm.ws, &spec, &warm.cwd);
+        let handoff = Handoff { argv: spec.argv.clone(), env, secret_input: spec.secret_input.clone() };
+        if let Err(message) = hand_over(&warm.socket, &handoff).await {
+            warm.stop();
+            return Err(BackendError::new(FailureReason::WorkspaceSetup, format!("the warm sandbox did not take the task: {message}")));
+        }
+        // The workspace is the task's now: a restarted worker reattaches to it like to any task.
+        let mut marker = marker_for(&self.config, &spec);
+        marker.pid = child.id();
+        marker.start_time = child.id().and_then(process::start_time);
+        if let Err(e) = warm.ws.write_marker(&marker) {
+            warn!(error = %e, "could not record the task's process: a restarted worker will not reattach to it");
+        }
+        let (handle, driver) = TaskHandle::channel(&spec.task_id);
+        let span = info_span!("task", backend = NAME, task_id = %spec.task_id, warm = %prepared.id);
+        let config = self.config.clone();
+        let ws = warm.ws.clone();
+        tokio::spawn(
+            async move {
+                let deadline = spec.timeout.map(|t| tokio::time::Instant::now() + t);
+                driver.emit(TaskEvent::Phase(TaskPhase::Running)).await;
+                let finished = follow_started(&config, &spec, &driver, child, None, deadline, SystemTime::now()).await;
+                let keep = !(spec.cleanup && config.cleanup);
+                conclude(&config, &ws, &spec, keep, finished, driver).await;
+            }
+            .instrument(span),
+        );
+        Ok(handle)
     }
 
     async fn discard(&self, prepared: PreparedSandbox) -> Result<(), BackendError> {
-        if let Ok(ws) = prepared.state.downcast::<Workspace>() {
-            ws.remove()?;
+        if let Ok(warm) = prepared.state.downcast::<WarmWorkspace>() {
+            warm.stop();
+            warm.ws.remove()?;
         }
         Ok(())
     }
@@ -167,7 +206,12 @@ impl Backend for DirectBackend {
                 continue;
             }
             let Some(task_id) = marker.task_id.clone() else {
-                // A warm folder that never got a task.
+                // A warm sandbox that never got a task: its waiting runner goes with it.
+                if let (Some(pid), Some(start_time)) = (marker.pid, marker.start_time)
+                    && process::is_running(pid, start_time)
+                {
+                    process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+                }
                 if let Err(e) = ws.remove() {
                     warn!(error = %e, "could not remove a leftover prepared workspace");
                 }
@@ -415,6 +459,15 @@ fn task_env(config: &DirectConfig, ws: &Workspace, spec: &TaskSpec, cwd: &Path) 
     env.effective_env()
 }
 
+/// The environment of a warm sandbox's runner: [`task_env`]'s, without anything of a task.
+fn sandbox_env(config: &DirectConfig, ws: &Workspace, vars: &[(String, String)], cwd: &Path) -> Vec<(String, String)> {
+    let mut spec = TaskSpec::new(String::new(), vec![String::new()]);
+    spec.env = vars.to_vec();
+    let mut env = task_env(config, ws, &spec, cwd);
+    env.retain(|(k, _)| k != RUN_ID_VAR);
+    env
+}
+
 fn merge(env: &mut Vec<(String, String)>, extra: Vec<(String, String)>) {
     for (name, value) in extra {
         if name == RUN_ID_VAR {
@@ -610,6 +663,19 @@ async fn execute(
         warn!(error = %e, "could not record the task's process: a restarted worker will not reattach to it");
     }
     driver.emit(TaskEvent::Phase(TaskPhase::Running)).await;
+    Ok(follow_started(config, spec, driver, child, stdin, deadline, started_at).await)
+}
+
+/// Follows a started task's process to its end (see [`supervise`]) and says how it went.
+async fn follow_started(
+    config: &DirectConfig,
+    spec: &TaskSpec,
+    driver: &TaskDriver,
+    child: Child,
+    stdin: Option<Bytes>,
+    deadline: Option<tokio::time::Instant>,
+    started_at: SystemTime,
+) -> Finished {
     let supervised = supervise(child, stdin, deadline, driver, &spec.task_id, config.stop_grace, true);
     let (exit, stop) = supervised.instrument(info_span!("run")).await;
     driver.emit(TaskEvent::Exited(exit)).await;
@@ -620,5 +686,109 @@ async fn execute(
             Some(Failure { reason: FailureReason::ContainerExit, message: format!("the task {}", describe_exit(exit)) })
         }
     };
-    Ok(Finished { exit: Some(exit), failure, started_at: Some(started_at) })
+    Finished { exit: Some(exit), failure, started_at: Some(started_at) }
+}
+
+/// A warm workspace's runner, waiting for its task.
+struct WarmWorkspace {
+    ws: Workspace,
+    /// The runner (`oz agent warm`), until a task is handed over.
+    child: std::sync::Mutex<Option<Child>>,
+    socket: PathBuf,
+    cwd: PathBuf,
+}
+
+impl WarmWorkspace {
+    /// Kills the waiting runner and everything it started.
+    fn stop(&self) {
+        if let Some(child) = self.child.lock().unwrap_or_else(|p| p.into_inner()).take()
+            && let Some(pid) = child.id()
+        {
+            process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// Starts `oz agent warm` in `ws` and waits until it is ready (its socket answers), it ends (its
+/// preparation failed: the tail of its log says why), or `warm.ready_within` runs out.
+async fn start_warm(
+    config: &DirectConfig,
+    ws: &Workspace,
+    warm: &WarmSpec,
+    marker: &mut Marker,
+) -> Result<WarmWorkspace, BackendError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let private = ws.root.join("warm");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(|source| DirectError::Workspace { path: private.display().to_string(), source })?;
+    let environment_file = private.join("environment.json");
+    let json = serde_json::to_vec(&warm.environment).map_err(|e| BackendError::new(FailureReason::WorkspaceSetup, e.to_string()))?;
+    std::fs::write(&environment_file, json)
+        .map_err(|source| DirectError::Workspace { path: environment_file.display().to_string(), source })?;
+    let socket = private.join(oz_core::warm::SOCKET_NAME);
+    if socket.as_os_str().len() > oz_core::warm::MAX_SOCKET_PATH {
+        return Err(BackendError::new(
+            FailureReason::WorkspaceSetup,
+            format!("the workspace root is too deep for a unix socket ({}); choose a shorter workspace_root", socket.display()),
+        ));
+    }
+    let base = config.target_dir.clone().unwrap_or_else(|| ws.work_dir());
+    let cwd = match &warm.sandbox.workdir {
+        Some(w) => base.join(w),
+        None => base,
+    };
+    std::fs::create_dir_all(&cwd).map_err(|source| DirectError::Workspace { path: cwd.display().to_string(), source })?;
+    let argv = oz_core::warm::warm_argv(&warm.entrypoint, &socket, &environment_file, &cwd, &warm.git_base_url);
+    let env = sandbox_env(config, ws, &warm.env, &cwd);
+    let limits =
+        Limits { max_open_files: config.max_open_files, max_address_space: warm.sandbox.resources.memory_bytes };
+    let mut child = process::spawn_recorded(&argv, &env, &cwd, limits, &ws.exit_status_file())
+        .map_err(|source| DirectError::Spawn { command: argv[0].clone(), source })?;
+    marker.pid = child.id();
+    marker.start_time = child.id().and_then(process::start_time);
+    ws.write_marker(marker)?;
+    let deadline = tokio::time::Instant::now() + warm.ready_within;
+    loop {
+        if tokio::net::UnixStream::connect(&socket).await.is_ok() {
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(private.join("prepare.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            return Err(BackendError::new(
+                FailureReason::WorkspaceSetup,
+                format!("the warm sandbox's preparation failed ({}): {}", describe_exit(to_exit(status)), tail.join(" / ")),
+            ));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(BackendError::new(
+                FailureReason::WorkspaceSetup,
+                format!("the warm sandbox was not ready within {}s", warm.ready_within.as_secs()),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(WarmWorkspace { ws: ws.clone(), child: std::sync::Mutex::new(Some(child)), socket, cwd })
+}
+
+/// Sends the handoff and reads the runner's answer.
+async fn hand_over(socket: &Path, handoff: &Handoff) -> Result<(), String> {
+    use tokio::io::AsyncBufReadExt;
+    let exchange = async {
+        let mut stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| format!("could not connect: {e}"))?;
+        let mut line = serde_json::to_vec(handoff).map_err(|e| e.to_string())?;
+        line.push(b'\n');
+        stream.write_all(&line).await.map_err(|e| format!("could not send the task: {e}"))?;
+        let mut answer = String::new();
+        tokio::io::BufReader::new(stream).read_line(&mut answer).await.map_err(|e| format!("no answer: {e}"))?;
+        let answer: HandoffAnswer = serde_json::from_str(&answer).map_err(|e| format!("an unreadable answer: {e}"))?;
+        match answer {
+            HandoffAnswer { accepted: true, .. } => Ok(()),
+            HandoffAnswer { error, .. } => Err(error.unwrap_or_else(|| "refused".into())),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange).await.map_err(|_| "no answer within 10 s".to_owned())?
 }

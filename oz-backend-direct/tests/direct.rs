@@ -10,7 +10,7 @@ use oz_backend_direct::{DirectBackend, DirectConfig, process};
 use oz_core::backend::{Backend, RecoveryAction, TaskPhase};
 use oz_core::conformance::{run_to_end, task_id};
 use oz_core::failure::FailureReason;
-use oz_core::task::{SandboxSpec, TaskSpec};
+use oz_core::task::TaskSpec;
 
 fn sh(id: &str, script: &str) -> TaskSpec {
     TaskSpec::new(id, vec!["/bin/sh".into(), "-c".into(), script.into()])
@@ -162,27 +162,6 @@ async fn a_second_task_with_the_same_id_is_refused() {
     assert_eq!(err.reason, FailureReason::WorkspaceSetup);
     first.canceller().cancel(oz_core::backend::CancelReason::Requested);
     assert_eq!(first.wait().await.reason(), Some(FailureReason::TaskCancelled));
-}
-
-#[tokio::test]
-async fn a_prepared_workspace_is_handed_to_a_task_and_discarded_ones_vanish() {
-    let root = tempfile::tempdir().unwrap();
-    let b = backend(&root, |_| {});
-    let warm = b.prepare(SandboxSpec::default()).await.unwrap();
-    let warm_path = b.workspace_path(&warm.id);
-    assert!(warm_path.is_dir());
-    let id = task_id("warm");
-    let c = b.launch_prepared(warm, sh(&id, "pwd")).await.unwrap().wait().await;
-    assert!(c.succeeded(), "{c:?}");
-    assert!(!warm_path.exists() && !b.workspace_path(&id).exists());
-    let unused = b.prepare(SandboxSpec::default()).await.unwrap();
-    let unused_path = b.workspace_path(&unused.id);
-    b.discard(unused).await.unwrap();
-    assert!(!unused_path.exists());
-    let mismatched = b.prepare(SandboxSpec::default()).await.unwrap();
-    let mut spec = sh(&task_id("warm2"), "true");
-    spec.sandbox.workdir = Some("sub".into());
-    assert!(b.launch_prepared(mismatched, spec).await.is_err());
 }
 
 /// A worker that died before its task's process started (here: while a setup command ran) leaves a

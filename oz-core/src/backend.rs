@@ -410,22 +410,24 @@ pub trait Backend: Send + Sync + 'static {
     /// background and are reported through the handle. Errors here mean nothing was started.
     async fn launch(&self, spec: TaskSpec) -> Result<TaskHandle, BackendError>;
 
-    /// Prepares a sandbox ahead of its task (a warm pool). Backends without a useful notion of this
-    /// return a sandbox that [`Backend::launch_prepared`] simply launches into.
-    async fn prepare(&self, sandbox: SandboxSpec) -> Result<PreparedSandbox, BackendError> {
-        Ok(PreparedSandbox { id: String::new(), spec: sandbox, state: Box::new(()) })
+    /// Whether [`Backend::prepare`] makes real warm sandboxes (a runner that has cloned and set up,
+    /// waiting for its task). The default: no.
+    fn warm_sandboxes(&self) -> bool {
+        false
     }
 
-    /// Runs a task in a prepared sandbox. The task's `sandbox` must equal the prepared one's.
-    async fn launch_prepared(&self, prepared: PreparedSandbox, mut spec: TaskSpec) -> Result<TaskHandle, BackendError> {
-        if spec.sandbox != prepared.spec {
-            return Err(BackendError::new(
-                FailureReason::WorkspaceSetup,
-                "the task asks for a different sandbox than the one prepared",
-            ));
-        }
-        spec.sandbox = prepared.spec;
-        self.launch(spec).await
+    /// Prepares a warm sandbox ahead of its task: it starts `oz agent warm` (see `crate::warm`) and
+    /// returns once that runner waits for its task. Backends without warm sandboxes refuse.
+    async fn prepare(&self, warm: crate::warm::WarmSpec) -> Result<PreparedSandbox, BackendError> {
+        let _ = warm;
+        Err(BackendError::new(FailureReason::WorkspaceSetup, format!("the {} backend has no warm sandboxes", self.name())))
+    }
+
+    /// Hands a task to a prepared sandbox, which is then the task's and no other's. The task's
+    /// `sandbox` must equal the prepared one's.
+    async fn launch_prepared(&self, prepared: PreparedSandbox, spec: TaskSpec) -> Result<TaskHandle, BackendError> {
+        let _ = (prepared, spec);
+        Err(BackendError::new(FailureReason::WorkspaceSetup, format!("the {} backend has no warm sandboxes", self.name())))
     }
 
     /// Releases a prepared sandbox that will not be used.

@@ -7,9 +7,12 @@
 //! The exchange is one JSON line each way on the socket. The socket is created 0600 in a folder only
 //! the sandbox's user can enter; the backend that made the sandbox is the only other party.
 
+use std::path::Path;
+
 use serde::{Deserialize, Serialize};
 
-use crate::task::SecretInput;
+use crate::environment::EnvironmentConfig;
+use crate::task::{SandboxSpec, SecretInput};
 
 /// `oz agent warm`: the subcommand a backend starts in a warm sandbox.
 pub const WARM_SUBCOMMAND: [&str; 2] = ["agent", "warm"];
@@ -31,6 +34,39 @@ pub const MAX_HANDOFF_BYTES: usize = 1024 * 1024;
 
 /// The name of the socket file in a warm sandbox's private folder.
 pub const SOCKET_NAME: &str = "handoff.sock";
+
+/// What a backend prepares a warm sandbox from ([`crate::backend::Backend::prepare`]): nothing of
+/// any run, and no secret.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WarmSpec {
+    /// The sandbox; a task must ask for the same one to be handed this sandbox.
+    pub sandbox: SandboxSpec,
+    /// The runner's program (`argv[0]` of the task's runner, e.g. the sidecar's `oz`).
+    pub entrypoint: String,
+    /// The environment whose repos are cloned and whose setup commands run.
+    pub environment: EnvironmentConfig,
+    /// Where the repos are cloned from.
+    pub git_base_url: String,
+    /// Variables of the sandbox (settings, never a secret).
+    pub env: Vec<(String, String)>,
+    /// How long the preparation may take before the sandbox is given up.
+    pub ready_within: std::time::Duration,
+}
+
+/// The argv of `oz agent warm` with the paths a backend chose in its sandbox.
+pub fn warm_argv(entrypoint: &str, socket: &Path, environment_file: &Path, workdir: &Path, git_base_url: &str) -> Vec<String> {
+    let long = |name: &str| format!("--{name}");
+    let mut argv = vec![entrypoint.to_owned()];
+    argv.extend(WARM_SUBCOMMAND.iter().map(|s| (*s).to_owned()));
+    argv.extend([long(flag::SOCKET), socket.display().to_string()]);
+    argv.extend([long(flag::ENVIRONMENT_FILE), environment_file.display().to_string()]);
+    argv.extend([long(flag::WORKDIR), workdir.display().to_string()]);
+    argv.extend([long(flag::GIT_BASE_URL), git_base_url.to_owned()]);
+    argv
+}
+
+/// The longest unix socket path (`sun_path` holds 108 bytes with its terminating NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
 
 /// What the backend sends a warm runner: the task, as a cold runner would have been started with it.
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
