@@ -152,7 +152,10 @@ impl Backend for DirectBackend {
         let handoff = Handoff { argv: spec.argv.clone(), env, secret_input: spec.secret_input.clone() };
         if let Err(message) = hand_over(&warm.socket, &handoff).await {
             warm.stop();
-            return Err(BackendError::new(FailureReason::WorkspaceSetup, format!("the warm sandbox did not take the task: {message}")));
+            return Err(BackendError::new(
+                FailureReason::WorkspaceSetup,
+                format!("the warm sandbox did not take the task: {message}"),
+            ));
         }
         // The workspace is the task's now: a restarted worker reattaches to it like to any task.
         let mut marker = marker_for(&self.config, &spec);
@@ -724,14 +727,18 @@ async fn start_warm(
         .create(&private)
         .map_err(|source| DirectError::Workspace { path: private.display().to_string(), source })?;
     let environment_file = private.join("environment.json");
-    let json = serde_json::to_vec(&warm.environment).map_err(|e| BackendError::new(FailureReason::WorkspaceSetup, e.to_string()))?;
+    let json = serde_json::to_vec(&warm.environment)
+        .map_err(|e| BackendError::new(FailureReason::WorkspaceSetup, e.to_string()))?;
     std::fs::write(&environment_file, json)
         .map_err(|source| DirectError::Workspace { path: environment_file.display().to_string(), source })?;
     let socket = private.join(oz_core::warm::SOCKET_NAME);
     if socket.as_os_str().len() > oz_core::warm::MAX_SOCKET_PATH {
         return Err(BackendError::new(
             FailureReason::WorkspaceSetup,
-            format!("the workspace root is too deep for a unix socket ({}); choose a shorter workspace_root", socket.display()),
+            format!(
+                "the workspace root is too deep for a unix socket ({}); choose a shorter workspace_root",
+                socket.display()
+            ),
         ));
     }
     let base = config.target_dir.clone().unwrap_or_else(|| ws.work_dir());
@@ -739,8 +746,10 @@ async fn start_warm(
         Some(w) => base.join(w),
         None => base,
     };
-    std::fs::create_dir_all(&cwd).map_err(|source| DirectError::Workspace { path: cwd.display().to_string(), source })?;
-    let argv = oz_core::warm::warm_argv(&warm.entrypoint, &socket, &environment_file, &cwd, &warm.git_base_url);
+    std::fs::create_dir_all(&cwd)
+        .map_err(|source| DirectError::Workspace { path: cwd.display().to_string(), source })?;
+    let argv =
+        oz_core::warm::warm_argv(&warm.entrypoint, &socket, &environment_file, &cwd, warm.git_base_url.as_deref());
     let env = sandbox_env(config, ws, &warm.env, &cwd);
     let limits =
         Limits { max_open_files: config.max_open_files, max_address_space: warm.sandbox.resources.memory_bytes };
@@ -760,7 +769,11 @@ async fn start_warm(
             let tail: Vec<&str> = tail.into_iter().rev().collect();
             return Err(BackendError::new(
                 FailureReason::WorkspaceSetup,
-                format!("the warm sandbox's preparation failed ({}): {}", describe_exit(to_exit(status)), tail.join(" / ")),
+                format!(
+                    "the warm sandbox's preparation failed ({}): {}",
+                    describe_exit(to_exit(status)),
+                    tail.join(" / ")
+                ),
             ));
         }
         if tokio::time::Instant::now() >= deadline {
@@ -778,7 +791,8 @@ async fn start_warm(
 async fn hand_over(socket: &Path, handoff: &Handoff) -> Result<(), String> {
     use tokio::io::AsyncBufReadExt;
     let exchange = async {
-        let mut stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| format!("could not connect: {e}"))?;
+        let mut stream =
+            tokio::net::UnixStream::connect(socket).await.map_err(|e| format!("could not connect: {e}"))?;
         let mut line = serde_json::to_vec(handoff).map_err(|e| e.to_string())?;
         line.push(b'\n');
         stream.write_all(&line).await.map_err(|e| format!("could not send the task: {e}"))?;

@@ -420,14 +420,20 @@ pub trait Backend: Send + Sync + 'static {
     /// returns once that runner waits for its task. Backends without warm sandboxes refuse.
     async fn prepare(&self, warm: crate::warm::WarmSpec) -> Result<PreparedSandbox, BackendError> {
         let _ = warm;
-        Err(BackendError::new(FailureReason::WorkspaceSetup, format!("the {} backend has no warm sandboxes", self.name())))
+        Err(BackendError::new(
+            FailureReason::WorkspaceSetup,
+            format!("the {} backend has no warm sandboxes", self.name()),
+        ))
     }
 
     /// Hands a task to a prepared sandbox, which is then the task's and no other's. The task's
     /// `sandbox` must equal the prepared one's.
     async fn launch_prepared(&self, prepared: PreparedSandbox, spec: TaskSpec) -> Result<TaskHandle, BackendError> {
         let _ = (prepared, spec);
-        Err(BackendError::new(FailureReason::WorkspaceSetup, format!("the {} backend has no warm sandboxes", self.name())))
+        Err(BackendError::new(
+            FailureReason::WorkspaceSetup,
+            format!("the {} backend has no warm sandboxes", self.name()),
+        ))
     }
 
     /// Releases a prepared sandbox that will not be used.

@@ -45,8 +45,9 @@ pub struct WarmSpec {
     pub entrypoint: String,
     /// The environment whose repos are cloned and whose setup commands run.
     pub environment: EnvironmentConfig,
-    /// Where the repos are cloned from.
-    pub git_base_url: String,
+    /// Where the repos are cloned from; `None`: as a cold runner decides (`OZ_GIT_BASE_URL` in `env`,
+    /// else `https://github.com`).
+    pub git_base_url: Option<String>,
     /// Variables of the sandbox (settings, never a secret).
     pub env: Vec<(String, String)>,
     /// How long the preparation may take before the sandbox is given up.
@@ -54,14 +55,22 @@ pub struct WarmSpec {
 }
 
 /// The argv of `oz agent warm` with the paths a backend chose in its sandbox.
-pub fn warm_argv(entrypoint: &str, socket: &Path, environment_file: &Path, workdir: &Path, git_base_url: &str) -> Vec<String> {
+pub fn warm_argv(
+    entrypoint: &str,
+    socket: &Path,
+    environment_file: &Path,
+    workdir: &Path,
+    git_base_url: Option<&str>,
+) -> Vec<String> {
     let long = |name: &str| format!("--{name}");
     let mut argv = vec![entrypoint.to_owned()];
     argv.extend(WARM_SUBCOMMAND.iter().map(|s| (*s).to_owned()));
     argv.extend([long(flag::SOCKET), socket.display().to_string()]);
     argv.extend([long(flag::ENVIRONMENT_FILE), environment_file.display().to_string()]);
     argv.extend([long(flag::WORKDIR), workdir.display().to_string()]);
-    argv.extend([long(flag::GIT_BASE_URL), git_base_url.to_owned()]);
+    if let Some(base) = git_base_url {
+        argv.extend([long(flag::GIT_BASE_URL), base.to_owned()]);
+    }
     argv
 }
 

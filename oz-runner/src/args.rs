@@ -299,7 +299,7 @@ pub struct WarmArgs {
     #[arg(long = oz_core::warm::flag::ENVIRONMENT_FILE, value_name = "PATH")]
     pub environment_file: PathBuf,
     /// Where the repos are cloned from.
-    #[arg(long = oz_core::warm::flag::GIT_BASE_URL, default_value = "https://github.com")]
+    #[arg(long = oz_core::warm::flag::GIT_BASE_URL, env = env::GIT_BASE_URL, default_value = "https://github.com")]
     pub git_base_url: String,
     /// The folder to clone into and run the setup commands in.
     #[arg(long = oz_core::warm::flag::WORKDIR, value_name = "PATH")]

@@ -35,6 +35,10 @@ impl EnvironmentsHandler {
     pub async fn get(&self, id: &str) -> Result<CloudEnvironment> {
         self.client.call(Method::GET, &format!("/agent/environments/{}", seg(id))).await
     }
+    /// One environment, with a worker credential (a worker preparing warm sandboxes).
+    pub async fn get_for_worker(&self, id: &str) -> Result<CloudEnvironment> {
+        self.client.call(Method::GET, &format!("/selfhosted/worker/environments/{}", seg(id))).await
+    }
     /// Replaces one's config.
     pub async fn update(&self, id: &str, config: &EnvironmentConfig) -> Result<CloudEnvironment> {
         self.client.call_json(Method::PUT, &format!("/agent/environments/{}", seg(id)), config).await

@@ -24,6 +24,9 @@ pub struct FileConfig {
     pub metrics_listen: Option<String>,
     /// Exactly one backend.
     pub backend: Option<BackendConfig>,
+    /// Our extension: warm pools, per environment (see [`crate::pool`]).
+    #[serde(default)]
+    pub warm_pools: Vec<crate::pool::WarmPoolConfig>,
 }
 
 /// `backend:`: exactly one of its keys, each the configuration of that backend (an externally

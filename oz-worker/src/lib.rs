@@ -23,6 +23,7 @@ pub mod config;
 mod error;
 pub mod metrics;
 pub mod outbox;
+pub mod pool;
 mod worker;
 
 pub use error::WorkerError;

@@ -154,6 +154,7 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
     config.cleanup = cleanup;
     config.max_concurrent_tasks = flags.max_concurrent_tasks.or(file.max_concurrent_tasks).unwrap_or(0);
     config.outbox_file = flags.outbox_file.clone().or_else(|| default_outbox_file(&worker_id));
+    config.warm_pools = file.warm_pools.clone();
     let worker = Arc::new(Worker::new(config, backend.clone())?);
     if let Some(listen) = flags.metrics_listen.or(file.metrics_listen.clone()) {
         let (addr, _task) = oz_worker::metrics::serve(worker.metrics(), &listen)

@@ -10,6 +10,13 @@
 //! | `oz_worker_task_duration_seconds` | histogram | `result` |
 //! | `oz_worker_task_failures_total` | counter | `phase` (`launch`, `run`), `reason` (Oz's failure reason) |
 //! | `oz_worker_reconnects_total` | counter | |
+//! | `oz_worker_warm_ready` | gauge | `environment`: warm sandboxes waiting for a task |
+//! | `oz_worker_warm_warming` | gauge | `environment`: warm sandboxes being prepared |
+//! | `oz_worker_warm_hits_total` | counter | `environment`: tasks handed a warm sandbox |
+//! | `oz_worker_warm_misses_total` | counter | `environment`: tasks of a pooled environment started cold |
+//! | `oz_worker_warm_failures_total` | counter | `environment`: preparations that failed |
+//! | `oz_worker_warm_ready_seconds` | histogram | `environment`: from the start of a preparation to ready |
+//! | `oz_worker_warm_handoff_seconds` | histogram | `environment`: from the assignment to the task taken by the warm runner |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +38,18 @@ struct ReasonLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EnvironmentLabel {
+    environment: String,
+}
+
+type WarmHistogram = Family<EnvironmentLabel, Histogram, fn() -> Histogram>;
+
+fn handoff_histogram() -> Histogram {
+    // 0.5 ms to about 30 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -58,6 +77,13 @@ pub struct WorkerMetrics {
     duration: HistogramFamily,
     failures: Family<FailureLabels, Counter>,
     reconnects: Counter,
+    warm_ready: Family<EnvironmentLabel, Gauge>,
+    warm_warming: Family<EnvironmentLabel, Gauge>,
+    warm_hits: Family<EnvironmentLabel, Counter>,
+    warm_misses: Family<EnvironmentLabel, Counter>,
+    warm_failures: Family<EnvironmentLabel, Counter>,
+    warm_ready_seconds: WarmHistogram,
+    warm_handoff_seconds: WarmHistogram,
 }
 
 impl std::fmt::Debug for WorkerMetrics {
@@ -101,7 +127,36 @@ impl WorkerMetrics {
         registry.register("oz_worker_task_duration_seconds", "From claim to outcome, by result", duration.clone());
         registry.register("oz_worker_task_failures", "Failed tasks, by phase and Oz failure reason", failures.clone());
         registry.register("oz_worker_reconnects", "Connections re-established after a drop", reconnects.clone());
+        let warm_ready = Family::<EnvironmentLabel, Gauge>::default();
+        let warm_warming = Family::<EnvironmentLabel, Gauge>::default();
+        let warm_hits = Family::<EnvironmentLabel, Counter>::default();
+        let warm_misses = Family::<EnvironmentLabel, Counter>::default();
+        let warm_failures = Family::<EnvironmentLabel, Counter>::default();
+        let warm_ready_seconds: WarmHistogram = Family::new_with_constructor(duration_histogram);
+        let warm_handoff_seconds: WarmHistogram = Family::new_with_constructor(handoff_histogram);
+        registry.register("oz_worker_warm_ready", "Warm sandboxes waiting for a task", warm_ready.clone());
+        registry.register("oz_worker_warm_warming", "Warm sandboxes being prepared", warm_warming.clone());
+        registry.register("oz_worker_warm_hits", "Tasks handed a warm sandbox", warm_hits.clone());
+        registry.register("oz_worker_warm_misses", "Tasks of a pooled environment started cold", warm_misses.clone());
+        registry.register("oz_worker_warm_failures", "Warm preparations that failed", warm_failures.clone());
+        registry.register(
+            "oz_worker_warm_ready_seconds",
+            "From a preparation's start to ready",
+            warm_ready_seconds.clone(),
+        );
+        registry.register(
+            "oz_worker_warm_handoff_seconds",
+            "From the assignment to the task taken by the warm runner",
+            warm_handoff_seconds.clone(),
+        );
         Self {
+            warm_ready,
+            warm_warming,
+            warm_hits,
+            warm_misses,
+            warm_failures,
+            warm_ready_seconds,
+            warm_handoff_seconds,
             registry: Arc::new(registry),
             connected,
             active,
@@ -120,6 +175,29 @@ impl WorkerMetrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
+    }
+
+    pub(crate) fn set_warm(&self, environment: &str, ready: usize, warming: usize) {
+        let label = EnvironmentLabel { environment: environment.to_owned() };
+        self.warm_ready.get_or_create(&label).set(i64::try_from(ready).unwrap_or(i64::MAX));
+        self.warm_warming.get_or_create(&label).set(i64::try_from(warming).unwrap_or(i64::MAX));
+    }
+    pub(crate) fn warm_hit(&self, environment: &str, handoff: Duration) {
+        let label = EnvironmentLabel { environment: environment.to_owned() };
+        self.warm_hits.get_or_create(&label).inc();
+        self.warm_handoff_seconds.get_or_create(&label).observe(handoff.as_secs_f64());
+    }
+    pub(crate) fn warm_miss(&self, environment: &str) {
+        self.warm_misses.get_or_create(&EnvironmentLabel { environment: environment.to_owned() }).inc();
+    }
+    pub(crate) fn warm_prepared(&self, environment: &str, took: Option<Duration>) {
+        let label = EnvironmentLabel { environment: environment.to_owned() };
+        match took {
+            Some(took) => self.warm_ready_seconds.get_or_create(&label).observe(took.as_secs_f64()),
+            None => {
+                self.warm_failures.get_or_create(&label).inc();
+            }
+        }
     }
 
     pub(crate) fn set_connected(&self, connected: bool) {

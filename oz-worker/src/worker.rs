@@ -59,6 +59,8 @@ pub struct WorkerConfig {
     /// Where messages not yet sent are kept, so a restarted worker still sends them (`None`: in
     /// memory only, lost with the process).
     pub outbox_file: Option<std::path::PathBuf>,
+    /// Warm pools, per environment (`warm_pools:` in the file; see [`crate::pool`]).
+    pub warm_pools: Vec<crate::pool::WarmPoolConfig>,
 }
 
 impl WorkerConfig {
@@ -75,6 +77,7 @@ impl WorkerConfig {
             api_key,
             max_concurrent_tasks: 0,
             cleanup: true,
+            warm_pools: Vec::new(),
             command,
             ping_interval: Duration::from_secs(30),
             read_deadline: Duration::from_secs(60),
@@ -137,6 +140,7 @@ pub struct Worker {
     mode: watch::Receiver<Mode>,
     handle: WorkerHandle,
     metrics: WorkerMetrics,
+    pools: crate::pool::WarmPools,
 }
 
 impl Worker {
@@ -149,7 +153,16 @@ impl Worker {
         let outbox = crate::outbox::Outbox::open(config.outbox_file.clone());
         let (claims, earlier_claims) =
             crate::outbox::Claims::open(config.outbox_file.as_ref().map(|f| f.with_extension("claims")));
+        let metrics = WorkerMetrics::new();
+        let pools = crate::pool::WarmPools::new(
+            backend.clone(),
+            config.warm_pools.clone(),
+            config.command.clone(),
+            &config.api_key,
+            metrics.clone(),
+        )?;
         Ok(Self {
+            pools,
             config: Arc::new(config),
             backend,
             shared: Arc::new(Mutex::new(Shared {
@@ -162,7 +175,7 @@ impl Worker {
             outbox_ready: Arc::new(Notify::new()),
             mode: rx,
             handle: WorkerHandle { mode: tx },
-            metrics: WorkerMetrics::new(),
+            metrics,
         })
     }
 
@@ -232,6 +245,11 @@ impl Worker {
         }
     }
 
+    /// Its warm pools.
+    pub fn warm_pools(&self) -> &crate::pool::WarmPools {
+        &self.pools
+    }
+
     /// Its metrics (serve them with [`crate::metrics::serve`]).
     pub fn metrics(&self) -> WorkerMetrics {
         self.metrics.clone()
@@ -271,6 +289,15 @@ impl Worker {
 
     /// [`Worker::run`] for a worker already shared (after [`Worker::adopt_recovered`]).
     pub async fn run_shared(self: Arc<Self>) -> Result<(), WorkerError> {
+        let this = self;
+        let filling = tokio::spawn(this.pools.clone().run());
+        let result = this.clone().connect_and_serve().await;
+        this.pools.stop().await;
+        filling.abort();
+        result
+    }
+
+    async fn connect_and_serve(self: Arc<Self>) -> Result<(), WorkerError> {
         let this = self;
         let reconnect = RetryPolicy::forever(this.config.backoff_min, this.config.backoff_max);
         let mut delays = reconnect.delays();
@@ -410,6 +437,34 @@ impl Worker {
         }
     }
 
+    /// Launches a task: in a warm sandbox of its environment's pool if one is ready, else cold (and
+    /// cold as well if the warm sandbox does not take it).
+    async fn launch(
+        &self,
+        spec: oz_core::task::TaskSpec,
+        environment: Option<&str>,
+        assigned_at: std::time::Instant,
+    ) -> Result<oz_core::backend::TaskHandle, oz_core::backend::BackendError> {
+        let Some(environment) = environment.filter(|e| self.pools.has(e)) else {
+            return self.backend.launch(spec).await;
+        };
+        let Some(prepared) = self.pools.take(environment, &spec.sandbox) else {
+            return self.backend.launch(spec).await;
+        };
+        let id = prepared.id.clone();
+        match self.backend.launch_prepared(prepared, spec.clone()).await {
+            Ok(handle) => {
+                self.pools.handed_over(environment, assigned_at.elapsed());
+                info!(task_id = %spec.task_id, warm = %id, "started in a warm sandbox");
+                Ok(handle)
+            }
+            Err(e) => {
+                warn!(task_id = %spec.task_id, warm = %id, "the warm sandbox did not take the task ({e}); starting it cold");
+                self.backend.launch(spec).await
+            }
+        }
+    }
+
     fn on_assignment(self: Arc<Self>, assignment: TaskAssignment) {
         let task_id = assignment.task_id.clone();
         let reject = |reason: String| WorkerMessage::TaskRejected(TaskRejected { task_id: task_id.clone(), reason });
@@ -433,6 +488,7 @@ impl Worker {
         }
         // An assignment that cannot become a task (a bad image) is claimed, then failed, as Oz does.
         let spec = oz_core::runner::task_spec(&assignment, &self.config.command, self.config.cleanup);
+        let environment = oz_core::runner::runner_invocation(&assignment, &self.config.command).environment;
         // Claim first, as Oz does; a launch that fails is then reported as task_failed.
         self.send(WorkerMessage::TaskClaimed(TaskClaimed {
             task_id: task_id.clone(),
@@ -453,7 +509,7 @@ impl Worker {
         tokio::spawn(
             async move {
                 let launched = match spec {
-                    Ok(spec) => worker.backend.launch(spec).await,
+                    Ok(spec) => worker.launch(spec, environment.as_deref(), claimed_at).await,
                     Err(e) => Err(e),
                 };
                 let message = match launched {

@@ -8,7 +8,7 @@ use oz_core::wire::api::{CloudEnvironment, EnvironmentList, Scope};
 
 #[allow(unused_imports)]
 use crate::api::schema::*;
-use crate::auth::{Member, Principal, RunToken};
+use crate::auth::{Member, Principal, RunToken, WorkerCredential};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath};
 use crate::state::AppState;
@@ -91,6 +91,23 @@ pub async fn get(
         return Err(not_found());
     }
     let env = state.store.environment(principal.team_id(), &id).await?.ok_or_else(not_found)?;
+    Ok(Json(cloud(env)))
+}
+
+/// `GET /selfhosted/worker/environments/{id}`: an environment of the worker credential's team, for
+/// the worker's warm pools (which prepare it before any task, so no run's token can fetch it). The
+/// configuration names its secrets; their values are never in it.
+#[utoipa::path(get, path = "/selfhosted/worker/environments/{id}", tag = "workers", params(("id" = String, Path)), responses((status = 200, body = CloudEnvironment), BadRequest, Unauthorized, NotFound))]
+pub async fn for_worker(
+    State(state): State<AppState>,
+    credential: WorkerCredential,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<CloudEnvironment>, ApiError> {
+    let env = state
+        .store
+        .environment(&credential.team_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("there is no environment {id:?}")))?;
     Ok(Json(cloud(env)))
 }
 

@@ -62,6 +62,7 @@ pub fn router(state: AppState) -> Router {
             axum::routing::put(admin::put_git_provider).delete(admin::delete_git_provider),
         )
         .route("/selfhosted/worker/ws", get(worker_socket))
+        .route("/selfhosted/worker/environments/{id}", get(environments::for_worker))
         .route(
             "/openapi.json",
             get(|| async {

@@ -1,0 +1,365 @@
+//! Warm pools end to end over real sockets: the control plane, a worker on the Direct backend with a
+//! warm pool for one environment, and the `oz` runner in both halves (`oz agent warm`, then the
+//! task). A hit runs in a sandbox that already has the repo and the setup's output, at the HEAD
+//! pushed after it was prepared; a used sandbox is never handed a second task; a miss starts cold;
+//! a warm sandbox holds no credential; a worker killed with SIGKILL leaves no warm sandbox behind.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use oz_backend_direct::{DirectBackend, DirectConfig};
+use oz_core::credentials::ApiKey;
+use oz_core::environment::{EnvironmentConfig, RepoRef};
+use oz_core::run::RunState;
+use oz_core::wire::api::AgentConfig;
+use oz_core::wire::worker::HarnessConfig;
+use oz_server::store::sqlite::SqliteStore;
+use oz_worker::pool::WarmPoolConfig;
+use oz_worker::{CommandOptions, Worker, WorkerConfig};
+
+const OZ: &str = env!("CARGO_BIN_EXE_oz");
+
+mod support;
+use support::git;
+
+struct Stack {
+    dir: tempfile::TempDir,
+    server: oz_server::RunningServer,
+    client: oz_sdk::Client,
+    worker_key: String,
+    git_base: String,
+}
+
+impl Stack {
+    fn workspaces(&self) -> PathBuf {
+        self.dir.path().join("ws")
+    }
+    fn src(&self) -> PathBuf {
+        self.dir.path().join("src")
+    }
+    /// A commit on the repo's main branch, as a push would make it.
+    fn push(&self, subject: &str) {
+        std::fs::write(self.src().join(format!("{subject}.txt")), subject).unwrap();
+        git(&self.src(), &["add", "."]);
+        git(&self.src(), &["commit", "-q", "-m", subject]);
+        git(&self.src(), &["push", "-q", self.dir.path().join("git/acme/app").to_str().unwrap(), "HEAD:main"]);
+    }
+}
+
+async fn stack() -> Stack {
+    let _ = tracing_subscriber::fmt().with_env_filter("warn").with_test_writer().try_init();
+    let dir = tempfile::Builder::new().prefix("w").tempdir_in("/tmp").unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    git(&src, &["init", "-q", "-b", "main"]);
+    std::fs::write(src.join("README.md"), "# app\n").unwrap();
+    git(&src, &["add", "."]);
+    git(&src, &["commit", "-q", "-m", "initial"]);
+    let bare = dir.path().join("git/acme/app");
+    std::fs::create_dir_all(bare.parent().unwrap()).unwrap();
+    git(dir.path(), &["clone", "-q", "--bare", src.to_str().unwrap(), bare.to_str().unwrap()]);
+    let store = Arc::new(SqliteStore::temporary().await.unwrap());
+    let (team, key) = oz_server::bootstrap_team(store.as_ref(), "warm").await.unwrap();
+    let worker_key = oz_server::mint_worker_credential(store.as_ref(), &team, "warm", &["warm-worker"]).await.unwrap();
+    let server =
+        oz_server::start(oz_server::ServerConfig { listen: "127.0.0.1:0".into(), ..Default::default() }, store)
+            .await
+            .unwrap();
+    let client = oz_sdk::Client::builder().base_url(server.url()).api_key(&key).build().unwrap();
+    let git_base = format!("file://{}", dir.path().join("git").display());
+    Stack { dir, server, client, worker_key, git_base }
+}
+
+async fn environment(s: &Stack, setup: &str) -> String {
+    let env = EnvironmentConfig {
+        name: "app".into(),
+        github_repos: vec![RepoRef::new("acme", "app").unwrap()],
+        setup_commands: vec![setup.into()],
+        env_vars: [("OZ_GIT_BASE_URL", s.git_base.as_str())]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        ..Default::default()
+    };
+    s.client.environments().create(&env).await.unwrap().uid
+}
+
+fn worker(s: &Stack, pools: Vec<WarmPoolConfig>) -> Arc<Worker> {
+    let mut direct = DirectConfig::new("warm-worker", s.workspaces());
+    direct.stop_grace = Duration::from_secs(2);
+    let backend = Arc::new(DirectBackend::new(direct).unwrap());
+    let command = CommandOptions {
+        entrypoint: OZ.into(),
+        server_root_url: s.server.url(),
+        idle_on_complete: None,
+        extra_env: vec![],
+    };
+    let ws = format!("{}/api/v1/selfhosted/worker/ws", s.server.url().replace("http://", "ws://"));
+    let mut config = WorkerConfig::new("warm-worker", ws, ApiKey::new(s.worker_key.clone()), command);
+    config.warm_pools = pools;
+    Arc::new(Worker::new(config, backend).unwrap())
+}
+
+fn pool(environment: &str) -> WarmPoolConfig {
+    WarmPoolConfig { environment: environment.into(), size: 1, max_age_secs: 3600, ready_within_secs: 60 }
+}
+
+async fn ready(worker: &Worker, environment: &str, want: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = worker.warm_pools().status();
+        let pool = status.iter().find(|p| p.environment == environment).unwrap();
+        assert!(pool.last_error.is_none(), "{pool:?}");
+        if pool.ready >= want {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the pool never got ready: {pool:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn warm_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(root)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("warm-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
+fn marker_pid(dir: &Path) -> u32 {
+    let marker: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("oz-task.json")).unwrap()).unwrap();
+    marker["pid"].as_u64().unwrap() as u32
+}
+
+fn command_config(env_id: &str, script: &str) -> AgentConfig {
+    AgentConfig {
+        worker_host: Some("warm-worker".into()),
+        environment_id: Some(env_id.into()),
+        harness: Some(HarnessConfig {
+            kind: Some(oz_core::runner::HarnessKind::Command),
+            command: Some(vec!["/bin/sh".into(), "-c".into(), script.into()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Runs `script` in `env_id` to its end; its final state and its whole output.
+async fn run(s: &Stack, env_id: &str, script: &str) -> (RunState, String) {
+    let run = s.client.runs().create("go").agent_config(command_config(env_id, script)).send().await.unwrap();
+    let events: Vec<_> = tokio::time::timeout(
+        Duration::from_secs(60),
+        s.client.runs().events(&run.run_id).map(|e| e.unwrap()).collect::<Vec<_>>(),
+    )
+    .await
+    .expect("the run ends");
+    let state = events.iter().filter_map(|e| e.state()).next_back().unwrap();
+    let output = events.iter().filter(|e| e.kind() == "output").filter_map(|e| e.event["text"].as_str()).collect();
+    (state, output)
+}
+
+const SCRIPT: &str = "cat setup.txt; git -C app log -1 --format=%s; pwd";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hit_starts_from_the_prepared_repo_at_the_new_head_and_a_sandbox_serves_one_task() {
+    let s = stack().await;
+    let env_id = environment(&s, "echo set-up-at-$(date +%s%N) > setup.txt").await;
+    let w = worker(&s, vec![pool(&env_id)]);
+    tokio::spawn(w.clone().run_shared());
+    ready(&w, &env_id, 1).await;
+
+    // The ready sandbox: prepared, and nothing secret in it (the worker's key, any token).
+    let first = warm_dirs(&s.workspaces());
+    assert_eq!(first.len(), 1, "{first:?}");
+    let prepared_setup = std::fs::read_to_string(first[0].join("workspace/setup.txt")).unwrap();
+    let pid = marker_pid(&first[0]);
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let mut seen = String::from_utf8_lossy(&environ).into_owned();
+    for file in walk(&first[0]) {
+        seen.push_str(&String::from_utf8_lossy(&std::fs::read(file).unwrap_or_default()));
+    }
+    assert!(!seen.contains(&s.worker_key), "the worker's key is in a warm sandbox");
+    assert!(!seen.contains("OZ_WORKLOAD_TOKEN=") && !seen.contains("ozw_"), "a token is in a warm sandbox");
+
+    // A push after the preparation, then a task: it runs in that sandbox, from its setup, at the new HEAD.
+    s.push("pushed-after-warming");
+    let (state, output) = run(&s, &env_id, SCRIPT).await;
+    assert_eq!(state, RunState::Succeeded, "{output}");
+    assert!(output.contains(prepared_setup.trim()), "the setup's output from the warm sandbox: {output}");
+    assert!(output.contains("pushed-after-warming"), "the new HEAD: {output}");
+    assert!(output.contains(first[0].file_name().unwrap().to_str().unwrap()), "ran in the warm sandbox: {output}");
+    assert!(output.contains("warm sandbox: cloned and set up"), "{output}");
+    let status = &w.warm_pools().status()[0];
+    assert_eq!((status.hits, status.misses), (1, 0), "{status:?}");
+
+    // The used sandbox is gone (removed right after its task), never handed a second task: the next
+    // hit runs in a new one.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while first[0].exists() {
+        assert!(tokio::time::Instant::now() < deadline, "the used sandbox was not removed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ready(&w, &env_id, 1).await;
+    let second = warm_dirs(&s.workspaces());
+    assert_eq!(second.len(), 1);
+    assert_ne!(second, first, "a used sandbox came back to the pool");
+    let (state, output) = run(&s, &env_id, SCRIPT).await;
+    assert_eq!(state, RunState::Succeeded, "{output}");
+    assert!(output.contains(second[0].file_name().unwrap().to_str().unwrap()), "{output}");
+    assert!(!output.contains(prepared_setup.trim()), "the first sandbox's setup output: {output}");
+
+    // Two tasks at once with one sandbox ready: one hit, one cold start, both right.
+    ready(&w, &env_id, 1).await;
+    let (a, b) = tokio::join!(run(&s, &env_id, SCRIPT), run(&s, &env_id, SCRIPT));
+    for (state, output) in [&a, &b] {
+        assert_eq!(*state, RunState::Succeeded, "{output}");
+        assert!(output.contains("set-up-at-") && output.contains("pushed-after-warming"), "{output}");
+    }
+    let status = &w.warm_pools().status()[0];
+    assert_eq!(status.hits + status.misses, 4, "{status:?}");
+    assert!(status.misses >= 1, "{status:?}");
+    let metrics = w.metrics().render();
+    assert!(metrics.contains("oz_worker_warm_hits_total{environment=\""), "{metrics}");
+    assert!(metrics.contains("oz_worker_warm_handoff_seconds_bucket"), "{metrics}");
+    w.handle().shutdown();
+    // Shutting down discards what is ready.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !warm_dirs(&s.workspaces()).is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "a warm sandbox outlived the worker's shutdown");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.server.shutdown().await;
+}
+
+/// A setup command that fails: the pool backs off and says why, instead of retrying in a hot loop;
+/// runs still start cold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_setup_backs_the_pool_off_and_runs_start_cold() {
+    let s = stack().await;
+    let env_id = environment(&s, "echo attempt >> /tmp/never-here-$$; exit 7").await;
+    let w = worker(&s, vec![pool(&env_id)]);
+    tokio::spawn(w.clone().run_shared());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let status = w.warm_pools().status()[0].clone();
+        if status.last_error.is_some() {
+            break status;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the failure was never reported");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let error = status.last_error.clone().unwrap();
+    assert!(error.contains("setup_commands[0] exited with code 7"), "{error}");
+    // Backed off: within the next 800 ms no second attempt (the first delay is 1 s).
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let failures = w.metrics().render();
+    assert!(
+        failures.contains("oz_worker_warm_failures_total{environment=\"") && failures.contains("} 1\n"),
+        "{failures}"
+    );
+    assert!(warm_dirs(&s.workspaces()).is_empty(), "a failed warm sandbox was left behind");
+    let (state, output) = run(&s, &env_id, "echo cold").await;
+    assert_eq!(state, RunState::Failed, "the run's own setup fails the same way: {output}");
+    w.handle().shutdown();
+    s.server.shutdown().await;
+}
+
+/// `kill -9` of a worker process with a ready warm sandbox: the waiting runner lives on, and the
+/// restarted worker stops it and removes its workspace before preparing a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_with_a_ready_sandbox_leaves_none_behind_after_its_restart() {
+    let s = stack().await;
+    let env_id = environment(&s, "echo ok > setup.txt").await;
+    let bin = Path::new(OZ).with_file_name("oz-agent-worker");
+    assert!(bin.is_file(), "{} is built with the workspace (cargo build --workspace --bins)", bin.display());
+    let config = s.dir.path().join("worker.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "worker_id: warm-worker\nbackend:\n  direct:\n    workspace_root: {}\n    oz_path: {OZ}\nwarm_pools:\n  - environment: {env_id}\n",
+            s.workspaces().display()
+        ),
+    )
+    .unwrap();
+    let spawn = || {
+        KillOnDrop(
+            std::process::Command::new(&bin)
+                .arg("--config-file")
+                .arg(&config)
+                .args(["--server-root-url", &s.server.url(), "--log-level", "warn"])
+                .arg("--outbox-file")
+                .arg(s.dir.path().join("worker.outbox"))
+                .env("WARP_API_KEY", &s.worker_key)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut worker = spawn();
+    let old = ready_dir(&s.workspaces(), None).await;
+    let old_pid = marker_pid(&old);
+    worker.kill();
+    assert!(Path::new(&format!("/proc/{old_pid}")).exists(), "the waiting runner outlives its worker's SIGKILL");
+    let mut worker = spawn();
+    let fresh = ready_dir(&s.workspaces(), Some(&old)).await;
+    assert_ne!(fresh, old);
+    assert!(!old.exists(), "the old warm sandbox's workspace is removed");
+    let stat = std::fs::read_to_string(format!("/proc/{old_pid}/stat")).unwrap_or_default();
+    assert!(stat.is_empty() || stat.contains(") Z "), "the old warm runner is stopped: {stat}");
+    worker.kill();
+    // The test's own leftovers.
+    let pid = marker_pid(&fresh);
+    let _ = std::process::Command::new("kill").args(["-9", &format!("-{pid}")]).status();
+    s.server.shutdown().await;
+}
+
+/// A warm workspace whose runner waits for its task (its socket is there), other than `not`.
+async fn ready_dir(root: &Path, not: Option<&PathBuf>) -> PathBuf {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = warm_dirs(root).into_iter().find(|d| Some(d) != not && d.join("warm/handoff.sock").exists());
+        if let Some(d) = found {
+            return d;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no warm sandbox got ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A worker process, killed (SIGKILL) when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl KillOnDrop {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() && !path.is_symlink() {
+            files.extend(walk(&path));
+        } else if path.is_file() {
+            files.push(path);
+        }
+    }
+    files
+}

@@ -1,0 +1,394 @@
+//! Warm pools: per environment, sandboxes prepared before their tasks (the environment's repos
+//! cloned, its setup commands run, a runner waiting; see `oz_core::warm`), each handed one task and
+//! never reused. Backend-agnostic: it calls [`Backend::prepare`], [`Backend::launch_prepared`] and
+//! [`Backend::discard`].
+//!
+//! A fill loop keeps each pool at its `size`: it prepares one sandbox at a time across all pools
+//! (so warming never starves the tasks that run), backs off after a failed preparation (1 s
+//! doubling to 5 min, the error kept for the status), and retires a ready sandbox older than its
+//! `max_age` once its replacement is ready. The environment's configuration is fetched from the
+//! control plane for every preparation, so a changed environment is prepared as it is now.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use oz_core::backend::{Backend, PreparedSandbox};
+use oz_core::runner::{CommandOptions, env};
+use oz_core::task::SandboxSpec;
+use oz_core::warm::WarmSpec;
+use serde::Deserialize;
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use crate::error::WorkerError;
+use crate::metrics::WorkerMetrics;
+
+/// One entry of `warm_pools:` in the worker's YAML file.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WarmPoolConfig {
+    /// The environment's id on the control plane.
+    pub environment: String,
+    /// How many ready sandboxes to keep (default 1).
+    #[serde(default = "default_size")]
+    pub size: usize,
+    /// A ready sandbox older than this many seconds is replaced (default 3600).
+    #[serde(default = "default_max_age")]
+    pub max_age_secs: u64,
+    /// A preparation that takes longer than this many seconds fails (default 1800).
+    #[serde(default = "default_ready_within")]
+    pub ready_within_secs: u64,
+}
+
+fn default_size() -> usize {
+    1
+}
+fn default_max_age() -> u64 {
+    3600
+}
+fn default_ready_within() -> u64 {
+    1800
+}
+
+/// The first and the longest delay after a failed preparation.
+const BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(300));
+/// How often the fill loop looks at the pools when nothing wakes it.
+const TICK: Duration = Duration::from_millis(500);
+
+/// A pool's state, as `GET /workers` and the logs show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// The environment.
+    pub environment: String,
+    /// Sandboxes waiting for a task.
+    pub ready: usize,
+    /// Sandboxes being prepared.
+    pub warming: usize,
+    /// Tasks handed a warm sandbox.
+    pub hits: u64,
+    /// Tasks of this environment started cold.
+    pub misses: u64,
+    /// Why the last preparation failed, if it did.
+    pub last_error: Option<String>,
+}
+
+struct Ready {
+    prepared: PreparedSandbox,
+    since: Instant,
+}
+
+struct Pool {
+    config: WarmPoolConfig,
+    ready: VecDeque<Ready>,
+    warming: usize,
+    hits: u64,
+    misses: u64,
+    failures: u32,
+    retry_at: Option<Instant>,
+    last_error: Option<String>,
+}
+
+struct Inner {
+    backend: Arc<dyn Backend>,
+    /// `None` without pools.
+    control_plane: Option<oz_sdk::Client>,
+    options: CommandOptions,
+    metrics: WorkerMetrics,
+    pools: Mutex<HashMap<String, Pool>>,
+    wake: Notify,
+    stopped: std::sync::atomic::AtomicBool,
+}
+
+/// The worker's warm pools. Cheap to clone.
+#[derive(Clone)]
+pub struct WarmPools {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for WarmPools {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WarmPools").field("pools", &self.status()).finish()
+    }
+}
+
+impl WarmPools {
+    /// Pools for `configs` on `backend`, fetching environments from the control plane with
+    /// `api_key`. Refused if the backend has no warm sandboxes, or an environment is listed twice.
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        configs: Vec<WarmPoolConfig>,
+        options: CommandOptions,
+        api_key: &oz_core::credentials::ApiKey,
+        metrics: WorkerMetrics,
+    ) -> Result<Self, WorkerError> {
+        if !configs.is_empty() && !backend.warm_sandboxes() {
+            return Err(WorkerError::Config(format!(
+                "warm_pools: the {} backend has no warm sandboxes yet (the direct backend has)",
+                backend.name()
+            )));
+        }
+        let mut pools = HashMap::new();
+        for config in configs {
+            if config.environment.trim().is_empty() {
+                return Err(WorkerError::Config("warm_pools: an entry has no environment".into()));
+            }
+            let environment = config.environment.clone();
+            let pool = Pool {
+                config,
+                ready: VecDeque::new(),
+                warming: 0,
+                hits: 0,
+                misses: 0,
+                failures: 0,
+                retry_at: None,
+                last_error: None,
+            };
+            if pools.insert(environment.clone(), pool).is_some() {
+                return Err(WorkerError::Config(format!("warm_pools: environment {environment:?} is listed twice")));
+            }
+        }
+        let control_plane = if pools.is_empty() {
+            None
+        } else {
+            let client = oz_sdk::Client::builder()
+                .base_url(options.server_root_url.clone())
+                .api_key(api_key.expose())
+                .user_agent(concat!("oz-agent-worker/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|e| WorkerError::Config(format!("warm_pools: {e}")))?;
+            Some(client)
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                backend,
+                control_plane,
+                options,
+                metrics,
+                pools: Mutex::new(pools),
+                wake: Notify::new(),
+                stopped: std::sync::atomic::AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// No pools.
+    pub fn none(backend: Arc<dyn Backend>, options: CommandOptions, metrics: WorkerMetrics) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                backend,
+                control_plane: None,
+                options,
+                metrics,
+                pools: Mutex::new(HashMap::new()),
+                wake: Notify::new(),
+                stopped: std::sync::atomic::AtomicBool::new(false),
+            }),
+        }
+    }
+
+    fn pools(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pool>> {
+        self.inner.pools.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `environment` has a pool.
+    pub fn has(&self, environment: &str) -> bool {
+        self.pools().contains_key(environment)
+    }
+
+    /// The oldest ready sandbox of `environment` prepared for `sandbox`, which leaves the pool for
+    /// good; `None` (a miss, counted) if there is none. Wakes the fill loop to replace it.
+    pub fn take(&self, environment: &str, sandbox: &SandboxSpec) -> Option<PreparedSandbox> {
+        let mut pools = self.pools();
+        let pool = pools.get_mut(environment)?;
+        let position = pool.ready.iter().position(|r| r.prepared.spec == *sandbox);
+        let taken = position.and_then(|p| pool.ready.remove(p));
+        match &taken {
+            Some(_) => pool.hits += 1,
+            None => {
+                pool.misses += 1;
+                self.inner.metrics.warm_miss(environment);
+            }
+        }
+        self.inner.metrics.set_warm(environment, pool.ready.len(), pool.warming);
+        drop(pools);
+        self.inner.wake.notify_one();
+        taken.map(|r| r.prepared)
+    }
+
+    /// Records a handoff that worked, `took` after the assignment.
+    pub fn handed_over(&self, environment: &str, took: Duration) {
+        self.inner.metrics.warm_hit(environment, took);
+    }
+
+    /// Every pool's state.
+    pub fn status(&self) -> Vec<PoolStatus> {
+        let mut status: Vec<PoolStatus> = self
+            .pools()
+            .values()
+            .map(|p| PoolStatus {
+                environment: p.config.environment.clone(),
+                ready: p.ready.len(),
+                warming: p.warming,
+                hits: p.hits,
+                misses: p.misses,
+                last_error: p.last_error.clone(),
+            })
+            .collect();
+        status.sort_by(|a, b| a.environment.cmp(&b.environment));
+        status
+    }
+
+    /// Keeps the pools filled until [`WarmPools::stop`]. One preparation at a time.
+    pub async fn run(self) {
+        if self.pools().is_empty() {
+            return;
+        }
+        while !self.inner.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            self.retire_aged().await;
+            match self.next_to_warm() {
+                Some(environment) => self.warm_one(&environment).await,
+                None => {
+                    let _ = tokio::time::timeout(TICK, self.inner.wake.notified()).await;
+                }
+            }
+        }
+    }
+
+    /// Stops filling and discards every ready sandbox (a worker shutting down).
+    pub async fn stop(&self) {
+        self.inner.stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.inner.wake.notify_one();
+        let ready: Vec<PreparedSandbox> =
+            self.pools().values_mut().flat_map(|p| p.ready.drain(..).map(|r| r.prepared)).collect();
+        for prepared in ready {
+            if let Err(e) = self.inner.backend.discard(prepared).await {
+                warn!("could not discard a warm sandbox: {e}");
+            }
+        }
+    }
+
+    /// The pool most short of sandboxes that may warm now.
+    fn next_to_warm(&self) -> Option<String> {
+        let now = Instant::now();
+        let pools = self.pools();
+        if pools.values().any(|p| p.warming > 0) {
+            return None;
+        }
+        pools
+            .values()
+            .filter(|p| p.retry_at.is_none_or(|at| at <= now))
+            .filter(|p| p.ready.len() + p.warming < p.config.size)
+            .min_by_key(|p| (p.ready.len() + p.warming, p.config.environment.clone()))
+            .map(|p| p.config.environment.clone())
+    }
+
+    /// Replaces ready sandboxes past their age: a replacement is prepared first (the fill loop
+    /// counts an aged sandbox as missing), then the old one goes.
+    async fn retire_aged(&self) {
+        let mut retired = Vec::new();
+        for pool in self.pools().values_mut() {
+            let max_age = Duration::from_secs(pool.config.max_age_secs);
+            let fresh = pool.ready.iter().filter(|r| r.since.elapsed() < max_age).count();
+            // Keep aged ones while nothing fresh can stand in for them.
+            if fresh == 0 {
+                continue;
+            }
+            while let Some(position) = pool.ready.iter().position(|r| r.since.elapsed() >= max_age) {
+                if let Some(r) = pool.ready.remove(position) {
+                    retired.push(r.prepared);
+                }
+            }
+        }
+        for prepared in retired {
+            info!(id = %prepared.id, "retiring a warm sandbox past its max_age");
+            let _ = self.inner.backend.discard(prepared).await;
+        }
+    }
+
+    async fn warm_one(&self, environment: &str) {
+        let ready_within = {
+            let mut pools = self.pools();
+            let Some(pool) = pools.get_mut(environment) else { return };
+            pool.warming += 1;
+            self.inner.metrics.set_warm(environment, pool.ready.len(), pool.warming);
+            Duration::from_secs(pool.config.ready_within_secs)
+        };
+        let started = Instant::now();
+        let result = match self.warm_spec(environment, ready_within).await {
+            Ok(spec) => self.inner.backend.prepare(spec).await.map_err(|e| e.message),
+            Err(e) => Err(e),
+        };
+        let mut leftover = None;
+        {
+            let mut pools = self.pools();
+            let Some(pool) = pools.get_mut(environment) else { return };
+            pool.warming -= 1;
+            match result {
+                Ok(prepared) if !self.inner.stopped.load(std::sync::atomic::Ordering::SeqCst) => {
+                    info!(environment, id = %prepared.id, millis = started.elapsed().as_millis() as u64, "warm sandbox ready");
+                    self.inner.metrics.warm_prepared(environment, Some(started.elapsed()));
+                    pool.ready.push_back(Ready { prepared, since: Instant::now() });
+                    pool.failures = 0;
+                    pool.retry_at = None;
+                    pool.last_error = None;
+                }
+                Ok(prepared) => leftover = Some(prepared),
+                Err(message) => {
+                    self.inner.metrics.warm_prepared(environment, None);
+                    let delay = BACKOFF.0.saturating_mul(2u32.saturating_pow(pool.failures.min(16))).min(BACKOFF.1);
+                    pool.failures += 1;
+                    pool.retry_at = Some(Instant::now() + delay);
+                    warn!(
+                        environment,
+                        "a warm sandbox could not be prepared ({message}); trying again in {}s",
+                        delay.as_secs()
+                    );
+                    pool.last_error = Some(message);
+                }
+            }
+            self.inner.metrics.set_warm(environment, pool.ready.len(), pool.warming);
+        }
+        if let Some(prepared) = leftover {
+            let _ = self.inner.backend.discard(prepared).await;
+        }
+    }
+
+    /// What to prepare for `environment`: its configuration as the control plane has it now, in the
+    /// sandbox a task of it will ask for, with the runner's sandbox-wide variables (no task's).
+    async fn warm_spec(&self, environment: &str, ready_within: Duration) -> Result<WarmSpec, String> {
+        let client = self.inner.control_plane.as_ref().ok_or("no control plane client")?;
+        let found = client
+            .environments()
+            .get_for_worker(environment)
+            .await
+            .map_err(|e| format!("could not fetch environment {environment:?}: {e}"))?;
+        let config = found.config;
+        let image = config
+            .docker_image
+            .as_deref()
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+            .map(oz_core::image::ImageRef::parse)
+            .transpose()
+            .map_err(|e| format!("environment {environment:?}: {e}"))?;
+        let sandbox = SandboxSpec { image, ..SandboxSpec::default() };
+        let options = &self.inner.options;
+        let mut vars = vec![
+            (env::GIT_TERMINAL_PROMPT.to_owned(), "0".to_owned()),
+            (env::GH_PROMPT_DISABLED.to_owned(), "1".to_owned()),
+            (env::SERVER_ROOT_URL.to_owned(), options.server_root_url.clone()),
+        ];
+        // As the control plane puts them in a task's assignment: the environment's settings.
+        vars.extend(config.env_vars.iter().map(|(k, v)| (k.clone(), v.clone())));
+        vars.extend(options.extra_env.iter().cloned());
+        Ok(WarmSpec {
+            sandbox,
+            entrypoint: options.entrypoint.clone(),
+            environment: config,
+            git_base_url: None,
+            env: vars,
+            ready_within,
+        })
+    }
+}
