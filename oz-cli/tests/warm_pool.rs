@@ -315,10 +315,13 @@ async fn a_worker_killed_with_a_ready_sandbox_leaves_none_behind_after_its_resta
     assert!(!old.exists(), "the old warm sandbox's workspace is removed");
     let stat = std::fs::read_to_string(format!("/proc/{old_pid}/stat")).unwrap_or_default();
     assert!(stat.is_empty() || stat.contains(") Z "), "the old warm runner is stopped: {stat}");
-    worker.kill();
-    // The test's own leftovers.
-    let pid = marker_pid(&fresh);
-    let _ = std::process::Command::new("kill").args(["-9", &format!("-{pid}")]).status();
+    // A worker stopped gracefully (SIGTERM) discards what is ready.
+    let _ = std::process::Command::new("kill").args(["-TERM", &worker.0.id().to_string()]).status();
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = worker.0.wait();
+    })
+    .await;
+    assert!(!fresh.exists(), "a worker shut down gracefully left a warm sandbox");
     s.server.shutdown().await;
 }
 

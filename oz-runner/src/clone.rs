@@ -51,7 +51,7 @@ pub fn find_git(path_var: Option<&str>) -> Option<PathBuf> {
 }
 
 /// The result of one clone.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Cloned {
     /// The repo.
     pub repo: RepoRef,
@@ -203,22 +203,23 @@ pub async fn rev_parse_head(git: &Path, dir: &Path, env: &[(String, String)]) ->
     output.status.success().then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
-/// Fetches the remote's `HEAD` into the clone in `dir` and, if it is not the local `HEAD`, resets the
-/// clone to it: `Some((from, to))` when it moved. The fetch goes through the credential helper
-/// configured in `env`, like the clone.
+/// Brings the clone in `dir`, at `head`, to its remote's `HEAD` if that is elsewhere: one
+/// `git ls-remote` when it has not moved, then a fetch and a hard reset when it has. `Some(new head)`
+/// when it moved. Git reaches the remote through the credential helper configured in `env`.
 pub async fn reset_to_remote_head(
     git: &Path,
     dir: &Path,
+    head: Option<&str>,
     env: &[(String, String)],
-) -> Result<Option<(String, String)>, String> {
-    let before = rev_parse_head(git, dir, env).await.ok_or("the clone has no HEAD")?;
-    git_in(git, dir, env, &["fetch", "--quiet", "origin", "HEAD"]).await?;
-    let after = String::from_utf8_lossy(&git_in(git, dir, env, &["rev-parse", "FETCH_HEAD"]).await?).trim().to_owned();
-    if after == before {
+) -> Result<Option<String>, String> {
+    let listed = git_in(git, dir, env, &["ls-remote", "origin", "HEAD"]).await?;
+    let remote = String::from_utf8_lossy(&listed).split_whitespace().next().unwrap_or_default().to_owned();
+    if remote.is_empty() || Some(remote.as_str()) == head {
         return Ok(None);
     }
+    git_in(git, dir, env, &["fetch", "--quiet", "origin", "HEAD"]).await?;
     git_in(git, dir, env, &["reset", "--hard", "--quiet", "FETCH_HEAD"]).await?;
-    Ok(Some((before, after)))
+    Ok(rev_parse_head(git, dir, env).await)
 }
 
 /// Runs git with `args` in `dir`; its stdout, or the last line it printed on stderr.

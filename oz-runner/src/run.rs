@@ -188,6 +188,8 @@ pub struct Prepared {
     pub workdir: PathBuf,
     /// The preparation's events (clone, setup output), in order.
     pub events: Vec<RunnerEvent>,
+    /// The clones it made, with their HEADs.
+    pub cloned: Vec<Cloned>,
     /// When it was ready.
     pub ready_at: std::time::Instant,
 }
@@ -369,13 +371,16 @@ async fn prepare_and_run(
         ))
         .await;
     }
-    let cloned =
-        clone_environment(&environment, &args.git_base_url, &workdir, &child_env, &git_credentials, log).await?;
-    if warm.is_some() {
-        refresh_heads(&cloned, &child_env, log).await?;
-    } else {
-        run_setup(&environment, &child_env, &workdir, log, &ctx.cancel).await?;
-    }
+    let cloned = match &warm {
+        Some(p) => refresh_heads(p.cloned.clone(), &child_env, log).await?,
+        None => {
+            let cloned =
+                clone_environment(&environment, &args.git_base_url, &workdir, &child_env, &git_credentials, log)
+                    .await?;
+            run_setup(&environment, &child_env, &workdir, log, &ctx.cancel).await?;
+            cloned
+        }
+    };
 
     // The harness.
     check_cancel(&ctx.cancel)?;
@@ -451,25 +456,32 @@ pub(crate) async fn clone_environment(
     Ok(cloned)
 }
 
-/// Brings each repo of a warm sandbox to its remote's current HEAD, if that moved since the clone.
-async fn refresh_heads(cloned: &[Cloned], child_env: &[(String, String)], log: &Arc<EventLog>) -> Result<(), Failure> {
+/// Brings each repo of a warm sandbox to its remote's current HEAD, if that moved since the clone;
+/// the clones with their HEADs now (the agent's commits are counted from there).
+async fn refresh_heads(
+    mut cloned: Vec<Cloned>,
+    child_env: &[(String, String)],
+    log: &Arc<EventLog>,
+) -> Result<Vec<Cloned>, Failure> {
     let path_var = child_env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
     let Some(git) = clone::find_git(path_var) else {
         if !cloned.is_empty() {
             log.note("no git binary: the warm sandbox's repos are used as they were cloned");
         }
-        return Ok(());
+        return Ok(cloned);
     };
-    for c in cloned {
-        match clone::reset_to_remote_head(&git, &c.dir, child_env).await {
-            Ok(Some((from, to))) => {
-                log.announce(&format!("{} moved since the sandbox was prepared: {from} -> {to}", c.repo)).await
+    for c in &mut cloned {
+        match clone::reset_to_remote_head(&git, &c.dir, c.head.as_deref(), child_env).await {
+            Ok(Some(now)) => {
+                let before = c.head.clone().unwrap_or_default();
+                log.announce(&format!("{} moved since the sandbox was prepared: {before} -> {now}", c.repo)).await;
+                c.head = Some(now);
             }
             Ok(None) => {}
             Err(e) => return Err((EXIT_CLONE, format!("could not bring {} up to date: {}", c.repo, log.redact(&e)))),
         }
     }
-    Ok(())
+    Ok(cloned)
 }
 
 /// Runs the environment's setup commands in order; the first that fails ends the run.

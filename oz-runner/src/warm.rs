@@ -116,17 +116,20 @@ async fn prepare(args: &WarmArgs, cancel: &watch::Receiver<bool>) -> Result<Prep
         child_env.push((k.clone(), v.clone()));
     }
     let result = async {
-        run::clone_environment(&environment, &args.git_base_url, &args.workdir, &child_env, &[], &log).await?;
-        run::run_setup(&environment, &child_env, &args.workdir, &log, cancel).await
+        let cloned =
+            run::clone_environment(&environment, &args.git_base_url, &args.workdir, &child_env, &[], &log).await?;
+        run::run_setup(&environment, &child_env, &args.workdir, &log, cancel).await?;
+        Ok::<_, Failure>(cloned)
     }
     .await;
     log.close(std::time::Duration::from_secs(5)).await;
-    result?;
+    let cloned = result?;
     Ok(Prepared {
         environment,
         git_base_url: args.git_base_url.clone(),
         workdir: args.workdir.clone(),
         events: recorder.take(),
+        cloned,
         ready_at: std::time::Instant::now(),
     })
 }

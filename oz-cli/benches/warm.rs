@@ -1,0 +1,212 @@
+//! Warm start against cold start on the Direct backend, with a bare fork/exec as the floor, all in
+//! the same run.
+//!
+//! ```text
+//! cargo bench -p oz-cli --bench warm [-- ITERATIONS [BIG_ITERATIONS]]
+//! ```
+//!
+//! Measured: from the backend call that starts the task (`launch`, or `launch_prepared` for a warm
+//! sandbox) to the first instruction of the agent's harness (it writes the wall-clock time, in
+//! nanoseconds, as its first act). Interleaved per iteration:
+//! - bare: `sh -c 'date +%s%N > t'` spawned directly (the floor);
+//! - cold: `oz agent run` of an environment with one small repo and one setup command, on the
+//!   Direct backend (clone, setup, harness);
+//! - warm: the same task handed to a sandbox prepared beforehand (`oz agent warm`): the handoff, the
+//!   runner's check that the repo's HEAD has not moved (one `git fetch`), the harness.
+//!
+//! Then, fewer times, the same cold and warm for a repo of 20,000 files and a 5-second setup command.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use oz_backend_direct::{DirectBackend, DirectConfig};
+use oz_core::backend::Backend;
+use oz_core::environment::{EnvironmentConfig, RepoRef};
+use oz_core::task::{SandboxSpec, TaskSpec};
+use oz_core::warm::WarmSpec;
+
+const OZ: &str = env!("CARGO_BIN_EXE_oz");
+
+fn git(dir: &Path, args: &[&str]) {
+    let status = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "b")
+        .env("GIT_AUTHOR_EMAIL", "b@example.com")
+        .env("GIT_COMMITTER_NAME", "b")
+        .env("GIT_COMMITTER_EMAIL", "b@example.com")
+        .status()
+        .unwrap();
+    assert!(status.success(), "git {args:?}");
+}
+
+/// A bare repo `<root>/git/acme/<name>` with `files` files.
+fn repo(root: &Path, name: &str, files: usize) {
+    let src = root.join("src").join(name);
+    std::fs::create_dir_all(&src).unwrap();
+    git(&src, &["init", "-q", "-b", "main"]);
+    for i in 0..files {
+        let dir = src.join(format!("d{}", i / 500));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("f{i}.txt")), format!("file {i}\n")).unwrap();
+    }
+    git(&src, &["add", "."]);
+    git(&src, &["commit", "-q", "-m", "initial"]);
+    let bare = root.join("git/acme").join(name);
+    std::fs::create_dir_all(bare.parent().unwrap()).unwrap();
+    git(root, &["clone", "-q", "--bare", src.to_str().unwrap(), bare.to_str().unwrap()]);
+}
+
+fn now_ns() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos()
+}
+
+/// Waits for the harness's timestamp in `file`; the time from `t0` to it.
+async fn started(file: &Path, t0: u128) -> Duration {
+    for _ in 0..200_000 {
+        if let Ok(text) = std::fs::read_to_string(file)
+            && let Ok(at) = text.trim().parse::<u128>()
+        {
+            return Duration::from_nanos(u64::try_from(at.saturating_sub(t0)).unwrap());
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    panic!("the harness never started");
+}
+
+fn task(id: &str, env_file: &Path, git_base: &str, stamp: &Path) -> TaskSpec {
+    let script = format!("date +%s%N > {}", stamp.display());
+    let argv = [
+        OZ,
+        "agent",
+        "run",
+        "--task-id",
+        id,
+        "--environment-file",
+        env_file.to_str().unwrap(),
+        "--git-base-url",
+        git_base,
+        "--harness",
+        "command",
+        "--",
+        "/bin/sh",
+        "-c",
+        &script,
+    ];
+    TaskSpec::new(id, argv.iter().map(|s| (*s).to_owned()).collect())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn report(name: &str, samples: &mut [Duration]) {
+    samples.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "| {name} | {:.2} | {:.2} | {:.2} | {} |",
+        ms(percentile(samples, 0.5)),
+        ms(percentile(samples, 0.9)),
+        ms(percentile(samples, 0.99)),
+        samples.len()
+    );
+}
+
+struct Case {
+    environment: EnvironmentConfig,
+    env_file: PathBuf,
+}
+
+fn case(root: &Path, name: &str, setup: &str) -> Case {
+    let environment = EnvironmentConfig {
+        name: name.into(),
+        github_repos: vec![RepoRef::new("acme", name).unwrap()],
+        setup_commands: vec![setup.into()],
+        ..Default::default()
+    };
+    let env_file = root.join(format!("{name}.json"));
+    std::fs::write(&env_file, serde_json::to_vec(&environment).unwrap()).unwrap();
+    Case { environment, env_file }
+}
+
+async fn measure(
+    backend: &DirectBackend,
+    root: &Path,
+    git_base: &str,
+    c: &Case,
+    iterations: usize,
+    label: &str,
+    with_bare: bool,
+) {
+    let (mut bare, mut cold, mut warm) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..iterations {
+        let stamp = root.join(format!("stamp-{}-{i}", fs_name(label)));
+        if with_bare {
+            let _ = std::fs::remove_file(&stamp);
+            let t0 = now_ns();
+            let mut child = tokio::process::Command::new("/bin/sh")
+                .args(["-c", &format!("date +%s%N > {}", stamp.display())])
+                .spawn()
+                .unwrap();
+            bare.push(started(&stamp, t0).await);
+            child.wait().await.unwrap();
+        }
+
+        let _ = std::fs::remove_file(&stamp);
+        let spec = task(&format!("cold-{}-{i}", fs_name(label)), &c.env_file, git_base, &stamp);
+        let t0 = now_ns();
+        let handle = backend.launch(spec).await.unwrap();
+        cold.push(started(&stamp, t0).await);
+        assert!(handle.wait().await.succeeded());
+
+        let warm_spec = WarmSpec {
+            sandbox: SandboxSpec::default(),
+            entrypoint: OZ.into(),
+            environment: c.environment.clone(),
+            git_base_url: Some(git_base.into()),
+            env: vec![],
+            ready_within: Duration::from_secs(120),
+        };
+        let prepared = backend.prepare(warm_spec).await.unwrap();
+        let _ = std::fs::remove_file(&stamp);
+        let spec = task(&format!("warm-{}-{i}", fs_name(label)), &c.env_file, git_base, &stamp);
+        let t0 = now_ns();
+        let handle = backend.launch_prepared(prepared, spec).await.unwrap();
+        warm.push(started(&stamp, t0).await);
+        assert!(handle.wait().await.succeeded());
+    }
+    if with_bare {
+        report(&format!("bare fork/exec ({label})"), &mut bare);
+    }
+    report(&format!("cold start, Direct ({label})"), &mut cold);
+    report(&format!("warm start, Direct ({label})"), &mut warm);
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1).filter_map(|a| a.parse::<usize>().ok());
+    let iterations = args.next().unwrap_or(100);
+    let big_iterations = args.next().unwrap_or(3);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async move {
+        let root = tempfile::Builder::new().prefix("b").tempdir_in("/tmp").unwrap();
+        repo(root.path(), "small", 10);
+        repo(root.path(), "big", 20_000);
+        let git_base = format!("file://{}", root.path().join("git").display());
+        let backend = DirectBackend::new(DirectConfig::new("bench", root.path().join("ws"))).unwrap();
+        let small = case(root.path(), "small", "echo set-up > setup.txt");
+        let big = case(root.path(), "big", "sleep 5; echo set-up > setup.txt");
+        println!("| task start to the harness's first instruction (ms) | p50 | p90 | p99 | n |");
+        println!("|---|---|---|---|---|");
+        measure(&backend, root.path(), &git_base, &small, 5, "warm-up", false).await;
+        measure(&backend, root.path(), &git_base, &small, iterations, "small repo", true).await;
+        measure(&backend, root.path(), &git_base, &big, big_iterations, "20,000 files, 5 s setup", false).await;
+    });
+}
+
+/// `label` as a file and task name.
+fn fs_name(label: &str) -> String {
+    label.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+}
