@@ -91,6 +91,9 @@ enum LocalCommand {
         /// which `.ci/prepare-docker.sh` builds.
         #[arg(long)]
         image: Option<String>,
+        /// Then run it again from a warm sandbox, prepared meanwhile (Direct backend), and show both timings.
+        #[arg(long)]
+        warm: bool,
     },
 }
 
@@ -185,7 +188,7 @@ pub fn main() -> ExitCode {
                             .await
                             .map(|()| true)
                     }
-                    LocalCommand::Quickstart { data_dir, backend, image } => {
+                    LocalCommand::Quickstart { data_dir, backend, image, warm } => {
                         let choice = backend.choice()?;
                         let image = match (&choice, image) {
                             (crate::local::LocalBackend::Docker { .. }, None) => {
@@ -193,7 +196,7 @@ pub fn main() -> ExitCode {
                             }
                             (_, image) => image,
                         };
-                        crate::local::quickstart(&data_dir, choice, image).await
+                        crate::local::quickstart(&data_dir, choice, image, warm).await
                     }
                 }
             });

@@ -46,6 +46,8 @@ pub struct LocalStack {
     pub data_dir: PathBuf,
     /// Where tasks run.
     pub backend: LocalBackend,
+    /// The embedded worker's warm pools.
+    pub warm_pools: oz_worker::pool::WarmPools,
 }
 
 impl LocalStack {
@@ -56,6 +58,7 @@ impl LocalStack {
 
     /// Stops the worker (cancelling its tasks) and the server.
     pub async fn stop(self) {
+        self.warm_pools.stop().await;
         self.worker.shutdown();
         tokio::time::sleep(Duration::from_millis(200)).await;
         self.server.shutdown().await;
@@ -183,12 +186,20 @@ pub async fn start_with(
     )?);
     worker.adopt_recovered(recovered);
     let handle = worker.handle();
+    let warm_pools = worker.warm_pools().clone();
     tokio::spawn(async move {
         if let Err(e) = worker.run_shared().await {
             eprintln!("oz: the local worker stopped: {e}");
         }
     });
-    Ok(LocalStack { server, worker: handle, api_key, data_dir: data_dir.to_owned(), backend: backend_choice })
+    Ok(LocalStack {
+        server,
+        worker: handle,
+        api_key,
+        data_dir: data_dir.to_owned(),
+        backend: backend_choice,
+        warm_pools,
+    })
 }
 
 /// The name of the API key each start of the stack mints for this session.
@@ -339,8 +350,17 @@ fn ms(from: Option<Timestamp>, to: Option<Timestamp>) -> String {
     }
 }
 
-/// `oz local quickstart`. Returns whether the run succeeded.
-pub async fn quickstart(data_dir: &Path, backend: LocalBackend, image: Option<String>) -> Result<bool, Error> {
+/// `oz local quickstart`: one run from a cold start; with `warm`, then a second one from a warm
+/// sandbox, prepared meanwhile, with both timings. Returns whether the runs succeeded.
+pub async fn quickstart(
+    data_dir: &Path,
+    backend: LocalBackend,
+    image: Option<String>,
+    warm: bool,
+) -> Result<bool, Error> {
+    if warm && !matches!(backend, LocalBackend::Direct) {
+        return Err("--warm needs the direct backend: warm sandboxes are not built for docker yet".into());
+    }
     println!("==> starting the local stack in {}", data_dir.display());
     std::fs::create_dir_all(data_dir).map_err(|e| format!("could not create {}: {e}", data_dir.display()))?;
     let data_dir = &std::fs::canonicalize(data_dir)?;
@@ -391,6 +411,46 @@ pub async fn quickstart(data_dir: &Path, backend: LocalBackend, image: Option<St
         }),
         ..Default::default()
     };
+    let mut ok = submit_and_follow(&client, config.clone(), "cold start").await?;
+    if warm {
+        stack.warm_pools.add(oz_worker::pool::WarmPoolConfig {
+            environment: environment.uid.clone(),
+            size: 1,
+            max_age_secs: 3600,
+            ready_within_secs: 300,
+        })?;
+        println!("==> warming a sandbox for environment {} (clone and setup, before any task)", environment.uid);
+        let started = std::time::Instant::now();
+        loop {
+            let status = stack.warm_pools.status().into_iter().find(|p| p.environment == environment.uid);
+            match status {
+                Some(p) if p.ready > 0 => break,
+                Some(p) if p.last_error.is_some() => {
+                    return Err(format!(
+                        "the warm sandbox could not be prepared: {}",
+                        p.last_error.unwrap_or_default()
+                    )
+                    .into());
+                }
+                _ if started.elapsed() > Duration::from_secs(300) => {
+                    return Err("no warm sandbox within 5 minutes".into());
+                }
+                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+        println!("    ready in {:.1} ms", started.elapsed().as_secs_f64() * 1e3);
+        ok &= submit_and_follow(&client, config, "warm start").await?;
+        let status = stack.warm_pools.status();
+        if let Some(p) = status.first() {
+            println!("==> warm pool: {} hit(s), {} miss(es)", p.hits, p.misses);
+        }
+    }
+    stack.stop().await;
+    Ok(ok)
+}
+
+/// Submits the quickstart's run, follows it to its end, and prints its timing; whether it succeeded.
+async fn submit_and_follow(client: &oz_sdk::Client, config: AgentConfig, label: &str) -> Result<bool, Error> {
     let submitted = Timestamp::now();
     let run = client
         .runs()
@@ -399,11 +459,11 @@ pub async fn quickstart(data_dir: &Path, backend: LocalBackend, image: Option<St
         .title("quickstart")
         .send()
         .await?;
-    println!("==> submitted run {}", run.run_id);
+    println!("==> submitted run {} ({label})", run.run_id);
 
     let followed = tokio::time::timeout(
         Duration::from_secs(300),
-        crate::remote::follow::follow(&client, &run.run_id, crate::remote::Format::Text),
+        crate::remote::follow::follow(client, &run.run_id, crate::remote::Format::Text),
     )
     .await
     .map_err(|_| "the run did not finish within 5 minutes")??;
@@ -414,13 +474,11 @@ pub async fn quickstart(data_dir: &Path, backend: LocalBackend, image: Option<St
     let sandbox_ready = at(&events, |e| e.kind() == "started");
     let agent_started = at(&events, |e| e.kind() == "harness_started");
     let finished = at(&events, |e| e.state().is_some_and(|s| s.is_terminal()));
-    println!("==> timing");
+    println!("==> timing ({label})");
     println!("    submitted -> claimed        {}", ms(queued, claimed));
     println!("    claimed   -> sandbox ready  {}", ms(claimed, sandbox_ready));
     println!("    sandbox   -> agent started  {}", ms(sandbox_ready, agent_started));
     println!("    agent     -> finished       {}", ms(agent_started, finished));
     println!("    total                       {}", ms(queued, finished));
-    let ok = item.state == RunState::Succeeded;
-    stack.stop().await;
-    Ok(ok)
+    Ok(item.state == RunState::Succeeded)
 }

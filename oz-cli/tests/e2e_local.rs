@@ -218,6 +218,36 @@ fn the_quickstart_runs_the_main_job_end_to_end() {
     assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stdout));
 }
 
+/// `oz local quickstart --warm`: the run again, from a sandbox prepared meanwhile, with both timings;
+/// nothing of the warm sandbox is left afterwards.
+#[test]
+fn the_quickstart_runs_again_from_a_warm_sandbox() {
+    let dir = tempfile::Builder::new().prefix("q").tempdir_in("/tmp").unwrap();
+    let out = Command::new(OZ)
+        .args(["local", "quickstart", "--warm", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for expected in [
+        "timing (cold start)",
+        "warming a sandbox",
+        "timing (warm start)",
+        "warm sandbox: cloned and set up",
+        "warm pool: 1 hit(s), 0 miss(es)",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} missing from:\n{stdout}");
+    }
+    assert_eq!(stdout.matches("==> run SUCCEEDED").count(), 2, "{stdout}");
+    let workspaces = dir.path().join("data/workspaces");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::read_dir(&workspaces).unwrap().count() != 0 {
+        assert!(std::time::Instant::now() < deadline, "a workspace outlived the quickstart");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The control plane restarts while a run is in progress: the worker reconnects and delivers the
 /// outcome, and the run completes and is recorded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

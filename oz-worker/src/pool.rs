@@ -148,16 +148,16 @@ impl WarmPools {
                 return Err(WorkerError::Config(format!("warm_pools: environment {environment:?} is listed twice")));
             }
         }
-        let control_plane = if pools.is_empty() {
-            None
-        } else {
-            let client = oz_sdk::Client::builder()
-                .base_url(options.server_root_url.clone())
-                .api_key(api_key.expose())
-                .user_agent(concat!("oz-agent-worker/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .map_err(|e| WorkerError::Config(format!("warm_pools: {e}")))?;
-            Some(client)
+        let client = oz_sdk::Client::builder()
+            .base_url(options.server_root_url.clone())
+            .api_key(api_key.expose())
+            .user_agent(concat!("oz-agent-worker/", env!("CARGO_PKG_VERSION")))
+            .build();
+        // Needed only once there are pools (`WarmPools::add` checks again).
+        let control_plane = match client {
+            Ok(client) => Some(client),
+            Err(e) if !pools.is_empty() => return Err(WorkerError::Config(format!("warm_pools: {e}"))),
+            Err(_) => None,
         };
         Ok(Self {
             inner: Arc::new(Inner {
@@ -189,6 +189,36 @@ impl WarmPools {
 
     fn pools(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pool>> {
         self.inner.pools.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a pool while the worker runs (`oz local quickstart --warm`); refused like [`WarmPools::new`]
+    /// refuses a configuration.
+    pub fn add(&self, config: WarmPoolConfig) -> Result<(), WorkerError> {
+        if !self.inner.backend.warm_sandboxes() {
+            return Err(WorkerError::Config(format!(
+                "warm_pools: the {} backend has no warm sandboxes yet (the direct backend has)",
+                self.inner.backend.name()
+            )));
+        }
+        if self.inner.control_plane.is_none() {
+            return Err(WorkerError::Config("warm_pools: no client for the control plane".into()));
+        }
+        let environment = config.environment.clone();
+        let pool = Pool {
+            config,
+            ready: VecDeque::new(),
+            warming: 0,
+            hits: 0,
+            misses: 0,
+            failures: 0,
+            retry_at: None,
+            last_error: None,
+        };
+        if self.pools().insert(environment.clone(), pool).is_some() {
+            return Err(WorkerError::Config(format!("warm_pools: environment {environment:?} is listed twice")));
+        }
+        self.inner.wake.notify_one();
+        Ok(())
     }
 
     /// Whether `environment` has a pool.
@@ -241,9 +271,6 @@ impl WarmPools {
 
     /// Keeps the pools filled until [`WarmPools::stop`]. One preparation at a time.
     pub async fn run(self) {
-        if self.pools().is_empty() {
-            return;
-        }
         while !self.inner.stopped.load(std::sync::atomic::Ordering::SeqCst) {
             self.retire_aged().await;
             match self.next_to_warm() {
@@ -255,10 +282,15 @@ impl WarmPools {
         }
     }
 
-    /// Stops filling and discards every ready sandbox (a worker shutting down).
+    /// Stops filling and discards every ready sandbox (a worker shutting down). A preparation under
+    /// way is waited for (up to 30 s; it discards its sandbox itself once it sees the stop).
     pub async fn stop(&self) {
         self.inner.stopped.store(true, std::sync::atomic::Ordering::SeqCst);
         self.inner.wake.notify_one();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.pools().values().any(|p| p.warming > 0) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let ready: Vec<PreparedSandbox> =
             self.pools().values_mut().flat_map(|p| p.ready.drain(..).map(|r| r.prepared)).collect();
         for prepared in ready {
@@ -323,7 +355,6 @@ impl WarmPools {
         {
             let mut pools = self.pools();
             let Some(pool) = pools.get_mut(environment) else { return };
-            pool.warming -= 1;
             match result {
                 Ok(prepared) if !self.inner.stopped.load(std::sync::atomic::Ordering::SeqCst) => {
                     info!(environment, id = %prepared.id, millis = started.elapsed().as_millis() as u64, "warm sandbox ready");
@@ -347,10 +378,13 @@ impl WarmPools {
                     pool.last_error = Some(message);
                 }
             }
-            self.inner.metrics.set_warm(environment, pool.ready.len(), pool.warming);
         }
         if let Some(prepared) = leftover {
             let _ = self.inner.backend.discard(prepared).await;
+        }
+        if let Some(pool) = self.pools().get_mut(environment) {
+            pool.warming -= 1;
+            self.inner.metrics.set_warm(environment, pool.ready.len(), pool.warming);
         }
     }
 
