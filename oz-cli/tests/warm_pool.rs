@@ -190,6 +190,19 @@ async fn a_hit_starts_from_the_prepared_repo_at_the_new_head_and_a_sandbox_serve
     assert!(!seen.contains(&s.worker_key), "the worker's key is in a warm sandbox");
     assert!(!seen.contains("OZ_WORKLOAD_TOKEN=") && !seen.contains("ozw_"), "a token is in a warm sandbox");
 
+    // The control plane knows: the worker reported its ready sandbox.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let workers = s.client.workers().list().await.unwrap();
+        let pools =
+            workers.iter().find(|w| w.worker_id == "warm-worker").map(|w| w.warm_pools.clone()).unwrap_or_default();
+        if pools.iter().any(|p| p.environment == env_id && p.ready == 1) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "GET /workers never showed the ready sandbox: {workers:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
     // A push after the preparation, then a task: it runs in that sandbox, from its setup, at the new HEAD.
     s.push("pushed-after-warming");
     let (state, output) = run(&s, &env_id, SCRIPT).await;
@@ -259,6 +272,12 @@ async fn a_failing_setup_backs_the_pool_off_and_runs_start_cold() {
     };
     let error = status.last_error.clone().unwrap();
     assert!(error.contains("setup_commands[0] exited with code 7"), "{error}");
+    // The environment says so on the API (`setup_failed`), from the worker's report.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !s.client.environments().get(&env_id).await.unwrap().setup_failed {
+        assert!(tokio::time::Instant::now() < deadline, "setup_failed never showed on the environment");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Backed off: within the next 800 ms no second attempt (the first delay is 1 s).
     tokio::time::sleep(Duration::from_millis(800)).await;
     let failures = w.metrics().render();

@@ -5,16 +5,8 @@ use reqwest::Method;
 use crate::client::Client;
 use crate::error::Result;
 
-/// A connected worker.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
-pub struct Worker {
-    /// Its id.
-    pub worker_id: String,
-    /// Its connections.
-    pub connections: usize,
-    /// Runs it holds.
-    pub runs_in_flight: usize,
-}
+/// A connected worker, with its warm pools.
+pub use oz_core::wire::worker::ConnectedWorker as Worker;
 
 #[derive(serde::Deserialize)]
 struct WorkerList {

@@ -653,3 +653,51 @@ async fn a_run_whose_runner_reports_keeps_its_lease_without_its_worker() {
     let ended = t.wait_state(&t.key_a, &run, "ERROR").await;
     assert!(ended["status_message"]["message"].as_str().unwrap().contains("stopped responding"), "{ended}");
 }
+
+/// A worker with two connections, one of which reports a ready warm sandbox for the run's
+/// environment: the run is offered there, whatever the load; `GET /workers` shows the pools and the
+/// environment shows `setup_failed` once a pool reports a failed preparation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_goes_to_the_connection_with_a_warm_sandbox_for_its_environment() {
+    use oz_core::wire::worker::{WarmPoolState, WarmPoolsReport};
+    let t = TestServer::start().await;
+    let (status, env) = t.post("/agent/environments", &t.key_a, json!({"name": "warm"})).await;
+    assert_eq!(status, 200, "{env}");
+    let env_id = env["uid"].as_str().unwrap().to_owned();
+    let mut cold = t.worker(&t.key_a, "pooled").await;
+    let mut warm = t.worker(&t.key_a, "pooled").await;
+    let report = |ready: usize, error: Option<&str>| {
+        WorkerMessage::WarmPools(WarmPoolsReport {
+            pools: vec![WarmPoolState {
+                environment: env_id.clone(),
+                ready,
+                last_error: error.map(str::to_owned),
+                ..Default::default()
+            }],
+        })
+    };
+    warm.send(report(1, None)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (_, workers) = t.get("/workers", &t.key_a).await;
+    assert_eq!(workers["workers"][0]["warm_pools"][0]["ready"], 1, "{workers}");
+    for _ in 0..3 {
+        let (status, run) = t
+            .post(
+                "/agent/runs",
+                &t.key_a,
+                json!({"prompt": "p", "config": {"worker_host": "pooled", "environment_id": env_id}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{run}");
+        let offered = assignment(warm.next().await);
+        assert_eq!(offered.task_id, run["run_id"].as_str().unwrap());
+        warm.send(claimed(&offered.task_id, &warm)).await;
+    }
+    // Without a ready sandbox the least loaded connection gets it, as before.
+    warm.send(report(0, Some("setup_commands[0] exited with code 1"))).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let id = t.create_run(&t.key_a, "pooled", "cold").await;
+    assert_eq!(assignment(cold.next().await).task_id, id);
+    let (_, env) = t.get(&format!("/agent/environments/{env_id}"), &t.key_a).await;
+    assert_eq!(env["setup_failed"], true, "{env}");
+}

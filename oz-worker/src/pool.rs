@@ -56,22 +56,8 @@ const BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_se
 /// How often the fill loop looks at the pools when nothing wakes it.
 const TICK: Duration = Duration::from_millis(500);
 
-/// A pool's state, as `GET /workers` and the logs show it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PoolStatus {
-    /// The environment.
-    pub environment: String,
-    /// Sandboxes waiting for a task.
-    pub ready: usize,
-    /// Sandboxes being prepared.
-    pub warming: usize,
-    /// Tasks handed a warm sandbox.
-    pub hits: u64,
-    /// Tasks of this environment started cold.
-    pub misses: u64,
-    /// Why the last preparation failed, if it did.
-    pub last_error: Option<String>,
-}
+/// A pool's state, as the worker reports it to the control plane (`GET /workers`).
+pub use oz_core::wire::worker::WarmPoolState as PoolStatus;
 
 struct Ready {
     prepared: PreparedSandbox,
@@ -97,6 +83,8 @@ struct Inner {
     metrics: WorkerMetrics,
     pools: Mutex<HashMap<String, Pool>>,
     wake: Notify,
+    /// Notified when a pool's state changes (the worker then reports it).
+    changed: Notify,
     stopped: std::sync::atomic::AtomicBool,
 }
 
@@ -167,6 +155,7 @@ impl WarmPools {
                 metrics,
                 pools: Mutex::new(pools),
                 wake: Notify::new(),
+                changed: Notify::new(),
                 stopped: std::sync::atomic::AtomicBool::new(false),
             }),
         })
@@ -182,6 +171,7 @@ impl WarmPools {
                 metrics,
                 pools: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
+                changed: Notify::new(),
                 stopped: std::sync::atomic::AtomicBool::new(false),
             }),
         }
@@ -218,6 +208,7 @@ impl WarmPools {
             return Err(WorkerError::Config(format!("warm_pools: environment {environment:?} is listed twice")));
         }
         self.inner.wake.notify_one();
+        self.inner.changed.notify_one();
         Ok(())
     }
 
@@ -243,12 +234,23 @@ impl WarmPools {
         self.inner.metrics.set_warm(environment, pool.ready.len(), pool.warming);
         drop(pools);
         self.inner.wake.notify_one();
+        self.inner.changed.notify_one();
         taken.map(|r| r.prepared)
     }
 
     /// Records a handoff that worked, `took` after the assignment.
     pub fn handed_over(&self, environment: &str, took: Duration) {
         self.inner.metrics.warm_hit(environment, took);
+    }
+
+    /// Returns once a pool's state changed since the last call.
+    pub async fn changed(&self) {
+        self.inner.changed.notified().await;
+    }
+
+    /// Whether there are pools at all.
+    pub fn is_empty(&self) -> bool {
+        self.pools().is_empty()
     }
 
     /// Every pool's state.
@@ -386,6 +388,7 @@ impl WarmPools {
             pool.warming -= 1;
             self.inner.metrics.set_warm(environment, pool.ready.len(), pool.warming);
         }
+        self.inner.changed.notify_one();
     }
 
     /// What to prepare for `environment`: its configuration as the control plane has it now, in the

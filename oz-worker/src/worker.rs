@@ -352,6 +352,8 @@ impl Worker {
         let mut ping = tokio::time::interval(self.config.ping_interval);
         ping.tick().await;
         let mut mode = self.mode.clone();
+        // What this connection was last told of the warm pools (each connection is told afresh).
+        let mut pools_sent: Option<Vec<crate::pool::PoolStatus>> = None;
         loop {
             // Deliver what is waiting; a message leaves the outbox only once written.
             loop {
@@ -365,6 +367,19 @@ impl Worker {
                     return;
                 }
                 self.shared().outbox.pop();
+            }
+            if !self.pools.is_empty() {
+                let now = self.pools.status();
+                if pools_sent.as_ref() != Some(&now) {
+                    let report =
+                        WorkerMessage::WarmPools(oz_core::wire::worker::WarmPoolsReport { pools: now.clone() });
+                    if let Ok(text) = report.to_json()
+                        && sink.send(Message::Text(text.into())).await.is_err()
+                    {
+                        return;
+                    }
+                    pools_sent = Some(now);
+                }
             }
             if *mode.borrow() == Mode::Aborted {
                 return;
@@ -380,6 +395,7 @@ impl Worker {
                     }
                 }
                 _ = self.outbox_ready.notified() => {}
+                _ = self.pools.changed() => {}
                 _ = mode.changed() => {
                     if *mode.borrow() == Mode::Draining {
                         self.begin_shutdown();

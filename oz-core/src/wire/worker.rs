@@ -277,6 +277,48 @@ pub enum WorkerMessage {
     TaskCompleted(TaskCompleted),
     /// `task_failed`.
     TaskFailed(TaskFailed),
+    /// `warm_pools` (our extension): the state of the worker's warm pools, sent when it changes. A
+    /// worker sends it only when it has pools.
+    WarmPools(WarmPoolsReport),
+}
+
+/// A connected worker, as `GET /workers` lists it (our extension).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectedWorker {
+    /// The worker id.
+    pub worker_id: String,
+    /// How many connections it has.
+    pub connections: usize,
+    /// Runs it holds now.
+    pub runs_in_flight: usize,
+    /// Its warm pools, as its connections last reported them (omitted without pools).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warm_pools: Vec<WarmPoolState>,
+}
+
+/// The state of a worker's warm pools.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarmPoolsReport {
+    /// One per environment.
+    pub pools: Vec<WarmPoolState>,
+}
+
+/// One warm pool.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarmPoolState {
+    /// The environment's id.
+    pub environment: String,
+    /// Sandboxes waiting for a task.
+    pub ready: usize,
+    /// Sandboxes being prepared.
+    pub warming: usize,
+    /// Tasks handed a warm sandbox.
+    pub hits: u64,
+    /// Tasks of the environment started cold.
+    pub misses: u64,
+    /// Why the last preparation failed (a setup command, a clone), if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 fn envelope<T: Serialize>(kind: &str, data: &T) -> Result<String, serde_json::Error> {
@@ -304,13 +346,14 @@ impl ServerMessage {
 }
 
 impl WorkerMessage {
-    /// The task the message is about.
-    pub fn task_id(&self) -> &str {
+    /// The task the message is about (`None`: the worker's pools).
+    pub fn task_id(&self) -> Option<&str> {
         match self {
-            WorkerMessage::TaskClaimed(m) => &m.task_id,
-            WorkerMessage::TaskRejected(m) => &m.task_id,
-            WorkerMessage::TaskCompleted(m) => &m.task_id,
-            WorkerMessage::TaskFailed(m) => &m.task_id,
+            WorkerMessage::TaskClaimed(m) => Some(&m.task_id),
+            WorkerMessage::TaskRejected(m) => Some(&m.task_id),
+            WorkerMessage::TaskCompleted(m) => Some(&m.task_id),
+            WorkerMessage::TaskFailed(m) => Some(&m.task_id),
+            WorkerMessage::WarmPools(_) => None,
         }
     }
 
@@ -321,6 +364,7 @@ impl WorkerMessage {
             WorkerMessage::TaskRejected(m) => envelope("task_rejected", m),
             WorkerMessage::TaskCompleted(m) => envelope("task_completed", m),
             WorkerMessage::TaskFailed(m) => envelope("task_failed", m),
+            WorkerMessage::WarmPools(m) => envelope("warm_pools", m),
         }
     }
 
@@ -332,6 +376,7 @@ impl WorkerMessage {
             "task_rejected" => Some(WorkerMessage::TaskRejected(serde_json::from_value(env.data)?)),
             "task_completed" => Some(WorkerMessage::TaskCompleted(serde_json::from_value(env.data)?)),
             "task_failed" => Some(WorkerMessage::TaskFailed(serde_json::from_value(env.data)?)),
+            "warm_pools" => Some(WorkerMessage::WarmPools(serde_json::from_value(env.data)?)),
             _ => None,
         })
     }

@@ -19,6 +19,7 @@ fn cloud(env: EnvironmentRecord) -> CloudEnvironment {
         uid: env.id,
         config: env.config,
         last_updated: Some(env.updated_at),
+        // Set by the handlers from what the workers say of their warm pools.
         setup_failed: false,
         last_task_run_timestamp: None,
         scope: Some(Scope { kind: "Team".into(), uid: env.team_id }),
@@ -52,7 +53,15 @@ pub async fn list(State(state): State<AppState>, principal: Principal) -> Result
         let own = run_environment(&state, token).await?;
         envs.retain(|e| own.as_deref() == Some(e.id.as_str()));
     }
-    Ok(Json(EnvironmentList { environments: envs.into_iter().map(cloud).collect() }))
+    let failing = state.dispatcher.failing_environments(principal.team_id());
+    let environments = envs
+        .into_iter()
+        .map(|e| {
+            let failed = failing.contains(&e.id);
+            CloudEnvironment { setup_failed: failed, ..cloud(e) }
+        })
+        .collect();
+    Ok(Json(EnvironmentList { environments }))
 }
 
 /// `POST /agent/environments`.
@@ -91,7 +100,8 @@ pub async fn get(
         return Err(not_found());
     }
     let env = state.store.environment(principal.team_id(), &id).await?.ok_or_else(not_found)?;
-    Ok(Json(cloud(env)))
+    let failed = state.dispatcher.failing_environments(principal.team_id()).contains(&env.id);
+    Ok(Json(CloudEnvironment { setup_failed: failed, ..cloud(env) }))
 }
 
 /// `GET /selfhosted/worker/environments/{id}`: an environment of the worker credential's team, for

@@ -40,18 +40,12 @@ struct Conn {
     tx: mpsc::UnboundedSender<ServerMessage>,
     in_flight: HashSet<String>,
     skip_until: Option<Instant>,
+    /// What the worker last said of its warm pools.
+    warm_pools: Vec<oz_core::wire::worker::WarmPoolState>,
 }
 
 /// A connected worker, as `GET /workers` lists it.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct WorkerInfo {
-    /// The worker id.
-    pub worker_id: String,
-    /// How many connections it has.
-    pub connections: usize,
-    /// Runs it holds now.
-    pub runs_in_flight: usize,
-}
+pub use oz_core::wire::worker::ConnectedWorker as WorkerInfo;
 
 /// The dispatcher. Cheap to clone.
 #[derive(Clone)]
@@ -117,6 +111,7 @@ impl Dispatcher {
                 tx,
                 in_flight: HashSet::new(),
                 skip_until: None,
+                warm_pools: Vec::new(),
             },
         );
         let open = self.conns().len();
@@ -168,6 +163,16 @@ impl Dispatcher {
         self.conns().values().filter(|c| c.team_id == team_id && c.worker_id == worker_id).count()
     }
 
+    /// The team's environments whose warm sandboxes a connected worker could not prepare (its last
+    /// preparation failed): their `setup_failed`.
+    pub fn failing_environments(&self, team_id: &str) -> HashSet<String> {
+        self.conns()
+            .values()
+            .filter(|c| c.team_id == team_id)
+            .flat_map(|c| c.warm_pools.iter().filter(|p| p.last_error.is_some()).map(|p| p.environment.clone()))
+            .collect()
+    }
+
     /// The team's connected workers.
     pub fn workers(&self, team_id: &str) -> Vec<WorkerInfo> {
         let mut by_id: HashMap<String, WorkerInfo> = HashMap::new();
@@ -176,9 +181,11 @@ impl Dispatcher {
                 worker_id: c.worker_id.clone(),
                 connections: 0,
                 runs_in_flight: 0,
+                warm_pools: Vec::new(),
             });
             w.connections += 1;
             w.runs_in_flight += c.in_flight.len();
+            w.warm_pools.extend(c.warm_pools.iter().cloned());
         }
         let mut list: Vec<WorkerInfo> = by_id.into_values().collect();
         list.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
@@ -224,7 +231,16 @@ impl Dispatcher {
     /// Handles a message from a connection.
     pub async fn on_message(&self, conn_id: u64, message: WorkerMessage) {
         let lifecycle = &self.inner.lifecycle;
-        let task_id = message.task_id().to_owned();
+        let task_id = match (&message, message.task_id()) {
+            (WorkerMessage::WarmPools(report), _) => {
+                if let Some(c) = self.conns().get_mut(&conn_id) {
+                    c.warm_pools = report.pools.clone();
+                }
+                return;
+            }
+            (_, Some(task_id)) => task_id.to_owned(),
+            (_, None) => return,
+        };
         let (team_id, worker_id) = {
             let conns = self.conns();
             let Some(c) = conns.get(&conn_id) else { return };
@@ -275,6 +291,7 @@ impl Dispatcher {
                     if m.message.is_empty() { format!("worker {worker_id} reported {to}") } else { m.message.clone() };
                 lifecycle.advance(&task_id, to, Some(text)).await.map(drop)
             }
+            WorkerMessage::WarmPools(_) => Ok(()),
             WorkerMessage::TaskFailed(m) => {
                 self.track(conn_id, &task_id, false);
                 let to = m.failure_reason.terminal_state();
@@ -362,19 +379,29 @@ impl Dispatcher {
         for (team_id, worker_id) in keys {
             let queued = self.inner.lifecycle.store().queued_runs(&team_id, &worker_id, 64).await?;
             for run in queued {
-                let Some((conn_id, tx)) = self.pick(&team_id, &worker_id) else { break };
+                let environment = run.config.as_ref().and_then(|c| c.environment_id.as_deref());
+                let Some((conn_id, tx)) = self.pick(&team_id, &worker_id, environment) else { break };
                 self.offer(conn_id, tx, run).await?;
             }
         }
         Ok(())
     }
 
-    fn pick(&self, team_id: &str, worker_id: &str) -> Option<(u64, mpsc::UnboundedSender<ServerMessage>)> {
+    /// The connection of `worker_id` to offer a run to: one with a ready warm sandbox for the run's
+    /// `environment` first, then the least loaded.
+    fn pick(
+        &self,
+        team_id: &str,
+        worker_id: &str,
+        environment: Option<&str>,
+    ) -> Option<(u64, mpsc::UnboundedSender<ServerMessage>)> {
         let now = Instant::now();
+        let warm =
+            |c: &Conn| environment.is_some_and(|e| c.warm_pools.iter().any(|p| p.environment == e && p.ready > 0));
         self.conns()
             .iter()
             .filter(|(_, c)| c.team_id == team_id && c.worker_id == worker_id && c.skip_until.is_none_or(|t| t <= now))
-            .min_by_key(|(id, c)| (c.in_flight.len(), **id))
+            .min_by_key(|(id, c)| (!warm(c), c.in_flight.len(), **id))
             .map(|(id, c)| (*id, c.tx.clone()))
     }
 
