@@ -47,6 +47,14 @@ enum Command {
         #[command(flatten)]
         api: crate::remote::ApiOpts,
     },
+    /// Workers: the connected workers, their load and their warm pools.
+    #[cfg(feature = "api-client")]
+    Worker {
+        #[command(subcommand)]
+        command: crate::remote::workers::WorkerCommand,
+        #[command(flatten)]
+        api: crate::remote::ApiOpts,
+    },
     /// Integrations: webhooks that start runs.
     #[cfg(feature = "api-client")]
     Integration {
@@ -221,6 +229,8 @@ pub fn main() -> ExitCode {
         Command::Environment { command, api } => {
             crate::remote::run_command(crate::remote::environments::run(command, api))
         }
+        #[cfg(feature = "api-client")]
+        Command::Worker { command, api } => crate::remote::run_command(crate::remote::workers::run(command, api)),
         #[cfg(feature = "api-client")]
         Command::Integration { command, api } => {
             crate::remote::run_command(crate::remote::integrations::run(command, api))

@@ -30,6 +30,7 @@ struct Stack {
     dir: tempfile::TempDir,
     server: oz_server::RunningServer,
     client: oz_sdk::Client,
+    key: String,
     worker_key: String,
     git_base: String,
 }
@@ -71,7 +72,7 @@ async fn stack() -> Stack {
             .unwrap();
     let client = oz_sdk::Client::builder().base_url(server.url()).api_key(&key).build().unwrap();
     let git_base = format!("file://{}", dir.path().join("git").display());
-    Stack { dir, server, client, worker_key, git_base }
+    Stack { dir, server, client, key, worker_key, git_base }
 }
 
 async fn environment(s: &Stack, setup: &str) -> String {
@@ -202,6 +203,17 @@ async fn a_hit_starts_from_the_prepared_repo_at_the_new_head_and_a_sandbox_serve
         assert!(tokio::time::Instant::now() < deadline, "GET /workers never showed the ready sandbox: {workers:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+
+    // And `oz worker list` shows it.
+    let listed = std::process::Command::new(OZ)
+        .args(["worker", "list"])
+        .env("WARP_API_KEY", &s.key)
+        .env("OZ_API_BASE_URL", s.server.url())
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success(), "{table}{}", String::from_utf8_lossy(&listed.stderr));
+    assert!(table.contains("warm-worker") && table.contains(&format!("{env_id} 1/0 0:0")), "{table}");
 
     // A push after the preparation, then a task: it runs in that sandbox, from its setup, at the new HEAD.
     s.push("pushed-after-warming");
