@@ -139,6 +139,7 @@ impl Backend for DirectBackend {
         };
         if spec.sandbox != prepared.spec {
             warm.stop();
+            let _ = warm.ws.remove();
             return Err(BackendError::new(
                 FailureReason::WorkspaceSetup,
                 "the task asks for a different sandbox than the one prepared",
@@ -151,7 +152,11 @@ impl Backend for DirectBackend {
         let env = task_env(&self.config, &warm.ws, &spec, &warm.cwd);
         let handoff = Handoff { argv: spec.argv.clone(), env, secret_input: spec.secret_input.clone() };
         if let Err(message) = hand_over(&warm.socket, &handoff).await {
-            warm.stop();
+            // Given up: its runner (taken out of `warm` above) and its workspace go now.
+            if let Some(pid) = child.id() {
+                process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+            let _ = warm.ws.remove();
             return Err(BackendError::new(
                 FailureReason::WorkspaceSetup,
                 format!("the warm sandbox did not take the task: {message}"),

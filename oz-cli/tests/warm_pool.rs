@@ -397,3 +397,43 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     files
 }
+
+/// A warm sandbox that refuses its task (here: an argv that is not a runner's) is given up at once:
+/// the backend's call fails, and its waiting runner and its workspace are gone, not left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_that_refuses_its_task_is_removed_with_its_runner() {
+    use oz_core::backend::Backend;
+    let s = stack().await;
+    let backend = DirectBackend::new(DirectConfig::new("warm-worker", s.workspaces())).unwrap();
+    let environment = EnvironmentConfig {
+        name: "app".into(),
+        github_repos: vec![RepoRef::new("acme", "app").unwrap()],
+        ..Default::default()
+    };
+    let spec = oz_core::warm::WarmSpec {
+        sandbox: oz_core::task::SandboxSpec::default(),
+        entrypoint: OZ.into(),
+        environment,
+        git_base_url: Some(s.git_base.clone()),
+        env: vec![],
+        ready_within: Duration::from_secs(30),
+    };
+    let prepared = backend.prepare(spec).await.unwrap();
+    let dir = s.workspaces().join(&prepared.id);
+    let pid = marker_pid(&dir);
+    assert!(dir.join("workspace/app/README.md").is_file());
+    let task = oz_core::task::TaskSpec::new("refused", vec!["/bin/true".into()]);
+    let error = backend.launch_prepared(prepared, task).await.unwrap_err();
+    assert!(error.message.contains("not a runner's"), "{error}");
+    assert!(!dir.exists(), "the refused sandbox's workspace is left");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.is_empty() || stat.contains(") Z ") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the refused sandbox's runner is still running: {stat}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    s.server.shutdown().await;
+}
