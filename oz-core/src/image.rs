@@ -77,6 +77,12 @@ impl ImageRef {
         Ok(ImageRef { registry, path: path.to_owned(), tag, digest })
     }
 
+    /// An image named by optional text (an assignment's or an environment's `docker_image`): `None`
+    /// when absent or blank.
+    pub fn parse_optional(input: Option<&str>) -> Result<Option<Self>, Error> {
+        input.map(str::trim).filter(|i| !i.is_empty()).map(Self::parse).transpose()
+    }
+
     /// The registry host (with port), if one was given.
     pub fn registry(&self) -> Option<&str> {
         self.registry.as_deref()

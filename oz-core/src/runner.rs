@@ -280,18 +280,37 @@ pub fn runner_invocation(assignment: &TaskAssignment, options: &CommandOptions) 
     }
 }
 
+/// What every runner's environment starts with, task or none: git and `gh` never prompt, and the
+/// control plane's URL.
+fn unattended_env(options: &CommandOptions) -> [(String, String); 3] {
+    [
+        (env::GIT_TERMINAL_PROMPT.to_owned(), "0".to_owned()),
+        (env::GH_PROMPT_DISABLED.to_owned(), "1".to_owned()),
+        (env::SERVER_ROOT_URL.to_owned(), options.server_root_url.clone()),
+    ]
+}
+
+/// The environment of a warm sandbox's runner (`oz agent warm`), before any task: [`runner_env`]
+/// without the task's parts. An environment's `settings` (its `env_vars`) stand where a task's
+/// assignment puts them, and the worker's configured variables come last.
+pub fn sandbox_env<'a>(
+    options: &CommandOptions,
+    settings: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> Vec<(String, String)> {
+    let mut vars: Vec<(String, String)> = unattended_env(options).into();
+    vars.extend(settings.into_iter().map(|(k, v)| (k.clone(), v.clone())));
+    vars.extend(options.extra_env.iter().cloned());
+    vars
+}
+
 /// The runner's environment for `assignment`, in Oz's order (later entries win): `TASK_ID`,
 /// `GIT_TERMINAL_PROMPT=0`, `GH_PROMPT_DISABLED=1`, `WARP_SERVER_ROOT_URL`, the assignment's
 /// `env_vars`, then `OZ_HARNESS_COMMAND` for the command harness, then the worker's configured
 /// variables. The backend adds its own after these. [`task_spec`] then takes the workload token out
 /// of it (into the task's secret input).
 pub fn runner_env(assignment: &TaskAssignment, options: &CommandOptions) -> Vec<(String, String)> {
-    let mut vars = vec![
-        (env::TASK_ID.to_owned(), assignment.task_id.clone()),
-        (env::GIT_TERMINAL_PROMPT.to_owned(), "0".to_owned()),
-        (env::GH_PROMPT_DISABLED.to_owned(), "1".to_owned()),
-        (env::SERVER_ROOT_URL.to_owned(), options.server_root_url.clone()),
-    ];
+    let mut vars = vec![(env::TASK_ID.to_owned(), assignment.task_id.clone())];
+    vars.extend(unattended_env(options));
     vars.extend(assignment.env_vars.iter().map(|(k, v)| (k.clone(), v.clone())));
     let command = assignment
         .task
@@ -326,13 +345,7 @@ pub fn task_spec(
 ) -> Result<TaskSpec, BackendError> {
     let mut spec =
         TaskSpec::new(assignment.task_id.clone(), runner_invocation(assignment, options).to_argv(&options.entrypoint));
-    spec.sandbox.image = assignment
-        .docker_image
-        .as_deref()
-        .map(str::trim)
-        .filter(|i| !i.is_empty())
-        .map(crate::image::ImageRef::parse)
-        .transpose()
+    spec.sandbox.image = crate::image::ImageRef::parse_optional(assignment.docker_image.as_deref())
         .map_err(|e| BackendError::new(FailureReason::InvalidImage, e.to_string()))?;
     spec.execution_id = assignment.execution_id.clone();
     spec.env = runner_env(assignment, options);

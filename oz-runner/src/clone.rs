@@ -127,21 +127,14 @@ pub async fn clone_all(
 }
 
 async fn clone_one(git: &Path, url: &str, dir: &Path, env: &[(String, String)]) -> Result<(), String> {
-    let output = Command::new(git)
-        .args(["clone", "--quiet", "--filter=tree:0", "--", url])
-        .arg(dir)
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(std::process::Stdio::null())
-        .output()
+    // Run beside the target (the workdir, which exists), naming it by its last component.
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return Err(format!("{} is not a folder to clone into", dir.display()));
+    };
+    let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+    git_in(git, parent, env, &["clone", "--quiet", "--filter=tree:0", "--", url, &name.to_string_lossy()])
         .await
-        .map_err(|e| format!("could not run {}: {e}", git.display()))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        Err(stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("git clone failed").trim().to_owned())
-    }
+        .map(drop)
 }
 
 /// Clones with the built-in git: shallow (depth 1), isolated from any git configuration on the host,
@@ -222,7 +215,8 @@ pub async fn reset_to_remote_head(
     Ok(rev_parse_head(git, dir, env).await)
 }
 
-/// Runs git with `args` in `dir`; its stdout, or the last line it printed on stderr.
+/// Runs git with `args` in `dir`; its stdout, or the last line it printed on stderr (git's own
+/// summary of what went wrong).
 async fn git_in(git: &Path, dir: &Path, env: &[(String, String)], args: &[&str]) -> Result<Vec<u8>, String> {
     let output = Command::new(git)
         .args(args)

@@ -70,21 +70,28 @@ pub fn run_main(raw: Vec<String>) -> i32 {
         }
     };
     runtime.block_on(async move {
-        let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-                return;
-            };
-            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-            let _ = cancel_tx.send(true);
-        });
+        let cancel_rx = cancel_on_signals();
         let oz_binary = std::env::current_exe().unwrap_or_else(|_| "oz".into());
         let mut env: Vec<(String, String)> = std::env::vars().collect();
         env.extend(held);
         let ctx = run::Context { env, control: None, oz_binary, cancel: cancel_rx };
         run::run(parsed, warnings, ctx).await
     })
+}
+
+/// A cancellation that SIGTERM or SIGINT sets (the runner's, in `oz agent run` and `oz agent warm`).
+/// Must be called inside a Tokio runtime.
+pub(crate) fn cancel_on_signals() -> tokio::sync::watch::Receiver<bool> {
+    let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            return;
+        };
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        let _ = cancel_tx.send(true);
+    });
+    cancel_rx
 }
 
 /// `oz agent egress-proxy` as a process: serves `policy` on `listen` until killed; returns the exit

@@ -49,15 +49,7 @@ pub fn warm_main(args: WarmArgs) -> i32 {
         }
     };
     runtime.block_on(async move {
-        let (cancel_tx, cancel_rx) = watch::channel(false);
-        tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-                return;
-            };
-            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-            let _ = cancel_tx.send(true);
-        });
+        let cancel_rx = crate::cancel_on_signals();
         let prepared = match prepare(&args, &cancel_rx).await {
             Ok(p) => p,
             Err((code, message)) => {

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use oz_core::backend::{Backend, PreparedSandbox};
-use oz_core::runner::{CommandOptions, env};
+use oz_core::runner::CommandOptions;
 use oz_core::task::SandboxSpec;
 use oz_core::warm::WarmSpec;
 use serde::Deserialize;
@@ -102,7 +102,8 @@ impl std::fmt::Debug for WarmPools {
 
 impl WarmPools {
     /// Pools for `configs` on `backend`, fetching environments from the control plane with
-    /// `api_key`. Refused if the backend has no warm sandboxes, or an environment is listed twice.
+    /// `api_key`. Refused if the backend has no warm sandboxes, or an environment is listed twice
+    /// (see [`WarmPools::add`]).
     pub fn new(
         backend: Arc<dyn Backend>,
         configs: Vec<WarmPoolConfig>,
@@ -110,63 +111,17 @@ impl WarmPools {
         api_key: &oz_core::credentials::ApiKey,
         metrics: WorkerMetrics,
     ) -> Result<Self, WorkerError> {
-        if !configs.is_empty() && !backend.warm_sandboxes() {
-            return Err(WorkerError::Config(format!(
-                "warm_pools: the {} backend has no warm sandboxes yet (the direct backend has)",
-                backend.name()
-            )));
-        }
-        let mut pools = HashMap::new();
-        for config in configs {
-            if config.environment.trim().is_empty() {
-                return Err(WorkerError::Config("warm_pools: an entry has no environment".into()));
-            }
-            let environment = config.environment.clone();
-            let pool = Pool {
-                config,
-                ready: VecDeque::new(),
-                warming: 0,
-                hits: 0,
-                misses: 0,
-                failures: 0,
-                retry_at: None,
-                last_error: None,
-            };
-            if pools.insert(environment.clone(), pool).is_some() {
-                return Err(WorkerError::Config(format!("warm_pools: environment {environment:?} is listed twice")));
-            }
-        }
-        let client = oz_sdk::Client::builder()
+        // Needed only once there are pools: `add` refuses a pool without it.
+        let control_plane = oz_sdk::Client::builder()
             .base_url(options.server_root_url.clone())
             .api_key(api_key.expose())
             .user_agent(concat!("oz-agent-worker/", env!("CARGO_PKG_VERSION")))
-            .build();
-        // Needed only once there are pools (`WarmPools::add` checks again).
-        let control_plane = match client {
-            Ok(client) => Some(client),
-            Err(e) if !pools.is_empty() => return Err(WorkerError::Config(format!("warm_pools: {e}"))),
-            Err(_) => None,
-        };
-        Ok(Self {
+            .build()
+            .ok();
+        let pools = Self {
             inner: Arc::new(Inner {
                 backend,
                 control_plane,
-                options,
-                metrics,
-                pools: Mutex::new(pools),
-                wake: Notify::new(),
-                changed: Notify::new(),
-                stopped: std::sync::atomic::AtomicBool::new(false),
-            }),
-        })
-    }
-
-    /// No pools.
-    pub fn none(backend: Arc<dyn Backend>, options: CommandOptions, metrics: WorkerMetrics) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                backend,
-                control_plane: None,
                 options,
                 metrics,
                 pools: Mutex::new(HashMap::new()),
@@ -174,15 +129,19 @@ impl WarmPools {
                 changed: Notify::new(),
                 stopped: std::sync::atomic::AtomicBool::new(false),
             }),
+        };
+        for config in configs {
+            pools.add(config)?;
         }
+        Ok(pools)
     }
 
     fn pools(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pool>> {
         self.inner.pools.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds a pool while the worker runs (`oz local quickstart --warm`); refused like [`WarmPools::new`]
-    /// refuses a configuration.
+    /// Adds a pool (at start, or while the worker runs: `oz local quickstart --warm`). Refused if the
+    /// backend has no warm sandboxes, the entry names no environment, or its environment has a pool.
     pub fn add(&self, config: WarmPoolConfig) -> Result<(), WorkerError> {
         if !self.inner.backend.warm_sandboxes() {
             return Err(WorkerError::Config(format!(
@@ -192,6 +151,9 @@ impl WarmPools {
         }
         if self.inner.control_plane.is_none() {
             return Err(WorkerError::Config("warm_pools: no client for the control plane".into()));
+        }
+        if config.environment.trim().is_empty() {
+            return Err(WorkerError::Config("warm_pools: an entry has no environment".into()));
         }
         let environment = config.environment.clone();
         let pool = Pool {
@@ -401,24 +363,12 @@ impl WarmPools {
             .await
             .map_err(|e| format!("could not fetch environment {environment:?}: {e}"))?;
         let config = found.config;
-        let image = config
-            .docker_image
-            .as_deref()
-            .map(str::trim)
-            .filter(|i| !i.is_empty())
-            .map(oz_core::image::ImageRef::parse)
-            .transpose()
+        let image = oz_core::image::ImageRef::parse_optional(config.docker_image.as_deref())
             .map_err(|e| format!("environment {environment:?}: {e}"))?;
         let sandbox = SandboxSpec { image, ..SandboxSpec::default() };
         let options = &self.inner.options;
-        let mut vars = vec![
-            (env::GIT_TERMINAL_PROMPT.to_owned(), "0".to_owned()),
-            (env::GH_PROMPT_DISABLED.to_owned(), "1".to_owned()),
-            (env::SERVER_ROOT_URL.to_owned(), options.server_root_url.clone()),
-        ];
         // As the control plane puts them in a task's assignment: the environment's settings.
-        vars.extend(config.env_vars.iter().map(|(k, v)| (k.clone(), v.clone())));
-        vars.extend(options.extra_env.iter().cloned());
+        let vars = oz_core::runner::sandbox_env(options, &config.env_vars);
         Ok(WarmSpec {
             sandbox,
             entrypoint: options.entrypoint.clone(),

@@ -231,16 +231,13 @@ impl Dispatcher {
     /// Handles a message from a connection.
     pub async fn on_message(&self, conn_id: u64, message: WorkerMessage) {
         let lifecycle = &self.inner.lifecycle;
-        let task_id = match (&message, message.task_id()) {
-            (WorkerMessage::WarmPools(report), _) => {
-                if let Some(c) = self.conns().get_mut(&conn_id) {
-                    c.warm_pools = report.pools.clone();
-                }
-                return;
+        if let WorkerMessage::WarmPools(report) = &message {
+            if let Some(c) = self.conns().get_mut(&conn_id) {
+                c.warm_pools = report.pools.clone();
             }
-            (_, Some(task_id)) => task_id.to_owned(),
-            (_, None) => return,
-        };
+            return;
+        }
+        let Some(task_id) = message.task_id().map(str::to_owned) else { return };
         let (team_id, worker_id) = {
             let conns = self.conns();
             let Some(c) = conns.get(&conn_id) else { return };
