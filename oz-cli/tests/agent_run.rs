@@ -801,7 +801,7 @@ async fn a_warm_runner_prepares_without_a_task_then_runs_the_one_handed_to_it() 
             "--",
             "/bin/sh",
             "-c",
-            "cat setup-output.txt; git -C app log -1 --format=%s; echo token=$OZ_WORKLOAD_TOKEN",
+            "cat setup-output.txt; git -C app log -1 --format=%s; echo token=$OZ_WORKLOAD_TOKEN; tr '\\0' '\\n' < /proc/$PPID/environ > ../runner-environ.txt",
         ]
         .map(String::from)
         .to_vec(),
@@ -823,6 +823,13 @@ async fn a_warm_runner_prepares_without_a_task_then_runs_the_one_handed_to_it() 
     assert!(stdout.contains("prepared-by-setup"), "{stdout}");
     assert!(stdout.contains("pushed after warming"), "the task must see the new HEAD: {stdout}");
     assert!(stdout.contains("token=\n"), "the token must not reach the harness: {stdout}");
+    // Nor the warm runner's own environment (it came over the socket), nor its preparation's log.
+    let runner_environ = std::fs::read_to_string(f.root.path().join("runner-environ.txt")).unwrap();
+    assert!(runner_environ.contains("PATH="), "{runner_environ}");
+    assert!(!runner_environ.contains(TOKEN), "the token is in the warm runner's environ");
+    let prepare_log = std::fs::read_to_string(private.join("prepare.log")).unwrap();
+    assert!(prepare_log.contains("ready; waiting for the task"), "{prepare_log}");
+    assert!(!prepare_log.contains(TOKEN), "the token is in prepare.log");
     let reports = reports.lock().unwrap().clone();
     let kinds: Vec<&str> = reports.iter().map(|(_, b)| b["event"].as_str().unwrap()).collect();
     assert_eq!(kinds.first(), Some(&"started"), "{kinds:?}");
