@@ -753,8 +753,9 @@ async fn start_warm(
     };
     std::fs::create_dir_all(&cwd)
         .map_err(|source| DirectError::Workspace { path: cwd.display().to_string(), source })?;
+    let channel = oz_core::warm::HandoffChannel::Socket(socket.clone());
     let argv =
-        oz_core::warm::warm_argv(&warm.entrypoint, &socket, &environment_file, &cwd, warm.git_base_url.as_deref());
+        oz_core::warm::warm_argv(&warm.entrypoint, &channel, &environment_file, &cwd, warm.git_base_url.as_deref());
     let env = sandbox_env(config, ws, &warm.env, &cwd);
     let limits =
         Limits { max_open_files: config.max_open_files, max_address_space: warm.sandbox.resources.memory_bytes };

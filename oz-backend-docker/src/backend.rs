@@ -9,20 +9,25 @@ use async_trait::async_trait;
 use bollard::Docker;
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use oz_core::backend::{
-    Backend, BackendError, Failure, RecoveredTask, RecoveryAction, TaskDriver, TaskEvent, TaskHandle, TaskPhase,
+    Backend, BackendError, Failure, PreparedSandbox, RecoveredTask, RecoveryAction, TaskDriver, TaskEvent, TaskHandle,
+    TaskPhase,
 };
 use oz_core::egress::EgressPolicy;
 use oz_core::failure::FailureReason;
 use oz_core::image::{ImageRef, resolve_image};
 use oz_core::task::{EnvEntry, NetworkMode, TaskSpec, labels};
+use oz_core::warm::{Handoff, WarmSpec};
 
 use crate::config::{DefaultNetwork, DockerConfig};
-use crate::container::{CLEANUP_LABEL, ContainerInputs, DEADLINE_LABEL, container_body, container_name};
+use crate::container::{
+    CLEANUP_LABEL, ContainerInputs, DEADLINE_LABEL, WARM_LABEL, container_body, container_name, parse_assigned_name,
+};
 use crate::engine::describe;
 use crate::error::DockerError;
 use crate::images::RegistryAuth;
 use crate::sidecar::{SidecarContent, SidecarVolumes};
-use crate::task::{Follow, follow};
+use crate::task::{Follow, follow, follow_attached};
+use crate::warm::WarmContainer;
 
 /// Runs tasks in containers on a Docker engine.
 pub struct DockerBackend {
@@ -124,8 +129,14 @@ impl Inner {
         EgressPolicy { domains: domains.to_vec(), allowed_ranges: self.config.allowed_ranges.clone() }
     }
 
-    /// Everything before the container starts; returns the container id.
-    async fn prepare(&self, spec: &TaskSpec, driver: &TaskDriver) -> Result<String, BackendError> {
+    /// Everything before the container starts; returns the container id. `warm_id`: the container
+    /// is a warm sandbox with this id.
+    async fn prepare(
+        &self,
+        spec: &TaskSpec,
+        driver: &TaskDriver,
+        warm_id: Option<&str>,
+    ) -> Result<String, BackendError> {
         let image = resolve_image(
             spec.sandbox.image.as_ref().map(ImageRef::to_string).as_deref(),
             self.config.default_image.as_ref(),
@@ -174,6 +185,7 @@ impl Inner {
             deadline,
             configured_env: &self.environment,
             extra_env,
+            warm_id,
         };
         let body = container_body(spec, &self.config, &inputs);
         let options =
@@ -206,7 +218,7 @@ impl Backend for DockerBackend {
         let span = tracing::info_span!("docker_task", task_id = %spec.task_id, worker_id = %inner.config.worker_id);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
-                let container = match inner.prepare(&spec, &driver).await {
+                let container = match inner.prepare(&spec, &driver, None).await {
                     Ok(id) => id,
                     Err(e) => {
                         // Something may exist if preparation failed late: remove it all.
@@ -217,6 +229,7 @@ impl Backend for DockerBackend {
                 };
                 let plan = Follow {
                     task_id: spec.task_id.clone(),
+                    made_for: spec.task_id.clone(),
                     container,
                     stdin,
                     deadline: spec.timeout.map(|t| SystemTime::now() + t),
@@ -231,6 +244,131 @@ impl Backend for DockerBackend {
         Ok(handle)
     }
 
+    fn warm_sandboxes(&self) -> bool {
+        true
+    }
+
+    /// A warm container (`oz-warm-<id>`), made as a task's would be, with `oz agent warm` waiting on
+    /// its stdin; returned once its runner says it is ready.
+    async fn prepare(&self, warm: WarmSpec) -> Result<PreparedSandbox, BackendError> {
+        let inner = &self.inner;
+        let warm_id = format!("warm-{}", uuid::Uuid::new_v4().simple());
+        let spec = crate::warm::warm_task(&warm_id, &warm);
+        spec.validate().map_err(|e| BackendError::new(FailureReason::ContainerCreate, e.to_string()))?;
+        let span = tracing::info_span!("docker_warm", warm = %warm_id, worker_id = %inner.config.worker_id);
+        let made = tracing::Instrument::instrument(
+            async {
+                // Nobody follows a warm sandbox's preparation: its events go nowhere.
+                let (_, driver) = TaskHandle::channel(warm_id.clone());
+                let container = inner.prepare(&spec, &driver, Some(&warm_id)).await?;
+                crate::warm::upload_environment(&inner.docker, &container, &warm).await?;
+                inner
+                    .docker
+                    .start_container(&container, None::<bollard::query_parameters::StartContainerOptions>)
+                    .await
+                    .map_err(|e| {
+                        BackendError::new(
+                            FailureReason::ContainerStart,
+                            format!("could not start the warm container: {}", describe(&e)),
+                        )
+                    })?;
+                crate::warm::wait_ready(&inner.docker, &container, warm.ready_within).await?;
+                Ok::<_, BackendError>(container)
+            },
+            span,
+        );
+        let made = tokio::time::timeout(warm.ready_within, made).await.unwrap_or_else(|_| {
+            let message = format!("the warm sandbox was not ready within {}s", warm.ready_within.as_secs());
+            Err(BackendError::new(FailureReason::WorkspaceSetup, message))
+        });
+        match made {
+            Ok(container) => {
+                let state = WarmContainer { warm_id: warm_id.clone(), container };
+                Ok(PreparedSandbox { id: warm_id, spec: warm.sandbox, state: Box::new(state) })
+            }
+            Err(e) => {
+                crate::task::remove_task(&inner.docker, &warm_id, &container_name(&spec)).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Renames the container to the task's [`crate::container::assigned_name`], attaches to it, and
+    /// writes the task (with its token) to its stdin; from then on it is followed as a task's.
+    async fn launch_prepared(&self, prepared: PreparedSandbox, spec: TaskSpec) -> Result<TaskHandle, BackendError> {
+        let inner = self.inner.clone();
+        let refuse = |message: String| BackendError::new(FailureReason::ContainerStart, message);
+        let Ok(warm) = prepared.state.downcast::<WarmContainer>() else {
+            return Err(refuse("not a sandbox this backend prepared".into()));
+        };
+        let warm = *warm;
+        let gone = |warm: WarmContainer, message: String| {
+            let docker = inner.docker.clone();
+            async move {
+                crate::task::remove_task(&docker, &warm.warm_id, &warm.container).await;
+                Err(refuse(message))
+            }
+        };
+        if spec.sandbox != prepared.spec {
+            return gone(warm, "the task asks for another sandbox than the one prepared".into()).await;
+        }
+        if let Err(e) = spec.validate() {
+            return gone(warm, e.to_string()).await;
+        }
+        let handoff = Handoff {
+            argv: spec.argv.clone(),
+            env: crate::container::task_env(&spec, &inner.environment),
+            secret_input: spec.secret_input.clone(),
+        };
+        let mut line = match serde_json::to_vec(&handoff) {
+            Ok(line) => line,
+            Err(e) => return gone(warm, e.to_string()).await,
+        };
+        line.push(b'\n');
+        let name = crate::container::assigned_name(&spec.task_id, spec.execution_id.as_deref());
+        let rename = bollard::query_parameters::RenameContainerOptionsBuilder::default().name(&name).build();
+        let (inspected, renamed, attached) = tokio::join!(
+            inner.docker.inspect_container(&warm.container, None::<bollard::query_parameters::InspectContainerOptions>),
+            inner.docker.rename_container(&warm.container, rename),
+            crate::task::attach(&inner.docker, &warm.container, true),
+        );
+        let running = inspected.ok().and_then(|c| c.state).and_then(|s| s.running).unwrap_or(false);
+        let mut attached = match (running, renamed, attached) {
+            (true, Ok(()), Ok(attached)) => attached,
+            (false, ..) => return gone(warm, "the warm container is no longer running".into()).await,
+            (_, Err(e), _) => return gone(warm, format!("could not rename it: {}", describe(&e))).await,
+            (_, _, Err(e)) => return gone(warm, format!("could not attach to it: {}", describe(&e))).await,
+        };
+        if let Err(message) = crate::warm::hand_over(&mut attached, &line).await {
+            // It may have read the token: it goes, never to serve another task.
+            return gone(warm, message).await;
+        }
+        let (handle, driver) = TaskHandle::channel(spec.task_id.clone());
+        let plan = Follow {
+            task_id: spec.task_id.clone(),
+            made_for: warm.warm_id.clone(),
+            container: warm.container,
+            stdin: None,
+            deadline: spec.timeout.map(|t| SystemTime::now() + t),
+            cleanup: spec.cleanup && inner.config.cleanup,
+            stop_grace: inner.config.stop_grace,
+            start: false,
+        };
+        let span = tracing::info_span!("docker_task", task_id = %spec.task_id, warm = %warm.warm_id);
+        tokio::spawn(tracing::Instrument::instrument(
+            follow_attached(inner.docker.clone(), driver, plan, Some(attached)),
+            span,
+        ));
+        Ok(handle)
+    }
+
+    async fn discard(&self, prepared: PreparedSandbox) -> Result<(), BackendError> {
+        if let Ok(warm) = prepared.state.downcast::<WarmContainer>() {
+            crate::task::remove_task(&self.inner.docker, &warm.warm_id, &warm.container).await;
+        }
+        Ok(())
+    }
+
     async fn recover(&self) -> Result<Vec<RecoveredTask>, BackendError> {
         let inner = &self.inner;
         let found = self
@@ -238,15 +376,37 @@ impl Backend for DockerBackend {
             .await
             .map_err(|e| BackendError::new(FailureReason::ContainerWait, format!("could not list containers: {e}")))?;
         let mut recovered = Vec::new();
+        // The ids labelling what the recovered tasks made (a warm one's are its sandbox's).
+        let mut kept = std::collections::HashSet::new();
         for container in &found {
             let labels = container.labels.clone().unwrap_or_default();
-            let Some(task_id) = labels.get(labels::TASK_ID).cloned() else { continue };
+            let Some(id) = container.id.clone() else { continue };
             if labels.contains_key(crate::network::ROLE_LABEL) {
                 // An egress proxy goes with its task; an orphan one is removed below.
                 continue;
             }
-            let Some(id) = container.id.clone() else { continue };
-            let execution_id = labels.get(labels::EXECUTION_ID).cloned();
+            let Some(made_for) = labels.get(labels::TASK_ID).cloned() else {
+                if labels.contains_key(crate::sidecar::DIGEST_LABEL) {
+                    // A sidecar probe its worker was killed in the middle of.
+                    crate::task::remove(&inner.docker, &id).await;
+                }
+                continue;
+            };
+            let (task_id, execution_id) = match labels.get(WARM_LABEL) {
+                None => (made_for.clone(), labels.get(labels::EXECUTION_ID).cloned()),
+                Some(warm_id) => {
+                    let assigned = container.names.iter().flatten().find_map(|n| parse_assigned_name(n));
+                    match assigned {
+                        Some(ids) => ids,
+                        None => {
+                            // A warm sandbox that never got a task: it goes with what it made.
+                            tracing::info!(warm = %warm_id, "removing a warm container left by an earlier run");
+                            crate::task::remove_task(&inner.docker, &made_for, &id).await;
+                            continue;
+                        }
+                    }
+                }
+            };
             let cleanup = labels.get(CLEANUP_LABEL).is_none_or(|v| v == "true");
             let deadline = labels
                 .get(DEADLINE_LABEL)
@@ -257,7 +417,7 @@ impl Backend for DockerBackend {
             let created_only = container.state == Some(State::CREATED);
             if created_only {
                 // Never started: it had not begun; remove it and say so.
-                crate::task::remove_task(&inner.docker, &task_id, &id).await;
+                crate::task::remove_task(&inner.docker, &made_for, &id).await;
                 recovered.push(RecoveredTask {
                     task_id,
                     execution_id,
@@ -271,6 +431,7 @@ impl Backend for DockerBackend {
             let (handle, driver) = TaskHandle::channel(task_id.clone());
             let plan = Follow {
                 task_id: task_id.clone(),
+                made_for: made_for.clone(),
                 container: id,
                 stdin: None,
                 deadline,
@@ -280,17 +441,17 @@ impl Backend for DockerBackend {
             };
             tracing::info!(task_id, running, "reattaching to a container left by an earlier run");
             tokio::spawn(follow(inner.docker.clone(), driver, plan));
+            kept.insert(made_for);
             recovered.push(RecoveredTask { task_id, execution_id, action: RecoveryAction::Reattached(handle) });
         }
         // Proxies and networks whose task container is gone.
-        let tasks: std::collections::HashSet<String> = recovered.iter().map(|r| r.task_id.clone()).collect();
         for container in found {
             let labels = container.labels.unwrap_or_default();
-            if let (Some(task_id), Some(id)) = (labels.get(labels::TASK_ID), container.id)
+            if let (Some(made_for), Some(id)) = (labels.get(labels::TASK_ID), container.id)
                 && labels.contains_key(crate::network::ROLE_LABEL)
-                && !tasks.contains(task_id)
+                && !kept.contains(made_for)
             {
-                crate::task::remove_task(&inner.docker, task_id, &id).await;
+                crate::task::remove_task(&inner.docker, made_for, &id).await;
             }
         }
         self.collect_garbage().await;

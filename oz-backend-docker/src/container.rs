@@ -36,7 +36,12 @@ pub struct ContainerInputs<'a> {
     pub configured_env: &'a [(String, String)],
     /// Variables the backend adds (the egress proxy's, in isolated mode); the spec's win.
     pub extra_env: Vec<(String, String)>,
+    /// Set for a warm sandbox: labelled with this id, its stdin kept open for the handoff.
+    pub warm_id: Option<&'a str>,
 }
+
+/// Label: the warm sandbox a container is (and, once handed a task, was).
+pub const WARM_LABEL: &str = "oz.dev/warm-id";
 
 /// The name of a task's container.
 pub fn container_name(spec: &TaskSpec) -> String {
@@ -46,17 +51,57 @@ pub fn container_name(spec: &TaskSpec) -> String {
     }
 }
 
+/// The name a warm container takes when it is handed a task: it names the run, and a restarted
+/// worker reads the ids back from it ([`parse_assigned_name`]); the task id's length comes first
+/// because ids may hold `-`. (A container's labels cannot change; its name can, and is out of the
+/// task's reach, unlike anything inside the container.)
+pub fn assigned_name(task_id: &str, execution_id: Option<&str>) -> String {
+    match execution_id {
+        Some(e) => format!("oz-run-{}-{task_id}-{e}", task_id.len()),
+        None => format!("oz-run-{}-{task_id}", task_id.len()),
+    }
+}
+
+/// The task id and execution id in an [`assigned_name`] (with or without the engine's leading `/`).
+pub fn parse_assigned_name(name: &str) -> Option<(String, Option<String>)> {
+    let rest = name.trim_start_matches('/').strip_prefix("oz-run-")?;
+    let (length, rest) = rest.split_once('-')?;
+    let length: usize = length.parse().ok()?;
+    let task_id = rest.get(..length)?;
+    let execution_id = match rest.get(length..)? {
+        "" => None,
+        more => Some(more.strip_prefix('-')?.to_owned()),
+    };
+    (!task_id.is_empty()).then(|| (task_id.to_owned(), execution_id))
+}
+
+/// A task's own variables in its container: the spec's, then the backend's configured ones, which
+/// win. A warm sandbox is handed these with its task.
+pub fn task_env(spec: &TaskSpec, configured_env: &[(String, String)]) -> Vec<(String, String)> {
+    let mut env = spec.effective_env();
+    for (name, value) in configured_env {
+        env.retain(|(n, _)| n != name);
+        env.push((name.clone(), value.clone()));
+    }
+    env
+}
+
+/// The task's working directory in its container.
+pub fn workdir(spec: &TaskSpec) -> String {
+    match &spec.sandbox.workdir {
+        Some(w) => format!("{WORKSPACE}/{}", w.trim_start_matches("./")),
+        None => WORKSPACE.to_owned(),
+    }
+}
+
 /// The create request for a task's container.
 pub fn container_body(spec: &TaskSpec, config: &DockerConfig, inputs: &ContainerInputs<'_>) -> ContainerCreateBody {
     // The secret input (the workload token) arrives on stdin: only the variable saying so is here.
-    let has_stdin = spec.stdin.is_some() || spec.secret_input.is_some();
-    let mut env = spec.effective_env();
+    // A warm sandbox gets its task (and the task's token) on stdin.
+    let has_stdin = spec.stdin.is_some() || spec.secret_input.is_some() || inputs.warm_id.is_some();
+    let mut env = task_env(spec, inputs.configured_env);
     if spec.secret_input.is_some() {
         env.push((oz_core::runner::env::SECRET_INPUT.to_owned(), oz_core::runner::env::SECRET_INPUT_STDIN.to_owned()));
-    }
-    for (name, value) in inputs.configured_env {
-        env.retain(|(n, _)| n != name);
-        env.push((name.clone(), value.clone()));
     }
     for (name, value) in &inputs.extra_env {
         if !env.iter().any(|(n, _)| n == name) {
@@ -77,6 +122,9 @@ pub fn container_body(spec: &TaskSpec, config: &DockerConfig, inputs: &Container
     if let Some(deadline) = inputs.deadline {
         labels.insert(DEADLINE_LABEL.into(), deadline.to_string());
     }
+    if let Some(warm_id) = inputs.warm_id {
+        labels.insert(WARM_LABEL.into(), warm_id.to_owned());
+    }
     let mut binds = config.volumes.clone();
     if let Some(volume) = inputs.sidecar_volume {
         binds.push(format!("{volume}:{}:ro", SidecarLayout::default().mount()));
@@ -84,10 +132,7 @@ pub fn container_body(spec: &TaskSpec, config: &DockerConfig, inputs: &Container
     let memory = spec.sandbox.resources.memory_bytes.and_then(|m| i64::try_from(m).ok());
     let nano_cpus = spec.sandbox.resources.vcpus.map(|v| (v * 1e9) as i64).filter(|n| *n > 0);
     let pids = spec.sandbox.resources.max_pids.and_then(|p| i64::try_from(p).ok()).unwrap_or(config.pids_limit);
-    let workdir = match &spec.sandbox.workdir {
-        Some(w) => format!("{WORKSPACE}/{}", w.trim_start_matches("./")),
-        None => WORKSPACE.to_owned(),
-    };
+    let workdir = workdir(spec);
     let mut log_opts = HashMap::new();
     log_opts.insert("max-size".to_owned(), config.log_max_size.clone());
     log_opts.insert("max-file".to_owned(), "2".to_owned());
@@ -154,6 +199,7 @@ mod tests {
             deadline: Some(1_900_000_000),
             configured_env: &[("FROM_CONFIG".into(), "1".into()), ("A".into(), "configured".into())],
             extra_env: vec![("HTTPS_PROXY".into(), "http://egress:3128".into())],
+            warm_id: None,
         };
         let body = container_body(&spec, &config, &inputs);
         let host = body.host_config.clone().unwrap();
@@ -182,5 +228,23 @@ mod tests {
         assert_eq!(labels["oz.dev/execution-id"], "e1");
         assert_eq!(labels[DEADLINE_LABEL], "1900000000");
         assert_eq!(container_name(&spec), "oz-t1-e1");
+        assert!(!labels.contains_key(WARM_LABEL));
+        assert_eq!(body.open_stdin, Some(false));
+        let warm = ContainerInputs { warm_id: Some("warm-1"), ..inputs };
+        let body = container_body(&spec, &config, &warm);
+        assert_eq!(body.labels.unwrap()[WARM_LABEL], "warm-1");
+        assert_eq!((body.open_stdin, body.stdin_once), (Some(true), Some(true)), "the handoff comes on stdin");
+    }
+
+    #[test]
+    fn an_assigned_name_gives_its_ids_back_whatever_they_hold() {
+        for (task, execution) in [("t1", None), ("a-b-c", Some("e-1")), ("x", Some("7")), ("run.1_2-", None)] {
+            let name = assigned_name(task, execution);
+            assert_eq!(parse_assigned_name(&name), Some((task.to_owned(), execution.map(str::to_owned))), "{name}");
+            assert_eq!(parse_assigned_name(&format!("/{name}")).unwrap().0, task);
+        }
+        for bad in ["oz-warm-1", "oz-run-", "oz-run-x-t", "oz-run-5-abc", "oz-run-2-abX", "oz-run-0-", "oz-t1-e1"] {
+            assert_eq!(parse_assigned_name(bad), None, "{bad}");
+        }
     }
 }

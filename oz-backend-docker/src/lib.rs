@@ -9,7 +9,10 @@
 //!   image, and mounted read-only at `/agent`.
 //! - Containers: an init as PID 1, all capabilities dropped, no-new-privileges, memory (swap equal),
 //!   CPU and pids limits, labels (worker, task, execution) on everything; output streamed live.
-//! - Recovery: a restarted worker finds its containers by label and follows them to their end.
+//! - Warm sandboxes: containers made as a task's, running `oz agent warm`, handed their task on
+//!   their stdin (see the `warm` module).
+//! - Recovery: a restarted worker finds its containers by label and follows them to their end; warm
+//!   containers that never got a task, and sidecar probes a killed worker left, are removed.
 //!
 //! ```no_run
 //! use oz_backend_docker::{DockerBackend, DockerConfig};
@@ -34,6 +37,7 @@ pub mod images;
 pub mod network;
 pub mod sidecar;
 pub mod task;
+mod warm;
 
 pub use backend::DockerBackend;
 pub use config::{DefaultNetwork, DockerConfig, PullPolicy};

@@ -25,6 +25,9 @@ fn failure(reason: FailureReason, message: impl Into<String>) -> Failure {
 pub struct Follow {
     /// The task.
     pub task_id: String,
+    /// The id that labels what was made for the task (`oz.dev/task-id`): the task's own, or the warm
+    /// sandbox's it was handed to; all of it is removed at the end.
+    pub made_for: String,
     /// The container id.
     pub container: String,
     /// Bytes for stdin, if the task has any (only for a fresh start).
@@ -42,13 +45,33 @@ pub struct Follow {
 /// Attaches to the container (starting it if asked), streams its output as events, and finishes the
 /// driver with its outcome. Everything the task made is removed at the end when `cleanup` is set.
 pub async fn follow(docker: Arc<Docker>, driver: TaskDriver, plan: Follow) {
+    follow_attached(docker, driver, plan, None).await;
+}
+
+/// [`follow`], on an attachment made already (a warm container, attached for its handoff).
+pub async fn follow_attached(docker: Arc<Docker>, driver: TaskDriver, plan: Follow, attached: Option<Attached>) {
     let mut started_at = None;
-    let (exit, failure) = run(&docker, &driver, &plan, &mut started_at).await;
+    let (exit, failure) = run(&docker, &driver, &plan, &mut started_at, attached).await;
     if plan.cleanup {
         driver.emit(TaskEvent::Phase(TaskPhase::CleaningUp)).await;
-        remove_task(&docker, &plan.task_id, &plan.container).await;
+        remove_task(&docker, &plan.made_for, &plan.container).await;
     }
     driver.finish(exit, failure, started_at);
+}
+
+/// A container's attached streams.
+pub type Attached = bollard::container::AttachContainerResults;
+
+/// Attaches to a container's output (and its stdin if asked), before it starts or while it runs.
+pub async fn attach(docker: &Docker, container: &str, stdin: bool) -> Result<Attached, bollard::errors::Error> {
+    let options = AttachContainerOptionsBuilder::default()
+        .stdin(stdin)
+        .stdout(true)
+        .stderr(true)
+        .stream(true)
+        .logs(false)
+        .build();
+    docker.attach_container(container, Some(options)).await
 }
 
 /// Removes a task's container, anything else labelled with its id (an egress proxy), and its networks.
@@ -84,24 +107,22 @@ async fn run(
     driver: &TaskDriver,
     plan: &Follow,
     started_at: &mut Option<SystemTime>,
+    attached: Option<Attached>,
 ) -> (Option<ExitStatus>, Option<Failure>) {
     let id = plan.container.as_str();
-    let attach_options = AttachContainerOptionsBuilder::default()
-        .stdin(plan.stdin.is_some())
-        .stdout(true)
-        .stderr(true)
-        .stream(true)
-        .logs(false)
-        .build();
     // Attach before starting so not a byte of output is missed.
     // A container found after a restart may have exited already: it cannot be attached to, but its
     // exit status is still there to report.
-    let attached = match docker.attach_container(id, Some(attach_options)).await {
-        Ok(a) => Some(a),
-        Err(_) if !plan.start => None,
-        Err(e) => {
-            return (None, Some(failure(FailureReason::ContainerStart, format!("could not attach: {}", describe(&e)))));
-        }
+    let attached = match attached {
+        Some(a) => Some(a),
+        None => match attach(docker, id, plan.stdin.is_some()).await {
+            Ok(a) => Some(a),
+            Err(_) if !plan.start => None,
+            Err(e) => {
+                let message = format!("could not attach: {}", describe(&e));
+                return (None, Some(failure(FailureReason::ContainerStart, message)));
+            }
+        },
     };
     if plan.start {
         driver.emit(TaskEvent::Phase(TaskPhase::Starting)).await;

@@ -358,9 +358,6 @@ pub async fn quickstart(
     image: Option<String>,
     warm: bool,
 ) -> Result<bool, Error> {
-    if warm && !matches!(backend, LocalBackend::Direct) {
-        return Err("--warm needs the direct backend: warm sandboxes are not built for docker yet".into());
-    }
     println!("==> starting the local stack in {}", data_dir.display());
     std::fs::create_dir_all(data_dir).map_err(|e| format!("could not create {}: {e}", data_dir.display()))?;
     let data_dir = &std::fs::canonicalize(data_dir)?;

@@ -1,6 +1,7 @@
 //! End to end with the Docker backend, over real sockets and the real engine: the quickstart, a run in
 //! a bare busybox image (no git, no CA certificates, no package manager) that still clones and runs its
-//! harness, and a worker killed mid-run whose restart reattaches and leaves nothing behind.
+//! harness, a worker killed mid-run whose restart reattaches and leaves nothing behind, and a warm
+//! pool whose container is handed its task on stdin (a killed worker's warm container is removed).
 //!
 //! Needs the Docker engine, the local test images (`.ci/prepare-docker.sh`) and the static sidecar
 //! (`scripts/build-sidecar-oz.sh`). Without them the tests skip loudly, unless `OZ_REQUIRE_DOCKER=1`.
@@ -264,5 +265,165 @@ async fn a_worker_killed_mid_run_reattaches_after_restart_and_leaves_nothing() {
     let out = restarted.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("found 1 task(s) left by an earlier run"), "{stderr}");
+    server.shutdown().await;
+}
+
+/// The names of the containers of `worker_id` that are warm sandboxes (`oz.dev/warm-id`).
+fn warm_containers(worker_id: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["ps", "-a", "--format", "{{.Names}}"])
+        .args(["--filter", &format!("label={}={worker_id}", labels::WORKER_ID)])
+        .args(["--filter", "label=oz.dev/warm-id"])
+        .output()
+        .unwrap();
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
+    names.sort();
+    names
+}
+
+fn docker_inspect(name: &str) -> String {
+    String::from_utf8_lossy(&Command::new("docker").args(["inspect", name]).output().unwrap().stdout).into_owned()
+}
+
+/// Waits until `pred` holds for the worker's warm containers; returns them.
+async fn warm_until(worker_id: &str, what: &str, pred: impl Fn(&[String]) -> bool) -> Vec<String> {
+    for _ in 0..1200 {
+        let found = warm_containers(worker_id);
+        if pred(&found) {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: {:?}", warm_containers(worker_id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_container_is_handed_its_task_on_stdin_and_a_killed_worker_leaves_none() {
+    let Some(sidecar) = prerequisites() else { return };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let git_base = remote(dir.path());
+    let store = std::sync::Arc::new(oz_server::store::sqlite::SqliteStore::temporary().await.unwrap());
+    let (team, key) = oz_server::bootstrap_team(store.as_ref(), "t").await.unwrap();
+    let worker_id = format!("docker-warm-{}", std::process::id());
+    let worker_key = oz_server::mint_worker_credential(store.as_ref(), &team, "docker", &[&worker_id]).await.unwrap();
+    let server =
+        oz_server::start(oz_server::ServerConfig { listen: "127.0.0.1:0".into(), ..Default::default() }, store)
+            .await
+            .unwrap();
+    let client = oz_sdk::Client::builder().base_url(server.url()).api_key(&key).build().unwrap();
+    let mut environment = EnvironmentConfig {
+        name: "warm".into(),
+        docker_image: Some("oz-test/debian-git:latest".into()),
+        github_repos: vec![RepoRef::new("acme", "app").unwrap()],
+        setup_commands: vec!["echo \"set up in $(pwd)\" > setup.txt".into()],
+        ..Default::default()
+    };
+    environment.env_vars.insert("OZ_GIT_BASE_URL".into(), git_base);
+    let env_id = client.environments().create(&environment).await.unwrap().uid;
+    let git_dir = dir.path().join("git");
+    let yaml = format!(
+        "worker_id: {worker_id}\nbackend:\n  docker:\n    sidecar_binary: {}\n    network: host\n    pull_policy: never\n    volumes: [\"{1}:{1}:ro\"]\nwarm_pools:\n  - environment: {env_id}\n    size: 1\n",
+        sidecar.display(),
+        git_dir.display(),
+    );
+    std::fs::write(dir.path().join("worker.yaml"), yaml).unwrap();
+    let worker_bin = Path::new(OZ).with_file_name("oz-agent-worker");
+    let spawn = || {
+        Command::new(&worker_bin)
+            .arg("--config-file")
+            .arg(dir.path().join("worker.yaml"))
+            .args(["--server-root-url", &server.url(), "--log-level", "warn"])
+            .env("WARP_API_KEY", &worker_key)
+            .env("OZ_WORKER_OUTBOX_FILE", dir.path().join("worker.outbox"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut worker = spawn();
+    let ready = |client: oz_sdk::Client, env_id: String| async move {
+        for _ in 0..1200 {
+            let workers = client.workers().list().await.unwrap();
+            let pool = workers.iter().flat_map(|w| &w.warm_pools).find(|p| p.environment == env_id).cloned();
+            if let Some(pool) = pool {
+                assert!(pool.last_error.is_none(), "{pool:?}");
+                if pool.ready == 1 {
+                    return pool;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the warm pool never got ready");
+    };
+    ready(client.clone(), env_id.clone()).await;
+    let first = warm_containers(&worker_id);
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(first[0].starts_with("oz-warm-"), "{first:?}");
+    assert!(!docker_inspect(&first[0]).contains("ozw_"), "a warm container's spec holds no token");
+
+    // A push after the sandbox was prepared: the task sees it.
+    let src = dir.path().join("src");
+    std::fs::write(src.join("pushed.txt"), "pushed after warming\n").unwrap();
+    git(&src, &["add", "."]);
+    git(&src, &["commit", "-q", "-m", "after warming"]);
+    git(&src, &["push", "-q", dir.path().join("git/acme/app").to_str().unwrap(), "HEAD:main"]);
+    let script = "cat setup.txt; cat app/pushed.txt; \
+                  echo \"tokens in env: [$(env | grep -e 'oz[w]_' | cut -d= -f1 | tr '\\n' ' ')]\"; sleep 1";
+    let config = AgentConfig {
+        worker_host: Some(worker_id.clone()),
+        environment_id: Some(env_id.clone()),
+        harness: Some(HarnessConfig {
+            kind: Some(oz_core::runner::HarnessKind::Command),
+            command: Some(vec!["/bin/sh".into(), "-c".into(), script.into()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let run = client.runs().create("warm").agent_config(config).send().await.unwrap();
+    let assigned = oz_backend_docker::container::assigned_name(&run.run_id, None);
+    let watched = first[0].clone();
+    let inspected = tokio::spawn(async move {
+        for _ in 0..600 {
+            let inspect = docker_inspect(&assigned);
+            if inspect.contains(&assigned) {
+                return inspect;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the warm container {watched} was never renamed to {assigned}");
+    });
+    let events: Vec<_> = tokio::time::timeout(
+        Duration::from_secs(120),
+        client.runs().events(&run.run_id).map(|e| e.unwrap()).collect::<Vec<_>>(),
+    )
+    .await
+    .expect("the run ends");
+    let item = client.runs().get(&run.run_id).await.unwrap();
+    let output: String =
+        events.iter().filter(|e| e.kind() == "output").filter_map(|e| e.event["text"].as_str()).collect();
+    assert_eq!(item.state, RunState::Succeeded, "{item:?}\n{output}");
+    assert!(output.contains("warm sandbox: cloned and set up"), "{output}");
+    assert!(output.contains("set up in /workspace"), "the setup ran before the task: {output}");
+    assert!(output.contains("pushed after warming"), "the repo moved to the new HEAD: {output}");
+    assert!(output.contains("tokens in env: []"), "the harness holds no token, as in a cold run: {output}");
+    let inspect = inspected.await.unwrap();
+    assert!(inspect.contains(&format!("\"oz.dev/warm-id\": \"{}\"", first[0].trim_start_matches("oz-"))), "{inspect}");
+    assert!(!inspect.contains("ozw_"), "the token came on stdin, not in the spec:\n{inspect}");
+    let pool = ready(client.clone(), env_id.clone()).await;
+    assert_eq!((pool.hits, pool.misses), (1, 0), "{pool:?}");
+    // Served one task: it is gone, and a new one took its place.
+    let refilled = warm_until(&worker_id, "a new warm container", |w| w.len() == 1 && w[0] != first[0]).await;
+
+    // SIGKILL with a warm container waiting: the restarted worker removes it and makes its own.
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    assert_eq!(warm_containers(&worker_id), refilled, "the warm container outlives its killed worker");
+    let restarted = spawn();
+    warm_until(&worker_id, "the left warm container removed", |w| w.len() == 1 && w[0] != refilled[0]).await;
+    Command::new("kill").args(["-TERM", &restarted.id().to_string()]).status().unwrap();
+    let out = restarted.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(warm_containers(&worker_id), Vec::<String>::new(), "a stopped worker discards its warm containers");
     server.shutdown().await;
 }

@@ -4,8 +4,13 @@
 //! secret input (the workload token). It answers with a [`HandoffAnswer`], stops listening, and runs
 //! the task as `oz agent run` would, minus what it already did. One sandbox serves one task.
 //!
-//! The exchange is one JSON line each way on the socket. The socket is created 0600 in a folder only
-//! the sandbox's user can enter; the backend that made the sandbox is the only other party.
+//! The handoff comes over one of two channels ([`HandoffChannel`]):
+//! - a unix socket (Direct): one JSON line each way. The socket is created 0600 in a folder only the
+//!   sandbox's user can enter; the backend that made the sandbox is the only other party.
+//! - the runner's stdin (Docker: the container's stdin, attached once through the engine's API): one
+//!   JSON line in, no answer; a handoff the runner refuses ends it with the reason on stderr.
+//!
+//! Either way the runner says [`READY_LINE`] on stderr when it waits for the task.
 
 use std::path::Path;
 
@@ -21,6 +26,8 @@ pub const WARM_SUBCOMMAND: [&str; 2] = ["agent", "warm"];
 pub mod flag {
     /// The unix socket to wait on for the handoff (created by the runner, removed after it).
     pub const SOCKET: &str = "socket";
+    /// Read the handoff from stdin instead of a socket.
+    pub const HANDOFF_STDIN: &str = "handoff-stdin";
     /// The environment to prepare, as a JSON file (an `EnvironmentConfig`).
     pub const ENVIRONMENT_FILE: &str = "environment-file";
     /// Where the repos are cloned from (`https://github.com` by default).
@@ -34,6 +41,18 @@ pub const MAX_HANDOFF_BYTES: usize = 1024 * 1024;
 
 /// The name of the socket file in a warm sandbox's private folder.
 pub const SOCKET_NAME: &str = "handoff.sock";
+
+/// What a warm runner prints on stderr (at the start of a line) once it is prepared and waits.
+pub const READY_LINE: &str = "oz agent warm: ready";
+
+/// Where a warm runner waits for its handoff.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HandoffChannel {
+    /// A unix socket it creates at this path.
+    Socket(std::path::PathBuf),
+    /// Its stdin.
+    Stdin,
+}
 
 /// What a backend prepares a warm sandbox from ([`crate::backend::Backend::prepare`]): nothing of
 /// any run, and no secret.
@@ -57,7 +76,7 @@ pub struct WarmSpec {
 /// The argv of `oz agent warm` with the paths a backend chose in its sandbox.
 pub fn warm_argv(
     entrypoint: &str,
-    socket: &Path,
+    channel: &HandoffChannel,
     environment_file: &Path,
     workdir: &Path,
     git_base_url: Option<&str>,
@@ -65,7 +84,10 @@ pub fn warm_argv(
     let long = |name: &str| format!("--{name}");
     let mut argv = vec![entrypoint.to_owned()];
     argv.extend(WARM_SUBCOMMAND.iter().map(|s| (*s).to_owned()));
-    argv.extend([long(flag::SOCKET), socket.display().to_string()]);
+    match channel {
+        HandoffChannel::Socket(socket) => argv.extend([long(flag::SOCKET), socket.display().to_string()]),
+        HandoffChannel::Stdin => argv.push(long(flag::HANDOFF_STDIN)),
+    }
     argv.extend([long(flag::ENVIRONMENT_FILE), environment_file.display().to_string()]);
     argv.extend([long(flag::WORKDIR), workdir.display().to_string()]);
     if let Some(base) = git_base_url {

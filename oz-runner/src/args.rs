@@ -283,18 +283,45 @@ mod tests {
     }
 
     #[test]
+    fn the_warm_argv_of_either_channel_parses_and_asks_for_exactly_one() {
+        #[derive(Debug, Parser)]
+        #[command(no_binary_name = true)]
+        struct Warm {
+            #[command(flatten)]
+            args: WarmArgs,
+        }
+        use oz_core::warm::{HandoffChannel, warm_argv};
+        let (env, workdir) = (std::path::Path::new("/e.json"), std::path::Path::new("/w"));
+        for channel in [HandoffChannel::Socket("/s/handoff.sock".into()), HandoffChannel::Stdin] {
+            let argv = warm_argv("oz", &channel, env, workdir, Some("file:///git"));
+            let parsed = Warm::try_parse_from(&argv[3..]).unwrap().args;
+            assert_eq!(parsed.channel(), channel);
+            assert_eq!((parsed.environment_file.as_path(), parsed.workdir.as_path()), (env, workdir));
+            assert_eq!(parsed.git_base_url, "file:///git");
+        }
+        let rest = ["--environment-file", "/e.json", "--workdir", "/w"];
+        assert!(Warm::try_parse_from(rest).is_err(), "one channel is required");
+        let both = [&["--socket", "/s", "--handoff-stdin"][..], &rest[..]].concat();
+        assert!(Warm::try_parse_from(both).is_err(), "only one channel");
+    }
+
+    #[test]
     fn a_bad_value_for_a_known_flag_is_still_an_error() {
         assert!(parse_lenient(v(&["--output-format", "yaml"])).is_err());
     }
 }
 
 /// `oz agent warm`: prepare a warm sandbox (clone, setup) holding no credential and no task, then wait
-/// on a unix socket for the one task it will run (see `oz_core::warm`).
+/// on a unix socket, or on stdin, for the one task it will run (see `oz_core::warm`).
 #[derive(Clone, Debug, Args)]
+#[command(group(clap::ArgGroup::new("handoff").required(true).multiple(false).args(["socket", "handoff_stdin"])))]
 pub struct WarmArgs {
-    /// The unix socket to wait on for the task.
+    /// The unix socket to wait on for the task (its folder also gets the preparation's log).
     #[arg(long = oz_core::warm::flag::SOCKET, value_name = "PATH")]
-    pub socket: PathBuf,
+    pub socket: Option<PathBuf>,
+    /// Read the task from stdin (one JSON line) instead; the output stays on stdout and stderr.
+    #[arg(long = oz_core::warm::flag::HANDOFF_STDIN)]
+    pub handoff_stdin: bool,
     /// The environment to prepare, as a JSON file.
     #[arg(long = oz_core::warm::flag::ENVIRONMENT_FILE, value_name = "PATH")]
     pub environment_file: PathBuf,
@@ -304,4 +331,14 @@ pub struct WarmArgs {
     /// The folder to clone into and run the setup commands in.
     #[arg(long = oz_core::warm::flag::WORKDIR, value_name = "PATH")]
     pub workdir: PathBuf,
+}
+
+impl WarmArgs {
+    /// Where the handoff comes from.
+    pub fn channel(&self) -> oz_core::warm::HandoffChannel {
+        match &self.socket {
+            Some(socket) => oz_core::warm::HandoffChannel::Socket(socket.clone()),
+            None => oz_core::warm::HandoffChannel::Stdin,
+        }
+    }
 }

@@ -1,10 +1,12 @@
 //! `oz agent warm`: the first half of a run in a warm sandbox. It clones the environment's repos and
 //! runs its setup commands with no control plane, no credential and no task; then it waits on a unix
-//! socket for one [`Handoff`], answers it, stops listening, and runs the task as `oz agent run` would
-//! ([`crate::run::run_prepared`]), starting from what it prepared. See `oz_core::warm`.
+//! socket (answering the one [`Handoff`] it takes, then no longer listening) or on stdin for the
+//! task, and runs it as `oz agent run` would ([`crate::run::run_prepared`]), starting from what it
+//! prepared. See `oz_core::warm`.
 //!
-//! While it prepares, its stdout and stderr go to `prepare.log` beside the socket (nobody reads its
-//! pipes yet); they are given back for the task.
+//! With a socket, its stdout and stderr go to `prepare.log` beside the socket while it prepares
+//! (nobody reads its pipes yet); they are given back for the task. With stdin (a container, whose
+//! output the engine keeps), they stay where they are.
 
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
@@ -15,7 +17,7 @@ use async_trait::async_trait;
 use oz_core::environment::EnvironmentConfig;
 use oz_core::redact::Redactor;
 use oz_core::runner::env;
-use oz_core::warm::{Handoff, HandoffAnswer, MAX_HANDOFF_BYTES};
+use oz_core::warm::{Handoff, HandoffAnswer, HandoffChannel, MAX_HANDOFF_BYTES, READY_LINE};
 use oz_core::wire::callbacks::{ResolvedRun, RunnerEvent, RunnerReport};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
@@ -33,12 +35,16 @@ const MAX_PREPARE_EVENTS: usize = 10_000;
 /// `oz agent warm` as a process; returns the exit status.
 pub fn warm_main(args: WarmArgs) -> i32 {
     crate::install_crypto_provider();
-    let saved = match send_output_to(&args.socket.with_file_name("prepare.log")) {
-        Ok(saved) => saved,
-        Err(e) => {
-            eprintln!("oz agent warm: could not open the preparation's log: {e}");
-            return EXIT_USAGE;
-        }
+    let channel = args.channel();
+    let saved = match &channel {
+        HandoffChannel::Socket(socket) => match send_output_to(&socket.with_file_name("prepare.log")) {
+            Ok(saved) => Some(saved),
+            Err(e) => {
+                eprintln!("oz agent warm: could not open the preparation's log: {e}");
+                return EXIT_USAGE;
+            }
+        },
+        HandoffChannel::Stdin => None,
     };
     crate::init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
@@ -57,15 +63,21 @@ pub fn warm_main(args: WarmArgs) -> i32 {
                 return code;
             }
         };
-        let handoff = match wait_for_task(&args.socket, cancel_rx.clone()).await {
+        let waited = match &channel {
+            HandoffChannel::Socket(socket) => wait_for_task(socket, cancel_rx.clone()).await,
+            HandoffChannel::Stdin => read_task_from_stdin(cancel_rx.clone()).await,
+        };
+        let handoff = match waited {
             Ok(h) => h,
-            Err(message) => {
+            Err((code, message)) => {
                 eprintln!("oz agent warm: {message}");
-                return run::EXIT_CANCELLED;
+                return code;
             }
         };
         // The task's output is the task's: the pipes are its again.
-        if let Err(e) = restore_output(saved) {
+        if let Some(saved) = saved
+            && let Err(e) = restore_output(saved)
+        {
             eprintln!("oz agent warm: could not give the output back: {e}");
         }
         let flags = handoff.run_flags().unwrap_or_default();
@@ -128,31 +140,28 @@ async fn prepare(args: &WarmArgs, cancel: &watch::Receiver<bool>) -> Result<Prep
 
 /// Listens on `socket` (0600) until one valid handoff comes, answers it, and stops listening. A
 /// malformed one is answered with why, and the wait goes on.
-async fn wait_for_task(socket: &Path, mut cancel: watch::Receiver<bool>) -> Result<Handoff, String> {
+async fn wait_for_task(socket: &Path, mut cancel: watch::Receiver<bool>) -> Result<Handoff, Failure> {
     let _ = std::fs::remove_file(socket);
-    let listener = UnixListener::bind(socket).map_err(|e| format!("could not listen on {}: {e}", socket.display()))?;
+    let listener = UnixListener::bind(socket)
+        .map_err(|e| (EXIT_USAGE, format!("could not listen on {}: {e}", socket.display())))?;
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| format!("could not restrict {}: {e}", socket.display()))?;
+            .map_err(|e| (EXIT_USAGE, format!("could not restrict {}: {e}", socket.display())))?;
     }
-    eprintln!("oz agent warm: ready; waiting for the task on {}", socket.display());
+    eprintln!("{READY_LINE}; waiting for the task on {}", socket.display());
     let (handoff, mut write) = loop {
         let (stream, _) = tokio::select! {
-            accepted = listener.accept() => accepted.map_err(|e| format!("could not accept on {}: {e}", socket.display()))?,
-            _ = cancel.wait_for(|c| *c) => return Err("stopped before a task came".into()),
+            accepted = listener.accept() => accepted
+                .map_err(|e| (run::EXIT_CANCELLED, format!("could not accept on {}: {e}", socket.display())))?,
+            _ = cancel.wait_for(|c| *c) => return Err((run::EXIT_CANCELLED, "stopped before a task came".into())),
         };
         let (read, mut write) = stream.into_split();
         let mut line = Vec::new();
         let mut reader = BufReader::new(read).take(MAX_HANDOFF_BYTES as u64);
         let read = tokio::time::timeout(std::time::Duration::from_secs(10), reader.read_until(b'\n', &mut line)).await;
         let parsed = match read {
-            Ok(Ok(_)) => serde_json::from_slice::<Handoff>(&line)
-                .map_err(|e| format!("the handoff is not valid: {e}"))
-                .and_then(|h| match h.run_flags() {
-                    Some(_) => Ok(h),
-                    None => Err("the handoff's argv is not a runner's (`... agent run ...`)".into()),
-                }),
+            Ok(Ok(_)) => parse_handoff(&line),
             Ok(Err(e)) => Err(format!("could not read the handoff: {e}")),
             Err(_) => Err("the handoff did not come within 10 s of the connection".into()),
         };
@@ -169,6 +178,29 @@ async fn wait_for_task(socket: &Path, mut cancel: watch::Receiver<bool>) -> Resu
     let _ = std::fs::remove_file(socket);
     answer(&mut write, HandoffAnswer { accepted: true, error: None }).await;
     Ok(handoff)
+}
+
+/// Reads the one handoff from stdin. Whatever comes is the only chance: a bad one ends the runner.
+async fn read_task_from_stdin(mut cancel: watch::Receiver<bool>) -> Result<Handoff, Failure> {
+    eprintln!("{READY_LINE}; waiting for the task on stdin");
+    let mut line = Vec::new();
+    let mut reader = BufReader::new(tokio::io::stdin()).take(MAX_HANDOFF_BYTES as u64);
+    tokio::select! {
+        read = reader.read_until(b'\n', &mut line) => match read {
+            Ok(0) => Err((run::EXIT_CANCELLED, "stdin closed before a task came".into())),
+            Ok(_) => parse_handoff(&line).map_err(|e| (EXIT_USAGE, e)),
+            Err(e) => Err((EXIT_USAGE, format!("could not read the handoff: {e}"))),
+        },
+        _ = cancel.wait_for(|c| *c) => Err((run::EXIT_CANCELLED, "stopped before a task came".into())),
+    }
+}
+
+fn parse_handoff(line: &[u8]) -> Result<Handoff, String> {
+    let handoff: Handoff = serde_json::from_slice(line).map_err(|e| format!("the handoff is not valid: {e}"))?;
+    match handoff.run_flags() {
+        Some(_) => Ok(handoff),
+        None => Err("the handoff's argv is not a runner's (`... agent run ...`)".into()),
+    }
 }
 
 async fn answer(write: &mut tokio::net::unix::OwnedWriteHalf, answer: HandoffAnswer) {
