@@ -177,3 +177,34 @@ async fn sidecar_volumes_of_other_content_are_collected_unless_in_use() {
     assert!(removed.contains(&unused), "{removed:?}");
     assert!(!removed.contains(&used), "a volume in use stays: {removed:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_probe_left_by_a_killed_worker_is_removed_on_recovery() {
+    let worker_id = format!("probe-test-{}", std::process::id());
+    let Some(backend) = support::backend(DockerConfig::new(&worker_id), support::BUSYBOX).await else { return };
+    let docker = backend.docker();
+    // What a worker killed while materializing the sidecar leaves: a created, never started
+    // container with the sidecar's labels and no task.
+    let labels = std::collections::HashMap::from([
+        (oz_core::task::labels::MANAGED_BY.to_owned(), oz_core::task::labels::MANAGED_BY_VALUE.to_owned()),
+        (oz_core::task::labels::WORKER_ID.to_owned(), worker_id.clone()),
+        (oz_backend_docker::sidecar::DIGEST_LABEL.to_owned(), "oz-sidecar-probe-test".to_owned()),
+    ]);
+    docker
+        .create_container(
+            None::<bollard::query_parameters::CreateContainerOptions>,
+            bollard::models::ContainerCreateBody {
+                image: Some(support::BUSYBOX.into()),
+                labels: Some(labels),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let left = support::labelled(docker, oz_core::task::labels::WORKER_ID, &worker_id).await;
+    assert_eq!(left.len(), 1, "{left:?}");
+    let recovered = backend.recover().await.unwrap();
+    assert!(recovered.is_empty(), "a probe is no task");
+    let left = support::labelled(docker, oz_core::task::labels::WORKER_ID, &worker_id).await;
+    assert!(left.is_empty(), "the probe is gone: {left:?}");
+}

@@ -381,17 +381,23 @@ async fn a_warm_container_is_handed_its_task_on_stdin_and_a_killed_worker_leaves
         ..Default::default()
     };
     let run = client.runs().create("warm").agent_config(config).send().await.unwrap();
+    // The server gives the run an execution id: the name is the run's, then the execution's.
     let assigned = oz_backend_docker::container::assigned_name(&run.run_id, None);
     let watched = first[0].clone();
     let inspected = tokio::spawn(async move {
         for _ in 0..600 {
-            let inspect = docker_inspect(&assigned);
-            if inspect.contains(&assigned) {
-                return inspect;
+            let out = Command::new("docker")
+                .args(["ps", "--format", "{{.Names}}", "--filter", &format!("name={assigned}-")])
+                .output()
+                .unwrap();
+            if let Some(name) = String::from_utf8_lossy(&out.stdout).lines().next() {
+                let (task, execution) = oz_backend_docker::container::parse_assigned_name(name).unwrap();
+                assert!(task == assigned.trim_start_matches("oz-run-36-") && execution.is_some(), "{name}");
+                return docker_inspect(name);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("the warm container {watched} was never renamed to {assigned}");
+        panic!("the warm container {watched} was never renamed to {assigned}-<execution>");
     });
     let events: Vec<_> = tokio::time::timeout(
         Duration::from_secs(120),
