@@ -90,6 +90,11 @@ async fn environment(s: &Stack, setup: &str) -> String {
 }
 
 fn worker(s: &Stack, pools: Vec<WarmPoolConfig>) -> Arc<Worker> {
+    worker_with_mirrors(s, pools, None)
+}
+
+/// A worker that keeps git mirrors in `mirrors`, which its tasks' clones reference.
+fn worker_with_mirrors(s: &Stack, pools: Vec<WarmPoolConfig>, mirrors: Option<&Path>) -> Arc<Worker> {
     let mut direct = DirectConfig::new("warm-worker", s.workspaces());
     direct.stop_grace = Duration::from_secs(2);
     let backend = Arc::new(DirectBackend::new(direct).unwrap());
@@ -97,11 +102,16 @@ fn worker(s: &Stack, pools: Vec<WarmPoolConfig>) -> Arc<Worker> {
         entrypoint: OZ.into(),
         server_root_url: s.server.url(),
         idle_on_complete: None,
-        extra_env: vec![],
+        // What `oz-agent-worker` adds for `git_mirrors:` on Direct (backends::mount_git_mirrors).
+        extra_env: mirrors
+            .map(|m| (oz_core::runner::env::GIT_MIRROR_DIR.to_owned(), m.display().to_string()))
+            .into_iter()
+            .collect(),
     };
     let ws = format!("{}/api/v1/selfhosted/worker/ws", s.server.url().replace("http://", "ws://"));
     let mut config = WorkerConfig::new("warm-worker", ws, ApiKey::new(s.worker_key.clone()), command);
     config.warm_pools = pools;
+    config.git_mirrors = mirrors.map(Path::to_path_buf);
     Arc::new(Worker::new(config, backend).unwrap())
 }
 
@@ -436,4 +446,37 @@ async fn a_sandbox_that_refuses_its_task_is_removed_with_its_runner() {
         std::thread::sleep(Duration::from_millis(20));
     }
     s.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_clone_borrows_from_the_workers_mirror_and_still_gets_a_newer_push() {
+    let s = stack().await;
+    let env_id = environment(&s, "true").await;
+    let mirrors = s.dir.path().join("mirrors");
+    let w = worker_with_mirrors(&s, vec![], Some(&mirrors));
+    tokio::spawn(w.clone().run_shared());
+    let script =
+        "cat app/.git/objects/info/alternates 2>/dev/null || echo no-alternates; git -C app log -1 --format=%s";
+    // The first task of the environment has the worker make its mirror.
+    let (state, _) = run(&s, &env_id, script).await;
+    assert_eq!(state, RunState::Succeeded);
+    let mirror = oz_core::runner::mirror_of(&mirrors, &RepoRef::new("acme", "app").unwrap());
+    for _ in 0..200 {
+        if mirror.join("HEAD").is_file() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(mirror.join("HEAD").is_file(), "the worker made no mirror at {}", mirror.display());
+    // A push the mirror has not seen (it is fetched at most every 30 s): the clone borrows what the
+    // mirror has and fetches the rest from the remote.
+    s.push("pushed after the mirror");
+    let (state, output) = run(&s, &env_id, script).await;
+    assert_eq!(state, RunState::Succeeded, "{output}");
+    assert!(
+        output.contains(&format!("{}/objects", mirror.display())),
+        "the clone borrows the mirror's objects: {output}"
+    );
+    assert!(output.contains("pushed after the mirror"), "the clone is at the remote's HEAD: {output}");
+    assert!(output.contains("referencing the worker's mirror"), "the history says so: {output}");
 }

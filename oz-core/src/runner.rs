@@ -36,6 +36,10 @@ pub mod env {
     pub const DEFAULT_HARNESS: &str = "OZ_DEFAULT_HARNESS";
     /// Where repos are cloned from (`<base>/<owner>/<repo>`; default `https://github.com`).
     pub const GIT_BASE_URL: &str = "OZ_GIT_BASE_URL";
+    /// A folder of bare mirrors, `<owner>/<repo>.git` ([`super::mirror_of`]), kept by the worker
+    /// and read-only to the sandbox; a clone references its repo's mirror and fetches only what is
+    /// newer.
+    pub const GIT_MIRROR_DIR: &str = "OZ_GIT_MIRROR_DIR";
     /// The control plane's root URL (Oz's name).
     pub const SERVER_ROOT_URL: &str = "WARP_SERVER_ROOT_URL";
     /// The task id (Oz's name).
@@ -61,6 +65,44 @@ pub mod env {
     pub const GITHUB_TOKEN: &str = "GITHUB_TOKEN";
     /// `gh`'s token variable: never passed on (`gh` gets a token through the runner's helper).
     pub const GH_TOKEN: &str = "GH_TOKEN";
+}
+
+/// The mirror of `repo` in a folder of mirrors (see [`env::GIT_MIRROR_DIR`]).
+pub fn mirror_of(root: &std::path::Path, repo: &crate::environment::RepoRef) -> std::path::PathBuf {
+    root.join(&repo.owner).join(format!("{}.git", repo.repo))
+}
+
+/// The clone URL of `repo` under the git base URL `base`.
+pub fn clone_url(base: &str, repo: &crate::environment::RepoRef) -> String {
+    format!("{}/{}/{}", base.trim_end_matches('/'), repo.owner, repo.repo)
+}
+
+/// Checks a git base URL: a known scheme and no credentials in it.
+pub fn validate_base_url(base: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = base.split_once("://") else {
+        return Err(format!("the git base URL {base:?} must start with https://, http://, ssh:// or file://"));
+    };
+    if !matches!(scheme, "https" | "http" | "ssh" | "file") {
+        return Err(format!("the git base URL scheme {scheme:?} is not one of https, http, ssh, file"));
+    }
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.contains('@') && scheme != "ssh" {
+        return Err(
+            "the git base URL must not carry credentials; they are handed to git through the credential helper".into(),
+        );
+    }
+    if base.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("the git base URL must not contain spaces or control characters".into());
+    }
+    Ok(())
+}
+
+/// Where repos come from when nothing says otherwise.
+pub const DEFAULT_GIT_BASE_URL: &str = "https://github.com";
+
+/// The git base URL an environment's repos are cloned from: its `OZ_GIT_BASE_URL`, else GitHub.
+pub fn git_base_url(environment: &crate::environment::EnvironmentConfig) -> &str {
+    environment.env_vars.get(env::GIT_BASE_URL).map_or(DEFAULT_GIT_BASE_URL, String::as_str)
 }
 
 /// The `oz` subcommand that is the runner.

@@ -18,30 +18,7 @@ use tokio::process::Command;
 
 use crate::log::EventLog;
 
-/// Checks a git base URL: a known scheme and no credentials in it.
-pub fn validate_base_url(base: &str) -> Result<(), String> {
-    let Some((scheme, rest)) = base.split_once("://") else {
-        return Err(format!("the git base URL {base:?} must start with https://, http://, ssh:// or file://"));
-    };
-    if !matches!(scheme, "https" | "http" | "ssh" | "file") {
-        return Err(format!("the git base URL scheme {scheme:?} is not one of https, http, ssh, file"));
-    }
-    let authority = rest.split('/').next().unwrap_or("");
-    if authority.contains('@') && scheme != "ssh" {
-        return Err(
-            "the git base URL must not carry credentials; they are handed to git through the credential helper".into(),
-        );
-    }
-    if base.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err("the git base URL must not contain spaces or control characters".into());
-    }
-    Ok(())
-}
-
-/// The clone URL of `repo` under `base`.
-pub fn clone_url(base: &str, repo: &RepoRef) -> String {
-    format!("{}/{}/{}", base.trim_end_matches('/'), repo.owner, repo.repo)
-}
+pub use oz_core::runner::{clone_url, validate_base_url};
 
 /// Finds a git binary: on `PATH`, else the sidecar's own (`/agent/bin/git`).
 pub fn find_git(path_var: Option<&str>) -> Option<PathBuf> {
@@ -72,6 +49,9 @@ pub enum Cloner {
         git: PathBuf,
         /// Its environment (with the credential helper configured).
         env: Vec<(String, String)>,
+        /// The worker's folder of mirrors (`OZ_GIT_MIRROR_DIR`), if any: a clone references its
+        /// repo's mirror there.
+        mirrors: Option<PathBuf>,
     },
     /// The built-in git, with these credentials.
     Builtin(Arc<Vec<GitCredential>>),
@@ -98,7 +78,15 @@ pub async fn clone_all(
                 Ok(())
             } else {
                 match &cloner {
-                    Cloner::Binary { git, env } => clone_one(git, &url, &dir, env).await,
+                    Cloner::Binary { git, env, mirrors } => {
+                        let mirror =
+                            mirrors.as_deref().map(|m| oz_core::runner::mirror_of(m, &repo)).filter(|m| m.is_dir());
+                        if let Some(mirror) = &mirror {
+                            let text = format!("{repo}: referencing the worker's mirror {}", mirror.display());
+                            log.announce(&text).await;
+                        }
+                        clone_one(git, &url, &dir, env, mirror.as_deref()).await
+                    }
                     Cloner::Builtin(credentials) => {
                         let (url, dir, credentials) = (url.clone(), dir.clone(), credentials.clone());
                         tokio::task::spawn_blocking(move || builtin_clone(&url, &dir, credentials))
@@ -109,7 +97,7 @@ pub async fn clone_all(
             };
             let error = result.err().map(|e| log.redact(&e));
             let head = match (&error, &cloner) {
-                (None, Cloner::Binary { git, env }) => rev_parse_head(git, &dir, env).await,
+                (None, Cloner::Binary { git, env, .. }) => rev_parse_head(git, &dir, env).await,
                 (None, Cloner::Builtin(_)) => builtin_head(&dir),
                 (Some(_), _) => None,
             };
@@ -126,15 +114,28 @@ pub async fn clone_all(
     futures::future::join_all(jobs).await
 }
 
-async fn clone_one(git: &Path, url: &str, dir: &Path, env: &[(String, String)]) -> Result<(), String> {
+/// Clones `url` into `dir`; with a mirror, its objects are borrowed (git alternates) and only what
+/// the mirror lacks is fetched. (The mirror must outlive the clone: the worker never prunes one.)
+async fn clone_one(
+    git: &Path,
+    url: &str,
+    dir: &Path,
+    env: &[(String, String)],
+    mirror: Option<&Path>,
+) -> Result<(), String> {
     // Run beside the target (the workdir, which exists), naming it by its last component.
     let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
         return Err(format!("{} is not a folder to clone into", dir.display()));
     };
     let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
-    git_in(git, parent, env, &["clone", "--quiet", "--filter=tree:0", "--", url, &name.to_string_lossy()])
-        .await
-        .map(drop)
+    let name = name.to_string_lossy();
+    let mirror = mirror.map(|m| m.display().to_string());
+    let mut args = vec!["clone", "--quiet", "--filter=tree:0"];
+    if let Some(mirror) = &mirror {
+        args.extend(["--reference-if-able", mirror.as_str()]);
+    }
+    args.extend(["--", url, &name]);
+    git_in(git, parent, env, &args).await.map(drop)
 }
 
 /// Clones with the built-in git: shallow (depth 1), isolated from any git configuration on the host,

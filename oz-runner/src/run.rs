@@ -438,7 +438,14 @@ pub(crate) async fn clone_environment(
     }
     let path_var = child_env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
     let cloner = match clone::find_git(path_var) {
-        Some(git) => clone::Cloner::Binary { git, env: child_env.to_vec() },
+        Some(git) => {
+            let mirrors = child_env
+                .iter()
+                .find(|(k, _)| k == oz_core::runner::env::GIT_MIRROR_DIR)
+                .map(|(_, v)| PathBuf::from(v))
+                .filter(|p| p.is_absolute());
+            clone::Cloner::Binary { git, env: child_env.to_vec(), mirrors }
+        }
         None => {
             log.note("no git binary on PATH nor at /agent/bin/git: cloning with the built-in git (shallow, depth 1)");
             clone::Cloner::Builtin(Arc::new(git_credentials.to_vec()))

@@ -25,6 +25,31 @@ impl std::fmt::Debug for BuiltBackend {
     }
 }
 
+/// Where the sandboxes of `config`'s backend find the worker's git mirrors kept in `dir` (for
+/// `OZ_GIT_MIRROR_DIR`): the folder itself on Direct; a read-only bind mount at
+/// [`SANDBOX_GIT_MIRRORS`] on Docker, added to `config`. Kubernetes has none yet.
+pub fn mount_git_mirrors(config: &mut BackendConfig, dir: &std::path::Path) -> Result<String, WorkerError> {
+    if !dir.is_absolute() {
+        return Err(WorkerError::Config(format!("git_mirrors: {} must be an absolute path", dir.display())));
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| WorkerError::Config(format!("git_mirrors: could not create {}: {e}", dir.display())))?;
+    match config {
+        #[cfg(feature = "direct")]
+        BackendConfig::Direct(_) => Ok(dir.display().to_string()),
+        #[cfg(feature = "docker")]
+        BackendConfig::Docker(docker) => {
+            docker.volumes.push(format!("{}:{SANDBOX_GIT_MIRRORS}:ro", dir.display()));
+            Ok(SANDBOX_GIT_MIRRORS.to_owned())
+        }
+        #[allow(unreachable_patterns)]
+        _ => Err(WorkerError::Config("git_mirrors: the kubernetes backend has no git mirrors yet".into())),
+    }
+}
+
+/// Where a container finds the worker's git mirrors.
+pub const SANDBOX_GIT_MIRRORS: &str = "/oz-cache/git";
+
 /// Makes the backend `config` describes, for worker `worker_id`, removing what tasks leave when
 /// `cleanup` is on. Connects to the engine or cluster and, for Kubernetes, runs the preflight Job.
 pub async fn build(config: BackendConfig, worker_id: &str, cleanup: bool) -> Result<BuiltBackend, WorkerError> {

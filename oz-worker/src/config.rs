@@ -27,6 +27,9 @@ pub struct FileConfig {
     /// Our extension: warm pools, per environment (see [`crate::pool`]).
     #[serde(default)]
     pub warm_pools: Vec<crate::pool::WarmPoolConfig>,
+    /// Our extension: a folder (absolute, on the host) where the worker keeps bare mirrors of its
+    /// environments' repos, which its sandboxes' clones reference (see [`crate::mirror`]).
+    pub git_mirrors: Option<std::path::PathBuf>,
 }
 
 /// `backend:`: exactly one of its keys, each the configuration of that backend (an externally

@@ -22,6 +22,7 @@ pub mod backends;
 pub mod config;
 mod error;
 pub mod metrics;
+pub mod mirror;
 pub mod outbox;
 pub mod pool;
 mod worker;

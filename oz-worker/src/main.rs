@@ -142,19 +142,25 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
             _ => return Err("-v/--volumes applies to the docker backend only".into()),
         }
     }
+    let mut extra_env = Vec::new();
+    if let Some(dir) = &file.git_mirrors {
+        let in_sandbox = oz_worker::backends::mount_git_mirrors(&mut backend_config, dir)?;
+        extra_env.push((oz_core::runner::env::GIT_MIRROR_DIR.to_owned(), in_sandbox));
+    }
     let built = oz_worker::backends::build(backend_config, &worker_id, cleanup).await?;
     let backend = built.backend;
     let command = CommandOptions {
         entrypoint: built.runner_entrypoint,
         server_root_url,
         idle_on_complete: flags.idle_on_complete,
-        extra_env: Vec::new(),
+        extra_env,
     };
     let mut config = WorkerConfig::new(worker_id.clone(), web_socket_url, ApiKey::new(api_key), command);
     config.cleanup = cleanup;
     config.max_concurrent_tasks = flags.max_concurrent_tasks.or(file.max_concurrent_tasks).unwrap_or(0);
     config.outbox_file = flags.outbox_file.clone().or_else(|| default_outbox_file(&worker_id));
     config.warm_pools = file.warm_pools.clone();
+    config.git_mirrors = file.git_mirrors.clone();
     let worker = Arc::new(Worker::new(config, backend.clone())?);
     if let Some(listen) = flags.metrics_listen.or(file.metrics_listen.clone()) {
         let (addr, _task) = oz_worker::metrics::serve(worker.metrics(), &listen)

@@ -24,6 +24,19 @@ use tracing::{info, warn};
 use crate::error::WorkerError;
 use crate::metrics::WorkerMetrics;
 
+/// A client for the control plane with the worker's credential (it reads environments by id).
+pub(crate) fn control_plane_client(
+    options: &CommandOptions,
+    api_key: &oz_core::credentials::ApiKey,
+) -> Option<oz_sdk::Client> {
+    oz_sdk::Client::builder()
+        .base_url(options.server_root_url.clone())
+        .api_key(api_key.expose())
+        .user_agent(concat!("oz-agent-worker/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .ok()
+}
+
 /// One entry of `warm_pools:` in the worker's YAML file.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -79,6 +92,8 @@ struct Inner {
     backend: Arc<dyn Backend>,
     /// `None` without pools.
     control_plane: Option<oz_sdk::Client>,
+    /// Refreshed before each preparation, so a warm clone borrows from a current mirror.
+    mirrors: Option<Arc<crate::mirror::GitMirrors>>,
     options: CommandOptions,
     metrics: WorkerMetrics,
     pools: Mutex<HashMap<String, Pool>>,
@@ -110,18 +125,15 @@ impl WarmPools {
         options: CommandOptions,
         api_key: &oz_core::credentials::ApiKey,
         metrics: WorkerMetrics,
+        mirrors: Option<Arc<crate::mirror::GitMirrors>>,
     ) -> Result<Self, WorkerError> {
         // Needed only once there are pools: `add` refuses a pool without it.
-        let control_plane = oz_sdk::Client::builder()
-            .base_url(options.server_root_url.clone())
-            .api_key(api_key.expose())
-            .user_agent(concat!("oz-agent-worker/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .ok();
+        let control_plane = control_plane_client(&options, api_key);
         let pools = Self {
             inner: Arc::new(Inner {
                 backend,
                 control_plane,
+                mirrors,
                 options,
                 metrics,
                 pools: Mutex::new(HashMap::new()),
@@ -145,7 +157,7 @@ impl WarmPools {
     pub fn add(&self, config: WarmPoolConfig) -> Result<(), WorkerError> {
         if !self.inner.backend.warm_sandboxes() {
             return Err(WorkerError::Config(format!(
-                "warm_pools: the {} backend has no warm sandboxes yet (the direct backend has)",
+                "warm_pools: the {} backend has no warm sandboxes yet (the direct and docker backends have)",
                 self.inner.backend.name()
             )));
         }
@@ -363,6 +375,9 @@ impl WarmPools {
             .await
             .map_err(|e| format!("could not fetch environment {environment:?}: {e}"))?;
         let config = found.config;
+        if let Some(mirrors) = &self.inner.mirrors {
+            mirrors.refresh(&config).await;
+        }
         let image = oz_core::image::ImageRef::parse_optional(config.docker_image.as_deref())
             .map_err(|e| format!("environment {environment:?}: {e}"))?;
         let sandbox = SandboxSpec { image, ..SandboxSpec::default() };

@@ -61,6 +61,9 @@ pub struct WorkerConfig {
     pub outbox_file: Option<std::path::PathBuf>,
     /// Warm pools, per environment (`warm_pools:` in the file; see [`crate::pool`]).
     pub warm_pools: Vec<crate::pool::WarmPoolConfig>,
+    /// The folder of git mirrors the worker keeps (`git_mirrors:`; see [`crate::mirror`]). The
+    /// backend must be given it as well ([`crate::backends::mount_git_mirrors`]).
+    pub git_mirrors: Option<std::path::PathBuf>,
 }
 
 impl WorkerConfig {
@@ -78,6 +81,7 @@ impl WorkerConfig {
             max_concurrent_tasks: 0,
             cleanup: true,
             warm_pools: Vec::new(),
+            git_mirrors: None,
             command,
             ping_interval: Duration::from_secs(30),
             read_deadline: Duration::from_secs(60),
@@ -141,6 +145,7 @@ pub struct Worker {
     handle: WorkerHandle,
     metrics: WorkerMetrics,
     pools: crate::pool::WarmPools,
+    mirrors: Option<Arc<crate::mirror::GitMirrors>>,
 }
 
 impl Worker {
@@ -154,15 +159,27 @@ impl Worker {
         let (claims, earlier_claims) =
             crate::outbox::Claims::open(config.outbox_file.as_ref().map(|f| f.with_extension("claims")));
         let metrics = WorkerMetrics::new();
+        let mirrors = match &config.git_mirrors {
+            Some(dir) => Some(Arc::new(
+                crate::mirror::GitMirrors::new(
+                    dir.clone(),
+                    crate::pool::control_plane_client(&config.command, &config.api_key),
+                )
+                .map_err(|e| WorkerError::Config(format!("git_mirrors: could not create {}: {e}", dir.display())))?,
+            )),
+            None => None,
+        };
         let pools = crate::pool::WarmPools::new(
             backend.clone(),
             config.warm_pools.clone(),
             config.command.clone(),
             &config.api_key,
             metrics.clone(),
+            mirrors.clone(),
         )?;
         Ok(Self {
             pools,
+            mirrors,
             config: Arc::new(config),
             backend,
             shared: Arc::new(Mutex::new(Shared {
@@ -461,6 +478,11 @@ impl Worker {
         environment: Option<&str>,
         assigned_at: std::time::Instant,
     ) -> Result<oz_core::backend::TaskHandle, oz_core::backend::BackendError> {
+        if let (Some(mirrors), Some(environment)) = (&self.mirrors, environment) {
+            // For the next clones of this environment; this one goes on with the mirror as it is.
+            let (mirrors, environment) = (mirrors.clone(), environment.to_owned());
+            tokio::spawn(async move { mirrors.refresh_environment(&environment).await });
+        }
         let Some(environment) = environment.filter(|e| self.pools.has(e)) else {
             return self.backend.launch(spec).await;
         };

@@ -1,0 +1,204 @@
+//! The worker's git mirrors (`git_mirrors:` in its YAML file): a bare mirror of each repo of the
+//! environments it serves, `<dir>/<owner>/<repo>.git` ([`oz_core::runner::mirror_of`]), that every
+//! clone in its sandboxes references (read-only; `OZ_GIT_MIRROR_DIR`), so a cold clone fetches only
+//! what the mirror lacks.
+//!
+//! The worker keeps them itself: a mirror is cloned the first time an environment needs it and
+//! fetched again when the environment is used (a task assigned, a warm sandbox prepared), at most once
+//! per [`REFRESH_INTERVAL`]. Sandboxes never write to it, so a task cannot plant objects another task
+//! would borrow, and every object in it came through git's own checks (`index-pack`).
+//!
+//! The worker fetches without credentials: a repo it cannot read that way (a private one) gets no
+//! mirror, and its clones go to the remote in full, as before. A mirror is never pruned of objects
+//! (`gc.auto=0`, `maintenance.auto=false`), since clones that borrow from it need them for as long as
+//! they live.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use oz_core::environment::EnvironmentConfig;
+use tokio::process::Command;
+use tracing::{debug, warn};
+
+/// A mirror is fetched at most this often.
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The mirrors in one folder.
+pub struct GitMirrors {
+    root: PathBuf,
+    refreshed: Mutex<HashMap<PathBuf, Instant>>,
+    /// Where environments are read from, by id (the worker's credential).
+    control_plane: Option<oz_sdk::Client>,
+}
+
+impl std::fmt::Debug for GitMirrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitMirrors").field("root", &self.root).finish_non_exhaustive()
+    }
+}
+
+impl GitMirrors {
+    /// Mirrors kept in `root` (created if missing); `control_plane` reads environments by id.
+    pub fn new(root: PathBuf, control_plane: Option<oz_sdk::Client>) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&root)?;
+        Ok(Self { root, refreshed: Mutex::new(HashMap::new()), control_plane })
+    }
+
+    /// [`GitMirrors::refresh`] for the environment with this id, read from the control plane.
+    pub async fn refresh_environment(&self, environment_id: &str) {
+        let Some(client) = &self.control_plane else { return };
+        match client.environments().get_for_worker(environment_id).await {
+            Ok(found) => self.refresh(&found.config).await,
+            Err(e) => debug!(environment_id, "no git mirror refresh: could not read the environment: {e}"),
+        }
+    }
+
+    /// The folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Clones or fetches the mirror of each repo of `environment` that was not refreshed within
+    /// [`REFRESH_INTERVAL`]. Failures are logged: a clone without a mirror still works.
+    pub async fn refresh(&self, environment: &EnvironmentConfig) {
+        let base = oz_core::runner::git_base_url(environment);
+        if let Err(e) = oz_core::runner::validate_base_url(base) {
+            warn!("no git mirror for environment {:?}: {e}", environment.name);
+            return;
+        }
+        for repo in &environment.github_repos {
+            let path = oz_core::runner::mirror_of(&self.root, repo);
+            {
+                let mut refreshed = self.refreshed.lock().unwrap_or_else(|p| p.into_inner());
+                if refreshed.get(&path).is_some_and(|at| at.elapsed() < REFRESH_INTERVAL) {
+                    continue;
+                }
+                refreshed.insert(path.clone(), Instant::now());
+            }
+            let url = oz_core::runner::clone_url(base, repo);
+            let started = Instant::now();
+            match refresh_one(&url, &path).await {
+                Ok(()) => debug!(%repo, millis = started.elapsed().as_millis() as u64, "git mirror refreshed"),
+                Err(e) => warn!(%repo, "could not refresh the git mirror ({e}); clones fetch everything from {url}"),
+            }
+        }
+    }
+}
+
+async fn refresh_one(url: &str, path: &Path) -> Result<(), String> {
+    if path.join("HEAD").is_file() {
+        return git(path, &["fetch", "--quiet", "--prune", "origin"]).await;
+    }
+    let parent = path.parent().ok_or("a mirror path has a parent")?;
+    std::fs::create_dir_all(parent).map_err(|e| format!("could not create {}: {e}", parent.display()))?;
+    // Cloned beside its place and moved in whole: a clone never sees half a mirror.
+    let partial = path.with_extension(format!("partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&partial);
+    let partial_text = partial.display().to_string();
+    let cloned = git(
+        parent,
+        &["clone", "--mirror", "--quiet", "-c", "gc.auto=0", "-c", "maintenance.auto=false", "--", url, &partial_text],
+    )
+    .await;
+    if let Err(e) = cloned {
+        let _ = std::fs::remove_dir_all(&partial);
+        return Err(e);
+    }
+    std::fs::rename(&partial, path).map_err(|e| {
+        let _ = std::fs::remove_dir_all(&partial);
+        format!("could not move the mirror into {}: {e}", path.display())
+    })
+}
+
+/// Runs git in `dir`, away from any configuration of the host and with no way to ask for a password.
+async fn git(dir: &Path, args: &[&str]) -> Result<(), String> {
+    let output = Command::new("git")
+        .args(["-c", "credential.helper=", "-c", "core.askPass="])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env_remove("GIT_ASKPASS")
+        .env_remove("SSH_ASKPASS")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| format!("could not run git: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        Err(format!("git {} failed: {}", args[0], stderr.trim()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use oz_core::environment::RepoRef;
+
+    fn git_sync(dir: &Path, args: &[&str]) {
+        let status = std::process::Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .status()
+            .unwrap();
+        assert!(status.success(), "git {args:?}");
+    }
+
+    fn head_of(dir: &Path) -> String {
+        let out = std::process::Command::new("git").args(["rev-parse", "HEAD"]).current_dir(dir).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    #[tokio::test]
+    async fn a_mirror_is_cloned_once_fetched_later_and_a_failure_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        git_sync(&src, &["init", "-q", "-b", "main"]);
+        std::fs::write(src.join("a"), "a").unwrap();
+        git_sync(&src, &["add", "."]);
+        git_sync(&src, &["commit", "-q", "-m", "a"]);
+        let remote = dir.path().join("git/acme/app");
+        git_sync(dir.path(), &["clone", "-q", "--bare", src.to_str().unwrap(), remote.to_str().unwrap()]);
+        let mut environment = EnvironmentConfig {
+            name: "e".into(),
+            github_repos: vec![RepoRef::new("acme", "app").unwrap(), RepoRef::new("acme", "missing").unwrap()],
+            ..Default::default()
+        };
+        environment
+            .env_vars
+            .insert(oz_core::runner::env::GIT_BASE_URL.into(), format!("file://{}", dir.path().join("git").display()));
+        let mirrors = GitMirrors::new(dir.path().join("mirrors"), None).unwrap();
+        mirrors.refresh(&environment).await;
+        let mirror = oz_core::runner::mirror_of(mirrors.root(), &environment.github_repos[0]);
+        assert_eq!(head_of(&mirror), head_of(&src));
+        let config = std::fs::read_to_string(mirror.join("config")).unwrap();
+        assert!(config.contains("auto = 0") && config.contains("auto = false"), "never pruned: {config}");
+        // A repo it cannot clone: no mirror, and no half of one.
+        let owner = mirrors.root().join("acme");
+        let names: Vec<String> =
+            std::fs::read_dir(&owner).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["app.git"]);
+
+        // A push: within the interval the mirror is left alone, after it the mirror catches up.
+        std::fs::write(src.join("b"), "b").unwrap();
+        git_sync(&src, &["add", "."]);
+        git_sync(&src, &["commit", "-q", "-m", "b"]);
+        git_sync(&src, &["push", "-q", remote.to_str().unwrap(), "HEAD:main"]);
+        mirrors.refresh(&environment).await;
+        assert_ne!(head_of(&mirror), head_of(&src), "refreshed at most once per interval");
+        mirrors.refreshed.lock().unwrap().clear();
+        mirrors.refresh(&environment).await;
+        assert_eq!(head_of(&mirror), head_of(&src));
+    }
+}
