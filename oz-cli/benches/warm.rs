@@ -14,7 +14,9 @@
 //! - warm: the same task handed to a sandbox prepared beforehand (`oz agent warm`): the handoff, the
 //!   runner's check that the repo's HEAD has not moved (one `git fetch`), the harness.
 //!
-//! Then, fewer times, the same cold and warm for a repo of 20,000 files and a 5-second setup command.
+//! Then, fewer times, the same cold and warm for a repo of 20,000 files and a 5-second setup command;
+//! and a cold start of that repo (with a setup that does nothing) without and with the worker's git
+//! mirror (`OZ_GIT_MIRROR_DIR`), the mirror one commit behind the remote.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -185,6 +187,27 @@ async fn measure(
     report(&format!("warm start, Direct ({label})"), &mut warm);
 }
 
+/// Cold starts of `c` without and with the mirrors in `mirrors`, interleaved.
+async fn measure_mirror(backend: &DirectBackend, root: &Path, git_base: &str, c: &Case, mirrors: &Path, n: usize) {
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        for (samples, mirror) in [(&mut without, false), (&mut with, true)] {
+            let stamp = root.join(format!("stamp-mirror-{mirror}-{i}"));
+            let _ = std::fs::remove_file(&stamp);
+            let mut spec = task(&format!("mirror-{mirror}-{i}"), &c.env_file, git_base, &stamp);
+            if mirror {
+                spec.env.push((oz_core::runner::env::GIT_MIRROR_DIR.into(), mirrors.display().to_string()));
+            }
+            let t0 = now_ns();
+            let handle = backend.launch(spec).await.unwrap();
+            samples.push(started(&stamp, t0).await);
+            assert!(handle.wait().await.succeeded());
+        }
+    }
+    report("cold start, Direct, no mirror (20,000 files)", &mut without);
+    report("cold start, Direct, the worker's mirror one commit behind (20,000 files)", &mut with);
+}
+
 fn main() {
     let mut args = std::env::args().skip(1).filter_map(|a| a.parse::<usize>().ok());
     let iterations = args.next().unwrap_or(100);
@@ -203,6 +226,19 @@ fn main() {
         measure(&backend, root.path(), &git_base, &small, 5, "warm-up", false).await;
         measure(&backend, root.path(), &git_base, &small, iterations, "small repo", true).await;
         measure(&backend, root.path(), &git_base, &big, big_iterations, "20,000 files, 5 s setup", false).await;
+        // The worker's mirror of the big repo, then one more commit on the remote.
+        let mirrors = root.path().join("mirrors");
+        let mirror = oz_core::runner::mirror_of(&mirrors, &RepoRef::new("acme", "big").unwrap());
+        std::fs::create_dir_all(mirror.parent().unwrap()).unwrap();
+        let bare = root.path().join("git/acme/big");
+        git(root.path(), &["clone", "-q", "--mirror", bare.to_str().unwrap(), mirror.to_str().unwrap()]);
+        let src = root.path().join("src/big");
+        std::fs::write(src.join("new.txt"), "new\n").unwrap();
+        git(&src, &["add", "."]);
+        git(&src, &["commit", "-q", "-m", "one more"]);
+        git(&src, &["push", "-q", bare.to_str().unwrap(), "HEAD:main"]);
+        let big_no_setup = case(root.path(), "big", "true");
+        measure_mirror(&backend, root.path(), &git_base, &big_no_setup, &mirrors, big_iterations.max(5)).await;
     });
 }
 
