@@ -413,6 +413,8 @@ pub async fn quickstart(
         stack.warm_pools.add(oz_worker::pool::WarmPoolConfig {
             environment: environment.uid.clone(),
             size: 1,
+            max_size: None,
+            idle_secs: 600,
             max_age_secs: 3600,
             ready_within_secs: 300,
         })?;

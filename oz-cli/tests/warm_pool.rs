@@ -116,7 +116,14 @@ fn worker_with_mirrors(s: &Stack, pools: Vec<WarmPoolConfig>, mirrors: Option<&P
 }
 
 fn pool(environment: &str) -> WarmPoolConfig {
-    WarmPoolConfig { environment: environment.into(), size: 1, max_age_secs: 3600, ready_within_secs: 60 }
+    WarmPoolConfig {
+        environment: environment.into(),
+        size: 1,
+        max_size: None,
+        idle_secs: 600,
+        max_age_secs: 3600,
+        ready_within_secs: 60,
+    }
 }
 
 async fn ready(worker: &Worker, environment: &str, want: usize) {
@@ -223,7 +230,7 @@ async fn a_hit_starts_from_the_prepared_repo_at_the_new_head_and_a_sandbox_serve
         .unwrap();
     let table = String::from_utf8_lossy(&listed.stdout);
     assert!(listed.status.success(), "{table}{}", String::from_utf8_lossy(&listed.stderr));
-    assert!(table.contains("warm-worker") && table.contains(&format!("{env_id} 1/0 0:0")), "{table}");
+    assert!(table.contains("warm-worker") && table.contains(&format!("{env_id} 1/1+0 0:0 ")), "{table}");
 
     // A push after the preparation, then a task: it runs in that sandbox, from its setup, at the new HEAD.
     s.push("pushed-after-warming");
@@ -479,4 +486,36 @@ async fn a_cold_clone_borrows_from_the_workers_mirror_and_still_gets_a_newer_pus
     );
     assert!(output.contains("pushed after the mirror"), "the clone is at the remote's HEAD: {output}");
     assert!(output.contains("referencing the worker's mirror"), "the history says so: {output}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_grows_the_pool_up_to_max_size_and_idleness_shrinks_it_back() {
+    let s = stack().await;
+    let env_id = environment(&s, "echo set-up > setup.txt").await;
+    let config = WarmPoolConfig { max_size: Some(2), idle_secs: 2, ..pool(&env_id) };
+    let w = worker(&s, vec![config]);
+    tokio::spawn(w.clone().run_shared());
+    ready(&w, &env_id, 1).await;
+    let status = || w.warm_pools().status().into_iter().find(|p| p.environment == env_id).unwrap();
+    assert_eq!(status().target, 1);
+    // Two tasks at once: one takes the ready sandbox, the other misses and the pool grows.
+    let (a, b) = tokio::join!(run(&s, &env_id, "sleep 1"), run(&s, &env_id, "sleep 1"));
+    assert_eq!((a.0, b.0), (RunState::Succeeded, RunState::Succeeded));
+    let after = status();
+    assert!(after.hits >= 1 && after.misses >= 1, "{after:?}");
+    assert_eq!(after.target, 2, "a miss raised the target: {after:?}");
+    ready(&w, &env_id, 2).await;
+    assert!(status().oldest_ready_secs.is_some());
+    // Never above max_size, and back to size once idle (2 s), the surplus sandbox removed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = status();
+        assert!(now.ready + now.warming <= 2, "{now:?}");
+        if now.target == 1 && now.ready == 1 && now.warming == 0 && warm_dirs(&s.workspaces()).len() == 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the idle pool never shrank: {now:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    w.warm_pools().stop().await;
 }

@@ -46,6 +46,13 @@ pub struct WarmPoolConfig {
     /// How many ready sandboxes to keep (default 1).
     #[serde(default = "default_size")]
     pub size: usize,
+    /// Up to how many the pool grows after misses (default: `size`, no growth). Each miss adds one
+    /// to its target; each `idle_secs` without a task takes one away, down to `size`.
+    #[serde(default)]
+    pub max_size: Option<usize>,
+    /// How long without a task before the pool shrinks by one toward `size` (default 600).
+    #[serde(default = "default_idle")]
+    pub idle_secs: u64,
     /// A ready sandbox older than this many seconds is replaced (default 3600).
     #[serde(default = "default_max_age")]
     pub max_age_secs: u64,
@@ -56,6 +63,9 @@ pub struct WarmPoolConfig {
 
 fn default_size() -> usize {
     1
+}
+fn default_idle() -> u64 {
+    600
 }
 fn default_max_age() -> u64 {
     3600
@@ -81,6 +91,10 @@ struct Pool {
     config: WarmPoolConfig,
     ready: VecDeque<Ready>,
     warming: usize,
+    /// How many ready sandboxes to keep now (`size` to `max_size`).
+    target: usize,
+    /// The last task of the environment, or the last shrink: idleness counts from here.
+    last_demand: Instant,
     hits: u64,
     misses: u64,
     failures: u32,
@@ -167,8 +181,16 @@ impl WarmPools {
         if config.environment.trim().is_empty() {
             return Err(WorkerError::Config("warm_pools: an entry has no environment".into()));
         }
+        if config.max_size.is_some_and(|max| max < config.size) {
+            return Err(WorkerError::Config(format!(
+                "warm_pools: environment {:?}: max_size is below size",
+                config.environment
+            )));
+        }
         let environment = config.environment.clone();
         let pool = Pool {
+            target: config.size,
+            last_demand: Instant::now(),
             config,
             ready: VecDeque::new(),
             warming: 0,
@@ -198,11 +220,17 @@ impl WarmPools {
         let pool = pools.get_mut(environment)?;
         let position = pool.ready.iter().position(|r| r.prepared.spec == *sandbox);
         let taken = position.and_then(|p| pool.ready.remove(p));
+        pool.last_demand = Instant::now();
         match &taken {
             Some(_) => pool.hits += 1,
             None => {
                 pool.misses += 1;
                 self.inner.metrics.warm_miss(environment);
+                let max = pool.config.max_size.unwrap_or(pool.config.size);
+                if pool.target < max {
+                    pool.target += 1;
+                    info!(environment, target = pool.target, "a miss: the warm pool grows");
+                }
             }
         }
         self.inner.metrics.set_warm(environment, pool.ready.len(), pool.warming);
@@ -236,6 +264,8 @@ impl WarmPools {
                 environment: p.config.environment.clone(),
                 ready: p.ready.len(),
                 warming: p.warming,
+                target: p.target,
+                oldest_ready_secs: p.ready.front().map(|r| r.since.elapsed().as_secs()),
                 hits: p.hits,
                 misses: p.misses,
                 last_error: p.last_error.clone(),
@@ -249,6 +279,7 @@ impl WarmPools {
     pub async fn run(self) {
         while !self.inner.stopped.load(std::sync::atomic::Ordering::SeqCst) {
             self.retire_aged().await;
+            self.shrink_idle().await;
             match self.next_to_warm() {
                 Some(environment) => self.warm_one(&environment).await,
                 None => {
@@ -286,7 +317,7 @@ impl WarmPools {
         pools
             .values()
             .filter(|p| p.retry_at.is_none_or(|at| at <= now))
-            .filter(|p| p.ready.len() + p.warming < p.config.size)
+            .filter(|p| p.ready.len() + p.warming < p.target)
             .min_by_key(|p| (p.ready.len() + p.warming, p.config.environment.clone()))
             .map(|p| p.config.environment.clone())
     }
@@ -310,6 +341,35 @@ impl WarmPools {
         }
         for prepared in retired {
             info!(id = %prepared.id, "retiring a warm sandbox past its max_age");
+            let _ = self.inner.backend.discard(prepared).await;
+        }
+    }
+
+    /// Takes one from the target of each pool idle for its `idle_secs` (down to its `size`), and
+    /// discards the ready sandboxes beyond it, oldest first.
+    async fn shrink_idle(&self) {
+        let mut surplus = Vec::new();
+        let mut shrunk = false;
+        for pool in self.pools().values_mut() {
+            if pool.target > pool.config.size
+                && pool.last_demand.elapsed() >= Duration::from_secs(pool.config.idle_secs)
+            {
+                pool.target -= 1;
+                pool.last_demand = Instant::now();
+                shrunk = true;
+                info!(environment = %pool.config.environment, target = pool.target, "idle: the warm pool shrinks");
+            }
+            while pool.ready.len() > pool.target {
+                if let Some(r) = pool.ready.pop_front() {
+                    surplus.push(r.prepared);
+                }
+            }
+            self.inner.metrics.set_warm(&pool.config.environment, pool.ready.len(), pool.warming);
+        }
+        if shrunk {
+            self.inner.changed.notify_one();
+        }
+        for prepared in surplus {
             let _ = self.inner.backend.discard(prepared).await;
         }
     }

@@ -11,18 +11,21 @@ use super::{ApiOpts, CliError};
 #[derive(Debug, clap::Subcommand)]
 pub enum WorkerCommand {
     /// Lists the connected workers: connections, runs held, and per warm pool its environment,
-    /// ready and warming sandboxes, hits and misses, and its last error.
+    /// ready sandboxes against its target, those warming, hits and misses, the oldest ready one's
+    /// age, and whether its last preparation failed.
     List,
 }
 
-/// One line per worker, with its pools as `ENV ready/warming hits:misses` (and `!` after a failure).
+/// One line per worker, with its pools as `ENV ready/target+warming hits:misses age` (and `!`
+/// after a failure).
 fn worker_row(w: &Worker) -> Vec<String> {
     let pools: Vec<String> = w
         .warm_pools
         .iter()
         .map(|p| {
             let failed = if p.last_error.is_some() { " !" } else { "" };
-            format!("{} {}/{} {}:{}{failed}", p.environment, p.ready, p.warming, p.hits, p.misses)
+            let age = p.oldest_ready_secs.map_or_else(|| "-".to_owned(), |s| format!("{s}s"));
+            format!("{} {}/{}+{} {}:{} {age}{failed}", p.environment, p.ready, p.target, p.warming, p.hits, p.misses)
         })
         .collect();
     vec![w.worker_id.clone(), w.connections.to_string(), w.runs_in_flight.to_string(), pools.join(", ")]
@@ -37,7 +40,7 @@ pub async fn run(command: WorkerCommand, api: ApiOpts) -> Result<ExitCode, CliEr
             let all = client.workers().list().await?;
             printer.list(
                 &all,
-                &["WORKER", "CONNECTIONS", "RUNS", "WARM POOLS (env ready/warming hits:misses)"],
+                &["WORKER", "CONNECTIONS", "RUNS", "WARM POOLS (env ready/target+warming hits:misses oldest)"],
                 worker_row,
             )?;
         }

@@ -312,6 +312,13 @@ pub struct WarmPoolState {
     pub ready: usize,
     /// Sandboxes being prepared.
     pub warming: usize,
+    /// How many ready sandboxes the pool aims at now: its `size`, more after misses (up to its
+    /// `max_size`), back down when idle.
+    #[serde(default)]
+    pub target: usize,
+    /// The age of the oldest ready sandbox, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_ready_secs: Option<u64>,
     /// Tasks handed a warm sandbox.
     pub hits: u64,
     /// Tasks of the environment started cold.
