@@ -2,7 +2,7 @@
 //! the same run.
 //!
 //! ```text
-//! cargo bench -p oz-cli --bench warm [-- ITERATIONS [BIG_ITERATIONS]]
+//! cargo bench -p oz-cli --bench warm [-- ITERATIONS [BIG_ITERATIONS]]   (0 skips a section)
 //! ```
 //!
 //! Measured: from the backend call that starts the task (`launch`, or `launch_prepared` for a warm
@@ -60,6 +60,8 @@ fn repo(root: &Path, name: &str, files: usize) {
     let bare = root.join("git/acme").join(name);
     std::fs::create_dir_all(bare.parent().unwrap()).unwrap();
     git(root, &["clone", "-q", "--bare", src.to_str().unwrap(), bare.to_str().unwrap()]);
+    // As GitHub does: partial clones are served (the runner asks for `--filter=tree:0`).
+    git(&bare, &["config", "uploadpack.allowFilter", "true"]);
 }
 
 fn now_ns() -> u128 {
@@ -79,8 +81,12 @@ async fn started(file: &Path, t0: u128) -> Duration {
     panic!("the harness never started");
 }
 
+fn stamp_script(stamp: &Path) -> String {
+    format!("date +%s%N > {}", stamp.display())
+}
+
 fn task(id: &str, env_file: &Path, git_base: &str, stamp: &Path) -> TaskSpec {
-    let script = format!("date +%s%N > {}", stamp.display());
+    let script = stamp_script(stamp);
     let argv = [
         OZ,
         "agent",
@@ -149,10 +155,8 @@ async fn measure(
         if with_bare {
             let _ = std::fs::remove_file(&stamp);
             let t0 = now_ns();
-            let mut child = tokio::process::Command::new("/bin/sh")
-                .args(["-c", &format!("date +%s%N > {}", stamp.display())])
-                .spawn()
-                .unwrap();
+            let mut child =
+                tokio::process::Command::new("/bin/sh").args(["-c", &stamp_script(&stamp)]).spawn().unwrap();
             bare.push(started(&stamp, t0).await);
             child.wait().await.unwrap();
         }
@@ -187,14 +191,22 @@ async fn measure(
     report(&format!("warm start, Direct ({label})"), &mut warm);
 }
 
-/// Cold starts of `c` without and with the mirrors in `mirrors`, interleaved.
+/// Cold starts of `c` without and with the mirrors in `mirrors`, interleaved; with what each clone
+/// fetched from the remote (the objects in its own packs, the rest being borrowed from the mirror).
 async fn measure_mirror(backend: &DirectBackend, root: &Path, git_base: &str, c: &Case, mirrors: &Path, n: usize) {
     let (mut without, mut with) = (Vec::new(), Vec::new());
+    let (mut fetched_without, mut fetched_with) = (Vec::new(), Vec::new());
     for i in 0..n {
-        for (samples, mirror) in [(&mut without, false), (&mut with, true)] {
+        for (samples, fetched, mirror) in
+            [(&mut without, &mut fetched_without, false), (&mut with, &mut fetched_with, true)]
+        {
             let stamp = root.join(format!("stamp-mirror-{mirror}-{i}"));
+            let objects = root.join(format!("objects-mirror-{mirror}-{i}"));
             let _ = std::fs::remove_file(&stamp);
             let mut spec = task(&format!("mirror-{mirror}-{i}"), &c.env_file, git_base, &stamp);
+            // The harness: the timestamp first, then what the clone holds itself.
+            let script = format!("{}; git -C big count-objects -v > {}", stamp_script(&stamp), objects.display());
+            *spec.argv.last_mut().unwrap() = script;
             if mirror {
                 spec.env.push((oz_core::runner::env::GIT_MIRROR_DIR.into(), mirrors.display().to_string()));
             }
@@ -202,10 +214,19 @@ async fn measure_mirror(backend: &DirectBackend, root: &Path, git_base: &str, c:
             let handle = backend.launch(spec).await.unwrap();
             samples.push(started(&stamp, t0).await);
             assert!(handle.wait().await.succeeded());
+            let text = std::fs::read_to_string(&objects).unwrap();
+            let field = |name: &str| {
+                text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<u64>().ok()).unwrap()
+            };
+            fetched.push((field("in-pack:"), field("size-pack:")));
         }
     }
     report("cold start, Direct, no mirror (20,000 files)", &mut without);
     report("cold start, Direct, the worker's mirror one commit behind (20,000 files)", &mut with);
+    for (label, fetched) in [("no mirror", &fetched_without), ("with the mirror", &fetched_with)] {
+        let (objects, kib) = fetched[fetched.len() / 2];
+        println!("fetched from the remote, {label}: {objects} objects, {kib} KiB (median clone)");
+    }
 }
 
 fn main() {
@@ -223,9 +244,14 @@ fn main() {
         let big = case(root.path(), "big", "sleep 5; echo set-up > setup.txt");
         println!("| task start to the harness's first instruction (ms) | p50 | p90 | p99 | n |");
         println!("|---|---|---|---|---|");
-        measure(&backend, root.path(), &git_base, &small, 5, "warm-up", false).await;
-        measure(&backend, root.path(), &git_base, &small, iterations, "small repo", true).await;
-        measure(&backend, root.path(), &git_base, &big, big_iterations, "20,000 files, 5 s setup", false).await;
+        // 0 iterations skips a section (`-- 0 0` runs only the mirror's).
+        if iterations > 0 {
+            measure(&backend, root.path(), &git_base, &small, 5, "warm-up", false).await;
+            measure(&backend, root.path(), &git_base, &small, iterations, "small repo", true).await;
+        }
+        if big_iterations > 0 {
+            measure(&backend, root.path(), &git_base, &big, big_iterations, "20,000 files, 5 s setup", false).await;
+        }
         // The worker's mirror of the big repo, then one more commit on the remote.
         let mirrors = root.path().join("mirrors");
         let mirror = oz_core::runner::mirror_of(&mirrors, &RepoRef::new("acme", "big").unwrap());

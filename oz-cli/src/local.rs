@@ -415,6 +415,7 @@ pub async fn quickstart(
             size: 1,
             max_size: None,
             idle_secs: 600,
+            refresh_secs: 60,
             max_age_secs: 3600,
             ready_within_secs: 300,
         })?;

@@ -121,6 +121,7 @@ fn pool(environment: &str) -> WarmPoolConfig {
         size: 1,
         max_size: None,
         idle_secs: 600,
+        refresh_secs: 60,
         max_age_secs: 3600,
         ready_within_secs: 60,
     }
@@ -517,5 +518,73 @@ async fn a_miss_grows_the_pool_up_to_max_size_and_idleness_shrinks_it_back() {
         assert!(tokio::time::Instant::now() < deadline, "the idle pool never shrank: {now:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    w.warm_pools().stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_replaces_the_ready_sandbox_with_one_at_the_new_head() {
+    let s = stack().await;
+    let env_id = environment(&s, "git -C app log -1 --format=%s > setup.txt").await;
+    let w = worker(&s, vec![WarmPoolConfig { refresh_secs: 1, ..pool(&env_id) }]);
+    tokio::spawn(w.clone().run_shared());
+    ready(&w, &env_id, 1).await;
+    let first = warm_dirs(&s.workspaces());
+    assert_eq!(first.len(), 1, "{first:?}");
+    s.push("pushed-while-ready");
+    // Within a check or two (1 s), a sandbox at the new HEAD is ready and the old one is gone.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let replaced = loop {
+        let dirs = warm_dirs(&s.workspaces());
+        let status = w.warm_pools().status();
+        if dirs.len() == 1 && dirs[0] != first[0] && status[0].ready == 1 {
+            break dirs[0].clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never replaced: {dirs:?} {status:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let setup = std::fs::read_to_string(replaced.join("workspace/setup.txt")).unwrap();
+    assert_eq!(setup.trim(), "pushed-while-ready", "the replacement ran its setup at the new HEAD");
+    // A task takes it with nothing to catch up.
+    let (state, output) = run(&s, &env_id, "cat setup.txt").await;
+    assert_eq!(state, RunState::Succeeded, "{output}");
+    assert!(output.contains("warm sandbox: cloned and set up"), "{output}");
+    assert!(!output.contains("moved since the sandbox was prepared"), "{output}");
+    w.warm_pools().stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repos_pushed_tells_the_worker_at_once_to_replace_its_sandbox() {
+    let s = stack().await;
+    let env_id = environment(&s, "git -C app log -1 --format=%s > setup.txt").await;
+    // No polling: only the control plane's word moves it.
+    let w = worker(&s, vec![WarmPoolConfig { refresh_secs: 0, ..pool(&env_id) }]);
+    tokio::spawn(w.clone().run_shared());
+    ready(&w, &env_id, 1).await;
+    // Connected: the first report of its pools reached the control plane.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while s.client.workers().list().await.unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the worker never connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = warm_dirs(&s.workspaces());
+    s.push("pushed-and-told");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(warm_dirs(&s.workspaces()), first, "without being told, the pool keeps its sandbox");
+    let told = s.client.workers().repos_pushed(&[RepoRef::new("acme", "app").unwrap()]).await.unwrap();
+    assert_eq!(told, 1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let dirs = warm_dirs(&s.workspaces());
+        if dirs.len() == 1 && dirs[0] != first[0] && w.warm_pools().status()[0].ready == 1 {
+            let setup = std::fs::read_to_string(dirs[0].join("workspace/setup.txt")).unwrap();
+            assert_eq!(setup.trim(), "pushed-and-told");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never replaced after being told: {dirs:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Bad input: no repos, or a malformed one, is a 400 that tells no one.
+    let bad = s.client.workers().repos_pushed(&[]).await.unwrap_err();
+    assert!(bad.to_string().contains("repos"), "{bad}");
     w.warm_pools().stop().await;
 }

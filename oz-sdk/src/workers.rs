@@ -13,6 +13,11 @@ struct WorkerList {
     workers: Vec<Worker>,
 }
 
+#[derive(serde::Deserialize)]
+struct Told {
+    workers_told: usize,
+}
+
 /// `client.workers()`.
 #[derive(Debug, Clone)]
 pub struct WorkersHandler {
@@ -30,5 +35,12 @@ impl WorkersHandler {
     /// The connected workers.
     pub async fn list(&self) -> Result<Vec<Worker>> {
         Ok(self.client.call::<WorkerList>(Method::GET, "/workers").await?.workers)
+    }
+
+    /// Tells the team's workers that `repos` were pushed to (`POST /repos/pushed`), so their warm
+    /// sandboxes of those repos are replaced now; how many worker connections were told.
+    pub async fn repos_pushed(&self, repos: &[oz_core::environment::RepoRef]) -> Result<usize> {
+        let body = oz_core::wire::worker::ReposMoved { repos: repos.to_vec() };
+        Ok(self.client.call_json::<_, Told>(Method::POST, "/repos/pushed", &body).await?.workers_told)
     }
 }

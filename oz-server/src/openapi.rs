@@ -24,7 +24,7 @@ use crate::api::{admin, callbacks, environments, events, integrations, runs, sch
         environments::list, environments::create, environments::get, environments::update, environments::delete, environments::for_worker,
         schedules::create, schedules::list, schedules::get, schedules::update, schedules::delete, schedules::pause, schedules::resume,
         integrations::create, integrations::list, integrations::get, integrations::update, integrations::delete, integrations::deliver,
-        workers::list,
+        workers::list, workers::repos_pushed,
         admin::users, admin::create_user, admin::update_user, admin::keys, admin::create_key, admin::rotate_key,
         admin::revoke_key, admin::create_team, admin::git_providers, admin::put_git_provider, admin::delete_git_provider,
         secrets::list, secrets::put, secrets::delete,

@@ -19,8 +19,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use oz_core::environment::EnvironmentConfig;
-use tokio::process::Command;
 use tracing::{debug, warn};
+
+use crate::git::git;
 
 /// A mirror is fetched at most this often.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(30);
@@ -44,6 +45,14 @@ impl GitMirrors {
     pub fn new(root: PathBuf, control_plane: Option<oz_sdk::Client>) -> std::io::Result<Self> {
         std::fs::create_dir_all(&root)?;
         Ok(Self { root, refreshed: Mutex::new(HashMap::new()), control_plane })
+    }
+
+    /// Makes the mirrors of `repos` due for a fetch at their next use (they were pushed to).
+    pub fn expire(&self, repos: &[oz_core::environment::RepoRef]) {
+        let mut refreshed = self.refreshed.lock().unwrap_or_else(|p| p.into_inner());
+        for repo in repos {
+            refreshed.remove(&oz_core::runner::mirror_of(&self.root, repo));
+        }
     }
 
     /// [`GitMirrors::refresh`] for the environment with this id, read from the control plane.
@@ -89,7 +98,7 @@ impl GitMirrors {
 
 async fn refresh_one(url: &str, path: &Path) -> Result<(), String> {
     if path.join("HEAD").is_file() {
-        return git(path, &["fetch", "--quiet", "--prune", "origin"]).await;
+        return git(path, &["fetch", "--quiet", "--prune", "origin"]).await.map(drop);
     }
     let parent = path.parent().ok_or("a mirror path has a parent")?;
     std::fs::create_dir_all(parent).map_err(|e| format!("could not create {}: {e}", parent.display()))?;
@@ -110,29 +119,6 @@ async fn refresh_one(url: &str, path: &Path) -> Result<(), String> {
         let _ = std::fs::remove_dir_all(&partial);
         format!("could not move the mirror into {}: {e}", path.display())
     })
-}
-
-/// Runs git in `dir`, away from any configuration of the host and with no way to ask for a password.
-async fn git(dir: &Path, args: &[&str]) -> Result<(), String> {
-    let output = Command::new("git")
-        .args(["-c", "credential.helper=", "-c", "core.askPass="])
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env_remove("GIT_ASKPASS")
-        .env_remove("SSH_ASKPASS")
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|e| format!("could not run git: {e}"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        Err(format!("git {} failed: {}", args[0], stderr.trim()))
-    }
 }
 
 #[cfg(test)]

@@ -53,6 +53,11 @@ pub struct WarmPoolConfig {
     /// How long without a task before the pool shrinks by one toward `size` (default 600).
     #[serde(default = "default_idle")]
     pub idle_secs: u64,
+    /// How often the worker asks the repos' remotes for their HEAD (`git ls-remote`, without
+    /// credentials); a ready sandbox prepared at another HEAD is replaced (default 60; 0 = only
+    /// when the control plane says the repos were pushed to, `POST /repos/pushed`, and once a day).
+    #[serde(default = "default_refresh")]
+    pub refresh_secs: u64,
     /// A ready sandbox older than this many seconds is replaced (default 3600).
     #[serde(default = "default_max_age")]
     pub max_age_secs: u64,
@@ -63,6 +68,18 @@ pub struct WarmPoolConfig {
 
 fn default_size() -> usize {
     1
+}
+impl WarmPoolConfig {
+    fn check_interval(&self) -> Duration {
+        match self.refresh_secs {
+            0 => Duration::from_secs(86_400),
+            secs => Duration::from_secs(secs),
+        }
+    }
+}
+
+fn default_refresh() -> u64 {
+    60
 }
 fn default_idle() -> u64 {
     600
@@ -85,6 +102,24 @@ pub use oz_core::wire::worker::WarmPoolState as PoolStatus;
 struct Ready {
     prepared: PreparedSandbox,
     since: Instant,
+    /// The remotes' HEADs just before it was prepared (`None`: unknown), in the environment's order.
+    heads: Vec<Option<String>>,
+    /// A remote has moved since: it is replaced once a fresh one is ready.
+    stale: bool,
+}
+
+impl Pool {
+    /// Ready sandboxes neither stale nor past their age.
+    fn fresh(&self) -> usize {
+        let max_age = Duration::from_secs(self.config.max_age_secs);
+        self.ready.iter().filter(|r| !r.retirable(max_age)).count()
+    }
+}
+
+impl Ready {
+    fn retirable(&self, max_age: Duration) -> bool {
+        self.stale || self.since.elapsed() >= max_age
+    }
 }
 
 struct Pool {
@@ -95,6 +130,10 @@ struct Pool {
     target: usize,
     /// The last task of the environment, or the last shrink: idleness counts from here.
     last_demand: Instant,
+    /// The environment as last fetched for a preparation (what the HEAD checks look at).
+    environment: Option<oz_core::environment::EnvironmentConfig>,
+    /// When the remotes' HEADs are checked next.
+    next_check: Instant,
     hits: u64,
     misses: u64,
     failures: u32,
@@ -191,6 +230,8 @@ impl WarmPools {
         let pool = Pool {
             target: config.size,
             last_demand: Instant::now(),
+            environment: None,
+            next_check: Instant::now() + config.check_interval(),
             config,
             ready: VecDeque::new(),
             warming: 0,
@@ -218,7 +259,12 @@ impl WarmPools {
     pub fn take(&self, environment: &str, sandbox: &SandboxSpec) -> Option<PreparedSandbox> {
         let mut pools = self.pools();
         let pool = pools.get_mut(environment)?;
-        let position = pool.ready.iter().position(|r| r.prepared.spec == *sandbox);
+        // A fresh one first; a stale one still serves (the runner catches its repos up).
+        let position = pool
+            .ready
+            .iter()
+            .position(|r| r.prepared.spec == *sandbox && !r.stale)
+            .or_else(|| pool.ready.iter().position(|r| r.prepared.spec == *sandbox));
         let taken = position.and_then(|p| pool.ready.remove(p));
         pool.last_demand = Instant::now();
         match &taken {
@@ -238,6 +284,24 @@ impl WarmPools {
         self.inner.wake.notify_one();
         self.inner.changed.notify_one();
         taken.map(|r| r.prepared)
+    }
+
+    /// Repos were pushed to (`repos_moved`): the pools of environments with any of them check their
+    /// remotes' HEADs now, whatever their `refresh_secs`.
+    pub fn repos_moved(&self, repos: &[oz_core::environment::RepoRef]) {
+        let now = Instant::now();
+        let mut due = 0;
+        for pool in self.pools().values_mut() {
+            let affected = pool.environment.as_ref().is_some_and(|e| e.github_repos.iter().any(|r| repos.contains(r)));
+            if affected {
+                pool.next_check = now;
+                due += 1;
+            }
+        }
+        if due > 0 {
+            info!(pools = due, "repos were pushed to: checking the warm pools built from them");
+            self.inner.wake.notify_one();
+        }
     }
 
     /// Records a handoff that worked, `took` after the assignment.
@@ -278,6 +342,7 @@ impl WarmPools {
     /// Keeps the pools filled until [`WarmPools::stop`]. One preparation at a time.
     pub async fn run(self) {
         while !self.inner.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            self.check_heads().await;
             self.retire_aged().await;
             self.shrink_idle().await;
             match self.next_to_warm() {
@@ -317,31 +382,67 @@ impl WarmPools {
         pools
             .values()
             .filter(|p| p.retry_at.is_none_or(|at| at <= now))
-            .filter(|p| p.ready.len() + p.warming < p.target)
-            .min_by_key(|p| (p.ready.len() + p.warming, p.config.environment.clone()))
+            .filter(|p| p.fresh() + p.warming < p.target)
+            .min_by_key(|p| (p.fresh() + p.warming, p.config.environment.clone()))
             .map(|p| p.config.environment.clone())
     }
 
-    /// Replaces ready sandboxes past their age: a replacement is prepared first (the fill loop
-    /// counts an aged sandbox as missing), then the old one goes.
+    /// Replaces ready sandboxes past their age or whose repos moved: a replacement is prepared first
+    /// (the fill loop counts only fresh ones), then the old one goes.
     async fn retire_aged(&self) {
         let mut retired = Vec::new();
         for pool in self.pools().values_mut() {
             let max_age = Duration::from_secs(pool.config.max_age_secs);
-            let fresh = pool.ready.iter().filter(|r| r.since.elapsed() < max_age).count();
-            // Keep aged ones while nothing fresh can stand in for them.
-            if fresh == 0 {
+            // Keep the old ones while nothing fresh can stand in for them.
+            if pool.fresh() == 0 {
                 continue;
             }
-            while let Some(position) = pool.ready.iter().position(|r| r.since.elapsed() >= max_age) {
+            while let Some(position) = pool.ready.iter().position(|r| r.retirable(max_age)) {
                 if let Some(r) = pool.ready.remove(position) {
-                    retired.push(r.prepared);
+                    retired.push(r);
                 }
             }
         }
-        for prepared in retired {
-            info!(id = %prepared.id, "retiring a warm sandbox past its max_age");
-            let _ = self.inner.backend.discard(prepared).await;
+        for r in retired {
+            let why = if r.stale { "its repos moved" } else { "past its max_age" };
+            info!(id = %r.prepared.id, "retiring a warm sandbox: {why}");
+            let _ = self.inner.backend.discard(r.prepared).await;
+        }
+    }
+
+    /// Asks the remotes of each pool due for a check for their HEADs, and marks the ready sandboxes
+    /// prepared at another one stale (the fill loop then prepares their replacements).
+    async fn check_heads(&self) {
+        let due: Vec<(String, oz_core::environment::EnvironmentConfig)> = {
+            let now = Instant::now();
+            let mut pools = self.pools();
+            pools
+                .values_mut()
+                .filter(|p| p.next_check <= now && !p.ready.is_empty())
+                .filter_map(|p| {
+                    p.next_check = now + p.config.check_interval();
+                    Some((p.config.environment.clone(), p.environment.clone()?))
+                })
+                .collect()
+        };
+        for (environment, config) in due {
+            let heads = crate::git::remote_heads(&config).await;
+            let mut pools = self.pools();
+            let Some(pool) = pools.get_mut(&environment) else { continue };
+            let mut moved = 0;
+            for ready in pool.ready.iter_mut().filter(|r| !r.stale) {
+                let differs =
+                    ready.heads.iter().zip(&heads).any(|(was, is)| matches!((was, is), (Some(a), Some(b)) if a != b));
+                if differs {
+                    ready.stale = true;
+                    moved += 1;
+                }
+            }
+            if moved > 0 {
+                info!(environment, moved, "the environment's repos moved: replacing its warm sandboxes");
+                self.inner.wake.notify_one();
+                self.inner.changed.notify_one();
+            }
         }
     }
 
@@ -383,8 +484,16 @@ impl WarmPools {
             Duration::from_secs(pool.config.ready_within_secs)
         };
         let started = Instant::now();
+        let mut heads = Vec::new();
         let result = match self.warm_spec(environment, ready_within).await {
-            Ok(spec) => self.inner.backend.prepare(spec).await.map_err(|e| e.message),
+            Ok(spec) => {
+                // Before the clone: a push during the preparation makes the sandbox stale, not missed.
+                heads = crate::git::remote_heads(&spec.environment).await;
+                if let Some(pool) = self.pools().get_mut(environment) {
+                    pool.environment = Some(spec.environment.clone());
+                }
+                self.inner.backend.prepare(spec).await.map_err(|e| e.message)
+            }
             Err(e) => Err(e),
         };
         let mut leftover = None;
@@ -395,7 +504,7 @@ impl WarmPools {
                 Ok(prepared) if !self.inner.stopped.load(std::sync::atomic::Ordering::SeqCst) => {
                     info!(environment, id = %prepared.id, millis = started.elapsed().as_millis() as u64, "warm sandbox ready");
                     self.inner.metrics.warm_prepared(environment, Some(started.elapsed()));
-                    pool.ready.push_back(Ready { prepared, since: Instant::now() });
+                    pool.ready.push_back(Ready { prepared, since: Instant::now(), heads, stale: false });
                     pool.failures = 0;
                     pool.retry_at = None;
                     pool.last_error = None;

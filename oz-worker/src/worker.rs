@@ -467,6 +467,12 @@ impl Worker {
                     None => warn!(task_id = %c.task_id, "cancellation for a task this worker does not run"),
                 }
             }
+            ServerMessage::ReposMoved(moved) => {
+                if let Some(mirrors) = &self.mirrors {
+                    mirrors.expire(&moved.repos);
+                }
+                self.pools.repos_moved(&moved.repos);
+            }
         }
     }
 

@@ -264,6 +264,17 @@ pub enum ServerMessage {
     TaskAssignment(Box<TaskAssignment>),
     /// `task_cancellation`.
     TaskCancellation(TaskCancellation),
+    /// `repos_moved` (our extension): repos were pushed to, so the warm sandboxes prepared from
+    /// them are out of date. Sent to the team's workers by `POST /repos/pushed`.
+    ReposMoved(ReposMoved),
+}
+
+/// The body of `repos_moved`, and of `POST /repos/pushed`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReposMoved {
+    /// The repos pushed to.
+    pub repos: Vec<crate::environment::RepoRef>,
 }
 
 /// A message from a worker to the server.
@@ -338,6 +349,7 @@ impl ServerMessage {
         match self {
             ServerMessage::TaskAssignment(m) => envelope("task_assignment", m),
             ServerMessage::TaskCancellation(m) => envelope("task_cancellation", m),
+            ServerMessage::ReposMoved(m) => envelope("repos_moved", m),
         }
     }
 
@@ -347,6 +359,7 @@ impl ServerMessage {
         Ok(match env.kind.as_str() {
             "task_assignment" => Some(ServerMessage::TaskAssignment(Box::new(serde_json::from_value(env.data)?))),
             "task_cancellation" => Some(ServerMessage::TaskCancellation(serde_json::from_value(env.data)?)),
+            "repos_moved" => Some(ServerMessage::ReposMoved(serde_json::from_value(env.data)?)),
             _ => None,
         })
     }

@@ -48,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         .route("/integrations/{id}", get(integrations::get).put(integrations::update).delete(integrations::delete))
         .route("/integrations/{id}/webhook", post(integrations::deliver))
         .route("/workers", get(workers::list))
+        .route("/repos/pushed", post(workers::repos_pushed))
         .route("/secrets", get(secrets::list))
         .route("/secrets/{name}", axum::routing::put(secrets::put).delete(secrets::delete))
         .route("/admin/users", get(admin::users).post(admin::create_user))

@@ -192,6 +192,11 @@ impl Dispatcher {
         list
     }
 
+    /// Sends `message` to every connection of the team's workers; how many.
+    pub fn tell_team(&self, team_id: &str, message: &ServerMessage) -> usize {
+        self.conns().values().filter(|c| c.team_id == team_id).filter(|c| c.tx.send(message.clone()).is_ok()).count()
+    }
+
     /// Sends `task_cancellation` for a held run to its worker's connections.
     pub fn forward_cancel(&self, run: &RunRecord) {
         let Some(worker_id) = &run.claimed_by else { return };
