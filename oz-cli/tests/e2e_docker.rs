@@ -360,7 +360,18 @@ async fn a_warm_container_is_handed_its_task_on_stdin_and_a_killed_worker_leaves
     let first = warm_containers(&worker_id);
     assert_eq!(first.len(), 1, "{first:?}");
     assert!(first[0].starts_with("oz-warm-"), "{first:?}");
+    // Nothing secret in the waiting container: its spec, its processes' environments, its files.
     assert!(!docker_inspect(&first[0]).contains("ozw_"), "a warm container's spec holds no token");
+    let inside = Command::new("docker")
+        .args(["exec", &first[0], "sh", "-c"])
+        .arg("cat /proc/[0-9]*/environ; find /workspace /oz-warm /tmp -type f -exec cat {} +")
+        .output()
+        .unwrap();
+    let seen = String::from_utf8_lossy(&inside.stdout);
+    assert!(seen.contains("OZ_GIT_BASE_URL") && seen.contains("set up in"), "what was read: {seen:.400}");
+    for secret in [worker_key.as_str(), "ozw_", "OZ_WORKLOAD_TOKEN="] {
+        assert!(!seen.contains(secret), "the warm container holds {secret:?}");
+    }
 
     // A push after the sandbox was prepared: the task sees it.
     let src = dir.path().join("src");
@@ -393,7 +404,18 @@ async fn a_warm_container_is_handed_its_task_on_stdin_and_a_killed_worker_leaves
             if let Some(name) = String::from_utf8_lossy(&out.stdout).lines().next() {
                 let (task, execution) = oz_backend_docker::container::parse_assigned_name(name).unwrap();
                 assert!(task == assigned.trim_start_matches("oz-run-36-") && execution.is_some(), "{name}");
-                return docker_inspect(name);
+                let inspect = docker_inspect(name);
+                // Its log, read until the container is removed: the last one read is the whole run's.
+                let mut logs = String::new();
+                loop {
+                    let out = Command::new("docker").args(["logs", name]).output().unwrap();
+                    if !out.status.success() {
+                        break;
+                    }
+                    logs = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                return (inspect, logs);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -413,7 +435,9 @@ async fn a_warm_container_is_handed_its_task_on_stdin_and_a_killed_worker_leaves
     assert!(output.contains("set up in /workspace"), "the setup ran before the task: {output}");
     assert!(output.contains("pushed after warming"), "the repo moved to the new HEAD: {output}");
     assert!(output.contains("tokens in env: []"), "the harness holds no token, as in a cold run: {output}");
-    let inspect = inspected.await.unwrap();
+    let (inspect, logs) = inspected.await.unwrap();
+    assert!(logs.contains("oz agent warm: ready"), "the container's log, before and after its handoff: {logs}");
+    assert!(!logs.contains("ozw_"), "the token is not in the container's log");
     assert!(inspect.contains(&format!("\"oz.dev/warm-id\": \"{}\"", first[0].trim_start_matches("oz-"))), "{inspect}");
     assert!(!inspect.contains("ozw_"), "the token came on stdin, not in the spec:\n{inspect}");
     let pool = ready(client.clone(), env_id.clone()).await;
