@@ -193,8 +193,12 @@ impl EventLog {
         }
     }
 
-    /// A note that belongs in the run's history too: reported as a line of the runner's stderr.
+    /// A note that belongs in the run's history too: printed as [`EventLog::note`] is, and reported
+    /// as a line of the runner's stderr.
     pub async fn announce(&self, text: &str) {
+        if self.format == OutputFormat::Text {
+            let _ = writeln!(std::io::stderr().lock(), "oz: {}", self.redact(text));
+        }
         self.emit(RunnerEvent::Output { stream: Stream::Stderr.name().into(), text: format!("oz: {text}\n") }).await;
     }
 
