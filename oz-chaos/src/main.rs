@@ -74,6 +74,10 @@ struct Args {
     /// How long to wait, after the chaos, for every run to end.
     #[arg(long, default_value = "180s", value_parser = humantime_secs)]
     settle: Duration,
+    /// Keep a warm pool of this many sandboxes for the runs' environment (0: none). While the worker
+    /// runs, at most this many warm sandboxes may exist; once it stops, none.
+    #[arg(long, default_value_t = 0)]
+    warm: usize,
 }
 
 fn humantime_secs(text: &str) -> Result<Duration, String> {
@@ -200,8 +204,25 @@ async fn soak(args: Args) -> Result<bool, String> {
         .api_key(&server.admin_key)
         .build()
         .map_err(|e| format!("the SDK client: {e}"))?;
+    // The runs' environment: Docker's image; with a warm pool, a setup command to run ahead of them.
+    let environment = if args.backend == Backend::Docker || args.warm > 0 {
+        let env = EnvironmentConfig {
+            name: "chaos".into(),
+            docker_image: (args.backend == Backend::Docker).then(|| args.image.clone()),
+            setup_commands: if args.warm > 0 { vec!["echo warmed > warmed.txt".into()] } else { vec![] },
+            ..Default::default()
+        };
+        let made = retry(|| {
+            let (client, env) = (client.clone(), env.clone());
+            async move { client.environments().create(&env).await }
+        })
+        .await;
+        Some(made.uid)
+    } else {
+        None
+    };
     let config_file = dir.path().join("worker.yaml");
-    let yaml = match args.backend {
+    let mut yaml = match args.backend {
         Backend::Direct => format!(
             "worker_id: {WORKER_ID}\nmax_concurrent_tasks: {}\nbackend:\n  direct:\n    workspace_root: {}\n    oz_path: {}\n",
             args.concurrency * 2,
@@ -221,24 +242,11 @@ async fn soak(args: Args) -> Result<bool, String> {
             )
         }
     };
+    if let (Some(id), true) = (&environment, args.warm > 0) {
+        yaml.push_str(&format!("warm_pools:\n  - environment: {id}\n    size: {}\n", args.warm));
+    }
     std::fs::write(&config_file, yaml).map_err(|e| format!("cannot write the worker's configuration: {e}"))?;
     let worker = Worker::start(&bin_dir, &config_file, &server.url(), &credential, dir.path())?;
-    let environment = match args.backend {
-        Backend::Direct => None,
-        Backend::Docker => {
-            let env = EnvironmentConfig {
-                name: "chaos".into(),
-                docker_image: Some(args.image.clone()),
-                ..Default::default()
-            };
-            let made = retry(|| {
-                let (client, env) = (client.clone(), env.clone());
-                async move { client.environments().create(&env).await }
-            })
-            .await;
-            Some(made.uid)
-        }
-    };
 
     let made: Arc<Mutex<BTreeMap<String, Made>>> = Arc::default();
     let started = Instant::now();
@@ -260,13 +268,22 @@ async fn soak(args: Args) -> Result<bool, String> {
 
     let runs = settle(&client, args.settle).await;
     let made = made.lock().map_err(|_| "poisoned")?.clone();
-    let report = check(&client, &runs, &made, args.backend, &workspaces).await;
+    let mut report = check(&client, &runs, &made, args.backend, &workspaces, args.warm).await;
     {
         let mut procs = procs.lock().await;
         procs.1.stop();
         procs.0.kill();
     }
+    if args.warm > 0 {
+        // A stopped worker discards its warm sandboxes: nothing at all is left now.
+        let left = leftovers(&runs, args.backend, &workspaces, 0);
+        report.leaks += left.len();
+        report.problems.extend(left);
+    }
     print_table(&args, seed, &figures, &report, runs.len(), made.len(), started.elapsed());
+    if args.warm > 0 {
+        eprintln!("oz-chaos: {} of the runs started in a warm sandbox", report.warm_starts);
+    }
     if !report.ok() {
         for problem in report.problems.iter().take(40) {
             eprintln!("oz-chaos: {problem}");
@@ -425,6 +442,8 @@ struct Checked {
     wrong_end: usize,
     incomplete: usize,
     leaks: usize,
+    /// Runs whose history says they started in a warm sandbox.
+    warm_starts: usize,
     problems: Vec<String>,
 }
 
@@ -440,6 +459,7 @@ async fn check(
     made: &BTreeMap<String, Made>,
     backend: Backend,
     workspaces: &std::path::Path,
+    warm: usize,
 ) -> Checked {
     let mut checked = Checked::default();
     let on_server: HashMap<&str, &oz_core::wire::api::RunItem> = runs.iter().map(|r| (r.run_id.as_str(), r)).collect();
@@ -474,6 +494,9 @@ async fn check(
             async move { client.runs().transcript(&id).await }
         })
         .await;
+        if transcript.iter().any(|e| e["event"]["text"].as_str().is_some_and(|t| t.contains("warm sandbox: cloned"))) {
+            checked.warm_starts += 1;
+        }
         if let Err(why) = complete(&transcript, run.state) {
             checked.incomplete += 1;
             checked.problems.push(format!("run {}'s history is incomplete: {why}", run.run_id));
@@ -483,7 +506,7 @@ async fn check(
     // its predecessor left): what is left must be gone within the grace, while the worker runs.
     let deadline = Instant::now() + LEAK_GRACE;
     let left = loop {
-        let left = leftovers(runs, backend, workspaces);
+        let left = leftovers(runs, backend, workspaces, warm);
         if left.is_empty() || Instant::now() > deadline {
             break left;
         }
@@ -498,9 +521,23 @@ async fn check(
 const LEAK_GRACE: Duration = Duration::from_secs(30);
 
 /// What is left of the runs now: their processes, workspaces, and (Docker) the worker's containers
-/// and networks; one line each.
-fn leftovers(runs: &[oz_core::wire::api::RunItem], backend: Backend, workspaces: &std::path::Path) -> Vec<String> {
+/// and networks; one line each. Up to `warm` warm sandboxes (a running worker's pool) are not left.
+fn leftovers(
+    runs: &[oz_core::wire::api::RunItem],
+    backend: Backend,
+    workspaces: &std::path::Path,
+    warm: usize,
+) -> Vec<String> {
     let mut left = Vec::new();
+    let mut warm_seen = 0;
+    let mut pooled = |name: &str| {
+        let is_warm = name.starts_with("warm-") || name.starts_with("oz-warm-");
+        if is_warm && warm_seen < warm {
+            warm_seen += 1;
+            return true;
+        }
+        false
+    };
     for run in runs {
         let processes = oz_backend_direct::process::processes_of_task(&run.run_id);
         if !processes.is_empty() {
@@ -509,7 +546,10 @@ fn leftovers(runs: &[oz_core::wire::api::RunItem], backend: Backend, workspaces:
     }
     if let Ok(entries) = std::fs::read_dir(workspaces) {
         for entry in entries.filter_map(Result::ok) {
-            left.push(format!("workspace left: {}", entry.file_name().to_string_lossy()));
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !pooled(&name) {
+                left.push(format!("workspace left: {name}"));
+            }
         }
     }
     if backend == Backend::Docker {
@@ -521,6 +561,9 @@ fn leftovers(runs: &[oz_core::wire::api::RunItem], backend: Backend, workspaces:
                 .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_owned).collect::<Vec<_>>())
                 .unwrap_or_default()
             {
+                if what[0] == "ps" && pooled(&name) {
+                    continue;
+                }
                 left.push(format!("docker {} left {name}", what[0]));
             }
         }
