@@ -362,6 +362,16 @@ impl Backend for DockerBackend {
         Ok(handle)
     }
 
+    /// The id of the image the sandbox's tag (or the default image) names on the engine now.
+    async fn sandbox_revision(&self, sandbox: &oz_core::task::SandboxSpec) -> Option<String> {
+        let image = resolve_image(
+            sandbox.image.as_ref().map(ImageRef::to_string).as_deref(),
+            self.inner.config.default_image.as_ref(),
+        )
+        .ok()?;
+        crate::images::inspect(&self.inner.docker, &image).await.ok()??.id
+    }
+
     async fn discard(&self, prepared: PreparedSandbox) -> Result<(), BackendError> {
         if let Ok(warm) = prepared.state.downcast::<WarmContainer>() {
             crate::task::remove_task(&self.inner.docker, &warm.warm_id, &warm.container).await;

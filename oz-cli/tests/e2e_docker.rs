@@ -457,3 +457,69 @@ async fn a_warm_container_is_handed_its_task_on_stdin_and_a_killed_worker_leaves
     assert_eq!(warm_containers(&worker_id), Vec::<String>::new(), "a stopped worker discards its warm containers");
     server.shutdown().await;
 }
+
+fn image_id(reference: &str) -> String {
+    let out = Command::new("docker").args(["image", "inspect", "-f", "{{.Id}}", reference]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn container_image(name: &str) -> String {
+    let out = Command::new("docker").args(["inspect", "-f", "{{.Image}}", name]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_container_of_a_retagged_image_is_replaced_by_one_of_the_new_image() {
+    let Some(sidecar) = prerequisites() else { return };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = format!("oz-test/warm-retag-{}:latest", std::process::id());
+    assert!(Command::new("docker").args(["tag", "oz-test/debian-git:latest", &tag]).status().unwrap().success());
+    let store = std::sync::Arc::new(oz_server::store::sqlite::SqliteStore::temporary().await.unwrap());
+    let (team, key) = oz_server::bootstrap_team(store.as_ref(), "t").await.unwrap();
+    let worker_id = format!("docker-retag-{}", std::process::id());
+    let worker_key = oz_server::mint_worker_credential(store.as_ref(), &team, "docker", &[&worker_id]).await.unwrap();
+    let server =
+        oz_server::start(oz_server::ServerConfig { listen: "127.0.0.1:0".into(), ..Default::default() }, store)
+            .await
+            .unwrap();
+    let client = oz_sdk::Client::builder().base_url(server.url()).api_key(&key).build().unwrap();
+    let environment = EnvironmentConfig {
+        name: "retag".into(),
+        docker_image: Some(tag.clone()),
+        setup_commands: vec!["echo set-up > setup.txt".into()],
+        ..Default::default()
+    };
+    let env_id = client.environments().create(&environment).await.unwrap().uid;
+    let yaml = format!(
+        "worker_id: {worker_id}\nbackend:\n  docker:\n    sidecar_binary: {}\n    network: host\n    pull_policy: never\nwarm_pools:\n  - environment: {env_id}\n    refresh_secs: 1\n",
+        sidecar.display(),
+    );
+    std::fs::write(dir.path().join("worker.yaml"), yaml).unwrap();
+    let worker = Command::new(Path::new(OZ).with_file_name("oz-agent-worker"))
+        .arg("--config-file")
+        .arg(dir.path().join("worker.yaml"))
+        .args(["--server-root-url", &server.url(), "--log-level", "warn"])
+        .env("WARP_API_KEY", &worker_key)
+        .env("OZ_WORKER_OUTBOX_FILE", dir.path().join("worker.outbox"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let first = warm_until(&worker_id, "a warm container", |w| w.len() == 1).await;
+    assert_eq!(container_image(&first[0]), image_id("oz-test/debian-git:latest"));
+    // The tag now names another image: within a check (1 s) a container of it replaces the old one.
+    assert!(Command::new("docker").args(["tag", "oz-test/busybox:latest", &tag]).status().unwrap().success());
+    let busybox = image_id("oz-test/busybox:latest");
+    let replaced = warm_until(&worker_id, "a warm container of the new image", |w| {
+        w.len() == 1 && w[0] != first[0] && container_image(&w[0]) == busybox
+    })
+    .await;
+    Command::new("kill").args(["-TERM", &worker.id().to_string()]).status().unwrap();
+    let out = worker.wait_with_output().unwrap();
+    let _ = Command::new("docker").args(["rmi", &tag]).output();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!replaced.is_empty());
+    assert_eq!(warm_containers(&worker_id), Vec::<String>::new());
+    server.shutdown().await;
+}

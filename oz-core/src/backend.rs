@@ -441,6 +441,13 @@ pub trait Backend: Send + Sync + 'static {
         Ok(())
     }
 
+    /// What a sandbox of `sandbox` prepared now would be made from beyond its spec (on Docker, the
+    /// id of the image its tag names on the engine): a warm sandbox prepared from another revision
+    /// is out of date. `None`: the backend cannot tell (or there is nothing beyond the spec).
+    async fn sandbox_revision(&self, _sandbox: &SandboxSpec) -> Option<String> {
+        None
+    }
+
     /// Finds what an earlier process of this worker (same worker id) left: reattaches to tasks that
     /// still run where the backend can, and stops and removes the rest.
     async fn recover(&self) -> Result<Vec<RecoveredTask>, BackendError>;

@@ -104,6 +104,8 @@ struct Ready {
     since: Instant,
     /// The remotes' HEADs just before it was prepared (`None`: unknown), in the environment's order.
     heads: Vec<Option<String>>,
+    /// What the backend made it from beyond its spec (its image's id), just before it was prepared.
+    revision: Option<String>,
     /// A remote has moved since: it is replaced once a fresh one is ready.
     stale: bool,
 }
@@ -410,8 +412,9 @@ impl WarmPools {
         }
     }
 
-    /// Asks the remotes of each pool due for a check for their HEADs, and marks the ready sandboxes
-    /// prepared at another one stale (the fill loop then prepares their replacements).
+    /// Asks the remotes of each pool due for a check for their HEADs, and the backend for its
+    /// sandboxes' revision (the image's id), and marks the ready sandboxes prepared at another one
+    /// stale (the fill loop then prepares their replacements).
     async fn check_heads(&self) {
         let due: Vec<(String, oz_core::environment::EnvironmentConfig)> = {
             let now = Instant::now();
@@ -427,19 +430,38 @@ impl WarmPools {
         };
         for (environment, config) in due {
             let heads = crate::git::remote_heads(&config).await;
+            let sandboxes: Vec<SandboxSpec> = {
+                let pools = self.pools();
+                let mut specs: Vec<SandboxSpec> = Vec::new();
+                for r in pools.get(&environment).map(|p| p.ready.iter()).into_iter().flatten() {
+                    if !specs.contains(&r.prepared.spec) {
+                        specs.push(r.prepared.spec.clone());
+                    }
+                }
+                specs
+            };
+            let mut revisions = Vec::new();
+            for sandbox in sandboxes {
+                let revision = self.inner.backend.sandbox_revision(&sandbox).await;
+                revisions.push((sandbox, revision));
+            }
             let mut pools = self.pools();
             let Some(pool) = pools.get_mut(&environment) else { continue };
+            let differs = |was: &Option<String>, is: &Option<String>| matches!((was, is), (Some(a), Some(b)) if a != b);
             let mut moved = 0;
             for ready in pool.ready.iter_mut().filter(|r| !r.stale) {
-                let differs =
-                    ready.heads.iter().zip(&heads).any(|(was, is)| matches!((was, is), (Some(a), Some(b)) if a != b));
-                if differs {
+                let repos_moved = ready.heads.iter().zip(&heads).any(|(was, is)| differs(was, is));
+                let image_moved = revisions
+                    .iter()
+                    .find(|(sandbox, _)| *sandbox == ready.prepared.spec)
+                    .is_some_and(|(_, is)| differs(&ready.revision, is));
+                if repos_moved || image_moved {
                     ready.stale = true;
                     moved += 1;
                 }
             }
             if moved > 0 {
-                info!(environment, moved, "the environment's repos moved: replacing its warm sandboxes");
+                info!(environment, moved, "the environment's repos or image moved: replacing its warm sandboxes");
                 self.inner.wake.notify_one();
                 self.inner.changed.notify_one();
             }
@@ -485,10 +507,12 @@ impl WarmPools {
         };
         let started = Instant::now();
         let mut heads = Vec::new();
+        let mut revision = None;
         let result = match self.warm_spec(environment, ready_within).await {
             Ok(spec) => {
                 // Before the clone: a push during the preparation makes the sandbox stale, not missed.
                 heads = crate::git::remote_heads(&spec.environment).await;
+                revision = self.inner.backend.sandbox_revision(&spec.sandbox).await;
                 if let Some(pool) = self.pools().get_mut(environment) {
                     pool.environment = Some(spec.environment.clone());
                 }
@@ -504,7 +528,7 @@ impl WarmPools {
                 Ok(prepared) if !self.inner.stopped.load(std::sync::atomic::Ordering::SeqCst) => {
                     info!(environment, id = %prepared.id, millis = started.elapsed().as_millis() as u64, "warm sandbox ready");
                     self.inner.metrics.warm_prepared(environment, Some(started.elapsed()));
-                    pool.ready.push_back(Ready { prepared, since: Instant::now(), heads, stale: false });
+                    pool.ready.push_back(Ready { prepared, since: Instant::now(), heads, revision, stale: false });
                     pool.failures = 0;
                     pool.retry_at = None;
                     pool.last_error = None;
