@@ -256,6 +256,8 @@ impl Backend for DockerBackend {
         let spec = crate::warm::warm_task(&warm_id, &warm);
         spec.validate().map_err(|e| BackendError::new(FailureReason::ContainerCreate, e.to_string()))?;
         let span = tracing::info_span!("docker_warm", warm = %warm_id, worker_id = %inner.config.worker_id);
+        // Dropped half-way (a worker shutting down stops waiting), what was made is removed.
+        let mut unfinished = crate::warm::Unfinished::new(inner.docker.clone(), &warm_id, &container_name(&spec));
         let made = tracing::Instrument::instrument(
             async {
                 // Nobody follows a warm sandbox's preparation: its events go nowhere.
@@ -281,6 +283,7 @@ impl Backend for DockerBackend {
             let message = format!("the warm sandbox was not ready within {}s", warm.ready_within.as_secs());
             Err(BackendError::new(FailureReason::WorkspaceSetup, message))
         });
+        unfinished.disarm();
         match made {
             Ok(container) => {
                 let state = WarmContainer { warm_id: warm_id.clone(), container };
@@ -325,6 +328,10 @@ impl Backend for DockerBackend {
             Err(e) => return gone(warm, e.to_string()).await,
         };
         line.push(b'\n');
+        if line.len() > oz_core::warm::MAX_HANDOFF_BYTES {
+            // The runner would refuse it and end: the task goes cold instead.
+            return gone(warm, format!("the task is too large for a handoff ({} bytes)", line.len())).await;
+        }
         let name = crate::container::assigned_name(&spec.task_id, spec.execution_id.as_deref());
         let rename = bollard::query_parameters::RenameContainerOptionsBuilder::default().name(&name).build();
         let (inspected, renamed, attached) = tokio::join!(
@@ -437,13 +444,16 @@ impl Backend for DockerBackend {
                 });
                 continue;
             }
-            // Running: follow it to its end. Exited meanwhile: report how it ended.
+            // Running: follow it to its end. Exited meanwhile: report how it ended. A handed-over warm
+            // container whose worker died between the rename and the handoff still has its stdin
+            // open: attach it and close it, so its runner has its task or ends ("stdin closed").
+            let close_stdin = labels.contains_key(WARM_LABEL) && running;
             let (handle, driver) = TaskHandle::channel(task_id.clone());
             let plan = Follow {
                 task_id: task_id.clone(),
                 made_for: made_for.clone(),
                 container: id,
-                stdin: None,
+                stdin: close_stdin.then(bytes::Bytes::new),
                 deadline,
                 cleanup,
                 stop_grace: inner.config.stop_grace,

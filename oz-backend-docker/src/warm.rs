@@ -38,6 +38,38 @@ pub(crate) struct WarmContainer {
     pub container: String,
 }
 
+/// Removes what a preparation made if it is dropped before [`Unfinished::disarm`] (its future was
+/// abandoned: a worker that stops waits for a preparation only so long).
+pub(crate) struct Unfinished {
+    docker: std::sync::Arc<Docker>,
+    warm_id: String,
+    container: String,
+    armed: bool,
+}
+
+impl Unfinished {
+    pub(crate) fn new(docker: std::sync::Arc<Docker>, warm_id: &str, container: &str) -> Self {
+        Self { docker, warm_id: warm_id.to_owned(), container: container.to_owned(), armed: true }
+    }
+
+    /// The preparation ended either way; its own path cleans up.
+    pub(crate) fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (docker, warm_id, container) = (self.docker.clone(), self.warm_id.clone(), self.container.clone());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { crate::task::remove_task(&docker, &warm_id, &container).await });
+        }
+    }
+}
+
 /// The task a warm container is made as: the warm sandbox's id, its sandbox and variables, and
 /// `oz agent warm`'s argv.
 pub(crate) fn warm_task(warm_id: &str, warm: &WarmSpec) -> TaskSpec {

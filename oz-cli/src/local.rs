@@ -180,10 +180,10 @@ pub async fn start_with(
     let command =
         CommandOptions { entrypoint, server_root_url: server.url(), idle_on_complete: None, extra_env: Vec::new() };
     let ws = format!("{}/api/v1/selfhosted/worker/ws", server.url().replacen("http://", "ws://", 1));
-    let worker = Arc::new(Worker::new(
-        WorkerConfig::new(LOCAL_WORKER, ws, ApiKey::new(credentials.worker_key), command),
-        backend,
-    )?);
+    let mut config = WorkerConfig::new(LOCAL_WORKER, ws, ApiKey::new(credentials.worker_key), command);
+    // The local stack's sample remote is a local folder; its warm pools check its HEAD.
+    config.local_git_remotes = true;
+    let worker = Arc::new(Worker::new(config, backend)?);
     worker.adopt_recovered(recovered);
     let handle = worker.handle();
     let warm_pools = worker.warm_pools().clone();

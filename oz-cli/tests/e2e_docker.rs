@@ -323,7 +323,7 @@ async fn a_warm_container_is_handed_its_task_on_stdin_and_a_killed_worker_leaves
     let env_id = client.environments().create(&environment).await.unwrap().uid;
     let git_dir = dir.path().join("git");
     let yaml = format!(
-        "worker_id: {worker_id}\nbackend:\n  docker:\n    sidecar_binary: {}\n    network: host\n    pull_policy: never\n    volumes: [\"{1}:{1}:ro\"]\nwarm_pools:\n  - environment: {env_id}\n    size: 1\n",
+        "worker_id: {worker_id}\nbackend:\n  docker:\n    sidecar_binary: {}\n    network: host\n    pull_policy: never\n    volumes: [\"{1}:{1}:ro\"]\nlocal_git_remotes: true\nwarm_pools:\n  - environment: {env_id}\n    size: 1\n",
         sidecar.display(),
         git_dir.display(),
     );

@@ -111,6 +111,8 @@ fn worker_with_mirrors(s: &Stack, pools: Vec<WarmPoolConfig>, mirrors: Option<&P
     let ws = format!("{}/api/v1/selfhosted/worker/ws", s.server.url().replace("http://", "ws://"));
     let mut config = WorkerConfig::new("warm-worker", ws, ApiKey::new(s.worker_key.clone()), command);
     config.warm_pools = pools;
+    // The test's remote is a local folder.
+    config.local_git_remotes = true;
     config.git_mirrors = mirrors.map(Path::to_path_buf);
     Arc::new(Worker::new(config, backend).unwrap())
 }

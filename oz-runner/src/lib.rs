@@ -31,9 +31,20 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// Makes this process non-dumpable: its `/proc/<pid>/fd`, `mem` and `environ` are then out of
+/// reach of the processes it starts (which run as the same user), so none can read its stdin (a
+/// warm runner's handoff, a cold one's token) or the secrets in its memory. Children get the normal
+/// attribute back when they exec.
+pub fn guard_from_children() {
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        eprintln!("oz: could not make the runner non-dumpable ({e}); its children could read its memory");
+    }
+}
+
 /// `oz agent run <raw...>` as a process: parses the flags leniently, runs the agent with SIGTERM and
 /// SIGINT as cancellation, and returns the exit status (see [`run`]).
 pub fn run_main(raw: Vec<String>) -> i32 {
+    guard_from_children();
     if raw.iter().take_while(|a| *a != "--").any(|a| a == "--help" || a == "-h") {
         args::print_help();
         return 0;

@@ -34,6 +34,9 @@ const MAX_PREPARE_EVENTS: usize = 10_000;
 
 /// `oz agent warm` as a process; returns the exit status.
 pub fn warm_main(args: WarmArgs) -> i32 {
+    // Before any setup command runs: a process it leaves behind must not read the handoff (and its
+    // token) from this process's stdin or memory.
+    crate::guard_from_children();
     crate::install_crypto_provider();
     let channel = args.channel();
     let saved = match &channel {

@@ -21,7 +21,7 @@
 pub mod backends;
 pub mod config;
 mod error;
-mod git;
+pub mod git;
 pub mod metrics;
 pub mod mirror;
 pub mod outbox;

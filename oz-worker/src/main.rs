@@ -161,6 +161,7 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
     config.outbox_file = flags.outbox_file.clone().or_else(|| default_outbox_file(&worker_id));
     config.warm_pools = file.warm_pools.clone();
     config.git_mirrors = file.git_mirrors.clone();
+    config.local_git_remotes = file.local_git_remotes.unwrap_or(false);
     let worker = Arc::new(Worker::new(config, backend.clone())?);
     if let Some(listen) = flags.metrics_listen.or(file.metrics_listen.clone()) {
         let (addr, _task) = oz_worker::metrics::serve(worker.metrics(), &listen)

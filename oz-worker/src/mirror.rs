@@ -8,8 +8,9 @@
 //! per [`REFRESH_INTERVAL`]. Sandboxes never write to it, so a task cannot plant objects another task
 //! would borrow, and every object in it came through git's own checks (`index-pack`).
 //!
-//! The worker fetches without credentials: a repo it cannot read that way (a private one) gets no
-//! mirror, and its clones go to the remote in full, as before. A mirror is never pruned of objects
+//! The worker fetches without credentials and with nothing of its host ([`crate::git`]): a repo it
+//! cannot read that way (a private one) gets no mirror, and its clones go to the remote in full, as
+//! before. Only branches and tags are mirrored. A mirror is never pruned of objects
 //! (`gc.auto=0`, `maintenance.auto=false`), since clones that borrow from it need them for as long as
 //! they live.
 
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 use oz_core::environment::EnvironmentConfig;
 use tracing::{debug, warn};
 
-use crate::git::git;
+use crate::git::{FETCH_TIMEOUT, GitAccess};
 
 /// A mirror is fetched at most this often.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(30);
@@ -29,7 +30,9 @@ pub const REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 /// The mirrors in one folder.
 pub struct GitMirrors {
     root: PathBuf,
-    refreshed: Mutex<HashMap<PathBuf, Instant>>,
+    /// When each mirror was last refreshed, and the ones being refreshed now (`None`).
+    refreshed: Mutex<HashMap<PathBuf, Option<Instant>>>,
+    access: GitAccess,
     /// Where environments are read from, by id (the worker's credential).
     control_plane: Option<oz_sdk::Client>,
 }
@@ -41,17 +44,30 @@ impl std::fmt::Debug for GitMirrors {
 }
 
 impl GitMirrors {
-    /// Mirrors kept in `root` (created if missing); `control_plane` reads environments by id.
-    pub fn new(root: PathBuf, control_plane: Option<oz_sdk::Client>) -> std::io::Result<Self> {
+    /// Mirrors kept in `root` (created if missing), fetched with `access`; `control_plane` reads
+    /// environments by id. Half-made mirrors an earlier process left (it was killed while cloning)
+    /// are removed.
+    pub fn new(root: PathBuf, control_plane: Option<oz_sdk::Client>, access: GitAccess) -> std::io::Result<Self> {
         std::fs::create_dir_all(&root)?;
-        Ok(Self { root, refreshed: Mutex::new(HashMap::new()), control_plane })
+        for owner in std::fs::read_dir(&root)?.flatten() {
+            for entry in std::fs::read_dir(owner.path()).into_iter().flatten().flatten() {
+                if entry.file_name().to_string_lossy().contains(".partial-") {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        Ok(Self { root, refreshed: Mutex::new(HashMap::new()), access, control_plane })
     }
 
     /// Makes the mirrors of `repos` due for a fetch at their next use (they were pushed to).
     pub fn expire(&self, repos: &[oz_core::environment::RepoRef]) {
         let mut refreshed = self.refreshed.lock().unwrap_or_else(|p| p.into_inner());
         for repo in repos {
-            refreshed.remove(&oz_core::runner::mirror_of(&self.root, repo));
+            let path = oz_core::runner::mirror_of(&self.root, repo);
+            // One being refreshed stays so: its refresh may have begun before the push.
+            if refreshed.get(&path).is_some_and(Option::is_some) {
+                refreshed.remove(&path);
+            }
         }
     }
 
@@ -81,24 +97,33 @@ impl GitMirrors {
             let path = oz_core::runner::mirror_of(&self.root, repo);
             {
                 let mut refreshed = self.refreshed.lock().unwrap_or_else(|p| p.into_inner());
-                if refreshed.get(&path).is_some_and(|at| at.elapsed() < REFRESH_INTERVAL) {
-                    continue;
+                match refreshed.get(&path) {
+                    // Being refreshed by another caller, or refreshed lately.
+                    Some(None) => continue,
+                    Some(Some(at)) if at.elapsed() < REFRESH_INTERVAL => continue,
+                    _ => {}
                 }
-                refreshed.insert(path.clone(), Instant::now());
+                refreshed.insert(path.clone(), None);
             }
             let url = oz_core::runner::clone_url(base, repo);
             let started = Instant::now();
-            match refresh_one(&url, &path).await {
+            match refresh_one(&self.access, &url, &path).await {
                 Ok(()) => debug!(%repo, millis = started.elapsed().as_millis() as u64, "git mirror refreshed"),
                 Err(e) => warn!(%repo, "could not refresh the git mirror ({e}); clones fetch everything from {url}"),
             }
+            self.refreshed.lock().unwrap_or_else(|p| p.into_inner()).insert(path, Some(Instant::now()));
         }
     }
 }
 
-async fn refresh_one(url: &str, path: &Path) -> Result<(), String> {
+/// Branches and tags only (not `refs/pull/*` and the like): what a clone of the repo's HEAD borrows.
+const REFSPECS: [&str; 2] = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"];
+
+async fn refresh_one(access: &GitAccess, url: &str, path: &Path) -> Result<(), String> {
     if path.join("HEAD").is_file() {
-        return git(path, &["fetch", "--quiet", "--prune", "origin"]).await.map(drop);
+        let mut args = vec!["fetch", "--quiet", "--prune", "--", url];
+        args.extend(REFSPECS);
+        return access.git(path, &args, FETCH_TIMEOUT).await.map(drop);
     }
     let parent = path.parent().ok_or("a mirror path has a parent")?;
     std::fs::create_dir_all(parent).map_err(|e| format!("could not create {}: {e}", parent.display()))?;
@@ -106,12 +131,9 @@ async fn refresh_one(url: &str, path: &Path) -> Result<(), String> {
     let partial = path.with_extension(format!("partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&partial);
     let partial_text = partial.display().to_string();
-    let cloned = git(
-        parent,
-        &["clone", "--mirror", "--quiet", "-c", "gc.auto=0", "-c", "maintenance.auto=false", "--", url, &partial_text],
-    )
-    .await;
-    if let Err(e) = cloned {
+    let args =
+        ["clone", "--bare", "--quiet", "-c", "gc.auto=0", "-c", "maintenance.auto=false", "--", url, &partial_text];
+    if let Err(e) = access.git(parent, &args, FETCH_TIMEOUT).await {
         let _ = std::fs::remove_dir_all(&partial);
         return Err(e);
     }
@@ -164,7 +186,11 @@ mod tests {
         environment
             .env_vars
             .insert(oz_core::runner::env::GIT_BASE_URL.into(), format!("file://{}", dir.path().join("git").display()));
-        let mirrors = GitMirrors::new(dir.path().join("mirrors"), None).unwrap();
+        // A half-made mirror a killed worker left is swept at start.
+        let stale = dir.path().join("mirrors/acme/app.partial-1");
+        std::fs::create_dir_all(&stale).unwrap();
+        let mirrors = GitMirrors::new(dir.path().join("mirrors"), None, GitAccess { local_remotes: true }).unwrap();
+        assert!(!stale.exists());
         mirrors.refresh(&environment).await;
         let mirror = oz_core::runner::mirror_of(mirrors.root(), &environment.github_repos[0]);
         assert_eq!(head_of(&mirror), head_of(&src));

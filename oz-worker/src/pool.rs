@@ -70,10 +70,11 @@ fn default_size() -> usize {
     1
 }
 impl WarmPoolConfig {
+    /// Between two HEAD checks: `refresh_secs`, at most a day (also what 0 means).
     fn check_interval(&self) -> Duration {
         match self.refresh_secs {
             0 => Duration::from_secs(86_400),
-            secs => Duration::from_secs(secs),
+            secs => Duration::from_secs(secs.min(86_400)),
         }
     }
 }
@@ -134,6 +135,8 @@ struct Pool {
     last_demand: Instant,
     /// The environment as last fetched for a preparation (what the HEAD checks look at).
     environment: Option<oz_core::environment::EnvironmentConfig>,
+    /// The sandbox the last preparation was for (what a task must ask for to be served).
+    prepares: Option<SandboxSpec>,
     /// When the remotes' HEADs are checked next.
     next_check: Instant,
     hits: u64,
@@ -149,6 +152,8 @@ struct Inner {
     control_plane: Option<oz_sdk::Client>,
     /// Refreshed before each preparation, so a warm clone borrows from a current mirror.
     mirrors: Option<Arc<crate::mirror::GitMirrors>>,
+    /// What the HEAD checks may reach.
+    access: crate::git::GitAccess,
     options: CommandOptions,
     metrics: WorkerMetrics,
     pools: Mutex<HashMap<String, Pool>>,
@@ -181,6 +186,7 @@ impl WarmPools {
         api_key: &oz_core::credentials::ApiKey,
         metrics: WorkerMetrics,
         mirrors: Option<Arc<crate::mirror::GitMirrors>>,
+        access: crate::git::GitAccess,
     ) -> Result<Self, WorkerError> {
         // Needed only once there are pools: `add` refuses a pool without it.
         let control_plane = control_plane_client(&options, api_key);
@@ -189,6 +195,7 @@ impl WarmPools {
                 backend,
                 control_plane,
                 mirrors,
+                access,
                 options,
                 metrics,
                 pools: Mutex::new(HashMap::new()),
@@ -222,6 +229,13 @@ impl WarmPools {
         if config.environment.trim().is_empty() {
             return Err(WorkerError::Config("warm_pools: an entry has no environment".into()));
         }
+        let day = 86_400 * 365;
+        if config.max_age_secs > day || config.idle_secs > day || config.ready_within_secs > day {
+            return Err(WorkerError::Config(format!(
+                "warm_pools: environment {:?}: max_age_secs, idle_secs and ready_within_secs are at most a year",
+                config.environment
+            )));
+        }
         if config.max_size.is_some_and(|max| max < config.size) {
             return Err(WorkerError::Config(format!(
                 "warm_pools: environment {:?}: max_size is below size",
@@ -233,6 +247,7 @@ impl WarmPools {
             target: config.size,
             last_demand: Instant::now(),
             environment: None,
+            prepares: None,
             next_check: Instant::now() + config.check_interval(),
             config,
             ready: VecDeque::new(),
@@ -268,14 +283,19 @@ impl WarmPools {
             .position(|r| r.prepared.spec == *sandbox && !r.stale)
             .or_else(|| pool.ready.iter().position(|r| r.prepared.spec == *sandbox));
         let taken = position.and_then(|p| pool.ready.remove(p));
-        pool.last_demand = Instant::now();
+        // Demand the pool can serve: a task asking for another sandbox (another image, resources)
+        // would miss whatever the pool prepared, so it neither grows the pool nor keeps it large.
+        let servable = pool.prepares.as_ref().is_none_or(|s| s == sandbox);
+        if servable {
+            pool.last_demand = Instant::now();
+        }
         match &taken {
             Some(_) => pool.hits += 1,
             None => {
                 pool.misses += 1;
                 self.inner.metrics.warm_miss(environment);
                 let max = pool.config.max_size.unwrap_or(pool.config.size);
-                if pool.target < max {
+                if servable && pool.target < max {
                     pool.target += 1;
                     info!(environment, target = pool.target, "a miss: the warm pool grows");
                 }
@@ -294,7 +314,14 @@ impl WarmPools {
         let now = Instant::now();
         let mut due = 0;
         for pool in self.pools().values_mut() {
-            let affected = pool.environment.as_ref().is_some_and(|e| e.github_repos.iter().any(|r| repos.contains(r)));
+            // GitHub's names are case-insensitive.
+            let same = |a: &oz_core::environment::RepoRef, b: &oz_core::environment::RepoRef| {
+                a.owner.eq_ignore_ascii_case(&b.owner) && a.repo.eq_ignore_ascii_case(&b.repo)
+            };
+            let affected = pool
+                .environment
+                .as_ref()
+                .is_some_and(|e| e.github_repos.iter().any(|r| repos.iter().any(|m| same(r, m))));
             if affected {
                 pool.next_check = now;
                 due += 1;
@@ -389,24 +416,28 @@ impl WarmPools {
             .map(|p| p.config.environment.clone())
     }
 
-    /// Replaces ready sandboxes past their age or whose repos moved: a replacement is prepared first
-    /// (the fill loop counts only fresh ones), then the old one goes.
+    /// Replaces ready sandboxes past their age or whose repos or image moved: a replacement is
+    /// prepared first (the fill loop counts only fresh ones), then one old one goes for each ready
+    /// sandbox beyond the target.
     async fn retire_aged(&self) {
         let mut retired = Vec::new();
         for pool in self.pools().values_mut() {
             let max_age = Duration::from_secs(pool.config.max_age_secs);
-            // Keep the old ones while nothing fresh can stand in for them.
-            if pool.fresh() == 0 {
-                continue;
-            }
-            while let Some(position) = pool.ready.iter().position(|r| r.retirable(max_age)) {
+            // One old sandbox goes for each fresh one beyond the target's need, oldest first: until
+            // its replacement is ready, an old one still serves a task.
+            let fresh = pool.fresh();
+            let old = pool.ready.len() - fresh;
+            let mut to_retire = (fresh + old).saturating_sub(pool.target.max(fresh));
+            while to_retire > 0 {
+                let Some(position) = pool.ready.iter().position(|r| r.retirable(max_age)) else { break };
                 if let Some(r) = pool.ready.remove(position) {
                     retired.push(r);
                 }
+                to_retire -= 1;
             }
         }
         for r in retired {
-            let why = if r.stale { "its repos moved" } else { "past its max_age" };
+            let why = if r.stale { "its repos or image moved" } else { "past its max_age" };
             info!(id = %r.prepared.id, "retiring a warm sandbox: {why}");
             let _ = self.inner.backend.discard(r.prepared).await;
         }
@@ -429,7 +460,7 @@ impl WarmPools {
                 .collect()
         };
         for (environment, config) in due {
-            let heads = crate::git::remote_heads(&config).await;
+            let heads = self.inner.access.remote_heads(&config).await;
             let sandboxes: Vec<SandboxSpec> = {
                 let pools = self.pools();
                 let mut specs: Vec<SandboxSpec> = Vec::new();
@@ -511,10 +542,11 @@ impl WarmPools {
         let result = match self.warm_spec(environment, ready_within).await {
             Ok(spec) => {
                 // Before the clone: a push during the preparation makes the sandbox stale, not missed.
-                heads = crate::git::remote_heads(&spec.environment).await;
+                heads = self.inner.access.remote_heads(&spec.environment).await;
                 revision = self.inner.backend.sandbox_revision(&spec.sandbox).await;
                 if let Some(pool) = self.pools().get_mut(environment) {
                     pool.environment = Some(spec.environment.clone());
+                    pool.prepares = Some(spec.sandbox.clone());
                 }
                 self.inner.backend.prepare(spec).await.map_err(|e| e.message)
             }

@@ -64,6 +64,9 @@ pub struct WorkerConfig {
     /// The folder of git mirrors the worker keeps (`git_mirrors:`; see [`crate::mirror`]). The
     /// backend must be given it as well ([`crate::backends::mount_git_mirrors`]).
     pub git_mirrors: Option<std::path::PathBuf>,
+    /// Whether the worker's own git (mirrors, HEAD checks) may read `file://` remotes
+    /// (`local_git_remotes:`; see [`crate::git::GitAccess`]).
+    pub local_git_remotes: bool,
 }
 
 impl WorkerConfig {
@@ -82,6 +85,7 @@ impl WorkerConfig {
             cleanup: true,
             warm_pools: Vec::new(),
             git_mirrors: None,
+            local_git_remotes: false,
             command,
             ping_interval: Duration::from_secs(30),
             read_deadline: Duration::from_secs(60),
@@ -159,11 +163,13 @@ impl Worker {
         let (claims, earlier_claims) =
             crate::outbox::Claims::open(config.outbox_file.as_ref().map(|f| f.with_extension("claims")));
         let metrics = WorkerMetrics::new();
+        let access = crate::git::GitAccess { local_remotes: config.local_git_remotes };
         let mirrors = match &config.git_mirrors {
             Some(dir) => Some(Arc::new(
                 crate::mirror::GitMirrors::new(
                     dir.clone(),
                     crate::pool::control_plane_client(&config.command, &config.api_key),
+                    access,
                 )
                 .map_err(|e| WorkerError::Config(format!("git_mirrors: could not create {}: {e}", dir.display())))?,
             )),
@@ -176,6 +182,7 @@ impl Worker {
             &config.api_key,
             metrics.clone(),
             mirrors.clone(),
+            access,
         )?;
         Ok(Self {
             pools,
