@@ -129,6 +129,7 @@ async fn a_bare_busybox_image_still_clones_and_runs_the_harness() {
                   head -1 app/README.md; echo \"in $(pwd) as $(id -u)\"; \
                   echo \"tokens in env: [$(env | grep -e 'oz[w]_' -e 'gh[s]_' | cut -d= -f1 | tr '\\n' ' ')]\"; \
                   echo \"tokens in the runner's env: [$(tr '\\0' '\\n' < /proc/$PPID/environ | grep -e 'oz[w]_' -e 'gh[s]_' | cut -d= -f1 | tr '\\n' ' ')]\"; \
+                  echo \"runner readable: $(cat /proc/$PPID/environ >/dev/null 2>&1 && echo yes || echo no)\"; \
                   echo \"npm=$NPM_TOKEN\"; sleep 2";
     let config = AgentConfig {
         worker_host: Some("local".into()),
@@ -169,6 +170,10 @@ async fn a_bare_busybox_image_still_clones_and_runs_the_harness() {
     assert!(output.contains("in /workspace as 0"), "{output}");
     assert!(output.contains("tokens in env: []"), "{output}");
     assert!(output.contains("tokens in the runner's env: []"), "{output}");
+    assert!(
+        output.contains("runner readable: no"),
+        "the runner is non-dumpable: its children cannot read it: {output}"
+    );
     assert!(output.contains("npm="), "{output}");
     for secret in [token, npm_token] {
         assert!(events.iter().all(|e| !e.event.to_string().contains(secret)), "a secret reached the transcript");
