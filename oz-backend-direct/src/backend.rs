@@ -117,7 +117,11 @@ impl Backend for DirectBackend {
         let ws = Workspace::at(&self.config.workspace_root, &id);
         let mut marker = Marker::new(self.config.worker_id.clone(), None, None, true);
         ws.create(&self.config.workspace_root, &marker)?;
-        match start_warm(&self.config, &ws, &warm, &mut marker).await {
+        // Dropped half-way (a worker shutting down stops waiting), its runner and workspace go.
+        let mut unfinished = UnfinishedWarm { ws: Some(ws.clone()) };
+        let started = start_warm(&self.config, &ws, &warm, &mut marker).await;
+        unfinished.ws = None;
+        match started {
             Ok(state) => Ok(PreparedSandbox { id, spec: warm.sandbox, state: Box::new(state) }),
             Err(e) => {
                 if let Some(pid) = marker.pid {
@@ -714,6 +718,22 @@ impl WarmWorkspace {
         {
             process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
         }
+    }
+}
+
+/// A warm workspace whose preparation has not returned: if dropped so, its waiting runner (by the
+/// pid in its marker) is killed and the workspace removed.
+struct UnfinishedWarm {
+    ws: Option<Workspace>,
+}
+
+impl Drop for UnfinishedWarm {
+    fn drop(&mut self) {
+        let Some(ws) = self.ws.take() else { return };
+        if let Some(pid) = ws.read_marker().and_then(|m| m.pid) {
+            process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        let _ = ws.remove();
     }
 }
 

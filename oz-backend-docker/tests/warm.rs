@@ -153,3 +153,39 @@ async fn an_isolated_warm_container_is_recovered_handed_one_task_and_leaves_noth
     let all = support::labelled(&docker, labels::WORKER_ID, &worker_id).await;
     assert!(all.iter().all(|m| m.starts_with("volume")), "only the sidecar volume stays: {all:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preparation_abandoned_half_way_leaves_no_container() {
+    let Some(sidecar) = sidecar() else { return };
+    let worker_id = format!("warm-abandon-{}", std::process::id());
+    let mut config = DockerConfig::new(&worker_id);
+    config.sidecar_binary = Some(sidecar);
+    config.pull_policy = PullPolicy::Never;
+    let Some(backend) = support::backend(config, support::DEBIAN_GIT).await else { return };
+    let docker = backend.docker().clone();
+    let mut warm = warm_spec();
+    warm.sandbox.network = NetworkMode::None;
+    warm.environment.setup_commands = vec!["sleep 60".into()];
+    let backend = std::sync::Arc::new(backend);
+    let preparing = tokio::spawn({
+        let backend = backend.clone();
+        async move { backend.prepare(warm).await }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while support::labelled(&docker, labels::WORKER_ID, &worker_id).await.iter().all(|m| !m.starts_with("container")) {
+        assert!(tokio::time::Instant::now() < deadline, "no warm container was made");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    preparing.abort();
+    let _ = preparing.await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = support::labelled(&docker, labels::WORKER_ID, &worker_id).await;
+        if left.iter().all(|m| m.starts_with("volume")) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the abandoned warm container stays: {left:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

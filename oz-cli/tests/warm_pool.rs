@@ -590,3 +590,51 @@ async fn repos_pushed_tells_the_worker_at_once_to_replace_its_sandbox() {
     assert!(bad.to_string().contains("repos"), "{bad}");
     w.warm_pools().stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preparation_abandoned_half_way_leaves_no_runner_and_no_workspace() {
+    use oz_core::backend::Backend;
+    let dir = tempfile::Builder::new().prefix("w").tempdir_in("/tmp").unwrap();
+    let root = dir.path().join("ws");
+    let backend = Arc::new(DirectBackend::new(DirectConfig::new("abandon-worker", &root)).unwrap());
+    let warm = oz_core::warm::WarmSpec {
+        sandbox: oz_core::task::SandboxSpec::default(),
+        entrypoint: OZ.into(),
+        environment: EnvironmentConfig {
+            name: "slow".into(),
+            setup_commands: vec!["sleep 60".into()],
+            ..Default::default()
+        },
+        git_base_url: None,
+        env: vec![],
+        ready_within: Duration::from_secs(120),
+    };
+    let preparing = tokio::spawn({
+        let backend = backend.clone();
+        async move { backend.prepare(warm).await }
+    });
+    // Its runner is up (its pid in the marker), its setup under way: then the wait is given up.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let pid = loop {
+        if let Some(dir) = warm_dirs(&root).first()
+            && let Ok(text) = std::fs::read(dir.join("oz-task.json"))
+            && let Some(pid) = serde_json::from_slice::<serde_json::Value>(&text).ok().and_then(|m| m["pid"].as_u64())
+        {
+            break pid;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the warm runner never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    preparing.abort();
+    let _ = preparing.await;
+    assert!(warm_dirs(&root).is_empty(), "the workspace is removed");
+    for _ in 0..100 {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(state.is_empty() || state.contains(") Z "), "the waiting runner is gone: {state}");
+}
