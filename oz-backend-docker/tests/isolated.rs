@@ -8,7 +8,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig};
@@ -18,24 +17,9 @@ use oz_core::backend::{Backend, TaskEvent};
 use oz_core::image::ImageRef;
 use oz_core::task::{NetworkMode, TaskSpec};
 
-fn sidecar() -> Option<std::path::PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/sidecar/oz");
-    if path.exists() {
-        return Some(path);
-    }
-    if std::env::var("OZ_REQUIRE_DOCKER").is_ok_and(|v| v == "1") {
-        panic!(
-            "OZ_REQUIRE_DOCKER=1 but there is no static sidecar at {} (scripts/build-sidecar-oz.sh)",
-            path.display()
-        );
-    }
-    eprintln!("\n*** SKIPPED: no static sidecar at {} (run scripts/build-sidecar-oz.sh) ***\n", path.display());
-    None
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_task_reaches_only_its_allowed_domains_through_the_proxy() {
-    let Some(sidecar) = sidecar() else { return };
+    let Some(sidecar) = support::sidecar() else { return };
     // Probe the engine first with a plain config (skips loudly without one).
     let Some(probe) = support::backend(DockerConfig::new("isolated-probe"), support::BUSYBOX).await else { return };
     let docker = probe.docker().clone();

@@ -8,7 +8,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::Duration;
 
 use bollard::models::NetworkCreateRequest;
@@ -18,21 +17,6 @@ use oz_core::environment::EnvironmentConfig;
 use oz_core::image::ImageRef;
 use oz_core::task::{NetworkMode, SandboxSpec, TaskSpec, labels};
 use oz_core::warm::WarmSpec;
-
-fn sidecar() -> Option<std::path::PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/sidecar/oz");
-    if path.exists() {
-        return Some(path);
-    }
-    if std::env::var("OZ_REQUIRE_DOCKER").is_ok_and(|v| v == "1") {
-        panic!(
-            "OZ_REQUIRE_DOCKER=1 but there is no static sidecar at {} (scripts/build-sidecar-oz.sh)",
-            path.display()
-        );
-    }
-    eprintln!("\n*** SKIPPED: no static sidecar at {} (run scripts/build-sidecar-oz.sh) ***\n", path.display());
-    None
-}
 
 fn sandbox() -> SandboxSpec {
     SandboxSpec {
@@ -81,7 +65,7 @@ fn runner_task(id: &str, script: &str) -> TaskSpec {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_warm_container_is_recovered_handed_one_task_and_leaves_nothing() {
-    let Some(sidecar) = sidecar() else { return };
+    let Some(sidecar) = support::sidecar() else { return };
     let Some(probe) = support::backend(DockerConfig::new("warm-probe"), support::DEBIAN_GIT).await else { return };
     let docker = probe.docker().clone();
     let worker_id = format!("warm-test-{}", std::process::id());
@@ -156,7 +140,7 @@ async fn an_isolated_warm_container_is_recovered_handed_one_task_and_leaves_noth
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_preparation_abandoned_half_way_leaves_no_container() {
-    let Some(sidecar) = sidecar() else { return };
+    let Some(sidecar) = support::sidecar() else { return };
     let worker_id = format!("warm-abandon-{}", std::process::id());
     let mut config = DockerConfig::new(&worker_id);
     config.sidecar_binary = Some(sidecar);

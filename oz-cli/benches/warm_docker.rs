@@ -21,7 +21,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::StreamExt;
 use oz_backend_docker::{DefaultNetwork, DockerBackend, DockerConfig, PullPolicy};
@@ -34,39 +34,8 @@ use oz_core::warm::WarmSpec;
 const IMAGE: &str = "oz-test/debian-git:latest";
 const RUNNER: &str = "/agent/bin/oz";
 
-fn git(dir: &Path, args: &[&str]) {
-    let status = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "b")
-        .env("GIT_AUTHOR_EMAIL", "b@example.com")
-        .env("GIT_COMMITTER_NAME", "b")
-        .env("GIT_COMMITTER_EMAIL", "b@example.com")
-        .status()
-        .unwrap();
-    assert!(status.success(), "git {args:?}");
-}
-
-fn now_ns() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos()
-}
-
-/// Waits for the harness's timestamp in `file`; the time from `t0` to it.
-async fn started(file: &Path, t0: u128) -> Duration {
-    for _ in 0..200_000 {
-        if let Ok(text) = std::fs::read_to_string(file)
-            && let Ok(at) = text.trim().parse::<u128>()
-        {
-            return Duration::from_nanos(u64::try_from(at.saturating_sub(t0)).unwrap());
-        }
-        tokio::time::sleep(Duration::from_micros(200)).await;
-    }
-    panic!("the harness never started");
-}
-
-fn stamp_script(stamp: &Path) -> String {
-    format!("date +%s%N > {}", stamp.display())
-}
+mod common;
+use common::{now_ns, repo, report, stamp_script, started};
 
 fn sandbox() -> SandboxSpec {
     SandboxSpec { image: Some(ImageRef::parse(IMAGE).unwrap()), ..SandboxSpec::default() }
@@ -94,22 +63,6 @@ fn task(id: &str, env_file: &Path, git_base: &str, stamp: &Path) -> TaskSpec {
     let mut spec = TaskSpec::new(id, argv.iter().map(|s| (*s).to_owned()).collect());
     spec.sandbox = sandbox();
     spec
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn report(name: &str, samples: &mut [Duration]) {
-    samples.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    println!(
-        "| {name} | {:.2} | {:.2} | {:.2} | {} |",
-        ms(percentile(samples, 0.5)),
-        ms(percentile(samples, 0.9)),
-        ms(percentile(samples, 0.99)),
-        samples.len()
-    );
 }
 
 /// `docker exec` of the harness's first instruction in `container`, to its end.
@@ -148,17 +101,7 @@ fn main() {
     runtime.block_on(async move {
         let root = tempfile::Builder::new().prefix("bd").tempdir_in("/tmp").unwrap();
         let root_path = root.path().to_path_buf();
-        let src = root_path.join("src");
-        std::fs::create_dir_all(&src).unwrap();
-        git(&src, &["init", "-q", "-b", "main"]);
-        for i in 0..10 {
-            std::fs::write(src.join(format!("f{i}.txt")), format!("file {i}\n")).unwrap();
-        }
-        git(&src, &["add", "."]);
-        git(&src, &["commit", "-q", "-m", "initial"]);
-        let bare = root_path.join("git/acme/small");
-        std::fs::create_dir_all(bare.parent().unwrap()).unwrap();
-        git(&root_path, &["clone", "-q", "--bare", src.to_str().unwrap(), bare.to_str().unwrap()]);
+        repo(&root_path, "small", 10);
         let git_base = format!("file://{}", root_path.join("git").display());
         let environment = EnvironmentConfig {
             name: "small".into(),

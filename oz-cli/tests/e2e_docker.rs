@@ -194,38 +194,62 @@ async fn a_bare_busybox_image_still_clones_and_runs_the_harness() {
     stack.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_killed_mid_run_reattaches_after_restart_and_leaves_nothing() {
-    let Some(sidecar) = prerequisites() else { return };
+/// A control plane on loopback with a team, and the credential a worker of `worker_id` joins with.
+struct Plane {
+    server: oz_server::RunningServer,
+    client: oz_sdk::Client,
+    worker_id: String,
+    worker_key: String,
+}
+
+async fn plane(worker_id: String) -> Plane {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().unwrap();
     let store = std::sync::Arc::new(oz_server::store::sqlite::SqliteStore::temporary().await.unwrap());
     let (team, key) = oz_server::bootstrap_team(store.as_ref(), "t").await.unwrap();
-    let worker_id = format!("docker-reattach-{}", std::process::id());
     let worker_key = oz_server::mint_worker_credential(store.as_ref(), &team, "docker", &[&worker_id]).await.unwrap();
     let server =
         oz_server::start(oz_server::ServerConfig { listen: "127.0.0.1:0".into(), ..Default::default() }, store)
             .await
             .unwrap();
     let client = oz_sdk::Client::builder().base_url(server.url()).api_key(&key).build().unwrap();
-    let yaml = format!(
-        "worker_id: {worker_id}\nbackend:\n  docker:\n    sidecar_binary: {}\n    network: host\n    pull_policy: never\n",
-        sidecar.display()
-    );
-    std::fs::write(dir.path().join("worker.yaml"), yaml).unwrap();
-    let worker_bin = Path::new(OZ).with_file_name("oz-agent-worker");
-    let spawn = || {
-        Command::new(&worker_bin)
+    Plane { server, client, worker_id, worker_key }
+}
+
+impl Plane {
+    /// Writes `dir/worker.yaml`: this worker on the Docker backend (the sidecar, the host's network,
+    /// no pulls), then `more` (top-level keys, or `    ...` lines under `docker:`).
+    fn worker_config(&self, dir: &Path, sidecar: &Path, more: &str) {
+        let yaml = format!(
+            "worker_id: {}\nbackend:\n  docker:\n    sidecar_binary: {}\n    network: host\n    pull_policy: never\n{more}",
+            self.worker_id,
+            sidecar.display()
+        );
+        std::fs::write(dir.join("worker.yaml"), yaml).unwrap();
+    }
+
+    /// Starts the real `oz-agent-worker` with `dir/worker.yaml` (its outbox in `dir`).
+    fn spawn_worker(&self, dir: &Path) -> std::process::Child {
+        Command::new(Path::new(OZ).with_file_name("oz-agent-worker"))
             .arg("--config-file")
-            .arg(dir.path().join("worker.yaml"))
-            .args(["--server-root-url", &server.url(), "--log-level", "warn"])
-            .env("WARP_API_KEY", &worker_key)
-            .env("OZ_WORKER_OUTBOX_FILE", dir.path().join("worker.outbox"))
+            .arg(dir.join("worker.yaml"))
+            .args(["--server-root-url", &self.server.url(), "--log-level", "warn"])
+            .env("WARP_API_KEY", &self.worker_key)
+            .env("OZ_WORKER_OUTBOX_FILE", dir.join("worker.outbox"))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap()
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_run_reattaches_after_restart_and_leaves_nothing() {
+    let Some(sidecar) = prerequisites() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let p = plane(format!("docker-reattach-{}", std::process::id())).await;
+    let Plane { client, worker_id, .. } = &p;
+    p.worker_config(dir.path(), &sidecar, "");
+    let spawn = || p.spawn_worker(dir.path());
     let mut worker = spawn();
     let config = AgentConfig {
         worker_host: Some(worker_id.clone()),
@@ -270,7 +294,7 @@ async fn a_worker_killed_mid_run_reattaches_after_restart_and_leaves_nothing() {
     let out = restarted.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("found 1 task(s) left by an earlier run"), "{stderr}");
-    server.shutdown().await;
+    p.server.shutdown().await;
 }
 
 /// The names of the containers of `worker_id` that are warm sandboxes (`oz.dev/warm-id`).
@@ -308,15 +332,8 @@ async fn a_warm_container_is_handed_its_task_on_stdin_and_a_killed_worker_leaves
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let git_base = remote(dir.path());
-    let store = std::sync::Arc::new(oz_server::store::sqlite::SqliteStore::temporary().await.unwrap());
-    let (team, key) = oz_server::bootstrap_team(store.as_ref(), "t").await.unwrap();
-    let worker_id = format!("docker-warm-{}", std::process::id());
-    let worker_key = oz_server::mint_worker_credential(store.as_ref(), &team, "docker", &[&worker_id]).await.unwrap();
-    let server =
-        oz_server::start(oz_server::ServerConfig { listen: "127.0.0.1:0".into(), ..Default::default() }, store)
-            .await
-            .unwrap();
-    let client = oz_sdk::Client::builder().base_url(server.url()).api_key(&key).build().unwrap();
+    let p = plane(format!("docker-warm-{}", std::process::id())).await;
+    let Plane { client, worker_id, worker_key, .. } = &p;
     let mut environment = EnvironmentConfig {
         name: "warm".into(),
         docker_image: Some("oz-test/debian-git:latest".into()),
@@ -327,25 +344,15 @@ async fn a_warm_container_is_handed_its_task_on_stdin_and_a_killed_worker_leaves
     environment.env_vars.insert("OZ_GIT_BASE_URL".into(), git_base);
     let env_id = client.environments().create(&environment).await.unwrap().uid;
     let git_dir = dir.path().join("git");
-    let yaml = format!(
-        "worker_id: {worker_id}\nbackend:\n  docker:\n    sidecar_binary: {}\n    network: host\n    pull_policy: never\n    volumes: [\"{1}:{1}:ro\"]\nlocal_git_remotes: true\nwarm_pools:\n  - environment: {env_id}\n    size: 1\n",
-        sidecar.display(),
-        git_dir.display(),
+    p.worker_config(
+        dir.path(),
+        &sidecar,
+        &format!(
+            "    volumes: [\"{0}:{0}:ro\"]\nlocal_git_remotes: true\nwarm_pools:\n  - environment: {env_id}\n    size: 1\n",
+            git_dir.display()
+        ),
     );
-    std::fs::write(dir.path().join("worker.yaml"), yaml).unwrap();
-    let worker_bin = Path::new(OZ).with_file_name("oz-agent-worker");
-    let spawn = || {
-        Command::new(&worker_bin)
-            .arg("--config-file")
-            .arg(dir.path().join("worker.yaml"))
-            .args(["--server-root-url", &server.url(), "--log-level", "warn"])
-            .env("WARP_API_KEY", &worker_key)
-            .env("OZ_WORKER_OUTBOX_FILE", dir.path().join("worker.outbox"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let spawn = || p.spawn_worker(dir.path());
     let mut worker = spawn();
     let ready = |client: oz_sdk::Client, env_id: String| async move {
         for _ in 0..1200 {
@@ -362,7 +369,7 @@ async fn a_warm_container_is_handed_its_task_on_stdin_and_a_killed_worker_leaves
         panic!("the warm pool never got ready");
     };
     ready(client.clone(), env_id.clone()).await;
-    let first = warm_containers(&worker_id);
+    let first = warm_containers(worker_id);
     assert_eq!(first.len(), 1, "{first:?}");
     assert!(first[0].starts_with("oz-warm-"), "{first:?}");
     // Nothing secret in the waiting container: its spec, its processes' environments, its files.
@@ -448,19 +455,19 @@ async fn a_warm_container_is_handed_its_task_on_stdin_and_a_killed_worker_leaves
     let pool = ready(client.clone(), env_id.clone()).await;
     assert_eq!((pool.hits, pool.misses), (1, 0), "{pool:?}");
     // Served one task: it is gone, and a new one took its place.
-    let refilled = warm_until(&worker_id, "a new warm container", |w| w.len() == 1 && w[0] != first[0]).await;
+    let refilled = warm_until(worker_id, "a new warm container", |w| w.len() == 1 && w[0] != first[0]).await;
 
     // SIGKILL with a warm container waiting: the restarted worker removes it and makes its own.
     worker.kill().unwrap();
     worker.wait().unwrap();
-    assert_eq!(warm_containers(&worker_id), refilled, "the warm container outlives its killed worker");
+    assert_eq!(warm_containers(worker_id), refilled, "the warm container outlives its killed worker");
     let restarted = spawn();
-    warm_until(&worker_id, "the left warm container removed", |w| w.len() == 1 && w[0] != refilled[0]).await;
+    warm_until(worker_id, "the left warm container removed", |w| w.len() == 1 && w[0] != refilled[0]).await;
     Command::new("kill").args(["-TERM", &restarted.id().to_string()]).status().unwrap();
     let out = restarted.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(warm_containers(&worker_id), Vec::<String>::new(), "a stopped worker discards its warm containers");
-    server.shutdown().await;
+    assert_eq!(warm_containers(worker_id), Vec::<String>::new(), "a stopped worker discards its warm containers");
+    p.server.shutdown().await;
 }
 
 fn image_id(reference: &str) -> String {
@@ -476,19 +483,11 @@ fn container_image(name: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warm_container_of_a_retagged_image_is_replaced_by_one_of_the_new_image() {
     let Some(sidecar) = prerequisites() else { return };
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let tag = format!("oz-test/warm-retag-{}:latest", std::process::id());
     assert!(Command::new("docker").args(["tag", "oz-test/debian-git:latest", &tag]).status().unwrap().success());
-    let store = std::sync::Arc::new(oz_server::store::sqlite::SqliteStore::temporary().await.unwrap());
-    let (team, key) = oz_server::bootstrap_team(store.as_ref(), "t").await.unwrap();
-    let worker_id = format!("docker-retag-{}", std::process::id());
-    let worker_key = oz_server::mint_worker_credential(store.as_ref(), &team, "docker", &[&worker_id]).await.unwrap();
-    let server =
-        oz_server::start(oz_server::ServerConfig { listen: "127.0.0.1:0".into(), ..Default::default() }, store)
-            .await
-            .unwrap();
-    let client = oz_sdk::Client::builder().base_url(server.url()).api_key(&key).build().unwrap();
+    let p = plane(format!("docker-retag-{}", std::process::id())).await;
+    let Plane { client, worker_id, .. } = &p;
     let environment = EnvironmentConfig {
         name: "retag".into(),
         docker_image: Some(tag.clone()),
@@ -496,27 +495,14 @@ async fn a_warm_container_of_a_retagged_image_is_replaced_by_one_of_the_new_imag
         ..Default::default()
     };
     let env_id = client.environments().create(&environment).await.unwrap().uid;
-    let yaml = format!(
-        "worker_id: {worker_id}\nbackend:\n  docker:\n    sidecar_binary: {}\n    network: host\n    pull_policy: never\nwarm_pools:\n  - environment: {env_id}\n    refresh_secs: 1\n",
-        sidecar.display(),
-    );
-    std::fs::write(dir.path().join("worker.yaml"), yaml).unwrap();
-    let worker = Command::new(Path::new(OZ).with_file_name("oz-agent-worker"))
-        .arg("--config-file")
-        .arg(dir.path().join("worker.yaml"))
-        .args(["--server-root-url", &server.url(), "--log-level", "warn"])
-        .env("WARP_API_KEY", &worker_key)
-        .env("OZ_WORKER_OUTBOX_FILE", dir.path().join("worker.outbox"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let first = warm_until(&worker_id, "a warm container", |w| w.len() == 1).await;
+    p.worker_config(dir.path(), &sidecar, &format!("warm_pools:\n  - environment: {env_id}\n    refresh_secs: 1\n"));
+    let worker = p.spawn_worker(dir.path());
+    let first = warm_until(worker_id, "a warm container", |w| w.len() == 1).await;
     assert_eq!(container_image(&first[0]), image_id("oz-test/debian-git:latest"));
     // The tag now names another image: within a check (1 s) a container of it replaces the old one.
     assert!(Command::new("docker").args(["tag", "oz-test/busybox:latest", &tag]).status().unwrap().success());
     let busybox = image_id("oz-test/busybox:latest");
-    let replaced = warm_until(&worker_id, "a warm container of the new image", |w| {
+    let replaced = warm_until(worker_id, "a warm container of the new image", |w| {
         w.len() == 1 && w[0] != first[0] && container_image(&w[0]) == busybox
     })
     .await;
@@ -525,6 +511,6 @@ async fn a_warm_container_of_a_retagged_image_is_replaced_by_one_of_the_new_imag
     let _ = Command::new("docker").args(["rmi", &tag]).output();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!replaced.is_empty());
-    assert_eq!(warm_containers(&worker_id), Vec::<String>::new());
-    server.shutdown().await;
+    assert_eq!(warm_containers(worker_id), Vec::<String>::new());
+    p.server.shutdown().await;
 }

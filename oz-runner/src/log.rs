@@ -197,7 +197,7 @@ impl EventLog {
     /// as a line of the runner's stderr.
     pub async fn announce(&self, text: &str) {
         if self.format == OutputFormat::Text {
-            let _ = writeln!(std::io::stderr().lock(), "oz: {}", self.redact(text));
+            self.note(text);
         }
         self.emit(RunnerEvent::Output { stream: Stream::Stderr.name().into(), text: format!("oz: {text}\n") }).await;
     }

@@ -32,6 +32,9 @@ pub struct GitMirrors {
     root: PathBuf,
     /// When each mirror was last refreshed, and the ones being refreshed now (`None`).
     refreshed: Mutex<HashMap<PathBuf, Option<Instant>>>,
+    /// When each environment was last read for a refresh: a task of it within [`REFRESH_INTERVAL`]
+    /// asks the control plane nothing.
+    environments: Mutex<HashMap<String, Instant>>,
     access: GitAccess,
     /// Where environments are read from, by id (the worker's credential).
     control_plane: Option<oz_sdk::Client>,
@@ -56,11 +59,18 @@ impl GitMirrors {
                 }
             }
         }
-        Ok(Self { root, refreshed: Mutex::new(HashMap::new()), access, control_plane })
+        Ok(Self {
+            root,
+            refreshed: Mutex::new(HashMap::new()),
+            environments: Mutex::new(HashMap::new()),
+            access,
+            control_plane,
+        })
     }
 
     /// Makes the mirrors of `repos` due for a fetch at their next use (they were pushed to).
     pub fn expire(&self, repos: &[oz_core::environment::RepoRef]) {
+        self.environments.lock().unwrap_or_else(|p| p.into_inner()).clear();
         let mut refreshed = self.refreshed.lock().unwrap_or_else(|p| p.into_inner());
         for repo in repos {
             let path = oz_core::runner::mirror_of(&self.root, repo);
@@ -74,6 +84,13 @@ impl GitMirrors {
     /// [`GitMirrors::refresh`] for the environment with this id, read from the control plane.
     pub async fn refresh_environment(&self, environment_id: &str) {
         let Some(client) = &self.control_plane else { return };
+        {
+            let mut read = self.environments.lock().unwrap_or_else(|p| p.into_inner());
+            if read.get(environment_id).is_some_and(|at| at.elapsed() < REFRESH_INTERVAL) {
+                return;
+            }
+            read.insert(environment_id.to_owned(), Instant::now());
+        }
         match client.environments().get_for_worker(environment_id).await {
             Ok(found) => self.refresh(&found.config).await,
             Err(e) => debug!(environment_id, "no git mirror refresh: could not read the environment: {e}"),

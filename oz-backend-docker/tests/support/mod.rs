@@ -41,6 +41,23 @@ pub async fn backend(config: DockerConfig, image: &str) -> Option<DockerBackend>
     Some(backend)
 }
 
+/// The static sidecar (`target/sidecar/oz`), or `None` after saying loudly why the test is skipped
+/// (a failure instead with `OZ_REQUIRE_DOCKER=1`).
+pub fn sidecar() -> Option<std::path::PathBuf> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/sidecar/oz");
+    if path.exists() {
+        return Some(path);
+    }
+    if std::env::var("OZ_REQUIRE_DOCKER").is_ok_and(|v| v == "1") {
+        panic!(
+            "OZ_REQUIRE_DOCKER=1 but there is no static sidecar at {} (scripts/build-sidecar-oz.sh)",
+            path.display()
+        );
+    }
+    eprintln!("\n*** SKIPPED: no static sidecar at {} (run scripts/build-sidecar-oz.sh) ***\n", path.display());
+    None
+}
+
 /// Containers, volumes and networks labelled with `key=value`.
 pub async fn labelled(docker: &Docker, key: &str, value: &str) -> Vec<String> {
     let mut filters = HashMap::new();
