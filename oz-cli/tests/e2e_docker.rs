@@ -447,6 +447,11 @@ async fn a_warm_container_is_handed_its_task_on_stdin_and_a_killed_worker_leaves
     assert!(output.contains("set up in /workspace"), "the setup ran before the task: {output}");
     assert!(output.contains("pushed after warming"), "the repo moved to the new HEAD: {output}");
     assert!(output.contains("tokens in env: []"), "the harness holds no token, as in a cold run: {output}");
+    let transcript = client.runs().transcript(&run.run_id).await.unwrap();
+    assert!(!transcript.is_empty());
+    for entry in transcript.iter().chain(events.iter().map(|e| &e.event)) {
+        assert!(!entry.to_string().contains("ozw_"), "a workload token reached the run's history: {entry}");
+    }
     let (inspect, logs) = inspected.await.unwrap();
     assert!(logs.contains("oz agent warm: ready"), "the container's log, before and after its handoff: {logs}");
     assert!(!logs.contains("ozw_"), "the token is not in the container's log");
