@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
 use oz_core::image::ImageRef;
 use oz_core::sidecar::{DEFAULT_PATH, SidecarLayout};
-use oz_core::task::TaskSpec;
+use oz_core::task::{TaskSpec, labels};
 
 use crate::config::DockerConfig;
 
@@ -41,7 +41,7 @@ pub struct ContainerInputs<'a> {
 }
 
 /// Label: the warm sandbox a container is (and, once handed a task, was).
-pub const WARM_LABEL: &str = "oz.dev/warm-id";
+pub const WARM_LABEL: &str = labels::WARM_ID;
 
 /// The name of a task's container.
 pub fn container_name(spec: &TaskSpec) -> String {

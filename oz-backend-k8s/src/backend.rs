@@ -9,14 +9,15 @@ use async_trait::async_trait;
 use futures::{AsyncReadExt, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event, Pod};
-use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams, PropagationPolicy};
+use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::runtime::{WatchStreamExt, watcher};
 use oz_core::backend::{
-    Backend, BackendError, CancelReason, ExitStatus, Failure, RecoveredTask, RecoveryAction, TaskDriver, TaskEvent,
-    TaskHandle, TaskPhase,
+    Backend, BackendError, CancelReason, ExitStatus, Failure, PreparedSandbox, RecoveredTask, RecoveryAction,
+    TaskDriver, TaskEvent, TaskHandle, TaskPhase,
 };
 use oz_core::failure::FailureReason;
 use oz_core::task::{TaskSpec, labels};
+use oz_core::warm::{Handoff, WarmSpec};
 
 use crate::config::KubernetesConfig;
 use crate::error::KubernetesError;
@@ -146,9 +147,67 @@ impl KubernetesBackend {
         }
     }
 
-    /// Follows a task's Job and Pod to the end.
-    async fn follow(self, driver: TaskDriver, job: String, task_id: String, cleanup: bool, has_timeout: bool) {
-        let (exit, mut failure, started) = self.watch_to_end(&driver, &job, &task_id).await;
+    /// Creates a task's Job, with its secret input before it and its egress policy after it (a
+    /// warm sandbox's selects its Pod by warm id); returns the Job's name. Nothing is left when it fails.
+    async fn create_job(&self, spec: &TaskSpec, job: &Job, warm: bool) -> Result<String, BackendError> {
+        let name = manifest::job_name(spec);
+        let secret = manifest::secret_input(spec, &self.config)
+            .map_err(|e| BackendError::new(FailureReason::JobCreate, e.to_string()))?;
+        if let Some(secret) = &secret {
+            self.secrets().create(&PostParams::default(), secret).await.map_err(|e| {
+                let message = match &e {
+                    kube::Error::Api(s) if s.code == 403 => format!(
+                        "not allowed to create Secrets in namespace {} (the Role needs secrets create, for the task's workload token): {}",
+                        self.config.namespace, s.message
+                    ),
+                    other => format!("could not create the task's secret input: {other}"),
+                };
+                BackendError::new(FailureReason::JobCreate, message)
+            })?;
+        }
+        let created = self.jobs().create(&PostParams::default(), job).await;
+        if created.is_err() && secret.is_some() {
+            self.delete_secret_input(&name).await;
+        }
+        created.map_err(|e| {
+            let message = match &e {
+                kube::Error::Api(s) if s.code == 403 => {
+                    format!(
+                        "not allowed to create Jobs in namespace {} (the Role needs batch/jobs create): {}",
+                        self.config.namespace, s.message
+                    )
+                }
+                kube::Error::Api(s) if s.code == 409 => format!("a Job named {name} already exists"),
+                other => format!("could not create the Job: {other}"),
+            };
+            BackendError::new(FailureReason::JobCreate, message)
+        })?;
+        if let Some(policy) = &self.config.egress_policy {
+            let np = manifest::network_policy(spec, &self.config, policy, warm)
+                .map_err(|e| BackendError::new(FailureReason::JobCreate, e.to_string()))?;
+            if let Err(e) = self.policies().create(&PostParams::default(), &np).await {
+                self.delete_job(&name).await;
+                return Err(BackendError::new(
+                    FailureReason::JobCreate,
+                    format!("could not create the egress NetworkPolicy: {e}"),
+                ));
+            }
+        }
+        Ok(name)
+    }
+
+    /// Follows a task's Job and Pod to the end. A warm Pod's (`warm`) log starts with its
+    /// preparation: the task's output is what follows the runner's ready line.
+    async fn follow(
+        self,
+        driver: TaskDriver,
+        job: String,
+        task_id: String,
+        cleanup: bool,
+        has_timeout: bool,
+        warm: bool,
+    ) {
+        let (exit, mut failure, started) = self.watch_to_end(&driver, &job, &task_id, warm).await;
         // The secret input is of no use once the task has ended, whether or not its Job is kept.
         self.delete_secret_input(&job).await;
         // The deadline came from the task's own timeout: say so in Oz's terms.
@@ -182,6 +241,7 @@ impl KubernetesBackend {
         driver: &TaskDriver,
         job: &str,
         task_id: &str,
+        warm: bool,
     ) -> (Option<ExitStatus>, Option<Failure>, Option<SystemTime>) {
         enum Update {
             Pod(Box<Pod>),
@@ -273,7 +333,7 @@ impl KubernetesBackend {
                                 started = Some(SystemTime::now());
                                 driver.emit(TaskEvent::Phase(TaskPhase::Running)).await;
                                 let name = pod.metadata.name.clone().unwrap_or_default();
-                                logs = Some(tokio::spawn(stream_logs(self.pods(), name, driver.event_sender())));
+                                logs = Some(tokio::spawn(stream_logs(self.pods(), name, driver.event_sender(), warm)));
                             }
                             seen
                         }
@@ -343,15 +403,55 @@ async fn watch_events(events: Api<Event>, pod: String, tx: tokio::sync::mpsc::Se
     }
 }
 
+/// A unique suffix for a warm sandbox's id (32 hex digits).
+fn uuid_suffix_long() -> String {
+    let nanos = SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let random = std::collections::hash_map::RandomState::new();
+    let mixed = std::hash::BuildHasher::hash_one(&random, (nanos, std::process::id()));
+    format!("{:016x}{:016x}", nanos as u64, mixed)
+}
+
+/// Removes a warm Job whose preparation was dropped half-way, unless disarmed.
+struct Unfinished {
+    backend: KubernetesBackend,
+    job: String,
+    armed: bool,
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (backend, job) = (self.backend.clone(), std::mem::take(&mut self.job));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { backend.delete_job(&job).await });
+        }
+    }
+}
+
 fn uuid_suffix() -> String {
     let nanos = SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     format!("{:08x}{:04x}", nanos, std::process::id() & 0xffff)
 }
 
-/// Streams the task container's log (stdout and stderr, as Kubernetes merges them) as events.
-async fn stream_logs(pods: Api<Pod>, pod: String, events: oz_core::backend::EventSender) {
+/// Streams the task container's log (stdout and stderr, as Kubernetes merges them) as events; a
+/// warm Pod's (`warm`) from the line after its runner's ready line.
+async fn stream_logs(pods: Api<Pod>, pod: String, events: oz_core::backend::EventSender, warm: bool) {
     let params = LogParams { follow: true, container: Some(TASK_CONTAINER.into()), ..Default::default() };
-    let Ok(mut reader) = pods.log_stream(&pod, &params).await else { return };
+    let Ok(reader) = pods.log_stream(&pod, &params).await else { return };
+    let mut reader = futures::io::BufReader::new(reader);
+    if warm {
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match futures::AsyncBufReadExt::read_until(&mut reader, b'\n', &mut line).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) if line.starts_with(oz_core::warm::READY_LINE.as_bytes()) => break,
+                Ok(_) => {}
+            }
+        }
+    }
     let mut buffer = vec![0u8; 16 * 1024];
     loop {
         match reader.read(&mut buffer).await {
@@ -378,56 +478,129 @@ impl Backend for KubernetesBackend {
         }
         let job = manifest::job(&spec, &self.config)
             .map_err(|e| BackendError::new(FailureReason::JobCreate, e.to_string()))?;
-        let name = manifest::job_name(&spec);
-        let secret = manifest::secret_input(&spec, &self.config)
-            .map_err(|e| BackendError::new(FailureReason::JobCreate, e.to_string()))?;
-        if let Some(secret) = &secret {
-            self.secrets().create(&PostParams::default(), secret).await.map_err(|e| {
-                let message = match &e {
-                    kube::Error::Api(s) if s.code == 403 => format!(
-                        "not allowed to create Secrets in namespace {} (the Role needs secrets create, for the task's workload token): {}",
-                        self.config.namespace, s.message
-                    ),
-                    other => format!("could not create the task's secret input: {other}"),
-                };
-                BackendError::new(FailureReason::JobCreate, message)
-            })?;
-        }
-        let created = self.jobs().create(&PostParams::default(), &job).await;
-        if created.is_err() && secret.is_some() {
-            self.delete_secret_input(&name).await;
-        }
-        created.map_err(|e| {
-            let message = match &e {
-                kube::Error::Api(s) if s.code == 403 => {
-                    format!(
-                        "not allowed to create Jobs in namespace {} (the Role needs batch/jobs create): {}",
-                        self.config.namespace, s.message
-                    )
-                }
-                kube::Error::Api(s) if s.code == 409 => format!("a Job named {name} already exists"),
-                other => format!("could not create the Job: {other}"),
-            };
-            BackendError::new(FailureReason::JobCreate, message)
-        })?;
-        if let Some(policy) = &self.config.egress_policy {
-            let np = manifest::network_policy(&spec, &self.config, policy)
-                .map_err(|e| BackendError::new(FailureReason::JobCreate, e.to_string()))?;
-            if let Err(e) = self.policies().create(&PostParams::default(), &np).await {
-                self.delete_job(&name).await;
-                return Err(BackendError::new(
-                    FailureReason::JobCreate,
-                    format!("could not create the egress NetworkPolicy: {e}"),
-                ));
-            }
-        }
+        let name = self.create_job(&spec, &job, false).await?;
         let (handle, driver) = TaskHandle::channel(spec.task_id.clone());
         let span = tracing::info_span!("k8s_task", task_id = %spec.task_id, job = %name);
         let cleanup = spec.cleanup && self.config.cleanup;
         let has_timeout = spec.timeout.is_some();
-        let follow = self.clone().follow(driver, name, spec.task_id, cleanup, has_timeout);
+        let follow = self.clone().follow(driver, name, spec.task_id, cleanup, has_timeout, false);
         tokio::spawn(tracing::Instrument::instrument(follow, span));
         Ok(handle)
+    }
+
+    fn warm_sandboxes(&self) -> bool {
+        true
+    }
+
+    /// Creates a warm Job ([`manifest::warm_job`]) and returns once its runner waits for its task.
+    async fn prepare(&self, warm: WarmSpec) -> Result<PreparedSandbox, BackendError> {
+        let warm_id = format!("warm-{}", uuid_suffix_long());
+        let spec = crate::warm::warm_task(&warm_id, &warm);
+        let refuse = |message: String| BackendError::new(FailureReason::JobCreate, message);
+        spec.validate().map_err(|e| refuse(e.to_string()))?;
+        let environment = serde_json::to_string(&warm.environment).map_err(|e| refuse(e.to_string()))?;
+        let job = manifest::warm_job(&spec, &self.config, &environment).map_err(|e| refuse(e.to_string()))?;
+        let span = tracing::info_span!("k8s_warm", warm = %warm_id, worker_id = %self.config.worker_id);
+        let name = manifest::job_name(&spec);
+        // Dropped half-way (a worker that stops waits only so long), what was made is removed.
+        let mut unfinished = Unfinished { backend: self.clone(), job: name.clone(), armed: true };
+        let made = tracing::Instrument::instrument(
+            async {
+                let created = std::time::Instant::now();
+                self.create_job(&spec, &job, true).await?;
+                let pod =
+                    crate::warm::wait_ready(&self.pods(), &crate::warm::selector(&self.config.worker_id, &warm_id))
+                        .await?;
+                Ok::<_, BackendError>((pod, created))
+            },
+            span,
+        );
+        let made = tokio::time::timeout(warm.ready_within, made).await.unwrap_or_else(|_| {
+            let message = format!("the warm sandbox was not ready within {}s", warm.ready_within.as_secs());
+            Err(BackendError::new(FailureReason::WorkspaceSetup, message))
+        });
+        unfinished.armed = false;
+        match made {
+            Ok((pod, created)) => {
+                let state = crate::warm::WarmPod { warm_id: warm_id.clone(), job: name, pod, created };
+                Ok(PreparedSandbox { id: warm_id, spec: warm.sandbox, state: Box::new(state) })
+            }
+            Err(e) => {
+                self.delete_job(&name).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Claims the warm Job and Pod for the task (labels, and the task's deadline), then writes the
+    /// task (with its token) to the runner's stdin through `pods/attach`; from then on they are
+    /// followed as a task's.
+    async fn launch_prepared(&self, prepared: PreparedSandbox, spec: TaskSpec) -> Result<TaskHandle, BackendError> {
+        let refuse = |message: String| BackendError::new(FailureReason::JobCreate, message);
+        let Ok(warm) = prepared.state.downcast::<crate::warm::WarmPod>() else {
+            return Err(refuse("not a sandbox this backend prepared".into()));
+        };
+        let job = warm.job.clone();
+        let gone = |message: String| {
+            let job = job.clone();
+            async move {
+                self.delete_job(&job).await;
+                Err(refuse(message))
+            }
+        };
+        if spec.sandbox != prepared.spec {
+            return gone("the task asks for another sandbox than the one prepared".into()).await;
+        }
+        if let Err(e) = spec.validate() {
+            return gone(e.to_string()).await;
+        }
+        if spec.stdin.is_some() {
+            return gone("a Kubernetes Job cannot be given stdin".into()).await;
+        }
+        let env = match manifest::task_env(&spec, &self.config) {
+            Ok(env) => env,
+            Err(e) => return gone(e.to_string()).await,
+        };
+        let handoff = Handoff { argv: spec.argv.clone(), env, secret_input: spec.secret_input.clone() };
+        let mut line = match serde_json::to_vec(&handoff) {
+            Ok(line) => line,
+            Err(e) => return gone(e.to_string()).await,
+        };
+        line.push(b'\n');
+        if line.len() > oz_core::warm::MAX_HANDOFF_BYTES {
+            // The runner would refuse it and end: the task goes cold instead.
+            return gone(format!("the task is too large for a handoff ({} bytes)", line.len())).await;
+        }
+        // Claimed before anything secret is sent: a worker restarted from here on reattaches it.
+        let deadline = spec.timeout.map(|t| (warm.created.elapsed() + t).as_secs().max(1) as i64);
+        let patch_params = PatchParams::default();
+        let (job_patch, pod_patch) = (manifest::claim_patch(&spec, deadline), manifest::claim_patch(&spec, None));
+        let (jobs, pods) = (self.jobs(), self.pods());
+        let (job_patch, pod_patch) = (Patch::Merge(&job_patch), Patch::Merge(&pod_patch));
+        let (claimed_job, claimed_pod) = tokio::join!(
+            jobs.patch(&warm.job, &patch_params, &job_patch),
+            pods.patch(&warm.pod, &patch_params, &pod_patch),
+        );
+        if let Err(e) = claimed_job.and(claimed_pod) {
+            return gone(format!("could not claim the warm Pod: {e}")).await;
+        }
+        if let Err(message) = crate::warm::hand_over(&self.pods(), &warm.pod, &line).await {
+            // It may have read the token: it goes, never to serve another task.
+            return gone(message).await;
+        }
+        let (handle, driver) = TaskHandle::channel(spec.task_id.clone());
+        let span = tracing::info_span!("k8s_task", task_id = %spec.task_id, job = %warm.job, warm = %warm.warm_id);
+        let cleanup = spec.cleanup && self.config.cleanup;
+        let follow = self.clone().follow(driver, warm.job.clone(), spec.task_id, cleanup, spec.timeout.is_some(), true);
+        tokio::spawn(tracing::Instrument::instrument(follow, span));
+        Ok(handle)
+    }
+
+    async fn discard(&self, prepared: PreparedSandbox) -> Result<(), BackendError> {
+        if let Ok(warm) = prepared.state.downcast::<crate::warm::WarmPod>() {
+            self.delete_job(&warm.job).await;
+        }
+        Ok(())
     }
 
     async fn recover(&self) -> Result<Vec<RecoveredTask>, BackendError> {
@@ -457,9 +630,27 @@ impl Backend for KubernetesBackend {
             let (Some(task_id), Some(name)) = (labels.get(labels::TASK_ID).cloned(), job.metadata.name.clone()) else {
                 continue;
             };
+            let warm_id = labels.get(labels::WARM_ID).cloned();
+            if let Some(warm_id) = &warm_id {
+                if *warm_id == task_id {
+                    // A warm sandbox that never got a task: it goes.
+                    tracing::info!(warm = %warm_id, job = name, "removing a warm Job left by an earlier run");
+                    self.delete_job(&name).await;
+                    continue;
+                }
+                // Claimed, but the handoff may never have come: its runner is told there is none.
+                let selector = crate::warm::selector(&self.config.worker_id, warm_id);
+                if let Ok(pods) = self.pods().list(&ListParams::default().labels(&selector)).await {
+                    for pod in pods.items.into_iter().filter_map(|p| p.metadata.name) {
+                        crate::warm::close_stdin(&self.pods(), &pod).await;
+                    }
+                }
+            }
             let (handle, driver) = TaskHandle::channel(task_id.clone());
             tracing::info!(task_id, job = name, "reattaching to a Job left by an earlier run");
-            tokio::spawn(self.clone().follow(driver, name, task_id.clone(), self.config.cleanup, false));
+            let follow =
+                self.clone().follow(driver, name, task_id.clone(), self.config.cleanup, false, warm_id.is_some());
+            tokio::spawn(follow);
             recovered.push(RecoveredTask {
                 task_id,
                 execution_id: labels.get(labels::EXECUTION_ID).cloned(),

@@ -22,6 +22,7 @@ pub mod config;
 mod error;
 pub mod manifest;
 pub mod status;
+mod warm;
 
 pub use backend::KubernetesBackend;
 pub use config::{EgressPolicy, KubernetesConfig};

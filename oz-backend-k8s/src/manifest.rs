@@ -65,16 +65,8 @@ fn resources(spec: &TaskSpec) -> Option<Value> {
     (!quantities.is_empty()).then(|| json!({"requests": quantities.clone(), "limits": quantities}))
 }
 
-/// The Job for `spec`.
-pub fn job(spec: &TaskSpec, config: &KubernetesConfig) -> Result<Job, KubernetesError> {
-    let labels = job_labels(spec, config);
-    let image = spec
-        .sandbox
-        .image
-        .as_ref()
-        .map(|i| i.to_string())
-        .or_else(|| config.default_image.as_ref().map(ToString::to_string))
-        .unwrap_or_else(|| oz_core::image::DEFAULT_IMAGE.to_owned());
+/// A task's variables: its own, then the configuration's `environment` (which wins).
+pub fn task_env(spec: &TaskSpec, config: &KubernetesConfig) -> Result<Vec<(String, String)>, KubernetesError> {
     let mut task_env = spec.effective_env();
     for entry in &config.environment {
         let value = entry.value.clone().ok_or_else(|| {
@@ -86,7 +78,95 @@ pub fn job(spec: &TaskSpec, config: &KubernetesConfig) -> Result<Job, Kubernetes
         task_env.retain(|(n, _)| *n != entry.name);
         task_env.push((entry.name.clone(), value));
     }
-    let env: Vec<Value> = task_env.into_iter().map(|(name, value)| json!({"name": name, "value": value})).collect();
+    Ok(task_env)
+}
+
+/// The Pod annotation holding a warm sandbox's environment (JSON), which its runner reads as the
+/// file [`WARM_ENVIRONMENT_FILE`] of a downwardAPI volume: settings only, never a secret.
+pub const WARM_ENVIRONMENT_ANNOTATION: &str = "oz.dev/warm-environment";
+/// Where a warm sandbox's environment file is mounted.
+pub const WARM_DIR: &str = "/oz-warm";
+/// The environment file of a warm sandbox.
+pub const WARM_ENVIRONMENT_FILE: &str = "/oz-warm/environment.json";
+/// The largest environment a warm Pod's annotation carries (the API server takes 256 KiB of
+/// annotations in all).
+pub const MAX_WARM_ENVIRONMENT_BYTES: usize = 128 * 1024;
+
+/// The Job of a warm sandbox: `spec`'s (`spec.task_id` is the warm id), labelled with
+/// [`labels::WARM_ID`]; its task container keeps stdin open for one attach (`stdinOnce`), which
+/// brings the task and its token; its environment is an annotation, mounted as a file.
+pub fn warm_job(spec: &TaskSpec, config: &KubernetesConfig, environment: &str) -> Result<Job, KubernetesError> {
+    if environment.len() > MAX_WARM_ENVIRONMENT_BYTES {
+        return Err(KubernetesError::Manifest(format!(
+            "the environment is too large for a warm Pod ({} bytes, at most {MAX_WARM_ENVIRONMENT_BYTES})",
+            environment.len()
+        )));
+    }
+    let mut job = serde_json::to_value(job(spec, config)?).map_err(KubernetesError::ManifestShape)?;
+    job["metadata"]["labels"][labels::WARM_ID] = json!(spec.task_id);
+    let template = &mut job["spec"]["template"];
+    template["metadata"]["labels"][labels::WARM_ID] = json!(spec.task_id);
+    if !template["metadata"]["annotations"].is_object() {
+        template["metadata"]["annotations"] = json!({});
+    }
+    template["metadata"]["annotations"][WARM_ENVIRONMENT_ANNOTATION] = json!(environment);
+    let pod = &mut template["spec"];
+    if let Some(volumes) = pod["volumes"].as_array_mut() {
+        volumes.push(json!({
+            "name": "oz-warm",
+            "downwardAPI": {"items": [{
+                "path": "environment.json",
+                "fieldRef": {"fieldPath": format!("metadata.annotations['{WARM_ENVIRONMENT_ANNOTATION}']")},
+            }]},
+        }));
+    }
+    if let Some(task) =
+        pod["containers"].as_array_mut().and_then(|c| c.iter_mut().find(|c| c["name"] == TASK_CONTAINER))
+    {
+        task["stdin"] = json!(true);
+        task["stdinOnce"] = json!(true);
+        if let Some(mounts) = task["volumeMounts"].as_array_mut() {
+            mounts.push(json!({"name": "oz-warm", "mountPath": WARM_DIR, "readOnly": true}));
+        }
+    }
+    serde_json::from_value(job).map_err(KubernetesError::ManifestShape)
+}
+
+/// The merge patch that hands a warm sandbox's Job or Pod to a task: its labels name the task
+/// (the warm id stays), and the Job's deadline becomes the task's (`deadline`, seconds since the
+/// Job started) when it has one.
+pub fn claim_patch(spec: &TaskSpec, deadline: Option<i64>) -> Value {
+    let mut labels = json!({labels::TASK_ID: spec.task_id});
+    if let Some(execution) = &spec.execution_id {
+        labels[labels::EXECUTION_ID] = json!(execution);
+    }
+    let mut patch = json!({"metadata": {"labels": labels}});
+    if let Some(seconds) = deadline {
+        patch["spec"] = json!({"activeDeadlineSeconds": seconds});
+    }
+    patch
+}
+
+/// The task container's working directory: `/workspace`, or the sandbox's `workdir` in it.
+pub fn workdir(spec: &TaskSpec) -> String {
+    match &spec.sandbox.workdir {
+        Some(w) => format!("/workspace/{}", w.trim_start_matches("./")),
+        None => "/workspace".to_owned(),
+    }
+}
+
+/// The Job for `spec`.
+pub fn job(spec: &TaskSpec, config: &KubernetesConfig) -> Result<Job, KubernetesError> {
+    let labels = job_labels(spec, config);
+    let image = spec
+        .sandbox
+        .image
+        .as_ref()
+        .map(|i| i.to_string())
+        .or_else(|| config.default_image.as_ref().map(ToString::to_string))
+        .unwrap_or_else(|| oz_core::image::DEFAULT_IMAGE.to_owned());
+    let env: Vec<Value> =
+        task_env(spec, config)?.into_iter().map(|(name, value)| json!({"name": name, "value": value})).collect();
     // The secret input reaches the task container only, as a file of a Secret volume named here by
     // its Secret's name: the Pod spec never holds the value.
     let mut task_only_env = env.clone();
@@ -96,10 +176,7 @@ pub fn job(spec: &TaskSpec, config: &KubernetesConfig) -> Result<Job, Kubernetes
             "value": format!("{SECRET_INPUT_DIR}/{SECRET_INPUT_KEY}"),
         }));
     }
-    let workdir = match &spec.sandbox.workdir {
-        Some(w) => format!("/workspace/{}", w.trim_start_matches("./")),
-        None => "/workspace".to_owned(),
-    };
+    let workdir = workdir(spec);
     let mounts = json!([
         {"name": "workspace", "mountPath": "/workspace"},
         {"name": "agent", "mountPath": "/agent", "readOnly": true},
@@ -219,11 +296,16 @@ pub fn secret_input(
 
 /// The egress NetworkPolicy of a task: its Pod (by task label) may reach DNS and the allowed CIDRs
 /// and ports, nothing else. Named like the Job, labelled like it.
+///
+/// A warm sandbox's policy selects its Pod by [`labels::WARM_ID`] (`warm`), the label that stays
+/// when the Pod is handed a task.
 pub fn network_policy(
     spec: &TaskSpec,
     config: &KubernetesConfig,
     policy: &crate::config::EgressPolicy,
+    warm: bool,
 ) -> Result<k8s_openapi::api::networking::v1::NetworkPolicy, KubernetesError> {
+    let selected_by = if warm { labels::WARM_ID } else { labels::TASK_ID };
     let labels = job_labels(spec, config);
     let ports: Vec<Value> = policy.ports.iter().map(|p| json!({"protocol": "TCP", "port": p})).collect();
     let mut allowed = json!({"to": policy.allowed_cidrs.iter().map(|c| json!({"ipBlock": {"cidr": c.to_string()}})).collect::<Vec<_>>()});
@@ -235,7 +317,7 @@ pub fn network_policy(
         "kind": "NetworkPolicy",
         "metadata": {"name": job_name(spec), "namespace": config.namespace, "labels": labels},
         "spec": {
-            "podSelector": {"matchLabels": {labels::TASK_ID: spec.task_id, labels::WORKER_ID: config.worker_id}},
+            "podSelector": {"matchLabels": {selected_by: spec.task_id, labels::WORKER_ID: config.worker_id}},
             "policyTypes": ["Egress"],
             "egress": [
                 {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
@@ -444,7 +526,7 @@ mod tests {
         let config = KubernetesConfig::new("w1", "acme/sidecar:2");
         let policy =
             crate::config::EgressPolicy { allowed_cidrs: vec!["140.82.112.0/20".parse().unwrap()], ports: vec![443] };
-        let np = serde_json::to_value(network_policy(&spec(), &config, &policy).unwrap()).unwrap();
+        let np = serde_json::to_value(network_policy(&spec(), &config, &policy, false).unwrap()).unwrap();
         assert_eq!(np["metadata"]["name"], "oz-run-1-exec-1");
         assert_eq!(np["spec"]["podSelector"]["matchLabels"]["oz.dev/task-id"], "run-1");
         assert_eq!(np["spec"]["policyTypes"], json!(["Egress"]));

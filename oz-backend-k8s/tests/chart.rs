@@ -205,28 +205,46 @@ fn the_chart_renders_valid_objects_with_a_locked_down_worker() {
     assert_eq!(env[0].value_from.clone().unwrap().secret_key_ref.unwrap().name, "team-key");
 }
 
-/// `(resource, verb)` of an API request, as RBAC sees it.
-fn rbac_of(request: &str) -> Option<(String, String)> {
-    let (method, uri) = request.split_once(' ')?;
+/// The `(resource, verb)`s RBAC checks for an API request. A WebSocket upgrade of `pods/attach` is a
+/// GET, authorized as `get` by older API servers and as `create` by newer ones (as a POST is): both.
+fn rbac_of(request: &str) -> Vec<(String, String)> {
+    let Some((method, uri)) = request.split_once(' ') else { return Vec::new() };
     let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let after_ns = parts.iter().position(|p| *p == "namespaces")? + 2;
-    let resource = parts.get(after_ns)?;
+    let Some(after_ns) = parts.iter().position(|p| *p == "namespaces").map(|p| p + 2) else { return Vec::new() };
+    let Some(resource) = parts.get(after_ns) else { return Vec::new() };
     let named = parts.get(after_ns + 1).is_some();
     let sub = parts.get(after_ns + 2);
     let resource = match sub {
         Some(s) => format!("{resource}/{s}"),
         None => (*resource).to_owned(),
     };
-    let verb = match (method, named, query.contains("watch=true")) {
-        ("POST", _, _) => "create",
-        ("DELETE", _, _) => "delete",
-        ("GET", _, true) => "watch",
-        ("GET", true, false) => "get",
-        ("GET", false, false) => "list",
+    let verbs: &[&str] = match (method, named, query.contains("watch=true")) {
+        ("GET", true, false) if resource == "pods/attach" => &["get", "create"],
+        ("POST", _, _) => &["create"],
+        ("DELETE", _, _) => &["delete"],
+        ("PATCH", _, _) => &["patch"],
+        ("GET", _, true) => &["watch"],
+        ("GET", true, false) => &["get"],
+        ("GET", false, false) => &["list"],
         (other, _, _) => panic!("unexpected method {other}"),
     };
-    Some((resource, verb.to_owned()))
+    verbs.iter().map(|verb| (resource.clone(), (*verb).to_owned())).collect()
+}
+
+/// The name of the warm Pod the backend is preparing, once it exists.
+async fn warm_pod(cluster: &FakeCluster, not: &[String]) -> String {
+    for _ in 0..250 {
+        let found = cluster.objects(WatchKind::Pod, "agents").into_iter().find_map(|p| {
+            let name = p["metadata"]["name"].as_str()?.to_owned();
+            (p["metadata"]["labels"]["oz.dev/warm-id"].is_string() && !not.contains(&name)).then_some(name)
+        });
+        if let Some(name) = found {
+            return name;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no warm pod");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,7 +277,7 @@ async fn the_role_grants_exactly_what_the_backend_uses() {
     cluster.set_pod_status("agents", &pod, done);
     assert!(handle.wait().await.succeeded());
     let handle = backend.launch(TaskSpec::new("rbac-2", vec!["true".into()])).await.unwrap();
-    cluster.set_pod_status("agents", &pod_name("rbac-2"), running);
+    cluster.set_pod_status("agents", &pod_name("rbac-2"), running.clone());
     handle.canceller().cancel(CancelReason::Requested);
     handle.wait().await;
     let _ = backend.launch(TaskSpec::new("rbac-3", vec!["true".into()])).await.unwrap();
@@ -273,10 +291,43 @@ async fn the_role_grants_exactly_what_the_backend_uses() {
     let handle = policed.launch(TaskSpec::new("rbac-4", vec!["true".into()])).await.unwrap();
     handle.canceller().cancel(CancelReason::Requested);
     handle.wait().await;
+    // Warm Pods: one prepared (ready in its log) and handed a task (claimed, attached), one whose
+    // preparation fails (its Pod read for how), one left claimed for a restart's recovery.
+    let warm = oz_core::warm::WarmSpec {
+        sandbox: Default::default(),
+        entrypoint: "/agent/entrypoint.sh".into(),
+        environment: Default::default(),
+        git_base_url: None,
+        env: vec![],
+        ready_within: Duration::from_secs(10),
+    };
+    let mut seen = Vec::new();
+    for outcome in ["ready", "failed", "ready"] {
+        let preparing = tokio::spawn({
+            let (backend, warm) = (backend.clone(), warm.clone());
+            async move { backend.prepare(warm).await }
+        });
+        let pod = warm_pod(&cluster, &seen).await;
+        seen.push(pod.clone());
+        cluster.set_pod_status("agents", &pod, running.clone());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if outcome == "ready" {
+            cluster.append_log("agents", &pod, &format!("{}\n", oz_core::warm::READY_LINE));
+            let prepared = preparing.await.unwrap().unwrap();
+            let argv = vec!["/agent/entrypoint.sh".into(), "agent".into(), "run".into()];
+            let _ = backend.launch_prepared(prepared, TaskSpec::new(format!("rbac-warm-{}", seen.len()), argv)).await;
+        } else {
+            cluster.append_log("agents", &pod, "setup failed\n");
+            let failed = json!({"phase": "Failed", "containerStatuses": [{"name": "task", "image": "x", "imageID": "",
+                "ready": false, "restartCount": 0, "state": {"terminated": {"exitCode": 3}}}]});
+            cluster.set_pod_status("agents", &pod, failed);
+            assert!(preparing.await.unwrap().is_err());
+        }
+    }
     let _ = backend.recover().await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let used: BTreeSet<(String, String)> = cluster.requests().iter().filter_map(|r| rbac_of(r)).collect();
+    let used: BTreeSet<(String, String)> = cluster.requests().iter().flat_map(|r| rbac_of(r)).collect();
     let docs = rendered(json!({}));
     let role: Role = serde_json::from_value(of_kind(&docs, "Role").unwrap()).unwrap();
     let mut granted = BTreeSet::new();

@@ -22,6 +22,9 @@ pub mod labels {
     pub const TASK_ID: &str = "oz.dev/task-id";
     /// The execution id, when the server sent one.
     pub const EXECUTION_ID: &str = "oz.dev/execution-id";
+    /// A warm sandbox's id (`warm-...`), on what was made for it; it stays when the sandbox is
+    /// handed a task (whose id then labels it where labels can change).
+    pub const WARM_ID: &str = "oz.dev/warm-id";
 }
 
 /// A variable a backend's configuration gives every task (Oz's `environment: [{name, value}]`):

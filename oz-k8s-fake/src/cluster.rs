@@ -102,6 +102,29 @@ impl Cluster {
         Some(deleted)
     }
 
+    /// Applies a JSON merge patch (RFC 7386, `application/merge-patch+json`) to an object; its
+    /// identity (name, namespace, uid) and `status` are not the patch's to change. `None` if there
+    /// is no such object.
+    pub(crate) fn merge_patch(&self, kind: WatchKind, namespace: &str, name: &str, patch: &Value) -> Option<Value> {
+        let mut state = self.state();
+        let patched = state.modify(kind, namespace, name, |object| {
+            let kept = [
+                object["metadata"]["name"].clone(),
+                object["metadata"]["namespace"].clone(),
+                object["metadata"]["uid"].clone(),
+                object["status"].clone(),
+            ];
+            json_patch::merge(object, patch);
+            let [name, namespace, uid, status] = kept;
+            object["metadata"]["name"] = name;
+            object["metadata"]["namespace"] = namespace;
+            object["metadata"]["uid"] = uid;
+            object["status"] = status;
+        });
+        self.publish(state);
+        patched
+    }
+
     pub(crate) fn get(&self, kind: WatchKind, namespace: &str, name: &str) -> Option<Value> {
         self.state().objects.get(&(kind, namespace.to_owned(), name.to_owned())).cloned()
     }
@@ -144,6 +167,16 @@ impl Cluster {
     /// Records the process group the kubelet runs a Pod in, to stop it when the Pod is deleted.
     pub(crate) fn register_process_group(&self, namespace: &str, pod: &str, pgid: i32) {
         self.state().groups.insert((namespace.to_owned(), pod.to_owned()), pgid);
+    }
+
+    /// Records the open stdin of a Pod's task container, for the first attach to take.
+    pub(crate) fn register_stdin(&self, namespace: &str, pod: &str, stdin: tokio::process::ChildStdin) {
+        self.state().stdins.insert((namespace.to_owned(), pod.to_owned()), stdin);
+    }
+
+    /// Takes a Pod's open stdin (`stdinOnce`: the first attach has it, and it closes with that one).
+    pub(crate) fn take_stdin(&self, namespace: &str, pod: &str) -> Option<tokio::process::ChildStdin> {
+        self.state().stdins.remove(&(namespace.to_owned(), pod.to_owned()))
     }
 
     pub(crate) fn compact(&self) {

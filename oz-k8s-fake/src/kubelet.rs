@@ -5,7 +5,8 @@
 //! `activeDeadlineSeconds` is enforced; deleting the Pod stops the group (SIGTERM, a grace period,
 //! SIGKILL) before the deletion completes.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,17 +34,20 @@ fn terminated(code: i32, reason: Option<&str>, message: Option<&str>) -> Value {
 /// The node that runs Pods as local process groups, with their logs and work folders under `dir`.
 pub(crate) struct Kubelet {
     dir: PathBuf,
+    /// Host folders that stand for volumes of these names (what an init container would have copied
+    /// from an image the fake cannot pull: the sidecar's `/agent`).
+    preloaded: BTreeMap<String, PathBuf>,
 }
 
 impl Kubelet {
-    pub(crate) fn new(dir: PathBuf) -> Self {
-        Self { dir }
+    pub(crate) fn new(dir: PathBuf, preloaded: BTreeMap<String, PathBuf>) -> Self {
+        Self { dir, preloaded }
     }
 }
 
 impl Node for Kubelet {
     fn run(&self, cluster: Arc<Cluster>, namespace: String, pod: Value, deadline: Option<u64>) {
-        tokio::spawn(run_pod(cluster, self.dir.clone(), namespace, pod, deadline));
+        tokio::spawn(run_pod(cluster, self.dir.clone(), self.preloaded.clone(), namespace, pod, deadline));
     }
 
     fn stop(&self, pgid: i32) -> BoxFuture<'static, ()> {
@@ -51,15 +55,106 @@ impl Node for Kubelet {
     }
 }
 
+/// Makes the Pod's volumes as host folders under `work` (an emptyDir empty; a downwardAPI volume
+/// with its fields; a Secret volume with its keys); returns each volume's folder by name.
+fn make_volumes(
+    cluster: &Cluster,
+    ns: &str,
+    pod: &Value,
+    work: &Path,
+    preloaded: &BTreeMap<String, PathBuf>,
+) -> std::io::Result<BTreeMap<String, PathBuf>> {
+    let mut made = BTreeMap::new();
+    for volume in pod["spec"]["volumes"].as_array().cloned().unwrap_or_default() {
+        let Some(name) = volume["name"].as_str() else { continue };
+        if let Some(content) = preloaded.get(name) {
+            made.insert(name.to_owned(), content.clone());
+            continue;
+        }
+        let folder = work.join("volumes").join(name);
+        std::fs::create_dir_all(&folder)?;
+        for item in volume["downwardAPI"]["items"].as_array().cloned().unwrap_or_default() {
+            let (Some(path), Some(field)) = (item["path"].as_str(), item["fieldRef"]["fieldPath"].as_str()) else {
+                continue;
+            };
+            std::fs::write(folder.join(path), field_value(pod, field).unwrap_or_default())?;
+        }
+        if let Some(secret) = volume["secret"]["secretName"].as_str()
+            && let Some(secret) = cluster.get(crate::state::WatchKind::Secret, ns, secret)
+        {
+            use base64::Engine;
+            for item in volume["secret"]["items"].as_array().cloned().unwrap_or_default() {
+                let (Some(key), Some(path)) = (item["key"].as_str(), item["path"].as_str()) else { continue };
+                let encoded = secret["data"][key].as_str().unwrap_or("");
+                let value = base64::engine::general_purpose::STANDARD.decode(encoded).unwrap_or_default();
+                std::fs::write(folder.join(path), value)?;
+            }
+        }
+        made.insert(name.to_owned(), folder);
+    }
+    Ok(made)
+}
+
+/// A downwardAPI `fieldPath`'s value: `metadata.name`, `metadata.namespace`,
+/// `metadata.annotations['key']`, `metadata.labels['key']`.
+fn field_value(pod: &Value, field: &str) -> Option<String> {
+    let keyed = |prefix: &str| field.strip_prefix(prefix).and_then(|rest| rest.strip_suffix("']")).map(str::to_owned);
+    let value = if let Some(key) = keyed("metadata.annotations['") {
+        &pod["metadata"]["annotations"][key.as_str()]
+    } else if let Some(key) = keyed("metadata.labels['") {
+        &pod["metadata"]["labels"][key.as_str()]
+    } else {
+        field.split('.').fold(pod, |o, k| &o[k])
+    };
+    value.as_str().map(str::to_owned)
+}
+
+/// A path in the container, as the host folder of the volume mounted there; others as they are.
+/// Standing in for a mount namespace: argv, env values and the working directory are translated,
+/// and so are the words of a shell command (`test -x /agent/bin/oz`).
+fn host_path(value: &str, mounts: &[(String, PathBuf)]) -> String {
+    if value.contains(' ') {
+        return value.split(' ').map(|word| host_word(word, mounts)).collect::<Vec<_>>().join(" ");
+    }
+    host_word(value, mounts)
+}
+
+fn host_word(path: &str, mounts: &[(String, PathBuf)]) -> String {
+    mounts
+        .iter()
+        .filter(|(at, _)| path == at || path.strip_prefix(at.as_str()).is_some_and(|rest| rest.starts_with('/')))
+        .max_by_key(|(at, _)| at.len())
+        .map_or_else(|| path.to_owned(), |(at, host)| format!("{}{}", host.display(), &path[at.len()..]))
+}
+
 /// Runs a Pod's task container to its end.
-async fn run_pod(cluster: Arc<Cluster>, dir: PathBuf, ns: String, pod: Value, deadline: Option<u64>) {
+async fn run_pod(
+    cluster: Arc<Cluster>,
+    dir: PathBuf,
+    preloaded: BTreeMap<String, PathBuf>,
+    ns: String,
+    pod: Value,
+    deadline: Option<u64>,
+) {
     let name = pod["metadata"]["name"].as_str().unwrap_or("").to_owned();
     let job = pod["metadata"]["labels"]["job-name"].as_str().unwrap_or("").to_owned();
     let task = pod["spec"]["containers"].as_array().and_then(|c| c.iter().find(|c| c["name"] == "task")).cloned();
     let Some(task) = task else { return };
+    let log_path = dir.join(format!("{ns}-{name}.log"));
+    let workdir = dir.join(format!("{ns}-{name}.work"));
+    let opened = std::fs::create_dir_all(&workdir).and_then(|()| std::fs::File::create(&log_path));
+    let Ok(log) = opened else { return };
+    let Ok(volumes) = make_volumes(&cluster, &ns, &pod, &workdir, &preloaded) else { return };
+    let mounts: Vec<(String, PathBuf)> = task["volumeMounts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|m| Some((m["mountPath"].as_str()?.to_owned(), volumes.get(m["name"].as_str()?)?.clone())))
+        .collect();
     let argv: Vec<String> = task["command"]
         .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(|arg| host_path(arg, &mounts))).collect())
         .unwrap_or_default();
     let mut env: Vec<(String, String)> = vec![
         ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
@@ -68,23 +163,24 @@ async fn run_pod(cluster: Arc<Cluster>, dir: PathBuf, ns: String, pod: Value, de
     for var in task["env"].as_array().cloned().unwrap_or_default() {
         if let (Some(k), Some(v)) = (var["name"].as_str(), var["value"].as_str()) {
             env.retain(|(n, _)| n != k);
-            env.push((k.to_owned(), v.to_owned()));
+            env.push((k.to_owned(), host_path(v, &mounts)));
         }
     }
-    let log_path = dir.join(format!("{ns}-{name}.log"));
-    let workdir = dir.join(format!("{ns}-{name}.work"));
-    let opened = std::fs::create_dir_all(&workdir).and_then(|()| std::fs::File::create(&log_path));
-    let Ok(log) = opened else { return };
+    let cwd = match task["workingDir"].as_str().map(|w| host_path(w, &mounts)) {
+        Some(w) if Path::new(&w).is_dir() => PathBuf::from(w),
+        _ => workdir.clone(),
+    };
     cluster.register_log_file(&ns, &name, log_path);
     let Some((program, args)) = argv.split_first() else { return };
     let (Ok(out), Ok(err)) = (log.try_clone(), log.try_clone()) else { return };
+    let takes_stdin = task["stdin"] == true;
     let spawned = tokio::process::Command::new(program)
         .args(args)
         .env_clear()
         .envs(env)
-        .current_dir(&workdir)
+        .current_dir(&cwd)
         .process_group(0)
-        .stdin(std::process::Stdio::null())
+        .stdin(if takes_stdin { std::process::Stdio::piped() } else { std::process::Stdio::null() })
         .stdout(out)
         .stderr(err)
         .spawn();
@@ -100,6 +196,9 @@ async fn run_pod(cluster: Arc<Cluster>, dir: PathBuf, ns: String, pod: Value, de
             return;
         }
     };
+    if let Some(stdin) = child.stdin.take() {
+        cluster.register_stdin(&ns, &name, stdin);
+    }
     let pgid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
     cluster.register_process_group(&ns, &name, pgid);
     cluster.set_pod_status(

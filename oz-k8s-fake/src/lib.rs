@@ -13,7 +13,9 @@
 //! - scripted kubelet: tests set a Pod's status ([`FakeCluster::set_pod_status`]) and append to its
 //!   log ([`FakeCluster::append_log`]), which `GET .../log?follow=true` streams live;
 //! - or a running kubelet ([`FakeCluster::enable_kubelet`]): each Pod's command runs as a local
-//!   process group, its output is the log, its exit the Pod's status;
+//!   process group, its output is the log, its exit the Pod's status; its volumes are host folders;
+//!   a container with `stdin: true` is written through `pods/attach` (WebSocket, `v5.channel.k8s.io`);
+//! - merge patches (`application/merge-patch+json`) of Jobs and Pods (labels, a deadline);
 //! - Events (`add_pod_event`) with field selectors, NetworkPolicies, and RBAC denials (`deny`).
 //!
 //! ```no_run
@@ -24,6 +26,7 @@
 //! # }
 //! ```
 
+mod attach;
 mod cluster;
 mod controller;
 mod kubelet;
@@ -95,7 +98,22 @@ impl FakeCluster {
     /// Runs Pods for real from now on: each Pod's `task` command as a local process group (see the
     /// `kubelet` module), with logs and work folders under `dir`.
     pub fn enable_kubelet(&self, dir: impl Into<std::path::PathBuf>) {
-        self.cluster.set_node(Arc::new(kubelet::Kubelet::new(dir.into())));
+        self.enable_kubelet_with(dir, []);
+    }
+
+    /// [`FakeCluster::enable_kubelet`], with host folders standing for the volumes of the given
+    /// names (`("agent", folder)`: the sidecar an init container would copy from its image).
+    /// Each Pod's volumes are host folders, and paths under their mounts in its command, env and
+    /// working directory are translated to them (the fake has no mount namespace); a downwardAPI
+    /// volume holds its fields and a Secret volume its keys. A task container with `stdin: true`
+    /// gets a pipe, written by the first `pods/attach` (`stdinOnce`).
+    pub fn enable_kubelet_with(
+        &self,
+        dir: impl Into<std::path::PathBuf>,
+        preloaded: impl IntoIterator<Item = (String, std::path::PathBuf)>,
+    ) {
+        let node = kubelet::Kubelet::new(dir.into(), preloaded.into_iter().collect());
+        self.cluster.set_node(Arc::new(node));
     }
 
     /// Records an Event about a Pod (`FailedMount`, `FailedScheduling`, ...), as the kubelet would.

@@ -20,7 +20,7 @@ use crate::state::{Selector, WatchKind};
 
 type Params = Query<HashMap<String, String>>;
 
-fn status(code: u16, reason: &str, message: impl Into<String>) -> Response {
+pub(crate) fn status(code: u16, reason: &str, message: impl Into<String>) -> Response {
     let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                       "message": message.into(), "reason": reason, "code": code});
     (StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), axum::Json(body)).into_response()
@@ -30,7 +30,7 @@ fn status(code: u16, reason: &str, message: impl Into<String>) -> Response {
 pub(crate) fn router(cluster: Arc<Cluster>) -> Router {
     Router::new()
         .route("/apis/batch/v1/namespaces/{ns}/jobs", get(list_jobs).post(create_job))
-        .route("/apis/batch/v1/namespaces/{ns}/jobs/{name}", get(get_job).delete(delete_job))
+        .route("/apis/batch/v1/namespaces/{ns}/jobs/{name}", get(get_job).delete(delete_job).patch(patch_job))
         .route("/api/v1/namespaces/{ns}/pods", get(list_pods))
         .route("/api/v1/namespaces/{ns}/events", get(list_events))
         .route("/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies", axum::routing::post(create_policy))
@@ -40,8 +40,9 @@ pub(crate) fn router(cluster: Arc<Cluster>) -> Router {
         )
         .route("/api/v1/namespaces/{ns}/secrets", get(list_secrets).post(create_secret))
         .route("/api/v1/namespaces/{ns}/secrets/{name}", get(get_secret).delete(delete_secret))
-        .route("/api/v1/namespaces/{ns}/pods/{name}", get(get_pod))
+        .route("/api/v1/namespaces/{ns}/pods/{name}", get(get_pod).patch(patch_pod))
         .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(pod_log))
+        .route("/api/v1/namespaces/{ns}/pods/{name}/attach", get(crate::attach::attach))
         .fallback(|uri: Uri| async move { status(404, "NotFound", format!("the fake does not serve {uri}")) })
         .layer(axum::middleware::from_fn_with_state(cluster.clone(), record_request))
         .with_state(cluster)
@@ -271,6 +272,47 @@ async fn get_job(AxumState(cluster): AxumState<Arc<Cluster>>, Path((ns, name)): 
 
 async fn get_pod(AxumState(cluster): AxumState<Arc<Cluster>>, Path((ns, name)): Path<(String, String)>) -> Response {
     get_object(&cluster, WatchKind::Pod, &ns, &name)
+}
+
+/// A JSON merge patch of an object (the only patch type the fake takes; others are 415).
+fn patch_object(
+    cluster: &Cluster,
+    kind: WatchKind,
+    ns: &str,
+    name: &str,
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+) -> Response {
+    let content_type = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if content_type != "application/merge-patch+json" {
+        let message = format!("the fake takes only application/merge-patch+json patches, not {content_type:?}");
+        return status(415, "UnsupportedMediaType", message);
+    }
+    let Ok(patch) = serde_json::from_slice::<Value>(body) else {
+        return status(400, "BadRequest", "the patch is not JSON");
+    };
+    match cluster.merge_patch(kind, ns, name, &patch) {
+        Some(object) => axum::Json(object).into_response(),
+        None => status(404, "NotFound", format!("{}s {name:?} not found", kind.kind().to_ascii_lowercase())),
+    }
+}
+
+async fn patch_job(
+    AxumState(cluster): AxumState<Arc<Cluster>>,
+    Path((ns, name)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    patch_object(&cluster, WatchKind::Job, &ns, &name, &headers, &body)
+}
+
+async fn patch_pod(
+    AxumState(cluster): AxumState<Arc<Cluster>>,
+    Path((ns, name)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    patch_object(&cluster, WatchKind::Pod, &ns, &name, &headers, &body)
 }
 
 async fn create_job(AxumState(cluster): AxumState<Arc<Cluster>>, Path(ns): Path<String>, body: Bytes) -> Response {

@@ -61,6 +61,8 @@ pub(crate) struct State {
     pub(crate) log_files: BTreeMap<(String, String), std::path::PathBuf>,
     /// Process groups the fake kubelet runs, by Pod.
     pub(crate) groups: BTreeMap<(String, String), i32>,
+    /// The open stdin of a Pod's task container (`stdin: true`), until an attach takes it.
+    pub(crate) stdins: BTreeMap<(String, String), tokio::process::ChildStdin>,
 }
 
 impl State {
