@@ -572,7 +572,10 @@ impl Backend for KubernetesBackend {
             return gone(format!("the task is too large for a handoff ({} bytes)", line.len())).await;
         }
         // Claimed before anything secret is sent: a worker restarted from here on reattaches it.
-        let deadline = spec.timeout.map(|t| (warm.created.elapsed() + t).as_secs().max(1) as i64);
+        // The Job's deadline counts from its start: the task gets all of its own (or the default)
+        // from now, however long the Pod waited.
+        let budget = spec.timeout.map_or(self.config.active_deadline_seconds, |t| t.as_secs().max(1) as i64);
+        let deadline = Some(warm.created.elapsed().as_secs() as i64 + budget);
         let patch_params = PatchParams::default();
         let (job_patch, pod_patch) = (manifest::claim_patch(&spec, deadline), manifest::claim_patch(&spec, None));
         let (jobs, pods) = (self.jobs(), self.pods());

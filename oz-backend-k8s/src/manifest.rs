@@ -133,8 +133,8 @@ pub fn warm_job(spec: &TaskSpec, config: &KubernetesConfig, environment: &str) -
 }
 
 /// The merge patch that hands a warm sandbox's Job or Pod to a task: its labels name the task
-/// (the warm id stays), and the Job's deadline becomes the task's (`deadline`, seconds since the
-/// Job started) when it has one.
+/// (the warm id stays), and the Job's `activeDeadlineSeconds` (mutable) becomes `deadline`, the
+/// seconds since the Job started at which the task's own time runs out.
 pub fn claim_patch(spec: &TaskSpec, deadline: Option<i64>) -> Value {
     let mut labels = json!({labels::TASK_ID: spec.task_id});
     if let Some(execution) = &spec.execution_id {
@@ -533,6 +533,53 @@ mod tests {
         assert_eq!(np["spec"]["egress"][0]["ports"][0], json!({"protocol": "UDP", "port": 53}));
         assert_eq!(np["spec"]["egress"][1]["to"], json!([{"ipBlock": {"cidr": "140.82.112.0/20"}}]));
         assert_eq!(np["spec"]["egress"][1]["ports"], json!([{"protocol": "TCP", "port": 443}]));
+    }
+
+    #[test]
+    fn a_warm_job_takes_stdin_once_reads_its_environment_from_an_annotation_and_is_claimed_by_label() {
+        let config = KubernetesConfig::new("w1", "acme/sidecar:2");
+        let mut warm = spec();
+        warm.task_id = "warm-abc".into();
+        warm.execution_id = None;
+        let job = serde_json::to_value(warm_job(&warm, &config, r#"{"name":"app"}"#).unwrap()).unwrap();
+        assert_eq!(job["metadata"]["labels"]["oz.dev/warm-id"], "warm-abc");
+        assert_eq!(job["metadata"]["labels"]["oz.dev/task-id"], "warm-abc");
+        let template = &job["spec"]["template"];
+        assert_eq!(template["metadata"]["labels"]["oz.dev/warm-id"], "warm-abc");
+        assert_eq!(template["metadata"]["annotations"][WARM_ENVIRONMENT_ANNOTATION], r#"{"name":"app"}"#);
+        let task = &template["spec"]["containers"][0];
+        assert_eq!((task["stdin"].clone(), task["stdinOnce"].clone()), (json!(true), json!(true)));
+        assert!(
+            task["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .contains(&json!({"name": "oz-warm", "mountPath": "/oz-warm", "readOnly": true}))
+        );
+        let volume = template["spec"]["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "oz-warm").unwrap();
+        assert_eq!(
+            volume["downwardAPI"]["items"][0],
+            json!({"path": "environment.json", "fieldRef": {"fieldPath": "metadata.annotations['oz.dev/warm-environment']"}})
+        );
+        assert!(!template.to_string().contains("secret-input"), "no secret input: the token comes on stdin");
+        let huge = "x".repeat(MAX_WARM_ENVIRONMENT_BYTES + 1);
+        assert!(warm_job(&warm, &config, &huge).unwrap_err().to_string().contains("too large"));
+
+        // The egress policy of a warm Pod selects it by the label that stays when it is claimed.
+        let policy = crate::config::EgressPolicy { allowed_cidrs: vec!["10.0.0.0/8".parse().unwrap()], ports: vec![] };
+        let np = serde_json::to_value(network_policy(&warm, &config, &policy, true).unwrap()).unwrap();
+        assert_eq!(
+            np["spec"]["podSelector"]["matchLabels"],
+            json!({"oz.dev/warm-id": "warm-abc", "oz.dev/worker-id": "w1"})
+        );
+
+        // Claimed: the task's labels (the warm id untouched) and its deadline.
+        let patch = claim_patch(&spec(), Some(90));
+        assert_eq!(
+            patch,
+            json!({"metadata": {"labels": {"oz.dev/task-id": "run-1", "oz.dev/execution-id": "exec-1"}},
+                   "spec": {"activeDeadlineSeconds": 90}})
+        );
+        assert!(claim_patch(&spec(), None).get("spec").is_none());
     }
 
     #[test]

@@ -195,11 +195,18 @@ async fn a_warm_pod_holds_no_secret_is_claimed_and_runs_one_task_at_the_new_head
     s.push("pushed-after-warming");
     let id = "warm-task-1";
     let script = "cat setup.txt; git -C app log -1 --format=%s; echo \"tokens in env: [$(env | grep -c oz[w]_)]\"";
-    let handle = backend.launch_prepared(prepared, runner_task(&s, id, script)).await.unwrap();
-    // Claimed by label: the task's id on the Job and its Pod, the warm id kept.
+    let mut task = runner_task(&s, id, script);
+    task.timeout = Some(Duration::from_secs(120));
+    let handle = backend.launch_prepared(prepared, task).await.unwrap();
+    // Claimed by label: the task's id on the Job and its Pod, the warm id kept; the Job's deadline
+    // is the task's, from now.
     let job = &s.jobs()[0];
     assert_eq!(job["metadata"]["labels"]["oz.dev/task-id"], id);
     assert_eq!(job["metadata"]["labels"]["oz.dev/warm-id"], warm_id.as_str());
+    let deadline = job["spec"]["activeDeadlineSeconds"].as_i64().unwrap();
+    assert!((120..130).contains(&deadline), "{deadline}");
+    let pod = &s.cluster.objects(WatchKind::Pod, NS)[0];
+    assert_eq!(pod["metadata"]["labels"]["oz.dev/task-id"], id);
     let (outcome, out) = outcome(handle).await;
     assert!(outcome.succeeded(), "{outcome:?}\n{out}");
     assert!(out.contains("warmed-at-"), "the setup's output, from before the task: {out}");
