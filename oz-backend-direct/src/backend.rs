@@ -100,6 +100,7 @@ impl Backend for DirectBackend {
 
     async fn launch(&self, spec: TaskSpec) -> Result<TaskHandle, BackendError> {
         spec.validate().map_err(DirectError::from)?;
+        ensure_cache(&self.config, &spec.sandbox)?;
         let ws = Workspace::at(&self.config.workspace_root, &spec.task_id);
         ws.create(&self.config.workspace_root, &marker_for(&self.config, &spec))?;
         Ok(self.start(ws, spec))
@@ -114,6 +115,7 @@ impl Backend for DirectBackend {
     /// once its socket answers.
     async fn prepare(&self, warm: WarmSpec) -> Result<PreparedSandbox, BackendError> {
         let id = format!("warm-{}", uuid_like());
+        ensure_cache(&self.config, &warm.sandbox)?;
         let ws = Workspace::at(&self.config.workspace_root, &id);
         let mut marker = Marker::new(self.config.worker_id.clone(), None, None, true);
         ws.create(&self.config.workspace_root, &marker)?;
@@ -154,7 +156,7 @@ impl Backend for DirectBackend {
             return Err(BackendError::new(FailureReason::WorkspaceSetup, "the warm sandbox was handed a task already"));
         };
         let env = task_env(&self.config, &warm.ws, &spec, &warm.cwd);
-        let handoff = Handoff { argv: spec.argv.clone(), env, secret_input: spec.secret_input.clone() };
+        let handoff = Handoff { argv: spec.argv.clone(), env, secret_input: spec.secret_input.clone(), receipt: None };
         if let Err(message) = hand_over(&warm.socket, &handoff).await {
             // Given up: its runner (taken out of `warm` above) and its workspace go now.
             if let Some(pid) = child.id() {
@@ -451,9 +453,26 @@ async fn supervise(
     (to_exit(status), stop)
 }
 
+/// Makes a sandbox's package cache folder (mode 0700: tasks run as the worker's user), when it has
+/// a key and the backend a cache root.
+fn ensure_cache(config: &DirectConfig, sandbox: &oz_core::task::SandboxSpec) -> Result<(), DirectError> {
+    if let Some(key) = &sandbox.cache {
+        oz_core::run::validate_id("cache", key)?;
+    }
+    let Some(folder) = cache_dir(config, sandbox) else { return Ok(()) };
+    let failed = |source| DirectError::Workspace { path: folder.display().to_string(), source };
+    std::fs::create_dir_all(&folder).map_err(failed)?;
+    std::fs::set_permissions(&folder, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(failed)
+}
+
+/// A sandbox's package cache folder, when it has a key and the backend a cache root.
+fn cache_dir(config: &DirectConfig, sandbox: &oz_core::task::SandboxSpec) -> Option<std::path::PathBuf> {
+    Some(oz_core::task::cache_folder(config.cache_root.as_ref()?, sandbox.cache.as_ref()?))
+}
+
 /// The environment of a task: `HOME`, `TMPDIR`, `PATH`, `GIT_CONFIG_GLOBAL`; the task's own; the
 /// backend's configured variables; then `OZ_RUN_ID`, `OZ_WORKSPACE_ROOT`, `OZ_WORKER_BACKEND`,
-/// `OZ_ENVIRONMENT_FILE`. Later entries win.
+/// `OZ_ENVIRONMENT_FILE` and `OZ_CACHE_DIR` (with a package cache). Later entries win.
 fn task_env(config: &DirectConfig, ws: &Workspace, spec: &TaskSpec, cwd: &Path) -> Vec<(String, String)> {
     let mut env = TaskSpec::new(spec.task_id.clone(), vec![String::new()]);
     env = env
@@ -468,13 +487,17 @@ fn task_env(config: &DirectConfig, ws: &Workspace, spec: &TaskSpec, cwd: &Path) 
         .env("OZ_WORKSPACE_ROOT", cwd.display().to_string())
         .env("OZ_WORKER_BACKEND", NAME)
         .env("OZ_ENVIRONMENT_FILE", ws.environment_file().display().to_string());
+    if let Some(cache) = cache_dir(config, &spec.sandbox) {
+        env = env.env(oz_core::runner::env::CACHE_DIR, cache.display().to_string());
+    }
     env.effective_env()
 }
 
 /// The environment of a warm sandbox's runner: [`task_env`]'s, without anything of a task.
-fn sandbox_env(config: &DirectConfig, ws: &Workspace, vars: &[(String, String)], cwd: &Path) -> Vec<(String, String)> {
+fn sandbox_env(config: &DirectConfig, ws: &Workspace, warm: &WarmSpec, cwd: &Path) -> Vec<(String, String)> {
     let mut spec = TaskSpec::new(String::new(), vec![String::new()]);
-    spec.env = vars.to_vec();
+    spec.env = warm.env.clone();
+    spec.sandbox.cache = warm.sandbox.cache.clone();
     let mut env = task_env(config, ws, &spec, cwd);
     env.retain(|(k, _)| k != RUN_ID_VAR);
     env
@@ -776,7 +799,7 @@ async fn start_warm(
     let channel = oz_core::warm::HandoffChannel::Socket(socket.clone());
     let argv =
         oz_core::warm::warm_argv(&warm.entrypoint, &channel, &environment_file, &cwd, warm.git_base_url.as_deref());
-    let env = sandbox_env(config, ws, &warm.env, &cwd);
+    let env = sandbox_env(config, ws, warm, &cwd);
     let limits =
         Limits { max_open_files: config.max_open_files, max_address_space: warm.sandbox.resources.memory_bytes };
     let mut child = process::spawn_recorded(&argv, &env, &cwd, limits, &ws.exit_status_file())

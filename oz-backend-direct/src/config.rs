@@ -43,6 +43,10 @@ pub struct DirectConfig {
     /// Remove workspaces after their task (a task's `cleanup: false` also keeps its workspace).
     #[serde(skip)]
     pub cleanup: bool,
+    /// Where package caches live (`<cache_root>/<key>`, one per environment; from the worker's
+    /// `package_caches:`). `None`: tasks get no cache.
+    #[serde(skip)]
+    pub cache_root: Option<PathBuf>,
 }
 
 impl Default for DirectConfig {
@@ -66,6 +70,7 @@ impl DirectConfig {
             stop_grace: Duration::from_secs(10),
             max_open_files: 65536,
             cleanup: true,
+            cache_root: None,
         }
     }
 

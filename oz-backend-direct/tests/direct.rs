@@ -226,3 +226,36 @@ async fn bad_configuration_is_refused_clearly() {
     config.target_dir = Some(file);
     assert!(DirectBackend::new(config).unwrap_err().to_string().contains("target_dir"));
 }
+
+/// A package cache: tasks of one key share a folder at `OZ_CACHE_DIR` that outlives them; another
+/// key has its own; a task without a key, or a backend without a cache root, has none; a key that
+/// is a path is refused.
+#[tokio::test]
+async fn tasks_of_one_cache_key_share_a_folder_that_outlives_them() {
+    let root = tempfile::tempdir().unwrap();
+    let caches = root.path().join("caches");
+    let b = backend(&root, |c| c.cache_root = Some(caches.clone()));
+    let cached = |id: &str, key: &str, script: &str| {
+        let mut spec = sh(&task_id(id), script);
+        spec.sandbox.cache = Some(key.into());
+        spec
+    };
+    let append = "echo \"$OZ_RUN_ID\" >> \"$OZ_CACHE_DIR/runs\"; cat \"$OZ_CACHE_DIR/runs\" | wc -l";
+    let first = run_to_end(&b, cached("cache-a1", "env-a", append)).await;
+    assert!(first.outcome.succeeded(), "{first:?}");
+    let second = run_to_end(&b, cached("cache-a2", "env-a", append)).await;
+    assert_eq!(String::from_utf8_lossy(&second.stdout).trim(), "2", "the second task sees the first's file");
+    let other = run_to_end(&b, cached("cache-b1", "env-b", append)).await;
+    assert_eq!(String::from_utf8_lossy(&other.stdout).trim(), "1", "another key has its own folder");
+    assert_eq!(std::fs::read_to_string(caches.join("env-a/runs")).unwrap().lines().count(), 2, "it outlives the tasks");
+    let mode = std::fs::metadata(caches.join("env-a")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    let none = run_to_end(&b, sh(&task_id("cache-none"), "echo \"[${OZ_CACHE_DIR-unset}]\"")).await;
+    assert_eq!(String::from_utf8_lossy(&none.stdout).trim(), "[unset]");
+    let uncached = backend(&root, |_| {});
+    let without_root = run_to_end(&uncached, cached("cache-noroot", "env-a", "echo \"[${OZ_CACHE_DIR-unset}]\"")).await;
+    assert_eq!(String::from_utf8_lossy(&without_root.stdout).trim(), "[unset]");
+    let escape = b.launch(cached("cache-escape", "../escape", "true")).await.unwrap_err();
+    assert!(escape.message.contains("cache"), "{}", escape.message);
+    assert!(!root.path().join("escape").exists());
+}

@@ -158,6 +158,10 @@ impl Inner {
         if driver.cancel_requested().is_some() {
             return Err(BackendError::new(FailureReason::TaskCancelled, "cancelled before the container was created"));
         }
+        crate::container::ensure_cache_folder(spec, &self.config).map_err(|e| {
+            let message = format!("could not make the package cache folder: {e}");
+            BackendError::new(FailureReason::WorkspaceSetup, message)
+        })?;
         driver.emit(TaskEvent::Phase(TaskPhase::Preparing)).await;
         let (network, extra_env) = match network_choice {
             NetworkChoice::Plain(plain) => (plain, Vec::new()),
@@ -322,16 +326,14 @@ impl Backend for DockerBackend {
             argv: spec.argv.clone(),
             env: crate::container::task_env(&spec, &inner.environment),
             secret_input: spec.secret_input.clone(),
+            // The engine's attach says whether the line got through.
+            receipt: None,
         };
-        let mut line = match serde_json::to_vec(&handoff) {
+        let line = match handoff.to_line() {
             Ok(line) => line,
-            Err(e) => return gone(warm, e.to_string()).await,
+            // Too large: the runner would refuse it and end; the task goes cold instead.
+            Err(message) => return gone(warm, message).await,
         };
-        line.push(b'\n');
-        if line.len() > oz_core::warm::MAX_HANDOFF_BYTES {
-            // The runner would refuse it and end: the task goes cold instead.
-            return gone(warm, format!("the task is too large for a handoff ({} bytes)", line.len())).await;
-        }
         let name = crate::container::assigned_name(&spec.task_id, spec.execution_id.as_deref());
         let rename = bollard::query_parameters::RenameContainerOptionsBuilder::default().name(&name).build();
         let (inspected, renamed, attached) = tokio::join!(

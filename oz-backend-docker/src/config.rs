@@ -65,6 +65,10 @@ pub struct DockerConfig {
     pub sidecar_ca_bundle: Option<PathBuf>,
     /// `HOST:CONTAINER[:ro|rw]` volumes for every task (Oz's `-v`).
     pub volumes: Vec<String>,
+    /// Where package caches live on the host (`<cache_root>/<key>`, one per environment, mounted
+    /// at [`crate::container::CACHE_MOUNT`]; from the worker's `package_caches:`). `None`: none.
+    #[serde(skip)]
+    pub cache_root: Option<PathBuf>,
     /// Variables every task gets (Oz's `environment`), after the task's own.
     pub environment: Vec<EnvEntry>,
     /// The default network.
@@ -109,6 +113,7 @@ impl DockerConfig {
             sidecar_binary: None,
             sidecar_ca_bundle: None,
             volumes: Vec::new(),
+            cache_root: None,
             environment: Vec::new(),
             network: DefaultNetwork::default(),
             allowed_domains: Vec::new(),

@@ -40,6 +40,22 @@ pub struct ContainerInputs<'a> {
     pub warm_id: Option<&'a str>,
 }
 
+/// Where a container finds its package cache (`OZ_CACHE_DIR`).
+pub const CACHE_MOUNT: &str = "/oz-cache/env";
+
+/// The host folder of a sandbox's package cache, when it has a key and the backend a cache root.
+pub fn cache_folder(spec: &TaskSpec, config: &DockerConfig) -> Option<std::path::PathBuf> {
+    Some(oz_core::task::cache_folder(config.cache_root.as_ref()?, spec.sandbox.cache.as_ref()?))
+}
+
+/// Makes a sandbox's package cache folder on the host. Mode 0777: the image may run as any user,
+/// and the folder is reachable only through the cache root, which is the worker's own (0700).
+pub fn ensure_cache_folder(spec: &TaskSpec, config: &DockerConfig) -> std::io::Result<()> {
+    let Some(folder) = cache_folder(spec, config) else { return Ok(()) };
+    std::fs::create_dir_all(&folder)?;
+    std::fs::set_permissions(&folder, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+}
+
 /// Label: the warm sandbox a container is (and, once handed a task, was).
 pub const WARM_LABEL: &str = labels::WARM_ID;
 
@@ -126,6 +142,12 @@ pub fn container_body(spec: &TaskSpec, config: &DockerConfig, inputs: &Container
         labels.insert(WARM_LABEL.into(), warm_id.to_owned());
     }
     let mut binds = config.volumes.clone();
+    if let Some(folder) = cache_folder(spec, config) {
+        binds.push(format!("{}:{CACHE_MOUNT}", folder.display()));
+        if !env.iter().any(|(n, _)| n == oz_core::runner::env::CACHE_DIR) {
+            env.push((oz_core::runner::env::CACHE_DIR.to_owned(), CACHE_MOUNT.to_owned()));
+        }
+    }
     if let Some(volume) = inputs.sidecar_volume {
         binds.push(format!("{volume}:{}:ro", SidecarLayout::default().mount()));
     }

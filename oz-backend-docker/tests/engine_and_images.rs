@@ -208,3 +208,37 @@ async fn a_sidecar_probe_left_by_a_killed_worker_is_removed_on_recovery() {
     let left = support::labelled(docker, oz_core::task::labels::WORKER_ID, &worker_id).await;
     assert!(left.is_empty(), "the probe is gone: {left:?}");
 }
+
+/// A package cache: containers of one key get the same host folder at `OZ_CACHE_DIR`, writable
+/// whatever user the image runs as; another key has its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_of_one_cache_key_share_a_host_folder() {
+    let caches = tempfile::tempdir().unwrap();
+    let config = |user: Option<&str>| {
+        let mut config = DockerConfig::new("cache-test");
+        config.pull_policy = PullPolicy::Never;
+        config.cache_root = Some(caches.path().to_path_buf());
+        config.user = user.map(str::to_owned);
+        config
+    };
+    let Some(as_root) = support::backend(config(None), support::BUSYBOX).await else { return };
+    let as_user = DockerBackend::connect(config(Some("1000:1000"))).await.unwrap();
+    let cached = |id: &str, key: &str| {
+        let mut spec = task(
+            id,
+            support::BUSYBOX,
+            "touch \"$OZ_CACHE_DIR/$(hostname)\" && ls \"$OZ_CACHE_DIR\" | wc -l; echo \"at=$OZ_CACHE_DIR\"",
+        );
+        spec.sandbox.cache = Some(key.into());
+        spec
+    };
+    let (outcome, _, out) = run(&as_root, cached("cache-1", "env-a")).await;
+    assert!(outcome.succeeded(), "{outcome:?}\n{out}");
+    assert!(out.contains("at=/oz-cache/env"), "{out}");
+    let (outcome, _, out) = run(&as_user, cached("cache-2", "env-a")).await;
+    assert!(outcome.succeeded(), "a non-root image user writes too: {outcome:?}\n{out}");
+    assert_eq!(out.lines().next().map(str::trim), Some("2"), "the second container sees the first's file: {out}");
+    let (_, _, out) = run(&as_root, cached("cache-3", "env-b")).await;
+    assert_eq!(out.lines().next().map(str::trim), Some("1"), "another key has its own folder: {out}");
+    assert_eq!(std::fs::read_dir(caches.path().join("env-a")).unwrap().count(), 2, "on the host, after the containers");
+}

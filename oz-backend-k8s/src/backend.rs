@@ -126,10 +126,6 @@ impl KubernetesBackend {
         Api::namespaced(self.client.clone(), &self.config.namespace)
     }
 
-    fn task_selector(&self, task_id: &str) -> String {
-        format!("{},{}={task_id}", manifest::worker_selector(&self.config.worker_id), labels::TASK_ID)
-    }
-
     async fn delete_job(&self, name: &str) {
         let params = DeleteParams { propagation_policy: Some(PropagationPolicy::Foreground), ..Default::default() };
         match self.jobs().delete(name, &params).await {
@@ -147,67 +143,83 @@ impl KubernetesBackend {
         }
     }
 
+    /// A claimed warm Pod found after a restart: its handoff may never have come (the worker died
+    /// between the claim and the attach), so its stdin is closed (a runner still waiting reads the
+    /// end of its input and exits). Returns the line that ends its preparation in its log: its
+    /// receipt's, else (no annotation) the ready line.
+    async fn reclaim(&self, warm_id: &str) -> String {
+        let selector = crate::warm::selector(&self.config.worker_id, warm_id);
+        let pods = match self.pods().list(&ListParams::default().labels(&selector)).await {
+            Ok(pods) => pods.items,
+            Err(e) => {
+                tracing::warn!(
+                    warm = warm_id,
+                    "could not list a claimed warm Pod (its runner may wait until its deadline): {e}"
+                );
+                Vec::new()
+            }
+        };
+        let receipt =
+            pods.iter().find_map(|p| p.metadata.annotations.as_ref()?.get(crate::warm::RECEIPT_ANNOTATION).cloned());
+        let names: Vec<String> = pods.into_iter().filter_map(|p| p.metadata.name).collect();
+        let api = self.pods();
+        futures::future::join_all(names.iter().map(|pod| crate::warm::close_stdin(&api, pod))).await;
+        match receipt {
+            Some(receipt) => format!("{} {receipt}", oz_core::warm::TAKEN_LINE),
+            None => oz_core::warm::READY_LINE.to_owned(),
+        }
+    }
+
     /// Creates a task's Job, with its secret input before it and its egress policy after it (a
     /// warm sandbox's selects its Pod by warm id); returns the Job's name. Nothing is left when it fails.
     async fn create_job(&self, spec: &TaskSpec, job: &Job, warm: bool) -> Result<String, BackendError> {
         let name = manifest::job_name(spec);
-        let secret = manifest::secret_input(spec, &self.config)
-            .map_err(|e| BackendError::new(FailureReason::JobCreate, e.to_string()))?;
-        if let Some(secret) = &secret {
-            self.secrets().create(&PostParams::default(), secret).await.map_err(|e| {
-                let message = match &e {
+        let fail = |message: String| BackendError::new(FailureReason::JobCreate, message);
+        // The egress policy first: it selects the Pod by label, so it applies from the Pod's start.
+        if let Some(policy) = &self.config.egress_policy {
+            let np = manifest::network_policy(spec, &self.config, policy, warm).map_err(|e| fail(e.to_string()))?;
+            self.policies()
+                .create(&PostParams::default(), &np)
+                .await
+                .map_err(|e| fail(format!("could not create the egress NetworkPolicy: {e}")))?;
+        }
+        let made = async {
+            let secret = manifest::secret_input(spec, &self.config).map_err(|e| fail(e.to_string()))?;
+            if let Some(secret) = &secret {
+                self.secrets().create(&PostParams::default(), secret).await.map_err(|e| {
+                    fail(match &e {
+                        kube::Error::Api(s) if s.code == 403 => format!(
+                            "not allowed to create Secrets in namespace {} (the Role needs secrets create, for the task's workload token): {}",
+                            self.config.namespace, s.message
+                        ),
+                        other => format!("could not create the task's secret input: {other}"),
+                    })
+                })?;
+            }
+            self.jobs().create(&PostParams::default(), job).await.map_err(|e| {
+                fail(match &e {
                     kube::Error::Api(s) if s.code == 403 => format!(
-                        "not allowed to create Secrets in namespace {} (the Role needs secrets create, for the task's workload token): {}",
-                        self.config.namespace, s.message
-                    ),
-                    other => format!("could not create the task's secret input: {other}"),
-                };
-                BackendError::new(FailureReason::JobCreate, message)
-            })?;
-        }
-        let created = self.jobs().create(&PostParams::default(), job).await;
-        if created.is_err() && secret.is_some() {
-            self.delete_secret_input(&name).await;
-        }
-        created.map_err(|e| {
-            let message = match &e {
-                kube::Error::Api(s) if s.code == 403 => {
-                    format!(
                         "not allowed to create Jobs in namespace {} (the Role needs batch/jobs create): {}",
                         self.config.namespace, s.message
-                    )
-                }
-                kube::Error::Api(s) if s.code == 409 => format!("a Job named {name} already exists"),
-                other => format!("could not create the Job: {other}"),
-            };
-            BackendError::new(FailureReason::JobCreate, message)
-        })?;
-        if let Some(policy) = &self.config.egress_policy {
-            let np = manifest::network_policy(spec, &self.config, policy, warm)
-                .map_err(|e| BackendError::new(FailureReason::JobCreate, e.to_string()))?;
-            if let Err(e) = self.policies().create(&PostParams::default(), &np).await {
-                self.delete_job(&name).await;
-                return Err(BackendError::new(
-                    FailureReason::JobCreate,
-                    format!("could not create the egress NetworkPolicy: {e}"),
-                ));
-            }
+                    ),
+                    kube::Error::Api(s) if s.code == 409 => format!("a Job named {name} already exists"),
+                    other => format!("could not create the Job: {other}"),
+                })
+            })
+        };
+        if let Err(e) = made.await {
+            // Nothing is left: the policy and the secret input go (each is named like the Job).
+            self.delete_job(&name).await;
+            return Err(e);
         }
         Ok(name)
     }
 
-    /// Follows a task's Job and Pod to the end. A warm Pod's (`warm`) log starts with its
-    /// preparation: the task's output is what follows the runner's ready line.
-    async fn follow(
-        self,
-        driver: TaskDriver,
-        job: String,
-        task_id: String,
-        cleanup: bool,
-        has_timeout: bool,
-        warm: bool,
-    ) {
-        let (exit, mut failure, started) = self.watch_to_end(&driver, &job, &task_id, warm).await;
+    /// Follows a task's Job and Pod to the end. A warm Pod's log starts with its preparation: the
+    /// task's output is what follows the line `preparation_ends` (the runner's receipt).
+    async fn follow(self, driver: TaskDriver, job: String, plan: FollowPlan) {
+        let FollowPlan { cleanup, has_timeout, preparation_ends } = plan;
+        let (exit, mut failure, started) = self.watch_to_end(&driver, &job, preparation_ends).await;
         // The secret input is of no use once the task has ended, whether or not its Job is kept.
         self.delete_secret_input(&job).await;
         // The deadline came from the task's own timeout: say so in Oz's terms.
@@ -240,8 +252,7 @@ impl KubernetesBackend {
         &self,
         driver: &TaskDriver,
         job: &str,
-        task_id: &str,
-        warm: bool,
+        preparation_ends: Option<String>,
     ) -> (Option<ExitStatus>, Option<Failure>, Option<SystemTime>) {
         enum Update {
             Pod(Box<Pod>),
@@ -249,7 +260,9 @@ impl KubernetesBackend {
             /// The Pod is gone; its last state tells how it ended, if it did.
             PodDeleted(Box<Pod>),
         }
-        let selector = self.task_selector(task_id);
+        // By the Job's name, never by task id: a warm Pod claimed for this task and being removed
+        // (its handoff failed, the task went cold) carries the task's id too.
+        let selector = format!("{},job-name={job}", manifest::worker_selector(&self.config.worker_id));
         // Transient API errors and 410 Gone are the watcher's to retry (with backoff); they never fail a task.
         let pods = watcher(self.pods(), watcher::Config::default().labels(&selector)).default_backoff().filter_map(
             |e| async move {
@@ -264,7 +277,8 @@ impl KubernetesBackend {
                 }
             },
         );
-        let jobs = watcher(self.jobs(), watcher::Config::default().labels(&selector)).default_backoff().filter_map(
+        let by_name = format!("metadata.name={job}");
+        let jobs = watcher(self.jobs(), watcher::Config::default().fields(&by_name)).default_backoff().filter_map(
             |e| async move {
                 match e {
                     // A Job's deletion says nothing the Pod's does not (its Pod goes first or with it).
@@ -333,7 +347,8 @@ impl KubernetesBackend {
                                 started = Some(SystemTime::now());
                                 driver.emit(TaskEvent::Phase(TaskPhase::Running)).await;
                                 let name = pod.metadata.name.clone().unwrap_or_default();
-                                logs = Some(tokio::spawn(stream_logs(self.pods(), name, driver.event_sender(), warm)));
+                                let skip = preparation_ends.clone();
+                                logs = Some(tokio::spawn(stream_logs(self.pods(), name, driver.event_sender(), skip)));
                             }
                             seen
                         }
@@ -403,12 +418,14 @@ async fn watch_events(events: Api<Event>, pod: String, tx: tokio::sync::mpsc::Se
     }
 }
 
-/// A unique suffix for a warm sandbox's id (32 hex digits).
-fn uuid_suffix_long() -> String {
-    let nanos = SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let random = std::collections::hash_map::RandomState::new();
-    let mixed = std::hash::BuildHasher::hash_one(&random, (nanos, std::process::id()));
-    format!("{:016x}{:016x}", nanos as u64, mixed)
+/// How a task's Job is followed.
+struct FollowPlan {
+    /// Remove the Job once the task ends.
+    cleanup: bool,
+    /// The deadline is the task's own timeout (its failure is `task_timeout`).
+    has_timeout: bool,
+    /// A warm Pod's: the log line after which the task's output starts.
+    preparation_ends: Option<String>,
 }
 
 /// Removes a warm Job whose preparation was dropped half-way, unless disarmed.
@@ -436,21 +453,20 @@ fn uuid_suffix() -> String {
 }
 
 /// Streams the task container's log (stdout and stderr, as Kubernetes merges them) as events; a
-/// warm Pod's (`warm`) from the line after its runner's ready line.
-async fn stream_logs(pods: Api<Pod>, pod: String, events: oz_core::backend::EventSender, warm: bool) {
+/// warm Pod's from the line after `preparation_ends`.
+async fn stream_logs(
+    pods: Api<Pod>,
+    pod: String,
+    events: oz_core::backend::EventSender,
+    preparation_ends: Option<String>,
+) {
     let params = LogParams { follow: true, container: Some(TASK_CONTAINER.into()), ..Default::default() };
     let Ok(reader) = pods.log_stream(&pod, &params).await else { return };
     let mut reader = futures::io::BufReader::new(reader);
-    if warm {
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match futures::AsyncBufReadExt::read_until(&mut reader, b'\n', &mut line).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) if line.starts_with(oz_core::warm::READY_LINE.as_bytes()) => break,
-                Ok(_) => {}
-            }
-        }
+    if let Some(end) = preparation_ends
+        && !crate::warm::read_lines_until(&mut reader, |line| line.starts_with(end.as_str())).await
+    {
+        return;
     }
     let mut buffer = vec![0u8; 16 * 1024];
     loop {
@@ -481,9 +497,12 @@ impl Backend for KubernetesBackend {
         let name = self.create_job(&spec, &job, false).await?;
         let (handle, driver) = TaskHandle::channel(spec.task_id.clone());
         let span = tracing::info_span!("k8s_task", task_id = %spec.task_id, job = %name);
-        let cleanup = spec.cleanup && self.config.cleanup;
-        let has_timeout = spec.timeout.is_some();
-        let follow = self.clone().follow(driver, name, spec.task_id, cleanup, has_timeout, false);
+        let plan = FollowPlan {
+            cleanup: spec.cleanup && self.config.cleanup,
+            has_timeout: spec.timeout.is_some(),
+            preparation_ends: None,
+        };
+        let follow = self.clone().follow(driver, name, plan);
         tokio::spawn(tracing::Instrument::instrument(follow, span));
         Ok(handle)
     }
@@ -494,7 +513,7 @@ impl Backend for KubernetesBackend {
 
     /// Creates a warm Job ([`manifest::warm_job`]) and returns once its runner waits for its task.
     async fn prepare(&self, warm: WarmSpec) -> Result<PreparedSandbox, BackendError> {
-        let warm_id = format!("warm-{}", uuid_suffix_long());
+        let warm_id = format!("warm-{}", uuid::Uuid::new_v4().simple());
         let spec = crate::warm::warm_task(&warm_id, &warm);
         let refuse = |message: String| BackendError::new(FailureReason::JobCreate, message);
         spec.validate().map_err(|e| refuse(e.to_string()))?;
@@ -561,40 +580,54 @@ impl Backend for KubernetesBackend {
             Ok(env) => env,
             Err(e) => return gone(e.to_string()).await,
         };
-        let handoff = Handoff { argv: spec.argv.clone(), env, secret_input: spec.secret_input.clone() };
-        let mut line = match serde_json::to_vec(&handoff) {
-            Ok(line) => line,
-            Err(e) => return gone(e.to_string()).await,
+        let receipt = uuid::Uuid::new_v4().simple().to_string();
+        let handoff = Handoff {
+            argv: spec.argv.clone(),
+            env,
+            secret_input: spec.secret_input.clone(),
+            receipt: Some(receipt.clone()),
         };
-        line.push(b'\n');
-        if line.len() > oz_core::warm::MAX_HANDOFF_BYTES {
-            // The runner would refuse it and end: the task goes cold instead.
-            return gone(format!("the task is too large for a handoff ({} bytes)", line.len())).await;
-        }
+        let line = match handoff.to_line() {
+            Ok(line) => line,
+            // Too large: the runner would refuse it and end; the task goes cold instead.
+            Err(message) => return gone(message).await,
+        };
         // Claimed before anything secret is sent: a worker restarted from here on reattaches it.
-        // The Job's deadline counts from its start: the task gets all of its own (or the default)
-        // from now, however long the Pod waited.
+        // The Job's deadline counts from its start: the task gets all of its own time (or the
+        // default) from now, however long the Pod waited.
         let budget = spec.timeout.map_or(self.config.active_deadline_seconds, |t| t.as_secs().max(1) as i64);
-        let deadline = Some(warm.created.elapsed().as_secs() as i64 + budget);
-        let patch_params = PatchParams::default();
-        let (job_patch, pod_patch) = (manifest::claim_patch(&spec, deadline), manifest::claim_patch(&spec, None));
-        let (jobs, pods) = (self.jobs(), self.pods());
+        let deadline = warm.created.elapsed().as_secs() as i64 + budget;
+        let cleanup = spec.cleanup && self.config.cleanup;
+        let job_patch = manifest::claim_job_patch(&spec, deadline, !cleanup);
+        let pod_patch = manifest::claim_pod_patch(&spec, crate::warm::RECEIPT_ANNOTATION, &receipt);
+        let (jobs, pods, patch_params) = (self.jobs(), self.pods(), PatchParams::default());
         let (job_patch, pod_patch) = (Patch::Merge(&job_patch), Patch::Merge(&pod_patch));
         let (claimed_job, claimed_pod) = tokio::join!(
             jobs.patch(&warm.job, &patch_params, &job_patch),
             pods.patch(&warm.pod, &patch_params, &pod_patch),
         );
-        if let Err(e) = claimed_job.and(claimed_pod) {
-            return gone(format!("could not claim the warm Pod: {e}")).await;
-        }
-        if let Err(message) = crate::warm::hand_over(&self.pods(), &warm.pod, &line).await {
-            // It may have read the token: it goes, never to serve another task.
-            return gone(message).await;
+        let delivered = match claimed_job.and(claimed_pod) {
+            Err(e) => Err(format!("could not claim the warm Pod: {e}")),
+            Ok(_) => match crate::warm::hand_over(&pods, &warm.pod, &line).await {
+                Ok(()) => crate::warm::wait_taken(&pods, &warm.pod, &receipt).await,
+                Err(message) => Err(message),
+            },
+        };
+        if let Err(message) = delivered {
+            // It may have read the token: it goes, never to serve another task, and the task starts
+            // cold only once its Pod is gone.
+            self.delete_job(&warm.job).await;
+            crate::warm::wait_deleted(&pods, &warm.pod).await;
+            return Err(refuse(format!("the warm Pod did not take the task: {message}")));
         }
         let (handle, driver) = TaskHandle::channel(spec.task_id.clone());
         let span = tracing::info_span!("k8s_task", task_id = %spec.task_id, job = %warm.job, warm = %warm.warm_id);
-        let cleanup = spec.cleanup && self.config.cleanup;
-        let follow = self.clone().follow(driver, warm.job.clone(), spec.task_id, cleanup, spec.timeout.is_some(), true);
+        let plan = FollowPlan {
+            cleanup,
+            has_timeout: spec.timeout.is_some(),
+            preparation_ends: Some(format!("{} {receipt}", oz_core::warm::TAKEN_LINE)),
+        };
+        let follow = self.clone().follow(driver, warm.job.clone(), plan);
         tokio::spawn(tracing::Instrument::instrument(follow, span));
         Ok(handle)
     }
@@ -634,6 +667,7 @@ impl Backend for KubernetesBackend {
                 continue;
             };
             let warm_id = labels.get(labels::WARM_ID).cloned();
+            let mut preparation_ends = None;
             if let Some(warm_id) = &warm_id {
                 if *warm_id == task_id {
                     // A warm sandbox that never got a task: it goes.
@@ -641,19 +675,12 @@ impl Backend for KubernetesBackend {
                     self.delete_job(&name).await;
                     continue;
                 }
-                // Claimed, but the handoff may never have come: its runner is told there is none.
-                let selector = crate::warm::selector(&self.config.worker_id, warm_id);
-                if let Ok(pods) = self.pods().list(&ListParams::default().labels(&selector)).await {
-                    for pod in pods.items.into_iter().filter_map(|p| p.metadata.name) {
-                        crate::warm::close_stdin(&self.pods(), &pod).await;
-                    }
-                }
+                preparation_ends = Some(self.reclaim(warm_id).await);
             }
             let (handle, driver) = TaskHandle::channel(task_id.clone());
             tracing::info!(task_id, job = name, "reattaching to a Job left by an earlier run");
-            let follow =
-                self.clone().follow(driver, name, task_id.clone(), self.config.cleanup, false, warm_id.is_some());
-            tokio::spawn(follow);
+            let plan = FollowPlan { cleanup: self.config.cleanup, has_timeout: false, preparation_ends };
+            tokio::spawn(self.clone().follow(driver, name, plan));
             recovered.push(RecoveredTask {
                 task_id,
                 execution_id: labels.get(labels::EXECUTION_ID).cloned(),

@@ -132,19 +132,30 @@ pub fn warm_job(spec: &TaskSpec, config: &KubernetesConfig, environment: &str) -
     serde_json::from_value(job).map_err(KubernetesError::ManifestShape)
 }
 
-/// The merge patch that hands a warm sandbox's Job or Pod to a task: its labels name the task
-/// (the warm id stays), and the Job's `activeDeadlineSeconds` (mutable) becomes `deadline`, the
-/// seconds since the Job started at which the task's own time runs out.
-pub fn claim_patch(spec: &TaskSpec, deadline: Option<i64>) -> Value {
+/// The merge patch that hands a warm sandbox's Job to a task: its labels name the task (the warm
+/// id stays); its `activeDeadlineSeconds` (mutable) becomes `deadline`, the seconds since the Job
+/// started at which the task's own time runs out; a task that keeps what it leaves (`keep`) has
+/// its `ttlSecondsAfterFinished` removed.
+pub fn claim_job_patch(spec: &TaskSpec, deadline: i64, keep: bool) -> Value {
+    let mut patch = json!({"metadata": {"labels": claim_labels(spec)}, "spec": {"activeDeadlineSeconds": deadline}});
+    if keep {
+        patch["spec"]["ttlSecondsAfterFinished"] = Value::Null;
+    }
+    patch
+}
+
+/// The merge patch that hands a warm sandbox's Pod to a task: the task's labels, and the receipt
+/// its runner will print once it took the task (in `annotation`).
+pub fn claim_pod_patch(spec: &TaskSpec, annotation: &str, receipt: &str) -> Value {
+    json!({"metadata": {"labels": claim_labels(spec), "annotations": {annotation: receipt}}})
+}
+
+fn claim_labels(spec: &TaskSpec) -> Value {
     let mut labels = json!({labels::TASK_ID: spec.task_id});
     if let Some(execution) = &spec.execution_id {
         labels[labels::EXECUTION_ID] = json!(execution);
     }
-    let mut patch = json!({"metadata": {"labels": labels}});
-    if let Some(seconds) = deadline {
-        patch["spec"] = json!({"activeDeadlineSeconds": seconds});
-    }
-    patch
+    labels
 }
 
 /// The task container's working directory: `/workspace`, or the sandbox's `workdir` in it.
@@ -572,14 +583,21 @@ mod tests {
             json!({"oz.dev/warm-id": "warm-abc", "oz.dev/worker-id": "w1"})
         );
 
-        // Claimed: the task's labels (the warm id untouched) and its deadline.
-        let patch = claim_patch(&spec(), Some(90));
+        // Claimed: the task's labels (the warm id untouched), its deadline, its receipt.
         assert_eq!(
-            patch,
+            claim_job_patch(&spec(), 90, false),
             json!({"metadata": {"labels": {"oz.dev/task-id": "run-1", "oz.dev/execution-id": "exec-1"}},
                    "spec": {"activeDeadlineSeconds": 90}})
         );
-        assert!(claim_patch(&spec(), None).get("spec").is_none());
+        assert_eq!(claim_job_patch(&spec(), 90, true)["spec"]["ttlSecondsAfterFinished"], Value::Null);
+        assert!(
+            claim_job_patch(&spec(), 90, true)["spec"].as_object().unwrap().contains_key("ttlSecondsAfterFinished")
+        );
+        assert_eq!(
+            claim_pod_patch(&spec(), "oz.dev/warm-receipt", "r1"),
+            json!({"metadata": {"labels": {"oz.dev/task-id": "run-1", "oz.dev/execution-id": "exec-1"},
+                                "annotations": {"oz.dev/warm-receipt": "r1"}}})
+        );
     }
 
     #[test]

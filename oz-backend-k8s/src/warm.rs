@@ -11,14 +11,14 @@ use std::collections::VecDeque;
 use std::path::Path;
 use std::time::Duration;
 
-use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
+use futures::{AsyncBufReadExt, AsyncReadExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, AttachParams, LogParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use oz_core::backend::BackendError;
 use oz_core::failure::FailureReason;
 use oz_core::task::{TaskSpec, labels};
-use oz_core::warm::{HandoffChannel, READY_LINE, WarmSpec};
+use oz_core::warm::{HandoffChannel, READY_LINE, TAKEN_LINE, WarmSpec};
 use tokio::io::AsyncWriteExt;
 
 use crate::manifest::{self, TASK_CONTAINER};
@@ -26,8 +26,10 @@ use crate::status::{Observed, observe_pod};
 
 /// How many of its last lines a failed preparation's message quotes.
 const TAIL_LINES: usize = 5;
-/// How long an attach may take to carry the handoff.
+/// How long an attach may take to carry the handoff, and the runner to say it took it.
 const HANDOFF_WITHIN: Duration = Duration::from_secs(10);
+/// The longest log line read as one (a longer one is read in pieces).
+const MAX_LINE: u64 = 64 * 1024;
 
 /// A warm Pod waiting for its task.
 #[derive(Debug)]
@@ -41,6 +43,10 @@ pub(crate) struct WarmPod {
     /// When the Job was created (a task's deadline counts from its handoff, the Job's from this).
     pub created: std::time::Instant,
 }
+
+/// The annotation a claimed warm Pod carries: the receipt its runner prints once it took the task,
+/// where the task's own output starts in the Pod's log (a restarted worker reads it there).
+pub(crate) const RECEIPT_ANNOTATION: &str = "oz.dev/warm-receipt";
 
 /// The task a warm Job is made as: the warm sandbox's id, its sandbox and variables, and
 /// `oz agent warm`'s argv.
@@ -88,16 +94,21 @@ pub(crate) async fn wait_ready(pods: &Api<Pod>, selector: &str) -> Result<String
         .log_stream(&name, &params)
         .await
         .map_err(|e| setup_error(format!("could not follow the warm Pod's log: {e}")))?;
-    let mut lines = reader.lines();
+    let mut reader = futures::io::BufReader::new(reader);
     let mut tail: VecDeque<String> = VecDeque::with_capacity(TAIL_LINES + 1);
-    while let Some(Ok(line)) = lines.next().await {
+    let ready = read_lines_until(&mut reader, |line| {
         if line.starts_with(READY_LINE) {
-            return Ok(name);
+            return true;
         }
-        tail.push_back(line);
+        tail.push_back(line.chars().take(200).collect());
         if tail.len() > TAIL_LINES {
             tail.pop_front();
         }
+        false
+    })
+    .await;
+    if ready {
+        return Ok(name);
     }
     let how = match pods.get(&name).await.map(|p| observe_pod(&p)) {
         Ok(Observed::Exited(code) | Observed::Failed(_, _, Some(code))) => format!("exit code {code}"),
@@ -108,9 +119,44 @@ pub(crate) async fn wait_ready(pods: &Api<Pod>, selector: &str) -> Result<String
     Err(setup_error(format!("the warm sandbox's preparation failed ({how}): {}", tail.join(" / "))))
 }
 
+/// Reads a log's lines (decoded lossily, each cut at [`MAX_LINE`] bytes) until `stop` says so:
+/// true if it did, false if the log ended first.
+pub(crate) async fn read_lines_until<R: futures::AsyncBufRead + Unpin>(
+    reader: &mut R,
+    mut stop: impl FnMut(&str) -> bool,
+) -> bool {
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match (&mut *reader).take(MAX_LINE).read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return false,
+            Ok(_) if stop(String::from_utf8_lossy(&line).trim_end()) => return true,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Waits (at most [`HANDOFF_WITHIN`]) for the runner to say it took the handoff with `receipt`.
+pub(crate) async fn wait_taken(pods: &Api<Pod>, pod: &str, receipt: &str) -> Result<(), String> {
+    let taken = format!("{TAKEN_LINE} {receipt}");
+    let params = LogParams { follow: true, container: Some(TASK_CONTAINER.into()), ..Default::default() };
+    let watch = async {
+        let reader = pods.log_stream(pod, &params).await.map_err(|e| format!("could not follow the Pod's log: {e}"))?;
+        let mut reader = futures::io::BufReader::new(reader);
+        match read_lines_until(&mut reader, |line| line == taken).await {
+            true => Ok(()),
+            false => Err("the Pod's log ended before its runner took the task".to_owned()),
+        }
+    };
+    tokio::time::timeout(HANDOFF_WITHIN, watch)
+        .await
+        .map_err(|_| format!("the runner did not take the task within {} s", HANDOFF_WITHIN.as_secs()))?
+}
+
 /// Writes the handoff line to the warm Pod's task container through `pods/attach`, and closes its
-/// stdin. Returns once the line is written to the attach stream; the session is then left to end
-/// (`stdinOnce`: the container's stdin closes with it).
+/// stdin. Returns once the line is written to the attach stream (whether it arrived is the
+/// runner's receipt to tell, [`wait_taken`]); the session is then left to end (`stdinOnce`: the
+/// container's stdin closes with it).
 pub(crate) async fn hand_over(pods: &Api<Pod>, pod: &str, line: &[u8]) -> Result<(), String> {
     let params = AttachParams::default()
         .container(TASK_CONTAINER)
@@ -130,12 +176,26 @@ pub(crate) async fn hand_over(pods: &Api<Pod>, pod: &str, line: &[u8]) -> Result
         .await
         .map_err(|_| format!("the handoff was not taken within {} s", HANDOFF_WITHIN.as_secs()))??;
     tokio::spawn(async move {
-        let session = attached.join();
-        if tokio::time::timeout(HANDOFF_WITHIN, session).await.is_err() {
-            tracing::debug!("the handoff's attach session did not end; dropping it");
+        // A real API server keeps the session until the container ends: dropped after a while.
+        match tokio::time::timeout(HANDOFF_WITHIN, attached.join()).await {
+            Ok(Err(e)) => tracing::warn!("the handoff's attach session failed: {e}"),
+            Ok(Ok(())) => {}
+            Err(_) => tracing::debug!("the handoff's attach session is still open; dropping it"),
         }
     });
     Ok(())
+}
+
+/// Waits (at most a minute) until a Pod is gone, so that nothing of it runs on; a Pod already gone
+/// returns at once.
+pub(crate) async fn wait_deleted(pods: &Api<Pod>, pod: &str) {
+    let Ok(found) = pods.get(pod).await else { return };
+    let uid = found.metadata.uid.unwrap_or_default();
+    let gone =
+        kube::runtime::wait::await_condition(pods.clone(), pod, kube::runtime::wait::conditions::is_deleted(&uid));
+    if tokio::time::timeout(Duration::from_secs(60), gone).await.is_err() {
+        tracing::warn!(pod, "a warm Pod that did not take its task is still there after a minute");
+    }
 }
 
 /// Closes the stdin of a claimed warm Pod whose handoff may never have come (its worker died in

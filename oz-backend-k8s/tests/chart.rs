@@ -315,7 +315,25 @@ async fn the_role_grants_exactly_what_the_backend_uses() {
             cluster.append_log("agents", &pod, &format!("{}\n", oz_core::warm::READY_LINE));
             let prepared = preparing.await.unwrap().unwrap();
             let argv = vec!["/agent/entrypoint.sh".into(), "agent".into(), "run".into()];
-            let _ = backend.launch_prepared(prepared, TaskSpec::new(format!("rbac-warm-{}", seen.len()), argv)).await;
+            let launching = tokio::spawn({
+                let (backend, spec) = (backend.clone(), TaskSpec::new(format!("rbac-warm-{}", seen.len()), argv));
+                async move { backend.launch_prepared(prepared, spec).await }
+            });
+            // The scripted runner takes the task: its receipt, from the claimed Pod, in its log.
+            let receipt = loop {
+                let pod = cluster
+                    .objects(WatchKind::Pod, "agents")
+                    .into_iter()
+                    .find(|p| p["metadata"]["name"] == pod.as_str());
+                if let Some(r) =
+                    pod.and_then(|p| p["metadata"]["annotations"]["oz.dev/warm-receipt"].as_str().map(str::to_owned))
+                {
+                    break r;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            cluster.append_log("agents", &pod, &format!("{} {receipt}\n", oz_core::warm::TAKEN_LINE));
+            assert!(launching.await.unwrap().is_ok());
         } else {
             cluster.append_log("agents", &pod, "setup failed\n");
             let failed = json!({"phase": "Failed", "containerStatuses": [{"name": "task", "image": "x", "imageID": "",

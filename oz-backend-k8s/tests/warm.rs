@@ -145,7 +145,7 @@ fn runner_task(s: &Setup, id: &str, script: &str) -> TaskSpec {
     spec
 }
 
-async fn outcome(mut handle: TaskHandle) -> (TaskOutcome, String) {
+async fn run_out(mut handle: TaskHandle) -> (TaskOutcome, String) {
     let mut events = handle.take_events().unwrap();
     let collect = tokio::spawn(async move {
         let mut out = String::new();
@@ -207,7 +207,7 @@ async fn a_warm_pod_holds_no_secret_is_claimed_and_runs_one_task_at_the_new_head
     assert!((120..130).contains(&deadline), "{deadline}");
     let pod = &s.cluster.objects(WatchKind::Pod, NS)[0];
     assert_eq!(pod["metadata"]["labels"]["oz.dev/task-id"], id);
-    let (outcome, out) = outcome(handle).await;
+    let (outcome, out) = run_out(handle).await;
     assert!(outcome.succeeded(), "{outcome:?}\n{out}");
     assert!(out.contains("warmed-at-"), "the setup's output, from before the task: {out}");
     assert!(out.contains("pushed-after-warming"), "the new HEAD: {out}");
@@ -227,6 +227,20 @@ async fn a_warm_pod_holds_no_secret_is_claimed_and_runs_one_task_at_the_new_head
     other.sandbox.workdir = Some("elsewhere".into());
     assert!(backend.launch_prepared(prepared, other).await.is_err());
     gone(&s, "a refused warm Pod goes").await;
+
+    // A handoff its runner refuses (claimed, but never taken): an error only once the Pod is gone,
+    // so that the task, started cold, is followed alone, with its own output and outcome.
+    let prepared = backend.prepare(warm_spec(&s)).await.unwrap();
+    let mut foreign = runner_task(&s, "warm-task-3", "true");
+    foreign.argv = vec!["/bin/echo".into(), "not a runner".into()];
+    let refused = backend.launch_prepared(prepared, foreign).await.unwrap_err();
+    assert!(refused.message.contains("did not take the task"), "{}", refused.message);
+    assert!(s.cluster.objects(WatchKind::Pod, NS).is_empty(), "the refusing Pod is gone before the error");
+    let cold = backend.launch(runner_task(&s, "warm-task-3", "echo cold-run-output")).await.unwrap();
+    let (ended, out) = run_out(cold).await;
+    assert!(ended.succeeded(), "{ended:?}\n{out}");
+    assert!(out.contains("cold-run-output") && !out.contains("warm sandbox"), "{out}");
+    gone(&s, "the cold run's Job goes").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,7 +272,7 @@ async fn a_restarted_worker_removes_a_waiting_warm_pod_and_reattaches_a_claimed_
     let found = recovered.remove(0);
     assert_eq!((found.task_id.as_str(), found.execution_id.as_deref()), ("run-claimed", Some("e1")));
     let oz_core::backend::RecoveryAction::Reattached(handle) = found.action else { panic!("not reattached") };
-    let (outcome, out) = outcome(handle).await;
+    let (outcome, out) = run_out(handle).await;
     assert!(!outcome.succeeded(), "a runner that never got its task does not succeed: {outcome:?}");
     assert!(out.contains("oz agent warm"), "its runner says why it ended: {out}");
     gone(&s, "the ended claimed Pod is removed").await;

@@ -177,8 +177,13 @@ pub async fn start_with(
             }
         }
     }
-    let command =
-        CommandOptions { entrypoint, server_root_url: server.url(), idle_on_complete: None, extra_env: Vec::new() };
+    let command = CommandOptions {
+        entrypoint,
+        server_root_url: server.url(),
+        idle_on_complete: None,
+        extra_env: Vec::new(),
+        package_caches: false,
+    };
     let ws = format!("{}/api/v1/selfhosted/worker/ws", server.url().replacen("http://", "ws://", 1));
     let mut config = WorkerConfig::new(LOCAL_WORKER, ws, ApiKey::new(credentials.worker_key), command);
     // The local stack's sample remote is a local folder; its warm pools check its HEAD.

@@ -807,6 +807,7 @@ async fn a_warm_runner_prepares_without_a_task_then_runs_the_one_handed_to_it() 
         .to_vec(),
         env: vec![("TASK_ID".into(), "run-warm".into())],
         secret_input: Some(oz_core::task::SecretInput::new(TOKEN)),
+        receipt: Some("receipt-7f3a".into()),
     };
     let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
     stream.write_all(format!("{}\n", serde_json::to_string(&handoff).unwrap()).as_bytes()).unwrap();
@@ -821,6 +822,8 @@ async fn a_warm_runner_prepares_without_a_task_then_runs_the_one_handed_to_it() 
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("prepared-by-setup"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.lines().any(|l| l == "oz agent warm: taken receipt-7f3a"), "the receipt, once taken: {stderr}");
     assert!(stdout.contains("pushed after warming"), "the task must see the new HEAD: {stdout}");
     assert!(stdout.contains("token=\n"), "the token must not reach the harness: {stdout}");
     // Nor the warm runner's own environment (it came over the socket), nor its preparation's log.

@@ -65,6 +65,7 @@ async fn stack() -> Stack {
         server_root_url: server.url(),
         idle_on_complete: None,
         extra_env: vec![],
+        package_caches: false,
     };
     let ws = format!("{}/api/v1/selfhosted/worker/ws", server.url().replace("http://", "ws://"));
     let worker = Worker::new(WorkerConfig::new("e2e-worker", ws, ApiKey::new(worker_key), command), backend).unwrap();
@@ -274,6 +275,7 @@ async fn the_server_restarts_mid_run_and_the_run_still_completes() {
         server_root_url: server.url(),
         idle_on_complete: None,
         extra_env: vec![],
+        package_caches: false,
     };
     let ws = format!("ws://{addr}/api/v1/selfhosted/worker/ws");
     let mut worker_config = WorkerConfig::new("restart-worker", ws, ApiKey::new(worker_key), command);
@@ -392,6 +394,7 @@ async fn the_network_drops_mid_run_and_the_outcome_still_arrives() {
         server_root_url: via_proxy.clone(),
         idle_on_complete: None,
         extra_env: vec![],
+        package_caches: false,
     };
     let mut config = WorkerConfig::new(
         "net-worker",

@@ -90,13 +90,15 @@ async fn environment(s: &Stack, setup: &str) -> String {
 }
 
 fn worker(s: &Stack, pools: Vec<WarmPoolConfig>) -> Arc<Worker> {
-    worker_with_mirrors(s, pools, None)
+    worker_with(s, pools, None, None)
 }
 
-/// A worker that keeps git mirrors in `mirrors`, which its tasks' clones reference.
-fn worker_with_mirrors(s: &Stack, pools: Vec<WarmPoolConfig>, mirrors: Option<&Path>) -> Arc<Worker> {
+/// A worker that keeps git mirrors in `mirrors` (which its tasks' clones reference) and package
+/// caches in `caches`, as `oz-agent-worker` does for `git_mirrors:` and `package_caches:`.
+fn worker_with(s: &Stack, pools: Vec<WarmPoolConfig>, mirrors: Option<&Path>, caches: Option<&Path>) -> Arc<Worker> {
     let mut direct = DirectConfig::new("warm-worker", s.workspaces());
     direct.stop_grace = Duration::from_secs(2);
+    direct.cache_root = caches.map(Path::to_path_buf);
     let backend = Arc::new(DirectBackend::new(direct).unwrap());
     let command = CommandOptions {
         entrypoint: OZ.into(),
@@ -107,6 +109,7 @@ fn worker_with_mirrors(s: &Stack, pools: Vec<WarmPoolConfig>, mirrors: Option<&P
             .map(|m| (oz_core::runner::env::GIT_MIRROR_DIR.to_owned(), m.display().to_string()))
             .into_iter()
             .collect(),
+        package_caches: caches.is_some(),
     };
     let ws = format!("{}/api/v1/selfhosted/worker/ws", s.server.url().replace("http://", "ws://"));
     let mut config = WorkerConfig::new("warm-worker", ws, ApiKey::new(s.worker_key.clone()), command);
@@ -463,7 +466,7 @@ async fn a_cold_clone_borrows_from_the_workers_mirror_and_still_gets_a_newer_pus
     let s = stack().await;
     let env_id = environment(&s, "true").await;
     let mirrors = s.dir.path().join("mirrors");
-    let w = worker_with_mirrors(&s, vec![], Some(&mirrors));
+    let w = worker_with(&s, vec![], Some(&mirrors), None);
     tokio::spawn(w.clone().run_shared());
     let script =
         "cat app/.git/objects/info/alternates 2>/dev/null || echo no-alternates; git -C app log -1 --format=%s";
@@ -637,4 +640,31 @@ async fn a_preparation_abandoned_half_way_leaves_no_runner_and_no_workspace() {
     }
     let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     assert!(state.is_empty() || state.contains(") Z "), "the waiting runner is gone: {state}");
+}
+
+/// `package_caches:`: every sandbox of an environment, warm or cold, gets the environment's own
+/// folder at `OZ_CACHE_DIR`, which outlives them: what a warm setup put there is in it for the runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_environments_package_cache_outlives_its_sandboxes_warm_or_cold() {
+    let s = stack().await;
+    let caches = s.dir.path().join("caches");
+    let env_id = environment(&s, "echo setup-$(date +%s%N) >> \"$OZ_CACHE_DIR/setups\"").await;
+    let w = worker_with(&s, vec![pool(&env_id)], None, Some(&caches));
+    tokio::spawn(w.clone().run_shared());
+    ready(&w, &env_id, 1).await;
+    let script = "echo \"at=$OZ_CACHE_DIR\"; echo run >> \"$OZ_CACHE_DIR/runs\"; wc -l < \"$OZ_CACHE_DIR/runs\"";
+    let (state, output) = run(&s, &env_id, script).await;
+    assert_eq!(state, RunState::Succeeded, "{output}");
+    assert!(output.contains(&format!("at={}", caches.join(&env_id).display())), "the environment's folder: {output}");
+    let setups = std::fs::read_to_string(caches.join(&env_id).join("setups")).unwrap();
+    assert!(!setups.is_empty(), "the warm setup wrote into the cache");
+    // With the pool emptied (the worker stopped), a cold run finds what the first run left.
+    w.handle().shutdown();
+    let cold = worker_with(&s, vec![], None, Some(&caches));
+    tokio::spawn(cold.clone().run_shared());
+    let (state, output) = run(&s, &env_id, script).await;
+    assert_eq!(state, RunState::Succeeded, "{output}");
+    assert!(output.lines().any(|l| l.trim() == "2"), "the second run sees the first's entry: {output}");
+    cold.handle().shutdown();
+    s.server.shutdown().await;
 }

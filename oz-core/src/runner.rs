@@ -40,6 +40,10 @@ pub mod env {
     /// and read-only to the sandbox; a clone references its repo's mirror and fetches only what is
     /// newer.
     pub const GIT_MIRROR_DIR: &str = "OZ_GIT_MIRROR_DIR";
+    /// A folder that persists across the sandboxes of one environment, for package caches (npm,
+    /// pip, cargo): setup commands and agents point their tools at it. Set only when the worker
+    /// keeps package caches (`package_caches:`).
+    pub const CACHE_DIR: &str = "OZ_CACHE_DIR";
     /// The control plane's root URL (Oz's name).
     pub const SERVER_ROOT_URL: &str = "WARP_SERVER_ROOT_URL";
     /// The task id (Oz's name).
@@ -290,6 +294,10 @@ pub struct CommandOptions {
     pub idle_on_complete: Option<String>,
     /// Variables from the worker's configuration (`-e KEY=VALUE`), added last.
     pub extra_env: Vec<(String, String)>,
+    /// Whether a task's sandbox has its environment's package cache (the worker's
+    /// `package_caches:`): [`crate::task::SandboxSpec::cache`] is the environment's id. The backend
+    /// must be given the folder as well.
+    pub package_caches: bool,
 }
 
 impl fmt::Debug for CommandOptions {
@@ -300,6 +308,7 @@ impl fmt::Debug for CommandOptions {
             .field("server_root_url", &self.server_root_url)
             .field("idle_on_complete", &self.idle_on_complete)
             .field("extra_env", &names)
+            .field("package_caches", &self.package_caches)
             .finish()
     }
 }
@@ -385,8 +394,11 @@ pub fn task_spec(
     options: &CommandOptions,
     cleanup: bool,
 ) -> Result<TaskSpec, BackendError> {
-    let mut spec =
-        TaskSpec::new(assignment.task_id.clone(), runner_invocation(assignment, options).to_argv(&options.entrypoint));
+    let invocation = runner_invocation(assignment, options);
+    let mut spec = TaskSpec::new(assignment.task_id.clone(), invocation.to_argv(&options.entrypoint));
+    if options.package_caches {
+        spec.sandbox.cache = invocation.environment.clone();
+    }
     spec.sandbox.image = crate::image::ImageRef::parse_optional(assignment.docker_image.as_deref())
         .map_err(|e| BackendError::new(FailureReason::InvalidImage, e.to_string()))?;
     spec.execution_id = assignment.execution_id.clone();
@@ -442,6 +454,7 @@ mod tests {
             server_root_url: "http://cp:8080".into(),
             idle_on_complete: None,
             extra_env: vec![("EXTRA".into(), "1".into())],
+            package_caches: false,
         }
     }
 

@@ -192,6 +192,16 @@ pub struct SandboxSpec {
     pub network: NetworkMode,
     /// Labels added to everything the backend creates (on top of the [`labels`] it always sets).
     pub labels: BTreeMap<String, String>,
+    /// A package cache this sandbox shares with every later sandbox of the same key (the worker
+    /// keys it by environment): a folder that outlives the sandbox, named to the task by
+    /// `OZ_CACHE_DIR` ([`crate::runner::env::CACHE_DIR`]). `None`: no cache. A backend without a
+    /// cache folder configured gives none, and says so once.
+    pub cache: Option<String>,
+}
+
+/// The folder of a package cache under a backend's cache root: `<root>/<key>`.
+pub fn cache_folder(root: &std::path::Path, key: &str) -> std::path::PathBuf {
+    root.join(key)
 }
 
 /// One task for a backend to run.
@@ -320,6 +330,10 @@ impl TaskSpec {
         }
         if let Some(w) = &self.sandbox.workdir {
             validate::relative_path("workdir", w)?;
+        }
+        if let Some(key) = &self.sandbox.cache {
+            // A folder name under the cache root: an id, never a path.
+            validate_id("cache", key)?;
         }
         if self.timeout.is_some_and(|t| t.is_zero()) {
             return Err(Error::invalid("timeout", "must be more than zero"));

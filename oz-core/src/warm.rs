@@ -45,6 +45,12 @@ pub const SOCKET_NAME: &str = "handoff.sock";
 /// What a warm runner prints on stderr (at the start of a line) once it is prepared and waits.
 pub const READY_LINE: &str = "oz agent warm: ready";
 
+/// What a warm runner prints on stderr once it has taken its handoff, followed by a space and the
+/// handoff's [`Handoff::receipt`]: the backend's proof that the task arrived, and where the task's
+/// own output starts in a log that began with the preparation's. Random per handoff, so no setup
+/// command can print it ahead of time.
+pub const TAKEN_LINE: &str = "oz agent warm: taken";
+
 /// Where a warm runner waits for its handoff.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HandoffChannel {
@@ -110,6 +116,10 @@ pub struct Handoff {
     /// The task's secret input (its workload token), which a cold runner reads on stdin.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "secret_input")]
     pub secret_input: Option<SecretInput>,
+    /// A random word the runner prints after [`TAKEN_LINE`] once it has taken the task (not a
+    /// secret); `None`: the backend has another way to know (a socket's answer, an engine's attach).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<String>,
 }
 
 impl std::fmt::Debug for Handoff {
@@ -120,11 +130,23 @@ impl std::fmt::Debug for Handoff {
             .field("argv", &self.argv)
             .field("env", &names)
             .field("secret_input", &self.secret_input)
+            .field("receipt", &self.receipt)
             .finish()
     }
 }
 
 impl Handoff {
+    /// The handoff as the one line a runner reads (JSON and a newline); an error if it is larger
+    /// than a runner takes ([`MAX_HANDOFF_BYTES`]): such a task must start cold.
+    pub fn to_line(&self) -> Result<Vec<u8>, String> {
+        let mut line = serde_json::to_vec(self).map_err(|e| format!("could not encode the handoff: {e}"))?;
+        line.push(b'\n');
+        if line.len() > MAX_HANDOFF_BYTES {
+            return Err(format!("the task is too large for a handoff ({} bytes)", line.len()));
+        }
+        Ok(line)
+    }
+
     /// The flags after `agent run` in [`Handoff::argv`], or `None` if the argv is not a runner's.
     pub fn run_flags(&self) -> Option<Vec<String>> {
         let position = self
@@ -173,13 +195,18 @@ mod tests {
             argv: ["/agent/oz", "agent", "run", "--task-id", "run-1"].map(String::from).to_vec(),
             env: vec![("SETTING".into(), "hidden-value".into())],
             secret_input: Some(SecretInput::new("ozw_secret")),
+            receipt: None,
         };
         let text = serde_json::to_string(&handoff).unwrap();
         assert_eq!(serde_json::from_str::<Handoff>(&text).unwrap(), handoff);
         let shown = format!("{handoff:?}");
         assert!(!shown.contains("ozw_secret") && !shown.contains("hidden-value"), "{shown}");
         assert_eq!(handoff.run_flags().unwrap(), ["--task-id", "run-1"]);
-        let foreign = Handoff { argv: vec!["/bin/true".into()], env: vec![], secret_input: None };
+        let foreign = Handoff { argv: vec!["/bin/true".into()], env: vec![], secret_input: None, receipt: None };
         assert!(foreign.run_flags().is_none());
+        let line = handoff.to_line().unwrap();
+        assert!(line.ends_with(b"\n") && !line[..line.len() - 1].contains(&b'\n'));
+        let huge = Handoff { env: vec![("BIG".into(), "x".repeat(MAX_HANDOFF_BYTES))], ..handoff };
+        assert!(huge.to_line().unwrap_err().contains("too large"));
     }
 }

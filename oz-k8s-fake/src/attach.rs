@@ -3,7 +3,8 @@
 //! channel (0 stdin, 1 stdout, 2 stderr, 3 status) and, in v5, `[255, 0]` closes stdin. Only stdin
 //! is served: data reaches the task container's stdin (a container with `stdin: true` that the
 //! fake kubelet runs); `stdinOnce` holds, as the backend uses it: the first attach takes the stdin
-//! and it closes when that attach closes it or goes away.
+//! and it closes when that attach closes it or goes away. A scripted Pod (no kubelet) drops what
+//! it is sent.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -59,15 +60,18 @@ pub(crate) async fn attach(
 }
 
 async fn serve(mut socket: WebSocket, cluster: Arc<Cluster>, ns: String, pod: String) {
-    // stdinOnce: a later attach finds the stdin closed, and nothing to do.
-    let Some(mut stdin) = cluster.take_stdin(&ns, &pod) else {
+    let stdin = cluster.take_stdin(&ns, &pod);
+    if stdin.is_none() && cluster.node().is_some() {
+        // stdinOnce: a later attach finds the stdin closed, and nothing to do.
         let _ = socket.send(Message::Close(None)).await;
         return;
-    };
+    }
+    // A scripted Pod (no kubelet runs it) takes what it is sent, and drops it.
+    let mut stdin = stdin;
     while let Some(Ok(message)) = socket.recv().await {
         match message {
             Message::Binary(data) => match data.first() {
-                Some(&STDIN_CHANNEL) if stdin.write_all(&data[1..]).await.is_err() => break,
+                Some(&STDIN_CHANNEL) if !write(&mut stdin, &data[1..]).await => break,
                 // v5: the client closed stdin. Nothing else is streamed: the attach ends.
                 Some(&CLOSE_CHANNEL) if data.get(1) == Some(&STDIN_CHANNEL) => break,
                 _ => {}
@@ -76,7 +80,16 @@ async fn serve(mut socket: WebSocket, cluster: Arc<Cluster>, ns: String, pod: St
             _ => {}
         }
     }
-    let _ = stdin.shutdown().await;
-    drop(stdin);
+    if let Some(mut stdin) = stdin {
+        let _ = stdin.shutdown().await;
+    }
     let _ = socket.send(Message::Close(None)).await;
+}
+
+/// Writes to the container's stdin (or drops the bytes of a scripted Pod); false once it is closed.
+async fn write(stdin: &mut Option<tokio::process::ChildStdin>, data: &[u8]) -> bool {
+    match stdin {
+        Some(stdin) => stdin.write_all(data).await.is_ok(),
+        None => true,
+    }
 }

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use oz_core::environment::EnvironmentConfig;
 use oz_core::redact::Redactor;
 use oz_core::runner::env;
-use oz_core::warm::{Handoff, HandoffAnswer, HandoffChannel, MAX_HANDOFF_BYTES, READY_LINE};
+use oz_core::warm::{Handoff, HandoffAnswer, HandoffChannel, MAX_HANDOFF_BYTES, READY_LINE, TAKEN_LINE};
 use oz_core::wire::callbacks::{ResolvedRun, RunnerEvent, RunnerReport};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
@@ -82,6 +82,9 @@ pub fn warm_main(args: WarmArgs) -> i32 {
             && let Err(e) = restore_output(saved)
         {
             eprintln!("oz agent warm: could not give the output back: {e}");
+        }
+        if let Some(receipt) = &handoff.receipt {
+            eprintln!("{TAKEN_LINE} {receipt}");
         }
         let flags = handoff.run_flags().unwrap_or_default();
         let (parsed, warnings) = match crate::args::parse_lenient(flags) {
@@ -199,7 +202,10 @@ async fn read_task_from_stdin(mut cancel: watch::Receiver<bool>) -> Result<Hando
 }
 
 fn parse_handoff(line: &[u8]) -> Result<Handoff, String> {
-    let handoff: Handoff = serde_json::from_slice(line).map_err(|e| format!("the handoff is not valid: {e}"))?;
+    // Its position only: serde's message may quote the value it choked on, which may be the token.
+    let handoff: Handoff = serde_json::from_slice(line).map_err(|e| {
+        format!("the handoff is not valid ({:?} error at line {}, column {})", e.classify(), e.line(), e.column())
+    })?;
     match handoff.run_flags() {
         Some(_) => Ok(handoff),
         None => Err("the handoff's argv is not a runner's (`... agent run ...`)".into()),

@@ -47,6 +47,32 @@ pub fn mount_git_mirrors(config: &mut BackendConfig, dir: &std::path::Path) -> R
     }
 }
 
+/// Gives the backend `config` describes the folder of package caches (`package_caches:`), made
+/// with mode 0700: one folder per environment in it, which its sandboxes get at `OZ_CACHE_DIR`.
+pub fn mount_package_caches(config: &mut BackendConfig, dir: &std::path::Path) -> Result<(), WorkerError> {
+    let invalid = |why: String| WorkerError::Config(format!("package_caches: {why}"));
+    if !dir.is_absolute() {
+        return Err(invalid(format!("{} must be an absolute path", dir.display())));
+    }
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)))
+        .map_err(|e| invalid(format!("could not create {}: {e}", dir.display())))?;
+    match config {
+        #[cfg(feature = "direct")]
+        BackendConfig::Direct(direct) => {
+            direct.cache_root = Some(dir.to_path_buf());
+            Ok(())
+        }
+        #[cfg(feature = "docker")]
+        BackendConfig::Docker(docker) => {
+            docker.cache_root = Some(dir.to_path_buf());
+            Ok(())
+        }
+        #[allow(unreachable_patterns)]
+        _ => Err(invalid("the kubernetes backend has no package caches yet".into())),
+    }
+}
+
 /// Where a container finds the worker's git mirrors.
 pub const SANDBOX_GIT_MIRRORS: &str = "/oz-cache/git";
 

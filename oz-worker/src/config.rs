@@ -30,6 +30,9 @@ pub struct FileConfig {
     /// Our extension: a folder (absolute, on the host) where the worker keeps bare mirrors of its
     /// environments' repos, which its sandboxes' clones reference (see [`crate::mirror`]).
     pub git_mirrors: Option<std::path::PathBuf>,
+    /// Our extension: a folder (absolute, on the host) holding a package cache per environment,
+    /// which every sandbox of that environment gets at `OZ_CACHE_DIR` (Direct, Docker).
+    pub package_caches: Option<std::path::PathBuf>,
     /// Our extension: let the worker's own git (mirrors, warm pools' HEAD checks) read `file://`
     /// remotes, a local folder (default false: any repo its user can read would reach its sandboxes).
     pub local_git_remotes: Option<bool>,

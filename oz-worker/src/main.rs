@@ -143,6 +143,9 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let mut extra_env = Vec::new();
+    if let Some(dir) = &file.package_caches {
+        oz_worker::backends::mount_package_caches(&mut backend_config, dir)?;
+    }
     if let Some(dir) = &file.git_mirrors {
         let in_sandbox = oz_worker::backends::mount_git_mirrors(&mut backend_config, dir)?;
         extra_env.push((oz_core::runner::env::GIT_MIRROR_DIR.to_owned(), in_sandbox));
@@ -154,6 +157,7 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
         server_root_url,
         idle_on_complete: flags.idle_on_complete,
         extra_env,
+        package_caches: file.package_caches.is_some(),
     };
     let mut config = WorkerConfig::new(worker_id.clone(), web_socket_url, ApiKey::new(api_key), command);
     config.cleanup = cleanup;

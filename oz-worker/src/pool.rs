@@ -605,8 +605,10 @@ impl WarmPools {
         }
         let image = oz_core::image::ImageRef::parse_optional(config.docker_image.as_deref())
             .map_err(|e| format!("environment {environment:?}: {e}"))?;
-        let sandbox = SandboxSpec { image, ..SandboxSpec::default() };
         let options = &self.inner.options;
+        // As `runner::task_spec` makes a task's sandbox, so that the task finds this one.
+        let cache = options.package_caches.then(|| environment.to_owned());
+        let sandbox = SandboxSpec { image, cache, ..SandboxSpec::default() };
         // As the control plane puts them in a task's assignment: the environment's settings.
         let vars = oz_core::runner::sandbox_env(options, &config.env_vars);
         Ok(WarmSpec {
