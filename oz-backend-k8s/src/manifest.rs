@@ -259,10 +259,17 @@ pub fn job(spec: &TaskSpec, config: &KubernetesConfig) -> Result<Job, Kubernetes
         "containers": [task],
         "volumes": volumes,
     });
-    let pod_spec = match &config.pod_template {
+    let mut pod_spec = match &config.pod_template {
         Some(template) => merge_pod_spec(template, generated)?,
         None => generated,
     };
+    // No credential the task was not given: the namespace's service account token is not mounted,
+    // and no Service's address is put in the environment, unless the pod_template asks for them.
+    for (field, default) in [("automountServiceAccountToken", false), ("enableServiceLinks", false)] {
+        if pod_spec.get(field).is_none() {
+            pod_spec[field] = json!(default);
+        }
+    }
     let mut job_spec = json!({
         "backoffLimit": 0,
         "activeDeadlineSeconds": spec.timeout.map_or(config.active_deadline_seconds, |t| t.as_secs().max(1) as i64),
@@ -598,6 +605,21 @@ mod tests {
             json!({"metadata": {"labels": {"oz.dev/task-id": "run-1", "oz.dev/execution-id": "exec-1"},
                                 "annotations": {"oz.dev/warm-receipt": "r1"}}})
         );
+    }
+
+    #[test]
+    fn no_service_account_token_or_service_links_unless_the_template_asks() {
+        let mut config = KubernetesConfig::new("w1", "acme/sidecar:2");
+        let made = serde_json::to_value(job(&spec(), &config).unwrap()).unwrap();
+        let pod = &made["spec"]["template"]["spec"];
+        assert_eq!(pod["automountServiceAccountToken"], json!(false));
+        assert_eq!(pod["enableServiceLinks"], json!(false));
+        config.pod_template =
+            Some(json!({"serviceAccountName": "agent-identity", "automountServiceAccountToken": true}));
+        let made = serde_json::to_value(job(&spec(), &config).unwrap()).unwrap();
+        let pod = &made["spec"]["template"]["spec"];
+        assert_eq!(pod["automountServiceAccountToken"], json!(true), "the operator's choice");
+        assert_eq!(pod["enableServiceLinks"], json!(false));
     }
 
     #[test]
