@@ -50,9 +50,19 @@ pub fn cache_folder(spec: &TaskSpec, config: &DockerConfig) -> Option<std::path:
 
 /// Makes a sandbox's package cache folder on the host. Mode 0777: the image may run as any user,
 /// and the folder is reachable only through the cache root, which is the worker's own (0700).
+/// A folder that is there but is not a real folder (a symlink planted to widen another's mode) is
+/// refused, never followed.
 pub fn ensure_cache_folder(spec: &TaskSpec, config: &DockerConfig) -> std::io::Result<()> {
     let Some(folder) = cache_folder(spec, config) else { return Ok(()) };
-    std::fs::create_dir_all(&folder)?;
+    match std::fs::create_dir(&folder) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    if !std::fs::symlink_metadata(&folder)?.file_type().is_dir() {
+        let message = format!("{} is not a folder (a symlink?)", folder.display());
+        return Err(std::io::Error::other(message));
+    }
     std::fs::set_permissions(&folder, std::os::unix::fs::PermissionsExt::from_mode(0o777))
 }
 
@@ -144,9 +154,9 @@ pub fn container_body(spec: &TaskSpec, config: &DockerConfig, inputs: &Container
     let mut binds = config.volumes.clone();
     if let Some(folder) = cache_folder(spec, config) {
         binds.push(format!("{}:{CACHE_MOUNT}", folder.display()));
-        if !env.iter().any(|(n, _)| n == oz_core::runner::env::CACHE_DIR) {
-            env.push((oz_core::runner::env::CACHE_DIR.to_owned(), CACHE_MOUNT.to_owned()));
-        }
+        // The backend's, as on Direct: a setting of the same name cannot point it elsewhere.
+        env.retain(|(n, _)| n != oz_core::runner::env::CACHE_DIR);
+        env.push((oz_core::runner::env::CACHE_DIR.to_owned(), CACHE_MOUNT.to_owned()));
     }
     if let Some(volume) = inputs.sidecar_volume {
         binds.push(format!("{volume}:{}:ro", SidecarLayout::default().mount()));

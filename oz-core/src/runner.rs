@@ -386,6 +386,21 @@ pub const EXIT_NO_SECRET_INPUT: i32 = 75;
 /// it, and a runner that waited forever would hold its run until the lease gave it up.
 pub const SECRET_INPUT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// The package cache key of a sandbox of `environment` (see [`CommandOptions::package_caches`]):
+/// the environment's id, when caches are on and the id can name a folder (an id that cannot gets
+/// no cache rather than a failed run). The one definition for tasks and warm sandboxes alike, so
+/// that a task finds the sandbox prepared for it.
+pub fn cache_key(options: &CommandOptions, environment: Option<&str>) -> Option<String> {
+    let environment = environment.filter(|_| options.package_caches)?;
+    match crate::run::validate_id("cache", environment) {
+        Ok(()) => Some(environment.to_owned()),
+        Err(e) => {
+            tracing::warn!("environment {environment:?} gets no package cache: {e}");
+            None
+        }
+    }
+}
+
 /// The task a backend runs for `assignment`: the runner's argv and environment, the image (the
 /// assignment's; none = the backend's default), the execution id, the instance shape, and whether to
 /// remove what it leaves. An image that does not parse is `invalid_image`.
@@ -396,9 +411,7 @@ pub fn task_spec(
 ) -> Result<TaskSpec, BackendError> {
     let invocation = runner_invocation(assignment, options);
     let mut spec = TaskSpec::new(assignment.task_id.clone(), invocation.to_argv(&options.entrypoint));
-    if options.package_caches {
-        spec.sandbox.cache = invocation.environment.clone();
-    }
+    spec.sandbox.cache = cache_key(options, invocation.environment.as_deref());
     spec.sandbox.image = crate::image::ImageRef::parse_optional(assignment.docker_image.as_deref())
         .map_err(|e| BackendError::new(FailureReason::InvalidImage, e.to_string()))?;
     spec.execution_id = assignment.execution_id.clone();
@@ -446,6 +459,16 @@ mod tests {
             ServerMessage::TaskAssignment(a) => *a,
             _ => unreachable!(),
         }
+    }
+
+    #[test]
+    fn the_cache_key_is_the_environment_when_caches_are_on_and_it_can_name_a_folder() {
+        let mut on = options();
+        on.package_caches = true;
+        assert_eq!(cache_key(&on, Some("env_3f2a")), Some("env_3f2a".into()));
+        assert_eq!(cache_key(&on, Some("../other")), None, "a path gets no cache");
+        assert_eq!(cache_key(&on, None), None);
+        assert_eq!(cache_key(&options(), Some("env_3f2a")), None, "caches off");
     }
 
     fn options() -> CommandOptions {

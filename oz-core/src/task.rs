@@ -195,7 +195,7 @@ pub struct SandboxSpec {
     /// A package cache this sandbox shares with every later sandbox of the same key (the worker
     /// keys it by environment): a folder that outlives the sandbox, named to the task by
     /// `OZ_CACHE_DIR` ([`crate::runner::env::CACHE_DIR`]). `None`: no cache. A backend without a
-    /// cache folder configured gives none, and says so once.
+    /// cache root configured gives none.
     pub cache: Option<String>,
 }
 

@@ -49,28 +49,61 @@ pub fn mount_git_mirrors(config: &mut BackendConfig, dir: &std::path::Path) -> R
 
 /// Gives the backend `config` describes the folder of package caches (`package_caches:`), made
 /// with mode 0700: one folder per environment in it, which its sandboxes get at `OZ_CACHE_DIR`.
-pub fn mount_package_caches(config: &mut BackendConfig, dir: &std::path::Path) -> Result<(), WorkerError> {
+/// Refused: a relative path, a symlink, a folder another user owns, a path Docker's bind syntax
+/// cannot carry, and a folder inside (or around) the git mirrors.
+pub fn mount_package_caches(
+    config: &mut BackendConfig,
+    dir: &std::path::Path,
+    git_mirrors: Option<&std::path::Path>,
+) -> Result<(), WorkerError> {
     let invalid = |why: String| WorkerError::Config(format!("package_caches: {why}"));
     if !dir.is_absolute() {
         return Err(invalid(format!("{} must be an absolute path", dir.display())));
     }
-    std::fs::create_dir_all(dir)
-        .and_then(|()| std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)))
-        .map_err(|e| invalid(format!("could not create {}: {e}", dir.display())))?;
+    if let Some(mirrors) = git_mirrors
+        && (dir.starts_with(mirrors) || mirrors.starts_with(dir))
+    {
+        return Err(invalid(format!("{} must be apart from git_mirrors ({})", dir.display(), mirrors.display())));
+    }
     match config {
         #[cfg(feature = "direct")]
         BackendConfig::Direct(direct) => {
+            if dir.starts_with(&direct.workspace_root) || direct.workspace_root.starts_with(dir) {
+                return Err(invalid(format!("{} must be apart from the workspace_root", dir.display())));
+            }
+            make_private_folder(dir).map_err(invalid)?;
             direct.cache_root = Some(dir.to_path_buf());
             Ok(())
         }
         #[cfg(feature = "docker")]
         BackendConfig::Docker(docker) => {
+            if dir.to_string_lossy().contains([':', ',']) {
+                return Err(invalid(format!("{} must not contain ':' or ',' (a Docker bind)", dir.display())));
+            }
+            make_private_folder(dir).map_err(invalid)?;
             docker.cache_root = Some(dir.to_path_buf());
             Ok(())
         }
         #[allow(unreachable_patterns)]
         _ => Err(invalid("the kubernetes backend has no package caches yet".into())),
     }
+}
+
+/// Makes `dir` (mode 0700) or checks the one there: a real folder (not a symlink) of this user's.
+#[cfg(any(feature = "direct", feature = "docker"))]
+fn make_private_folder(dir: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::create_dir_all(dir).map_err(|e| format!("could not create {}: {e}", dir.display()))?;
+    let found = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if !found.file_type().is_dir() {
+        return Err(format!("{} is not a folder (a symlink?)", dir.display()));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if found.uid() != me {
+        return Err(format!("{} belongs to uid {}, not to this worker's user ({me})", dir.display(), found.uid()));
+    }
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .map_err(|e| format!("could not make {} private: {e}", dir.display()))
 }
 
 /// Where a container finds the worker's git mirrors.
@@ -107,5 +140,41 @@ pub async fn build(config: BackendConfig, worker_id: &str, cleanup: bool) -> Res
             backend.preflight().await.map_err(WorkerError::backend)?;
             Ok(BuiltBackend { backend: Arc::new(backend), runner_entrypoint: sidecar_entrypoint })
         }
+    }
+}
+
+#[cfg(all(test, feature = "direct", feature = "docker"))]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn direct(root: &std::path::Path) -> BackendConfig {
+        BackendConfig::Direct(Box::new(oz_backend_direct::DirectConfig::new("w", root.join("ws"))))
+    }
+
+    #[test]
+    fn package_caches_are_a_private_folder_of_this_user_apart_from_the_rest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let caches = tmp.path().join("caches");
+        let mut config = direct(tmp.path());
+        mount_package_caches(&mut config, &caches, Some(&tmp.path().join("mirrors"))).unwrap();
+        let BackendConfig::Direct(d) = &config else { unreachable!() };
+        assert_eq!(d.cache_root.as_deref(), Some(caches.as_path()));
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&caches).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o700);
+        let refused = |dir: &std::path::Path, mirrors: Option<&std::path::Path>, config: &mut BackendConfig| {
+            mount_package_caches(config, dir, mirrors).unwrap_err().to_string()
+        };
+        assert!(refused(std::path::Path::new("caches"), None, &mut direct(tmp.path())).contains("absolute"));
+        let inside_mirrors =
+            refused(&tmp.path().join("m/caches"), Some(&tmp.path().join("m")), &mut direct(tmp.path()));
+        assert!(inside_mirrors.contains("apart from git_mirrors"), "{inside_mirrors}");
+        let in_workspaces = refused(&tmp.path().join("ws/caches"), None, &mut direct(tmp.path()));
+        assert!(in_workspaces.contains("workspace_root"), "{in_workspaces}");
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&caches, &link).unwrap();
+        assert!(refused(&link, None, &mut direct(tmp.path())).contains("symlink"));
+        let mut docker = BackendConfig::Docker(Box::new(oz_backend_docker::DockerConfig::new("w")));
+        assert!(refused(&tmp.path().join("a:b"), None, &mut docker).contains("':'"));
     }
 }

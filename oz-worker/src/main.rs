@@ -144,7 +144,7 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut extra_env = Vec::new();
     if let Some(dir) = &file.package_caches {
-        oz_worker::backends::mount_package_caches(&mut backend_config, dir)?;
+        oz_worker::backends::mount_package_caches(&mut backend_config, dir, file.git_mirrors.as_deref())?;
     }
     if let Some(dir) = &file.git_mirrors {
         let in_sandbox = oz_worker::backends::mount_git_mirrors(&mut backend_config, dir)?;

@@ -607,7 +607,7 @@ impl WarmPools {
             .map_err(|e| format!("environment {environment:?}: {e}"))?;
         let options = &self.inner.options;
         // As `runner::task_spec` makes a task's sandbox, so that the task finds this one.
-        let cache = options.package_caches.then(|| environment.to_owned());
+        let cache = oz_core::runner::cache_key(options, Some(environment));
         let sandbox = SandboxSpec { image, cache, ..SandboxSpec::default() };
         // As the control plane puts them in a task's assignment: the environment's settings.
         let vars = oz_core::runner::sandbox_env(options, &config.env_vars);
