@@ -192,6 +192,12 @@ impl Backend for DirectBackend {
         Ok(handle)
     }
 
+    async fn sandbox_memory(&self, prepared: &PreparedSandbox) -> Option<u64> {
+        let warm = prepared.state.downcast_ref::<WarmWorkspace>()?;
+        let pid = warm.child.lock().unwrap_or_else(|p| p.into_inner()).as_ref()?.id()?;
+        Some(process::group_resident_bytes(pid))
+    }
+
     async fn discard(&self, prepared: PreparedSandbox) -> Result<(), BackendError> {
         if let Ok(warm) = prepared.state.downcast::<WarmWorkspace>() {
             warm.stop();

@@ -136,6 +136,30 @@ pub fn signal_group(pgid: u32, signal: Signal) -> bool {
     i32::try_from(pgid).is_ok_and(|p| killpg(Pid::from_raw(p), signal).is_ok())
 }
 
+/// The resident memory of the processes of the group `pgid`, in bytes (from `/proc`; a process
+/// that ends meanwhile is skipped).
+pub fn group_resident_bytes(pgid: u32) -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    let mut total = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // After the command's `(...)`: state, ppid, pgrp.
+        let group = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split(' ').nth(2)?.parse::<u32>().ok());
+        if group != Some(pgid) {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { continue };
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+        total += kib.unwrap_or(0) * 1024;
+    }
+    total
+}
+
 /// Whether any process of the group `pgid` exists (zombies included).
 pub fn group_exists(pgid: u32) -> bool {
     i32::try_from(pgid).is_ok_and(|p| killpg(Pid::from_raw(p), None).is_ok())

@@ -381,6 +381,11 @@ impl Backend for DockerBackend {
         crate::images::inspect(&self.inner.docker, &image).await.ok()??.id
     }
 
+    async fn sandbox_memory(&self, prepared: &PreparedSandbox) -> Option<u64> {
+        let warm = prepared.state.downcast_ref::<WarmContainer>()?;
+        crate::warm::memory(&self.inner.docker, &warm.container).await
+    }
+
     async fn discard(&self, prepared: PreparedSandbox) -> Result<(), BackendError> {
         if let Ok(warm) = prepared.state.downcast::<WarmContainer>() {
             crate::task::remove_task(&self.inner.docker, &warm.warm_id, &warm.container).await;

@@ -159,6 +159,16 @@ pub(crate) async fn wait_ready(docker: &Docker, container: &str, within: Duratio
     Err(setup_error(format!("the warm sandbox's preparation failed ({how}): {}", tail.join(" / "))))
 }
 
+/// The memory a container uses now, less the page cache it could drop (as `docker stats` shows it).
+pub(crate) async fn memory(docker: &Docker, container: &str) -> Option<u64> {
+    let options = bollard::query_parameters::StatsOptionsBuilder::default().stream(false).one_shot(true).build();
+    let stats = docker.stats(container, Some(options)).next().await?.ok()?;
+    let memory = stats.memory_stats?;
+    let cache =
+        memory.stats.as_ref().and_then(|s| s.get("inactive_file").or_else(|| s.get("total_inactive_file")).copied());
+    Some(memory.usage?.saturating_sub(cache.unwrap_or(0)))
+}
+
 /// Writes the handoff line to an attached warm container's stdin, and closes it.
 pub(crate) async fn hand_over(attached: &mut crate::task::Attached, line: &[u8]) -> Result<(), String> {
     let write = async {

@@ -92,6 +92,8 @@ async fn an_isolated_warm_container_is_recovered_handed_one_task_and_leaves_noth
     // Prepared: the warm container and its proxy, on a network of their own, all labelled.
     let prepared = backend.prepare(warm_spec()).await.unwrap();
     let warm_id = prepared.id.clone();
+    let memory = backend.sandbox_memory(&prepared).await.expect("the engine measures a warm container");
+    assert!(memory > 0, "{memory}");
     let made = support::labelled(&docker, labels::TASK_ID, &warm_id).await;
     assert_eq!(made.iter().filter(|m| m.starts_with("container")).count(), 2, "{made:?}");
     assert_eq!(made.iter().filter(|m| m.starts_with("network")).count(), 1, "{made:?}");

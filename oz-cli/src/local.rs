@@ -423,6 +423,7 @@ pub async fn quickstart(
             refresh_secs: 60,
             max_age_secs: 3600,
             ready_within_secs: 300,
+            max_memory_mb: None,
         })?;
         println!("==> warming a sandbox for environment {} (clone and setup, before any task)", environment.uid);
         let started = std::time::Instant::now();

@@ -129,6 +129,7 @@ fn pool(environment: &str) -> WarmPoolConfig {
         refresh_secs: 60,
         max_age_secs: 3600,
         ready_within_secs: 60,
+        max_memory_mb: None,
     }
 }
 
@@ -666,5 +667,40 @@ async fn the_environments_package_cache_outlives_its_sandboxes_warm_or_cold() {
     assert_eq!(state, RunState::Succeeded, "{output}");
     assert!(output.lines().any(|l| l.trim() == "2"), "the second run sees the first's entry: {output}");
     cold.handle().shutdown();
+    s.server.shutdown().await;
+}
+
+/// `max_memory_mb`: the pool measures each sandbox once ready and prepares no more once one more
+/// like them would pass the cap, but always keeps one. The memory shows on `GET /workers`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_cap_stops_the_pool_growing_but_keeps_one_sandbox() {
+    let s = stack().await;
+    let env_id = environment(&s, "echo ok > setup.txt").await;
+    // A cap of 1 MiB: a ready sandbox (its waiting runner alone) passes it.
+    let capped = WarmPoolConfig { size: 3, max_memory_mb: Some(1), ..pool(&env_id) };
+    let w = worker(&s, vec![capped]);
+    tokio::spawn(w.clone().run_shared());
+    ready(&w, &env_id, 1).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let status = w.warm_pools().status()[0].clone();
+    assert_eq!((status.ready, status.warming, status.target), (1, 0, 3), "held at one by the cap: {status:?}");
+    let memory = status.memory_bytes.expect("measured");
+    assert!(memory > 1024 * 1024, "the runner's group is measured: {memory}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let workers = s.client.workers().list().await.unwrap();
+        let shown = workers.iter().flat_map(|w| w.warm_pools.iter()).find(|p| p.environment == env_id).cloned();
+        if shown.as_ref().and_then(|p| p.memory_bytes).is_some() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "GET /workers never showed the memory: {shown:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Without the cap, the same pool fills to its size.
+    w.handle().shutdown();
+    let uncapped = worker(&s, vec![WarmPoolConfig { size: 3, ..pool(&env_id) }]);
+    tokio::spawn(uncapped.clone().run_shared());
+    ready(&uncapped, &env_id, 3).await;
+    uncapped.handle().shutdown();
     s.server.shutdown().await;
 }

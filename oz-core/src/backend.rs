@@ -441,6 +441,13 @@ pub trait Backend: Send + Sync + 'static {
         Ok(())
     }
 
+    /// The memory a prepared sandbox uses now, in bytes (Docker: its container's, less the page
+    /// cache it could drop; Direct: the resident memory of its runner's process group). `None`: the
+    /// backend cannot tell.
+    async fn sandbox_memory(&self, _prepared: &PreparedSandbox) -> Option<u64> {
+        None
+    }
+
     /// What a sandbox of `sandbox` prepared now would be made from beyond its spec (on Docker, the
     /// id of the image its tag names on the engine): a warm sandbox prepared from another revision
     /// is out of date. `None`: the backend cannot tell (or there is nothing beyond the spec).

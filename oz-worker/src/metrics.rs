@@ -12,6 +12,7 @@
 //! | `oz_worker_reconnects_total` | counter | |
 //! | `oz_worker_warm_ready` | gauge | `environment`: warm sandboxes waiting for a task |
 //! | `oz_worker_warm_warming` | gauge | `environment`: warm sandboxes being prepared |
+//! | `oz_worker_warm_memory_bytes` | gauge | `environment`: memory the ready warm sandboxes used once ready, together |
 //! | `oz_worker_warm_hits_total` | counter | `environment`: tasks handed a warm sandbox |
 //! | `oz_worker_warm_misses_total` | counter | `environment`: tasks of a pooled environment started cold |
 //! | `oz_worker_warm_failures_total` | counter | `environment`: preparations that failed |
@@ -79,6 +80,7 @@ pub struct WorkerMetrics {
     reconnects: Counter,
     warm_ready: Family<EnvironmentLabel, Gauge>,
     warm_warming: Family<EnvironmentLabel, Gauge>,
+    warm_memory_bytes: Family<EnvironmentLabel, Gauge>,
     warm_hits: Family<EnvironmentLabel, Counter>,
     warm_misses: Family<EnvironmentLabel, Counter>,
     warm_failures: Family<EnvironmentLabel, Counter>,
@@ -129,6 +131,7 @@ impl WorkerMetrics {
         registry.register("oz_worker_reconnects", "Connections re-established after a drop", reconnects.clone());
         let warm_ready = Family::<EnvironmentLabel, Gauge>::default();
         let warm_warming = Family::<EnvironmentLabel, Gauge>::default();
+        let warm_memory_bytes = Family::<EnvironmentLabel, Gauge>::default();
         let warm_hits = Family::<EnvironmentLabel, Counter>::default();
         let warm_misses = Family::<EnvironmentLabel, Counter>::default();
         let warm_failures = Family::<EnvironmentLabel, Counter>::default();
@@ -136,6 +139,11 @@ impl WorkerMetrics {
         let warm_handoff_seconds: WarmHistogram = Family::new_with_constructor(handoff_histogram);
         registry.register("oz_worker_warm_ready", "Warm sandboxes waiting for a task", warm_ready.clone());
         registry.register("oz_worker_warm_warming", "Warm sandboxes being prepared", warm_warming.clone());
+        registry.register(
+            "oz_worker_warm_memory_bytes",
+            "Memory the ready warm sandboxes used once ready, together",
+            warm_memory_bytes.clone(),
+        );
         registry.register("oz_worker_warm_hits", "Tasks handed a warm sandbox", warm_hits.clone());
         registry.register("oz_worker_warm_misses", "Tasks of a pooled environment started cold", warm_misses.clone());
         registry.register("oz_worker_warm_failures", "Warm preparations that failed", warm_failures.clone());
@@ -152,6 +160,7 @@ impl WorkerMetrics {
         Self {
             warm_ready,
             warm_warming,
+            warm_memory_bytes,
             warm_hits,
             warm_misses,
             warm_failures,
@@ -177,8 +186,9 @@ impl WorkerMetrics {
         text
     }
 
-    pub(crate) fn set_warm(&self, environment: &str, ready: usize, warming: usize) {
+    pub(crate) fn set_warm(&self, environment: &str, ready: usize, warming: usize, memory: Option<u64>) {
         let label = EnvironmentLabel { environment: environment.to_owned() };
+        self.warm_memory_bytes.get_or_create(&label).set(i64::try_from(memory.unwrap_or(0)).unwrap_or(i64::MAX));
         self.warm_ready.get_or_create(&label).set(i64::try_from(ready).unwrap_or(i64::MAX));
         self.warm_warming.get_or_create(&label).set(i64::try_from(warming).unwrap_or(i64::MAX));
     }

@@ -64,6 +64,11 @@ pub struct WarmPoolConfig {
     /// A preparation that takes longer than this many seconds fails (default 1800).
     #[serde(default = "default_ready_within")]
     pub ready_within_secs: u64,
+    /// The most memory, in MiB, the pool's ready sandboxes may use together (each measured by the
+    /// backend once ready: Docker and Direct). The pool prepares no more once one more like them
+    /// would pass it; it always keeps one. Default: no cap.
+    #[serde(default)]
+    pub max_memory_mb: Option<u64>,
 }
 
 fn default_size() -> usize {
@@ -109,6 +114,8 @@ struct Ready {
     revision: Option<String>,
     /// A remote has moved since: it is replaced once a fresh one is ready.
     stale: bool,
+    /// The memory it used once ready, in bytes (`None`: the backend cannot tell).
+    memory: Option<u64>,
 }
 
 impl Pool {
@@ -116,6 +123,25 @@ impl Pool {
     fn fresh(&self) -> usize {
         let max_age = Duration::from_secs(self.config.max_age_secs);
         self.ready.iter().filter(|r| !r.retirable(max_age)).count()
+    }
+
+    /// The memory the ready sandboxes used once ready, together (`None`: none measured).
+    fn memory(&self) -> Option<u64> {
+        self.ready.iter().filter_map(|r| r.memory).reduce(|a, b| a.saturating_add(b))
+    }
+
+    /// Whether one more sandbox, using what the fresh ones use on average, stays within
+    /// `max_memory_mb` (always, without a cap or without a measured fresh one). Old sandboxes are
+    /// not counted: their replacements are prepared before they go.
+    fn memory_allows_one_more(&self) -> bool {
+        let Some(cap) = self.config.max_memory_mb.map(|mb| mb.saturating_mul(1024 * 1024)) else { return true };
+        let max_age = Duration::from_secs(self.config.max_age_secs);
+        let fresh: Vec<u64> = self.ready.iter().filter(|r| !r.retirable(max_age)).filter_map(|r| r.memory).collect();
+        if fresh.is_empty() {
+            return true;
+        }
+        let used: u64 = fresh.iter().sum();
+        used.saturating_add(used / fresh.len() as u64) <= cap
     }
 }
 
@@ -219,7 +245,7 @@ impl WarmPools {
     pub fn add(&self, config: WarmPoolConfig) -> Result<(), WorkerError> {
         if !self.inner.backend.warm_sandboxes() {
             return Err(WorkerError::Config(format!(
-                "warm_pools: the {} backend has no warm sandboxes yet (the direct and docker backends have)",
+                "warm_pools: the {} backend has no warm sandboxes",
                 self.inner.backend.name()
             )));
         }
@@ -233,6 +259,12 @@ impl WarmPools {
         if config.max_age_secs > day || config.idle_secs > day || config.ready_within_secs > day {
             return Err(WorkerError::Config(format!(
                 "warm_pools: environment {:?}: max_age_secs, idle_secs and ready_within_secs are at most a year",
+                config.environment
+            )));
+        }
+        if config.max_memory_mb == Some(0) {
+            return Err(WorkerError::Config(format!(
+                "warm_pools: environment {:?}: max_memory_mb must be more than 0",
                 config.environment
             )));
         }
@@ -301,7 +333,7 @@ impl WarmPools {
                 }
             }
         }
-        self.inner.metrics.set_warm(environment, pool.ready.len(), pool.warming);
+        self.inner.metrics.set_warm(environment, pool.ready.len(), pool.warming, pool.memory());
         drop(pools);
         self.inner.wake.notify_one();
         self.inner.changed.notify_one();
@@ -362,6 +394,7 @@ impl WarmPools {
                 hits: p.hits,
                 misses: p.misses,
                 last_error: p.last_error.clone(),
+                memory_bytes: p.memory(),
             })
             .collect();
         status.sort_by(|a, b| a.environment.cmp(&b.environment));
@@ -412,6 +445,7 @@ impl WarmPools {
             .values()
             .filter(|p| p.retry_at.is_none_or(|at| at <= now))
             .filter(|p| p.fresh() + p.warming < p.target)
+            .filter(|p| p.memory_allows_one_more())
             .min_by_key(|p| (p.fresh() + p.warming, p.config.environment.clone()))
             .map(|p| p.config.environment.clone())
     }
@@ -518,7 +552,7 @@ impl WarmPools {
                     surplus.push(r.prepared);
                 }
             }
-            self.inner.metrics.set_warm(&pool.config.environment, pool.ready.len(), pool.warming);
+            self.inner.metrics.set_warm(&pool.config.environment, pool.ready.len(), pool.warming, pool.memory());
         }
         if shrunk {
             self.inner.changed.notify_one();
@@ -533,7 +567,7 @@ impl WarmPools {
             let mut pools = self.pools();
             let Some(pool) = pools.get_mut(environment) else { return };
             pool.warming += 1;
-            self.inner.metrics.set_warm(environment, pool.ready.len(), pool.warming);
+            self.inner.metrics.set_warm(environment, pool.ready.len(), pool.warming, pool.memory());
             Duration::from_secs(pool.config.ready_within_secs)
         };
         let started = Instant::now();
@@ -552,6 +586,10 @@ impl WarmPools {
             }
             Err(e) => Err(e),
         };
+        let memory = match &result {
+            Ok(prepared) => self.inner.backend.sandbox_memory(prepared).await,
+            Err(_) => None,
+        };
         let mut leftover = None;
         {
             let mut pools = self.pools();
@@ -560,7 +598,14 @@ impl WarmPools {
                 Ok(prepared) if !self.inner.stopped.load(std::sync::atomic::Ordering::SeqCst) => {
                     info!(environment, id = %prepared.id, millis = started.elapsed().as_millis() as u64, "warm sandbox ready");
                     self.inner.metrics.warm_prepared(environment, Some(started.elapsed()));
-                    pool.ready.push_back(Ready { prepared, since: Instant::now(), heads, revision, stale: false });
+                    pool.ready.push_back(Ready {
+                        prepared,
+                        since: Instant::now(),
+                        heads,
+                        revision,
+                        stale: false,
+                        memory,
+                    });
                     pool.failures = 0;
                     pool.retry_at = None;
                     pool.last_error = None;
@@ -585,7 +630,7 @@ impl WarmPools {
         }
         if let Some(pool) = self.pools().get_mut(environment) {
             pool.warming -= 1;
-            self.inner.metrics.set_warm(environment, pool.ready.len(), pool.warming);
+            self.inner.metrics.set_warm(environment, pool.ready.len(), pool.warming, pool.memory());
         }
         self.inner.changed.notify_one();
     }

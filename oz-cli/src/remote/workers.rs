@@ -12,12 +12,12 @@ use super::{ApiOpts, CliError};
 pub enum WorkerCommand {
     /// Lists the connected workers: connections, runs held, and per warm pool its environment,
     /// ready sandboxes against its target, those warming, hits and misses, the oldest ready one's
-    /// age, and whether its last preparation failed.
+    /// age, the ready ones' memory (when measured), and whether its last preparation failed.
     List,
 }
 
-/// One line per worker, with its pools as `ENV ready/target+warming hits:misses age` (and `!`
-/// after a failure).
+/// One line per worker, with its pools as `ENV ready/target+warming hits:misses age [memory]`
+/// (and `!` after a failure).
 fn worker_row(w: &Worker) -> Vec<String> {
     let pools: Vec<String> = w
         .warm_pools
@@ -25,7 +25,11 @@ fn worker_row(w: &Worker) -> Vec<String> {
         .map(|p| {
             let failed = if p.last_error.is_some() { " !" } else { "" };
             let age = p.oldest_ready_secs.map_or_else(|| "-".to_owned(), |s| format!("{s}s"));
-            format!("{} {}/{}+{} {}:{} {age}{failed}", p.environment, p.ready, p.target, p.warming, p.hits, p.misses)
+            let memory = p.memory_bytes.map_or_else(String::new, |b| format!(" {:.1}MiB", b as f64 / 1_048_576.0));
+            format!(
+                "{} {}/{}+{} {}:{} {age}{memory}{failed}",
+                p.environment, p.ready, p.target, p.warming, p.hits, p.misses
+            )
         })
         .collect();
     vec![w.worker_id.clone(), w.connections.to_string(), w.runs_in_flight.to_string(), pools.join(", ")]

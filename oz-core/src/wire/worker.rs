@@ -337,6 +337,10 @@ pub struct WarmPoolState {
     /// Why the last preparation failed (a setup command, a clone), if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The memory the ready sandboxes use together, in bytes, as last measured (absent: the
+    /// backend cannot measure it, or none is ready).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
 }
 
 fn envelope<T: Serialize>(kind: &str, data: &T) -> Result<String, serde_json::Error> {
