@@ -40,8 +40,7 @@ pub struct ContainerInputs<'a> {
     pub warm_id: Option<&'a str>,
 }
 
-/// Where a container finds its package cache (`OZ_CACHE_DIR`).
-pub const CACHE_MOUNT: &str = "/oz-cache/env";
+pub use oz_core::task::SANDBOX_CACHE_DIR as CACHE_MOUNT;
 
 /// The host folder of a sandbox's package cache, when it has a key and the backend a cache root.
 pub fn cache_folder(spec: &TaskSpec, config: &DockerConfig) -> Option<std::path::PathBuf> {

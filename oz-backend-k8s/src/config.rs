@@ -116,6 +116,14 @@ pub struct KubernetesConfig {
     pub mount_timeout: Duration,
     /// An egress NetworkPolicy for every task, if set.
     pub egress_policy: Option<EgressPolicy>,
+    /// Our extension: a PersistentVolumeClaim holding package caches, one folder per environment.
+    /// Each task's Pod mounts its environment's folder (a `subPath`) read-write at `/oz-cache/env`,
+    /// named by `OZ_CACHE_DIR`. ReadWriteMany when tasks run on more than one node.
+    pub package_cache_claim: Option<String>,
+    /// Our extension: the PersistentVolumeClaim where the worker keeps its git mirrors (mounted in
+    /// the worker's own Pod at its `git_mirrors:` path). Each task's Pod mounts it read-only at
+    /// `/oz-cache/git`, and its clones reference it.
+    pub git_mirror_claim: Option<String>,
 }
 
 impl Default for KubernetesConfig {
@@ -151,6 +159,8 @@ impl KubernetesConfig {
             preflight_resources: default_preflight_resources(),
             mount_timeout: Duration::from_secs(60),
             egress_policy: None,
+            package_cache_claim: None,
+            git_mirror_claim: None,
         }
     }
 

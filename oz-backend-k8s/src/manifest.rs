@@ -24,6 +24,10 @@ pub const TASK_CONTAINER: &str = "task";
 pub const SIDECAR_INIT: &str = "oz-sidecar";
 /// The setup init container's name.
 pub const SETUP_INIT: &str = "setup";
+/// The volume of the package caches claim (a task mounts its environment's folder of it).
+pub const CACHE_VOLUME: &str = "oz-package-cache";
+/// The volume of the git mirrors claim (read-only).
+pub const MIRRORS_VOLUME: &str = "oz-git-mirrors";
 /// Where the task's secret input is mounted (a Secret volume: in memory on the node).
 pub const SECRET_INPUT_DIR: &str = "/var/run/oz/secret-input";
 /// The secret input's file in [`SECRET_INPUT_DIR`].
@@ -181,6 +185,12 @@ pub fn job(spec: &TaskSpec, config: &KubernetesConfig) -> Result<Job, Kubernetes
     // The secret input reaches the task container only, as a file of a Secret volume named here by
     // its Secret's name: the Pod spec never holds the value.
     let mut task_only_env = env.clone();
+    let cache = spec.sandbox.cache.as_ref().zip(config.package_cache_claim.as_ref());
+    if cache.is_some() {
+        // The backend's, as on Docker and Direct: a setting of the same name cannot point it elsewhere.
+        task_only_env.retain(|v| v["name"] != oz_core::runner::env::CACHE_DIR);
+        task_only_env.push(json!({"name": oz_core::runner::env::CACHE_DIR, "value": oz_core::task::SANDBOX_CACHE_DIR}));
+    }
     if spec.secret_input.is_some() {
         task_only_env.push(json!({
             "name": oz_core::runner::env::SECRET_INPUT,
@@ -193,10 +203,18 @@ pub fn job(spec: &TaskSpec, config: &KubernetesConfig) -> Result<Job, Kubernetes
         {"name": "agent", "mountPath": "/agent", "readOnly": true},
     ]);
     let mut task_mounts = mounts.clone();
-    if spec.secret_input.is_some()
-        && let Some(list) = task_mounts.as_array_mut()
-    {
-        list.push(json!({"name": "secret-input", "mountPath": SECRET_INPUT_DIR, "readOnly": true}));
+    if let Some(list) = task_mounts.as_array_mut() {
+        if spec.secret_input.is_some() {
+            list.push(json!({"name": "secret-input", "mountPath": SECRET_INPUT_DIR, "readOnly": true}));
+        }
+        if let Some((key, _)) = cache {
+            list.push(json!({"name": CACHE_VOLUME, "mountPath": oz_core::task::SANDBOX_CACHE_DIR, "subPath": key}));
+        }
+        if config.git_mirror_claim.is_some() {
+            list.push(
+                json!({"name": MIRRORS_VOLUME, "mountPath": oz_core::task::SANDBOX_GIT_MIRRORS, "readOnly": true}),
+            );
+        }
     }
     let mut task = json!({
         "name": TASK_CONTAINER,
@@ -244,6 +262,12 @@ pub fn job(spec: &TaskSpec, config: &KubernetesConfig) -> Result<Job, Kubernetes
         workspace["emptyDir"]["sizeLimit"] = json!(limit);
     }
     let mut volumes = vec![workspace, agent_volume];
+    if let Some((_, claim)) = cache {
+        volumes.push(json!({"name": CACHE_VOLUME, "persistentVolumeClaim": {"claimName": claim}}));
+    }
+    if let Some(claim) = &config.git_mirror_claim {
+        volumes.push(json!({"name": MIRRORS_VOLUME, "persistentVolumeClaim": {"claimName": claim, "readOnly": true}}));
+    }
     if spec.secret_input.is_some() {
         // Readable by any user: the files of a Secret volume belong to root (without an fsGroup),
         // and the image may run as anyone. Only the task container mounts it, and everything in it
@@ -620,6 +644,36 @@ mod tests {
         let pod = &made["spec"]["template"]["spec"];
         assert_eq!(pod["automountServiceAccountToken"], json!(true), "the operator's choice");
         assert_eq!(pod["enableServiceLinks"], json!(false));
+    }
+
+    #[test]
+    fn the_package_cache_and_the_git_mirrors_are_claims_the_task_mounts() {
+        let mut config = KubernetesConfig::new("w1", "acme/sidecar:2");
+        config.package_cache_claim = Some("oz-caches".into());
+        config.git_mirror_claim = Some("oz-mirrors".into());
+        let mut cached = spec();
+        cached.sandbox.cache = Some("env_1".into());
+        let made = serde_json::to_value(job(&cached, &config).unwrap()).unwrap();
+        let pod = &made["spec"]["template"]["spec"];
+        let volumes = pod["volumes"].as_array().unwrap();
+        assert!(
+            volumes.contains(&json!({"name": "oz-package-cache", "persistentVolumeClaim": {"claimName": "oz-caches"}}))
+        );
+        assert!(volumes.contains(
+            &json!({"name": "oz-git-mirrors", "persistentVolumeClaim": {"claimName": "oz-mirrors", "readOnly": true}})
+        ));
+        let task = &pod["containers"][0];
+        let mounts = task["volumeMounts"].as_array().unwrap();
+        assert!(
+            mounts.contains(&json!({"name": "oz-package-cache", "mountPath": "/oz-cache/env", "subPath": "env_1"}))
+        );
+        assert!(mounts.contains(&json!({"name": "oz-git-mirrors", "mountPath": "/oz-cache/git", "readOnly": true})));
+        assert!(task["env"].as_array().unwrap().contains(&json!({"name": "OZ_CACHE_DIR", "value": "/oz-cache/env"})));
+        // A task without a cache key mounts no cache (the mirrors still).
+        let plain = serde_json::to_value(job(&spec(), &config).unwrap()).unwrap();
+        let text = plain["spec"]["template"]["spec"].to_string();
+        assert!(!text.contains("oz-package-cache") && !text.contains("OZ_CACHE_DIR"), "{text}");
+        assert!(text.contains("oz-git-mirrors"));
     }
 
     #[test]

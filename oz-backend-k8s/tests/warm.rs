@@ -47,8 +47,12 @@ struct Setup {
 
 impl Setup {
     fn backend(&self, worker_id: &str) -> KubernetesBackend {
+        self.backend_with(worker_id, |_| {})
+    }
+    fn backend_with(&self, worker_id: &str, configure: impl FnOnce(&mut KubernetesConfig)) -> KubernetesBackend {
         let mut config = KubernetesConfig::new(worker_id, "acme/oz-sidecar:1");
         config.namespace = NS.into();
+        configure(&mut config);
         KubernetesBackend::new(self.client.clone(), config).unwrap()
     }
     fn src(&self) -> PathBuf {
@@ -96,7 +100,12 @@ async fn setup() -> Setup {
     std::fs::write(&entrypoint, format!("#!/bin/sh\nexec {} \"$@\"\n", oz_binary().display())).unwrap();
     std::fs::set_permissions(&entrypoint, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let cluster = FakeCluster::start().await.unwrap();
-    cluster.enable_kubelet_with(dir.path().join("node"), [("agent".to_owned(), agent)]);
+    // The claims' volumes: the package caches and the worker's git mirrors.
+    let (caches, mirrors) = (dir.path().join("caches"), dir.path().join("mirrors"));
+    std::fs::create_dir_all(mirrors.join("acme/app.git")).unwrap();
+    std::fs::create_dir_all(&caches).unwrap();
+    let preloaded = [("agent", agent), ("oz-package-cache", caches), ("oz-git-mirrors", mirrors)];
+    cluster.enable_kubelet_with(dir.path().join("node"), preloaded.map(|(name, dir)| (name.to_owned(), dir)));
     let client = kube::Client::try_from(kube::Config::new(cluster.url().parse().unwrap())).unwrap();
     Setup { dir, cluster, client }
 }
@@ -276,4 +285,26 @@ async fn a_restarted_worker_removes_a_waiting_warm_pod_and_reattaches_a_claimed_
     assert!(!outcome.succeeded(), "a runner that never got its task does not succeed: {outcome:?}");
     assert!(out.contains("oz agent warm"), "its runner says why it ended: {out}");
     gone(&s, "the ended claimed Pod is removed").await;
+}
+
+/// `package_cache_claim` and `git_mirror_claim`: a task's Pod mounts its environment's folder of
+/// the caches claim at `OZ_CACHE_DIR` (kept after the task), and the mirrors claim read-only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_pod_mounts_its_environments_cache_folder_and_the_mirrors() {
+    let s = setup().await;
+    let backend = s.backend_with("k8s-caches", |c| {
+        c.package_cache_claim = Some("oz-caches".into());
+        c.git_mirror_claim = Some("oz-mirrors".into());
+    });
+    let script =
+        "echo cached-by-$OZ_RUN_ID > \"$OZ_CACHE_DIR/entry\"; echo \"cache=$OZ_CACHE_DIR\"; ls /oz-cache/git/acme";
+    let mut task =
+        TaskSpec::new("cache-1", vec!["/bin/sh".into(), "-c".into(), script.into()]).env("OZ_RUN_ID", "cache-1");
+    task.sandbox.cache = Some("env_1".into());
+    let (ended, out) = run_out(backend.launch(task).await.unwrap()).await;
+    assert!(ended.succeeded(), "{ended:?}\n{out}");
+    assert!(out.contains("app.git"), "the mirrors: {out}");
+    let entry = std::fs::read_to_string(s.dir.path().join("caches/env_1/entry")).unwrap();
+    assert_eq!(entry.trim(), "cached-by-cache-1", "in the environment's folder of the claim, after the task");
+    gone(&s, "the task's Job goes; its cache stays").await;
 }

@@ -199,6 +199,11 @@ pub struct SandboxSpec {
     pub cache: Option<String>,
 }
 
+/// Where a container finds its package cache (`OZ_CACHE_DIR`), on the backends with containers.
+pub const SANDBOX_CACHE_DIR: &str = "/oz-cache/env";
+/// Where a container finds the worker's git mirrors (`OZ_GIT_MIRROR_DIR`), read-only.
+pub const SANDBOX_GIT_MIRRORS: &str = "/oz-cache/git";
+
 /// The folder of a package cache under a backend's cache root: `<root>/<key>`.
 pub fn cache_folder(root: &std::path::Path, key: &str) -> std::path::PathBuf {
     root.join(key)

@@ -150,7 +150,15 @@ async fn run_pod(
         .cloned()
         .unwrap_or_default()
         .iter()
-        .filter_map(|m| Some((m["mountPath"].as_str()?.to_owned(), volumes.get(m["name"].as_str()?)?.clone())))
+        .filter_map(|m| {
+            let mut host = volumes.get(m["name"].as_str()?)?.clone();
+            // A subPath is a folder of the volume, made when missing (as the kubelet does).
+            if let Some(sub) = m["subPath"].as_str().filter(|p| !p.is_empty() && !p.contains("..")) {
+                host = host.join(sub);
+                std::fs::create_dir_all(&host).ok()?;
+            }
+            Some((m["mountPath"].as_str()?.to_owned(), host))
+        })
         .collect();
     let argv: Vec<String> = task["command"]
         .as_array()

@@ -102,7 +102,8 @@ impl FakeCluster {
     }
 
     /// [`FakeCluster::enable_kubelet`], with host folders standing for the volumes of the given
-    /// names (`("agent", folder)`: the sidecar an init container would copy from its image).
+    /// names (`("agent", folder)`: the sidecar an init container would copy from its image; a
+    /// PersistentVolumeClaim's volume). A mount's `subPath` is a folder of its volume.
     /// Each Pod's volumes are host folders, and paths under their mounts in its command, env and
     /// working directory are translated to them (the fake has no mount namespace); a downwardAPI
     /// volume holds its fields and a Secret volume its keys. A task container with `stdin: true`

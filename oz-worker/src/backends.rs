@@ -27,7 +27,8 @@ impl std::fmt::Debug for BuiltBackend {
 
 /// Where the sandboxes of `config`'s backend find the worker's git mirrors kept in `dir` (for
 /// `OZ_GIT_MIRROR_DIR`): the folder itself on Direct; a read-only bind mount at
-/// [`SANDBOX_GIT_MIRRORS`] on Docker, added to `config`. Kubernetes has none yet.
+/// [`SANDBOX_GIT_MIRRORS`] on Docker, added to `config`; on Kubernetes, the claim named by
+/// `git_mirror_claim` (mounted at `dir` in the worker's own Pod), which each task's Pod mounts there.
 pub fn mount_git_mirrors(config: &mut BackendConfig, dir: &std::path::Path) -> Result<String, WorkerError> {
     if !dir.is_absolute() {
         return Err(WorkerError::Config(format!("git_mirrors: {} must be an absolute path", dir.display())));
@@ -42,8 +43,16 @@ pub fn mount_git_mirrors(config: &mut BackendConfig, dir: &std::path::Path) -> R
             docker.volumes.push(format!("{}:{SANDBOX_GIT_MIRRORS}:ro", dir.display()));
             Ok(SANDBOX_GIT_MIRRORS.to_owned())
         }
+        #[cfg(feature = "kubernetes")]
+        BackendConfig::Kubernetes(kubernetes) => match kubernetes.git_mirror_claim {
+            // The folder is where the claim is mounted in the worker's own Pod.
+            Some(_) => Ok(SANDBOX_GIT_MIRRORS.to_owned()),
+            None => Err(WorkerError::Config(
+                "git_mirrors: on the kubernetes backend, also name the claim that holds it (backend.kubernetes.git_mirror_claim)".into(),
+            )),
+        },
         #[allow(unreachable_patterns)]
-        _ => Err(WorkerError::Config("git_mirrors: the kubernetes backend has no git mirrors yet".into())),
+        _ => Err(WorkerError::Config("git_mirrors: this backend has no git mirrors".into())),
     }
 }
 
@@ -85,7 +94,21 @@ pub fn mount_package_caches(
             Ok(())
         }
         #[allow(unreachable_patterns)]
-        _ => Err(invalid("the kubernetes backend has no package caches yet".into())),
+        _ => Err(invalid(
+            "on the kubernetes backend, name a PersistentVolumeClaim instead (backend.kubernetes.package_cache_claim)"
+                .into(),
+        )),
+    }
+}
+
+/// Whether the backend `config` describes keeps package caches of its own (a Kubernetes claim),
+/// with no `package_caches:` folder on the worker's host.
+pub fn has_package_cache_claim(config: &BackendConfig) -> bool {
+    match config {
+        #[cfg(feature = "kubernetes")]
+        BackendConfig::Kubernetes(kubernetes) => kubernetes.package_cache_claim.is_some(),
+        #[allow(unreachable_patterns)]
+        _ => false,
     }
 }
 
@@ -106,8 +129,7 @@ fn make_private_folder(dir: &std::path::Path) -> Result<(), String> {
         .map_err(|e| format!("could not make {} private: {e}", dir.display()))
 }
 
-/// Where a container finds the worker's git mirrors.
-pub const SANDBOX_GIT_MIRRORS: &str = "/oz-cache/git";
+pub use oz_core::task::SANDBOX_GIT_MIRRORS;
 
 /// Makes the backend `config` describes, for worker `worker_id`, removing what tasks leave when
 /// `cleanup` is on. Connects to the engine or cluster and, for Kubernetes, runs the preflight Job.

@@ -143,6 +143,7 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let mut extra_env = Vec::new();
+    let package_caches = file.package_caches.is_some() || oz_worker::backends::has_package_cache_claim(&backend_config);
     if let Some(dir) = &file.package_caches {
         oz_worker::backends::mount_package_caches(&mut backend_config, dir, file.git_mirrors.as_deref())?;
     }
@@ -157,7 +158,7 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
         server_root_url,
         idle_on_complete: flags.idle_on_complete,
         extra_env,
-        package_caches: file.package_caches.is_some(),
+        package_caches,
     };
     let mut config = WorkerConfig::new(worker_id.clone(), web_socket_url, ApiKey::new(api_key), command);
     config.cleanup = cleanup;

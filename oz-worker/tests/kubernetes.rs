@@ -210,7 +210,13 @@ async fn a_warm_pool_on_kubernetes_hands_a_run_its_pod_and_a_killed_worker_leave
     .unwrap();
     std::fs::set_permissions(agent.join("entrypoint.sh"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let cluster = FakeCluster::start().await.unwrap();
-    cluster.enable_kubelet_with(dir.path().join("node"), [("agent".to_owned(), agent)]);
+    // The claims: the worker's git mirrors (where the worker's Pod mounts it: `git_mirrors:`) and
+    // the package caches.
+    let (mirrors, caches) = (dir.path().join("mirrors"), dir.path().join("caches"));
+    std::fs::create_dir_all(&caches).unwrap();
+    std::fs::create_dir_all(&mirrors).unwrap();
+    let preloaded = [("agent", agent), ("oz-git-mirrors", mirrors.clone()), ("oz-package-cache", caches.clone())];
+    cluster.enable_kubelet_with(dir.path().join("node"), preloaded.map(|(name, dir)| (name.to_owned(), dir)));
 
     let store = Arc::new(SqliteStore::temporary().await.unwrap());
     let (team, key) = oz_server::bootstrap_team(store.as_ref(), "t").await.unwrap();
@@ -224,7 +230,7 @@ async fn a_warm_pool_on_kubernetes_hands_a_run_its_pod_and_a_killed_worker_leave
     let environment = oz_core::environment::EnvironmentConfig {
         name: "app".into(),
         github_repos: vec![oz_core::environment::RepoRef::new("acme", "app").unwrap()],
-        setup_commands: vec!["echo set-up-at-$(date +%s%N) > setup.txt".into()],
+        setup_commands: vec!["echo set-up-at-$(date +%s%N) | tee setup.txt >> \"$OZ_CACHE_DIR/setups\"".into()],
         env_vars: [(oz_core::runner::env::GIT_BASE_URL.to_owned(), git_base)].into_iter().collect(),
         ..Default::default()
     };
@@ -241,8 +247,10 @@ async fn a_warm_pool_on_kubernetes_hands_a_run_its_pod_and_a_killed_worker_leave
     std::fs::write(
         dir.path().join("worker.yaml"),
         format!(
-            "worker_id: k8s-warm\nlocal_git_remotes: true\nwarm_pools:\n  - environment: {env_id}\n    size: 1\n\
-             backend:\n  kubernetes:\n    namespace: agents\n    kubeconfig: {}\n    sidecar_image: acme/oz-sidecar:1\n",
+            "worker_id: k8s-warm\nlocal_git_remotes: true\ngit_mirrors: {}\nwarm_pools:\n  - environment: {env_id}\n    size: 1\n\
+             backend:\n  kubernetes:\n    namespace: agents\n    kubeconfig: {}\n    sidecar_image: acme/oz-sidecar:1\n\
+             \x20   git_mirror_claim: oz-mirrors\n    package_cache_claim: oz-caches\n",
+            mirrors.display(),
             dir.path().join("kubeconfig").display()
         ),
     )
@@ -307,6 +315,11 @@ async fn a_warm_pool_on_kubernetes_hands_a_run_its_pod_and_a_killed_worker_leave
     assert!(output.contains("warm sandbox: cloned and set up"), "{output}");
     assert!(output.contains("tokens in env: [0]"), "{output}");
     assert!(!warm_jobs(&cluster).contains(&first[0]), "the used warm Pod went back to the pool");
+    // The clone borrowed from the worker's mirror (the claim), and the setup filled the
+    // environment's folder of the caches claim.
+    assert!(output.contains("referencing the worker's mirror"), "{output}");
+    let setups = std::fs::read_to_string(caches.join(&env_id).join("setups")).unwrap();
+    assert!(setups.contains(prepared_setup.trim()), "{setups}");
 
     // Two runs at once with one Pod ready: one hit, one cold start (a Job of its own), both right.
     pool_ready(&client, &cluster, &env_id, &first).await;
