@@ -24,6 +24,9 @@ use crate::error::KubernetesError;
 use crate::manifest::{self, TASK_CONTAINER};
 use crate::status::{Observed, observe_job, observe_pod};
 
+/// The preflight's exit code when the git mirrors claim is not the worker's mirrors folder.
+const MIRROR_CHECK_FAILED: i32 = 3;
+
 /// Runs tasks as Jobs in a namespace.
 #[derive(Clone)]
 pub struct KubernetesBackend {
@@ -70,7 +73,13 @@ impl KubernetesBackend {
     /// (`preflight_image`, the sidecar init container) and removes it. The error names what is missing.
     pub async fn preflight(&self) -> Result<(), KubernetesError> {
         let id = format!("preflight-{}", uuid_suffix());
-        let argv = vec!["/bin/sh".into(), "-c".into(), "test -x /agent/bin/oz && echo preflight-ok".into()];
+        let mut script = "test -x /agent/bin/oz && echo preflight-ok".to_owned();
+        if let Some(check) = &self.config.git_mirror_check {
+            // The worker's mirrors folder must be what the claim holds.
+            let file = format!("{}/{}", oz_core::task::SANDBOX_GIT_MIRRORS, crate::config::MIRROR_CHECK_FILE);
+            script.push_str(&format!(" && {{ grep -qx {check} {file} || exit {MIRROR_CHECK_FAILED}; }}"));
+        }
+        let argv = vec!["/bin/sh".into(), "-c".into(), script];
         let mut spec = TaskSpec::new(id, argv);
         spec.sandbox.image = oz_core::image::ImageRef::parse(&self.config.preflight_image).ok();
         spec.sandbox.resources = self.config.preflight_resources.clone();
@@ -80,6 +89,7 @@ impl KubernetesBackend {
         let outcome = tokio::time::timeout(limit, handle.wait())
             .await
             .map_err(|_| fail(format!("the preflight Job did not finish within {}s", limit.as_secs())))?;
+        let exit_code = outcome.exit.and_then(|e| e.code);
         match outcome.failure {
             None => Ok(()),
             Some(f) => Err(fail(match f.reason {
@@ -90,6 +100,10 @@ impl KubernetesBackend {
                 FailureReason::InitContainer => format!(
                     "the sidecar init container failed (does {} contain /agent and cp?): {}",
                     self.config.sidecar_image, f.message
+                ),
+                FailureReason::JobFailed if exit_code == Some(MIRROR_CHECK_FAILED) => format!(
+                    "the claim {} does not hold the worker's git_mirrors folder: mount it there in the worker's Pod",
+                    self.config.git_mirror_claim.as_deref().unwrap_or_default()
                 ),
                 FailureReason::JobFailed => format!("the sidecar was not usable in the task container: {}", f.message),
                 _ => f.message,

@@ -124,7 +124,14 @@ pub struct KubernetesConfig {
     /// the worker's own Pod at its `git_mirrors:` path). Each task's Pod mounts it read-only at
     /// `/oz-cache/git`, and its clones reference it.
     pub git_mirror_claim: Option<String>,
+    /// What the worker wrote to [`MIRROR_CHECK_FILE`] in its `git_mirrors:` folder: the preflight
+    /// Job reads it through the claim, so a claim that is not that folder is found at start-up.
+    #[serde(skip)]
+    pub git_mirror_check: Option<String>,
 }
+
+/// The file in the git mirrors folder that the preflight Job reads through `git_mirror_claim`.
+pub const MIRROR_CHECK_FILE: &str = ".oz-mirror-check";
 
 impl Default for KubernetesConfig {
     fn default() -> Self {
@@ -161,6 +168,7 @@ impl KubernetesConfig {
             egress_policy: None,
             package_cache_claim: None,
             git_mirror_claim: None,
+            git_mirror_check: None,
         }
     }
 
@@ -179,11 +187,31 @@ impl KubernetesConfig {
         if self.active_deadline_seconds <= 0 {
             return Err(KubernetesError::Config("active_deadline_seconds must be positive".into()));
         }
+        for (field, claim) in
+            [("package_cache_claim", &self.package_cache_claim), ("git_mirror_claim", &self.git_mirror_claim)]
+        {
+            if let Some(name) = claim
+                && !is_dns_subdomain(name)
+            {
+                return Err(KubernetesError::Config(format!(
+                    "{field}: {name:?} is not a PersistentVolumeClaim name (lower-case letters, digits, '-' and '.', at most 253)"
+                )));
+            }
+        }
         let resolved = EnvEntry::resolve_all(&self.environment, "environment", |k| std::env::var(k).ok())
             .map_err(KubernetesError::Invalid)?;
         self.environment = resolved.into_iter().map(|(name, value)| EnvEntry::new(name, value)).collect();
         Ok(())
     }
+}
+
+/// A DNS-1123 subdomain, as Kubernetes names most objects (a PersistentVolumeClaim).
+fn is_dns_subdomain(name: &str) -> bool {
+    let alphanumeric = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    (1..=253).contains(&name.len())
+        && name.chars().all(|c| alphanumeric(c) || c == '-' || c == '.')
+        && name.starts_with(alphanumeric)
+        && name.ends_with(alphanumeric)
 }
 
 /// 100m CPU, 64 MiB.
@@ -215,6 +243,16 @@ fn quantities<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Resources, D
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn claim_names_are_checked() {
+        let mut c = KubernetesConfig::new("w", "acme/oz-sidecar:1");
+        c.package_cache_claim = Some("oz-caches".into());
+        c.git_mirror_claim = Some("mirrors.v1".into());
+        c.validate_and_resolve().unwrap();
+        c.git_mirror_claim = Some("Bad_Name".into());
+        assert!(c.validate_and_resolve().unwrap_err().to_string().contains("git_mirror_claim"));
+    }
 
     #[test]
     fn quantities_parse() {

@@ -180,17 +180,19 @@ pub fn job(spec: &TaskSpec, config: &KubernetesConfig) -> Result<Job, Kubernetes
         .map(|i| i.to_string())
         .or_else(|| config.default_image.as_ref().map(ToString::to_string))
         .unwrap_or_else(|| oz_core::image::DEFAULT_IMAGE.to_owned());
-    let env: Vec<Value> =
+    let mut env: Vec<Value> =
         task_env(spec, config)?.into_iter().map(|(name, value)| json!({"name": name, "value": value})).collect();
+    let cache = spec.sandbox.cache.as_ref().zip(config.package_cache_claim.as_ref());
+    if let Some((key, _)) = cache {
+        // A subPath: one folder name, never a path (the worker's keys are checked; this is the last stop).
+        oz_core::run::validate_id("cache", key).map_err(KubernetesError::Invalid)?;
+        // The backend's, as on Docker and Direct: a setting of the same name cannot point it elsewhere.
+        env.retain(|v| v["name"] != oz_core::runner::env::CACHE_DIR);
+        env.push(json!({"name": oz_core::runner::env::CACHE_DIR, "value": oz_core::task::SANDBOX_CACHE_DIR}));
+    }
     // The secret input reaches the task container only, as a file of a Secret volume named here by
     // its Secret's name: the Pod spec never holds the value.
     let mut task_only_env = env.clone();
-    let cache = spec.sandbox.cache.as_ref().zip(config.package_cache_claim.as_ref());
-    if cache.is_some() {
-        // The backend's, as on Docker and Direct: a setting of the same name cannot point it elsewhere.
-        task_only_env.retain(|v| v["name"] != oz_core::runner::env::CACHE_DIR);
-        task_only_env.push(json!({"name": oz_core::runner::env::CACHE_DIR, "value": oz_core::task::SANDBOX_CACHE_DIR}));
-    }
     if spec.secret_input.is_some() {
         task_only_env.push(json!({
             "name": oz_core::runner::env::SECRET_INPUT,
@@ -198,24 +200,22 @@ pub fn job(spec: &TaskSpec, config: &KubernetesConfig) -> Result<Job, Kubernetes
         }));
     }
     let workdir = workdir(spec);
-    let mounts = json!([
-        {"name": "workspace", "mountPath": "/workspace"},
-        {"name": "agent", "mountPath": "/agent", "readOnly": true},
-    ]);
-    let mut task_mounts = mounts.clone();
-    if let Some(list) = task_mounts.as_array_mut() {
-        if spec.secret_input.is_some() {
-            list.push(json!({"name": "secret-input", "mountPath": SECRET_INPUT_DIR, "readOnly": true}));
-        }
-        if let Some((key, _)) = cache {
-            list.push(json!({"name": CACHE_VOLUME, "mountPath": oz_core::task::SANDBOX_CACHE_DIR, "subPath": key}));
-        }
-        if config.git_mirror_claim.is_some() {
-            list.push(
-                json!({"name": MIRRORS_VOLUME, "mountPath": oz_core::task::SANDBOX_GIT_MIRRORS, "readOnly": true}),
-            );
-        }
+    // The task container's and the setup init container's.
+    let mut mounts = vec![
+        json!({"name": "workspace", "mountPath": "/workspace"}),
+        json!({"name": "agent", "mountPath": "/agent", "readOnly": true}),
+    ];
+    if let Some((key, _)) = cache {
+        mounts.push(json!({"name": CACHE_VOLUME, "mountPath": oz_core::task::SANDBOX_CACHE_DIR, "subPath": key}));
     }
+    if config.git_mirror_claim.is_some() {
+        mounts.push(json!({"name": MIRRORS_VOLUME, "mountPath": oz_core::task::SANDBOX_GIT_MIRRORS, "readOnly": true}));
+    }
+    let mut task_mounts = mounts.clone();
+    if spec.secret_input.is_some() {
+        task_mounts.push(json!({"name": "secret-input", "mountPath": SECRET_INPUT_DIR, "readOnly": true}));
+    }
+    let (mounts, task_mounts) = (Value::Array(mounts), Value::Array(task_mounts));
     let mut task = json!({
         "name": TASK_CONTAINER,
         "image": image,

@@ -99,6 +99,8 @@ async fn setup() -> Setup {
     let entrypoint = agent.join("entrypoint.sh");
     std::fs::write(&entrypoint, format!("#!/bin/sh\nexec {} \"$@\"\n", oz_binary().display())).unwrap();
     std::fs::set_permissions(&entrypoint, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(agent.join("bin")).unwrap();
+    std::os::unix::fs::symlink(oz_binary(), agent.join("bin/oz")).unwrap();
     let cluster = FakeCluster::start().await.unwrap();
     // The claims' volumes: the package caches and the worker's git mirrors.
     let (caches, mirrors) = (dir.path().join("caches"), dir.path().join("mirrors"));
@@ -307,4 +309,19 @@ async fn a_task_pod_mounts_its_environments_cache_folder_and_the_mirrors() {
     let entry = std::fs::read_to_string(s.dir.path().join("caches/env_1/entry")).unwrap();
     assert_eq!(entry.trim(), "cached-by-cache-1", "in the environment's folder of the claim, after the task");
     gone(&s, "the task's Job goes; its cache stays").await;
+}
+
+/// The preflight Job reads, through `git_mirror_claim`, what the worker wrote in its `git_mirrors:`
+/// folder: a claim that is not that folder stops the worker at start-up, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_preflight_finds_a_mirror_claim_that_is_not_the_workers_folder() {
+    let s = setup().await;
+    let backend = s.backend_with("k8s-mirror-check", |c| {
+        c.git_mirror_claim = Some("oz-mirrors".into());
+        c.git_mirror_check = Some("c0ffee".into());
+    });
+    let error = backend.preflight().await.unwrap_err().to_string();
+    assert!(error.contains("does not hold the worker's git_mirrors folder"), "{error}");
+    std::fs::write(s.dir.path().join("mirrors/.oz-mirror-check"), "c0ffee").unwrap();
+    backend.preflight().await.unwrap();
 }

@@ -145,21 +145,29 @@ async fn run_pod(
     let opened = std::fs::create_dir_all(&workdir).and_then(|()| std::fs::File::create(&log_path));
     let Ok(log) = opened else { return };
     let Ok(volumes) = make_volumes(&cluster, &ns, &pod, &workdir, &preloaded) else { return };
-    let mounts: Vec<(String, PathBuf)> = task["volumeMounts"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|m| {
-            let mut host = volumes.get(m["name"].as_str()?)?.clone();
-            // A subPath is a folder of the volume, made when missing (as the kubelet does).
-            if let Some(sub) = m["subPath"].as_str().filter(|p| !p.is_empty() && !p.contains("..")) {
-                host = host.join(sub);
-                std::fs::create_dir_all(&host).ok()?;
+    let mut mounts: Vec<(String, PathBuf)> = Vec::new();
+    for mount in task["volumeMounts"].as_array().cloned().unwrap_or_default() {
+        let (Some(at), Some(mut host)) =
+            (mount["mountPath"].as_str(), mount["name"].as_str().and_then(|n| volumes.get(n)).cloned())
+        else {
+            continue;
+        };
+        // A subPath is a folder of the volume, made when missing (as the kubelet does); a path that
+        // leaves the volume is refused, as the API server refuses it.
+        if let Some(sub) = mount["subPath"].as_str().filter(|p| !p.is_empty()) {
+            if sub.starts_with('/') || sub.split('/').any(|part| part == "..") {
+                let message = format!("subPath {sub:?} must be a relative path within the volume");
+                let status = json!({"phase": "Failed", "containerStatuses": terminated(128, Some("CreateContainerConfigError"), Some(&message))});
+                cluster.set_pod_status(&ns, &name, status);
+                return;
             }
-            Some((m["mountPath"].as_str()?.to_owned(), host))
-        })
-        .collect();
+            host = host.join(sub);
+            if std::fs::create_dir_all(&host).is_err() {
+                return;
+            }
+        }
+        mounts.push((at.to_owned(), host));
+    }
     let argv: Vec<String> = task["command"]
         .as_array()
         .map(|a| a.iter().filter_map(|v| v.as_str().map(|arg| host_path(arg, &mounts))).collect())

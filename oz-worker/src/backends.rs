@@ -44,13 +44,20 @@ pub fn mount_git_mirrors(config: &mut BackendConfig, dir: &std::path::Path) -> R
             Ok(SANDBOX_GIT_MIRRORS.to_owned())
         }
         #[cfg(feature = "kubernetes")]
-        BackendConfig::Kubernetes(kubernetes) => match kubernetes.git_mirror_claim {
-            // The folder is where the claim is mounted in the worker's own Pod.
-            Some(_) => Ok(SANDBOX_GIT_MIRRORS.to_owned()),
-            None => Err(WorkerError::Config(
-                "git_mirrors: on the kubernetes backend, also name the claim that holds it (backend.kubernetes.git_mirror_claim)".into(),
-            )),
-        },
+        BackendConfig::Kubernetes(kubernetes) => {
+            if kubernetes.git_mirror_claim.is_none() {
+                return Err(WorkerError::Config(
+                    "git_mirrors: on the kubernetes backend, also name the claim that holds it (backend.kubernetes.git_mirror_claim)".into(),
+                ));
+            }
+            // The folder is where the claim is mounted in the worker's own Pod: the preflight Job
+            // reads this back through the claim.
+            let check = uuid::Uuid::new_v4().simple().to_string();
+            std::fs::write(dir.join(oz_backend_k8s::config::MIRROR_CHECK_FILE), &check)
+                .map_err(|e| WorkerError::Config(format!("git_mirrors: could not write to {}: {e}", dir.display())))?;
+            kubernetes.git_mirror_check = Some(check);
+            Ok(SANDBOX_GIT_MIRRORS.to_owned())
+        }
         #[allow(unreachable_patterns)]
         _ => Err(WorkerError::Config("git_mirrors: this backend has no git mirrors".into())),
     }
@@ -98,6 +105,24 @@ pub fn mount_package_caches(
             "on the kubernetes backend, name a PersistentVolumeClaim instead (backend.kubernetes.package_cache_claim)"
                 .into(),
         )),
+    }
+}
+
+/// Refuses a Kubernetes `git_mirror_claim` without `git_mirrors:` (the claim would be mounted in
+/// every Pod while the worker keeps no mirrors in it).
+pub fn check_mirror_claim(config: &BackendConfig, git_mirrors: Option<&std::path::Path>) -> Result<(), WorkerError> {
+    match config {
+        #[cfg(feature = "kubernetes")]
+        BackendConfig::Kubernetes(kubernetes) if kubernetes.git_mirror_claim.is_some() && git_mirrors.is_none() => {
+            Err(WorkerError::Config(
+                "backend.kubernetes.git_mirror_claim needs git_mirrors: (where the worker's Pod mounts the claim)"
+                    .into(),
+            ))
+        }
+        _ => {
+            let _ = git_mirrors;
+            Ok(())
+        }
     }
 }
 

@@ -143,6 +143,7 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let mut extra_env = Vec::new();
+    oz_worker::backends::check_mirror_claim(&backend_config, file.git_mirrors.as_deref())?;
     let package_caches = file.package_caches.is_some() || oz_worker::backends::has_package_cache_claim(&backend_config);
     if let Some(dir) = &file.package_caches {
         oz_worker::backends::mount_package_caches(&mut backend_config, dir, file.git_mirrors.as_deref())?;
