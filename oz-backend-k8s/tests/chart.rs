@@ -195,6 +195,30 @@ fn the_chart_renders_valid_objects_with_a_locked_down_worker() {
     };
     assert_eq!(k8s.namespace, "agents", "defaults to the release namespace");
     assert_eq!(k8s.sidecar_image, "ghcr.io/example/oz-sidecar:0.1.0");
+    assert!(parsed.warm_pools.is_empty() && parsed.git_mirrors.is_none() && k8s.package_cache_claim.is_none());
+
+    // Warm pools, the package caches claim and the git mirrors claim, which the worker's Pod mounts.
+    let docs = rendered(json!({"worker": {
+        "warmPools": [{"environment": "env_1", "size": 2, "max_memory_mb": 512}],
+        "gitMirrors": {"claim": "oz-mirrors"},
+        "kubernetes": {"packageCacheClaim": "oz-caches"},
+    }}));
+    let config: ConfigMap = serde_json::from_value(of_kind(&docs, "ConfigMap").unwrap()).unwrap();
+    let yaml = config.data.unwrap()["worker.yaml"].clone();
+    let parsed = oz_worker::config::parse_file(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    assert_eq!(parsed.warm_pools.len(), 1, "{yaml}");
+    assert_eq!((parsed.warm_pools[0].size, parsed.warm_pools[0].max_memory_mb), (2, Some(512)));
+    assert_eq!(parsed.git_mirrors.as_deref(), Some(Path::new("/var/lib/oz/git-mirrors")));
+    let Some(oz_worker::config::BackendConfig::Kubernetes(k8s)) = parsed.backend else { panic!("{yaml}") };
+    assert_eq!(k8s.package_cache_claim.as_deref(), Some("oz-caches"));
+    assert_eq!(k8s.git_mirror_claim.as_deref(), Some("oz-mirrors"));
+    let deployment: Deployment = serde_json::from_value(of_kind(&docs, "Deployment").unwrap()).unwrap();
+    let pod = deployment.spec.template.spec.unwrap();
+    assert_eq!(pod.security_context.clone().unwrap().fs_group, Some(65532), "the worker writes the mirrors claim");
+    let mirrors = pod.volumes.unwrap().into_iter().find(|v| v.name == "git-mirrors").unwrap();
+    assert_eq!(mirrors.persistent_volume_claim.unwrap().claim_name, "oz-mirrors");
+    let mounts = pod.containers[0].volume_mounts.clone().unwrap();
+    assert!(mounts.iter().any(|m| m.name == "git-mirrors" && m.mount_path == "/var/lib/oz/git-mirrors"));
 
     // An existing Secret instead: none is made, and the worker reads that one.
     let docs = rendered(json!({"apiKey": {"existingSecret": "team-key"}, "metrics": {"enabled": false}}));
