@@ -15,7 +15,7 @@ pub const CLEANUP_LABEL: &str = "oz.dev/cleanup";
 /// Label: the task's deadline as Unix seconds, for a restarted worker.
 pub const DEADLINE_LABEL: &str = "oz.dev/deadline";
 /// Where the task's working directory lives.
-pub const WORKSPACE: &str = "/workspace";
+pub use oz_core::task::SANDBOX_WORKSPACE as WORKSPACE;
 
 /// What the task's container is made from besides its spec.
 #[derive(Debug, Clone)]
@@ -113,10 +113,7 @@ pub fn task_env(spec: &TaskSpec, configured_env: &[(String, String)]) -> Vec<(St
 
 /// The task's working directory in its container.
 pub fn workdir(spec: &TaskSpec) -> String {
-    match &spec.sandbox.workdir {
-        Some(w) => format!("{WORKSPACE}/{}", w.trim_start_matches("./")),
-        None => WORKSPACE.to_owned(),
-    }
+    oz_core::task::container_workdir(&spec.sandbox)
 }
 
 /// The create request for a task's container.

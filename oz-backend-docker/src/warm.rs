@@ -5,7 +5,6 @@
 //! never in the container's spec. Handed a task, the container is renamed to
 //! [`crate::container::assigned_name`], which is how a restarted worker knows whose it is.
 
-use std::collections::VecDeque;
 use std::path::Path;
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use futures::StreamExt;
 use oz_core::backend::BackendError;
 use oz_core::failure::FailureReason;
 use oz_core::task::TaskSpec;
-use oz_core::warm::{HandoffChannel, READY_LINE, WarmSpec};
+use oz_core::warm::WarmSpec;
 use tokio::io::AsyncWriteExt;
 
 use crate::engine::describe;
@@ -26,8 +25,6 @@ use crate::engine::describe;
 const PRIVATE_DIR: &str = "oz-warm";
 /// The environment file's path in a warm container.
 const ENVIRONMENT_FILE: &str = "/oz-warm/environment.json";
-/// How many of its last lines a failed preparation's message quotes.
-const TAIL_LINES: usize = 5;
 
 /// A warm container waiting for its task.
 #[derive(Debug)]
@@ -70,21 +67,9 @@ impl Drop for Unfinished {
     }
 }
 
-/// The task a warm container is made as: the warm sandbox's id, its sandbox and variables, and
-/// `oz agent warm`'s argv.
+/// The task a warm container is made as: `oz agent warm` reading the uploaded environment file.
 pub(crate) fn warm_task(warm_id: &str, warm: &WarmSpec) -> TaskSpec {
-    let mut spec = TaskSpec::new(warm_id, Vec::new());
-    spec.sandbox = warm.sandbox.clone();
-    spec.env = warm.env.clone();
-    let workdir = crate::container::workdir(&spec);
-    spec.argv = oz_core::warm::warm_argv(
-        &warm.entrypoint,
-        &HandoffChannel::Stdin,
-        Path::new(ENVIRONMENT_FILE),
-        Path::new(&workdir),
-        warm.git_base_url.as_deref(),
-    );
-    spec
+    warm.stdin_task(warm_id, Path::new(ENVIRONMENT_FILE))
 }
 
 /// Puts the environment file into a created container.
@@ -118,7 +103,7 @@ fn environment_tar(json: &[u8]) -> std::io::Result<Bytes> {
 pub(crate) async fn wait_ready(docker: &Docker, container: &str, within: Duration) -> Result<(), BackendError> {
     let options = LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).build();
     let mut logs = docker.logs(container, Some(options));
-    let mut tail: VecDeque<String> = VecDeque::with_capacity(TAIL_LINES + 1);
+    let mut log = oz_core::warm::PreparationLog::default();
     let mut partial = Vec::new();
     let deadline = tokio::time::sleep(within);
     tokio::pin!(deadline);
@@ -129,13 +114,8 @@ pub(crate) async fn wait_ready(docker: &Docker, container: &str, within: Duratio
                     partial.extend_from_slice(&message);
                     while let Some(end) = partial.iter().position(|b| *b == b'\n') {
                         let line: Vec<u8> = partial.drain(..=end).collect();
-                        let line = String::from_utf8_lossy(&line).trim_end().to_owned();
-                        if line.starts_with(READY_LINE) {
+                        if log.line(String::from_utf8_lossy(&line).trim_end()) {
                             return Ok(());
-                        }
-                        tail.push_back(line);
-                        if tail.len() > TAIL_LINES {
-                            tail.pop_front();
                         }
                     }
                 }
@@ -155,8 +135,7 @@ pub(crate) async fn wait_ready(docker: &Docker, container: &str, within: Duratio
         .and_then(|c| c.state)
         .and_then(|s| s.exit_code);
     let how = code.map_or_else(|| "it ended".to_owned(), |c| format!("exit code {c}"));
-    let tail: Vec<String> = tail.into_iter().collect();
-    Err(setup_error(format!("the warm sandbox's preparation failed ({how}): {}", tail.join(" / "))))
+    Err(setup_error(log.failure(&how)))
 }
 
 /// The memory a container uses now, less the page cache it could drop (as `docker stats` shows it).

@@ -164,10 +164,7 @@ fn claim_labels(spec: &TaskSpec) -> Value {
 
 /// The task container's working directory: `/workspace`, or the sandbox's `workdir` in it.
 pub fn workdir(spec: &TaskSpec) -> String {
-    match &spec.sandbox.workdir {
-        Some(w) => format!("/workspace/{}", w.trim_start_matches("./")),
-        None => "/workspace".to_owned(),
-    }
+    oz_core::task::container_workdir(&spec.sandbox)
 }
 
 /// The Job for `spec`.

@@ -7,7 +7,6 @@
 //! carries them, and neither the Job nor the Pod spec ever holds them. A restarted worker tells a
 //! claimed Pod (a run's: reattached) from a waiting one (no one's: removed) by that label.
 
-use std::collections::VecDeque;
 use std::path::Path;
 use std::time::Duration;
 
@@ -18,14 +17,12 @@ use kube::runtime::{WatchStreamExt, watcher};
 use oz_core::backend::BackendError;
 use oz_core::failure::FailureReason;
 use oz_core::task::{TaskSpec, labels};
-use oz_core::warm::{HandoffChannel, READY_LINE, TAKEN_LINE, WarmSpec};
+use oz_core::warm::{TAKEN_LINE, WarmSpec};
 use tokio::io::AsyncWriteExt;
 
 use crate::manifest::{self, TASK_CONTAINER};
 use crate::status::{Observed, observe_pod};
 
-/// How many of its last lines a failed preparation's message quotes.
-const TAIL_LINES: usize = 5;
 /// How long an attach may take to carry the handoff, and the runner to say it took it.
 const HANDOFF_WITHIN: Duration = Duration::from_secs(10);
 /// The longest log line read as one (a longer one is read in pieces).
@@ -48,21 +45,9 @@ pub(crate) struct WarmPod {
 /// where the task's own output starts in the Pod's log (a restarted worker reads it there).
 pub(crate) const RECEIPT_ANNOTATION: &str = "oz.dev/warm-receipt";
 
-/// The task a warm Job is made as: the warm sandbox's id, its sandbox and variables, and
-/// `oz agent warm`'s argv.
+/// The task a warm Job is made as: `oz agent warm` reading the environment its annotation mounts.
 pub(crate) fn warm_task(warm_id: &str, warm: &WarmSpec) -> TaskSpec {
-    let mut spec = TaskSpec::new(warm_id, Vec::new());
-    spec.sandbox = warm.sandbox.clone();
-    spec.env = warm.env.clone();
-    let workdir = manifest::workdir(&spec);
-    spec.argv = oz_core::warm::warm_argv(
-        &warm.entrypoint,
-        &HandoffChannel::Stdin,
-        Path::new(manifest::WARM_ENVIRONMENT_FILE),
-        Path::new(&workdir),
-        warm.git_base_url.as_deref(),
-    );
-    spec
+    warm.stdin_task(warm_id, Path::new(manifest::WARM_ENVIRONMENT_FILE))
 }
 
 /// The selector of a warm sandbox's Pod.
@@ -95,18 +80,8 @@ pub(crate) async fn wait_ready(pods: &Api<Pod>, selector: &str) -> Result<String
         .await
         .map_err(|e| setup_error(format!("could not follow the warm Pod's log: {e}")))?;
     let mut reader = futures::io::BufReader::new(reader);
-    let mut tail: VecDeque<String> = VecDeque::with_capacity(TAIL_LINES + 1);
-    let ready = read_lines_until(&mut reader, |line| {
-        if line.starts_with(READY_LINE) {
-            return true;
-        }
-        tail.push_back(line.chars().take(200).collect());
-        if tail.len() > TAIL_LINES {
-            tail.pop_front();
-        }
-        false
-    })
-    .await;
+    let mut log = oz_core::warm::PreparationLog::default();
+    let ready = read_lines_until(&mut reader, |line| log.line(line)).await;
     if ready {
         return Ok(name);
     }
@@ -115,8 +90,7 @@ pub(crate) async fn wait_ready(pods: &Api<Pod>, selector: &str) -> Result<String
         Ok(Observed::Failed(_, message, None)) => message,
         _ => "its log ended".to_owned(),
     };
-    let tail: Vec<String> = tail.into_iter().collect();
-    Err(setup_error(format!("the warm sandbox's preparation failed ({how}): {}", tail.join(" / "))))
+    Err(setup_error(log.failure(&how)))
 }
 
 /// Reads a log's lines (decoded lossily, each cut at [`MAX_LINE`] bytes) until `stop` says so:

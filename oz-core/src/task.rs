@@ -199,6 +199,17 @@ pub struct SandboxSpec {
     pub cache: Option<String>,
 }
 
+/// The workspace of a container's task (Docker, Kubernetes): the repos are cloned here.
+pub const SANDBOX_WORKSPACE: &str = "/workspace";
+
+/// A container task's working directory: [`SANDBOX_WORKSPACE`], or the sandbox's `workdir` in it.
+pub fn container_workdir(sandbox: &SandboxSpec) -> String {
+    match &sandbox.workdir {
+        Some(w) => format!("{SANDBOX_WORKSPACE}/{}", w.trim_start_matches("./")),
+        None => SANDBOX_WORKSPACE.to_owned(),
+    }
+}
+
 /// Where a container finds its package cache (`OZ_CACHE_DIR`), on the backends with containers.
 pub const SANDBOX_CACHE_DIR: &str = "/oz-cache/env";
 /// Where a container finds the worker's git mirrors (`OZ_GIT_MIRROR_DIR`), read-only.

@@ -79,6 +79,58 @@ pub struct WarmSpec {
     pub ready_within: std::time::Duration,
 }
 
+impl WarmSpec {
+    /// The task a container backend (Docker, Kubernetes) makes a warm sandbox as: `warm_id` as its
+    /// task id, the sandbox and its variables, and `oz agent warm --handoff-stdin` reading the
+    /// environment from `environment_file`, in the container's working directory. No secret.
+    pub fn stdin_task(&self, warm_id: &str, environment_file: &Path) -> crate::task::TaskSpec {
+        let mut spec = crate::task::TaskSpec::new(warm_id, Vec::new());
+        spec.sandbox = self.sandbox.clone();
+        spec.env = self.env.clone();
+        let workdir = crate::task::container_workdir(&spec.sandbox);
+        spec.argv = warm_argv(
+            &self.entrypoint,
+            &HandoffChannel::Stdin,
+            environment_file,
+            Path::new(&workdir),
+            self.git_base_url.as_deref(),
+        );
+        spec
+    }
+}
+
+/// How many of its last lines a failed preparation's message quotes.
+const TAIL_LINES: usize = 5;
+/// How much of each of those lines it quotes, in characters.
+const TAIL_LINE_CHARS: usize = 200;
+
+/// A warm runner's output read line by line, until [`READY_LINE`]; what it said last, for the error
+/// when it ends before that.
+#[derive(Debug, Default)]
+pub struct PreparationLog {
+    tail: std::collections::VecDeque<String>,
+}
+
+impl PreparationLog {
+    /// Takes one line (without its newline); true if it is the ready line.
+    pub fn line(&mut self, line: &str) -> bool {
+        if line.starts_with(READY_LINE) {
+            return true;
+        }
+        self.tail.push_back(line.chars().take(TAIL_LINE_CHARS).collect());
+        if self.tail.len() > TAIL_LINES {
+            self.tail.pop_front();
+        }
+        false
+    }
+
+    /// The message of a preparation that ended (`how`: an exit code, a reason) before it was ready.
+    pub fn failure(&self, how: &str) -> String {
+        let tail: Vec<&str> = self.tail.iter().map(String::as_str).collect();
+        format!("the warm sandbox's preparation failed ({how}): {}", tail.join(" / "))
+    }
+}
+
 /// The argv of `oz agent warm` with the paths a backend chose in its sandbox.
 pub fn warm_argv(
     entrypoint: &str,
@@ -202,6 +254,15 @@ mod tests {
         let shown = format!("{handoff:?}");
         assert!(!shown.contains("ozw_secret") && !shown.contains("hidden-value"), "{shown}");
         assert_eq!(handoff.run_flags().unwrap(), ["--task-id", "run-1"]);
+        let mut log = PreparationLog::default();
+        for n in 0..7 {
+            assert!(!log.line(&format!("step {n}")));
+        }
+        assert!(log.line("oz agent warm: ready; waiting for the task on stdin"));
+        assert_eq!(
+            log.failure("exit code 3"),
+            "the warm sandbox's preparation failed (exit code 3): step 2 / step 3 / step 4 / step 5 / step 6"
+        );
         let foreign = Handoff { argv: vec!["/bin/true".into()], env: vec![], secret_input: None, receipt: None };
         assert!(foreign.run_flags().is_none());
         let line = handoff.to_line().unwrap();

@@ -26,6 +26,19 @@ fn spawn_worker(dir: &std::path::Path, server: &str, key: &str) -> Child {
         .unwrap()
 }
 
+/// A kubeconfig at `<dir>/kubeconfig` pointing at the fake API server.
+fn write_kubeconfig(dir: &std::path::Path, cluster: &FakeCluster) {
+    std::fs::write(
+        dir.join("kubeconfig"),
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"{}\"}}}}]\n\
+             users: [{{name: u, user: {{}}}}]\ncontexts: [{{name: c, context: {{cluster: fake, user: u}}}}]\ncurrent-context: c\n",
+            cluster.url()
+        ),
+    )
+    .unwrap();
+}
+
 async fn pod_of(cluster: &FakeCluster, run_id: &str) -> String {
     for _ in 0..400 {
         if let Some(p) = cluster
@@ -45,15 +58,7 @@ async fn a_run_becomes_a_job_and_a_restarted_worker_reattaches_to_it() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cluster = FakeCluster::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("kubeconfig"),
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"{}\"}}}}]\n\
-             users: [{{name: u, user: {{}}}}]\ncontexts: [{{name: c, context: {{cluster: fake, user: u}}}}]\ncurrent-context: c\n",
-            cluster.url()
-        ),
-    )
-    .unwrap();
+    write_kubeconfig(dir.path(), &cluster);
     std::fs::write(
         dir.path().join("worker.yaml"),
         format!(
@@ -235,15 +240,7 @@ async fn a_warm_pool_on_kubernetes_hands_a_run_its_pod_and_a_killed_worker_leave
         ..Default::default()
     };
     let env_id = client.environments().create(&environment).await.unwrap().uid;
-    std::fs::write(
-        dir.path().join("kubeconfig"),
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"{}\"}}}}]\n\
-             users: [{{name: u, user: {{}}}}]\ncontexts: [{{name: c, context: {{cluster: fake, user: u}}}}]\ncurrent-context: c\n",
-            cluster.url()
-        ),
-    )
-    .unwrap();
+    write_kubeconfig(dir.path(), &cluster);
     std::fs::write(
         dir.path().join("worker.yaml"),
         format!(
