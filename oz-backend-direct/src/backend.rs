@@ -218,6 +218,13 @@ impl Backend for DirectBackend {
             .map_err(|source| DirectError::Workspace { path: root.display().to_string(), source })?;
         let mut found = Vec::new();
         for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(crate::workspace::REMOVING_PREFIX) {
+                // A removal an earlier process was killed in the middle of: finished now.
+                if let Err(e) = crate::workspace::remove_tree(&entry.path()) {
+                    warn!(path = %entry.path().display(), "could not finish removing a workspace: {e}");
+                }
+                continue;
+            }
             let ws = Workspace { root: entry.path() };
             let Some(marker) = ws.read_marker() else {
                 continue;

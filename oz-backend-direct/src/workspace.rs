@@ -155,10 +155,26 @@ impl Workspace {
     }
 
     /// Removes the folder and everything in it, even read-only subfolders.
+    ///
+    /// It is renamed to [`REMOVING_PREFIX`]`<name>` first (atomic): a removal cut short by a crash
+    /// (its marker may be gone with half its files) leaves a folder `recover` knows to finish.
     pub fn remove(&self) -> Result<(), DirectError> {
-        remove_tree(&self.root).map_err(|source| DirectError::Cleanup { path: self.root.display().to_string(), source })
+        let doomed = match (self.root.parent(), self.root.file_name()) {
+            (Some(parent), Some(name)) => parent.join(format!("{REMOVING_PREFIX}{}", name.to_string_lossy())),
+            _ => self.root.clone(),
+        };
+        let target = match std::fs::rename(&self.root, &doomed) {
+            Ok(()) => doomed,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            // A leftover of the same name is in the way: removed in place instead.
+            Err(_) => self.root.clone(),
+        };
+        remove_tree(&target).map_err(|source| DirectError::Cleanup { path: target.display().to_string(), source })
     }
 }
+
+/// The name prefix of a workspace being removed ([`Workspace::remove`]).
+pub const REMOVING_PREFIX: &str = ".removing-";
 
 /// `rm -rf` that also copes with folders the task made read-only.
 pub fn remove_tree(path: &Path) -> std::io::Result<()> {

@@ -259,3 +259,21 @@ async fn tasks_of_one_cache_key_share_a_folder_that_outlives_them() {
     assert!(escape.message.contains("cache"), "{}", escape.message);
     assert!(!root.path().join("escape").exists());
 }
+
+/// A removal cut short by a crash (the marker gone, files left) leaves a `.removing-` folder,
+/// which a restarted backend finishes removing.
+#[tokio::test]
+async fn a_removal_cut_short_is_finished_on_recovery() {
+    let root = tempfile::tempdir().unwrap();
+    let half_removed = root.path().join("ws").join(".removing-run-1");
+    std::fs::create_dir_all(half_removed.join("workspace/deep")).unwrap();
+    std::fs::write(half_removed.join("oz-exit-status"), "0\n").unwrap();
+    let b = backend(&root, |_| {});
+    assert!(b.recover().await.unwrap().is_empty());
+    assert!(!half_removed.exists(), "the half-removed workspace is gone");
+    // And a workspace removed whole never shows under its own name on the way.
+    let c = run_to_end(&b, sh(&task_id("removed"), "true")).await;
+    assert!(c.outcome.succeeded());
+    let left: Vec<_> = std::fs::read_dir(root.path().join("ws")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "{left:?}");
+}
