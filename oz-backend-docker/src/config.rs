@@ -69,6 +69,11 @@ pub struct DockerConfig {
     /// at [`crate::container::CACHE_MOUNT`]; from the worker's `package_caches:`). `None`: none.
     #[serde(skip)]
     pub cache_root: Option<PathBuf>,
+    /// The worker's git mirrors on the host (from its `git_mirrors:`): a sandbox gets the mirrors
+    /// its spec names ([`oz_core::task::SandboxSpec::git_mirrors`]), each bound read-only under
+    /// [`oz_core::task::SANDBOX_GIT_MIRRORS`], and no other. `None`: none.
+    #[serde(skip)]
+    pub git_mirrors_root: Option<PathBuf>,
     /// Variables every task gets (Oz's `environment`), after the task's own.
     pub environment: Vec<EnvEntry>,
     /// The default network.
@@ -114,6 +119,7 @@ impl DockerConfig {
             sidecar_ca_bundle: None,
             volumes: Vec::new(),
             cache_root: None,
+            git_mirrors_root: None,
             environment: Vec::new(),
             network: DefaultNetwork::default(),
             allowed_domains: Vec::new(),

@@ -47,6 +47,20 @@ pub fn cache_folder(spec: &TaskSpec, config: &DockerConfig) -> Option<std::path:
     Some(oz_core::task::cache_folder(config.cache_root.as_ref()?, spec.sandbox.cache.as_ref()?))
 }
 
+/// The read-only binds of the git mirrors a sandbox may read: each of its spec's that exists on the
+/// host, at its place under [`oz_core::task::SANDBOX_GIT_MIRRORS`].
+pub fn mirror_binds(spec: &TaskSpec, config: &DockerConfig) -> Vec<String> {
+    let Some(root) = &config.git_mirrors_root else { return Vec::new() };
+    let inside = std::path::Path::new(oz_core::task::SANDBOX_GIT_MIRRORS);
+    spec.sandbox
+        .git_mirrors
+        .iter()
+        .map(|repo| (oz_core::runner::mirror_of(root, repo), oz_core::runner::mirror_of(inside, repo)))
+        .filter(|(host, _)| host.is_dir())
+        .map(|(host, sandbox)| format!("{}:{}:ro", host.display(), sandbox.display()))
+        .collect()
+}
+
 /// Makes a sandbox's package cache folder on the host. Mode 0777: the image may run as any user,
 /// and the folder is reachable only through the cache root, which is the worker's own (0700).
 /// A folder that is there but is not a real folder (a symlink planted to widen another's mode) is
@@ -154,6 +168,7 @@ pub fn container_body(spec: &TaskSpec, config: &DockerConfig, inputs: &Container
         env.retain(|(n, _)| n != oz_core::runner::env::CACHE_DIR);
         env.push((oz_core::runner::env::CACHE_DIR.to_owned(), CACHE_MOUNT.to_owned()));
     }
+    binds.extend(mirror_binds(spec, config));
     if let Some(volume) = inputs.sidecar_volume {
         binds.push(format!("{volume}:{}:ro", SidecarLayout::default().mount()));
     }
@@ -262,6 +277,39 @@ mod tests {
         let body = container_body(&spec, &config, &warm);
         assert_eq!(body.labels.unwrap()[WARM_LABEL], "warm-1");
         assert_eq!((body.open_stdin, body.stdin_once), (Some(true), Some(true)), "the handoff comes on stdin");
+    }
+
+    #[test]
+    fn a_sandbox_is_given_its_own_environments_git_mirrors_only() {
+        let root = tempfile::tempdir().unwrap();
+        for repo in ["acme/app.git", "acme/infra-private.git"] {
+            std::fs::create_dir_all(root.path().join(repo)).unwrap();
+        }
+        let mut config = DockerConfig::new("w1");
+        config.git_mirrors_root = Some(root.path().to_path_buf());
+        let mut spec = TaskSpec::new("t1", vec!["oz".into()]);
+        spec.sandbox.git_mirrors = vec![
+            oz_core::environment::RepoRef::new("acme", "app").unwrap(),
+            // No mirror of it yet: nothing to bind (Docker would make an empty folder).
+            oz_core::environment::RepoRef::new("acme", "new").unwrap(),
+        ];
+        let image = ImageRef::parse("debian:bookworm").unwrap();
+        let inputs = ContainerInputs {
+            image: &image,
+            image_path: None,
+            sidecar_volume: None,
+            sidecar_has_ca_bundle: false,
+            network: "none".into(),
+            deadline: None,
+            configured_env: &[],
+            extra_env: Vec::new(),
+            warm_id: None,
+        };
+        let binds = container_body(&spec, &config, &inputs).host_config.unwrap().binds.unwrap();
+        assert_eq!(binds, [format!("{}/acme/app.git:/oz-cache/git/acme/app.git:ro", root.path().display())]);
+        spec.sandbox.git_mirrors.clear();
+        let binds = container_body(&spec, &config, &inputs).host_config.unwrap().binds.unwrap_or_default();
+        assert!(binds.is_empty(), "{binds:?}");
     }
 
     #[test]

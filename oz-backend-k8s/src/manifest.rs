@@ -206,7 +206,18 @@ pub fn job(spec: &TaskSpec, config: &KubernetesConfig) -> Result<Job, Kubernetes
         mounts.push(json!({"name": CACHE_VOLUME, "mountPath": oz_core::task::SANDBOX_CACHE_DIR, "subPath": key}));
     }
     if config.git_mirror_claim.is_some() {
-        mounts.push(json!({"name": MIRRORS_VOLUME, "mountPath": oz_core::task::SANDBOX_GIT_MIRRORS, "readOnly": true}));
+        // Its environment's mirrors only, each a subPath of the claim: another environment's
+        // (private) repo is not readable from this Pod.
+        let inside = std::path::Path::new(oz_core::task::SANDBOX_GIT_MIRRORS);
+        for repo in &spec.sandbox.git_mirrors {
+            let sub = oz_core::runner::mirror_of(std::path::Path::new(""), repo);
+            mounts.push(json!({
+                "name": MIRRORS_VOLUME,
+                "mountPath": oz_core::runner::mirror_of(inside, repo).display().to_string(),
+                "subPath": sub.display().to_string(),
+                "readOnly": true,
+            }));
+        }
     }
     let mut task_mounts = mounts.clone();
     if spec.secret_input.is_some() {
@@ -650,6 +661,7 @@ mod tests {
         config.git_mirror_claim = Some("oz-mirrors".into());
         let mut cached = spec();
         cached.sandbox.cache = Some("env_1".into());
+        cached.sandbox.git_mirrors = vec![oz_core::environment::RepoRef::new("acme", "app").unwrap()];
         let made = serde_json::to_value(job(&cached, &config).unwrap()).unwrap();
         let pod = &made["spec"]["template"]["spec"];
         let volumes = pod["volumes"].as_array().unwrap();
@@ -664,13 +676,23 @@ mod tests {
         assert!(
             mounts.contains(&json!({"name": "oz-package-cache", "mountPath": "/oz-cache/env", "subPath": "env_1"}))
         );
-        assert!(mounts.contains(&json!({"name": "oz-git-mirrors", "mountPath": "/oz-cache/git", "readOnly": true})));
+        let mirrors: Vec<&Value> = mounts.iter().filter(|m| m["name"] == "oz-git-mirrors").collect();
+        assert_eq!(
+            mirrors,
+            [
+                &json!({"name": "oz-git-mirrors", "mountPath": "/oz-cache/git/acme/app.git", "subPath": "acme/app.git", "readOnly": true})
+            ],
+            "only the environment's own mirrors, never the whole claim"
+        );
         assert!(task["env"].as_array().unwrap().contains(&json!({"name": "OZ_CACHE_DIR", "value": "/oz-cache/env"})));
         // A task without a cache key mounts no cache (the mirrors still).
         let plain = serde_json::to_value(job(&spec(), &config).unwrap()).unwrap();
         let text = plain["spec"]["template"]["spec"].to_string();
         assert!(!text.contains("oz-package-cache") && !text.contains("OZ_CACHE_DIR"), "{text}");
-        assert!(text.contains("oz-git-mirrors"));
+        assert!(
+            !plain["spec"]["template"]["spec"]["containers"][0]["volumeMounts"].to_string().contains("oz-git-mirrors"),
+            "no mirror of another environment"
+        );
     }
 
     #[test]

@@ -344,12 +344,18 @@ async fn a_warm_container_is_handed_its_task_on_stdin_and_a_killed_worker_leaves
     environment.env_vars.insert("OZ_GIT_BASE_URL".into(), git_base);
     let env_id = client.environments().create(&environment).await.unwrap().uid;
     let git_dir = dir.path().join("git");
+    // The worker's mirrors, with one of a repo this environment does not have (another
+    // environment's private one): its sandboxes must not see it.
+    let mirrors = dir.path().join("mirrors");
+    std::fs::create_dir_all(mirrors.join("acme/other-private.git")).unwrap();
+    std::fs::write(mirrors.join("acme/other-private.git/HEAD"), "ref: refs/heads/main\n").unwrap();
     p.worker_config(
         dir.path(),
         &sidecar,
         &format!(
-            "    volumes: [\"{0}:{0}:ro\"]\nlocal_git_remotes: true\nwarm_pools:\n  - environment: {env_id}\n    size: 1\n",
-            git_dir.display()
+            "    volumes: [\"{0}:{0}:ro\"]\nlocal_git_remotes: true\ngit_mirrors: {1}\nwarm_pools:\n  - environment: {env_id}\n    size: 1\n",
+            git_dir.display(),
+            mirrors.display()
         ),
     );
     let spawn = || p.spawn_worker(dir.path());
@@ -384,6 +390,18 @@ async fn a_warm_container_is_handed_its_task_on_stdin_and_a_killed_worker_leaves
     for secret in [worker_key.as_str(), "ozw_", "OZ_WORKLOAD_TOKEN="] {
         assert!(!seen.contains(secret), "the warm container holds {secret:?}");
     }
+    // It was cloned from the worker's mirror of its repo, the only mirror it can see.
+    let listed = Command::new("docker").args(["exec", &first[0], "ls", "/oz-cache/git/acme"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), "app.git", "{listed:?}");
+    let alternates = Command::new("docker")
+        .args(["exec", &first[0], "cat", "/workspace/app/.git/objects/info/alternates"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&alternates.stdout).trim(),
+        "/oz-cache/git/acme/app.git/objects",
+        "{alternates:?}"
+    );
 
     // A push after the sandbox was prepared: the task sees it.
     let src = dir.path().join("src");

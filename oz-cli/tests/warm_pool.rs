@@ -704,3 +704,92 @@ async fn a_memory_cap_stops_the_pool_growing_but_keeps_one_sandbox() {
     uncapped.handle().shutdown();
     s.server.shutdown().await;
 }
+
+const PRIVATE_TOKEN: &str = "ghp_private-repo-only-3b9d7e";
+
+/// A private repo (a git server that wants a token) is warmed: the worker mirrors it with the
+/// read-only credential the control plane issues it, the warm sandbox clones from that mirror
+/// without reaching the remote and holds no credential, and the task, handed the run's own
+/// credential, brings it to the HEAD pushed after the preparation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_repo_is_warmed_from_the_workers_mirror_and_no_sandbox_holds_its_credential() {
+    use base64::Engine;
+    let s = stack().await;
+    let base = support::git_http_server(s.dir.path().join("git"), "x-access-token", PRIVATE_TOKEN).await;
+    let host = base.strip_prefix("http://").unwrap().split('/').next().unwrap().to_owned();
+    s.client.secrets().set("git-token", PRIVATE_TOKEN).await.unwrap();
+    let provider = oz_core::wire::admin::GitProvider::Static {
+        token_secret: "git-token".into(),
+        username: Some("x-access-token".into()),
+    };
+    s.client.git_providers().set(&host, &provider).await.unwrap();
+    let env = EnvironmentConfig {
+        name: "private".into(),
+        github_repos: vec![RepoRef::new("acme", "app").unwrap()],
+        setup_commands: vec!["echo set-up > setup.txt".into()],
+        env_vars: [("OZ_GIT_BASE_URL".to_owned(), base.clone())].into_iter().collect(),
+        ..Default::default()
+    };
+    let env_id = s.client.environments().create(&env).await.unwrap().uid;
+    let mirrors = s.dir.path().join("mirrors");
+    let w = worker_with(&s, vec![pool(&env_id)], Some(&mirrors), None);
+    tokio::spawn(w.clone().run_shared());
+    ready(&w, &env_id, 1).await;
+
+    // The worker mirrored the private repo with its preparation credential.
+    let mirror = oz_core::runner::mirror_of(&mirrors, &RepoRef::new("acme", "app").unwrap());
+    assert!(mirror.join("HEAD").is_file(), "no mirror of the private repo at {}", mirror.display());
+    // The warm sandbox cloned it from there, and holds no credential: not in its runner's
+    // environment or argv, not in a file of its workspace, not in the mirror it borrows from.
+    let first = warm_dirs(&s.workspaces());
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(first[0].join("workspace/app/README.md").is_file(), "the repo is not in the warm sandbox");
+    let pid = marker_pid(&first[0]);
+    let mut seen = Vec::new();
+    for proc_file in ["environ", "cmdline"] {
+        seen.extend(std::fs::read(format!("/proc/{pid}/{proc_file}")).unwrap());
+    }
+    for file in walk(&first[0]).into_iter().chain(walk(&mirror)) {
+        seen.extend(std::fs::read(file).unwrap_or_default());
+    }
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{PRIVATE_TOKEN}"));
+    for secret in [PRIVATE_TOKEN, basic.as_str()] {
+        assert!(
+            !seen.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "the repo's credential is in the warm sandbox or the mirror"
+        );
+    }
+
+    // A push after the preparation; the task starts in that sandbox at the new HEAD.
+    s.push("pushed-to-the-private-repo");
+    let (state, output) = run(&s, &env_id, SCRIPT).await;
+    assert_eq!(state, RunState::Succeeded, "{output}");
+    assert!(output.contains(first[0].file_name().unwrap().to_str().unwrap()), "not the warm sandbox: {output}");
+    assert!(output.contains("cloning from the worker's mirror"), "{output}");
+    assert!(output.contains("pushed-to-the-private-repo"), "not at the new HEAD: {output}");
+    assert!(!output.contains(PRIVATE_TOKEN), "the token is in the run's output");
+    let status = &w.warm_pools().status()[0];
+    assert_eq!((status.hits, status.misses), (1, 0), "{status:?}");
+
+    // A mirror owned by another user (the worker's, read by a container that runs as someone
+    // else): git refuses to clone such a repository, so the warm clone only borrows its objects.
+    if nix::unistd::geteuid().is_root() {
+        let chown = std::process::Command::new("chown").args(["-R", "65534:65534"]).arg(&mirror).status().unwrap();
+        assert!(chown.success());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while first[0].exists() {
+            assert!(tokio::time::Instant::now() < deadline, "the used sandbox was not removed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ready(&w, &env_id, 1).await;
+        let second = warm_dirs(&s.workspaces());
+        let (state, output) = run(&s, &env_id, SCRIPT).await;
+        assert_eq!(state, RunState::Succeeded, "{output}");
+        assert!(output.contains(second[0].file_name().unwrap().to_str().unwrap()), "not the warm sandbox: {output}");
+        assert!(output.contains("cloning from the worker's mirror"), "{output}");
+        let status = &w.warm_pools().status()[0];
+        assert_eq!((status.hits, status.misses), (2, 0), "{status:?}");
+    }
+    w.handle().shutdown();
+    s.server.shutdown().await;
+}

@@ -197,6 +197,21 @@ pub struct SandboxSpec {
     /// `OZ_CACHE_DIR` ([`crate::runner::env::CACHE_DIR`]). `None`: no cache. A backend without a
     /// cache root configured gives none.
     pub cache: Option<String>,
+    /// The worker's git mirrors ([`crate::runner::mirror_of`]) this sandbox may read, read-only:
+    /// its environment's repos that have one. The container backends mount these alone, so one
+    /// environment's private repo is not readable from another's sandbox; Direct, which isolates
+    /// nothing, points at the whole folder.
+    pub git_mirrors: Vec<crate::environment::RepoRef>,
+}
+
+impl SandboxSpec {
+    /// Whether a sandbox prepared as `self` serves a task that asks for `wanted`: the same in all but
+    /// the git mirrors, which are the environment's own either way, only taken at different times (a
+    /// mirror made in between is not in the older one).
+    pub fn serves(&self, wanted: &SandboxSpec) -> bool {
+        let without_mirrors = |s: &SandboxSpec| SandboxSpec { git_mirrors: Vec::new(), ..s.clone() };
+        without_mirrors(self) == without_mirrors(wanted)
+    }
 }
 
 /// The workspace of a container's task (Docker, Kubernetes): the repos are cloned here.

@@ -52,6 +52,11 @@ pub enum Cloner {
         /// The worker's folder of mirrors (`OZ_GIT_MIRROR_DIR`), if any: a clone references its
         /// repo's mirror there.
         mirrors: Option<PathBuf>,
+        /// Clone from the repo's mirror alone when it has one, without reaching the remote (a warm
+        /// sandbox, which holds no credential: the repo may be private). The clone's `origin` is
+        /// still the remote, and the handoff brings it to the remote's HEAD with the run's
+        /// credentials.
+        from_mirror: bool,
     },
     /// The built-in git, with these credentials.
     Builtin(Arc<Vec<GitCredential>>),
@@ -78,14 +83,31 @@ pub async fn clone_all(
                 Ok(())
             } else {
                 match &cloner {
-                    Cloner::Binary { git, env, mirrors } => {
+                    Cloner::Binary { git, env, mirrors, from_mirror } => {
                         let mirror =
                             mirrors.as_deref().map(|m| oz_core::runner::mirror_of(m, &repo)).filter(|m| m.is_dir());
-                        if let Some(mirror) = &mirror {
-                            let text = format!("{repo}: referencing the worker's mirror {}", mirror.display());
-                            log.announce(&text).await;
+                        match &mirror {
+                            Some(mirror) if *from_mirror => {
+                                let text = format!("{repo}: cloning from the worker's mirror {}", mirror.display());
+                                log.announce(&text).await;
+                                match clone_from_mirror(git, mirror, &url, &dir, env).await {
+                                    Ok(()) => Ok(()),
+                                    Err(e) => {
+                                        let text = format!(
+                                            "{repo}: the mirror could not be used ({e}); cloning from the remote"
+                                        );
+                                        log.announce(&text).await;
+                                        clone_one(git, &url, &dir, env, Some(mirror)).await
+                                    }
+                                }
+                            }
+                            Some(mirror) => {
+                                let text = format!("{repo}: referencing the worker's mirror {}", mirror.display());
+                                log.announce(&text).await;
+                                clone_one(git, &url, &dir, env, Some(mirror)).await
+                            }
+                            None => clone_one(git, &url, &dir, env, None).await,
                         }
-                        clone_one(git, &url, &dir, env, mirror.as_deref()).await
                     }
                     Cloner::Builtin(credentials) => {
                         let (url, dir, credentials) = (url.clone(), dir.clone(), credentials.clone());
@@ -136,6 +158,60 @@ async fn clone_one(
     }
     args.extend(["--", url, &name]);
     git_in(git, parent, env, &args).await.map(drop)
+}
+
+/// Makes in `dir` the clone of `url` that the mirror `mirror` holds, reaching no remote: a new
+/// repository borrowing the mirror's objects (git alternates), at the mirror's HEAD, on its branch,
+/// with `origin` set to `url` and tracking that branch.
+///
+/// Not `git clone` of the mirror: git refuses to read a repository owned by another user (the
+/// worker's, mounted in a container that runs as someone else), and borrowing objects is exempt.
+/// Only the mirror's HEAD is read as a repository, with an explicit `--git-dir`, which git allows.
+async fn clone_from_mirror(
+    git: &Path,
+    mirror: &Path,
+    url: &str,
+    dir: &Path,
+    env: &[(String, String)],
+) -> Result<(), String> {
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return Err(format!("{} is not a folder to clone into", dir.display()));
+    };
+    let here = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+    let git_dir = format!("--git-dir={}", mirror.display());
+    let head_of = |args: &'static [&'static str]| {
+        let mut all = vec![git_dir.as_str()];
+        all.extend(args);
+        async move { git_in(git, here, env, &all).await.map(|out| String::from_utf8_lossy(&out).trim().to_owned()) }
+    };
+    let head = head_of(&["rev-parse", "--verify", "HEAD^{commit}"]).await?;
+    let branch = head_of(&["symbolic-ref", "HEAD"]).await?;
+    let branch = branch
+        .strip_prefix("refs/heads/")
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| format!("the mirror's HEAD is {branch}, not a branch"))?
+        .to_owned();
+    let made = async {
+        let name = name.to_string_lossy();
+        git_in(git, here, env, &["init", "--quiet", "--", &name]).await?;
+        git_in(git, dir, env, &["symbolic-ref", "HEAD", &format!("refs/heads/{branch}")]).await?;
+        let alternates = dir.join(".git/objects/info/alternates");
+        std::fs::write(&alternates, format!("{}\n", mirror.join("objects").display()))
+            .map_err(|e| format!("could not write {}: {e}", alternates.display()))?;
+        git_in(git, dir, env, &["remote", "add", "origin", "--", url]).await?;
+        git_in(git, dir, env, &["update-ref", &format!("refs/remotes/origin/{branch}"), &head]).await?;
+        git_in(git, dir, env, &["symbolic-ref", "refs/remotes/origin/HEAD", &format!("refs/remotes/origin/{branch}")])
+            .await?;
+        git_in(git, dir, env, &["reset", "--quiet", "--hard", &head]).await?;
+        git_in(git, dir, env, &["branch", "--quiet", &format!("--set-upstream-to=origin/{branch}")]).await?;
+        Ok::<_, String>(())
+    }
+    .await;
+    if made.is_err() {
+        // Half a clone would be taken for a clone ("already present") by a retry.
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    made
 }
 
 /// Clones with the built-in git: shallow (depth 1), isolated from any git configuration on the host,

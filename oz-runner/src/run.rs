@@ -375,7 +375,7 @@ async fn prepare_and_run(
         Some(p) => refresh_heads(p.cloned.clone(), &child_env, log).await?,
         None => {
             let cloned =
-                clone_environment(&environment, &args.git_base_url, &workdir, &child_env, &git_credentials, log)
+                clone_environment(&environment, &args.git_base_url, &workdir, &child_env, &git_credentials, false, log)
                     .await?;
             run_setup(&environment, &child_env, &workdir, log, &ctx.cancel).await?;
             cloned
@@ -424,13 +424,15 @@ async fn prepare_and_run(
     Ok(code)
 }
 
-/// Clones the environment's repos into `workdir` (a repo already there is left as it is).
+/// Clones the environment's repos into `workdir` (a repo already there is left as it is);
+/// `from_mirror`: from the worker's mirror alone where a repo has one (see [`clone::Cloner`]).
 pub(crate) async fn clone_environment(
     environment: &EnvironmentConfig,
     git_base_url: &str,
     workdir: &Path,
     child_env: &[(String, String)],
     git_credentials: &[GitCredential],
+    from_mirror: bool,
     log: &Arc<EventLog>,
 ) -> Result<Vec<Cloned>, Failure> {
     if environment.github_repos.is_empty() {
@@ -444,7 +446,7 @@ pub(crate) async fn clone_environment(
                 .find(|(k, _)| k == oz_core::runner::env::GIT_MIRROR_DIR)
                 .map(|(_, v)| PathBuf::from(v))
                 .filter(|p| p.is_absolute());
-            clone::Cloner::Binary { git, env: child_env.to_vec(), mirrors }
+            clone::Cloner::Binary { git, env: child_env.to_vec(), mirrors, from_mirror }
         }
         None => {
             log.note("no git binary on PATH nor at /agent/bin/git: cloning with the built-in git (shallow, depth 1)");

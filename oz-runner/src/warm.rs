@@ -127,7 +127,8 @@ async fn prepare(args: &WarmArgs, cancel: &watch::Receiver<bool>) -> Result<Prep
     }
     let result = async {
         let cloned =
-            run::clone_environment(&environment, &args.git_base_url, &args.workdir, &child_env, &[], &log).await?;
+            run::clone_environment(&environment, &args.git_base_url, &args.workdir, &child_env, &[], true, &log)
+                .await?;
         run::run_setup(&environment, &child_env, &args.workdir, &log, cancel).await?;
         Ok::<_, Failure>(cloned)
     }

@@ -39,6 +39,17 @@ impl EnvironmentsHandler {
     pub async fn get_for_worker(&self, id: &str) -> Result<CloudEnvironment> {
         self.client.call(Method::GET, &format!("/selfhosted/worker/environments/{}", seg(id))).await
     }
+    /// Read-only git credentials for one's repositories, with a worker credential: for the worker's
+    /// own git (its mirrors, its warm pools' HEAD checks), never a sandbox's.
+    pub async fn preparation_credentials(&self, id: &str) -> Result<oz_core::wire::callbacks::PreparationCredentials> {
+        self.client
+            .call_json(
+                Method::POST,
+                &oz_core::wire::callbacks::preparation_credentials_path(&seg(id)),
+                &serde_json::json!({}),
+            )
+            .await
+    }
     /// Replaces one's config.
     pub async fn update(&self, id: &str, config: &EnvironmentConfig) -> Result<CloudEnvironment> {
         self.client.call_json(Method::PUT, &format!("/agent/environments/{}", seg(id)), config).await

@@ -42,6 +42,36 @@ type Issued = (Arc<dyn GitCredentialProvider>, IssuedCredential);
 #[derive(Clone, Default)]
 pub struct GitCredentialBroker {
     issued: Arc<Mutex<HashMap<String, Vec<Issued>>>>,
+    /// The workers' preparation credentials, by (team, environment).
+    prepared: Arc<Mutex<HashMap<(String, String), Prepared>>>,
+}
+
+/// A preparation credential and what it was issued for (the repositories, the host and the
+/// provider's configuration, serialized).
+struct Prepared {
+    scope: String,
+    issued: Issued,
+}
+
+/// A shared preparation credential is replaced this long before it expires: longer than the
+/// worker's own margin (`oz-worker`'s `RENEW_BEFORE`, 10 minutes), so a worker that renews gets a
+/// new one instead of the one about to end.
+const PREPARATION_RENEWAL: jiff::SignedDuration = jiff::SignedDuration::from_mins(15);
+
+/// Whether a preparation credential that expires at `expires_at` is good beyond the renewal margin.
+fn renewed_after(expires_at: Option<jiff::Timestamp>) -> bool {
+    let Ok(limit) = jiff::Timestamp::now().checked_add(PREPARATION_RENEWAL) else { return false };
+    expires_at.is_some_and(|at| at > limit)
+}
+
+/// Revokes one credential issued for `owner` (a run, or an environment's preparation); a failure is
+/// logged.
+async fn revoke_one(owner: &str, (provider, credential): Issued) {
+    if let Err(e) = provider.revoke(&credential).await {
+        tracing::warn!(owner, "could not revoke a git credential: {}", oz_core::error::error_chain(&e));
+    } else {
+        tracing::debug!(owner, host = %credential.host, "revoked a git credential");
+    }
 }
 
 impl std::fmt::Debug for GitCredentialBroker {
@@ -71,9 +101,60 @@ fn provider_error(e: oz_credentials::CredentialError) -> ApiError {
     )
 }
 
+/// The provider that `configured` describes, for `host`, with its team's secret opened.
+async fn build_provider(
+    store: &dyn Store,
+    keyring: &Keyring,
+    team_id: &str,
+    host: &str,
+    configured: GitProvider,
+) -> Result<Arc<dyn GitCredentialProvider>, ApiError> {
+    Ok(match configured {
+        GitProvider::GithubApp { app, private_key_secret, installation_id, api_url } => {
+            let key = team_secret(store, keyring, team_id, &private_key_secret).await?;
+            let mut builder = GitHubAppProvider::builder(AppIssuer::parse(&app), key).git_host(host);
+            if let Some(url) = api_url {
+                builder = builder.api_base(url);
+            }
+            if let Some(id) = installation_id {
+                builder = builder.installation_id(id);
+            }
+            Arc::new(builder.build().map_err(provider_error)?)
+        }
+        GitProvider::Gitlab { url, token_secret } => {
+            let token = team_secret(store, keyring, team_id, &token_secret).await?;
+            Arc::new(GitLabProvider::builder(url, token).git_host(host).build().map_err(provider_error)?)
+        }
+        GitProvider::Static { token_secret, username } => {
+            let token = team_secret(store, keyring, team_id, &token_secret).await?;
+            let username = username.unwrap_or_else(|| oz_credentials::GITHUB_TOKEN_USERNAME.to_owned());
+            Arc::new(StaticProvider::new(host, username).with_team_token(token))
+        }
+    })
+}
+
+fn resolved(issued: &IssuedCredential) -> ResolvedGitCredential {
+    ResolvedGitCredential {
+        host: issued.host.clone(),
+        username: issued.username.clone(),
+        token: issued.expose_token().to_owned(),
+        expires_at: issued.expires_at,
+    }
+}
+
+/// Whether a credential that expires at `expires_at` is good for a few more minutes.
+fn good_for_a_while(expires_at: Option<jiff::Timestamp>) -> bool {
+    let Ok(soon) = jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_mins(5)) else { return false };
+    expires_at.is_none_or(|at| at > soon)
+}
+
 impl GitCredentialBroker {
     fn issued(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Issued>>> {
         self.issued.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn prepared(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Prepared>> {
+        self.prepared.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The credentials run `run` gets for its environment's repositories, from the team's provider
@@ -96,28 +177,7 @@ impl GitCredentialBroker {
         if let Some(credential) = self.still_valid(&run.id, &host) {
             return Ok(vec![credential]);
         }
-        let provider: Arc<dyn GitCredentialProvider> = match provider {
-            GitProvider::GithubApp { app, private_key_secret, installation_id, api_url } => {
-                let key = team_secret(store, keyring, &run.team_id, &private_key_secret).await?;
-                let mut builder = GitHubAppProvider::builder(AppIssuer::parse(&app), key).git_host(&host);
-                if let Some(url) = api_url {
-                    builder = builder.api_base(url);
-                }
-                if let Some(id) = installation_id {
-                    builder = builder.installation_id(id);
-                }
-                Arc::new(builder.build().map_err(provider_error)?)
-            }
-            GitProvider::Gitlab { url, token_secret } => {
-                let token = team_secret(store, keyring, &run.team_id, &token_secret).await?;
-                Arc::new(GitLabProvider::builder(url, token).git_host(&host).build().map_err(provider_error)?)
-            }
-            GitProvider::Static { token_secret, username } => {
-                let token = team_secret(store, keyring, &run.team_id, &token_secret).await?;
-                let username = username.unwrap_or_else(|| oz_credentials::GITHUB_TOKEN_USERNAME.to_owned());
-                Arc::new(StaticProvider::new(&host, username).with_team_token(token))
-            }
-        };
+        let provider = build_provider(store, keyring, &run.team_id, &host, provider).await?;
         let strategy = run
             .config
             .as_ref()
@@ -132,12 +192,7 @@ impl GitCredentialBroker {
         let request =
             CredentialRequest::new(run_id, environment.github_repos.clone(), Access::ReadWrite).with_identity(identity);
         let issued = provider.issue(&request).await.map_err(provider_error)?;
-        let credential = ResolvedGitCredential {
-            host: issued.host.clone(),
-            username: issued.username.clone(),
-            token: issued.expose_token().to_owned(),
-            expires_at: issued.expires_at,
-        };
+        let credential = resolved(&issued);
         self.issued().entry(run.id.clone()).or_default().push((provider, issued));
         // The run may have ended (or gone back to the queue) while the provider was asked, after its
         // credentials were revoked: revoke this one too rather than let it outlive the run.
@@ -151,31 +206,96 @@ impl GitCredentialBroker {
 
     /// What run `run_id` was issued for `host`, if it is good for a few more minutes.
     fn still_valid(&self, run_id: &str, host: &str) -> Option<ResolvedGitCredential> {
-        let soon = jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_mins(5)).ok()?;
         let issued = self.issued();
         let (_, credential) =
-            issued.get(run_id)?.iter().find(|(_, c)| c.host == host && c.expires_at.is_none_or(|at| at > soon))?;
-        Some(ResolvedGitCredential {
-            host: credential.host.clone(),
-            username: credential.username.clone(),
-            token: credential.expose_token().to_owned(),
-            expires_at: credential.expires_at,
-        })
+            issued.get(run_id)?.iter().find(|(_, c)| c.host == host && good_for_a_while(c.expires_at))?;
+        Some(resolved(credential))
+    }
+
+    /// The read-only credential a worker of team `team_id` prepares environment `environment_id`
+    /// with (its git mirrors, its warm pools' HEAD checks), from the team's provider for the
+    /// environment's git host; none when the team has none. One per environment: the workers of the
+    /// team share it until it is within 15 minutes of its expiry (a new one is issued, the old one
+    /// left to expire, as workers may be using it) or the environment's repositories or provider
+    /// change (the old one is revoked). A static secret is not kept. The provider is asked for
+    /// read access only (a GitHub App token with `contents: read`, a GitLab `read_repository`
+    /// token); a static provider's secret cannot be narrowed and is handed as it is.
+    pub async fn issue_for_preparation(
+        &self,
+        store: &dyn Store,
+        keyring: &Keyring,
+        team_id: &str,
+        environment_id: &str,
+        environment: &EnvironmentConfig,
+    ) -> Result<Vec<ResolvedGitCredential>, ApiError> {
+        let Some(host) = git_host(environment) else { return Ok(Vec::new()) };
+        if environment.github_repos.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some((_, configured)) = store.git_providers(team_id).await?.into_iter().find(|(h, _)| *h == host) else {
+            return Ok(Vec::new());
+        };
+        let key = (team_id.to_owned(), environment_id.to_owned());
+        // What a shared credential must still be for: these repositories, from this provider.
+        let scope = serde_json::to_string(&(&environment.github_repos, &host, &configured)).unwrap_or_default();
+        let usable = |p: &Prepared| p.scope == scope && renewed_after(p.issued.1.expires_at);
+        let rescoped = {
+            let mut prepared = self.prepared();
+            match prepared.get(&key) {
+                Some(p) if usable(p) => return Ok(vec![resolved(&p.issued.1)]),
+                // Near its expiry: left to expire, since workers may be using it right now.
+                Some(p) if p.scope == scope => {
+                    prepared.remove(&key);
+                    None
+                }
+                // For other repositories or another provider: it must not go on working.
+                Some(_) => prepared.remove(&key),
+                None => None,
+            }
+        };
+        if let Some(old) = rescoped {
+            revoke_one(environment_id, old.issued).await;
+        }
+        let provider = build_provider(store, keyring, team_id, &host, configured).await?;
+        // Named for the token's record at the provider (a GitLab token is `oz-run-prepare-<id>`).
+        let purpose =
+            RunId::parse(&format!("prepare-{environment_id}")).map_err(|e| ApiError::invalid(e.to_string()))?;
+        let request = CredentialRequest::new(purpose, environment.github_repos.clone(), Access::Read);
+        let issued = provider.issue(&request).await.map_err(provider_error)?;
+        let credential = resolved(&issued);
+        // A static secret never expires and costs nothing to hand out again: not kept, so a rotated
+        // secret is what the next ask gets.
+        if issued.expires_at.is_none() {
+            return Ok(vec![credential]);
+        }
+        // Two workers asked at once: the first one's stays (it may be in use already), ours goes.
+        let mut ours = Some((provider, issued));
+        let theirs = {
+            let mut prepared = self.prepared();
+            match prepared.get(&key).filter(|p| usable(p)).map(|p| resolved(&p.issued.1)) {
+                Some(theirs) => Some(theirs),
+                None => {
+                    if let Some(issued) = ours.take() {
+                        prepared.insert(key, Prepared { scope: scope.clone(), issued });
+                    }
+                    None
+                }
+            }
+        };
+        match (theirs, ours) {
+            (Some(theirs), Some(ours)) => {
+                revoke_one(environment_id, ours).await;
+                Ok(vec![theirs])
+            }
+            _ => Ok(vec![credential]),
+        }
     }
 
     /// Revokes what run `run_id` was issued (its run ended); failures are logged, not returned.
     pub async fn revoke(&self, run_id: &str) {
         let issued = self.issued().remove(run_id).unwrap_or_default();
-        for (provider, credential) in issued {
-            if let Err(e) = provider.revoke(&credential).await {
-                tracing::warn!(
-                    run_id,
-                    "could not revoke the run's git credential: {}",
-                    oz_core::error::error_chain(&e)
-                );
-            } else {
-                tracing::debug!(run_id, host = %credential.host, "revoked the run's git credential");
-            }
+        for one in issued {
+            revoke_one(run_id, one).await;
         }
     }
 

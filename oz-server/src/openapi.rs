@@ -21,7 +21,7 @@ use crate::api::{admin, callbacks, environments, events, integrations, runs, sch
     paths(
         runs::create, runs::list, runs::get, runs::cancel, runs::transcript, runs::transcript_content, runs::followup,
         events::stream, callbacks::report, callbacks::resolved,
-        environments::list, environments::create, environments::get, environments::update, environments::delete, environments::for_worker,
+        environments::list, environments::create, environments::get, environments::update, environments::delete, environments::for_worker, environments::preparation_credentials,
         schedules::create, schedules::list, schedules::get, schedules::update, schedules::delete, schedules::pause, schedules::resume,
         integrations::create, integrations::list, integrations::get, integrations::update, integrations::delete, integrations::deliver,
         workers::list, workers::repos_pushed,

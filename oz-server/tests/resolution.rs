@@ -184,6 +184,88 @@ async fn a_github_app_token_covers_exactly_the_environments_repositories_and_is_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_gets_a_read_only_preparation_credential_for_its_own_teams_environments_only() {
+    const CLIENT_ID: &str = "Iv1.preparation0123";
+    let github = fake_github::FakeGitHub::start(json!(CLIENT_ID), support::APP_PUBLIC_PEM).await;
+    github.install(78, "acme", &["api", "web", "secret-infra"]);
+    let t = TestServer::start().await;
+    put(&t, "/secrets/github-app-key", json!({"value": support::APP_PRIVATE_PEM})).await;
+    let provider = json!({"kind": "github_app", "app": CLIENT_ID, "private_key_secret": "github-app-key",
+        "api_url": github.url});
+    put(&t, "/admin/git-providers/github.com", provider).await;
+    let (_, env) = t
+        .post(
+            "/agent/environments",
+            &t.key_a,
+            json!({"name": "e", "github_repos": [{"owner": "acme", "repo": "api"}, {"owner": "acme", "repo": "web"}]}),
+        )
+        .await;
+    let env_id = env["uid"].as_str().unwrap().to_owned();
+    let path = format!("/selfhosted/worker/environments/{env_id}/git-credentials");
+    let worker = t.worker_credential(&t.key_a, "w1").await;
+
+    let (status, answer) = t.post(&path, &worker, json!({})).await;
+    assert_eq!(status, 200, "{answer}");
+    let minted = github.minted();
+    assert_eq!(minted.len(), 1);
+    let mut repos = minted[0].repos.clone();
+    repos.sort();
+    assert_eq!(repos, ["api", "web"], "scoped to exactly the environment's repositories");
+    assert_eq!(
+        minted[0].permissions.get("contents").map(String::as_str),
+        Some("read"),
+        "read-only: {:?}",
+        minted[0].permissions
+    );
+    assert_eq!(answer["git_credentials"][0]["token"], minted[0].token.as_str());
+    assert_eq!(answer["git_credentials"][0]["host"], "github.com");
+
+    // The team's workers share it while it is good: no token per call.
+    let (status, again) = t.post(&path, &t.worker_credential(&t.key_a, "w2").await, json!({})).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["git_credentials"][0]["token"], minted[0].token.as_str());
+    assert_eq!(github.minted().len(), 1);
+
+    // New repositories: a new token for them, and the old one revoked.
+    put(
+        &t,
+        &format!("/agent/environments/{env_id}"),
+        json!({"name": "e", "github_repos": [{"owner": "acme", "repo": "api"}]}),
+    )
+    .await;
+    let (status, changed) = t.post(&path, &worker, json!({})).await;
+    assert_eq!(status, 200, "{changed}");
+    let minted = github.minted();
+    assert_eq!(minted.len(), 2);
+    assert!(minted[0].revoked, "the token for the old repositories was not revoked");
+    assert_eq!(minted[1].repos, ["api"]);
+    assert_eq!(changed["git_credentials"][0]["token"], minted[1].token.as_str());
+
+    // Only a worker credential, only its own team's environments.
+    assert_eq!(t.post(&path, &t.key_a, json!({})).await.0, 403, "an API key is not a worker");
+    let other = t.worker_credential(&t.key_b, "w1").await;
+    assert_eq!(t.post(&path, &other, json!({})).await.0, 404, "another team's worker");
+    // No provider for the environment's host: nothing, and nothing minted.
+    let (_, plain) = t
+        .post(
+            "/agent/environments",
+            &t.key_a,
+            json!({"name": "p", "github_repos": [{"owner": "acme", "repo": "api"}], "env_vars": {"OZ_GIT_BASE_URL": "https://git.example.com"}}),
+        )
+        .await;
+    let (status, none) = t
+        .post(
+            &format!("/selfhosted/worker/environments/{}/git-credentials", plain["uid"].as_str().unwrap()),
+            &worker,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{none}");
+    assert_eq!(none["git_credentials"], json!([]));
+    assert_eq!(github.minted().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_resolution_closes_after_its_window_even_if_the_harness_never_reports() {
     let config = oz_server::ServerConfig { resolution_window: Duration::from_millis(800), ..server::config() };
     let store = std::sync::Arc::new(oz_server::store::sqlite::SqliteStore::temporary().await.unwrap());

@@ -26,9 +26,10 @@ impl std::fmt::Debug for BuiltBackend {
 }
 
 /// Where the sandboxes of `config`'s backend find the worker's git mirrors kept in `dir` (for
-/// `OZ_GIT_MIRROR_DIR`): the folder itself on Direct; a read-only bind mount at
-/// [`SANDBOX_GIT_MIRRORS`] on Docker, added to `config`; on Kubernetes, the claim named by
-/// `git_mirror_claim` (mounted at `dir` in the worker's own Pod), which each task's Pod mounts there.
+/// `OZ_GIT_MIRROR_DIR`): the folder itself on Direct; on Docker, [`SANDBOX_GIT_MIRRORS`], where each
+/// sandbox gets its own environment's mirrors bound read-only; on Kubernetes, the claim named by
+/// `git_mirror_claim` (mounted at `dir` in the worker's own Pod), of which each task's Pod mounts
+/// its environment's mirrors there.
 pub fn mount_git_mirrors(config: &mut BackendConfig, dir: &std::path::Path) -> Result<String, WorkerError> {
     if !dir.is_absolute() {
         return Err(WorkerError::Config(format!("git_mirrors: {} must be an absolute path", dir.display())));
@@ -40,7 +41,7 @@ pub fn mount_git_mirrors(config: &mut BackendConfig, dir: &std::path::Path) -> R
         BackendConfig::Direct(_) => Ok(dir.display().to_string()),
         #[cfg(feature = "docker")]
         BackendConfig::Docker(docker) => {
-            docker.volumes.push(format!("{}:{SANDBOX_GIT_MIRRORS}:ro", dir.display()));
+            docker.git_mirrors_root = Some(dir.to_path_buf());
             Ok(SANDBOX_GIT_MIRRORS.to_owned())
         }
         #[cfg(feature = "kubernetes")]

@@ -8,9 +8,12 @@
 //! per [`REFRESH_INTERVAL`]. Sandboxes never write to it, so a task cannot plant objects another task
 //! would borrow, and every object in it came through git's own checks (`index-pack`).
 //!
-//! The worker fetches without credentials and with nothing of its host ([`crate::git`]): a repo it
-//! cannot read that way (a private one) gets no mirror, and its clones go to the remote in full, as
-//! before. Only branches and tags are mirrored. A mirror is never pruned of objects
+//! The worker fetches with nothing of its host ([`crate::git`]) and, for a private repo, with the
+//! read-only credential the control plane issues it for the environment: no sandbox holds one to
+//! read the mirror. A repo it cannot read at all gets no mirror, and its clones go to the remote in
+//! full. A sandbox is given the mirrors of its own environment's repos only
+//! ([`GitMirrors::for_environment`]): one environment's private repo is not readable from another's
+//! sandbox. Only branches and tags are mirrored. A mirror is never pruned of objects
 //! (`gc.auto=0`, `maintenance.auto=false`), since clones that borrow from it need them for as long as
 //! they live.
 
@@ -19,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use oz_core::environment::EnvironmentConfig;
+use oz_core::environment::{EnvironmentConfig, RepoRef};
 use tracing::{debug, warn};
 
 use crate::git::{FETCH_TIMEOUT, GitAccess};
@@ -32,9 +35,9 @@ pub struct GitMirrors {
     root: PathBuf,
     /// When each mirror was last refreshed, and the ones being refreshed now (`None`).
     refreshed: Mutex<HashMap<PathBuf, Option<Instant>>>,
-    /// When each environment was last read for a refresh: a task of it within [`REFRESH_INTERVAL`]
-    /// asks the control plane nothing.
-    environments: Mutex<HashMap<String, Instant>>,
+    /// When each environment was last read for a refresh, and its repos then: a task of it within
+    /// [`REFRESH_INTERVAL`] asks the control plane nothing.
+    environments: Mutex<HashMap<String, (Instant, Vec<RepoRef>)>>,
     access: GitAccess,
     /// Where environments are read from, by id (the worker's credential).
     control_plane: Option<oz_sdk::Client>,
@@ -69,8 +72,10 @@ impl GitMirrors {
     }
 
     /// Makes the mirrors of `repos` due for a fetch at their next use (they were pushed to).
-    pub fn expire(&self, repos: &[oz_core::environment::RepoRef]) {
-        self.environments.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    pub fn expire(&self, repos: &[RepoRef]) {
+        for (at, _) in self.environments.lock().unwrap_or_else(|p| p.into_inner()).values_mut() {
+            *at = Instant::now().checked_sub(REFRESH_INTERVAL).unwrap_or(*at);
+        }
         let mut refreshed = self.refreshed.lock().unwrap_or_else(|p| p.into_inner());
         for repo in repos {
             let path = oz_core::runner::mirror_of(&self.root, repo);
@@ -86,15 +91,35 @@ impl GitMirrors {
         let Some(client) = &self.control_plane else { return };
         {
             let mut read = self.environments.lock().unwrap_or_else(|p| p.into_inner());
-            if read.get(environment_id).is_some_and(|at| at.elapsed() < REFRESH_INTERVAL) {
-                return;
-            }
-            read.insert(environment_id.to_owned(), Instant::now());
+            let repos = match read.get(environment_id) {
+                Some((at, _)) if at.elapsed() < REFRESH_INTERVAL => return,
+                Some((_, repos)) => repos.clone(),
+                None => Vec::new(),
+            };
+            read.insert(environment_id.to_owned(), (Instant::now(), repos));
         }
         match client.environments().get_for_worker(environment_id).await {
-            Ok(found) => self.refresh(&found.config).await,
+            Ok(found) => self.refresh(environment_id, &found.config).await,
             Err(e) => debug!(environment_id, "no git mirror refresh: could not read the environment: {e}"),
         }
+    }
+
+    /// The mirrors a sandbox of environment `environment_id` may read: those of the repos the
+    /// environment had when last refreshed, that exist. Empty for an environment not refreshed yet
+    /// (its first task's clones fetch in full).
+    pub fn for_environment(&self, environment_id: &str) -> Vec<RepoRef> {
+        let repos = match self.environments.lock().unwrap_or_else(|p| p.into_inner()).get(environment_id) {
+            Some((_, repos)) => repos.clone(),
+            None => return Vec::new(),
+        };
+        repos.into_iter().filter(|r| oz_core::runner::mirror_of(&self.root, r).join("HEAD").is_file()).collect()
+    }
+
+    /// The commit the mirror of `repo` has at its HEAD, if it has one.
+    pub async fn head_of(&self, repo: &RepoRef) -> Option<String> {
+        let path = oz_core::runner::mirror_of(&self.root, repo);
+        let out = self.access.git(&path, &["rev-parse", "--verify", "HEAD^{commit}"], FETCH_TIMEOUT, &[]).await.ok()?;
+        Some(String::from_utf8_lossy(&out).trim().to_owned()).filter(|h| !h.is_empty())
     }
 
     /// The folder.
@@ -102,9 +127,15 @@ impl GitMirrors {
         &self.root
     }
 
-    /// Clones or fetches the mirror of each repo of `environment` that was not refreshed within
-    /// [`REFRESH_INTERVAL`]. Failures are logged: a clone without a mirror still works.
-    pub async fn refresh(&self, environment: &EnvironmentConfig) {
+    /// Clones or fetches the mirror of each repo of environment `environment_id` (configured as
+    /// `environment`) that was not refreshed within [`REFRESH_INTERVAL`], with the environment's
+    /// preparation credentials. Failures are logged: a clone without a mirror still works.
+    pub async fn refresh(&self, environment_id: &str, environment: &EnvironmentConfig) {
+        {
+            let mut read = self.environments.lock().unwrap_or_else(|p| p.into_inner());
+            let at = read.get(environment_id).map(|(at, _)| *at).unwrap_or_else(Instant::now);
+            read.insert(environment_id.to_owned(), (at, environment.github_repos.clone()));
+        }
         let base = oz_core::runner::git_base_url(environment);
         if let Err(e) = oz_core::runner::validate_base_url(base) {
             warn!("no git mirror for environment {:?}: {e}", environment.name);
@@ -124,7 +155,10 @@ impl GitMirrors {
             }
             let url = oz_core::runner::clone_url(base, repo);
             let started = Instant::now();
-            match refresh_one(&self.access, &url, &path).await {
+            // Per repo (a cache hit but for the first): a long clone must not leave the next one
+            // with an expired credential.
+            let credentials = self.access.credentials_for(environment_id, environment).await;
+            match refresh_one(&self.access, &url, &path, &credentials).await {
                 Ok(()) => debug!(%repo, millis = started.elapsed().as_millis() as u64, "git mirror refreshed"),
                 Err(e) => warn!(%repo, "could not refresh the git mirror ({e}); clones fetch everything from {url}"),
             }
@@ -136,11 +170,16 @@ impl GitMirrors {
 /// Branches and tags only (not `refs/pull/*` and the like): what a clone of the repo's HEAD borrows.
 const REFSPECS: [&str; 2] = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"];
 
-async fn refresh_one(access: &GitAccess, url: &str, path: &Path) -> Result<(), String> {
+async fn refresh_one(
+    access: &GitAccess,
+    url: &str,
+    path: &Path,
+    credentials: &[oz_core::wire::callbacks::ResolvedGitCredential],
+) -> Result<(), String> {
     if path.join("HEAD").is_file() {
         let mut args = vec!["fetch", "--quiet", "--prune", "--", url];
         args.extend(REFSPECS);
-        return access.git(path, &args, FETCH_TIMEOUT).await.map(drop);
+        return access.git(path, &args, FETCH_TIMEOUT, credentials).await.map(drop);
     }
     let parent = path.parent().ok_or("a mirror path has a parent")?;
     std::fs::create_dir_all(parent).map_err(|e| format!("could not create {}: {e}", parent.display()))?;
@@ -150,7 +189,7 @@ async fn refresh_one(access: &GitAccess, url: &str, path: &Path) -> Result<(), S
     let partial_text = partial.display().to_string();
     let args =
         ["clone", "--bare", "--quiet", "-c", "gc.auto=0", "-c", "maintenance.auto=false", "--", url, &partial_text];
-    if let Err(e) = access.git(parent, &args, FETCH_TIMEOUT).await {
+    if let Err(e) = access.git(parent, &args, FETCH_TIMEOUT, credentials).await {
         let _ = std::fs::remove_dir_all(&partial);
         return Err(e);
     }
@@ -206,9 +245,11 @@ mod tests {
         // A half-made mirror a killed worker left is swept at start.
         let stale = dir.path().join("mirrors/acme/app.partial-1");
         std::fs::create_dir_all(&stale).unwrap();
-        let mirrors = GitMirrors::new(dir.path().join("mirrors"), None, GitAccess { local_remotes: true }).unwrap();
+        let mirrors =
+            GitMirrors::new(dir.path().join("mirrors"), None, GitAccess { local_remotes: true, credentials: None })
+                .unwrap();
         assert!(!stale.exists());
-        mirrors.refresh(&environment).await;
+        mirrors.refresh("env", &environment).await;
         let mirror = oz_core::runner::mirror_of(mirrors.root(), &environment.github_repos[0]);
         assert_eq!(head_of(&mirror), head_of(&src));
         let config = std::fs::read_to_string(mirror.join("config")).unwrap();
@@ -224,10 +265,10 @@ mod tests {
         git_sync(&src, &["add", "."]);
         git_sync(&src, &["commit", "-q", "-m", "b"]);
         git_sync(&src, &["push", "-q", remote.to_str().unwrap(), "HEAD:main"]);
-        mirrors.refresh(&environment).await;
+        mirrors.refresh("env", &environment).await;
         assert_ne!(head_of(&mirror), head_of(&src), "refreshed at most once per interval");
         mirrors.refreshed.lock().unwrap().clear();
-        mirrors.refresh(&environment).await;
+        mirrors.refresh("env", &environment).await;
         assert_eq!(head_of(&mirror), head_of(&src));
     }
 }

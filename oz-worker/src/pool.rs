@@ -303,8 +303,8 @@ impl WarmPools {
         self.pools().contains_key(environment)
     }
 
-    /// The oldest ready sandbox of `environment` prepared for `sandbox`, which leaves the pool for
-    /// good; `None` (a miss, counted) if there is none. Wakes the fill loop to replace it.
+    /// The oldest ready sandbox of `environment` that [serves](SandboxSpec::serves) `sandbox`,
+    /// which leaves the pool for good; `None` (a miss, counted) if there is none. Wakes the fill loop to replace it.
     pub fn take(&self, environment: &str, sandbox: &SandboxSpec) -> Option<PreparedSandbox> {
         let mut pools = self.pools();
         let pool = pools.get_mut(environment)?;
@@ -312,12 +312,12 @@ impl WarmPools {
         let position = pool
             .ready
             .iter()
-            .position(|r| r.prepared.spec == *sandbox && !r.stale)
-            .or_else(|| pool.ready.iter().position(|r| r.prepared.spec == *sandbox));
+            .position(|r| r.prepared.spec.serves(sandbox) && !r.stale)
+            .or_else(|| pool.ready.iter().position(|r| r.prepared.spec.serves(sandbox)));
         let taken = position.and_then(|p| pool.ready.remove(p));
         // Demand the pool can serve: a task asking for another sandbox (another image, resources)
         // would miss whatever the pool prepared, so it neither grows the pool nor keeps it large.
-        let servable = pool.prepares.as_ref().is_none_or(|s| s == sandbox);
+        let servable = pool.prepares.as_ref().is_none_or(|s| s.serves(sandbox));
         if servable {
             pool.last_demand = Instant::now();
         }
@@ -494,7 +494,7 @@ impl WarmPools {
                 .collect()
         };
         for (environment, config) in due {
-            let heads = self.inner.access.remote_heads(&config).await;
+            let heads = self.inner.access.remote_heads(&environment, &config).await;
             let sandboxes: Vec<SandboxSpec> = {
                 let pools = self.pools();
                 let mut specs: Vec<SandboxSpec> = Vec::new();
@@ -526,6 +526,10 @@ impl WarmPools {
                 }
             }
             if moved > 0 {
+                // Their replacements clone from the mirrors: fetched first, whenever they last were.
+                if let Some(mirrors) = &self.inner.mirrors {
+                    mirrors.expire(&config.github_repos);
+                }
                 info!(environment, moved, "the environment's repos or image moved: replacing its warm sandboxes");
                 self.inner.wake.notify_one();
                 self.inner.changed.notify_one();
@@ -573,10 +577,21 @@ impl WarmPools {
         let started = Instant::now();
         let mut heads = Vec::new();
         let mut revision = None;
+        let mut prepared_environment = None;
         let result = match self.warm_spec(environment, ready_within).await {
             Ok(spec) => {
+                prepared_environment = Some(spec.environment.clone());
                 // Before the clone: a push during the preparation makes the sandbox stale, not missed.
-                heads = self.inner.access.remote_heads(&spec.environment).await;
+                heads = self.inner.access.remote_heads(environment, &spec.environment).await;
+                // A repo cloned from the worker's mirror is at the mirror's HEAD, which may lag the
+                // remote's (refreshed at most every 30 s): recorded as that, so a lag shows as stale.
+                if let Some(mirrors) = &self.inner.mirrors {
+                    for (head, repo) in heads.iter_mut().zip(&spec.environment.github_repos) {
+                        if spec.sandbox.git_mirrors.contains(repo) {
+                            *head = mirrors.head_of(repo).await.or(head.take());
+                        }
+                    }
+                }
                 revision = self.inner.backend.sandbox_revision(&spec.sandbox).await;
                 if let Some(pool) = self.pools().get_mut(environment) {
                     pool.environment = Some(spec.environment.clone());
@@ -589,6 +604,19 @@ impl WarmPools {
         let memory = match &result {
             Ok(prepared) => self.inner.backend.sandbox_memory(prepared).await,
             Err(_) => None,
+        };
+        // A warm sandbox holds no credential: a private repo can only come from the worker's mirror.
+        let private_clone = match (&result, &prepared_environment) {
+            (Err(message), Some(config)) if self.inner.mirrors.is_none() && message.contains("clone") => {
+                !self.inner.access.credentials_for(environment, config).await.is_empty()
+            }
+            _ => false,
+        };
+        let result = match result {
+            Err(message) if private_clone => Err(format!(
+                "{message} (the team has a git provider for this environment's repos: a private repo is warmed only from the worker's git mirrors, `git_mirrors:` in its YAML file)"
+            )),
+            other => other,
         };
         let mut leftover = None;
         {
@@ -645,15 +673,19 @@ impl WarmPools {
             .await
             .map_err(|e| format!("could not fetch environment {environment:?}: {e}"))?;
         let config = found.config;
-        if let Some(mirrors) = &self.inner.mirrors {
-            mirrors.refresh(&config).await;
-        }
+        let git_mirrors = match &self.inner.mirrors {
+            Some(mirrors) => {
+                mirrors.refresh(environment, &config).await;
+                mirrors.for_environment(environment)
+            }
+            None => Vec::new(),
+        };
         let image = oz_core::image::ImageRef::parse_optional(config.docker_image.as_deref())
             .map_err(|e| format!("environment {environment:?}: {e}"))?;
         let options = &self.inner.options;
         // As `runner::task_spec` makes a task's sandbox, so that the task finds this one.
         let cache = oz_core::runner::cache_key(options, Some(environment));
-        let sandbox = SandboxSpec { image, cache, ..SandboxSpec::default() };
+        let sandbox = SandboxSpec { image, cache, git_mirrors, ..SandboxSpec::default() };
         // As the control plane puts them in a task's assignment: the environment's settings.
         let vars = oz_core::runner::sandbox_env(options, &config.env_vars);
         Ok(WarmSpec {

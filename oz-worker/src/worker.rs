@@ -163,13 +163,17 @@ impl Worker {
         let (claims, earlier_claims) =
             crate::outbox::Claims::open(config.outbox_file.as_ref().map(|f| f.with_extension("claims")));
         let metrics = WorkerMetrics::new();
-        let access = crate::git::GitAccess { local_remotes: config.local_git_remotes };
+        let access = crate::git::GitAccess {
+            local_remotes: config.local_git_remotes,
+            credentials: crate::pool::control_plane_client(&config.command, &config.api_key)
+                .map(|client| Arc::new(crate::git::PreparationCredentials::new(client))),
+        };
         let mirrors = match &config.git_mirrors {
             Some(dir) => Some(Arc::new(
                 crate::mirror::GitMirrors::new(
                     dir.clone(),
                     crate::pool::control_plane_client(&config.command, &config.api_key),
-                    access,
+                    access.clone(),
                 )
                 .map_err(|e| WorkerError::Config(format!("git_mirrors: could not create {}: {e}", dir.display())))?,
             )),
@@ -487,11 +491,13 @@ impl Worker {
     /// cold as well if the warm sandbox does not take it).
     async fn launch(
         &self,
-        spec: oz_core::task::TaskSpec,
+        mut spec: oz_core::task::TaskSpec,
         environment: Option<&str>,
         assigned_at: std::time::Instant,
     ) -> Result<oz_core::backend::TaskHandle, oz_core::backend::BackendError> {
         if let (Some(mirrors), Some(environment)) = (&self.mirrors, environment) {
+            // Only its own environment's mirrors (as a warm sandbox of it was given).
+            spec.sandbox.git_mirrors = mirrors.for_environment(environment);
             // For the next clones of this environment; this one goes on with the mirror as it is.
             let (mirrors, environment) = (mirrors.clone(), environment.to_owned());
             tokio::spawn(async move { mirrors.refresh_environment(&environment).await });
@@ -503,7 +509,10 @@ impl Worker {
             return self.backend.launch(spec).await;
         };
         let id = prepared.id.clone();
-        match self.backend.launch_prepared(prepared, spec.clone()).await {
+        // The mirrors it was given when it was made: its environment's own, as the task's are.
+        let mut warm_spec = spec.clone();
+        warm_spec.sandbox.git_mirrors = prepared.spec.git_mirrors.clone();
+        match self.backend.launch_prepared(prepared, warm_spec).await {
             Ok(handle) => {
                 self.pools.handed_over(environment, assigned_at.elapsed());
                 info!(task_id = %spec.task_id, warm = %id, "started in a warm sandbox");

@@ -48,6 +48,32 @@ impl std::fmt::Debug for ResolvedRun {
     }
 }
 
+/// The path, under `/api/v1`, where a worker gets read-only git credentials for an environment of its
+/// team, to keep its git mirrors and check its warm pools' HEADs before any run (worker credential).
+pub fn preparation_credentials_path(environment_id: &str) -> String {
+    format!("/selfhosted/worker/environments/{environment_id}/git-credentials")
+}
+
+/// What a worker may read an environment's repositories with, for its own git only (never a
+/// sandbox's): read-only where the team's git provider can narrow a token (a GitHub App, GitLab), and
+/// short-lived. Empty when the team has no git provider for the environment's host. `Debug` shows no
+/// token.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PreparationCredentials {
+    /// At most one per git host.
+    #[serde(default)]
+    pub git_credentials: Vec<ResolvedGitCredential>,
+}
+
+impl std::fmt::Debug for PreparationCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparationCredentials")
+            .field("git_credentials", &self.git_credentials.iter().map(|c| &c.host).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
 /// A git credential in a [`ResolvedRun`].
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -121,6 +121,31 @@ pub async fn for_worker(
     Ok(Json(cloud(env)))
 }
 
+/// `POST /selfhosted/worker/environments/{id}/git-credentials`: read-only, short-lived git
+/// credentials for the repositories of an environment of the worker credential's team, for the
+/// worker's own git (its mirrors, its warm pools' HEAD checks), so that a private repository can be
+/// mirrored and warmed with no credential in any sandbox. Empty when the team has no git provider
+/// for the environment's host.
+#[utoipa::path(post, path = "/selfhosted/worker/environments/{id}/git-credentials", tag = "workers", params(("id" = String, Path)), responses((status = 200, body = oz_core::wire::callbacks::PreparationCredentials), BadRequest, Unauthorized, NotFound))]
+pub async fn preparation_credentials(
+    State(state): State<AppState>,
+    credential: WorkerCredential,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<oz_core::wire::callbacks::PreparationCredentials>, ApiError> {
+    let env = state
+        .store
+        .environment(&credential.team_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("there is no environment {id:?}")))?;
+    let git_credentials = state
+        .lifecycle
+        .credentials()
+        .issue_for_preparation(state.store.as_ref(), &state.keyring, &credential.team_id, &env.id, &env.config)
+        .await?;
+    tracing::info!(environment = %env.id, worker_key = %credential.key_id, issued = git_credentials.len(), "preparation git credentials");
+    Ok(Json(oz_core::wire::callbacks::PreparationCredentials { git_credentials }))
+}
+
 /// `PUT /agent/environments/{id}`.
 #[utoipa::path(put, path = "/agent/environments/{id}", tag = "environments", params(("id" = String, Path)), request_body = EnvironmentConfig, responses((status = 200, body = CloudEnvironment), BadRequest, Unauthorized, NotFound))]
 pub async fn update(

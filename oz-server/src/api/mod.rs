@@ -64,6 +64,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/selfhosted/worker/ws", get(worker_socket))
         .route("/selfhosted/worker/environments/{id}", get(environments::for_worker))
+        .route("/selfhosted/worker/environments/{id}/git-credentials", post(environments::preparation_credentials))
         .route(
             "/openapi.json",
             get(|| async {
