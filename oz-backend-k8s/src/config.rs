@@ -121,8 +121,8 @@ pub struct KubernetesConfig {
     /// named by `OZ_CACHE_DIR`. ReadWriteMany when tasks run on more than one node.
     pub package_cache_claim: Option<String>,
     /// Our extension: the PersistentVolumeClaim where the worker keeps its git mirrors (mounted in
-    /// the worker's own Pod at its `git_mirrors:` path). Each task's Pod mounts it read-only at
-    /// `/oz-cache/git`, and its clones reference it.
+    /// the worker's own Pod at its `git_mirrors:` path). Each task's Pod mounts its environment's
+    /// mirrors of it read-only under `/oz-cache/git`, and its clones reference them.
     pub git_mirror_claim: Option<String>,
     /// What the worker wrote to [`MIRROR_CHECK_FILE`] in its `git_mirrors:` folder: the preflight
     /// Job reads it through the claim, so a claim that is not that folder is found at start-up.
@@ -130,8 +130,12 @@ pub struct KubernetesConfig {
     pub git_mirror_check: Option<String>,
 }
 
+/// The folder of the git mirrors folder that holds [`MIRROR_CHECK_FILE`]; every task's Pod mounts
+/// it (a `subPath`: a folder, so that kubelet, which makes a missing `subPath` as a folder, never
+/// takes the file's place).
+pub const MIRROR_CHECK_DIR: &str = ".oz-check";
 /// The file in the git mirrors folder that the preflight Job reads through `git_mirror_claim`.
-pub const MIRROR_CHECK_FILE: &str = ".oz-mirror-check";
+pub const MIRROR_CHECK_FILE: &str = ".oz-check/mirror";
 
 impl Default for KubernetesConfig {
     fn default() -> Self {

@@ -209,6 +209,14 @@ pub fn job(spec: &TaskSpec, config: &KubernetesConfig) -> Result<Job, Kubernetes
         // Its environment's mirrors only, each a subPath of the claim: another environment's
         // (private) repo is not readable from this Pod.
         let inside = std::path::Path::new(oz_core::task::SANDBOX_GIT_MIRRORS);
+        // The worker's check word (not a secret), which the preflight Job reads back through the
+        // claim to see it is the worker's folder.
+        mounts.push(json!({
+            "name": MIRRORS_VOLUME,
+            "mountPath": inside.join(crate::config::MIRROR_CHECK_DIR).display().to_string(),
+            "subPath": crate::config::MIRROR_CHECK_DIR,
+            "readOnly": true,
+        }));
         for repo in &spec.sandbox.git_mirrors {
             let sub = oz_core::runner::mirror_of(std::path::Path::new(""), repo);
             mounts.push(json!({
@@ -680,9 +688,10 @@ mod tests {
         assert_eq!(
             mirrors,
             [
-                &json!({"name": "oz-git-mirrors", "mountPath": "/oz-cache/git/acme/app.git", "subPath": "acme/app.git", "readOnly": true})
+                &json!({"name": "oz-git-mirrors", "mountPath": "/oz-cache/git/.oz-check", "subPath": ".oz-check", "readOnly": true}),
+                &json!({"name": "oz-git-mirrors", "mountPath": "/oz-cache/git/acme/app.git", "subPath": "acme/app.git", "readOnly": true}),
             ],
-            "only the environment's own mirrors, never the whole claim"
+            "only the environment's own mirrors (and the check word), never the whole claim"
         );
         assert!(task["env"].as_array().unwrap().contains(&json!({"name": "OZ_CACHE_DIR", "value": "/oz-cache/env"})));
         // A task without a cache key mounts no cache (the mirrors still).
@@ -690,7 +699,7 @@ mod tests {
         let text = plain["spec"]["template"]["spec"].to_string();
         assert!(!text.contains("oz-package-cache") && !text.contains("OZ_CACHE_DIR"), "{text}");
         assert!(
-            !plain["spec"]["template"]["spec"]["containers"][0]["volumeMounts"].to_string().contains("oz-git-mirrors"),
+            !plain["spec"]["template"]["spec"]["containers"][0]["volumeMounts"].to_string().contains(".git\""),
             "no mirror of another environment"
         );
     }

@@ -105,6 +105,7 @@ async fn setup() -> Setup {
     // The claims' volumes: the package caches and the worker's git mirrors.
     let (caches, mirrors) = (dir.path().join("caches"), dir.path().join("mirrors"));
     std::fs::create_dir_all(mirrors.join("acme/app.git")).unwrap();
+    std::fs::write(mirrors.join("acme/app.git/HEAD"), "ref: refs/heads/main\n").unwrap();
     std::fs::create_dir_all(&caches).unwrap();
     let preloaded = [("agent", agent), ("oz-package-cache", caches), ("oz-git-mirrors", mirrors)];
     cluster.enable_kubelet_with(dir.path().join("node"), preloaded.map(|(name, dir)| (name.to_owned(), dir)));
@@ -290,7 +291,8 @@ async fn a_restarted_worker_removes_a_waiting_warm_pod_and_reattaches_a_claimed_
 }
 
 /// `package_cache_claim` and `git_mirror_claim`: a task's Pod mounts its environment's folder of
-/// the caches claim at `OZ_CACHE_DIR` (kept after the task), and the mirrors claim read-only.
+/// the caches claim at `OZ_CACHE_DIR` (kept after the task), and its environment's mirrors from
+/// the mirrors claim, read-only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_pod_mounts_its_environments_cache_folder_and_the_mirrors() {
     let s = setup().await;
@@ -298,14 +300,16 @@ async fn a_task_pod_mounts_its_environments_cache_folder_and_the_mirrors() {
         c.package_cache_claim = Some("oz-caches".into());
         c.git_mirror_claim = Some("oz-mirrors".into());
     });
-    let script =
-        "echo cached-by-$OZ_RUN_ID > \"$OZ_CACHE_DIR/entry\"; echo \"cache=$OZ_CACHE_DIR\"; ls /oz-cache/git/acme";
+    let script = "echo cached-by-$OZ_RUN_ID > \"$OZ_CACHE_DIR/entry\"; echo \"cache=$OZ_CACHE_DIR\"; \
+                  echo \"mirror: $(cat /oz-cache/git/acme/app.git/HEAD)\"";
     let mut task =
         TaskSpec::new("cache-1", vec!["/bin/sh".into(), "-c".into(), script.into()]).env("OZ_RUN_ID", "cache-1");
     task.sandbox.cache = Some("env_1".into());
+    // Its environment's mirror, as a subPath of the claim.
+    task.sandbox.git_mirrors = vec![RepoRef::new("acme", "app").unwrap()];
     let (ended, out) = run_out(backend.launch(task).await.unwrap()).await;
     assert!(ended.succeeded(), "{ended:?}\n{out}");
-    assert!(out.contains("app.git"), "the mirrors: {out}");
+    assert!(out.contains("mirror: ref: refs/heads/main"), "the mirror: {out}");
     let entry = std::fs::read_to_string(s.dir.path().join("caches/env_1/entry")).unwrap();
     assert_eq!(entry.trim(), "cached-by-cache-1", "in the environment's folder of the claim, after the task");
     gone(&s, "the task's Job goes; its cache stays").await;
@@ -322,6 +326,7 @@ async fn the_preflight_finds_a_mirror_claim_that_is_not_the_workers_folder() {
     });
     let error = backend.preflight().await.unwrap_err().to_string();
     assert!(error.contains("does not hold the worker's git_mirrors folder"), "{error}");
-    std::fs::write(s.dir.path().join("mirrors/.oz-mirror-check"), "c0ffee").unwrap();
+    std::fs::create_dir_all(s.dir.path().join("mirrors/.oz-check")).unwrap();
+    std::fs::write(s.dir.path().join("mirrors/.oz-check/mirror"), "c0ffee").unwrap();
     backend.preflight().await.unwrap();
 }

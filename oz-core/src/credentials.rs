@@ -111,6 +111,18 @@ impl GitCredential {
     }
 }
 
+/// Whether a git credential for `host` (as git names it: `github.com`, `127.0.0.1:8080`, any case)
+/// may be sent over `protocol`: https, or http to a loopback host (a local server), never another
+/// plain-text remote. The one rule for the runner's helper and the worker's own git.
+pub fn may_send_git_credential(protocol: &str, host: &str) -> bool {
+    let host = host.to_ascii_lowercase();
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => host.as_str(),
+    };
+    protocol == "https" || (protocol == "http" && matches!(name, "localhost" | "127.0.0.1" | "[::1]"))
+}
+
 impl fmt::Debug for GitCredential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GitCredential")

@@ -76,6 +76,26 @@ pub fn mirror_of(root: &std::path::Path, repo: &crate::environment::RepoRef) -> 
     root.join(&repo.owner).join(format!("{}.git", repo.repo))
 }
 
+/// Whether the mirror at `mirror` is a mirror of `url`: its configuration names `url` as its
+/// `origin` (as `git clone --bare` wrote it). Mirrors are named by `owner/repo` only, so two
+/// environments with the same `owner/repo` on different hosts would otherwise share one: a mirror of
+/// another URL is neither fetched from this one nor given to its sandboxes nor cloned from.
+pub fn mirror_serves(mirror: &std::path::Path, url: &str) -> bool {
+    let Ok(config) = std::fs::read_to_string(mirror.join("config")) else { return false };
+    let mut in_origin = false;
+    for line in config.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_origin = line == "[remote \"origin\"]";
+        } else if in_origin
+            && let Some((key, value)) = line.split_once('=')
+            && key.trim() == "url"
+        {
+            return value.trim() == url;
+        }
+    }
+    false
+}
+
 /// The clone URL of `repo` under the git base URL `base`.
 pub fn clone_url(base: &str, repo: &crate::environment::RepoRef) -> String {
     format!("{}/{}/{}", base.trim_end_matches('/'), repo.owner, repo.repo)
@@ -437,6 +457,20 @@ pub fn task_spec(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_mirror_serves_the_url_it_was_cloned_from_only() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config"),
+            "[core]\n\tbare = true\n[remote \"upstream\"]\n\turl = https://other.example/acme/app\n[remote \"origin\"]\n\turl = https://github.com/acme/app\n",
+        )
+        .unwrap();
+        assert!(mirror_serves(dir.path(), "https://github.com/acme/app"));
+        assert!(!mirror_serves(dir.path(), "https://other.example/acme/app"), "another remote's URL");
+        assert!(!mirror_serves(dir.path(), "https://git.example.com/acme/app"));
+        assert!(!mirror_serves(&dir.path().join("missing"), "https://github.com/acme/app"));
+    }
     use crate::wire::worker::ServerMessage;
 
     fn assignment(snapshot: serde_json::Value) -> TaskAssignment {

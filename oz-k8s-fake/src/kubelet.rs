@@ -127,6 +127,36 @@ fn host_word(path: &str, mounts: &[(String, PathBuf)]) -> String {
         .map_or_else(|| path.to_owned(), |(at, host)| format!("{}{}", host.display(), &path[at.len()..]))
 }
 
+/// The folders a container sees above its mounts (`/oz-cache` and `/oz-cache/git` for a mount at
+/// `/oz-cache/git/acme/app.git`), which its runtime makes: each becomes a folder under `root`
+/// holding a link to each mount below it, and is added to `mounts`. A path in one that is no mount
+/// is then missing, as in the container.
+fn add_parent_folders(mounts: &mut Vec<(String, PathBuf)>, root: &Path) {
+    let covered = |path: &str, mounts: &[(String, PathBuf)]| {
+        mounts.iter().any(|(at, _)| path == at || path.strip_prefix(at.as_str()).is_some_and(|r| r.starts_with('/')))
+    };
+    let real: Vec<(String, PathBuf)> = mounts.clone();
+    for (at, host) in &real {
+        let parent = Path::new(at).parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+        if parent.is_empty() || parent == "/" || covered(&parent, &real) {
+            continue;
+        }
+        let link = root.join(at.trim_start_matches('/'));
+        let made = link.parent().map(std::fs::create_dir_all).unwrap_or(Ok(()));
+        if made.is_err() || std::os::unix::fs::symlink(host, &link).is_err() {
+            continue;
+        }
+        let mut folder = Path::new(at).parent();
+        while let Some(f) = folder.filter(|f| f != &Path::new("/")) {
+            let text = f.to_string_lossy().into_owned();
+            if !mounts.iter().any(|(at, _)| *at == text) {
+                mounts.push((text.clone(), root.join(text.trim_start_matches('/'))));
+            }
+            folder = f.parent();
+        }
+    }
+}
+
 /// Runs a Pod's task container to its end.
 async fn run_pod(
     cluster: Arc<Cluster>,
@@ -168,6 +198,7 @@ async fn run_pod(
         }
         mounts.push((at.to_owned(), host));
     }
+    add_parent_folders(&mut mounts, &dir.join(format!("{ns}-{name}.root")));
     let argv: Vec<String> = task["command"]
         .as_array()
         .map(|a| a.iter().filter_map(|v| v.as_str().map(|arg| host_path(arg, &mounts))).collect())

@@ -84,8 +84,10 @@ pub async fn clone_all(
             } else {
                 match &cloner {
                     Cloner::Binary { git, env, mirrors, from_mirror } => {
-                        let mirror =
-                            mirrors.as_deref().map(|m| oz_core::runner::mirror_of(m, &repo)).filter(|m| m.is_dir());
+                        let mirror = mirrors
+                            .as_deref()
+                            .map(|m| oz_core::runner::mirror_of(m, &repo))
+                            .filter(|m| oz_core::runner::mirror_serves(m, &url));
                         match &mirror {
                             Some(mirror) if *from_mirror => {
                                 let text = format!("{repo}: cloning from the worker's mirror {}", mirror.display());
@@ -217,8 +219,6 @@ async fn clone_from_mirror(
 /// Clones with the built-in git: shallow (depth 1), isolated from any git configuration on the host,
 /// credentials answered in memory (same rules as the helper: https or loopback http, unexpired).
 pub fn builtin_clone(url: &str, dir: &Path, credentials: Arc<Vec<GitCredential>>) -> Result<(), String> {
-    use gix::credentials::helper::Action;
-    use gix::credentials::protocol::Outcome;
     let interrupt = AtomicBool::new(false);
     let mut prepare = gix::clone::PrepareFetch::new(
         url,
@@ -230,29 +230,60 @@ pub fn builtin_clone(url: &str, dir: &Path, credentials: Arc<Vec<GitCredential>>
     .map_err(|e| format!("could not prepare the clone: {e}"))?
     .with_shallow(gix::remote::fetch::Shallow::DepthAtRemote(NonZeroU32::MIN))
     .configure_connection(move |connection| {
-        let credentials = credentials.clone();
-        connection.set_credentials(move |action| match action {
-            Action::Get(mut context) => {
-                context.destructure_url_in_place(false)?;
-                let protocol = context.protocol.clone().unwrap_or_default();
-                let host = context.host.clone().unwrap_or_default();
-                Ok(crate::credentials::lookup(&credentials, &protocol, &host).map(|(username, password)| Outcome {
-                    identity: gix::sec::identity::Account {
-                        username: username.to_owned(),
-                        password: password.to_owned(),
-                        oauth_refresh_token: None,
-                    },
-                    next: context.into(),
-                }))
-            }
-            Action::Store(_) | Action::Erase(_) => Ok(None),
-        });
+        connection.set_credentials(credential_answers(credentials.clone()));
         Ok(())
     });
     let (mut checkout, _) =
         prepare.fetch_then_checkout(gix::progress::Discard, &interrupt).map_err(|e| oz_core::error::error_chain(&e))?;
     checkout.main_worktree(gix::progress::Discard, &interrupt).map_err(|e| oz_core::error::error_chain(&e))?;
     Ok(())
+}
+
+/// How the built-in git answers a remote that asks for credentials: from `credentials`, by the same
+/// rules as the runner's helper (https or loopback http, unexpired), in memory.
+fn credential_answers(
+    credentials: Arc<Vec<GitCredential>>,
+) -> impl FnMut(gix::credentials::helper::Action) -> gix::Result<Option<gix::credentials::protocol::Outcome>>
++ Send
++ Sync
++ 'static {
+    use gix::credentials::helper::Action;
+    use gix::credentials::protocol::Outcome;
+    move |action| match action {
+        Action::Get(mut context) => {
+            context.destructure_url_in_place(false)?;
+            let protocol = context.protocol.clone().unwrap_or_default();
+            let host = context.host.clone().unwrap_or_default();
+            Ok(crate::credentials::lookup(&credentials, &protocol, &host).map(|(username, password)| Outcome {
+                identity: gix::sec::identity::Account {
+                    username: username.to_owned(),
+                    password: password.to_owned(),
+                    oauth_refresh_token: None,
+                },
+                next: context.into(),
+            }))
+        }
+        Action::Store(_) | Action::Erase(_) => Ok(None),
+    }
+}
+
+/// The commit the `origin` of the clone in `dir` has at its HEAD, asked in this process (the
+/// built-in git: a handshake and `ls-refs`, no `git` process of ours; a local remote still gets its
+/// `git-upload-pack`). `None` when the remote names no HEAD.
+pub fn builtin_remote_head(dir: &Path, credentials: Arc<Vec<GitCredential>>) -> Result<Option<String>, String> {
+    let chain = |e: &dyn std::error::Error| oz_core::error::error_chain(e);
+    let repo = gix::open_opts(dir, gix::open::Options::isolated()).map_err(|e| chain(&e))?;
+    let remote = repo.find_remote("origin").map_err(|e| chain(&e))?;
+    let mut connection = remote.connect(gix::remote::Direction::Fetch).map_err(|e| chain(&e))?;
+    connection.set_credentials(credential_answers(credentials));
+    let head =
+        gix::refspec::parse("HEAD".into(), gix::refspec::parse::Operation::Fetch).map_err(|e| chain(&e))?.to_owned();
+    let options = gix::remote::ref_map::Options { extra_refspecs: vec![head], ..Default::default() };
+    let (map, _) = connection.ref_map(gix::progress::Discard, options).map_err(|e| format!("{e:#}"))?;
+    Ok(map.remote_refs.iter().find_map(|r| {
+        let (name, target, peeled) = r.unpack();
+        (name == "HEAD").then(|| peeled.or(target).map(|id| id.to_hex().to_string())).flatten()
+    }))
 }
 
 fn builtin_head(dir: &Path) -> Option<String> {
@@ -274,21 +305,41 @@ pub async fn rev_parse_head(git: &Path, dir: &Path, env: &[(String, String)]) ->
 }
 
 /// Brings the clone in `dir`, at `head`, to its remote's `HEAD` if that is elsewhere: one
-/// `git ls-remote` when it has not moved, then a fetch and a hard reset when it has. `Some(new head)`
+/// `git ls-remote` when it has not moved, then a fetch of its branches and a hard reset when it has. `Some(new head)`
 /// when it moved. Git reaches the remote through the credential helper configured in `env`.
 pub async fn reset_to_remote_head(
     git: &Path,
     dir: &Path,
     head: Option<&str>,
     env: &[(String, String)],
+    credentials: &Arc<Vec<GitCredential>>,
 ) -> Result<Option<String>, String> {
-    let listed = git_in(git, dir, env, &["ls-remote", "origin", "HEAD"]).await?;
-    let remote = String::from_utf8_lossy(&listed).split_whitespace().next().unwrap_or_default().to_owned();
+    // In this process first (no git process to start: this is on a warm task's critical path),
+    // then `git ls-remote` if the built-in git cannot (a transport it lacks, say).
+    let (in_dir, answers) = (dir.to_path_buf(), credentials.clone());
+    let asked = tokio::task::spawn_blocking(move || builtin_remote_head(&in_dir, answers))
+        .await
+        .unwrap_or_else(|e| Err(format!("the built-in git stopped: {e}")));
+    let remote = match asked {
+        Ok(Some(remote)) => remote,
+        Ok(None) | Err(_) => {
+            if let Err(e) = &asked {
+                tracing::debug!("the built-in git could not ask for the remote's HEAD ({e}); asking git");
+            }
+            let listed = git_in(git, dir, env, &["ls-remote", "origin", "HEAD"]).await?;
+            String::from_utf8_lossy(&listed).split_whitespace().next().unwrap_or_default().to_owned()
+        }
+    };
     if remote.is_empty() || Some(remote.as_str()) == head {
         return Ok(None);
     }
-    git_in(git, dir, env, &["fetch", "--quiet", "origin", "HEAD"]).await?;
-    git_in(git, dir, env, &["reset", "--hard", "--quiet", "FETCH_HEAD"]).await?;
+    // Every branch, so the clone's `origin/*` are current too (an agent compares with them); then
+    // HEAD by name if the remote's HEAD is on no branch.
+    git_in(git, dir, env, &["fetch", "--quiet", "origin"]).await?;
+    if git_in(git, dir, env, &["reset", "--hard", "--quiet", &remote]).await.is_err() {
+        git_in(git, dir, env, &["fetch", "--quiet", "origin", "HEAD"]).await?;
+        git_in(git, dir, env, &["reset", "--hard", "--quiet", "FETCH_HEAD"]).await?;
+    }
     Ok(rev_parse_head(git, dir, env).await)
 }
 
@@ -333,6 +384,43 @@ pub async fn commits_since(git: &Path, dir: &Path, since: &str, env: &[(String, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn git_sync(dir: &Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    #[test]
+    fn the_built_in_git_reads_the_remotes_head_without_a_git_process_of_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        git_sync(&src, &["init", "-q", "-b", "main"]);
+        git_sync(&src, &["commit", "-q", "--allow-empty", "-m", "one"]);
+        let bare = dir.path().join("remote.git");
+        git_sync(dir.path(), &["clone", "-q", "--bare", src.to_str().unwrap(), bare.to_str().unwrap()]);
+        let url = format!("file://{}", bare.display());
+        git_sync(dir.path(), &["clone", "-q", &url, "clone"]);
+        let clone = dir.path().join("clone");
+        let no_credentials = Arc::new(Vec::new());
+        let first = git_sync(&src, &["rev-parse", "HEAD"]);
+        assert_eq!(builtin_remote_head(&clone, no_credentials.clone()).unwrap(), Some(first.clone()));
+        // A push the clone has not fetched: seen at once.
+        git_sync(&src, &["commit", "-q", "--allow-empty", "-m", "two"]);
+        git_sync(&src, &["push", "-q", bare.to_str().unwrap(), "HEAD:main"]);
+        let second = git_sync(&src, &["rev-parse", "HEAD"]);
+        assert_ne!(first, second);
+        assert_eq!(builtin_remote_head(&clone, no_credentials).unwrap(), Some(second));
+    }
 
     #[test]
     fn base_urls_never_carry_credentials() {

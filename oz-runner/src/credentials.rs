@@ -177,15 +177,10 @@ impl Drop for CredentialServer {
 /// one may be handed out: only over https, or http to a loopback host (local servers), never to a
 /// plain-text remote; never once expired. Returns `(username, token)`.
 pub fn lookup<'a>(credentials: &'a [GitCredential], protocol: &str, host: &str) -> Option<(&'a str, &'a str)> {
-    let host = host.to_ascii_lowercase();
-    let host_name = match host.rsplit_once(':') {
-        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
-        _ => host.as_str(),
-    };
-    let loopback = matches!(host_name, "localhost" | "127.0.0.1" | "[::1]");
-    if !(protocol == "https" || (protocol == "http" && loopback)) {
+    if !oz_core::credentials::may_send_git_credential(protocol, host) {
         return None;
     }
+    let host = host.to_ascii_lowercase();
     let c = credentials.iter().find(|c| c.host == host)?;
     if c.expires_at.is_some_and(|e| Timestamp::now() >= e) {
         warn!(host = %c.host, "the git credential for this host has expired; not using it");

@@ -372,7 +372,7 @@ async fn prepare_and_run(
         .await;
     }
     let cloned = match &warm {
-        Some(p) => refresh_heads(p.cloned.clone(), &child_env, log).await?,
+        Some(p) => refresh_heads(p.cloned.clone(), &child_env, &git_credentials, log).await?,
         None => {
             let cloned =
                 clone_environment(&environment, &args.git_base_url, &workdir, &child_env, &git_credentials, false, log)
@@ -470,8 +470,10 @@ pub(crate) async fn clone_environment(
 async fn refresh_heads(
     mut cloned: Vec<Cloned>,
     child_env: &[(String, String)],
+    git_credentials: &[GitCredential],
     log: &Arc<EventLog>,
 ) -> Result<Vec<Cloned>, Failure> {
+    let credentials = Arc::new(git_credentials.to_vec());
     let path_var = child_env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
     let Some(git) = clone::find_git(path_var) else {
         if !cloned.is_empty() {
@@ -480,7 +482,7 @@ async fn refresh_heads(
         return Ok(cloned);
     };
     for c in &mut cloned {
-        match clone::reset_to_remote_head(&git, &c.dir, c.head.as_deref(), child_env).await {
+        match clone::reset_to_remote_head(&git, &c.dir, c.head.as_deref(), child_env, &credentials).await {
             Ok(Some(now)) => {
                 let before = c.head.clone().unwrap_or_default();
                 log.announce(&format!("{} moved since the sandbox was prepared: {before} -> {now}", c.repo)).await;

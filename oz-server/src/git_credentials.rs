@@ -291,6 +291,15 @@ impl GitCredentialBroker {
         }
     }
 
+    /// Revokes the preparation credential of environment `environment_id` of team `team_id` (the
+    /// environment was deleted), if one is held.
+    pub async fn forget_environment(&self, team_id: &str, environment_id: &str) {
+        let held = self.prepared().remove(&(team_id.to_owned(), environment_id.to_owned()));
+        if let Some(held) = held {
+            revoke_one(environment_id, held.issued).await;
+        }
+    }
+
     /// Revokes what run `run_id` was issued (its run ended); failures are logged, not returned.
     pub async fn revoke(&self, run_id: &str) {
         let issued = self.issued().remove(run_id).unwrap_or_default();

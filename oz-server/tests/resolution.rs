@@ -241,6 +241,20 @@ async fn a_worker_gets_a_read_only_preparation_credential_for_its_own_teams_envi
     assert_eq!(minted[1].repos, ["api"]);
     assert_eq!(changed["git_credentials"][0]["token"], minted[1].token.as_str());
 
+    // Deleting the environment revokes its preparation credential.
+    let (status, _) = t.call(reqwest::Method::DELETE, &format!("/agent/environments/{env_id}"), &t.key_a, None).await;
+    assert_eq!(status, 200);
+    assert!(github.minted()[1].revoked, "the deleted environment's credential still works");
+    assert_eq!(t.post(&path, &worker, json!({})).await.0, 404);
+    let (_, env) = t
+        .post(
+            "/agent/environments",
+            &t.key_a,
+            json!({"name": "e2", "github_repos": [{"owner": "acme", "repo": "api"}]}),
+        )
+        .await;
+    let path = format!("/selfhosted/worker/environments/{}/git-credentials", env["uid"].as_str().unwrap());
+
     // Only a worker credential, only its own team's environments.
     assert_eq!(t.post(&path, &t.key_a, json!({})).await.0, 403, "an API key is not a worker");
     let other = t.worker_credential(&t.key_b, "w1").await;
@@ -262,7 +276,7 @@ async fn a_worker_gets_a_read_only_preparation_credential_for_its_own_teams_envi
         .await;
     assert_eq!(status, 200, "{none}");
     assert_eq!(none["git_credentials"], json!([]));
-    assert_eq!(github.minted().len(), 2);
+    assert_eq!(github.minted().len(), 2, "nothing minted for a refused caller or a host without a provider");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

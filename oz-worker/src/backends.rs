@@ -54,7 +54,8 @@ pub fn mount_git_mirrors(config: &mut BackendConfig, dir: &std::path::Path) -> R
             // The folder is where the claim is mounted in the worker's own Pod: the preflight Job
             // reads this back through the claim.
             let check = uuid::Uuid::new_v4().simple().to_string();
-            std::fs::write(dir.join(oz_backend_k8s::config::MIRROR_CHECK_FILE), &check)
+            std::fs::create_dir_all(dir.join(oz_backend_k8s::config::MIRROR_CHECK_DIR))
+                .and_then(|()| std::fs::write(dir.join(oz_backend_k8s::config::MIRROR_CHECK_FILE), &check))
                 .map_err(|e| WorkerError::Config(format!("git_mirrors: could not write to {}: {e}", dir.display())))?;
             kubernetes.git_mirror_check = Some(check);
             Ok(SANDBOX_GIT_MIRRORS.to_owned())

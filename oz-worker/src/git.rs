@@ -20,7 +20,7 @@ use base64::Engine;
 use oz_core::environment::EnvironmentConfig;
 use oz_core::wire::callbacks::ResolvedGitCredential;
 use tokio::process::Command;
-use tracing::{debug, warn};
+use tracing::warn;
 
 /// What the worker's own git may reach.
 #[derive(Clone, Debug, Default)]
@@ -93,13 +93,22 @@ impl PreparationCredentials {
                 cached.insert(key, (until, credentials.clone()));
                 credentials
             }
-            // An answer that could not be read may hold a token: not quoted.
-            Err(oz_sdk::Error::Decode { .. }) => {
-                warn!(environment_id, "no preparation credentials: the control plane's answer could not be read");
-                Vec::new()
-            }
             Err(e) => {
-                debug!(environment_id, "no preparation credentials: {e}");
+                match &e {
+                    // An answer that could not be read may hold a token: not quoted.
+                    oz_sdk::Error::Decode { .. } => {
+                        warn!(
+                            environment_id,
+                            "no preparation credentials: the control plane's answer could not be read"
+                        )
+                    }
+                    other => warn!(environment_id, "no preparation credentials: {other}"),
+                }
+                // Asked again after a while, not on every git call meanwhile.
+                self.cached
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key, (Instant::now() + NONE_CACHED_FOR, Vec::new()));
                 Vec::new()
             }
         }
@@ -119,23 +128,13 @@ fn cache_for(credentials: &[ResolvedGitCredential]) -> Duration {
         .unwrap_or(NONE_CACHED_FOR)
 }
 
-/// Whether a credential for `host` may be sent over `scheme`: https always; http to a loopback host
-/// only (a test's git server), as the runner's credential helper decides.
-fn may_send(scheme: &str, host: &str) -> bool {
-    let name = host
-        .rsplit_once(':')
-        .map(|(name, port)| if port.chars().all(|c| c.is_ascii_digit()) { name } else { host })
-        .unwrap_or(host);
-    scheme == "https" || (scheme == "http" && matches!(name, "localhost" | "127.0.0.1" | "[::1]"))
-}
-
 /// Git configuration, as `GIT_CONFIG_*` variables, that sends each of `credentials` to its host.
 fn credential_env(credentials: &[ResolvedGitCredential]) -> Vec<(String, String)> {
     let mut entries = Vec::new();
-    for c in credentials {
+    for c in credentials.iter().filter(|c| c.expires_at.is_none_or(|at| at > jiff::Timestamp::now())) {
         let basic = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.username, c.token));
         for scheme in ["https", "http"] {
-            if may_send(scheme, &c.host) {
+            if oz_core::credentials::may_send_git_credential(scheme, &c.host) {
                 entries.push((
                     format!("http.{scheme}://{}/.extraHeader", c.host),
                     format!("Authorization: Basic {basic}"),

@@ -30,6 +30,9 @@ use crate::git::{FETCH_TIMEOUT, GitAccess};
 /// A mirror is fetched at most this often.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 
+/// An environment's repos as last read, and its git base URL.
+type Seen = (Vec<RepoRef>, String);
+
 /// The mirrors in one folder.
 pub struct GitMirrors {
     root: PathBuf,
@@ -37,7 +40,7 @@ pub struct GitMirrors {
     refreshed: Mutex<HashMap<PathBuf, Option<Instant>>>,
     /// When each environment was last read for a refresh, and its repos then: a task of it within
     /// [`REFRESH_INTERVAL`] asks the control plane nothing.
-    environments: Mutex<HashMap<String, (Instant, Vec<RepoRef>)>>,
+    environments: Mutex<HashMap<String, (Instant, Seen)>>,
     access: GitAccess,
     /// Where environments are read from, by id (the worker's credential).
     control_plane: Option<oz_sdk::Client>,
@@ -91,12 +94,12 @@ impl GitMirrors {
         let Some(client) = &self.control_plane else { return };
         {
             let mut read = self.environments.lock().unwrap_or_else(|p| p.into_inner());
-            let repos = match read.get(environment_id) {
+            let seen = match read.get(environment_id) {
                 Some((at, _)) if at.elapsed() < REFRESH_INTERVAL => return,
-                Some((_, repos)) => repos.clone(),
-                None => Vec::new(),
+                Some((_, seen)) => seen.clone(),
+                None => (Vec::new(), String::new()),
             };
-            read.insert(environment_id.to_owned(), (Instant::now(), repos));
+            read.insert(environment_id.to_owned(), (Instant::now(), seen));
         }
         match client.environments().get_for_worker(environment_id).await {
             Ok(found) => self.refresh(environment_id, &found.config).await,
@@ -105,14 +108,22 @@ impl GitMirrors {
     }
 
     /// The mirrors a sandbox of environment `environment_id` may read: those of the repos the
-    /// environment had when last refreshed, that exist. Empty for an environment not refreshed yet
-    /// (its first task's clones fetch in full).
+    /// environment had when last refreshed that exist and mirror the environment's own URL for the
+    /// repo ([`oz_core::runner::mirror_serves`]). Empty for an environment not refreshed yet (its
+    /// first task's clones fetch in full).
     pub fn for_environment(&self, environment_id: &str) -> Vec<RepoRef> {
-        let repos = match self.environments.lock().unwrap_or_else(|p| p.into_inner()).get(environment_id) {
-            Some((_, repos)) => repos.clone(),
+        let (repos, base) = match self.environments.lock().unwrap_or_else(|p| p.into_inner()).get(environment_id) {
+            Some((_, seen)) => seen.clone(),
             None => return Vec::new(),
         };
-        repos.into_iter().filter(|r| oz_core::runner::mirror_of(&self.root, r).join("HEAD").is_file()).collect()
+        repos
+            .into_iter()
+            .filter(|r| {
+                let mirror = oz_core::runner::mirror_of(&self.root, r);
+                mirror.join("HEAD").is_file()
+                    && oz_core::runner::mirror_serves(&mirror, &oz_core::runner::clone_url(&base, r))
+            })
+            .collect()
     }
 
     /// The commit the mirror of `repo` has at its HEAD, if it has one.
@@ -134,7 +145,8 @@ impl GitMirrors {
         {
             let mut read = self.environments.lock().unwrap_or_else(|p| p.into_inner());
             let at = read.get(environment_id).map(|(at, _)| *at).unwrap_or_else(Instant::now);
-            read.insert(environment_id.to_owned(), (at, environment.github_repos.clone()));
+            let base = oz_core::runner::git_base_url(environment).to_owned();
+            read.insert(environment_id.to_owned(), (at, (environment.github_repos.clone(), base)));
         }
         let base = oz_core::runner::git_base_url(environment);
         if let Err(e) = oz_core::runner::validate_base_url(base) {
@@ -154,6 +166,11 @@ impl GitMirrors {
                 refreshed.insert(path.clone(), None);
             }
             let url = oz_core::runner::clone_url(base, repo);
+            if path.join("HEAD").is_file() && !oz_core::runner::mirror_serves(&path, &url) {
+                warn!(%repo, "the git mirror {} is of another host's {repo}: not used for {url}", path.display());
+                self.refreshed.lock().unwrap_or_else(|p| p.into_inner()).insert(path, Some(Instant::now()));
+                continue;
+            }
             let started = Instant::now();
             // Per repo (a cache hit but for the first): a long clone must not leave the next one
             // with an expired credential.

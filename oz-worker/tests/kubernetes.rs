@@ -312,9 +312,9 @@ async fn a_warm_pool_on_kubernetes_hands_a_run_its_pod_and_a_killed_worker_leave
     assert!(output.contains("warm sandbox: cloned and set up"), "{output}");
     assert!(output.contains("tokens in env: [0]"), "{output}");
     assert!(!warm_jobs(&cluster).contains(&first[0]), "the used warm Pod went back to the pool");
-    // The clone borrowed from the worker's mirror (the claim), and the setup filled the
-    // environment's folder of the caches claim.
-    assert!(output.contains("referencing the worker's mirror"), "{output}");
+    // The warm Pod cloned from the worker's mirror (its environment's subPath of the claim), and
+    // the setup filled the environment's folder of the caches claim.
+    assert!(output.contains("cloning from the worker's mirror"), "{output}");
     let setups = std::fs::read_to_string(caches.join(&env_id).join("setups")).unwrap();
     assert!(setups.contains(prepared_setup.trim()), "{setups}");
 

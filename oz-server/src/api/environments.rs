@@ -174,5 +174,6 @@ pub async fn delete(
         crate::store::StoreError::NotFound => ApiError::not_found(format!("there is no environment {id:?}")),
         other => other.into(),
     })?;
+    state.lifecycle.credentials().forget_environment(&caller.team_id, &id).await;
     Ok(Json(serde_json::json!({"success": true})))
 }
