@@ -190,7 +190,10 @@ fn main() {
         let mirror = oz_core::runner::mirror_of(&mirrors, &RepoRef::new("acme", "big").unwrap());
         std::fs::create_dir_all(mirror.parent().unwrap()).unwrap();
         let bare = root.path().join("git/acme/big");
-        git(root.path(), &["clone", "-q", "--mirror", bare.to_str().unwrap(), mirror.to_str().unwrap()]);
+        // Cloned from the URL the tasks clone from, as the worker makes it: a mirror serves only
+        // the URL it was cloned from.
+        let url = oz_core::runner::clone_url(&git_base, &RepoRef::new("acme", "big").unwrap());
+        git(root.path(), &["clone", "-q", "--mirror", &url, mirror.to_str().unwrap()]);
         let src = root.path().join("src/big");
         std::fs::write(src.join("new.txt"), "new\n").unwrap();
         git(&src, &["add", "."]);
