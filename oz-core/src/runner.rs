@@ -84,13 +84,15 @@ pub fn mirror_serves(mirror: &std::path::Path, url: &str) -> bool {
     let Ok(config) = std::fs::read_to_string(mirror.join("config")) else { return false };
     let mut in_origin = false;
     for line in config.lines().map(str::trim) {
-        if line.starts_with('[') {
-            in_origin = line == "[remote \"origin\"]";
+        if let Some(section) = line.strip_prefix('[') {
+            // The section's name in any case, its subsection as written (git's rules).
+            let (name, sub) = section.split_once(' ').unwrap_or((section, ""));
+            in_origin = name.eq_ignore_ascii_case("remote") && sub.trim_end_matches(']').trim() == "\"origin\"";
         } else if in_origin
             && let Some((key, value)) = line.split_once('=')
-            && key.trim() == "url"
+            && key.trim().eq_ignore_ascii_case("url")
         {
-            return value.trim() == url;
+            return value.trim().trim_matches('"') == url;
         }
     }
     false
@@ -470,6 +472,9 @@ mod tests {
         assert!(!mirror_serves(dir.path(), "https://other.example/acme/app"), "another remote's URL");
         assert!(!mirror_serves(dir.path(), "https://git.example.com/acme/app"));
         assert!(!mirror_serves(&dir.path().join("missing"), "https://github.com/acme/app"));
+        std::fs::write(dir.path().join("config"), "[Remote \"origin\"]\r\n\tURL = \"https://github.com/acme/app\"\r\n")
+            .unwrap();
+        assert!(mirror_serves(dir.path(), "https://github.com/acme/app"), "git's spellings");
     }
     use crate::wire::worker::ServerMessage;
 

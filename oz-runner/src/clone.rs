@@ -335,8 +335,8 @@ pub async fn reset_to_remote_head(
     }
     // Every branch, so the clone's `origin/*` are current too (an agent compares with them); then
     // HEAD by name if the remote's HEAD is on no branch.
-    git_in(git, dir, env, &["fetch", "--quiet", "origin"]).await?;
-    if git_in(git, dir, env, &["reset", "--hard", "--quiet", &remote]).await.is_err() {
+    let fetched = git_in(git, dir, env, &["fetch", "--quiet", "--prune", "origin"]).await.is_ok();
+    if !fetched || git_in(git, dir, env, &["reset", "--hard", "--quiet", &remote]).await.is_err() {
         git_in(git, dir, env, &["fetch", "--quiet", "origin", "HEAD"]).await?;
         git_in(git, dir, env, &["reset", "--hard", "--quiet", "FETCH_HEAD"]).await?;
     }

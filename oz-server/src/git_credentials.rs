@@ -216,8 +216,8 @@ impl GitCredentialBroker {
     /// with (its git mirrors, its warm pools' HEAD checks), from the team's provider for the
     /// environment's git host; none when the team has none. One per environment: the workers of the
     /// team share it until it is within 15 minutes of its expiry (a new one is issued, the old one
-    /// left to expire, as workers may be using it) or the environment's repositories or provider
-    /// change (the old one is revoked). A static secret is not kept. The provider is asked for
+    /// left to expire, as workers may be using it), or until the environment or the team's git
+    /// providers change or the environment is deleted (revoked then). A static secret is not kept. The provider is asked for
     /// read access only (a GitHub App token with `contents: read`, a GitLab `read_repository`
     /// token); a static provider's secret cannot be narrowed and is handed as it is.
     pub async fn issue_for_preparation(
@@ -228,11 +228,14 @@ impl GitCredentialBroker {
         environment_id: &str,
         environment: &EnvironmentConfig,
     ) -> Result<Vec<ResolvedGitCredential>, ApiError> {
-        let Some(host) = git_host(environment) else { return Ok(Vec::new()) };
-        if environment.github_repos.is_empty() {
-            return Ok(Vec::new());
-        }
-        let Some((_, configured)) = store.git_providers(team_id).await?.into_iter().find(|(h, _)| *h == host) else {
+        let provider = match git_host(environment).filter(|_| !environment.github_repos.is_empty()) {
+            Some(host) => store.git_providers(team_id).await?.into_iter().find(|(h, _)| *h == host),
+            None => None,
+        };
+        let Some((host, configured)) = provider else {
+            // Nothing to issue any more (no repos, another host, the provider removed): what was
+            // issued for it goes.
+            self.forget_environment(team_id, environment_id).await;
             return Ok(Vec::new());
         };
         let key = (team_id.to_owned(), environment_id.to_owned());
@@ -270,18 +273,21 @@ impl GitCredentialBroker {
         }
         // Two workers asked at once: the first one's stays (it may be in use already), ours goes.
         let mut ours = Some((provider, issued));
-        let theirs = {
+        let (theirs, replaced) = {
             let mut prepared = self.prepared();
             match prepared.get(&key).filter(|p| usable(p)).map(|p| resolved(&p.issued.1)) {
-                Some(theirs) => Some(theirs),
+                Some(theirs) => (Some(theirs), None),
                 None => {
-                    if let Some(issued) = ours.take() {
-                        prepared.insert(key, Prepared { scope: scope.clone(), issued });
-                    }
-                    None
+                    let replaced =
+                        ours.take().and_then(|issued| prepared.insert(key, Prepared { scope: scope.clone(), issued }));
+                    (None, replaced)
                 }
             }
         };
+        // One for another scope, issued meanwhile: it must not go on working.
+        if let Some(replaced) = replaced.filter(|r| r.scope != scope) {
+            revoke_one(environment_id, replaced.issued).await;
+        }
         match (theirs, ours) {
             (Some(theirs), Some(ours)) => {
                 revoke_one(environment_id, ours).await;
@@ -292,11 +298,23 @@ impl GitCredentialBroker {
     }
 
     /// Revokes the preparation credential of environment `environment_id` of team `team_id` (the
-    /// environment was deleted), if one is held.
+    /// environment was changed or deleted), if one is held; the next ask gets a new one.
     pub async fn forget_environment(&self, team_id: &str, environment_id: &str) {
         let held = self.prepared().remove(&(team_id.to_owned(), environment_id.to_owned()));
         if let Some(held) = held {
             revoke_one(environment_id, held.issued).await;
+        }
+    }
+
+    /// Revokes every preparation credential of team `team_id` (one of its git providers changed).
+    pub async fn forget_team(&self, team_id: &str) {
+        let held: Vec<Prepared> = {
+            let mut prepared = self.prepared();
+            let keys: Vec<_> = prepared.keys().filter(|(team, _)| team == team_id).cloned().collect();
+            keys.iter().filter_map(|k| prepared.remove(k)).collect()
+        };
+        for one in held {
+            revoke_one(team_id, one.issued).await;
         }
     }
 

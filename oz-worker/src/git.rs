@@ -104,12 +104,16 @@ impl PreparationCredentials {
                     }
                     other => warn!(environment_id, "no preparation credentials: {other}"),
                 }
-                // Asked again after a while, not on every git call meanwhile.
-                self.cached
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(key, (Instant::now() + NONE_CACHED_FOR, Vec::new()));
-                Vec::new()
+                // Asked again after a while, not on every git call meanwhile; a good answer another
+                // caller got in between is kept (and used).
+                let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+                match cached.get(&key) {
+                    Some((until, credentials)) if Instant::now() < *until => credentials.clone(),
+                    _ => {
+                        cached.insert(key, (Instant::now() + NONE_CACHED_FOR, Vec::new()));
+                        Vec::new()
+                    }
+                }
             }
         }
     }

@@ -196,7 +196,18 @@ async fn refresh_one(
     if path.join("HEAD").is_file() {
         let mut args = vec!["fetch", "--quiet", "--prune", "--", url];
         args.extend(REFSPECS);
-        return access.git(path, &args, FETCH_TIMEOUT, credentials).await.map(drop);
+        access.git(path, &args, FETCH_TIMEOUT, credentials).await?;
+        // A fetch never moves a mirror's HEAD: it follows the remote's (its default branch changed).
+        let listed =
+            access.git(path, &["ls-remote", "--symref", "--", url, "HEAD"], FETCH_TIMEOUT, credentials).await?;
+        let text = String::from_utf8_lossy(&listed);
+        let branch = text.lines().find_map(|l| l.strip_prefix("ref: ")?.strip_suffix("\tHEAD"));
+        if let Some(branch) = branch.filter(|b| b.starts_with("refs/heads/"))
+            && access.git(path, &["rev-parse", "--verify", "--quiet", branch], FETCH_TIMEOUT, &[]).await.is_ok()
+        {
+            access.git(path, &["symbolic-ref", "HEAD", branch], FETCH_TIMEOUT, &[]).await?;
+        }
+        return Ok(());
     }
     let parent = path.parent().ok_or("a mirror path has a parent")?;
     std::fs::create_dir_all(parent).map_err(|e| format!("could not create {}: {e}", parent.display()))?;

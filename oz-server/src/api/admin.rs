@@ -139,6 +139,8 @@ pub async fn put_git_provider(
         }
     }
     state.store.put_git_provider(&caller.team_id, &host, &provider).await?;
+    // The workers' preparation credentials came from the provider this replaces.
+    state.lifecycle.credentials().forget_team(&caller.team_id).await;
     Ok(Json(GitProviderItem { host, provider }))
 }
 
@@ -153,5 +155,6 @@ pub async fn delete_git_provider(
         crate::store::StoreError::NotFound => ApiError::not_found(format!("there is no git provider for {host:?}")),
         other => other.into(),
     })?;
+    state.lifecycle.credentials().forget_team(&caller.team_id).await;
     Ok(Json(serde_json::json!({"success": true})))
 }

@@ -160,6 +160,8 @@ pub async fn update(
         crate::store::StoreError::NotFound => ApiError::not_found(format!("there is no environment {id:?}")),
         other => other.into(),
     })?;
+    // Its preparation credential was issued for what it was: the next ask gets one for what it is.
+    state.lifecycle.credentials().forget_environment(&caller.team_id, &id).await;
     get(State(state), Principal::Key(caller), ApiPath(id)).await
 }
 
