@@ -4,17 +4,21 @@
 #
 #   scripts/build-sidecar-oz.sh [OUT]      (default OUT: target/sidecar/oz)
 #
+# OZ_SIDECAR_PROFILE picks the Cargo profile (default: release). CI uses `ci-sidecar` (no LTO, less
+# optimisation), which builds in about half the time; benchmarks and deployments use the default.
+#
 # It then proves the binary has no dynamic dependencies by running it in an empty chroot when run as
 # root (skipped, with a note, otherwise).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=$(rustc -vV | sed -n 's/^host: //p')
 out=${1:-target/sidecar/oz}
-echo "building a static oz for $target ..." >&2
+profile=${OZ_SIDECAR_PROFILE:-release}
+echo "building a static oz for $target (profile $profile) ..." >&2
 # An explicit --target keeps RUSTFLAGS away from build scripts and proc macros, which must stay dynamic.
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$target" -p oz-cli --bin oz --no-default-features
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile "$profile" --locked --target "$target" -p oz-cli --bin oz --no-default-features
 mkdir -p "$(dirname "$out")"
-cp "target/$target/release/oz" "$out"
+cp "target/$target/$profile/oz" "$out"
 if readelf -l "$out" | grep -q 'INTERP'; then
   echo "error: $out asks for a dynamic loader; it is not static" >&2
   exit 1
