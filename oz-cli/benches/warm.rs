@@ -12,7 +12,8 @@
 //! - cold: `oz agent run` of an environment with one small repo and one setup command, on the
 //!   Direct backend (clone, setup, harness);
 //! - warm: the same task handed to a sandbox prepared beforehand (`oz agent warm`): the handoff, the
-//!   runner's check that the repo's HEAD has not moved (one `git fetch`), the harness.
+//!   runner's check that the repo's HEAD has not moved (one `ls-refs` on the connection the sandbox
+//!   held open while it waited), the harness.
 //!
 //! Then, fewer times, the same cold and warm for a repo of 20,000 files and a 5-second setup command;
 //! and a cold start of that repo (with a setup that does nothing) without and with the worker's git

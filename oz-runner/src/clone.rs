@@ -241,7 +241,7 @@ pub fn builtin_clone(url: &str, dir: &Path, credentials: Arc<Vec<GitCredential>>
 
 /// How the built-in git answers a remote that asks for credentials: from `credentials`, by the same
 /// rules as the runner's helper (https or loopback http, unexpired), in memory.
-fn credential_answers(
+pub(crate) fn credential_answers(
     credentials: Arc<Vec<GitCredential>>,
 ) -> impl FnMut(gix::credentials::helper::Action) -> gix::Result<Option<gix::credentials::protocol::Outcome>>
 + Send
@@ -267,25 +267,6 @@ fn credential_answers(
     }
 }
 
-/// The commit the `origin` of the clone in `dir` has at its HEAD, asked in this process (the
-/// built-in git: a handshake and `ls-refs`, no `git` process of ours; a local remote still gets its
-/// `git-upload-pack`). `None` when the remote names no HEAD.
-pub fn builtin_remote_head(dir: &Path, credentials: Arc<Vec<GitCredential>>) -> Result<Option<String>, String> {
-    let chain = |e: &dyn std::error::Error| oz_core::error::error_chain(e);
-    let repo = gix::open_opts(dir, gix::open::Options::isolated()).map_err(|e| chain(&e))?;
-    let remote = repo.find_remote("origin").map_err(|e| chain(&e))?;
-    let mut connection = remote.connect(gix::remote::Direction::Fetch).map_err(|e| chain(&e))?;
-    connection.set_credentials(credential_answers(credentials));
-    let head =
-        gix::refspec::parse("HEAD".into(), gix::refspec::parse::Operation::Fetch).map_err(|e| chain(&e))?.to_owned();
-    let options = gix::remote::ref_map::Options { extra_refspecs: vec![head], ..Default::default() };
-    let (map, _) = connection.ref_map(gix::progress::Discard, options).map_err(|e| format!("{e:#}"))?;
-    Ok(map.remote_refs.iter().find_map(|r| {
-        let (name, target, peeled) = r.unpack();
-        (name == "HEAD").then(|| peeled.or(target).map(|id| id.to_hex().to_string())).flatten()
-    }))
-}
-
 fn builtin_head(dir: &Path) -> Option<String> {
     let repo = gix::open(dir).ok()?;
     repo.head_id().ok().map(|id| id.to_string())
@@ -304,22 +285,41 @@ pub async fn rev_parse_head(git: &Path, dir: &Path, env: &[(String, String)]) ->
     output.status.success().then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
-/// Brings the clone in `dir`, at `head`, to its remote's `HEAD` if that is elsewhere: one
-/// `git ls-remote` when it has not moved, then a fetch of its branches and a hard reset when it has. `Some(new head)`
-/// when it moved. Git reaches the remote through the credential helper configured in `env`.
+/// Brings the clone in `dir`, at `head`, to its remote's `HEAD` if that is elsewhere: one question
+/// to the remote when it has not moved (on `open`, the connection the warm sandbox held, if it has
+/// one), then a fetch of its branches and a hard reset when it has. `Some(new head)` when it moved.
+/// Git reaches the remote through the credential helper configured in `env`.
 pub async fn reset_to_remote_head(
     git: &Path,
     dir: &Path,
     head: Option<&str>,
     env: &[(String, String)],
     credentials: &Arc<Vec<GitCredential>>,
+    open: Option<crate::remote_head::OpenRemote>,
 ) -> Result<Option<String>, String> {
-    // In this process first (no git process to start: this is on a warm task's critical path),
-    // then `git ls-remote` if the built-in git cannot (a transport it lacks, say).
-    let (in_dir, answers) = (dir.to_path_buf(), credentials.clone());
-    let asked = tokio::task::spawn_blocking(move || builtin_remote_head(&in_dir, answers))
-        .await
-        .unwrap_or_else(|e| Err(format!("the built-in git stopped: {e}")));
+    // In this process (no git process to start: this is on a warm task's critical path), on the
+    // held connection first; then on a new one with the run's credentials; then `git ls-remote` if
+    // the built-in git cannot (a transport it lacks, say).
+    let held = match open {
+        Some(open) => match crate::remote_head::ask_held(open).await {
+            Ok(Some(remote)) => Some(remote),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::debug!("the held connection could not answer ({e}); asking on a new one");
+                None
+            }
+        },
+        None => None,
+    };
+    let asked = match held {
+        Some(remote) => Ok(Some(remote)),
+        None => {
+            let (in_dir, answers) = (dir.to_path_buf(), credentials.clone());
+            tokio::task::spawn_blocking(move || crate::remote_head::builtin_remote_head(&in_dir, answers))
+                .await
+                .unwrap_or_else(|e| Err(format!("the built-in git stopped: {e}")))
+        }
+    };
     let remote = match asked {
         Ok(Some(remote)) => remote,
         Ok(None) | Err(_) => {
@@ -384,43 +384,6 @@ pub async fn commits_since(git: &Path, dir: &Path, since: &str, env: &[(String, 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn git_sync(dir: &Path, args: &[&str]) -> String {
-        let out = std::process::Command::new("git")
-            .args(args)
-            .current_dir(dir)
-            .env("GIT_AUTHOR_NAME", "t")
-            .env("GIT_AUTHOR_EMAIL", "t@example.com")
-            .env("GIT_COMMITTER_NAME", "t")
-            .env("GIT_COMMITTER_EMAIL", "t@example.com")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-
-    #[test]
-    fn the_built_in_git_reads_the_remotes_head_without_a_git_process_of_ours() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("src");
-        std::fs::create_dir_all(&src).unwrap();
-        git_sync(&src, &["init", "-q", "-b", "main"]);
-        git_sync(&src, &["commit", "-q", "--allow-empty", "-m", "one"]);
-        let bare = dir.path().join("remote.git");
-        git_sync(dir.path(), &["clone", "-q", "--bare", src.to_str().unwrap(), bare.to_str().unwrap()]);
-        let url = format!("file://{}", bare.display());
-        git_sync(dir.path(), &["clone", "-q", &url, "clone"]);
-        let clone = dir.path().join("clone");
-        let no_credentials = Arc::new(Vec::new());
-        let first = git_sync(&src, &["rev-parse", "HEAD"]);
-        assert_eq!(builtin_remote_head(&clone, no_credentials.clone()).unwrap(), Some(first.clone()));
-        // A push the clone has not fetched: seen at once.
-        git_sync(&src, &["commit", "-q", "--allow-empty", "-m", "two"]);
-        git_sync(&src, &["push", "-q", bare.to_str().unwrap(), "HEAD:main"]);
-        let second = git_sync(&src, &["rev-parse", "HEAD"]);
-        assert_ne!(first, second);
-        assert_eq!(builtin_remote_head(&clone, no_credentials).unwrap(), Some(second));
-    }
 
     #[test]
     fn base_urls_never_carry_credentials() {

@@ -192,6 +192,9 @@ pub struct Prepared {
     pub cloned: Vec<Cloned>,
     /// When it was ready.
     pub ready_at: std::time::Instant,
+    /// Connections to the clones' remotes held open while the sandbox waits, by clone folder (see
+    /// [`crate::remote_head::OpenRemote`]); a clone without one is asked on a new connection.
+    pub open_remotes: std::collections::HashMap<PathBuf, crate::remote_head::OpenRemote>,
 }
 
 impl Prepared {
@@ -349,7 +352,7 @@ async fn prepare_and_run(
 
     // A warm sandbox that prepared this environment: its history first, then only what may have
     // moved since (the repos' HEADs). One prepared for something else is prepared again.
-    let warm = match prepared {
+    let mut warm = match prepared {
         Some(p) if p.serves(&environment, &args.git_base_url, &workdir) => Some(p),
         Some(p) => {
             log.announce("the warm sandbox was prepared for another environment: preparing it again for this run")
@@ -371,8 +374,11 @@ async fn prepare_and_run(
         ))
         .await;
     }
-    let cloned = match &warm {
-        Some(p) => refresh_heads(p.cloned.clone(), &child_env, &git_credentials, log).await?,
+    let cloned = match &mut warm {
+        Some(p) => {
+            let open = std::mem::take(&mut p.open_remotes);
+            refresh_heads(p.cloned.clone(), open, &child_env, &git_credentials, log).await?
+        }
         None => {
             let cloned =
                 clone_environment(&environment, &args.git_base_url, &workdir, &child_env, &git_credentials, false, log)
@@ -469,6 +475,7 @@ pub(crate) async fn clone_environment(
 /// the clones with their HEADs now (the agent's commits are counted from there).
 async fn refresh_heads(
     mut cloned: Vec<Cloned>,
+    mut open_remotes: std::collections::HashMap<PathBuf, crate::remote_head::OpenRemote>,
     child_env: &[(String, String)],
     git_credentials: &[GitCredential],
     log: &Arc<EventLog>,
@@ -482,7 +489,8 @@ async fn refresh_heads(
         return Ok(cloned);
     };
     for c in &mut cloned {
-        match clone::reset_to_remote_head(&git, &c.dir, c.head.as_deref(), child_env, &credentials).await {
+        let open = open_remotes.remove(&c.dir);
+        match clone::reset_to_remote_head(&git, &c.dir, c.head.as_deref(), child_env, &credentials, open).await {
             Ok(Some(now)) => {
                 let before = c.head.clone().unwrap_or_default();
                 log.announce(&format!("{} moved since the sandbox was prepared: {before} -> {now}", c.repo)).await;

@@ -8,9 +8,10 @@
 //! (nobody reads its pipes yet); they are given back for the task. With stdin (a container, whose
 //! output the engine keeps), they stay where they are.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -135,6 +136,7 @@ async fn prepare(args: &WarmArgs, cancel: &watch::Receiver<bool>) -> Result<Prep
     .await;
     log.close(std::time::Duration::from_secs(5)).await;
     let cloned = result?;
+    let open_remotes = open_remotes(&cloned).await;
     Ok(Prepared {
         environment,
         git_base_url: args.git_base_url.clone(),
@@ -142,7 +144,19 @@ async fn prepare(args: &WarmArgs, cancel: &watch::Receiver<bool>) -> Result<Prep
         events: recorder.take(),
         cloned,
         ready_at: std::time::Instant::now(),
+        open_remotes,
     })
+}
+
+/// A connection to each clone's remote, held open until the task comes, so that its HEAD check is
+/// one round trip (see [`crate::remote_head::OpenRemote`]). A remote that cannot be held (it asks
+/// for a credential, speaks protocol v1, is not local or HTTP, does not answer within
+/// [`crate::remote_head::HELD_CONNECTION_DEADLINE`]) is asked on a new connection then.
+async fn open_remotes(cloned: &[crate::clone::Cloned]) -> HashMap<PathBuf, crate::remote_head::OpenRemote> {
+    let dirs: Vec<PathBuf> = cloned.iter().map(|c| c.dir.clone()).collect();
+    tokio::task::spawn_blocking(move || crate::remote_head::open_all(dirs).into_iter().collect())
+        .await
+        .unwrap_or_default()
 }
 
 /// Listens on `socket` (0600) until one valid handoff comes, answers it, and stops listening. A
