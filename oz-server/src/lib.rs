@@ -33,6 +33,7 @@ pub mod principals;
 pub mod scheduler;
 pub mod secret_references;
 pub mod secrets;
+pub mod session;
 pub mod state;
 pub mod store;
 pub mod vault;
@@ -118,9 +119,11 @@ pub async fn start(config: ServerConfig, store: Arc<dyn Store>) -> Result<Runnin
     let dispatcher = Dispatcher::new(lifecycle.clone(), config.clone());
     dispatcher.set_public_url(&url);
     let run_limiter = Arc::new(limits::RunLimiter::new(config.run_limits.clone()));
+    let sessions = session::SessionHub::new(store.clone(), hub.clone());
     let state = AppState {
         store,
         hub,
+        sessions,
         lifecycle,
         dispatcher: dispatcher.clone(),
         config,

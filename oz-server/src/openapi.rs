@@ -5,7 +5,7 @@ use utoipa::Modify;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use crate::api::{admin, callbacks, environments, events, integrations, runs, schedules, secrets, workers};
+use crate::api::{admin, callbacks, environments, events, integrations, runs, schedules, secrets, sessions, workers};
 
 /// The document.
 #[derive(OpenApi)]
@@ -14,13 +14,13 @@ use crate::api::{admin, callbacks, environments, events, integrations, runs, sch
         title = "oz control plane",
         description = "Wire-compatible with the Oz Agent API (runs, schedules, environments), plus our extensions: \
             environment create/update/delete, integrations with signed webhooks, workers, run events as Server-Sent \
-            Events, the runner's report callback, and the admin API (users, roles, credentials, teams). Errors are RFC 7807 problem documents with Oz's `error` codes.",
+            Events, live sessions (a WebSocket per run), the runner's report callback, and the admin API (users, roles, credentials, teams). Errors are RFC 7807 problem documents with Oz's `error` codes.",
         license(name = "Apache-2.0")
     ),
     servers((url = "/api/v1")),
     paths(
         runs::create, runs::list, runs::get, runs::cancel, runs::transcript, runs::transcript_content, runs::followup,
-        events::stream, callbacks::report, callbacks::resolved,
+        events::stream, sessions::watch, callbacks::report, callbacks::resolved,
         environments::list, environments::create, environments::get, environments::update, environments::delete, environments::for_worker, environments::preparation_credentials,
         schedules::create, schedules::list, schedules::get, schedules::update, schedules::delete, schedules::pause, schedules::resume,
         integrations::create, integrations::list, integrations::get, integrations::update, integrations::delete, integrations::deliver,

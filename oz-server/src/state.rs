@@ -15,6 +15,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// Live run events.
     pub hub: EventHub,
+    /// Live sessions: runs' terminals as their viewers see them.
+    pub sessions: crate::session::SessionHub,
     /// State changes and events.
     pub lifecycle: Lifecycle,
     /// Worker connections and the queue.

@@ -9,6 +9,7 @@ pub mod runs;
 pub mod schedules;
 pub(crate) mod schema;
 pub mod secrets;
+pub mod sessions;
 pub mod workers;
 
 use axum::Router;
@@ -33,6 +34,7 @@ pub fn router(state: AppState) -> Router {
         .route("/agent/runs/{id}/transcript", get(runs::transcript))
         .route("/agent/runs/{id}/transcript/content", get(runs::transcript_content))
         .route("/agent/runs/{id}/events", get(events::stream))
+        .route("/agent/runs/{id}/session", get(sessions::watch))
         .route("/agent/runs/{id}/report", post(callbacks::report))
         .route("/agent/runs/{id}/resolved", get(callbacks::resolved))
         .route("/agent/environments", get(environments::list).post(environments::create))

@@ -1,0 +1,76 @@
+//! `GET /agent/runs/{id}/session`: a run's live terminal, as a WebSocket (our extension; the
+//! protocol is `oz_core::wire::session`). Whoever may read the run may watch it; nothing a viewer
+//! sends is acted on yet (viewers only watch).
+
+use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use futures::{SinkExt, StreamExt};
+use oz_core::wire::session::ViewerMessage;
+use tracing::Instrument;
+
+use crate::api::runs::visible_run;
+#[allow(unused_imports)]
+use crate::api::schema::*;
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::extract::ApiPath;
+use crate::session::{COLS, ROWS, Viewer, ViewerFrame};
+use crate::state::AppState;
+
+/// The handler.
+#[utoipa::path(get, path = "/agent/runs/{id}/session", tag = "runs", params(("id" = String, Path)), responses((status = 101, description = "A WebSocket: text frames are ViewerMessage, binary frames the terminal's bytes"), BadRequest, Unauthorized, NotFound))]
+pub async fn watch(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(run_id): ApiPath<String>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    // Who may watch first: a run the caller may not see is not found, WebSocket or not.
+    let run = visible_run(&state, &principal, &run_id).await?;
+    let upgrade = upgrade.map_err(|e| {
+        ApiError::new(
+            e.status(),
+            oz_core::failure::ErrorCode::InvalidRequest,
+            format!("this endpoint takes a WebSocket: {}", e.body_text()),
+        )
+    })?;
+    let viewer = state.sessions.attach(&run.id).await?;
+    let span = tracing::info_span!("session_viewer", run_id = %run.id);
+    Ok(upgrade.on_upgrade(move |socket| serve(socket, viewer).instrument(span)))
+}
+
+fn text(message: &ViewerMessage) -> Message {
+    Message::Text(serde_json::to_string(message).unwrap_or_default().into())
+}
+
+async fn serve(socket: WebSocket, mut viewer: Viewer) {
+    let (mut sink, mut incoming) = socket.split();
+    // Read what the viewer sends (pings are answered by the socket, a close ends the session).
+    let mut closed = tokio::spawn(async move {
+        while let Some(Ok(message)) = incoming.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    });
+    loop {
+        let frame = tokio::select! {
+            frame = viewer.next() => frame,
+            _ = &mut closed => return,
+        };
+        let message = match frame {
+            Some(ViewerFrame::Screen(data)) => text(&ViewerMessage::Screen { rows: ROWS, cols: COLS, data }),
+            Some(ViewerFrame::Output(bytes)) => Message::Binary(bytes),
+            Some(ViewerFrame::Ended(state)) => text(&ViewerMessage::Ended { state }),
+            None => break,
+        };
+        if sink.send(message).await.is_err() {
+            closed.abort();
+            return;
+        }
+    }
+    let _ = sink.send(Message::Close(None)).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), closed).await;
+}

@@ -1,0 +1,312 @@
+//! Live sessions: a run's terminal as its viewers see it.
+//!
+//! A session exists only while someone watches. The first viewer of a run makes it: its terminal
+//! screen (a `vt100` emulator, server-side) is rebuilt from the run's stored output, then a task
+//! follows the run's events in the store (woken by the [`EventHub`]) and feeds each new output both
+//! to the screen and to the viewers. A viewer joining later gets the current screen, drawn by escape
+//! codes, then the live bytes from exactly that point (both are taken under the session's lock).
+//!
+//! Viewers never slow the run: the runner's reports are stored before anything here sees them, and
+//! the live bytes go to viewers through a bounded channel ([`LIVE_CHUNKS`]); a viewer that falls
+//! further behind is sent the whole screen again instead of what it missed. The session ends
+//! (its task stops, its memory is freed) when its last viewer leaves or the run ends.
+//!
+//! The history (every event, in order) is `GET /agent/runs/{id}/events`; this is the screen.
+
+use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroU16;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::broadcast;
+
+use crate::hub::EventHub;
+use crate::store::{RunEventRecord, Store, StoreError};
+
+/// The viewers' terminal size. The harness's output is laid out on a screen of this size.
+pub const ROWS: u16 = 40;
+/// See [`ROWS`].
+pub const COLS: u16 = 120;
+/// How many chunks of output a viewer may be behind before it is sent the screen again.
+pub const LIVE_CHUNKS: usize = 256;
+
+/// What a viewer is sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ViewerFrame {
+    /// Escape codes that draw the whole screen (clear it first); the live bytes continue from it.
+    Screen(String),
+    /// Bytes the run wrote, in order, to feed to a terminal after the last frame.
+    Output(Bytes),
+    /// The run ended: nothing more comes.
+    Ended(oz_core::run::RunState),
+}
+
+struct Screen {
+    terminal: vt100::Parser,
+    /// The last event of the run fed to the screen.
+    after: i64,
+    live: broadcast::Sender<Bytes>,
+    ended: Option<oz_core::run::RunState>,
+}
+
+impl Screen {
+    fn new() -> Self {
+        let size = |n: u16| NonZeroU16::new(n).unwrap_or(NonZeroU16::MIN);
+        Self {
+            // No scrollback: a viewer is drawn the screen; what scrolled off is in the history.
+            terminal: vt100::Parser::new(size(ROWS), size(COLS), 0),
+            after: 0,
+            live: broadcast::channel(LIVE_CHUNKS).0,
+            ended: None,
+        }
+    }
+
+    /// Feeds one stored event: its output to the screen and the viewers, its end.
+    fn feed(&mut self, event: &RunEventRecord) {
+        if event.seq <= self.after {
+            return;
+        }
+        self.after = event.seq;
+        if let Some(bytes) = terminal_bytes(&event.body) {
+            self.terminal.process(&bytes);
+            let _ = self.live.send(bytes);
+        } else if let Some(state) = terminal_state(&event.body) {
+            self.ended = Some(state);
+        }
+    }
+
+    fn drawn(&self) -> String {
+        // Reset attributes and clear, then the screen as it is.
+        format!("\x1b[0m\x1b[H\x1b[2J{}", self.terminal.screen().state_formatted())
+    }
+}
+
+/// The bytes an output event puts on the terminal. Output reported from pipes has bare `\n` line
+/// ends, which a terminal would not bring back to the first column; a terminal's line discipline
+/// (`ONLCR`) adds the `\r`, so it is added here.
+fn terminal_bytes(body: &serde_json::Value) -> Option<Bytes> {
+    if body.get("event").and_then(|e| e.as_str()) != Some("output") {
+        return None;
+    }
+    let text = body.get("text").and_then(|t| t.as_str())?;
+    let mut out = Vec::with_capacity(text.len() + text.len() / 32);
+    let mut previous = 0u8;
+    for &b in text.as_bytes() {
+        if b == b'\n' && previous != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        previous = b;
+    }
+    Some(Bytes::from(out))
+}
+
+/// The run's end, if `body` is its terminal state change.
+fn terminal_state(body: &serde_json::Value) -> Option<oz_core::run::RunState> {
+    if body.get("event").and_then(|k| k.as_str()) != Some("state") {
+        return None;
+    }
+    let state = body.get("state")?.as_str()?.parse::<oz_core::run::RunState>().ok()?;
+    state.is_terminal().then_some(state)
+}
+
+/// One viewer's place in a session.
+pub struct Viewer {
+    screen: Arc<Mutex<Screen>>,
+    /// The live bytes; `None` once the run's end is known.
+    live: Option<broadcast::Receiver<Bytes>>,
+    /// What to send before anything live.
+    pending: VecDeque<ViewerFrame>,
+    hub: SessionHub,
+    run_id: String,
+}
+
+impl Viewer {
+    /// The next frame for this viewer; `None` after [`ViewerFrame::Ended`].
+    pub async fn next(&mut self) -> Option<ViewerFrame> {
+        if let Some(frame) = self.pending.pop_front() {
+            return Some(frame);
+        }
+        let live = self.live.as_mut()?;
+        match live.recv().await {
+            Ok(bytes) => Some(ViewerFrame::Output(bytes)),
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                // Too far behind: the screen as it is now, and the live bytes from there.
+                let screen = lock(&self.screen);
+                self.live = Some(screen.live.subscribe());
+                Some(ViewerFrame::Screen(screen.drawn()))
+            }
+            Err(broadcast::error::RecvError::Closed) => {
+                // The session's follower stopped: the run ended, or the store failed.
+                self.live = None;
+                lock(&self.screen).ended.map(ViewerFrame::Ended)
+            }
+        }
+    }
+}
+
+impl Drop for Viewer {
+    fn drop(&mut self) {
+        self.hub.left(&self.run_id);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Live {
+    screen: Arc<Mutex<Screen>>,
+    viewers: usize,
+}
+
+/// The sessions being watched, by run.
+#[derive(Clone)]
+pub struct SessionHub {
+    store: Arc<dyn Store>,
+    events: EventHub,
+    live: Arc<Mutex<HashMap<String, Live>>>,
+    /// Serialises the making of sessions, so two first viewers of a run make one.
+    making: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl SessionHub {
+    /// Sessions over the runs in `store`, woken by `events`.
+    pub fn new(store: Arc<dyn Store>, events: EventHub) -> Self {
+        Self { store, events, live: Default::default(), making: Default::default() }
+    }
+
+    /// How many runs are being watched now.
+    pub fn watched(&self) -> usize {
+        lock(&self.live).len()
+    }
+
+    /// Joins run `run_id`'s session, making it if nobody watches yet: the first frame is the
+    /// current screen.
+    pub async fn attach(&self, run_id: &str) -> Result<Viewer, StoreError> {
+        let _making = self.making.lock().await;
+        let existing = lock(&self.live).get_mut(run_id).map(|live| {
+            live.viewers += 1;
+            live.screen.clone()
+        });
+        let screen = match existing {
+            Some(screen) => screen,
+            None => {
+                let screen = Arc::new(Mutex::new(Screen::new()));
+                // Subscribed before reading the store, so nothing falls between the two.
+                let woken = self.events.subscribe(run_id);
+                catch_up(&*self.store, run_id, &screen).await?;
+                lock(&self.live).insert(run_id.to_owned(), Live { screen: screen.clone(), viewers: 1 });
+                tokio::spawn(follow(self.clone(), run_id.to_owned(), screen.clone(), woken));
+                screen
+            }
+        };
+        let (pending, live) = {
+            let s = lock(&screen);
+            match s.ended {
+                // A run that has ended: its screen, then its end.
+                Some(state) => (VecDeque::from([ViewerFrame::Screen(s.drawn()), ViewerFrame::Ended(state)]), None),
+                None => (VecDeque::from([ViewerFrame::Screen(s.drawn())]), Some(s.live.subscribe())),
+            }
+        };
+        Ok(Viewer { screen, live, pending, hub: self.clone(), run_id: run_id.to_owned() })
+    }
+
+    fn left(&self, run_id: &str) {
+        let mut live = lock(&self.live);
+        if let Some(entry) = live.get_mut(run_id) {
+            entry.viewers = entry.viewers.saturating_sub(1);
+            if entry.viewers == 0 {
+                live.remove(run_id);
+            }
+        }
+    }
+
+    fn is_watched(&self, run_id: &str, screen: &Arc<Mutex<Screen>>) -> bool {
+        lock(&self.live).get(run_id).is_some_and(|l| Arc::ptr_eq(&l.screen, screen))
+    }
+}
+
+/// Feeds the stored events of `run_id` after the screen's last to the screen.
+async fn catch_up(store: &dyn Store, run_id: &str, screen: &Arc<Mutex<Screen>>) -> Result<(), StoreError> {
+    loop {
+        let after = lock(screen).after;
+        let batch = store.events(run_id, after, 500).await?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut s = lock(screen);
+        for event in &batch {
+            s.feed(event);
+        }
+    }
+}
+
+/// Follows the run for its session until it ends or nobody watches; dropping the screen's sender
+/// (with the session) tells its viewers.
+async fn follow(
+    hub: SessionHub,
+    run_id: String,
+    screen: Arc<Mutex<Screen>>,
+    mut woken: broadcast::Receiver<RunEventRecord>,
+) {
+    loop {
+        if lock(&screen).ended.is_some() || !hub.is_watched(&run_id, &screen) {
+            break;
+        }
+        // A wake-up, or a look every few seconds (a wake-up may be missed when lagging).
+        match tokio::time::timeout(Duration::from_secs(2), woken.recv()).await {
+            Ok(Err(broadcast::error::RecvError::Closed)) => woken = hub.events.subscribe(&run_id),
+            Ok(_) | Err(_) => {}
+        }
+        if let Err(e) = catch_up(&*hub.store, &run_id, &screen).await {
+            tracing::warn!(run_id, error = %e, "a live session could not read the run's events; its viewers are let go");
+            break;
+        }
+    }
+    // Close the live channel: a new sender replaces it, so every viewer's receiver ends.
+    let mut s = lock(&screen);
+    s.live = broadcast::channel(LIVE_CHUNKS).0;
+    drop(s);
+    lock(&hub.live).retain(|id, l| id != &run_id || !Arc::ptr_eq(&l.screen, &screen));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn output(seq: i64, text: &str) -> RunEventRecord {
+        RunEventRecord {
+            run_id: "r".into(),
+            seq,
+            at: jiff::Timestamp::now(),
+            body: json!({"event": "output", "stream": "stdout", "text": text}),
+        }
+    }
+
+    #[test]
+    fn output_from_pipes_lands_at_the_start_of_each_line_and_is_fed_once() {
+        let mut screen = Screen::new();
+        screen.feed(&output(1, "one\ntwo\r\nthree"));
+        screen.feed(&output(1, "again"));
+        let contents = screen.terminal.screen().contents();
+        assert_eq!(contents.lines().collect::<Vec<_>>(), ["one", "two", "three"]);
+        assert_eq!(screen.after, 1);
+    }
+
+    #[test]
+    fn the_drawn_screen_reproduces_the_screen_on_another_terminal() {
+        let mut screen = Screen::new();
+        screen.feed(&output(1, "\x1b[31mred\x1b[0m plain\n"));
+        for i in 0..100 {
+            screen.feed(&output(2 + i, &format!("line {i}\n")));
+        }
+        let mut other = vt100::Parser::new(NonZeroU16::new(ROWS).unwrap(), NonZeroU16::new(COLS).unwrap(), 0);
+        other.process(b"garbage that must be cleared");
+        other.process(screen.drawn().as_bytes());
+        assert_eq!(other.screen().contents(), screen.terminal.screen().contents());
+        assert!(other.screen().contents().contains("line 99"));
+    }
+}
