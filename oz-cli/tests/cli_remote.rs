@@ -275,3 +275,104 @@ async fn errors_are_one_line_with_the_problem_and_never_show_the_key() {
     assert!(stderr(&no_key).contains("WARP_API_KEY"), "{}", stderr(&no_key));
     cli.stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_shows_a_running_agents_terminal_from_its_screen_to_its_end() {
+    let cli = Cli::start().await;
+    let gate = cli._dir.path().join("go-on");
+    let script =
+        format!("echo attach-one; while [ ! -e {gate} ]; do sleep 0.05; done; echo attach-two", gate = gate.display());
+    let env = environment(&cli, &script).await;
+    let started = cli.oz(&["agent", "run-cloud", "-p", "watch me", "-e", &env, "--host", "local", "--no-follow"]).await;
+    assert!(started.status.success(), "{}", stderr(&started));
+    let run_id = stdout(&started).trim().to_owned();
+
+    // Wait for the agent's first line, then attach: it is drawn on the screen, not replayed live.
+    let client = cli.stack.client().unwrap();
+    for _ in 0..400 {
+        let transcript = client.runs().transcript(&run_id).await.unwrap();
+        if transcript.iter().any(|e| e.to_string().contains("attach-one")) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let attached = tokio::process::Command::new(OZ)
+        .args(["run", "attach", &run_id])
+        .env("WARP_API_KEY", &cli.stack.api_key)
+        .env("OZ_API_BASE_URL", format!("{}/api/v1", cli.stack.server.url()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..400 {
+        if cli.stack.server.state().sessions.watched() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(cli.stack.server.state().sessions.watched(), 1, "the attach joined the run's session");
+    std::fs::write(&gate, b"").unwrap();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), attached.wait_with_output())
+        .await
+        .expect("attach ends with the run")
+        .unwrap();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let shown = stdout(&out);
+    let one = shown.find("attach-one").expect("the screen drawn on attaching");
+    let two = shown.find("attach-two").expect("the live output");
+    assert!(one < two, "{shown:?}");
+    assert!(shown.starts_with("\x1b["), "the screen is drawn with escape codes: {shown:?}");
+    assert!(stderr(&out).contains(&format!("run {run_id} ended SUCCEEDED")), "{}", stderr(&out));
+
+    // A run that is not there: the API's answer, and a failing status.
+    let missing = cli.oz(&["run", "attach", "no-such-run"]).await;
+    assert_eq!(missing.status.code(), Some(1), "{}", stderr(&missing));
+    assert!(stderr(&missing).contains("no-such-run"), "{}", stderr(&missing));
+    cli.stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followup_reaches_a_running_command_harness() {
+    let cli = Cli::start().await;
+    // The agent waits for its first follow-up and says what it got.
+    let env = environment(
+        &cli,
+        r#"echo waiting; while ! grep -q . "$OZ_FOLLOWUP_FILE"; do sleep 0.05; done; echo "got $(head -n 1 "$OZ_FOLLOWUP_FILE")""#,
+    )
+    .await;
+    let started = cli.oz(&["agent", "run-cloud", "-p", "steer me", "-e", &env, "--host", "local", "--no-follow"]).await;
+    assert!(started.status.success(), "{}", stderr(&started));
+    let run_id = stdout(&started).trim().to_owned();
+    let client = cli.stack.client().unwrap();
+    let waiting = |events: &[serde_json::Value]| events.iter().any(|e| e.to_string().contains("waiting"));
+    for _ in 0..400 {
+        if waiting(&client.runs().transcript(&run_id).await.unwrap()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(waiting(&client.runs().transcript(&run_id).await.unwrap()), "the agent started");
+
+    let sent = cli.oz(&["run", "followup", &run_id, "now add \"tests\" too"]).await;
+    assert!(sent.status.success(), "{}", stderr(&sent));
+    assert_eq!(stdout(&sent).trim(), format!("the follow-up was sent to run {run_id}"));
+    let watch = cli.oz(&["run", "watch", &run_id]).await;
+    assert!(watch.status.success(), "the run ends once steered: {}{}", stdout(&watch), stderr(&watch));
+    let transcript = client.runs().transcript(&run_id).await.unwrap();
+    let said: Vec<String> = transcript
+        .iter()
+        .filter(|e| e["event"]["event"] == "output")
+        .filter_map(|e| e["event"]["text"].as_str().map(str::to_owned))
+        .collect();
+    let got = said.iter().find(|t| t.starts_with("got ")).unwrap_or_else(|| panic!("{said:?}"));
+    let line: serde_json::Value = serde_json::from_str(got.trim_start_matches("got ").trim()).unwrap();
+    assert_eq!(line["message"], "now add \"tests\" too", "one JSON line per follow-up: {got}");
+
+    // To a run that ended: a new run continues from it.
+    let after = cli.oz(&["run", "followup", &run_id, "and one more thing", "--output-format", "json"]).await;
+    let continued = json(&after);
+    assert_ne!(continued["run_id"], run_id.as_str());
+    let child = client.runs().get(continued["run_id"].as_str().unwrap()).await.unwrap();
+    assert_eq!(child.parent_run_id.as_deref(), Some(run_id.as_str()));
+    cli.stack.stop().await;
+}

@@ -3,6 +3,9 @@
 //! retries suit the runner: reads ride out a restart of the control plane, reports are not sent twice.
 
 use async_trait::async_trait;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use oz_core::wire::api::FollowupEvent;
 use oz_core::wire::callbacks::{ResolvedRun, RunnerReport};
 use oz_sdk::AgentClient;
 use secrecy::SecretString;
@@ -65,6 +68,10 @@ pub trait ControlPlane: Send + Sync {
     fn is_connected(&self) -> bool {
         true
     }
+    /// Follow-ups to the run, from the first sent, while it goes on; none without a control plane.
+    fn followups(&self) -> BoxStream<'static, Result<FollowupEvent, ControlError>> {
+        futures::stream::empty().boxed()
+    }
 }
 
 /// No control plane: an unmanaged run. Reports go nowhere; environments must come from a file.
@@ -105,6 +112,11 @@ impl ControlPlane for AgentClient {
             .await
             .map(Some)
             .map_err(|source| ControlError::Request { what: "fetching the run's configuration", source })
+    }
+    fn followups(&self) -> BoxStream<'static, Result<FollowupEvent, ControlError>> {
+        AgentClient::followups(self)
+            .map(|f| f.map_err(|source| ControlError::Request { what: "following the run's follow-ups", source }))
+            .boxed()
     }
 }
 

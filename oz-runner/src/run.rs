@@ -136,7 +136,7 @@ async fn run_in(args: RunArgs, warnings: Vec<String>, ctx: Context, prepared: Op
 
     let span = info_span!("agent_run", task_id = args.task_id.as_deref().unwrap_or("unmanaged"));
     let outcome = match start {
-        Ok(start) => prepare_and_run(&args, &ctx, &log, start, prepared).instrument(span).await,
+        Ok(start) => prepare_and_run(&args, &ctx, &control, &log, start, prepared).instrument(span).await,
         Err(failure) => Err(failure),
     };
     let code = match outcome {
@@ -285,6 +285,7 @@ async fn gather(args: &RunArgs, ctx: &Context, control: &dyn ControlPlane) -> Re
 async fn prepare_and_run(
     args: &RunArgs,
     ctx: &Context,
+    control: &Arc<dyn ControlPlane>,
     log: &Arc<EventLog>,
     start: Start,
     prepared: Option<Prepared>,
@@ -321,6 +322,7 @@ async fn prepare_and_run(
     let credential_server = CredentialServer::start(git_credentials.clone(), &tmp)
         .map_err(|e| (EXIT_USAGE, format!("could not start the git credential helper: {e}")))?;
     let artifacts_file = tmp.join(format!("oz-artifacts-{}.ndjson", std::process::id()));
+    let followup_file = tmp.join(format!("oz-followups-{}.ndjson", std::process::id()));
 
     // The environment of every child: ours minus the run's secrets, plus the environment's
     // variables, the credential helper, and what the harness needs to know.
@@ -343,6 +345,7 @@ async fn prepare_and_run(
     }
     set_var(&mut child_env, env::PROMPT, prompt.clone());
     set_var(&mut child_env, env::ARTIFACTS_FILE, artifacts_file.display().to_string());
+    set_var(&mut child_env, env::FOLLOWUP_FILE, followup_file.display().to_string());
     if let Some(task_id) = &args.task_id {
         set_var(&mut child_env, env::RUN_ID, task_id.clone());
     }
@@ -391,12 +394,17 @@ async fn prepare_and_run(
     // The harness.
     check_cancel(&ctx.cancel)?;
     let argv = harness.argv(&prompt, args.model.as_deref());
+    create_private_file(&followup_file)
+        .map_err(|e| (EXIT_USAGE, format!("could not create {}: {e}", followup_file.display())))?;
+    let steering = tokio::spawn(deliver_followups(control.clone(), followup_file.clone(), log.clone()));
     log.emit(RunnerEvent::HarnessStarted { harness: harness.to_string() }).await;
     let ended =
         exec::run(&argv, &child_env, &workdir, Some(Bytes::from(prompt.clone())), log.clone(), ctx.cancel.clone())
             .instrument(info_span!("harness", harness = %harness))
-            .await
-            .map_err(|e| (127, format!("could not start the {harness} harness ({}): {e}", argv[0])))?;
+            .await;
+    steering.abort();
+    let _ = std::fs::remove_file(&followup_file);
+    let ended = ended.map_err(|e| (127, format!("could not start the {harness} harness ({}): {e}", argv[0])))?;
 
     // Artifacts: what the harness declared, and the commits it made.
     for artifact in read_artifacts(&artifacts_file, log) {
@@ -428,6 +436,39 @@ async fn prepare_and_run(
     };
     log.emit(RunnerEvent::Finished { state, exit_code: Some(ended.code), message }).await;
     Ok(code)
+}
+
+/// Creates `path` empty, readable by this user only.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map(drop)
+}
+
+/// Appends each follow-up the run gets to `file` (`OZ_FOLLOWUP_FILE`), one JSON line each, while
+/// the harness runs (the caller stops it when the harness ends).
+async fn deliver_followups(control: Arc<dyn ControlPlane>, file: PathBuf, log: Arc<EventLog>) {
+    use futures::StreamExt;
+    use std::io::Write;
+    let mut followups = control.followups();
+    while let Some(next) = followups.next().await {
+        let followup = match next {
+            Ok(f) => f,
+            Err(e) => {
+                let why = oz_core::error::error_chain(&e);
+                log.announce(&format!("follow-ups can no longer reach the agent: {why}")).await;
+                return;
+            }
+        };
+        let mut line = serde_json::to_vec(&followup).unwrap_or_default();
+        line.push(b'\n');
+        // One write per line, in append mode: a reader never sees half a follow-up after a whole one.
+        let written = std::fs::OpenOptions::new().append(true).open(&file).and_then(|mut f| f.write_all(&line));
+        let said = match written {
+            Ok(()) => format!("a follow-up reached the agent ({} characters)", followup.message.chars().count()),
+            Err(e) => format!("a follow-up could not be handed to the agent: {e}"),
+        };
+        log.announce(&said).await;
+    }
 }
 
 /// Clones the environment's repos into `workdir` (a repo already there is left as it is);

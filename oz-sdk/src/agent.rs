@@ -6,7 +6,7 @@ use std::time::Duration;
 use oz_core::environment::EnvironmentConfig;
 use oz_core::failure::ErrorCode;
 use oz_core::retry::RetryPolicy;
-use oz_core::wire::api::{EnvironmentList, RunItem};
+use oz_core::wire::api::{EnvironmentList, FollowupEvent, RunItem};
 use oz_core::wire::callbacks::{ResolvedRun, RunnerReport, report_path, resolved_path};
 use oz_core::wire::problem::Problem;
 use reqwest::Method;
@@ -80,6 +80,20 @@ impl AgentClient {
     /// The default for reports: 4 attempts over about 1.4 s, so a run does not stall on a control
     /// plane that is away.
     pub const REPORT_RETRIES: RetryPolicy = RetryPolicy::bounded(Duration::from_millis(200), Duration::from_secs(3), 3);
+
+    /// Follow-ups sent to this run while it goes on, in order, from the first ever sent (also those
+    /// sent before the runner started): the run's event stream (`GET /agent/runs/{id}/events`, with
+    /// the workload token, `?event=followup`). It ends when the run does.
+    pub fn followups(&self) -> impl futures::Stream<Item = Result<FollowupEvent>> + Send + 'static {
+        use futures::StreamExt;
+        let only = Some(FollowupEvent::KIND);
+        crate::runs::events_stream(self.http.clone(), self.run_id.clone(), 0, only).filter_map(|event| async move {
+            match event {
+                Ok(event) => event.followup().map(Ok),
+                Err(e) => Some(Err(e)),
+            }
+        })
+    }
 
     /// A builder for run `run_id` on the control plane at `server_root_url` (`http://host:8080`; the
     /// API is under `/api/v1`).

@@ -31,6 +31,9 @@ pub enum Error {
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
+    /// A live session's WebSocket could not be opened, or broke.
+    #[error("the live session's connection failed: {0}")]
+    Session(#[source] Box<tokio_tungstenite::tungstenite::Error>),
     /// The client is misconfigured (no API key, bad base URL).
     #[error("client configuration: {0}")]
     Config(String),

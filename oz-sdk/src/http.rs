@@ -102,6 +102,26 @@ impl Http {
         &self.base
     }
 
+    /// A WebSocket request for `path` under the API root (`ws://` or `wss://`), with the credential.
+    pub(crate) fn websocket_request(
+        &self,
+        path: &str,
+    ) -> Result<tokio_tungstenite::tungstenite::handshake::client::Request> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = match self.base.strip_prefix("https://") {
+            Some(rest) => format!("wss://{rest}{path}"),
+            None => format!("ws://{}{path}", self.base.trim_start_matches("http://")),
+        };
+        let mut request = url
+            .into_client_request()
+            .map_err(|e| Error::Config(format!("not a WebSocket URL under {}: {e}", self.base)))?;
+        let auth = format!("Bearer {}", self.credential.expose_secret())
+            .parse()
+            .map_err(|_| Error::Config("the API key cannot be sent in a header".into()))?;
+        request.headers_mut().insert("Authorization", auth);
+        Ok(request)
+    }
+
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
         self.client.request(method, format!("{}{path}", self.base)).bearer_auth(self.credential.expose_secret())
     }
@@ -141,7 +161,12 @@ async fn problem_of(resp: Response) -> Error {
     let status = resp.status().as_u16();
     let retry_after = resp.headers().contains_key("retry-after");
     let body = resp.bytes().await.unwrap_or_default();
-    match serde_json::from_slice::<Problem>(&body) {
+    problem_from(status, &body, retry_after)
+}
+
+/// An error answer as [`Error::Api`]: its problem document, or one made from its status and body.
+pub(crate) fn problem_from(status: u16, body: &[u8], retry_after: bool) -> Error {
+    match serde_json::from_slice::<Problem>(body) {
         Ok(p) => Error::Api(Box::new(p)),
         Err(_) => {
             let code = match status {

@@ -33,6 +33,7 @@ mod integrations;
 mod runs;
 mod schedules;
 mod secrets;
+mod session;
 mod workers;
 
 pub use agent::{AgentClient, AgentClientBuilder};
@@ -44,4 +45,5 @@ pub use oz_core::wire;
 pub use runs::{CreateRun, ListRuns, RunsHandler};
 pub use schedules::{CreateSchedule, SchedulesHandler};
 pub use secrets::{GitProvidersHandler, SecretsHandler};
+pub use session::{Session, SessionFrame};
 pub use workers::{Worker, WorkersHandler};

@@ -18,7 +18,7 @@ use sse::Eventsource;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
-use crate::http::{RetryRule, decode, seg};
+use crate::http::{Http, RetryRule, decode, seg};
 
 /// `client.runs()`.
 #[derive(Debug, Clone)]
@@ -60,6 +60,13 @@ impl RunsHandler {
             .await
     }
 
+    /// Sends a follow-up: to a run that has not ended, its running agent gets `message` (the same
+    /// run is answered); after it ended, a new run continues from it (its id is answered).
+    pub async fn followup(&self, run_id: &str, message: impl Into<String>) -> Result<RunCreated> {
+        let body = oz_core::wire::api::FollowupRequest { message: Some(message.into()), mode: None };
+        self.client.call_json(Method::POST, &format!("/agent/runs/{}/followups", seg(run_id)), &body).await
+    }
+
     /// The stored transcript (every event so far).
     pub async fn transcript(&self, run_id: &str) -> Result<Vec<serde_json::Value>> {
         self.client.call(Method::GET, &format!("/agent/runs/{}/transcript/content", seg(run_id))).await
@@ -68,7 +75,13 @@ impl RunsHandler {
     /// The run's events, live, as a stream that ends after the run's terminal state. A dropped
     /// connection is resumed from the last event received (`Last-Event-ID`).
     pub fn events(&self, run_id: &str) -> impl Stream<Item = Result<RunStreamEvent>> + Send + 'static {
-        events_stream(self.client.clone(), run_id.to_owned(), 0)
+        events_stream(self.client.http.clone(), run_id.to_owned(), 0, None)
+    }
+
+    /// Watches the run's live session: its screen first, then what it writes, then its end
+    /// ([`crate::Session`]).
+    pub async fn watch(&self, run_id: &str) -> Result<crate::Session> {
+        crate::Session::open(&self.client, run_id).await
     }
 
     /// Like [`RunsHandler::events`], starting after event `after_seq`.
@@ -77,7 +90,7 @@ impl RunsHandler {
         run_id: &str,
         after_seq: i64,
     ) -> impl Stream<Item = Result<RunStreamEvent>> + Send + 'static {
-        events_stream(self.client.clone(), run_id.to_owned(), after_seq)
+        events_stream(self.client.http.clone(), run_id.to_owned(), after_seq, None)
     }
 }
 
@@ -230,13 +243,15 @@ const RECONNECT: RetryPolicy = RetryPolicy::bounded(Duration::from_millis(100), 
 
 type SseEvents = BoxStream<'static, std::result::Result<sse::Event, sse::EventStreamError<reqwest::Error>>>;
 
-fn events_stream(
-    client: Client,
+/// `kind`: only events of this kind (`?event=`), e.g. `followup`.
+pub(crate) fn events_stream(
+    http: Http,
     run_id: String,
     after: i64,
+    kind: Option<&'static str>,
 ) -> impl Stream<Item = Result<RunStreamEvent>> + Send + 'static {
     struct S {
-        client: Client,
+        http: Http,
         path: String,
         last: i64,
         body: Option<SseEvents>,
@@ -247,8 +262,11 @@ fn events_stream(
         done: bool,
     }
     let s = S {
-        client,
-        path: format!("/agent/runs/{}/events", seg(&run_id)),
+        http,
+        path: match kind {
+            Some(kind) => format!("/agent/runs/{}/events?event={}", seg(&run_id), seg(kind)),
+            None => format!("/agent/runs/{}/events", seg(&run_id)),
+        },
         last: after,
         body: None,
         received: Arc::default(),
@@ -267,7 +285,7 @@ fn events_stream(
                 let build = |r: reqwest::RequestBuilder| {
                     r.header("last-event-id", last.as_str()).header("accept", "text/event-stream")
                 };
-                match s.client.http.execute(Method::GET, &s.path, build, RetryRule::NEVER).await {
+                match s.http.execute(Method::GET, &s.path, build, RetryRule::NEVER).await {
                     Ok(resp) => {
                         let received = s.received.clone();
                         let bytes = resp.bytes_stream().inspect_ok(move |_| received.store(true, Ordering::Relaxed));

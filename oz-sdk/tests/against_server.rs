@@ -115,7 +115,16 @@ async fn events_follow_a_run_to_its_end() {
         .unwrap();
     request.headers_mut().insert("Authorization", format!("Bearer {worker_key}").parse().unwrap());
     let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-    assert_eq!(client.workers().list().await.unwrap()[0].worker_id, "w1");
+    // The server registers the connection just after the upgrade: wait for it (a hang guard).
+    let mut workers = Vec::new();
+    for _ in 0..200 {
+        workers = client.workers().list().await.unwrap();
+        if !workers.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(workers[0].worker_id, "w1");
 
     let run = client.runs().create("stream me").worker_host("w1").send().await.unwrap();
     let events = tokio::spawn(client.runs().events(&run.run_id).map(|e| e.unwrap()).collect::<Vec<_>>());

@@ -256,9 +256,9 @@ async fn follow(
             break;
         }
         // A wake-up, or a look every few seconds (a wake-up may be missed when lagging).
-        match tokio::time::timeout(Duration::from_secs(2), woken.recv()).await {
-            Ok(Err(broadcast::error::RecvError::Closed)) => woken = hub.events.subscribe(&run_id),
-            Ok(_) | Err(_) => {}
+        let waited = tokio::time::timeout(Duration::from_secs(2), woken.recv()).await;
+        if let Ok(Err(broadcast::error::RecvError::Closed)) = waited {
+            woken = hub.events.subscribe(&run_id);
         }
         if let Err(e) = catch_up(&*hub.store, &run_id, &screen).await {
             tracing::warn!(run_id, error = %e, "a live session could not read the run's events; its viewers are let go");

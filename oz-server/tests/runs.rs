@@ -272,9 +272,31 @@ async fn the_transcript_redirects_to_the_stored_events() {
 }
 
 #[tokio::test]
-async fn a_followup_starts_a_child_run_with_the_same_config() {
+async fn a_followup_reaches_a_run_that_has_not_ended_and_starts_a_child_of_one_that_has() {
     let t = TestServer::start().await;
     let parent = t.create_run(&t.key_a, "w1", "first attempt").await;
+    // Not ended: the follow-up is for the run's agent, in the run's stream; the same run answers.
+    let (status, same) = t
+        .post(
+            &format!("/agent/runs/{parent}/followups"),
+            &t.key_a,
+            json!({"message": "while you are at it", "mode": "plan"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{same}");
+    assert_eq!(same["run_id"], parent.as_str());
+    let (_, content) = t.get(&format!("/agent/runs/{parent}/transcript/content"), &t.key_a).await;
+    let followups: Vec<_> = content.as_array().unwrap().iter().filter(|e| e["event"]["event"] == "followup").collect();
+    assert_eq!(followups.len(), 1, "{content}");
+    assert_eq!(followups[0]["event"]["message"], "while you are at it");
+    assert_eq!(followups[0]["event"]["mode"], "plan");
+    let (_, none) = t.get(&format!("/agent/runs?ancestor_run_id={parent}"), &t.key_a).await;
+    assert!(none["runs"].as_array().unwrap().is_empty(), "no child run for a run that goes on");
+
+    // Ended: a child run with the same config.
+    let (status, _) = t.post(&format!("/agent/runs/{parent}/cancel"), &t.key_a, json!({})).await;
+    assert_eq!(status, 200);
+    t.wait_state(&t.key_a, &parent, "CANCELLED").await;
     let (status, created) = t
         .post(
             &format!("/agent/runs/{parent}/followups"),

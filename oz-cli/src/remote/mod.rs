@@ -61,6 +61,9 @@ pub enum CliError {
     /// Writing the output failed.
     #[error("could not write the output: {0}")]
     Output(#[from] std::io::Error),
+    /// A live session closed before its run ended (the server went away, say).
+    #[error("{0}")]
+    SessionClosed(String),
 }
 
 impl CliError {

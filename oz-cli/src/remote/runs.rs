@@ -95,6 +95,20 @@ pub enum RunCommand {
         /// The run id.
         run_id: String,
     },
+    /// Sends a follow-up: a run that goes on gets it while it runs (a `command` harness reads it
+    /// from `OZ_FOLLOWUP_FILE`); after a run ended, a new run continues from it.
+    Followup {
+        /// The run id.
+        run_id: String,
+        /// The message.
+        message: String,
+    },
+    /// Shows the run's live terminal in this one: its screen as it is, then what it writes,
+    /// until it ends (Ctrl-C leaves; the run goes on).
+    Attach {
+        /// The run id.
+        run_id: String,
+    },
 }
 
 fn read_attachment(path: &PathBuf) -> Result<Attachment, CliError> {
@@ -254,6 +268,45 @@ pub async fn run(command: RunCommand, api: ApiOpts) -> Result<ExitCode, CliError
             })?;
         }
         RunCommand::Watch { run_id } => return finish_following(&client, &run_id, printer).await,
+        RunCommand::Attach { run_id } => return attach(&client, &run_id).await,
+        RunCommand::Followup { run_id, message } => {
+            let answer = client.runs().followup(&run_id, message).await?;
+            printer.item(&answer, |a| {
+                if a.run_id == run_id {
+                    format!("the follow-up was sent to run {run_id}")
+                } else {
+                    format!("run {run_id} had ended: run {} continues from it", a.run_id)
+                }
+            })?;
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `oz run attach`: the session's frames written to this terminal as they come. The screen frames
+/// clear it and draw the run's screen (made for a terminal of the session's size: a smaller one
+/// wraps). The exit status is the run's, as for `oz run watch`.
+async fn attach(client: &oz_sdk::Client, run_id: &str) -> Result<ExitCode, CliError> {
+    use oz_sdk::SessionFrame;
+    use std::io::Write;
+    let mut session = client.runs().watch(run_id).await?;
+    let mut out = std::io::stdout().lock();
+    let mut ended = None;
+    while let Some(frame) = session.next().await {
+        match frame? {
+            SessionFrame::Screen { data, .. } => out.write_all(data.as_bytes())?,
+            SessionFrame::Output(bytes) => out.write_all(&bytes)?,
+            SessionFrame::Ended(state) => ended = Some(state),
+            _ => {}
+        }
+        out.flush()?;
+    }
+    drop(out);
+    match ended {
+        Some(state) => {
+            eprintln!("\r\nrun {run_id} ended {state}");
+            Ok(if state == RunState::Succeeded { ExitCode::SUCCESS } else { ExitCode::from(EXIT_RUN_DID_NOT_SUCCEED) })
+        }
+        None => Err(CliError::SessionClosed(format!("the session of run {run_id} closed before the run ended"))),
+    }
 }

@@ -299,6 +299,35 @@ pub struct FollowupRequest {
     pub mode: Option<String>,
 }
 
+/// A follow-up to a run that has not ended, as its event stream carries it (`"event": "followup"`):
+/// the running agent is to get `message`. See `oz_core::runner::env::FOLLOWUP_FILE`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FollowupEvent {
+    /// What the person wrote.
+    pub message: String,
+    /// `normal`, `plan`, `orchestrate`, when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// The user who wrote it, when a user did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
+impl FollowupEvent {
+    /// The event's kind in a run's stream.
+    pub const KIND: &'static str = "followup";
+
+    /// The event body as stored in the run's stream.
+    pub fn to_event(&self) -> serde_json::Value {
+        let mut body = serde_json::to_value(self).unwrap_or_default();
+        if let Some(map) = body.as_object_mut() {
+            map.insert("event".into(), Self::KIND.into());
+        }
+        body
+    }
+}
+
 /// `POST /agent/schedules`.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -574,5 +603,9 @@ impl RunStreamEvent {
     /// For a runner report, the report.
     pub fn runner_report(&self) -> Option<crate::wire::callbacks::RunnerReport> {
         (self.kind() != "state").then(|| serde_json::from_value(self.event.clone()).ok()).flatten()
+    }
+    /// For a follow-up to the running agent, the follow-up.
+    pub fn followup(&self) -> Option<FollowupEvent> {
+        (self.kind() == FollowupEvent::KIND).then(|| serde_json::from_value(self.event.clone()).ok()).flatten()
     }
 }

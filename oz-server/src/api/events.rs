@@ -1,11 +1,12 @@
 //! `GET /agent/runs/{id}/events`: the run's events as Server-Sent Events (our extension). Stored
 //! events first, then live ones; resumable with `Last-Event-ID` (the event's sequence number). The
-//! stream ends once the run has ended and every event was sent.
+//! stream ends once the run has ended and every event was sent. `?event=a,b` sends only events of
+//! those kinds (a runner follows its run's `followup` events so).
 
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
@@ -30,14 +31,29 @@ fn sse_event(e: &RunEventRecord) -> Event {
 }
 
 /// The handler.
-#[utoipa::path(get, path = "/agent/runs/{id}/events", tag = "runs", params(("id" = String, Path), ("Last-Event-ID" = Option<i64>, Header)), responses((status = 200, description = "Server-Sent Events; each data is a RunStreamEvent", body = RunStreamEvent, content_type = "text/event-stream"), BadRequest, Unauthorized, NotFound))]
+#[utoipa::path(get, path = "/agent/runs/{id}/events", tag = "runs", params(("id" = String, Path), ("Last-Event-ID" = Option<i64>, Header), ("event" = Option<String>, Query, description = "Only events of these kinds, comma-separated")), responses((status = 200, description = "Server-Sent Events; each data is a RunStreamEvent", body = RunStreamEvent, content_type = "text/event-stream"), BadRequest, Unauthorized, NotFound))]
 pub async fn stream(
     State(state): State<AppState>,
     principal: Principal,
     ApiPath(run_id): ApiPath<String>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let run = visible_run(&state, &principal, &run_id).await?;
+    let mut kinds = None;
+    for (name, value) in crate::extract::query_pairs(query.as_deref()) {
+        match name.as_str() {
+            "event" => {
+                let wanted: Vec<String> =
+                    value.split(',').map(str::trim).filter(|k| !k.is_empty()).map(str::to_owned).collect();
+                if wanted.is_empty() || wanted.iter().any(|k| k.len() > 64) {
+                    return Err(ApiError::invalid("event must name one or more event kinds, comma-separated"));
+                }
+                kinds = Some(wanted);
+            }
+            other => return Err(ApiError::invalid(format!("unknown query parameter {other:?}"))),
+        }
+    }
     let after: i64 = match headers.get("last-event-id").map(|v| v.to_str().unwrap_or("")) {
         Some(v) => v
             .trim()
@@ -45,7 +61,7 @@ pub async fn stream(
             .map_err(|_| ApiError::invalid(format!("Last-Event-ID must be an event number, got {v:?}")))?,
         None => 0,
     };
-    let stream = async_stream_events(state, run.id, after);
+    let stream = async_stream_events(state, run.id, after, kinds);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
@@ -65,15 +81,30 @@ struct Cursor {
     after: i64,
     live: Option<tokio::sync::broadcast::Receiver<RunEventRecord>>,
     backlog: std::collections::VecDeque<RunEventRecord>,
+    /// Only events of these kinds are sent, when given.
+    kinds: Option<Vec<String>>,
     ended: bool,
     idle_after_end: u8,
 }
 
 /// Stored events after `after`, then live ones, until the run's terminal state event was sent.
 /// (The run row changes before its state event is stored, so "the run ended" alone is not the end.)
-fn async_stream_events(state: AppState, run_id: String, after: i64) -> impl Stream<Item = Result<Event, Infallible>> {
-    let cursor =
-        Cursor { state, run_id, after, live: None, backlog: Default::default(), ended: false, idle_after_end: 0 };
+fn async_stream_events(
+    state: AppState,
+    run_id: String,
+    after: i64,
+    kinds: Option<Vec<String>>,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    let cursor = Cursor {
+        state,
+        run_id,
+        after,
+        live: None,
+        backlog: Default::default(),
+        kinds,
+        ended: false,
+        idle_after_end: 0,
+    };
     futures::stream::unfold(cursor, |mut c| async move {
         loop {
             if let Some(e) = c.backlog.pop_front() {
@@ -82,6 +113,10 @@ fn async_stream_events(state: AppState, run_id: String, after: i64) -> impl Stre
                 }
                 c.after = e.seq;
                 c.ended |= is_terminal_state(&e);
+                let kind = e.body.get("event").and_then(|k| k.as_str()).unwrap_or("");
+                if c.kinds.as_ref().is_some_and(|kinds| !kinds.iter().any(|k| k == kind)) {
+                    continue;
+                }
                 let event = sse_event(&e);
                 return Some((Ok(event), c));
             }

@@ -299,9 +299,11 @@ pub async fn transcript_content(
     Ok(Json(out))
 }
 
-/// `POST /agent/runs/{id}/followups`: continues a run with a new message. This server starts a new
-/// run with the same agent config, the message as its prompt, and the original as its parent
-/// (`parent_run_id`), and answers like `POST /agent/runs`.
+/// `POST /agent/runs/{id}/followups`: continues a run with a new message. To a run that has not
+/// ended, the message goes to its running agent (a `followup` event in its stream, which its runner
+/// follows) and the run itself is answered. After a run ended, this server starts a new run with the
+/// same agent config, the message as its prompt, and the original as its parent (`parent_run_id`),
+/// and answers like `POST /agent/runs`.
 #[utoipa::path(post, path = "/agent/runs/{id}/followups", tag = "runs", params(("id" = String, Path)), request_body = FollowupRequest, responses((status = 200, body = RunCreated), BadRequest, Unauthorized, NotFound))]
 pub async fn followup(
     State(state): State<AppState>,
@@ -321,6 +323,14 @@ pub async fn followup(
     {
         return Err(ApiError::invalid(format!("mode {mode:?} is not one of normal, plan, orchestrate")));
     }
+    // A run that has not ended: the follow-up goes to its agent, in its event stream (the runner
+    // follows it and hands the follow-up to the harness). The same run is answered.
+    if !parent.state.is_terminal() {
+        let event = oz_core::wire::api::FollowupEvent { message, mode: req.mode.clone(), by: caller.user_id.clone() };
+        state.lifecycle.record(&parent.id, jiff::Timestamp::now(), event.to_event()).await?;
+        return Ok(created(parent));
+    }
+    // An ended run: a new run with the follow-up as its prompt.
     let new = NewRun {
         prompt: message,
         title: Some(format!("Follow-up: {}", parent.title)),
