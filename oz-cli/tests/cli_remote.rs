@@ -280,8 +280,10 @@ async fn errors_are_one_line_with_the_problem_and_never_show_the_key() {
 async fn attach_shows_a_running_agents_terminal_from_its_screen_to_its_end() {
     let cli = Cli::start().await;
     let gate = cli._dir.path().join("go-on");
-    let script =
-        format!("echo attach-one; while [ ! -e {gate} ]; do sleep 0.05; done; echo attach-two", gate = gate.display());
+    let script = format!(
+        "echo attach-one; n=0; while [ ! -e {gate} ] && [ $n -lt 1200 ]; do sleep 0.05; n=$((n+1)); done; echo attach-two",
+        gate = gate.display()
+    );
     let env = environment(&cli, &script).await;
     let started = cli.oz(&["agent", "run-cloud", "-p", "watch me", "-e", &env, "--host", "local", "--no-follow"]).await;
     assert!(started.status.success(), "{}", stderr(&started));
@@ -289,13 +291,14 @@ async fn attach_shows_a_running_agents_terminal_from_its_screen_to_its_end() {
 
     // Wait for the agent's first line, then attach: it is drawn on the screen, not replayed live.
     let client = cli.stack.client().unwrap();
+    let said_one = |events: &[serde_json::Value]| events.iter().any(|e| e.to_string().contains("attach-one"));
     for _ in 0..400 {
-        let transcript = client.runs().transcript(&run_id).await.unwrap();
-        if transcript.iter().any(|e| e.to_string().contains("attach-one")) {
+        if said_one(&client.runs().transcript(&run_id).await.unwrap()) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
+    assert!(said_one(&client.runs().transcript(&run_id).await.unwrap()), "the agent started");
     let attached = tokio::process::Command::new(OZ)
         .args(["run", "attach", &run_id])
         .env("WARP_API_KEY", &cli.stack.api_key)
@@ -337,7 +340,7 @@ async fn a_followup_reaches_a_running_command_harness() {
     // The agent waits for its first follow-up and says what it got.
     let env = environment(
         &cli,
-        r#"echo waiting; while ! grep -q . "$OZ_FOLLOWUP_FILE"; do sleep 0.05; done; echo "got $(head -n 1 "$OZ_FOLLOWUP_FILE")""#,
+        r#"echo waiting; n=0; while ! grep -q . "$OZ_FOLLOWUP_FILE" && [ $n -lt 1200 ]; do sleep 0.05; n=$((n+1)); done; echo "got $(head -n 1 "$OZ_FOLLOWUP_FILE")""#,
     )
     .await;
     let started = cli.oz(&["agent", "run-cloud", "-p", "steer me", "-e", &env, "--host", "local", "--no-follow"]).await;
@@ -356,7 +359,9 @@ async fn a_followup_reaches_a_running_command_harness() {
     let sent = cli.oz(&["run", "followup", &run_id, "now add \"tests\" too"]).await;
     assert!(sent.status.success(), "{}", stderr(&sent));
     assert_eq!(stdout(&sent).trim(), format!("the follow-up was sent to run {run_id}"));
-    let watch = cli.oz(&["run", "watch", &run_id]).await;
+    let watch = tokio::time::timeout(std::time::Duration::from_secs(90), cli.oz(&["run", "watch", &run_id]))
+        .await
+        .expect("the run ends");
     assert!(watch.status.success(), "the run ends once steered: {}{}", stdout(&watch), stderr(&watch));
     let transcript = client.runs().transcript(&run_id).await.unwrap();
     let said: Vec<String> = transcript

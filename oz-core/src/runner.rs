@@ -27,7 +27,7 @@ pub mod env {
     /// Where the harness may write artifacts, one JSON object per line.
     pub const ARTIFACTS_FILE: &str = "OZ_ARTIFACTS_FILE";
     /// A file the runner appends each follow-up to while the harness runs, one JSON line each
-    /// (`{"message": "...", "mode": ...}`, `oz_core::wire::api::FollowupEvent`); a `command`
+    /// (`{"message": "...", "mode": ..., "by": user id}`, `oz_core::wire::api::FollowupEvent`); a `command`
     /// harness reads it to be steered. It exists (empty) when the harness starts.
     pub const FOLLOWUP_FILE: &str = "OZ_FOLLOWUP_FILE";
     /// The run id, in every process of a task (the Direct backend finds a task's processes by it).

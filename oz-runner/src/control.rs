@@ -68,8 +68,10 @@ pub trait ControlPlane: Send + Sync {
     fn is_connected(&self) -> bool {
         true
     }
-    /// Follow-ups to the run, from the first sent, while it goes on; none without a control plane.
-    fn followups(&self) -> BoxStream<'static, Result<FollowupEvent, ControlError>> {
+    /// Follow-ups to the run after event `after_seq` (0: from the first sent), with their event
+    /// numbers, until the run ends; none without a control plane.
+    fn followups(&self, after_seq: i64) -> BoxStream<'static, Result<(i64, FollowupEvent), ControlError>> {
+        let _ = after_seq;
         futures::stream::empty().boxed()
     }
 }
@@ -113,8 +115,8 @@ impl ControlPlane for AgentClient {
             .map(Some)
             .map_err(|source| ControlError::Request { what: "fetching the run's configuration", source })
     }
-    fn followups(&self) -> BoxStream<'static, Result<FollowupEvent, ControlError>> {
-        AgentClient::followups(self)
+    fn followups(&self, after_seq: i64) -> BoxStream<'static, Result<(i64, FollowupEvent), ControlError>> {
+        AgentClient::followups(self, after_seq)
             .map(|f| f.map_err(|source| ControlError::Request { what: "following the run's follow-ups", source }))
             .boxed()
     }

@@ -321,8 +321,14 @@ async fn prepare_and_run(
         .unwrap_or_else(|| PathBuf::from("/tmp"));
     let credential_server = CredentialServer::start(git_credentials.clone(), &tmp)
         .map_err(|e| (EXIT_USAGE, format!("could not start the git credential helper: {e}")))?;
-    let artifacts_file = tmp.join(format!("oz-artifacts-{}.ndjson", std::process::id()));
-    let followup_file = tmp.join(format!("oz-followups-{}.ndjson", std::process::id()));
+    // The files the runner shares with the harness, in a folder of its own (0700, a random name):
+    // nobody else on the host can plant or read them.
+    let run_dir = tempfile::Builder::new()
+        .prefix("oz-run-")
+        .tempdir_in(&tmp)
+        .map_err(|e| (EXIT_USAGE, format!("could not make a private folder in {}: {e}", tmp.display())))?;
+    let artifacts_file = run_dir.path().join("artifacts.ndjson");
+    let followup_file = run_dir.path().join("followups.ndjson");
 
     // The environment of every child: ours minus the run's secrets, plus the environment's
     // variables, the credential helper, and what the harness needs to know.
@@ -394,7 +400,10 @@ async fn prepare_and_run(
     // The harness.
     check_cancel(&ctx.cancel)?;
     let argv = harness.argv(&prompt, args.model.as_deref());
-    create_private_file(&followup_file)
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&followup_file)
         .map_err(|e| (EXIT_USAGE, format!("could not create {}: {e}", followup_file.display())))?;
     let steering = tokio::spawn(deliver_followups(control.clone(), followup_file.clone(), log.clone()));
     log.emit(RunnerEvent::HarnessStarted { harness: harness.to_string() }).await;
@@ -403,14 +412,13 @@ async fn prepare_and_run(
             .instrument(info_span!("harness", harness = %harness))
             .await;
     steering.abort();
-    let _ = std::fs::remove_file(&followup_file);
     let ended = ended.map_err(|e| (127, format!("could not start the {harness} harness ({}): {e}", argv[0])))?;
 
     // Artifacts: what the harness declared, and the commits it made.
     for artifact in read_artifacts(&artifacts_file, log) {
         log.emit(RunnerEvent::Artifact(artifact)).await;
     }
-    let _ = std::fs::remove_file(&artifacts_file);
+    drop(run_dir);
     if let Some(git) = clone::find_git(child_env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str())) {
         for c in &cloned {
             let Some(before) = &c.head else { continue };
@@ -438,36 +446,55 @@ async fn prepare_and_run(
     Ok(code)
 }
 
-/// Creates `path` empty, readable by this user only.
-fn create_private_file(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map(drop)
-}
-
 /// Appends each follow-up the run gets to `file` (`OZ_FOLLOWUP_FILE`), one JSON line each, while
-/// the harness runs (the caller stops it when the harness ends).
+/// the harness runs (the caller stops it when the harness ends). A broken connection to the control
+/// plane is retried, resuming after the last follow-up written, until the run's token is refused.
 async fn deliver_followups(control: Arc<dyn ControlPlane>, file: PathBuf, log: Arc<EventLog>) {
     use futures::StreamExt;
     use std::io::Write;
-    let mut followups = control.followups();
-    while let Some(next) = followups.next().await {
-        let followup = match next {
-            Ok(f) => f,
-            Err(e) => {
-                let why = oz_core::error::error_chain(&e);
-                log.announce(&format!("follow-ups can no longer reach the agent: {why}")).await;
-                return;
+    const LONGEST_PAUSE: std::time::Duration = std::time::Duration::from_secs(30);
+    let mut after = 0;
+    let mut pause = std::time::Duration::from_secs(1);
+    let mut said_broken = false;
+    loop {
+        let mut followups = control.followups(after);
+        let broke = loop {
+            match followups.next().await {
+                None => break None,
+                Some(Err(e)) => break Some(e),
+                Some(Ok((seq, followup))) => {
+                    after = seq;
+                    pause = std::time::Duration::from_secs(1);
+                    let mut line = serde_json::to_vec(&followup).unwrap_or_default();
+                    line.push(b'\n');
+                    // One write per line, in append mode: a reader never sees half a follow-up.
+                    let written =
+                        std::fs::OpenOptions::new().append(true).open(&file).and_then(|mut f| f.write_all(&line));
+                    let said = match written {
+                        Ok(()) => format!(
+                            "a follow-up ({} characters) was written to {}",
+                            followup.message.chars().count(),
+                            env::FOLLOWUP_FILE
+                        ),
+                        Err(e) => format!("a follow-up could not be handed to the agent: {e}"),
+                    };
+                    log.announce(&said).await;
+                }
             }
         };
-        let mut line = serde_json::to_vec(&followup).unwrap_or_default();
-        line.push(b'\n');
-        // One write per line, in append mode: a reader never sees half a follow-up after a whole one.
-        let written = std::fs::OpenOptions::new().append(true).open(&file).and_then(|mut f| f.write_all(&line));
-        let said = match written {
-            Ok(()) => format!("a follow-up reached the agent ({} characters)", followup.message.chars().count()),
-            Err(e) => format!("a follow-up could not be handed to the agent: {e}"),
-        };
-        log.announce(&said).await;
+        // The stream ends with the run.
+        let Some(e) = broke else { return };
+        if e.disposition() == control::Disposition::GiveUp {
+            let why = oz_core::error::error_chain(&e);
+            log.announce(&format!("follow-ups can no longer reach the agent: {why}")).await;
+            return;
+        }
+        if !std::mem::replace(&mut said_broken, true) {
+            let why = oz_core::error::error_chain(&e);
+            log.note(&format!("following the run's follow-ups broke ({why}); trying again"));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(LONGEST_PAUSE);
     }
 }
 

@@ -81,18 +81,24 @@ impl AgentClient {
     /// plane that is away.
     pub const REPORT_RETRIES: RetryPolicy = RetryPolicy::bounded(Duration::from_millis(200), Duration::from_secs(3), 3);
 
-    /// Follow-ups sent to this run while it goes on, in order, from the first ever sent (also those
-    /// sent before the runner started): the run's event stream (`GET /agent/runs/{id}/events`, with
-    /// the workload token, `?event=followup`). It ends when the run does.
-    pub fn followups(&self) -> impl futures::Stream<Item = Result<FollowupEvent>> + Send + 'static {
+    /// Follow-ups sent to this run after its event `after_seq` (0: from the first ever sent, also
+    /// those sent before the runner started), each with its event number, while the run goes on:
+    /// the run's event stream (`GET /agent/runs/{id}/events?event=followup`, with the workload
+    /// token). It ends when the run does.
+    pub fn followups(
+        &self,
+        after_seq: i64,
+    ) -> impl futures::Stream<Item = Result<(i64, FollowupEvent)>> + Send + 'static {
         use futures::StreamExt;
         let only = Some(FollowupEvent::KIND);
-        crate::runs::events_stream(self.http.clone(), self.run_id.clone(), 0, only).filter_map(|event| async move {
-            match event {
-                Ok(event) => event.followup().map(Ok),
-                Err(e) => Some(Err(e)),
-            }
-        })
+        crate::runs::events_stream(self.http.clone(), self.run_id.clone(), after_seq, only).filter_map(
+            |event| async move {
+                match event {
+                    Ok(event) => event.followup().map(|f| Ok((event.seq, f))),
+                    Err(e) => Some(Err(e)),
+                }
+            },
+        )
     }
 
     /// A builder for run `run_id` on the control plane at `server_root_url` (`http://host:8080`; the

@@ -165,6 +165,24 @@ impl Lifecycle {
         Ok(None)
     }
 
+    /// Records `body` in run `run_id`'s history unless the run has ended: then `Ok(Some(state))`
+    /// with its end. Under the run's lock, as [`Lifecycle::request_cancel`]: an end being applied
+    /// comes either before (and nothing is recorded) or after the record.
+    pub async fn record_unless_ended(
+        &self,
+        run_id: &str,
+        at: Timestamp,
+        body: serde_json::Value,
+    ) -> Result<Option<RunState>, ApiError> {
+        let _ordered = self.stripe(run_id).lock().await;
+        let current = self.store.run_by_id(run_id).await?.ok_or_else(|| ApiError::not_found("no such run"))?;
+        if current.state.is_terminal() {
+            return Ok(Some(current.state));
+        }
+        self.append(run_id, at, body).await?;
+        Ok(None)
+    }
+
     /// Records a runner's report once: `false` if report `runner_seq` of `attempt` is stored already
     /// (a resend after a lost answer).
     pub async fn record_report(

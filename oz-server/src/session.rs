@@ -30,6 +30,11 @@ pub const ROWS: u16 = 40;
 pub const COLS: u16 = 120;
 /// How many chunks of output a viewer may be behind before it is sent the screen again.
 pub const LIVE_CHUNKS: usize = 256;
+/// The largest chunk of output sent to viewers; a larger output is sent in pieces, so the live
+/// channel of a watched run holds at most `LIVE_CHUNKS` x `MAX_CHUNK` bytes (4 MiB).
+pub const MAX_CHUNK: usize = 16 * 1024;
+/// How long a viewer's socket may take to accept a frame before the viewer is let go.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a viewer is sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,7 +51,9 @@ struct Screen {
     terminal: vt100::Parser,
     /// The last event of the run fed to the screen.
     after: i64,
-    live: broadcast::Sender<Bytes>,
+    /// The live bytes, while the session's follower runs; `None` once it stopped (the run ended,
+    /// or the store failed): dropping the sender ends every viewer's receiver.
+    live: Option<broadcast::Sender<Bytes>>,
     ended: Option<oz_core::run::RunState>,
 }
 
@@ -57,7 +64,7 @@ impl Screen {
             // No scrollback: a viewer is drawn the screen; what scrolled off is in the history.
             terminal: vt100::Parser::new(size(ROWS), size(COLS), 0),
             after: 0,
-            live: broadcast::channel(LIVE_CHUNKS).0,
+            live: Some(broadcast::channel(LIVE_CHUNKS).0),
             ended: None,
         }
     }
@@ -70,9 +77,26 @@ impl Screen {
         self.after = event.seq;
         if let Some(bytes) = terminal_bytes(&event.body) {
             self.terminal.process(&bytes);
-            let _ = self.live.send(bytes);
+            if let Some(live) = &self.live {
+                let mut rest = bytes;
+                while !rest.is_empty() {
+                    let piece = rest.split_to(rest.len().min(MAX_CHUNK));
+                    let _ = live.send(piece);
+                }
+            }
         } else if let Some(state) = terminal_state(&event.body) {
             self.ended = Some(state);
+        }
+    }
+
+    /// What a viewer joining now is sent first, and the live bytes after it (`None` once the
+    /// follower stopped: then the frames end with the run's end, if known).
+    fn join(&self) -> (VecDeque<ViewerFrame>, Option<broadcast::Receiver<Bytes>>) {
+        let screen = ViewerFrame::Screen(self.drawn());
+        match (&self.live, self.ended) {
+            (Some(live), None) => (VecDeque::from([screen]), Some(live.subscribe())),
+            (_, Some(state)) => (VecDeque::from([screen, ViewerFrame::Ended(state)]), None),
+            (None, None) => (VecDeque::from([screen]), None),
         }
     }
 
@@ -132,10 +156,12 @@ impl Viewer {
         match live.recv().await {
             Ok(bytes) => Some(ViewerFrame::Output(bytes)),
             Err(broadcast::error::RecvError::Lagged(_)) => {
-                // Too far behind: the screen as it is now, and the live bytes from there.
-                let screen = lock(&self.screen);
-                self.live = Some(screen.live.subscribe());
-                Some(ViewerFrame::Screen(screen.drawn()))
+                // Too far behind: the screen as it is now, and the live bytes from there (or the
+                // end, if the run ended meanwhile).
+                let (pending, live) = lock(&self.screen).join();
+                self.pending = pending;
+                self.live = live;
+                self.pending.pop_front()
             }
             Err(broadcast::error::RecvError::Closed) => {
                 // The session's follower stopped: the run ended, or the store failed.
@@ -148,7 +174,7 @@ impl Viewer {
 
 impl Drop for Viewer {
     fn drop(&mut self) {
-        self.hub.left(&self.run_id);
+        self.hub.left(&self.run_id, &self.screen);
     }
 }
 
@@ -167,8 +193,9 @@ pub struct SessionHub {
     store: Arc<dyn Store>,
     events: EventHub,
     live: Arc<Mutex<HashMap<String, Live>>>,
-    /// Serialises the making of sessions, so two first viewers of a run make one.
-    making: Arc<tokio::sync::Mutex<()>>,
+    /// One lock per run whose session is being made, so two first viewers of a run make one
+    /// (and making one run's session never waits for another's).
+    making: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl SessionHub {
@@ -183,39 +210,53 @@ impl SessionHub {
     }
 
     /// Joins run `run_id`'s session, making it if nobody watches yet: the first frame is the
-    /// current screen.
+    /// current screen. A run that has ended is drawn as it ended, with no session kept.
     pub async fn attach(&self, run_id: &str) -> Result<Viewer, StoreError> {
-        let _making = self.making.lock().await;
-        let existing = lock(&self.live).get_mut(run_id).map(|live| {
-            live.viewers += 1;
-            live.screen.clone()
-        });
-        let screen = match existing {
-            Some(screen) => screen,
-            None => {
-                let screen = Arc::new(Mutex::new(Screen::new()));
-                // Subscribed before reading the store, so nothing falls between the two.
-                let woken = self.events.subscribe(run_id);
-                catch_up(&*self.store, run_id, &screen).await?;
-                lock(&self.live).insert(run_id.to_owned(), Live { screen: screen.clone(), viewers: 1 });
-                tokio::spawn(follow(self.clone(), run_id.to_owned(), screen.clone(), woken));
-                screen
-            }
+        let making = lock(&self.making).entry(run_id.to_owned()).or_default().clone();
+        let made = {
+            let _one_maker = making.lock().await;
+            self.join_or_make(run_id).await
         };
-        let (pending, live) = {
-            let s = lock(&screen);
-            match s.ended {
-                // A run that has ended: its screen, then its end.
-                Some(state) => (VecDeque::from([ViewerFrame::Screen(s.drawn()), ViewerFrame::Ended(state)]), None),
-                None => (VecDeque::from([ViewerFrame::Screen(s.drawn())]), Some(s.live.subscribe())),
+        {
+            // The run's making lock goes once nobody else waits on it.
+            let mut locks = lock(&self.making);
+            if Arc::strong_count(&making) <= 2 {
+                locks.remove(run_id);
             }
-        };
+        }
+        let screen = made?;
+        let (pending, live) = lock(&screen).join();
         Ok(Viewer { screen, live, pending, hub: self.clone(), run_id: run_id.to_owned() })
     }
 
-    fn left(&self, run_id: &str) {
+    async fn join_or_make(&self, run_id: &str) -> Result<Arc<Mutex<Screen>>, StoreError> {
+        if let Some(live) = lock(&self.live).get_mut(run_id) {
+            live.viewers += 1;
+            return Ok(live.screen.clone());
+        }
+        let screen = Arc::new(Mutex::new(Screen::new()));
+        // Subscribed before reading the store, so nothing falls between the two.
+        let woken = self.events.subscribe(run_id);
+        catch_up(&*self.store, run_id, &screen).await?;
+        let ended = {
+            let mut s = lock(&screen);
+            if s.ended.is_some() {
+                s.live = None;
+            }
+            s.ended.is_some()
+        };
+        if !ended {
+            lock(&self.live).insert(run_id.to_owned(), Live { screen: screen.clone(), viewers: 1 });
+            tokio::spawn(follow(self.clone(), run_id.to_owned(), screen.clone(), woken));
+        }
+        Ok(screen)
+    }
+
+    fn left(&self, run_id: &str, screen: &Arc<Mutex<Screen>>) {
         let mut live = lock(&self.live);
-        if let Some(entry) = live.get_mut(run_id) {
+        if let Some(entry) = live.get_mut(run_id)
+            && Arc::ptr_eq(&entry.screen, screen)
+        {
             entry.viewers = entry.viewers.saturating_sub(1);
             if entry.viewers == 0 {
                 live.remove(run_id);
@@ -243,14 +284,20 @@ async fn catch_up(store: &dyn Store, run_id: &str, screen: &Arc<Mutex<Screen>>) 
     }
 }
 
-/// Follows the run for its session until it ends or nobody watches; dropping the screen's sender
-/// (with the session) tells its viewers.
+/// How many looks in a row at a run whose row has ended, with no state event stored, before its
+/// session ends with the row's state (the row changes before its state event is stored; a crash
+/// between the two leaves no event).
+const LOOKS_BEFORE_ENDING_FROM_THE_ROW: u8 = 3;
+
+/// Follows the run for its session until it ends or nobody watches; then drops the live sender,
+/// which ends every viewer's receiver.
 async fn follow(
     hub: SessionHub,
     run_id: String,
     screen: Arc<Mutex<Screen>>,
     mut woken: broadcast::Receiver<RunEventRecord>,
 ) {
+    let mut looks_at_an_ended_row = 0u8;
     loop {
         if lock(&screen).ended.is_some() || !hub.is_watched(&run_id, &screen) {
             break;
@@ -264,11 +311,20 @@ async fn follow(
             tracing::warn!(run_id, error = %e, "a live session could not read the run's events; its viewers are let go");
             break;
         }
+        if waited.is_err() && lock(&screen).ended.is_none() {
+            match hub.store.run_by_id(&run_id).await {
+                Ok(Some(run)) if run.state.is_terminal() => {
+                    looks_at_an_ended_row += 1;
+                    if looks_at_an_ended_row >= LOOKS_BEFORE_ENDING_FROM_THE_ROW {
+                        lock(&screen).ended = Some(run.state);
+                    }
+                }
+                Ok(Some(_)) => looks_at_an_ended_row = 0,
+                Ok(None) | Err(_) => break,
+            }
+        }
     }
-    // Close the live channel: a new sender replaces it, so every viewer's receiver ends.
-    let mut s = lock(&screen);
-    s.live = broadcast::channel(LIVE_CHUNKS).0;
-    drop(s);
+    lock(&screen).live = None;
     lock(&hub.live).retain(|id, l| id != &run_id || !Arc::ptr_eq(&l.screen, &screen));
 }
 

@@ -169,7 +169,16 @@ async fn a_viewer_joining_mid_run_sees_the_screen_then_the_live_output_then_the_
     after.read_until(&mut late, |s| s.ended.is_some()).await;
     assert_eq!(after.lines(), ["line one", "line two", "line three", "four"]);
     assert_eq!(after.screens_received, 1);
-    assert_eq!(t.server.state().sessions.watched(), 0, "nobody watches: no session is kept");
+    drop((first, second, late));
+    let mut watched = usize::MAX;
+    for _ in 0..200 {
+        watched = t.server.state().sessions.watched();
+        if watched == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(watched, 0, "the run ended and nobody watches: no session is kept");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,14 +209,18 @@ async fn a_viewer_that_stops_reading_never_holds_the_run_back_and_is_drawn_the_s
     // The viewer reads nothing while the run writes far more than the live channel holds: every
     // report is still taken (the runner is never made to wait for a viewer).
     let chunks = 4 * oz_server::session::LIVE_CHUNKS;
-    let pad = "x".repeat(8 * 1024);
+    let pad = "x".repeat(oz_server::session::MAX_CHUNK);
     for i in 0..chunks {
         output(&t, &run_id, &token, &format!("chunk {i} {pad}\n")).await;
     }
     output(&t, &run_id, &token, "the last line\n").await;
+    // The run ends while the viewer is still far behind.
+    report(&t, &run_id, &token, json!({"event": "finished", "state": "FAILED", "exit_code": 1, "message": "x"})).await;
 
-    // Reading again, it is drawn the screen as it is (not every chunk it missed), and ends on the
-    // run's last line.
-    seen.read_until(&mut stalled, |s| s.lines().last().is_some_and(|l| l == "the last line")).await;
+    // Reading again, it is drawn the screen as it is (not every chunk it missed), on the run's last
+    // line, and then told the run ended (not left waiting).
+    seen.read_until(&mut stalled, |s| s.ended.is_some()).await;
+    assert_eq!(seen.ended, Some(oz_core::run::RunState::Failed));
+    assert_eq!(seen.lines().last().map(String::as_str), Some("the last line"));
     assert!(seen.screens_received >= 2, "a viewer that fell behind is sent the screen again");
 }

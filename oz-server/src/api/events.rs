@@ -1,7 +1,8 @@
 //! `GET /agent/runs/{id}/events`: the run's events as Server-Sent Events (our extension). Stored
 //! events first, then live ones; resumable with `Last-Event-ID` (the event's sequence number). The
 //! stream ends once the run has ended and every event was sent. `?event=a,b` sends only events of
-//! those kinds (a runner follows its run's `followup` events so).
+//! those kinds, and the run's terminal state change (a runner follows its run's `followup` events
+//! so).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -41,18 +42,14 @@ pub async fn stream(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let run = visible_run(&state, &principal, &run_id).await?;
     let mut kinds = None;
-    for (name, value) in crate::extract::query_pairs(query.as_deref()) {
-        match name.as_str() {
-            "event" => {
-                let wanted: Vec<String> =
-                    value.split(',').map(str::trim).filter(|k| !k.is_empty()).map(str::to_owned).collect();
-                if wanted.is_empty() || wanted.iter().any(|k| k.len() > 64) {
-                    return Err(ApiError::invalid("event must name one or more event kinds, comma-separated"));
-                }
-                kinds = Some(wanted);
-            }
-            other => return Err(ApiError::invalid(format!("unknown query parameter {other:?}"))),
+    // Unknown parameters are ignored, as on the other lists.
+    for (_, value) in crate::extract::query_pairs(query.as_deref()).into_iter().filter(|(name, _)| name == "event") {
+        let wanted: Vec<String> =
+            value.split(',').map(str::trim).filter(|k| !k.is_empty()).map(str::to_owned).collect();
+        if wanted.is_empty() || wanted.iter().any(|k| k.len() > 64) {
+            return Err(ApiError::invalid("event must name one or more event kinds, comma-separated"));
         }
+        kinds = Some(wanted);
     }
     let after: i64 = match headers.get("last-event-id").map(|v| v.to_str().unwrap_or("")) {
         Some(v) => v
@@ -112,9 +109,11 @@ fn async_stream_events(
                     continue;
                 }
                 c.after = e.seq;
-                c.ended |= is_terminal_state(&e);
+                let terminal = is_terminal_state(&e);
+                c.ended |= terminal;
+                // The run's end always comes, filtered or not: it says the stream is complete.
                 let kind = e.body.get("event").and_then(|k| k.as_str()).unwrap_or("");
-                if c.kinds.as_ref().is_some_and(|kinds| !kinds.iter().any(|k| k == kind)) {
+                if !terminal && c.kinds.as_ref().is_some_and(|kinds| !kinds.iter().any(|k| k == kind)) {
                     continue;
                 }
                 let event = sse_event(&e);

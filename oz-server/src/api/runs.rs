@@ -326,9 +326,15 @@ pub async fn followup(
     // A run that has not ended: the follow-up goes to its agent, in its event stream (the runner
     // follows it and hands the follow-up to the harness). The same run is answered.
     if !parent.state.is_terminal() {
-        let event = oz_core::wire::api::FollowupEvent { message, mode: req.mode.clone(), by: caller.user_id.clone() };
-        state.lifecycle.record(&parent.id, jiff::Timestamp::now(), event.to_event()).await?;
-        return Ok(created(parent));
+        let event = oz_core::wire::api::FollowupEvent {
+            message: message.clone(),
+            mode: req.mode.clone(),
+            by: caller.user_id.clone(),
+        };
+        if state.lifecycle.record_unless_ended(&parent.id, jiff::Timestamp::now(), event.to_event()).await?.is_none() {
+            return Ok(created(parent));
+        }
+        // It ended meanwhile: as for any ended run.
     }
     // An ended run: a new run with the follow-up as its prompt.
     let new = NewRun {

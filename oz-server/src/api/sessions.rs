@@ -16,7 +16,7 @@ use crate::api::schema::*;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::ApiPath;
-use crate::session::{COLS, ROWS, Viewer, ViewerFrame};
+use crate::session::{COLS, ROWS, SEND_TIMEOUT, Viewer, ViewerFrame};
 use crate::state::AppState;
 
 /// The handler.
@@ -45,32 +45,38 @@ fn text(message: &ViewerMessage) -> Message {
     Message::Text(serde_json::to_string(message).unwrap_or_default().into())
 }
 
+/// How often an idle viewer is pinged, so a connection that died without a close is noticed.
+const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(20);
+
 async fn serve(socket: WebSocket, mut viewer: Viewer) {
     let (mut sink, mut incoming) = socket.split();
-    // Read what the viewer sends (pings are answered by the socket, a close ends the session).
-    let mut closed = tokio::spawn(async move {
-        while let Some(Ok(message)) = incoming.next().await {
-            if matches!(message, Message::Close(_)) {
-                break;
-            }
-        }
-    });
+    // Read what the viewer sends until its side ends (the socket answers pings and closes).
+    let mut gone = tokio::spawn(async move { while let Some(Ok(_)) = incoming.next().await {} });
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
     loop {
-        let frame = tokio::select! {
-            frame = viewer.next() => frame,
-            _ = &mut closed => return,
+        let message = tokio::select! {
+            frame = viewer.next() => match frame {
+                Some(ViewerFrame::Screen(data)) => text(&ViewerMessage::Screen { rows: ROWS, cols: COLS, data }),
+                Some(ViewerFrame::Output(bytes)) => Message::Binary(bytes),
+                Some(ViewerFrame::Ended(state)) => text(&ViewerMessage::Ended { state }),
+                None => break,
+            },
+            _ = ping.tick() => Message::Ping(Default::default()),
+            _ = &mut gone => return,
         };
-        let message = match frame {
-            Some(ViewerFrame::Screen(data)) => text(&ViewerMessage::Screen { rows: ROWS, cols: COLS, data }),
-            Some(ViewerFrame::Output(bytes)) => Message::Binary(bytes),
-            Some(ViewerFrame::Ended(state)) => text(&ViewerMessage::Ended { state }),
-            None => break,
+        // A viewer whose socket takes nothing for this long is let go (its session is not held).
+        let sent = tokio::select! {
+            sent = tokio::time::timeout(SEND_TIMEOUT, sink.send(message)) => matches!(sent, Ok(Ok(()))),
+            _ = &mut gone => return,
         };
-        if sink.send(message).await.is_err() {
-            closed.abort();
+        if !sent {
+            gone.abort();
             return;
         }
     }
-    let _ = sink.send(Message::Close(None)).await;
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), closed).await;
+    let _ = tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::Close(None))).await;
+    // The viewer's close answer, then the end of its side.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut gone).await;
+    gone.abort();
 }

@@ -1,0 +1,118 @@
+//! A live session's latency, through the whole local stack: from a line the agent writes in its
+//! sandbox to the same line on a viewer's terminal, with 1 and with 50 viewers; against the run's
+//! event stream (Server-Sent Events, the history's live path) in the same run.
+//!
+//! ```text
+//! cargo bench -p oz-cli --bench session [-- LINES]     (default 200 lines per case)
+//! ```
+//!
+//! The stack is `oz local`'s (control plane on SQLite, a worker on the Direct backend, the release
+//! `oz` as the runner). The agent is a command harness that waits for the viewers, then writes
+//! `stamp <wall-clock ns>` lines 20 ms apart; each viewer (`client.runs().watch`, a WebSocket) and
+//! one event-stream follower (`client.runs().events`) take the wall clock when the line arrives. The
+//! path measured: the harness's pipe, the runner's report (HTTP), the store, the session's follower,
+//! the WebSocket; same host clock.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use oz_core::wire::api::AgentConfig;
+use oz_core::wire::worker::HarnessConfig;
+use oz_sdk::SessionFrame;
+
+mod common;
+use common::{now_ns, report};
+
+/// The stamps in `text`: the latency of each from its line's time to now.
+fn latencies(text: &str, now: u128, out: &mut Vec<Duration>) {
+    for line in text.lines() {
+        if let Some(at) = line.trim().strip_prefix("stamp ").and_then(|t| t.trim().parse::<u128>().ok()) {
+            out.push(Duration::from_nanos(u64::try_from(now.saturating_sub(at)).unwrap_or(u64::MAX)));
+        }
+    }
+}
+
+async fn case(stack: &oz_cli::local::LocalStack, dir: &std::path::Path, viewers: usize, lines: usize) {
+    let client = stack.client().unwrap();
+    let gate = dir.join(format!("go-{viewers}"));
+    let script = format!(
+        "while [ ! -e {gate} ]; do sleep 0.01; done; i=0; while [ $i -lt {lines} ]; do echo \"stamp $(date +%s%N)\"; sleep 0.02; i=$((i+1)); done",
+        gate = gate.display()
+    );
+    let config = AgentConfig {
+        worker_host: Some(oz_cli::local::LOCAL_WORKER.into()),
+        harness: Some(HarnessConfig {
+            kind: Some(oz_core::runner::HarnessKind::Command),
+            command: Some(vec!["/bin/sh".into(), "-c".into(), script]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let run = client.runs().create("stamps").agent_config(config).send().await.unwrap();
+    // Wait for the agent to be running, so every viewer joins a live session.
+    loop {
+        let state = client.runs().get(&run.run_id).await.unwrap().state;
+        if state == oz_core::run::RunState::InProgress {
+            break;
+        }
+        assert!(!state.is_terminal(), "the run ended before it was watched: {state}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut watching = Vec::new();
+    for _ in 0..viewers {
+        let mut session = client.runs().watch(&run.run_id).await.unwrap();
+        match session.next().await {
+            Some(Ok(SessionFrame::Screen { .. })) => {}
+            other => panic!("the first frame is the screen: {other:?}"),
+        }
+        watching.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some(frame) = session.next().await {
+                if let SessionFrame::Output(bytes) = frame.unwrap() {
+                    latencies(&String::from_utf8_lossy(&bytes), now_ns(), &mut seen);
+                }
+            }
+            seen
+        }));
+    }
+    let events = client.runs().events(&run.run_id);
+    let following = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let mut events = Box::pin(events);
+        while let Some(event) = events.next().await {
+            let event = event.unwrap();
+            if let Some(text) = event.event.get("text").and_then(|t| t.as_str()) {
+                latencies(text, now_ns(), &mut seen);
+            }
+        }
+        seen
+    });
+    std::fs::write(&gate, b"").unwrap();
+    let mut session_latency = Vec::new();
+    for viewer in watching {
+        let seen = viewer.await.unwrap();
+        assert_eq!(seen.len(), lines, "every line reached every viewer");
+        session_latency.extend(seen);
+    }
+    let mut sse_latency = following.await.unwrap();
+    report(&format!("event stream (SSE), 1 follower, {viewers} viewer(s) watching"), &mut sse_latency);
+    report(&format!("live session, {viewers} viewer(s)"), &mut session_latency);
+}
+
+fn main() {
+    let lines: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(200);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async move {
+        let dir = tempfile::tempdir().unwrap();
+        let stack =
+            oz_cli::local::start_with_runner(dir.path(), "127.0.0.1:0", env!("CARGO_BIN_EXE_oz").into()).await.unwrap();
+        println!("| line written by the agent to the line received (ms) | p50 | p90 | p99 | n |");
+        println!("|---|---|---|---|---|");
+        for viewers in [1, 50] {
+            case(&stack, dir.path(), viewers, lines).await;
+        }
+        stack.stop().await;
+    });
+}
