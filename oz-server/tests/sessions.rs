@@ -95,10 +95,12 @@ impl Terminal {
         self.screen.screen().contents().lines().map(str::to_owned).filter(|l| !l.is_empty()).collect()
     }
 
-    /// Reads frames until `done` says so (or the socket closes); a hang guard, not a timing.
+    /// Reads frames until `done` says so (or the socket closes); within 60 s in all (a hang guard,
+    /// not a timing: the server's pings must not keep a stuck viewer reading forever).
     async fn read_until(&mut self, ws: &mut Ws, done: impl Fn(&Self) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while !done(self) {
-            let frame = tokio::time::timeout(Duration::from_secs(20), ws.next()).await.expect("a frame in time");
+            let frame = tokio::time::timeout_at(deadline, ws.next()).await.expect("the frames in time");
             match frame {
                 Some(Ok(Message::Text(text))) => match serde_json::from_str::<ViewerMessage>(&text).unwrap() {
                     ViewerMessage::Screen { rows, cols, data } => {
