@@ -276,6 +276,22 @@ async fn errors_are_one_line_with_the_problem_and_never_show_the_key() {
     cli.stack.stop().await;
 }
 
+/// Starts a run of environment `env` without following it; its id once the agent has said `text`.
+async fn start_and_wait_for(cli: &Cli, env: &str, text: &str) -> String {
+    let started = cli.oz(&["agent", "run-cloud", "-p", "live", "-e", env, "--host", "local", "--no-follow"]).await;
+    assert!(started.status.success(), "{}", stderr(&started));
+    let run_id = stdout(&started).trim().to_owned();
+    let client = cli.stack.client().unwrap();
+    for _ in 0..400 {
+        let transcript = client.runs().transcript(&run_id).await.unwrap();
+        if transcript.iter().any(|e| e.to_string().contains(text)) {
+            return run_id;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("the agent of run {run_id} never said {text:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attach_shows_a_running_agents_terminal_from_its_screen_to_its_end() {
     let cli = Cli::start().await;
@@ -285,20 +301,8 @@ async fn attach_shows_a_running_agents_terminal_from_its_screen_to_its_end() {
         gate = gate.display()
     );
     let env = environment(&cli, &script).await;
-    let started = cli.oz(&["agent", "run-cloud", "-p", "watch me", "-e", &env, "--host", "local", "--no-follow"]).await;
-    assert!(started.status.success(), "{}", stderr(&started));
-    let run_id = stdout(&started).trim().to_owned();
-
-    // Wait for the agent's first line, then attach: it is drawn on the screen, not replayed live.
-    let client = cli.stack.client().unwrap();
-    let said_one = |events: &[serde_json::Value]| events.iter().any(|e| e.to_string().contains("attach-one"));
-    for _ in 0..400 {
-        if said_one(&client.runs().transcript(&run_id).await.unwrap()) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    assert!(said_one(&client.runs().transcript(&run_id).await.unwrap()), "the agent started");
+    // Once the agent's first line is out, attach: it is drawn on the screen, not replayed live.
+    let run_id = start_and_wait_for(&cli, &env, "attach-one").await;
     let attached = tokio::process::Command::new(OZ)
         .args(["run", "attach", &run_id])
         .env("WARP_API_KEY", &cli.stack.api_key)
@@ -343,18 +347,8 @@ async fn a_followup_reaches_a_running_command_harness() {
         r#"echo waiting; n=0; while ! grep -q . "$OZ_FOLLOWUP_FILE" && [ $n -lt 1200 ]; do sleep 0.05; n=$((n+1)); done; echo "got $(head -n 1 "$OZ_FOLLOWUP_FILE")""#,
     )
     .await;
-    let started = cli.oz(&["agent", "run-cloud", "-p", "steer me", "-e", &env, "--host", "local", "--no-follow"]).await;
-    assert!(started.status.success(), "{}", stderr(&started));
-    let run_id = stdout(&started).trim().to_owned();
+    let run_id = start_and_wait_for(&cli, &env, "waiting").await;
     let client = cli.stack.client().unwrap();
-    let waiting = |events: &[serde_json::Value]| events.iter().any(|e| e.to_string().contains("waiting"));
-    for _ in 0..400 {
-        if waiting(&client.runs().transcript(&run_id).await.unwrap()) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    assert!(waiting(&client.runs().transcript(&run_id).await.unwrap()), "the agent started");
 
     let sent = cli.oz(&["run", "followup", &run_id, "now add \"tests\" too"]).await;
     assert!(sent.status.success(), "{}", stderr(&sent));

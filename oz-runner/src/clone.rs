@@ -301,14 +301,10 @@ pub async fn reset_to_remote_head(
     // held connection first; then on a new one with the run's credentials; then `git ls-remote` if
     // the built-in git cannot (a transport it lacks, say).
     let held = match open {
-        Some(open) => match crate::remote_head::ask_held(open).await {
-            Ok(Some(remote)) => Some(remote),
-            Ok(None) => None,
-            Err(e) => {
-                tracing::debug!("the held connection could not answer ({e}); asking on a new one");
-                None
-            }
-        },
+        Some(open) => crate::remote_head::ask_held(open).await.unwrap_or_else(|e| {
+            tracing::debug!("the held connection could not answer ({e}); asking on a new one");
+            None
+        }),
         None => None,
     };
     let asked = match held {

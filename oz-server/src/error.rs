@@ -74,6 +74,17 @@ impl ApiError {
     }
 }
 
+/// A request to a WebSocket endpoint that is not a WebSocket upgrade.
+impl From<axum::extract::ws::rejection::WebSocketUpgradeRejection> for ApiError {
+    fn from(e: axum::extract::ws::rejection::WebSocketUpgradeRejection) -> Self {
+        ApiError::new(
+            e.status(),
+            ErrorCode::InvalidRequest,
+            format!("this endpoint takes a WebSocket: {}", e.body_text()),
+        )
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {

@@ -75,7 +75,7 @@ impl Screen {
             return;
         }
         self.after = event.seq;
-        if let Some(bytes) = terminal_bytes(&event.body) {
+        if let Some(bytes) = terminal_bytes(event) {
             self.terminal.process(&bytes);
             if let Some(live) = &self.live {
                 let mut rest = bytes;
@@ -84,7 +84,7 @@ impl Screen {
                     let _ = live.send(piece);
                 }
             }
-        } else if let Some(state) = terminal_state(&event.body) {
+        } else if let Some(state) = event.terminal_state() {
             self.ended = Some(state);
         }
     }
@@ -109,11 +109,11 @@ impl Screen {
 /// The bytes an output event puts on the terminal. Output reported from pipes has bare `\n` line
 /// ends, which a terminal would not bring back to the first column; a terminal's line discipline
 /// (`ONLCR`) adds the `\r`, so it is added here.
-fn terminal_bytes(body: &serde_json::Value) -> Option<Bytes> {
-    if body.get("event").and_then(|e| e.as_str()) != Some("output") {
+fn terminal_bytes(event: &RunEventRecord) -> Option<Bytes> {
+    if event.kind() != "output" {
         return None;
     }
-    let text = body.get("text").and_then(|t| t.as_str())?;
+    let text = event.body.get("text").and_then(|t| t.as_str())?;
     let mut out = Vec::with_capacity(text.len() + text.len() / 32);
     let mut previous = 0u8;
     for &b in text.as_bytes() {
@@ -124,15 +124,6 @@ fn terminal_bytes(body: &serde_json::Value) -> Option<Bytes> {
         previous = b;
     }
     Some(Bytes::from(out))
-}
-
-/// The run's end, if `body` is its terminal state change.
-fn terminal_state(body: &serde_json::Value) -> Option<oz_core::run::RunState> {
-    if body.get("event").and_then(|k| k.as_str()) != Some("state") {
-        return None;
-    }
-    let state = body.get("state")?.as_str()?.parse::<oz_core::run::RunState>().ok()?;
-    state.is_terminal().then_some(state)
 }
 
 /// One viewer's place in a session.

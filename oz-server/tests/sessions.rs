@@ -37,17 +37,11 @@ async fn running(t: &TestServer) -> (String, String, support::Worker) {
     (run_id, token, worker)
 }
 
+/// The runner's report of `event`, now, with the run's token.
 async fn report(t: &TestServer, run_id: &str, token: &str, mut event: serde_json::Value) {
     event["at"] = json!(jiff::Timestamp::now().to_string());
-    let resp = t
-        .http
-        .post(t.url(&format!("/agent/runs/{run_id}/report")))
-        .bearer_auth(token)
-        .json(&event)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 204, "{}", resp.text().await.unwrap());
+    let (status, body) = t.post(&format!("/agent/runs/{run_id}/report"), token, event).await;
+    assert_eq!(status, 204, "{body}");
 }
 
 async fn output(t: &TestServer, run_id: &str, token: &str, text: &str) {

@@ -177,6 +177,11 @@ pub async fn run_cloud(args: RunCloudArgs) -> Result<ExitCode, CliError> {
     finish_following(&client, &created.run_id, printer).await
 }
 
+/// The exit status for a run that ended in `state`: 0 when it succeeded.
+fn exit_for(state: RunState) -> ExitCode {
+    if state == RunState::Succeeded { ExitCode::SUCCESS } else { ExitCode::from(EXIT_RUN_DID_NOT_SUCCEED) }
+}
+
 async fn finish_following(client: &oz_sdk::Client, run_id: &str, printer: Printer) -> Result<ExitCode, CliError> {
     let Followed { run, .. } = follow(client, run_id, printer.format).await?;
     match printer.format {
@@ -192,7 +197,7 @@ async fn finish_following(client: &oz_sdk::Client, run_id: &str, printer: Printe
         Format::Json => printer.item(&run, |_| String::new())?,
         Format::Ndjson => {}
     }
-    Ok(if run.state == RunState::Succeeded { ExitCode::SUCCESS } else { ExitCode::from(EXIT_RUN_DID_NOT_SUCCEED) })
+    Ok(exit_for(run.state))
 }
 
 /// Renders a run for people.
@@ -305,7 +310,7 @@ async fn attach(client: &oz_sdk::Client, run_id: &str) -> Result<ExitCode, CliEr
     match ended {
         Some(state) => {
             eprintln!("\r\nrun {run_id} ended {state}");
-            Ok(if state == RunState::Succeeded { ExitCode::SUCCESS } else { ExitCode::from(EXIT_RUN_DID_NOT_SUCCEED) })
+            Ok(exit_for(state))
         }
         None => Err(CliError::SessionClosed(format!("the session of run {run_id} closed before the run ended"))),
     }

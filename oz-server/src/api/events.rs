@@ -62,16 +62,6 @@ pub async fn stream(
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
-/// Whether an event is the run's terminal state change.
-fn is_terminal_state(e: &RunEventRecord) -> bool {
-    e.body.get("event").and_then(|k| k.as_str()) == Some("state")
-        && e.body
-            .get("state")
-            .and_then(|s| s.as_str())
-            .and_then(|s| s.parse::<oz_core::run::RunState>().ok())
-            .is_some_and(|s| s.is_terminal())
-}
-
 struct Cursor {
     state: AppState,
     run_id: String,
@@ -109,11 +99,10 @@ fn async_stream_events(
                     continue;
                 }
                 c.after = e.seq;
-                let terminal = is_terminal_state(&e);
+                let terminal = e.terminal_state().is_some();
                 c.ended |= terminal;
                 // The run's end always comes, filtered or not: it says the stream is complete.
-                let kind = e.body.get("event").and_then(|k| k.as_str()).unwrap_or("");
-                if !terminal && c.kinds.as_ref().is_some_and(|kinds| !kinds.iter().any(|k| k == kind)) {
+                if !terminal && c.kinds.as_ref().is_some_and(|kinds| !kinds.iter().any(|k| k == e.kind())) {
                     continue;
                 }
                 let event = sse_event(&e);

@@ -29,13 +29,7 @@ pub async fn watch(
 ) -> Result<Response, ApiError> {
     // Who may watch first: a run the caller may not see is not found, WebSocket or not.
     let run = visible_run(&state, &principal, &run_id).await?;
-    let upgrade = upgrade.map_err(|e| {
-        ApiError::new(
-            e.status(),
-            oz_core::failure::ErrorCode::InvalidRequest,
-            format!("this endpoint takes a WebSocket: {}", e.body_text()),
-        )
-    })?;
+    let upgrade = upgrade?;
     let viewer = state.sessions.attach(&run.id).await?;
     let span = tracing::info_span!("session_viewer", run_id = %run.id);
     Ok(upgrade.on_upgrade(move |socket| serve(socket, viewer).instrument(span)))

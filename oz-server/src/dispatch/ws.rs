@@ -37,13 +37,7 @@ pub async fn worker_socket(
     RawQuery(query): RawQuery,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let upgrade = upgrade.map_err(|e| {
-        ApiError::new(
-            e.status(),
-            oz_core::failure::ErrorCode::InvalidRequest,
-            format!("this endpoint takes a WebSocket: {}", e.body_text()),
-        )
-    })?;
+    let upgrade = upgrade?;
     let worker_id = query_pairs(query.as_deref())
         .into_iter()
         .find(|(k, _)| k == "worker_id")

@@ -286,6 +286,22 @@ pub struct RunEventRecord {
     pub body: serde_json::Value,
 }
 
+impl RunEventRecord {
+    /// The event's kind (`state`, `output`, `followup`, ...); empty if it has none.
+    pub fn kind(&self) -> &str {
+        self.body.get("event").and_then(|k| k.as_str()).unwrap_or("")
+    }
+
+    /// The run's end, if this is its terminal state change.
+    pub fn terminal_state(&self) -> Option<oz_core::run::RunState> {
+        if self.kind() != "state" {
+            return None;
+        }
+        let state = self.body.get("state")?.as_str()?.parse::<oz_core::run::RunState>().ok()?;
+        state.is_terminal().then_some(state)
+    }
+}
+
 /// A stored workload token.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkloadTokenRecord {
