@@ -74,16 +74,18 @@ impl Session {
             };
             match message {
                 Message::Binary(bytes) => return Some(Ok(SessionFrame::Output(bytes))),
-                Message::Text(text) => {
-                    return Some(match serde_json::from_str::<ViewerMessage>(&text) {
-                        Ok(ViewerMessage::Screen { rows, cols, data }) => Ok(SessionFrame::Screen { rows, cols, data }),
-                        Ok(ViewerMessage::Ended { state }) => {
-                            self.ended = true;
-                            Ok(SessionFrame::Ended(state))
-                        }
-                        Err(e) => Err(Error::decode(e, text.as_bytes())),
-                    });
-                }
+                Message::Text(text) => match serde_json::from_str::<ViewerMessage>(&text) {
+                    Ok(ViewerMessage::Screen { rows, cols, data }) => {
+                        return Some(Ok(SessionFrame::Screen { rows, cols, data }));
+                    }
+                    Ok(ViewerMessage::Ended { state }) => {
+                        self.ended = true;
+                        return Some(Ok(SessionFrame::Ended(state)));
+                    }
+                    // Sent only to viewers that ask for the cell view, which this one does not.
+                    Ok(ViewerMessage::Cells { .. }) => {}
+                    Err(e) => return Some(Err(Error::decode(e, text.as_bytes()))),
+                },
                 _ => {}
             }
         }

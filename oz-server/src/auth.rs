@@ -1,7 +1,8 @@
 //! Who is calling: an API key (a user's, with a role), a worker credential (the worker WebSocket
 //! only), or a run's workload token (its own run only). Every query is then scoped to the caller's
 //! team (or run); revocation, expiry and disabled users take effect on the next request, since every
-//! request reads its credential from the store.
+//! request reads its credential from the store. A browser signed in to the dashboard sends a cookie
+//! instead of a key ([`crate::sign_in`]); it acts as the key it was made from.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -134,8 +135,22 @@ pub fn lapsed(found: &KeyWithUser, now: Timestamp) -> Option<&'static str> {
     }
 }
 
-async fn caller_from(state: &AppState, token: &str) -> Result<Caller, ApiError> {
-    let KeyWithUser { key, user } = credential_from(state, token).await?;
+/// The caller an API key's text acts as.
+pub(crate) async fn caller_from(state: &AppState, token: &str) -> Result<Caller, ApiError> {
+    caller_of(credential_from(state, token).await?)
+}
+
+/// The caller a stored API key acts as now (what a sign-in acts as).
+pub(crate) async fn caller_of_key(state: &AppState, key_id: &str) -> Result<Caller, ApiError> {
+    let found =
+        state.store.api_key(key_id).await?.ok_or_else(|| ApiError::unauthenticated("the API key is not valid"))?;
+    if let Some(why) = lapsed(&found, Timestamp::now()) {
+        return Err(ApiError::unauthenticated(why));
+    }
+    caller_of(found)
+}
+
+fn caller_of(KeyWithUser { key, user }: KeyWithUser) -> Result<Caller, ApiError> {
     if key.kind == KeyKind::Worker {
         return Err(ApiError::forbidden("a worker credential only opens the worker WebSocket; use an API key"));
     }
@@ -161,9 +176,19 @@ async fn run_token_from(state: &AppState, token: &str) -> Result<RunToken, ApiEr
     Ok(RunToken { token_id: record.id, run_id: record.run_id, team_id: record.team_id })
 }
 
+/// Whether a request sends no `Authorization` header (then a dashboard sign-in cookie may stand in).
+fn no_authorization(parts: &Parts) -> bool {
+    !parts.headers.contains_key(axum::http::header::AUTHORIZATION)
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        if no_authorization(parts)
+            && let Some(signed_in) = crate::sign_in::caller_of_request(state, parts).await
+        {
+            return signed_in;
+        }
         let token = bearer(parts)?;
         if token.starts_with(secrets::WORKLOAD_TOKEN_PREFIX) {
             return Err(ApiError::unauthenticated("a workload token cannot be used here; use an API key"));
@@ -214,6 +239,11 @@ impl FromRequestParts<AppState> for RunToken {
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        if no_authorization(parts)
+            && let Some(signed_in) = crate::sign_in::caller_of_request(state, parts).await
+        {
+            return signed_in.map(Principal::Key);
+        }
         let token = bearer(parts)?;
         if token.starts_with(secrets::WORKLOAD_TOKEN_PREFIX) {
             run_token_from(state, token).await.map(Principal::Run)

@@ -1,7 +1,8 @@
 //! Minting and checking API keys and workload tokens. Only a SHA-256 of each secret is stored; checks
 //! compare hashes in constant time.
 //!
-//! Formats: API keys `oz_<id>.<secret>`, workload tokens `ozw_<id>.<secret>`; `<id>` is 16 hex digits
+//! Formats: API keys `oz_<id>.<secret>`, workload tokens `ozw_<id>.<secret>`, sign-in cookies
+//! `ozs_<id>.<secret>`; `<id>` is 16 hex digits
 //! (the database key), `<secret>` 64 hex digits.
 
 use sha2::{Digest, Sha256};
@@ -10,6 +11,8 @@ use sha2::{Digest, Sha256};
 pub const API_KEY_PREFIX: &str = "oz_";
 /// The prefix of workload tokens.
 pub const WORKLOAD_TOKEN_PREFIX: &str = "ozw_";
+/// The prefix of dashboard sign-in cookies.
+pub const SIGN_IN_PREFIX: &str = "ozs_";
 
 /// A freshly minted credential: its public id, the full text to hand out (once), and the hash to store.
 #[derive(Debug)]

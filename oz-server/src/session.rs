@@ -21,6 +21,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::broadcast;
 
+pub mod cells;
+
 use crate::hub::EventHub;
 use crate::store::{RunEventRecord, Store, StoreError};
 

@@ -103,6 +103,7 @@ impl Terminal {
                         self.screen.process(data.as_bytes());
                     }
                     ViewerMessage::Ended { state } => self.ended = Some(state),
+                    other => panic!("a terminal viewer is sent no {other:?}"),
                 },
                 Some(Ok(Message::Binary(bytes))) => self.screen.process(&bytes),
                 Some(Ok(_)) => {}

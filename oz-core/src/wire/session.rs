@@ -11,6 +11,12 @@ pub fn session_path(run_id: &str) -> String {
     format!("/agent/runs/{run_id}/session")
 }
 
+/// The query parameter that picks how the screen is sent: [`CELLS_VIEW`] for `cells` messages
+/// instead of escape codes and bytes (for a viewer with no terminal emulator, as the dashboard).
+pub const VIEW_PARAM: &str = "view";
+/// The value of [`VIEW_PARAM`] for the cell view.
+pub const CELLS_VIEW: &str = "cells";
+
 /// A text frame of the viewer protocol.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,9 +33,51 @@ pub enum ViewerMessage {
         /// Escape codes and text.
         data: String,
     },
+    /// The whole screen as text runs (the cell view): sent first, then whenever the screen changed,
+    /// at most every [`CELLS_EVERY_MS`] milliseconds, and once more before `ended`.
+    Cells {
+        /// The terminal's height.
+        rows: u16,
+        /// The terminal's width.
+        cols: u16,
+        /// One entry per row, top first: the row's runs of cells that look alike, left to right.
+        lines: Vec<Vec<CellRun>>,
+        /// The cursor's row and column, from 0.
+        cursor: [u16; 2],
+    },
     /// The run ended; the socket closes after this.
     Ended {
         /// How.
         state: RunState,
     },
+}
+
+/// The fewest milliseconds between two `cells` messages to one viewer: what a screen that changes
+/// faster costs a viewer is one message per interval, however much the run prints.
+pub const CELLS_EVERY_MS: u64 = 50;
+
+/// Cells of a row that share their look. Colours are `#rrggbb`; absent is the terminal's default.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CellRun {
+    /// The cells' characters.
+    pub text: String,
+    /// Foreground colour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fg: Option<String>,
+    /// Background colour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bg: Option<String>,
+    /// Bold.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bold: bool,
+    /// Italic.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub italic: bool,
+    /// Underlined.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub underline: bool,
+    /// Foreground and background swapped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inverse: bool,
 }

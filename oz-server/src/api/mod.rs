@@ -83,7 +83,8 @@ pub fn router(state: AppState) -> Router {
         });
     let metrics = state.lifecycle.metrics().clone();
     let api = api.route_layer(axum::middleware::from_fn_with_state(metrics, crate::metrics::track_requests));
-    let root = Router::new().nest("/api/v1", api).route("/healthz", get(|| async { "ok" }));
+    let root =
+        Router::new().nest("/api/v1", api).route("/healthz", get(|| async { "ok" })).merge(crate::dashboard::router());
     root.fallback(|| async { ApiError::not_found("no such endpoint (the API is under /api/v1)") })
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)

@@ -1,13 +1,14 @@
 //! `GET /agent/runs/{id}/session`: a run's live terminal, as a WebSocket (our extension; the
 //! protocol is `oz_core::wire::session`). Whoever may read the run may watch it; nothing a viewer
-//! sends is acted on yet (viewers only watch).
+//! sends is acted on yet (viewers only watch). With `?view=cells` the screen is sent as rows of text
+//! runs instead of escape codes and bytes ([`crate::session::cells`]).
 
-use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use futures::{SinkExt, StreamExt};
-use oz_core::wire::session::ViewerMessage;
+use oz_core::wire::session::{CELLS_VIEW, VIEW_PARAM, ViewerMessage};
 use tracing::Instrument;
 
 use crate::api::runs::visible_run;
@@ -16,23 +17,36 @@ use crate::api::schema::*;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::ApiPath;
+use crate::session::cells::{CELLS_EVERY, CellTerminal};
 use crate::session::{COLS, ROWS, SEND_TIMEOUT, Viewer, ViewerFrame};
 use crate::state::AppState;
 
 /// The handler.
-#[utoipa::path(get, path = "/agent/runs/{id}/session", tag = "runs", params(("id" = String, Path)), responses((status = 101, description = "A WebSocket: text frames are ViewerMessage, binary frames the terminal's bytes"), BadRequest, Unauthorized, NotFound))]
+#[utoipa::path(get, path = "/agent/runs/{id}/session", tag = "runs", params(("id" = String, Path), ("view" = Option<String>, Query, description = "`cells`: the screen as rows of text runs (cells messages), no binary frames")), responses((status = 101, description = "A WebSocket: text frames are ViewerMessage, binary frames the terminal's bytes"), BadRequest, Unauthorized, NotFound))]
 pub async fn watch(
     State(state): State<AppState>,
     principal: Principal,
     ApiPath(run_id): ApiPath<String>,
+    RawQuery(query): RawQuery,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     // Who may watch first: a run the caller may not see is not found, WebSocket or not.
     let run = visible_run(&state, &principal, &run_id).await?;
+    let mut cells = false;
+    for (key, value) in form_urlencoded::parse(query.as_deref().unwrap_or_default().as_bytes()) {
+        if key == VIEW_PARAM {
+            cells = match &*value {
+                CELLS_VIEW => true,
+                "terminal" => false,
+                other => return Err(ApiError::invalid(format!("view must be cells or terminal, got {other:?}"))),
+            };
+        }
+    }
     let upgrade = upgrade?;
     let viewer = state.sessions.attach(&run.id).await?;
-    let span = tracing::info_span!("session_viewer", run_id = %run.id);
-    Ok(upgrade.on_upgrade(move |socket| serve(socket, viewer).instrument(span)))
+    let span = tracing::info_span!("session_viewer", run_id = %run.id, cells);
+    let terminal = cells.then(CellTerminal::new);
+    Ok(upgrade.on_upgrade(move |socket| serve(socket, viewer, terminal).instrument(span)))
 }
 
 fn text(message: &ViewerMessage) -> Message {
@@ -42,31 +56,64 @@ fn text(message: &ViewerMessage) -> Message {
 /// How often an idle viewer is pinged, so a connection that died without a close is noticed.
 const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(20);
 
-async fn serve(socket: WebSocket, mut viewer: Viewer) {
+/// A viewer's next messages: a frame of the session as it comes (for a cell viewer, the screen
+/// once it changed and its interval passed, and the last screen before the end), or a ping; `None`
+/// when the session ended.
+async fn next_messages(
+    viewer: &mut Viewer,
+    cells: &mut Option<CellTerminal>,
+    next_render: &mut tokio::time::Instant,
+    ping: &mut tokio::time::Interval,
+) -> Option<Vec<Message>> {
+    loop {
+        let render_due = cells.as_ref().is_some_and(CellTerminal::changed);
+        let frame = tokio::select! {
+            frame = viewer.next() => frame?,
+            _ = tokio::time::sleep_until(*next_render), if render_due => {
+                *next_render = tokio::time::Instant::now() + CELLS_EVERY;
+                return cells.as_mut().map(|t| vec![text(&t.render())]);
+            }
+            _ = ping.tick() => return Some(vec![Message::Ping(Default::default())]),
+        };
+        let Some(terminal) = cells.as_mut() else {
+            return Some(vec![match frame {
+                ViewerFrame::Screen(data) => text(&ViewerMessage::Screen { rows: ROWS, cols: COLS, data }),
+                ViewerFrame::Output(bytes) => Message::Binary(bytes),
+                ViewerFrame::Ended(state) => text(&ViewerMessage::Ended { state }),
+            }]);
+        };
+        terminal.apply(&frame);
+        if let ViewerFrame::Ended(state) = frame {
+            return Some(vec![text(&terminal.render()), text(&ViewerMessage::Ended { state })]);
+        }
+    }
+}
+
+async fn serve(socket: WebSocket, mut viewer: Viewer, mut cells: Option<CellTerminal>) {
     let (mut sink, mut incoming) = socket.split();
     // Read what the viewer sends until its side ends (the socket answers pings and closes).
     let mut gone = tokio::spawn(async move { while let Some(Ok(_)) = incoming.next().await {} });
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
+    let mut next_render = tokio::time::Instant::now();
     loop {
-        let message = tokio::select! {
-            frame = viewer.next() => match frame {
-                Some(ViewerFrame::Screen(data)) => text(&ViewerMessage::Screen { rows: ROWS, cols: COLS, data }),
-                Some(ViewerFrame::Output(bytes)) => Message::Binary(bytes),
-                Some(ViewerFrame::Ended(state)) => text(&ViewerMessage::Ended { state }),
+        let messages = tokio::select! {
+            messages = next_messages(&mut viewer, &mut cells, &mut next_render, &mut ping) => match messages {
+                Some(messages) => messages,
                 None => break,
             },
-            _ = ping.tick() => Message::Ping(Default::default()),
             _ = &mut gone => return,
         };
-        // A viewer whose socket takes nothing for this long is let go (its session is not held).
-        let sent = tokio::select! {
-            sent = tokio::time::timeout(SEND_TIMEOUT, sink.send(message)) => matches!(sent, Ok(Ok(()))),
-            _ = &mut gone => return,
-        };
-        if !sent {
-            gone.abort();
-            return;
+        for message in messages {
+            // A viewer whose socket takes nothing for this long is let go (its session is not held).
+            let sent = tokio::select! {
+                sent = tokio::time::timeout(SEND_TIMEOUT, sink.send(message)) => matches!(sent, Ok(Ok(()))),
+                _ = &mut gone => return,
+            };
+            if !sent {
+                gone.abort();
+                return;
+            }
         }
     }
     let _ = tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::Close(None))).await;

@@ -141,6 +141,22 @@ pub struct KeyWithUser {
     pub user: Option<UserRecord>,
 }
 
+/// A dashboard sign-in: what a browser's cookie names. It acts as its API key, which is checked on
+/// every request; the cookie's secret exists only in the browser (this keeps its SHA-256).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignInRecord {
+    /// Its public id.
+    pub id: String,
+    /// The API key it acts as.
+    pub key_id: String,
+    /// SHA-256 of the cookie's secret.
+    pub secret_hash: Vec<u8>,
+    /// When it was made.
+    pub created_at: Timestamp,
+    /// When it stops working by itself.
+    pub expires_at: Timestamp,
+}
+
 /// A stored environment.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EnvironmentRecord {
@@ -382,6 +398,12 @@ pub trait PrincipalStore: Send + Sync + 'static {
     async fn revoke_api_key(&self, team_id: &str, id: &str, at: Timestamp) -> Result<(), StoreError>;
     /// Stores `new` and revokes `old` in one transaction (a rotation).
     async fn replace_api_key(&self, old: &str, new: &ApiKeyRecord, at: Timestamp) -> Result<(), StoreError>;
+    /// Stores a dashboard sign-in, and forgets those that expired before it was made.
+    async fn create_sign_in(&self, sign_in: &SignInRecord) -> Result<(), StoreError>;
+    /// A sign-in by its public id (expired or not: the caller checks).
+    async fn sign_in(&self, id: &str) -> Result<Option<SignInRecord>, StoreError>;
+    /// Forgets a sign-in (signing out); forgetting one that is gone is not an error.
+    async fn end_sign_in(&self, id: &str) -> Result<(), StoreError>;
 }
 
 /// A team secret as stored: sealed (`crate::vault`), never in the clear.

@@ -6,7 +6,7 @@ use oz_core::wire::admin::Role;
 
 use super::rows::Stored;
 use super::{SqliteStore, TeamTable, found, json, micros};
-use crate::store::{ApiKeyRecord, KeyWithUser, PrincipalStore, StoreError, TeamRecord, UserRecord};
+use crate::store::{ApiKeyRecord, KeyWithUser, PrincipalStore, SignInRecord, StoreError, TeamRecord, UserRecord};
 
 /// The wire name of a serde unit enum (`"service_account"`), as its column stores it.
 fn name_of<T: serde::Serialize>(value: &T) -> String {
@@ -144,6 +144,35 @@ impl PrincipalStore for SqliteStore {
         found(done.rows_affected())?;
         insert_key(&mut *tx, new).await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    async fn create_sign_in(&self, sign_in: &SignInRecord) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query("DELETE FROM sign_ins WHERE expires_us <= ?")
+            .bind(micros(sign_in.created_at))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO sign_ins (id, key_id, secret_hash, created_us, expires_us) VALUES (?, ?, ?, ?, ?)")
+            .bind(&sign_in.id)
+            .bind(&sign_in.key_id)
+            .bind(&sign_in.secret_hash)
+            .bind(micros(sign_in.created_at))
+            .bind(micros(sign_in.expires_at))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn sign_in(&self, id: &str) -> Result<Option<SignInRecord>, StoreError> {
+        SignInRecord::one(
+            sqlx::query_as("SELECT * FROM sign_ins WHERE id = ?").bind(id).fetch_optional(&self.pool).await?,
+        )
+    }
+
+    async fn end_sign_in(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM sign_ins WHERE id = ?").bind(id).execute(&self.writer).await?;
         Ok(())
     }
 }

@@ -7,7 +7,7 @@ use sqlx::sqlite::SqliteRow;
 
 use crate::store::{
     ApiKeyRecord, EnvironmentRecord, IntegrationRecord, RunEventRecord, RunRecord, ScheduleRecord, SecretRecord,
-    StoreError, TeamRecord, UserRecord, WorkloadTokenRecord,
+    SignInRecord, StoreError, TeamRecord, UserRecord, WorkloadTokenRecord,
 };
 
 /// A record read through a row of its table.
@@ -351,6 +351,28 @@ impl Stored for SecretRecord {
             updated_by: r.updated_by,
             created_at: from_micros(r.created_us),
             updated_at: from_micros(r.updated_us),
+        })
+    }
+}
+
+#[derive(FromRow)]
+pub(super) struct SignInRow {
+    id: String,
+    key_id: String,
+    secret_hash: Vec<u8>,
+    created_us: i64,
+    expires_us: i64,
+}
+
+impl Stored for SignInRecord {
+    type Row = SignInRow;
+    fn from_row(r: SignInRow) -> Result<Self, StoreError> {
+        Ok(SignInRecord {
+            id: r.id,
+            key_id: r.key_id,
+            secret_hash: r.secret_hash,
+            created_at: from_micros(r.created_us),
+            expires_at: from_micros(r.expires_us),
         })
     }
 }

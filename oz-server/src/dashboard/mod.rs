@@ -1,0 +1,268 @@
+//! The web dashboard, served by `oz-server` itself: the pages, their script and style (embedded in
+//! the binary), signing in and out. The pages are shells; their script reads and changes everything
+//! through the REST API and the session WebSocket, with the sign-in cookie standing in for an API key
+//! ([`crate::sign_in`]), so the dashboard can do nothing a key of the same role could not.
+//!
+//! Every page is sent with a strict Content-Security-Policy (scripts and styles from this server
+//! only, no inline script, no framing), `no-store`, and a referrer only to this server (with none, browsers send `Origin: null`, which the
+//! origin check refuses).
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::auth::Principal;
+use crate::sign_in::{self, SignedIn};
+use crate::state::AppState;
+
+const PAGE: &str = include_str!("assets/page.html");
+const SIGN_IN_PAGE: &str = include_str!("assets/sign_in.html");
+const SCRIPT: &str = include_str!("assets/dashboard.js");
+const STYLE: &str = include_str!("assets/dashboard.css");
+
+/// The content security policy of every dashboard response.
+const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; \
+                      form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// The dashboard's routes, at the root of the API port (the API is under `/api/v1`).
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(home))
+        .route("/sign-in", get(sign_in_page).post(sign_in))
+        .route("/sign-out", axum::routing::post(sign_out))
+        .route("/runs", get(|s: State<AppState>, h: HeaderMap| listing(s, h, Listing::Runs)))
+        .route("/runs/{id}", get(run_page))
+        .route("/schedules", get(|s: State<AppState>, h: HeaderMap| listing(s, h, Listing::Schedules)))
+        .route("/environments", get(|s: State<AppState>, h: HeaderMap| listing(s, h, Listing::Environments)))
+        .route("/integrations", get(|s: State<AppState>, h: HeaderMap| listing(s, h, Listing::Integrations)))
+        .route("/workers", get(|s: State<AppState>, h: HeaderMap| listing(s, h, Listing::Workers)))
+        .route("/assets/dashboard.js", get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }))
+        .route("/assets/dashboard.css", get(|| async { asset("text/css; charset=utf-8", STYLE) }))
+}
+
+fn secured(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(POLICY));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    headers.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    secured(([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response())
+}
+
+fn html(status: StatusCode, body: String) -> Response {
+    secured((status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response())
+}
+
+fn see_other(to: &str) -> Response {
+    secured((StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response())
+}
+
+/// Text made safe to put in HTML, in an element or a quoted attribute.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A template with its `{{name}}` slots filled with escaped values.
+fn fill(template: &str, values: &[(&str, &str)]) -> String {
+    let mut out = template.to_owned();
+    for (name, value) in values {
+        out = out.replace(&format!("{{{{{name}}}}}"), &escape(value));
+    }
+    out
+}
+
+/// The browser's sign-in, or where to send it to sign in.
+async fn signed_in(state: &AppState, headers: &HeaderMap) -> Result<SignedIn, Response> {
+    let Some(cookie) = sign_in::cookie_in(headers) else {
+        return Err(see_other("/sign-in"));
+    };
+    sign_in::resolve(state, &cookie).await.map_err(|_| see_other("/sign-in"))
+}
+
+async fn home(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    match signed_in(&state, &headers).await {
+        Ok(_) => see_other("/runs"),
+        Err(to_sign_in) => to_sign_in,
+    }
+}
+
+fn sign_in_form(status: StatusCode, error: &str) -> Response {
+    html(
+        status,
+        fill(SIGN_IN_PAGE, &[("error", error), ("error_hidden", if error.is_empty() { "hidden" } else { "" })]),
+    )
+}
+
+async fn sign_in_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    match signed_in(&state, &headers).await {
+        Ok(_) => see_other("/runs"),
+        Err(_) => sign_in_form(StatusCode::OK, ""),
+    }
+}
+
+fn form_field(body: &[u8], name: &str) -> Option<String> {
+    form_urlencoded::parse(body).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+}
+
+async fn sign_in(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    // A sign-in posted from another site's page would sign this browser in as someone else.
+    if !sign_in::same_origin(&headers) {
+        return sign_in_form(StatusCode::FORBIDDEN, "Sign in from this server's own sign-in page.");
+    }
+    let key = form_field(&body, "api_key").unwrap_or_default();
+    if key.trim().is_empty() {
+        return sign_in_form(StatusCode::BAD_REQUEST, "Paste an API key to sign in.");
+    }
+    match sign_in::start(&state, &key).await {
+        Ok(started) => {
+            let expires_at = match state.store.sign_in(&started.signed_in.id).await {
+                Ok(Some(record)) => record.expires_at,
+                _ => jiff::Timestamp::now(),
+            };
+            let mut response = see_other("/runs");
+            let cookie = sign_in::set_cookie(&state, &headers, &started.cookie, expires_at);
+            response.headers_mut().insert(header::SET_COOKIE, cookie);
+            tracing::info!(key_id = %started.signed_in.caller.key_id, "signed in to the dashboard");
+            response
+        }
+        Err(e) if e.status.is_server_error() => {
+            sign_in_form(StatusCode::SERVICE_UNAVAILABLE, "The server could not sign you in; try again.")
+        }
+        Err(e) => sign_in_form(StatusCode::UNAUTHORIZED, &format!("That key does not sign in: {}", e.detail)),
+    }
+}
+
+async fn sign_out(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let mut response = see_other("/sign-in");
+    if let Ok(signed_in) = signed_in(&state, &headers).await {
+        let presented = form_field(&body, sign_in::CSRF_FIELD).unwrap_or_default();
+        if !sign_in::same_origin(&headers) || !sign_in::csrf_matches(&signed_in.csrf, &presented) {
+            return html(StatusCode::FORBIDDEN, "<p>Sign out from the dashboard's own pages.</p>".to_owned());
+        }
+        if sign_in::end(&state, &signed_in).await.is_err() {
+            return html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "<p>The server could not sign you out; try again.</p>".to_owned(),
+            );
+        }
+    }
+    response.headers_mut().insert(header::SET_COOKIE, sign_in::clear_cookie(&state, &headers));
+    response
+}
+
+/// The pages that list one kind of thing.
+#[derive(Clone, Copy)]
+enum Listing {
+    Runs,
+    Schedules,
+    Environments,
+    Integrations,
+    Workers,
+}
+
+impl Listing {
+    fn page(self) -> &'static str {
+        match self {
+            Listing::Runs => "runs",
+            Listing::Schedules => "schedules",
+            Listing::Environments => "environments",
+            Listing::Integrations => "integrations",
+            Listing::Workers => "workers",
+        }
+    }
+    fn title(self) -> &'static str {
+        match self {
+            Listing::Runs => "Runs",
+            Listing::Schedules => "Schedules",
+            Listing::Environments => "Environments",
+            Listing::Integrations => "Integrations",
+            Listing::Workers => "Workers",
+        }
+    }
+}
+
+async fn who(state: &AppState, signed_in: &SignedIn) -> String {
+    let caller = &signed_in.caller;
+    let user = match &caller.user_id {
+        Some(id) => state.store.user(&caller.team_id, id).await.ok().flatten().map(|u| u.name),
+        None => None,
+    };
+    let team = state.store.team(&caller.team_id).await.ok().flatten().map(|t| t.name);
+    match (user, team) {
+        (Some(user), Some(team)) => format!("{user} ({team})"),
+        (Some(user), None) => user,
+        (None, Some(team)) => team,
+        (None, None) => caller.key_id.clone(),
+    }
+}
+
+async fn shell(state: &AppState, signed_in: &SignedIn, page: &str, title: &str, run_id: &str) -> String {
+    let who = who(state, signed_in).await;
+    fill(
+        PAGE,
+        &[
+            ("page", page),
+            ("title", title),
+            ("role", signed_in.caller.role.as_str()),
+            ("csrf", &signed_in.csrf),
+            ("run_id", run_id),
+            ("who", &who),
+        ],
+    )
+}
+
+async fn listing(State(state): State<AppState>, headers: HeaderMap, listing: Listing) -> Response {
+    match signed_in(&state, &headers).await {
+        Ok(signed_in) => html(StatusCode::OK, shell(&state, &signed_in, listing.page(), listing.title(), "").await),
+        Err(to_sign_in) => to_sign_in,
+    }
+}
+
+async fn run_page(State(state): State<AppState>, headers: HeaderMap, Path(run_id): Path<String>) -> Response {
+    let signed_in = match signed_in(&state, &headers).await {
+        Ok(s) => s,
+        Err(to_sign_in) => return to_sign_in,
+    };
+    // Another team's run, or none: the same answer as the API's, with no hint which.
+    let principal = Principal::Key(signed_in.caller.clone());
+    match crate::api::runs::visible_run(&state, &principal, &run_id).await {
+        Ok(run) => html(StatusCode::OK, shell(&state, &signed_in, "run", &run.title, &run.id).await),
+        Err(e) if e.status == StatusCode::NOT_FOUND => {
+            html(StatusCode::NOT_FOUND, shell(&state, &signed_in, "missing", "No such run", "").await)
+        }
+        Err(_) => html(StatusCode::SERVICE_UNAVAILABLE, shell(&state, &signed_in, "missing", "Unavailable", "").await),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filled_values_are_escaped() {
+        let filled = fill("<p title=\"{{a}}\">{{a}}</p>", &[("a", "<script>\"x\"&'y'")]);
+        assert_eq!(
+            filled,
+            "<p title=\"&lt;script&gt;&quot;x&quot;&amp;&#39;y&#39;\">&lt;script&gt;&quot;x&quot;&amp;&#39;y&#39;</p>"
+        );
+    }
+}
