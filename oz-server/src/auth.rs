@@ -176,9 +176,14 @@ async fn run_token_from(state: &AppState, token: &str) -> Result<RunToken, ApiEr
     Ok(RunToken { token_id: record.id, run_id: record.run_id, team_id: record.team_id })
 }
 
-/// Whether a request sends no `Authorization` header (then a dashboard sign-in cookie may stand in).
+/// Whether a request sends no bearer credential (then a dashboard sign-in cookie may stand in; a
+/// proxy's `Authorization: Basic` does not turn the cookie off).
 fn no_authorization(parts: &Parts) -> bool {
-    !parts.headers.contains_key(axum::http::header::AUTHORIZATION)
+    !parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("Bearer "))
 }
 
 impl FromRequestParts<AppState> for Caller {

@@ -68,7 +68,11 @@ async fn next_messages(
     loop {
         let render_due = cells.as_ref().is_some_and(CellTerminal::changed);
         let frame = tokio::select! {
-            frame = viewer.next() => frame?,
+            frame = viewer.next() => match frame {
+                Some(frame) => frame,
+                // The session stopped with no end known: what was applied but not drawn goes out.
+                None => return cells.as_mut().filter(|t| t.changed()).map(|t| vec![text(&t.render())]),
+            },
             _ = tokio::time::sleep_until(*next_render), if render_due => {
                 *next_render = tokio::time::Instant::now() + CELLS_EVERY;
                 return cells.as_mut().map(|t| vec![text(&t.render())]);

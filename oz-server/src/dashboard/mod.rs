@@ -81,12 +81,26 @@ fn escape(text: &str) -> String {
     out
 }
 
-/// A template with its `{{name}}` slots filled with escaped values.
+/// A template with its `{{name}}` slots filled with escaped values, in one pass: a value that
+/// itself reads `{{name}}` (a run's title can be anything) is not filled again.
 fn fill(template: &str, values: &[(&str, &str)]) -> String {
-    let mut out = template.to_owned();
-    for (name, value) in values {
-        out = out.replace(&format!("{{{{{name}}}}}"), &escape(value));
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        match after.find("}}").and_then(|end| values.iter().find(|(n, _)| *n == &after[..end]).map(|v| (end, v.1))) {
+            Some((end, value)) => {
+                out.push_str(&escape(value));
+                rest = &after[end + 2..];
+            }
+            None => {
+                out.push_str("{{");
+                rest = after;
+            }
+        }
     }
+    out.push_str(rest);
     out
 }
 

@@ -28,7 +28,8 @@ impl CellTerminal {
     /// A blank screen of the sessions' size.
     pub fn new() -> Self {
         let size = |n: u16| NonZeroU16::new(n).unwrap_or(NonZeroU16::MIN);
-        Self { terminal: vt100::Parser::new(size(ROWS), size(COLS), 0), changed: true }
+        // Unchanged until its first frame (always a whole screen), so no blank screen is sent first.
+        Self { terminal: vt100::Parser::new(size(ROWS), size(COLS), 0), changed: false }
     }
 
     /// Applies a frame (a whole screen starts again from blank). `Ended` changes nothing.
@@ -37,6 +38,7 @@ impl CellTerminal {
             ViewerFrame::Screen(drawn) => {
                 *self = Self::new();
                 self.terminal.process(drawn.as_bytes());
+                self.changed = true;
             }
             ViewerFrame::Output(bytes) => {
                 self.terminal.process(bytes);
@@ -154,6 +156,7 @@ mod tests {
     #[test]
     fn runs_follow_the_look_of_the_cells_and_drop_trailing_blanks() {
         let mut t = CellTerminal::new();
+        assert!(!t.changed(), "nothing to draw before the first frame");
         t.apply(&ViewerFrame::Output("plain \x1b[1;31mred bold\x1b[0m end\r\nnext".into()));
         assert!(t.changed());
         let lines = lines(t.render());
