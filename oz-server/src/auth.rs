@@ -106,7 +106,7 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
 
 /// A credential that authenticates: known, its secret right, not revoked, not expired, its user
 /// (if any) not disabled.
-async fn credential_from(state: &AppState, token: &str) -> Result<KeyWithUser, ApiError> {
+pub(crate) async fn credential_from(state: &AppState, token: &str) -> Result<KeyWithUser, ApiError> {
     let invalid = || ApiError::unauthenticated("the API key is not valid");
     let (id, secret) = secrets::parse(secrets::API_KEY_PREFIX, token).ok_or_else(invalid)?;
     let found = state.store.api_key(id).await?.ok_or_else(invalid)?;
@@ -150,7 +150,7 @@ pub(crate) async fn caller_of_key(state: &AppState, key_id: &str) -> Result<Call
     caller_of(found)
 }
 
-fn caller_of(KeyWithUser { key, user }: KeyWithUser) -> Result<Caller, ApiError> {
+pub(crate) fn caller_of(KeyWithUser { key, user }: KeyWithUser) -> Result<Caller, ApiError> {
     if key.kind == KeyKind::Worker {
         return Err(ApiError::forbidden("a worker credential only opens the worker WebSocket; use an API key"));
     }

@@ -16,7 +16,7 @@ use base64::Engine;
 use jiff::{SignedDuration, Timestamp};
 use sha2::{Digest, Sha256};
 
-use crate::auth::{Caller, caller_from, caller_of_key};
+use crate::auth::{Caller, caller_of, caller_of_key, credential_from};
 use crate::error::ApiError;
 use crate::secrets;
 use crate::state::AppState;
@@ -48,6 +48,8 @@ pub struct Started {
     pub cookie: String,
     /// Who it acts as.
     pub signed_in: SignedIn,
+    /// When it stops working by itself.
+    pub expires_at: Timestamp,
 }
 
 /// Signs in with an API key (not a worker credential or a workload token).
@@ -56,15 +58,12 @@ pub async fn start(state: &AppState, api_key: &str) -> Result<Started, ApiError>
     if !api_key.starts_with(secrets::API_KEY_PREFIX) {
         return Err(ApiError::unauthenticated("sign in with an API key (it starts with oz_)"));
     }
-    let caller = caller_from(state, api_key).await?;
-    let key = state
-        .store
-        .api_key(&caller.key_id)
-        .await?
-        .ok_or_else(|| ApiError::unauthenticated("the API key is not valid"))?;
+    let found = credential_from(state, api_key).await?;
+    let key_expiry = found.key.expires_at;
+    let caller = caller_of(found)?;
     let now = Timestamp::now();
     let mut expires_at = now.saturating_add(LIFETIME).unwrap_or(now);
-    if let Some(key_expiry) = key.key.expires_at {
+    if let Some(key_expiry) = key_expiry {
         expires_at = expires_at.min(key_expiry);
     }
     let minted = secrets::mint(secrets::SIGN_IN_PREFIX);
@@ -77,7 +76,7 @@ pub async fn start(state: &AppState, api_key: &str) -> Result<Started, ApiError>
     };
     state.store.create_sign_in(&record).await?;
     let csrf = csrf_of(&minted.text);
-    Ok(Started { cookie: minted.text, signed_in: SignedIn { caller, id: record.id, csrf } })
+    Ok(Started { cookie: minted.text, signed_in: SignedIn { caller, id: record.id, csrf }, expires_at })
 }
 
 /// The sign-in a cookie value names, if it is valid now (its key included).
@@ -133,24 +132,21 @@ fn over_https(state: &AppState, headers: &HeaderMap) -> bool {
 /// The `Set-Cookie` value that stores a new sign-in's cookie in the browser.
 pub fn set_cookie(state: &AppState, headers: &HeaderMap, value: &str, expires_at: Timestamp) -> HeaderValue {
     let max_age = expires_at.duration_since(Timestamp::now()).as_secs().max(0);
+    cookie_header(state, headers, value, max_age)
+}
+
+/// The `Set-Cookie` value that removes the cookie.
+pub fn clear_cookie(state: &AppState, headers: &HeaderMap) -> HeaderValue {
+    cookie_header(state, headers, "", 0)
+}
+
+fn cookie_header(state: &AppState, headers: &HeaderMap, value: &str, max_age_secs: i64) -> HeaderValue {
     let built = cookie::Cookie::build((COOKIE, value.to_owned()))
         .path("/")
         .http_only(true)
         .same_site(cookie::SameSite::Strict)
         .secure(over_https(state, headers))
-        .max_age(cookie::time::Duration::seconds(max_age))
-        .build();
-    HeaderValue::from_str(&built.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
-/// The `Set-Cookie` value that removes the cookie.
-pub fn clear_cookie(state: &AppState, headers: &HeaderMap) -> HeaderValue {
-    let built = cookie::Cookie::build((COOKIE, ""))
-        .path("/")
-        .http_only(true)
-        .same_site(cookie::SameSite::Strict)
-        .secure(over_https(state, headers))
-        .max_age(cookie::time::Duration::ZERO)
+        .max_age(cookie::time::Duration::seconds(max_age_secs))
         .build();
     HeaderValue::from_str(&built.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
 }

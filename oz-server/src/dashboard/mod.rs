@@ -29,16 +29,14 @@ const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; c
 
 /// The dashboard's routes, at the root of the API port (the API is under `/api/v1`).
 pub fn router() -> Router<AppState> {
-    Router::new()
+    let listings = Listing::ALL.into_iter().fold(Router::new(), |router, listing| {
+        router.route(listing.names().1, get(move |s: State<AppState>, h: HeaderMap| listing_page(s, h, listing)))
+    });
+    listings
         .route("/", get(home))
         .route("/sign-in", get(sign_in_page).post(sign_in))
         .route("/sign-out", axum::routing::post(sign_out))
-        .route("/runs", get(|s: State<AppState>, h: HeaderMap| listing(s, h, Listing::Runs)))
         .route("/runs/{id}", get(run_page))
-        .route("/schedules", get(|s: State<AppState>, h: HeaderMap| listing(s, h, Listing::Schedules)))
-        .route("/environments", get(|s: State<AppState>, h: HeaderMap| listing(s, h, Listing::Environments)))
-        .route("/integrations", get(|s: State<AppState>, h: HeaderMap| listing(s, h, Listing::Integrations)))
-        .route("/workers", get(|s: State<AppState>, h: HeaderMap| listing(s, h, Listing::Workers)))
         .route("/assets/dashboard.js", get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }))
         .route("/assets/dashboard.css", get(|| async { asset("text/css; charset=utf-8", STYLE) }))
 }
@@ -148,12 +146,8 @@ async fn sign_in(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
     }
     match sign_in::start(&state, &key).await {
         Ok(started) => {
-            let expires_at = match state.store.sign_in(&started.signed_in.id).await {
-                Ok(Some(record)) => record.expires_at,
-                _ => jiff::Timestamp::now(),
-            };
             let mut response = see_other("/runs");
-            let cookie = sign_in::set_cookie(&state, &headers, &started.cookie, expires_at);
+            let cookie = sign_in::set_cookie(&state, &headers, &started.cookie, started.expires_at);
             response.headers_mut().insert(header::SET_COOKIE, cookie);
             tracing::info!(key_id = %started.signed_in.caller.key_id, "signed in to the dashboard");
             response
@@ -194,22 +188,17 @@ enum Listing {
 }
 
 impl Listing {
-    fn page(self) -> &'static str {
+    const ALL: [Listing; 5] =
+        [Listing::Runs, Listing::Schedules, Listing::Environments, Listing::Integrations, Listing::Workers];
+
+    /// The page's name (what the script draws), its path and its title.
+    fn names(self) -> (&'static str, &'static str, &'static str) {
         match self {
-            Listing::Runs => "runs",
-            Listing::Schedules => "schedules",
-            Listing::Environments => "environments",
-            Listing::Integrations => "integrations",
-            Listing::Workers => "workers",
-        }
-    }
-    fn title(self) -> &'static str {
-        match self {
-            Listing::Runs => "Runs",
-            Listing::Schedules => "Schedules",
-            Listing::Environments => "Environments",
-            Listing::Integrations => "Integrations",
-            Listing::Workers => "Workers",
+            Listing::Runs => ("runs", "/runs", "Runs"),
+            Listing::Schedules => ("schedules", "/schedules", "Schedules"),
+            Listing::Environments => ("environments", "/environments", "Environments"),
+            Listing::Integrations => ("integrations", "/integrations", "Integrations"),
+            Listing::Workers => ("workers", "/workers", "Workers"),
         }
     }
 }
@@ -244,9 +233,10 @@ async fn shell(state: &AppState, signed_in: &SignedIn, page: &str, title: &str, 
     )
 }
 
-async fn listing(State(state): State<AppState>, headers: HeaderMap, listing: Listing) -> Response {
+async fn listing_page(State(state): State<AppState>, headers: HeaderMap, listing: Listing) -> Response {
+    let (page, _, title) = listing.names();
     match signed_in(&state, &headers).await {
-        Ok(signed_in) => html(StatusCode::OK, shell(&state, &signed_in, listing.page(), listing.title(), "").await),
+        Ok(signed_in) => html(StatusCode::OK, shell(&state, &signed_in, page, title, "").await),
         Err(to_sign_in) => to_sign_in,
     }
 }
