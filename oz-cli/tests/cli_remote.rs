@@ -339,6 +339,49 @@ async fn attach_shows_a_running_agents_terminal_from_its_screen_to_its_end() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupt_stops_the_agents_current_step_and_the_run_goes_on() {
+    let cli = Cli::start().await;
+    // The agent's "step" is a long wait; it handles SIGINT (as an interactive agent handles Ctrl-C)
+    // by giving up on the step and going on to the next.
+    let env = environment(
+        &cli,
+        r#"trap 'echo "step one interrupted"' INT; echo step-one; sleep 60 & wait $!; echo "step two, after the interrupt""#,
+    )
+    .await;
+    let run_id = start_and_wait_for(&cli, &env, "step-one").await;
+    let started = std::time::Instant::now();
+    let sent = cli.oz(&["run", "interrupt", &run_id]).await;
+    assert!(sent.status.success(), "{}", stderr(&sent));
+    assert_eq!(stdout(&sent).trim(), format!("run {run_id}'s agent was sent an interrupt"));
+    let watch = tokio::time::timeout(std::time::Duration::from_secs(60), cli.oz(&["run", "watch", &run_id]))
+        .await
+        .expect("the run ends");
+    assert!(
+        watch.status.success(),
+        "the interrupted agent went on and succeeded: {}{}",
+        stdout(&watch),
+        stderr(&watch)
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(50), "the step did not run its 60 s");
+    let transcript = cli.stack.client().unwrap().runs().transcript(&run_id).await.unwrap();
+    let kinds: Vec<&str> = transcript.iter().filter_map(|e| e["event"]["event"].as_str()).collect();
+    assert!(kinds.contains(&"interrupt"), "the interrupt is in the run's history: {kinds:?}");
+    let said: String = transcript
+        .iter()
+        .filter(|e| e["event"]["event"] == "output")
+        .filter_map(|e| e["event"]["text"].as_str())
+        .collect();
+    let interrupted = said.find("step one interrupted").unwrap_or_else(|| panic!("{said:?}"));
+    assert!(said[interrupted..].contains("step two, after the interrupt"), "{said:?}");
+
+    // Nothing to interrupt once the run ended.
+    let again = cli.oz(&["run", "interrupt", &run_id]).await;
+    assert_eq!(again.status.code(), Some(1), "{}", stderr(&again));
+    assert!(stderr(&again).contains("already ended"), "{}", stderr(&again));
+    cli.stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_followup_reaches_a_running_command_harness() {
     let cli = Cli::start().await;
     // The agent waits for its first follow-up and says what it got.

@@ -314,6 +314,23 @@ fn docker_inspect(name: &str) -> String {
     String::from_utf8_lossy(&Command::new("docker").args(["inspect", name]).output().unwrap().stdout).into_owned()
 }
 
+/// Waits until the worker reports one ready warm sandbox in `env_id`'s pool (a container listed
+/// before that may still be preparing); a preparation that failed fails the test, saying why.
+async fn pool_ready(client: oz_sdk::Client, env_id: String) -> oz_core::wire::worker::WarmPoolState {
+    for _ in 0..1200 {
+        let workers = client.workers().list().await.unwrap();
+        let pool = workers.iter().flat_map(|w| &w.warm_pools).find(|p| p.environment == env_id).cloned();
+        if let Some(pool) = pool {
+            assert!(pool.last_error.is_none(), "{pool:?}");
+            if pool.ready == 1 {
+                return pool;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the warm pool never got ready");
+}
+
 /// Waits until `pred` holds for the worker's warm containers; returns them.
 async fn warm_until(worker_id: &str, what: &str, pred: impl Fn(&[String]) -> bool) -> Vec<String> {
     for _ in 0..1200 {
@@ -360,21 +377,7 @@ async fn a_warm_container_is_handed_its_task_on_stdin_and_a_killed_worker_leaves
     );
     let spawn = || p.spawn_worker(dir.path());
     let mut worker = spawn();
-    let ready = |client: oz_sdk::Client, env_id: String| async move {
-        for _ in 0..1200 {
-            let workers = client.workers().list().await.unwrap();
-            let pool = workers.iter().flat_map(|w| &w.warm_pools).find(|p| p.environment == env_id).cloned();
-            if let Some(pool) = pool {
-                assert!(pool.last_error.is_none(), "{pool:?}");
-                if pool.ready == 1 {
-                    return pool;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the warm pool never got ready");
-    };
-    ready(client.clone(), env_id.clone()).await;
+    pool_ready(client.clone(), env_id.clone()).await;
     let first = warm_containers(worker_id);
     assert_eq!(first.len(), 1, "{first:?}");
     assert!(first[0].starts_with("oz-warm-"), "{first:?}");
@@ -475,7 +478,7 @@ async fn a_warm_container_is_handed_its_task_on_stdin_and_a_killed_worker_leaves
     assert!(!logs.contains("ozw_"), "the token is not in the container's log");
     assert!(inspect.contains(&format!("\"oz.dev/warm-id\": \"{}\"", first[0].trim_start_matches("oz-"))), "{inspect}");
     assert!(!inspect.contains("ozw_"), "the token came on stdin, not in the spec:\n{inspect}");
-    let pool = ready(client.clone(), env_id.clone()).await;
+    let pool = pool_ready(client.clone(), env_id.clone()).await;
     assert_eq!((pool.hits, pool.misses), (1, 0), "{pool:?}");
     // Served one task: it is gone, and a new one took its place.
     let refilled = warm_until(worker_id, "a new warm container", |w| w.len() == 1 && w[0] != first[0]).await;
@@ -520,8 +523,9 @@ async fn a_warm_container_of_a_retagged_image_is_replaced_by_one_of_the_new_imag
     let env_id = client.environments().create(&environment).await.unwrap().uid;
     p.worker_config(dir.path(), &sidecar, &format!("warm_pools:\n  - environment: {env_id}\n    refresh_secs: 1\n"));
     let worker = p.spawn_worker(dir.path());
+    pool_ready(client.clone(), env_id.clone()).await;
     let first = warm_until(worker_id, "a warm container", |w| w.len() == 1).await;
-    assert_eq!(container_image(&first[0]), image_id("oz-test/debian-git:latest"));
+    assert_eq!(container_image(&first[0]), image_id("oz-test/debian-git:latest"), "{first:?}");
     // The tag now names another image: within a check (1 s) a container of it replaces the old one.
     assert!(Command::new("docker").args(["tag", "oz-test/busybox:latest", &tag]).status().unwrap().success());
     let busybox = image_id("oz-test/busybox:latest");

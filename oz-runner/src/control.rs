@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use oz_core::wire::api::FollowupEvent;
+use oz_core::wire::api::Steering;
 use oz_core::wire::callbacks::{ResolvedRun, RunnerReport};
 use oz_sdk::AgentClient;
 use secrecy::SecretString;
@@ -68,9 +68,9 @@ pub trait ControlPlane: Send + Sync {
     fn is_connected(&self) -> bool {
         true
     }
-    /// Follow-ups to the run after event `after_seq` (0: from the first sent), with their event
-    /// numbers, until the run ends; none without a control plane.
-    fn followups(&self, after_seq: i64) -> BoxStream<'static, Result<(i64, FollowupEvent), ControlError>> {
+    /// Follow-ups and interrupts of the run after event `after_seq` (0: from the first sent), with
+    /// their event numbers, until the run ends; none without a control plane.
+    fn steering(&self, after_seq: i64) -> BoxStream<'static, Result<(i64, Steering), ControlError>> {
         let _ = after_seq;
         futures::stream::empty().boxed()
     }
@@ -115,8 +115,8 @@ impl ControlPlane for AgentClient {
             .map(Some)
             .map_err(|source| ControlError::Request { what: "fetching the run's configuration", source })
     }
-    fn followups(&self, after_seq: i64) -> BoxStream<'static, Result<(i64, FollowupEvent), ControlError>> {
-        AgentClient::followups(self, after_seq)
+    fn steering(&self, after_seq: i64) -> BoxStream<'static, Result<(i64, Steering), ControlError>> {
+        AgentClient::steering(self, after_seq)
             .map(|f| f.map_err(|source| ControlError::Request { what: "following the run's follow-ups", source }))
             .boxed()
     }

@@ -43,7 +43,24 @@ async fn pump(mut reader: impl AsyncRead + Unpin, log: Arc<EventLog>, stream: St
     log.output(stream, &rest).await;
 }
 
-/// Runs `argv` in `cwd` with exactly `env`, feeding `stdin`, until it exits or `cancel` turns true.
+/// Interrupts for a running process: each one sends SIGINT to its process group.
+pub type Interrupts = tokio::sync::mpsc::UnboundedReceiver<()>;
+
+/// The next interrupt; never, without a sender or once it is gone.
+async fn next_interrupt(interrupts: &mut Option<Interrupts>) {
+    match interrupts {
+        Some(rx) => {
+            if rx.recv().await.is_none() {
+                *interrupts = None;
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// Runs `argv` in `cwd` with exactly `env`, feeding `stdin`, until it exits or `cancel` turns true;
+/// each of `interrupts` sends its process group SIGINT.
 pub async fn run(
     argv: &[String],
     env: &[(String, String)],
@@ -51,6 +68,7 @@ pub async fn run(
     stdin: Option<Bytes>,
     log: Arc<EventLog>,
     mut cancel: watch::Receiver<bool>,
+    mut interrupts: Option<Interrupts>,
 ) -> std::io::Result<Ended> {
     let mut child = Command::new(&argv[0])
         .args(&argv[1..])
@@ -73,21 +91,28 @@ pub async fn run(
         });
     }
     let mut cancelled = false;
-    let status = tokio::select! {
-        status = child.wait() => status?,
-        _ = cancel.wait_for(|c| *c) => {
-            cancelled = true;
-            if let Some(pgid) = pgid {
-                let _ = killpg(pgid, Signal::SIGTERM);
-            }
-            match tokio::time::timeout(STOP_GRACE, child.wait()).await {
-                Ok(status) => status?,
-                Err(_) => {
-                    if let Some(pgid) = pgid {
-                        let _ = killpg(pgid, Signal::SIGKILL);
-                    }
-                    child.wait().await?
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status?,
+            () = next_interrupt(&mut interrupts) => {
+                if let Some(pgid) = pgid {
+                    let _ = killpg(pgid, Signal::SIGINT);
                 }
+            }
+            _ = cancel.wait_for(|c| *c) => {
+                cancelled = true;
+                if let Some(pgid) = pgid {
+                    let _ = killpg(pgid, Signal::SIGTERM);
+                }
+                break match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+                    Ok(status) => status?,
+                    Err(_) => {
+                        if let Some(pgid) = pgid {
+                            let _ = killpg(pgid, Signal::SIGKILL);
+                        }
+                        child.wait().await?
+                    }
+                };
             }
         }
     };

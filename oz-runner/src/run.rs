@@ -9,6 +9,7 @@ use bytes::Bytes;
 use oz_core::environment::EnvironmentConfig;
 use oz_core::redact::Redactor;
 use oz_core::run::RunState;
+use oz_core::wire::api::Steering;
 use oz_core::wire::callbacks::{Artifact, RunnerEvent};
 use secrecy::SecretString;
 use tokio::sync::watch;
@@ -405,12 +406,13 @@ async fn prepare_and_run(
         .create_new(true)
         .open(&followup_file)
         .map_err(|e| (EXIT_USAGE, format!("could not create {}: {e}", followup_file.display())))?;
-    let steering = tokio::spawn(deliver_followups(control.clone(), followup_file.clone(), log.clone()));
+    let (interrupt, interrupts) = tokio::sync::mpsc::unbounded_channel();
+    let steering = tokio::spawn(deliver_steering(control.clone(), followup_file.clone(), interrupt, log.clone()));
     log.emit(RunnerEvent::HarnessStarted { harness: harness.to_string() }).await;
-    let ended =
-        exec::run(&argv, &child_env, &workdir, Some(Bytes::from(prompt.clone())), log.clone(), ctx.cancel.clone())
-            .instrument(info_span!("harness", harness = %harness))
-            .await;
+    let stdin = Some(Bytes::from(prompt.clone()));
+    let ended = exec::run(&argv, &child_env, &workdir, stdin, log.clone(), ctx.cancel.clone(), Some(interrupts))
+        .instrument(info_span!("harness", harness = %harness))
+        .await;
     steering.abort();
     let ended = ended.map_err(|e| (127, format!("could not start the {harness} harness ({}): {e}", argv[0])))?;
 
@@ -446,10 +448,16 @@ async fn prepare_and_run(
     Ok(code)
 }
 
-/// Appends each follow-up the run gets to `file` (`OZ_FOLLOWUP_FILE`), one JSON line each, while
-/// the harness runs (the caller stops it when the harness ends). A broken connection to the control
-/// plane is retried, resuming after the last follow-up written, until the run's token is refused.
-async fn deliver_followups(control: Arc<dyn ControlPlane>, file: PathBuf, log: Arc<EventLog>) {
+/// Appends each follow-up the run gets to `file` (`OZ_FOLLOWUP_FILE`), one JSON line each, and
+/// passes each interrupt on to `interrupt` (the harness's process), while the harness runs (the
+/// caller stops it when the harness ends). A broken connection to the control plane is retried,
+/// resuming after the last one handed on, until the run's token is refused.
+async fn deliver_steering(
+    control: Arc<dyn ControlPlane>,
+    file: PathBuf,
+    interrupt: tokio::sync::mpsc::UnboundedSender<()>,
+    log: Arc<EventLog>,
+) {
     use futures::StreamExt;
     use std::io::Write;
     const LONGEST_PAUSE: std::time::Duration = std::time::Duration::from_secs(30);
@@ -457,12 +465,20 @@ async fn deliver_followups(control: Arc<dyn ControlPlane>, file: PathBuf, log: A
     let mut pause = std::time::Duration::from_secs(1);
     let mut said_broken = false;
     loop {
-        let mut followups = control.followups(after);
+        let mut steering = control.steering(after);
         let broke = loop {
-            match followups.next().await {
+            match steering.next().await {
                 None => break None,
                 Some(Err(e)) => break Some(e),
-                Some(Ok((seq, followup))) => {
+                Some(Ok((seq, Steering::Interrupt(_)))) => {
+                    after = seq;
+                    let said = match interrupt.send(()) {
+                        Ok(()) => "interrupted: SIGINT was sent to the agent's processes",
+                        Err(_) => "an interrupt came after the agent had ended",
+                    };
+                    log.announce(said).await;
+                }
+                Some(Ok((seq, Steering::Followup(followup)))) => {
                     after = seq;
                     pause = std::time::Duration::from_secs(1);
                     let mut line = serde_json::to_vec(&followup).unwrap_or_default();
@@ -584,7 +600,7 @@ pub(crate) async fn run_setup(
         log.emit(RunnerEvent::SetupStarted { index, command: command.clone() }).await;
         let started = std::time::Instant::now();
         let argv = ["/bin/sh".to_owned(), "-c".to_owned(), command.clone()];
-        let ended = exec::run(&argv, child_env, workdir, None, log.clone(), cancel.clone())
+        let ended = exec::run(&argv, child_env, workdir, None, log.clone(), cancel.clone(), None)
             .instrument(info_span!("setup_command", index))
             .await
             .map_err(|e| (EXIT_SETUP, format!("setup_commands[{index}] could not start: {e}")))?;

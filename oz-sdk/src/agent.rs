@@ -6,7 +6,7 @@ use std::time::Duration;
 use oz_core::environment::EnvironmentConfig;
 use oz_core::failure::ErrorCode;
 use oz_core::retry::RetryPolicy;
-use oz_core::wire::api::{EnvironmentList, FollowupEvent, RunItem};
+use oz_core::wire::api::{EnvironmentList, RunItem, Steering};
 use oz_core::wire::callbacks::{ResolvedRun, RunnerReport, report_path, resolved_path};
 use oz_core::wire::problem::Problem;
 use reqwest::Method;
@@ -81,20 +81,17 @@ impl AgentClient {
     /// plane that is away.
     pub const REPORT_RETRIES: RetryPolicy = RetryPolicy::bounded(Duration::from_millis(200), Duration::from_secs(3), 3);
 
-    /// Follow-ups sent to this run after its event `after_seq` (0: from the first ever sent, also
-    /// those sent before the runner started), each with its event number, while the run goes on:
-    /// the run's event stream (`GET /agent/runs/{id}/events?event=followup`, with the workload
-    /// token). It ends when the run does.
-    pub fn followups(
-        &self,
-        after_seq: i64,
-    ) -> impl futures::Stream<Item = Result<(i64, FollowupEvent)>> + Send + 'static {
+    /// Follow-ups and interrupts sent to this run after its event `after_seq` (0: from the first
+    /// ever sent, also follow-ups sent before the runner started), each with its event number, while
+    /// the run goes on: the run's event stream (`GET /agent/runs/{id}/events?event=followup,interrupt`,
+    /// with the workload token). It ends when the run does.
+    pub fn steering(&self, after_seq: i64) -> impl futures::Stream<Item = Result<(i64, Steering)>> + Send + 'static {
         use futures::StreamExt;
-        let only = Some(FollowupEvent::KIND);
+        let only = Some(Steering::KINDS);
         crate::runs::events_stream(self.http.clone(), self.run_id.clone(), after_seq, only).filter_map(
             |event| async move {
                 match event {
-                    Ok(event) => event.followup().map(|f| Ok((event.seq, f))),
+                    Ok(event) => event.steering().map(|f| Ok((event.seq, f))),
                     Err(e) => Some(Err(e)),
                 }
             },

@@ -67,6 +67,15 @@ impl RunsHandler {
         self.client.call_json(Method::POST, &format!("/agent/runs/{}/followups", seg(run_id)), &body).await
     }
 
+    /// Interrupts a run's running agent (SIGINT to its harness, as Ctrl-C in a terminal): it stops
+    /// what it is doing now; the run goes on if the harness handles the signal. Returns the run's id.
+    /// A run whose agent has not started is a 409, one that ended a 400.
+    pub async fn interrupt(&self, run_id: &str) -> Result<String> {
+        self.client
+            .call_json(Method::POST, &format!("/agent/runs/{}/interrupt", seg(run_id)), &serde_json::json!({}))
+            .await
+    }
+
     /// The stored transcript (every event so far).
     pub async fn transcript(&self, run_id: &str) -> Result<Vec<serde_json::Value>> {
         self.client.call(Method::GET, &format!("/agent/runs/{}/transcript/content", seg(run_id))).await

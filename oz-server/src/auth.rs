@@ -30,6 +30,8 @@ pub struct Caller {
     pub role: Role,
     /// Whether it may create teams.
     pub server_admin: bool,
+    /// The dashboard sign-in it came by, when a browser's cookie stood in for the key.
+    pub sign_in_id: Option<String>,
 }
 
 impl Caller {
@@ -157,7 +159,45 @@ pub(crate) fn caller_of(KeyWithUser { key, user }: KeyWithUser) -> Result<Caller
     // Keys made before users had roles act as their team's admin.
     let user_role = user.as_ref().map_or(Role::Admin, |u| u.role);
     let role = key.role.map_or(user_role, |ceiling| ceiling.min(user_role));
-    Ok(Caller { team_id: key.team_id, user_id: key.user_id, key_id: key.id, role, server_admin: key.server_admin })
+    Ok(Caller {
+        team_id: key.team_id,
+        user_id: key.user_id,
+        key_id: key.id,
+        role,
+        server_admin: key.server_admin,
+        sign_in_id: None,
+    })
+}
+
+/// Whether the credential a request was let in with still authenticates (as on a new request): what
+/// open streams check every `ServerConfig::credential_recheck`.
+pub(crate) async fn still_valid(state: &AppState, principal: &Principal) -> Result<(), ApiError> {
+    match principal {
+        Principal::Key(caller) => {
+            if let Some(id) = &caller.sign_in_id {
+                crate::sign_in::still_signed_in(state, id).await?;
+            }
+            caller_of_key(state, &caller.key_id).await.map(drop)
+        }
+        Principal::Run(token) => {
+            let record = state
+                .store
+                .token(&token.token_id)
+                .await?
+                .ok_or_else(|| ApiError::unauthenticated("the workload token is not valid"))?;
+            token_usable(&record)
+        }
+    }
+}
+
+fn token_usable(record: &crate::store::WorkloadTokenRecord) -> Result<(), ApiError> {
+    if record.revoked {
+        return Err(ApiError::unauthenticated("the workload token was revoked: its run has ended"));
+    }
+    if Timestamp::now() >= record.expires_at {
+        return Err(ApiError::unauthenticated("the workload token has expired"));
+    }
+    Ok(())
 }
 
 async fn run_token_from(state: &AppState, token: &str) -> Result<RunToken, ApiError> {
@@ -167,12 +207,7 @@ async fn run_token_from(state: &AppState, token: &str) -> Result<RunToken, ApiEr
     if !secrets::verify(secret, &record.secret_hash) {
         return Err(invalid());
     }
-    if record.revoked {
-        return Err(ApiError::unauthenticated("the workload token was revoked: its run has ended"));
-    }
-    if Timestamp::now() >= record.expires_at {
-        return Err(ApiError::unauthenticated("the workload token has expired"));
-    }
+    token_usable(&record)?;
     Ok(RunToken { token_id: record.id, run_id: record.run_id, team_id: record.team_id })
 }
 

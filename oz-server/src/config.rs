@@ -34,6 +34,10 @@ pub struct ServerConfig {
     /// (`127.0.0.1:9464`; port 0 picks a free one). `None` (the default): no metrics listener. The API
     /// port never serves them, so exposing the API does not expose them.
     pub metrics_listen: Option<String>,
+    /// How often an open stream (a run's event stream, a session's WebSocket) checks that its
+    /// caller may still read: a revoked key, a disabled user, an ended sign-in or a revoked workload
+    /// token ends it within this long, not only at its next request.
+    pub credential_recheck: Duration,
     /// The keys secrets are sealed with (`crate::vault`). `None`: a key made for this process only,
     /// so what it seals cannot be opened after a restart (tests, throwaway servers).
     pub secret_keys: Option<crate::vault::Keyring>,
@@ -53,6 +57,7 @@ impl Default for ServerConfig {
             run_limits: crate::limits::RunLimits::default(),
             connections: crate::http::ConnectionLimits::default(),
             metrics_listen: None,
+            credential_recheck: Duration::from_secs(30),
             secret_keys: None,
         }
     }

@@ -22,8 +22,11 @@ use crate::secrets;
 use crate::state::AppState;
 use crate::store::SignInRecord;
 
-/// The cookie's name.
+/// The cookie's name over plain HTTP (a server on loopback or a private network).
 pub const COOKIE: &str = "oz_sign_in";
+/// The cookie's name over HTTPS: the `__Host-` prefix makes the browser refuse it unless it is
+/// `Secure`, `Path=/` and has no `Domain`, so a sibling subdomain cannot plant one ("cookie tossing").
+pub const SECURE_COOKIE: &str = "__Host-oz_sign_in";
 /// The header a signed-in browser sends its CSRF token in.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// The form field a signed-in browser's forms send the CSRF token in.
@@ -90,8 +93,22 @@ pub async fn resolve(state: &AppState, cookie: &str) -> Result<SignedIn, ApiErro
     if Timestamp::now() >= record.expires_at {
         return Err(ApiError::unauthenticated("the sign-in has expired; sign in again"));
     }
-    let caller = caller_of_key(state, &record.key_id).await?;
+    let mut caller = caller_of_key(state, &record.key_id).await?;
+    caller.sign_in_id = Some(record.id.clone());
     Ok(SignedIn { caller, id: record.id, csrf: csrf_of(cookie) })
+}
+
+/// Whether sign-in `id` is still good (not signed out, not expired): what open streams check.
+pub(crate) async fn still_signed_in(state: &AppState, id: &str) -> Result<(), ApiError> {
+    let record = state
+        .store
+        .sign_in(id)
+        .await?
+        .ok_or_else(|| ApiError::unauthenticated("the dashboard's sign-in ended; sign in again"))?;
+    if Timestamp::now() >= record.expires_at {
+        return Err(ApiError::unauthenticated("the sign-in has expired; sign in again"));
+    }
+    Ok(())
 }
 
 /// Signs out: the sign-in is forgotten, so its cookie no longer works anywhere.
@@ -109,24 +126,40 @@ pub fn csrf_matches(expected: &str, presented: &str) -> bool {
     secrets::verify(presented, &secrets::hash(expected))
 }
 
-/// The sign-in cookie's value in a request's `Cookie` headers.
-pub fn cookie_in(headers: &HeaderMap) -> Option<String> {
-    headers
+/// The sign-in cookie's value in a request's `Cookie` headers (over HTTPS, only the
+/// [`SECURE_COOKIE`]); more than one is refused (another one was planted beside the browser's own).
+pub fn cookie_in(state: &AppState, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let name = cookie_name(state, headers);
+    let mut found = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(cookie::Cookie::split_parse)
         .filter_map(Result::ok)
-        .find(|c| c.name() == COOKIE)
-        .map(|c| c.value().to_owned())
+        .filter(|c| c.name() == name);
+    let Some(first) = found.next() else { return Ok(None) };
+    if found.next().is_some() {
+        return Err(ApiError::unauthenticated(format!(
+            "the request carries more than one {name} cookie; sign out, clear this site's cookies, and sign in again"
+        )));
+    }
+    Ok(Some(first.value().to_owned()))
+}
+
+fn cookie_name(state: &AppState, headers: &HeaderMap) -> &'static str {
+    if over_https(state, headers) { SECURE_COOKIE } else { COOKIE }
 }
 
 /// Whether the request came over HTTPS (directly or, as a proxy in front says, to the proxy), or
 /// the server's public URL is HTTPS: then the cookie is `Secure`.
+/// (`X-Forwarded-Proto` may list one protocol per proxy, the client's first.)
 fn over_https(state: &AppState, headers: &HeaderMap) -> bool {
-    let forwarded =
-        headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()).is_some_and(|p| p.eq_ignore_ascii_case("https"));
-    forwarded || state.config.public_url.as_deref().is_some_and(|u| u.starts_with("https://"))
+    let forwarded = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
+    forwarded || state.public_url.starts_with("https://")
 }
 
 /// The `Set-Cookie` value that stores a new sign-in's cookie in the browser.
@@ -141,7 +174,7 @@ pub fn clear_cookie(state: &AppState, headers: &HeaderMap) -> HeaderValue {
 }
 
 fn cookie_header(state: &AppState, headers: &HeaderMap, value: &str, max_age_secs: i64) -> HeaderValue {
-    let built = cookie::Cookie::build((COOKIE, value.to_owned()))
+    let built = cookie::Cookie::build((cookie_name(state, headers), value.to_owned()))
         .path("/")
         .http_only(true)
         .same_site(cookie::SameSite::Strict)
@@ -151,29 +184,49 @@ fn cookie_header(state: &AppState, headers: &HeaderMap, value: &str, max_age_sec
     HeaderValue::from_str(&built.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-/// Whether the request's `Origin`, if it has one, is this server's own (`http(s)://` and its `Host`).
-pub fn same_origin(headers: &HeaderMap) -> bool {
+/// Whether a browser request comes from this server's own pages: its `Origin`, if it has one, is
+/// `http(s)://` and its `Host`, or the origin of the server's public URL (behind a proxy that
+/// rewrites `Host`); and its `Sec-Fetch-Site`, if it has one, says same-origin (or none: typed in).
+/// The cookie is bound to this host, so a page of another origin that reaches it (DNS rebinding)
+/// has no cookie to send.
+pub fn same_origin(state: &AppState, headers: &HeaderMap) -> bool {
+    let fetched_from = headers.get("sec-fetch-site").map(|v| v.to_str().unwrap_or("cross-site"));
+    if fetched_from.is_some_and(|site| !matches!(site, "same-origin" | "none")) {
+        return false;
+    }
     let Some(origin) = headers.get(header::ORIGIN) else {
         return true;
     };
-    let (Ok(origin), Some(host)) = (origin.to_str(), headers.get(header::HOST).and_then(|h| h.to_str().ok())) else {
-        return false;
-    };
-    origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"))
-        .is_some_and(|o| o.eq_ignore_ascii_case(host))
+    let Ok(origin) = origin.to_str() else { return false };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let own_host = host.is_some_and(|host| {
+        origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+            .is_some_and(|o| o.eq_ignore_ascii_case(host))
+    });
+    own_host || public_origin(&state.public_url).is_some_and(|own| own.eq_ignore_ascii_case(origin))
+}
+
+/// `scheme://host[:port]` of a URL, as a browser writes it in `Origin`.
+fn public_origin(url: &str) -> Option<String> {
+    let url = url::Url::parse(url).ok()?;
+    let origin = url.origin();
+    origin.is_tuple().then(|| origin.ascii_serialization())
 }
 
 /// The caller a request's sign-in cookie acts as, with the cross-site checks: `None` when it has no
 /// such cookie.
 pub async fn caller_of_request(state: &AppState, parts: &Parts) -> Option<Result<Caller, ApiError>> {
-    let cookie = cookie_in(&parts.headers)?;
+    let cookie = match cookie_in(state, &parts.headers) {
+        Ok(cookie) => cookie?,
+        Err(e) => return Some(Err(e)),
+    };
     Some(checked(state, parts, &cookie).await.map(|s| s.caller))
 }
 
 async fn checked(state: &AppState, parts: &Parts, cookie: &str) -> Result<SignedIn, ApiError> {
-    if !same_origin(&parts.headers) {
+    if !same_origin(state, &parts.headers) {
         return Err(ApiError::forbidden("a signed-in request must come from the dashboard's own origin"));
     }
     let signed_in = resolve(state, cookie).await?;
@@ -208,17 +261,9 @@ mod tests {
     }
 
     #[test]
-    fn the_cookie_is_found_among_others_and_origins_are_compared_with_the_host() {
-        let mut headers = HeaderMap::new();
-        headers.append(header::COOKIE, HeaderValue::from_static("a=1; oz_sign_in=ozs_x.y; b=2"));
-        assert_eq!(cookie_in(&headers).as_deref(), Some("ozs_x.y"));
-        assert!(same_origin(&headers), "no Origin: not a cross-site browser request");
-        headers.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));
-        headers.insert(header::ORIGIN, HeaderValue::from_static("http://127.0.0.1:8080"));
-        assert!(same_origin(&headers));
-        headers.insert(header::ORIGIN, HeaderValue::from_static("http://evil.example"));
-        assert!(!same_origin(&headers));
-        headers.insert(header::ORIGIN, HeaderValue::from_static("null"));
-        assert!(!same_origin(&headers));
+    fn a_public_url_names_the_origin_a_browser_sends() {
+        assert_eq!(public_origin("https://oz.example.com/base/").as_deref(), Some("https://oz.example.com"));
+        assert_eq!(public_origin("http://10.0.0.5:8080").as_deref(), Some("http://10.0.0.5:8080"));
+        assert_eq!(public_origin("not a url"), None);
     }
 }

@@ -24,7 +24,7 @@ fn browser() -> reqwest::Client {
 /// Signs in with `key` and returns the cookie's `name=value` and its whole `Set-Cookie` line.
 async fn sign_in(t: &TestServer, key: &str) -> (String, String) {
     let response = browser()
-        .post(format!("{}/sign-in", t.server.url()))
+        .post(format!("{}/sign-in", t.base()))
         .header("content-type", "application/x-www-form-urlencoded")
         .body(form(&[("api_key", key)]))
         .send()
@@ -45,7 +45,7 @@ fn with_cookie(cookie: &str) -> HeaderMap {
 
 /// The CSRF token the server wrote into a page for this sign-in.
 async fn csrf_of(t: &TestServer, cookie: &str) -> String {
-    let page = browser().get(format!("{}/runs", t.server.url())).headers(with_cookie(cookie)).send().await.unwrap();
+    let page = browser().get(format!("{}/runs", t.base())).headers(with_cookie(cookie)).send().await.unwrap();
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
     let at = html.find("data-csrf=\"").unwrap() + "data-csrf=\"".len();
@@ -69,10 +69,10 @@ async fn a_sign_in_is_an_httponly_strict_cookie_that_acts_as_its_key_and_never_h
     let t = TestServer::start().await;
     // Not signed in: every page leads to the sign-in page.
     for page in ["/", "/runs", "/runs/r1", "/workers"] {
-        let r = browser().get(format!("{}{page}", t.server.url())).send().await.unwrap();
+        let r = browser().get(format!("{}{page}", t.base())).send().await.unwrap();
         assert_eq!((r.status().as_u16(), r.headers()["location"].to_str().unwrap()), (303, "/sign-in"), "{page}");
     }
-    let form = browser().get(format!("{}/sign-in", t.server.url())).send().await.unwrap();
+    let form = browser().get(format!("{}/sign-in", t.base())).send().await.unwrap();
     assert_eq!(form.status(), 200);
     let policy = form.headers()["content-security-policy"].to_str().unwrap().to_owned();
     assert!(policy.contains("script-src 'self'") && policy.contains("frame-ancestors 'none'"), "{policy}");
@@ -92,11 +92,9 @@ async fn a_sign_in_is_an_httponly_strict_cookie_that_acts_as_its_key_and_never_h
     let ids: Vec<&str> = list["runs"].as_array().unwrap().iter().map(|r| r["run_id"].as_str().unwrap()).collect();
     assert_eq!(ids, [run_a.as_str()]);
     assert_eq!(api_get(&t, &format!("/agent/runs/{run_b}"), with_cookie(&cookie)).await.0, 404);
-    let page =
-        browser().get(format!("{}/runs/{run_b}", t.server.url())).headers(with_cookie(&cookie)).send().await.unwrap();
+    let page = browser().get(format!("{}/runs/{run_b}", t.base())).headers(with_cookie(&cookie)).send().await.unwrap();
     assert_eq!(page.status(), 404, "another team's run page is not found");
-    let page =
-        browser().get(format!("{}/runs/{run_a}", t.server.url())).headers(with_cookie(&cookie)).send().await.unwrap();
+    let page = browser().get(format!("{}/runs/{run_a}", t.base())).headers(with_cookie(&cookie)).send().await.unwrap();
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
     assert!(html.contains(&format!("data-run-id=\"{run_a}\"")) && html.contains("data-role=\"admin\""), "{html}");
@@ -131,7 +129,7 @@ async fn changes_need_the_pages_csrf_token_and_the_servers_own_origin() {
 
     let mut good = with_cookie(&cookie);
     good.insert("x-csrf-token", HeaderValue::from_str(&csrf).unwrap());
-    good.insert("origin", HeaderValue::from_str(&t.server.url()).unwrap());
+    good.insert("origin", HeaderValue::from_str(&t.base()).unwrap());
     let (status, body) = api_post(&t, &cancel, good, json!({})).await;
     assert_eq!(status, 200, "{body}");
 
@@ -153,7 +151,7 @@ async fn changes_need_the_pages_csrf_token_and_the_servers_own_origin() {
     }
     let mut request = ws_url.as_str().into_client_request().unwrap();
     request.headers_mut().insert("cookie", HeaderValue::from_str(&cookie).unwrap());
-    request.headers_mut().insert("origin", HeaderValue::from_str(&t.server.url()).unwrap());
+    request.headers_mut().insert("origin", HeaderValue::from_str(&t.base()).unwrap());
     let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
     let first =
         tokio::time::timeout(std::time::Duration::from_secs(10), socket.next()).await.unwrap().unwrap().unwrap();
@@ -169,7 +167,7 @@ async fn a_sign_in_ends_with_signing_out_and_with_its_key_and_only_api_keys_sign
     let csrf = csrf_of(&t, &cookie).await;
     // Signing out needs the page's token too (a cross-site form could sign one out otherwise).
     let r = browser()
-        .post(format!("{}/sign-out", t.server.url()))
+        .post(format!("{}/sign-out", t.base()))
         .headers(with_cookie(&cookie))
         .header("content-type", "application/x-www-form-urlencoded")
         .body(form(&[("csrf", "x")]))
@@ -179,7 +177,7 @@ async fn a_sign_in_ends_with_signing_out_and_with_its_key_and_only_api_keys_sign
     assert_eq!(r.status(), 403);
     assert_eq!(api_get(&t, "/agent/runs", with_cookie(&cookie)).await.0, 200);
     let r = browser()
-        .post(format!("{}/sign-out", t.server.url()))
+        .post(format!("{}/sign-out", t.base()))
         .headers(with_cookie(&cookie))
         .header("content-type", "application/x-www-form-urlencoded")
         .body(form(&[("csrf", csrf.as_str())]))
@@ -200,7 +198,7 @@ async fn a_sign_in_ends_with_signing_out_and_with_its_key_and_only_api_keys_sign
         .await;
     assert!(status == 200 || status == 204, "{status}");
     assert_eq!(api_get(&t, "/agent/runs", with_cookie(&cookie)).await.0, 401);
-    let page = browser().get(format!("{}/runs", t.server.url())).headers(with_cookie(&cookie)).send().await.unwrap();
+    let page = browser().get(format!("{}/runs", t.base())).headers(with_cookie(&cookie)).send().await.unwrap();
     assert_eq!(page.status(), 303);
 
     // Worker credentials, workload tokens, garbage and cross-site forms do not sign in, and set no cookie.
@@ -212,7 +210,7 @@ async fn a_sign_in_ends_with_signing_out_and_with_its_key_and_only_api_keys_sign
         (t.key_a.as_str(), Some("https://evil.example")),
     ] {
         let mut request = browser()
-            .post(format!("{}/sign-in", t.server.url()))
+            .post(format!("{}/sign-in", t.base()))
             .header("content-type", "application/x-www-form-urlencoded")
             .body(form(&[("api_key", key)]));
         if let Some(origin) = origin {
@@ -234,8 +232,7 @@ async fn a_viewer_signed_in_reads_but_cannot_steer() {
     let run = t.create_run(&t.key_a, "w", "watch only").await;
     let (cookie, _) = sign_in(&t, key["key"].as_str().unwrap()).await;
     let csrf = csrf_of(&t, &cookie).await;
-    let page =
-        browser().get(format!("{}/runs/{run}", t.server.url())).headers(with_cookie(&cookie)).send().await.unwrap();
+    let page = browser().get(format!("{}/runs/{run}", t.base())).headers(with_cookie(&cookie)).send().await.unwrap();
     let html = page.text().await.unwrap();
     assert!(html.contains("data-role=\"viewer\"") && html.contains("vera"), "{html}");
     let mut headers = with_cookie(&cookie);
@@ -249,10 +246,150 @@ async fn a_viewer_signed_in_reads_but_cannot_steer() {
 async fn the_assets_are_embedded_and_served_with_their_types() {
     let t = TestServer::start().await;
     for (path, kind) in [("/assets/dashboard.js", "text/javascript"), ("/assets/dashboard.css", "text/css")] {
-        let r = browser().get(format!("{}{path}", t.server.url())).send().await.unwrap();
+        let r = browser().get(format!("{}{path}", t.base())).send().await.unwrap();
         assert_eq!(r.status(), 200);
         assert!(r.headers()["content-type"].to_str().unwrap().starts_with(kind));
         assert_eq!(r.headers()["x-content-type-options"], "nosniff");
         assert!(r.text().await.unwrap().len() > 1000);
     }
+}
+
+#[tokio::test]
+async fn over_https_the_cookie_is_host_prefixed_and_a_planted_second_cookie_is_refused() {
+    let t = TestServer::start().await;
+    // Behind a TLS proxy: the cookie is `__Host-`, `Secure`, and the plain name is not read.
+    let response = browser()
+        .post(format!("{}/sign-in", t.base()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-forwarded-proto", "https, http")
+        .body(form(&[("api_key", &t.key_a)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    let set = response.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(set.starts_with("__Host-oz_sign_in=ozs_") && set.contains("Secure") && set.contains("Path=/"), "{set}");
+    assert!(!set.contains("Domain"), "{set}");
+    let value = set.split(';').next().unwrap().split_once('=').unwrap().1.to_owned();
+    let https = |cookie: String| {
+        let mut h = with_cookie(&cookie);
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h
+    };
+    assert_eq!(api_get(&t, "/agent/runs", https(format!("__Host-oz_sign_in={value}"))).await.0, 200);
+    assert_eq!(
+        api_get(&t, "/agent/runs", https(format!("oz_sign_in={value}"))).await.0,
+        401,
+        "over HTTPS a cookie without the prefix (which any sibling subdomain could set) is not read"
+    );
+
+    // Over HTTP, a second sign-in cookie beside the browser's own (set for a parent domain by a
+    // sibling site: "sign in as the attacker") makes the request unauthenticated, not someone else's.
+    let (mine, _) = sign_in(&t, &t.key_a).await;
+    let (theirs, _) = sign_in(&t, &t.key_b).await;
+    let (status, body) = api_get(&t, "/agent/runs", with_cookie(&format!("{mine}; {theirs}"))).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("more than one"), "{body}");
+    let page = browser()
+        .get(format!("{}/runs", t.base()))
+        .headers(with_cookie(&format!("{theirs}; {mine}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 303, "the dashboard's pages ask to sign in again");
+}
+
+#[tokio::test]
+async fn fetch_metadata_and_the_public_url_decide_what_origin_is_ours() {
+    let config = oz_server::ServerConfig { public_url: Some("https://oz.example.com".into()), ..support::config() };
+    let t = TestServer::start_with(
+        config,
+        std::sync::Arc::new(oz_server::store::sqlite::SqliteStore::temporary().await.unwrap()),
+    )
+    .await;
+    let run = t.create_run(&t.key_a, "w", "steer me").await;
+    let (cookie, _) = sign_in(&t, &t.key_a).await;
+    let csrf = csrf_of(&t, &cookie).await;
+    let followup = format!("/agent/runs/{run}/followups");
+    let headers = |extra: &[(&'static str, &'static str)]| {
+        let mut h = with_cookie(&cookie);
+        h.insert("x-csrf-token", HeaderValue::from_str(&csrf).unwrap());
+        for (name, value) in extra {
+            h.insert(*name, HeaderValue::from_static(value));
+        }
+        h
+    };
+    for (what, extra) in [
+        ("a cross-site fetch", &[("sec-fetch-site", "cross-site")][..]),
+        ("a sibling subdomain's fetch", &[("sec-fetch-site", "same-site")]),
+        ("another origin", &[("origin", "https://oz.example.com.evil.example")]),
+    ] {
+        let (status, body) = api_post(&t, &followup, headers(extra), json!({"message": "no"})).await;
+        assert_eq!(status, 403, "{what}: {body}");
+    }
+    // Behind a proxy that rewrites Host, the public URL's origin is ours.
+    let ours = [("origin", "https://oz.example.com"), ("sec-fetch-site", "same-origin")];
+    let (status, body) = api_post(&t, &followup, headers(&ours), json!({"message": "yes"})).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, events) = t.get(&format!("/agent/runs/{run}/transcript/content"), &t.key_a).await;
+    let messages: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"]["event"] == "followup")
+        .filter_map(|e| e["event"]["message"].as_str())
+        .collect();
+    assert_eq!(messages, ["yes"], "only the follow-up from our own origin was recorded");
+}
+
+#[tokio::test]
+async fn signing_out_ends_open_streams_and_sessions_within_the_recheck() {
+    let config =
+        oz_server::ServerConfig { credential_recheck: std::time::Duration::from_millis(200), ..support::config() };
+    let t = TestServer::start_with(
+        config,
+        std::sync::Arc::new(oz_server::store::sqlite::SqliteStore::temporary().await.unwrap()),
+    )
+    .await;
+    let run = t.create_run(&t.key_a, "w", "a long one").await;
+    let (cookie, _) = sign_in(&t, &t.key_a).await;
+    let csrf = csrf_of(&t, &cookie).await;
+    let ws_url = t.url(&format!("/agent/runs/{run}/session?view=cells")).replacen("http", "ws", 1);
+    let mut request = ws_url.as_str().into_client_request().unwrap();
+    request.headers_mut().insert("cookie", HeaderValue::from_str(&cookie).unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let events = browser().get(t.url(&format!("/agent/runs/{run}/events"))).headers(with_cookie(&cookie)).send().await;
+    let mut events = events.unwrap();
+    assert_eq!(events.status(), 200);
+    // Both stay open while the sign-in holds (well past a recheck)...
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let r = browser()
+        .post(format!("{}/sign-out", t.base()))
+        .headers(with_cookie(&cookie))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("csrf", csrf.as_str())]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    // ...and end soon after it is ended: the WebSocket with a policy close that says why.
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Some(message) = socket.next().await {
+            if let Ok(tokio_tungstenite::tungstenite::Message::Close(Some(frame))) = message {
+                return Some((u16::from(frame.code), frame.reason.to_string()));
+            }
+        }
+        None
+    })
+    .await
+    .expect("the session closes");
+    let (code, reason) = closed.expect("a close frame");
+    assert_eq!(code, 1008);
+    assert!(reason.contains("sign-in ended"), "{reason}");
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Ok(Some(_)) = events.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the event stream ends");
+    assert_eq!(t.state_of(&t.key_a, &run).await, "QUEUED", "the run itself goes on");
 }

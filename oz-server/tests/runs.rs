@@ -319,3 +319,59 @@ async fn a_followup_reaches_a_run_that_has_not_ended_and_starts_a_child_of_one_t
     let (status, _) = t.post(&format!("/agent/runs/{parent}/followups"), &t.key_b, json!({"message": "m"})).await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn an_interrupt_reaches_a_started_agent_through_its_runners_stream_and_nothing_else_is_interrupted() {
+    let t = TestServer::start().await;
+    // Not started: nothing to interrupt, and nothing kept for later (it would stop the agent at once).
+    let queued = t.create_run(&t.key_a, "w9", "not yet").await;
+    let (status, body) = t.post(&format!("/agent/runs/{queued}/interrupt"), &t.key_a, json!({})).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("has not started"), "{body}");
+
+    let (run, token, _worker) = support::running(&t).await;
+    let path = format!("/agent/runs/{run}/interrupt");
+    // Another team's key: no such run. A viewer: may not.
+    assert_eq!(t.post(&path, &t.key_b, json!({})).await.0, 404);
+    let (_, user) = t.post("/admin/users", &t.key_a, json!({"name": "vic", "role": "viewer"})).await;
+    let (_, key) = t.post("/admin/keys", &t.key_a, json!({"name": "vic's", "user_id": user["id"]})).await;
+    let (status, body) = t.post(&path, key["key"].as_str().unwrap(), json!({})).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("member"), "the refusal names the role it needs: {body}");
+
+    let (status, body) = t.post(&path, &t.key_a, json!({})).await;
+    assert_eq!((status, body.as_str()), (200, Some(run.as_str())));
+    // The runner's view: its steering stream carries the interrupt (and nothing else of the run's).
+    let mut stream = t
+        .http
+        .get(t.url(&format!("/agent/runs/{run}/events?event={}", oz_core::wire::api::Steering::KINDS)))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    while !seen.contains("event: interrupt") {
+        let chunk =
+            tokio::time::timeout(std::time::Duration::from_secs(5), stream.chunk()).await.unwrap().unwrap().unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(!seen.contains("event: state") && !seen.contains("harness_started"), "{seen}");
+    let (_, content) = t.get(&format!("/agent/runs/{run}/transcript/content"), &t.key_a).await;
+    let interrupts: Vec<_> =
+        content.as_array().unwrap().iter().filter(|e| e["event"]["event"] == "interrupt").collect();
+    assert_eq!(interrupts.len(), 1, "{content}");
+    assert_eq!(t.state_of(&t.key_a, &run).await, "INPROGRESS", "an interrupt is not a cancel");
+
+    let (status, _) = t.post(&format!("/agent/runs/{run}/cancel"), &t.key_a, json!({})).await;
+    assert_eq!(status, 200);
+    support::report(
+        &t,
+        &run,
+        &token,
+        json!({"event": "finished", "state": "CANCELLED", "exit_code": 143, "message": "cancelled"}),
+    )
+    .await;
+    t.wait_state(&t.key_a, &run, "CANCELLED").await;
+    let (status, body) = t.post(&path, &t.key_a, json!({})).await;
+    assert_eq!(status, 400, "{body}");
+}

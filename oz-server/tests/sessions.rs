@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use oz_core::wire::session::ViewerMessage;
-use oz_core::wire::worker::{ServerMessage, TaskClaimed, WorkerMessage};
 use serde_json::json;
 use support::TestServer;
 use tokio_tungstenite::tungstenite::Message;
@@ -18,31 +17,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
-/// A run claimed by a worker, its harness started: (run id, its workload token, the worker, kept
-/// connected).
-async fn running(t: &TestServer) -> (String, String, support::Worker) {
-    let mut worker = t.worker(&t.key_a, "w1").await;
-    let run_id = t.create_run(&t.key_a, "w1", "watch me").await;
-    let assignment = match worker.next().await {
-        ServerMessage::TaskAssignment(a) => a,
-        other => panic!("expected an assignment, got {other:?}"),
-    };
-    let token = assignment.env_vars["OZ_WORKLOAD_TOKEN"].clone();
-    worker
-        .send(WorkerMessage::TaskClaimed(TaskClaimed { task_id: run_id.clone(), worker_id: worker.worker_id.clone() }))
-        .await;
-    t.wait_state(&t.key_a, &run_id, "CLAIMED").await;
-    report(t, &run_id, &token, json!({"event": "harness_started", "harness": "command"})).await;
-    t.wait_state(&t.key_a, &run_id, "INPROGRESS").await;
-    (run_id, token, worker)
-}
-
-/// The runner's report of `event`, now, with the run's token.
-async fn report(t: &TestServer, run_id: &str, token: &str, mut event: serde_json::Value) {
-    event["at"] = json!(jiff::Timestamp::now().to_string());
-    let (status, body) = t.post(&format!("/agent/runs/{run_id}/report"), token, event).await;
-    assert_eq!(status, 204, "{body}");
-}
+use support::{report, running};
 
 async fn output(t: &TestServer, run_id: &str, token: &str, text: &str) {
     report(t, run_id, token, json!({"event": "output", "stream": "stdout", "text": text})).await;

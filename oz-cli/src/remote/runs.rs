@@ -103,6 +103,12 @@ pub enum RunCommand {
         /// The message.
         message: String,
     },
+    /// Interrupts the run's running agent (SIGINT to its harness, as Ctrl-C in a terminal): it
+    /// stops what it is doing now; the run goes on if the harness handles the signal.
+    Interrupt {
+        /// The run id.
+        run_id: String,
+    },
     /// Shows the run's live terminal in this one: its screen as it is, then what it writes,
     /// until it ends (Ctrl-C leaves; the run goes on).
     Attach {
@@ -270,6 +276,12 @@ pub async fn run(command: RunCommand, api: ApiOpts) -> Result<ExitCode, CliError
             let id = client.runs().cancel(&run_id).await?;
             printer.item(&serde_json::json!({ "run_id": id, "cancel_requested": true }), |_| {
                 format!("cancellation of run {id} requested")
+            })?;
+        }
+        RunCommand::Interrupt { run_id } => {
+            let id = client.runs().interrupt(&run_id).await?;
+            printer.item(&serde_json::json!({ "run_id": id, "interrupted": true }), |_| {
+                format!("run {id}'s agent was sent an interrupt")
             })?;
         }
         RunCommand::Watch { run_id } => return finish_following(&client, &run_id, printer).await,

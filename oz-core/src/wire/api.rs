@@ -328,6 +328,45 @@ impl FollowupEvent {
     }
 }
 
+/// An interrupt of a run's running agent, as its event stream carries it (`"event": "interrupt"`):
+/// the runner sends SIGINT to the harness's process group (what Ctrl-C in a terminal does), so the
+/// agent stops what it is doing now; a harness that handles the signal goes on with the session.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterruptEvent {
+    /// The user who asked, when a user did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
+impl InterruptEvent {
+    /// The event's kind in a run's stream.
+    pub const KIND: &'static str = "interrupt";
+
+    /// The event body as stored in the run's stream.
+    pub fn to_event(&self) -> serde_json::Value {
+        let mut body = serde_json::to_value(self).unwrap_or_default();
+        if let Some(map) = body.as_object_mut() {
+            map.insert("event".into(), Self::KIND.into());
+        }
+        body
+    }
+}
+
+/// What a person sends a running agent, as its runner follows them in the run's stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Steering {
+    /// A message for the agent.
+    Followup(FollowupEvent),
+    /// Stop the current step.
+    Interrupt(InterruptEvent),
+}
+
+impl Steering {
+    /// The event kinds a runner follows (`?event=` of the run's event stream).
+    pub const KINDS: &'static str = "followup,interrupt";
+}
+
 /// `POST /agent/schedules`.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -607,5 +646,13 @@ impl RunStreamEvent {
     /// For a follow-up to the running agent, the follow-up.
     pub fn followup(&self) -> Option<FollowupEvent> {
         (self.kind() == FollowupEvent::KIND).then(|| serde_json::from_value(self.event.clone()).ok()).flatten()
+    }
+    /// For a follow-up or an interrupt of the running agent, which.
+    pub fn steering(&self) -> Option<Steering> {
+        match self.kind() {
+            FollowupEvent::KIND => self.followup().map(Steering::Followup),
+            InterruptEvent::KIND => serde_json::from_value(self.event.clone()).ok().map(Steering::Interrupt),
+            _ => None,
+        }
     }
 }

@@ -58,12 +58,15 @@ pub async fn stream(
             .map_err(|_| ApiError::invalid(format!("Last-Event-ID must be an event number, got {v:?}")))?,
         None => 0,
     };
-    let stream = async_stream_events(state, run.id, after, kinds);
+    let stream = async_stream_events(state, principal, run.id, after, kinds);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
 struct Cursor {
     state: AppState,
+    /// Who follows: checked again every `credential_recheck` (a revoked key ends the stream).
+    principal: Principal,
+    recheck_at: tokio::time::Instant,
     run_id: String,
     after: i64,
     live: Option<tokio::sync::broadcast::Receiver<RunEventRecord>>,
@@ -78,12 +81,16 @@ struct Cursor {
 /// (The run row changes before its state event is stored, so "the run ended" alone is not the end.)
 fn async_stream_events(
     state: AppState,
+    principal: Principal,
     run_id: String,
     after: i64,
     kinds: Option<Vec<String>>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
+    let recheck_at = tokio::time::Instant::now() + state.config.credential_recheck;
     let cursor = Cursor {
         state,
+        principal,
+        recheck_at,
         run_id,
         after,
         live: None,
@@ -94,6 +101,12 @@ fn async_stream_events(
     };
     futures::stream::unfold(cursor, |mut c| async move {
         loop {
+            if tokio::time::Instant::now() >= c.recheck_at {
+                if crate::auth::still_valid(&c.state, &c.principal).await.is_err() {
+                    return None;
+                }
+                c.recheck_at = tokio::time::Instant::now() + c.state.config.credential_recheck;
+            }
             if let Some(e) = c.backlog.pop_front() {
                 if e.seq <= c.after {
                     continue;
@@ -133,6 +146,8 @@ fn async_stream_events(
                 }
             }
             let wait = if run_ended { Duration::from_millis(50) } else { Duration::from_secs(5) };
+            // Never past the next check of the caller's credential.
+            let wait = wait.min(c.recheck_at.saturating_duration_since(tokio::time::Instant::now()));
             let rx = c.live.as_mut()?;
             match tokio::time::timeout(wait, rx.recv()).await {
                 // A wake-up only: the next pass reads the store, which has every event in order

@@ -31,6 +31,7 @@ pub fn router(state: AppState) -> Router {
         .route("/agent/runs/{id}", get(runs::get))
         .route("/agent/runs/{id}/cancel", post(runs::cancel))
         .route("/agent/runs/{id}/followups", post(runs::followup))
+        .route("/agent/runs/{id}/interrupt", post(runs::interrupt))
         .route("/agent/runs/{id}/transcript", get(runs::transcript))
         .route("/agent/runs/{id}/transcript/content", get(runs::transcript_content))
         .route("/agent/runs/{id}/events", get(events::stream))

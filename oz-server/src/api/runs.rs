@@ -266,6 +266,35 @@ pub async fn cancel(
     Err(ApiError::conflict("the run kept changing state; retry in a moment").retryable(true))
 }
 
+/// `POST /agent/runs/{id}/interrupt`: stops what the running agent is doing now (an `interrupt`
+/// event in its stream, which its runner follows: SIGINT to the harness's processes, as Ctrl-C in a
+/// terminal); the run goes on if the harness handles it. 200 with the run id; 409 while its agent
+/// has not started (nothing to interrupt; an interrupt is never kept for later); 400 once it ended.
+#[utoipa::path(post, path = "/agent/runs/{id}/interrupt", tag = "runs", params(("id" = String, Path)), responses((status = 200, body = String, description = "The run id"), (status = 409, description = "The agent has not started yet", body = Problem, content_type = "application/problem+json"), BadRequest, Unauthorized, Forbidden, NotFound))]
+pub async fn interrupt(
+    State(state): State<AppState>,
+    Member(caller): Member,
+    ApiPath(run_id): ApiPath<String>,
+) -> Result<Json<String>, ApiError> {
+    let run = visible_run(&state, &Principal::Key(caller.clone()), &run_id).await?;
+    if run.state.is_terminal() {
+        return Err(ApiError::invalid(format!("the run already ended ({})", run.state)));
+    }
+    // Its runner follows interrupts from the run's first event on: one recorded before the harness
+    // started would stop the agent as soon as it starts.
+    if run.started_at.is_none() {
+        return Err(ApiError::conflict(format!(
+            "the run's agent has not started yet ({}): nothing to interrupt",
+            run.state
+        )));
+    }
+    let event = oz_core::wire::api::InterruptEvent { by: caller.user_id.clone() };
+    if let Some(ended) = state.lifecycle.record_unless_ended(&run.id, jiff::Timestamp::now(), event.to_event()).await? {
+        return Err(ApiError::invalid(format!("the run already ended ({ended})")));
+    }
+    Ok(Json(run.id))
+}
+
 /// `GET /agent/runs/{id}/transcript`: 302 to the stored transcript.
 #[utoipa::path(get, path = "/agent/runs/{id}/transcript", tag = "runs", params(("id" = String, Path)), responses((status = 302, description = "Redirect to the transcript"), BadRequest, Unauthorized, NotFound))]
 pub async fn transcript(

@@ -46,7 +46,8 @@ pub async fn watch(
     let viewer = state.sessions.attach(&run.id).await?;
     let span = tracing::info_span!("session_viewer", run_id = %run.id, cells);
     let terminal = cells.then(CellTerminal::new);
-    Ok(upgrade.on_upgrade(move |socket| serve(socket, viewer, terminal).instrument(span)))
+    let access = Access { state: state.clone(), principal };
+    Ok(upgrade.on_upgrade(move |socket| serve(socket, viewer, terminal, access).instrument(span)))
 }
 
 fn text(message: &ViewerMessage) -> Message {
@@ -93,18 +94,36 @@ async fn next_messages(
     }
 }
 
-async fn serve(socket: WebSocket, mut viewer: Viewer, mut cells: Option<CellTerminal>) {
+/// Who a viewer is, checked again every `credential_recheck` while it watches.
+struct Access {
+    state: AppState,
+    principal: Principal,
+}
+
+async fn serve(socket: WebSocket, mut viewer: Viewer, mut cells: Option<CellTerminal>, access: Access) {
     let (mut sink, mut incoming) = socket.split();
     // Read what the viewer sends until its side ends (the socket answers pings and closes).
     let mut gone = tokio::spawn(async move { while let Some(Ok(_)) = incoming.next().await {} });
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
+    let mut recheck = tokio::time::interval(access.state.config.credential_recheck);
+    recheck.tick().await;
     let mut next_render = tokio::time::Instant::now();
     loop {
         let messages = tokio::select! {
             messages = next_messages(&mut viewer, &mut cells, &mut next_render, &mut ping) => match messages {
                 Some(messages) => messages,
                 None => break,
+            },
+            _ = recheck.tick() => match crate::auth::still_valid(&access.state, &access.principal).await {
+                Ok(()) => continue,
+                Err(e) => {
+                    // 1008: policy violation, with the reason (no secret in it) for the viewer to show.
+                    let close = axum::extract::ws::CloseFrame { code: 1008, reason: e.detail.chars().take(120).collect::<String>().into() };
+                    let _ = tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::Close(Some(close)))).await;
+                    gone.abort();
+                    return;
+                }
             },
             _ = &mut gone => return,
         };

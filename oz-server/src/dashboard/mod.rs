@@ -104,7 +104,7 @@ fn fill(template: &str, values: &[(&str, &str)]) -> String {
 
 /// The browser's sign-in, or where to send it to sign in.
 async fn signed_in(state: &AppState, headers: &HeaderMap) -> Result<SignedIn, Response> {
-    let Some(cookie) = sign_in::cookie_in(headers) else {
+    let Ok(Some(cookie)) = sign_in::cookie_in(state, headers) else {
         return Err(see_other("/sign-in"));
     };
     sign_in::resolve(state, &cookie).await.map_err(|_| see_other("/sign-in"))
@@ -137,7 +137,7 @@ fn form_field(body: &[u8], name: &str) -> Option<String> {
 
 async fn sign_in(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     // A sign-in posted from another site's page would sign this browser in as someone else.
-    if !sign_in::same_origin(&headers) {
+    if !sign_in::same_origin(&state, &headers) {
         return sign_in_form(StatusCode::FORBIDDEN, "Sign in from this server's own sign-in page.");
     }
     let key = form_field(&body, "api_key").unwrap_or_default();
@@ -163,7 +163,7 @@ async fn sign_out(State(state): State<AppState>, headers: HeaderMap, body: Bytes
     let mut response = see_other("/sign-in");
     if let Ok(signed_in) = signed_in(&state, &headers).await {
         let presented = form_field(&body, sign_in::CSRF_FIELD).unwrap_or_default();
-        if !sign_in::same_origin(&headers) || !sign_in::csrf_matches(&signed_in.csrf, &presented) {
+        if !sign_in::same_origin(&state, &headers) || !sign_in::csrf_matches(&signed_in.csrf, &presented) {
             return html(StatusCode::FORBIDDEN, "<p>Sign out from the dashboard's own pages.</p>".to_owned());
         }
         if sign_in::end(&state, &signed_in).await.is_err() {

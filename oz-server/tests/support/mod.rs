@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use oz_core::wire::worker::{ServerMessage, WorkerMessage};
+use oz_core::wire::worker::{ServerMessage, TaskClaimed, WorkerMessage};
 use oz_server::store::Store;
 use oz_server::store::sqlite::SqliteStore;
 use oz_server::{RunningServer, ServerConfig, bootstrap_team, start};
@@ -53,8 +53,13 @@ impl TestServer {
         }
     }
 
+    /// Where the test reaches the server (its socket: the public URL may name a proxy in front).
+    pub fn base(&self) -> String {
+        format!("http://{}", self.server.local_addr())
+    }
+
     pub fn url(&self, path: &str) -> String {
-        format!("{}/api/v1{path}", self.server.url())
+        format!("{}/api/v1{path}", self.base())
     }
 
     pub async fn call(&self, method: reqwest::Method, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
@@ -189,4 +194,30 @@ impl Worker {
     pub async fn send_raw(&mut self, text: &str) {
         self.ws.send(Message::Text(text.to_owned().into())).await.unwrap();
     }
+}
+
+/// A run claimed by a worker, its harness started: (run id, its workload token, the worker, kept
+/// connected).
+pub async fn running(t: &TestServer) -> (String, String, Worker) {
+    let mut worker = t.worker(&t.key_a, "w1").await;
+    let run_id = t.create_run(&t.key_a, "w1", "watch me").await;
+    let assignment = match worker.next().await {
+        ServerMessage::TaskAssignment(a) => a,
+        other => panic!("expected an assignment, got {other:?}"),
+    };
+    let token = assignment.env_vars["OZ_WORKLOAD_TOKEN"].clone();
+    worker
+        .send(WorkerMessage::TaskClaimed(TaskClaimed { task_id: run_id.clone(), worker_id: worker.worker_id.clone() }))
+        .await;
+    t.wait_state(&t.key_a, &run_id, "CLAIMED").await;
+    report(t, &run_id, &token, json!({"event": "harness_started", "harness": "command"})).await;
+    t.wait_state(&t.key_a, &run_id, "INPROGRESS").await;
+    (run_id, token, worker)
+}
+
+/// The runner's report of `event`, now, with the run's token.
+pub async fn report(t: &TestServer, run_id: &str, token: &str, mut event: serde_json::Value) {
+    event["at"] = json!(jiff::Timestamp::now().to_string());
+    let (status, body) = t.post(&format!("/agent/runs/{run_id}/report"), token, event).await;
+    assert_eq!(status, 204, "{body}");
 }

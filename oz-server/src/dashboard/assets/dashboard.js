@@ -216,6 +216,7 @@ function runPage(main) {
           : (data.branch || data.content || ""));
     }) : [el("li", { class: "empty", text: "None yet." })]));
     cancel.disabled = ENDED.includes(run.state);
+    interrupt.disabled = ENDED.includes(run.state) || !run.started_at;
   }
   async function refresh() {
     try {
@@ -228,6 +229,9 @@ function runPage(main) {
 
   // Steering: a follow-up box and cancel for members and admins; a viewer only watches.
   const cancel = el("button", { id: "cancel", type: "button", text: "Cancel run", class: "danger" });
+  const interrupt = el("button", { id: "interrupt", type: "button", text: "Interrupt",
+    title: "Stop what the agent is doing now (Ctrl-C); the run goes on if the agent handles it" });
+  interrupt.disabled = true;
   if (canSteer) {
     const message = el("textarea", { id: "followup", rows: 2, placeholder: "A follow-up for the agent…", maxlength: 10000 });
     const send = el("button", { id: "send-followup", type: "submit", text: "Send" });
@@ -262,7 +266,18 @@ function runPage(main) {
         cancel.disabled = false;
       }
     });
-    controls.append(form, cancel);
+    interrupt.addEventListener("click", async () => {
+      interrupt.disabled = true;
+      try {
+        await api("/agent/runs/" + encodeURIComponent(runId) + "/interrupt", { method: "POST" });
+        notice("The agent was interrupted.", "ok");
+      } catch (e) {
+        notice("The agent was not interrupted: " + e.message, "error");
+      } finally {
+        interrupt.disabled = !run || ENDED.includes(run.state) || !run.started_at;
+      }
+    });
+    controls.append(form, interrupt, cancel);
   } else {
     controls.append(el("p", { class: "viewer-note", id: "viewer-note",
       text: "You are watching: your role (" + role + ") cannot steer or cancel runs." }));
@@ -297,7 +312,7 @@ function runPage(main) {
   connect();
 
   // The timeline: what the run did, as its event stream says (its output is the terminal above).
-  const kinds = "started,clone_started,clone_finished,setup_started,setup_finished,harness_started,artifact,finished,followup,state";
+  const kinds = "started,clone_started,clone_finished,setup_started,setup_finished,harness_started,artifact,finished,followup,interrupt,state";
   const stream = new EventSource(API + "/agent/runs/" + encodeURIComponent(runId) + "/events?event=" + kinds);
   const describe = (e) => {
     switch (e.event) {
@@ -310,6 +325,7 @@ function runPage(main) {
       case "harness_started": return "the agent started (" + e.harness + ")";
       case "artifact": return "artifact " + e.artifact_type;
       case "followup": return "follow-up" + (e.by ? " from " + e.by : "") + ": " + e.message;
+      case "interrupt": return "interrupted" + (e.by ? " by " + e.by : "");
       case "finished": return "finished " + e.state + (e.message ? ": " + e.message : "");
       default: return e.event;
     }
@@ -317,7 +333,7 @@ function runPage(main) {
   const onEvent = (event) => {
     const data = JSON.parse(event.data);
     timeline.append(el("li", { "data-kind": data.event.event }, el("time", { text: when(data.at) }), " ", describe(data.event)));
-    if (data.event.event === "artifact" || data.event.event === "state") refresh();
+    if (["artifact", "state", "harness_started"].includes(data.event.event)) refresh();
   };
   for (const k of kinds.split(",")) stream.addEventListener(k, onEvent);
   stream.addEventListener("error", () => { if (run && ENDED.includes(run.state)) stream.close(); });
