@@ -33,6 +33,7 @@ pub mod redact;
 pub mod retry;
 pub mod run;
 pub mod runner;
+pub mod sharing;
 pub mod sidecar;
 pub mod task;
 pub mod validate;

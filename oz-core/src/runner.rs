@@ -351,7 +351,7 @@ pub fn runner_invocation(assignment: &TaskAssignment, options: &CommandOptions) 
         skill: snapshot.and_then(|s| s.skill_spec.clone()),
         mcp: snapshot.and_then(|s| s.mcp_servers.as_ref()).map(|m| m.to_string()),
         harness: snapshot.and_then(|s| s.harness.as_ref()).and_then(|h| h.kind.clone()),
-        share: snapshot.and_then(|s| s.session_sharing.as_ref()).map(|s| s.to_string()),
+        share: snapshot.and_then(|s| s.session_sharing.as_ref()).and_then(|s| serde_json::to_string(s).ok()),
         idle_on_complete: Some(options.idle_on_complete.clone()),
         additional_args: assignment.additional_oz_args.clone(),
     }

@@ -154,6 +154,18 @@ impl CreateRun {
         self.request.team = Some(shared);
         self
     }
+    /// Shares the run's session with a target, as `--share` does (`self`, `team`, `team:view`,
+    /// `team:edit`, a user's name or id, `USER:edit`); repeatable. Given any, the run is only its
+    /// creator's, its team's admins' and the targets' ([`oz_core::sharing`]).
+    pub fn share(mut self, target: impl Into<String>) -> Self {
+        self.config().session_sharing.get_or_insert_with(Default::default).share.push(target.into());
+        self
+    }
+    /// Opens the run's session to anyone signed in to the server who has its link.
+    pub fn public_access(mut self, access: oz_core::sharing::PublicAccess) -> Self {
+        self.config().session_sharing.get_or_insert_with(Default::default).public_access = Some(access);
+        self
+    }
     /// Attaches a file (the server accepts at most 5); `data` is the content, base64-encoded.
     pub fn attachment(mut self, attachment: oz_core::wire::api::Attachment) -> Self {
         self.request.attachments.get_or_insert_with(Vec::new).push(attachment);

@@ -86,6 +86,10 @@ pub async fn prepare(state: &AppState, team_id: &str, new: NewRun) -> Result<Run
         crate::secret_references::Refused::Store(e) => CreationError::Store(e),
         refused => CreationError::Invalid(refused.to_string()),
     })?;
+    let sharing = crate::sharing::resolve(state, team_id, &config).await.map_err(|e| match e {
+        crate::sharing::ResolveError::Invalid(detail) => CreationError::Invalid(detail),
+        crate::sharing::ResolveError::Store(e) => CreationError::Store(e),
+    })?;
     let now = Timestamp::now();
     let title = new.title.filter(|t| !t.trim().is_empty()).unwrap_or_else(|| new.prompt.chars().take(80).collect());
     let waiting = if state.dispatcher.connections(team_id, &worker_host) > 0 {
@@ -121,6 +125,8 @@ pub async fn prepare(state: &AppState, team_id: &str, new: NewRun) -> Result<Run
         claimed_by: None,
         lease_expires_at: None,
         cancel_requested: false,
+        session_id: uuid::Uuid::new_v4().simple().to_string(),
+        sharing,
     })
 }
 

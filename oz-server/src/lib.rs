@@ -35,6 +35,7 @@ pub mod scheduler;
 pub mod secret_references;
 pub mod secrets;
 pub mod session;
+pub mod sharing;
 pub mod sign_in;
 pub mod state;
 pub mod store;

@@ -209,7 +209,7 @@ impl Lifecycle {
 }
 
 /// A stored run as the API shows it.
-pub fn run_item(run: &RunRecord) -> RunItem {
+pub fn run_item(run: &RunRecord, public_url: &str) -> RunItem {
     let run_time = match (run.started_at, run.finished_at) {
         (Some(s), Some(f)) => {
             f.duration_since(s).try_into().ok().map(|d: std::time::Duration| format!("PT{:.3}S", d.as_secs_f64()))
@@ -229,8 +229,8 @@ pub fn run_item(run: &RunRecord) -> RunItem {
         status_message: run.status_message.clone(),
         source: Some(run.source.clone()),
         schedule: None,
-        session_id: None,
-        session_link: None,
+        session_id: (!run.session_id.is_empty()).then(|| run.session_id.clone()),
+        session_link: (!run.session_id.is_empty()).then(|| crate::sharing::session_link(public_url, &run.session_id)),
         trigger_url: None,
         creator: run.creator_id.as_ref().map(|c| json!({"uid": c})),
         executor: run.worker_host.as_ref().map(|w| json!({"worker_id": w})),

@@ -331,15 +331,7 @@ async fn fetch_metadata_and_the_public_url_decide_what_origin_is_ours() {
     let ours = [("origin", "https://oz.example.com"), ("sec-fetch-site", "same-origin")];
     let (status, body) = api_post(&t, &followup, headers(&ours), json!({"message": "yes"})).await;
     assert_eq!(status, 200, "{body}");
-    let (_, events) = t.get(&format!("/agent/runs/{run}/transcript/content"), &t.key_a).await;
-    let messages: Vec<&str> = events
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["event"]["event"] == "followup")
-        .filter_map(|e| e["event"]["message"].as_str())
-        .collect();
-    assert_eq!(messages, ["yes"], "only the follow-up from our own origin was recorded");
+    assert_eq!(t.followups_of(&t.key_a, &run).await, ["yes"], "only the follow-up from our own origin was recorded");
 }
 
 #[tokio::test]
@@ -392,4 +384,62 @@ async fn signing_out_ends_open_streams_and_sessions_within_the_recheck() {
     .await;
     assert!(ended.is_ok(), "the event stream ends");
     assert_eq!(t.state_of(&t.key_a, &run).await, "QUEUED", "the run itself goes on");
+}
+
+#[tokio::test]
+async fn a_runs_page_offers_steering_only_to_those_its_sharing_lets_steer() {
+    let t = TestServer::start().await;
+    let (_, bob) = t.post("/admin/users", &t.key_a, json!({"name": "bob", "role": "member"})).await;
+    let (_, bob_key) = t.post("/admin/keys", &t.key_a, json!({"name": "bob's", "user_id": bob["id"]})).await;
+    let create = |sharing: Value| {
+        t.post(
+            "/agent/runs",
+            &t.key_a,
+            json!({"prompt": "p", "config": {"worker_host": "w", "session_sharing": sharing}}),
+        )
+    };
+    let (_, private) = create(json!({"share": ["self"]})).await;
+    let (_, watched) = create(json!({"share": ["team:view"]})).await;
+    let (_, item) = t.get(&format!("/agent/runs/{}", private["run_id"].as_str().unwrap()), &t.key_a).await;
+    let (cookie, _) = sign_in(&t, bob_key["key"].as_str().unwrap()).await;
+    let page = |path: String| browser().get(format!("{}{path}", t.base())).headers(with_cookie(&cookie)).send();
+    let r = page(format!("/runs/{}", watched["run_id"].as_str().unwrap())).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let html = r.text().await.unwrap();
+    assert!(
+        html.contains("data-role=\"member\" data-access=\"view\""),
+        "a member watching a run shared to view: {html}"
+    );
+    let r = page(format!("/runs/{}", private["run_id"].as_str().unwrap())).await.unwrap();
+    assert_eq!(r.status(), 404, "another member's private run");
+    let r = page(format!("/sessions/{}", item["session_id"].as_str().unwrap())).await.unwrap();
+    assert_eq!(r.status(), 404, "its session link leads nowhere for bob");
+
+    // The link followed before signing in comes back to the run after it.
+    let r =
+        browser().get(format!("{}/sessions/{}", t.base(), item["session_id"].as_str().unwrap())).send().await.unwrap();
+    let to = r.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(to, format!("/sign-in?next=/sessions/{}", item["session_id"].as_str().unwrap()));
+    let r = browser()
+        .post(format!("{}/sign-in", t.base()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("api_key", &t.key_a), ("next", &format!("/sessions/{}", item["session_id"].as_str().unwrap()))]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let next = r.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(next, format!("/sessions/{}", item["session_id"].as_str().unwrap()));
+    let admin_cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let r = browser().get(format!("{}{next}", t.base())).headers(with_cookie(&admin_cookie)).send().await.unwrap();
+    assert_eq!(r.headers()["location"].to_str().unwrap(), format!("/runs/{}", private["run_id"].as_str().unwrap()));
+    // Never to another site.
+    let r = browser()
+        .post(format!("{}/sign-in", t.base()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("api_key", &t.key_a), ("next", "//evil.example/runs/x")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["location"], "/runs");
 }

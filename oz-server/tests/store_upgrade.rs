@@ -117,3 +117,38 @@ async fn a_new_database_has_only_sqlx_bookkeeping() {
     drop(SqliteStore::open(&path).await.unwrap());
     assert_eq!(bookkeeping(&path).await, (all_applied(), false));
 }
+
+#[tokio::test]
+async fn runs_made_before_session_sharing_stay_their_teams_and_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("oz.db");
+    old_database(&path, 3).await;
+    let mut conn = SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+    // session_sharing was kept as given: a value that is not {public_access: VIEWER|EDITOR} too.
+    sqlx::raw_sql(
+        "INSERT INTO runs (id, team_id, title, prompt, state, source, worker_host, config, created_us, updated_us) VALUES \
+         ('run_odd', 'team_old', 'odd', 'p', 'QUEUED', 'API', 'w1', '{\"worker_host\":\"w1\",\"session_sharing\":\"yes\"}', 1, 1), \
+         ('run_pub', 'team_old', 'pub', 'p', 'QUEUED', 'API', 'w1', '{\"worker_host\":\"w1\",\"session_sharing\":{\"public_access\":\"VIEWER\"}}', 2, 2);",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+
+    let store = SqliteStore::open(&path).await.unwrap();
+    let odd = store.run("team_old", "run_odd").await.unwrap().expect("a run with an odd session_sharing still reads");
+    assert_eq!(odd.config.as_ref().unwrap().session_sharing, None);
+    let public = store.run("team_old", "run_pub").await.unwrap().unwrap();
+    assert!(public.config.as_ref().unwrap().session_sharing.is_some(), "a well-formed value is kept");
+    let old = store.run("team_old", "run_old").await.unwrap().unwrap();
+    for run in [&odd, &public, &old] {
+        assert_eq!(
+            run.sharing,
+            oz_core::sharing::RunSharing::default(),
+            "{}: its team's, not opened to others",
+            run.id
+        );
+        assert_eq!(run.session_id.len(), 32, "{}", run.id);
+    }
+    assert_ne!(odd.session_id, public.session_id);
+}

@@ -39,9 +39,14 @@ pub struct RunCloudArgs {
     /// The run's title.
     #[arg(long)]
     pub title: Option<String>,
-    /// Share the run with the whole team.
-    #[arg(long)]
-    pub share: bool,
+    /// Who may watch and steer the run's session: `--share` alone (or `self`) for you only, `team`
+    /// or `team:view`, `team:edit`, a user's name or id, `USER:edit`; repeatable. Without it the run
+    /// is the team's (every member may steer it, as before).
+    #[arg(long, value_name = "TARGET", num_args = 0..=1, default_missing_value = "self")]
+    pub share: Vec<String>,
+    /// Anyone signed in to the server who has the run's link may watch (viewer) or steer (editor).
+    #[arg(long, value_name = "viewer|editor", value_parser = parse_public_access)]
+    pub public_access: Option<oz_core::sharing::PublicAccess>,
     /// A file to attach to the prompt (up to 5).
     #[arg(long, value_name = "FILE")]
     pub attach: Vec<PathBuf>,
@@ -117,6 +122,14 @@ pub enum RunCommand {
     },
 }
 
+fn parse_public_access(text: &str) -> Result<oz_core::sharing::PublicAccess, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "viewer" => Ok(oz_core::sharing::PublicAccess::Viewer),
+        "editor" => Ok(oz_core::sharing::PublicAccess::Editor),
+        _ => Err(format!("{text:?} is not viewer or editor")),
+    }
+}
+
 fn read_attachment(path: &PathBuf) -> Result<Attachment, CliError> {
     let data = std::fs::read(path).map_err(|e| CliError::Usage(format!("--attach {}: {e}", path.display())))?;
     let file_name = path
@@ -164,8 +177,11 @@ pub async fn run_cloud(args: RunCloudArgs) -> Result<ExitCode, CliError> {
     if let Some(v) = args.title {
         request = request.title(v);
     }
-    if args.share {
-        request = request.team(true);
+    for target in args.share {
+        request = request.share(target);
+    }
+    if let Some(access) = args.public_access {
+        request = request.public_access(access);
     }
     for path in &args.attach {
         request = request.attachment(read_attachment(path)?);
@@ -225,6 +241,9 @@ pub fn describe_run(run: &RunItem) -> String {
         lines.push(format!("source      {s}"));
     }
     lines.push(format!("prompt      {}", run.prompt));
+    if let Some(link) = &run.session_link {
+        lines.push(format!("session     {link}"));
+    }
     for artifact in run.artifacts.iter().flatten() {
         lines.push(format!("artifact    {}", serde_json::to_string(artifact).unwrap_or_default()));
     }

@@ -66,9 +66,9 @@ pub struct AgentConfig {
     /// A runner id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runner_id: Option<String>,
-    /// Session sharing.
+    /// Who may watch and steer the run's session ([`crate::sharing`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session_sharing: Option<serde_json::Value>,
+    pub session_sharing: Option<crate::sharing::SessionSharing>,
     /// `CREATOR` or `EXECUTOR`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential_strategy: Option<String>,

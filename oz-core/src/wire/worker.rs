@@ -112,7 +112,7 @@ pub struct AgentConfigSnapshot {
     pub inference_providers: Option<serde_json::Value>,
     /// Session sharing settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session_sharing: Option<serde_json::Value>,
+    pub session_sharing: Option<crate::sharing::SessionSharing>,
 }
 
 /// The task inside an assignment.

@@ -36,6 +36,7 @@ pub fn router(state: AppState) -> Router {
         .route("/agent/runs/{id}/transcript/content", get(runs::transcript_content))
         .route("/agent/runs/{id}/events", get(events::stream))
         .route("/agent/runs/{id}/session", get(sessions::watch))
+        .route("/agent/sessions/{id}/redirect", get(sessions::redirect))
         .route("/agent/runs/{id}/report", post(callbacks::report))
         .route("/agent/runs/{id}/resolved", get(callbacks::resolved))
         .route("/agent/environments", get(environments::list).post(environments::create))

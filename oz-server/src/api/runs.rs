@@ -21,6 +21,7 @@ use crate::creation::{self, NewRun};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, query_pairs};
 use crate::lifecycle::run_item;
+use crate::sharing::steerable_run;
 use crate::state::AppState;
 use crate::store::{PageRequest, RunFilter, RunRecord, RunSort, SortValue, StateChange};
 
@@ -190,6 +191,10 @@ pub async fn list(
         None => None,
     };
     let page = PageRequest { sort, descending, limit, after };
+    // An admin lists all of the team's runs; anyone else those their sharing lets them see.
+    if caller.role < oz_core::wire::admin::Role::Admin {
+        filter.visible_to = Some(crate::store::RunViewer { user_id: caller.user_id.clone() });
+    }
     let mut runs = state.store.list_runs(&caller.team_id, &filter, &page).await?;
     let has_next_page = runs.len() > limit as usize;
     runs.truncate(limit as usize);
@@ -201,18 +206,16 @@ pub async fn list(
     } else {
         None
     };
-    Ok(Json(RunList { runs: runs.iter().map(run_item).collect(), page_info: PageInfo { has_next_page, next_cursor } }))
+    Ok(Json(RunList {
+        runs: runs.iter().map(|r| run_item(r, &state.public_url)).collect(),
+        page_info: PageInfo { has_next_page, next_cursor },
+    }))
 }
 
-/// Loads a run the principal may see: a team's runs for an API key, its own run for a workload token.
+/// Loads a run the principal may see (its sharing and the caller's role decide: [`crate::sharing`]);
+/// a workload token sees its own run only. Not found otherwise.
 pub async fn visible_run(state: &AppState, principal: &Principal, run_id: &str) -> Result<RunRecord, ApiError> {
-    let not_found = || ApiError::not_found(format!("there is no run {run_id:?}"));
-    if let Principal::Run(token) = principal
-        && token.run_id != run_id
-    {
-        return Err(not_found());
-    }
-    state.store.run(principal.team_id(), run_id).await?.ok_or_else(not_found)
+    crate::sharing::run_access(state, principal, run_id).await.map(|(run, _)| run)
 }
 
 /// `GET /agent/runs/{id}`.
@@ -222,7 +225,7 @@ pub async fn get(
     principal: Principal,
     ApiPath(run_id): ApiPath<String>,
 ) -> Result<Json<RunItem>, ApiError> {
-    Ok(Json(run_item(&visible_run(&state, &principal, &run_id).await?)))
+    Ok(Json(run_item(&visible_run(&state, &principal, &run_id).await?, &state.public_url)))
 }
 
 /// `POST /agent/runs/{id}/cancel`: 200 with the run id; 400 if it already ended. Unlike Oz (409
@@ -234,10 +237,9 @@ pub async fn cancel(
     Member(caller): Member,
     ApiPath(run_id): ApiPath<String>,
 ) -> Result<Json<String>, ApiError> {
-    let caller = Principal::Key(caller);
     // The run may move between the read and the change (dispatched, claimed): read again and redo.
     for _ in 0..5 {
-        let run = visible_run(&state, &caller, &run_id).await?;
+        let run = steerable_run(&state, &caller, &run_id).await?;
         let before_it_started = match run.state {
             s if s.is_terminal() => return Err(ApiError::invalid(format!("the run already ended ({s})"))),
             RunState::Queued => "cancelled before it started",
@@ -276,7 +278,7 @@ pub async fn interrupt(
     Member(caller): Member,
     ApiPath(run_id): ApiPath<String>,
 ) -> Result<Json<String>, ApiError> {
-    let run = visible_run(&state, &Principal::Key(caller.clone()), &run_id).await?;
+    let run = steerable_run(&state, &caller, &run_id).await?;
     if run.state.is_terminal() {
         return Err(ApiError::invalid(format!("the run already ended ({})", run.state)));
     }
@@ -340,7 +342,7 @@ pub async fn followup(
     ApiPath(run_id): ApiPath<String>,
     ApiJson(req): ApiJson<oz_core::wire::api::FollowupRequest>,
 ) -> Result<Json<RunCreated>, ApiError> {
-    let parent = visible_run(&state, &Principal::Key(caller.clone()), &run_id).await?;
+    let parent = steerable_run(&state, &caller, &run_id).await?;
     let message = req.message.unwrap_or_default();
     if message.trim().is_empty() {
         return Err(ApiError::invalid("message is required"));

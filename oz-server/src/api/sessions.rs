@@ -1,4 +1,4 @@
-//! `GET /agent/runs/{id}/session`: a run's live terminal, as a WebSocket (our extension; the
+//! `GET /agent/sessions/{id}/redirect`: a session link's way to its run. `GET /agent/runs/{id}/session`: a run's live terminal, as a WebSocket (our extension; the
 //! protocol is `oz_core::wire::session`). Whoever may read the run may watch it; nothing a viewer
 //! sends is acted on yet (viewers only watch). With `?view=cells` the screen is sent as rows of text
 //! runs instead of escape codes and bytes ([`crate::session::cells`]).
@@ -6,7 +6,7 @@
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use oz_core::wire::session::{CELLS_VIEW, VIEW_PARAM, ViewerMessage};
 use tracing::Instrument;
@@ -14,7 +14,7 @@ use tracing::Instrument;
 use crate::api::runs::visible_run;
 #[allow(unused_imports)]
 use crate::api::schema::*;
-use crate::auth::Principal;
+use crate::auth::{Caller, Principal};
 use crate::error::ApiError;
 use crate::extract::ApiPath;
 use crate::session::cells::{CELLS_EVERY, CellTerminal};
@@ -48,6 +48,19 @@ pub async fn watch(
     let terminal = cells.then(CellTerminal::new);
     let access = Access { state: state.clone(), principal };
     Ok(upgrade.on_upgrade(move |socket| serve(socket, viewer, terminal, access).instrument(span)))
+}
+
+/// `GET /agent/sessions/{id}/redirect`: 302 to the dashboard's page of the session's run, for
+/// whoever may see it (its sharing and the caller's role decide); 404 for anyone else.
+#[utoipa::path(get, path = "/agent/sessions/{id}/redirect", tag = "runs", params(("id" = String, Path, description = "The run's session_id")), responses((status = 302, description = "To the run's page on the dashboard"), BadRequest, Unauthorized, NotFound))]
+pub async fn redirect(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(session_id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let run = crate::sharing::session_run(&state, &caller, &session_id).await?;
+    let location = format!("/runs/{}", run.id);
+    Ok((axum::http::StatusCode::FOUND, [(axum::http::header::LOCATION, location)]).into_response())
 }
 
 fn text(message: &ViewerMessage) -> Message {

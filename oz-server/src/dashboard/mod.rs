@@ -9,7 +9,7 @@
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -37,6 +37,7 @@ pub fn router() -> Router<AppState> {
         .route("/sign-in", get(sign_in_page).post(sign_in))
         .route("/sign-out", axum::routing::post(sign_out))
         .route("/runs/{id}", get(run_page))
+        .route("/sessions/{id}", get(session_page))
         .route("/assets/dashboard.js", get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }))
         .route("/assets/dashboard.css", get(|| async { asset("text/css; charset=utf-8", STYLE) }))
 }
@@ -117,17 +118,26 @@ async fn home(State(state): State<AppState>, headers: HeaderMap) -> Response {
     }
 }
 
-fn sign_in_form(status: StatusCode, error: &str) -> Response {
-    html(
-        status,
-        fill(SIGN_IN_PAGE, &[("error", error), ("error_hidden", if error.is_empty() { "hidden" } else { "" })]),
-    )
+fn sign_in_form(status: StatusCode, error: &str, next: &str) -> Response {
+    let hidden = if error.is_empty() { "hidden" } else { "" };
+    html(status, fill(SIGN_IN_PAGE, &[("error", error), ("error_hidden", hidden), ("next", next)]))
 }
 
-async fn sign_in_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+/// Where to go after signing in: a page of this dashboard (a session link followed before signing
+/// in), never another site.
+fn next_page(next: Option<&str>) -> &str {
+    match next {
+        Some(n) if (n.starts_with("/sessions/") || n.starts_with("/runs/")) && !n.contains("//") && n.len() < 200 => n,
+        _ => "/runs",
+    }
+}
+
+async fn sign_in_page(State(state): State<AppState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+    let next = query.as_deref().and_then(|q| form_field(q.as_bytes(), "next"));
+    let next = next_page(next.as_deref());
     match signed_in(&state, &headers).await {
-        Ok(_) => see_other("/runs"),
-        Err(_) => sign_in_form(StatusCode::OK, ""),
+        Ok(_) => see_other(next),
+        Err(_) => sign_in_form(StatusCode::OK, "", next),
     }
 }
 
@@ -137,25 +147,27 @@ fn form_field(body: &[u8], name: &str) -> Option<String> {
 
 async fn sign_in(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     // A sign-in posted from another site's page would sign this browser in as someone else.
+    let next = form_field(&body, "next");
+    let next = next_page(next.as_deref());
     if !sign_in::same_origin(&state, &headers) {
-        return sign_in_form(StatusCode::FORBIDDEN, "Sign in from this server's own sign-in page.");
+        return sign_in_form(StatusCode::FORBIDDEN, "Sign in from this server's own sign-in page.", next);
     }
     let key = form_field(&body, "api_key").unwrap_or_default();
     if key.trim().is_empty() {
-        return sign_in_form(StatusCode::BAD_REQUEST, "Paste an API key to sign in.");
+        return sign_in_form(StatusCode::BAD_REQUEST, "Paste an API key to sign in.", next);
     }
     match sign_in::start(&state, &key).await {
         Ok(started) => {
-            let mut response = see_other("/runs");
+            let mut response = see_other(next);
             let cookie = sign_in::set_cookie(&state, &headers, &started.cookie, started.expires_at);
             response.headers_mut().insert(header::SET_COOKIE, cookie);
             tracing::info!(key_id = %started.signed_in.caller.key_id, "signed in to the dashboard");
             response
         }
         Err(e) if e.status.is_server_error() => {
-            sign_in_form(StatusCode::SERVICE_UNAVAILABLE, "The server could not sign you in; try again.")
+            sign_in_form(StatusCode::SERVICE_UNAVAILABLE, "The server could not sign you in; try again.", next)
         }
-        Err(e) => sign_in_form(StatusCode::UNAUTHORIZED, &format!("That key does not sign in: {}", e.detail)),
+        Err(e) => sign_in_form(StatusCode::UNAUTHORIZED, &format!("That key does not sign in: {}", e.detail), next),
     }
 }
 
@@ -218,7 +230,9 @@ async fn who(state: &AppState, signed_in: &SignedIn) -> String {
     }
 }
 
-async fn shell(state: &AppState, signed_in: &SignedIn, page: &str, title: &str, run_id: &str) -> String {
+/// A page; `access` is what the signed-in caller may do with the page's run (`view` or `edit`: the
+/// page offers steering only for `edit`, and the server checks every request anyway).
+async fn shell(state: &AppState, signed_in: &SignedIn, page: &str, title: &str, run_id: &str, access: &str) -> String {
     let who = who(state, signed_in).await;
     fill(
         PAGE,
@@ -226,6 +240,7 @@ async fn shell(state: &AppState, signed_in: &SignedIn, page: &str, title: &str, 
             ("page", page),
             ("title", title),
             ("role", signed_in.caller.role.as_str()),
+            ("access", access),
             ("csrf", &signed_in.csrf),
             ("run_id", run_id),
             ("who", &who),
@@ -236,7 +251,10 @@ async fn shell(state: &AppState, signed_in: &SignedIn, page: &str, title: &str, 
 async fn listing_page(State(state): State<AppState>, headers: HeaderMap, listing: Listing) -> Response {
     let (page, _, title) = listing.names();
     match signed_in(&state, &headers).await {
-        Ok(signed_in) => html(StatusCode::OK, shell(&state, &signed_in, page, title, "").await),
+        Ok(signed_in) => {
+            let access = if signed_in.caller.role >= oz_core::wire::admin::Role::Member { "edit" } else { "view" };
+            html(StatusCode::OK, shell(&state, &signed_in, page, title, "", access).await)
+        }
         Err(to_sign_in) => to_sign_in,
     }
 }
@@ -248,12 +266,37 @@ async fn run_page(State(state): State<AppState>, headers: HeaderMap, Path(run_id
     };
     // Another team's run, or none: the same answer as the API's, with no hint which.
     let principal = Principal::Key(signed_in.caller.clone());
-    match crate::api::runs::visible_run(&state, &principal, &run_id).await {
-        Ok(run) => html(StatusCode::OK, shell(&state, &signed_in, "run", &run.title, &run.id).await),
-        Err(e) if e.status == StatusCode::NOT_FOUND => {
-            html(StatusCode::NOT_FOUND, shell(&state, &signed_in, "missing", "No such run", "").await)
+    match crate::sharing::run_access(&state, &principal, &run_id).await {
+        Ok((run, access)) => {
+            html(StatusCode::OK, shell(&state, &signed_in, "run", &run.title, &run.id, access.as_str()).await)
         }
-        Err(_) => html(StatusCode::SERVICE_UNAVAILABLE, shell(&state, &signed_in, "missing", "Unavailable", "").await),
+        Err(e) if e.status == StatusCode::NOT_FOUND => {
+            html(StatusCode::NOT_FOUND, shell(&state, &signed_in, "missing", "No such run", "", "view").await)
+        }
+        Err(_) => {
+            html(StatusCode::SERVICE_UNAVAILABLE, shell(&state, &signed_in, "missing", "Unavailable", "", "view").await)
+        }
+    }
+}
+
+/// A session link: to its run's page for whoever may see the run, the sign-in page (and back) for a
+/// browser not signed in, and "no such run" for anyone else.
+async fn session_page(State(state): State<AppState>, headers: HeaderMap, Path(session_id): Path<String>) -> Response {
+    let signed_in = match signed_in(&state, &headers).await {
+        Ok(s) => s,
+        Err(to_sign_in) => {
+            let safe = session_id.chars().all(|c| c.is_ascii_alphanumeric()) && session_id.len() <= 64;
+            return if safe { see_other(&format!("/sign-in?next=/sessions/{session_id}")) } else { to_sign_in };
+        }
+    };
+    match crate::sharing::session_run(&state, &signed_in.caller, &session_id).await {
+        Ok(run) => see_other(&format!("/runs/{}", run.id)),
+        Err(e) if e.status == StatusCode::NOT_FOUND => {
+            html(StatusCode::NOT_FOUND, shell(&state, &signed_in, "missing", "No such run", "", "view").await)
+        }
+        Err(_) => {
+            html(StatusCode::SERVICE_UNAVAILABLE, shell(&state, &signed_in, "missing", "Unavailable", "", "view").await)
+        }
     }
 }
 

@@ -221,6 +221,10 @@ pub struct RunRecord {
     pub lease_expires_at: Option<Timestamp>,
     /// Whether someone asked to cancel it.
     pub cancel_requested: bool,
+    /// Its session's id: what its session link names (random, not the run id).
+    pub session_id: String,
+    /// Who besides its team's admins may watch or steer it.
+    pub sharing: oz_core::sharing::RunSharing,
 }
 
 /// Filters of `GET /agent/runs`.
@@ -250,6 +254,17 @@ pub struct RunFilter {
     pub ancestor_run_id: Option<String>,
     /// Free text in title or prompt.
     pub q: Option<String>,
+    /// Only the runs this user may see by their sharing (`None`: every run of the team, as an admin
+    /// sees them).
+    pub visible_to: Option<RunViewer>,
+}
+
+/// A non-admin listing runs: it sees its team's runs that are shared with the team, public, its
+/// own, or shared with it by name.
+#[derive(Clone, Debug, Default)]
+pub struct RunViewer {
+    /// Its user (`None`: a key with no user sees only what is shared with the team or public).
+    pub user_id: Option<String>,
 }
 
 /// How to order a run list.
@@ -470,8 +485,11 @@ pub trait Store: PrincipalStore + SecretStore + ScheduleStore + IntegrationStore
     async fn insert_run(&self, run: &RunRecord) -> Result<(), StoreError>;
     /// One run of a team.
     async fn run(&self, team_id: &str, id: &str) -> Result<Option<RunRecord>, StoreError>;
-    /// One run, whatever its team (internal: dispatch, callbacks).
+    /// One run, whatever its team (dispatch, callbacks; and reads whose caller's access is then
+    /// decided by the run's sharing, `crate::sharing`).
     async fn run_by_id(&self, id: &str) -> Result<Option<RunRecord>, StoreError>;
+    /// The run whose session is `session_id`, of any team (the caller checks who may see it).
+    async fn run_by_session(&self, session_id: &str) -> Result<Option<RunRecord>, StoreError>;
     /// A page of a team's runs; returns one more than `limit` if there is a next page.
     async fn list_runs(
         &self,

@@ -133,7 +133,7 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 const RUN_COLUMNS: &str = "id, team_id, creator_id, title, prompt, state, source, worker_host, config, status_message, artifacts, \
      metadata, schedule_id, parent_run_id, created_us, updated_us, started_us, finished_us, execution_id, claimed_by, lease_us, \
-     cancel_requested";
+     cancel_requested, session_id, team_access, public_access, shared_users";
 
 async fn insert_run_with<'e, E: sqlx::Executor<'e, Database = Sqlite>>(
     executor: E,
@@ -144,8 +144,9 @@ async fn insert_run_with<'e, E: sqlx::Executor<'e, Database = Sqlite>>(
     let agent_name = run.config.as_ref().and_then(|c| c.name.clone());
     sqlx::query(
         "INSERT INTO runs (id, team_id, creator_id, title, prompt, state, source, worker_host, config, status_message, artifacts, \
-         metadata, schedule_id, parent_run_id, environment_id, model_id, agent_name, created_us, updated_us, execution_id) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         metadata, schedule_id, parent_run_id, environment_id, model_id, agent_name, created_us, updated_us, execution_id, \
+         session_id, team_access, public_access, shared_users) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&run.id)
     .bind(&run.team_id)
@@ -167,6 +168,10 @@ async fn insert_run_with<'e, E: sqlx::Executor<'e, Database = Sqlite>>(
     .bind(micros(run.created_at))
     .bind(micros(run.updated_at))
     .bind(&run.execution_id)
+    .bind(&run.session_id)
+    .bind(run.sharing.team.map(|a| a.as_str()))
+    .bind(run.sharing.public.map(|a| a.as_str()))
+    .bind(rows::shared_users_json(&run.sharing.users))
     .execute(executor)
     .await?;
     Ok(())
@@ -280,6 +285,11 @@ impl Store for SqliteStore {
         RunRecord::one(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&self.pool).await?)
     }
 
+    async fn run_by_session(&self, session_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE session_id = ?");
+        RunRecord::one(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(session_id).fetch_optional(&self.pool).await?)
+    }
+
     async fn list_runs(
         &self,
         team_id: &str,
@@ -318,6 +328,17 @@ impl Store for SqliteStore {
         }
         if let Some(t) = filter.updated_after {
             q.push(" AND updated_us >= ").push_bind(micros(t));
+        }
+        if let Some(viewer) = &filter.visible_to {
+            // What `crate::sharing` lets a non-admin see of its own team's runs.
+            q.push(" AND (team_access IS NOT NULL OR public_access IS NOT NULL");
+            if let Some(user) = &viewer.user_id {
+                q.push(" OR creator_id = ").push_bind(user.clone());
+                q.push(" OR EXISTS (SELECT 1 FROM json_each(shared_users) WHERE json_extract(value, '$.user_id') = ")
+                    .push_bind(user.clone())
+                    .push(")");
+            }
+            q.push(")");
         }
         if let Some(text) = &filter.q {
             let pattern = format!("%{}%", text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));

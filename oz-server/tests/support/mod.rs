@@ -89,6 +89,19 @@ impl TestServer {
         body["run_id"].as_str().unwrap().to_owned()
     }
 
+    /// The messages of the follow-ups recorded in a run's history, in order.
+    pub async fn followups_of(&self, key: &str, run_id: &str) -> Vec<String> {
+        let (status, events) = self.get(&format!("/agent/runs/{run_id}/transcript/content"), key).await;
+        assert_eq!(status, 200, "{events}");
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["event"]["event"] == "followup")
+            .filter_map(|e| e["event"]["message"].as_str().map(str::to_owned))
+            .collect()
+    }
+
     pub async fn state_of(&self, key: &str, run_id: &str) -> String {
         let (status, body) = self.get(&format!("/agent/runs/{run_id}"), key).await;
         assert_eq!(status, 200, "{body}");

@@ -9,7 +9,9 @@ const role = body.dataset.role;
 const csrf = body.dataset.csrf;
 const API = "/api/v1";
 const ENDED = ["SUCCEEDED", "FAILED", "ERROR", "CANCELLED", "BLOCKED"];
-const canSteer = role === "member" || role === "admin";
+// What this page's run lets the signed-in caller do (its sharing and the caller's role, decided on
+// the server, which checks every request again).
+const canSteer = body.dataset.access === "edit";
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -280,7 +282,8 @@ function runPage(main) {
     controls.append(form, interrupt, cancel);
   } else {
     controls.append(el("p", { class: "viewer-note", id: "viewer-note",
-      text: "You are watching: your role (" + role + ") cannot steer or cancel runs." }));
+      text: role === "viewer" ? "You are watching: your role (viewer) cannot steer or cancel runs."
+        : "You are watching: this run is shared with you to watch, not to steer." }));
   }
 
   // The terminal, rendered on the server (the cell view of the session WebSocket).

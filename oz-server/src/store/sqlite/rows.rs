@@ -2,6 +2,7 @@
 //! as their names), read by `sqlx::FromRow`, and their conversion into the store's records.
 
 use jiff::Timestamp;
+use oz_core::sharing::{Access, RunSharing};
 use sqlx::FromRow;
 use sqlx::sqlite::SqliteRow;
 
@@ -65,12 +66,49 @@ pub(super) struct RunRow {
     claimed_by: Option<String>,
     lease_us: Option<i64>,
     cancel_requested: bool,
+    session_id: Option<String>,
+    team_access: Option<String>,
+    public_access: Option<String>,
+    shared_users: String,
+}
+
+/// A user a run is shared with, as `runs.shared_users` holds it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SharedUser {
+    user_id: String,
+    access: String,
+}
+
+/// `runs.shared_users` of a run's named users.
+pub(super) fn shared_users_json(users: &[(String, Access)]) -> String {
+    let rows: Vec<SharedUser> =
+        users.iter().map(|(id, a)| SharedUser { user_id: id.clone(), access: a.as_str().to_owned() }).collect();
+    serde_json::to_string(&rows).unwrap_or_else(|_| "[]".to_owned())
+}
+
+fn access(what: &'static str, text: Option<String>) -> Result<Option<Access>, StoreError> {
+    text.map(|t| Access::parse(&t).ok_or(StoreError::Corrupt { what, message: t })).transpose()
+}
+
+fn run_sharing(r: &mut RunRow) -> Result<RunSharing, StoreError> {
+    let users: Vec<SharedUser> = parse_json("runs.shared_users", &r.shared_users)?;
+    Ok(RunSharing {
+        team: access("runs.team_access", r.team_access.take())?,
+        public: access("runs.public_access", r.public_access.take())?,
+        users: users
+            .into_iter()
+            .map(|u| Ok((u.user_id, access("runs.shared_users", Some(u.access))?.unwrap_or(Access::View))))
+            .collect::<Result<_, StoreError>>()?,
+    })
 }
 
 impl Stored for RunRecord {
     type Row = RunRow;
-    fn from_row(r: RunRow) -> Result<Self, StoreError> {
+    fn from_row(mut r: RunRow) -> Result<Self, StoreError> {
+        let sharing = run_sharing(&mut r)?;
         Ok(RunRecord {
+            sharing,
+            session_id: r.session_id.unwrap_or_default(),
             state: r.state.parse().map_err(|_| StoreError::Corrupt { what: "runs.state", message: r.state.clone() })?,
             config: parse_json_opt("runs.config", r.config)?,
             status_message: parse_json_opt("runs.status_message", r.status_message)?,

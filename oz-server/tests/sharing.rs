@@ -1,0 +1,184 @@
+//! Session sharing over real sockets: a run's `session_sharing` decides, with the caller's role, who
+//! sees it and who steers it on every path: the run's item, the list, its events (SSE), its
+//! transcript, its session (WebSocket), follow-ups and cancel, the session link's redirect and the
+//! dashboard's pages. A run the caller may not see is not found; one it may only watch is forbidden
+//! to steer.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use serde_json::{Value, json};
+use support::TestServer;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// A user of team A with `role` and an API key acting as them: (user id, key).
+async fn user(t: &TestServer, name: &str, role: &str) -> (String, String) {
+    let (status, user) = t.post("/admin/users", &t.key_a, json!({"name": name, "role": role})).await;
+    assert_eq!(status, 200, "{user}");
+    let (status, key) =
+        t.post("/admin/keys", &t.key_a, json!({"name": format!("{name}'s"), "user_id": user["id"]})).await;
+    assert_eq!(status, 200, "{key}");
+    (user["id"].as_str().unwrap().to_owned(), key["key"].as_str().unwrap().to_owned())
+}
+
+async fn shared_run(t: &TestServer, key: &str, sharing: Value) -> Value {
+    let (status, created) = t
+        .post(
+            "/agent/runs",
+            key,
+            json!({"prompt": "shared", "config": {"worker_host": "w1", "session_sharing": sharing}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let (status, item) = t.get(&format!("/agent/runs/{}", created["run_id"].as_str().unwrap()), key).await;
+    assert_eq!(status, 200, "{item}");
+    item
+}
+
+/// The status of opening the run's session WebSocket with `key` (101 when it opens).
+async fn session_status(t: &TestServer, run_id: &str, key: &str) -> u16 {
+    let url = t.url(&format!("/agent/runs/{run_id}/session")).replacen("http", "ws", 1);
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Ok(_) => 101,
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+async fn events_status(t: &TestServer, run_id: &str, key: &str) -> u16 {
+    let response = t.http.get(t.url(&format!("/agent/runs/{run_id}/events"))).bearer_auth(key).send().await.unwrap();
+    response.status().as_u16()
+}
+
+/// Every read path's status for `key`: item, transcript, events, session.
+async fn reads(t: &TestServer, run_id: &str, key: &str) -> [u16; 4] {
+    [
+        t.get(&format!("/agent/runs/{run_id}"), key).await.0,
+        t.get(&format!("/agent/runs/{run_id}/transcript/content"), key).await.0,
+        events_status(t, run_id, key).await,
+        session_status(t, run_id, key).await,
+    ]
+}
+
+async fn listed(t: &TestServer, key: &str) -> Vec<String> {
+    let (status, list) = t.get("/agent/runs?limit=100", key).await;
+    assert_eq!(status, 200, "{list}");
+    list["runs"].as_array().unwrap().iter().map(|r| r["run_id"].as_str().unwrap().to_owned()).collect()
+}
+
+const CAN_READ: [u16; 4] = [200, 200, 200, 101];
+const HIDDEN: [u16; 4] = [404, 404, 404, 404];
+
+#[tokio::test]
+async fn shares_decide_who_sees_and_who_steers_on_every_path() {
+    let t = TestServer::start().await;
+    let (_, ann) = user(&t, "ann", "member").await;
+    let (_, bob) = user(&t, "bob", "member").await;
+    let (_, cat) = user(&t, "cat@example.com", "member").await;
+    let (_, vic) = user(&t, "vic", "viewer").await;
+
+    // Ann's private run (`--share`), one the team may watch and cat may steer, and a plain one.
+    let private = shared_run(&t, &ann, json!({"share": ["self"]})).await;
+    let watched = shared_run(&t, &ann, json!({"share": ["team:view", "cat@example.com:edit"]})).await;
+    let plain = t.create_run(&ann, "w1", "the team's").await;
+    let [private, watched] = [&private, &watched].map(|r| r["run_id"].as_str().unwrap().to_owned());
+
+    // Reads: the creator and the team's admin see everything; bob only what is shared with the team.
+    assert_eq!(reads(&t, &private, &ann).await, CAN_READ);
+    assert_eq!(reads(&t, &private, &t.key_a).await, CAN_READ, "an admin sees the team's runs");
+    assert_eq!(reads(&t, &private, &bob).await, HIDDEN, "a private run is not found, on every path");
+    assert_eq!(reads(&t, &private, &vic).await, HIDDEN);
+    assert_eq!(reads(&t, &private, &t.key_b).await, HIDDEN);
+    assert_eq!(reads(&t, &watched, &bob).await, CAN_READ);
+    assert_eq!(reads(&t, &watched, &vic).await, CAN_READ);
+    assert_eq!(reads(&t, &watched, &t.key_b).await, HIDDEN, "another team sees nothing that is not public");
+
+    // The list holds what each may see, nothing more.
+    let mut bobs = listed(&t, &bob).await;
+    bobs.sort();
+    let mut expected = vec![watched.clone(), plain.clone()];
+    expected.sort();
+    assert_eq!(bobs, expected);
+    assert_eq!(listed(&t, &ann).await.len(), 3);
+    assert_eq!(listed(&t, &t.key_a).await.len(), 3);
+    assert!(listed(&t, &t.key_b).await.is_empty());
+
+    // Steering: a watcher is forbidden (it knows the run), a stranger finds nothing, cat may.
+    let followup = |run: &str| format!("/agent/runs/{run}/followups");
+    let (status, body) = t.post(&followup(&watched), &bob, json!({"message": "from bob"})).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("to watch, not to steer"), "{body}");
+    assert_eq!(t.post(&format!("/agent/runs/{watched}/cancel"), &bob, json!({})).await.0, 403);
+    assert_eq!(t.post(&format!("/agent/runs/{watched}/interrupt"), &bob, json!({})).await.0, 403);
+    assert_eq!(t.post(&followup(&private), &bob, json!({"message": "from bob"})).await.0, 404);
+    assert_eq!(t.post(&format!("/agent/runs/{private}/cancel"), &bob, json!({})).await.0, 404);
+    let (status, body) = t.post(&followup(&watched), &cat, json!({"message": "from cat"})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = t.post(&followup(&watched), &vic, json!({"message": "from vic"})).await;
+    assert_eq!(status, 403, "a viewer's role caps any share: {body}");
+    assert_eq!(t.followups_of(&ann, &watched).await, ["from cat"], "only the editor's follow-up was recorded");
+    assert_eq!(t.state_of(&ann, &private).await, "QUEUED", "nothing refused changed anything");
+    assert_eq!(t.post(&format!("/agent/runs/{private}/cancel"), &ann, json!({})).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_session_link_leads_whoever_may_see_the_run_to_it_and_nobody_else() {
+    let t = TestServer::start().await;
+    let (_, ann) = user(&t, "ann", "member").await;
+    let (_, bob) = user(&t, "bob", "member").await;
+    let private = shared_run(&t, &ann, json!({"share": ["self"]})).await;
+    let public = shared_run(&t, &ann, json!({"share": ["self"], "public_access": "VIEWER"})).await;
+    let session = private["session_id"].as_str().unwrap();
+    assert_eq!(session.len(), 32);
+    assert_ne!(session, private["run_id"].as_str().unwrap(), "the session id is not the run id");
+    let link = private["session_link"].as_str().unwrap();
+    assert_eq!(link, format!("{}/sessions/{session}", t.server.url()));
+
+    let no_redirects = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let redirect = |session: &str, key: &str| {
+        no_redirects.get(t.url(&format!("/agent/sessions/{session}/redirect"))).bearer_auth(key.to_owned()).send()
+    };
+    let r = redirect(session, &ann).await.unwrap();
+    assert_eq!(r.status(), 302);
+    assert_eq!(r.headers()["location"], format!("/runs/{}", private["run_id"].as_str().unwrap()));
+    assert_eq!(redirect(session, &bob).await.unwrap().status(), 404, "a link without the right role is not found");
+    assert_eq!(redirect(session, &t.key_b).await.unwrap().status(), 404);
+    assert_eq!(redirect("0123456789abcdef0123456789abcdef", &ann).await.unwrap().status(), 404);
+
+    // Public: anyone signed in to the server, of any team, may watch it; none may steer it but its
+    // creator and its team's admins; and it is in no other team's list.
+    let public_id = public["run_id"].as_str().unwrap();
+    let public_session = public["session_id"].as_str().unwrap();
+    assert_eq!(redirect(public_session, &t.key_b).await.unwrap().status(), 302);
+    assert_eq!(reads(&t, public_id, &t.key_b).await, CAN_READ);
+    assert_eq!(reads(&t, public_id, &bob).await, CAN_READ);
+    let (status, body) = t.post(&format!("/agent/runs/{public_id}/followups"), &t.key_b, json!({"message": "x"})).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(listed(&t, &t.key_b).await.is_empty());
+}
+
+#[tokio::test]
+async fn bad_share_targets_are_refused_and_make_no_run() {
+    let t = TestServer::start().await;
+    for (sharing, says) in [
+        (json!({"share": ["nobody-here"]}), "no such user"),
+        (json!({"share": ["team:admin"]}), "is not self, team"),
+        (json!({"public_access": "OWNER"}), "public_access"),
+        (json!({"share": (0..51).map(|_| "team").collect::<Vec<_>>()}), "at most 50"),
+    ] {
+        let (status, body) = t
+            .post(
+                "/agent/runs",
+                &t.key_a,
+                json!({"prompt": "p", "config": {"worker_host": "w1", "session_sharing": sharing}}),
+            )
+            .await;
+        assert_eq!(status, 400, "{sharing}: {body}");
+        assert!(body["detail"].as_str().unwrap().contains(says), "{sharing}: {body}");
+    }
+    let (_, list) = t.get("/agent/runs", &t.key_a).await;
+    assert!(list["runs"].as_array().unwrap().is_empty(), "{list}");
+}
