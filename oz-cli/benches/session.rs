@@ -4,7 +4,14 @@
 //!
 //! ```text
 //! cargo bench -p oz-cli --bench session [-- LINES]     (default 200 lines per case)
+//! cargo bench -p oz-cli --bench session -- throughput [MB] [ROUNDS]   (default 50 MB, 3 rounds)
 //! ```
+//!
+//! `throughput`: the agent writes MB megabytes (100-byte lines) as fast as its pipe takes them, with
+//! no viewer and with 50 viewers of its live session, alternately; the agent times its own writing
+//! (the pipe drains only as fast as the runner reports and the control plane stores), so a session
+//! that slowed the run would show there. Also the process's resident memory before and at the end
+//! of each run (the control plane, the worker and the viewers live in this one process).
 //!
 //! The stack is `oz local`'s (control plane on SQLite, a worker on the Direct backend, the release
 //! `oz` as the runner). The agent is a command harness that waits for the viewers, then writes
@@ -101,7 +108,112 @@ async fn case(stack: &oz_cli::local::LocalStack, dir: &std::path::Path, viewers:
     report(&format!("live session, {viewers} viewer(s)"), &mut session_latency);
 }
 
+/// Resident memory of this process, in MiB (`VmRSS`).
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+/// One run writing `mb` MB with `viewers` viewers: the agent's own writing time, and the resident
+/// memory before and at its end.
+async fn flood(
+    stack: &oz_cli::local::LocalStack,
+    dir: &std::path::Path,
+    viewers: usize,
+    mb: usize,
+) -> (Duration, f64, f64) {
+    let client = stack.client().unwrap();
+    let gate = dir.join(format!("flood-{viewers}-{}", now_ns()));
+    let script = format!(
+        "while [ ! -e {gate} ]; do sleep 0.01; done; s=$(date +%s%N); head -c {bytes} /dev/zero | tr '\\0' x | fold -w 99; e=$(date +%s%N); echo \"wrote-ns $((e-s))\"",
+        gate = gate.display(),
+        bytes = mb * 99 * 1024 * 1024 / 100,
+    );
+    let config = AgentConfig {
+        worker_host: Some(oz_cli::local::LOCAL_WORKER.into()),
+        harness: Some(HarnessConfig {
+            kind: Some(oz_core::runner::HarnessKind::Command),
+            command: Some(vec!["/bin/sh".into(), "-c".into(), script]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let run = client.runs().create("flood").agent_config(config).send().await.unwrap();
+    loop {
+        let state = client.runs().get(&run.run_id).await.unwrap().state;
+        if state == oz_core::run::RunState::InProgress {
+            break;
+        }
+        assert!(!state.is_terminal(), "the run ended before it was watched: {state}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = rss_mib();
+    let mut watching = Vec::new();
+    for _ in 0..viewers {
+        let mut session = client.runs().watch(&run.run_id).await.unwrap();
+        watching.push(tokio::spawn(async move {
+            let mut bytes = 0usize;
+            while let Some(frame) = session.next().await {
+                match frame.unwrap() {
+                    SessionFrame::Output(b) => bytes += b.len(),
+                    SessionFrame::Screen { .. } => {}
+                    _ => {}
+                }
+            }
+            bytes
+        }));
+    }
+    std::fs::write(&gate, b"").unwrap();
+    let mut peak = before;
+    let mut events = Box::pin(client.runs().events(&run.run_id));
+    let mut wrote = None;
+    while let Some(event) = events.next().await {
+        let event = event.unwrap();
+        if let Some(text) = event.event.get("text").and_then(|t| t.as_str())
+            && let Some(ns) = text.lines().find_map(|l| l.strip_prefix("wrote-ns "))
+        {
+            wrote = ns.trim().parse::<u64>().ok().map(Duration::from_nanos);
+        }
+        peak = peak.max(rss_mib());
+    }
+    for viewer in watching {
+        let got = viewer.await.unwrap();
+        assert!(got > 0, "every viewer got output");
+    }
+    (wrote.expect("the agent said how long it wrote"), before, peak)
+}
+
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("throughput") {
+        let mb: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(50);
+        let rounds: usize = std::env::args().nth(3).and_then(|a| a.parse().ok()).unwrap_or(3);
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async move {
+            let dir = tempfile::tempdir().unwrap();
+            let stack = oz_cli::local::start_with_runner(dir.path(), "127.0.0.1:0", env!("CARGO_BIN_EXE_oz").into())
+                .await
+                .unwrap();
+            println!("| round | viewers | agent wrote {mb} MB in (s) | MB/s | RSS before (MiB) | RSS peak (MiB) |");
+            println!("|---|---|---|---|---|---|");
+            for round in 1..=rounds {
+                for viewers in [0, 50] {
+                    let (took, before, peak) = flood(&stack, dir.path(), viewers, mb).await;
+                    println!(
+                        "| {round} | {viewers} | {:.2} | {:.1} | {before:.0} | {peak:.0} |",
+                        took.as_secs_f64(),
+                        mb as f64 / took.as_secs_f64()
+                    );
+                }
+            }
+            stack.stop().await;
+        });
+        return;
+    }
     let lines: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(200);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async move {
