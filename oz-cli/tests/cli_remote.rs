@@ -6,6 +6,7 @@
 use std::process::Output;
 
 use oz_cli::local::LocalStack;
+use oz_core::run::RunState;
 
 const OZ: &str = env!("CARGO_BIN_EXE_oz");
 
@@ -416,5 +417,119 @@ async fn a_followup_reaches_a_running_command_harness() {
     assert_ne!(continued["run_id"], run_id.as_str());
     let child = client.runs().get(continued["run_id"].as_str().unwrap()).await.unwrap();
     assert_eq!(child.parent_run_id.as_deref(), Some(run_id.as_str()));
+    cli.stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unmanaged_agent_run_registers_as_local_is_watched_and_cancelled_from_the_api() {
+    let cli = Cli::start().await;
+    let client = cli.stack.client().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    // `oz agent run` on this machine, not in a sandbox: given an API key and a control plane, it
+    // registers its run, then reports, streams and listens to it like a managed one.
+    let mut agent = tokio::process::Command::new(OZ)
+        .args(["agent", "run", "--server-root-url", &cli.stack.server.url(), "--prompt", "local work"])
+        .args(["--harness", "command", "--share", "team:edit", "--workdir"])
+        .arg(work.path())
+        .args(["--", "/bin/sh", "-c", r#"echo "local agent says hi; key in env: ${WARP_API_KEY:-none}; in the runner's: $(tr '\0' '\n' < /proc/$PPID/environ | grep -c '^WARP_API_KEY=')"; sleep 60 & wait"#])
+        .env("WARP_API_KEY", &cli.stack.api_key)
+        .env_remove("GITHUB_ACTIONS")
+        .env_remove("OZ_WORKLOAD_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut found = None;
+    for _ in 0..400 {
+        let runs = client.runs().list().send().await.unwrap().runs;
+        if let Some(run) = runs.into_iter().find(|r| r.prompt == "local work") {
+            let transcript = client.runs().transcript(&run.run_id).await.unwrap();
+            if transcript.iter().any(|e| e.to_string().contains("local agent says hi")) {
+                found = Some((run, transcript));
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (run, transcript) = found.expect("the unmanaged run appears in the list with its output");
+    assert_eq!(run.execution_location.as_deref(), Some("LOCAL"));
+    assert_eq!(run.source.as_deref(), Some("CLI"));
+    assert_eq!(run.state, RunState::InProgress);
+    assert!(run.session_link.is_some());
+    let said: String = transcript.iter().map(|e| e.to_string()).collect();
+    assert!(said.contains("key in env: none"), "the API key is withheld from the harness: {said}");
+    assert!(said.contains("in the runner's: 0"), "nor left in the runner's own environment: {said}");
+    assert!(!said.contains(&cli.stack.api_key), "the API key is in no event");
+    assert!(!said.contains("ozw_"), "nor is the run's token");
+
+    // Cancelled from the API: the local runner hears it, stops its agent and reports the end.
+    client.runs().cancel(&run.run_id).await.unwrap();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), agent.wait())
+        .await
+        .expect("the local runner stops when its run is cancelled")
+        .unwrap();
+    assert!(!out.success());
+    let ended = cli.stack.client().unwrap().runs().get(&run.run_id).await.unwrap();
+    let ended = if ended.state.is_terminal() {
+        ended
+    } else {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        client.runs().get(&run.run_id).await.unwrap()
+    };
+    assert_eq!(ended.state, RunState::Cancelled, "{ended:?}");
+    let mut stderr_text = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut agent.stderr.take().unwrap(), &mut stderr_text).await.unwrap();
+    assert!(stderr_text.contains(&format!("registered run {}", run.run_id)), "{stderr_text}");
+    assert!(!stderr_text.contains(&cli.stack.api_key), "{stderr_text}");
+    cli.stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_github_actions_step_registers_a_github_action_run() {
+    let cli = Cli::start().await;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/github-actions/oz-agent.yml");
+    let workflow: serde_json::Value = serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let steps = workflow["jobs"]["agent"]["steps"].as_array().unwrap();
+    for step in steps {
+        let run = step["run"].as_str().unwrap_or_default();
+        assert!(!run.contains("${{"), "no expression is pasted into a script (injection): {run}");
+    }
+    let step = steps.iter().find(|s| s["run"].as_str().is_some_and(|r| r.contains("oz agent run"))).unwrap();
+    assert_eq!(step["env"]["WARP_API_KEY"], "${{ secrets.OZ_API_KEY }}", "the key comes from a secret");
+
+    // The step as the runner of a GitHub job runs it (bash -e, in the checkout, GitHub's variables),
+    // with a prompt that would run a command if it were pasted into the script.
+    let checkout = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(checkout.path().join("scripts")).unwrap();
+    let agent = checkout.path().join("scripts/agent.sh");
+    std::fs::write(&agent, "#!/bin/sh\necho \"agent in CI: $OZ_PROMPT\"\n").unwrap();
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let planted = checkout.path().join("pwned");
+    let prompt = format!("fix the build $(touch {})", planted.display());
+    let bin = std::path::Path::new(OZ).parent().unwrap();
+    let out = tokio::process::Command::new("bash")
+        .args(["-e", "-c", step["run"].as_str().unwrap()])
+        .current_dir(checkout.path())
+        .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default()))
+        .env("WARP_API_KEY", &cli.stack.api_key)
+        .env("WARP_SERVER_ROOT_URL", cli.stack.server.url())
+        .env("PROMPT", &prompt)
+        .env("GITHUB_ACTIONS", "true")
+        .env("GITHUB_WORKFLOW", "oz agent")
+        .env("GITHUB_REPOSITORY", "acme/app")
+        .env_remove("OZ_WORKLOAD_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(!planted.exists(), "the prompt was not run as a command");
+    let client = cli.stack.client().unwrap();
+    let run = client.runs().list().send().await.unwrap().runs.into_iter().find(|r| r.prompt == prompt).unwrap();
+    assert_eq!(run.source.as_deref(), Some("GITHUB_ACTION"));
+    assert_eq!(run.execution_location.as_deref(), Some("LOCAL"));
+    assert_eq!(run.title, "oz agent (acme/app)");
+    assert_eq!(run.state, RunState::Succeeded);
+    let transcript = client.runs().transcript(&run.run_id).await.unwrap();
+    assert!(transcript.iter().any(|e| e.to_string().contains("agent in CI: fix the build $(touch")), "{transcript:?}");
     cli.stack.stop().await;
 }

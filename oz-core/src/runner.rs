@@ -22,6 +22,9 @@ pub mod env {
     pub const GIT_CREDENTIALS: &str = "OZ_GIT_CREDENTIALS";
     /// The socket of the runner's git credential helper (set for setup and the harness).
     pub const GIT_CREDENTIAL_SOCKET: &str = "OZ_GIT_CREDENTIAL_SOCKET";
+    /// An API key (the SDK's and the CLI's, as Oz's): with `--server-root-url` and no task id,
+    /// `oz agent run` registers its run with it (an unmanaged run). Never passed to a child.
+    pub const API_KEY: &str = "WARP_API_KEY";
     /// The prompt: read by the runner when `--prompt` is absent; set for the harness.
     pub const PROMPT: &str = "OZ_PROMPT";
     /// Where the harness may write artifacts, one JSON object per line.

@@ -52,9 +52,11 @@ pub struct RunArgs {
     /// checked by the run (an unknown one ends the run with a reported failure, not a usage error).
     #[arg(long = flag::HARNESS, default_value = "oz")]
     pub harness: String,
-    /// Session sharing (accepted; sharing is done by the control plane).
-    #[arg(long = flag::SHARE)]
-    pub share: Option<String>,
+    /// Session sharing: from a worker, the run's `session_sharing` as JSON (the control plane
+    /// applies it); for a run this command registers itself, `--share` targets as Oz spells them
+    /// (alone: `self`; `team`, `team:edit`, a user, `USER:edit`), repeatable.
+    #[arg(long = flag::SHARE, num_args = 0..=1, default_missing_value = "self")]
+    pub share: Vec<String>,
     /// Stay up after completion for this long (accepted; the runner exits when the agent does).
     #[arg(long = flag::IDLE_ON_COMPLETE, num_args = 0..=1, default_missing_value = "0s")]
     pub idle_on_complete: Option<String>,
@@ -247,7 +249,7 @@ mod tests {
         assert_eq!(args.skill, invocation.skill);
         assert_eq!(args.mcp, invocation.mcp);
         assert_eq!(args.harness.parse::<HarnessKind>().unwrap(), HarnessKind::Gemini);
-        assert_eq!(args.share, invocation.share);
+        assert_eq!(args.share.first().cloned(), invocation.share);
         assert_eq!(args.idle_on_complete.as_deref(), Some("5m"));
         // Oz's bare `--idle-on-complete`, and no harness: the defaults.
         let bare = RunnerInvocation { idle_on_complete: Some(None), harness: None, ..invocation };

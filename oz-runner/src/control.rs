@@ -68,6 +68,10 @@ pub trait ControlPlane: Send + Sync {
     fn is_connected(&self) -> bool {
         true
     }
+    /// Says the runner is alive (a registered run's lease); nothing without a control plane.
+    async fn heartbeat(&self) -> Result<(), ControlError> {
+        Ok(())
+    }
     /// Follow-ups and interrupts of the run after event `after_seq` (0: from the first sent), with
     /// their event numbers, until the run ends; none without a control plane.
     fn steering(&self, after_seq: i64) -> BoxStream<'static, Result<(i64, Steering), ControlError>> {
@@ -114,6 +118,11 @@ impl ControlPlane for AgentClient {
             .await
             .map(Some)
             .map_err(|source| ControlError::Request { what: "fetching the run's configuration", source })
+    }
+    async fn heartbeat(&self) -> Result<(), ControlError> {
+        AgentClient::heartbeat(self)
+            .await
+            .map_err(|source| ControlError::Request { what: "telling the control plane the runner is alive", source })
     }
     fn steering(&self, after_seq: i64) -> BoxStream<'static, Result<(i64, Steering), ControlError>> {
         AgentClient::steering(self, after_seq)

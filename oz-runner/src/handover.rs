@@ -5,7 +5,7 @@
 //! - The workload token normally arrives as the task's secret input (`OZ_SECRET_INPUT`: on stdin,
 //!   or in a file), never in the environment; [`take`] reads it.
 //! - When the environment does hold a secret ([`HELD_BACK`]: the token from an older worker, git
-//!   tokens of an unmanaged run), [`reexec_without_secrets`] re-executes the runner with an
+//!   tokens and the API key of an unmanaged run), [`reexec_without_secrets`] re-executes the runner with an
 //!   environment without them, handing them over on a fresh stdin (an in-memory file), so the new
 //!   process's `/proc/<pid>/environ` never held them.
 
@@ -17,7 +17,8 @@ use oz_core::runner::env;
 use serde::{Deserialize, Serialize};
 
 /// Variables that must not stay in the runner's environment.
-pub const HELD_BACK: [&str; 4] = [env::WORKLOAD_TOKEN, env::GIT_CREDENTIALS, env::GITHUB_TOKEN, env::GH_TOKEN];
+pub const HELD_BACK: [&str; 5] =
+    [env::WORKLOAD_TOKEN, env::API_KEY, env::GIT_CREDENTIALS, env::GITHUB_TOKEN, env::GH_TOKEN];
 
 /// Marks a process started by [`reexec_without_secrets`]: its stdin is the handover.
 pub const HANDOVER: &str = env::HANDOVER;

@@ -22,6 +22,7 @@ pub mod exec;
 pub mod handover;
 pub mod harness;
 pub mod log;
+pub mod register;
 pub mod remote_head;
 pub mod run;
 pub mod warm;

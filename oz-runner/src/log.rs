@@ -283,7 +283,7 @@ fn human(event: &RunnerEvent) -> Option<String> {
             format!("setup[{index}] exited {exit_code} after {millis} ms")
         }
         RunnerEvent::HarnessStarted { harness } => format!("starting the {harness} harness"),
-        RunnerEvent::Output { .. } => return None,
+        RunnerEvent::Output { .. } | RunnerEvent::Heartbeat => return None,
         RunnerEvent::Artifact(a) => {
             format!("artifact: {}", serde_json::to_string(a).unwrap_or_default())
         }

@@ -37,8 +37,9 @@ pub const EXIT_CANCELLED: i32 = 130;
 /// Variables never passed on to setup commands or the harness, wherever they come from (the
 /// process, the environment's variables, its secrets): the workload token, and git tokens, which
 /// reach git and `gh` only through the credential helper.
-const WITHHELD: [&str; 6] = [
+const WITHHELD: [&str; 7] = [
     env::WORKLOAD_TOKEN,
+    env::API_KEY,
     env::GIT_CREDENTIALS,
     env::GITHUB_TOKEN,
     env::GH_TOKEN,
@@ -85,7 +86,7 @@ pub struct Context {
 }
 
 impl Context {
-    fn var(&self, name: &str) -> Option<String> {
+    pub(crate) fn var(&self, name: &str) -> Option<String> {
         self.env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone())
     }
 }
@@ -101,9 +102,33 @@ pub async fn run_prepared(args: RunArgs, warnings: Vec<String>, ctx: Context, pr
     run_in(args, warnings, ctx, Some(prepared)).await
 }
 
-async fn run_in(args: RunArgs, warnings: Vec<String>, ctx: Context, prepared: Option<Prepared>) -> i32 {
+async fn run_in(mut args: RunArgs, warnings: Vec<String>, mut ctx: Context, prepared: Option<Prepared>) -> i32 {
     crate::install_crypto_provider();
-    let token = ctx.var(env::WORKLOAD_TOKEN).filter(|t| !t.is_empty());
+    let mut token = ctx.var(env::WORKLOAD_TOKEN).filter(|t| !t.is_empty());
+    let api_key = ctx.var(env::API_KEY).filter(|k| !k.is_empty());
+    // An unmanaged run given a control plane and an API key registers itself, then goes on as a
+    // managed one does: its reports, its session and its steering go through the run's token.
+    let mut registered = false;
+    if let (None, Some(url), None, None, Some(key)) =
+        (&ctx.control, &args.server_root_url, &args.task_id, &token, &api_key)
+    {
+        match crate::register::register(url, key, &args, &ctx).await {
+            Ok(created) => {
+                eprintln!(
+                    "oz agent run: registered run {}{}",
+                    created.run_id,
+                    created.session_link.as_deref().map(|l| format!("; watch it at {l}")).unwrap_or_default()
+                );
+                args.task_id = Some(created.run_id);
+                token = Some(created.workload_token);
+                registered = true;
+            }
+            Err(e) => {
+                eprintln!("oz agent run: could not register the run with {url}: {e}");
+                return EXIT_USAGE;
+            }
+        }
+    }
     let control: Arc<dyn ControlPlane> = match (&ctx.control, &args.server_root_url, &args.task_id, &token) {
         (Some(c), ..) => c.clone(),
         (None, Some(url), Some(task_id), Some(token)) => {
@@ -117,10 +142,31 @@ async fn run_in(args: RunArgs, warnings: Vec<String>, ctx: Context, prepared: Op
         }
         _ => Arc::new(Detached),
     };
+    // A cancel asked on the control plane stops the run as a signal does (a managed run's worker
+    // also stops its sandbox; a registered run has only this).
+    let (stop, merged) = watch::channel(*ctx.cancel.borrow());
+    let stop = Arc::new(stop);
+    let mut signalled = ctx.cancel.clone();
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        if signalled.wait_for(|c| *c).await.is_ok() {
+            let _ = on_signal.send(true);
+        }
+    });
+    ctx.cancel = merged;
+    let heartbeat = registered.then(|| {
+        let control = control.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(crate::register::HEARTBEAT_EVERY).await;
+                let _ = control.heartbeat().await;
+            }
+        })
+    });
     // What the run needs is gathered before anything is printed, so that every secret in it is
     // masked from the first byte of output.
     let start = gather(&args, &ctx, control.as_ref()).await;
-    let mut secrets: Vec<String> = token.iter().cloned().collect();
+    let mut secrets: Vec<String> = token.iter().chain(api_key.iter()).cloned().collect();
     secrets.extend(ctx.env.iter().filter(|(k, _)| looks_secret(k)).map(|(_, v)| v.clone()));
     if let Ok(start) = &start {
         secrets.extend(start.secrets());
@@ -137,7 +183,7 @@ async fn run_in(args: RunArgs, warnings: Vec<String>, ctx: Context, prepared: Op
 
     let span = info_span!("agent_run", task_id = args.task_id.as_deref().unwrap_or("unmanaged"));
     let outcome = match start {
-        Ok(start) => prepare_and_run(&args, &ctx, &control, &log, start, prepared).instrument(span).await,
+        Ok(start) => prepare_and_run(&args, &ctx, &control, &log, start, prepared, &stop).instrument(span).await,
         Err(failure) => Err(failure),
     };
     let code = match outcome {
@@ -154,6 +200,9 @@ async fn run_in(args: RunArgs, warnings: Vec<String>, ctx: Context, prepared: Op
         .and_then(|s| s.parse().ok())
         .map_or(crate::log::FLUSH_WITHIN, std::time::Duration::from_secs);
     log.close(flush).await;
+    if let Some(heartbeat) = heartbeat {
+        heartbeat.abort();
+    }
     code
 }
 
@@ -290,6 +339,7 @@ async fn prepare_and_run(
     log: &Arc<EventLog>,
     start: Start,
     prepared: Option<Prepared>,
+    stop: &Arc<watch::Sender<bool>>,
 ) -> Result<i32, Failure> {
     clone::validate_base_url(&args.git_base_url).map_err(|e| (EXIT_USAGE, e))?;
     let Start { environment, prompt: resolved_prompt, secret_env, git_credentials } = start;
@@ -407,7 +457,8 @@ async fn prepare_and_run(
         .open(&followup_file)
         .map_err(|e| (EXIT_USAGE, format!("could not create {}: {e}", followup_file.display())))?;
     let (interrupt, interrupts) = tokio::sync::mpsc::unbounded_channel();
-    let steering = tokio::spawn(deliver_steering(control.clone(), followup_file.clone(), interrupt, log.clone()));
+    let steering =
+        tokio::spawn(deliver_steering(control.clone(), followup_file.clone(), interrupt, stop.clone(), log.clone()));
     log.emit(RunnerEvent::HarnessStarted { harness: harness.to_string() }).await;
     let stdin = Some(Bytes::from(prompt.clone()));
     let ended = exec::run(&argv, &child_env, &workdir, stdin, log.clone(), ctx.cancel.clone(), Some(interrupts))
@@ -456,6 +507,7 @@ async fn deliver_steering(
     control: Arc<dyn ControlPlane>,
     file: PathBuf,
     interrupt: tokio::sync::mpsc::UnboundedSender<()>,
+    stop: Arc<watch::Sender<bool>>,
     log: Arc<EventLog>,
 ) {
     use futures::StreamExt;
@@ -470,6 +522,10 @@ async fn deliver_steering(
             match steering.next().await {
                 None => break None,
                 Some(Err(e)) => break Some(e),
+                Some(Ok((seq, Steering::Cancel))) => {
+                    after = seq;
+                    let _ = stop.send(true);
+                }
                 Some(Ok((seq, Steering::Interrupt(_)))) => {
                     after = seq;
                     let said = match interrupt.send(()) {

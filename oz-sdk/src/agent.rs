@@ -7,7 +7,7 @@ use oz_core::environment::EnvironmentConfig;
 use oz_core::failure::ErrorCode;
 use oz_core::retry::RetryPolicy;
 use oz_core::wire::api::{EnvironmentList, RunItem, Steering};
-use oz_core::wire::callbacks::{ResolvedRun, RunnerReport, report_path, resolved_path};
+use oz_core::wire::callbacks::{ResolvedRun, RunnerEvent, RunnerReport, report_path, resolved_path};
 use oz_core::wire::problem::Problem;
 use reqwest::Method;
 use secrecy::SecretString;
@@ -134,6 +134,13 @@ impl AgentClient {
     pub async fn report(&self, report: &RunnerReport) -> Result<()> {
         let path = report_path(&seg(&self.run_id));
         self.http.execute(Method::POST, &path, |r| r.json(report), RetryRule::unless_sent(self.reports)).await.map(drop)
+    }
+
+    /// Says the runner is alive (a runner that registered its own run has no worker to renew the
+    /// run's lease): a `heartbeat` report, not stored.
+    pub async fn heartbeat(&self) -> Result<()> {
+        let report = RunnerReport { at: jiff::Timestamp::now(), seq: None, event: RunnerEvent::Heartbeat };
+        self.report(&report).await
     }
 
     /// The environment `id`, from the ones the run may see (`GET /agent/environments`). One that is

@@ -67,6 +67,16 @@ impl RunsHandler {
         self.client.call_json(Method::POST, &format!("/agent/runs/{}/followups", seg(run_id)), &body).await
     }
 
+    /// Registers a run that the caller runs itself, where it is (an unmanaged `oz agent run`): the
+    /// run is tracked, watched, steered and cancelled like a managed one; report on it with the
+    /// answered workload token ([`crate::AgentClient`]).
+    pub async fn register_local(
+        &self,
+        request: &oz_core::wire::api::LocalRunRequest,
+    ) -> Result<oz_core::wire::api::LocalRunCreated> {
+        self.client.call_json(Method::POST, "/agent/runs/local", request).await
+    }
+
     /// Interrupts a run's running agent (SIGINT to its harness, as Ctrl-C in a terminal): it stops
     /// what it is doing now; the run goes on if the harness handles the signal. Returns the run's id.
     /// A run whose agent has not started is a 409, one that ended a 400.

@@ -62,18 +62,45 @@ impl From<CreationError> for ApiError {
 /// checks the environment belongs to the team, and says in its status message what it waits for.
 /// The scheduler stores it itself, in the transaction that moves the schedule to its next tick.
 pub async fn prepare(state: &AppState, team_id: &str, new: NewRun) -> Result<RunRecord, CreationError> {
+    prepare_for(state, team_id, new, Placement::Worker).await
+}
+
+/// Where a run runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// On the worker its config names (or the server's default).
+    Worker,
+    /// Where the runner that registers it runs (`POST /agent/runs/local`).
+    Local,
+}
+
+async fn prepare_for(
+    state: &AppState,
+    team_id: &str,
+    new: NewRun,
+    placement: Placement,
+) -> Result<RunRecord, CreationError> {
     let mut config = new.config.unwrap_or_default();
-    let worker_host = match config.worker_host.as_deref() {
-        None | Some("warp") => state.config.default_worker_host.clone().ok_or_else(|| {
-            CreationError::Invalid(
-                "config.worker_host is required: this server runs agents on self-hosted workers only".into(),
-            )
-        })?,
-        Some(host) => host.to_owned(),
+    let worker_host = match (placement, config.worker_host.as_deref()) {
+        (Placement::Local, None) => None,
+        (Placement::Local, Some(_)) => {
+            return Err(CreationError::Invalid(
+                "config.worker_host must be absent: a local run runs where it registered".into(),
+            ));
+        }
+        (Placement::Worker, None | Some("warp")) => {
+            Some(state.config.default_worker_host.clone().ok_or_else(|| {
+                CreationError::Invalid(
+                    "config.worker_host is required: this server runs agents on self-hosted workers only".into(),
+                )
+            })?)
+        }
+        (Placement::Worker, Some(host)) => Some(host.to_owned()),
     };
-    validate_worker_id(&worker_host)
-        .map_err(|e| CreationError::Invalid(format!("config.worker_host: {}", e.detail)))?;
-    config.worker_host = Some(worker_host.clone());
+    if let Some(host) = &worker_host {
+        validate_worker_id(host).map_err(|e| CreationError::Invalid(format!("config.worker_host: {}", e.detail)))?;
+    }
+    config.worker_host = worker_host.clone();
     if let Some(env_id) = &config.environment_id
         && state.store.environment(team_id, env_id).await?.is_none()
     {
@@ -92,10 +119,10 @@ pub async fn prepare(state: &AppState, team_id: &str, new: NewRun) -> Result<Run
     })?;
     let now = Timestamp::now();
     let title = new.title.filter(|t| !t.trim().is_empty()).unwrap_or_else(|| new.prompt.chars().take(80).collect());
-    let waiting = if state.dispatcher.connections(team_id, &worker_host) > 0 {
-        format!("waiting for worker {worker_host}")
-    } else {
-        format!("waiting for worker {worker_host}: no worker with this id is connected")
+    let waiting = match &worker_host {
+        None => "registered by its runner".to_owned(),
+        Some(host) if state.dispatcher.connections(team_id, host) > 0 => format!("waiting for worker {host}"),
+        Some(host) => format!("waiting for worker {host}: no worker with this id is connected"),
     };
     Ok(RunRecord {
         id: uuid::Uuid::new_v4().to_string(),
@@ -105,7 +132,7 @@ pub async fn prepare(state: &AppState, team_id: &str, new: NewRun) -> Result<Run
         prompt: new.prompt,
         state: RunState::Queued,
         source: new.source,
-        worker_host: Some(worker_host),
+        worker_host,
         config: Some(config),
         status_message: Some(StatusMessage {
             message: waiting,
@@ -129,6 +156,28 @@ pub async fn prepare(state: &AppState, team_id: &str, new: NewRun) -> Result<Run
         sharing,
     })
 }
+
+/// Registers a run that its runner runs where it is (an unmanaged `oz agent run`): stored, claimed
+/// at once by that runner (no worker is ever offered it; its lease is renewed by its reports and
+/// heartbeats), with a workload token for the runner, which is returned (never stored).
+pub async fn register_local(state: &AppState, team_id: &str, new: NewRun) -> Result<(RunRecord, String), ApiError> {
+    let run = prepare_for(state, team_id, new, Placement::Local).await?;
+    state.store.insert_run(&run).await?;
+    state.lifecycle.metrics().run_created(&run.source);
+    let mut change = crate::store::StateChange::new(RunState::Queued, RunState::Claimed)
+        .message("running where it registered (an unmanaged oz agent run)");
+    change.claimed_by = Some(Some(LOCAL_HOLDER.to_owned()));
+    change.execution_id = Some(uuid::Uuid::new_v4().to_string());
+    let lease =
+        jiff::SignedDuration::try_from(state.config.lease_timeout).unwrap_or(jiff::SignedDuration::from_secs(90));
+    change.lease_expires_at = Some(Some(Timestamp::now().checked_add(lease).unwrap_or(Timestamp::MAX)));
+    let run = state.lifecycle.apply(&run.id, change).await?;
+    let token = crate::dispatch::assignment::mint_token(state.store.as_ref(), &run, state.config.token_ttl).await?;
+    Ok((run, token))
+}
+
+/// Who holds a local run (`claimed_by`): its own runner, not a worker (no worker id has an `@`).
+pub const LOCAL_HOLDER: &str = "@local-runner";
 
 /// Prepares the run, stores it, counts it and wakes dispatch, which offers it to its worker.
 pub async fn create(state: &AppState, team_id: &str, new: NewRun) -> Result<RunRecord, CreationError> {

@@ -224,7 +224,8 @@ pub fn run_item(run: &RunRecord, public_url: &str) -> RunItem {
         prompt: run.prompt.clone(),
         created_at: run.created_at,
         updated_at: run.updated_at,
-        execution_location: Some("REMOTE".into()),
+        // A run with no worker host registered itself from where it runs (`POST /agent/runs/local`).
+        execution_location: Some(if run.worker_host.is_some() { "REMOTE" } else { "LOCAL" }.into()),
         started_at: run.started_at,
         status_message: run.status_message.clone(),
         source: Some(run.source.clone()),

@@ -375,3 +375,42 @@ async fn an_interrupt_reaches_a_started_agent_through_its_runners_stream_and_not
     let (status, body) = t.post(&path, &t.key_a, json!({})).await;
     assert_eq!(status, 400, "{body}");
 }
+
+#[tokio::test]
+async fn a_local_run_is_claimed_by_its_own_runner_kept_alive_by_heartbeats_and_ended_when_they_stop() {
+    let t = TestServer::start().await; // a 2 s lease
+    let (status, body) =
+        t.post("/agent/runs/local", &t.key_a, json!({"prompt": "p", "config": {"worker_host": "w1"}})).await;
+    assert_eq!(status, 400, "a local run names no worker: {body}");
+    let (status, body) = t.post("/agent/runs/local", &t.key_a, json!({"prompt": "p", "source": "API"})).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, created) =
+        t.post("/agent/runs/local", &t.key_a, json!({"prompt": "on my laptop", "source": "GITHUB_ACTION"})).await;
+    assert_eq!(status, 200, "{created}");
+    let run = created["run_id"].as_str().unwrap().to_owned();
+    let token = created["workload_token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("ozw_"));
+    let (_, item) = t.get(&format!("/agent/runs/{run}"), &t.key_a).await;
+    assert_eq!((item["state"].as_str(), item["execution_location"].as_str()), (Some("CLAIMED"), Some("LOCAL")));
+    assert_eq!(item["source"], "GITHUB_ACTION");
+    assert!(!item.to_string().contains(&token), "the token is shown once, in the registration's answer");
+
+    // Its token reports as a sandbox's does; heartbeats keep it past its lease, and are not stored.
+    support::report(&t, &run, &token, json!({"event": "harness_started", "harness": "command"})).await;
+    t.wait_state(&t.key_a, &run, "INPROGRESS").await;
+    for _ in 0..8 {
+        support::report(&t, &run, &token, json!({"event": "heartbeat"})).await;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert_eq!(t.state_of(&t.key_a, &run).await, "INPROGRESS", "alive for 4 s on a 2 s lease");
+    let (_, content) = t.get(&format!("/agent/runs/{run}/transcript/content"), &t.key_a).await;
+    assert!(!content.to_string().contains("heartbeat"), "{content}");
+
+    // A runner that died (kill -9) says nothing more: the run ends ERROR, saying so.
+    let ended = t.wait_state(&t.key_a, &run, "ERROR").await;
+    let message = ended["status_message"]["message"].as_str().unwrap();
+    assert!(message.contains("its runner") && message.contains("stopped responding"), "{message}");
+    // Nothing was ever offered to a worker.
+    let (_, list) = t.get("/agent/runs?state=PENDING", &t.key_a).await;
+    assert!(list["runs"].as_array().unwrap().is_empty());
+}

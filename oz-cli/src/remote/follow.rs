@@ -39,6 +39,7 @@ pub fn describe(event: &RunStreamEvent) -> Option<String> {
         RunnerEvent::SetupStarted { command, .. } => format!("setup: {command}"),
         RunnerEvent::SetupFinished { exit_code, millis, .. } => format!("setup exited {exit_code} after {millis} ms"),
         RunnerEvent::HarnessStarted { harness } => format!("agent started ({harness} harness)"),
+        RunnerEvent::Heartbeat => return None,
         RunnerEvent::Output { text, .. } => {
             let body = text.trim_end_matches('\n');
             if body.is_empty() {

@@ -328,6 +328,54 @@ impl FollowupEvent {
     }
 }
 
+/// `POST /agent/runs/local` (our extension): an unmanaged `oz agent run` registers the run it is
+/// about to run on its own machine, so that it is tracked, watched, steered and cancelled like a
+/// managed one (`execution_location: LOCAL`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LocalRunRequest {
+    /// What the agent is asked.
+    pub prompt: String,
+    /// A title; defaults to the start of the prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// `CLI` (the default), `GITHUB_ACTION` or `LOCAL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Its environment, model, harness and session sharing (`worker_host` must be absent: it runs
+    /// where it registered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<AgentConfig>,
+}
+
+/// The answer to `POST /agent/runs/local`: the run, and the workload token its runner reports
+/// with (shown once; good for this run only).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalRunCreated {
+    /// The run's id.
+    pub run_id: String,
+    /// The run's workload token.
+    pub workload_token: String,
+    /// Where to watch it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_link: Option<String>,
+}
+
+impl std::fmt::Debug for LocalRunCreated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalRunCreated")
+            .field("run_id", &self.run_id)
+            .field("workload_token", &"<redacted>")
+            .field("session_link", &self.session_link)
+            .finish()
+    }
+}
+
+/// A cancel asked of a run, as its event stream carries it (`"event": "cancel_requested"`); a
+/// runner that registered its own run follows these to stop (a managed run's worker stops it).
+pub const CANCEL_REQUESTED: &str = "cancel_requested";
+
 /// An interrupt of a run's running agent, as its event stream carries it (`"event": "interrupt"`):
 /// the runner sends SIGINT to the harness's process group (what Ctrl-C in a terminal does), so the
 /// agent stops what it is doing now; a harness that handles the signal goes on with the session.
@@ -360,11 +408,13 @@ pub enum Steering {
     Followup(FollowupEvent),
     /// Stop the current step.
     Interrupt(InterruptEvent),
+    /// Stop the run (someone cancelled it).
+    Cancel,
 }
 
 impl Steering {
     /// The event kinds a runner follows (`?event=` of the run's event stream).
-    pub const KINDS: &'static str = "followup,interrupt";
+    pub const KINDS: &'static str = "followup,interrupt,cancel_requested";
 }
 
 /// `POST /agent/schedules`.
@@ -652,6 +702,7 @@ impl RunStreamEvent {
         match self.kind() {
             FollowupEvent::KIND => self.followup().map(Steering::Followup),
             InterruptEvent::KIND => serde_json::from_value(self.event.clone()).ok().map(Steering::Interrupt),
+            CANCEL_REQUESTED => Some(Steering::Cancel),
             _ => None,
         }
     }

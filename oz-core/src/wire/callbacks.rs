@@ -168,6 +168,9 @@ pub enum RunnerEvent {
     },
     /// Something the run produced.
     Artifact(Artifact),
+    /// The runner is alive (a runner that registered its own run, with no worker to vouch for it,
+    /// sends one when it has said nothing for a while): renews the run's lease, is not stored.
+    Heartbeat,
     /// The run ended.
     Finished {
         /// `SUCCEEDED`, `FAILED` or `CANCELLED`.

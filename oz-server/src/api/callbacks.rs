@@ -30,6 +30,13 @@ pub async fn report(
         .run(&token.team_id, &run_id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("there is no run {run_id:?}")))?;
+    if matches!(report.event, RunnerEvent::Heartbeat) {
+        // Proof of life only (a runner that registered its own run has no worker to renew its lease).
+        if matches!(run.state, RunState::Claimed | RunState::InProgress | RunState::Blocked) {
+            state.dispatcher.heard_from(&run.id).await?;
+        }
+        return Ok(StatusCode::NO_CONTENT);
+    }
     let body = serde_json::to_value(&report).map_err(ApiError::internal)?;
     // A resend (the runner did not hear the answer) is stored once; what it changes is applied
     // again, since every change below but an artifact is idempotent.

@@ -28,6 +28,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/agent/runs", post(runs::create).get(runs::list))
         .route("/agent/run", post(runs::create))
+        .route("/agent/runs/local", post(runs::register_local))
         .route("/agent/runs/{id}", get(runs::get))
         .route("/agent/runs/{id}/cancel", post(runs::cancel))
         .route("/agent/runs/{id}/followups", post(runs::followup))

@@ -92,6 +92,42 @@ pub async fn create(
     Ok(created(run))
 }
 
+/// `POST /agent/runs/local` (our extension): an unmanaged `oz agent run` registers the run it runs
+/// where it is; the run is tracked, watched, steered and cancelled like a managed one
+/// (`execution_location: LOCAL`), and its runner reports with the workload token answered (once).
+#[utoipa::path(post, path = "/agent/runs/local", tag = "runs", request_body = LocalRunRequest, responses((status = 200, body = LocalRunCreated), BadRequest, Unauthorized, Forbidden))]
+pub async fn register_local(
+    State(state): State<AppState>,
+    Member(caller): Member,
+    ApiJson(req): ApiJson<oz_core::wire::api::LocalRunRequest>,
+) -> Result<Json<oz_core::wire::api::LocalRunCreated>, ApiError> {
+    let as_request = RunAgentRequest {
+        prompt: Some(req.prompt.clone()),
+        title: req.title.clone(),
+        config: req.config.clone(),
+        ..Default::default()
+    };
+    validate_request(&as_request)?;
+    let source = req.source.clone().unwrap_or_else(|| "CLI".into());
+    if !matches!(source.as_str(), "CLI" | "GITHUB_ACTION" | "LOCAL") {
+        return Err(ApiError::invalid(format!("source {source:?} is not one of CLI, GITHUB_ACTION, LOCAL")));
+    }
+    state.run_limiter.take(&caller.key_id)?;
+    let new = NewRun {
+        prompt: req.prompt,
+        title: req.title,
+        config: req.config,
+        source,
+        creator_id: caller.user_id.clone(),
+        schedule_id: None,
+        parent_run_id: None,
+        metadata: None,
+    };
+    let (run, workload_token) = creation::register_local(&state, &caller.team_id, new).await?;
+    let session_link = Some(crate::sharing::session_link(&state.public_url, &run.session_id));
+    Ok(Json(oz_core::wire::api::LocalRunCreated { run_id: run.id, workload_token, session_link }))
+}
+
 /// What `POST /agent/runs` and its follow-ups answer.
 fn created(run: RunRecord) -> Json<RunCreated> {
     Json(RunCreated { run_id: run.id.clone(), task_id: run.id, state: run.state, at_capacity: None })

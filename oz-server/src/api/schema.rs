@@ -9,8 +9,9 @@ pub(crate) use oz_core::wire::admin::{
     UserItem, UserList, UserUpdate,
 };
 pub(crate) use oz_core::wire::api::{
-    CloudEnvironment, EnvironmentList, FollowupRequest, IntegrationItem, IntegrationRequest, RunAgentRequest,
-    RunCreated, RunItem, RunList, RunStreamEvent, ScheduleCreate, ScheduleItem, ScheduleUpdate, WebhookAccepted,
+    CloudEnvironment, EnvironmentList, FollowupRequest, IntegrationItem, IntegrationRequest, LocalRunCreated,
+    LocalRunRequest, RunAgentRequest, RunCreated, RunItem, RunList, RunStreamEvent, ScheduleCreate, ScheduleItem,
+    ScheduleUpdate, WebhookAccepted,
 };
 pub(crate) use oz_core::wire::callbacks::{ResolvedRun, RunnerReport};
 pub(crate) use oz_core::wire::problem::Problem;

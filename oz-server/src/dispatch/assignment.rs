@@ -12,6 +12,24 @@ use crate::error::ApiError;
 use crate::secrets;
 use crate::store::{RunRecord, Store, WorkloadTokenRecord};
 
+/// Mints and stores a workload token for `run` (good for it only, for `token_ttl` at most; revoked
+/// when it ends); returns its text, which is never stored.
+pub async fn mint_token(store: &dyn Store, run: &RunRecord, token_ttl: Duration) -> Result<String, ApiError> {
+    let minted = secrets::mint(secrets::WORKLOAD_TOKEN_PREFIX);
+    let ttl = jiff::SignedDuration::try_from(token_ttl).unwrap_or(jiff::SignedDuration::from_hours(24));
+    store
+        .insert_token(&WorkloadTokenRecord {
+            id: minted.id.clone(),
+            run_id: run.id.clone(),
+            team_id: run.team_id.clone(),
+            secret_hash: minted.hash.clone(),
+            expires_at: Timestamp::now().checked_add(ttl).unwrap_or(Timestamp::MAX),
+            revoked: false,
+        })
+        .await?;
+    Ok(minted.text)
+}
+
 /// Builds the assignment of `run` (attempt `execution_id`), minting and storing its workload token.
 pub async fn build(
     store: &dyn Store,
@@ -25,21 +43,10 @@ pub async fn build(
         Some(id) => store.environment(&run.team_id, id).await?,
         None => None,
     };
-    let minted = secrets::mint(secrets::WORKLOAD_TOKEN_PREFIX);
-    let ttl = jiff::SignedDuration::try_from(token_ttl).unwrap_or(jiff::SignedDuration::from_hours(24));
-    store
-        .insert_token(&WorkloadTokenRecord {
-            id: minted.id.clone(),
-            run_id: run.id.clone(),
-            team_id: run.team_id.clone(),
-            secret_hash: minted.hash.clone(),
-            expires_at: Timestamp::now().checked_add(ttl).unwrap_or(Timestamp::MAX),
-            revoked: false,
-        })
-        .await?;
+    let token = mint_token(store, run, token_ttl).await?;
     let mut env_vars: BTreeMap<String, String> =
         environment.as_ref().map(|e| e.config.env_vars.clone()).unwrap_or_default();
-    env_vars.insert(runner_env::WORKLOAD_TOKEN.into(), minted.text);
+    env_vars.insert(runner_env::WORKLOAD_TOKEN.into(), token);
     if !public_url.is_empty() {
         env_vars.insert(runner_env::SERVER_ROOT_URL.into(), public_url.to_owned());
     }

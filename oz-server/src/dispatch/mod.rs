@@ -484,11 +484,18 @@ impl Dispatcher {
                 store.renew_lease(&run.id, deadline).await?;
                 continue;
             }
-            let message = format!(
-                "worker {} stopped responding while holding the run (no connection for {}s); the run did not finish",
-                holder.1,
-                self.inner.config.lease_timeout.as_secs()
-            );
+            let message = if run.worker_host.is_none() {
+                format!(
+                    "its runner, which registered it from where it ran, stopped responding (nothing for {}s); the run did not finish",
+                    self.inner.config.lease_timeout.as_secs()
+                )
+            } else {
+                format!(
+                    "worker {} stopped responding while holding the run (no connection for {}s); the run did not finish",
+                    holder.1,
+                    self.inner.config.lease_timeout.as_secs()
+                )
+            };
             self.inner.lifecycle.advance(&run.id, RunState::Error, Some(message)).await?;
         }
         Ok(())
