@@ -171,16 +171,22 @@ async fn flood(
     std::fs::write(&gate, b"").unwrap();
     let mut peak = before;
     let mut events = Box::pin(client.runs().events(&run.run_id));
-    let mut wrote = None;
+    // The agent's last line, which may come split over two output events.
+    let mut tail = String::new();
     while let Some(event) = events.next().await {
         let event = event.unwrap();
-        if let Some(text) = event.event.get("text").and_then(|t| t.as_str())
-            && let Some(ns) = text.lines().find_map(|l| l.strip_prefix("wrote-ns "))
-        {
-            wrote = ns.trim().parse::<u64>().ok().map(Duration::from_nanos);
+        if let Some(text) = event.event.get("text").and_then(|t| t.as_str()) {
+            tail.push_str(text);
+            let keep = tail.len().saturating_sub(200);
+            tail.drain(..tail.ceil_char_boundary(keep));
         }
         peak = peak.max(rss_mib());
     }
+    let wrote = tail
+        .lines()
+        .find_map(|l| l.strip_prefix("wrote-ns "))
+        .and_then(|ns| ns.trim().parse::<u64>().ok())
+        .map(Duration::from_nanos);
     for viewer in watching {
         let got = viewer.await.unwrap();
         assert!(got > 0, "every viewer got output");
