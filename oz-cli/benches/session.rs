@@ -90,7 +90,8 @@ async fn case(stack: &oz_cli::local::LocalStack, dir: &std::path::Path, viewers:
         let mut events = Box::pin(events);
         while let Some(event) = events.next().await {
             let event = event.unwrap();
-            if let Some(text) = event.event.get("text").and_then(|t| t.as_str()) {
+            let stdout = event.event.get("stream").and_then(|s| s.as_str()) == Some("stdout");
+        if let Some(text) = event.event.get("text").and_then(|t| t.as_str()).filter(|_| stdout) {
                 latencies(text, now_ns(), &mut seen);
             }
         }
