@@ -183,16 +183,17 @@ async fn flood(
         }
         peak = peak.max(rss_mib());
     }
+    // (fold ends its last line without a newline: the stamp may follow it on the same line.)
     let wrote = tail
-        .lines()
-        .find_map(|l| l.strip_prefix("wrote-ns "))
-        .and_then(|ns| ns.trim().parse::<u64>().ok())
+        .rfind("wrote-ns ")
+        .and_then(|at| tail[at + "wrote-ns ".len()..].split_whitespace().next())
+        .and_then(|ns| ns.parse::<u64>().ok())
         .map(Duration::from_nanos);
     for viewer in watching {
         let got = viewer.await.unwrap();
         assert!(got > 0, "every viewer got output");
     }
-    (wrote.expect("the agent said how long it wrote"), before, peak)
+    (wrote.unwrap_or_else(|| panic!("the agent said how long it wrote: {tail:?}")), before, peak)
 }
 
 fn main() {
