@@ -90,8 +90,7 @@ async fn case(stack: &oz_cli::local::LocalStack, dir: &std::path::Path, viewers:
         let mut events = Box::pin(events);
         while let Some(event) = events.next().await {
             let event = event.unwrap();
-            let stdout = event.event.get("stream").and_then(|s| s.as_str()) == Some("stdout");
-        if let Some(text) = event.event.get("text").and_then(|t| t.as_str()).filter(|_| stdout) {
+            if let Some(text) = event.event.get("text").and_then(|t| t.as_str()) {
                 latencies(text, now_ns(), &mut seen);
             }
         }
@@ -176,7 +175,8 @@ async fn flood(
     let mut tail = String::new();
     while let Some(event) = events.next().await {
         let event = event.unwrap();
-        if let Some(text) = event.event.get("text").and_then(|t| t.as_str()) {
+        let stdout = event.event.get("stream").and_then(|s| s.as_str()) == Some("stdout");
+        if let Some(text) = event.event.get("text").and_then(|t| t.as_str()).filter(|_| stdout) {
             tail.push_str(text);
             let keep = tail.len().saturating_sub(200);
             tail.drain(..tail.ceil_char_boundary(keep));
