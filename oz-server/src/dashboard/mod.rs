@@ -127,7 +127,14 @@ fn sign_in_form(status: StatusCode, error: &str, next: &str) -> Response {
 /// in), never another site.
 fn next_page(next: Option<&str>) -> &str {
     match next {
-        Some(n) if (n.starts_with("/sessions/") || n.starts_with("/runs/")) && !n.contains("//") && n.len() < 200 => n,
+        Some(n)
+            if (n.starts_with("/sessions/") || n.starts_with("/runs/"))
+                && !n.contains("//")
+                && n.len() < 200
+                && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_')) =>
+        {
+            n
+        }
         _ => "/runs",
     }
 }
@@ -303,6 +310,23 @@ async fn session_page(State(state): State<AppState>, headers: HeaderMap, Path(se
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn after_signing_in_a_browser_goes_only_to_this_dashboards_runs_and_sessions() {
+        assert_eq!(next_page(Some("/sessions/0123abcd")), "/sessions/0123abcd");
+        assert_eq!(next_page(Some("/runs/6f1e-22")), "/runs/6f1e-22");
+        for elsewhere in [
+            "//evil.example/runs/x",
+            "https://evil.example",
+            "/runs/\\evil.example",
+            "/runs/x\r\nSet-Cookie: a=b",
+            "/admin",
+            "",
+        ] {
+            assert_eq!(next_page(Some(elsewhere)), "/runs", "{elsewhere:?}");
+        }
+        assert_eq!(next_page(None), "/runs");
+    }
 
     #[test]
     fn filled_values_are_escaped() {
