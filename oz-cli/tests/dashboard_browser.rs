@@ -1,7 +1,8 @@
 //! The dashboard in a real headless Chromium (Debian's `chromium`, driven through `chromedriver`
 //! by WebDriver) against a local stack over real sockets: signing in, the runs list updating live, a
-//! run's terminal as it happens, a follow-up typed in the page reaching the running agent, a viewer
-//! who cannot steer, another team's run out of reach. Screenshots of each page are written to
+//! run's terminal as it happens, a follow-up typed in the page reaching the running agent, keys typed
+//! into its terminal answering the agent's question, the Interrupt button, a viewer who can neither
+//! steer nor type, another team's run out of reach. Screenshots of each page are written to
 //! `target/test-artifacts/dashboard/` (or `$OZ_SCREENSHOT_DIR`).
 //!
 //! Skipped, loudly, when `chromedriver` is not installed, unless `OZ_REQUIRE_BROWSER=1` (CI sets it).
@@ -227,7 +228,14 @@ async fn the_dashboard_shows_runs_live_steers_them_and_keeps_viewers_and_other_t
     // A run's page: its terminal as it happens, and a follow-up typed in the page.
     let steered = environment(
         &stack,
-        r#"echo "hello from the agent"; n=0; while ! grep -q . "$OZ_FOLLOWUP_FILE" && [ $n -lt 1200 ]; do sleep 0.05; n=$((n+1)); done; echo "answer: $(head -n 1 "$OZ_FOLLOWUP_FILE" | sed 's/.*"message":"\([^"]*\)".*/\1/')"; printf '\033[1;32mall done\033[0m\n'"#,
+        concat!(
+            r#"echo "hello from the agent"; n=0; while ! grep -q . "$OZ_FOLLOWUP_FILE" && [ $n -lt 1200 ]; do sleep 0.05; n=$((n+1)); done; echo "answer: $(head -n 1 "$OZ_FOLLOWUP_FILE" | sed 's/.*"message":"\([^"]*\)".*/\1/')"; "#,
+            // A question on its terminal, answered by keys typed into the page.
+            r#"printf 'your name? '; IFS= read -r name < /dev/tty; echo "hi $name"; "#,
+            // Waits to be interrupted (SIGINT from the page's button), then ends in colour.
+            r#"stop=0; trap 'echo "interrupted!"; stop=1' INT; n=0; while [ $stop = 0 ] && [ $n -lt 1200 ]; do sleep 0.05; n=$((n+1)); done; "#,
+            r#"printf '\033[1;32mall done\033[0m\n'"#
+        ),
     )
     .await;
     let run = start_run(&stack, &steered, "answer what you are told").await;
@@ -249,6 +257,16 @@ async fn the_dashboard_shows_runs_live_steers_them_and_keeps_viewers_and_other_t
     browser.client.find(Locator::Css("#followup")).await.unwrap().send_keys("please add tests").await.unwrap();
     browser.client.find(Locator::Css("#send-followup")).await.unwrap().click().await.unwrap();
     browser.terminal_shows("answer: please add tests").await;
+    // The agent asks on its terminal; the person clicks the terminal and types the answer.
+    browser.terminal_shows("your name?").await;
+    let terminal = browser.client.find(Locator::Css("#terminal")).await.unwrap();
+    terminal.click().await.unwrap();
+    terminal.send_keys("Ada\u{E007}").await.unwrap();
+    browser.terminal_shows("hi Ada").await;
+    browser.screenshot("run-typed").await;
+    browser.until("the Interrupt button is enabled", "return !document.getElementById('interrupt').disabled").await;
+    browser.client.find(Locator::Css("#interrupt")).await.unwrap().click().await.unwrap();
+    browser.terminal_shows("interrupted!").await;
     let bold = browser
         .until("the agent's colours are drawn", "const b = [...document.querySelectorAll('#terminal span.b')].find((s) => s.textContent.includes('all done')); return b && b.style.color")
         .await;
@@ -265,7 +283,12 @@ async fn the_dashboard_shows_runs_live_steers_them_and_keeps_viewers_and_other_t
     let list = stack.client().unwrap().runs().list().send().await.unwrap();
     assert_eq!(list.runs.len(), 2, "{:?}", list.runs.iter().map(|r| &r.run_id).collect::<Vec<_>>());
 
-    // A viewer watches but cannot steer: no follow-up box, and the server refuses one anyway.
+    // A viewer watches but cannot steer: no follow-up box, and the server refuses one anyway. A run
+    // that is still going, for the viewer to try typing into.
+    let release = dir.path().join("held-may-end");
+    let held =
+        environment(&stack, &format!("echo held; while [ ! -e {} ]; do sleep 0.05; done", release.display())).await;
+    let held_run = start_run(&stack, &held, "held").await;
     let user = admin(&stack, "/admin/users", json!({"name": "vera", "role": "viewer"})).await;
     let viewer_key = admin(&stack, "/admin/keys", json!({"name": "vera's browser", "user_id": user["id"]})).await;
     browser.client.find(Locator::Css("#sign-out")).await.unwrap().click().await.unwrap();
@@ -280,6 +303,28 @@ async fn the_dashboard_shows_runs_live_steers_them_and_keeps_viewers_and_other_t
         .fetch_status("POST", &format!("/api/v1/agent/runs/{run}/followups"), json!({"message": "sneaky"}))
         .await;
     assert_eq!(status, 403, "a viewer's follow-up is refused by the server");
+    assert_eq!(
+        browser.client.execute("return document.getElementById('terminal').tabIndex", vec![]).await.unwrap(),
+        json!(-1),
+        "a viewer's terminal takes no keys"
+    );
+    // Keys sent on a live run's session socket anyway (the page's cookie) are refused by the server.
+    browser.client.goto(&format!("{base}/runs/{held_run}")).await.unwrap();
+    browser.terminal_shows("held").await;
+    let refused = browser
+        .client
+        .execute_async(
+            r#"const [run, done] = arguments;
+               const ws = new WebSocket("ws://" + location.host + "/api/v1/agent/runs/" + run + "/session?view=cells");
+               ws.onopen = () => ws.send(JSON.stringify({ type: "input", data: "sneaky\r" }));
+               ws.onmessage = (e) => { const m = JSON.parse(e.data); if (m.type === "refused") { ws.close(); done(m.message); } };
+               ws.onclose = () => done("closed without a refusal");"#,
+            vec![json!(held_run)],
+        )
+        .await
+        .unwrap();
+    assert!(refused.as_str().unwrap().contains("to watch, not to steer"), "{refused}");
+    std::fs::write(&release, "").unwrap();
     browser.screenshot("run-viewer").await;
 
     // Another team's run cannot be reached from this team's sign-in, by page or by API.
@@ -306,7 +351,7 @@ async fn the_dashboard_shows_runs_live_steers_them_and_keeps_viewers_and_other_t
         .await;
     assert_eq!(browser.fetch_status("GET", &format!("/api/v1/agent/runs/{other_run}"), Value::Null).await, 404);
     browser.client.goto(&format!("{base}/runs")).await.unwrap();
-    browser.until("the list is drawn", "return document.querySelectorAll('a.run-link').length === 2").await;
+    browser.until("the list is drawn", "return document.querySelectorAll('a.run-link').length === 3").await;
     let listed: Value = browser
         .client
         .execute("return [...document.querySelectorAll('a.run-link')].map((a) => a.dataset.runId)", vec![])

@@ -170,3 +170,43 @@ mod tests {
         assert!(matches!(error, ControlError::Request { source: oz_sdk::Error::Config(_), .. }), "{error:?}");
     }
 }
+
+/// A control plane for tests: keeps what is reported.
+#[cfg(test)]
+pub(crate) mod recording {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Keeps what is reported, in order.
+    #[derive(Default)]
+    pub(crate) struct Recorder(pub(crate) Mutex<Vec<RunnerReport>>);
+
+    impl Recorder {
+        /// What was reported as output on `stream`, concatenated.
+        pub(crate) fn output(&self, stream: &str) -> String {
+            let reports = self.0.lock().unwrap();
+            reports
+                .iter()
+                .filter_map(|r| match &r.event {
+                    oz_core::wire::callbacks::RunnerEvent::Output { stream: s, text } if s == stream => {
+                        Some(text.as_str())
+                    }
+                    _ => None,
+                })
+                .collect()
+        }
+    }
+
+    #[async_trait]
+    impl ControlPlane for Recorder {
+        async fn report(&self, report: &RunnerReport) -> Result<(), ControlError> {
+            self.0.lock().unwrap().push(report.clone());
+            Ok(())
+        }
+        async fn resolved(&self) -> Result<Option<ResolvedRun>, ControlError> {
+            Ok(None)
+        }
+    }
+}

@@ -297,31 +297,13 @@ fn human(event: &RunnerEvent) -> Option<String> {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use std::sync::Mutex as StdMutex;
-
-    use async_trait::async_trait;
     use oz_core::run::RunState;
     use oz_core::wire::callbacks::Artifact;
 
     use super::*;
-    use crate::control::ControlError;
+    use crate::control::recording::Recorder;
 
     const SECRET: &str = "hunter2-s3cr3t-value";
-
-    /// Keeps what is reported.
-    #[derive(Default)]
-    struct Recorder(StdMutex<Vec<RunnerReport>>);
-
-    #[async_trait]
-    impl ControlPlane for Recorder {
-        async fn report(&self, report: &RunnerReport) -> Result<(), ControlError> {
-            self.0.lock().unwrap().push(report.clone());
-            Ok(())
-        }
-        async fn resolved(&self) -> Result<Option<oz_core::wire::callbacks::ResolvedRun>, ControlError> {
-            Ok(None)
-        }
-    }
 
     fn log_with(format: OutputFormat) -> (Arc<EventLog>, Arc<Recorder>) {
         let recorder = Arc::new(Recorder::default());

@@ -457,11 +457,13 @@ async fn prepare_and_run(
         .open(&followup_file)
         .map_err(|e| (EXIT_USAGE, format!("could not create {}: {e}", followup_file.display())))?;
     let (interrupt, interrupts) = tokio::sync::mpsc::unbounded_channel();
-    let steering =
-        tokio::spawn(deliver_steering(control.clone(), followup_file.clone(), interrupt, stop.clone(), log.clone()));
+    let (type_keys, keys) = tokio::sync::mpsc::unbounded_channel();
+    let to_harness = HarnessSteering { followup_file: followup_file.clone(), interrupt, keys: type_keys };
+    let steering = tokio::spawn(deliver_steering(control.clone(), to_harness, stop.clone(), log.clone()));
     log.emit(RunnerEvent::HarnessStarted { harness: harness.to_string() }).await;
     let stdin = Some(Bytes::from(prompt.clone()));
-    let ended = exec::run(&argv, &child_env, &workdir, stdin, log.clone(), ctx.cancel.clone(), Some(interrupts))
+    let steer = exec::Steer { interrupts, keys };
+    let ended = exec::run(&argv, &child_env, &workdir, stdin, log.clone(), ctx.cancel.clone(), Some(steer))
         .instrument(info_span!("harness", harness = %harness))
         .await;
     steering.abort();
@@ -499,17 +501,28 @@ async fn prepare_and_run(
     Ok(code)
 }
 
-/// Appends each follow-up the run gets to `file` (`OZ_FOLLOWUP_FILE`), one JSON line each, and
-/// passes each interrupt on to `interrupt` (the harness's process), while the harness runs (the
-/// caller stops it when the harness ends). A broken connection to the control plane is retried,
-/// resuming after the last one handed on, until the run's token is refused.
+/// Where the steering of a running harness goes.
+struct HarnessSteering {
+    /// `OZ_FOLLOWUP_FILE`: each follow-up, one JSON line.
+    followup_file: PathBuf,
+    /// Each interrupt, to the harness's process.
+    interrupt: tokio::sync::mpsc::UnboundedSender<()>,
+    /// Keys typed into the session, to the harness's terminal.
+    keys: tokio::sync::mpsc::UnboundedSender<Bytes>,
+}
+
+/// Hands each follow-up, interrupt and key the run gets to the harness ([`HarnessSteering`]) while
+/// it runs (the caller stops this when the harness ends), and stops the run when it is cancelled.
+/// A broken connection to the control plane is retried, resuming after the last one handed on,
+/// until the run's token is refused.
 async fn deliver_steering(
     control: Arc<dyn ControlPlane>,
-    file: PathBuf,
-    interrupt: tokio::sync::mpsc::UnboundedSender<()>,
+    to: HarnessSteering,
     stop: Arc<watch::Sender<bool>>,
     log: Arc<EventLog>,
 ) {
+    let HarnessSteering { followup_file: file, interrupt, keys } = to;
+    let mut said_keys_dropped = false;
     use futures::StreamExt;
     use std::io::Write;
     const LONGEST_PAUSE: std::time::Duration = std::time::Duration::from_secs(30);
@@ -533,6 +546,15 @@ async fn deliver_steering(
                         Err(_) => "an interrupt came after the agent had ended",
                     };
                     log.announce(said).await;
+                }
+                Some(Ok((seq, Steering::Input(input)))) => {
+                    after = seq;
+                    // Keys are not announced one by one (the terminal echoes them); only that
+                    // they could not be passed on, once.
+                    if keys.send(Bytes::from(input.data)).is_err() && !said_keys_dropped {
+                        said_keys_dropped = true;
+                        log.announce("keys were typed into the session after the agent had ended").await;
+                    }
                 }
                 Some(Ok((seq, Steering::Followup(followup)))) => {
                     after = seq;

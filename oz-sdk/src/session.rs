@@ -2,9 +2,10 @@
 //! for viewers (`oz_core::wire::session`).
 
 use bytes::Bytes;
+use futures::SinkExt;
 use futures::StreamExt;
 use oz_core::run::RunState;
-use oz_core::wire::session::{ViewerMessage, session_path};
+use oz_core::wire::session::{MAX_INPUT_BYTES, ViewerMessage, ViewerRequest, session_path};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::Client;
@@ -30,6 +31,9 @@ pub enum SessionFrame {
     },
     /// Bytes the run wrote to its terminal since the last frame.
     Output(Bytes),
+    /// The server did not act on what this viewer sent (keys from someone who may only watch, or
+    /// after the run ended): why. The session goes on.
+    Refused(String),
     /// The run ended; nothing more comes.
     Ended(RunState),
 }
@@ -82,6 +86,7 @@ impl Session {
                         self.ended = true;
                         return Some(Ok(SessionFrame::Ended(state)));
                     }
+                    Ok(ViewerMessage::Refused { message }) => return Some(Ok(SessionFrame::Refused(message))),
                     // Sent only to viewers that ask for the cell view, which this one does not.
                     Ok(ViewerMessage::Cells { .. }) => {}
                     Err(e) => return Some(Err(Error::decode(e, text.as_bytes()))),
@@ -89,6 +94,25 @@ impl Session {
                 _ => {}
             }
         }
+    }
+
+    /// Types `keys` into the run's terminal, as the bytes a terminal sends (`"\r"` is Enter). Only
+    /// an editor of the run may: for anyone else a [`SessionFrame::Refused`] follows. Longer input
+    /// goes in pieces of at most [`MAX_INPUT_BYTES`] bytes.
+    pub async fn type_keys(&mut self, keys: &str) -> Result<()> {
+        let mut rest = keys;
+        while !rest.is_empty() {
+            let mut cut = rest.len().min(MAX_INPUT_BYTES);
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let (piece, after) = rest.split_at(cut);
+            let frame = serde_json::to_string(&ViewerRequest::Input { data: piece.to_owned() })
+                .map_err(|e| Error::decode(e, b""))?;
+            self.ws.send(Message::Text(frame.into())).await.map_err(|e| Error::Session(Box::new(e)))?;
+            rest = after;
+        }
+        Ok(())
     }
 
     /// Leaves the session.

@@ -26,10 +26,7 @@ pub mod cells;
 use crate::hub::EventHub;
 use crate::store::{RunEventRecord, Store, StoreError};
 
-/// The viewers' terminal size. The harness's output is laid out on a screen of this size.
-pub const ROWS: u16 = 40;
-/// See [`ROWS`].
-pub const COLS: u16 = 120;
+pub use oz_core::wire::session::{COLS, ROWS};
 /// How many chunks of output a viewer may be behind before it is sent the screen again.
 pub const LIVE_CHUNKS: usize = 256;
 /// The largest chunk of output sent to viewers; a larger output is sent in pieces, so the live

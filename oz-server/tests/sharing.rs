@@ -124,6 +124,98 @@ async fn shares_decide_who_sees_and_who_steers_on_every_path() {
     assert_eq!(t.post(&format!("/agent/runs/{private}/cancel"), &ann, json!({})).await.0, 200);
 }
 
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn open_session(t: &TestServer, run_id: &str, key: &str) -> Ws {
+    let url = t.url(&format!("/agent/runs/{run_id}/session")).replacen("http", "ws", 1);
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
+    tokio_tungstenite::connect_async(request).await.unwrap().0
+}
+
+/// Sends `frame` and gives the server's answer to it: the next text frame that is not the screen.
+async fn answer_to(ws: &mut Ws, frame: String) -> Value {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    ws.send(Message::Text(frame.into())).await.unwrap();
+    let next = async {
+        loop {
+            match ws.next().await.expect("the session ended").unwrap() {
+                Message::Text(text) => {
+                    let message: Value = serde_json::from_str(&text).unwrap();
+                    if message["type"] != "screen" {
+                        return message;
+                    }
+                }
+                _ => continue,
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), next).await.expect("no answer")
+}
+
+fn keys(data: &str) -> String {
+    json!({"type": "input", "data": data}).to_string()
+}
+
+/// The keys typed into a run, as its stream holds them: (data, by).
+async fn inputs_of(t: &TestServer, key: &str, run_id: &str) -> Vec<(String, String)> {
+    let (status, events) = t.get(&format!("/agent/runs/{run_id}/transcript/content"), key).await;
+    assert_eq!(status, 200, "{events}");
+    let events = events.as_array().unwrap().iter().filter(|e| e["event"]["event"] == "input");
+    events.map(|e| (e["event"]["data"].as_str().unwrap().to_owned(), e["event"]["by"].to_string())).collect()
+}
+
+/// Keys typed into a session reach the run (an `input` event its runner follows) from its editors
+/// only: a watcher, a viewer's role, a malformed or oversized message are refused in the session
+/// (which goes on), and nothing of theirs is recorded.
+#[tokio::test]
+async fn only_a_runs_editors_type_into_its_session() {
+    let t = TestServer::start().await;
+    let (ann_id, ann) = user(&t, "ann", "member").await;
+    let (_, bob) = user(&t, "bob", "member").await;
+    let (cat_id, cat) = user(&t, "cat", "member").await;
+    let (_, vic) = user(&t, "vic", "viewer").await;
+    let run = shared_run(&t, &ann, json!({"share": ["team:view", "cat:edit", "vic:edit"]})).await;
+    let run = run["run_id"].as_str().unwrap().to_owned();
+
+    for (who, key) in [("bob (a watcher)", &bob), ("vic (a viewer's role caps the share)", &vic)] {
+        let mut ws = open_session(&t, &run, key).await;
+        let answer = answer_to(&mut ws, keys("rm -rf /\r")).await;
+        assert_eq!(answer["type"], "refused", "{who}: {answer}");
+        assert!(answer["message"].as_str().unwrap().contains("to watch, not to steer"), "{who}: {answer}");
+        // The session goes on: a second refusal comes on the same socket.
+        assert_eq!(answer_to(&mut ws, keys("x")).await["type"], "refused", "{who}");
+    }
+    let mut ann_ws = open_session(&t, &run, &ann).await;
+    let answer = answer_to(&mut ann_ws, "{\"type\":\"resize\"}".into()).await;
+    assert!(answer["message"].as_str().unwrap().contains("not a viewer message"), "{answer}");
+    let answer = answer_to(&mut ann_ws, keys(&"y".repeat(5000))).await;
+    assert!(answer["message"].as_str().unwrap().contains("at most 4096"), "{answer}");
+    assert!(inputs_of(&t, &ann, &run).await.is_empty(), "nothing refused was recorded");
+
+    // The creator and an editor type; their keys are recorded in order, with who typed them.
+    let mut cat_ws = open_session(&t, &run, &cat).await;
+    use futures::SinkExt;
+    cat_ws.send(keys("ls -la\r").into()).await.unwrap();
+    for _ in 0..200 {
+        if !inputs_of(&t, &ann, &run).await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    ann_ws.send(keys("\x03").into()).await.unwrap();
+    let mut typed = Vec::new();
+    for _ in 0..200 {
+        typed = inputs_of(&t, &ann, &run).await;
+        if typed.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(typed, [("ls -la\r".to_owned(), format!("{cat_id:?}")), ("\u{3}".to_owned(), format!("{ann_id:?}"))]);
+}
+
 #[tokio::test]
 async fn a_session_link_leads_whoever_may_see_the_run_to_it_and_nobody_else() {
     let t = TestServer::start().await;

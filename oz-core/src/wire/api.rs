@@ -401,6 +401,34 @@ impl InterruptEvent {
     }
 }
 
+/// Keys an editor typed into a run's live terminal (the session WebSocket's `input` message), as
+/// its event stream carries them (`"event": "input"`): the runner writes `data` to the harness's
+/// terminal, as a keyboard would (Enter is `\r`, Ctrl-C is `\x03`). Kept in the transcript like a
+/// follow-up.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputEvent {
+    /// The keys, as the bytes a terminal sends for them (UTF-8).
+    pub data: String,
+    /// The user who typed them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
+impl InputEvent {
+    /// The event's kind in a run's stream.
+    pub const KIND: &'static str = "input";
+
+    /// The event body as stored in the run's stream.
+    pub fn to_event(&self) -> serde_json::Value {
+        let mut body = serde_json::to_value(self).unwrap_or_default();
+        if let Some(map) = body.as_object_mut() {
+            map.insert("event".into(), Self::KIND.into());
+        }
+        body
+    }
+}
+
 /// What a person sends a running agent, as its runner follows them in the run's stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Steering {
@@ -408,13 +436,15 @@ pub enum Steering {
     Followup(FollowupEvent),
     /// Stop the current step.
     Interrupt(InterruptEvent),
+    /// Keys for the agent's terminal.
+    Input(InputEvent),
     /// Stop the run (someone cancelled it).
     Cancel,
 }
 
 impl Steering {
     /// The event kinds a runner follows (`?event=` of the run's event stream).
-    pub const KINDS: &'static str = "followup,interrupt,cancel_requested";
+    pub const KINDS: &'static str = "followup,interrupt,input,cancel_requested";
 }
 
 /// `POST /agent/schedules`.
@@ -702,6 +732,7 @@ impl RunStreamEvent {
         match self.kind() {
             FollowupEvent::KIND => self.followup().map(Steering::Followup),
             InterruptEvent::KIND => serde_json::from_value(self.event.clone()).ok().map(Steering::Interrupt),
+            InputEvent::KIND => serde_json::from_value(self.event.clone()).ok().map(Steering::Input),
             CANCEL_REQUESTED => Some(Steering::Cancel),
             _ => None,
         }

@@ -17,6 +17,28 @@ pub const VIEW_PARAM: &str = "view";
 /// The value of [`VIEW_PARAM`] for the cell view.
 pub const CELLS_VIEW: &str = "cells";
 
+/// The session terminal's height: the harness's terminal has this size, and so has every viewer's.
+pub const ROWS: u16 = 40;
+/// The session terminal's width; see [`ROWS`].
+pub const COLS: u16 = 120;
+
+/// The most bytes of keys one [`ViewerRequest::Input`] may carry.
+pub const MAX_INPUT_BYTES: usize = 4096;
+
+/// A text frame a viewer sends.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ViewerRequest {
+    /// Keys for the agent's terminal, as a terminal sends them (Enter is `\r`, Ctrl-C `\x03`,
+    /// the arrows `\x1b[A`...). Only an editor of the run may type: anyone else is sent an
+    /// [`ViewerMessage::Refused`], and nothing reaches the agent.
+    Input {
+        /// The keys, at most [`MAX_INPUT_BYTES`] bytes.
+        data: String,
+    },
+}
+
 /// A text frame of the viewer protocol.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +66,12 @@ pub enum ViewerMessage {
         lines: Vec<Vec<CellRun>>,
         /// The cursor's row and column, from 0.
         cursor: [u16; 2],
+    },
+    /// What the viewer sent was not acted on (it may not type into this run, or the message was
+    /// malformed or too long); the session goes on.
+    Refused {
+        /// Why, for a person.
+        message: String,
     },
     /// The run ended; the socket closes after this.
     Ended {

@@ -1,14 +1,16 @@
 //! `GET /agent/sessions/{id}/redirect`: a session link's way to its run. `GET /agent/runs/{id}/session`: a run's live terminal, as a WebSocket (our extension; the
-//! protocol is `oz_core::wire::session`). Whoever may read the run may watch it; nothing a viewer
-//! sends is acted on yet (viewers only watch). With `?view=cells` the screen is sent as rows of text
-//! runs instead of escape codes and bytes ([`crate::session::cells`]).
+//! protocol is `oz_core::wire::session`). Whoever may read the run may watch it; an editor of the
+//! run (its sharing and the caller's role, checked on every message) may type into it: each `input`
+//! message becomes an `input` event of the run, which its runner writes to the harness's terminal.
+//! Anyone else's keys are refused (`refused`), and the session goes on. With `?view=cells` the
+//! screen is sent as rows of text runs instead of escape codes and bytes ([`crate::session::cells`]).
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
-use oz_core::wire::session::{CELLS_VIEW, VIEW_PARAM, ViewerMessage};
+use oz_core::wire::session::{CELLS_VIEW, MAX_INPUT_BYTES, VIEW_PARAM, ViewerMessage, ViewerRequest};
 use tracing::Instrument;
 
 use crate::api::runs::visible_run;
@@ -46,7 +48,7 @@ pub async fn watch(
     let viewer = state.sessions.attach(&run.id).await?;
     let span = tracing::info_span!("session_viewer", run_id = %run.id, cells);
     let terminal = cells.then(CellTerminal::new);
-    let access = Access { state: state.clone(), principal };
+    let access = Access { state: state.clone(), principal, run_id: run.id.clone() };
     Ok(upgrade.on_upgrade(move |socket| serve(socket, viewer, terminal, access).instrument(span)))
 }
 
@@ -108,15 +110,79 @@ async fn next_messages(
 }
 
 /// Who a viewer is, checked again every `credential_recheck` while it watches.
+#[derive(Clone)]
 struct Access {
     state: AppState,
     principal: Principal,
+    run_id: String,
+}
+
+/// Keys a viewer may send per second, sustained (a person types far fewer; a paste is one message).
+const KEYS_PER_SECOND: u32 = 50;
+
+/// What a viewer's text frame does: an editor's keys go to the run (`None`); anything else is
+/// answered with why not.
+async fn typed(access: &Access, frame: &str) -> Option<ViewerMessage> {
+    let refused = |message: String| Some(ViewerMessage::Refused { message });
+    let request = match serde_json::from_str::<ViewerRequest>(frame) {
+        Ok(request) => request,
+        Err(e) => return refused(format!("not a viewer message ({e}); send {{\"type\":\"input\",\"data\":\"...\"}}")),
+    };
+    let ViewerRequest::Input { data } = request;
+    if data.len() > MAX_INPUT_BYTES {
+        return refused(format!("input carries {} bytes; at most {MAX_INPUT_BYTES} go in one message", data.len()));
+    }
+    if data.is_empty() {
+        return None;
+    }
+    let Principal::Key(caller) = &access.principal else {
+        return refused("a run's workload token watches its session; it does not type into it".into());
+    };
+    // Every message is checked afresh: a share taken away, or a role lowered, counts at once.
+    let run = match crate::sharing::steerable_run(&access.state, caller, &access.run_id).await {
+        Ok(run) => run,
+        Err(e) => return refused(format!("your keys were not sent: {}", e.detail)),
+    };
+    let event = oz_core::wire::api::InputEvent { data, by: caller.user_id.clone() };
+    match access.state.lifecycle.record_unless_ended(&run.id, jiff::Timestamp::now(), event.to_event()).await {
+        Ok(None) => None,
+        Ok(Some(state)) => refused(format!("the run has ended ({state}): nothing reads its terminal")),
+        Err(e) => {
+            tracing::warn!(error = %oz_core::error::error_chain(&e), "keys typed into a session could not be kept");
+            refused("your keys could not be kept; try again".into())
+        }
+    }
+}
+
+/// Reads what the viewer sends until its side ends (the socket answers pings and closes): its keys
+/// go to the run, its refusals to `replies`.
+async fn read_viewer(
+    mut incoming: futures::stream::SplitStream<WebSocket>,
+    access: Access,
+    replies: tokio::sync::mpsc::Sender<ViewerMessage>,
+) {
+    let per_second = std::num::NonZeroU32::new(KEYS_PER_SECOND).unwrap_or(std::num::NonZeroU32::MIN);
+    let limiter = governor::RateLimiter::direct(governor::Quota::per_second(per_second));
+    while let Some(Ok(message)) = incoming.next().await {
+        let Message::Text(frame) = message else { continue };
+        let answer = if limiter.check().is_err() {
+            Some(ViewerMessage::Refused {
+                message: format!("too many messages: at most {KEYS_PER_SECOND} a second; these keys were dropped"),
+            })
+        } else {
+            typed(&access, frame.as_str()).await
+        };
+        if let Some(answer) = answer {
+            // A viewer that does not read its refusals loses them, not the session.
+            let _ = replies.try_send(answer);
+        }
+    }
 }
 
 async fn serve(socket: WebSocket, mut viewer: Viewer, mut cells: Option<CellTerminal>, access: Access) {
-    let (mut sink, mut incoming) = socket.split();
-    // Read what the viewer sends until its side ends (the socket answers pings and closes).
-    let mut gone = tokio::spawn(async move { while let Some(Ok(_)) = incoming.next().await {} });
+    let (mut sink, incoming) = socket.split();
+    let (replies, mut refusals) = tokio::sync::mpsc::channel(16);
+    let mut gone = tokio::spawn(read_viewer(incoming, access.clone(), replies));
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     let mut recheck = tokio::time::interval(access.state.config.credential_recheck);
@@ -138,6 +204,7 @@ async fn serve(socket: WebSocket, mut viewer: Viewer, mut cells: Option<CellTerm
                     return;
                 }
             },
+            Some(refusal) = refusals.recv() => vec![text(&refusal)],
             _ = &mut gone => return,
         };
         for message in messages {

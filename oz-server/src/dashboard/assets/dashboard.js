@@ -188,6 +188,25 @@ function terminalView() {
   return { node: screen, draw, get cursor() { return cursor; } };
 }
 
+// The bytes a terminal sends for a key (xterm's), or null for a key that sends nothing.
+const KEY_BYTES = {
+  Enter: "\r", Backspace: "\x7f", Tab: "\t", Escape: "\x1b",
+  ArrowUp: "\x1b[A", ArrowDown: "\x1b[B", ArrowRight: "\x1b[C", ArrowLeft: "\x1b[D",
+  Home: "\x1b[H", End: "\x1b[F", Delete: "\x1b[3~", PageUp: "\x1b[5~", PageDown: "\x1b[6~",
+};
+function keyBytes(event) {
+  if (event.metaKey) return null;
+  if (event.ctrlKey && !event.altKey && event.key.length === 1) {
+    const code = event.key.toUpperCase().charCodeAt(0);
+    // Ctrl-A..Ctrl-Z, Ctrl-[ \ ] ^ _: the key's code minus 64.
+    if (code >= 64 && code <= 95) return String.fromCharCode(code - 64);
+    return null;
+  }
+  if (KEY_BYTES[event.key]) return KEY_BYTES[event.key];
+  if (event.key.length === 1 || [...event.key].length === 1) return (event.altKey ? "\x1b" : "") + event.key;
+  return null;
+}
+
 function runPage(main) {
   const runId = body.dataset.runId;
   const facts = el("dl", { class: "facts", id: "facts" });
@@ -286,17 +305,38 @@ function runPage(main) {
         : "You are watching: this run is shared with you to watch, not to steer." }));
   }
 
-  // The terminal, rendered on the server (the cell view of the session WebSocket).
+  // The terminal, rendered on the server (the cell view of the session WebSocket). An editor types
+  // into it: each key goes to the agent's terminal as the bytes a terminal sends for it (the server
+  // checks again that the caller may type).
   const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
+  let session = null;
+  if (canSteer) {
+    term.node.tabIndex = 0;
+    term.node.title = "Click here and type: your keys go to the agent's terminal";
+    term.node.classList.add("typable");
+    term.node.addEventListener("keydown", (event) => {
+      const data = keyBytes(event);
+      if (data === null) return;
+      event.preventDefault();
+      if (session && session.readyState === WebSocket.OPEN) session.send(JSON.stringify({ type: "input", data }));
+    });
+    term.node.addEventListener("paste", (event) => {
+      const data = (event.clipboardData && event.clipboardData.getData("text")) || "";
+      event.preventDefault();
+      if (data && session && session.readyState === WebSocket.OPEN) session.send(JSON.stringify({ type: "input", data }));
+    });
+  }
   function connect() {
     const socket = new WebSocket(scheme + "//" + window.location.host + API + "/agent/runs/" +
       encodeURIComponent(runId) + "/session?view=cells");
+    session = socket;
     let ended = false;
     socket.addEventListener("open", () => { live.textContent = "live"; live.className = "live on"; });
     socket.addEventListener("message", (event) => {
       if (typeof event.data !== "string") return;
       const message = JSON.parse(event.data);
       if (message.type === "cells") term.draw(message);
+      if (message.type === "refused") notice(message.message, "error");
       if (message.type === "ended") {
         ended = true;
         live.textContent = "ended: " + message.state;
