@@ -339,6 +339,49 @@ async fn attach_shows_a_running_agents_terminal_from_its_screen_to_its_end() {
     cli.stack.stop().await;
 }
 
+/// What is typed into `oz run attach` (here from a pipe) reaches the agent's terminal: the agent
+/// asks on `/dev/tty` and is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_typed_into_attach_answer_the_agent_on_its_terminal() {
+    use tokio::io::AsyncWriteExt;
+    let cli = Cli::start().await;
+    let script = "printf 'your name? '; IFS= read -r name < /dev/tty; echo \"hi $name\"";
+    let env = environment(&cli, script).await;
+    let run_id = start_and_wait_for(&cli, &env, "your name?").await;
+    let mut attached = tokio::process::Command::new(OZ)
+        .args(["run", "attach", &run_id])
+        .env("WARP_API_KEY", &cli.stack.api_key)
+        .env("OZ_API_BASE_URL", format!("{}/api/v1", cli.stack.server.url()))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut keys = attached.stdin.take().unwrap();
+    keys.write_all(b"Ada\r").await.unwrap();
+    drop(keys);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), attached.wait_with_output())
+        .await
+        .expect("attach ends with the run")
+        .unwrap();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("hi Ada"), "{:?}", stdout(&out));
+    let (status, events) = {
+        let r = reqwest::Client::new()
+            .get(format!("{}/api/v1/agent/runs/{run_id}/transcript/content", cli.stack.server.url()))
+            .bearer_auth(&cli.stack.api_key)
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.json::<serde_json::Value>().await.unwrap())
+    };
+    assert_eq!(status, 200);
+    let typed: Vec<_> = events.as_array().unwrap().iter().filter(|e| e["event"]["event"] == "input").collect();
+    assert_eq!(typed.len(), 1, "{typed:?}");
+    assert_eq!(typed[0]["event"]["data"], "Ada\r");
+    cli.stack.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupt_stops_the_agents_current_step_and_the_run_goes_on() {
     let cli = Cli::start().await;

@@ -115,10 +115,15 @@ pub enum RunCommand {
         run_id: String,
     },
     /// Shows the run's live terminal in this one: its screen as it is, then what it writes,
-    /// until it ends (Ctrl-C leaves; the run goes on).
+    /// until it ends. What is typed goes to the agent's terminal (for an editor of the run): from a
+    /// terminal, key by key (Ctrl-C included; Ctrl-] leaves, the run goes on); from a pipe, its
+    /// bytes until its end.
     Attach {
         /// The run id.
         run_id: String,
+        /// Only watch: send nothing typed (Ctrl-C leaves).
+        #[arg(long)]
+        watch_only: bool,
     },
 }
 
@@ -304,7 +309,7 @@ pub async fn run(command: RunCommand, api: ApiOpts) -> Result<ExitCode, CliError
             })?;
         }
         RunCommand::Watch { run_id } => return finish_following(&client, &run_id, printer).await,
-        RunCommand::Attach { run_id } => return attach(&client, &run_id).await,
+        RunCommand::Attach { run_id, watch_only } => return attach(&client, &run_id, !watch_only).await,
         RunCommand::Followup { run_id, message } => {
             let answer = client.runs().followup(&run_id, message).await?;
             printer.item(&answer, |a| {
@@ -319,25 +324,116 @@ pub async fn run(command: RunCommand, api: ApiOpts) -> Result<ExitCode, CliError
     Ok(ExitCode::SUCCESS)
 }
 
+/// The key that leaves `oz run attach` when typing from a terminal (Ctrl-], as telnet's).
+const DETACH_KEY: u8 = 0x1d;
+
+/// A terminal in raw mode (every key as typed, no echo, no signals from Ctrl-C) until dropped.
+struct RawTerminal(nix::sys::termios::Termios);
+
+impl RawTerminal {
+    fn enter() -> std::io::Result<Self> {
+        use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
+        let stdin = std::io::stdin();
+        let before = tcgetattr(&stdin).map_err(std::io::Error::from)?;
+        let mut raw = before.clone();
+        cfmakeraw(&mut raw);
+        tcsetattr(&stdin, SetArg::TCSANOW, &raw).map_err(std::io::Error::from)?;
+        Ok(Self(before))
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        let _ = nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, &self.0);
+    }
+}
+
+/// What is typed on stdin, read on a thread of its own (a blocked read must not hold up the exit).
+fn typed_keys() -> tokio::sync::mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = [0u8; 4096];
+        let mut stdin = std::io::stdin();
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.blocking_send(buf[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
 /// `oz run attach`: the session's frames written to this terminal as they come. The screen frames
 /// clear it and draw the run's screen (made for a terminal of the session's size: a smaller one
-/// wraps). The exit status is the run's, as for `oz run watch`.
-async fn attach(client: &oz_sdk::Client, run_id: &str) -> Result<ExitCode, CliError> {
+/// wraps). With `typing`, what is typed goes to the agent's terminal; a refusal (the caller may
+/// only watch) is said once and typing stops. The exit status is the run's, as for `oz run watch`.
+async fn attach(client: &oz_sdk::Client, run_id: &str, typing: bool) -> Result<ExitCode, CliError> {
     use oz_sdk::SessionFrame;
-    use std::io::Write;
+    use std::io::{IsTerminal, Write};
     let mut session = client.runs().watch(run_id).await?;
-    let mut out = std::io::stdout().lock();
-    let mut ended = None;
-    while let Some(frame) = session.next().await {
-        match frame? {
-            SessionFrame::Screen { data, .. } => out.write_all(data.as_bytes())?,
-            SessionFrame::Output(bytes) => out.write_all(&bytes)?,
-            SessionFrame::Ended(state) => ended = Some(state),
-            _ => {}
-        }
-        out.flush()?;
+    let from_terminal = typing && std::io::stdin().is_terminal();
+    let raw = if from_terminal { Some(RawTerminal::enter()?) } else { None };
+    if raw.is_some() {
+        eprint!("oz: attached to run {run_id}: keys go to the agent's terminal; Ctrl-] leaves\r\n");
     }
-    drop(out);
+    let mut keys = typing.then(typed_keys);
+    let mut ended = None;
+    let mut left = false;
+    loop {
+        let typed = async {
+            match keys.as_mut() {
+                Some(keys) => keys.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            frame = session.next() => {
+                let Some(frame) = frame else { break };
+                let mut out = std::io::stdout().lock();
+                match frame? {
+                    SessionFrame::Screen { data, .. } => out.write_all(data.as_bytes())?,
+                    SessionFrame::Output(bytes) => out.write_all(&bytes)?,
+                    SessionFrame::Ended(state) => ended = Some(state),
+                    SessionFrame::Refused(why) => {
+                        keys = None;
+                        eprint!("\r\noz: {why}; what you type is no longer sent (Ctrl-C leaves)\r\n");
+                    }
+                    _ => {}
+                }
+                out.flush()?;
+            }
+            bytes = typed => match bytes {
+                Some(bytes) => {
+                    let bytes = match bytes.iter().position(|&b| b == DETACH_KEY && from_terminal) {
+                        Some(at) => {
+                            left = true;
+                            bytes[..at].to_vec()
+                        }
+                        None => bytes,
+                    };
+                    if !bytes.is_empty() {
+                        session.type_keys(&String::from_utf8_lossy(&bytes)).await?;
+                    }
+                    if left {
+                        break;
+                    }
+                }
+                // The end of a pipe: nothing more to send; watching goes on.
+                None => keys = None,
+            },
+        }
+    }
+    drop(raw);
+    if left {
+        eprintln!("\r\noz: left run {run_id}'s session; the run goes on");
+        return Ok(ExitCode::SUCCESS);
+    }
     match ended {
         Some(state) => {
             eprintln!("\r\nrun {run_id} ended {state}");
