@@ -77,7 +77,13 @@ pub(crate) async fn register(
         .user_agent(concat!("oz-agent-runner/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| oz_core::error::error_chain(&e))?;
-    client.runs().register_local(&request).await.map_err(|e| oz_core::error::error_chain(&e))
+    client.runs().register_local(&request).await.map_err(|e| match e {
+        // A body that did not read as the answer could hold the run's workload token: never shown.
+        oz_sdk::Error::Decode { .. } => {
+            "the control plane's answer could not be read (not shown: it may hold a token)".to_owned()
+        }
+        e => oz_core::error::error_chain(&e),
+    })
 }
 
 #[cfg(test)]

@@ -403,7 +403,14 @@ pub async fn followup(
         }
         // It ended meanwhile: as for any ended run.
     }
-    // An ended run: a new run with the follow-up as its prompt.
+    // An ended run: a new run with the follow-up as its prompt, in the run's own team only (its
+    // config's shares and secret references name that team's users and secrets).
+    if parent.team_id != caller.team_id {
+        return Err(ApiError::forbidden(format!(
+            "run {} has ended and belongs to another team: only its own team may continue it",
+            parent.id
+        )));
+    }
     let new = NewRun {
         prompt: message,
         title: Some(format!("Follow-up: {}", parent.title)),
