@@ -36,12 +36,21 @@ async fn shared_run(t: &TestServer, key: &str, sharing: Value) -> Value {
     item
 }
 
-/// The status of opening the run's session WebSocket with `key` (101 when it opens).
-async fn session_status(t: &TestServer, run_id: &str, key: &str) -> u16 {
+/// The request that opens the run's session WebSocket with `key`.
+fn session_request(
+    t: &TestServer,
+    run_id: &str,
+    key: &str,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
     let url = t.url(&format!("/agent/runs/{run_id}/session")).replacen("http", "ws", 1);
     let mut request = url.into_client_request().unwrap();
     request.headers_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
-    match tokio_tungstenite::connect_async(request).await {
+    request
+}
+
+/// The status of opening the run's session WebSocket with `key` (101 when it opens).
+async fn session_status(t: &TestServer, run_id: &str, key: &str) -> u16 {
+    match tokio_tungstenite::connect_async(session_request(t, run_id, key)).await {
         Ok(_) => 101,
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
         Err(e) => panic!("{e}"),
@@ -127,10 +136,7 @@ async fn shares_decide_who_sees_and_who_steers_on_every_path() {
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn open_session(t: &TestServer, run_id: &str, key: &str) -> Ws {
-    let url = t.url(&format!("/agent/runs/{run_id}/session")).replacen("http", "ws", 1);
-    let mut request = url.into_client_request().unwrap();
-    request.headers_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
-    tokio_tungstenite::connect_async(request).await.unwrap().0
+    tokio_tungstenite::connect_async(session_request(t, run_id, key)).await.unwrap().0
 }
 
 /// Sends `frame` and gives the server's answer to it: the next text frame that is not the screen.

@@ -410,7 +410,8 @@ async fn attach(client: &oz_sdk::Client, run_id: &str, typing: bool) -> Result<E
             }
             bytes = typed => match bytes {
                 Some(bytes) => {
-                    let bytes = match bytes.iter().position(|&b| b == DETACH_KEY && from_terminal) {
+                    let detach_at = if from_terminal { bytes.iter().position(|&b| b == DETACH_KEY) } else { None };
+                    let bytes = match detach_at {
                         Some(at) => {
                             left = true;
                             bytes[..at].to_vec()

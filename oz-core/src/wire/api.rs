@@ -320,11 +320,7 @@ impl FollowupEvent {
 
     /// The event body as stored in the run's stream.
     pub fn to_event(&self) -> serde_json::Value {
-        let mut body = serde_json::to_value(self).unwrap_or_default();
-        if let Some(map) = body.as_object_mut() {
-            map.insert("event".into(), Self::KIND.into());
-        }
-        body
+        steering_event(self, Self::KIND)
     }
 }
 
@@ -372,6 +368,15 @@ impl std::fmt::Debug for LocalRunCreated {
     }
 }
 
+/// `value` as a run's stream stores it: its fields, and `"event": kind`.
+fn steering_event(value: &impl Serialize, kind: &str) -> serde_json::Value {
+    let mut body = serde_json::to_value(value).unwrap_or_default();
+    if let Some(map) = body.as_object_mut() {
+        map.insert("event".into(), kind.into());
+    }
+    body
+}
+
 /// A cancel asked of a run, as its event stream carries it (`"event": "cancel_requested"`); a
 /// runner that registered its own run follows these to stop (a managed run's worker stops it).
 pub const CANCEL_REQUESTED: &str = "cancel_requested";
@@ -393,11 +398,7 @@ impl InterruptEvent {
 
     /// The event body as stored in the run's stream.
     pub fn to_event(&self) -> serde_json::Value {
-        let mut body = serde_json::to_value(self).unwrap_or_default();
-        if let Some(map) = body.as_object_mut() {
-            map.insert("event".into(), Self::KIND.into());
-        }
-        body
+        steering_event(self, Self::KIND)
     }
 }
 
@@ -421,11 +422,7 @@ impl InputEvent {
 
     /// The event body as stored in the run's stream.
     pub fn to_event(&self) -> serde_json::Value {
-        let mut body = serde_json::to_value(self).unwrap_or_default();
-        if let Some(map) = body.as_object_mut() {
-            map.insert("event".into(), Self::KIND.into());
-        }
-        body
+        steering_event(self, Self::KIND)
     }
 }
 

@@ -310,6 +310,9 @@ function runPage(main) {
   // checks again that the caller may type).
   const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
   let session = null;
+  const sendKeys = (data) => {
+    if (data && session && session.readyState === WebSocket.OPEN) session.send(JSON.stringify({ type: "input", data }));
+  };
   if (canSteer) {
     term.node.tabIndex = 0;
     term.node.title = "Click here and type: your keys go to the agent's terminal";
@@ -318,12 +321,11 @@ function runPage(main) {
       const data = keyBytes(event);
       if (data === null) return;
       event.preventDefault();
-      if (session && session.readyState === WebSocket.OPEN) session.send(JSON.stringify({ type: "input", data }));
+      sendKeys(data);
     });
     term.node.addEventListener("paste", (event) => {
-      const data = (event.clipboardData && event.clipboardData.getData("text")) || "";
       event.preventDefault();
-      if (data && session && session.readyState === WebSocket.OPEN) session.send(JSON.stringify({ type: "input", data }));
+      sendKeys(event.clipboardData && event.clipboardData.getData("text"));
     });
   }
   function connect() {
