@@ -463,6 +463,80 @@ async fn a_followup_reaches_a_running_command_harness() {
     cli.stack.stop().await;
 }
 
+/// A preset (here `claude`, a stand-in on the environment's PATH that behaves as `claude -p` does:
+/// one answer, then it exits) reads no follow-ups while it works: one that comes meanwhile is
+/// queued, and when the turn ends the runner goes on with it in the same conversation
+/// (`claude -p --continue <follow-up>`), in the same run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followup_to_a_preset_continues_its_conversation_in_the_same_run() {
+    let cli = Cli::start().await;
+    let bin = cli._dir.path().join("fake-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let claude = bin.join("claude");
+    std::fs::write(
+        &claude,
+        r#"#!/bin/sh
+for last; do :; done
+case " $* " in
+  *" --continue "*) echo "claude continued with: $last"; exit 0 ;;
+esac
+echo "claude works on: $last"
+n=0; while ! grep -q . "$OZ_FOLLOWUP_FILE" && [ $n -lt 1200 ]; do sleep 0.05; n=$((n+1)); done
+echo "claude's first turn is done"
+"#,
+    )
+    .unwrap();
+    std::fs::set_permissions(&claude, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("PATH={}:/usr/local/bin:/usr/bin:/bin", bin.display());
+    let out =
+        cli.oz(&["environment", "create", "--name", "with-claude", "--env", &path, "--output-format", "json"]).await;
+    let env = json(&out)["uid"].as_str().unwrap().to_owned();
+    let started = cli
+        .oz(&[
+            "agent",
+            "run-cloud",
+            "-p",
+            "fix the bug",
+            "-e",
+            &env,
+            "--host",
+            "local",
+            "--harness",
+            "claude",
+            "--no-follow",
+        ])
+        .await;
+    assert!(started.status.success(), "{}", stderr(&started));
+    let run_id = stdout(&started).trim().to_owned();
+    let client = cli.stack.client().unwrap();
+    let said = |transcript: &[serde_json::Value]| -> String {
+        transcript.iter().filter_map(|e| e["event"]["text"].as_str()).collect::<Vec<_>>().join("")
+    };
+    for _ in 0..400 {
+        if said(&client.runs().transcript(&run_id).await.unwrap()).contains("claude works on: fix the bug") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let sent = cli.oz(&["run", "followup", &run_id, "and add a test"]).await;
+    assert!(sent.status.success(), "{}", stderr(&sent));
+    let watch = tokio::time::timeout(std::time::Duration::from_secs(90), cli.oz(&["run", "watch", &run_id]))
+        .await
+        .expect("the run ends");
+    assert!(watch.status.success(), "{}{}", stdout(&watch), stderr(&watch));
+    let transcript = client.runs().transcript(&run_id).await.unwrap();
+    let text = said(&transcript);
+    let first = text.find("claude's first turn is done").unwrap_or_else(|| panic!("{text}"));
+    let second = text.find("claude continued with: and add a test").unwrap_or_else(|| panic!("{text}"));
+    assert!(first < second, "the follow-up is the next turn: {text}");
+    let all: String = transcript.iter().map(|e| e.to_string()).collect();
+    assert!(all.contains("queued for claude"), "the follow-up is said to be queued: {all}");
+    assert!(all.contains("claude -p --continue"), "and how it goes on: {all}");
+    let run = client.runs().get(&run_id).await.unwrap();
+    assert_eq!(run.state, RunState::Succeeded);
+    cli.stack.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unmanaged_agent_run_registers_as_local_is_watched_and_cancelled_from_the_api() {
     let cli = Cli::start().await;
@@ -470,15 +544,8 @@ async fn an_unmanaged_agent_run_registers_as_local_is_watched_and_cancelled_from
     let work = tempfile::tempdir().unwrap();
     // `oz agent run` on this machine, not in a sandbox: given an API key and a control plane, it
     // registers its run, then reports, streams and listens to it like a managed one.
-    let mut agent = tokio::process::Command::new(OZ)
-        .args(["agent", "run", "--server-root-url", &cli.stack.server.url(), "--prompt", "local work"])
-        .args(["--harness", "command", "--share", "team:edit", "--workdir"])
-        .arg(work.path())
-        .args(["--", "/bin/sh", "-c", r#"echo "local agent says hi; key in env: ${WARP_API_KEY:-none}; in the runner's: $(tr '\0' '\n' < /proc/$PPID/environ | grep -c '^WARP_API_KEY=')"; sleep 60 & wait"#])
-        .env("WARP_API_KEY", &cli.stack.api_key)
-        .env_remove("GITHUB_ACTIONS")
-        .env_remove("OZ_WORKLOAD_TOKEN")
-        .stdout(std::process::Stdio::piped())
+    let script = r#"echo "local agent says hi; key in env: ${WARP_API_KEY:-none}; in the runner's: $(tr '\0' '\n' < /proc/$PPID/environ | grep -c '^WARP_API_KEY=')"; sleep 60 & wait"#;
+    let mut agent = local_agent(&cli, work.path(), "local work", &["--share", "team:edit"], script)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -524,6 +591,66 @@ async fn an_unmanaged_agent_run_registers_as_local_is_watched_and_cancelled_from
     tokio::io::AsyncReadExt::read_to_string(&mut agent.stderr.take().unwrap(), &mut stderr_text).await.unwrap();
     assert!(stderr_text.contains(&format!("registered run {}", run.run_id)), "{stderr_text}");
     assert!(!stderr_text.contains(&cli.stack.api_key), "{stderr_text}");
+    cli.stack.stop().await;
+}
+
+/// `oz agent run` of `script` as an unmanaged run registered with the stack (with `extra` flags),
+/// its output dropped.
+fn local_agent(
+    cli: &Cli,
+    work: &std::path::Path,
+    prompt: &str,
+    extra: &[&str],
+    script: &str,
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(OZ);
+    command
+        .args(["agent", "run", "--server-root-url", &cli.stack.server.url(), "--prompt", prompt])
+        .args(["--harness", "command"])
+        .args(extra)
+        .arg("--workdir")
+        .arg(work)
+        .args(["--", "/bin/sh", "-c", script])
+        .env("WARP_API_KEY", &cli.stack.api_key)
+        .env_remove("GITHUB_ACTIONS")
+        .env_remove("OZ_WORKLOAD_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    command
+}
+
+/// The id of the run with `prompt` once its transcript holds `text`.
+async fn run_saying(client: &oz_sdk::Client, prompt: &str, text: &str) -> String {
+    for _ in 0..400 {
+        let runs = client.runs().list().send().await.unwrap().runs;
+        if let Some(run) = runs.into_iter().find(|r| r.prompt == prompt) {
+            let transcript = client.runs().transcript(&run.run_id).await.unwrap();
+            if transcript.iter().any(|e| e.to_string().contains(text)) {
+                return run.run_id;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("no run {prompt:?} said {text:?}");
+}
+
+/// Ctrl-C of an unmanaged run is its owner stopping it: the run ends CANCELLED at once, not ERROR
+/// when its lease runs out (no worker is there to say why it stopped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_of_an_unmanaged_agent_run_cancels_its_run() {
+    let cli = Cli::start().await;
+    let client = cli.stack.client().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mut agent =
+        local_agent(&cli, work.path(), "stopped by its owner", &[], "echo started; sleep 60 & wait").spawn().unwrap();
+    let run_id = run_saying(&client, "stopped by its owner", "started").await;
+    let pid = nix::unistd::Pid::from_raw(agent.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let status =
+        tokio::time::timeout(std::time::Duration::from_secs(30), agent.wait()).await.expect("it stops").unwrap();
+    assert!(!status.success());
+    let ended = client.runs().get(&run_id).await.unwrap();
+    assert_eq!(ended.state, RunState::Cancelled, "{ended:?}");
     cli.stack.stop().await;
 }
 

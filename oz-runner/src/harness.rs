@@ -61,18 +61,55 @@ impl Harness {
     /// non-interactive form; the prompt is an argument there (it is not a secret), and always also in
     /// `OZ_PROMPT` and on stdin.
     pub fn argv(&self, prompt: &str, model: Option<&str>) -> Vec<String> {
+        match self {
+            Harness::Command(argv) => argv.clone(),
+            preset => preset.preset_argv(prompt, model, false),
+        }
+    }
+
+    /// The argv of a turn that continues the conversation of the turn before with `message` (the
+    /// follow-ups that came while it ran): each preset's own resume of its latest session in this
+    /// folder (`claude --continue`, `codex exec resume --last`, `gemini --resume latest`). `None` for
+    /// a command harness, which reads its follow-ups itself (`OZ_FOLLOWUP_FILE`).
+    pub fn continuation_argv(&self, message: &str, model: Option<&str>) -> Option<Vec<String>> {
+        match self {
+            Harness::Command(_) => None,
+            preset => Some(preset.preset_argv(message, model, true)),
+        }
+    }
+
+    /// How a preset resumes its conversation (said when it does); `None` for a command harness.
+    pub fn resumes_with(&self) -> Option<&'static str> {
+        match self {
+            Harness::Command(_) => None,
+            Harness::Claude => Some("claude -p --continue"),
+            Harness::Codex => Some("codex exec resume --last"),
+            Harness::Gemini => Some("gemini --resume latest"),
+        }
+    }
+
+    fn preset_argv(&self, prompt: &str, model: Option<&str>, continuing: bool) -> Vec<String> {
         let s = |x: &str| x.to_owned();
         let mut argv = match self {
             Harness::Command(argv) => return argv.clone(),
-            Harness::Claude => vec![
-                s("claude"),
-                s("-p"),
-                s("--output-format"),
-                s("stream-json"),
-                s("--verbose"),
-                s("--dangerously-skip-permissions"),
-            ],
+            Harness::Claude => {
+                let mut argv = vec![s("claude"), s("-p")];
+                if continuing {
+                    argv.push(s("--continue"));
+                }
+                argv.extend([
+                    s("--output-format"),
+                    s("stream-json"),
+                    s("--verbose"),
+                    s("--dangerously-skip-permissions"),
+                ]);
+                argv
+            }
+            Harness::Codex if continuing => {
+                vec![s("codex"), s("exec"), s("resume"), s("--last"), s("--full-auto"), s("--skip-git-repo-check")]
+            }
             Harness::Codex => vec![s("codex"), s("exec"), s("--full-auto"), s("--skip-git-repo-check")],
+            Harness::Gemini if continuing => vec![s("gemini"), s("--yolo"), s("--resume"), s("latest")],
             Harness::Gemini => vec![s("gemini"), s("--yolo")],
         };
         if let Some(model) = model.filter(|m| !m.is_empty()) {
@@ -114,6 +151,34 @@ mod tests {
         assert_eq!(Harness::Gemini.argv("fix it", Some("")), ["gemini", "--yolo", "--prompt", "fix it"]);
         let cmd = Harness::Command(vec!["./agent.sh".into(), "--flag".into()]);
         assert_eq!(cmd.argv("ignored in argv", Some("m")), ["./agent.sh", "--flag"]);
+    }
+
+    #[test]
+    fn presets_continue_their_latest_conversation_and_a_command_reads_its_own_followups() {
+        assert_eq!(
+            Harness::Claude.continuation_argv("and tests", Some("sonnet")).unwrap(),
+            [
+                "claude",
+                "-p",
+                "--continue",
+                "--output-format",
+                "stream-json",
+                "--verbose",
+                "--dangerously-skip-permissions",
+                "--model",
+                "sonnet",
+                "and tests"
+            ]
+        );
+        assert_eq!(
+            Harness::Codex.continuation_argv("and tests", None).unwrap(),
+            ["codex", "exec", "resume", "--last", "--full-auto", "--skip-git-repo-check", "and tests"]
+        );
+        assert_eq!(
+            Harness::Gemini.continuation_argv("and tests", None).unwrap(),
+            ["gemini", "--yolo", "--resume", "latest", "--prompt", "and tests"]
+        );
+        assert_eq!(Harness::Command(vec!["./agent.sh".into()]).continuation_argv("and tests", None), None);
     }
 
     #[test]

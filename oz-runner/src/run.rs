@@ -154,6 +154,7 @@ async fn run_in(mut args: RunArgs, warnings: Vec<String>, mut ctx: Context, prep
         }
     });
     ctx.cancel = merged;
+    // A registered run has no worker: its runner keeps its lease.
     let heartbeat = registered.then(|| {
         let control = control.clone();
         tokio::spawn(async move {
@@ -456,18 +457,14 @@ async fn prepare_and_run(
         .create_new(true)
         .open(&followup_file)
         .map_err(|e| (EXIT_USAGE, format!("could not create {}: {e}", followup_file.display())))?;
-    let (interrupt, interrupts) = tokio::sync::mpsc::unbounded_channel();
-    let (type_keys, keys) = tokio::sync::mpsc::unbounded_channel();
-    let to_harness = HarnessSteering { followup_file: followup_file.clone(), interrupt, keys: type_keys };
-    let steering = tokio::spawn(deliver_steering(control.clone(), to_harness, stop.clone(), log.clone()));
+    let to_harness = Arc::new(HarnessSteering::new(&followup_file, &harness));
+    let steering = tokio::spawn(deliver_steering(control.clone(), to_harness.clone(), stop.clone(), log.clone()));
     log.emit(RunnerEvent::HarnessStarted { harness: harness.to_string() }).await;
-    let stdin = Some(Bytes::from(prompt.clone()));
-    let steer = exec::Steer { interrupts, keys };
-    let ended = exec::run(&argv, &child_env, &workdir, stdin, log.clone(), ctx.cancel.clone(), Some(steer))
+    let ended = run_turns(&harness, argv, &prompt, args.model.as_deref(), &to_harness, &child_env, &workdir, log, ctx)
         .instrument(info_span!("harness", harness = %harness))
         .await;
     steering.abort();
-    let ended = ended.map_err(|e| (127, format!("could not start the {harness} harness ({}): {e}", argv[0])))?;
+    let ended = ended?;
 
     // Artifacts: what the harness declared, and the commits it made.
     for artifact in read_artifacts(&artifacts_file, log) {
@@ -501,14 +498,128 @@ async fn prepare_and_run(
     Ok(code)
 }
 
-/// Where the steering of a running harness goes.
+/// Runs the harness: one turn, and for a preset another turn per batch of follow-ups that came
+/// while the one before ran (a preset in its non-interactive form reads no follow-ups while it
+/// works; each turn resumes its conversation). A command harness reads its follow-ups itself, in
+/// its one turn. Ends with the last turn's end, or when the run is cancelled.
+#[allow(clippy::too_many_arguments)]
+async fn run_turns(
+    harness: &Harness,
+    mut argv: Vec<String>,
+    prompt: &str,
+    model: Option<&str>,
+    steering: &HarnessSteering,
+    child_env: &[(String, String)],
+    workdir: &Path,
+    log: &Arc<EventLog>,
+    ctx: &Context,
+) -> Result<exec::Ended, Failure> {
+    let mut stdin = Bytes::from(prompt.to_owned());
+    let mut taken = 0;
+    loop {
+        let steer = steering.next_turn();
+        let ended = exec::run(&argv, child_env, workdir, Some(stdin), log.clone(), ctx.cancel.clone(), Some(steer))
+            .await
+            .map_err(|e| (127, format!("could not start the {harness} harness ({}): {e}", argv[0])))?;
+        let resumes = harness.resumes_with().filter(|_| !ended.cancelled);
+        let queued = steering.queued_or_close(&mut taken, resumes.is_none());
+        let Some(resumes) = resumes.filter(|_| !queued.is_empty()) else { return Ok(ended) };
+        let message = queued.join("\n\n");
+        let Some(next) = harness.continuation_argv(&message, model) else { return Ok(ended) };
+        log.announce(&format!(
+            "{} follow-up(s) came while {harness} worked: it goes on with them in the same conversation ({resumes})",
+            queued.len()
+        ))
+        .await;
+        argv = next;
+        stdin = Bytes::from(message);
+    }
+}
+
+/// Where the steering of a running harness goes: follow-ups to `OZ_FOLLOWUP_FILE` (one JSON line
+/// each, which a preset's next turn also takes them from), interrupts and keys to the process of
+/// the turn that runs.
 struct HarnessSteering {
-    /// `OZ_FOLLOWUP_FILE`: each follow-up, one JSON line.
+    /// `OZ_FOLLOWUP_FILE`.
     followup_file: PathBuf,
-    /// Each interrupt, to the harness's process.
+    /// What becomes of a follow-up, as the announcement says it.
+    followup_goes: String,
+    /// The running turn's channels; `None` once the harness has had its last turn. Held while a
+    /// follow-up is written, so none is written after the last look at the file.
+    turn: std::sync::Mutex<Option<TurnInputs>>,
+}
+
+struct TurnInputs {
+    /// Each interrupt, to the turn's process.
     interrupt: tokio::sync::mpsc::UnboundedSender<()>,
-    /// Keys typed into the session, to the harness's terminal.
+    /// Keys typed into the session, to the turn's terminal.
     keys: tokio::sync::mpsc::UnboundedSender<Bytes>,
+}
+
+impl HarnessSteering {
+    fn new(followup_file: &Path, harness: &Harness) -> Self {
+        let followup_goes = match harness {
+            Harness::Command(_) => format!("written to {}", env::FOLLOWUP_FILE),
+            preset => {
+                format!("queued for {preset}: it goes on with it in the same conversation when its current turn ends")
+            }
+        };
+        Self { followup_file: followup_file.to_owned(), followup_goes, turn: std::sync::Mutex::new(None) }
+    }
+
+    fn turn(&self) -> std::sync::MutexGuard<'_, Option<TurnInputs>> {
+        self.turn.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The channels of a new turn's process.
+    fn next_turn(&self) -> exec::Steer {
+        let (interrupt, interrupts) = tokio::sync::mpsc::unbounded_channel();
+        let (keys_in, keys) = tokio::sync::mpsc::unbounded_channel();
+        *self.turn() = Some(TurnInputs { interrupt, keys: keys_in });
+        exec::Steer { interrupts, keys }
+    }
+
+    /// Writes a follow-up for the harness, unless it has had its last turn (under the turn's lock,
+    /// so never after the last look at the file); what became of it, to announce.
+    fn hand_followup(&self, followup: &oz_core::wire::api::FollowupEvent) -> String {
+        use std::io::Write;
+        let mut line = serde_json::to_vec(followup).unwrap_or_default();
+        line.push(b'\n');
+        let chars = followup.message.chars().count();
+        let turn = self.turn();
+        if turn.is_none() {
+            return format!(
+                "a follow-up ({chars} characters) came after the agent's last turn had ended: it was not handed to it"
+            );
+        }
+        // One write per line, in append mode: a reader never sees half a follow-up.
+        let written =
+            std::fs::OpenOptions::new().append(true).open(&self.followup_file).and_then(|mut f| f.write_all(&line));
+        match written {
+            Ok(()) => format!("a follow-up ({chars} characters) was {}", self.followup_goes),
+            Err(e) => format!("a follow-up could not be handed to the agent: {e}"),
+        }
+    }
+
+    /// The messages of the follow-ups written since the last look (`taken` lines were seen); when
+    /// there are none, or `last` (no other turn comes), the harness is closed to follow-ups.
+    fn queued_or_close(&self, taken: &mut usize, last: bool) -> Vec<String> {
+        let mut turn = self.turn();
+        let text = std::fs::read_to_string(&self.followup_file).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let queued: Vec<String> = lines
+            .iter()
+            .skip(*taken)
+            .filter_map(|l| serde_json::from_str::<oz_core::wire::api::FollowupEvent>(l).ok())
+            .map(|f| f.message)
+            .collect();
+        *taken = lines.len();
+        if last || queued.is_empty() {
+            *turn = None;
+            return Vec::new();
+        }
+        queued
+    }
 }
 
 /// Hands each follow-up, interrupt and key the run gets to the harness ([`HarnessSteering`]) while
@@ -517,14 +628,12 @@ struct HarnessSteering {
 /// until the run's token is refused.
 async fn deliver_steering(
     control: Arc<dyn ControlPlane>,
-    to: HarnessSteering,
+    to: Arc<HarnessSteering>,
     stop: Arc<watch::Sender<bool>>,
     log: Arc<EventLog>,
 ) {
-    let HarnessSteering { followup_file: file, interrupt, keys } = to;
     let mut said_keys_dropped = false;
     use futures::StreamExt;
-    use std::io::Write;
     const LONGEST_PAUSE: std::time::Duration = std::time::Duration::from_secs(30);
     let mut after = 0;
     let mut pause = std::time::Duration::from_secs(1);
@@ -541,9 +650,11 @@ async fn deliver_steering(
                 }
                 Some(Ok((seq, Steering::Interrupt(_)))) => {
                     after = seq;
-                    let said = match interrupt.send(()) {
-                        Ok(()) => "interrupted: SIGINT was sent to the agent's processes",
-                        Err(_) => "an interrupt came after the agent had ended",
+                    let sent = to.turn().as_ref().is_some_and(|t| t.interrupt.send(()).is_ok());
+                    let said = if sent {
+                        "interrupted: SIGINT was sent to the agent's processes"
+                    } else {
+                        "an interrupt came while no agent process ran"
                     };
                     log.announce(said).await;
                 }
@@ -551,7 +662,8 @@ async fn deliver_steering(
                     after = seq;
                     // Keys are not announced one by one (the terminal echoes them); only that
                     // they could not be passed on, once.
-                    if keys.send(Bytes::from(input.data)).is_err() && !said_keys_dropped {
+                    let sent = to.turn().as_ref().is_some_and(|t| t.keys.send(Bytes::from(input.data)).is_ok());
+                    if !sent && !said_keys_dropped {
                         said_keys_dropped = true;
                         log.announce("keys were typed into the session after the agent had ended").await;
                     }
@@ -559,19 +671,7 @@ async fn deliver_steering(
                 Some(Ok((seq, Steering::Followup(followup)))) => {
                     after = seq;
                     pause = std::time::Duration::from_secs(1);
-                    let mut line = serde_json::to_vec(&followup).unwrap_or_default();
-                    line.push(b'\n');
-                    // One write per line, in append mode: a reader never sees half a follow-up.
-                    let written =
-                        std::fs::OpenOptions::new().append(true).open(&file).and_then(|mut f| f.write_all(&line));
-                    let said = match written {
-                        Ok(()) => format!(
-                            "a follow-up ({} characters) was written to {}",
-                            followup.message.chars().count(),
-                            env::FOLLOWUP_FILE
-                        ),
-                        Err(e) => format!("a follow-up could not be handed to the agent: {e}"),
-                    };
+                    let said = to.hand_followup(&followup);
                     log.announce(&said).await;
                 }
             }

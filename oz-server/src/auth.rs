@@ -169,15 +169,16 @@ pub(crate) fn caller_of(KeyWithUser { key, user }: KeyWithUser) -> Result<Caller
     })
 }
 
-/// Whether the credential a request was let in with still authenticates (as on a new request): what
-/// open streams check every `ServerConfig::credential_recheck`.
-pub(crate) async fn still_valid(state: &AppState, principal: &Principal) -> Result<(), ApiError> {
+/// The credential a request was let in with, read again as on a new request (its role may have
+/// been lowered since): what open streams and sockets check every `ServerConfig::credential_recheck`.
+pub(crate) async fn still_valid(state: &AppState, principal: &Principal) -> Result<Principal, ApiError> {
     match principal {
         Principal::Key(caller) => {
             if let Some(id) = &caller.sign_in_id {
                 crate::sign_in::still_signed_in(state, id).await?;
             }
-            caller_of_key(state, &caller.key_id).await.map(drop)
+            let fresh = caller_of_key(state, &caller.key_id).await?;
+            Ok(Principal::Key(Caller { sign_in_id: caller.sign_in_id.clone(), ..fresh }))
         }
         Principal::Run(token) => {
             let record = state
@@ -185,7 +186,8 @@ pub(crate) async fn still_valid(state: &AppState, principal: &Principal) -> Resu
                 .token(&token.token_id)
                 .await?
                 .ok_or_else(|| ApiError::unauthenticated("the workload token is not valid"))?;
-            token_usable(&record)
+            token_usable(&record)?;
+            Ok(principal.clone())
         }
     }
 }

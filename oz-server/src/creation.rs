@@ -113,7 +113,7 @@ async fn prepare_for(
         crate::secret_references::Refused::Store(e) => CreationError::Store(e),
         refused => CreationError::Invalid(refused.to_string()),
     })?;
-    let sharing = crate::sharing::resolve(state, team_id, &config).await.map_err(|e| match e {
+    let sharing = crate::sharing::resolve(state, team_id, &config, "config").await.map_err(|e| match e {
         crate::sharing::ResolveError::Invalid(detail) => CreationError::Invalid(detail),
         crate::sharing::ResolveError::Store(e) => CreationError::Store(e),
     })?;
@@ -164,6 +164,23 @@ pub async fn register_local(state: &AppState, team_id: &str, new: NewRun) -> Res
     let run = prepare_for(state, team_id, new, Placement::Local).await?;
     state.store.insert_run(&run).await?;
     state.lifecycle.metrics().run_created(&run.source);
+    match claim_local(state, &run.id).await {
+        Ok(claimed) => Ok(claimed),
+        Err(e) => {
+            // No worker will ever take it: a run left QUEUED here would wait forever.
+            if let Err(end) = state
+                .lifecycle
+                .advance(&run.id, RunState::Error, Some("its registration could not be completed".into()))
+                .await
+            {
+                tracing::warn!(run_id = %run.id, error = %end, "a local run whose registration failed could not be ended");
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn claim_local(state: &AppState, run_id: &str) -> Result<(RunRecord, String), ApiError> {
     let mut change = crate::store::StateChange::new(RunState::Queued, RunState::Claimed)
         .message("running where it registered (an unmanaged oz agent run)");
     change.claimed_by = Some(Some(LOCAL_HOLDER.to_owned()));
@@ -171,7 +188,7 @@ pub async fn register_local(state: &AppState, team_id: &str, new: NewRun) -> Res
     let lease =
         jiff::SignedDuration::try_from(state.config.lease_timeout).unwrap_or(jiff::SignedDuration::from_secs(90));
     change.lease_expires_at = Some(Some(Timestamp::now().checked_add(lease).unwrap_or(Timestamp::MAX)));
-    let run = state.lifecycle.apply(&run.id, change).await?;
+    let run = state.lifecycle.apply(run_id, change).await?;
     let token = crate::dispatch::assignment::mint_token(state.store.as_ref(), &run, state.config.token_ttl).await?;
     Ok((run, token))
 }

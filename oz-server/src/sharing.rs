@@ -13,10 +13,15 @@ use crate::state::AppState;
 use crate::store::{RunRecord, StoreError};
 
 /// The sharing of a run `team_id` makes with `config` (`session_sharing`); a 400 names what is
-/// wrong with it.
-pub(crate) async fn resolve(state: &AppState, team_id: &str, config: &AgentConfig) -> Result<RunSharing, ResolveError> {
+/// wrong with it, as the field `config` came in (`config`, or `agent_config` on a template).
+pub(crate) async fn resolve(
+    state: &AppState,
+    team_id: &str,
+    config: &AgentConfig,
+    field: &str,
+) -> Result<RunSharing, ResolveError> {
     let Some(sharing) = &config.session_sharing else { return Ok(RunSharing::default()) };
-    let shares = sharing.shares().map_err(|e| ResolveError::Invalid(format!("config.session_sharing: {e}")))?;
+    let shares = sharing.shares().map_err(|e| ResolveError::Invalid(format!("{field}.session_sharing: {e}")))?;
     let users = if shares.iter().any(|s| matches!(s.target, oz_core::sharing::ShareTarget::User(_))) {
         state.store.users(team_id).await?
     } else {
@@ -25,7 +30,23 @@ pub(crate) async fn resolve(state: &AppState, team_id: &str, config: &AgentConfi
     RunSharing::resolve(&shares, sharing.public_access, |who| {
         users.iter().find(|u| u.id == who || u.name == who).map(|u| u.id.clone())
     })
-    .map_err(|e| ResolveError::Invalid(format!("config.session_sharing: {e}")))
+    .map_err(|e| ResolveError::Invalid(format!("{field}.session_sharing: {e}")))
+}
+
+/// A template's (a schedule's, an integration's) `agent_config.session_sharing`, checked when it is
+/// written as each run it makes will check it: a share that names nobody in the team is a 400 now,
+/// not a run that cannot be made at the next tick or delivery.
+pub(crate) async fn check_template(
+    state: &AppState,
+    team_id: &str,
+    config: Option<&AgentConfig>,
+) -> Result<(), ApiError> {
+    let Some(config) = config else { return Ok(()) };
+    match resolve(state, team_id, config, "agent_config").await {
+        Ok(_) => Ok(()),
+        Err(ResolveError::Invalid(detail)) => Err(ApiError::invalid(detail)),
+        Err(ResolveError::Store(e)) => Err(e.into()),
+    }
 }
 
 /// Why a run's sharing could not be resolved.
@@ -86,6 +107,15 @@ pub(crate) async fn run_access(
             Ok((run, access))
         }
     }
+}
+
+/// Whether `principal` may still follow run `run_id`, as on a new request: its credential still
+/// authenticates and, for a key, the run is still shared with it (a share taken away, a role
+/// lowered, a user disabled end what it follows). Open streams and sockets check it every
+/// `credential_recheck`.
+pub(crate) async fn may_still_follow(state: &AppState, principal: &Principal, run_id: &str) -> Result<(), ApiError> {
+    let fresh = crate::auth::still_valid(state, principal).await?;
+    run_access(state, &fresh, run_id).await.map(drop)
 }
 
 /// Run `run_id`, if `caller` may steer it (follow-ups, interrupt, cancel): not found if it may not

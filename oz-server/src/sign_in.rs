@@ -185,7 +185,8 @@ fn cookie_header(state: &AppState, headers: &HeaderMap, value: &str, max_age_sec
 }
 
 /// Whether a browser request comes from this server's own pages: its `Origin`, if it has one, is
-/// `http(s)://` and its `Host`, or the origin of the server's public URL (behind a proxy that
+/// its `Host` under the scheme it was served by (https when the public URL is, or a proxy said
+/// so in `X-Forwarded-Proto`), or the origin of the server's public URL (behind a proxy that
 /// rewrites `Host`); and its `Sec-Fetch-Site`, if it has one, says same-origin (or none: typed in).
 /// The cookie is bound to this host, so a page of another origin that reaches it (DNS rebinding)
 /// has no cookie to send.
@@ -198,12 +199,13 @@ pub fn same_origin(state: &AppState, headers: &HeaderMap) -> bool {
         return true;
     };
     let Ok(origin) = origin.to_str() else { return false };
+    // The scheme counts: a page served over http on this host is another origin than our https
+    // pages (a network attacker can write it).
+    let scheme = if over_https(state, headers) { "https://" } else { "http://" };
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
     let own_host = host.is_some_and(|host| {
-        origin
-            .strip_prefix("http://")
-            .or_else(|| origin.strip_prefix("https://"))
-            .is_some_and(|o| o.eq_ignore_ascii_case(host))
+        origin.get(..scheme.len()).is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+            && origin.get(scheme.len()..).is_some_and(|o| o.eq_ignore_ascii_case(host))
     });
     own_host || public_origin(&state.public_url).is_some_and(|own| own.eq_ignore_ascii_case(origin))
 }

@@ -327,11 +327,24 @@ async fn fetch_metadata_and_the_public_url_decide_what_origin_is_ours() {
         let (status, body) = api_post(&t, &followup, headers(extra), json!({"message": "no"})).await;
         assert_eq!(status, 403, "{what}: {body}");
     }
+    // Our Host under the scheme we are served by is ours; under another scheme it is not (an http
+    // page on this host is not one of our https pages).
+    let host = t.base().trim_start_matches("http://").to_owned();
+    for (scheme, want) in [("http", 403), ("https", 200)] {
+        let mut h = headers(&[]);
+        h.insert("origin", HeaderValue::from_str(&format!("{scheme}://{host}")).unwrap());
+        let (status, body) = api_post(&t, &followup, h, json!({"message": scheme})).await;
+        assert_eq!(status, want, "origin {scheme}://{host}: {body}");
+    }
     // Behind a proxy that rewrites Host, the public URL's origin is ours.
     let ours = [("origin", "https://oz.example.com"), ("sec-fetch-site", "same-origin")];
     let (status, body) = api_post(&t, &followup, headers(&ours), json!({"message": "yes"})).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(t.followups_of(&t.key_a, &run).await, ["yes"], "only the follow-up from our own origin was recorded");
+    assert_eq!(
+        t.followups_of(&t.key_a, &run).await,
+        ["https", "yes"],
+        "only the follow-ups from our own origin were recorded"
+    );
 }
 
 #[tokio::test]

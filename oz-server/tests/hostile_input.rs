@@ -129,3 +129,22 @@ fn every_answer_is_success_or_a_clean_problem() {
         }
     });
 }
+
+/// The case proptest once found: the dashboard's GET-only pages answered a wrong method with an
+/// empty 405. Each must answer with the API's problem document.
+#[tokio::test]
+async fn a_wrong_method_on_a_dashboard_page_is_a_problem_document() {
+    let t = TestServer::start().await;
+    let router = oz_server::api::router(t.server.state().clone());
+    for (method, path) in [
+        (Method::POST, "/"),
+        (Method::DELETE, "/runs"),
+        (Method::PUT, "/sign-out"),
+        (Method::POST, "/assets/dashboard.js"),
+    ] {
+        let request = Request::builder().method(method.clone()).uri(path).body(Body::empty()).unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), axum::http::StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        assert_eq!(response.headers()["content-type"], "application/problem+json", "{method} {path}");
+    }
+}

@@ -193,3 +193,27 @@ async fn a_workload_token_reads_only_its_own_runs_environment() {
     let another_run = t.create_run(&t.key_a, "w2", "not yours").await;
     assert_eq!(t.get(&format!("/agent/runs/{another_run}"), &token).await.0, 404);
 }
+
+/// A local run's runner is handed its environment's secrets on the registering machine: a member
+/// (who may not read secrets) registers local runs only without one; nothing is made when refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_registers_a_local_run_only_without_an_environment() {
+    let t = TestServer::start().await;
+    let member = key_for(&t, "member").await;
+    let (status, env) = t.post("/agent/environments", &member, json!({"name": "with secrets"})).await;
+    assert_eq!(status, 200, "{env}");
+    let env_id = env["uid"].as_str().unwrap();
+    let local = json!({"prompt": "on my laptop", "config": {"environment_id": env_id}});
+
+    let (status, body) = t.post("/agent/runs/local", &member, local.clone()).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(detail(&body).contains("admin") && detail(&body).contains("secrets"), "{body}");
+    assert!(body.get("workload_token").is_none());
+    let (_, list) = t.get("/agent/runs", &t.key_a).await;
+    assert!(list["runs"].as_array().unwrap().is_empty(), "the refused registration made no run: {list}");
+
+    let (status, body) = t.post("/agent/runs/local", &member, json!({"prompt": "on my laptop"})).await;
+    assert_eq!(status, 200, "without an environment a member may: {body}");
+    let (status, body) = t.post("/agent/runs/local", &t.key_a, local).await;
+    assert_eq!(status, 200, "an admin may: {body}");
+}

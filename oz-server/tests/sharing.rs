@@ -276,7 +276,101 @@ async fn bad_share_targets_are_refused_and_make_no_run() {
             .await;
         assert_eq!(status, 400, "{sharing}: {body}");
         assert!(body["detail"].as_str().unwrap().contains(says), "{sharing}: {body}");
+        // A schedule or an integration with it is refused when written, not when it fires.
+        let agent_config = json!({"worker_host": "w1", "session_sharing": sharing});
+        let schedule = json!({"name": "s", "cron_schedule": "0 * * * *", "prompt": "p", "agent_config": agent_config});
+        let integration = json!({"name": "i", "prompt": "p", "agent_config": agent_config});
+        for (path, body) in [("/agent/schedules", schedule), ("/integrations", integration)] {
+            let (status, answer) = t.post(path, &t.key_a, body).await;
+            assert_eq!(status, 400, "{path} {sharing}: {answer}");
+            let detail = answer["detail"].as_str().unwrap();
+            assert!(detail.contains(says) && detail.contains("agent_config.session_sharing"), "{path}: {answer}");
+        }
     }
     let (_, list) = t.get("/agent/runs", &t.key_a).await;
     assert!(list["runs"].as_array().unwrap().is_empty(), "{list}");
+    let (_, schedules) = t.get("/agent/schedules", &t.key_a).await;
+    assert!(schedules["schedules"].as_array().unwrap().is_empty(), "{schedules}");
+    let (_, integrations) = t.get("/integrations", &t.key_a).await;
+    assert!(integrations["integrations"].as_array().unwrap().is_empty(), "{integrations}");
+
+    // Updating a schedule to a share naming nobody is refused and leaves it as it was.
+    let (status, made) = t
+        .post(
+            "/agent/schedules",
+            &t.key_a,
+            json!({"name": "s", "cron_schedule": "0 * * * *", "prompt": "p", "agent_config": {"worker_host": "w1"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{made}");
+    let path = format!("/agent/schedules/{}", made["id"].as_str().unwrap());
+    let update = json!({"name": "s", "cron_schedule": "0 * * * *", "enabled": true,
+        "agent_config": {"worker_host": "w1", "session_sharing": {"share": ["nobody-here"]}}});
+    let (status, answer) = t.call(reqwest::Method::PUT, &path, &t.key_a, Some(update)).await;
+    assert_eq!(status, 400, "{answer}");
+    let (_, kept) = t.get(&path, &t.key_a).await;
+    assert!(kept["agent_config"].get("session_sharing").is_none_or(Value::is_null), "{kept}");
+}
+
+/// Open streams check the run's sharing again, not only the credential: an admin watching a
+/// member's private run who is made a member loses its events and its session within the recheck,
+/// and a member made a viewer can no longer type into the socket it opened as a member.
+#[tokio::test]
+async fn a_lowered_role_ends_what_it_may_no_longer_follow_on_open_streams() {
+    use futures::StreamExt;
+    let config =
+        oz_server::ServerConfig { credential_recheck: std::time::Duration::from_millis(200), ..support::config() };
+    let store = std::sync::Arc::new(oz_server::store::sqlite::SqliteStore::temporary().await.unwrap());
+    let t = TestServer::start_with(config, store).await;
+    let (_, ann) = user(&t, "ann", "member").await;
+    let (carl_id, carl) = user(&t, "carl", "admin").await;
+    let (bob_id, bob) = user(&t, "bob", "member").await;
+    let private = shared_run(&t, &ann, json!({"share": ["self"]})).await;
+    let private = private["run_id"].as_str().unwrap().to_owned();
+    let open = shared_run(&t, &ann, json!({"share": ["team:edit"]})).await;
+    let open = open["run_id"].as_str().unwrap().to_owned();
+
+    // Carl, an admin, follows ann's private run; bob, a member, types into the team's run.
+    let mut session = open_session(&t, &private, &carl).await;
+    let events = t.http.get(t.url(&format!("/agent/runs/{private}/events"))).bearer_auth(&carl).send().await;
+    let mut events = events.unwrap();
+    assert_eq!(events.status(), 200);
+    let mut typing = open_session(&t, &open, &bob).await;
+    {
+        use futures::SinkExt;
+        typing.send(keys("before\r").into()).await.unwrap();
+    }
+    for _ in 0..200 {
+        if !inputs_of(&t, &ann, &open).await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(inputs_of(&t, &ann, &open).await.len(), 1, "bob typed as a member");
+
+    for (id, role) in [(&carl_id, "member"), (&bob_id, "viewer")] {
+        let (status, body) =
+            t.call(reqwest::Method::PUT, &format!("/admin/users/{id}"), &t.key_a, Some(json!({"role": role}))).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Some(message) = session.next().await {
+            if let Ok(tokio_tungstenite::tungstenite::Message::Close(Some(frame))) = message {
+                return Some(u16::from(frame.code));
+            }
+        }
+        None
+    })
+    .await
+    .expect("carl's session closes");
+    assert_eq!(closed, Some(1008));
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Ok(Some(_)) = events.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "carl's event stream ends");
+    let answer = answer_to(&mut typing, keys("after\r")).await;
+    assert_eq!(answer["type"], "refused", "{answer}");
+    assert_eq!(inputs_of(&t, &ann, &open).await.len(), 1, "bob's keys as a viewer were not recorded");
+    assert_eq!(session_status(&t, &private, &carl).await, 404, "and carl cannot open it again");
 }

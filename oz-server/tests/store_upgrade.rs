@@ -152,3 +152,98 @@ async fn runs_made_before_session_sharing_stay_their_teams_and_still_read() {
     }
     assert_ne!(odd.session_id, public.session_id);
 }
+
+/// Writes a database the migrator took through version `through`, with one team.
+async fn database_through(path: &Path, through: i64) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let picked = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        if name[..4].parse::<i64>().unwrap() <= through {
+            std::fs::copy(entry.path(), picked.path().join(&name)).unwrap();
+        }
+    }
+    let mut conn = SqliteConnection::connect(&format!("sqlite://{}?mode=rwc", path.display())).await.unwrap();
+    sqlx::migrate::Migrator::new(picked.path()).await.unwrap().run(&mut conn).await.unwrap();
+    sqlx::raw_sql("INSERT INTO teams (id, name, created_us) VALUES ('team_old', 'old', 1767225600000000)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+}
+
+async fn insert_templates(path: &Path, rows: &[(&str, i64, &str)]) {
+    let mut conn = SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+    for (id, updated_us, sharing) in rows {
+        let config = format!("{{\"worker_host\":\"w1\",\"session_sharing\":{sharing}}}");
+        for (sql, prefix) in [
+            (
+                "INSERT INTO schedules (id, team_id, name, cron, enabled, prompt, agent_config, created_us, updated_us) \
+                 VALUES (?, 'team_old', ?, '0 * * * *', 1, 'p', ?, ?, ?)",
+                "sched",
+            ),
+            (
+                "INSERT INTO integrations (id, team_id, name, kind, secret, enabled, prompt, agent_config, created_us, updated_us) \
+                 VALUES (?, 'team_old', ?, 'webhook', 'x', 1, 'p', ?, ?, ?)",
+                "int",
+            ),
+        ] {
+            sqlx::query(sql)
+                .bind(format!("{prefix}_{id}"))
+                .bind(*id)
+                .bind(&config)
+                .bind(updated_us)
+                .bind(updated_us)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+    conn.close().await.unwrap();
+}
+
+async fn template_sharing(store: &SqliteStore, id: &str) -> [Option<oz_core::sharing::SessionSharing>; 2] {
+    use oz_server::store::ScheduleStore;
+    let schedule = store.schedule("team_old", &format!("sched_{id}")).await.unwrap().expect("the schedule reads");
+    let integration =
+        store.integration("team_old", &format!("int_{id}")).await.unwrap().expect("the integration reads");
+    [schedule.agent_config.unwrap().session_sharing, integration.agent_config.unwrap().session_sharing]
+}
+
+/// Before version 9, a schedule's or an integration's session_sharing granted nothing; the runs they
+/// make must not be opened by it now. What a template was given since version 9 is kept.
+#[tokio::test]
+async fn templates_written_before_session_sharing_do_not_open_their_runs() {
+    let dir = tempfile::tempdir().unwrap();
+
+    // A database from before version 9: both kinds of template, public and odd.
+    let before = dir.path().join("before.db");
+    database_through(&before, 8).await;
+    insert_templates(&before, &[("public", 1, "{\"public_access\":\"EDITOR\"}"), ("odd", 2, "\"yes\"")]).await;
+    let store = SqliteStore::open(&before).await.unwrap();
+    for id in ["public", "odd"] {
+        assert_eq!(template_sharing(&store, id).await, [None, None], "{id}");
+    }
+    drop(store);
+
+    // A database that had version 9 when its templates were written: they keep their sharing.
+    let since = dir.path().join("since.db");
+    database_through(&since, 9).await;
+    let later = (std::time::SystemTime::now() + std::time::Duration::from_secs(2))
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    insert_templates(
+        &since,
+        &[("kept", later, "{\"public_access\":\"VIEWER\"}"), ("stale", 1, "{\"public_access\":\"VIEWER\"}")],
+    )
+    .await;
+    let store = SqliteStore::open(&since).await.unwrap();
+    for sharing in template_sharing(&store, "kept").await {
+        assert_eq!(sharing.and_then(|s| s.public_access), Some(oz_core::sharing::PublicAccess::Viewer));
+    }
+    assert_eq!(template_sharing(&store, "stale").await, [None, None], "written before version 9 was applied");
+    drop(store);
+    assert_eq!(bookkeeping(&since).await, (all_applied(), false));
+}

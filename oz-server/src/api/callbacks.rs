@@ -72,8 +72,10 @@ pub async fn report(
             };
             // The runner stopped by a signal nobody asked for (its worker shutting down, say) is not a
             // cancellation: keep the report as an event and let the worker's report (or the lease) end
-            // the run with the real reason.
-            if to == RunState::Cancelled && !run.cancel_requested {
+            // the run with the real reason. A local run has no worker: its runner was stopped by the
+            // person who started it (Ctrl-C), and that is a cancellation.
+            let local = run.claimed_by.as_deref() == Some(crate::creation::LOCAL_HOLDER);
+            if to == RunState::Cancelled && !run.cancel_requested && !local {
                 return Ok(StatusCode::NO_CONTENT);
             }
             state.lifecycle.advance(&run.id, to, Some(message.clone())).await?;

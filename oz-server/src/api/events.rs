@@ -102,7 +102,7 @@ fn async_stream_events(
     futures::stream::unfold(cursor, |mut c| async move {
         loop {
             if tokio::time::Instant::now() >= c.recheck_at {
-                if crate::auth::still_valid(&c.state, &c.principal).await.is_err() {
+                if crate::sharing::may_still_follow(&c.state, &c.principal, &c.run_id).await.is_err() {
                     return None;
                 }
                 c.recheck_at = tokio::time::Instant::now() + c.state.config.credential_recheck;

@@ -75,6 +75,7 @@ pub async fn create(
     ApiJson(req): ApiJson<IntegrationRequest>,
 ) -> Result<Json<IntegrationItem>, ApiError> {
     validate(&state, &req)?;
+    crate::sharing::check_template(&state, &caller.team_id, req.agent_config.as_ref()).await?;
     let now = Timestamp::now();
     let id = format!("int_{}", uuid::Uuid::new_v4().simple());
     let signing_secret = format!("whsec_{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
@@ -128,6 +129,7 @@ pub async fn update(
     ApiJson(req): ApiJson<IntegrationRequest>,
 ) -> Result<Json<IntegrationItem>, ApiError> {
     validate(&state, &req)?;
+    crate::sharing::check_template(&state, &caller.team_id, req.agent_config.as_ref()).await?;
     let mut i = state
         .store
         .integration(&caller.team_id, &id)

@@ -77,18 +77,22 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .fallback(|| async { ApiError::not_found("no such endpoint") })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                ErrorCode::InvalidRequest,
-                "this method is not allowed on this endpoint",
-            )
-        });
+        .method_not_allowed_fallback(method_not_allowed);
     let metrics = state.lifecycle.metrics().clone();
     let api = api.route_layer(axum::middleware::from_fn_with_state(metrics, crate::metrics::track_requests));
     let root =
         Router::new().nest("/api/v1", api).route("/healthz", get(|| async { "ok" })).merge(crate::dashboard::router());
+    // The dashboard's pages are GET-only too: a wrong method there gets the same problem document.
     root.fallback(|| async { ApiError::not_found("no such endpoint (the API is under /api/v1)") })
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::InvalidRequest,
+        "this method is not allowed on this endpoint",
+    )
 }

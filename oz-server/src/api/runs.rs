@@ -9,6 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jiff::Timestamp;
 use oz_core::run::RunState;
+use oz_core::wire::admin::Role;
 use oz_core::wire::api::{
     DEFAULT_PAGE_LIMIT, MAX_ATTACHMENTS, MAX_METADATA_KEYS, MAX_PAGE_LIMIT, PageInfo, RunAgentRequest, RunCreated,
     RunItem, RunList,
@@ -108,6 +109,16 @@ pub async fn register_local(
         ..Default::default()
     };
     validate_request(&as_request)?;
+    // A managed run's secrets and git credentials reach only its sandbox; a local run's reach the
+    // machine that registered it, so naming an environment is handing its secrets to the caller,
+    // and only admins may read secrets.
+    if req.config.as_ref().is_some_and(|c| c.environment_id.is_some()) && caller.role < Role::Admin {
+        return Err(ApiError::forbidden(format!(
+            "a local run with an environment is given that environment's secrets and git credentials where it runs; \
+             this needs the admin role, and this key acts as {} (run without --environment, or in a sandbox)",
+            caller.role
+        )));
+    }
     let source = req.source.clone().unwrap_or_else(|| "CLI".into());
     if !matches!(source.as_str(), "CLI" | "GITHUB_ACTION" | "LOCAL") {
         return Err(ApiError::invalid(format!("source {source:?} is not one of CLI, GITHUB_ACTION, LOCAL")));

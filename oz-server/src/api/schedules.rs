@@ -96,6 +96,7 @@ pub async fn create(
         req.prompt.as_deref(),
         req.agent_config.as_ref(),
     )?;
+    crate::sharing::check_template(&state, &caller.team_id, req.agent_config.as_ref()).await?;
     let now = Timestamp::now();
     let enabled = req.enabled.unwrap_or(true);
     let mut s = ScheduleRecord {
@@ -160,6 +161,7 @@ pub async fn update(
     let config = req.agent_config.or(s.agent_config.clone());
     let timezone = req.timezone.or(s.timezone.clone());
     validate(&state, &req.name, &req.cron_schedule, timezone.as_deref(), prompt.as_deref(), config.as_ref())?;
+    crate::sharing::check_template(&state, &caller.team_id, config.as_ref()).await?;
     let now = Timestamp::now();
     s.name = req.name;
     s.cron = req.cron_schedule.split_whitespace().collect::<Vec<_>>().join(" ");

@@ -135,15 +135,19 @@ async fn typed(access: &Access, frame: &str) -> Option<ViewerMessage> {
     if data.is_empty() {
         return None;
     }
-    let Principal::Key(caller) = &access.principal else {
-        return refused("a run's workload token watches its session; it does not type into it".into());
-    };
     // Every message is checked afresh: a share taken away, or a role lowered, counts at once.
-    let run = match crate::sharing::steerable_run(&access.state, caller, &access.run_id).await {
+    let caller = match crate::auth::still_valid(&access.state, &access.principal).await {
+        Ok(Principal::Key(caller)) => caller,
+        Ok(Principal::Run(_)) => {
+            return refused("a run's workload token watches its session; it does not type into it".into());
+        }
+        Err(e) => return refused(format!("your keys were not sent: {}", e.detail)),
+    };
+    let run = match crate::sharing::steerable_run(&access.state, &caller, &access.run_id).await {
         Ok(run) => run,
         Err(e) => return refused(format!("your keys were not sent: {}", e.detail)),
     };
-    let event = oz_core::wire::api::InputEvent { data, by: caller.user_id.clone() };
+    let event = oz_core::wire::api::InputEvent { data, by: caller.user_id };
     match access.state.lifecycle.record_unless_ended(&run.id, jiff::Timestamp::now(), event.to_event()).await {
         Ok(None) => None,
         Ok(Some(state)) => refused(format!("the run has ended ({state}): nothing reads its terminal")),
@@ -194,7 +198,7 @@ async fn serve(socket: WebSocket, mut viewer: Viewer, mut cells: Option<CellTerm
                 Some(messages) => messages,
                 None => break,
             },
-            _ = recheck.tick() => match crate::auth::still_valid(&access.state, &access.principal).await {
+            _ = recheck.tick() => match crate::sharing::may_still_follow(&access.state, &access.principal, &access.run_id).await {
                 Ok(()) => continue,
                 Err(e) => {
                     // 1008: policy violation, with the reason (no secret in it) for the viewer to show.
