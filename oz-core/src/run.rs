@@ -144,7 +144,7 @@ impl RunState {
     /// | CLAIMED | INPROGRESS, SUCCEEDED, FAILED, ERROR, CANCELLED, QUEUED (worker gone before start) |
     /// | INPROGRESS | BLOCKED, SUCCEEDED, FAILED, ERROR, CANCELLED |
     /// | BLOCKED | INPROGRESS, SUCCEEDED, FAILED, ERROR, CANCELLED |
-    /// | terminal | nothing |
+    /// | terminal | nothing (but see [`RunState::reopen`]) |
     ///
     /// Staying in the same state is not a transition and is refused, so that a duplicate message is
     /// noticed rather than silently re-applied.
@@ -163,6 +163,18 @@ impl RunState {
     /// The one transition function: returns the new state, or an error naming both states.
     pub fn transition(self, to: RunState) -> Result<RunState, Error> {
         if self.can_transition_to(to) { Ok(to) } else { Err(Error::IllegalTransition { from: self, to }) }
+    }
+
+    /// The one way out of an end: a follow-up to an ended run continues it in a new execution,
+    /// which waits in the queue like a new run (QUEUED). Only a terminal state reopens; it is not
+    /// in [`RunState::can_transition_to`]'s table, so no worker message, lease or report can
+    /// bring an ended run back by accident: only the control plane's follow-up path calls this.
+    pub fn reopen(self) -> Result<RunState, Error> {
+        if self.is_terminal() {
+            Ok(RunState::Queued)
+        } else {
+            Err(Error::IllegalTransition { from: self, to: RunState::Queued })
+        }
     }
 }
 
@@ -245,6 +257,23 @@ mod tests {
             assert!(RunState::ALL.iter().all(|to| !state.can_transition_to(*to)));
         }
         assert_eq!(RunState::ALL.iter().filter(|s| s.is_terminal()).count(), 4);
+    }
+
+    #[test]
+    fn only_an_ended_run_reopens_and_it_goes_back_to_the_queue() {
+        for state in RunState::ALL {
+            match state.reopen() {
+                Ok(to) => {
+                    assert!(state.is_terminal(), "{state} reopened");
+                    assert_eq!(to, Queued);
+                }
+                Err(Error::IllegalTransition { from, to }) => {
+                    assert!(!state.is_terminal(), "{state} did not reopen");
+                    assert_eq!((from, to), (state, Queued));
+                }
+                Err(other) => panic!("unexpected error {other}"),
+            }
+        }
     }
 
     #[test]

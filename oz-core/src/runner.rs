@@ -33,6 +33,13 @@ pub mod env {
     /// (`{"message": "...", "mode": ..., "by": user id}`, `oz_core::wire::api::FollowupEvent`); a `command`
     /// harness reads it to be steered. It exists (empty) when the harness starts.
     pub const FOLLOWUP_FILE: &str = "OZ_FOLLOWUP_FILE";
+    /// A folder that outlives the execution: what the harness keeps in it is restored in the next
+    /// execution of the same run (a follow-up to the run after it ended), so an agent can go on
+    /// with its conversation. Set for the harness; empty in a run's first execution.
+    pub const CONVERSATION_DIR: &str = "OZ_CONVERSATION_DIR";
+    /// Which execution of the run this is, from 1 (2 and more: it continues the run after it
+    /// ended, with the follow-up as its prompt). Set for the harness.
+    pub const EXECUTION: &str = "OZ_EXECUTION";
     /// The run id, in every process of a task (the Direct backend finds a task's processes by it).
     pub const RUN_ID: &str = "OZ_RUN_ID";
     /// The MCP servers (JSON), for the harness.

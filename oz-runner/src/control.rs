@@ -72,6 +72,17 @@ pub trait ControlPlane: Send + Sync {
     async fn heartbeat(&self) -> Result<(), ControlError> {
         Ok(())
     }
+    /// What an execution before kept of the run's conversation (a run continued after its end);
+    /// none without a control plane.
+    async fn conversation(&self) -> Result<Option<Vec<u8>>, ControlError> {
+        Ok(None)
+    }
+    /// Keeps what the agent kept of its conversation for the run's next execution; nothing without
+    /// a control plane.
+    async fn save_conversation(&self, archive: Vec<u8>) -> Result<(), ControlError> {
+        let _ = archive;
+        Ok(())
+    }
     /// Follow-ups and interrupts of the run after event `after_seq` (0: from the first sent), with
     /// their event numbers, until the run ends; none without a control plane.
     fn steering(&self, after_seq: i64) -> BoxStream<'static, Result<(i64, Steering), ControlError>> {
@@ -123,6 +134,16 @@ impl ControlPlane for AgentClient {
         AgentClient::heartbeat(self)
             .await
             .map_err(|source| ControlError::Request { what: "telling the control plane the runner is alive", source })
+    }
+    async fn conversation(&self) -> Result<Option<Vec<u8>>, ControlError> {
+        AgentClient::conversation(self)
+            .await
+            .map_err(|source| ControlError::Request { what: "fetching the run's conversation", source })
+    }
+    async fn save_conversation(&self, archive: Vec<u8>) -> Result<(), ControlError> {
+        AgentClient::save_conversation(self, archive)
+            .await
+            .map_err(|source| ControlError::Request { what: "keeping the run's conversation", source })
     }
     fn steering(&self, after_seq: i64) -> BoxStream<'static, Result<(i64, Steering), ControlError>> {
         AgentClient::steering(self, after_seq)

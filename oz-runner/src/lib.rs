@@ -16,6 +16,7 @@
 pub mod args;
 pub mod clone;
 pub mod control;
+pub mod conversation;
 pub mod credentials;
 pub mod egress_proxy;
 pub mod exec;

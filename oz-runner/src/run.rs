@@ -10,7 +10,7 @@ use oz_core::environment::EnvironmentConfig;
 use oz_core::redact::Redactor;
 use oz_core::run::RunState;
 use oz_core::wire::api::Steering;
-use oz_core::wire::callbacks::{Artifact, RunnerEvent};
+use oz_core::wire::callbacks::{Artifact, Continuation, RunnerEvent};
 use secrecy::SecretString;
 use tokio::sync::watch;
 use tracing::{Instrument, info_span};
@@ -166,7 +166,10 @@ async fn run_in(mut args: RunArgs, warnings: Vec<String>, mut ctx: Context, prep
     });
     // What the run needs is gathered before anything is printed, so that every secret in it is
     // masked from the first byte of output.
-    let start = gather(&args, &ctx, control.as_ref()).await;
+    let mut start = gather(&args, &ctx, control.as_ref()).await;
+    if let Ok(start) = &mut start {
+        start.keeps_conversation = control.is_connected() && !registered;
+    }
     let mut secrets: Vec<String> = token.iter().chain(api_key.iter()).cloned().collect();
     secrets.extend(ctx.env.iter().filter(|(k, _)| looks_secret(k)).map(|(_, v)| v.clone()));
     if let Ok(start) = &start {
@@ -216,6 +219,11 @@ struct Start {
     prompt: Option<String>,
     secret_env: Vec<(String, String)>,
     git_credentials: Vec<GitCredential>,
+    /// Set when this execution continues the run after it ended.
+    continuation: Option<Continuation>,
+    /// Whether what the agent keeps of its conversation goes to the control plane at the end, for
+    /// a next execution (a managed run; one registered from where it runs is never continued).
+    keeps_conversation: bool,
 }
 
 impl Start {
@@ -283,14 +291,15 @@ async fn gather(args: &RunArgs, ctx: &Context, control: &dyn ControlPlane) -> Re
         }
         Err(e) => return Err((EXIT_USAGE, oz_core::error::error_chain(&e))),
     };
-    let (environment, prompt, secret_env, mut git_credentials) = match resolved {
+    let (environment, prompt, secret_env, mut git_credentials, continuation) = match resolved {
         Some(r) => (
             r.environment,
             Some(r.prompt).filter(|p| !p.is_empty()),
             r.secret_env.into_iter().collect::<Vec<_>>(),
             r.git_credentials.iter().map(|c| c.to_credential()).collect::<Vec<_>>(),
+            r.continuation,
         ),
-        None => (None, None, Vec::new(), Vec::new()),
+        None => (None, None, Vec::new(), Vec::new(), None),
     };
     let environment = if let Some(path) = &args.environment_file {
         let text = std::fs::read_to_string(path)
@@ -330,7 +339,7 @@ async fn gather(args: &RunArgs, ctx: &Context, control: &dyn ControlPlane) -> Re
             git_credentials.push(credential);
         }
     }
-    Ok(Start { environment, prompt, secret_env, git_credentials })
+    Ok(Start { environment, prompt, secret_env, git_credentials, continuation, keeps_conversation: false })
 }
 
 async fn prepare_and_run(
@@ -343,7 +352,8 @@ async fn prepare_and_run(
     stop: &Arc<watch::Sender<bool>>,
 ) -> Result<i32, Failure> {
     clone::validate_base_url(&args.git_base_url).map_err(|e| (EXIT_USAGE, e))?;
-    let Start { environment, prompt: resolved_prompt, secret_env, git_credentials } = start;
+    let Start { environment, prompt: resolved_prompt, secret_env, git_credentials, continuation, keeps_conversation } =
+        start;
     let kind: HarnessKind = args.harness.parse().map_err(|e: UnknownHarness| (EXIT_USAGE, e.to_string()))?;
     let default_kind = ctx.var(env::DEFAULT_HARNESS).and_then(|k| k.parse().ok());
     let command = if args.command.is_empty() {
@@ -404,6 +414,12 @@ async fn prepare_and_run(
     set_var(&mut child_env, env::PROMPT, prompt.clone());
     set_var(&mut child_env, env::ARTIFACTS_FILE, artifacts_file.display().to_string());
     set_var(&mut child_env, env::FOLLOWUP_FILE, followup_file.display().to_string());
+    let lookup = |name: &str| child_env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let conversation = crate::conversation::Conversation::new(run_dir.path(), &harness, lookup)
+        .map_err(|e| (EXIT_USAGE, oz_core::error::error_chain(&e)))?;
+    set_var(&mut child_env, env::CONVERSATION_DIR, conversation.dir().display().to_string());
+    let execution = continuation.as_ref().map_or(1, |c| c.execution);
+    set_var(&mut child_env, env::EXECUTION, execution.to_string());
     if let Some(task_id) = &args.task_id {
         set_var(&mut child_env, env::RUN_ID, task_id.clone());
     }
@@ -451,20 +467,36 @@ async fn prepare_and_run(
 
     // The harness.
     check_cancel(&ctx.cancel)?;
-    let argv = harness.argv(&prompt, args.model.as_deref());
+    let argv = match &continuation {
+        Some(c) => {
+            restore_conversation(c, control.as_ref(), &conversation, log).await;
+            // A preset resumes its latest conversation with the follow-up; a command harness gets
+            // the follow-up as its prompt and finds what it kept in OZ_CONVERSATION_DIR.
+            harness
+                .continuation_argv(&prompt, args.model.as_deref())
+                .unwrap_or_else(|| harness.argv(&prompt, args.model.as_deref()))
+        }
+        None => harness.argv(&prompt, args.model.as_deref()),
+    };
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(&followup_file)
         .map_err(|e| (EXIT_USAGE, format!("could not create {}: {e}", followup_file.display())))?;
     let to_harness = Arc::new(HarnessSteering::new(&followup_file, &harness));
-    let steering = tokio::spawn(deliver_steering(control.clone(), to_harness.clone(), stop.clone(), log.clone()));
+    // A continued run's steering is what came after the follow-up that continued it.
+    let steer_after = continuation.as_ref().map_or(0, |c| c.after_seq);
+    let steering =
+        tokio::spawn(deliver_steering(control.clone(), to_harness.clone(), stop.clone(), log.clone(), steer_after));
     log.emit(RunnerEvent::HarnessStarted { harness: harness.to_string() }).await;
     let ended = run_turns(&harness, argv, &prompt, args.model.as_deref(), &to_harness, &child_env, &workdir, log, ctx)
         .instrument(info_span!("harness", harness = %harness))
         .await;
     steering.abort();
     let ended = ended?;
+    if keeps_conversation {
+        keep_conversation(control.as_ref(), &conversation, log).await;
+    }
 
     // Artifacts: what the harness declared, and the commits it made.
     for artifact in read_artifacts(&artifacts_file, log) {
@@ -631,11 +663,11 @@ async fn deliver_steering(
     to: Arc<HarnessSteering>,
     stop: Arc<watch::Sender<bool>>,
     log: Arc<EventLog>,
+    mut after: i64,
 ) {
     let mut said_keys_dropped = false;
     use futures::StreamExt;
     const LONGEST_PAUSE: std::time::Duration = std::time::Duration::from_secs(30);
-    let mut after = 0;
     let mut pause = std::time::Duration::from_secs(1);
     let mut said_broken = false;
     loop {
@@ -690,6 +722,60 @@ async fn deliver_steering(
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(LONGEST_PAUSE);
     }
+}
+
+/// Puts back what the execution before kept of the run's conversation, before the harness starts.
+/// A conversation that cannot be had is said, and the agent goes on without it.
+async fn restore_conversation(
+    continuation: &Continuation,
+    control: &dyn ControlPlane,
+    conversation: &crate::conversation::Conversation,
+    log: &Arc<EventLog>,
+) {
+    let said = if !continuation.conversation {
+        format!(
+            "execution {}: the run ended and a follow-up continues it; the execution before kept no conversation",
+            continuation.execution
+        )
+    } else {
+        match control.conversation().await {
+            Ok(Some(archive)) => match conversation.unpack(&archive) {
+                Ok(files) => format!(
+                    "execution {}: the run ended and a follow-up continues it; the agent goes on with the conversation the execution before kept ({files} files, {} bytes packed)",
+                    continuation.execution,
+                    archive.len()
+                ),
+                Err(e) => format!("the kept conversation could not be restored: {}", oz_core::error::error_chain(&e)),
+            },
+            Ok(None) => "the execution before kept no conversation".to_owned(),
+            Err(e) => format!("the kept conversation could not be fetched: {}", oz_core::error::error_chain(&e)),
+        }
+    };
+    log.announce(&said).await;
+}
+
+/// Sends what the agent kept of its conversation to the control plane, for a follow-up after the
+/// run ends; said in the run's history either way.
+async fn keep_conversation(
+    control: &dyn ControlPlane,
+    conversation: &crate::conversation::Conversation,
+    log: &Arc<EventLog>,
+) {
+    let packed = conversation.pack();
+    let said = match packed {
+        Ok(None) => return,
+        Ok(Some(archive)) => {
+            let bytes = archive.len();
+            match control.save_conversation(archive).await {
+                Ok(()) => format!(
+                    "the agent's conversation was kept for a follow-up after the run ends ({bytes} bytes packed)"
+                ),
+                Err(e) => format!("the agent's conversation could not be kept: {}", oz_core::error::error_chain(&e)),
+            }
+        }
+        Err(e) => format!("the agent's conversation could not be kept: {}", oz_core::error::error_chain(&e)),
+    };
+    log.announce(&said).await;
 }
 
 /// Clones the environment's repos into `workdir` (a repo already there is left as it is);

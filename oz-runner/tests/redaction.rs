@@ -27,6 +27,7 @@ impl ControlPlane for Recorder {
     async fn resolved(&self) -> Result<Option<ResolvedRun>, ControlError> {
         Ok(Some(ResolvedRun {
             prompt: "p".into(),
+            continuation: None,
             environment: None,
             secret_env: [("MY_SERVICE_TOKEN".to_owned(), SECRET.to_owned())].into(),
             git_credentials: Vec::new(),

@@ -7,7 +7,9 @@ use oz_core::environment::EnvironmentConfig;
 use oz_core::failure::ErrorCode;
 use oz_core::retry::RetryPolicy;
 use oz_core::wire::api::{EnvironmentList, RunItem, Steering};
-use oz_core::wire::callbacks::{ResolvedRun, RunnerEvent, RunnerReport, report_path, resolved_path};
+use oz_core::wire::callbacks::{
+    MAX_CONVERSATION_BYTES, ResolvedRun, RunnerEvent, RunnerReport, conversation_path, report_path, resolved_path,
+};
 use oz_core::wire::problem::Problem;
 use reqwest::Method;
 use secrecy::SecretString;
@@ -158,6 +160,45 @@ impl AgentClient {
     /// the runner reports that the harness started.
     pub async fn resolved(&self) -> Result<ResolvedRun> {
         self.read(&resolved_path(&seg(&self.run_id))).await
+    }
+
+    /// What an execution before kept of the run's conversation (`GET /agent/runs/{id}/conversation`),
+    /// for a run continued after its end; `None` when none was kept. Bounded by
+    /// [`MAX_CONVERSATION_BYTES`] (a larger answer is an error, not read whole).
+    pub async fn conversation(&self) -> Result<Option<Vec<u8>>> {
+        let path = conversation_path(&seg(&self.run_id));
+        let resp = match self.http.execute(Method::GET, &path, |r| r, RetryRule::idempotent(self.reads)).await {
+            Ok(resp) => resp,
+            Err(e) if e.status() == Some(404) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut body = Vec::new();
+        let mut resp = resp;
+        while let Some(chunk) = resp.chunk().await.map_err(|e| Error::Transport(e.without_url()))? {
+            if body.len() + chunk.len() > MAX_CONVERSATION_BYTES {
+                let detail = format!("the run's conversation is larger than {MAX_CONVERSATION_BYTES} bytes");
+                return Err(Error::Api(Box::new(Problem::new(413, ErrorCode::InvalidRequest, detail))));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Some(body))
+    }
+
+    /// Keeps what the agent kept of its conversation for the run's next execution
+    /// (`PUT /agent/runs/{id}/conversation`, an archive of at most [`MAX_CONVERSATION_BYTES`]),
+    /// replacing the one before; before the run's end.
+    pub async fn save_conversation(&self, archive: Vec<u8>) -> Result<()> {
+        let path = conversation_path(&seg(&self.run_id));
+        let body = bytes::Bytes::from(archive);
+        self.http
+            .execute(
+                Method::PUT,
+                &path,
+                |r| r.header(reqwest::header::CONTENT_TYPE, "application/octet-stream").body(body.clone()),
+                RetryRule::idempotent(self.reports),
+            )
+            .await
+            .map(drop)
     }
 
     /// The run's prompt (`GET /agent/runs/{id}`); an empty one is `None`.

@@ -135,7 +135,11 @@ async fn events_follow_a_run_to_its_end() {
             break a;
         }
     };
-    let claim = WorkerMessage::TaskClaimed(TaskClaimed { task_id: run.run_id.clone(), worker_id: "w1".into() });
+    let claim = WorkerMessage::TaskClaimed(TaskClaimed {
+        task_id: run.run_id.clone(),
+        worker_id: "w1".into(),
+        execution_id: None,
+    });
     ws.send(Message::Text(claim.to_json().unwrap().into())).await.unwrap();
     let token = assignment.env_vars["OZ_WORKLOAD_TOKEN"].clone();
     let http = reqwest::Client::new();

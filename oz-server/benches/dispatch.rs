@@ -135,11 +135,16 @@ fn main() {
             let took = t.elapsed();
             assert_eq!(assignment.task_id, id);
             for m in [
-                WorkerMessage::TaskClaimed(TaskClaimed { task_id: id.clone(), worker_id: "bench-worker".into() }),
+                WorkerMessage::TaskClaimed(TaskClaimed {
+                    task_id: id.clone(),
+                    worker_id: "bench-worker".into(),
+                    execution_id: None,
+                }),
                 WorkerMessage::TaskCompleted(TaskCompleted {
                     task_id: id.clone(),
                     message: String::new(),
                     task_state: None,
+                    execution_id: None,
                 }),
             ] {
                 ws.send(Message::Text(m.to_json().unwrap().into())).await.unwrap();

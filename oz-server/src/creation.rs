@@ -154,6 +154,8 @@ async fn prepare_for(
         cancel_requested: false,
         session_id: uuid::Uuid::new_v4().simple().to_string(),
         sharing,
+        execution_count: 1,
+        continuation: None,
     })
 }
 

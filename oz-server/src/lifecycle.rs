@@ -183,6 +183,43 @@ impl Lifecycle {
         Ok(None)
     }
 
+    /// A follow-up to run `run_id`, decided under the run's lock (as a cancel is): to a run that has
+    /// not ended, it is recorded for its running agent; to an ended run, if `may_continue` allows,
+    /// it is recorded and continues the run in a new execution (QUEUED again, with the follow-up as
+    /// what its agent is asked, its steering following from that event).
+    pub async fn followup(
+        &self,
+        run_id: &str,
+        followup: &oz_core::wire::api::FollowupEvent,
+        may_continue: impl FnOnce(&RunRecord) -> Result<(), ApiError>,
+    ) -> Result<Followed, ApiError> {
+        let _ordered = self.stripe(run_id).lock().await;
+        let current = self.store.run_by_id(run_id).await?.ok_or_else(|| ApiError::not_found("no such run"))?;
+        let now = Timestamp::now();
+        if !current.state.is_terminal() {
+            self.append(run_id, now, followup.to_event()).await?;
+            return Ok(Followed::ToTheRunningAgent(current));
+        }
+        may_continue(&current)?;
+        let to = current.state.reopen().map_err(|e| ApiError::conflict(e.to_string()))?;
+        let after_seq = self.append(run_id, now, followup.to_event()).await?;
+        let continuation =
+            crate::store::RunContinuation { message: followup.message.clone(), mode: followup.mode.clone(), after_seq };
+        let execution = current.execution_count + 1;
+        let message = oz_core::wire::api::StatusMessage {
+            message: format!("continued by a follow-up after it ended {}: execution {execution}", current.state),
+            error_code: None,
+            retryable: None,
+            session_debug_until: None,
+        };
+        let run = self.store.continue_run(run_id, current.state, &continuation, &message, now).await?;
+        self.append(run_id, now, json!({"event": "state", "state": to, "status_message": message})).await?;
+        let age = std::time::Duration::try_from(now.duration_since(run.created_at)).unwrap_or_default();
+        self.metrics.state_changed(run.state, age);
+        tracing::info!(run_id, from = %current.state, to = %run.state, execution, "run continued by a follow-up");
+        Ok(Followed::Continued(run))
+    }
+
     /// Records a runner's report once: `false` if report `runner_seq` of `attempt` is stored already
     /// (a resend after a lost answer).
     pub async fn record_report(
@@ -206,6 +243,15 @@ impl Lifecycle {
         self.hub.publish(RunEventRecord { run_id: run_id.to_owned(), seq, at, body });
         Ok(seq)
     }
+}
+
+/// What became of a follow-up ([`Lifecycle::followup`]).
+#[derive(Debug)]
+pub enum Followed {
+    /// The run had not ended: its running agent gets it.
+    ToTheRunningAgent(RunRecord),
+    /// The run had ended: it goes on in a new execution, queued.
+    Continued(RunRecord),
 }
 
 /// A stored run as the API shows it.

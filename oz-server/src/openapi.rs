@@ -20,7 +20,7 @@ use crate::api::{admin, callbacks, environments, events, integrations, runs, sch
     servers((url = "/api/v1")),
     paths(
         runs::create, runs::register_local, runs::list, runs::get, runs::cancel, runs::transcript, runs::transcript_content, runs::followup, runs::interrupt,
-        events::stream, sessions::watch, sessions::redirect, callbacks::report, callbacks::resolved,
+        events::stream, sessions::watch, sessions::redirect, callbacks::report, callbacks::resolved, callbacks::put_conversation, callbacks::conversation,
         environments::list, environments::create, environments::get, environments::update, environments::delete, environments::for_worker, environments::preparation_credentials,
         schedules::create, schedules::list, schedules::get, schedules::update, schedules::delete, schedules::pause, schedules::resume,
         integrations::create, integrations::list, integrations::get, integrations::update, integrations::delete, integrations::deliver,

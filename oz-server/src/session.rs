@@ -83,8 +83,9 @@ impl Screen {
                     let _ = live.send(piece);
                 }
             }
-        } else if let Some(state) = event.terminal_state() {
-            self.ended = Some(state);
+        } else if event.kind() == "state" {
+            // The last state change decides: a run continued after its end goes on.
+            self.ended = event.terminal_state();
         }
     }
 

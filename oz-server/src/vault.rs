@@ -192,10 +192,15 @@ impl Keyring {
 
     /// Seals `value` for the place `aad` (`<team>/<name>`).
     pub fn seal(&self, aad: &str, value: &str) -> Result<String, VaultError> {
+        self.seal_bytes(aad, value.as_bytes())
+    }
+
+    /// Seals bytes for the place `aad`, in the same text form as [`Keyring::seal`].
+    pub fn seal_bytes(&self, aad: &str, value: &[u8]) -> Result<String, VaultError> {
         let key = self.keys.get(&self.current).ok_or_else(|| VaultError::UnknownKey(self.current.clone()))?;
         let nonce_bytes = random::<NONCE_LEN>()?;
         let sealed = ChaCha20Poly1305::new(key)
-            .encrypt(&Nonce::from(nonce_bytes), Payload { msg: value.as_bytes(), aad: aad.as_bytes() })
+            .encrypt(&Nonce::from(nonce_bytes), Payload { msg: value, aad: aad.as_bytes() })
             .map_err(|_| VaultError::Tampered)?;
         let mut blob = nonce_bytes.to_vec();
         blob.extend_from_slice(&sealed);
@@ -204,6 +209,13 @@ impl Keyring {
 
     /// Opens a value sealed for the place `aad`.
     pub fn open(&self, aad: &str, sealed: &str) -> Result<SecretString, VaultError> {
+        let plain = self.open_bytes(aad, sealed)?;
+        let text = String::from_utf8(plain).map_err(|_| VaultError::Tampered)?;
+        Ok(SecretString::from(text))
+    }
+
+    /// Opens bytes sealed for the place `aad` ([`Keyring::seal_bytes`]).
+    pub fn open_bytes(&self, aad: &str, sealed: &str) -> Result<Vec<u8>, VaultError> {
         let (key_id, blob) = parse_sealed(sealed)?;
         let key = self.keys.get(key_id).ok_or_else(|| VaultError::UnknownKey(key_id.to_owned()))?;
         let blob = URL_SAFE_NO_PAD.decode(blob).map_err(|_| VaultError::Malformed)?;
@@ -212,11 +224,9 @@ impl Keyring {
         }
         let (nonce, ciphertext) = blob.split_at(NONCE_LEN);
         let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| VaultError::Malformed)?;
-        let plain = ChaCha20Poly1305::new(key)
+        ChaCha20Poly1305::new(key)
             .decrypt(&Nonce::from(nonce), Payload { msg: ciphertext, aad: aad.as_bytes() })
-            .map_err(|_| VaultError::Tampered)?;
-        let text = String::from_utf8(plain).map_err(|_| VaultError::Tampered)?;
-        Ok(SecretString::from(text))
+            .map_err(|_| VaultError::Tampered)
     }
 
     /// Whether `sealed` was sealed with another key than the current one (a rotation reseals it).
@@ -228,6 +238,11 @@ impl Keyring {
 /// Where a team secret is sealed (its associated data).
 pub fn secret_place(team_id: &str, name: &str) -> String {
     format!("secret:{team_id}/{name}")
+}
+
+/// Where a run's conversation is sealed.
+pub fn conversation_place(run_id: &str) -> String {
+    format!("conversation:{run_id}")
 }
 
 /// Where an integration's signing secret is sealed.
@@ -264,6 +279,15 @@ pub async fn upkeep(store: &dyn crate::store::Store, keyring: &Keyring) -> Resul
             written += 1;
         }
     }
+    for run_id in store.conversations_sealed_with_other_keys(keyring.current_id()).await? {
+        let Some(sealed) = store.conversation(&run_id).await? else { continue };
+        let place = conversation_place(&run_id);
+        let value = keyring.open_bytes(&place, &sealed)?;
+        store
+            .put_conversation(&run_id, &keyring.seal_bytes(&place, &value)?, value.len(), jiff::Timestamp::now())
+            .await?;
+        written += 1;
+    }
     if written > 0 {
         store.forget_overwritten().await?;
     }
@@ -280,6 +304,11 @@ pub enum UpkeepError {
     /// Opening or sealing.
     #[error(transparent)]
     Vault(#[from] VaultError),
+}
+
+/// How every value sealed with key `key_id` begins.
+pub fn sealed_prefix(key_id: &str) -> String {
+    format!("{PREFIX}.{key_id}.")
 }
 
 /// Whether a stored text is in the sealed form (older rows may hold a value in the clear).

@@ -149,6 +149,7 @@ async fn a_restarted_server_gives_workers_a_lease_to_come_back_before_giving_the
         oz_core::wire::worker::WorkerMessage::TaskClaimed(oz_core::wire::worker::TaskClaimed {
             task_id: id.into(),
             worker_id: "w1".into(),
+            execution_id: None,
         })
     };
     worker.send(claim(&kept)).await;

@@ -24,7 +24,11 @@ fn assignment(message: ServerMessage) -> TaskAssignment {
 }
 
 fn claimed(task_id: &str, worker: &Worker) -> WorkerMessage {
-    WorkerMessage::TaskClaimed(TaskClaimed { task_id: task_id.into(), worker_id: worker.worker_id.clone() })
+    WorkerMessage::TaskClaimed(TaskClaimed {
+        task_id: task_id.into(),
+        worker_id: worker.worker_id.clone(),
+        execution_id: None,
+    })
 }
 
 async fn report(t: &TestServer, run_id: &str, token: &str, body: serde_json::Value) -> u16 {
@@ -133,6 +137,7 @@ async fn a_run_flows_from_queue_to_worker_to_success() {
         task_id: run_id.clone(),
         message: "".into(),
         task_state: None,
+        execution_id: None,
     }))
     .await;
     let (_, transcript) = t.get(&format!("/agent/runs/{run_id}/transcript/content"), &t.key_a).await;
@@ -184,7 +189,12 @@ async fn connections_sharing_an_id_share_the_load_and_rejections_requeue() {
     let second = b.next().await;
     assert_eq!(assignment(second).task_id, r2, "the second run goes to the idle connection");
     // b rejects: the run is queued again and offered again (to a or, after a moment, to b).
-    b.send(WorkerMessage::TaskRejected(TaskRejected { task_id: r2.clone(), reason: "at capacity".into() })).await;
+    b.send(WorkerMessage::TaskRejected(TaskRejected {
+        task_id: r2.clone(),
+        reason: "at capacity".into(),
+        execution_id: None,
+    }))
+    .await;
     let again = tokio::select! {
         m = a.next() => m,
         m = b.next() => m,
@@ -243,6 +253,7 @@ async fn cancellation_is_forwarded_and_confirmed() {
         task_id: run.clone(),
         message: "stopped".into(),
         task_state: Some(RunState::Cancelled),
+        execution_id: None,
     }))
     .await;
     t.wait_state(&t.key_a, &run, "CANCELLED").await;
@@ -259,7 +270,11 @@ async fn a_run_handed_back_runs_again_unless_it_had_started() {
     w.send(claimed(&fresh, &w)).await;
     t.wait_state(&t.key_a, &fresh, "CLAIMED").await;
     let back = |id: &str| {
-        WorkerMessage::TaskRejected(TaskRejected { task_id: id.into(), reason: "the worker restarted".into() })
+        WorkerMessage::TaskRejected(TaskRejected {
+            task_id: id.into(),
+            reason: "the worker restarted".into(),
+            execution_id: None,
+        })
     };
     w.send(back(&fresh)).await;
     assert_eq!(assignment(w.next().await).task_id, fresh, "offered again");
@@ -378,6 +393,7 @@ async fn failures_end_failed_or_error_by_reason_and_strangers_cannot_report() {
             task_id: user_fault.clone(),
             message: "".into(),
             task_state: None,
+            execution_id: None,
         }))
         .await;
     w.send(claimed(&user_fault, &w)).await;
@@ -387,6 +403,7 @@ async fn failures_end_failed_or_error_by_reason_and_strangers_cannot_report() {
         message: "the task exited with code 1".into(),
         failure_reason: FailureReason::ContainerExit,
         exit_code: 1,
+        execution_id: None,
     }))
     .await;
     let failed = t.wait_state(&t.key_a, &user_fault, "FAILED").await;
@@ -617,6 +634,7 @@ async fn an_unrequested_cancellation_from_the_runner_waits_for_the_worker() {
         message: "the task was stopped because the worker is shutting down".into(),
         failure_reason: FailureReason::GracefulShutdown,
         exit_code: 143,
+        execution_id: None,
     }))
     .await;
     let item = t.wait_state(&t.key_a, &run, "ERROR").await;

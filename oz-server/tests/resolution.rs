@@ -42,7 +42,7 @@ async fn assigned(
     let (status, run) = t.post("/agent/runs", &t.key_a, json!({"prompt": "p", "config": config})).await;
     assert_eq!(status, 200, "{run}");
     let ServerMessage::TaskAssignment(a) = worker.next().await else { panic!("no assignment") };
-    let claimed = TaskClaimed { task_id: a.task_id.clone(), worker_id: worker.worker_id.clone() };
+    let claimed = TaskClaimed { task_id: a.task_id.clone(), worker_id: worker.worker_id.clone(), execution_id: None };
     worker.send(WorkerMessage::TaskClaimed(claimed)).await;
     t.wait_state(&t.key_a, &a.task_id, "CLAIMED").await;
     a

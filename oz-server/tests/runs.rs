@@ -272,7 +272,7 @@ async fn the_transcript_redirects_to_the_stored_events() {
 }
 
 #[tokio::test]
-async fn a_followup_reaches_a_run_that_has_not_ended_and_starts_a_child_of_one_that_has() {
+async fn a_followup_reaches_a_run_that_has_not_ended_and_refuses_bad_input() {
     let t = TestServer::start().await;
     let parent = t.create_run(&t.key_a, "w1", "first attempt").await;
     // Not ended: the follow-up is for the run's agent, in the run's stream; the same run answers.
@@ -292,32 +292,168 @@ async fn a_followup_reaches_a_run_that_has_not_ended_and_starts_a_child_of_one_t
     assert_eq!(followups[0]["event"]["mode"], "plan");
     let (_, none) = t.get(&format!("/agent/runs?ancestor_run_id={parent}"), &t.key_a).await;
     assert!(none["runs"].as_array().unwrap().is_empty(), "no child run for a run that goes on");
-
-    // Ended: a child run with the same config.
-    let (status, _) = t.post(&format!("/agent/runs/{parent}/cancel"), &t.key_a, json!({})).await;
-    assert_eq!(status, 200);
-    t.wait_state(&t.key_a, &parent, "CANCELLED").await;
-    let (status, created) = t
-        .post(
-            &format!("/agent/runs/{parent}/followups"),
-            &t.key_a,
-            json!({"message": "now also add tests", "mode": "normal"}),
-        )
-        .await;
-    assert_eq!(status, 200, "{created}");
-    let child = created["run_id"].as_str().unwrap();
-    let (_, run) = t.get(&format!("/agent/runs/{child}"), &t.key_a).await;
-    assert_eq!(run["parent_run_id"], parent.as_str());
-    assert_eq!(run["prompt"], "now also add tests");
-    assert_eq!(run["agent_config"]["worker_host"], "w1");
-    let (_, children) = t.get(&format!("/agent/runs?ancestor_run_id={parent}"), &t.key_a).await;
-    assert_eq!(children["runs"].as_array().unwrap().len(), 1);
     for bad in [json!({}), json!({"message": " "}), json!({"message": "x", "mode": "yolo"})] {
         let (status, _) = t.post(&format!("/agent/runs/{parent}/followups"), &t.key_a, bad).await;
         assert_eq!(status, 400);
     }
     let (status, _) = t.post(&format!("/agent/runs/{parent}/followups"), &t.key_b, json!({"message": "m"})).await;
     assert_eq!(status, 404);
+}
+
+/// The next assignment on `worker`, with the run's workload token.
+async fn assignment_of(worker: &mut support::Worker) -> oz_core::wire::worker::TaskAssignment {
+    match worker.next().await {
+        oz_core::wire::worker::ServerMessage::TaskAssignment(a) => *a,
+        other => panic!("expected an assignment, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_followup_to_an_ended_run_continues_it_in_a_new_execution_that_stale_messages_cannot_move() {
+    use oz_core::wire::worker::{TaskClaimed, TaskCompleted, TaskFailed, WorkerMessage};
+    let t = TestServer::start().await;
+    let mut worker = t.worker(&t.key_a, "w1").await;
+    let run = t.create_run(&t.key_a, "w1", "write the parser").await;
+    let first = assignment_of(&mut worker).await;
+    let first_execution = first.execution_id.clone().unwrap();
+    let first_token = first.env_vars["OZ_WORKLOAD_TOKEN"].clone();
+    assert_eq!(first.task.agent_conversation_id, None);
+    let claim = |execution: &str| {
+        WorkerMessage::TaskClaimed(TaskClaimed {
+            task_id: run.clone(),
+            worker_id: "w1".into(),
+            execution_id: Some(execution.to_owned()),
+        })
+    };
+    worker.send(claim(&first_execution)).await;
+    t.wait_state(&t.key_a, &run, "CLAIMED").await;
+    support::report(&t, &run, &first_token, json!({"event": "harness_started", "harness": "command"})).await;
+
+    // The runner keeps its agent's conversation before the end: sealed at rest, for its run only.
+    const KEPT: &[u8] = b"the agent's memory: parser half done, tokens are in lexer.rs";
+    let put = |token: &str, body: &'static [u8]| {
+        t.http.put(t.url(&format!("/agent/runs/{run}/conversation"))).bearer_auth(token.to_owned()).body(body).send()
+    };
+    assert_eq!(put(&first_token, KEPT).await.unwrap().status(), 204);
+    assert_eq!(put(&t.key_a, KEPT).await.unwrap().status().as_u16(), 401, "an API key is not the run's runner");
+    let sealed = t.store.conversation(&run).await.unwrap().unwrap();
+    assert!(!sealed.contains("parser half done"), "kept sealed, not in the clear");
+    let too_big = vec![b'x'; oz_core::wire::callbacks::MAX_CONVERSATION_BYTES + 1];
+    let refused = t
+        .http
+        .put(t.url(&format!("/agent/runs/{run}/conversation")))
+        .bearer_auth(&first_token)
+        .body(too_big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 413);
+    support::report(&t, &run, &first_token, json!({"event": "finished", "state": "SUCCEEDED", "message": "done"}))
+        .await;
+    t.wait_state(&t.key_a, &run, "SUCCEEDED").await;
+
+    // The follow-up continues the same run: queued again, execution 2.
+    let (status, answer) =
+        t.post(&format!("/agent/runs/{run}/followups"), &t.key_a, json!({"message": "now the tests"})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!((answer["run_id"].as_str(), answer["state"].as_str()), (Some(run.as_str()), Some("QUEUED")));
+    let (_, item) = t.get(&format!("/agent/runs/{run}"), &t.key_a).await;
+    assert_eq!(item["prompt"], "write the parser", "the run's prompt stays its first");
+    assert!(item["status_message"]["message"].as_str().unwrap().contains("execution 2"), "{item}");
+    assert!(item["started_at"].is_null(), "{item}");
+    let (_, children) = t.get(&format!("/agent/runs?ancestor_run_id={run}"), &t.key_a).await;
+    assert!(children["runs"].as_array().unwrap().is_empty(), "no new run: {children}");
+    // A follower from the first event, opened now, does not stop at the first end.
+    let mut stream =
+        t.http.get(t.url(&format!("/agent/runs/{run}/events"))).bearer_auth(&t.key_a).send().await.unwrap();
+    assert_eq!(stream.status(), 200);
+    assert_eq!(t.post(&format!("/agent/runs/{run}/resolved"), &first_token, json!({})).await.0, 405);
+    assert_eq!(t.get(&format!("/agent/runs/{run}/resolved"), &first_token).await.0, 401, "the first token died");
+
+    // The worker has not said the first execution is over: nothing is offered yet. Then its end,
+    // named by execution, frees it, and the second execution comes.
+    assert!(worker.next_raw(std::time::Duration::from_millis(1200)).await.is_none(), "offered while still held");
+    worker
+        .send(WorkerMessage::TaskCompleted(TaskCompleted {
+            task_id: run.clone(),
+            message: "the agent finished".into(),
+            task_state: None,
+            execution_id: Some(first_execution.clone()),
+        }))
+        .await;
+    let second = assignment_of(&mut worker).await;
+    let second_execution = second.execution_id.clone().unwrap();
+    assert_ne!(second_execution, first_execution);
+    assert_eq!(second.task.task_definition.prompt, "now the tests");
+    assert_eq!(second.task.agent_conversation_id.as_deref(), Some(run.as_str()));
+    worker.send(claim(&second_execution)).await;
+    t.wait_state(&t.key_a, &run, "CLAIMED").await;
+    // A late message of the first execution moves nothing.
+    worker
+        .send(WorkerMessage::TaskFailed(TaskFailed {
+            task_id: run.clone(),
+            message: "stale".into(),
+            failure_reason: oz_core::failure::FailureReason::ContainerExit,
+            exit_code: 1,
+            execution_id: Some(first_execution.clone()),
+        }))
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(t.state_of(&t.key_a, &run).await, "CLAIMED");
+
+    // Its runner is asked the follow-up, told where its steering starts, and given the conversation.
+    let second_token = second.env_vars["OZ_WORKLOAD_TOKEN"].clone();
+    let (status, resolved) = t.get(&format!("/agent/runs/{run}/resolved"), &second_token).await;
+    assert_eq!(status, 200, "{resolved}");
+    assert_eq!(resolved["prompt"], "now the tests");
+    assert_eq!(resolved["continuation"]["execution"], 2);
+    assert_eq!(resolved["continuation"]["conversation"], true);
+    let after_seq = resolved["continuation"]["after_seq"].as_i64().unwrap();
+    let (_, events) = t.get(&format!("/agent/runs/{run}/transcript/content"), &t.key_a).await;
+    let continued_by = events.as_array().unwrap().iter().find(|e| e["seq"] == after_seq).unwrap();
+    assert_eq!(continued_by["event"]["event"], "followup");
+    assert_eq!(continued_by["event"]["message"], "now the tests");
+    let kept =
+        t.http.get(t.url(&format!("/agent/runs/{run}/conversation"))).bearer_auth(&second_token).send().await.unwrap();
+    assert_eq!(kept.status(), 200);
+    assert_eq!(&kept.bytes().await.unwrap()[..], KEPT);
+    let other = t.create_run(&t.key_a, "w9", "another run").await;
+    assert_eq!(t.get(&format!("/agent/runs/{other}/conversation"), &second_token).await.0, 404);
+
+    // The second execution ends; the follower from the start saw both ends and the way between.
+    support::report(&t, &run, &second_token, json!({"event": "harness_started", "harness": "command"})).await;
+    support::report(&t, &run, &second_token, json!({"event": "finished", "state": "FAILED", "message": "no"})).await;
+    t.wait_state(&t.key_a, &run, "FAILED").await;
+    let mut seen = String::new();
+    let read = async {
+        while let Some(chunk) = stream.chunk().await.unwrap() {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), read).await.expect("the stream ends with the run");
+    let states: Vec<&str> = ["\"SUCCEEDED\"", "\"QUEUED\"", "\"FAILED\""]
+        .into_iter()
+        .filter(|s| seen.contains(&format!("\"state\":{s}")))
+        .collect();
+    assert_eq!(states.len(), 3, "{seen}");
+    assert!(seen.find("SUCCEEDED").unwrap() < seen.rfind("FAILED").unwrap());
+}
+
+#[tokio::test]
+async fn a_local_run_that_ended_cannot_be_continued_by_a_followup() {
+    let t = TestServer::start().await;
+    let (status, created) = t.post("/agent/runs/local", &t.key_a, json!({"prompt": "on my laptop"})).await;
+    assert_eq!(status, 200, "{created}");
+    let run = created["run_id"].as_str().unwrap().to_owned();
+    let token = created["workload_token"].as_str().unwrap().to_owned();
+    support::report(&t, &run, &token, json!({"event": "harness_started", "harness": "command"})).await;
+    support::report(&t, &run, &token, json!({"event": "finished", "state": "SUCCEEDED", "message": "ok"})).await;
+    t.wait_state(&t.key_a, &run, "SUCCEEDED").await;
+    let (status, body) = t.post(&format!("/agent/runs/{run}/followups"), &t.key_a, json!({"message": "more"})).await;
+    assert_problem(status, &body, 409, "conflict");
+    assert!(body["detail"].as_str().unwrap().contains("LOCAL"), "{body}");
+    assert_eq!(t.state_of(&t.key_a, &run).await, "SUCCEEDED");
+    assert!(t.followups_of(&t.key_a, &run).await.is_empty(), "nothing was recorded");
 }
 
 #[tokio::test]

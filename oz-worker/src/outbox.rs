@@ -149,7 +149,12 @@ mod tests {
     use super::*;
 
     fn completed(id: &str) -> WorkerMessage {
-        WorkerMessage::TaskCompleted(TaskCompleted { task_id: id.into(), message: "done".into(), task_state: None })
+        WorkerMessage::TaskCompleted(TaskCompleted {
+            task_id: id.into(),
+            message: "done".into(),
+            task_state: None,
+            execution_id: None,
+        })
     }
 
     #[test]
@@ -157,7 +162,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("w.outbox");
         let mut outbox = Outbox::open(Some(file.clone()));
-        outbox.push(WorkerMessage::TaskClaimed(TaskClaimed { task_id: "a".into(), worker_id: "w".into() }));
+        outbox.push(WorkerMessage::TaskClaimed(TaskClaimed {
+            task_id: "a".into(),
+            worker_id: "w".into(),
+            execution_id: None,
+        }));
         outbox.push(completed("a"));
         outbox.push(completed("b"));
         outbox.pop();

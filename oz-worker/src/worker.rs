@@ -215,7 +215,7 @@ impl Worker {
         let earlier = std::mem::take(&mut self.shared().earlier_claims);
         for task_id in earlier.into_iter().filter(|id| !recovered.iter().any(|t| t.task_id == *id)) {
             let reason = "the worker restarted after claiming the run and before starting it".to_owned();
-            self.send(WorkerMessage::TaskRejected(TaskRejected { task_id, reason }));
+            self.send(WorkerMessage::TaskRejected(TaskRejected { task_id, reason, execution_id: None }));
         }
         for task in recovered {
             match task.action {
@@ -224,14 +224,20 @@ impl Worker {
                     message: f.message,
                     failure_reason: f.reason,
                     exit_code: 0,
+                    execution_id: task.execution_id,
                 })),
                 // The control plane queues a rejected run again, and offers it anew.
                 oz_core::backend::RecoveryAction::NotStarted(reason) => {
-                    self.send(WorkerMessage::TaskRejected(TaskRejected { task_id: task.task_id, reason }))
+                    self.send(WorkerMessage::TaskRejected(TaskRejected {
+                        task_id: task.task_id,
+                        reason,
+                        execution_id: task.execution_id,
+                    }))
                 }
                 oz_core::backend::RecoveryAction::Reattached(handle) => {
                     let worker = self.clone();
                     let task_id = task.task_id.clone();
+                    let execution_id = task.execution_id.clone();
                     {
                         let mut shared = self.shared();
                         shared.tasks.insert(task_id.clone(), Some(handle.canceller()));
@@ -253,18 +259,13 @@ impl Worker {
                                 WorkerMessage::TaskRejected(TaskRejected {
                                     task_id: task_id.clone(),
                                     reason: "the sandbox never got its token before the worker restarted".into(),
+                                    execution_id,
                                 })
                             } else {
-                                outcome_message(&task_id, &outcome)
+                                outcome_message(&task_id, execution_id.as_deref(), &outcome)
                             };
                             info!(message = ?message, "reattached task ended");
-                            {
-                                let mut shared = worker.shared();
-                                shared.tasks.remove(&task_id);
-                                shared.claims.remove(&task_id);
-                            }
-                            worker.track_active();
-                            worker.send(message);
+                            worker.task_ended(&task_id, message);
                         }
                         .instrument(span),
                     );
@@ -301,6 +302,20 @@ impl Worker {
     fn send(&self, message: WorkerMessage) {
         self.shared().outbox.push(message);
         self.outbox_ready.notify_one();
+    }
+
+    /// Forgets an ended task and queues its outcome in one step: an assignment of the same task
+    /// (a new execution of a run continued after its end) is refused while the task is here, and
+    /// once it is not, its claim goes out after this outcome, never before.
+    fn task_ended(&self, task_id: &str, outcome: WorkerMessage) {
+        {
+            let mut shared = self.shared();
+            shared.tasks.remove(task_id);
+            shared.claims.remove(task_id);
+            shared.outbox.push(outcome);
+        }
+        self.outbox_ready.notify_one();
+        self.track_active();
     }
 
     fn finished(&self) -> bool {
@@ -527,7 +542,14 @@ impl Worker {
 
     fn on_assignment(self: Arc<Self>, assignment: TaskAssignment) {
         let task_id = assignment.task_id.clone();
-        let reject = |reason: String| WorkerMessage::TaskRejected(TaskRejected { task_id: task_id.clone(), reason });
+        let execution_id = assignment.execution_id.clone();
+        let reject = |reason: String| {
+            WorkerMessage::TaskRejected(TaskRejected {
+                task_id: task_id.clone(),
+                reason,
+                execution_id: execution_id.clone(),
+            })
+        };
         if *self.mode.borrow() != Mode::Running {
             self.metrics.rejected(RejectReason::ShuttingDown);
             self.send(reject("the worker is shutting down".into()));
@@ -553,6 +575,7 @@ impl Worker {
         self.send(WorkerMessage::TaskClaimed(TaskClaimed {
             task_id: task_id.clone(),
             worker_id: self.config.worker_id.clone(),
+            execution_id: execution_id.clone(),
         }));
         self.metrics.claimed();
         let claimed_at = std::time::Instant::now();
@@ -587,7 +610,7 @@ impl Worker {
                         }
                         let outcome = handle.wait().await;
                         worker.metrics.finished(&outcome, claimed_at.elapsed());
-                        outcome_message(&task_id, &outcome)
+                        outcome_message(&task_id, execution_id.as_deref(), &outcome)
                     }
                     Err(e) => {
                         worker.metrics.launch_failed(e.reason, claimed_at.elapsed());
@@ -596,17 +619,12 @@ impl Worker {
                             message: e.message.clone(),
                             failure_reason: e.reason,
                             exit_code: 0,
+                            execution_id: execution_id.clone(),
                         })
                     }
                 };
                 info!(message = ?message, "task ended");
-                {
-                    let mut shared = worker.shared();
-                    shared.tasks.remove(&task_id);
-                    shared.claims.remove(&task_id);
-                }
-                worker.track_active();
-                worker.send(message);
+                worker.task_ended(&task_id, message);
             }
             .instrument(span),
         );
@@ -615,25 +633,30 @@ impl Worker {
 
 type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// The message reporting an outcome: `task_completed` for success and cancellation, else `task_failed`.
-pub fn outcome_message(task_id: &str, outcome: &TaskOutcome) -> WorkerMessage {
+/// The message reporting an outcome of execution `execution_id` of a task: `task_completed` for
+/// success and cancellation, else `task_failed`.
+pub fn outcome_message(task_id: &str, execution_id: Option<&str>, outcome: &TaskOutcome) -> WorkerMessage {
     let exit_code = outcome.exit.map_or(0, |e| e.oz_exit_code());
+    let execution_id = execution_id.map(str::to_owned);
     match &outcome.failure {
         None => WorkerMessage::TaskCompleted(TaskCompleted {
             task_id: task_id.into(),
             message: "the agent finished".into(),
             task_state: None,
+            execution_id,
         }),
         Some(f) if f.reason == FailureReason::TaskCancelled => WorkerMessage::TaskCompleted(TaskCompleted {
             task_id: task_id.into(),
             message: f.message.clone(),
             task_state: Some(RunState::Cancelled),
+            execution_id,
         }),
         Some(f) => WorkerMessage::TaskFailed(TaskFailed {
             task_id: task_id.into(),
             message: f.message.clone(),
             failure_reason: f.reason,
             exit_code,
+            execution_id,
         }),
     }
 }

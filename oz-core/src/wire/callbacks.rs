@@ -18,14 +18,30 @@ pub fn resolved_path(run_id: &str) -> String {
     format!("/agent/runs/{run_id}/resolved")
 }
 
+/// The path, under `/api/v1`, of a run's conversation: what its agent kept of its conversation in
+/// one execution (an archive the runner makes and reads; the control plane stores it sealed and
+/// never looks inside), for the next execution to go on from. `PUT` stores it, `GET` reads it, with
+/// the run's workload token.
+pub fn conversation_path(run_id: &str) -> String {
+    format!("/agent/runs/{run_id}/conversation")
+}
+
+/// The largest conversation the control plane keeps for a run (a runner with more says so and
+/// keeps none: the next execution starts without it).
+pub const MAX_CONVERSATION_BYTES: usize = 16 * 1024 * 1024;
+
 /// What a runner needs to start, fetched once with its run's workload token: the prompt, the
 /// environment, the values of the secrets the run references (by the variable they go into), and
 /// short-lived git credentials for the environment's repositories. `Debug` shows no value.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ResolvedRun {
-    /// The run's prompt.
+    /// What the agent is asked to do in this execution: the run's prompt, or in a continuation the
+    /// follow-up that continued it.
     pub prompt: String,
+    /// Set when this execution continues the run after it ended (a follow-up to an ended run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuation: Option<Continuation>,
     /// The run's environment, if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub environment: Option<crate::environment::EnvironmentConfig>,
@@ -41,11 +57,26 @@ impl std::fmt::Debug for ResolvedRun {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResolvedRun")
             .field("prompt", &self.prompt)
+            .field("continuation", &self.continuation)
             .field("environment", &self.environment)
             .field("secret_env", &self.secret_env.keys().collect::<Vec<_>>())
             .field("git_credentials", &self.git_credentials.iter().map(|c| &c.host).collect::<Vec<_>>())
             .finish()
     }
+}
+
+/// An execution that continues a run after its end: the agent goes on with its conversation
+/// (restored from [`conversation_path`]) with the follow-up as its prompt.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Continuation {
+    /// Which execution of the run this is: 2 for the first continuation.
+    pub execution: u32,
+    /// The run's event that continued it (the follow-up): its steering (follow-ups, interrupts,
+    /// keys, cancel) is what comes after this one, not what the executions before were sent.
+    pub after_seq: i64,
+    /// Whether an execution before kept a conversation to go on from.
+    pub conversation: bool,
 }
 
 /// The path, under `/api/v1`, where a worker gets read-only git credentials for an environment of its

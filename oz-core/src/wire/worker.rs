@@ -215,6 +215,11 @@ pub struct TaskClaimed {
     pub task_id: String,
     /// The worker.
     pub worker_id: String,
+    /// The execution (attempt) it is about, echoed from its `task_assignment` (our extension: a
+    /// run continued after its end is assigned again under a new execution id, and a late message
+    /// of the execution before must not move the new one). Absent from Oz's worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_id: Option<String>,
 }
 
 /// `task_rejected`.
@@ -225,6 +230,11 @@ pub struct TaskRejected {
     pub task_id: String,
     /// Why (at capacity, shutting down).
     pub reason: String,
+    /// The execution (attempt) it is about, echoed from its `task_assignment` (our extension: a
+    /// run continued after its end is assigned again under a new execution id, and a late message
+    /// of the execution before must not move the new one). Absent from Oz's worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_id: Option<String>,
 }
 
 /// `task_completed`.
@@ -239,6 +249,11 @@ pub struct TaskCompleted {
     /// `CANCELLED` when the task ended by cancellation; absent for success.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_state: Option<RunState>,
+    /// The execution (attempt) it is about, echoed from its `task_assignment` (our extension: a
+    /// run continued after its end is assigned again under a new execution id, and a late message
+    /// of the execution before must not move the new one). Absent from Oz's worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_id: Option<String>,
 }
 
 /// `task_failed`.
@@ -255,6 +270,11 @@ pub struct TaskFailed {
     /// The exit code, 128+signal for a signal.
     #[serde(default)]
     pub exit_code: i32,
+    /// The execution (attempt) it is about, echoed from its `task_assignment` (our extension: a
+    /// run continued after its end is assigned again under a new execution id, and a late message
+    /// of the execution before must not move the new one). Absent from Oz's worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_id: Option<String>,
 }
 
 /// A message from the server to a worker.
@@ -381,6 +401,17 @@ impl WorkerMessage {
         }
     }
 
+    /// The execution the message is about, when the worker said (ours does; Oz's does not).
+    pub fn execution_id(&self) -> Option<&str> {
+        match self {
+            WorkerMessage::TaskClaimed(m) => m.execution_id.as_deref(),
+            WorkerMessage::TaskRejected(m) => m.execution_id.as_deref(),
+            WorkerMessage::TaskCompleted(m) => m.execution_id.as_deref(),
+            WorkerMessage::TaskFailed(m) => m.execution_id.as_deref(),
+            WorkerMessage::WarmPools(_) => None,
+        }
+    }
+
     /// The JSON text of the message.
     pub fn to_json(&self) -> Result<String, serde_json::Error> {
         match self {
@@ -486,11 +517,19 @@ mod tests {
     fn worker_messages_have_the_exact_oz_shapes() {
         let cases = [
             (
-                WorkerMessage::TaskClaimed(TaskClaimed { task_id: "t".into(), worker_id: "w".into() }),
+                WorkerMessage::TaskClaimed(TaskClaimed {
+                    task_id: "t".into(),
+                    worker_id: "w".into(),
+                    execution_id: None,
+                }),
                 json!({"type": "task_claimed", "data": {"task_id": "t", "worker_id": "w"}}),
             ),
             (
-                WorkerMessage::TaskRejected(TaskRejected { task_id: "t".into(), reason: "at capacity".into() }),
+                WorkerMessage::TaskRejected(TaskRejected {
+                    task_id: "t".into(),
+                    reason: "at capacity".into(),
+                    execution_id: None,
+                }),
                 json!({"type": "task_rejected", "data": {"task_id": "t", "reason": "at capacity"}}),
             ),
             (
@@ -498,6 +537,7 @@ mod tests {
                     task_id: "t".into(),
                     message: "done".into(),
                     task_state: None,
+                    execution_id: None,
                 }),
                 json!({"type": "task_completed", "data": {"task_id": "t", "message": "done"}}),
             ),
@@ -506,6 +546,7 @@ mod tests {
                     task_id: "t".into(),
                     message: "".into(),
                     task_state: Some(RunState::Cancelled),
+                    execution_id: None,
                 }),
                 json!({"type": "task_completed", "data": {"task_id": "t", "message": "", "task_state": "CANCELLED"}}),
             ),
@@ -515,6 +556,7 @@ mod tests {
                     message: "boom".into(),
                     failure_reason: FailureReason::ContainerExit,
                     exit_code: 137,
+                    execution_id: None,
                 }),
                 json!({"type": "task_failed", "data": {"task_id": "t", "message": "boom", "failure_reason": "container_exit", "exit_code": 137}}),
             ),

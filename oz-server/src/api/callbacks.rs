@@ -4,14 +4,15 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use oz_core::run::RunState;
-use oz_core::wire::callbacks::{ResolvedRun, RunnerEvent, RunnerReport};
+use oz_core::wire::callbacks::{Continuation, MAX_CONVERSATION_BYTES, ResolvedRun, RunnerEvent, RunnerReport};
 
 #[allow(unused_imports)]
 use crate::api::schema::*;
 use crate::auth::RunToken;
 use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiPath};
+use crate::extract::{ApiBytes, ApiJson, ApiPath};
 use crate::state::AppState;
 
 /// The handler.
@@ -134,5 +135,74 @@ pub async fn resolved(
         Some(env) => state.lifecycle.credentials().issue(state.store.as_ref(), &state.keyring, &run, env).await?,
         None => Vec::new(),
     };
-    Ok(axum::Json(ResolvedRun { prompt: run.prompt, environment, secret_env, git_credentials }))
+    let continuation = match &run.continuation {
+        Some(c) => Some(Continuation {
+            execution: run.execution_count,
+            after_seq: c.after_seq,
+            conversation: state.store.conversation(&run.id).await?.is_some(),
+        }),
+        None => None,
+    };
+    let prompt = run.continuation.map_or(run.prompt, |c| c.message);
+    Ok(axum::Json(ResolvedRun { prompt, continuation, environment, secret_env, git_credentials }))
+}
+
+/// `PUT /agent/runs/{id}/conversation`: the runner keeps what its agent kept of its conversation,
+/// for the run's next execution (a follow-up after the run ended) to go on from. The body is an
+/// archive the runner makes (`application/octet-stream`, at most `MAX_CONVERSATION_BYTES`),
+/// stored sealed and never opened here; it replaces the one before. Only while the run has not
+/// ended (the runner sends it before its end): 409 after.
+#[utoipa::path(put, path = "/agent/runs/{id}/conversation", tag = "callbacks", params(("id" = String, Path)), request_body(content = ConversationArchive, content_type = "application/octet-stream"), responses((status = 204, description = "Kept"), (status = 413, description = "Larger than the limit", body = Problem, content_type = "application/problem+json"), (status = 409, description = "The run has ended", body = Problem, content_type = "application/problem+json"), Unauthorized, NotFound))]
+pub async fn put_conversation(
+    State(state): State<AppState>,
+    token: RunToken,
+    ApiPath(run_id): ApiPath<String>,
+    ApiBytes(body): ApiBytes,
+) -> Result<StatusCode, ApiError> {
+    let run = own_run(&state, &token, &run_id).await?;
+    if body.len() > MAX_CONVERSATION_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            oz_core::failure::ErrorCode::InvalidRequest,
+            format!("a conversation is kept up to {MAX_CONVERSATION_BYTES} bytes; this one is {}", body.len()),
+        ));
+    }
+    if run.state.is_terminal() {
+        return Err(ApiError::conflict(format!(
+            "the run has ended ({}): its conversation is kept before its end",
+            run.state
+        )));
+    }
+    let place = crate::vault::conversation_place(&run.id);
+    let sealed = state.keyring.seal_bytes(&place, &body).map_err(ApiError::internal)?;
+    state.store.put_conversation(&run.id, &sealed, body.len(), jiff::Timestamp::now()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /agent/runs/{id}/conversation`: what an execution before kept of the run's conversation
+/// (`PUT`), for the runner of a continuation; 404 when none was kept.
+#[utoipa::path(get, path = "/agent/runs/{id}/conversation", tag = "callbacks", params(("id" = String, Path)), responses((status = 200, description = "The archive", body = ConversationArchive, content_type = "application/octet-stream"), Unauthorized, NotFound))]
+pub async fn conversation(
+    State(state): State<AppState>,
+    token: RunToken,
+    ApiPath(run_id): ApiPath<String>,
+) -> Result<axum::response::Response, ApiError> {
+    let run = own_run(&state, &token, &run_id).await?;
+    let sealed = state
+        .store
+        .conversation(&run.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no conversation was kept for this run"))?;
+    let place = crate::vault::conversation_place(&run.id);
+    let bytes = state.keyring.open_bytes(&place, &sealed).map_err(ApiError::internal)?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+/// The run its workload token is for, by the path's id (404 for any other).
+async fn own_run(state: &AppState, token: &RunToken, run_id: &str) -> Result<crate::store::RunRecord, ApiError> {
+    let not_found = || ApiError::not_found(format!("there is no run {run_id:?}"));
+    if token.run_id != run_id {
+        return Err(not_found());
+    }
+    state.store.run(&token.team_id, run_id).await?.ok_or_else(not_found)
 }

@@ -77,8 +77,9 @@ struct Cursor {
     idle_after_end: u8,
 }
 
-/// Stored events after `after`, then live ones, until the run's terminal state event was sent.
-/// (The run row changes before its state event is stored, so "the run ended" alone is not the end.)
+/// Stored events after `after`, then live ones, until the run's terminal state event was sent and
+/// no later one is stored. (The run row changes before its state event is stored, so "the run
+/// ended" alone is not the end.)
 fn async_stream_events(
     state: AppState,
     principal: Principal,
@@ -113,7 +114,11 @@ fn async_stream_events(
                 }
                 c.after = e.seq;
                 let terminal = e.terminal_state().is_some();
-                c.ended |= terminal;
+                // The run's last state change says whether it ended: a run continued after its
+                // end by a follow-up has a later one (QUEUED) and goes on.
+                if e.kind() == "state" {
+                    c.ended = terminal;
+                }
                 // The run's end always comes, filtered or not: it says the stream is complete.
                 if !terminal && c.kinds.as_ref().is_some_and(|kinds| !kinds.iter().any(|k| k == e.kind())) {
                     continue;

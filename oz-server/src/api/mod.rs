@@ -40,6 +40,13 @@ pub fn router(state: AppState) -> Router {
         .route("/agent/sessions/{id}/redirect", get(sessions::redirect))
         .route("/agent/runs/{id}/report", post(callbacks::report))
         .route("/agent/runs/{id}/resolved", get(callbacks::resolved))
+        .route(
+            "/agent/runs/{id}/conversation",
+            get(callbacks::conversation)
+                .put(callbacks::put_conversation)
+                // Its own limit (the largest conversation kept), over the server's for bodies.
+                .layer(DefaultBodyLimit::max(oz_core::wire::callbacks::MAX_CONVERSATION_BYTES + 1)),
+        )
         .route("/agent/environments", get(environments::list).post(environments::create))
         .route(
             "/agent/environments/{id}",

@@ -21,7 +21,7 @@ use crate::auth::{Caller, Member, Principal};
 use crate::creation::{self, NewRun};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, query_pairs};
-use crate::lifecycle::run_item;
+use crate::lifecycle::{Followed, run_item};
 use crate::sharing::steerable_run;
 use crate::state::AppState;
 use crate::store::{PageRequest, RunFilter, RunRecord, RunSort, SortValue, StateChange};
@@ -377,19 +377,20 @@ pub async fn transcript_content(
     Ok(Json(out))
 }
 
-/// `POST /agent/runs/{id}/followups`: continues a run with a new message. To a run that has not
-/// ended, the message goes to its running agent (a `followup` event in its stream, which its runner
-/// follows) and the run itself is answered. After a run ended, this server starts a new run with the
-/// same agent config, the message as its prompt, and the original as its parent (`parent_run_id`),
-/// and answers like `POST /agent/runs`.
-#[utoipa::path(post, path = "/agent/runs/{id}/followups", tag = "runs", params(("id" = String, Path)), request_body = FollowupRequest, responses((status = 200, body = RunCreated), BadRequest, Unauthorized, NotFound))]
+/// `POST /agent/runs/{id}/followups`: continues a run with a new message, and answers with the
+/// same run. To a run that has not ended, the message goes to its running agent (a `followup` event
+/// in its stream, which its runner follows). A run that ended goes on in a new execution, as Oz's
+/// do: QUEUED again, offered to a worker, its agent asked the follow-up and given back what it kept
+/// of its conversation (`GET /agent/runs/{id}/conversation`); only its own team may continue it,
+/// and a run that ran where it registered (`LOCAL`) has no worker to go on on (409).
+#[utoipa::path(post, path = "/agent/runs/{id}/followups", tag = "runs", params(("id" = String, Path)), request_body = FollowupRequest, responses((status = 200, body = RunCreated), (status = 409, description = "The run ended where it registered (LOCAL): no worker can continue it", body = Problem, content_type = "application/problem+json"), BadRequest, Unauthorized, Forbidden, NotFound))]
 pub async fn followup(
     State(state): State<AppState>,
     Member(caller): Member,
     ApiPath(run_id): ApiPath<String>,
     ApiJson(req): ApiJson<oz_core::wire::api::FollowupRequest>,
 ) -> Result<Json<RunCreated>, ApiError> {
-    let parent = steerable_run(&state, &caller, &run_id).await?;
+    let run = steerable_run(&state, &caller, &run_id).await?;
     let message = req.message.unwrap_or_default();
     if message.trim().is_empty() {
         return Err(ApiError::invalid("message is required"));
@@ -401,37 +402,35 @@ pub async fn followup(
     {
         return Err(ApiError::invalid(format!("mode {mode:?} is not one of normal, plan, orchestrate")));
     }
-    // A run that has not ended: the follow-up goes to its agent, in its event stream (the runner
-    // follows it and hands the follow-up to the harness). The same run is answered.
-    if !parent.state.is_terminal() {
-        let event = oz_core::wire::api::FollowupEvent {
-            message: message.clone(),
-            mode: req.mode.clone(),
-            by: caller.user_id.clone(),
-        };
-        if state.lifecycle.record_unless_ended(&parent.id, jiff::Timestamp::now(), event.to_event()).await?.is_none() {
-            return Ok(created(parent));
+    let event = oz_core::wire::api::FollowupEvent { message, mode: req.mode, by: caller.user_id.clone() };
+    // Whether the run has ended is decided under its lock: a follow-up either reaches its running
+    // agent or continues it, never neither.
+    let may_continue = |ended: &crate::store::RunRecord| {
+        // Its config's shares and secret references name its own team's users and secrets.
+        if ended.team_id != caller.team_id {
+            return Err(ApiError::forbidden(format!(
+                "run {} has ended and belongs to another team: only its own team may continue it",
+                ended.id
+            )));
         }
-        // It ended meanwhile: as for any ended run.
-    }
-    // An ended run: a new run with the follow-up as its prompt, in the run's own team only (its
-    // config's shares and secret references name that team's users and secrets).
-    if parent.team_id != caller.team_id {
-        return Err(ApiError::forbidden(format!(
-            "run {} has ended and belongs to another team: only its own team may continue it",
-            parent.id
-        )));
-    }
-    let new = NewRun {
-        prompt: message,
-        title: Some(format!("Follow-up: {}", parent.title)),
-        config: parent.config.clone(),
-        source: parent.source.clone(),
-        creator_id: caller.user_id.clone(),
-        schedule_id: None,
-        parent_run_id: Some(parent.id.clone()),
-        metadata: None,
+        if ended.worker_host.is_none() {
+            return Err(ApiError::conflict(format!(
+                "run {} ran where it was registered (LOCAL) and has ended: no worker can continue it; run `oz agent run` again there",
+                ended.id
+            )));
+        }
+        Ok(())
     };
-    let run = creation::create(&state, &caller.team_id, new).await?;
+    // A continued run is unfinished again: it counts against its team's cap as a new one does.
+    if run.state.is_terminal() {
+        state.run_limiter.admit(state.store.unfinished_runs(&run.team_id).await?)?;
+    }
+    let run = match state.lifecycle.followup(&run.id, &event, may_continue).await? {
+        Followed::ToTheRunningAgent(run) => run,
+        Followed::Continued(run) => {
+            state.dispatcher.wake();
+            run
+        }
+    };
     Ok(created(run))
 }

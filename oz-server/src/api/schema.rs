@@ -42,3 +42,9 @@ pub(crate) struct NotFound(Problem);
 #[response(status = 403, description = "The key's role may not do this", content_type = "application/problem+json")]
 #[expect(dead_code, reason = "never built: handlers answer with ApiError, whose problem document this describes")]
 pub(crate) struct Forbidden(Problem);
+
+/// A run's conversation as its runner packs it: bytes the control plane keeps sealed and never reads.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[expect(dead_code, reason = "never built: the handlers take and give raw bytes, which this describes")]
+pub(crate) struct ConversationArchive(Vec<u8>);

@@ -56,11 +56,15 @@ pub async fn build(
         task: AssignedTask {
             id: run.id.clone(),
             title: run.title.clone(),
-            task_definition: TaskDefinition { prompt: run.prompt.clone() },
+            // What its agent is asked in this execution: a continued run's follow-up.
+            task_definition: TaskDefinition {
+                prompt: run.continuation.as_ref().map_or_else(|| run.prompt.clone(), |c| c.message.clone()),
+            },
             created_at: run.created_at,
             updated_at: run.updated_at,
             owner: Owner { kind: OwnerType::Team, id: run.team_id.clone() },
-            agent_conversation_id: None,
+            // The conversation a continued run's agent goes on with (its runner fetches it).
+            agent_conversation_id: run.continuation.as_ref().map(|_| run.id.clone()),
             agent_config_snapshot: Some(AgentConfigSnapshot {
                 environment_id: config.environment_id.clone(),
                 base_prompt: config.base_prompt.clone(),

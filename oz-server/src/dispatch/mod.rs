@@ -248,11 +248,27 @@ impl Dispatcher {
             let Some(c) = conns.get(&conn_id) else { return };
             (c.team_id.clone(), c.worker_id.clone())
         };
-        // A worker may only speak about runs of its own team that it holds.
+        // A worker may only speak about runs of its own team that it holds, and, when it names the
+        // execution (ours does), about the run's current one: a run continued after its end runs
+        // again under a new execution id, and the end of the execution before must not end it.
         let run = match lifecycle.store().run_by_id(&task_id).await {
-            Ok(Some(run)) if run.team_id == team_id && run.claimed_by.as_deref() == Some(worker_id.as_str()) => run,
+            Ok(Some(run))
+                if run.team_id == team_id
+                    && run.claimed_by.as_deref() == Some(worker_id.as_str())
+                    && message.execution_id().is_none_or(|e| run.execution_id.as_deref() == Some(e)) =>
+            {
+                run
+            }
             Ok(_) => {
-                warn!(task_id, worker_id, "a worker reported on a run it does not hold; ignored");
+                warn!(
+                    task_id,
+                    worker_id, "a worker reported on a run (or an execution of it) it does not hold; ignored"
+                );
+                // An execution that is over still frees the connection's slot, so the run's next
+                // execution may be offered (see `dispatch_once`).
+                if !matches!(message, WorkerMessage::TaskClaimed(_)) {
+                    self.track(conn_id, &task_id, false);
+                }
                 return;
             }
             Err(e) => {
@@ -378,9 +394,13 @@ impl Dispatcher {
     pub async fn dispatch_once(&self) -> Result<(), crate::error::ApiError> {
         let keys: HashSet<(String, String)> =
             self.conns().values().map(|c| (c.team_id.clone(), c.worker_id.clone())).collect();
+        // A queued run still in a connection's hands is a run continued after its end whose
+        // execution before has not been reported over yet (its sandbox is being removed): it is
+        // offered once that worker said so, so no worker gets an assignment for a task it still runs.
+        let held: HashSet<String> = self.conns().values().flat_map(|c| c.in_flight.iter().cloned()).collect();
         for (team_id, worker_id) in keys {
             let queued = self.inner.lifecycle.store().queued_runs(&team_id, &worker_id, 64).await?;
-            for run in queued {
+            for run in queued.into_iter().filter(|r| !held.contains(&r.id)) {
                 let environment = run.config.as_ref().and_then(|c| c.environment_id.as_deref());
                 let Some((conn_id, tx)) = self.pick(&team_id, &worker_id, environment) else { break };
                 self.offer(conn_id, tx, run).await?;
@@ -528,7 +548,13 @@ mod tests {
     use super::failure_text;
 
     fn failed(reason: FailureReason, exit_code: i32) -> TaskFailed {
-        TaskFailed { task_id: "t".into(), message: "it broke".into(), failure_reason: reason, exit_code }
+        TaskFailed {
+            task_id: "t".into(),
+            message: "it broke".into(),
+            failure_reason: reason,
+            exit_code,
+            execution_id: None,
+        }
     }
 
     #[test]

@@ -225,6 +225,22 @@ pub struct RunRecord {
     pub session_id: String,
     /// Who besides its team's admins may watch or steer it.
     pub sharing: oz_core::sharing::RunSharing,
+    /// Which execution it is in: 1, then one more each time a follow-up continued it after its end.
+    pub execution_count: u32,
+    /// The follow-up that continued it after its end, while that execution is the current one.
+    pub continuation: Option<RunContinuation>,
+}
+
+/// The follow-up that continued a run after its end: what its agent is asked in the new execution.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RunContinuation {
+    /// The follow-up's message: the new execution's prompt.
+    pub message: String,
+    /// Its mode (`normal`, `plan`, `orchestrate`), if it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// The run's event that recorded the follow-up; the new execution's steering comes after it.
+    pub after_seq: i64,
 }
 
 /// Filters of `GET /agent/runs`.
@@ -499,6 +515,25 @@ pub trait Store: PrincipalStore + SecretStore + ScheduleStore + IntegrationStore
     ) -> Result<Vec<RunRecord>, StoreError>;
     /// Applies a state change if the run is still in `change.from`; returns the updated run.
     async fn change_state(&self, id: &str, change: &StateChange, at: Timestamp) -> Result<RunRecord, StoreError>;
+    /// Continues an ended run in a new execution, if it is still in `from` (a terminal state):
+    /// QUEUED again with `message`, its holder, lease, start, end and cancel request cleared, its
+    /// execution count one more, and `continuation` as what the new execution is asked.
+    async fn continue_run(
+        &self,
+        id: &str,
+        from: RunState,
+        continuation: &RunContinuation,
+        message: &StatusMessage,
+        at: Timestamp,
+    ) -> Result<RunRecord, StoreError>;
+    /// Stores a run's conversation (sealed; `bytes` long in the clear), replacing the one before.
+    async fn put_conversation(&self, run_id: &str, sealed: &str, bytes: usize, at: Timestamp)
+    -> Result<(), StoreError>;
+    /// A run's stored conversation, sealed.
+    async fn conversation(&self, run_id: &str) -> Result<Option<String>, StoreError>;
+    /// The runs whose conversation is sealed with another key than `key_id` (resealed after a
+    /// rotation).
+    async fn conversations_sealed_with_other_keys(&self, key_id: &str) -> Result<Vec<String>, StoreError>;
     /// Marks a run as asked to cancel.
     async fn request_cancel(&self, id: &str, at: Timestamp) -> Result<(), StoreError>;
     /// Extends the lease of a claimed or running run; never an offer's (PENDING), which is claimed

@@ -133,7 +133,7 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 const RUN_COLUMNS: &str = "id, team_id, creator_id, title, prompt, state, source, worker_host, config, status_message, artifacts, \
      metadata, schedule_id, parent_run_id, created_us, updated_us, started_us, finished_us, execution_id, claimed_by, lease_us, \
-     cancel_requested, session_id, team_access, public_access, shared_users";
+     cancel_requested, session_id, team_access, public_access, shared_users, execution_count, continuation";
 
 async fn insert_run_with<'e, E: sqlx::Executor<'e, Database = Sqlite>>(
     executor: E,
@@ -392,6 +392,71 @@ impl Store for SqliteStore {
             return Err(StoreError::StateChanged { expected: change.from, actual: run.state });
         }
         Ok(run)
+    }
+
+    async fn continue_run(
+        &self,
+        id: &str,
+        from: RunState,
+        continuation: &RunContinuation,
+        message: &StatusMessage,
+        at: Timestamp,
+    ) -> Result<RunRecord, StoreError> {
+        let done = sqlx::query(
+            "UPDATE runs SET state = 'QUEUED', status_message = ?, continuation = ?, \
+             execution_count = execution_count + 1, claimed_by = NULL, lease_us = NULL, started_us = NULL, \
+             finished_us = NULL, cancel_requested = 0, updated_us = ? WHERE id = ? AND state = ?",
+        )
+        .bind(json(message))
+        .bind(json(continuation))
+        .bind(micros(at))
+        .bind(id)
+        .bind(from.as_str())
+        .execute(&self.writer)
+        .await?;
+        let run = self.run_by_id(id).await?.ok_or(StoreError::NotFound)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::StateChanged { expected: from, actual: run.state });
+        }
+        Ok(run)
+    }
+
+    async fn put_conversation(
+        &self,
+        run_id: &str,
+        sealed: &str,
+        bytes: usize,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO run_conversations (run_id, sealed, bytes, updated_us) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (run_id) DO UPDATE SET sealed = excluded.sealed, bytes = excluded.bytes, \
+             updated_us = excluded.updated_us",
+        )
+        .bind(run_id)
+        .bind(sealed)
+        .bind(i64::try_from(bytes).unwrap_or(i64::MAX))
+        .bind(micros(at))
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn conversation(&self, run_id: &str) -> Result<Option<String>, StoreError> {
+        let row: Option<(String,)> = sqlx::query_as("SELECT sealed FROM run_conversations WHERE run_id = ?")
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|(sealed,)| sealed))
+    }
+
+    async fn conversations_sealed_with_other_keys(&self, key_id: &str) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT run_id FROM run_conversations WHERE substr(sealed, 1, length(?1)) <> ?1")
+                .bind(crate::vault::sealed_prefix(key_id))
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
     async fn request_cancel(&self, id: &str, at: Timestamp) -> Result<(), StoreError> {

@@ -220,7 +220,11 @@ pub async fn running(t: &TestServer) -> (String, String, Worker) {
     };
     let token = assignment.env_vars["OZ_WORKLOAD_TOKEN"].clone();
     worker
-        .send(WorkerMessage::TaskClaimed(TaskClaimed { task_id: run_id.clone(), worker_id: worker.worker_id.clone() }))
+        .send(WorkerMessage::TaskClaimed(TaskClaimed {
+            task_id: run_id.clone(),
+            worker_id: worker.worker_id.clone(),
+            execution_id: None,
+        }))
         .await;
     t.wait_state(&t.key_a, &run_id, "CLAIMED").await;
     report(t, &run_id, &token, json!({"event": "harness_started", "harness": "command"})).await;

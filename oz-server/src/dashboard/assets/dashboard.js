@@ -266,8 +266,10 @@ function runPage(main) {
         const answer = await api("/agent/runs/" + encodeURIComponent(runId) + "/followups",
           { method: "POST", json: { message: text } });
         message.value = "";
-        if (answer && answer.run_id && answer.run_id !== runId) {
-          notice("The run had ended: the follow-up started run " + answer.run_id + ".", "ok");
+        if (answer && ENDED.includes(run && run.state) && !ENDED.includes(answer.state)) {
+          // An ended run goes on with the follow-up, in a new execution: follow it again.
+          notice("The run had ended: it goes on with your follow-up.", "ok");
+          resume();
         } else {
           notice("The follow-up was sent to the agent.", "ok");
         }
@@ -328,11 +330,12 @@ function runPage(main) {
       sendKeys(event.clipboardData && event.clipboardData.getData("text"));
     });
   }
+  let ended = false;
   function connect() {
     const socket = new WebSocket(scheme + "//" + window.location.host + API + "/agent/runs/" +
       encodeURIComponent(runId) + "/session?view=cells");
     session = socket;
-    let ended = false;
+    ended = false;
     socket.addEventListener("open", () => { live.textContent = "live"; live.className = "live on"; });
     socket.addEventListener("message", (event) => {
       if (typeof event.data !== "string") return;
@@ -358,7 +361,6 @@ function runPage(main) {
 
   // The timeline: what the run did, as its event stream says (its output is the terminal above).
   const kinds = "started,clone_started,clone_finished,setup_started,setup_finished,harness_started,artifact,finished,followup,interrupt,state";
-  const stream = new EventSource(API + "/agent/runs/" + encodeURIComponent(runId) + "/events?event=" + kinds);
   const describe = (e) => {
     switch (e.event) {
       case "state": return "state " + e.state + (e.status_message && e.status_message.message ? ": " + e.status_message.message : "");
@@ -380,8 +382,22 @@ function runPage(main) {
     timeline.append(el("li", { "data-kind": data.event.event }, el("time", { text: when(data.at) }), " ", describe(data.event)));
     if (["artifact", "state", "harness_started"].includes(data.event.event)) refresh();
   };
-  for (const k of kinds.split(",")) stream.addEventListener(k, onEvent);
-  stream.addEventListener("error", () => { if (run && ENDED.includes(run.state)) stream.close(); });
+  let stream = null;
+  function followEvents() {
+    if (stream) stream.close();
+    timeline.replaceChildren();
+    const opened = new EventSource(API + "/agent/runs/" + encodeURIComponent(runId) + "/events?event=" + kinds);
+    for (const k of kinds.split(",")) opened.addEventListener(k, onEvent);
+    opened.addEventListener("error", () => { if (run && ENDED.includes(run.state)) opened.close(); });
+    stream = opened;
+  }
+  followEvents();
+  // After a follow-up continued the ended run: its terminal, timeline and facts live again.
+  function resume() {
+    refresh();
+    followEvents();
+    if (ended) connect();
+  }
 
   refresh();
   setInterval(() => { if (run && !ENDED.includes(run.state)) refresh(); }, 2000);

@@ -70,6 +70,8 @@ pub(super) struct RunRow {
     team_access: Option<String>,
     public_access: Option<String>,
     shared_users: String,
+    execution_count: i64,
+    continuation: Option<String>,
 }
 
 /// A user a run is shared with, as `runs.shared_users` holds it.
@@ -131,6 +133,8 @@ impl Stored for RunRecord {
             claimed_by: r.claimed_by,
             lease_expires_at: r.lease_us.map(from_micros),
             cancel_requested: r.cancel_requested,
+            execution_count: u32::try_from(r.execution_count).unwrap_or(1),
+            continuation: parse_json_opt("runs.continuation", r.continuation)?,
         })
     }
 }
