@@ -454,12 +454,48 @@ async fn a_followup_reaches_a_running_command_harness() {
     let line: serde_json::Value = serde_json::from_str(got.trim_start_matches("got ").trim()).unwrap();
     assert_eq!(line["message"], "now add \"tests\" too", "one JSON line per follow-up: {got}");
 
-    // To a run that ended: a new run continues from it.
-    let after = cli.oz(&["run", "followup", &run_id, "and one more thing", "--output-format", "json"]).await;
-    let continued = json(&after);
-    assert_ne!(continued["run_id"], run_id.as_str());
-    let child = client.runs().get(continued["run_id"].as_str().unwrap()).await.unwrap();
-    assert_eq!(child.parent_run_id.as_deref(), Some(run_id.as_str()));
+    cli.stack.stop().await;
+}
+
+/// A follow-up to a run that ended continues the same run in a new execution (a new sandbox): its
+/// agent is asked the follow-up and finds what it kept in `OZ_CONVERSATION_DIR` the time before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followup_to_an_ended_run_continues_it_with_what_its_agent_kept() {
+    let cli = Cli::start().await;
+    let env = environment(
+        &cli,
+        r#"echo "execution $OZ_EXECUTION asked: $OZ_PROMPT"; if [ -f "$OZ_CONVERSATION_DIR/memory" ]; then echo "I remember: $(cat "$OZ_CONVERSATION_DIR/memory")"; fi; echo "$OZ_PROMPT" >> "$OZ_CONVERSATION_DIR/memory"; pwd > "$OZ_CONVERSATION_DIR/where""#,
+    )
+    .await;
+    let out = cli.oz(&["agent", "run-cloud", "-p", "write the parser", "-e", &env, "--host", "local"]).await;
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let run_id = stdout(&out).lines().next().unwrap().trim_start_matches("run ").to_owned();
+
+    let sent = cli.oz(&["run", "followup", &run_id, "now the tests"]).await;
+    assert!(sent.status.success(), "{}", stderr(&sent));
+    assert!(
+        stdout(&sent).contains(&format!("run {run_id} had ended: it goes on with the follow-up in a new execution")),
+        "{}",
+        stdout(&sent)
+    );
+    let watch = tokio::time::timeout(std::time::Duration::from_secs(90), cli.oz(&["run", "watch", &run_id]))
+        .await
+        .expect("the run ends again");
+    let watched = stdout(&watch);
+    assert!(watch.status.success(), "{watched}{}", stderr(&watch));
+    // Followed from its first event, through its first end, to its second.
+    assert!(watched.contains("execution 1 asked: write the parser"), "{watched}");
+    assert!(watched.contains("execution 2 asked: now the tests"), "{watched}");
+    assert!(watched.contains("I remember: write the parser"), "the agent went on from what it kept: {watched}");
+    let client = cli.stack.client().unwrap();
+    let run = client.runs().get(&run_id).await.unwrap();
+    assert_eq!(run.state, RunState::Succeeded);
+    assert_eq!(run.prompt, "write the parser");
+    let runs = client.runs().list().send().await.unwrap().runs;
+    assert_eq!(runs.len(), 1, "the same run, no new one: {runs:?}");
+    let transcript: String = client.runs().transcript(&run_id).await.unwrap().iter().map(|e| e.to_string()).collect();
+    assert!(transcript.contains("conversation was kept"), "{transcript}");
+    assert!(transcript.contains("goes on with the conversation the execution before kept"), "{transcript}");
     cli.stack.stop().await;
 }
 
@@ -477,9 +513,12 @@ async fn a_followup_to_a_preset_continues_its_conversation_in_the_same_run() {
         &claude,
         r#"#!/bin/sh
 for last; do :; done
+session="$HOME/.claude/projects/here/session.jsonl"
+mkdir -p "$(dirname "$session")"
 case " $* " in
-  *" --continue "*) echo "claude continued with: $last"; exit 0 ;;
+  *" --continue "*) echo "claude continued with: $last (it remembers: $(tr '\n' ' ' < "$session"))"; echo "$last" >> "$session"; exit 0 ;;
 esac
+echo "$last" >> "$session"
 echo "claude works on: $last"
 n=0; while ! grep -q . "$OZ_FOLLOWUP_FILE" && [ $n -lt 1200 ]; do sleep 0.05; n=$((n+1)); done
 echo "claude's first turn is done"
@@ -534,6 +573,20 @@ echo "claude's first turn is done"
     assert!(all.contains("claude -p --continue"), "and how it goes on: {all}");
     let run = client.runs().get(&run_id).await.unwrap();
     assert_eq!(run.state, RunState::Succeeded);
+
+    // After the run ended, a follow-up continues it in a new sandbox: claude's session files come
+    // back where claude keeps them, and it resumes its conversation there.
+    let sent = cli.oz(&["run", "followup", &run_id, "and document it"]).await;
+    assert!(sent.status.success(), "{}", stderr(&sent));
+    let watch = tokio::time::timeout(std::time::Duration::from_secs(90), cli.oz(&["run", "watch", &run_id]))
+        .await
+        .expect("the run ends again");
+    assert!(watch.status.success(), "{}{}", stdout(&watch), stderr(&watch));
+    let text = said(&client.runs().transcript(&run_id).await.unwrap());
+    assert!(
+        text.contains("claude continued with: and document it (it remembers: fix the bug and add a test )"),
+        "{text}"
+    );
     cli.stack.stop().await;
 }
 

@@ -229,6 +229,8 @@ async fn the_dashboard_shows_runs_live_steers_them_and_keeps_viewers_and_other_t
     let steered = environment(
         &stack,
         concat!(
+            // Continued after its end by a follow-up: says what it was asked, and ends.
+            r#"if [ "$OZ_EXECUTION" != 1 ]; then echo "continued: $OZ_PROMPT"; exit 0; fi; "#,
             r#"echo "hello from the agent"; n=0; while ! grep -q . "$OZ_FOLLOWUP_FILE" && [ $n -lt 1200 ]; do sleep 0.05; n=$((n+1)); done; echo "answer: $(head -n 1 "$OZ_FOLLOWUP_FILE" | sed 's/.*"message":"\([^"]*\)".*/\1/')"; "#,
             // A question on its terminal, answered by keys typed into the page.
             r#"printf 'your name? '; IFS= read -r name < /dev/tty; echo "hi $name"; "#,
@@ -279,7 +281,19 @@ async fn the_dashboard_shows_runs_live_steers_them_and_keeps_viewers_and_other_t
         )
         .await;
     browser.screenshot("run-ended").await;
-    // The follow-up went to this run (no child run was made).
+    // A follow-up typed into the ended run's page continues it: the page follows it live again.
+    browser.client.find(Locator::Css("#followup")).await.unwrap().send_keys("one more thing").await.unwrap();
+    browser.client.find(Locator::Css("#send-followup")).await.unwrap().click().await.unwrap();
+    browser.terminal_shows("continued: one more thing").await;
+    browser
+        .until(
+            "the run went back to the queue on the timeline, and ended again",
+            "return [...document.querySelectorAll('#timeline li[data-kind=state]')].some((li) => li.textContent.includes('state QUEUED: continued')) \
+             && document.getElementById('live').textContent === 'ended: SUCCEEDED'",
+        )
+        .await;
+    browser.screenshot("run-continued").await;
+    // Both follow-ups went to this run (no child run was made).
     let list = stack.client().unwrap().runs().list().send().await.unwrap();
     assert_eq!(list.runs.len(), 2, "{:?}", list.runs.iter().map(|r| &r.run_id).collect::<Vec<_>>());
 

@@ -60,8 +60,8 @@ impl RunsHandler {
             .await
     }
 
-    /// Sends a follow-up: to a run that has not ended, its running agent gets `message` (the same
-    /// run is answered); after it ended, a new run continues from it (its id is answered).
+    /// Sends a follow-up: to a run that has not ended, its running agent gets `message`; a run that
+    /// ended goes on with it in a new execution (QUEUED again). The same run is answered either way.
     pub async fn followup(&self, run_id: &str, message: impl Into<String>) -> Result<RunCreated> {
         let body = oz_core::wire::api::FollowupRequest { message: Some(message.into()), mode: None };
         self.client.call_json(Method::POST, &format!("/agent/runs/{}/followups", seg(run_id)), &body).await
@@ -91,8 +91,10 @@ impl RunsHandler {
         self.client.call(Method::GET, &format!("/agent/runs/{}/transcript/content", seg(run_id))).await
     }
 
-    /// The run's events, live, as a stream that ends after the run's terminal state. A dropped
-    /// connection is resumed from the last event received (`Last-Event-ID`).
+    /// The run's events, live, as a stream that ends with the run: after its terminal state, when
+    /// the server says nothing follows it (a run continued after its end by a follow-up goes on,
+    /// and so does the stream). A dropped connection is resumed from the last event received
+    /// (`Last-Event-ID`).
     pub fn events(&self, run_id: &str) -> impl Stream<Item = Result<RunStreamEvent>> + Send + 'static {
         events_stream(self.client.http.clone(), run_id.to_owned(), 0, None)
     }
@@ -291,6 +293,9 @@ pub(crate) fn events_stream(
         delays: ExponentialBackoff,
         drops: usize,
         done: bool,
+        /// Whether the last state event received was an end: when the server then closes the
+        /// stream, the run is over (a run continued after its end has a later state).
+        ended: bool,
     }
     let s = S {
         http,
@@ -304,6 +309,7 @@ pub(crate) fn events_stream(
         delays: RECONNECT.builder().build(),
         drops: 0,
         done: false,
+        ended: false,
     };
     futures::stream::unfold(s, |mut s| async move {
         loop {
@@ -346,11 +352,15 @@ pub(crate) fn events_stream(
                         continue;
                     }
                     s.last = event.seq;
-                    s.done = event.state().is_some_and(|st| st.is_terminal());
+                    if let Some(state) = event.state() {
+                        s.ended = state.is_terminal();
+                    }
                     return Some((Ok(event), s));
                 }
                 Some(Err(sse::EventStreamError::Transport(e))) => Some(Box::new(e.without_url())),
                 Some(Err(e)) => Some(Box::new(e)),
+                // The server closes the stream once the run's last state is an end.
+                None if s.ended => return None,
                 None => None,
             };
             // The connection dropped (or the server closed early): reconnect and resume.

@@ -101,7 +101,8 @@ pub enum RunCommand {
         run_id: String,
     },
     /// Sends a follow-up: a run that goes on gets it while it runs (a `command` harness reads it
-    /// from `OZ_FOLLOWUP_FILE`); after a run ended, a new run continues from it.
+    /// from `OZ_FOLLOWUP_FILE`); a run that ended goes on with it in a new execution, its agent
+    /// given back what it kept of its conversation.
     Followup {
         /// The run id.
         run_id: String,
@@ -311,12 +312,14 @@ pub async fn run(command: RunCommand, api: ApiOpts) -> Result<ExitCode, CliError
         RunCommand::Watch { run_id } => return finish_following(&client, &run_id, printer).await,
         RunCommand::Attach { run_id, watch_only } => return attach(&client, &run_id, !watch_only).await,
         RunCommand::Followup { run_id, message } => {
+            // Only to say what became of it: the server decides, under the run's lock.
+            let ended_before = client.runs().get(&run_id).await.is_ok_and(|r| r.state.is_terminal());
             let answer = client.runs().followup(&run_id, message).await?;
             printer.item(&answer, |a| {
-                if a.run_id == run_id {
-                    format!("the follow-up was sent to run {run_id}")
+                if ended_before && !a.state.is_terminal() {
+                    format!("run {run_id} had ended: it goes on with the follow-up in a new execution ({})", a.state)
                 } else {
-                    format!("run {run_id} had ended: run {} continues from it", a.run_id)
+                    format!("the follow-up was sent to run {run_id}")
                 }
             })?;
         }
