@@ -8,8 +8,11 @@
 //!
 //! Viewers never slow the run: the runner's reports are stored before anything here sees them, and
 //! the live bytes go to viewers through a bounded channel ([`LIVE_CHUNKS`]); a viewer that falls
-//! further behind is sent the whole screen again instead of what it missed. The session ends
-//! (its task stops, its memory is freed) when its last viewer leaves or the run ends.
+//! further behind is sent the whole screen again instead of what it missed. Under a flood (more
+//! than [`RAW_BUDGET`] bytes in a [`FLOOD_WINDOW`]), the session stops sending bytes and sends its
+//! screen instead, at most once a window: what a viewer sees is the same, and what the viewers of
+//! a run cost no longer grows with what the run prints. The session ends (its task stops, its
+//! memory is freed) when its last viewer leaves or the run ends.
 //!
 //! The history (every event, in order) is `GET /agent/runs/{id}/events`; this is the screen.
 
@@ -34,6 +37,21 @@ pub const LIVE_CHUNKS: usize = 256;
 pub const MAX_CHUNK: usize = 16 * 1024;
 /// How long a viewer's socket may take to accept a frame before the viewer is let go.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// The bytes a session sends as they come in one [`FLOOD_WINDOW`]; past them, until the window
+/// ends, it sends its screen at the window's end instead (about 640 KB/s as bytes: far more than
+/// anyone reads, and far less than a program can print).
+pub const RAW_BUDGET: usize = 64 * 1024;
+/// See [`RAW_BUDGET`].
+pub const FLOOD_WINDOW: Duration = Duration::from_millis(100);
+
+/// What the live channel carries to a session's viewers, shared (one copy however many viewers).
+#[derive(Clone, Debug)]
+enum LiveFrame {
+    /// Bytes the run wrote.
+    Bytes(Bytes),
+    /// The whole screen, drawn, in place of bytes withheld under a flood.
+    Screen(Arc<str>),
+}
 
 /// What a viewer is sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,10 +68,15 @@ struct Screen {
     terminal: vt100::Parser,
     /// The last event of the run fed to the screen.
     after: i64,
-    /// The live bytes, while the session's follower runs; `None` once it stopped (the run ended,
+    /// The live frames, while the session's follower runs; `None` once it stopped (the run ended,
     /// or the store failed): dropping the sender ends every viewer's receiver.
-    live: Option<broadcast::Sender<Bytes>>,
+    live: Option<broadcast::Sender<LiveFrame>>,
     ended: Option<oz_core::run::RunState>,
+    /// The flood window: when it began, and the bytes sent as bytes in it.
+    window: (tokio::time::Instant, usize),
+    /// Whether the screen has bytes no viewer was sent (a flood): the screen goes out at the
+    /// window's end.
+    withheld: bool,
 }
 
 impl Screen {
@@ -65,6 +88,8 @@ impl Screen {
             after: 0,
             live: Some(broadcast::channel(LIVE_CHUNKS).0),
             ended: None,
+            window: (tokio::time::Instant::now(), 0),
+            withheld: false,
         }
     }
 
@@ -76,11 +101,18 @@ impl Screen {
         self.after = event.seq;
         if let Some(bytes) = terminal_bytes(event) {
             self.terminal.process(&bytes);
-            if let Some(live) = &self.live {
+            let now = tokio::time::Instant::now();
+            if !self.withheld && now >= self.window.0 + FLOOD_WINDOW {
+                self.window = (now, 0);
+            }
+            if self.withheld || self.window.1 + bytes.len() > RAW_BUDGET {
+                self.withheld = true;
+            } else if let Some(live) = &self.live {
+                self.window.1 += bytes.len();
                 let mut rest = bytes;
                 while !rest.is_empty() {
                     let piece = rest.split_to(rest.len().min(MAX_CHUNK));
-                    let _ = live.send(piece);
+                    let _ = live.send(LiveFrame::Bytes(piece));
                 }
             }
         } else if event.kind() == "state" {
@@ -89,9 +121,25 @@ impl Screen {
         }
     }
 
-    /// What a viewer joining now is sent first, and the live bytes after it (`None` once the
+    /// When the screen withheld under a flood is due to its viewers (`None`: nothing withheld).
+    fn screen_due(&self) -> Option<tokio::time::Instant> {
+        self.withheld.then_some(self.window.0 + FLOOD_WINDOW)
+    }
+
+    /// Sends the screen in place of the bytes withheld under a flood, and opens a new window.
+    fn send_withheld(&mut self) {
+        if !std::mem::replace(&mut self.withheld, false) {
+            return;
+        }
+        self.window = (tokio::time::Instant::now(), 0);
+        if let Some(live) = &self.live {
+            let _ = live.send(LiveFrame::Screen(self.drawn().into()));
+        }
+    }
+
+    /// What a viewer joining now is sent first, and the live frames after it (`None` once the
     /// follower stopped: then the frames end with the run's end, if known).
-    fn join(&self) -> (VecDeque<ViewerFrame>, Option<broadcast::Receiver<Bytes>>) {
+    fn join(&self) -> (VecDeque<ViewerFrame>, Option<broadcast::Receiver<LiveFrame>>) {
         let screen = ViewerFrame::Screen(self.drawn());
         match (&self.live, self.ended) {
             (Some(live), None) => (VecDeque::from([screen]), Some(live.subscribe())),
@@ -129,8 +177,8 @@ fn terminal_bytes(event: &RunEventRecord) -> Option<Bytes> {
 /// One viewer's place in a session.
 pub struct Viewer {
     screen: Arc<Mutex<Screen>>,
-    /// The live bytes; `None` once the run's end is known.
-    live: Option<broadcast::Receiver<Bytes>>,
+    /// The live frames; `None` once the run's end is known.
+    live: Option<broadcast::Receiver<LiveFrame>>,
     /// What to send before anything live.
     pending: VecDeque<ViewerFrame>,
     hub: SessionHub,
@@ -145,7 +193,8 @@ impl Viewer {
         }
         let live = self.live.as_mut()?;
         match live.recv().await {
-            Ok(bytes) => Some(ViewerFrame::Output(bytes)),
+            Ok(LiveFrame::Bytes(bytes)) => Some(ViewerFrame::Output(bytes)),
+            Ok(LiveFrame::Screen(drawn)) => Some(ViewerFrame::Screen(drawn.to_string())),
             Err(broadcast::error::RecvError::Lagged(_)) => {
                 // Too far behind: the screen as it is now, and the live bytes from there (or the
                 // end, if the run ended meanwhile).
@@ -160,6 +209,14 @@ impl Viewer {
                 lock(&self.screen).ended.map(ViewerFrame::Ended)
             }
         }
+    }
+}
+
+impl Viewer {
+    /// The session's screen as it is now, as a `cells` message for `cells` (a viewer with no
+    /// emulator of its own: one emulator per session serves them all).
+    pub fn cells(&self, cells: &mut cells::CellTerminal) -> oz_core::wire::session::ViewerMessage {
+        cells.render(lock(&self.screen).terminal.screen())
     }
 }
 
@@ -293,8 +350,11 @@ async fn follow(
         if lock(&screen).ended.is_some() || !hub.is_watched(&run_id, &screen) {
             break;
         }
-        // A wake-up, or a look every few seconds (a wake-up may be missed when lagging).
-        let waited = tokio::time::timeout(Duration::from_secs(2), woken.recv()).await;
+        // A wake-up, the screen withheld under a flood falling due, or a look every few seconds
+        // (a wake-up may be missed when lagging).
+        let look = tokio::time::Instant::now() + Duration::from_secs(2);
+        let due = lock(&screen).screen_due();
+        let waited = tokio::time::timeout_at(due.map_or(look, |d| d.min(look)), woken.recv()).await;
         if let Ok(Err(broadcast::error::RecvError::Closed)) = waited {
             woken = hub.events.subscribe(&run_id);
         }
@@ -302,7 +362,14 @@ async fn follow(
             tracing::warn!(run_id, error = %e, "a live session could not read the run's events; its viewers are let go");
             break;
         }
-        if waited.is_err() && lock(&screen).ended.is_none() {
+        {
+            let mut s = lock(&screen);
+            if s.screen_due().is_some_and(|d| d <= tokio::time::Instant::now()) {
+                s.send_withheld();
+            }
+        }
+        let looked = waited.is_err() && due.is_none_or(|d| d >= look);
+        if looked && lock(&screen).ended.is_none() {
             match hub.store.run_by_id(&run_id).await {
                 Ok(Some(run)) if run.state.is_terminal() => {
                     looks_at_an_ended_row += 1;
@@ -315,7 +382,12 @@ async fn follow(
             }
         }
     }
-    lock(&screen).live = None;
+    {
+        // What its viewers were not sent yet goes out before their end.
+        let mut s = lock(&screen);
+        s.send_withheld();
+        s.live = None;
+    }
     lock(&hub.live).retain(|id, l| id != &run_id || !Arc::ptr_eq(&l.screen, &screen));
 }
 
@@ -341,6 +413,55 @@ mod tests {
         let contents = screen.terminal.screen().contents();
         assert_eq!(contents.lines().collect::<Vec<_>>(), ["one", "two", "three"]);
         assert_eq!(screen.after, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn under_a_flood_viewers_are_sent_the_screen_instead_of_the_bytes_and_see_the_same() {
+        let mut screen = Screen::new();
+        let mut live = screen.live.as_ref().unwrap().subscribe();
+        let mut viewer = vt100::Parser::new(NonZeroU16::new(ROWS).unwrap(), NonZeroU16::new(COLS).unwrap(), 0);
+        let mut take = |live: &mut broadcast::Receiver<LiveFrame>| {
+            let mut kinds = Vec::new();
+            while let Ok(frame) = live.try_recv() {
+                match frame {
+                    LiveFrame::Bytes(b) => {
+                        viewer.process(&b);
+                        kinds.push("bytes");
+                    }
+                    LiveFrame::Screen(drawn) => {
+                        viewer.process(drawn.as_bytes());
+                        kinds.push("screen");
+                    }
+                }
+            }
+            (kinds, viewer.screen().contents())
+        };
+        // Within the budget: the bytes, as they come.
+        screen.feed(&output(1, "\x1b[1mhello\x1b[0m\n"));
+        assert_eq!(take(&mut live).0, ["bytes"]);
+        assert_eq!(screen.screen_due(), None);
+        // A flood: its bytes up to the budget, then nothing more until the window ends, then the
+        // screen, once.
+        let line = format!("{}\n", "x".repeat(99));
+        for seq in 2..39 {
+            screen.feed(&output(seq, &format!("{seq} {}", line.repeat(50))));
+        }
+        screen.feed(&output(39, "the flood's last line\n"));
+        let (kinds, _) = take(&mut live);
+        assert!(kinds.iter().all(|k| *k == "bytes") && kinds.len() * 5 * 1024 <= RAW_BUDGET, "{kinds:?}");
+        let due = screen.screen_due().expect("the screen is due");
+        tokio::time::advance(FLOOD_WINDOW).await;
+        assert!(due <= tokio::time::Instant::now());
+        screen.send_withheld();
+        let (kinds, seen) = take(&mut live);
+        assert_eq!(kinds, ["screen"]);
+        assert_eq!(seen, screen.terminal.screen().contents(), "the viewer sees what the session does");
+        assert!(seen.contains("the flood's last line"), "{seen}");
+        // The flood is over: bytes again, from where the screen left them.
+        screen.feed(&output(40, "quiet again\n"));
+        let (kinds, seen) = take(&mut live);
+        assert_eq!(kinds, ["bytes"]);
+        assert_eq!(seen, screen.terminal.screen().contents());
     }
 
     #[test]

@@ -87,11 +87,11 @@ async fn next_messages(
             frame = viewer.next() => match frame {
                 Some(frame) => frame,
                 // The session stopped with no end known: what was applied but not drawn goes out.
-                None => return cells.as_mut().filter(|t| t.changed()).map(|t| vec![text(&t.render())]),
+                None => return cells.as_mut().filter(|t| t.changed()).map(|t| vec![text(&viewer.cells(t))]),
             },
             _ = tokio::time::sleep_until(*next_render), if render_due => {
                 *next_render = tokio::time::Instant::now() + CELLS_EVERY;
-                return cells.as_mut().map(|t| vec![text(&t.render())]);
+                return cells.as_mut().map(|t| vec![text(&viewer.cells(t))]);
             }
             _ = ping.tick() => return Some(vec![Message::Ping(Default::default())]),
         };
@@ -104,7 +104,7 @@ async fn next_messages(
         };
         terminal.apply(&frame);
         if let ViewerFrame::Ended(state) = frame {
-            return Some(vec![text(&terminal.render()), text(&ViewerMessage::Ended { state })]);
+            return Some(vec![text(&viewer.cells(terminal)), text(&ViewerMessage::Ended { state })]);
         }
     }
 }

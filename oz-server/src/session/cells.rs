@@ -1,50 +1,31 @@
 //! The cell view of a session: a viewer with no terminal emulator (the dashboard) is sent the
-//! screen as rows of text runs, rendered here from a `vt100` screen of its own, at most every
-//! [`CELLS_EVERY_MS`] milliseconds however fast the run prints.
-
-use std::num::NonZeroU16;
+//! screen as rows of text runs, rendered from the session's own `vt100` screen (one emulator per
+//! watched run, however many viewers), at most every [`CELLS_EVERY_MS`] milliseconds however fast
+//! the run prints.
 
 use oz_core::wire::session::{CELLS_EVERY_MS, CellRun, ViewerMessage};
 
-use super::{COLS, ROWS, ViewerFrame};
+use super::ViewerFrame;
 
 /// How often a changing screen is sent to a cell viewer.
 pub const CELLS_EVERY: std::time::Duration = std::time::Duration::from_millis(CELLS_EVERY_MS);
 
-/// One cell viewer's terminal: the frames it is sent, applied, and whether it changed since it was
-/// last rendered.
+/// One cell viewer's place: whether the screen changed since it was last sent one.
+#[derive(Debug, Default)]
 pub struct CellTerminal {
-    terminal: vt100::Parser,
     changed: bool,
 }
 
-impl Default for CellTerminal {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl CellTerminal {
-    /// A blank screen of the sessions' size.
+    /// Nothing to send until its first frame (always a whole screen), so no blank screen first.
     pub fn new() -> Self {
-        let size = |n: u16| NonZeroU16::new(n).unwrap_or(NonZeroU16::MIN);
-        // Unchanged until its first frame (always a whole screen), so no blank screen is sent first.
-        Self { terminal: vt100::Parser::new(size(ROWS), size(COLS), 0), changed: false }
+        Self::default()
     }
 
-    /// Applies a frame (a whole screen starts again from blank). `Ended` changes nothing.
+    /// Notes a frame the viewer was sent: the screen changed (an `Ended` changes nothing).
     pub fn apply(&mut self, frame: &ViewerFrame) {
-        match frame {
-            ViewerFrame::Screen(drawn) => {
-                *self = Self::new();
-                self.terminal.process(drawn.as_bytes());
-                self.changed = true;
-            }
-            ViewerFrame::Output(bytes) => {
-                self.terminal.process(bytes);
-                self.changed = true;
-            }
-            ViewerFrame::Ended(_) => {}
+        if !matches!(frame, ViewerFrame::Ended(_)) {
+            self.changed = true;
         }
     }
 
@@ -53,10 +34,9 @@ impl CellTerminal {
         self.changed
     }
 
-    /// The screen as a `cells` message.
-    pub fn render(&mut self) -> ViewerMessage {
+    /// `screen` (the session's, as it is now) as a `cells` message.
+    pub fn render(&mut self, screen: &vt100::Screen) -> ViewerMessage {
         self.changed = false;
-        let screen = self.terminal.screen();
         let (rows, cols) = screen.size();
         let (rows, cols) = (rows.get(), cols.get());
         let lines = (0..rows).map(|row| row_runs(screen, row, cols)).collect();
@@ -153,15 +133,25 @@ mod tests {
         }
     }
 
+    fn screen(bytes: &str) -> vt100::Parser {
+        let size = |n: u16| std::num::NonZeroU16::new(n).unwrap();
+        let mut parser = vt100::Parser::new(size(crate::session::ROWS), size(crate::session::COLS), 0);
+        parser.process(bytes.as_bytes());
+        parser
+    }
+
     #[test]
     fn runs_follow_the_look_of_the_cells_and_drop_trailing_blanks() {
         let mut t = CellTerminal::new();
         assert!(!t.changed(), "nothing to draw before the first frame");
-        t.apply(&ViewerFrame::Output("plain \x1b[1;31mred bold\x1b[0m end\r\nnext".into()));
+        t.apply(&ViewerFrame::Output("x".into()));
         assert!(t.changed());
-        let lines = lines(t.render());
+        let parser = screen("plain \x1b[1;31mred bold\x1b[0m end\r\nnext");
+        let lines = lines(t.render(parser.screen()));
         assert!(!t.changed());
-        assert_eq!(lines.len(), usize::from(ROWS));
+        t.apply(&ViewerFrame::Ended(oz_core::run::RunState::Succeeded));
+        assert!(!t.changed(), "an end draws nothing new");
+        assert_eq!(lines.len(), usize::from(crate::session::ROWS));
         let first: Vec<_> = lines[0].iter().map(|r| (r.text.as_str(), r.fg.as_deref(), r.bold)).collect();
         assert_eq!(first, [("plain ", None, false), ("red bold", Some("#cd0000"), true), (" end", None, false)]);
         assert_eq!(lines[1][0].text, "next");
@@ -169,11 +159,9 @@ mod tests {
     }
 
     #[test]
-    fn a_whole_screen_starts_again_and_the_palette_is_xterms() {
-        let mut t = CellTerminal::new();
-        t.apply(&ViewerFrame::Output("old text".into()));
-        t.apply(&ViewerFrame::Screen("\x1b[H\x1b[2J\x1b[38;5;196mnew".into()));
-        let lines = lines(t.render());
+    fn the_palette_is_xterms() {
+        let parser = screen("\x1b[38;5;196mnew");
+        let lines = lines(CellTerminal::new().render(parser.screen()));
         assert_eq!(lines[0].len(), 1);
         assert_eq!((lines[0][0].text.as_str(), lines[0][0].fg.as_deref()), ("new", Some("#ff0000")));
         assert_eq!(colour(vt100::Color::Idx(244)).as_deref(), Some("#808080"));
