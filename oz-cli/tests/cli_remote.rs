@@ -647,6 +647,43 @@ async fn an_unmanaged_agent_run_registers_as_local_is_watched_and_cancelled_from
     cli.stack.stop().await;
 }
 
+/// An unmanaged run has no worker to stop its sandbox: its runner follows the run's steering from
+/// before its clone, so a cancel stops it in its setup, not when its agent would have started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_stops_an_unmanaged_run_in_its_setup() {
+    let cli = Cli::start().await;
+    let client = cli.stack.client().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let env_file = work.path().join("env.json");
+    let setup = serde_json::json!({"name": "slow", "setup_commands": ["echo setting-up; sleep 60"]});
+    std::fs::write(&env_file, setup.to_string()).unwrap();
+    let env_arg = env_file.display().to_string();
+    let mut agent =
+        local_agent(&cli, work.path(), "slow setup", &["--environment-file", &env_arg], "echo the agent ran")
+            .spawn()
+            .unwrap();
+    let run_id = run_saying(&client, "slow setup", "setting-up").await;
+    client.runs().cancel(&run_id).await.unwrap();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), agent.wait())
+        .await
+        .expect("the runner stops in its setup")
+        .unwrap();
+    assert_eq!(out.code(), Some(130));
+    let mut ended = client.runs().get(&run_id).await.unwrap();
+    for _ in 0..40 {
+        if ended.state.is_terminal() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        ended = client.runs().get(&run_id).await.unwrap();
+    }
+    assert_eq!(ended.state, RunState::Cancelled, "{ended:?}");
+    let said: String = client.runs().transcript(&run_id).await.unwrap().iter().map(|e| e.to_string()).collect();
+    assert!(!said.contains("harness_started"), "the agent never started: {said}");
+    assert!(!said.contains("the agent ran"), "{said}");
+    cli.stack.stop().await;
+}
+
 /// `oz agent run` of `script` as an unmanaged run registered with the stack (with `extra` flags),
 /// its output dropped.
 fn local_agent(

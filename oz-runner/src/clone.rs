@@ -348,6 +348,8 @@ async fn git_in(git: &Path, dir: &Path, env: &[(String, String)], args: &[&str])
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(std::process::Stdio::null())
+        // A clone given up (the run cancelled) stops its git.
+        .kill_on_drop(true)
         .output()
         .await
         .map_err(|e| format!("could not run {}: {e}", git.display()))?;

@@ -427,6 +427,24 @@ async fn prepare_and_run(
         set_var(&mut child_env, env::MCP_SERVERS, mcp.clone());
     }
 
+    // The run's steering is followed from here on, so a cancel stops the clone and the setup too;
+    // what comes for the agent before it starts waits for it (follow-ups in the file, keys typed
+    // ahead). A continued run's steering is what came after the follow-up that continued it.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&followup_file)
+        .map_err(|e| (EXIT_USAGE, format!("could not create {}: {e}", followup_file.display())))?;
+    let to_harness = Arc::new(HarnessSteering::new(&followup_file, &harness));
+    let steer_after = continuation.as_ref().map_or(0, |c| c.after_seq);
+    let steering = AbortOnDrop(tokio::spawn(deliver_steering(
+        control.clone(),
+        to_harness.clone(),
+        stop.clone(),
+        log.clone(),
+        steer_after,
+    )));
+
     // A warm sandbox that prepared this environment: its history first, then only what may have
     // moved since (the repos' HEADs). One prepared for something else is prepared again.
     let mut warm = match prepared {
@@ -457,9 +475,13 @@ async fn prepare_and_run(
             refresh_heads(p.cloned.clone(), open, &child_env, &git_credentials, log).await?
         }
         None => {
-            let cloned =
-                clone_environment(&environment, &args.git_base_url, &workdir, &child_env, &git_credentials, false, log)
-                    .await?;
+            let clone =
+                clone_environment(&environment, &args.git_base_url, &workdir, &child_env, &git_credentials, false, log);
+            let mut cancel = ctx.cancel.clone();
+            let cloned = tokio::select! {
+                cloned = clone => cloned?,
+                _ = cancel.wait_for(|c| *c) => return Err((EXIT_CANCELLED, "cancelled while cloning".into())),
+            };
             run_setup(&environment, &child_env, &workdir, log, &ctx.cancel).await?;
             cloned
         }
@@ -478,21 +500,11 @@ async fn prepare_and_run(
         }
         None => harness.argv(&prompt, args.model.as_deref()),
     };
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&followup_file)
-        .map_err(|e| (EXIT_USAGE, format!("could not create {}: {e}", followup_file.display())))?;
-    let to_harness = Arc::new(HarnessSteering::new(&followup_file, &harness));
-    // A continued run's steering is what came after the follow-up that continued it.
-    let steer_after = continuation.as_ref().map_or(0, |c| c.after_seq);
-    let steering =
-        tokio::spawn(deliver_steering(control.clone(), to_harness.clone(), stop.clone(), log.clone(), steer_after));
     log.emit(RunnerEvent::HarnessStarted { harness: harness.to_string() }).await;
     let ended = run_turns(&harness, argv, &prompt, args.model.as_deref(), &to_harness, &child_env, &workdir, log, ctx)
         .instrument(info_span!("harness", harness = %harness))
         .await;
-    steering.abort();
+    drop(steering);
     let ended = ended?;
     if keeps_conversation {
         keep_conversation(control.as_ref(), &conversation, log).await;
@@ -528,6 +540,15 @@ async fn prepare_and_run(
     };
     log.emit(RunnerEvent::Finished { state, exit_code: Some(ended.code), message }).await;
     Ok(code)
+}
+
+/// Aborts its task when dropped (on every way out of the run, errors included).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Runs the harness: one turn, and for a preset another turn per batch of follow-ups that came
@@ -568,17 +589,29 @@ async fn run_turns(
     }
 }
 
-/// Where the steering of a running harness goes: follow-ups to `OZ_FOLLOWUP_FILE` (one JSON line
-/// each, which a preset's next turn also takes them from), interrupts and keys to the process of
-/// the turn that runs.
+/// Where the steering of the harness goes: follow-ups to `OZ_FOLLOWUP_FILE` (one JSON line each,
+/// which a preset's next turn also takes them from), interrupts and keys to the process of the turn
+/// that runs. Followed from before the clone: what comes before the agent starts waits for it.
 struct HarnessSteering {
     /// `OZ_FOLLOWUP_FILE`.
     followup_file: PathBuf,
     /// What becomes of a follow-up, as the announcement says it.
     followup_goes: String,
-    /// The running turn's channels; `None` once the harness has had its last turn. Held while a
-    /// follow-up is written, so none is written after the last look at the file.
-    turn: std::sync::Mutex<Option<TurnInputs>>,
+    /// Where the harness is. Held while a follow-up is written, so none is written after the last
+    /// look at the file.
+    turn: std::sync::Mutex<Turn>,
+}
+
+/// The most keys kept for an agent that has not started yet (type-ahead).
+const TYPE_AHEAD_BYTES: usize = 64 * 1024;
+
+enum Turn {
+    /// The agent has not started: keys typed meanwhile, for its first turn.
+    NotYet { typed_ahead: Vec<Bytes>, bytes: usize },
+    /// A turn's process runs.
+    Running(TurnInputs),
+    /// The harness has had its last turn.
+    Over,
 }
 
 struct TurnInputs {
@@ -596,19 +629,45 @@ impl HarnessSteering {
                 format!("queued for {preset}: it goes on with it in the same conversation when its current turn ends")
             }
         };
-        Self { followup_file: followup_file.to_owned(), followup_goes, turn: std::sync::Mutex::new(None) }
+        let turn = Turn::NotYet { typed_ahead: Vec::new(), bytes: 0 };
+        Self { followup_file: followup_file.to_owned(), followup_goes, turn: std::sync::Mutex::new(turn) }
     }
 
-    fn turn(&self) -> std::sync::MutexGuard<'_, Option<TurnInputs>> {
+    fn turn(&self) -> std::sync::MutexGuard<'_, Turn> {
         self.turn.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The channels of a new turn's process.
+    /// The channels of a new turn's process; the first gets the keys typed before it started.
     fn next_turn(&self) -> exec::Steer {
         let (interrupt, interrupts) = tokio::sync::mpsc::unbounded_channel();
         let (keys_in, keys) = tokio::sync::mpsc::unbounded_channel();
-        *self.turn() = Some(TurnInputs { interrupt, keys: keys_in });
+        let mut turn = self.turn();
+        if let Turn::NotYet { typed_ahead, .. } = &mut *turn {
+            for typed in typed_ahead.drain(..) {
+                let _ = keys_in.send(typed);
+            }
+        }
+        *turn = Turn::Running(TurnInputs { interrupt, keys: keys_in });
         exec::Steer { interrupts, keys }
+    }
+
+    /// Interrupts the running turn's process; false when none runs.
+    fn interrupt(&self) -> bool {
+        matches!(&*self.turn(), Turn::Running(t) if t.interrupt.send(()).is_ok())
+    }
+
+    /// Keys for the agent's terminal: to the running turn, or kept for the first one (at most
+    /// [`TYPE_AHEAD_BYTES`]); false when they go nowhere.
+    fn keys(&self, data: Bytes) -> bool {
+        match &mut *self.turn() {
+            Turn::Running(t) => t.keys.send(data).is_ok(),
+            Turn::NotYet { typed_ahead, bytes } if *bytes + data.len() <= TYPE_AHEAD_BYTES => {
+                *bytes += data.len();
+                typed_ahead.push(data);
+                true
+            }
+            Turn::NotYet { .. } | Turn::Over => false,
+        }
     }
 
     /// Writes a follow-up for the harness, unless it has had its last turn (under the turn's lock,
@@ -619,7 +678,7 @@ impl HarnessSteering {
         line.push(b'\n');
         let chars = followup.message.chars().count();
         let turn = self.turn();
-        if turn.is_none() {
+        if matches!(*turn, Turn::Over) {
             return format!(
                 "a follow-up ({chars} characters) came after the agent's last turn had ended: it was not handed to it"
             );
@@ -647,15 +706,16 @@ impl HarnessSteering {
             .collect();
         *taken = lines.len();
         if last || queued.is_empty() {
-            *turn = None;
+            *turn = Turn::Over;
             return Vec::new();
         }
         queued
     }
 }
 
-/// Hands each follow-up, interrupt and key the run gets to the harness ([`HarnessSteering`]) while
-/// it runs (the caller stops this when the harness ends), and stops the run when it is cancelled.
+/// Hands each follow-up, interrupt and key the run gets to the harness ([`HarnessSteering`]) from
+/// before the clone until the harness ends (the caller stops this then), and stops the run when it
+/// is cancelled, in its clone and setup too.
 /// A broken connection to the control plane is retried, resuming after the last one handed on,
 /// until the run's token is refused.
 async fn deliver_steering(
@@ -682,7 +742,7 @@ async fn deliver_steering(
                 }
                 Some(Ok((seq, Steering::Interrupt(_)))) => {
                     after = seq;
-                    let sent = to.turn().as_ref().is_some_and(|t| t.interrupt.send(()).is_ok());
+                    let sent = to.interrupt();
                     let said = if sent {
                         "interrupted: SIGINT was sent to the agent's processes"
                     } else {
@@ -694,10 +754,9 @@ async fn deliver_steering(
                     after = seq;
                     // Keys are not announced one by one (the terminal echoes them); only that
                     // they could not be passed on, once.
-                    let sent = to.turn().as_ref().is_some_and(|t| t.keys.send(Bytes::from(input.data)).is_ok());
-                    if !sent && !said_keys_dropped {
+                    if !to.keys(Bytes::from(input.data)) && !said_keys_dropped {
                         said_keys_dropped = true;
-                        log.announce("keys were typed into the session after the agent had ended").await;
+                        log.announce("keys typed into the session reached no agent (it had ended, or too many were typed before it started)").await;
                     }
                 }
                 Some(Ok((seq, Steering::Followup(followup)))) => {
@@ -913,6 +972,43 @@ fn read_artifacts(path: &Path, log: &EventLog) -> Vec<Artifact> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn followup(message: &str) -> oz_core::wire::api::FollowupEvent {
+        oz_core::wire::api::FollowupEvent { message: message.into(), mode: None, by: None }
+    }
+
+    /// The steering is followed from before the clone: what comes before the agent starts waits
+    /// for it, and nothing reaches it after its last turn.
+    #[tokio::test]
+    async fn steering_that_comes_before_the_agent_starts_waits_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("followups.ndjson");
+        std::fs::write(&file, "").unwrap();
+        let steering = HarnessSteering::new(&file, &Harness::Command(vec!["agent".into()]));
+        assert!(!steering.interrupt(), "no process to interrupt yet");
+        assert!(steering.keys(Bytes::from_static(b"yes\r")));
+        assert!(!steering.keys(Bytes::from(vec![b'x'; TYPE_AHEAD_BYTES])), "type-ahead is bounded");
+        assert!(steering.hand_followup(&followup("early")).contains("written to"));
+        let mut first = steering.next_turn();
+        assert_eq!(
+            first.keys.recv().await.unwrap(),
+            Bytes::from_static(b"yes\r"),
+            "typed ahead, delivered at its start"
+        );
+        assert!(steering.keys(Bytes::from_static(b"more")));
+        assert_eq!(first.keys.recv().await.unwrap(), Bytes::from_static(b"more"));
+        assert!(steering.interrupt());
+        assert!(first.interrupts.recv().await.is_some());
+        let mut taken = 0;
+        assert!(steering.queued_or_close(&mut taken, true).is_empty());
+        assert!(!steering.keys(Bytes::from_static(b"late")));
+        assert!(steering.hand_followup(&followup("late")).contains("was not handed"));
+        let written = std::fs::read_to_string(&file).unwrap();
+        assert!(written.contains("early") && !written.contains("late"), "{written}");
+    }
+
     #[test]
     fn secret_names() {
         for yes in [
