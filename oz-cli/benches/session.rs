@@ -4,11 +4,11 @@
 //!
 //! ```text
 //! cargo bench -p oz-cli --bench session [-- LINES]     (default 200 lines per case)
-//! cargo bench -p oz-cli --bench session -- throughput [MB] [ROUNDS]   (default 50 MB, 3 rounds)
+//! cargo bench -p oz-cli --bench session -- throughput [MB] [ROUNDS] [VIEWERS]   (default 50 MB, 3 rounds, 50 viewers)
 //! ```
 //!
 //! `throughput`: the agent writes MB megabytes (100-byte lines) as fast as its pipe takes them, with
-//! no viewer and with 50 viewers of its live session, alternately; the agent times its own writing
+//! no viewer and with VIEWERS viewers of its live session, alternately; the agent times its own writing
 //! (the pipe drains only as fast as the runner reports and the control plane stores), so a session
 //! that slowed the run would show there. Also the process's resident memory before and at the end
 //! of each run (the control plane, the worker and the viewers live in this one process).
@@ -200,6 +200,7 @@ fn main() {
     if std::env::args().nth(1).as_deref() == Some("throughput") {
         let mb: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(50);
         let rounds: usize = std::env::args().nth(3).and_then(|a| a.parse().ok()).unwrap_or(3);
+        let watchers: usize = std::env::args().nth(4).and_then(|a| a.parse().ok()).unwrap_or(50);
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         rt.block_on(async move {
             let dir = tempfile::tempdir().unwrap();
@@ -209,7 +210,7 @@ fn main() {
             println!("| round | viewers | agent wrote {mb} MB in (s) | MB/s | RSS before (MiB) | RSS peak (MiB) |");
             println!("|---|---|---|---|---|---|");
             for round in 1..=rounds {
-                for viewers in [0, 50] {
+                for viewers in [0, watchers] {
                     let (took, before, peak) = flood(&stack, dir.path(), viewers, mb).await;
                     println!(
                         "| {round} | {viewers} | {:.2} | {:.1} | {before:.0} | {peak:.0} |",

@@ -72,12 +72,29 @@ struct Screen {
     /// or the store failed): dropping the sender ends every viewer's receiver.
     live: Option<broadcast::Sender<LiveFrame>>,
     ended: Option<oz_core::run::RunState>,
-    /// The flood window: when it began, and the bytes sent as bytes in it.
+    /// The flood window: when it began, and the bytes the run wrote in it.
     window: (tokio::time::Instant, usize),
     /// Whether the screen has bytes no viewer was sent (a flood): the screen goes out at the
     /// window's end.
     withheld: bool,
+    /// Whether the window before was a flood too: then this one sends no bytes at all, only its
+    /// screen at its end (a flood that goes on costs its viewers ten screens a second, nothing
+    /// more), until a window is quiet again.
+    flooding: bool,
+    /// Bytes withheld under a flood, not yet given to the emulator: they are when the screen is
+    /// next drawn, at most the last [`FLOOD_TAIL`] of them ([`Screen::settle`]).
+    pending: Vec<u8>,
+    /// Whether the session follows the run live (after the history it was made from): only then
+    /// does a flood withhold bytes.
+    following: bool,
 }
+
+/// Of the bytes withheld in one flood window, the most the emulator is given when the screen is
+/// drawn: the last 256 KiB (thousands of lines, a screen many times over), from a line's start.
+/// What came before them in that window scrolled off the screen anyway, for line-by-line output;
+/// emulating it all would cost the server as much as the run that floods. The history keeps every
+/// byte; a viewer who joins later is drawn a screen rebuilt from it.
+pub const FLOOD_TAIL: usize = 256 * 1024;
 
 impl Screen {
     fn new() -> Self {
@@ -90,6 +107,9 @@ impl Screen {
             ended: None,
             window: (tokio::time::Instant::now(), 0),
             withheld: false,
+            flooding: false,
+            pending: Vec::new(),
+            following: false,
         }
     }
 
@@ -100,15 +120,21 @@ impl Screen {
         }
         self.after = event.seq;
         if let Some(bytes) = terminal_bytes(event) {
-            self.terminal.process(&bytes);
+            if !self.following {
+                self.terminal.process(&bytes);
+                return;
+            }
             let now = tokio::time::Instant::now();
             if !self.withheld && now >= self.window.0 + FLOOD_WINDOW {
+                // A quiet window passed: bytes again.
                 self.window = (now, 0);
+                self.flooding = false;
             }
-            if self.withheld || self.window.1 + bytes.len() > RAW_BUDGET {
-                self.withheld = true;
+            self.window.1 += bytes.len();
+            if self.flooding || self.withheld || self.window.1 > RAW_BUDGET {
+                self.withhold(&bytes);
             } else if let Some(live) = &self.live {
-                self.window.1 += bytes.len();
+                self.terminal.process(&bytes);
                 let mut rest = bytes;
                 while !rest.is_empty() {
                     let piece = rest.split_to(rest.len().min(MAX_CHUNK));
@@ -121,6 +147,34 @@ impl Screen {
         }
     }
 
+    /// Keeps `bytes` from the viewers until the window ends; of what a window withholds, only the
+    /// last [`FLOOD_TAIL`] bytes are kept for the emulator.
+    fn withhold(&mut self, bytes: &[u8]) {
+        self.withheld = true;
+        self.pending.extend_from_slice(bytes);
+        if self.pending.len() > 2 * FLOOD_TAIL {
+            self.trim_pending();
+        }
+    }
+
+    fn trim_pending(&mut self) {
+        let Some(excess) = self.pending.len().checked_sub(FLOOD_TAIL).filter(|e| *e > 0) else { return };
+        // From a line's start, so no escape sequence is cut in two.
+        let cut = self.pending[excess..].iter().position(|b| *b == b'\n').map_or(self.pending.len(), |at| excess + at + 1);
+        self.pending.drain(..cut);
+    }
+
+    /// Gives the emulator what was withheld (its last [`FLOOD_TAIL`] bytes), so the screen is
+    /// the run's as it is now.
+    fn settle(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        self.trim_pending();
+        self.terminal.process(&self.pending);
+        self.pending.clear();
+    }
+
     /// When the screen withheld under a flood is due to its viewers (`None`: nothing withheld).
     fn screen_due(&self) -> Option<tokio::time::Instant> {
         self.withheld.then_some(self.window.0 + FLOOD_WINDOW)
@@ -131,15 +185,17 @@ impl Screen {
         if !std::mem::replace(&mut self.withheld, false) {
             return;
         }
+        self.flooding = self.window.1 > RAW_BUDGET;
         self.window = (tokio::time::Instant::now(), 0);
+        let drawn = self.drawn();
         if let Some(live) = &self.live {
-            let _ = live.send(LiveFrame::Screen(self.drawn().into()));
+            let _ = live.send(LiveFrame::Screen(drawn.into()));
         }
     }
 
     /// What a viewer joining now is sent first, and the live frames after it (`None` once the
     /// follower stopped: then the frames end with the run's end, if known).
-    fn join(&self) -> (VecDeque<ViewerFrame>, Option<broadcast::Receiver<LiveFrame>>) {
+    fn join(&mut self) -> (VecDeque<ViewerFrame>, Option<broadcast::Receiver<LiveFrame>>) {
         let screen = ViewerFrame::Screen(self.drawn());
         match (&self.live, self.ended) {
             (Some(live), None) => (VecDeque::from([screen]), Some(live.subscribe())),
@@ -148,7 +204,8 @@ impl Screen {
         }
     }
 
-    fn drawn(&self) -> String {
+    fn drawn(&mut self) -> String {
+        self.settle();
         // Reset attributes and clear, then the screen as it is.
         format!("\x1b[0m\x1b[H\x1b[2J{}", self.terminal.screen().state_formatted())
     }
@@ -216,7 +273,9 @@ impl Viewer {
     /// The session's screen as it is now, as a `cells` message for `cells` (a viewer with no
     /// emulator of its own: one emulator per session serves them all).
     pub fn cells(&self, cells: &mut cells::CellTerminal) -> oz_core::wire::session::ViewerMessage {
-        cells.render(lock(&self.screen).terminal.screen())
+        let mut screen = lock(&self.screen);
+        screen.settle();
+        cells.render(screen.terminal.screen())
     }
 }
 
@@ -291,6 +350,8 @@ impl SessionHub {
             if s.ended.is_some() {
                 s.live = None;
             }
+            // From here on, live: a flood withholds its bytes from the viewers.
+            s.following = true;
             s.ended.is_some()
         };
         if !ended {
@@ -332,6 +393,30 @@ async fn catch_up(store: &dyn Store, run_id: &str, screen: &Arc<Mutex<Screen>>) 
     }
 }
 
+/// Feeds `first` and the events published after it that are already queued, while each is the
+/// next of the run; false at a gap or a lag (the store has what fell between).
+fn feed_published(
+    screen: &Mutex<Screen>,
+    first: RunEventRecord,
+    woken: &mut broadcast::Receiver<RunEventRecord>,
+) -> bool {
+    let mut next = Ok(first);
+    loop {
+        match next {
+            Ok(event) => {
+                let mut s = lock(screen);
+                if event.seq > s.after + 1 {
+                    return false;
+                }
+                s.feed(&event);
+            }
+            Err(broadcast::error::TryRecvError::Empty) => return true,
+            Err(_) => return false,
+        }
+        next = woken.try_recv();
+    }
+}
+
 /// How many looks in a row at a run whose row has ended, with no state event stored, before its
 /// session ends with the row's state (the row changes before its state event is stored; a crash
 /// between the two leaves no event).
@@ -358,7 +443,14 @@ async fn follow(
         if let Ok(Err(broadcast::error::RecvError::Closed)) = waited {
             woken = hub.events.subscribe(&run_id);
         }
-        if let Err(e) = catch_up(&*hub.store, &run_id, &screen).await {
+        // The events published in order are fed as they came (no store read); a gap, a lag or a
+        // silence sends the session to the store, which has every event in order.
+        let timed_out = waited.is_err();
+        let in_order = match waited {
+            Ok(Ok(first)) => feed_published(&screen, first, &mut woken),
+            _ => false,
+        };
+        if !in_order && let Err(e) = catch_up(&*hub.store, &run_id, &screen).await {
             tracing::warn!(run_id, error = %e, "a live session could not read the run's events; its viewers are let go");
             break;
         }
@@ -368,7 +460,7 @@ async fn follow(
                 s.send_withheld();
             }
         }
-        let looked = waited.is_err() && due.is_none_or(|d| d >= look);
+        let looked = timed_out && due.is_none_or(|d| d >= look);
         if looked && lock(&screen).ended.is_none() {
             match hub.store.run_by_id(&run_id).await {
                 Ok(Some(run)) if run.state.is_terminal() => {
@@ -418,6 +510,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn under_a_flood_viewers_are_sent_the_screen_instead_of_the_bytes_and_see_the_same() {
         let mut screen = Screen::new();
+        screen.following = true;
         let mut live = screen.live.as_ref().unwrap().subscribe();
         let mut viewer = vt100::Parser::new(NonZeroU16::new(ROWS).unwrap(), NonZeroU16::new(COLS).unwrap(), 0);
         let mut take = |live: &mut broadcast::Receiver<LiveFrame>| {
@@ -457,11 +550,39 @@ mod tests {
         assert_eq!(kinds, ["screen"]);
         assert_eq!(seen, screen.terminal.screen().contents(), "the viewer sees what the session does");
         assert!(seen.contains("the flood's last line"), "{seen}");
-        // The flood is over: bytes again, from where the screen left them.
-        screen.feed(&output(40, "quiet again\n"));
+        // The flood goes on: no bytes at all now, the screen at the window's end.
+        screen.feed(&output(40, &line.repeat(1000)));
+        assert_eq!(take(&mut live).0, Vec::<&str>::new());
+        tokio::time::advance(FLOOD_WINDOW).await;
+        screen.send_withheld();
+        assert_eq!(take(&mut live).0, ["screen"]);
+        // Quiet: after a window with little output, bytes again, from where the screen left them.
+        screen.feed(&output(41, "almost quiet\n"));
+        tokio::time::advance(FLOOD_WINDOW).await;
+        screen.send_withheld();
+        assert_eq!(take(&mut live).0, ["screen"]);
+        tokio::time::advance(FLOOD_WINDOW).await;
+        screen.feed(&output(42, "quiet again\n"));
         let (kinds, seen) = take(&mut live);
         assert_eq!(kinds, ["bytes"]);
         assert_eq!(seen, screen.terminal.screen().contents());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_far_larger_than_the_tail_draws_the_screen_a_full_emulation_does() {
+        let mut screen = Screen::new();
+        screen.following = true;
+        let mut full = vt100::Parser::new(NonZeroU16::new(ROWS).unwrap(), NonZeroU16::new(COLS).unwrap(), 0);
+        for seq in 1..=200i64 {
+            let text: String = (0..100).map(|i| format!("\x1b[32mline {seq}.{i}\x1b[0m {}\n", "y".repeat(80))).collect();
+            full.process(text.replace('\n', "\r\n").as_bytes());
+            screen.feed(&output(seq, &text));
+        }
+        assert!(screen.pending.len() <= 2 * FLOOD_TAIL, "what is withheld stays bounded");
+        tokio::time::advance(FLOOD_WINDOW).await;
+        screen.send_withheld();
+        assert_eq!(screen.terminal.screen().contents(), full.screen().contents());
+        assert_eq!(screen.terminal.screen().contents_formatted(), full.screen().contents_formatted());
     }
 
     #[test]
