@@ -209,16 +209,27 @@ fn main() {
                 .unwrap();
             println!("| round | viewers | agent wrote {mb} MB in (s) | MB/s | RSS before (MiB) | RSS peak (MiB) |");
             println!("|---|---|---|---|---|---|");
+            let mut took_by = [Vec::new(), Vec::new()];
             for round in 1..=rounds {
-                for viewers in [0, watchers] {
+                for (case, viewers) in [0, watchers].into_iter().enumerate() {
                     let (took, before, peak) = flood(&stack, dir.path(), viewers, mb).await;
                     println!(
                         "| {round} | {viewers} | {:.2} | {:.1} | {before:.0} | {peak:.0} |",
                         took.as_secs_f64(),
                         mb as f64 / took.as_secs_f64()
                     );
+                    took_by[case].push(took.as_secs_f64());
                 }
             }
+            let median = |v: &mut Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            let (none, some) = (median(&mut took_by[0]), median(&mut took_by[1]));
+            println!(
+                "\nmedian: {none:.2} s with no viewer, {some:.2} s with {watchers}: {:+.1}%",
+                (some / none - 1.0) * 100.0
+            );
             stack.stop().await;
         });
         return;

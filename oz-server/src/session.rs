@@ -160,7 +160,8 @@ impl Screen {
     fn trim_pending(&mut self) {
         let Some(excess) = self.pending.len().checked_sub(FLOOD_TAIL).filter(|e| *e > 0) else { return };
         // From a line's start, so no escape sequence is cut in two.
-        let cut = self.pending[excess..].iter().position(|b| *b == b'\n').map_or(self.pending.len(), |at| excess + at + 1);
+        let cut =
+            self.pending[excess..].iter().position(|b| *b == b'\n').map_or(self.pending.len(), |at| excess + at + 1);
         self.pending.drain(..cut);
     }
 
@@ -574,7 +575,8 @@ mod tests {
         screen.following = true;
         let mut full = vt100::Parser::new(NonZeroU16::new(ROWS).unwrap(), NonZeroU16::new(COLS).unwrap(), 0);
         for seq in 1..=200i64 {
-            let text: String = (0..100).map(|i| format!("\x1b[32mline {seq}.{i}\x1b[0m {}\n", "y".repeat(80))).collect();
+            let text: String =
+                (0..100).map(|i| format!("\x1b[32mline {seq}.{i}\x1b[0m {}\n", "y".repeat(80))).collect();
             full.process(text.replace('\n', "\r\n").as_bytes());
             screen.feed(&output(seq, &text));
         }
