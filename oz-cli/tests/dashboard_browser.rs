@@ -1,8 +1,9 @@
 //! The dashboard in a real headless Chromium (Debian's `chromium`, driven through `chromedriver`
 //! by WebDriver) against a local stack over real sockets: signing in, the runs list updating live, a
 //! run's terminal as it happens, a follow-up typed in the page reaching the running agent, keys typed
-//! into its terminal answering the agent's question, the Interrupt button, a viewer who can neither
-//! steer nor type, another team's run out of reach. Screenshots of each page are written to
+//! into its terminal answering the agent's question, the Interrupt button, a follow-up after the
+//! run's end continuing it in the same page, a viewer who can neither steer nor type, another team's
+//! run out of reach, the workers page with a warm pool. Screenshots of each page are written to
 //! `target/test-artifacts/dashboard/` (or `$OZ_SCREENSHOT_DIR`).
 //!
 //! Skipped, loudly, when `chromedriver` is not installed, unless `OZ_REQUIRE_BROWSER=1` (CI sets it).
@@ -372,6 +373,31 @@ async fn the_dashboard_shows_runs_live_steers_them_and_keeps_viewers_and_other_t
         .await
         .unwrap();
     assert!(!listed.to_string().contains(&other_run), "{listed}");
+
+    // The workers page: the worker, its load, and its warm pool filling up for an environment.
+    stack
+        .warm_pools
+        .add(oz_worker::pool::WarmPoolConfig {
+            environment: quick.clone(),
+            size: 1,
+            max_size: None,
+            idle_secs: 600,
+            refresh_secs: 60,
+            max_age_secs: 3600,
+            ready_within_secs: 120,
+            max_memory_mb: None,
+        })
+        .unwrap();
+    browser.client.goto(&format!("{base}/workers")).await.unwrap();
+    browser.until("the worker is listed", "return document.querySelector('#workers td') && document.querySelector('#workers td').textContent === 'local'").await;
+    browser
+        .until(
+            "its warm pool shows a ready sandbox for the environment, by name",
+            "const row = document.querySelector('#warm-pools tbody tr'); \
+             return !!row && row.children[1].textContent === 'browser' && row.children[2].textContent === '1'",
+        )
+        .await;
+    browser.screenshot("workers").await;
 
     browser.client.clone().close().await.unwrap();
     stack.stop().await;

@@ -157,6 +157,36 @@ function simplePage(main, path, key, columns, cells, empty) {
   setInterval(refresh, 5000);
 }
 
+// The workers, their load, and each one's warm pools (sandboxes prepared before their tasks).
+function workersPage(main) {
+  const workers = table(["Worker", "Connections", "Runs in flight", "Warm sandboxes ready"]);
+  workers.node.id = "workers";
+  const pools = table(["Worker", "Environment", "Ready", "Warming", "Target", "Oldest ready", "Hits", "Misses", "Memory", "Last error"]);
+  pools.node.id = "warm-pools";
+  main.append(workers.node, el("h2", { text: "Warm pools" }), pools.node);
+  const age = (secs) => (secs === undefined || secs === null ? "" : secs < 120 ? secs + " s" : Math.round(secs / 60) + " min");
+  const mib = (bytes) => (bytes === undefined || bytes === null ? "" : (bytes / 1048576).toFixed(0) + " MiB");
+  async function refresh() {
+    try {
+      const [data, envs] = await Promise.all([api("/workers"), api("/agent/environments")]);
+      const names = new Map((envs.environments || []).map((e) => [e.uid, (e.config && e.config.name) || e.uid]));
+      const list = data.workers || [];
+      fillRows(workers.rows, list, (w) => [w.worker_id, String(w.connections), String(w.runs_in_flight),
+        String((w.warm_pools || []).reduce((n, p) => n + (p.ready || 0), 0))], "No workers connected.");
+      const rows = list.flatMap((w) => (w.warm_pools || []).map((p) => ({ worker: w.worker_id, ...p })));
+      fillRows(pools.rows, rows, (p) => [p.worker, names.get(p.environment) || p.environment, String(p.ready),
+        String(p.warming), String(p.target || ""), age(p.oldest_ready_secs), String(p.hits), String(p.misses),
+        mib(p.memory_bytes), p.last_error ? el("span", { class: "error", text: p.last_error }) : ""],
+        "No warm pools: a worker keeps sandboxes ready for the environments in its warm_pools setting.");
+      notice("");
+    } catch (e) {
+      notice("The workers could not be read: " + e.message, "error");
+    }
+  }
+  refresh();
+  setInterval(refresh, 2000);
+}
+
 // ---- a run --------------------------------------------------------------------------------------
 
 function terminalView() {
@@ -422,9 +452,7 @@ function start() {
       return simplePage(main, "/integrations", "integrations", ["Name", "Kind", "Enabled", "Webhook"],
         (i) => [i.name, i.kind, i.enabled ? "yes" : "no", i.webhook_url], "No integrations.");
     case "workers":
-      return simplePage(main, "/workers", "workers", ["Worker", "Connections", "Runs in flight", "Warm pools"],
-        (w) => [w.worker_id, String(w.connections), String(w.runs_in_flight),
-          (w.warm_pools || []).map((p) => (p.environment_id || "") + ": " + (p.ready ?? "") + " ready").join(", ")], "No workers connected.");
+      return workersPage(main);
     case "missing":
       notice("There is no such run, or it is not your team's.", "error");
       return;
