@@ -186,8 +186,13 @@ impl GitCredentialBroker {
             .transpose()
             .map_err(|e| ApiError::invalid(format!("config.credential_strategy: {e}")))?
             .unwrap_or_default();
-        let user = run.creator_id.clone().map(RunUser::new);
-        let identity = RunIdentity { strategy, creator: user.clone(), executor: user };
+        let creator = run.creator_id.clone().map(RunUser::new);
+        // A run continued after its end runs for whoever continued it.
+        let executor = match run.continuation.as_ref() {
+            Some(c) => c.by.clone().map(RunUser::new),
+            None => creator.clone(),
+        };
+        let identity = RunIdentity { strategy, creator, executor };
         let run_id = RunId::parse(&run.id).map_err(|e| ApiError::invalid(e.to_string()))?;
         let request =
             CredentialRequest::new(run_id, environment.github_repos.clone(), Access::ReadWrite).with_identity(identity);

@@ -202,9 +202,6 @@ impl Lifecycle {
         }
         may_continue(&current)?;
         let to = current.state.reopen().map_err(|e| ApiError::conflict(e.to_string()))?;
-        let after_seq = self.append(run_id, now, followup.to_event()).await?;
-        let continuation =
-            crate::store::RunContinuation { message: followup.message.clone(), mode: followup.mode.clone(), after_seq };
         let execution = current.execution_count + 1;
         let message = oz_core::wire::api::StatusMessage {
             message: format!("continued by a follow-up after it ended {}: execution {execution}", current.state),
@@ -212,8 +209,18 @@ impl Lifecycle {
             retryable: None,
             session_debug_until: None,
         };
-        let run = self.store.continue_run(run_id, current.state, &continuation, &message, now).await?;
+        // The state change is stored first: a reader of the history never sees the follow-up
+        // after the end without the run going on. The new execution's steering starts after the
+        // follow-up, which is its prompt.
         self.append(run_id, now, json!({"event": "state", "state": to, "status_message": message})).await?;
+        let after_seq = self.append(run_id, now, followup.to_event()).await?;
+        let continuation = crate::store::RunContinuation {
+            message: followup.message.clone(),
+            mode: followup.mode.clone(),
+            after_seq,
+            by: followup.by.clone(),
+        };
+        let run = self.store.continue_run(run_id, current.state, &continuation, &message, now).await?;
         let age = std::time::Duration::try_from(now.duration_since(run.created_at)).unwrap_or_default();
         self.metrics.state_changed(run.state, age);
         tracing::info!(run_id, from = %current.state, to = %run.state, execution, "run continued by a follow-up");

@@ -439,6 +439,53 @@ async fn a_followup_to_an_ended_run_continues_it_in_a_new_execution_that_stale_m
     assert!(seen.find("SUCCEEDED").unwrap() < seen.rfind("FAILED").unwrap());
 }
 
+/// A member's key, for a user of their own.
+async fn member(t: &TestServer, name: &str) -> String {
+    let (status, user) = t.post("/admin/users", &t.key_a, json!({"name": name, "role": "member"})).await;
+    assert_eq!(status, 200, "{user}");
+    let (status, key) = t.post("/admin/keys", &t.key_a, json!({"name": name, "user_id": user["id"]})).await;
+    assert_eq!(status, 200, "{key}");
+    key["key"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn only_its_creator_or_an_admin_continues_an_ended_run_whose_credentials_act_as_its_creator() {
+    let t = TestServer::start().await;
+    let (ann, bob) = (member(&t, "ann").await, member(&t, "bob").await);
+    let end = |run: String| async {
+        let (status, _) = t.post(&format!("/agent/runs/{run}/cancel"), &t.key_a, json!({})).await;
+        assert_eq!(status, 200);
+        t.wait_state(&t.key_a, &run, "CANCELLED").await;
+        run
+    };
+    let anns = end(t.create_run(&ann, "w1", "ann's work").await).await;
+    let (status, body) = t.post(&format!("/agent/runs/{anns}/followups"), &bob, json!({"message": "mine now"})).await;
+    assert_problem(status, &body, 403, "not_authorized");
+    assert!(body["detail"].as_str().unwrap().contains("act as its creator"), "{body}");
+    assert_eq!(t.state_of(&t.key_a, &anns).await, "CANCELLED", "nothing moved");
+    assert!(t.followups_of(&t.key_a, &anns).await.is_empty(), "nothing was recorded");
+    let (status, body) = t.post(&format!("/agent/runs/{anns}/followups"), &ann, json!({"message": "go on"})).await;
+    assert_eq!((status, body["state"].as_str()), (200, Some("QUEUED")), "{body}");
+    // Credentials that act as whoever runs it: a teammate who may steer it continues it, for them.
+    let (status, created) = t
+        .post(
+            "/agent/runs",
+            &ann,
+            json!({"prompt": "shared", "config": {"worker_host": "w1", "credential_strategy": "EXECUTOR"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let shared = end(created["run_id"].as_str().unwrap().to_owned()).await;
+    let (status, body) =
+        t.post(&format!("/agent/runs/{shared}/followups"), &bob, json!({"message": "bob's turn"})).await;
+    assert_eq!((status, body["state"].as_str()), (200, Some("QUEUED")), "{body}");
+    let stored = t.store.run_by_id(&shared).await.unwrap().unwrap();
+    let continuation = stored.continuation.unwrap();
+    assert_eq!(continuation.message, "bob's turn");
+    assert!(continuation.by.is_some());
+    assert_ne!(continuation.by, stored.creator_id, "the new execution runs for bob, not its creator");
+}
+
 #[tokio::test]
 async fn a_local_run_that_ended_cannot_be_continued_by_a_followup() {
     let t = TestServer::start().await;

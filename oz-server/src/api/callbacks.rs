@@ -139,7 +139,7 @@ pub async fn resolved(
         Some(c) => Some(Continuation {
             execution: run.execution_count,
             after_seq: c.after_seq,
-            conversation: state.store.conversation(&run.id).await?.is_some(),
+            conversation: state.store.has_conversation(&run.id).await?,
         }),
         None => None,
     };

@@ -413,6 +413,20 @@ pub async fn followup(
                 ended.id
             )));
         }
+        // Its git credentials act as its creator (the default strategy): a new execution mints
+        // new ones, so only the creator, or an admin, may start one for a run that ended.
+        let as_creator = ended
+            .config
+            .as_ref()
+            .and_then(|c| c.credential_strategy.as_deref())
+            .is_none_or(|s| s.eq_ignore_ascii_case("CREATOR"));
+        let is_creator = caller.user_id.is_some() && caller.user_id == ended.creator_id;
+        if as_creator && caller.role < Role::Admin && !is_creator {
+            return Err(ApiError::forbidden(format!(
+                "run {} has ended and its git credentials act as its creator: only its creator or an admin may continue it (or start a new run)",
+                ended.id
+            )));
+        }
         if ended.worker_host.is_none() {
             return Err(ApiError::conflict(format!(
                 "run {} ran where it was registered (LOCAL) and has ended: no worker can continue it; run `oz agent run` again there",

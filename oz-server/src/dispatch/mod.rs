@@ -268,6 +268,7 @@ impl Dispatcher {
                 // execution may be offered (see `dispatch_once`).
                 if !matches!(message, WorkerMessage::TaskClaimed(_)) {
                     self.track(conn_id, &task_id, false);
+                    self.wake();
                 }
                 return;
             }

@@ -241,6 +241,10 @@ pub struct RunContinuation {
     pub mode: Option<String>,
     /// The run's event that recorded the follow-up; the new execution's steering comes after it.
     pub after_seq: i64,
+    /// The user who continued the run: the new execution runs for them (its executor, whose git
+    /// credentials act under the `EXECUTOR` strategy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 /// Filters of `GET /agent/runs`.
@@ -531,6 +535,8 @@ pub trait Store: PrincipalStore + SecretStore + ScheduleStore + IntegrationStore
     -> Result<(), StoreError>;
     /// A run's stored conversation, sealed.
     async fn conversation(&self, run_id: &str) -> Result<Option<String>, StoreError>;
+    /// Whether a run has a stored conversation (without reading it).
+    async fn has_conversation(&self, run_id: &str) -> Result<bool, StoreError>;
     /// The runs whose conversation is sealed with another key than `key_id` (resealed after a
     /// rotation).
     async fn conversations_sealed_with_other_keys(&self, key_id: &str) -> Result<Vec<String>, StoreError>;

@@ -450,6 +450,14 @@ impl Store for SqliteStore {
         Ok(row.map(|(sealed,)| sealed))
     }
 
+    async fn has_conversation(&self, run_id: &str) -> Result<bool, StoreError> {
+        let row: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM run_conversations WHERE run_id = ?")
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
     async fn conversations_sealed_with_other_keys(&self, key_id: &str) -> Result<Vec<String>, StoreError> {
         let rows: Vec<(String,)> =
             sqlx::query_as("SELECT run_id FROM run_conversations WHERE substr(sealed, 1, length(?1)) <> ?1")
