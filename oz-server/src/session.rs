@@ -89,11 +89,13 @@ struct Screen {
     following: bool,
 }
 
-/// Of the bytes withheld in one flood window, the most the emulator is given when the screen is
-/// drawn: the last 256 KiB (thousands of lines, a screen many times over), from a line's start.
-/// What came before them in that window scrolled off the screen anyway, for line-by-line output;
-/// emulating it all would cost the server as much as the run that floods. The history keeps every
-/// byte; a viewer who joins later is drawn a screen rebuilt from it.
+/// Of the bytes withheld in one flood window, the most kept for the emulator: the last 256 KiB
+/// (thousands of lines), from a line's start. What came before them is skipped only when skipping
+/// it cannot change the screen: it and the tail are plain lines (text, tabs, backspaces, colours)
+/// and the tail has at least twice the screen's rows of them, so whatever the skipped part drew
+/// has scrolled off by the tail's end; its colours are replayed. Anything else (cursor moves, modes,
+/// other escapes) is emulated in full. Emulating a flood of log lines byte by byte would cost the
+/// server as much as the run that floods; the history keeps every byte either way.
 pub const FLOOD_TAIL: usize = 256 * 1024;
 
 impl Screen {
@@ -160,9 +162,24 @@ impl Screen {
     fn trim_pending(&mut self) {
         let Some(excess) = self.pending.len().checked_sub(FLOOD_TAIL).filter(|e| *e > 0) else { return };
         // From a line's start, so no escape sequence is cut in two.
-        let cut =
-            self.pending[excess..].iter().position(|b| *b == b'\n').map_or(self.pending.len(), |at| excess + at + 1);
-        self.pending.drain(..cut);
+        let cut = self.pending[excess..].iter().position(|b| *b == b'\n').map(|at| excess + at + 1);
+        let skip = cut.and_then(|cut| {
+            let (skipped, kept) = self.pending.split_at(cut);
+            let enough_lines = kept.iter().filter(|b| **b == b'\n').count() >= 2 * usize::from(ROWS);
+            (enough_lines && plain_lines(kept).is_some()).then(|| plain_lines(skipped)).flatten().map(|c| (cut, c))
+        });
+        match skip {
+            Some((cut, colours)) => {
+                self.pending.splice(..cut, colours);
+            }
+            None => {
+                // Not safe to skip: emulated now, in full (the emulator takes a sequence cut in
+                // two across calls).
+                let upto = cut.unwrap_or(excess);
+                self.terminal.process(&self.pending[..upto]);
+                self.pending.drain(..upto);
+            }
+        }
     }
 
     /// Gives the emulator what was withheld (its last [`FLOOD_TAIL`] bytes), so the screen is
@@ -210,6 +227,45 @@ impl Screen {
         // Reset attributes and clear, then the screen as it is.
         format!("\x1b[0m\x1b[H\x1b[2J{}", self.terminal.screen().state_formatted())
     }
+}
+
+/// If `bytes` are plain lines (printable text, CR, LF, tab, backspace, and colour sequences
+/// `ESC [ ... m`), the colour sequences that leave a terminal's attributes as skipping them would
+/// not (a reset and what came after the last one, or all of them when none resets); `None` for
+/// anything else, or when that is more than 4 KiB.
+fn plain_lines(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut colours = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            0x1b => {
+                if bytes.get(i + 1) != Some(&b'[') {
+                    return None;
+                }
+                let params = i + 2;
+                let end =
+                    params + bytes[params..].iter().position(|b| !(b.is_ascii_digit() || *b == b';' || *b == b':'))?;
+                if bytes[end] != b'm' {
+                    return None;
+                }
+                let sequence = &bytes[i..=end];
+                if matches!(&bytes[params..end], b"" | b"0") {
+                    colours.clear();
+                    colours.extend_from_slice(b"\x1b[0m");
+                } else {
+                    colours.extend_from_slice(sequence);
+                }
+                if colours.len() > 4096 {
+                    return None;
+                }
+                i = end + 1;
+            }
+            b'\r' | b'\n' | b'\t' | 0x08 => i += 1,
+            0x00..=0x1f | 0x7f => return None,
+            _ => i += 1,
+        }
+    }
+    Some(colours)
 }
 
 /// The bytes an output event puts on the terminal. Output reported from pipes has bare `\n` line
@@ -585,6 +641,64 @@ mod tests {
         screen.send_withheld();
         assert_eq!(screen.terminal.screen().contents(), full.screen().contents());
         assert_eq!(screen.terminal.screen().contents_formatted(), full.screen().contents_formatted());
+    }
+
+    /// Floods of every shape draw, at the window's end, the screen a terminal fed every byte shows.
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_any_shape_draws_the_screen_a_full_emulation_does() {
+        let tui = |n: usize| {
+            let rows: String =
+                (0..40).map(|r| format!("\x1b[{};1H\x1b[7mframe {n} row {r}\x1b[0m\x1b[K", r + 1)).collect();
+            format!("\x1b[?1049h\x1b[H{rows}{}", "z".repeat(3000))
+        };
+        let floods: [(&str, Box<dyn Fn(usize) -> String>); 4] = [
+            ("cursor-addressed redraws", Box::new(tui)),
+            ("a progress bar, no line ends", Box::new(|n| format!("\r[{:>6}] {}", n, "#".repeat(n % 90 + 4000)))),
+            (
+                "lines coloured once, never reset",
+                Box::new(|n| {
+                    let colour = if n == 1 { "\x1b[1;33m" } else { "" };
+                    format!(
+                        "{colour}{}",
+                        (0..60).map(|i| format!("log {n}.{i} {}\n", "w".repeat(60))).collect::<String>()
+                    )
+                }),
+            ),
+            (
+                "lines with a scroll region set in the middle",
+                Box::new(|n| {
+                    let region = if n == 150 { "\x1b[5;30r" } else { "" };
+                    format!("{region}{}", (0..60).map(|i| format!("{n}.{i} {}\n", "v".repeat(70))).collect::<String>())
+                }),
+            ),
+        ];
+        for (shape, flood) in floods {
+            let mut screen = Screen::new();
+            screen.following = true;
+            let mut full = vt100::Parser::new(NonZeroU16::new(ROWS).unwrap(), NonZeroU16::new(COLS).unwrap(), 0);
+            for n in 1..=300usize {
+                let text = flood(n);
+                let event = output(i64::try_from(n).unwrap(), &text);
+                full.process(&terminal_bytes(&event).unwrap());
+                screen.feed(&event);
+            }
+            assert!(screen.pending.len() <= 2 * FLOOD_TAIL + 8192, "{shape}: bounded");
+            tokio::time::advance(FLOOD_WINDOW).await;
+            screen.send_withheld();
+            assert_eq!(screen.terminal.screen().contents_formatted(), full.screen().contents_formatted(), "{shape}");
+            assert_eq!(screen.terminal.screen().cursor_position(), full.screen().cursor_position(), "{shape}");
+        }
+    }
+
+    #[test]
+    fn plain_lines_are_text_and_colours_and_say_what_colours_skipping_them_would_lose() {
+        assert_eq!(plain_lines(b"a\tb\r\nc\x08\n").unwrap(), b"");
+        assert_eq!(plain_lines(b"\x1b[1m\x1b[31mred\n").unwrap(), b"\x1b[1m\x1b[31m");
+        assert_eq!(plain_lines(b"\x1b[31mred\x1b[0m\n\x1b[32mgreen").unwrap(), b"\x1b[0m\x1b[32m");
+        assert_eq!(plain_lines(b"\x1b[31mx\x1b[m").unwrap(), b"\x1b[0m");
+        for not_plain in [&b"\x1b[2J"[..], b"\x1b[?25l", b"\x1b]0;title\x07", b"\x1b[31", b"\x0e", b"\x1b7"] {
+            assert_eq!(plain_lines(not_plain), None, "{not_plain:?}");
+        }
     }
 
     #[test]
