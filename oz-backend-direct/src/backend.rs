@@ -102,6 +102,9 @@ impl Backend for DirectBackend {
         spec.validate().map_err(DirectError::from)?;
         ensure_cache(&self.config, &spec.sandbox)?;
         let ws = Workspace::at(&self.config.workspace_root, &spec.task_id);
+        if let Some(aside) = ws.set_aside_if_ended(&spec.task_id)? {
+            info!(task_id = %spec.task_id, kept = %aside.display(), "an earlier execution's kept workspace was set aside");
+        }
         ws.create(&self.config.workspace_root, &marker_for(&self.config, &spec))?;
         Ok(self.start(ws, spec))
     }

@@ -154,6 +154,32 @@ impl Workspace {
         serde_json::from_slice(&bytes).ok()
     }
 
+    /// Moves a folder kept (cleanup off) by an ended execution of the same task out of the way of
+    /// a new one (a run continued after its end): to `<name>.before-<unix seconds>`, without its
+    /// marker, so it stays for whoever kept it and the worker no longer takes it for a task. A
+    /// folder of a task whose process still runs, or of another task, is left as it is.
+    pub fn set_aside_if_ended(&self, task_id: &str) -> Result<Option<PathBuf>, DirectError> {
+        if !self.root.exists() {
+            return Ok(None);
+        }
+        // A kept folder loses its marker when its task ends; one that still has it is a task's.
+        if let Some(marker) = self.read_marker() {
+            let running = matches!((marker.pid, marker.start_time), (Some(pid), Some(start)) if crate::process::is_running(pid, start));
+            if marker.task_id.as_deref() != Some(task_id) || running || marker.pid.is_none() {
+                return Ok(None);
+            }
+        }
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let name = self.root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let aside = self.root.with_file_name(format!("{name}.before-{secs}"));
+        std::fs::rename(&self.root, &aside).map_err(|e| io_err(&self.root, e))?;
+        match std::fs::remove_file(aside.join(MARKER)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(&aside, e)),
+            _ => {}
+        }
+        Ok(Some(aside))
+    }
+
     /// Removes the folder and everything in it, even read-only subfolders.
     ///
     /// It is renamed to [`REMOVING_PREFIX`]`<name>` first (atomic): a removal cut short by a crash

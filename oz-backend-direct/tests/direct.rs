@@ -68,6 +68,32 @@ async fn the_workspace_is_private_with_its_own_home_tmp_and_git_config() {
     oz_backend_direct::workspace::remove_tree(&ws).unwrap();
 }
 
+/// A run continued after its end runs again under the same task id; a workspace its execution
+/// before kept (cleanup off) is set aside and kept.
+#[tokio::test]
+async fn a_new_execution_sets_aside_the_workspace_its_execution_before_kept() {
+    let root = tempfile::tempdir().unwrap();
+    let b = backend(&root, |_| {});
+    let id = task_id("again");
+    let first = run_to_end(&b, sh(&id, "echo one > \"$PWD/mark\"").cleanup(false)).await;
+    assert!(first.outcome.succeeded(), "{:?}", first.outcome);
+    let mut second = sh(&id, "test ! -e \"$PWD/mark\" && echo fresh").cleanup(false);
+    second.execution_id = Some("e2".into());
+    let c = run_to_end(&b, second).await;
+    assert!(c.outcome.succeeded(), "{:?}", c.outcome);
+    assert_eq!(String::from_utf8_lossy(&c.stdout).trim(), "fresh");
+    let aside: Vec<_> = std::fs::read_dir(root.path().join("ws"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(&format!("{id}.before-")))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(std::fs::read_to_string(aside[0].join("workspace/mark")).unwrap().trim(), "one");
+    let recovered = b.recover().await.unwrap();
+    assert!(recovered.is_empty(), "kept folders are no tasks: {recovered:?}");
+}
+
 #[tokio::test]
 async fn setup_command_output_and_dotenv_reach_the_task() {
     let root = tempfile::tempdir().unwrap();

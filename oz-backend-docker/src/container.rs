@@ -84,9 +84,16 @@ pub const WARM_LABEL: &str = labels::WARM_ID;
 
 /// The name of a task's container.
 pub fn container_name(spec: &TaskSpec) -> String {
+    execution_name("oz", spec)
+}
+
+/// `<prefix>-<task id>[-<execution id>]`: a name of something made for one execution of a task, so
+/// that what an execution kept (cleanup off) is never in the way of the next one (a run continued
+/// after its end runs again under the same task id).
+pub fn execution_name(prefix: &str, spec: &TaskSpec) -> String {
     match &spec.execution_id {
-        Some(e) => format!("oz-{}-{e}", spec.task_id),
-        None => format!("oz-{}", spec.task_id),
+        Some(e) => format!("{prefix}-{}-{e}", spec.task_id),
+        None => format!("{prefix}-{}", spec.task_id),
     }
 }
 

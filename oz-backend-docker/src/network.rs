@@ -27,7 +27,7 @@ pub const ROLE_LABEL: &str = "oz.dev/role";
 
 /// The name of a task's internal network.
 pub fn network_name(spec: &TaskSpec) -> String {
-    format!("oz-isolated-{}", spec.task_id)
+    crate::container::execution_name("oz-isolated", spec)
 }
 
 /// The variables that send a task's HTTP(S) traffic through the proxy.
@@ -97,7 +97,7 @@ pub async fn create(
         }),
         ..Default::default()
     };
-    let proxy_name = format!("oz-egress-{}", spec.task_id);
+    let proxy_name = crate::container::execution_name("oz-egress", spec);
     let options = CreateContainerOptionsBuilder::default().name(&proxy_name).build();
     let proxy = docker
         .create_container(Some(options), body)

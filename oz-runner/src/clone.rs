@@ -113,7 +113,10 @@ pub async fn clone_all(
                     }
                     Cloner::Builtin(credentials) => {
                         let (url, dir, credentials) = (url.clone(), dir.clone(), credentials.clone());
-                        tokio::task::spawn_blocking(move || builtin_clone(&url, &dir, credentials))
+                        // A clone given up (the run cancelled) stops the built-in git too.
+                        let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
+                        let interrupt = stop.0.clone();
+                        tokio::task::spawn_blocking(move || builtin_clone(&url, &dir, credentials, &interrupt))
                             .await
                             .unwrap_or_else(|e| Err(format!("the built-in git stopped: {e}")))
                     }
@@ -218,8 +221,12 @@ async fn clone_from_mirror(
 
 /// Clones with the built-in git: shallow (depth 1), isolated from any git configuration on the host,
 /// credentials answered in memory (same rules as the helper: https or loopback http, unexpired).
-pub fn builtin_clone(url: &str, dir: &Path, credentials: Arc<Vec<GitCredential>>) -> Result<(), String> {
-    let interrupt = AtomicBool::new(false);
+pub fn builtin_clone(
+    url: &str,
+    dir: &Path,
+    credentials: Arc<Vec<GitCredential>>,
+    interrupt: &AtomicBool,
+) -> Result<(), String> {
     let mut prepare = gix::clone::PrepareFetch::new(
         url,
         dir,
@@ -234,8 +241,8 @@ pub fn builtin_clone(url: &str, dir: &Path, credentials: Arc<Vec<GitCredential>>
         Ok(())
     });
     let (mut checkout, _) =
-        prepare.fetch_then_checkout(gix::progress::Discard, &interrupt).map_err(|e| oz_core::error::error_chain(&e))?;
-    checkout.main_worktree(gix::progress::Discard, &interrupt).map_err(|e| oz_core::error::error_chain(&e))?;
+        prepare.fetch_then_checkout(gix::progress::Discard, interrupt).map_err(|e| oz_core::error::error_chain(&e))?;
+    checkout.main_worktree(gix::progress::Discard, interrupt).map_err(|e| oz_core::error::error_chain(&e))?;
     Ok(())
 }
 
@@ -270,6 +277,15 @@ pub(crate) fn credential_answers(
 fn builtin_head(dir: &Path) -> Option<String> {
     let repo = gix::open(dir).ok()?;
     repo.head_id().ok().map(|id| id.to_string())
+}
+
+/// Sets its flag when dropped: what a blocking clone polls to stop.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// `git rev-parse HEAD` in `dir`.

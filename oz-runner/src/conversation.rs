@@ -24,6 +24,8 @@ const PRESET: &str = "harness";
 /// The most an archive may unpack to (an archive is made by a runner, but the files in it by the
 /// agent: a bound, not a trust).
 const MAX_UNPACKED_BYTES: u64 = 512 * 1024 * 1024;
+/// The most files and folders an archive may unpack.
+const MAX_ENTRIES: usize = 100_000;
 
 /// Why a conversation could not be packed or unpacked.
 #[derive(Debug, thiserror::Error)]
@@ -112,19 +114,30 @@ impl Conversation {
         let mut tar = tar::Archive::new(gz.take(MAX_UNPACKED_BYTES));
         let malformed = |e: std::io::Error| ConversationError::Malformed(e.to_string());
         let mut files = 0;
-        for entry in tar.entries().map_err(malformed)? {
+        for (n, entry) in tar.entries().map_err(malformed)?.enumerate() {
+            if n >= MAX_ENTRIES {
+                return Err(ConversationError::Malformed(format!("more than {MAX_ENTRIES} files")));
+            }
             let mut entry = entry.map_err(malformed)?;
             let kind = entry.header().entry_type();
             if !(kind.is_file() || kind.is_dir()) {
                 continue;
             }
             let path = entry.path().map_err(malformed)?.into_owned();
-            let Some(target) = self.target_of(&path) else {
+            let Some((root, target)) = self.target_of(&path) else {
                 return Err(ConversationError::Malformed(format!(
                     "{} is not a place a conversation is kept",
                     path.display()
                 )));
             };
+            // Nothing is written through a link that was there before (the image's, or a setup
+            // command's): no folder on the way is one, and a link in the file's place is replaced.
+            if let Some(link) = linked_ancestor(&root, &target) {
+                return Err(ConversationError::Malformed(format!("{} is a link", link.display())));
+            }
+            if std::fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_symlink()) {
+                std::fs::remove_file(&target).map_err(io("could not replace", &target))?;
+            }
             if kind.is_dir() {
                 std::fs::create_dir_all(&target).map_err(io("could not make", &target))?;
                 continue;
@@ -140,9 +153,9 @@ impl Conversation {
         Ok(files)
     }
 
-    /// Where an archive's path goes: under `OZ_CONVERSATION_DIR`, or under the preset's state for
-    /// one of its session entries; `None` for anything else.
-    fn target_of(&self, path: &Path) -> Option<PathBuf> {
+    /// Where an archive's path goes, with the root it goes under: `OZ_CONVERSATION_DIR`, or the
+    /// preset's state folder for one of its session entries; `None` for anything else.
+    fn target_of(&self, path: &Path) -> Option<(PathBuf, PathBuf)> {
         let mut parts = path.components();
         let root = match parts.next()? {
             Component::Normal(root) => root.to_str()?,
@@ -156,15 +169,29 @@ impl Conversation {
             .collect::<Option<_>>()?;
         let rest: PathBuf = rest.iter().collect();
         match root {
-            OWN => Some(self.dir.join(rest)),
+            OWN => Some((self.dir.clone(), self.dir.join(rest))),
             PRESET => {
                 let (base, entries) = self.preset.as_ref()?;
                 let first = rest.components().next()?.as_os_str().to_str()?;
-                entries.contains(&first).then(|| base.join(&rest))
+                entries.contains(&first).then(|| (base.clone(), base.join(&rest)))
             }
             _ => None,
         }
     }
+}
+
+/// The first folder between `root` (excluded) and `target` (excluded) that is a link, if any.
+fn linked_ancestor(root: &Path, target: &Path) -> Option<PathBuf> {
+    let rest = target.strip_prefix(root).ok()?;
+    let mut at = root.to_path_buf();
+    let parts: Vec<_> = rest.components().collect();
+    for part in parts.iter().take(parts.len().saturating_sub(1)) {
+        at.push(part);
+        if std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Some(at);
+        }
+    }
+    None
 }
 
 /// Where a preset keeps its sessions: its state folder and the entries of it its resume reads.
@@ -311,6 +338,50 @@ mod tests {
         }
         assert!(!home.join(".claude/settings.json").exists());
         assert!(!dir.path().join("x").exists());
+    }
+
+    #[test]
+    fn nothing_is_written_through_a_link_found_in_the_sandbox() {
+        let before = tempfile::tempdir().unwrap();
+        let home = before.path().join("home");
+        let first = Conversation::new(&before.path().join("run"), &Harness::Claude, env(&home)).unwrap();
+        std::fs::create_dir_all(home.join(".claude/projects/p")).unwrap();
+        std::fs::write(home.join(".claude/projects/p/s.jsonl"), "kept").unwrap();
+        std::fs::write(first.dir().join("notes"), "kept").unwrap();
+        let archive = first.pack().unwrap().unwrap();
+
+        let after = tempfile::tempdir().unwrap();
+        let outside = after.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        let home = after.path().join("home");
+        std::fs::create_dir_all(home.join(".claude")).unwrap();
+        // A folder of the archive is a link out here: the link is replaced by a folder.
+        std::os::unix::fs::symlink(&outside, home.join(".claude/projects")).unwrap();
+        let next = Conversation::new(&after.path().join("run"), &Harness::Claude, env(&home)).unwrap();
+        next.unpack(&archive).unwrap();
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing went through the link");
+        assert!(std::fs::symlink_metadata(home.join(".claude/projects")).unwrap().is_dir());
+        // A folder on the way that is a link, and not in the archive as such: refused.
+        let (base, entries) = next.preset.clone().unwrap();
+        let only_file = Conversation { dir: next.dir.clone(), preset: Some((base, entries)) };
+        let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+        let mut header = tar::Header::new_gnu();
+        header.set_size(1);
+        header.set_mode(0o600);
+        tar.append_data(&mut header, "harness/projects/q/s.jsonl", &b"x"[..]).unwrap();
+        let crafted = tar.into_inner().unwrap().finish().unwrap();
+        std::os::unix::fs::symlink(&outside, home.join(".claude/projects/q")).unwrap();
+        let refused = only_file.unpack(&crafted).unwrap_err();
+        assert!(matches!(&refused, ConversationError::Malformed(m) if m.contains("is a link")), "{refused}");
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing went through the link");
+        // A link in a file's place is replaced, not written through.
+        std::fs::remove_dir_all(home.join(".claude/projects")).unwrap();
+        std::fs::create_dir_all(home.join(".claude/projects/p")).unwrap();
+        std::fs::write(outside.join("victim"), "untouched").unwrap();
+        std::os::unix::fs::symlink(outside.join("victim"), home.join(".claude/projects/p/s.jsonl")).unwrap();
+        next.unpack(&archive).unwrap();
+        assert_eq!(std::fs::read_to_string(outside.join("victim")).unwrap(), "untouched");
+        assert_eq!(std::fs::read_to_string(home.join(".claude/projects/p/s.jsonl")).unwrap(), "kept");
     }
 
     #[test]
