@@ -504,7 +504,6 @@ async fn prepare_and_run(
     let ended = run_turns(&harness, argv, &prompt, args.model.as_deref(), &to_harness, &child_env, &workdir, log, ctx)
         .instrument(info_span!("harness", harness = %harness))
         .await;
-    drop(steering);
     let ended = ended?;
     if keeps_conversation {
         keep_conversation(control.as_ref(), &conversation, log).await;
@@ -538,6 +537,9 @@ async fn prepare_and_run(
     } else {
         (RunState::Failed, ended.code, format!("the {harness} harness exited with code {}", ended.code))
     };
+    // Followed up to the end: a follow-up that came after the agent's last turn is said in the
+    // history not to have reached it.
+    drop(steering);
     log.emit(RunnerEvent::Finished { state, exit_code: Some(ended.code), message }).await;
     Ok(code)
 }

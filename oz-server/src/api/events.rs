@@ -1,8 +1,8 @@
 //! `GET /agent/runs/{id}/events`: the run's events as Server-Sent Events (our extension). Stored
 //! events first, then live ones; resumable with `Last-Event-ID` (the event's sequence number). The
 //! stream ends once the run has ended and every event was sent. `?event=a,b` sends only events of
-//! those kinds, and the run's terminal state change (a runner follows its run's `followup` events
-//! so).
+//! those kinds, and the state changes that end the run or take it out of its end (a runner follows
+//! its run's `followup` events so).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -116,11 +116,14 @@ fn async_stream_events(
                 let terminal = e.terminal_state().is_some();
                 // The run's last state change says whether it ended: a run continued after its
                 // end by a follow-up has a later one (QUEUED) and goes on.
+                let reopened = c.ended && e.kind() == "state" && !terminal;
                 if e.kind() == "state" {
                     c.ended = terminal;
                 }
-                // The run's end always comes, filtered or not: it says the stream is complete.
-                if !terminal && c.kinds.as_ref().is_some_and(|kinds| !kinds.iter().any(|k| k == e.kind())) {
+                // The run's end always comes, filtered or not (it says the stream is complete), and
+                // so does the state that takes it out of its end (it says the stream goes on).
+                let always = terminal || reopened;
+                if !always && c.kinds.as_ref().is_some_and(|kinds| !kinds.iter().any(|k| k == e.kind())) {
                     continue;
                 }
                 let event = sse_event(&e);

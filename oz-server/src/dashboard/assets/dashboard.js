@@ -271,8 +271,11 @@ function runPage(main) {
   }
   async function refresh() {
     try {
+      const before = run;
       run = await api("/agent/runs/" + encodeURIComponent(runId));
       showFacts();
+      // Continued after its end (from this page or anywhere else): follow it again.
+      if (before && ENDED.includes(before.state) && !ENDED.includes(run.state)) resume();
     } catch (e) {
       notice("The run could not be read: " + e.message, "error");
     }
@@ -296,10 +299,10 @@ function runPage(main) {
         const answer = await api("/agent/runs/" + encodeURIComponent(runId) + "/followups",
           { method: "POST", json: { message: text } });
         message.value = "";
-        if (answer && ENDED.includes(run && run.state) && !ENDED.includes(answer.state)) {
+        if (answer && (ended || ENDED.includes(run && run.state)) && !ENDED.includes(answer.state)) {
           // An ended run goes on with the follow-up, in a new execution: follow it again.
           notice("The run had ended: it goes on with your follow-up.", "ok");
-          resume();
+          await refresh();
         } else {
           notice("The follow-up was sent to the agent.", "ok");
         }
@@ -424,13 +427,14 @@ function runPage(main) {
   followEvents();
   // After a follow-up continued the ended run: its terminal, timeline and facts live again.
   function resume() {
-    refresh();
     followEvents();
     if (ended) connect();
   }
 
   refresh();
-  setInterval(() => { if (run && !ENDED.includes(run.state)) refresh(); }, 2000);
+  // Every 2 s while it goes on; every 10 s once it ended (a follow-up may continue it).
+  let polls = 0;
+  setInterval(() => { polls += 1; if (run && (!ENDED.includes(run.state) || polls % 5 === 0)) refresh(); }, 2000);
 }
 
 // ---- the page -----------------------------------------------------------------------------------
