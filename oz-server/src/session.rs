@@ -651,7 +651,8 @@ mod tests {
                 (0..40).map(|r| format!("\x1b[{};1H\x1b[7mframe {n} row {r}\x1b[0m\x1b[K", r + 1)).collect();
             format!("\x1b[?1049h\x1b[H{rows}{}", "z".repeat(3000))
         };
-        let floods: [(&str, Box<dyn Fn(usize) -> String>); 4] = [
+        type Flood = Box<dyn Fn(usize) -> String>;
+        let floods: [(&str, Flood); 4] = [
             ("cursor-addressed redraws", Box::new(tui)),
             ("a progress bar, no line ends", Box::new(|n| format!("\r[{:>6}] {}", n, "#".repeat(n % 90 + 4000)))),
             (
