@@ -189,7 +189,7 @@ impl GitCredentialBroker {
         let creator = run.creator_id.clone().map(RunUser::new);
         // A run continued after its end runs for whoever continued it.
         let executor = match run.continuation.as_ref() {
-            Some(c) => c.by.clone().map(RunUser::new),
+            Some(c) => c.followup.by.clone().map(RunUser::new),
             None => creator.clone(),
         };
         let identity = RunIdentity { strategy, creator, executor };

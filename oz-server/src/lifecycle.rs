@@ -214,12 +214,7 @@ impl Lifecycle {
         // follow-up, which is its prompt.
         self.append(run_id, now, json!({"event": "state", "state": to, "status_message": message})).await?;
         let after_seq = self.append(run_id, now, followup.to_event()).await?;
-        let continuation = crate::store::RunContinuation {
-            message: followup.message.clone(),
-            mode: followup.mode.clone(),
-            after_seq,
-            by: followup.by.clone(),
-        };
+        let continuation = crate::store::RunContinuation { followup: followup.clone(), after_seq };
         let run = self.store.continue_run(run_id, current.state, &continuation, &message, now).await?;
         let age = std::time::Duration::try_from(now.duration_since(run.created_at)).unwrap_or_default();
         self.metrics.state_changed(run.state, age);

@@ -78,6 +78,10 @@ struct ServeArgs {
     /// A team's runs that have not ended, at most (0: no cap); 429 beyond.
     #[arg(long, env = "OZ_UNFINISHED_RUNS_PER_TEAM", default_value_t = 10_000)]
     unfinished_runs_per_team: u64,
+    /// The most output a run's history keeps, in MiB: past it, its oldest output is dropped (its
+    /// states, artifacts and follow-ups stay; its live session and event stream see everything).
+    #[arg(long, env = "OZ_MAX_RUN_OUTPUT_MB", default_value_t = 128)]
+    max_run_output_mb: u64,
     /// The name of the team created on first start.
     #[arg(long, default_value = "default")]
     team: String,
@@ -330,7 +334,12 @@ fn keyring(key_file: &Path) -> Result<Keyring, Error> {
 }
 
 async fn serve(data_dir: &Path, key_file: &Path, args: ServeArgs) -> Result<(), Error> {
-    let store = open(data_dir).await?;
+    private_dir(data_dir)?;
+    let store = Arc::new(
+        SqliteStore::open(&data_dir.join("oz.db"))
+            .await?
+            .with_max_run_output(args.max_run_output_mb.saturating_mul(1 << 20)),
+    );
     let secret_keys = keyring(key_file)?;
     if store.teams().await?.is_empty() {
         let created = principals::create_team(store.as_ref(), &NewTeam { name: args.team.clone() }, true).await?;

@@ -481,9 +481,9 @@ async fn only_its_creator_or_an_admin_continues_an_ended_run_whose_credentials_a
     assert_eq!((status, body["state"].as_str()), (200, Some("QUEUED")), "{body}");
     let stored = t.store.run_by_id(&shared).await.unwrap().unwrap();
     let continuation = stored.continuation.unwrap();
-    assert_eq!(continuation.message, "bob's turn");
-    assert!(continuation.by.is_some());
-    assert_ne!(continuation.by, stored.creator_id, "the new execution runs for bob, not its creator");
+    assert_eq!(continuation.followup.message, "bob's turn");
+    assert!(continuation.followup.by.is_some());
+    assert_ne!(continuation.followup.by, stored.creator_id, "the new execution runs for bob, not its creator");
 }
 
 #[tokio::test]

@@ -143,7 +143,7 @@ pub async fn resolved(
         }),
         None => None,
     };
-    let prompt = run.continuation.map_or(run.prompt, |c| c.message);
+    let prompt = run.continuation.map_or(run.prompt, |c| c.followup.message);
     Ok(axum::Json(ResolvedRun { prompt, continuation, environment, secret_env, git_credentials }))
 }
 

@@ -58,7 +58,7 @@ pub async fn build(
             title: run.title.clone(),
             // What its agent is asked in this execution: a continued run's follow-up.
             task_definition: TaskDefinition {
-                prompt: run.continuation.as_ref().map_or_else(|| run.prompt.clone(), |c| c.message.clone()),
+                prompt: run.continuation.as_ref().map_or_else(|| run.prompt.clone(), |c| c.followup.message.clone()),
             },
             created_at: run.created_at,
             updated_at: run.updated_at,

@@ -231,20 +231,16 @@ pub struct RunRecord {
     pub continuation: Option<RunContinuation>,
 }
 
-/// The follow-up that continued a run after its end: what its agent is asked in the new execution.
+/// The follow-up that continued a run after its end: its message is what the agent is asked in the
+/// new execution, and its author (`by`) is whom that execution runs for (its executor, whose git
+/// credentials act under the `EXECUTOR` strategy).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RunContinuation {
-    /// The follow-up's message: the new execution's prompt.
-    pub message: String,
-    /// Its mode (`normal`, `plan`, `orchestrate`), if it said.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<String>,
+    /// The follow-up, as the run's history records it.
+    #[serde(flatten)]
+    pub followup: oz_core::wire::api::FollowupEvent,
     /// The run's event that recorded the follow-up; the new execution's steering comes after it.
     pub after_seq: i64,
-    /// The user who continued the run: the new execution runs for them (its executor, whose git
-    /// credentials act under the `EXECUTOR` strategy).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub by: Option<String>,
 }
 
 /// Filters of `GET /agent/runs`.

@@ -28,7 +28,14 @@ pub struct SqliteStore {
     /// Writes, through one connection: they queue in-process instead of sleeping in SQLite's busy
     /// handler when two connections want the write lock at once.
     writer: SqlitePool,
+    /// The most output text a run's history keeps ([`SqliteStore::with_max_run_output`]).
+    max_run_output: u64,
 }
+
+/// The default bound on a run's stored output text: 128 MiB.
+pub const DEFAULT_MAX_RUN_OUTPUT: u64 = 128 * 1024 * 1024;
+/// Event bodies at least this long are stored deflated.
+const COMPRESS_FROM: usize = 512;
 
 /// Microseconds since the epoch: how times are stored (sortable, exact).
 pub fn micros(t: Timestamp) -> i64 {
@@ -77,9 +84,54 @@ impl SqliteStore {
         // `maintenance` checkpoints from a reader connection instead.
         let writer =
             SqlitePoolOptions::new().max_connections(1).connect_with(options.pragma("wal_autocheckpoint", "0")).await?;
-        let store = Self { _temp: None, pool, writer };
+        let store = Self { _temp: None, pool, writer, max_run_output: DEFAULT_MAX_RUN_OUTPUT };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// Bounds what a run's history keeps of its output to `bytes` of text (default
+    /// [`DEFAULT_MAX_RUN_OUTPUT`]): past it, its oldest output events are dropped, down to 90% of
+    /// the bound (its other events, states and artifacts, stay). The live session and event stream
+    /// of a running run see every byte either way.
+    pub fn with_max_run_output(mut self, bytes: u64) -> Self {
+        self.max_run_output = bytes.max(1);
+        self
+    }
+
+    /// Adds `bytes` of output to run `run_id`'s count and, past the bound, drops its oldest output.
+    async fn count_output(&self, run_id: &str, bytes: i64) -> Result<(), StoreError> {
+        let total: i64 =
+            sqlx::query_scalar("UPDATE runs SET output_bytes = output_bytes + ? WHERE id = ? RETURNING output_bytes")
+                .bind(bytes)
+                .bind(run_id)
+                .fetch_optional(&self.writer)
+                .await?
+                .unwrap_or(0);
+        let bound = i64::try_from(self.max_run_output).unwrap_or(i64::MAX);
+        if total <= bound {
+            return Ok(());
+        }
+        let mut left = total;
+        while left > bound / 10 * 9 {
+            let dropped: Vec<i64> = sqlx::query_scalar(
+                "DELETE FROM run_events WHERE rowid IN (SELECT rowid FROM run_events WHERE run_id = ? AND output_bytes > 0 \
+                 ORDER BY seq LIMIT 256) RETURNING output_bytes",
+            )
+            .bind(run_id)
+            .fetch_all(&self.writer)
+            .await?;
+            if dropped.is_empty() {
+                break;
+            }
+            left -= dropped.iter().sum::<i64>();
+        }
+        sqlx::query("UPDATE runs SET output_bytes = ? WHERE id = ?")
+            .bind(left.max(0))
+            .bind(run_id)
+            .execute(&self.writer)
+            .await?;
+        tracing::info!(run_id, kept = left, bound, "a run's oldest output was dropped to keep its history bounded");
+        Ok(())
     }
 
     /// A private database in a temporary folder, removed when the last clone of the store is dropped
@@ -546,16 +598,22 @@ impl Store for SqliteStore {
     }
 
     async fn append_event(&self, run_id: &str, at: Timestamp, body: &serde_json::Value) -> Result<i64, StoreError> {
+        let stored = rows::StoredBody::of(body, COMPRESS_FROM);
         let seq = sqlx::query_scalar(
-            "INSERT INTO run_events (run_id, seq, at_us, body) \
-             VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM run_events WHERE run_id = ?), ?, ?) RETURNING seq",
+            "INSERT INTO run_events (run_id, seq, at_us, body, body_z, output_bytes) \
+             VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM run_events WHERE run_id = ?), ?, ?, ?, ?) RETURNING seq",
         )
         .bind(run_id)
         .bind(run_id)
         .bind(micros(at))
-        .bind(json(body))
+        .bind(&stored.text)
+        .bind(&stored.deflated)
+        .bind(stored.output_bytes)
         .fetch_one(&self.writer)
         .await?;
+        if stored.output_bytes > 0 {
+            self.count_output(run_id, stored.output_bytes).await?;
+        }
         Ok(seq)
     }
 
@@ -567,26 +625,32 @@ impl Store for SqliteStore {
         at: Timestamp,
         body: &serde_json::Value,
     ) -> Result<Option<i64>, StoreError> {
+        let stored = rows::StoredBody::of(body, COMPRESS_FROM);
         let seq = sqlx::query_scalar(
-            "INSERT INTO run_events (run_id, seq, at_us, body, attempt, runner_seq) \
-             VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM run_events WHERE run_id = ?), ?, ?, ?, ?) \
+            "INSERT INTO run_events (run_id, seq, at_us, body, body_z, output_bytes, attempt, runner_seq) \
+             VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM run_events WHERE run_id = ?), ?, ?, ?, ?, ?, ?) \
              ON CONFLICT DO NOTHING RETURNING seq",
         )
         .bind(run_id)
         .bind(run_id)
         .bind(micros(at))
-        .bind(json(body))
+        .bind(&stored.text)
+        .bind(&stored.deflated)
+        .bind(stored.output_bytes)
         .bind(attempt)
         .bind(i64::try_from(runner_seq).unwrap_or(i64::MAX))
         .fetch_optional(&self.writer)
         .await?;
+        if seq.is_some() && stored.output_bytes > 0 {
+            self.count_output(run_id, stored.output_bytes).await?;
+        }
         Ok(seq)
     }
 
     async fn events(&self, run_id: &str, after_seq: i64, limit: u32) -> Result<Vec<RunEventRecord>, StoreError> {
         RunEventRecord::all(
             sqlx::query_as(
-                "SELECT run_id, seq, at_us, body FROM run_events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                "SELECT run_id, seq, at_us, body, body_z FROM run_events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
             )
             .bind(run_id)
             .bind(after_seq)

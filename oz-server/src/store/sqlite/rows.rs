@@ -169,13 +169,55 @@ pub(super) struct RunEventRow {
     seq: i64,
     at_us: i64,
     body: String,
+    body_z: Option<Vec<u8>>,
+}
+
+/// An event's body as `run_events` keeps it: its JSON text, or (at `compress_from` bytes and more)
+/// that text deflated, and the length of the output text it carries (0 for other events).
+pub(super) struct StoredBody {
+    pub(super) text: String,
+    pub(super) deflated: Option<Vec<u8>>,
+    pub(super) output_bytes: i64,
+}
+
+impl StoredBody {
+    pub(super) fn of(body: &serde_json::Value, compress_from: usize) -> Self {
+        let text = serde_json::to_string(body).unwrap_or_default();
+        let output_bytes = match body.get("event").and_then(|e| e.as_str()) {
+            Some("output") => body.get("text").and_then(|t| t.as_str()).map_or(0, |t| t.len()),
+            _ => 0,
+        };
+        let output_bytes = i64::try_from(output_bytes).unwrap_or(i64::MAX);
+        if text.len() < compress_from {
+            return Self { text, deflated: None, output_bytes };
+        }
+        use std::io::Write;
+        let mut z = flate2::write::ZlibEncoder::new(Vec::with_capacity(text.len() / 4), flate2::Compression::fast());
+        match z.write_all(text.as_bytes()).and_then(|()| z.finish()) {
+            Ok(deflated) => Self { text: String::new(), deflated: Some(deflated), output_bytes },
+            Err(_) => Self { text, deflated: None, output_bytes },
+        }
+    }
+}
+
+fn inflated(what: &'static str, deflated: &[u8]) -> Result<String, StoreError> {
+    use std::io::Read;
+    let mut text = String::new();
+    flate2::read::ZlibDecoder::new(deflated)
+        .read_to_string(&mut text)
+        .map_err(|e| StoreError::Corrupt { what, message: e.to_string() })?;
+    Ok(text)
 }
 
 impl Stored for RunEventRecord {
     type Row = RunEventRow;
     fn from_row(r: RunEventRow) -> Result<Self, StoreError> {
+        let text = match &r.body_z {
+            Some(deflated) => inflated("run_events.body_z", deflated)?,
+            None => r.body,
+        };
         Ok(RunEventRecord {
-            body: parse_json("run_events.body", &r.body)?,
+            body: parse_json("run_events.body", &text)?,
             run_id: r.run_id,
             seq: r.seq,
             at: from_micros(r.at_us),
