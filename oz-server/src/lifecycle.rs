@@ -209,13 +209,14 @@ impl Lifecycle {
             retryable: None,
             session_debug_until: None,
         };
-        // The state change is stored first: a reader of the history never sees the follow-up
-        // after the end without the run going on. The new execution's steering starts after the
-        // follow-up, which is its prompt.
-        self.append(run_id, now, json!({"event": "state", "state": to, "status_message": message})).await?;
-        let after_seq = self.append(run_id, now, followup.to_event()).await?;
-        let continuation = crate::store::RunContinuation { followup: followup.clone(), after_seq };
-        let run = self.store.continue_run(run_id, current.state, &continuation, &message, now).await?;
+        // The state change, its event and the follow-up's are stored in one transaction: a reader of
+        // the history never sees the follow-up after the end without the run going on. The new
+        // execution's steering starts after the follow-up, which is its prompt.
+        let (run, events) = self.store.continue_run(run_id, current.state, followup, &message, now).await?;
+        for event in events {
+            self.hub.publish(event);
+        }
+        debug_assert_eq!(run.state, to);
         let age = std::time::Duration::try_from(now.duration_since(run.created_at)).unwrap_or_default();
         self.metrics.state_changed(run.state, age);
         tracing::info!(run_id, from = %current.state, to = %run.state, execution, "run continued by a follow-up");

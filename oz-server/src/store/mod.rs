@@ -515,17 +515,19 @@ pub trait Store: PrincipalStore + SecretStore + ScheduleStore + IntegrationStore
     ) -> Result<Vec<RunRecord>, StoreError>;
     /// Applies a state change if the run is still in `change.from`; returns the updated run.
     async fn change_state(&self, id: &str, change: &StateChange, at: Timestamp) -> Result<RunRecord, StoreError>;
-    /// Continues an ended run in a new execution, if it is still in `from` (a terminal state):
-    /// QUEUED again with `message`, its holder, lease, start, end and cancel request cleared, its
-    /// execution count one more, and `continuation` as what the new execution is asked.
+    /// Continues an ended run in a new execution, if it is still in `from` (a terminal state), in
+    /// one transaction: its state event (QUEUED, `message`) and then the follow-up's event are
+    /// appended, and the run is QUEUED again with `message`, its holder, lease, start, end and
+    /// cancel request cleared, its execution count one more, and the follow-up (after its event)
+    /// as what the new execution is asked. Returns the run and the two events.
     async fn continue_run(
         &self,
         id: &str,
         from: RunState,
-        continuation: &RunContinuation,
+        followup: &oz_core::wire::api::FollowupEvent,
         message: &StatusMessage,
         at: Timestamp,
-    ) -> Result<RunRecord, StoreError>;
+    ) -> Result<(RunRecord, [RunEventRecord; 2]), StoreError>;
     /// Stores a run's conversation (sealed; `bytes` long in the clear), replacing the one before.
     async fn put_conversation(&self, run_id: &str, sealed: &str, bytes: usize, at: Timestamp)
     -> Result<(), StoreError>;

@@ -187,6 +187,29 @@ const RUN_COLUMNS: &str = "id, team_id, creator_id, title, prompt, state, source
      metadata, schedule_id, parent_run_id, created_us, updated_us, started_us, finished_us, execution_id, claimed_by, lease_us, \
      cancel_requested, session_id, team_access, public_access, shared_users, execution_count, continuation";
 
+/// Appends an event to a run's history (deflated when large); its sequence number.
+async fn insert_event<'e, E: sqlx::Executor<'e, Database = Sqlite>>(
+    executor: E,
+    run_id: &str,
+    at: Timestamp,
+    body: &serde_json::Value,
+) -> Result<i64, StoreError> {
+    let stored = rows::StoredBody::of(body, COMPRESS_FROM);
+    let seq = sqlx::query_scalar(
+        "INSERT INTO run_events (run_id, seq, at_us, body, body_z, output_bytes) \
+         VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM run_events WHERE run_id = ?), ?, ?, ?, ?) RETURNING seq",
+    )
+    .bind(run_id)
+    .bind(run_id)
+    .bind(micros(at))
+    .bind(&stored.text)
+    .bind(&stored.deflated)
+    .bind(stored.output_bytes)
+    .fetch_one(executor)
+    .await?;
+    Ok(seq)
+}
+
 async fn insert_run_with<'e, E: sqlx::Executor<'e, Database = Sqlite>>(
     executor: E,
     run: &RunRecord,
@@ -450,27 +473,39 @@ impl Store for SqliteStore {
         &self,
         id: &str,
         from: RunState,
-        continuation: &RunContinuation,
+        followup: &oz_core::wire::api::FollowupEvent,
         message: &StatusMessage,
         at: Timestamp,
-    ) -> Result<RunRecord, StoreError> {
-        let done = sqlx::query(
+    ) -> Result<(RunRecord, [RunEventRecord; 2]), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let state: Option<String> =
+            sqlx::query_scalar("SELECT state FROM runs WHERE id = ?").bind(id).fetch_optional(&mut *tx).await?;
+        match state.as_deref().map(str::parse::<RunState>) {
+            None => return Err(StoreError::NotFound),
+            Some(Ok(actual)) if actual != from => return Err(StoreError::StateChanged { expected: from, actual }),
+            Some(Err(_)) => return Err(StoreError::Corrupt { what: "runs.state", message: state.unwrap_or_default() }),
+            Some(Ok(_)) => {}
+        }
+        let state_body = serde_json::json!({"event": "state", "state": RunState::Queued, "status_message": message});
+        let followup_body = followup.to_event();
+        let state_seq = insert_event(&mut *tx, id, at, &state_body).await?;
+        let after_seq = insert_event(&mut *tx, id, at, &followup_body).await?;
+        let continuation = RunContinuation { followup: followup.clone(), after_seq };
+        sqlx::query(
             "UPDATE runs SET state = 'QUEUED', status_message = ?, continuation = ?, \
              execution_count = execution_count + 1, claimed_by = NULL, lease_us = NULL, started_us = NULL, \
-             finished_us = NULL, cancel_requested = 0, updated_us = ? WHERE id = ? AND state = ?",
+             finished_us = NULL, cancel_requested = 0, updated_us = ? WHERE id = ?",
         )
         .bind(json(message))
-        .bind(json(continuation))
+        .bind(json(&continuation))
         .bind(micros(at))
         .bind(id)
-        .bind(from.as_str())
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         let run = self.run_by_id(id).await?.ok_or(StoreError::NotFound)?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::StateChanged { expected: from, actual: run.state });
-        }
-        Ok(run)
+        let event = |seq, body| RunEventRecord { run_id: id.to_owned(), seq, at, body };
+        Ok((run, [event(state_seq, state_body), event(after_seq, followup_body)]))
     }
 
     async fn put_conversation(
@@ -598,21 +633,10 @@ impl Store for SqliteStore {
     }
 
     async fn append_event(&self, run_id: &str, at: Timestamp, body: &serde_json::Value) -> Result<i64, StoreError> {
-        let stored = rows::StoredBody::of(body, COMPRESS_FROM);
-        let seq = sqlx::query_scalar(
-            "INSERT INTO run_events (run_id, seq, at_us, body, body_z, output_bytes) \
-             VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM run_events WHERE run_id = ?), ?, ?, ?, ?) RETURNING seq",
-        )
-        .bind(run_id)
-        .bind(run_id)
-        .bind(micros(at))
-        .bind(&stored.text)
-        .bind(&stored.deflated)
-        .bind(stored.output_bytes)
-        .fetch_one(&self.writer)
-        .await?;
-        if stored.output_bytes > 0 {
-            self.count_output(run_id, stored.output_bytes).await?;
+        let seq = insert_event(&self.writer, run_id, at, body).await?;
+        let output_bytes = rows::StoredBody::output_bytes(body);
+        if output_bytes > 0 {
+            self.count_output(run_id, output_bytes).await?;
         }
         Ok(seq)
     }

@@ -181,13 +181,18 @@ pub(super) struct StoredBody {
 }
 
 impl StoredBody {
-    pub(super) fn of(body: &serde_json::Value, compress_from: usize) -> Self {
-        let text = serde_json::to_string(body).unwrap_or_default();
-        let output_bytes = match body.get("event").and_then(|e| e.as_str()) {
+    /// The length of the output text `body` carries (0 for an event that is not output).
+    pub(super) fn output_bytes(body: &serde_json::Value) -> i64 {
+        let bytes = match body.get("event").and_then(|e| e.as_str()) {
             Some("output") => body.get("text").and_then(|t| t.as_str()).map_or(0, |t| t.len()),
             _ => 0,
         };
-        let output_bytes = i64::try_from(output_bytes).unwrap_or(i64::MAX);
+        i64::try_from(bytes).unwrap_or(i64::MAX)
+    }
+
+    pub(super) fn of(body: &serde_json::Value, compress_from: usize) -> Self {
+        let text = serde_json::to_string(body).unwrap_or_default();
+        let output_bytes = Self::output_bytes(body);
         if text.len() < compress_from {
             return Self { text, deflated: None, output_bytes };
         }
