@@ -145,9 +145,14 @@ async fn a_bare_busybox_image_still_clones_and_runs_the_harness() {
     let run_id = run.run_id.clone();
     let inspected = tokio::spawn(async move {
         for _ in 0..600 {
+            // Listed, then inspected: one that went in between (a container being replaced) is
+            // looked for again.
             if let Some(name) = containers_of(&run_id).first() {
                 let out = Command::new("docker").args(["inspect", name]).output().unwrap();
-                return String::from_utf8_lossy(&out.stdout).into_owned();
+                let inspect = String::from_utf8_lossy(&out.stdout).into_owned();
+                if out.status.success() && inspect.trim() != "[]" {
+                    return inspect;
+                }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
