@@ -16,8 +16,9 @@ use tokio::sync::watch;
 
 use crate::log::{EventLog, Stream};
 
-/// How long a cancelled process gets between SIGTERM and SIGKILL.
-pub const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long a cancelled process gets between SIGTERM and SIGKILL: less than the backends' own
+/// grace (10 s), so that the runner still reports the run's end when the harness makes it wait.
+pub const STOP_GRACE: Duration = Duration::from_secs(8);
 
 /// How a process ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -185,7 +186,11 @@ pub async fn run(
                     let _ = killpg(pgid, Signal::SIGINT);
                 }
             }
-            _ = cancel.wait_for(|c| *c) => {
+            seen = cancel.wait_for(|c| *c) => {
+                // What `wait_for` answers holds the channel's read lock: let it go before waiting
+                // for the process (a `_` pattern would keep it to the arm's end, and whoever sends
+                // on the channel meanwhile, the runner's own signal handler, would block a thread).
+                drop(seen);
                 cancelled = true;
                 if let Some(pgid) = pgid {
                     let _ = killpg(pgid, Signal::SIGTERM);
