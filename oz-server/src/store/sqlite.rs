@@ -98,6 +98,22 @@ impl SqliteStore {
         self
     }
 
+    /// Stores an event ([`insert_event`]) and counts the output it carries against the run's bound.
+    async fn append(
+        &self,
+        run_id: &str,
+        at: Timestamp,
+        body: &serde_json::Value,
+        report: Option<(&str, u64)>,
+    ) -> Result<Option<i64>, StoreError> {
+        let seq = insert_event(&self.writer, run_id, at, body, report).await?;
+        let output_bytes = rows::StoredBody::output_bytes(body);
+        if seq.is_some() && output_bytes > 0 {
+            self.count_output(run_id, output_bytes).await?;
+        }
+        Ok(seq)
+    }
+
     /// Adds `bytes` of output to run `run_id`'s count and, past the bound, drops its oldest output.
     async fn count_output(&self, run_id: &str, bytes: i64) -> Result<(), StoreError> {
         let total: i64 =
@@ -187,17 +203,20 @@ const RUN_COLUMNS: &str = "id, team_id, creator_id, title, prompt, state, source
      metadata, schedule_id, parent_run_id, created_us, updated_us, started_us, finished_us, execution_id, claimed_by, lease_us, \
      cancel_requested, session_id, team_access, public_access, shared_users, execution_count, continuation";
 
-/// Appends an event to a run's history (deflated when large); its sequence number.
+/// Appends an event to a run's history (deflated when large); its sequence number. A runner's
+/// report carries its `(attempt, runner_seq)` and is stored once: `None` when it was already.
 async fn insert_event<'e, E: sqlx::Executor<'e, Database = Sqlite>>(
     executor: E,
     run_id: &str,
     at: Timestamp,
     body: &serde_json::Value,
-) -> Result<i64, StoreError> {
+    report: Option<(&str, u64)>,
+) -> Result<Option<i64>, StoreError> {
     let stored = rows::StoredBody::of(body, COMPRESS_FROM);
     let seq = sqlx::query_scalar(
-        "INSERT INTO run_events (run_id, seq, at_us, body, body_z, output_bytes) \
-         VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM run_events WHERE run_id = ?), ?, ?, ?, ?) RETURNING seq",
+        "INSERT INTO run_events (run_id, seq, at_us, body, body_z, output_bytes, attempt, runner_seq) \
+         VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM run_events WHERE run_id = ?), ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT DO NOTHING RETURNING seq",
     )
     .bind(run_id)
     .bind(run_id)
@@ -205,9 +224,16 @@ async fn insert_event<'e, E: sqlx::Executor<'e, Database = Sqlite>>(
     .bind(&stored.text)
     .bind(&stored.deflated)
     .bind(stored.output_bytes)
-    .fetch_one(executor)
+    .bind(report.map(|(attempt, _)| attempt))
+    .bind(report.map(|(_, seq)| i64::try_from(seq).unwrap_or(i64::MAX)))
+    .fetch_optional(executor)
     .await?;
     Ok(seq)
+}
+
+/// An event that is not a report is always stored: no answer is a broken store.
+fn stored_seq(seq: Option<i64>) -> Result<i64, StoreError> {
+    seq.ok_or(StoreError::Corrupt { what: "run_events", message: "an event was not stored".into() })
 }
 
 async fn insert_run_with<'e, E: sqlx::Executor<'e, Database = Sqlite>>(
@@ -488,8 +514,8 @@ impl Store for SqliteStore {
         }
         let state_body = serde_json::json!({"event": "state", "state": RunState::Queued, "status_message": message});
         let followup_body = followup.to_event();
-        let state_seq = insert_event(&mut *tx, id, at, &state_body).await?;
-        let after_seq = insert_event(&mut *tx, id, at, &followup_body).await?;
+        let state_seq = stored_seq(insert_event(&mut *tx, id, at, &state_body, None).await?)?;
+        let after_seq = stored_seq(insert_event(&mut *tx, id, at, &followup_body, None).await?)?;
         let continuation = RunContinuation { followup: followup.clone(), after_seq };
         sqlx::query(
             "UPDATE runs SET state = 'QUEUED', status_message = ?, continuation = ?, \
@@ -633,12 +659,7 @@ impl Store for SqliteStore {
     }
 
     async fn append_event(&self, run_id: &str, at: Timestamp, body: &serde_json::Value) -> Result<i64, StoreError> {
-        let seq = insert_event(&self.writer, run_id, at, body).await?;
-        let output_bytes = rows::StoredBody::output_bytes(body);
-        if output_bytes > 0 {
-            self.count_output(run_id, output_bytes).await?;
-        }
-        Ok(seq)
+        stored_seq(self.append(run_id, at, body, None).await?)
     }
 
     async fn append_report(
@@ -649,26 +670,7 @@ impl Store for SqliteStore {
         at: Timestamp,
         body: &serde_json::Value,
     ) -> Result<Option<i64>, StoreError> {
-        let stored = rows::StoredBody::of(body, COMPRESS_FROM);
-        let seq = sqlx::query_scalar(
-            "INSERT INTO run_events (run_id, seq, at_us, body, body_z, output_bytes, attempt, runner_seq) \
-             VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM run_events WHERE run_id = ?), ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT DO NOTHING RETURNING seq",
-        )
-        .bind(run_id)
-        .bind(run_id)
-        .bind(micros(at))
-        .bind(&stored.text)
-        .bind(&stored.deflated)
-        .bind(stored.output_bytes)
-        .bind(attempt)
-        .bind(i64::try_from(runner_seq).unwrap_or(i64::MAX))
-        .fetch_optional(&self.writer)
-        .await?;
-        if seq.is_some() && stored.output_bytes > 0 {
-            self.count_output(run_id, stored.output_bytes).await?;
-        }
-        Ok(seq)
+        self.append(run_id, at, body, Some((attempt, runner_seq))).await
     }
 
     async fn events(&self, run_id: &str, after_seq: i64, limit: u32) -> Result<Vec<RunEventRecord>, StoreError> {
