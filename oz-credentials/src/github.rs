@@ -266,6 +266,42 @@ impl GitHubAppProvider {
         self.api.decode(Action::MintInstallationToken, answer)
     }
 
+    /// An installation token for one repository of installation `installation_id` with exactly
+    /// `permissions` (GitHub's names and levels: `{"issues": "write"}`), for the App's own calls (an
+    /// integration commenting on an issue), not for a run: nothing tracks or revokes it; it lives
+    /// out its hour. Refused if GitHub grants other permissions than those asked (and
+    /// `metadata: read`).
+    pub async fn repository_token(
+        &self,
+        installation_id: u64,
+        repo: &str,
+        permissions: &BTreeMap<String, String>,
+    ) -> Result<(SecretString, Timestamp), CredentialError> {
+        let jwt = self.jwt()?;
+        let body = serde_json::json!({ "repositories": [repo], "permissions": permissions });
+        let call = Call {
+            action: Action::MintInstallationToken,
+            method: Method::POST,
+            url: self.api.url(&["app", "installations", &installation_id.to_string(), "access_tokens"]),
+            secrets: &[jwt.expose_secret()],
+        };
+        let answer = self.api.send(call, |b| Self::headers(b, jwt.expose_secret()).json(&body)).await?;
+        let minted: MintedToken = self.api.decode(Action::MintInstallationToken, answer)?;
+        let extra: Vec<String> = minted
+            .permissions
+            .iter()
+            .filter(|(name, level)| permissions.get(*name) != Some(*level) && (name.as_str(), level.as_str()) != ("metadata", "read"))
+            .map(|(name, level)| format!("{name}: {level}"))
+            .collect();
+        let missing: Vec<&String> = permissions.keys().filter(|name| !minted.permissions.contains_key(*name)).collect();
+        if !extra.is_empty() || !missing.is_empty() {
+            let revoke_error = self.revoke_token(minted.token.expose_secret()).await.err().map(Box::new);
+            let detail = format!("granted {} beyond what was asked; missing {missing:?}", extra.join(", "));
+            return Err(CredentialError::ScopeMismatch { provider: PROVIDER, detail, revoke_error });
+        }
+        Ok((minted.token, minted.expires_at))
+    }
+
     async fn revoke_token(&self, token: &str) -> Result<(), CredentialError> {
         let call = Call {
             action: Action::RevokeInstallationToken,

@@ -1,6 +1,21 @@
-//! Integrations (our extension): named triggers fired by signed webhooks.
+//! Integrations (our extension): named triggers fired by signed webhooks, Slack, Linear or GitHub.
+//!
+//! ```no_run
+//! # async fn demo(client: oz_sdk::Client) -> oz_sdk::Result<()> {
+//! use oz_sdk::wire::api::{ProviderSettings, SlackSettings};
+//! let slack = SlackSettings {
+//!     signing_secret: "SLACK_SIGNING_SECRET".into(), // team secrets, set first with client.secrets()
+//!     bot_token_secret: "SLACK_BOT_TOKEN".into(),
+//!     allowed_users: vec![],
+//!     allowed_channels: vec!["C0123456789".into()],
+//!     api_base_url: None,
+//! };
+//! let integration = client.integrations().create("triage", "").provider(ProviderSettings::Slack(slack)).send().await?;
+//! println!("Slack events URL: {}", integration.urls["events"]);
+//! # Ok(()) }
+//! ```
 
-use oz_core::wire::api::{AgentConfig, IntegrationItem, IntegrationRequest};
+use oz_core::wire::api::{AgentConfig, IntegrationItem, IntegrationRequest, ProviderSettings};
 use reqwest::Method;
 
 use crate::client::Client;
@@ -26,11 +41,19 @@ struct IntegrationList {
 }
 
 impl IntegrationsHandler {
-    /// Creates one; the response carries its signing secret, once.
+    /// Creates one: a generic webhook (the response carries its signing secret, once), or with
+    /// [`CreateIntegration::provider`] a Slack, Linear or GitHub trigger (`prompt`, optional there,
+    /// is put before what people ask).
     pub fn create(&self, name: impl Into<String>, prompt: impl Into<String>) -> CreateIntegration {
         CreateIntegration {
             client: self.client.clone(),
-            request: IntegrationRequest { name: name.into(), prompt: prompt.into(), agent_config: None, enabled: None },
+            request: IntegrationRequest {
+                name: name.into(),
+                prompt: prompt.into(),
+                agent_config: None,
+                enabled: None,
+                provider: None,
+            },
         }
     }
     /// All integrations.
@@ -67,6 +90,16 @@ impl CreateIntegration {
     /// The environment of its runs.
     pub fn environment_id(mut self, id: impl Into<String>) -> Self {
         self.request.agent_config.get_or_insert_with(AgentConfig::default).environment_id = Some(id.into());
+        self
+    }
+    /// The provider it listens to (its credentials are team secrets the settings name).
+    pub fn provider(mut self, settings: ProviderSettings) -> Self {
+        self.request.provider = Some(settings);
+        self
+    }
+    /// Created disabled (events are acknowledged and ignored until enabled).
+    pub fn disabled(mut self) -> Self {
+        self.request.enabled = Some(false);
         self
     }
     /// Sends it.

@@ -30,6 +30,8 @@ pub struct NewRun {
     pub parent_run_id: Option<String>,
     /// Free-form metadata.
     pub metadata: Option<serde_json::Value>,
+    /// What started it, as a link (a provider's message, issue or comment).
+    pub trigger_url: Option<String>,
 }
 
 /// Why a run could not be made.
@@ -156,6 +158,7 @@ async fn prepare_for(
         sharing,
         execution_count: 1,
         continuation: None,
+        trigger_url: new.trigger_url,
     })
 }
 

@@ -40,6 +40,7 @@ pub mod sign_in;
 pub mod state;
 pub mod store;
 pub mod vault;
+pub mod triggers;
 pub mod webhook;
 
 use std::net::SocketAddr;
@@ -158,8 +159,9 @@ pub async fn start(config: ServerConfig, store: Arc<dyn Store>) -> Result<Runnin
         }
     }));
     let schedules = tokio::spawn(scheduler::run(state.clone()));
+    let postbacks = triggers::postback::spawn(state.clone());
     tracing::info!(%url, "control plane listening");
-    tasks.extend([http, dispatch, upkeep, schedules]);
+    tasks.extend([http, dispatch, upkeep, schedules, postbacks]);
     Ok(RunningServer { addr, metrics_addr, url, state, stop: Some(stop), tasks })
 }
 

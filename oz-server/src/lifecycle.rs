@@ -281,7 +281,7 @@ pub fn run_item(run: &RunRecord, public_url: &str) -> RunItem {
         schedule: None,
         session_id: (!run.session_id.is_empty()).then(|| run.session_id.clone()),
         session_link: (!run.session_id.is_empty()).then(|| crate::sharing::session_link(public_url, &run.session_id)),
-        trigger_url: None,
+        trigger_url: run.trigger_url.clone(),
         creator: run.creator_id.as_ref().map(|c| json!({"uid": c})),
         executor: run.worker_host.as_ref().map(|w| json!({"worker_id": w})),
         request_usage: None,

@@ -13,7 +13,7 @@ use crate::api::{admin, callbacks, environments, events, integrations, runs, sch
     info(
         title = "oz control plane",
         description = "Wire-compatible with the Oz Agent API (runs, schedules, environments), plus our extensions: \
-            environment create/update/delete, integrations with signed webhooks, workers, run events as Server-Sent \
+            environment create/update/delete, integrations (signed webhooks; Slack, Linear and GitHub triggers), workers, run events as Server-Sent \
             Events, live sessions (a WebSocket per run), the runner's report callback, and the admin API (users, roles, credentials, teams). Errors are RFC 7807 problem documents with Oz's `error` codes.",
         license(name = "Apache-2.0")
     ),
@@ -24,6 +24,8 @@ use crate::api::{admin, callbacks, environments, events, integrations, runs, sch
         environments::list, environments::create, environments::get, environments::update, environments::delete, environments::for_worker, environments::preparation_credentials,
         schedules::create, schedules::list, schedules::get, schedules::update, schedules::delete, schedules::pause, schedules::resume,
         integrations::create, integrations::list, integrations::get, integrations::update, integrations::delete, integrations::deliver,
+        crate::triggers::slack::events, crate::triggers::slack::commands, crate::triggers::slack::interactivity,
+        crate::triggers::linear::webhook, crate::triggers::github::webhook,
         workers::list, workers::repos_pushed,
         admin::users, admin::create_user, admin::update_user, admin::keys, admin::create_key, admin::rotate_key,
         admin::revoke_key, admin::create_team, admin::git_providers, admin::put_git_provider, admin::delete_git_provider,

@@ -103,6 +103,7 @@ pub async fn tick(state: &AppState) -> Result<usize, ApiError> {
             schedule_id: Some(schedule.id.clone()),
             parent_run_id: None,
             metadata: None,
+            trigger_url: None,
         };
         // A run that cannot be made is recorded with what the API would have answered.
         let prepared = creation::prepare(state, &schedule.team_id, new).await.map_err(ApiError::from);

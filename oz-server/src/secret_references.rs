@@ -54,7 +54,7 @@ pub fn of_config(config: &AgentConfig) -> Vec<SecretReference> {
         .collect()
 }
 
-/// Every reference must name a secret of the team that no git provider names.
+/// Every reference must name a secret of the team that no git provider and no integration names.
 pub async fn check(store: &dyn Store, team_id: &str, references: &[SecretReference]) -> Result<(), Refused> {
     if references.is_empty() {
         return Ok(());
@@ -66,6 +66,16 @@ pub async fn check(store: &dyn Store, team_id: &str, references: &[SecretReferen
                 field: reference.field.clone(),
                 name: reference.name.clone(),
                 host: host.clone(),
+            });
+        }
+        let integrations = store.integrations(team_id).await?;
+        if let Some(integration) = integrations.iter().find(|i| {
+            i.provider.as_ref().is_some_and(|p| p.secret_names().iter().any(|(_, n)| *n == reference.name))
+        }) {
+            return Err(Refused::IntegrationSecret {
+                field: reference.field.clone(),
+                name: reference.name.clone(),
+                integration: integration.name.clone(),
             });
         }
         if store.secret(team_id, &reference.name).await?.is_none() {
@@ -95,6 +105,16 @@ pub enum Refused {
         name: String,
         /// The provider's git host.
         host: String,
+    },
+    /// An integration's credential (a Slack token, a Linear key, a GitHub App's key).
+    #[error("{field}: the secret {name:?} belongs to the integration {integration:?}; it is never handed to a run")]
+    IntegrationSecret {
+        /// Where it was named.
+        field: String,
+        /// The name.
+        name: String,
+        /// The integration's name.
+        integration: String,
     },
     /// The store failed.
     #[error("the store failed while checking secret references: {0}")]

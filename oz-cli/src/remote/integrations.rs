@@ -1,8 +1,11 @@
-//! `oz integration create|list|get|update|delete`: webhooks that start a run per delivery.
+//! `oz integration create [webhook|slack|linear|github]|list|get|update|delete`: triggers that
+//! start runs: a generic signed webhook, a Slack app, a Linear workspace, a GitHub App.
 
 use std::process::ExitCode;
 
-use oz_core::wire::api::{IntegrationItem, IntegrationRequest};
+use oz_core::wire::api::{
+    GitHubSettings, IntegrationItem, IntegrationRequest, LinearSettings, ProviderSettings, SlackSettings,
+};
 
 use super::output::Printer;
 use super::{ApiOpts, CliError};
@@ -10,20 +13,70 @@ use super::{ApiOpts, CliError};
 /// `oz integration ...`.
 #[derive(Debug, clap::Subcommand)]
 pub enum IntegrationCommand {
-    /// Creates a webhook integration; prints its URL and its signing secret (shown only this once).
+    /// Creates an integration: a generic webhook (prints its URL and its signing secret, shown only
+    /// this once), or a Slack, Linear or GitHub trigger (prints the URLs to give the provider). A
+    /// provider's credentials are team secrets, set first with `oz secret set NAME`; the options
+    /// name them.
     Create {
+        /// What it listens to.
+        #[arg(value_enum, default_value = "webhook")]
+        kind: IntegrationKind,
         /// Its name.
         #[arg(long)]
         name: String,
-        /// The prompt of its runs; the delivery's payload is appended.
-        #[arg(long, short = 'p')]
+        /// A webhook's prompt (the delivery's payload is appended); for a provider, optional
+        /// instructions put before what people ask.
+        #[arg(long, short = 'p', default_value = "")]
         prompt: String,
-        /// The environment of its runs.
+        /// The environment of its runs (GitHub: it must list the repositories events come from).
         #[arg(long, short = 'e')]
         environment: Option<String>,
         /// The worker its runs go to.
         #[arg(long)]
         host: Option<String>,
+        /// Slack: the team secret holding the app's signing secret.
+        #[arg(long, value_name = "SECRET_NAME")]
+        signing_secret: Option<String>,
+        /// Slack: the team secret holding the bot token (xoxb-...).
+        #[arg(long, value_name = "SECRET_NAME")]
+        bot_token_secret: Option<String>,
+        /// Linear, GitHub: the team secret holding the webhook's signing secret.
+        #[arg(long, value_name = "SECRET_NAME")]
+        webhook_secret: Option<String>,
+        /// Linear: the team secret holding the API key the agent posts with.
+        #[arg(long, value_name = "SECRET_NAME")]
+        api_key_secret: Option<String>,
+        /// GitHub: the App's id (or client id).
+        #[arg(long)]
+        app: Option<String>,
+        /// GitHub: the team secret holding the App's private key (PEM).
+        #[arg(long, value_name = "SECRET_NAME")]
+        private_key_secret: Option<String>,
+        /// GitHub: the App's slug (comments saying @SLUG reach the agent).
+        #[arg(long)]
+        app_slug: Option<String>,
+        /// Linear: the agent's user id (issues assigned to it start runs).
+        #[arg(long)]
+        agent_user_id: Option<String>,
+        /// Linear, GitHub: a label whose issues start runs.
+        #[arg(long)]
+        label: Option<String>,
+        /// Linear: what a comment says to reach the agent (default @oz).
+        #[arg(long)]
+        mention: Option<String>,
+        /// Linear: the workflow state an issue moves to when its run opens a pull request.
+        #[arg(long)]
+        pull_request_state_id: Option<String>,
+        /// Who may trigger it (Slack user ids, `*` for anyone; Linear user ids; GitHub logins
+        /// besides the repository's collaborators). Repeatable.
+        #[arg(long = "allow-user", value_name = "USER")]
+        allowed_users: Vec<String>,
+        /// Slack: channel ids where anyone may trigger it. Repeatable.
+        #[arg(long = "allow-channel", value_name = "CHANNEL")]
+        allowed_channels: Vec<String>,
+        /// The provider's API root (a proxy, GitHub Enterprise, a test fake).
+        #[arg(long)]
+        api_base_url: Option<String>,
     },
     /// Lists integrations.
     List,
@@ -56,6 +109,76 @@ pub enum IntegrationCommand {
     },
 }
 
+/// What an integration listens to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum IntegrationKind {
+    /// A generic webhook signed with a secret it makes.
+    Webhook,
+    /// A Slack app.
+    Slack,
+    /// A Linear workspace.
+    Linear,
+    /// A GitHub App.
+    Github,
+}
+
+/// The options of `oz integration create` that make a provider's settings.
+#[derive(Default)]
+struct ProviderOptions {
+    signing_secret: Option<String>,
+    bot_token_secret: Option<String>,
+    webhook_secret: Option<String>,
+    api_key_secret: Option<String>,
+    app: Option<String>,
+    private_key_secret: Option<String>,
+    app_slug: Option<String>,
+    agent_user_id: Option<String>,
+    label: Option<String>,
+    mention: Option<String>,
+    pull_request_state_id: Option<String>,
+    allowed_users: Vec<String>,
+    allowed_channels: Vec<String>,
+    api_base_url: Option<String>,
+}
+
+fn required(value: Option<String>, flag: &str, kind: &str) -> Result<String, CliError> {
+    value.ok_or_else(|| CliError::Usage(format!("oz integration create {kind} needs --{flag}")))
+}
+
+impl ProviderOptions {
+    fn settings(self, kind: IntegrationKind) -> Result<Option<ProviderSettings>, CliError> {
+        Ok(match kind {
+            IntegrationKind::Webhook => None,
+            IntegrationKind::Slack => Some(ProviderSettings::Slack(SlackSettings {
+                signing_secret: required(self.signing_secret, "signing-secret", "slack")?,
+                bot_token_secret: required(self.bot_token_secret, "bot-token-secret", "slack")?,
+                allowed_users: self.allowed_users,
+                allowed_channels: self.allowed_channels,
+                api_base_url: self.api_base_url,
+            })),
+            IntegrationKind::Linear => Some(ProviderSettings::Linear(LinearSettings {
+                webhook_secret: required(self.webhook_secret, "webhook-secret", "linear")?,
+                api_key_secret: required(self.api_key_secret, "api-key-secret", "linear")?,
+                agent_user_id: self.agent_user_id,
+                label: self.label,
+                mention: self.mention,
+                pull_request_state_id: self.pull_request_state_id,
+                allowed_users: self.allowed_users,
+                api_base_url: self.api_base_url,
+            })),
+            IntegrationKind::Github => Some(ProviderSettings::Github(GitHubSettings {
+                webhook_secret: required(self.webhook_secret, "webhook-secret", "github")?,
+                app: required(self.app, "app", "github")?,
+                private_key_secret: required(self.private_key_secret, "private-key-secret", "github")?,
+                app_slug: required(self.app_slug, "app-slug", "github")?,
+                label: self.label,
+                allowed_users: self.allowed_users,
+                api_base_url: self.api_base_url,
+            })),
+        })
+    }
+}
+
 /// Renders an integration for people; the secret appears only when the server returned it (on create).
 pub fn describe_integration(i: &IntegrationItem) -> String {
     let mut lines = vec![
@@ -63,9 +186,14 @@ pub fn describe_integration(i: &IntegrationItem) -> String {
         format!("name         {}", i.name),
         format!("kind         {}", i.kind),
         format!("enabled      {}", i.enabled),
-        format!("webhook      {}", i.webhook_url),
-        format!("prompt       {}", i.prompt),
     ];
+    if i.urls.is_empty() {
+        lines.push(format!("webhook      {}", i.webhook_url));
+    }
+    for (purpose, url) in &i.urls {
+        lines.push(format!("{:<12} {url}", format!("{purpose}:")));
+    }
+    lines.push(format!("prompt       {}", i.prompt));
     if let Some(secret) = &i.secret {
         lines.push(format!("secret       {secret}"));
         lines
@@ -84,8 +212,47 @@ pub async fn run(command: IntegrationCommand, api: ApiOpts) -> Result<ExitCode, 
     let printer = Printer { format: api.output_format };
     let integrations = client.integrations();
     match command {
-        IntegrationCommand::Create { name, prompt, environment, host } => {
+        IntegrationCommand::Create {
+            kind,
+            name,
+            prompt,
+            environment,
+            host,
+            signing_secret,
+            bot_token_secret,
+            webhook_secret,
+            api_key_secret,
+            app,
+            private_key_secret,
+            app_slug,
+            agent_user_id,
+            label,
+            mention,
+            pull_request_state_id,
+            allowed_users,
+            allowed_channels,
+            api_base_url,
+        } => {
+            let options = ProviderOptions {
+                signing_secret,
+                bot_token_secret,
+                webhook_secret,
+                api_key_secret,
+                app,
+                private_key_secret,
+                app_slug,
+                agent_user_id,
+                label,
+                mention,
+                pull_request_state_id,
+                allowed_users,
+                allowed_channels,
+                api_base_url,
+            };
             let mut request = integrations.create(name, prompt);
+            if let Some(settings) = options.settings(kind)? {
+                request = request.provider(settings);
+            }
             if let Some(v) = environment {
                 request = request.environment_id(v);
             }
@@ -105,6 +272,7 @@ pub async fn run(command: IntegrationCommand, api: ApiOpts) -> Result<ExitCode, 
                 name: name.unwrap_or(current.name),
                 prompt: prompt.unwrap_or(current.prompt),
                 agent_config: current.agent_config,
+                provider: current.provider,
                 enabled: Some(if enable {
                     true
                 } else if disable {

@@ -643,7 +643,10 @@ mod tests {
 pub struct IntegrationRequest {
     /// Its name.
     pub name: String,
-    /// The prompt of its runs; `{{payload}}` is replaced by the delivery's body (else it is appended).
+    /// For a generic webhook, the prompt of its runs (required): `{{payload}}` is replaced by the
+    /// delivery's body, else the body is appended. For a provider, optional instructions put before
+    /// what the person wrote.
+    #[serde(default)]
     pub prompt: String,
     /// The agent config of its runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -651,6 +654,121 @@ pub struct IntegrationRequest {
     /// Default true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
+    /// The provider it listens to (Slack, Linear, GitHub); absent: a generic signed webhook. Fixed at
+    /// creation: an update may change the settings, not the provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<ProviderSettings>,
+}
+
+/// Our extension: a provider's settings. Credentials are never given here: each `*_secret` field
+/// names a team secret (`PUT /secrets/{name}`) holding the value, read when it is needed.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ProviderSettings {
+    /// A Slack app: mentions, thread replies, `/oz`, buttons.
+    Slack(SlackSettings),
+    /// A Linear workspace: assigned or labelled issues, mentions in their comments.
+    Linear(LinearSettings),
+    /// A GitHub App: `@app` comments and labelled issues.
+    Github(GitHubSettings),
+}
+
+impl ProviderSettings {
+    /// `slack`, `linear` or `github`: the integration's `kind`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProviderSettings::Slack(_) => "slack",
+            ProviderSettings::Linear(_) => "linear",
+            ProviderSettings::Github(_) => "github",
+        }
+    }
+
+    /// Every team secret it names, with the field naming it.
+    pub fn secret_names(&self) -> Vec<(&'static str, &str)> {
+        match self {
+            ProviderSettings::Slack(s) => {
+                vec![("signing_secret", s.signing_secret.as_str()), ("bot_token_secret", s.bot_token_secret.as_str())]
+            }
+            ProviderSettings::Linear(s) => {
+                vec![("webhook_secret", s.webhook_secret.as_str()), ("api_key_secret", s.api_key_secret.as_str())]
+            }
+            ProviderSettings::Github(s) => {
+                vec![("webhook_secret", s.webhook_secret.as_str()), ("private_key_secret", s.private_key_secret.as_str())]
+            }
+        }
+    }
+}
+
+/// A Slack app's settings.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlackSettings {
+    /// The team secret holding the app's signing secret (Basic Information, App Credentials).
+    pub signing_secret: String,
+    /// The team secret holding the bot token (`xoxb-...`).
+    pub bot_token_secret: String,
+    /// Slack user ids (`U...`) who may start and steer runs; `*` for anyone in the workspace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_users: Vec<String>,
+    /// Channel ids (`C...`) where anyone may start and steer runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_channels: Vec<String>,
+    /// The Web API's root; default `https://slack.com/api`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_base_url: Option<String>,
+}
+
+/// A Linear workspace's settings.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinearSettings {
+    /// The team secret holding the webhook's signing secret.
+    pub webhook_secret: String,
+    /// The team secret holding the API key the agent's user posts with.
+    pub api_key_secret: String,
+    /// The agent's Linear user id: an issue assigned to it starts a run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_user_id: Option<String>,
+    /// A label's name: an issue given it starts a run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// What a comment says to reach the agent (default `@oz`): such a comment on an issue with a
+    /// run is a follow-up to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mention: Option<String>,
+    /// The workflow state the issue moves to when its run opens a pull request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_request_state_id: Option<String>,
+    /// Linear user ids who may trigger it; empty or `*`: anyone in the workspace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_users: Vec<String>,
+    /// The API's root; default `https://api.linear.app` (GraphQL at `/graphql`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_base_url: Option<String>,
+}
+
+/// A GitHub App's settings.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitHubSettings {
+    /// The team secret holding the App's webhook secret.
+    pub webhook_secret: String,
+    /// The App's id (or client id).
+    pub app: String,
+    /// The team secret holding the App's private key (PEM).
+    pub private_key_secret: String,
+    /// The App's slug: comments that say `@<slug>` reach the agent.
+    pub app_slug: String,
+    /// A label's name: an issue given it starts a run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// GitHub logins who may trigger it besides the repository's owners, members and collaborators.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_users: Vec<String>,
+    /// The REST API's root; default `https://api.github.com`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_base_url: Option<String>,
 }
 
 /// Our extension: an integration (a named trigger fired by signed webhooks).
@@ -661,7 +779,7 @@ pub struct IntegrationItem {
     pub id: String,
     /// Its name.
     pub name: String,
-    /// `webhook`.
+    /// `webhook`, `slack`, `linear` or `github`.
     pub kind: String,
     /// Whether deliveries make runs.
     pub enabled: bool,
@@ -670,8 +788,14 @@ pub struct IntegrationItem {
     /// The agent config of its runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_config: Option<AgentConfig>,
-    /// Where to POST signed deliveries.
+    /// Its provider's settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<ProviderSettings>,
+    /// Where to POST signed deliveries (for Slack: its Events API request URL).
     pub webhook_url: String,
+    /// Every URL to give the provider, by purpose (Slack: `events`, `commands`, `interactivity`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub urls: BTreeMap<String, String>,
     /// The signing secret: present only in the response that created it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,

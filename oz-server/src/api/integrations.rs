@@ -6,7 +6,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use jiff::Timestamp;
 use oz_core::failure::ErrorCode;
-use oz_core::wire::api::{IntegrationItem, IntegrationRequest, WebhookAccepted};
+use std::collections::BTreeMap;
+
+use oz_core::wire::api::{IntegrationItem, IntegrationRequest, ProviderSettings, WebhookAccepted};
 
 #[allow(unused_imports)]
 use crate::api::schema::*;
@@ -25,30 +27,49 @@ pub const MAX_PAYLOAD_IN_PROMPT: usize = 64 * 1024;
 
 /// `shown_secret`: the signing secret in the clear, for the one answer that carries it.
 fn item(state: &AppState, i: IntegrationRecord, shown_secret: Option<String>) -> IntegrationItem {
+    let root = format!("{}/api/v1/integrations/{}", state.public_url, i.id);
+    let urls: BTreeMap<String, String> = match i.provider.as_ref().map(ProviderSettings::kind) {
+        Some("slack") => [
+            ("events", format!("{root}/slack/events")),
+            ("commands", format!("{root}/slack/commands")),
+            ("interactivity", format!("{root}/slack/interactivity")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect(),
+        Some(kind) => [("webhook".to_owned(), format!("{root}/{kind}/webhook"))].into_iter().collect(),
+        None => BTreeMap::new(),
+    };
+    let webhook_url = urls.get("events").or_else(|| urls.get("webhook")).cloned().unwrap_or(format!("{root}/webhook"));
     IntegrationItem {
-        webhook_url: format!("{}/api/v1/integrations/{}/webhook", state.public_url, i.id),
+        webhook_url,
+        urls,
         id: i.id,
         name: i.name,
         kind: i.kind,
         enabled: i.enabled,
         prompt: i.prompt,
         agent_config: i.agent_config,
+        provider: i.provider,
         secret: shown_secret,
         created_at: i.created_at,
         updated_at: i.updated_at,
     }
 }
 
-fn validate(state: &AppState, req: &IntegrationRequest) -> Result<(), ApiError> {
+async fn validate(state: &AppState, team_id: &str, req: &IntegrationRequest) -> Result<(), ApiError> {
     if req.name.trim().is_empty() {
         return Err(ApiError::invalid("name is required"));
     }
     oz_core::validate::text("name", &req.name, 128, false).map_err(|e| ApiError::invalid(e.to_string()))?;
-    if req.prompt.trim().is_empty() {
+    if req.provider.is_none() && req.prompt.trim().is_empty() {
         return Err(ApiError::invalid("prompt is required"));
     }
     oz_core::validate::text("prompt", &req.prompt, crate::api::runs::MAX_PROMPT_LEN, true)
         .map_err(|e| ApiError::invalid(e.to_string()))?;
+    if let Some(provider) = &req.provider {
+        validate_provider(state, team_id, provider).await?;
+    }
     match req.agent_config.as_ref().and_then(|c| c.worker_host.as_deref()) {
         Some(host) if host != "warp" => {
             validate_worker_id(host).map_err(|e| ApiError::invalid(format!("agent_config.worker_host: {}", e.detail)))
@@ -58,6 +79,51 @@ fn validate(state: &AppState, req: &IntegrationRequest) -> Result<(), ApiError> 
         )),
         _ => Ok(()),
     }
+}
+
+/// A provider's settings: the secrets they name exist, its API root is usable, and it says who may
+/// trigger it where the provider has no notion of it.
+async fn validate_provider(state: &AppState, team_id: &str, provider: &ProviderSettings) -> Result<(), ApiError> {
+    let kind = provider.kind();
+    for (field, name) in provider.secret_names() {
+        if name.trim().is_empty() {
+            return Err(ApiError::invalid(format!("provider.{field} is required: the name of a team secret")));
+        }
+        if state.store.secret(team_id, name).await?.is_none() {
+            return Err(ApiError::invalid(format!(
+                "provider.{field}: the team has no secret {name:?} (an admin sets it with PUT /secrets/{name} or `oz secret set {name}`)"
+            )));
+        }
+    }
+    let base = match provider {
+        ProviderSettings::Slack(s) => {
+            if s.allowed_users.is_empty() && s.allowed_channels.is_empty() {
+                return Err(ApiError::invalid(
+                    "provider.allowed_users or provider.allowed_channels is required: who may start runs from Slack (allowed_users [\"*\"] for anyone in the workspace)",
+                ));
+            }
+            s.api_base_url.as_deref()
+        }
+        ProviderSettings::Linear(l) => {
+            if l.agent_user_id.is_none() && l.label.is_none() {
+                return Err(ApiError::invalid(
+                    "provider.agent_user_id or provider.label is required: which issues start runs",
+                ));
+            }
+            l.api_base_url.as_deref()
+        }
+        ProviderSettings::Github(g) => {
+            if g.app_slug.trim().is_empty() || g.app.trim().is_empty() {
+                return Err(ApiError::invalid("provider.app and provider.app_slug are required"));
+            }
+            g.api_base_url.as_deref()
+        }
+    };
+    if let Some(base) = base {
+        crate::triggers::client_base_url(base).map_err(|e| ApiError::invalid(format!("provider.api_base_url: {e}")))?;
+    }
+    tracing::debug!(kind, "provider settings checked");
+    Ok(())
 }
 
 fn not_found(id: &str) -> impl Fn(StoreError) -> ApiError + '_ {
@@ -74,17 +140,25 @@ pub async fn create(
     Admin(caller): Admin,
     ApiJson(req): ApiJson<IntegrationRequest>,
 ) -> Result<Json<IntegrationItem>, ApiError> {
-    validate(&state, &req)?;
+    validate(&state, &caller.team_id, &req).await?;
     crate::sharing::check_template(&state, &caller.team_id, req.agent_config.as_ref()).await?;
     let now = Timestamp::now();
     let id = format!("int_{}", uuid::Uuid::new_v4().simple());
-    let signing_secret = format!("whsec_{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
-    let sealed = state.keyring.seal(&vault::integration_place(&id), &signing_secret).map_err(ApiError::internal)?;
+    // A provider signs with its own secret (a team secret the settings name): none is made here.
+    let signing_secret = req
+        .provider
+        .is_none()
+        .then(|| format!("whsec_{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple()));
+    let sealed = state
+        .keyring
+        .seal(&vault::integration_place(&id), signing_secret.as_deref().unwrap_or(""))
+        .map_err(ApiError::internal)?;
     let record = IntegrationRecord {
         id,
         team_id: caller.team_id,
         name: req.name,
-        kind: "webhook".into(),
+        kind: req.provider.as_ref().map(ProviderSettings::kind).unwrap_or("webhook").into(),
+        provider: req.provider,
         secret: sealed,
         enabled: req.enabled.unwrap_or(true),
         prompt: req.prompt,
@@ -94,7 +168,7 @@ pub async fn create(
         updated_at: now,
     };
     state.store.insert_integration(&record).await?;
-    Ok(Json(item(&state, record, Some(signing_secret))))
+    Ok(Json(item(&state, record, signing_secret)))
 }
 
 /// `GET /integrations`.
@@ -128,13 +202,20 @@ pub async fn update(
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<IntegrationRequest>,
 ) -> Result<Json<IntegrationItem>, ApiError> {
-    validate(&state, &req)?;
+    validate(&state, &caller.team_id, &req).await?;
     crate::sharing::check_template(&state, &caller.team_id, req.agent_config.as_ref()).await?;
     let mut i = state
         .store
         .integration(&caller.team_id, &id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("there is no integration {id:?}")))?;
+    if req.provider.as_ref().map(ProviderSettings::kind).unwrap_or("webhook") != i.kind {
+        return Err(ApiError::invalid(format!(
+            "provider: this integration is a {} integration; its provider cannot change (make a new integration)",
+            i.kind
+        )));
+    }
+    i.provider = req.provider;
     i.name = req.name;
     i.prompt = req.prompt;
     i.agent_config = req.agent_config;
@@ -165,8 +246,12 @@ pub async fn deliver(
 ) -> Result<(StatusCode, Json<WebhookAccepted>), ApiError> {
     // Unknown integrations and bad signatures look the same from outside.
     let refused = |why: &str| ApiError::unauthenticated(format!("the delivery was refused: {why}"));
-    let integration =
-        state.store.integration_by_id(&id).await?.ok_or_else(|| refused("the signature does not match"))?;
+    let integration = state
+        .store
+        .integration_by_id(&id)
+        .await?
+        .filter(|i| i.provider.is_none())
+        .ok_or_else(|| refused("the signature does not match"))?;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let now = Timestamp::now().as_second();
     let secret = if vault::is_sealed(&integration.secret) {
@@ -191,7 +276,8 @@ pub async fn deliver(
     }
     let signature = header(SIGNATURE_HEADER).unwrap_or_default().trim().to_owned();
     let at = Timestamp::now();
-    let forget = at.checked_sub(jiff::SignedDuration::from_secs(2 * REPLAY_WINDOW_SECS)).unwrap_or(at);
+    // Kept as long as the providers' deliveries (one table): longer than the signature's window.
+    let forget = at.checked_sub(crate::triggers::DELIVERY_MEMORY.max(jiff::SignedDuration::from_secs(2 * REPLAY_WINDOW_SECS))).unwrap_or(at);
     if !state.store.record_delivery(&integration.id, &signature, at, forget).await? {
         return Err(ApiError::conflict("this delivery was already received (a replay)"));
     }
@@ -212,6 +298,7 @@ pub async fn deliver(
         schedule_id: None,
         parent_run_id: None,
         metadata: Some(serde_json::json!({"integration_id": integration.id})),
+        trigger_url: None,
     };
     let run = creation::create(&state, &integration.team_id, new).await?;
     Ok((StatusCode::ACCEPTED, Json(WebhookAccepted { run_id: run.id })))

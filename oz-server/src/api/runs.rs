@@ -88,6 +88,7 @@ pub async fn create(
         schedule_id: None,
         parent_run_id: req.parent_run_id.clone(),
         metadata: req.metadata.as_ref().map(|m| serde_json::json!(m)),
+        trigger_url: None,
     };
     let run = creation::create(&state, &caller.team_id, new).await?;
     Ok(created(run))
@@ -133,6 +134,7 @@ pub async fn register_local(
         schedule_id: None,
         parent_run_id: None,
         metadata: None,
+        trigger_url: None,
     };
     let (run, workload_token) = creation::register_local(&state, &caller.team_id, new).await?;
     let session_link = Some(crate::sharing::session_link(&state.public_url, &run.session_id));
@@ -284,9 +286,17 @@ pub async fn cancel(
     Member(caller): Member,
     ApiPath(run_id): ApiPath<String>,
 ) -> Result<Json<String>, ApiError> {
+    steerable_run(&state, &caller, &run_id).await?;
+    cancel_run(&state, &run_id).await?;
+    Ok(Json(run_id))
+}
+
+/// Cancels run `run_id` (whoever asked was checked): a run not yet claimed ends CANCELLED here; a
+/// claimed one is asked to stop and ends as its runner reports. 400 if it already ended.
+pub(crate) async fn cancel_run(state: &AppState, run_id: &str) -> Result<(), ApiError> {
     // The run may move between the read and the change (dispatched, claimed): read again and redo.
     for _ in 0..5 {
-        let run = steerable_run(&state, &caller, &run_id).await?;
+        let run = state.store.run_by_id(run_id).await?.ok_or_else(|| ApiError::not_found("no such run"))?;
         let before_it_started = match run.state {
             s if s.is_terminal() => return Err(ApiError::invalid(format!("the run already ended ({s})"))),
             RunState::Queued => "cancelled before it started",
@@ -299,14 +309,14 @@ pub async fn cancel(
                     return Err(ApiError::invalid(format!("the run already ended ({ended})")));
                 }
                 state.dispatcher.forward_cancel(&run);
-                return Ok(Json(run.id));
+                return Ok(());
             }
         };
         let change = StateChange::new(run.state, RunState::Cancelled).message(before_it_started);
         match state.lifecycle.apply(&run.id, change).await {
             Ok(_) => {
                 state.dispatcher.forward_cancel(&run);
-                return Ok(Json(run.id));
+                return Ok(());
             }
             Err(e) if e.status == axum::http::StatusCode::CONFLICT => continue,
             Err(e) => return Err(e),

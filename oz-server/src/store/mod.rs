@@ -229,6 +229,8 @@ pub struct RunRecord {
     pub execution_count: u32,
     /// The follow-up that continued it after its end, while that execution is the current one.
     pub continuation: Option<RunContinuation>,
+    /// What started it, as a link (the Slack message, the Linear issue, the GitHub comment).
+    pub trigger_url: Option<String>,
 }
 
 /// The follow-up that continued a run after its end: its message is what the agent is asked in the
@@ -669,10 +671,13 @@ pub struct IntegrationRecord {
     pub team_id: String,
     /// Its name.
     pub name: String,
-    /// `webhook` (Slack and Linear come later).
+    /// `webhook`, `slack`, `linear` or `github`.
     pub kind: String,
-    /// The HMAC key webhooks are signed with (kept to verify signatures; never shown after creation).
+    /// A generic webhook's HMAC key (kept to verify signatures; never shown after creation), sealed;
+    /// a provider's integration seals an empty one (its credentials are team secrets).
     pub secret: String,
+    /// A provider's settings (`None` for a generic webhook).
+    pub provider: Option<oz_core::wire::api::ProviderSettings>,
     /// Whether deliveries make runs.
     pub enabled: bool,
     /// The prompt of its runs; `{{payload}}` is replaced by the delivery's body (else it is appended).
@@ -713,4 +718,63 @@ pub trait IntegrationStore: Send + Sync + 'static {
         at: Timestamp,
         forget_before: Timestamp,
     ) -> Result<bool, StoreError>;
+    /// Forgets one delivery (its run could not be made: the provider's retry must be able to).
+    async fn forget_delivery(&self, integration_id: &str, signature: &str) -> Result<(), StoreError>;
+    /// In one transaction: records the delivery `delivery` of `trigger.integration_id` (as
+    /// [`IntegrationStore::record_delivery`]), and unless it was seen before, stores `run` and
+    /// `trigger`. False (and nothing stored) for a delivery seen before.
+    async fn insert_triggered_run(
+        &self,
+        run: &RunRecord,
+        trigger: &RunTriggerRecord,
+        delivery: &str,
+        forget_before: Timestamp,
+    ) -> Result<bool, StoreError>;
+    /// The latest run an integration's event started in `thread_key`.
+    async fn run_trigger_in_thread(
+        &self,
+        integration_id: &str,
+        thread_key: &str,
+    ) -> Result<Option<RunTriggerRecord>, StoreError>;
+    /// The trigger of run `run_id`, if a provider's event started it.
+    async fn run_trigger(&self, run_id: &str) -> Result<Option<RunTriggerRecord>, StoreError>;
+    /// Triggers whose run is in a state not fully posted back (`posted` differs from the run's
+    /// `<execution>:<state>`) and whose next attempt is due at `now`: at most `limit`, oldest first.
+    async fn pending_postbacks(&self, now: Timestamp, limit: u32) -> Result<Vec<RunTriggerRecord>, StoreError>;
+    /// When the next attempt of a pending post-back is due (`None`: none waits).
+    async fn next_postback_at(&self) -> Result<Option<Timestamp>, StoreError>;
+    /// Saves a trigger's post-back progress (`posted`, `target`, `steps_done`, `message_ref`,
+    /// `message_execution`, `thread_key`, `reply`, `attempts`, `next_attempt_at`).
+    async fn save_postback(&self, trigger: &RunTriggerRecord) -> Result<(), StoreError>;
+}
+
+/// A run that a provider's event started, and what was posted back about it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunTriggerRecord {
+    /// The run.
+    pub run_id: String,
+    /// The integration whose event started it.
+    pub integration_id: String,
+    /// `slack`, `linear` or `github`.
+    pub provider: String,
+    /// Where later messages to it come from (a Slack thread, a Linear issue, a GitHub issue).
+    pub thread_key: String,
+    /// Where to post back, as the provider's module writes it.
+    pub reply: serde_json::Value,
+    /// The last `<execution>:<state>` fully posted.
+    pub posted: Option<String>,
+    /// The `<execution>:<state>` being posted.
+    pub target: Option<String>,
+    /// How many of the target's steps are done.
+    pub steps_done: u32,
+    /// The provider's id of the status message (updated as the run moves).
+    pub message_ref: Option<String>,
+    /// The execution the status message is about.
+    pub message_execution: u32,
+    /// Failed attempts at the current target.
+    pub attempts: u32,
+    /// When to try again after a failure.
+    pub next_attempt_at: Option<Timestamp>,
+    /// When the run was started.
+    pub created_at: Timestamp,
 }

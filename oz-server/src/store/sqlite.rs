@@ -201,7 +201,7 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 const RUN_COLUMNS: &str = "id, team_id, creator_id, title, prompt, state, source, worker_host, config, status_message, artifacts, \
      metadata, schedule_id, parent_run_id, created_us, updated_us, started_us, finished_us, execution_id, claimed_by, lease_us, \
-     cancel_requested, session_id, team_access, public_access, shared_users, execution_count, continuation";
+     cancel_requested, session_id, team_access, public_access, shared_users, execution_count, continuation, trigger_url";
 
 /// Appends an event to a run's history (deflated when large); its sequence number. A runner's
 /// report carries its `(attempt, runner_seq)` and is stored once: `None` when it was already.
@@ -246,8 +246,8 @@ async fn insert_run_with<'e, E: sqlx::Executor<'e, Database = Sqlite>>(
     sqlx::query(
         "INSERT INTO runs (id, team_id, creator_id, title, prompt, state, source, worker_host, config, status_message, artifacts, \
          metadata, schedule_id, parent_run_id, environment_id, model_id, agent_name, created_us, updated_us, execution_id, \
-         session_id, team_access, public_access, shared_users) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         session_id, team_access, public_access, shared_users, trigger_url) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&run.id)
     .bind(&run.team_id)
@@ -273,6 +273,7 @@ async fn insert_run_with<'e, E: sqlx::Executor<'e, Database = Sqlite>>(
     .bind(run.sharing.team.map(|a| a.as_str()))
     .bind(run.sharing.public.map(|a| a.as_str()))
     .bind(rows::shared_users_json(&run.sharing.users))
+    .bind(&run.trigger_url)
     .execute(executor)
     .await?;
     Ok(())
@@ -858,8 +859,8 @@ impl ScheduleStore for SqliteStore {
 impl IntegrationStore for SqliteStore {
     async fn insert_integration(&self, i: &IntegrationRecord) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO integrations (id, team_id, name, kind, secret, enabled, prompt, agent_config, created_by, created_us, updated_us) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO integrations (id, team_id, name, kind, secret, enabled, prompt, agent_config, created_by, created_us, updated_us, settings) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&i.id)
         .bind(&i.team_id)
@@ -872,18 +873,20 @@ impl IntegrationStore for SqliteStore {
         .bind(&i.created_by)
         .bind(micros(i.created_at))
         .bind(micros(i.updated_at))
+        .bind(i.provider.as_ref().map(json))
         .execute(&self.writer)
         .await?;
         Ok(())
     }
 
     async fn update_integration(&self, i: &IntegrationRecord) -> Result<(), StoreError> {
-        let done = sqlx::query("UPDATE integrations SET name = ?, enabled = ?, prompt = ?, agent_config = ?, updated_us = ? WHERE team_id = ? AND id = ?")
+        let done = sqlx::query("UPDATE integrations SET name = ?, enabled = ?, prompt = ?, agent_config = ?, updated_us = ?, settings = ? WHERE team_id = ? AND id = ?")
             .bind(&i.name)
             .bind(i.enabled as i64)
             .bind(&i.prompt)
             .bind(i.agent_config.as_ref().map(json))
             .bind(micros(i.updated_at))
+            .bind(i.provider.as_ref().map(json))
             .bind(&i.team_id)
             .bind(&i.id)
             .execute(&self.writer)
@@ -937,5 +940,117 @@ impl IntegrationStore for SqliteStore {
                 .execute(&self.writer)
                 .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn forget_delivery(&self, integration_id: &str, signature: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM webhook_deliveries WHERE integration_id = ? AND signature = ?")
+            .bind(integration_id)
+            .bind(signature)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_triggered_run(
+        &self,
+        run: &RunRecord,
+        trigger: &RunTriggerRecord,
+        delivery: &str,
+        forget_before: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query("DELETE FROM webhook_deliveries WHERE at_us < ?").bind(micros(forget_before)).execute(&mut *tx).await?;
+        let done = sqlx::query(
+            "INSERT OR IGNORE INTO webhook_deliveries (integration_id, signature, at_us, run_id) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&trigger.integration_id)
+        .bind(delivery)
+        .bind(micros(run.created_at))
+        .bind(&run.id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        insert_run_with(&mut *tx, run).await?;
+        sqlx::query(
+            "INSERT INTO run_triggers (run_id, integration_id, provider, thread_key, reply, created_us) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&trigger.run_id)
+        .bind(&trigger.integration_id)
+        .bind(&trigger.provider)
+        .bind(&trigger.thread_key)
+        .bind(json(&trigger.reply))
+        .bind(micros(trigger.created_at))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn run_trigger_in_thread(
+        &self,
+        integration_id: &str,
+        thread_key: &str,
+    ) -> Result<Option<RunTriggerRecord>, StoreError> {
+        RunTriggerRecord::one(
+            sqlx::query_as(
+                "SELECT * FROM run_triggers WHERE integration_id = ? AND thread_key = ? ORDER BY created_us DESC LIMIT 1",
+            )
+            .bind(integration_id)
+            .bind(thread_key)
+            .fetch_optional(&self.pool)
+            .await?,
+        )
+    }
+
+    async fn run_trigger(&self, run_id: &str) -> Result<Option<RunTriggerRecord>, StoreError> {
+        RunTriggerRecord::one(
+            sqlx::query_as("SELECT * FROM run_triggers WHERE run_id = ?").bind(run_id).fetch_optional(&self.pool).await?,
+        )
+    }
+
+    async fn pending_postbacks(&self, now: Timestamp, limit: u32) -> Result<Vec<RunTriggerRecord>, StoreError> {
+        RunTriggerRecord::all(
+            sqlx::query_as(
+                "SELECT t.* FROM run_triggers t JOIN runs r ON r.id = t.run_id \
+                 WHERE t.posted IS NOT (r.execution_count || ':' || r.state) \
+                 AND (t.next_attempt_us IS NULL OR t.next_attempt_us <= ?) ORDER BY t.created_us LIMIT ?",
+            )
+            .bind(micros(now))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?,
+        )
+    }
+
+    async fn next_postback_at(&self) -> Result<Option<Timestamp>, StoreError> {
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(t.next_attempt_us) FROM run_triggers t JOIN runs r ON r.id = t.run_id \
+             WHERE t.posted IS NOT (r.execution_count || ':' || r.state) AND t.next_attempt_us IS NOT NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(next.map(rows::from_micros))
+    }
+
+    async fn save_postback(&self, t: &RunTriggerRecord) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE run_triggers SET posted = ?, target = ?, steps_done = ?, message_ref = ?, message_execution = ?, \
+             thread_key = ?, reply = ?, attempts = ?, next_attempt_us = ? WHERE run_id = ?",
+        )
+        .bind(&t.posted)
+        .bind(&t.target)
+        .bind(i64::from(t.steps_done))
+        .bind(&t.message_ref)
+        .bind(i64::from(t.message_execution))
+        .bind(&t.thread_key)
+        .bind(json(&t.reply))
+        .bind(i64::from(t.attempts))
+        .bind(t.next_attempt_at.map(micros))
+        .bind(&t.run_id)
+        .execute(&self.writer)
+        .await?;
+        found(done.rows_affected())
     }
 }

@@ -7,7 +7,7 @@ use sqlx::FromRow;
 use sqlx::sqlite::SqliteRow;
 
 use crate::store::{
-    ApiKeyRecord, EnvironmentRecord, IntegrationRecord, RunEventRecord, RunRecord, ScheduleRecord, SecretRecord,
+    ApiKeyRecord, EnvironmentRecord, IntegrationRecord, RunEventRecord, RunRecord, RunTriggerRecord, ScheduleRecord, SecretRecord,
     SignInRecord, StoreError, TeamRecord, UserRecord, WorkloadTokenRecord,
 };
 
@@ -27,7 +27,7 @@ pub(super) trait Stored: Sized {
     }
 }
 
-fn from_micros(us: i64) -> Timestamp {
+pub(super) fn from_micros(us: i64) -> Timestamp {
     Timestamp::from_microsecond(us).unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
@@ -72,6 +72,7 @@ pub(super) struct RunRow {
     shared_users: String,
     execution_count: i64,
     continuation: Option<String>,
+    trigger_url: Option<String>,
 }
 
 /// A user a run is shared with, as `runs.shared_users` holds it.
@@ -135,6 +136,7 @@ impl Stored for RunRecord {
             cancel_requested: r.cancel_requested,
             execution_count: u32::try_from(r.execution_count).unwrap_or(1),
             continuation: parse_json_opt("runs.continuation", r.continuation)?,
+            trigger_url: r.trigger_url,
         })
     }
 }
@@ -309,6 +311,7 @@ pub(super) struct IntegrationRow {
     created_by: Option<String>,
     created_us: i64,
     updated_us: i64,
+    settings: Option<String>,
 }
 
 impl Stored for IntegrationRecord {
@@ -316,6 +319,7 @@ impl Stored for IntegrationRecord {
     fn from_row(r: IntegrationRow) -> Result<Self, StoreError> {
         Ok(IntegrationRecord {
             agent_config: parse_json_opt("integrations.agent_config", r.agent_config)?,
+            provider: parse_json_opt("integrations.settings", r.settings)?,
             id: r.id,
             team_id: r.team_id,
             name: r.name,
@@ -462,6 +466,44 @@ impl Stored for SignInRecord {
             secret_hash: r.secret_hash,
             created_at: from_micros(r.created_us),
             expires_at: from_micros(r.expires_us),
+        })
+    }
+}
+
+#[derive(FromRow)]
+pub(super) struct RunTriggerRow {
+    run_id: String,
+    integration_id: String,
+    provider: String,
+    thread_key: String,
+    reply: String,
+    posted: Option<String>,
+    target: Option<String>,
+    steps_done: i64,
+    message_ref: Option<String>,
+    message_execution: i64,
+    attempts: i64,
+    next_attempt_us: Option<i64>,
+    created_us: i64,
+}
+
+impl Stored for RunTriggerRecord {
+    type Row = RunTriggerRow;
+    fn from_row(r: RunTriggerRow) -> Result<Self, StoreError> {
+        Ok(RunTriggerRecord {
+            reply: parse_json("run_triggers.reply", &r.reply)?,
+            run_id: r.run_id,
+            integration_id: r.integration_id,
+            provider: r.provider,
+            thread_key: r.thread_key,
+            posted: r.posted,
+            target: r.target,
+            steps_done: u32::try_from(r.steps_done).unwrap_or(0),
+            message_ref: r.message_ref,
+            message_execution: u32::try_from(r.message_execution).unwrap_or(0),
+            attempts: u32::try_from(r.attempts).unwrap_or(0),
+            next_attempt_at: r.next_attempt_us.map(from_micros),
+            created_at: from_micros(r.created_us),
         })
     }
 }
