@@ -55,11 +55,19 @@ enum Command {
         #[command(flatten)]
         api: crate::remote::ApiOpts,
     },
-    /// Integrations: webhooks that start runs.
+    /// Integrations: webhooks, Slack, Linear and GitHub triggers that start runs.
     #[cfg(feature = "api-client")]
     Integration {
         #[command(subcommand)]
         command: crate::remote::integrations::IntegrationCommand,
+        #[command(flatten)]
+        api: crate::remote::ApiOpts,
+    },
+    /// Team secrets: write-only values runs and integrations name (values read from stdin).
+    #[cfg(feature = "api-client")]
+    Secret {
+        #[command(subcommand)]
+        command: crate::remote::secrets::SecretCommand,
         #[command(flatten)]
         api: crate::remote::ApiOpts,
     },
@@ -235,6 +243,8 @@ pub fn main() -> ExitCode {
         Command::Integration { command, api } => {
             crate::remote::run_command(crate::remote::integrations::run(command, api))
         }
+        #[cfg(feature = "api-client")]
+        Command::Secret { command, api } => crate::remote::run_command(crate::remote::secrets::run(command, api)),
         Command::Agent { command: AgentCommand::EgressProxy(args) } => {
             exit(oz_runner::egress_proxy_main(args.listen, args.policy()))
         }

@@ -74,9 +74,10 @@ pub enum IntegrationCommand {
         /// Slack: channel ids where anyone may trigger it. Repeatable.
         #[arg(long = "allow-channel", value_name = "CHANNEL")]
         allowed_channels: Vec<String>,
-        /// The provider's API root (a proxy, GitHub Enterprise, a test fake).
-        #[arg(long)]
-        api_base_url: Option<String>,
+        /// The provider's API root (a proxy, GitHub Enterprise, a test fake); `--api-base-url` is
+        /// this server's.
+        #[arg(long, value_name = "URL")]
+        provider_api_url: Option<String>,
     },
     /// Lists integrations.
     List,
@@ -231,7 +232,7 @@ pub async fn run(command: IntegrationCommand, api: ApiOpts) -> Result<ExitCode, 
             pull_request_state_id,
             allowed_users,
             allowed_channels,
-            api_base_url,
+            provider_api_url,
         } => {
             let options = ProviderOptions {
                 signing_secret,
@@ -247,7 +248,7 @@ pub async fn run(command: IntegrationCommand, api: ApiOpts) -> Result<ExitCode, 
                 pull_request_state_id,
                 allowed_users,
                 allowed_channels,
-                api_base_url,
+                api_base_url: provider_api_url,
             };
             let mut request = integrations.create(name, prompt);
             if let Some(settings) = options.settings(kind)? {

@@ -10,6 +10,7 @@ pub mod integrations;
 pub mod output;
 pub mod runs;
 pub mod schedules;
+pub mod secrets;
 pub mod workers;
 
 use std::process::ExitCode;
