@@ -122,6 +122,7 @@ async fn an_integration_secret_stored_in_the_clear_is_sealed_at_start() {
             enabled: true,
             prompt: "p".into(),
             agent_config: None,
+            provider: None,
             created_by: None,
             created_at: now,
             updated_at: now,
