@@ -35,12 +35,18 @@ async fn oz(stack: &oz_cli::local::LocalStack, args: &[&str], stdin: Option<&str
         drop(input);
     }
     let out = child.wait_with_output().await.unwrap();
-    assert!(out.status.success(), "oz {args:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "oz {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
 fn json_of(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,7 +74,14 @@ async fn a_slack_mention_runs_an_agent_that_commits_and_the_thread_hears_the_end
         repo.display()
     );
     let command = serde_json::to_string(&["/bin/sh", "-c", &script]).unwrap();
-    let mut env_args = vec!["environment".to_owned(), "create".into(), "--name".into(), "app".into(), "--setup-command".into(), "true".into()];
+    let mut env_args = vec![
+        "environment".to_owned(),
+        "create".into(),
+        "--name".into(),
+        "app".into(),
+        "--setup-command".into(),
+        "true".into(),
+    ];
     env_args.extend(["--env".into(), format!("OZ_HARNESS_COMMAND={command}")]);
     env_args.extend(["--env".into(), "OZ_PROMPT_FIRST_LINE=Fix from Slack".into()]);
     for (k, v) in support::git_identity() {
@@ -81,9 +94,25 @@ async fn a_slack_mention_runs_an_agent_that_commits_and_the_thread_hears_the_end
         &oz(
             &stack,
             &[
-                "integration", "create", "slack", "--name", "team-slack", "--environment", &env, "--host", "local",
-                "--signing-secret", "SLACK_SIGNING_SECRET", "--bot-token-secret", "SLACK_BOT_TOKEN",
-                "--allow-user", "U_ALICE", "--provider-api-url", &fake.base_url(), "--output-format", "json",
+                "integration",
+                "create",
+                "slack",
+                "--name",
+                "team-slack",
+                "--environment",
+                &env,
+                "--host",
+                "local",
+                "--signing-secret",
+                "SLACK_SIGNING_SECRET",
+                "--bot-token-secret",
+                "SLACK_BOT_TOKEN",
+                "--allow-user",
+                "U_ALICE",
+                "--provider-api-url",
+                &fake.base_url(),
+                "--output-format",
+                "json",
             ],
             None,
         )
@@ -91,7 +120,10 @@ async fn a_slack_mention_runs_an_agent_that_commits_and_the_thread_hears_the_end
     );
     assert_eq!(created["kind"], "slack");
     let events_url = created["urls"]["events"].as_str().unwrap().to_owned();
-    let text = String::from_utf8_lossy(&oz(&stack, &["integration", "get", created["id"].as_str().unwrap()], None).await.stdout).into_owned();
+    let text = String::from_utf8_lossy(
+        &oz(&stack, &["integration", "get", created["id"].as_str().unwrap()], None).await.stdout,
+    )
+    .into_owned();
     assert!(text.contains("events:") && text.contains("interactivity:"), "the URLs to give Slack: {text}");
 
     // Alice mentions the agent in #eng, as Slack delivers it.
@@ -127,7 +159,9 @@ async fn a_slack_mention_runs_an_agent_that_commits_and_the_thread_hears_the_end
     // ... and when it ended, how.
     let finished = fake
         .wait_for("the finished message", Duration::from_secs(90), |f| {
-            f.messages().into_iter().find(|m| m.by_bot && m.ts != started.ts && m.thread_ts.as_deref() == Some("1765000000.000100"))
+            f.messages()
+                .into_iter()
+                .find(|m| m.by_bot && m.ts != started.ts && m.thread_ts.as_deref() == Some("1765000000.000100"))
         })
         .await;
     assert!(finished.text.contains("Done"), "{}", finished.text);
@@ -140,7 +174,10 @@ async fn a_slack_mention_runs_an_agent_that_commits_and_the_thread_hears_the_end
     assert!(status.updates.iter().any(|u| u["text"].as_str().unwrap_or("").contains("Done")), "{:?}", status.updates);
     assert!(fake.violations().is_empty(), "{:?}", fake.violations());
     // The bot token reached Slack in its header only; nothing the agent saw or said carries it.
-    let transcript = String::from_utf8_lossy(&oz(&stack, &["run", "watch", &run_id, "--output-format", "ndjson"], None).await.stdout).into_owned();
+    let transcript = String::from_utf8_lossy(
+        &oz(&stack, &["run", "watch", &run_id, "--output-format", "ndjson"], None).await.stdout,
+    )
+    .into_owned();
     assert!(transcript.contains("committed"), "{transcript}");
     assert!(!transcript.contains(BOT_TOKEN) && !transcript.contains(SIGNING_SECRET));
     let db = std::fs::read(dir.path().join("stack").join("oz.db")).unwrap();

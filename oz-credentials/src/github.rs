@@ -290,7 +290,9 @@ impl GitHubAppProvider {
         let extra: Vec<String> = minted
             .permissions
             .iter()
-            .filter(|(name, level)| permissions.get(*name) != Some(*level) && (name.as_str(), level.as_str()) != ("metadata", "read"))
+            .filter(|(name, level)| {
+                permissions.get(*name) != Some(*level) && (name.as_str(), level.as_str()) != ("metadata", "read")
+            })
             .map(|(name, level)| format!("{name}: {level}"))
             .collect();
         let missing: Vec<&String> = permissions.keys().filter(|name| !minted.permissions.contains_key(*name)).collect();

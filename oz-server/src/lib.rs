@@ -39,8 +39,8 @@ pub mod sharing;
 pub mod sign_in;
 pub mod state;
 pub mod store;
-pub mod vault;
 pub mod triggers;
+pub mod vault;
 pub mod webhook;
 
 use std::net::SocketAddr;

@@ -69,9 +69,10 @@ pub async fn check(store: &dyn Store, team_id: &str, references: &[SecretReferen
             });
         }
         let integrations = store.integrations(team_id).await?;
-        if let Some(integration) = integrations.iter().find(|i| {
-            i.provider.as_ref().is_some_and(|p| p.secret_names().iter().any(|(_, n)| *n == reference.name))
-        }) {
+        if let Some(integration) = integrations
+            .iter()
+            .find(|i| i.provider.as_ref().is_some_and(|p| p.secret_names().iter().any(|(_, n)| *n == reference.name)))
+        {
             return Err(Refused::IntegrationSecret {
                 field: reference.field.clone(),
                 name: reference.name.clone(),

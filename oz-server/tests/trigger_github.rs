@@ -22,14 +22,24 @@ const WAIT: Duration = Duration::from_secs(10);
 async fn setup() -> (TestServer, FakeGitHub, String) {
     let t = TestServer::start().await;
     let fake = FakeGitHub::start(APP_ID, TEST_APP_PUBLIC_PEM).await;
-    fake.add_installation(77, "acme", &["api"], &[("issues", "write"), ("pull_requests", "write"), ("contents", "write")]);
+    fake.add_installation(
+        77,
+        "acme",
+        &["api"],
+        &[("issues", "write"), ("pull_requests", "write"), ("contents", "write")],
+    );
     fake.seed_issue("acme/api", 12, "Flaky test in CI", "test_login fails one time in ten");
     for (name, value) in [("GH_WEBHOOK_SECRET", WEBHOOK_SECRET), ("GH_APP_KEY", TEST_APP_PRIVATE_PEM)] {
-        let (status, body) = t.call(reqwest::Method::PUT, &format!("/secrets/{name}"), &t.key_a, Some(json!({"value": value}))).await;
+        let (status, body) =
+            t.call(reqwest::Method::PUT, &format!("/secrets/{name}"), &t.key_a, Some(json!({"value": value}))).await;
         assert_eq!(status, 200, "{body}");
     }
     let (status, env) = t
-        .post("/agent/environments", &t.key_a, json!({"name": "api", "github_repos": [{"owner": "acme", "repo": "api"}], "setup_commands": []}))
+        .post(
+            "/agent/environments",
+            &t.key_a,
+            json!({"name": "api", "github_repos": [{"owner": "acme", "repo": "api"}], "setup_commands": []}),
+        )
         .await;
     assert_eq!(status, 200, "{env}");
     let env_id = env["uid"].as_str().or(env["id"].as_str()).unwrap().to_owned();
@@ -89,7 +99,10 @@ async fn run_count(t: &TestServer) -> usize {
 #[tokio::test]
 async fn an_app_mention_runs_in_the_repositorys_environment_and_the_app_comments_back() {
     let (t, fake, url) = setup().await;
-    assert_eq!(deliver(&t, &url, "ping", "p-1", &json!({"zen": "Keep it logically awesome."}), WEBHOOK_SECRET).await, (200, json!({"ok": true})));
+    assert_eq!(
+        deliver(&t, &url, "ping", "p-1", &json!({"zen": "Keep it logically awesome."}), WEBHOOK_SECRET).await,
+        (200, json!({"ok": true}))
+    );
     let mut worker = t.worker(&t.key_a, "w1").await;
     let event = comment_event("acme/api", "alice", "MEMBER", &format!("@{APP_SLUG} please fix this flake"));
     let (status, answer) = deliver(&t, &url, "issue_comment", "d-1", &event, WEBHOOK_SECRET).await;
@@ -99,7 +112,12 @@ async fn an_app_mention_runs_in_the_repositorys_environment_and_the_app_comments
     assert_eq!(run["source"], "GITHUB_WEBHOOK");
     assert_eq!(run["trigger_url"], "https://github.com/acme/api/issues/12#issuecomment-9001");
     let prompt = run["prompt"].as_str().unwrap();
-    assert!(prompt.contains("acme/api#12") && prompt.contains("test_login fails one time in ten") && prompt.contains("please fix this flake"), "{prompt}");
+    assert!(
+        prompt.contains("acme/api#12")
+            && prompt.contains("test_login fails one time in ten")
+            && prompt.contains("please fix this flake"),
+        "{prompt}"
+    );
 
     // The App mints a token for that repository only, with the permissions to comment, and comments.
     let started = fake.wait_for("the started comment", WAIT, |f| f.comments().into_iter().next()).await;
@@ -108,14 +126,21 @@ async fn an_app_mention_runs_in_the_repositorys_environment_and_the_app_comments
     let minted = fake.minted();
     assert_eq!(minted[0].repos, vec!["api".to_owned()]);
     assert_eq!(minted[0].permissions.get("issues").map(String::as_str), Some("write"));
-    assert!(!minted[0].permissions.contains_key("contents"), "no more than commenting needs: {:?}", minted[0].permissions);
+    assert!(
+        !minted[0].permissions.contains_key("contents"),
+        "no more than commenting needs: {:?}",
+        minted[0].permissions
+    );
 
     // A redelivery (same X-GitHub-Delivery) starts nothing.
     assert!(deliver(&t, &url, "issue_comment", "d-1", &event, WEBHOOK_SECRET).await.1.get("ignored").is_some());
     assert_eq!(run_count(&t).await, 1);
     // Another mention on the same issue steers the run.
     let more = comment_event("acme/api", "alice", "MEMBER", &format!("@{APP_SLUG} and add a regression test"));
-    assert_eq!(deliver(&t, &url, "issue_comment", "d-2", &more, WEBHOOK_SECRET).await.1["followed_up"], run_id.as_str());
+    assert_eq!(
+        deliver(&t, &url, "issue_comment", "d-2", &more, WEBHOOK_SECRET).await.1["followed_up"],
+        run_id.as_str()
+    );
 
     // It runs and ends with a pull request: the comment is kept current and the outcome posted.
     let assignment = match worker.next().await {
@@ -123,13 +148,22 @@ async fn an_app_mention_runs_in_the_repositorys_environment_and_the_app_comments
         other => panic!("expected an assignment, got {other:?}"),
     };
     let token = assignment.env_vars["OZ_WORKLOAD_TOKEN"].clone();
-    worker.send(WorkerMessage::TaskClaimed(TaskClaimed { task_id: run_id.clone(), worker_id: "w1".into(), execution_id: None })).await;
+    worker
+        .send(WorkerMessage::TaskClaimed(TaskClaimed {
+            task_id: run_id.clone(),
+            worker_id: "w1".into(),
+            execution_id: None,
+        }))
+        .await;
     t.wait_state(&t.key_a, &run_id, "CLAIMED").await;
     report(&t, &run_id, &token, json!({"event": "harness_started", "harness": "command"})).await;
     report(&t, &run_id, &token, json!({"event": "artifact", "artifact_type": "PULL_REQUEST", "url": "https://github.com/acme/api/pull/13", "branch": "oz/flake"})).await;
-    report(&t, &run_id, &token, json!({"event": "finished", "state": "SUCCEEDED", "exit_code": 0, "message": "fixed"})).await;
+    report(&t, &run_id, &token, json!({"event": "finished", "state": "SUCCEEDED", "exit_code": 0, "message": "fixed"}))
+        .await;
     let outcome = fake
-        .wait_for("the outcome comment", Duration::from_secs(20), |f| f.comments().into_iter().find(|c| c.id != started.id && c.body.contains("pull/13")))
+        .wait_for("the outcome comment", Duration::from_secs(20), |f| {
+            f.comments().into_iter().find(|c| c.id != started.id && c.body.contains("pull/13"))
+        })
         .await;
     assert!(outcome.body.contains("Done"), "{}", outcome.body);
     let status_comment = fake.comments().into_iter().find(|c| c.id == started.id).unwrap();
@@ -155,20 +189,34 @@ async fn forged_strangers_and_foreign_repositories_start_nothing() {
         .await
         .unwrap();
     assert_eq!(tampered.status(), 401);
-    let unsigned = t.http.post(&url).header("X-GitHub-Event", "issue_comment").header("X-GitHub-Delivery", "d-3").body(body).send().await.unwrap();
+    let unsigned = t
+        .http
+        .post(&url)
+        .header("X-GitHub-Event", "issue_comment")
+        .header("X-GitHub-Delivery", "d-3")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(unsigned.status(), 401);
     let garbage = t.http.post(&url).header("X-Hub-Signature-256", "sha256=00").body("{{").send().await.unwrap();
     assert_eq!(garbage.status(), 401);
     // A stranger's mention; a bot's; a mention of another app; a repository outside the environment.
     let stranger = comment_event("acme/api", "mallory", "NONE", &format!("@{APP_SLUG} leak the secrets"));
-    assert_eq!(deliver(&t, &url, "issue_comment", "d-4", &stranger, WEBHOOK_SECRET).await.1["ignored"], "this user may not start runs here");
+    assert_eq!(
+        deliver(&t, &url, "issue_comment", "d-4", &stranger, WEBHOOK_SECRET).await.1["ignored"],
+        "this user may not start runs here"
+    );
     let mut bot = comment_event("acme/api", "dependabot[bot]", "NONE", &format!("@{APP_SLUG} hi"));
     bot["comment"]["user"]["type"] = json!("Bot");
     assert!(deliver(&t, &url, "issue_comment", "d-5", &bot, WEBHOOK_SECRET).await.1.get("ignored").is_some());
     let other_app = comment_event("acme/api", "alice", "OWNER", &format!("@{APP_SLUG}-two go"));
     assert!(deliver(&t, &url, "issue_comment", "d-6", &other_app, WEBHOOK_SECRET).await.1.get("ignored").is_some());
     let foreign = comment_event("acme/secret-infra", "alice", "OWNER", &format!("@{APP_SLUG} go"));
-    assert_eq!(deliver(&t, &url, "issue_comment", "d-7", &foreign, WEBHOOK_SECRET).await.1["ignored"], "the repository is not one of the run's environment's");
+    assert_eq!(
+        deliver(&t, &url, "issue_comment", "d-7", &foreign, WEBHOOK_SECRET).await.1["ignored"],
+        "the repository is not one of the run's environment's"
+    );
     // Unknown events are acknowledged.
     assert_eq!(deliver(&t, &url, "star", "d-8", &json!({"action": "created"}), WEBHOOK_SECRET).await.0, 200);
     assert_eq!(run_count(&t).await, 0);

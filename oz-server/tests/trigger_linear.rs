@@ -33,7 +33,8 @@ async fn setup() -> (TestServer, FakeLinear, String) {
         comments: vec![("Bob".into(), "It started after the 3.2 release.".into())],
     });
     for (name, value) in [("LINEAR_WEBHOOK_SECRET", WEBHOOK_SECRET), ("LINEAR_API_KEY", API_KEY)] {
-        let (status, body) = t.call(reqwest::Method::PUT, &format!("/secrets/{name}"), &t.key_a, Some(json!({"value": value}))).await;
+        let (status, body) =
+            t.call(reqwest::Method::PUT, &format!("/secrets/{name}"), &t.key_a, Some(json!({"value": value}))).await;
         assert_eq!(status, 200, "{body}");
     }
     let (status, created) = t
@@ -106,21 +107,34 @@ async fn an_assigned_issue_runs_and_its_comments_follow_the_run() {
     assert_eq!(run["source"], "LINEAR");
     assert_eq!(run["trigger_url"], "https://linear.app/acme/issue/ENG-42/login-page-crashes");
     let prompt = run["prompt"].as_str().unwrap();
-    for part in ["ENG-42", "Login page crashes on Safari", "Steps: open /login in Safari 17.", "Bob: It started after the 3.2 release."] {
+    for part in [
+        "ENG-42",
+        "Login page crashes on Safari",
+        "Steps: open /login in Safari 17.",
+        "Bob: It started after the 3.2 release.",
+    ] {
         assert!(prompt.contains(part), "{part:?} in {prompt}");
     }
     // "You should know immediately that it has started working": a comment with the session link.
     let session_link = run["session_link"].as_str().unwrap().to_owned();
-    let status_comment = fake
-        .wait_for("the started comment", WAIT, |f| f.comments("issue-uuid-1").into_iter().find(|c| c.by_api))
-        .await;
+    let status_comment =
+        fake.wait_for("the started comment", WAIT, |f| f.comments("issue-uuid-1").into_iter().find(|c| c.by_api)).await;
     assert!(status_comment.body.contains(&session_link), "{}", status_comment.body);
     let calls = fake.requests();
     assert!(calls.iter().all(|r| r.header("authorization") == Some(API_KEY)), "a personal key is sent as is");
 
     // A replay of the delivery, and a second assignment while the run goes on: nothing new.
-    assert!(deliver(&t, &url, "d-1", &issue_assigned("user_alice", now_ms), WEBHOOK_SECRET).await.1.get("ignored").is_some());
-    assert_eq!(deliver(&t, &url, "d-1b", &issue_assigned("user_alice", now_ms), WEBHOOK_SECRET).await.1["ignored"], "this issue's run has not ended");
+    assert!(
+        deliver(&t, &url, "d-1", &issue_assigned("user_alice", now_ms), WEBHOOK_SECRET)
+            .await
+            .1
+            .get("ignored")
+            .is_some()
+    );
+    assert_eq!(
+        deliver(&t, &url, "d-1b", &issue_assigned("user_alice", now_ms), WEBHOOK_SECRET).await.1["ignored"],
+        "this issue's run has not ended"
+    );
     assert_eq!(run_count(&t).await, 1);
 
     // A comment mentioning the agent steers it; one that does not is ignored.
@@ -129,8 +143,17 @@ async fn an_assigned_issue_runs_and_its_comments_follow_the_run() {
                "actor": {"id": "user_alice", "type": "user"},
                "data": {"id": id, "body": body, "issueId": "issue-uuid-1", "userId": "user_alice"}})
     };
-    assert!(deliver(&t, &url, "d-2", &comment("c1", "looks related to #12"), WEBHOOK_SECRET).await.1.get("ignored").is_some());
-    assert_eq!(deliver(&t, &url, "d-3", &comment("c2", "@oz also check Firefox"), WEBHOOK_SECRET).await.1["followed_up"], run_id.as_str());
+    assert!(
+        deliver(&t, &url, "d-2", &comment("c1", "looks related to #12"), WEBHOOK_SECRET)
+            .await
+            .1
+            .get("ignored")
+            .is_some()
+    );
+    assert_eq!(
+        deliver(&t, &url, "d-3", &comment("c2", "@oz also check Firefox"), WEBHOOK_SECRET).await.1["followed_up"],
+        run_id.as_str()
+    );
     assert_eq!(t.followups_of(&t.key_a, &run_id).await, vec!["@oz also check Firefox".to_owned()]);
 
     // The run works, opens a pull request and succeeds; Linear rate-limits once on the way.
@@ -139,7 +162,13 @@ async fn an_assigned_issue_runs_and_its_comments_follow_the_run() {
         other => panic!("expected an assignment, got {other:?}"),
     };
     let token = assignment.env_vars["OZ_WORKLOAD_TOKEN"].clone();
-    worker.send(WorkerMessage::TaskClaimed(TaskClaimed { task_id: run_id.clone(), worker_id: "w1".into(), execution_id: None })).await;
+    worker
+        .send(WorkerMessage::TaskClaimed(TaskClaimed {
+            task_id: run_id.clone(),
+            worker_id: "w1".into(),
+            execution_id: None,
+        }))
+        .await;
     t.wait_state(&t.key_a, &run_id, "CLAIMED").await;
     report(&t, &run_id, &token, json!({"event": "harness_started", "harness": "command"})).await;
     fake.wait_for("the comment says it works", WAIT, |f| {
@@ -148,18 +177,27 @@ async fn an_assigned_issue_runs_and_its_comments_follow_the_run() {
     .await;
     fake.fail_next(1, Failure::RateLimited { retry_after_secs: 1 });
     report(&t, &run_id, &token, json!({"event": "artifact", "artifact_type": "PULL_REQUEST", "url": "https://github.com/acme/web/pull/9", "branch": "oz/eng-42"})).await;
-    report(&t, &run_id, &token, json!({"event": "finished", "state": "SUCCEEDED", "exit_code": 0, "message": "fixed"})).await;
+    report(&t, &run_id, &token, json!({"event": "finished", "state": "SUCCEEDED", "exit_code": 0, "message": "fixed"}))
+        .await;
     let outcome = fake
         .wait_for("the outcome comment", Duration::from_secs(20), |f| {
-            f.comments("issue-uuid-1").into_iter().find(|c| c.by_api && c.id != status_comment.id && c.body.contains("pull/9"))
+            f.comments("issue-uuid-1")
+                .into_iter()
+                .find(|c| c.by_api && c.id != status_comment.id && c.body.contains("pull/9"))
         })
         .await;
     assert!(outcome.body.contains("Done"), "{}", outcome.body);
-    fake.wait_for("the issue moved to review", WAIT, |f| f.issue_state("issue-uuid-1").filter(|s| s == "state_in_review")).await;
+    fake.wait_for("the issue moved to review", WAIT, |f| {
+        f.issue_state("issue-uuid-1").filter(|s| s == "state_in_review")
+    })
+    .await;
     assert!(fake.violations().is_empty(), "{:?}", fake.violations());
     assert_eq!(t.state_of(&t.key_a, &run_id).await, "SUCCEEDED");
     // Replayed once the run ended (when nothing else stops it): still no second run.
-    assert_eq!(deliver(&t, &url, "d-1", &issue_assigned("user_alice", now_ms), WEBHOOK_SECRET).await.1["ignored"], "this delivery was already received");
+    assert_eq!(
+        deliver(&t, &url, "d-1", &issue_assigned("user_alice", now_ms), WEBHOOK_SECRET).await.1["ignored"],
+        "this delivery was already received"
+    );
     assert_eq!(run_count(&t).await, 1);
 }
 
@@ -183,10 +221,14 @@ async fn forged_stale_and_unwanted_webhooks_start_nothing() {
     let garbage = t.http.post(&url).header("Linear-Signature", "00").body("{{{").send().await.unwrap();
     assert_eq!(garbage.status(), 401, "refused before parsing");
     // Signed, but sent two minutes ago: a replay of an old delivery.
-    let (status, problem) = deliver(&t, &url, "d-2", &issue_assigned("user_alice", now_ms - 120_000), WEBHOOK_SECRET).await;
+    let (status, problem) =
+        deliver(&t, &url, "d-2", &issue_assigned("user_alice", now_ms - 120_000), WEBHOOK_SECRET).await;
     assert_eq!(status, 401, "{problem}");
     // Someone not on the list assigns the issue to the agent.
-    assert_eq!(deliver(&t, &url, "d-3", &issue_assigned("user_mallory", now_ms), WEBHOOK_SECRET).await.1["ignored"], "this user may not start runs here");
+    assert_eq!(
+        deliver(&t, &url, "d-3", &issue_assigned("user_mallory", now_ms), WEBHOOK_SECRET).await.1["ignored"],
+        "this user may not start runs here"
+    );
     // Unknown types are acknowledged and ignored; an issue edit that is not an assignment too.
     let project = json!({"action": "create", "type": "Project", "webhookTimestamp": now_ms, "data": {"id": "p1"}});
     assert_eq!(deliver(&t, &url, "d-4", &project, WEBHOOK_SECRET).await.0, 200);

@@ -34,50 +34,9 @@ pub enum IntegrationCommand {
         /// The worker its runs go to.
         #[arg(long)]
         host: Option<String>,
-        /// Slack: the team secret holding the app's signing secret.
-        #[arg(long, value_name = "SECRET_NAME")]
-        signing_secret: Option<String>,
-        /// Slack: the team secret holding the bot token (xoxb-...).
-        #[arg(long, value_name = "SECRET_NAME")]
-        bot_token_secret: Option<String>,
-        /// Linear, GitHub: the team secret holding the webhook's signing secret.
-        #[arg(long, value_name = "SECRET_NAME")]
-        webhook_secret: Option<String>,
-        /// Linear: the team secret holding the API key the agent posts with.
-        #[arg(long, value_name = "SECRET_NAME")]
-        api_key_secret: Option<String>,
-        /// GitHub: the App's id (or client id).
-        #[arg(long)]
-        app: Option<String>,
-        /// GitHub: the team secret holding the App's private key (PEM).
-        #[arg(long, value_name = "SECRET_NAME")]
-        private_key_secret: Option<String>,
-        /// GitHub: the App's slug (comments saying @SLUG reach the agent).
-        #[arg(long)]
-        app_slug: Option<String>,
-        /// Linear: the agent's user id (issues assigned to it start runs).
-        #[arg(long)]
-        agent_user_id: Option<String>,
-        /// Linear, GitHub: a label whose issues start runs.
-        #[arg(long)]
-        label: Option<String>,
-        /// Linear: what a comment says to reach the agent (default @oz).
-        #[arg(long)]
-        mention: Option<String>,
-        /// Linear: the workflow state an issue moves to when its run opens a pull request.
-        #[arg(long)]
-        pull_request_state_id: Option<String>,
-        /// Who may trigger it (Slack user ids, `*` for anyone; Linear user ids; GitHub logins
-        /// besides the repository's collaborators). Repeatable.
-        #[arg(long = "allow-user", value_name = "USER")]
-        allowed_users: Vec<String>,
-        /// Slack: channel ids where anyone may trigger it. Repeatable.
-        #[arg(long = "allow-channel", value_name = "CHANNEL")]
-        allowed_channels: Vec<String>,
-        /// The provider's API root (a proxy, GitHub Enterprise, a test fake); `--api-base-url` is
-        /// this server's.
-        #[arg(long, value_name = "URL")]
-        provider_api_url: Option<String>,
+        /// The provider's settings.
+        #[command(flatten)]
+        provider: Box<ProviderOptions>,
     },
     /// Lists integrations.
     List,
@@ -99,7 +58,7 @@ pub enum IntegrationCommand {
         /// Accept deliveries again.
         #[arg(long, conflicts_with = "disable")]
         enable: bool,
-        /// Refuse deliveries (they answer 409) until enabled.
+        /// Refuse deliveries until enabled (a webhook answers 403; a provider's events are acknowledged and ignored).
         #[arg(long)]
         disable: bool,
     },
@@ -124,22 +83,52 @@ pub enum IntegrationKind {
 }
 
 /// The options of `oz integration create` that make a provider's settings.
-#[derive(Default)]
-struct ProviderOptions {
-    signing_secret: Option<String>,
-    bot_token_secret: Option<String>,
-    webhook_secret: Option<String>,
-    api_key_secret: Option<String>,
-    app: Option<String>,
-    private_key_secret: Option<String>,
-    app_slug: Option<String>,
-    agent_user_id: Option<String>,
-    label: Option<String>,
-    mention: Option<String>,
-    pull_request_state_id: Option<String>,
-    allowed_users: Vec<String>,
-    allowed_channels: Vec<String>,
-    api_base_url: Option<String>,
+#[derive(Debug, Default, clap::Args)]
+pub struct ProviderOptions {
+    /// Slack: the team secret holding the app's signing secret.
+    #[arg(long, value_name = "SECRET_NAME")]
+    pub signing_secret: Option<String>,
+    /// Slack: the team secret holding the bot token (xoxb-...).
+    #[arg(long, value_name = "SECRET_NAME")]
+    pub bot_token_secret: Option<String>,
+    /// Linear, GitHub: the team secret holding the webhook's signing secret.
+    #[arg(long, value_name = "SECRET_NAME")]
+    pub webhook_secret: Option<String>,
+    /// Linear: the team secret holding the API key the agent posts with.
+    #[arg(long, value_name = "SECRET_NAME")]
+    pub api_key_secret: Option<String>,
+    /// GitHub: the App's id (or client id).
+    #[arg(long)]
+    pub app: Option<String>,
+    /// GitHub: the team secret holding the App's private key (PEM).
+    #[arg(long, value_name = "SECRET_NAME")]
+    pub private_key_secret: Option<String>,
+    /// GitHub: the App's slug (comments saying @SLUG reach the agent).
+    #[arg(long)]
+    pub app_slug: Option<String>,
+    /// Linear: the agent's user id (issues assigned to it start runs).
+    #[arg(long)]
+    pub agent_user_id: Option<String>,
+    /// Linear, GitHub: a label whose issues start runs.
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Linear: what a comment says to reach the agent (default @oz).
+    #[arg(long)]
+    pub mention: Option<String>,
+    /// Linear: the workflow state an issue moves to when its run opens a pull request.
+    #[arg(long)]
+    pub pull_request_state_id: Option<String>,
+    /// Who may trigger it (Slack user ids, `*` for anyone; Linear user ids; GitHub logins
+    /// besides the repository's collaborators). Repeatable.
+    #[arg(long = "allow-user", value_name = "USER")]
+    pub allowed_users: Vec<String>,
+    /// Slack: channel ids where anyone may trigger it. Repeatable.
+    #[arg(long = "allow-channel", value_name = "CHANNEL")]
+    pub allowed_channels: Vec<String>,
+    /// The provider's API root (a proxy, GitHub Enterprise, a test fake); `--api-base-url` is
+    /// this server's.
+    #[arg(long, value_name = "URL")]
+    pub provider_api_url: Option<String>,
 }
 
 fn required(value: Option<String>, flag: &str, kind: &str) -> Result<String, CliError> {
@@ -147,7 +136,7 @@ fn required(value: Option<String>, flag: &str, kind: &str) -> Result<String, Cli
 }
 
 impl ProviderOptions {
-    fn settings(self, kind: IntegrationKind) -> Result<Option<ProviderSettings>, CliError> {
+    fn settings(self: Box<Self>, kind: IntegrationKind) -> Result<Option<ProviderSettings>, CliError> {
         Ok(match kind {
             IntegrationKind::Webhook => None,
             IntegrationKind::Slack => Some(ProviderSettings::Slack(SlackSettings {
@@ -155,7 +144,7 @@ impl ProviderOptions {
                 bot_token_secret: required(self.bot_token_secret, "bot-token-secret", "slack")?,
                 allowed_users: self.allowed_users,
                 allowed_channels: self.allowed_channels,
-                api_base_url: self.api_base_url,
+                api_base_url: self.provider_api_url,
             })),
             IntegrationKind::Linear => Some(ProviderSettings::Linear(LinearSettings {
                 webhook_secret: required(self.webhook_secret, "webhook-secret", "linear")?,
@@ -165,7 +154,7 @@ impl ProviderOptions {
                 mention: self.mention,
                 pull_request_state_id: self.pull_request_state_id,
                 allowed_users: self.allowed_users,
-                api_base_url: self.api_base_url,
+                api_base_url: self.provider_api_url,
             })),
             IntegrationKind::Github => Some(ProviderSettings::Github(GitHubSettings {
                 webhook_secret: required(self.webhook_secret, "webhook-secret", "github")?,
@@ -174,7 +163,7 @@ impl ProviderOptions {
                 app_slug: required(self.app_slug, "app-slug", "github")?,
                 label: self.label,
                 allowed_users: self.allowed_users,
-                api_base_url: self.api_base_url,
+                api_base_url: self.provider_api_url,
             })),
         })
     }
@@ -213,45 +202,9 @@ pub async fn run(command: IntegrationCommand, api: ApiOpts) -> Result<ExitCode, 
     let printer = Printer { format: api.output_format };
     let integrations = client.integrations();
     match command {
-        IntegrationCommand::Create {
-            kind,
-            name,
-            prompt,
-            environment,
-            host,
-            signing_secret,
-            bot_token_secret,
-            webhook_secret,
-            api_key_secret,
-            app,
-            private_key_secret,
-            app_slug,
-            agent_user_id,
-            label,
-            mention,
-            pull_request_state_id,
-            allowed_users,
-            allowed_channels,
-            provider_api_url,
-        } => {
-            let options = ProviderOptions {
-                signing_secret,
-                bot_token_secret,
-                webhook_secret,
-                api_key_secret,
-                app,
-                private_key_secret,
-                app_slug,
-                agent_user_id,
-                label,
-                mention,
-                pull_request_state_id,
-                allowed_users,
-                allowed_channels,
-                api_base_url: provider_api_url,
-            };
+        IntegrationCommand::Create { kind, name, prompt, environment, host, provider } => {
             let mut request = integrations.create(name, prompt);
-            if let Some(settings) = options.settings(kind)? {
+            if let Some(settings) = provider.settings(kind)? {
                 request = request.provider(settings);
             }
             if let Some(v) = environment {

@@ -694,7 +694,10 @@ impl ProviderSettings {
                 vec![("webhook_secret", s.webhook_secret.as_str()), ("api_key_secret", s.api_key_secret.as_str())]
             }
             ProviderSettings::Github(s) => {
-                vec![("webhook_secret", s.webhook_secret.as_str()), ("private_key_secret", s.private_key_secret.as_str())]
+                vec![
+                    ("webhook_secret", s.webhook_secret.as_str()),
+                    ("private_key_secret", s.private_key_secret.as_str()),
+                ]
             }
         }
     }

@@ -277,7 +277,9 @@ pub async fn deliver(
     let signature = header(SIGNATURE_HEADER).unwrap_or_default().trim().to_owned();
     let at = Timestamp::now();
     // Kept as long as the providers' deliveries (one table): longer than the signature's window.
-    let forget = at.checked_sub(crate::triggers::DELIVERY_MEMORY.max(jiff::SignedDuration::from_secs(2 * REPLAY_WINDOW_SECS))).unwrap_or(at);
+    let forget = at
+        .checked_sub(crate::triggers::DELIVERY_MEMORY.max(jiff::SignedDuration::from_secs(2 * REPLAY_WINDOW_SECS)))
+        .unwrap_or(at);
     if !state.store.record_delivery(&integration.id, &signature, at, forget).await? {
         return Err(ApiError::conflict("this delivery was already received (a replay)"));
     }

@@ -959,7 +959,10 @@ impl IntegrationStore for SqliteStore {
         forget_before: Timestamp,
     ) -> Result<bool, StoreError> {
         let mut tx = self.writer.begin().await?;
-        sqlx::query("DELETE FROM webhook_deliveries WHERE at_us < ?").bind(micros(forget_before)).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM webhook_deliveries WHERE at_us < ?")
+            .bind(micros(forget_before))
+            .execute(&mut *tx)
+            .await?;
         let done = sqlx::query(
             "INSERT OR IGNORE INTO webhook_deliveries (integration_id, signature, at_us, run_id) VALUES (?, ?, ?, ?)",
         )
@@ -1006,7 +1009,10 @@ impl IntegrationStore for SqliteStore {
 
     async fn run_trigger(&self, run_id: &str) -> Result<Option<RunTriggerRecord>, StoreError> {
         RunTriggerRecord::one(
-            sqlx::query_as("SELECT * FROM run_triggers WHERE run_id = ?").bind(run_id).fetch_optional(&self.pool).await?,
+            sqlx::query_as("SELECT * FROM run_triggers WHERE run_id = ?")
+                .bind(run_id)
+                .fetch_optional(&self.pool)
+                .await?,
         )
     }
 

@@ -135,7 +135,11 @@ impl Answer {
 }
 
 /// Sends `request` and reads its answer, whatever its status.
-pub(crate) async fn send(provider: &'static str, what: &'static str, request: RequestBuilder) -> Result<Answer, CallError> {
+pub(crate) async fn send(
+    provider: &'static str,
+    what: &'static str,
+    request: RequestBuilder,
+) -> Result<Answer, CallError> {
     let response = request.send().await.map_err(|source| CallError::Transport { provider, what, source })?;
     let status = response.status().as_u16();
     let retry_after = response

@@ -64,21 +64,29 @@ pub async fn webhook(
     ApiBytes(body): ApiBytes,
 ) -> Result<Json<Value>, ApiError> {
     let (integration, settings) = super::load(&state, &id, "github").await?;
-    let ProviderSettings::Github(settings) = settings else { return Err(super::refused("the signature does not match")) };
+    let ProviderSettings::Github(settings) = settings else {
+        return Err(super::refused("the signature does not match"));
+    };
     let secret = team_secret(&state, &integration.team_id, &settings.webhook_secret).await?;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let given = header(SIGNATURE_HEADER).ok_or_else(|| super::refused("missing X-Hub-Signature-256"))?;
-    let hex = given.trim().strip_prefix("sha256=").ok_or_else(|| super::refused("X-Hub-Signature-256 must start with sha256="))?;
+    let hex = given
+        .trim()
+        .strip_prefix("sha256=")
+        .ok_or_else(|| super::refused("X-Hub-Signature-256 must start with sha256="))?;
     if !signature::matches(secret.expose_secret().as_bytes(), &[&body], hex) {
         return Err(super::refused("the signature does not match"));
     }
-    let delivery = header(DELIVERY_HEADER).filter(|d| !d.trim().is_empty()).ok_or_else(|| ApiError::invalid("missing X-GitHub-Delivery"))?;
+    let delivery = header(DELIVERY_HEADER)
+        .filter(|d| !d.trim().is_empty())
+        .ok_or_else(|| ApiError::invalid("missing X-GitHub-Delivery"))?;
     let delivery = format!("github:{}", delivery.trim());
     let event = header(EVENT_HEADER).unwrap_or("").to_owned();
     if event == "ping" {
         return Ok(Json(json!({"ok": true})));
     }
-    let payload: Value = serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("the body is not JSON: {e}")))?;
+    let payload: Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("the body is not JSON: {e}")))?;
     let decision = decide(&state, &integration, &settings, &event, &payload, delivery.clone()).await;
     Ok(Json(super::act(&state, &integration, SOURCE, &delivery, decision).await?))
 }
@@ -96,7 +104,8 @@ fn mentions(text: &str, slug: &str) -> bool {
         let start = from + at;
         let end = start + wanted.len();
         let before_ok = start == 0 || !lower.as_bytes()[start - 1].is_ascii_alphanumeric();
-        let after_ok = lower.as_bytes().get(end).is_none_or(|b| !(b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_'));
+        let after_ok =
+            lower.as_bytes().get(end).is_none_or(|b| !(b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_'));
         if before_ok && after_ok {
             return true;
         }
@@ -141,7 +150,11 @@ async fn decide(
             }
             let key = thread_key(&repo, number);
             if let Ok(Some(_)) = state.store.run_trigger_in_thread(&integration.id, &key).await {
-                return Decision::FollowUp { thread_key: key, message: str_of(&comment, "body").to_owned(), by: format!("github:{login}") };
+                return Decision::FollowUp {
+                    thread_key: key,
+                    message: str_of(&comment, "body").to_owned(),
+                    by: format!("github:{login}"),
+                };
             }
             let kind = if issue.get("pull_request").is_some() { "pull request" } else { "issue" };
             let request = format!(
@@ -194,11 +207,9 @@ async fn environment_has_repo(state: &AppState, integration: &IntegrationRecord,
         return true;
     };
     match state.store.environment(&integration.team_id, environment_id).await {
-        Ok(Some(environment)) => environment
-            .config
-            .github_repos
-            .iter()
-            .any(|r| format!("{}/{}", r.owner, r.repo).eq_ignore_ascii_case(repo)),
+        Ok(Some(environment)) => {
+            environment.config.github_repos.iter().any(|r| format!("{}/{}", r.owner, r.repo).eq_ignore_ascii_case(repo))
+        }
         _ => false,
     }
 }
@@ -221,7 +232,14 @@ impl GitHubApi {
         let key = team_secret(state, &integration.team_id, &settings.private_key_secret).await?;
         let base_text = settings.api_base_url.as_deref().unwrap_or(oz_credentials::GITHUB_API);
         let base = client::base_url(base_text).map_err(|detail| {
-            TriggerError::Provider(CallError::Refused { provider: "GitHub", what: "settings", status: 0, detail, retryable: false, retry_after: None })
+            TriggerError::Provider(CallError::Refused {
+                provider: "GitHub",
+                what: "settings",
+                status: 0,
+                detail,
+                retryable: false,
+                retry_after: None,
+            })
         })?;
         let app = GitHubAppProvider::builder(AppIssuer::parse(&settings.app), key)
             .api_base(base_text)
@@ -238,8 +256,10 @@ impl GitHubApi {
             return Ok(token.clone());
         }
         let name = repo.split_once('/').map(|(_, n)| n).unwrap_or(repo);
-        let permissions: BTreeMap<String, String> =
-            [("issues", "write"), ("pull_requests", "write")].into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+        let permissions: BTreeMap<String, String> = [("issues", "write"), ("pull_requests", "write")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
         let (token, _) =
             self.app.repository_token(installation, name, &permissions).await.map_err(TriggerError::Credentials)?;
         self.token = Some((scope, token.clone()));

@@ -41,7 +41,8 @@ pub const DEFAULT_MENTION: &str = "@oz";
 
 /// The issue and its comments, for a run's prompt.
 const ISSUE_QUERY: &str = "query OzIssue($id: String!) { issue(id: $id) { id identifier title description url comments(first: 50) { nodes { body createdAt user { name } } } } }";
-const COMMENT_CREATE: &str = "mutation OzCommentCreate($input: CommentCreateInput!) { commentCreate(input: $input) { success comment { id } } }";
+const COMMENT_CREATE: &str =
+    "mutation OzCommentCreate($input: CommentCreateInput!) { commentCreate(input: $input) { success comment { id } } }";
 const COMMENT_UPDATE: &str = "mutation OzCommentUpdate($id: String!, $input: CommentUpdateInput!) { commentUpdate(id: $id, input: $input) { success } }";
 const ISSUE_UPDATE: &str = "mutation OzIssueUpdate($id: String!, $input: IssueUpdateInput!) { issueUpdate(id: $id, input: $input) { success } }";
 
@@ -63,14 +64,23 @@ pub async fn webhook(
     ApiBytes(body): ApiBytes,
 ) -> Result<Json<Value>, ApiError> {
     let (integration, settings) = super::load(&state, &id, "linear").await?;
-    let ProviderSettings::Linear(settings) = settings else { return Err(super::refused("the signature does not match")) };
+    let ProviderSettings::Linear(settings) = settings else {
+        return Err(super::refused("the signature does not match"));
+    };
     let secret = team_secret(&state, &integration.team_id, &settings.webhook_secret).await?;
-    let given = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).ok_or_else(|| super::refused("missing Linear-Signature"))?;
+    let given = headers
+        .get(SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| super::refused("missing Linear-Signature"))?;
     if !signature::matches(secret.expose_secret().as_bytes(), &[&body], given) {
         return Err(super::refused("the signature does not match"));
     }
-    let payload: Value = serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("the body is not JSON: {e}")))?;
-    let sent_ms = payload.get("webhookTimestamp").and_then(Value::as_i64).ok_or_else(|| super::refused("missing webhookTimestamp"))?;
+    let payload: Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("the body is not JSON: {e}")))?;
+    let sent_ms = payload
+        .get("webhookTimestamp")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| super::refused("missing webhookTimestamp"))?;
     if !signature::fresh(sent_ms / 1000, Timestamp::now().as_second(), WINDOW_SECS) {
         return Err(super::refused("webhookTimestamp is more than a minute from now"));
     }
@@ -111,7 +121,10 @@ async fn decide(
             });
             let labelled = settings.label.as_deref().is_some_and(|wanted| {
                 let label = data.get("labels").and_then(Value::as_array).and_then(|labels| {
-                    labels.iter().find(|l| str_of(l, "name").eq_ignore_ascii_case(wanted)).map(|l| str_of(l, "id").to_owned())
+                    labels
+                        .iter()
+                        .find(|l| str_of(l, "name").eq_ignore_ascii_case(wanted))
+                        .map(|l| str_of(l, "id").to_owned())
                 });
                 label.is_some_and(|id| {
                     action == "create"
@@ -147,9 +160,9 @@ async fn decide(
                 reply: json!({"issue_id": issue_id, "identifier": identifier}),
                 title: format!("{identifier} {}", str_of(&data, "title")).trim().to_owned(),
                 request,
-                trigger_url: Some(str_of(&data, "url").to_owned()).filter(|u| !u.is_empty()).or_else(|| {
-                    Some(str_of(payload, "url").to_owned()).filter(|u| !u.is_empty())
-                }),
+                trigger_url: Some(str_of(&data, "url").to_owned())
+                    .filter(|u| !u.is_empty())
+                    .or_else(|| Some(str_of(payload, "url").to_owned()).filter(|u| !u.is_empty())),
                 by: format!("linear:{actor}"),
             })
         }
@@ -168,7 +181,11 @@ async fn decide(
                 return Decision::Ignore("this user may not steer runs here");
             }
             let issue_id = str_of(&data, "issueId");
-            Decision::FollowUp { thread_key: thread_key(issue_id), message: body.to_owned(), by: format!("linear:{who}") }
+            Decision::FollowUp {
+                thread_key: thread_key(issue_id),
+                message: body.to_owned(),
+                by: format!("linear:{who}"),
+            }
         }
         _ => Decision::Ignore("an event this integration does not act on"),
     }
@@ -231,7 +248,14 @@ impl LinearApi {
     ) -> Result<Self, TriggerError> {
         let key = team_secret(state, &integration.team_id, &settings.api_key_secret).await?;
         let base = client::base_url(settings.api_base_url.as_deref().unwrap_or(LINEAR_API)).map_err(|detail| {
-            TriggerError::Provider(CallError::Refused { provider: "Linear", what: "settings", status: 0, detail, retryable: false, retry_after: None })
+            TriggerError::Provider(CallError::Refused {
+                provider: "Linear",
+                what: "settings",
+                status: 0,
+                detail,
+                retryable: false,
+                retry_after: None,
+            })
         })?;
         Ok(LinearApi { endpoint: client::join(&base, "graphql"), key })
     }
@@ -274,7 +298,8 @@ impl LinearApi {
                 self.graphql("commentCreate", COMMENT_CREATE, json!({"input": input})).await?;
             }
             Step::MoveIssue => {
-                if let ProviderSettings::Linear(LinearSettings { pull_request_state_id: Some(state_id), .. }) = settings {
+                if let ProviderSettings::Linear(LinearSettings { pull_request_state_id: Some(state_id), .. }) = settings
+                {
                     let input = json!({"stateId": state_id});
                     self.graphql("issueUpdate", ISSUE_UPDATE, json!({"id": issue_id, "input": input})).await?;
                 }

@@ -64,7 +64,8 @@ pub(crate) async fn load(
     id: &str,
     kind: &str,
 ) -> Result<(IntegrationRecord, ProviderSettings), ApiError> {
-    let integration = state.store.integration_by_id(id).await?.ok_or_else(|| refused("the signature does not match"))?;
+    let integration =
+        state.store.integration_by_id(id).await?.ok_or_else(|| refused("the signature does not match"))?;
     match integration.provider.clone() {
         Some(settings) if settings.kind() == kind => Ok((integration, settings)),
         _ => Err(refused("the signature does not match")),
@@ -73,8 +74,11 @@ pub(crate) async fn load(
 
 /// A team secret an integration names, opened.
 pub(crate) async fn team_secret(state: &AppState, team_id: &str, name: &str) -> Result<SecretString, TriggerError> {
-    let record =
-        state.store.secret(team_id, name).await?.ok_or_else(|| TriggerError::MissingSecret { name: name.to_owned() })?;
+    let record = state
+        .store
+        .secret(team_id, name)
+        .await?
+        .ok_or_else(|| TriggerError::MissingSecret { name: name.to_owned() })?;
     state
         .keyring
         .open(&vault::secret_place(team_id, name), &record.sealed)
@@ -117,9 +121,7 @@ impl TriggerError {
         match self {
             TriggerError::Provider(e) => e.retry_after(),
             TriggerError::Store(_) => Some(None),
-            TriggerError::Credentials(e) => {
-                e.status().is_none_or(|s| s == 429 || s >= 500).then_some(None)
-            }
+            TriggerError::Credentials(e) => e.status().is_none_or(|s| s == 429 || s >= 500).then_some(None),
             _ => None,
         }
     }

@@ -240,21 +240,23 @@ impl Progress {
 
     /// The status message: where the run is and where to watch it.
     pub(crate) fn status_text(&self, markup: Markup) -> String {
-        let again = if self.execution > 1 { format!(" (continued, execution {})", self.execution) } else { String::new() };
+        let again =
+            if self.execution > 1 { format!(" (continued, execution {})", self.execution) } else { String::new() };
         let mut text = format!(
             "{}{again}: Oz is on it. {}",
             markup.bold(self.state_words()),
             markup.link(&self.session_link, "Watch and steer the session")
         );
         if self.phase == Phase::Ended {
-            text = format!("{}{again}. {}", markup.bold(self.state_words()), markup.link(&self.session_link, "Session"));
+            text =
+                format!("{}{again}. {}", markup.bold(self.state_words()), markup.link(&self.session_link, "Session"));
         }
         text
     }
 
     /// The outcome: how the run ended, with what it produced.
     pub(crate) fn outcome_text(&self, markup: Markup) -> String {
-        let mut text = format!("{}", markup.bold(self.state_words()));
+        let mut text = markup.bold(self.state_words());
         if let Some(time) = &self.run_time {
             text.push_str(&format!(" after {time}"));
         }
@@ -281,15 +283,21 @@ pub(crate) enum Poster {
     /// Linear's GraphQL API.
     Linear(linear::LinearApi),
     /// GitHub's REST API as the App.
-    GitHub(github::GitHubApi),
+    GitHub(Box<github::GitHubApi>),
 }
 
 impl Poster {
-    async fn of(state: &AppState, integration: &IntegrationRecord, settings: &ProviderSettings) -> Result<Self, TriggerError> {
+    async fn of(
+        state: &AppState,
+        integration: &IntegrationRecord,
+        settings: &ProviderSettings,
+    ) -> Result<Self, TriggerError> {
         Ok(match settings {
             ProviderSettings::Slack(s) => Poster::Slack(slack::SlackApi::of(state, integration, s).await?),
             ProviderSettings::Linear(s) => Poster::Linear(linear::LinearApi::of(state, integration, s).await?),
-            ProviderSettings::Github(s) => Poster::GitHub(github::GitHubApi::of(state, integration, s).await?),
+            ProviderSettings::Github(s) => {
+                Poster::GitHub(Box::new(github::GitHubApi::of(state, integration, s).await?))
+            }
         })
     }
 

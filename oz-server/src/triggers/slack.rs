@@ -86,7 +86,8 @@ async fn verified(
 
 /// Whether `user` in `channel` may start and steer runs.
 fn allowed(settings: &SlackSettings, user: &str, channel: &str) -> bool {
-    settings.allowed_users.iter().any(|u| u == "*" || u == user) || settings.allowed_channels.iter().any(|c| c == channel)
+    settings.allowed_users.iter().any(|u| u == "*" || u == user)
+        || settings.allowed_channels.iter().any(|c| c == channel)
 }
 
 /// The thread a message is in: its root's `ts`.
@@ -167,12 +168,17 @@ async fn decide(
     delivery: String,
 ) -> Decision {
     let kind = str_of(event, "type");
-    let (user, channel, ts, text) = (str_of(event, "user"), str_of(event, "channel"), str_of(event, "ts"), str_of(event, "text"));
+    let (user, channel, ts, text) =
+        (str_of(event, "user"), str_of(event, "channel"), str_of(event, "ts"), str_of(event, "text"));
     if kind != "app_mention" && kind != "message" {
         return Decision::Ignore("an event type this integration does not act on");
     }
     // The bot's own messages, edits, joins: never a request.
-    if event.get("bot_id").is_some() || event.get("subtype").is_some() || user.is_empty() || bot_users.iter().any(|b| b == user) {
+    if event.get("bot_id").is_some()
+        || event.get("subtype").is_some()
+        || user.is_empty()
+        || bot_users.iter().any(|b| b == user)
+    {
         return Decision::Ignore("not a person's new message");
     }
     if channel.is_empty() || ts.is_empty() {
@@ -185,19 +191,20 @@ async fn decide(
             return Decision::Ignore("a message outside a thread, or one the app_mention covers");
         }
     }
-    if !allowed(settings, user, channel) {
-        refuse(state, integration, settings, channel, user);
-        return Decision::Ignore("this user may not start runs here");
-    }
     let request = without_mentions(text, bot_users);
     let root = thread_ts.unwrap_or(ts);
     let key = thread_key(channel, root);
     let has_run = matches!(state.store.run_trigger_in_thread(&integration.id, &key).await, Ok(Some(_)));
+    // Replies in threads without a run are none of the agent's business: no answer, whoever wrote.
+    if kind == "message" && !has_run {
+        return Decision::Ignore("a thread where no run was started");
+    }
+    if !allowed(settings, user, channel) {
+        refuse(state, integration, settings, channel, user);
+        return Decision::Ignore("this user may not start runs here");
+    }
     if has_run {
         return Decision::FollowUp { thread_key: key, message: request, by: format!("slack:{user}") };
-    }
-    if kind == "message" {
-        return Decision::Ignore("a thread where no run was started");
     }
     if request.is_empty() {
         return Decision::Ignore("a mention with nothing asked");
@@ -291,7 +298,8 @@ pub async fn commands(
     let (integration, settings) = verified(&state, &id, &headers, &body).await?;
     let form: std::collections::HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
     let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
-    let (user, channel, text, trigger_id) = (field("user_id"), field("channel_id"), field("text").trim(), field("trigger_id"));
+    let (user, channel, text, trigger_id) =
+        (field("user_id"), field("channel_id"), field("text").trim(), field("trigger_id"));
     let ephemeral = |text: String| Json(json!({"response_type": "ephemeral", "text": text})).into_response();
     if user.is_empty() || channel.is_empty() || trigger_id.is_empty() {
         return Err(ApiError::invalid("a slash command must carry user_id, channel_id and trigger_id"));
@@ -452,7 +460,8 @@ impl SlackApi {
                 self.call("chat.update", &body).await?;
             }
             Step::Outcome => {
-                let body = json!({"channel": channel, "thread_ts": thread_ts, "text": progress.outcome_text(Markup::Slack)});
+                let body =
+                    json!({"channel": channel, "thread_ts": thread_ts, "text": progress.outcome_text(Markup::Slack)});
                 self.call("chat.postMessage", &body).await?;
             }
             Step::MoveIssue => {}
@@ -472,7 +481,8 @@ fn status_fallback(progress: &Progress, reply: &Value) -> String {
 
 /// The status message's blocks: the text, and the buttons while the run goes on.
 fn status_blocks(progress: &Progress, reply: &Value) -> Value {
-    let mut blocks = vec![json!({"type": "section", "text": {"type": "mrkdwn", "text": status_fallback(progress, reply)}})];
+    let mut blocks =
+        vec![json!({"type": "section", "text": {"type": "mrkdwn", "text": status_fallback(progress, reply)}})];
     let mut buttons = vec![json!({
         "type": "button", "action_id": OPEN_ACTION, "url": progress.session_link,
         "text": {"type": "plain_text", "text": "Open session"}

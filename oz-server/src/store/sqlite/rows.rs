@@ -7,8 +7,8 @@ use sqlx::FromRow;
 use sqlx::sqlite::SqliteRow;
 
 use crate::store::{
-    ApiKeyRecord, EnvironmentRecord, IntegrationRecord, RunEventRecord, RunRecord, RunTriggerRecord, ScheduleRecord, SecretRecord,
-    SignInRecord, StoreError, TeamRecord, UserRecord, WorkloadTokenRecord,
+    ApiKeyRecord, EnvironmentRecord, IntegrationRecord, RunEventRecord, RunRecord, RunTriggerRecord, ScheduleRecord,
+    SecretRecord, SignInRecord, StoreError, TeamRecord, UserRecord, WorkloadTokenRecord,
 };
 
 /// A record read through a row of its table.
