@@ -112,6 +112,11 @@ impl FakeSlack {
         self.lock().core.fail_next(n, failure);
     }
 
+    /// Drops the failures still queued by [`FakeSlack::fail_next`] (Slack is back).
+    pub fn clear_failures(&self) {
+        self.lock().core.failures.clear();
+    }
+
     /// Adds a message by `user` to `channel` at `ts`; a reply when `thread_ts` is given (the root
     /// then gets its own `ts` as `thread_ts`, as Slack shows a root with replies).
     pub fn seed_message(&self, channel: &str, ts: &str, user: &str, text: &str, thread_ts: Option<&str>) {

@@ -177,3 +177,63 @@ async fn a_restarted_server_gives_workers_a_lease_to_come_back_before_giving_the
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+/// Slack is down when a mention starts a run, and the server is killed while it retries its
+/// post-back: after the restart, the thread still gets the status message, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_back_pending_when_the_server_was_killed_is_made_after_the_restart() {
+    use oz_provider_fakes::slack::{self, FakeSlack};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let fake = FakeSlack::start("xoxb-crash-token").await;
+    let (mut server, url, output) = spawn(dir.path());
+    let key = key_in(&output);
+    for (name, value) in [("SLACK_SIGNING_SECRET", "crash-signing"), ("SLACK_BOT_TOKEN", "xoxb-crash-token")] {
+        let put = http.put(format!("{url}/api/v1/secrets/{name}")).bearer_auth(&key).json(&json!({"value": value})).send().await.unwrap();
+        assert_eq!(put.status(), 200);
+    }
+    let created: Value = http
+        .post(format!("{url}/api/v1/integrations"))
+        .bearer_auth(&key)
+        .json(&json!({"name": "slack", "agent_config": {"worker_host": "w1"}, "provider": {"kind": "slack", "signing_secret": "SLACK_SIGNING_SECRET", "bot_token_secret": "SLACK_BOT_TOKEN", "allowed_users": ["*"], "api_base_url": fake.base_url()}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    fake.seed_message("C1", "1765000000.000100", "U1", "<@U0FAKEBOT> go", None);
+    fake.fail_next(1000, oz_provider_fakes::Failure::ServerError);
+    let body = json!({"type": "event_callback", "event_id": "EvCrash", "event": {"type": "app_mention", "user": "U1", "text": "<@U0FAKEBOT> go", "ts": "1765000000.000100", "channel": "C1"}}).to_string();
+    let at = jiff::Timestamp::now().as_second();
+    let answer: Value = http
+        .post(format!("{url}/api/v1/integrations/{id}/slack/events"))
+        .header("X-Slack-Request-Timestamp", at.to_string())
+        .header("X-Slack-Signature", slack::sign("crash-signing", at, body.as_bytes()))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let run_id = answer["run_id"].as_str().unwrap().to_owned();
+    fake.wait_for("a failed post-back", Duration::from_secs(10), |f| f.requests().into_iter().find(|r| r.path.ends_with("chat.postMessage"))).await;
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    fake.clear_failures();
+    let (mut server, url, _) = spawn(dir.path());
+    let posted = fake
+        .wait_for("the status message after the restart", Duration::from_secs(30), |f| f.messages().into_iter().find(|m| m.by_bot))
+        .await;
+    assert_eq!(posted.thread_ts.as_deref(), Some("1765000000.000100"));
+    assert!(posted.text.contains("/sessions/"), "{}", posted.text);
+    assert_eq!(state(&http, &url, &key, &run_id).await, "QUEUED", "the run itself was never affected");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(fake.messages().into_iter().filter(|m| m.by_bot).count(), 1, "posted once");
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
