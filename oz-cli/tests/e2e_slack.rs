@@ -70,7 +70,7 @@ async fn a_slack_mention_runs_an_agent_that_commits_and_the_thread_hears_the_end
     let listed = String::from_utf8_lossy(&oz(&stack, &["secret", "list"], None).await.stdout).into_owned();
     assert!(listed.contains("SLACK_BOT_TOKEN") && !listed.contains(BOT_TOKEN), "{listed}");
     let script = format!(
-        "cd '{}' && echo 'fixed by oz' > FIX.md && git add FIX.md && git commit -qm \"$OZ_PROMPT_FIRST_LINE\" && echo committed",
+        "cd '{}' && date +%s%N >> FIX.md && git add FIX.md && git commit -qm \"$OZ_PROMPT_FIRST_LINE\" && echo committed",
         repo.display()
     );
     let command = serde_json::to_string(&["/bin/sh", "-c", &script]).unwrap();
@@ -180,6 +180,48 @@ async fn a_slack_mention_runs_an_agent_that_commits_and_the_thread_hears_the_end
     .into_owned();
     assert!(transcript.contains("committed"), "{transcript}");
     assert!(!transcript.contains(BOT_TOKEN) && !transcript.contains(SIGNING_SECRET));
+
+    // Alice replies in the thread after the end: the same run goes on in a new execution, and the
+    // thread hears of it again.
+    let reply = json!({
+        "type": "event_callback", "team_id": "T1", "event_id": "Ev_E2E_2", "event_time": Timestamp::now().as_second(),
+        "event": {"type": "message", "user": "U_ALICE", "text": "now do it once more", "ts": "1765000000.000900", "thread_ts": "1765000000.000100", "channel": "C_ENG"},
+        "authorizations": [{"user_id": BOT_USER_ID, "is_bot": true}],
+    })
+    .to_string();
+    let at = Timestamp::now().as_second();
+    let answer: Value = reqwest::Client::new()
+        .post(&events_url)
+        .header("X-Slack-Request-Timestamp", at.to_string())
+        .header("X-Slack-Signature", slack::sign(SIGNING_SECRET, at, reply.as_bytes()))
+        .body(reply)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["followed_up"], run_id.as_str(), "{answer}");
+    fake.wait_for("the continued run's second outcome", Duration::from_secs(90), |f| {
+        let done: Vec<_> = f
+            .messages()
+            .into_iter()
+            .filter(|m| {
+                m.by_bot
+                    && m.text.contains("Done")
+                    && m.ts != started.ts
+                    && m.thread_ts.as_deref() == Some("1765000000.000100")
+            })
+            .collect();
+        (done.len() >= 3).then_some(())
+    })
+    .await;
+    let commits =
+        std::process::Command::new("git").args(["rev-list", "--count", "HEAD"]).current_dir(&repo).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&commits.stdout).trim(), "3", "the continued run committed again");
+    let run = json_of(&oz(&stack, &["run", "get", &run_id, "--output-format", "json"], None).await);
+    assert_eq!(run["state"], "SUCCEEDED", "{run}");
+
     let db = std::fs::read(dir.path().join("stack").join("oz.db")).unwrap();
     let db = String::from_utf8_lossy(&db);
     assert!(!db.contains(BOT_TOKEN) && !db.contains(SIGNING_SECRET), "secrets are sealed at rest");

@@ -10,6 +10,7 @@
 //! | `oz_server_workers_connected` | gauge | |
 //! | `oz_server_http_requests_total` | counter | `method`, `route` (the matched pattern), `status` |
 //! | `oz_server_http_request_duration_seconds` | histogram | `method`, `route` |
+//! | `oz_server_trigger_postbacks_total` | counter | `provider` (`slack`, `linear`, `github`), `outcome` (`posted`, `retried`, `given_up`) |
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -35,6 +36,11 @@ struct ToLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     state: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PostbackLabels {
+    provider: String,
+    outcome: String,
 }
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -69,6 +75,7 @@ pub struct ServerMetrics {
     workers_connected: Gauge,
     requests: Family<RequestLabels, Counter>,
     request_duration: Histograms<RouteLabels>,
+    postbacks: Family<PostbackLabels, Counter>,
 }
 
 impl std::fmt::Debug for ServerMetrics {
@@ -87,6 +94,12 @@ impl Default for ServerMetrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let request_duration: Histograms<RouteLabels> = Family::new_with_constructor(request_duration_histogram);
         registry.register("oz_server_runs_created", "Runs created, by source", runs_created.clone());
+        let postbacks = Family::<PostbackLabels, Counter>::default();
+        registry.register(
+            "oz_server_trigger_postbacks",
+            "Post-back steps to Slack, Linear and GitHub, by provider and outcome",
+            postbacks.clone(),
+        );
         registry.register("oz_server_run_state_changes", "Run state changes, by new state", state_changes.clone());
         registry.register(
             "oz_server_run_duration_seconds",
@@ -108,6 +121,7 @@ impl Default for ServerMetrics {
             workers_connected,
             requests,
             request_duration,
+            postbacks,
         }
     }
 }
@@ -119,6 +133,13 @@ impl ServerMetrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
+    }
+
+    /// A post-back step to `provider` was `posted`, will be `retried`, or was `given_up`.
+    pub fn postback(&self, provider: &str, outcome: &str) {
+        self.postbacks
+            .get_or_create(&PostbackLabels { provider: provider.to_owned(), outcome: outcome.to_owned() })
+            .inc();
     }
 
     /// A run was created.

@@ -190,7 +190,13 @@ async fn a_post_back_pending_when_the_server_was_killed_is_made_after_the_restar
     let (mut server, url, output) = spawn(dir.path());
     let key = key_in(&output);
     for (name, value) in [("SLACK_SIGNING_SECRET", "crash-signing"), ("SLACK_BOT_TOKEN", "xoxb-crash-token")] {
-        let put = http.put(format!("{url}/api/v1/secrets/{name}")).bearer_auth(&key).json(&json!({"value": value})).send().await.unwrap();
+        let put = http
+            .put(format!("{url}/api/v1/secrets/{name}"))
+            .bearer_auth(&key)
+            .json(&json!({"value": value}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(put.status(), 200);
     }
     let created: Value = http
@@ -220,14 +226,19 @@ async fn a_post_back_pending_when_the_server_was_killed_is_made_after_the_restar
         .await
         .unwrap();
     let run_id = answer["run_id"].as_str().unwrap().to_owned();
-    fake.wait_for("a failed post-back", Duration::from_secs(10), |f| f.requests().into_iter().find(|r| r.path.ends_with("chat.postMessage"))).await;
+    fake.wait_for("a failed post-back", Duration::from_secs(10), |f| {
+        f.requests().into_iter().find(|r| r.path.ends_with("chat.postMessage"))
+    })
+    .await;
     server.kill().unwrap();
     server.wait().unwrap();
 
     fake.clear_failures();
     let (mut server, url, _) = spawn(dir.path());
     let posted = fake
-        .wait_for("the status message after the restart", Duration::from_secs(30), |f| f.messages().into_iter().find(|m| m.by_bot))
+        .wait_for("the status message after the restart", Duration::from_secs(30), |f| {
+            f.messages().into_iter().find(|m| m.by_bot)
+        })
         .await;
     assert_eq!(posted.thread_ts.as_deref(), Some("1765000000.000100"));
     assert!(posted.text.contains("/sessions/"), "{}", posted.text);

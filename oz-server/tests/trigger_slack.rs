@@ -253,6 +253,11 @@ async fn a_mention_starts_a_run_whose_thread_follows_it_to_the_end() {
     assert!(!last["blocks"].to_string().contains("oz_cancel"), "{last}");
     assert!(s.fake.violations().is_empty(), "{:?}", s.fake.violations());
     assert_eq!(s.t.state_of(&s.t.key_a, &run_id).await, "SUCCEEDED");
+    let metrics = s.t.server.state().lifecycle.metrics().render();
+    for outcome in ["posted", "retried"] {
+        let line = format!("oz_server_trigger_postbacks_total{{provider=\"slack\",outcome=\"{outcome}\"}}");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
 }
 
 #[tokio::test]
@@ -383,6 +388,31 @@ async fn bad_signatures_stale_requests_and_strangers_start_nothing() {
     let (_, runs) = s.t.get("/agent/runs", &s.t.key_a).await;
     assert!(!runs.to_string().contains(BOT_TOKEN) && !runs.to_string().contains(SIGNING_SECRET));
     assert!(s.fake.violations().is_empty(), "{:?}", s.fake.violations());
+}
+
+#[tokio::test]
+async fn a_disabled_integration_acknowledges_and_does_nothing() {
+    let s = setup().await;
+    let (_, current) = s.t.get(&format!("/integrations/{}", s.id), &s.t.key_a).await;
+    let mut update = json!({"name": current["name"], "prompt": current["prompt"], "agent_config": current["agent_config"], "provider": current["provider"], "enabled": false});
+    let (status, body) =
+        s.t.call(reqwest::Method::PUT, &format!("/integrations/{}", s.id), &s.t.key_a, Some(update.take())).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, answer) = s.event("Ev1", mention("U_MALLORY", "C_ENG", "1.1", None, "<@U0FAKEBOT> go"), &[]).await;
+    assert_eq!((status, answer), (200, json!({"ignored": "the integration is disabled"})));
+    assert!(s.runs().await.is_empty());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(s.fake.requests().is_empty(), "no refusal, no call at all");
+    // Its provider cannot be changed into another.
+    let (status, problem) =
+        s.t.call(
+            reqwest::Method::PUT,
+            &format!("/integrations/{}", s.id),
+            &s.t.key_a,
+            Some(json!({"name": "x", "prompt": "p", "agent_config": {"worker_host": "w1"}})),
+        )
+        .await;
+    assert_eq!(status, 400, "{problem}");
 }
 
 #[tokio::test]

@@ -85,6 +85,9 @@ pub async fn webhook(
     if event == "ping" {
         return Ok(Json(json!({"ok": true})));
     }
+    if !integration.enabled {
+        return Ok(Json(json!({"ignored": "the integration is disabled"})));
+    }
     let payload: Value =
         serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("the body is not JSON: {e}")))?;
     let decision = decide(&state, &integration, &settings, &event, &payload, delivery.clone()).await;

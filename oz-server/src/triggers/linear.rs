@@ -84,6 +84,9 @@ pub async fn webhook(
     if !signature::fresh(sent_ms / 1000, Timestamp::now().as_second(), WINDOW_SECS) {
         return Err(super::refused("webhookTimestamp is more than a minute from now"));
     }
+    if !integration.enabled {
+        return Ok(Json(json!({"ignored": "the integration is disabled"})));
+    }
     let delivery = match headers.get(DELIVERY_HEADER).and_then(|v| v.to_str().ok()) {
         Some(d) if !d.trim().is_empty() => format!("linear:{}", d.trim()),
         _ => format!("linear:{}:{sent_ms}", str_of(&payload, "webhookId")),

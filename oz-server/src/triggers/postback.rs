@@ -349,17 +349,20 @@ async fn post_one(state: &AppState, mut trigger: RunTriggerRecord) -> Result<Run
         let Some(api) = poster.as_mut() else { break };
         match api.step(step, &mut trigger, &progress, &settings).await {
             Ok(()) => {
+                state.lifecycle.metrics().postback(&trigger.provider, "posted");
                 trigger.steps_done += 1;
                 trigger.attempts = 0;
                 trigger.next_attempt_at = None;
                 state.store.save_postback(&trigger).await?;
             }
             Err(e) if e.retry_after().is_some() && trigger.attempts + 1 < MAX_ATTEMPTS => {
+                state.lifecycle.metrics().postback(&trigger.provider, "retried");
                 failed(&mut trigger, &current, &e);
                 state.store.save_postback(&trigger).await?;
                 return Ok(trigger);
             }
             Err(e) => {
+                state.lifecycle.metrics().postback(&trigger.provider, "given_up");
                 tracing::warn!(?step, error = %oz_core::error::error_chain(&e), "a post-back step was given up");
                 trigger.steps_done += 1;
                 trigger.attempts = 0;

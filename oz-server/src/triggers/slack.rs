@@ -140,6 +140,9 @@ pub async fn events(
     if event_id.is_empty() {
         return Err(ApiError::invalid("an event callback must carry event_id"));
     }
+    if !integration.enabled {
+        return Ok(Json(json!({"ignored": "the integration is disabled"})).into_response());
+    }
     let delivery = format!("slack:{event_id}");
     let event = envelope.get("event").cloned().unwrap_or(Value::Null);
     let bot_users: Vec<String> = envelope
