@@ -98,11 +98,25 @@ struct CommentState {
     edited_at: Option<String>,
 }
 
+/// An agent session (Linear's Agents API): made by Linear when the app is mentioned or delegated.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LinearAgentSession {
+    /// The session's id.
+    pub id: String,
+    /// The id of its issue.
+    pub issue_id: String,
+    /// The `content` of each activity the app created, in order.
+    pub activities: Vec<Value>,
+    /// The external URLs the app set (`{label, url}` each).
+    pub external_urls: Vec<Value>,
+}
+
 struct Inner {
     core: Core,
     api_key: String,
     issues: Vec<IssueState>,
     comments: Vec<CommentState>,
+    sessions: Vec<LinearAgentSession>,
     sync_id: u64,
 }
 
@@ -124,6 +138,7 @@ impl FakeLinear {
             api_key: api_key.to_owned(),
             issues: Vec::new(),
             comments: Vec::new(),
+            sessions: Vec::new(),
             sync_id: 1000,
         }));
         let url = common::serve(Router::new().fallback(handle).with_state(state.clone())).await;
@@ -179,6 +194,21 @@ impl FakeLinear {
             return Vec::new();
         };
         state.comments.iter().filter(|c| c.comment.issue_id == id).map(|c| c.comment.clone()).collect()
+    }
+
+    /// An agent session Linear made for the app on issue `issue_id` (as when it is mentioned or
+    /// delegated the issue); the app then posts activities to it (an OAuth app's token only).
+    pub fn seed_agent_session(&self, id: &str, issue_id: &str) {
+        self.lock().sessions.push(LinearAgentSession {
+            id: id.into(),
+            issue_id: issue_id.into(),
+            ..Default::default()
+        });
+    }
+
+    /// An agent session as the app left it.
+    pub fn agent_session(&self, id: &str) -> Option<LinearAgentSession> {
+        self.lock().sessions.iter().find(|x| x.id == id).cloned()
     }
 
     /// The workflow state id `issueUpdate` last set on the issue `issue_id` (id or identifier).
@@ -297,6 +327,16 @@ fn output_field(ty: &str, field: &str) -> Option<(Out, Args)> {
         ("Mutation", "issueUpdate") => {
             Some((Object("IssuePayload"), &[("id", "String!"), ("input", "IssueUpdateInput!")]))
         }
+        ("Mutation", "agentActivityCreate") => {
+            Some((Object("AgentActivityPayload"), &[("input", "AgentActivityCreateInput!")]))
+        }
+        ("Mutation", "agentSessionUpdate") => {
+            Some((Object("AgentSessionPayload"), &[("id", "String!"), ("input", "AgentSessionUpdateInput!")]))
+        }
+        ("AgentActivityPayload" | "AgentSessionPayload", "success") => scalar("Boolean!"),
+        ("AgentActivityPayload" | "AgentSessionPayload", "lastSyncId") => scalar("Float!"),
+        ("AgentActivityPayload", "agentActivity") => Some((Object("AgentActivity"), NO_ARGS)),
+        ("AgentActivity", "id") => scalar("String!"),
         ("Issue", "id" | "identifier" | "title" | "url") => scalar("String!"),
         ("Issue", "description") => scalar("String"),
         ("Issue", "createdAt" | "updatedAt") => scalar("DateTime!"),
@@ -347,6 +387,24 @@ fn input_fields(ty: &str) -> Option<Args> {
             ("quotedText", "String"),
             ("createdAt", "DateTime"),
         ]),
+        "AgentActivityCreateInput" => Some(&[
+            ("id", "String"),
+            ("agentSessionId", "String!"),
+            ("content", "JSONObject!"),
+            ("ephemeral", "Boolean"),
+            ("signal", "String"),
+            ("signalMetadata", "JSONObject"),
+            ("contextualMetadata", "JSONObject"),
+            ("sourceCommentId", "String"),
+        ]),
+        "AgentSessionUpdateInput" => Some(&[
+            ("externalLink", "String"),
+            ("externalUrls", "[AgentSessionExternalUrlInput!]"),
+            ("addedExternalUrls", "[AgentSessionExternalUrlInput!]"),
+            ("removedExternalUrls", "[String!]"),
+            ("plan", "JSONObject"),
+        ]),
+        "AgentSessionExternalUrlInput" => Some(&[("label", "String!"), ("url", "String!")]),
         "CommentUpdateInput" => Some(&[
             ("body", "String"),
             ("bodyData", "JSON"),
@@ -729,8 +787,14 @@ impl Inner {
             refusal.violation = Some(format!("Content-Type must be application/json, got {content_type:?}"));
             return Err(refusal);
         }
+        // A personal API key goes as is; an OAuth access token (an app's, `lin_oauth_...`) as a bearer.
+        let expected = if self.api_key.starts_with("lin_oauth_") {
+            format!("Bearer {}", self.api_key)
+        } else {
+            self.api_key.clone()
+        };
         match r.header("authorization") {
-            Some(auth) if auth == self.api_key => {}
+            Some(auth) if auth == expected => {}
             other => {
                 let mut refusal = request_error(
                     StatusCode::BAD_REQUEST,
@@ -957,6 +1021,45 @@ impl Inner {
                 issue.updated_at = now;
                 let issue = self.issue_json(index, true);
                 Ok(("IssuePayload", self.payload("issue", issue)))
+            }
+            "agentActivityCreate" | "agentSessionUpdate" if !self.api_key.starts_with("lin_oauth_") => Err(ExecError {
+                message: "Agent sessions are only available to OAuth applications (actor=app)".into(),
+                violation: true,
+            }),
+            "agentActivityCreate" => {
+                let session_id = string(input.get("agentSessionId"))
+                    .ok_or_else(|| argument_error("agentSessionId must be given"))?;
+                let index = self
+                    .sessions
+                    .iter()
+                    .position(|x| x.id == session_id)
+                    .ok_or_else(|| not_found("AgentSession", true))?;
+                let content = input.get("content").cloned().unwrap_or(Value::Null);
+                let kind = content.get("type").and_then(Value::as_str).unwrap_or("");
+                let has_body = content.get("body").and_then(Value::as_str).is_some_and(|b| !b.is_empty());
+                match kind {
+                    "thought" | "elicitation" | "response" | "error" if has_body => {}
+                    "action" if content.get("action").is_some() && content.get("parameter").is_some() => {}
+                    "prompt" => return Err(argument_error("content.type prompt is made by users, not agents")),
+                    _ => {
+                        return Err(argument_error(
+                            "content must be {type: thought|elicitation|action|response|error, body}",
+                        ));
+                    }
+                }
+                self.sessions[index].activities.push(content);
+                let id = uuid::Uuid::new_v4().to_string();
+                Ok(("AgentActivityPayload", self.payload("agentActivity", json!({"id": id}))))
+            }
+            "agentSessionUpdate" => {
+                let id = string(args.get("id")).unwrap_or_default();
+                let index =
+                    self.sessions.iter().position(|x| x.id == id).ok_or_else(|| not_found("AgentSession", true))?;
+                if let Some(urls) = input.get("externalUrls").and_then(Value::as_array) {
+                    self.sessions[index].external_urls = urls.clone();
+                }
+                self.sync_id += 1;
+                Ok(("AgentSessionPayload", json!({"success": true, "lastSyncId": self.sync_id})))
             }
             other => Err(ExecError { message: format!("fake: no resolver for {other}"), violation: true }),
         }

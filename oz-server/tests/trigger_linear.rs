@@ -22,8 +22,12 @@ const WEBHOOK_SECRET: &str = "lin_wh_SECRETSIGNING";
 const WAIT: Duration = Duration::from_secs(10);
 
 async fn setup() -> (TestServer, FakeLinear, String) {
+    setup_with(API_KEY).await
+}
+
+async fn setup_with(api_key: &str) -> (TestServer, FakeLinear, String) {
     let t = TestServer::start().await;
-    let fake = FakeLinear::start(API_KEY).await;
+    let fake = FakeLinear::start(api_key).await;
     fake.seed_issue(LinearIssue {
         id: "issue-uuid-1".into(),
         identifier: "ENG-42".into(),
@@ -32,7 +36,7 @@ async fn setup() -> (TestServer, FakeLinear, String) {
         url: "https://linear.app/acme/issue/ENG-42/login-page-crashes".into(),
         comments: vec![("Bob".into(), "It started after the 3.2 release.".into())],
     });
-    for (name, value) in [("LINEAR_WEBHOOK_SECRET", WEBHOOK_SECRET), ("LINEAR_API_KEY", API_KEY)] {
+    for (name, value) in [("LINEAR_WEBHOOK_SECRET", WEBHOOK_SECRET), ("LINEAR_API_KEY", api_key)] {
         let (status, body) =
             t.call(reqwest::Method::PUT, &format!("/secrets/{name}"), &t.key_a, Some(json!({"value": value}))).await;
         assert_eq!(status, 200, "{body}");
@@ -247,4 +251,66 @@ async fn forged_stale_and_unwanted_webhooks_start_nothing() {
     for r in fake.requests() {
         assert!(!String::from_utf8_lossy(&r.body).contains(WEBHOOK_SECRET), "{}", r.line());
     }
+}
+
+/// Linear's Agents API: an OAuth app mentioned or delegated gets an agent session; the run answers
+/// in it with activities (a thought at once, the outcome as a response), links it to our session,
+/// takes the person's next prompt as a follow-up and their Stop as a cancel.
+#[tokio::test]
+async fn an_agent_session_gets_activities_prompts_steer_and_stop_cancels() {
+    const OAUTH: &str = "lin_oauth_SECRET_app_token_0001";
+    let (t, fake, url) = setup_with(OAUTH).await;
+    fake.seed_agent_session("sess-1", "issue-uuid-1");
+    let event = |action: &str, extra: Value| {
+        let mut e = json!({
+            "type": "AgentSessionEvent", "action": action, "organizationId": "org1", "appUserId": "user_agent",
+            "webhookTimestamp": Timestamp::now().as_millisecond(), "webhookId": "wh2",
+            "agentSession": {"id": "sess-1", "issueId": "issue-uuid-1", "creatorId": "user_alice",
+                             "issue": {"id": "issue-uuid-1", "identifier": "ENG-42", "title": "Login page crashes on Safari", "url": "https://linear.app/acme/issue/ENG-42"}},
+            "promptContext": "<issue identifier=\"ENG-42\"><title>Login page crashes on Safari</title></issue>",
+        });
+        e.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        e
+    };
+    let (status, answer) = deliver(&t, &url, "s-1", &event("created", json!({})), WEBHOOK_SECRET).await;
+    assert_eq!(status, 200, "{answer}");
+    let run_id = answer["run_id"].as_str().expect("a run").to_owned();
+    let (_, run) = t.get(&format!("/agent/runs/{run_id}"), &t.key_a).await;
+    assert!(
+        run["prompt"].as_str().unwrap().contains("<issue identifier=\"ENG-42\">"),
+        "Linear's prompt context: {run}"
+    );
+    let session_link = run["session_link"].as_str().unwrap().to_owned();
+    let session = fake
+        .wait_for("a thought and the link", WAIT, |f| f.agent_session("sess-1").filter(|s| !s.activities.is_empty()))
+        .await;
+    assert_eq!(session.activities[0]["type"], "thought");
+    assert!(session.activities[0]["body"].as_str().unwrap().contains(&session_link));
+    assert_eq!(session.external_urls, vec![json!({"label": "Oz session", "url": session_link})]);
+    assert!(
+        fake.requests().iter().all(|r| r.header("authorization") == Some(format!("Bearer {OAUTH}").as_str())),
+        "an OAuth token is a bearer"
+    );
+    assert!(fake.comments("issue-uuid-1").iter().all(|c| !c.by_api), "activities, not comments");
+
+    // The person's next message in the session steers the run; Stop cancels it.
+    let prompted = event(
+        "prompted",
+        json!({"agentActivity": {"id": "act-1", "userId": "user_alice", "content": {"type": "prompt", "body": "check Firefox too"}}}),
+    );
+    assert_eq!(deliver(&t, &url, "s-2", &prompted, WEBHOOK_SECRET).await.1["followed_up"], run_id.as_str());
+    assert_eq!(t.followups_of(&t.key_a, &run_id).await, vec!["check Firefox too".to_owned()]);
+    let stop = event(
+        "prompted",
+        json!({"agentActivity": {"id": "act-2", "userId": "user_alice", "signal": "stop", "content": {"type": "prompt", "body": "stop"}}}),
+    );
+    assert_eq!(deliver(&t, &url, "s-3", &stop, WEBHOOK_SECRET).await.1["cancelled"], run_id.as_str());
+    t.wait_state(&t.key_a, &run_id, "CANCELLED").await;
+    let session = fake
+        .wait_for("the outcome as an error activity", WAIT, |f| {
+            f.agent_session("sess-1").filter(|s| s.activities.last().is_some_and(|a| a["type"] == "error"))
+        })
+        .await;
+    assert!(session.activities.last().unwrap()["body"].as_str().unwrap().contains("Cancelled"));
+    assert!(fake.violations().is_empty(), "{:?}", fake.violations());
 }

@@ -44,6 +44,9 @@ const ISSUE_QUERY: &str = "query OzIssue($id: String!) { issue(id: $id) { id ide
 const COMMENT_CREATE: &str =
     "mutation OzCommentCreate($input: CommentCreateInput!) { commentCreate(input: $input) { success comment { id } } }";
 const COMMENT_UPDATE: &str = "mutation OzCommentUpdate($id: String!, $input: CommentUpdateInput!) { commentUpdate(id: $id, input: $input) { success } }";
+const ACTIVITY_CREATE: &str =
+    "mutation OzAgentActivity($input: AgentActivityCreateInput!) { agentActivityCreate(input: $input) { success } }";
+const SESSION_UPDATE: &str = "mutation OzAgentSession($id: String!, $input: AgentSessionUpdateInput!) { agentSessionUpdate(id: $id, input: $input) { success } }";
 const ISSUE_UPDATE: &str = "mutation OzIssueUpdate($id: String!, $input: IssueUpdateInput!) { issueUpdate(id: $id, input: $input) { success } }";
 
 /// The `Linear-Signature` of `body` (what Linear sends; for tests and tools).
@@ -190,7 +193,72 @@ async fn decide(
                 by: format!("linear:{who}"),
             }
         }
+        "AgentSessionEvent" => agent_session(state, integration, settings, payload, &actor, delivery).await,
         _ => Decision::Ignore("an event this integration does not act on"),
+    }
+}
+
+/// Linear's Agents API: a session Linear made when the agent (an OAuth app) was mentioned or
+/// delegated an issue (`created`), a person's message in it (`prompted`), or their Stop (`prompted`
+/// with the `stop` signal).
+async fn agent_session(
+    state: &AppState,
+    integration: &IntegrationRecord,
+    settings: &LinearSettings,
+    payload: &Value,
+    actor: &str,
+    delivery: String,
+) -> Decision {
+    let session = payload.get("agentSession").cloned().unwrap_or(Value::Null);
+    let session_id = str_of(&session, "id");
+    if session_id.is_empty() {
+        return Decision::Ignore("an agent session event without its session");
+    }
+    let key = format!("linear-session:{session_id}");
+    let creator = session.pointer("/creator/id").and_then(Value::as_str).unwrap_or(str_of(&session, "creatorId"));
+    let who = if creator.is_empty() { actor } else { creator };
+    match str_of(payload, "action") {
+        "created" => {
+            if !allowed(settings, who) {
+                return Decision::Ignore("this user may not start runs here");
+            }
+            let issue = session.get("issue").cloned().unwrap_or(Value::Null);
+            let issue_id = str_of(&issue, "id").to_owned();
+            let issue_id = if issue_id.is_empty() { str_of(&session, "issueId").to_owned() } else { issue_id };
+            let context = str_of(payload, "promptContext");
+            let request = if context.trim().is_empty() {
+                issue_request(state, integration, settings, &issue_id, &issue).await
+            } else {
+                context.to_owned()
+            };
+            let identifier = str_of(&issue, "identifier");
+            Decision::Start(Start {
+                delivery,
+                thread_key: key,
+                reply: json!({"issue_id": issue_id, "identifier": identifier, "agent_session_id": session_id}),
+                title: format!("{identifier} {}", str_of(&issue, "title")).trim().to_owned(),
+                request,
+                trigger_url: Some(str_of(&issue, "url").to_owned()).filter(|u| !u.is_empty()),
+                by: format!("linear:{who}"),
+            })
+        }
+        "prompted" => {
+            let activity = payload.get("agentActivity").cloned().unwrap_or(Value::Null);
+            let author = str_of(&activity, "userId");
+            let who = if author.is_empty() { who } else { author };
+            if !allowed(settings, who) {
+                return Decision::Ignore("this user may not steer runs here");
+            }
+            if str_of(&activity, "signal") == "stop" {
+                return Decision::Cancel { thread_key: key };
+            }
+            let body = activity.pointer("/content/body").and_then(Value::as_str).unwrap_or("");
+            if body.trim().is_empty() {
+                return Decision::Ignore("a prompt with nothing in it");
+            }
+            Decision::FollowUp { thread_key: key, message: body.to_owned(), by: format!("linear:{who}") }
+        }
+        _ => Decision::Ignore("an agent session event this integration does not act on"),
     }
 }
 
@@ -267,8 +335,7 @@ impl LinearApi {
     async fn graphql(&self, what: &'static str, query: &str, variables: Value) -> Result<Value, TriggerError> {
         let request = client::http()
             .post(self.endpoint.clone())
-            // A personal API key goes as is; an OAuth token would be `Bearer <token>`.
-            .header(reqwest::header::AUTHORIZATION, self.key.expose_secret())
+            .header(reqwest::header::AUTHORIZATION, authorization(self.key.expose_secret()))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(json!({"query": query, "variables": variables}).to_string());
         Ok(data(what, client::send("Linear", what, request).await?)?)
@@ -283,6 +350,10 @@ impl LinearApi {
         settings: &ProviderSettings,
     ) -> Result<(), TriggerError> {
         let issue_id = str_of(&trigger.reply, "issue_id").to_owned();
+        let session = str_of(&trigger.reply, "agent_session_id").to_owned();
+        if !session.is_empty() && step != Step::MoveIssue {
+            return self.post_to_session(step, &session, trigger, progress).await;
+        }
         match step {
             Step::CreateStatus => {
                 let input = json!({"issueId": issue_id, "body": progress.status_text(Markup::Markdown)});
@@ -310,6 +381,52 @@ impl LinearApi {
         }
         Ok(())
     }
+}
+
+impl LinearApi {
+    /// A post-back step as agent activities: the session links to ours, and each step is a thought,
+    /// the outcome a response (or an error), which Linear shows in the session and uses to mark it.
+    async fn post_to_session(
+        &self,
+        step: Step,
+        session: &str,
+        trigger: &mut RunTriggerRecord,
+        progress: &Progress,
+    ) -> Result<(), TriggerError> {
+        let activity = |kind: &str, body: String| json!({"input": {"agentSessionId": session, "content": {"type": kind, "body": body}}});
+        match step {
+            Step::CreateStatus => {
+                let urls = json!([{"label": "Oz session", "url": progress.session_link}]);
+                self.graphql(
+                    "agentSessionUpdate",
+                    SESSION_UPDATE,
+                    json!({"id": session, "input": {"externalUrls": urls}}),
+                )
+                .await?;
+                let thought = activity("thought", progress.status_text(Markup::Markdown));
+                self.graphql("agentActivityCreate", ACTIVITY_CREATE, thought).await?;
+                trigger.message_ref = Some(session.to_owned());
+                trigger.message_execution = progress.execution;
+            }
+            Step::UpdateStatus => {
+                let thought = activity("thought", progress.status_text(Markup::Markdown));
+                self.graphql("agentActivityCreate", ACTIVITY_CREATE, thought).await?;
+            }
+            Step::Outcome => {
+                let kind = if progress.state == oz_core::run::RunState::Succeeded { "response" } else { "error" };
+                let outcome = activity(kind, progress.outcome_text(Markup::Markdown));
+                self.graphql("agentActivityCreate", ACTIVITY_CREATE, outcome).await?;
+            }
+            Step::MoveIssue => {}
+        }
+        Ok(())
+    }
+}
+
+/// The `Authorization` header for `key`: a personal API key goes as is, an OAuth access token (an
+/// agent app's, `lin_oauth_...`) as a bearer token, as Linear documents each.
+fn authorization(key: &str) -> String {
+    if key.starts_with("lin_oauth_") { format!("Bearer {key}") } else { key.to_owned() }
 }
 
 /// The `data` of a GraphQL answer; its `errors` (rate limits included: Linear answers 400 with

@@ -155,6 +155,11 @@ pub(crate) enum Decision {
         /// Who wrote it, as the provider names them.
         by: String,
     },
+    /// Cancel the run started in `thread_key` (Linear's Stop).
+    Cancel {
+        /// Where the run was started.
+        thread_key: String,
+    },
     /// Nothing to do; why, for the answer and the log.
     Ignore(&'static str),
 }
@@ -306,6 +311,14 @@ pub(crate) async fn act(
         Decision::Start(start) => match start_run(state, integration, source, start).await? {
             Some(run) => serde_json::json!({"run_id": run.id}),
             None => serde_json::json!({"ignored": "this delivery was already received"}),
+        },
+        Decision::Cancel { thread_key } => match state.store.run_trigger_in_thread(&integration.id, &thread_key).await?
+        {
+            Some(trigger) => match cancel(state, &trigger.run_id).await {
+                Ok(()) => serde_json::json!({"cancelled": trigger.run_id}),
+                Err(e) => serde_json::json!({"ignored": e.detail}),
+            },
+            None => serde_json::json!({"ignored": "no run was started here"}),
         },
         Decision::FollowUp { thread_key, message, by } => {
             match follow_up(state, integration, delivery, &thread_key, message, by).await? {
