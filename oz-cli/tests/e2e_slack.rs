@@ -181,11 +181,11 @@ async fn a_slack_mention_runs_an_agent_that_commits_and_the_thread_hears_the_end
     assert!(transcript.contains("committed"), "{transcript}");
     assert!(!transcript.contains(BOT_TOKEN) && !transcript.contains(SIGNING_SECRET));
 
-    // Alice replies in the thread after the end: the same run goes on in a new execution, and the
-    // thread hears of it again.
+    // A plain "thanks" after the end is left alone; Alice mentioning the agent in the thread continues
+    // the same run in a new execution, and the thread hears of it again.
     let reply = json!({
         "type": "event_callback", "team_id": "T1", "event_id": "Ev_E2E_2", "event_time": Timestamp::now().as_second(),
-        "event": {"type": "message", "user": "U_ALICE", "text": "now do it once more", "ts": "1765000000.000900", "thread_ts": "1765000000.000100", "channel": "C_ENG"},
+        "event": {"type": "app_mention", "user": "U_ALICE", "text": format!("<@{BOT_USER_ID}> now do it once more"), "ts": "1765000000.000900", "thread_ts": "1765000000.000100", "channel": "C_ENG"},
         "authorizations": [{"user_id": BOT_USER_ID, "is_bot": true}],
     })
     .to_string();

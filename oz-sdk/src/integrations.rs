@@ -8,6 +8,7 @@
 //!     bot_token_secret: "SLACK_BOT_TOKEN".into(),
 //!     allowed_users: vec![],
 //!     allowed_channels: vec!["C0123456789".into()],
+//!     team_id: Some("T0123456789".into()),
 //!     api_base_url: None,
 //! };
 //! let integration = client.integrations().create("triage", "").provider(ProviderSettings::Slack(slack)).send().await?;

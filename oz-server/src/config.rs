@@ -41,6 +41,10 @@ pub struct ServerConfig {
     /// The keys secrets are sealed with (`crate::vault`). `None`: a key made for this process only,
     /// so what it seals cannot be opened after a restart (tests, throwaway servers).
     pub secret_keys: Option<crate::vault::Keyring>,
+    /// API roots other than the providers' own that integrations may name (`api_base_url`), as URL
+    /// prefixes (`https://github.example.com/api/v3`, `http://127.0.0.1:` for any loopback port).
+    /// An operator's choice, not a team's: an integration sends its credentials there.
+    pub provider_api_urls: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -59,6 +63,7 @@ impl Default for ServerConfig {
             metrics_listen: None,
             credential_recheck: Duration::from_secs(30),
             secret_keys: None,
+            provider_api_urls: Vec::new(),
         }
     }
 }

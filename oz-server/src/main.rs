@@ -63,6 +63,15 @@ struct ServeArgs {
     /// address only (never on --listen); off by default.
     #[arg(long, env = "OZ_METRICS_LISTEN")]
     metrics_listen: Option<String>,
+    /// An API root other than Slack's, Linear's or GitHub's that integrations may name
+    /// (`provider.api_base_url`: GitHub Enterprise, a proxy), as a URL prefix. Repeatable.
+    #[arg(
+        long = "allow-provider-api-url",
+        value_name = "URL_PREFIX",
+        env = "OZ_PROVIDER_API_URLS",
+        value_delimiter = ','
+    )]
+    provider_api_urls: Vec<String>,
     /// Seconds a worker may hold a run without news before the run ends ERROR.
     #[arg(long, default_value_t = 90)]
     lease_timeout_secs: u64,
@@ -356,6 +365,7 @@ async fn serve(data_dir: &Path, key_file: &Path, args: ServeArgs) -> Result<(), 
         public_url: args.public_url,
         default_worker_host: args.default_worker_host,
         metrics_listen: args.metrics_listen,
+        provider_api_urls: args.provider_api_urls,
         lease_timeout: Duration::from_secs(args.lease_timeout_secs),
         offer_timeout: Duration::from_secs(args.offer_timeout_secs.max(1)),
         run_limits: oz_server::limits::RunLimits {

@@ -187,7 +187,8 @@ async fn a_post_back_pending_when_the_server_was_killed_is_made_after_the_restar
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
     let fake = FakeSlack::start("xoxb-crash-token").await;
-    let (mut server, url, output) = spawn(dir.path());
+    let allow = ["--allow-provider-api-url", "http://127.0.0.1:"];
+    let (mut server, url, output) = spawn_with(dir.path(), &allow);
     let key = key_in(&output);
     for (name, value) in [("SLACK_SIGNING_SECRET", "crash-signing"), ("SLACK_BOT_TOKEN", "xoxb-crash-token")] {
         let put = http
@@ -234,7 +235,7 @@ async fn a_post_back_pending_when_the_server_was_killed_is_made_after_the_restar
     server.wait().unwrap();
 
     fake.clear_failures();
-    let (mut server, url, _) = spawn(dir.path());
+    let (mut server, url, _) = spawn_with(dir.path(), &allow);
     let posted = fake
         .wait_for("the status message after the restart", Duration::from_secs(30), |f| {
             f.messages().into_iter().find(|m| m.by_bot)

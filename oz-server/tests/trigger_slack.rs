@@ -253,6 +253,26 @@ async fn a_mention_starts_a_run_whose_thread_follows_it_to_the_end() {
     assert!(!last["blocks"].to_string().contains("oz_cancel"), "{last}");
     assert!(s.fake.violations().is_empty(), "{:?}", s.fake.violations());
     assert_eq!(s.t.state_of(&s.t.key_a, &run_id).await, "SUCCEEDED");
+    // After the end, a plain "thanks" in the thread is people's business, not a new execution.
+    let thanks = json!({"type": "message", "user": "U_ALICE", "text": "thanks!", "ts": "1700000000.000500", "thread_ts": "1700000000.000100", "channel": "C_ENG"});
+    assert_eq!(
+        s.event("Ev006", thanks, &[]).await.1["ignored"],
+        "the thread's run ended: mention the agent to continue it"
+    );
+    assert_eq!(s.t.state_of(&s.t.key_a, &run_id).await, "SUCCEEDED");
+    // Pinned to its workspace, the integration ignores another workspace's events (one signing
+    // secret signs them all for an app distributed to several).
+    let (_, current) = s.t.get(&format!("/integrations/{}", s.id), &s.t.key_a).await;
+    let mut provider = current["provider"].clone();
+    provider["team_id"] = json!("T_OTHER");
+    let update = json!({"name": current["name"], "prompt": current["prompt"], "agent_config": current["agent_config"], "provider": provider});
+    assert_eq!(
+        s.t.call(reqwest::Method::PUT, &format!("/integrations/{}", s.id), &s.t.key_a, Some(update)).await.0,
+        200
+    );
+    let elsewhere = mention("U_ALICE", "C_ENG", "1700000002.000100", None, "<@U0FAKEBOT> hello");
+    assert_eq!(s.event("Ev007", elsewhere, &[]).await.1["ignored"], "an event from another Slack workspace");
+
     let metrics = s.t.server.state().lifecycle.metrics().render();
     for outcome in ["posted", "retried"] {
         let line = format!("oz_server_trigger_postbacks_total{{provider=\"slack\",outcome=\"{outcome}\"}}");
@@ -403,6 +423,55 @@ async fn a_disabled_integration_acknowledges_and_does_nothing() {
     assert!(s.runs().await.is_empty());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(s.fake.requests().is_empty(), "no refusal, no call at all");
+    // Where an integration sends its credentials is the operator's choice: without their allow-list,
+    // an API root other than Slack's own is refused.
+    let strict = TestServer::start_with(
+        oz_server::ServerConfig { provider_api_urls: vec![], ..support::config() },
+        std::sync::Arc::new(oz_server::store::sqlite::SqliteStore::temporary().await.unwrap()),
+    )
+    .await;
+    for (name, value) in [("S", "s"), ("T", "t")] {
+        strict
+            .call(reqwest::Method::PUT, &format!("/secrets/{name}"), &strict.key_a, Some(json!({"value": value})))
+            .await;
+    }
+    let attempt = |base: Option<&str>| {
+        let mut provider =
+            json!({"kind": "slack", "signing_secret": "S", "bot_token_secret": "T", "allowed_users": ["*"]});
+        if let Some(b) = base {
+            provider["api_base_url"] = json!(b);
+        }
+        json!({"name": "s", "agent_config": {"worker_host": "w1"}, "provider": provider})
+    };
+    let (status, problem) = strict.post("/integrations", &strict.key_a, attempt(Some(&s.fake.base_url()))).await;
+    assert_eq!(status, 400, "{problem}");
+    assert!(problem.to_string().contains("--allow-provider-api-url"), "{problem}");
+    assert_eq!(strict.post("/integrations", &strict.key_a, attempt(Some("https://slack.com/api"))).await.0, 200);
+    assert_eq!(strict.post("/integrations", &strict.key_a, attempt(None)).await.0, 200);
+    // A secret a git provider or an environment uses is not an integration's to send anywhere.
+    let (status, _) = strict
+        .post(
+            "/agent/environments",
+            &strict.key_a,
+            json!({"name": "e", "github_repos": [], "setup_commands": [], "secrets": {"NPM_TOKEN": "T"}}),
+        )
+        .await;
+    assert_eq!(status, 400, "T is an integration's already");
+    strict.call(reqwest::Method::PUT, "/secrets/NPM", &strict.key_a, Some(json!({"value": "npm"}))).await;
+    let (status, env) = strict
+        .post(
+            "/agent/environments",
+            &strict.key_a,
+            json!({"name": "e", "github_repos": [], "setup_commands": [], "secrets": {"NPM_TOKEN": "NPM"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{env}");
+    let mut reuse = attempt(None);
+    reuse["provider"]["bot_token_secret"] = json!("NPM");
+    let (status, problem) = strict.post("/integrations", &strict.key_a, reuse).await;
+    assert_eq!(status, 400, "{problem}");
+    assert!(problem.to_string().contains("handed to the runs of environment"), "{problem}");
+
     // Its provider cannot be changed into another.
     let (status, problem) =
         s.t.call(

@@ -106,7 +106,7 @@ pub struct ProviderOptions {
     /// GitHub: the App's slug (comments saying @SLUG reach the agent).
     #[arg(long)]
     pub app_slug: Option<String>,
-    /// Linear: the agent's user id (issues assigned to it start runs).
+    /// Linear: the agent's user id, the API key's user (required; issues assigned to it start runs).
     #[arg(long)]
     pub agent_user_id: Option<String>,
     /// Linear, GitHub: a label whose issues start runs.
@@ -122,6 +122,12 @@ pub struct ProviderOptions {
     /// besides the repository's collaborators). Repeatable.
     #[arg(long = "allow-user", value_name = "USER")]
     pub allowed_users: Vec<String>,
+    /// Slack: the workspace id (T...) events must come from.
+    #[arg(long, value_name = "TEAM_ID")]
+    pub slack_team_id: Option<String>,
+    /// Linear: the workspace (organization) id webhooks must come from.
+    #[arg(long)]
+    pub organization_id: Option<String>,
     /// Slack: channel ids where anyone may trigger it. Repeatable.
     #[arg(long = "allow-channel", value_name = "CHANNEL")]
     pub allowed_channels: Vec<String>,
@@ -144,6 +150,7 @@ impl ProviderOptions {
                 bot_token_secret: required(self.bot_token_secret, "bot-token-secret", "slack")?,
                 allowed_users: self.allowed_users,
                 allowed_channels: self.allowed_channels,
+                team_id: self.slack_team_id,
                 api_base_url: self.provider_api_url,
             })),
             IntegrationKind::Linear => Some(ProviderSettings::Linear(LinearSettings {
@@ -154,6 +161,7 @@ impl ProviderOptions {
                 mention: self.mention,
                 pull_request_state_id: self.pull_request_state_id,
                 allowed_users: self.allowed_users,
+                organization_id: self.organization_id,
                 api_base_url: self.provider_api_url,
             })),
             IntegrationKind::Github => Some(ProviderSettings::Github(GitHubSettings {

@@ -39,6 +39,9 @@ fn read_value(from_file: Option<&std::path::Path>) -> Result<String, CliError> {
         Some(path) => std::fs::File::open(path)
             .and_then(|f| f.take(MAX_VALUE + 1).read_to_end(&mut bytes))
             .map_err(|e| CliError::Usage(format!("could not read {}: {e}", path.display()))),
+        None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => Err(CliError::Usage(
+            "give the value on standard input (printf %s \"$VALUE\" | oz secret set NAME) or with --from-file; it is not read from a terminal, where it would show".into(),
+        )),
         None => std::io::stdin()
             .take(MAX_VALUE + 1)
             .read_to_end(&mut bytes)
@@ -49,8 +52,8 @@ fn read_value(from_file: Option<&std::path::Path>) -> Result<String, CliError> {
         return Err(CliError::Usage(format!("the value is larger than {MAX_VALUE} bytes")));
     }
     let mut value = String::from_utf8(bytes).map_err(|_| CliError::Usage("the value must be UTF-8 text".into()))?;
-    // `echo` adds a newline no token has; a file's last newline (a PEM key's) is kept.
-    if from_file.is_none() && value.ends_with('\n') {
+    // `echo` and editors add a newline no token has; a PEM key's last newline is kept.
+    if !value.contains("-----BEGIN") && value.ends_with('\n') {
         value.pop();
         if value.ends_with('\r') {
             value.pop();

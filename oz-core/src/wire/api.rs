@@ -717,6 +717,10 @@ pub struct SlackSettings {
     /// Channel ids (`C...`) where anyone may start and steer runs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_channels: Vec<String>,
+    /// The Slack workspace (`T...`) events must come from; others are ignored (an app distributed
+    /// to several workspaces signs all their events with one secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team_id: Option<String>,
     /// The Web API's root; default `https://slack.com/api`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_base_url: Option<String>,
@@ -730,7 +734,8 @@ pub struct LinearSettings {
     pub webhook_secret: String,
     /// The team secret holding the API key the agent's user posts with.
     pub api_key_secret: String,
-    /// The agent's Linear user id: an issue assigned to it starts a run.
+    /// The agent's Linear user id (the API key's user, required): an issue assigned to it starts
+    /// a run, and its own comments are never taken as requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_user_id: Option<String>,
     /// A label's name: an issue given it starts a run.
@@ -746,6 +751,10 @@ pub struct LinearSettings {
     /// Linear user ids who may trigger it; empty or `*`: anyone in the workspace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_users: Vec<String>,
+    /// The Linear workspace (`organizationId`) webhooks must come from; others are ignored (an
+    /// OAuth app's webhook fires for every workspace that installed it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organization_id: Option<String>,
     /// The API's root; default `https://api.linear.app` (GraphQL at `/graphql`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_base_url: Option<String>,

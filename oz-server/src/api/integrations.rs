@@ -68,7 +68,8 @@ async fn validate(state: &AppState, team_id: &str, req: &IntegrationRequest) -> 
     oz_core::validate::text("prompt", &req.prompt, crate::api::runs::MAX_PROMPT_LEN, true)
         .map_err(|e| ApiError::invalid(e.to_string()))?;
     if let Some(provider) = &req.provider {
-        validate_provider(state, team_id, provider).await?;
+        let environment = req.agent_config.as_ref().and_then(|c| c.environment_id.as_deref());
+        validate_provider(state, team_id, provider, environment).await?;
     }
     match req.agent_config.as_ref().and_then(|c| c.worker_host.as_deref()) {
         Some(host) if host != "warp" => {
@@ -81,9 +82,31 @@ async fn validate(state: &AppState, team_id: &str, req: &IntegrationRequest) -> 
     }
 }
 
+/// Where else the team secret `name` is used, if it is: a git provider's, a run's (an
+/// environment's `secrets`, an agent config's `harness_auth_secrets`), or another kind of
+/// integration's.
+async fn used_elsewhere(state: &AppState, team_id: &str, name: &str) -> Result<Option<String>, ApiError> {
+    if let Some((host, _)) =
+        state.store.git_providers(team_id).await?.into_iter().find(|(_, p)| p.secret_names().contains(&name))
+    {
+        return Ok(Some(format!("the git provider of {host}'s")));
+    }
+    for environment in state.store.environments(team_id).await? {
+        if environment.config.secrets.values().any(|n| n == name) {
+            return Ok(Some(format!("handed to the runs of environment {:?}", environment.config.name)));
+        }
+    }
+    Ok(None)
+}
+
 /// A provider's settings: the secrets they name exist, its API root is usable, and it says who may
 /// trigger it where the provider has no notion of it.
-async fn validate_provider(state: &AppState, team_id: &str, provider: &ProviderSettings) -> Result<(), ApiError> {
+async fn validate_provider(
+    state: &AppState,
+    team_id: &str,
+    provider: &ProviderSettings,
+    environment: Option<&str>,
+) -> Result<(), ApiError> {
     let kind = provider.kind();
     for (field, name) in provider.secret_names() {
         if name.trim().is_empty() {
@@ -92,6 +115,11 @@ async fn validate_provider(state: &AppState, team_id: &str, provider: &ProviderS
         if state.store.secret(team_id, name).await?.is_none() {
             return Err(ApiError::invalid(format!(
                 "provider.{field}: the team has no secret {name:?} (an admin sets it with PUT /secrets/{name} or `oz secret set {name}`)"
+            )));
+        }
+        if let Some(used) = used_elsewhere(state, team_id, name).await? {
+            return Err(ApiError::invalid(format!(
+                "provider.{field}: the secret {name:?} is {used}; an integration sends its credentials to its provider, so it names secrets of its own"
             )));
         }
     }
@@ -105,9 +133,9 @@ async fn validate_provider(state: &AppState, team_id: &str, provider: &ProviderS
             s.api_base_url.as_deref()
         }
         ProviderSettings::Linear(l) => {
-            if l.agent_user_id.is_none() && l.label.is_none() {
+            if l.agent_user_id.as_deref().is_none_or(|u| u.trim().is_empty()) {
                 return Err(ApiError::invalid(
-                    "provider.agent_user_id or provider.label is required: which issues start runs",
+                    "provider.agent_user_id is required: the Linear user the API key acts as (issues assigned to it start runs; its own comments are never requests)",
                 ));
             }
             l.api_base_url.as_deref()
@@ -116,12 +144,21 @@ async fn validate_provider(state: &AppState, team_id: &str, provider: &ProviderS
             if g.app_slug.trim().is_empty() || g.app.trim().is_empty() {
                 return Err(ApiError::invalid("provider.app and provider.app_slug are required"));
             }
+            if environment.is_none() {
+                return Err(ApiError::invalid(
+                    "agent_config.environment_id is required for GitHub: events are acted on only from the repositories its environment lists",
+                ));
+            }
             g.api_base_url.as_deref()
         }
     };
-    if let Some(base) = base {
-        crate::triggers::client_base_url(base).map_err(|e| ApiError::invalid(format!("provider.api_base_url: {e}")))?;
-    }
+    let official = match provider {
+        ProviderSettings::Slack(_) => crate::triggers::slack::SLACK_API,
+        ProviderSettings::Linear(_) => crate::triggers::linear::LINEAR_API,
+        ProviderSettings::Github(_) => oz_credentials::GITHUB_API,
+    };
+    crate::triggers::provider_api_url(&state.config, base, official)
+        .map_err(|e| ApiError::invalid(format!("provider.api_base_url: {e}")))?;
     tracing::debug!(kind, "provider settings checked");
     Ok(())
 }
@@ -302,6 +339,15 @@ pub async fn deliver(
         metadata: Some(serde_json::json!({"integration_id": integration.id})),
         trigger_url: None,
     };
-    let run = creation::create(&state, &integration.team_id, new).await?;
+    let run = match creation::create(&state, &integration.team_id, new).await {
+        Ok(run) => run,
+        Err(e) => {
+            // Not acted on: the sender's retry must be able to.
+            if let Err(forget) = state.store.forget_delivery(&integration.id, &signature).await {
+                tracing::warn!(error = %forget, "a failed delivery could not be forgotten");
+            }
+            return Err(e.into());
+        }
+    };
     Ok((StatusCode::ACCEPTED, Json(WebhookAccepted { run_id: run.id })))
 }

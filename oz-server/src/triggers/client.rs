@@ -121,8 +121,11 @@ impl CallError {
 pub(crate) struct Answer {
     /// Its HTTP status.
     pub(crate) status: u16,
-    /// Its `Retry-After`, in seconds.
+    /// How long to wait before trying again: its `Retry-After`, else the time to its
+    /// `X-RateLimit-Reset` when it says no requests remain (GitHub's primary rate limit).
     pub(crate) retry_after: Option<Duration>,
+    /// Whether it says no requests remain (`X-RateLimit-Remaining: 0`).
+    pub(crate) exhausted: bool,
     /// Its body as JSON (`Null` if it was not).
     pub(crate) body: serde_json::Value,
 }
@@ -142,12 +145,17 @@ pub(crate) async fn send(
 ) -> Result<Answer, CallError> {
     let response = request.send().await.map_err(|source| CallError::Transport { provider, what, source })?;
     let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|s| Duration::from_secs(s.min(3600)));
+    let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let exhausted = header("x-ratelimit-remaining") == Some("0");
+    let reset = header("x-ratelimit-reset")
+        .and_then(|v| v.parse::<i64>().ok())
+        .filter(|_| exhausted)
+        .map(|at| Duration::from_secs(u64::try_from(at - jiff::Timestamp::now().as_second()).unwrap_or(1).max(1)));
+    let retry_after = header("retry-after")
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .or(reset)
+        .map(|d| d.min(Duration::from_secs(3600)));
     let mut body = Vec::new();
     let mut response = response;
     while let Some(chunk) = response.chunk().await.map_err(|source| CallError::Transport { provider, what, source })? {
@@ -157,5 +165,5 @@ pub(crate) async fn send(
         body.extend_from_slice(&chunk);
     }
     let body = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-    Ok(Answer { status, retry_after, body })
+    Ok(Answer { status, retry_after, exhausted, body })
 }

@@ -67,7 +67,7 @@ pub async fn webhook(
     let ProviderSettings::Github(settings) = settings else {
         return Err(super::refused("the signature does not match"));
     };
-    let secret = team_secret(&state, &integration.team_id, &settings.webhook_secret).await?;
+    let secret = super::signing_secret(&state, &integration, &settings.webhook_secret).await?;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let given = header(SIGNATURE_HEADER).ok_or_else(|| super::refused("missing X-Hub-Signature-256"))?;
     let hex = given
@@ -98,23 +98,9 @@ fn thread_key(repo: &str, number: u64) -> String {
     format!("github:{}#{number}", repo.to_ascii_lowercase())
 }
 
-/// Whether `text` says `@<slug>` as a word (not `@<slug>-other`, not inside an e-mail address).
+/// Whether `text` says `@<slug>` as a word.
 fn mentions(text: &str, slug: &str) -> bool {
-    let wanted = format!("@{}", slug.to_ascii_lowercase());
-    let lower = text.to_ascii_lowercase();
-    let mut from = 0;
-    while let Some(at) = lower[from..].find(&wanted) {
-        let start = from + at;
-        let end = start + wanted.len();
-        let before_ok = start == 0 || !lower.as_bytes()[start - 1].is_ascii_alphanumeric();
-        let after_ok =
-            lower.as_bytes().get(end).is_none_or(|b| !(b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_'));
-        if before_ok && after_ok {
-            return true;
-        }
-        from = end;
-    }
-    false
+    super::mentions(text, &format!("@{slug}"))
 }
 
 /// What an event means.
@@ -204,10 +190,11 @@ async fn decide(
 }
 
 /// Whether the integration's runs' environment lists `repo` (`owner/name`), compared as GitHub does
-/// (without case). Runs without an environment clone nothing: any repository is accepted.
+/// (without case). Without an environment, none is: an App anyone may install must not run agents
+/// for repositories the team did not list.
 async fn environment_has_repo(state: &AppState, integration: &IntegrationRecord, repo: &str) -> bool {
     let Some(environment_id) = integration.agent_config.as_ref().and_then(|c| c.environment_id.as_deref()) else {
-        return true;
+        return false;
     };
     match state.store.environment(&integration.team_id, environment_id).await {
         Ok(Some(environment)) => {
@@ -233,17 +220,8 @@ impl GitHubApi {
         settings: &GitHubSettings,
     ) -> Result<Self, TriggerError> {
         let key = team_secret(state, &integration.team_id, &settings.private_key_secret).await?;
-        let base_text = settings.api_base_url.as_deref().unwrap_or(oz_credentials::GITHUB_API);
-        let base = client::base_url(base_text).map_err(|detail| {
-            TriggerError::Provider(CallError::Refused {
-                provider: "GitHub",
-                what: "settings",
-                status: 0,
-                detail,
-                retryable: false,
-                retry_after: None,
-            })
-        })?;
+        let base = super::api_root(state, "GitHub", settings.api_base_url.as_deref(), oz_credentials::GITHUB_API)?;
+        let base_text = base.as_str().trim_end_matches('/').to_owned();
         let app = GitHubAppProvider::builder(AppIssuer::parse(&settings.app), key)
             .api_base(base_text)
             .build()
@@ -330,7 +308,10 @@ fn ok(what: &'static str, answer: Answer) -> Result<Value, CallError> {
         return Ok(answer.body);
     }
     let message = answer.body.get("message").and_then(Value::as_str).unwrap_or("no answer").to_owned();
-    let retryable = answer.is_retryable_status() || (answer.status == 403 && answer.retry_after.is_some());
+    // GitHub's primary limit is a 403 with no requests remaining, its secondary one a 403 (or 429)
+    // with `Retry-After`.
+    let retryable =
+        answer.is_retryable_status() || (answer.status == 403 && (answer.retry_after.is_some() || answer.exhausted));
     Err(CallError::refused("GitHub", what, &answer, message, retryable))
 }
 
@@ -348,11 +329,37 @@ mod tests {
     }
 
     #[test]
+    fn githubs_rate_limits_are_retried_and_other_refusals_are_not() {
+        let answer = |status: u16, retry_after: Option<u64>, exhausted: bool| Answer {
+            status,
+            retry_after: retry_after.map(std::time::Duration::from_secs),
+            exhausted,
+            body: json!({"message": "API rate limit exceeded"}),
+        };
+        let retry = |a: Answer| ok("create a comment", a).unwrap_err().retry_after();
+        assert_eq!(retry(answer(403, Some(30), true)), Some(Some(std::time::Duration::from_secs(30))), "primary limit");
+        assert_eq!(
+            retry(answer(403, Some(60), false)),
+            Some(Some(std::time::Duration::from_secs(60))),
+            "secondary limit"
+        );
+        assert!(retry(answer(429, None, false)).is_some());
+        assert!(retry(answer(502, None, false)).is_some());
+        assert_eq!(retry(answer(403, None, false)), None, "Resource not accessible by integration");
+        assert_eq!(retry(answer(404, None, false)), None);
+    }
+
+    #[test]
     fn mentions_are_whole_words() {
         assert!(mentions("@oz-agent please fix", "oz-agent"));
         assert!(mentions("Hey @OZ-Agent, fix", "oz-agent"));
         assert!(!mentions("@oz-agent-two fix", "oz-agent"));
         assert!(!mentions("mail me@oz-agent.com", "oz-agent"));
         assert!(!mentions("no mention", "oz-agent"));
+        assert!(mentions("thanks @oz-agent.", "oz-agent"));
+        assert!(!mentions("see @oz-agent.io", "oz-agent"));
+        assert!(super::super::mentions("@oz also check Firefox", "@oz"));
+        assert!(!super::super::mentions("ask @ozzie", "@oz"));
+        assert!(!super::super::mentions("x@oz.io", "@oz"), "not inside an address");
     }
 }

@@ -70,7 +70,7 @@ pub async fn webhook(
     let ProviderSettings::Linear(settings) = settings else {
         return Err(super::refused("the signature does not match"));
     };
-    let secret = team_secret(&state, &integration.team_id, &settings.webhook_secret).await?;
+    let secret = super::signing_secret(&state, &integration, &settings.webhook_secret).await?;
     let given = headers
         .get(SIGNATURE_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -115,6 +115,11 @@ async fn decide(
     payload: &Value,
     delivery: String,
 ) -> Decision {
+    if let Some(organization) = settings.organization_id.as_deref()
+        && str_of(payload, "organizationId") != organization
+    {
+        return Decision::Ignore("a webhook from another Linear workspace");
+    }
     let data = payload.get("data").cloned().unwrap_or(Value::Null);
     let action = str_of(payload, "action");
     let actor = payload.get("actor").map(|a| str_of(a, "id").to_owned()).unwrap_or_default();
@@ -176,7 +181,7 @@ async fn decide(
             let body = str_of(&data, "body");
             let mention = settings.mention.as_deref().unwrap_or(DEFAULT_MENTION);
             let author = str_of(&data, "userId");
-            if !body.to_lowercase().contains(&mention.to_lowercase()) {
+            if !super::mentions(body, mention) {
                 return Decision::Ignore("a comment that does not mention the agent");
             }
             if settings.agent_user_id.as_deref() == Some(author) || data.get("botActor").is_some_and(|b| !b.is_null()) {
@@ -318,16 +323,7 @@ impl LinearApi {
         settings: &LinearSettings,
     ) -> Result<Self, TriggerError> {
         let key = team_secret(state, &integration.team_id, &settings.api_key_secret).await?;
-        let base = client::base_url(settings.api_base_url.as_deref().unwrap_or(LINEAR_API)).map_err(|detail| {
-            TriggerError::Provider(CallError::Refused {
-                provider: "Linear",
-                what: "settings",
-                status: 0,
-                detail,
-                retryable: false,
-                retry_after: None,
-            })
-        })?;
+        let base = super::api_root(state, "Linear", settings.api_base_url.as_deref(), LINEAR_API)?;
         Ok(LinearApi { endpoint: client::join(&base, "graphql"), key })
     }
 

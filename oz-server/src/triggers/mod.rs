@@ -31,9 +31,9 @@ use crate::state::AppState;
 use crate::store::{IntegrationRecord, RunRecord, RunTriggerRecord};
 use crate::vault;
 
-/// How long a delivery's id is remembered: longer than any provider retries (Slack within an hour,
-/// Linear up to six hours later, GitHub only when redelivered by hand).
-pub const DELIVERY_MEMORY: SignedDuration = SignedDuration::from_hours(24);
+/// How long a delivery's id is remembered: longer than any provider retries or redelivers (Slack
+/// within an hour, Linear up to six hours later, GitHub by hand for three days).
+pub const DELIVERY_MEMORY: SignedDuration = SignedDuration::from_hours(80);
 
 /// The largest request body a provider's endpoint reads (Slack's and Linear's are a few kilobytes,
 /// GitHub's issue events rarely above a hundred).
@@ -47,9 +47,44 @@ const CONTEXT_TIMEOUT: Duration = Duration::from_millis(1500);
 /// The longest prompt a trigger makes, in characters (the API's own limit is larger).
 const MAX_TRIGGER_PROMPT: usize = 60_000;
 
-/// A provider's API root as its settings give it: `https://`, or `http://` to a loopback address.
-pub fn client_base_url(text: &str) -> Result<reqwest::Url, String> {
-    client::base_url(text)
+/// The API root an integration's calls go to: the provider's own (`official`), or `configured`
+/// when the operator allowed it (`ServerConfig::provider_api_urls`): an integration sends its
+/// credentials there, so a team cannot choose where on its own.
+pub fn provider_api_url(
+    config: &crate::config::ServerConfig,
+    configured: Option<&str>,
+    official: &str,
+) -> Result<reqwest::Url, String> {
+    let Some(text) = configured.filter(|t| t.trim_end_matches('/') != official.trim_end_matches('/')) else {
+        return client::base_url(official);
+    };
+    let url = client::base_url(text)?;
+    if !config.provider_api_urls.iter().any(|allowed| !allowed.is_empty() && url.as_str().starts_with(allowed.as_str()))
+    {
+        return Err(format!(
+            "{text:?} is not the provider's API; the server's operator must allow it first (oz-server --allow-provider-api-url)"
+        ));
+    }
+    Ok(url)
+}
+
+/// [`provider_api_url`] as a trigger error.
+pub(crate) fn api_root(
+    state: &AppState,
+    provider: &'static str,
+    configured: Option<&str>,
+    official: &str,
+) -> Result<reqwest::Url, TriggerError> {
+    provider_api_url(&state.config, configured, official).map_err(|detail| {
+        TriggerError::Provider(client::CallError::Refused {
+            provider,
+            what: "settings",
+            status: 0,
+            detail,
+            retryable: false,
+            retry_after: None,
+        })
+    })
 }
 
 /// Why an integration's request was refused: as a bad signature, so that an unknown integration and
@@ -83,6 +118,48 @@ pub(crate) async fn team_secret(state: &AppState, team_id: &str, name: &str) -> 
         .keyring
         .open(&vault::secret_place(team_id, name), &record.sealed)
         .map_err(|source| TriggerError::Sealed { name: name.to_owned(), source })
+}
+
+/// The signing secret named `name`, for checking a request not yet verified: whatever fails is an
+/// opaque 503 (logged in full), so that nothing about the integration leaks to an unknown caller.
+pub(crate) async fn signing_secret(
+    state: &AppState,
+    integration: &IntegrationRecord,
+    name: &str,
+) -> Result<SecretString, ApiError> {
+    team_secret(state, &integration.team_id, name).await.map_err(|e| {
+        tracing::warn!(integration_id = %integration.id, error = %oz_core::error::error_chain(&e), "an integration cannot verify its deliveries");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::InternalError, "the delivery cannot be verified now")
+            .retryable(true)
+    })
+}
+
+/// Whether `text` says `handle` (`@oz`, `@my-app`) as a word: not `@ozzie`, `@oz-two` or
+/// `me@oz.io`; `@oz,` and `@oz.` at a sentence's end are.
+pub(crate) fn mentions(text: &str, handle: &str) -> bool {
+    let wanted = handle.to_lowercase();
+    if wanted.is_empty() {
+        return false;
+    }
+    let lower = text.to_lowercase();
+    let bytes = lower.as_bytes();
+    let in_word = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+    let mut from = 0;
+    while let Some(at) = lower[from..].find(&wanted) {
+        let start = from + at;
+        let end = start + wanted.len();
+        let before_ok = start == 0 || !bytes[start - 1].is_ascii_alphanumeric();
+        let after_ok = match bytes.get(end) {
+            None => true,
+            Some(b'.') => bytes.get(end + 1).is_none_or(|n| n.is_ascii_whitespace()),
+            Some(b) => !in_word(*b),
+        };
+        if before_ok && after_ok {
+            return true;
+        }
+        from = end;
+    }
+    false
 }
 
 /// Why a trigger could not be acted on or a post-back could not be made.
@@ -121,7 +198,10 @@ impl TriggerError {
         match self {
             TriggerError::Provider(e) => e.retry_after(),
             TriggerError::Store(_) => Some(None),
-            TriggerError::Credentials(e) => e.status().is_none_or(|s| s == 429 || s >= 500).then_some(None),
+            TriggerError::Credentials(e) => match e {
+                oz_credentials::CredentialError::Transport { .. } => Some(None),
+                other => other.status().is_some_and(|s| s == 429 || s >= 500).then_some(None),
+            },
             _ => None,
         }
     }
@@ -265,6 +345,17 @@ pub(crate) async fn follow_up(
     let Some(trigger) = state.store.run_trigger_in_thread(&integration.id, thread_key).await? else {
         return Ok(FollowUpOutcome::NoRun);
     };
+    let message: String = message.trim().chars().take(MAX_TRIGGER_PROMPT).collect();
+    if message.is_empty() {
+        return Err(ApiError::invalid("the message is empty"));
+    }
+    // Continuing a run that ended makes it unfinished again: the team's cap applies, as to a new one.
+    if let Some(run) = state.store.run_by_id(&trigger.run_id).await?
+        && run.state.is_terminal()
+    {
+        let active = state.store.unfinished_runs(&integration.team_id).await?;
+        state.run_limiter.admit(active)?;
+    }
     let now = Timestamp::now();
     let forget = now.checked_sub(DELIVERY_MEMORY).unwrap_or(now);
     if !state.store.record_delivery(&integration.id, delivery, now, forget).await? {
@@ -308,9 +399,10 @@ pub(crate) async fn act(
             tracing::debug!(integration_id = %integration.id, why, "an integration's event was ignored");
             serde_json::json!({"ignored": why})
         }
-        Decision::Start(start) => match start_run(state, integration, source, start).await? {
-            Some(run) => serde_json::json!({"run_id": run.id}),
-            None => serde_json::json!({"ignored": "this delivery was already received"}),
+        Decision::Start(start) => match start_run(state, integration, source, start).await {
+            Ok(Some(run)) => serde_json::json!({"run_id": run.id}),
+            Ok(None) => serde_json::json!({"ignored": "this delivery was already received"}),
+            Err(e) => refusal(integration, e)?,
         },
         Decision::Cancel { thread_key } => match state.store.run_trigger_in_thread(&integration.id, &thread_key).await?
         {
@@ -321,13 +413,26 @@ pub(crate) async fn act(
             None => serde_json::json!({"ignored": "no run was started here"}),
         },
         Decision::FollowUp { thread_key, message, by } => {
-            match follow_up(state, integration, delivery, &thread_key, message, by).await? {
-                FollowUpOutcome::Sent(run_id) => serde_json::json!({"followed_up": run_id}),
-                FollowUpOutcome::NoRun => serde_json::json!({"ignored": "no run was started here"}),
-                FollowUpOutcome::Duplicate => serde_json::json!({"ignored": "this delivery was already received"}),
+            match follow_up(state, integration, delivery, &thread_key, message, by).await {
+                Ok(FollowUpOutcome::Sent(run_id)) => serde_json::json!({"followed_up": run_id}),
+                Ok(FollowUpOutcome::NoRun) => serde_json::json!({"ignored": "no run was started here"}),
+                Ok(FollowUpOutcome::Duplicate) => serde_json::json!({"ignored": "this delivery was already received"}),
+                Err(e) => refusal(integration, e)?,
             }
         }
     })
+}
+
+/// A refusal that retrying cannot change (the team at its cap of runs, a run that cannot be
+/// continued) is acknowledged, so the provider does not retry or count the endpoint as failing;
+/// anything else (the store failing) is an error the provider retries.
+fn refusal(integration: &IntegrationRecord, e: ApiError) -> Result<serde_json::Value, ApiError> {
+    if e.status.is_client_error() {
+        tracing::warn!(integration_id = %integration.id, status = %e.status, detail = %e.detail, "an integration's request was refused");
+        Ok(serde_json::json!({"ignored": e.detail}))
+    } else {
+        Err(e)
+    }
 }
 
 /// Cancels run `run_id` for a provider's user (a Slack button): as `POST /agent/runs/{id}/cancel`,

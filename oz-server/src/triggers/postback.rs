@@ -65,7 +65,9 @@ async fn post_due(state: &AppState) -> Result<(), TriggerError> {
         let mut progressed = false;
         for trigger in due {
             let before = trigger.clone();
-            let after = post_one(state, trigger).await?;
+            let span =
+                tracing::info_span!("postback", run_id = %trigger.run_id, integration_id = %trigger.integration_id);
+            let after = tracing::Instrument::instrument(post_one(state, trigger), span).await?;
             progressed |= after.posted != before.posted;
         }
         if !progressed {
@@ -79,8 +81,10 @@ async fn post_due(state: &AppState) -> Result<(), TriggerError> {
 pub(crate) enum Phase {
     /// Queued, offered or claimed: not started yet.
     Waiting,
-    /// Its agent works (or waits for an answer).
+    /// Its agent works.
     Working,
+    /// Its agent waits for an answer (the people who asked must act).
+    Blocked,
     /// It ended.
     Ended,
 }
@@ -89,7 +93,8 @@ impl Phase {
     fn of(state: RunState) -> Self {
         match state {
             s if s.is_terminal() => Phase::Ended,
-            RunState::InProgress | RunState::Blocked => Phase::Working,
+            RunState::InProgress => Phase::Working,
+            RunState::Blocked => Phase::Blocked,
             _ => Phase::Waiting,
         }
     }
@@ -334,12 +339,16 @@ async fn post_one(state: &AppState, mut trigger: RunTriggerRecord) -> Result<Run
     };
     let steps = plan(&trigger, &run, &settings);
     let progress = Progress::of(&run, &state.public_url);
-    let span = tracing::info_span!("postback", run_id = %run.id, integration_id = %integration.id, state = %run.state);
-    let _entered = span.enter();
     let mut poster = match Poster::of(state, &integration, &settings).await {
         Ok(poster) => Some(poster),
         Err(e) => {
-            failed(&mut trigger, &current, &e);
+            if trigger.attempts + 1 >= MAX_ATTEMPTS {
+                tracing::warn!(error = %oz_core::error::error_chain(&e), "post-backs for this state were given up");
+                state.lifecycle.metrics().postback(&trigger.provider, "given_up");
+                settle(&mut trigger, current);
+            } else {
+                failed(&mut trigger, &current, &e);
+            }
             state.store.save_postback(&trigger).await?;
             return Ok(trigger);
         }

@@ -28,7 +28,13 @@ pub struct TestServer {
 }
 
 pub fn config() -> ServerConfig {
-    ServerConfig { listen: "127.0.0.1:0".into(), lease_timeout: Duration::from_secs(2), ..Default::default() }
+    ServerConfig {
+        listen: "127.0.0.1:0".into(),
+        lease_timeout: Duration::from_secs(2),
+        // The providers' fakes listen on loopback.
+        provider_api_urls: vec!["http://127.0.0.1:".into()],
+        ..Default::default()
+    }
 }
 
 impl TestServer {
