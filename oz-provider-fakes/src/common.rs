@@ -73,6 +73,9 @@ pub enum Failure {
     },
     /// An internal error of the provider (a 5xx).
     ServerError,
+    /// Any other HTTP error status (400 to 599), answered with the provider's usual error body and
+    /// none of the headers the other failures carry (no `Retry-After`, even for a 429).
+    Status(u16),
 }
 
 /// The bookkeeping each fake's state embeds.
@@ -90,7 +93,12 @@ impl Core {
         self.failures.pop_front()
     }
 
+    /// Queues `failure` for the next `n` requests; panics for a [`Failure::Status`] that is not an
+    /// error status (400 to 599).
     pub(crate) fn fail_next(&mut self, n: usize, failure: Failure) {
+        if let Failure::Status(status) = failure {
+            assert!((400..=599).contains(&status), "Failure::Status({status}) is not an HTTP error status");
+        }
         self.failures.extend(std::iter::repeat_n(failure, n));
     }
 

@@ -6,12 +6,14 @@
 //! - the App's endpoints (`GET /app`, `GET /repos/{owner}/{repo}/installation`,
 //!   `POST /app/installations/{id}/access_tokens`): `Authorization: Bearer <JWT>`, an RS256 JWT
 //!   whose signature is verified against the App's public key (with the `rsa` crate), whose `iss` is
-//!   the App's id (number or string), `iat` not in the future and `exp` in the future, at most 10
-//!   minutes away; 401 otherwise;
+//!   the App's id (number or string) or, for a fake started with
+//!   [`FakeGitHub::start_with_client_id`], its client id (a string), `iat` not in the future and
+//!   `exp` in the future, at most 10 minutes away; 401 otherwise;
 //! - `POST /app/installations/{id}/access_tokens`: only the documented keys (`repositories`,
 //!   `repository_ids`, `permissions`); 404 for an unknown installation, 422 for a repository or a
 //!   permission (any name, `issues`, `pull_requests`, `contents`...) the installation lacks; 201
-//!   with a `ghs_` token, an hour's expiry, the permissions asked plus `metadata: read`;
+//!   with a `ghs_` token, an hour's expiry, the permissions asked plus `metadata: read`, the
+//!   repositories (one more than asked after [`FakeGitHub::grant_extra_repo`]);
 //! - `DELETE /installation/token` with the installation token as bearer: 204, or 401;
 //! - `POST /repos/{owner}/{repo}/issues/{number}/comments` and
 //!   `PATCH /repos/{owner}/{repo}/issues/comments/{comment_id}` with `Authorization: Bearer <token>`
@@ -27,7 +29,8 @@
 //! 404s of `GET /repos/{owner}/{repo}/installation` and `GET .../issues/{number}`) is also a
 //! violation. Injected failures: rate
 //! limited is HTTP 429 with `Retry-After` and `{"message":"API rate limit exceeded"}`, a server
-//! error HTTP 502 `{"message":"Server Error"}`.
+//! error HTTP 502 `{"message":"Server Error"}`, any other status that status with
+//! `{"message":"fake: an injected failure"}`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -117,10 +120,13 @@ struct Issue {
 struct Inner {
     core: Core,
     app_id: u64,
+    client_id: Option<String>,
     app_key: VerifyingKey<Sha256>,
     installations: Vec<Installation>,
     minted: Vec<Minted>,
     jwt_claims: Vec<Value>,
+    jwts: Vec<String>,
+    grant_extra_repo: bool,
     issues: Vec<Issue>,
     comments: Vec<(GitHubComment, i64, i64)>,
     next_comment_id: u64,
@@ -140,14 +146,27 @@ impl FakeGitHub {
     /// `app_id` has the public key `app_public_key_pem` (SPKI PEM, `BEGIN PUBLIC KEY`) and no
     /// installation yet.
     pub async fn start(app_id: u64, app_public_key_pem: &str) -> Self {
+        Self::start_app(app_id, None, app_public_key_pem).await
+    }
+
+    /// Like [`FakeGitHub::start`], for an App that also has the client id `client_id`
+    /// (`Iv23li...`), which App JWTs may name as their `iss` (a string) instead of the app id.
+    pub async fn start_with_client_id(app_id: u64, client_id: &str, app_public_key_pem: &str) -> Self {
+        Self::start_app(app_id, Some(client_id.to_owned()), app_public_key_pem).await
+    }
+
+    async fn start_app(app_id: u64, client_id: Option<String>, app_public_key_pem: &str) -> Self {
         let key = rsa::PublicKey::from_public_key_pem(app_public_key_pem).expect("an RSA public key in PEM");
         let state = Arc::new(Mutex::new(Inner {
             core: Core::default(),
             app_id,
+            client_id,
             app_key: VerifyingKey::new(key),
             installations: Vec::new(),
             minted: Vec::new(),
             jwt_claims: Vec::new(),
+            jwts: Vec::new(),
+            grant_extra_repo: false,
             issues: Vec::new(),
             comments: Vec::new(),
             next_comment_id: 1_000_001,
@@ -197,7 +216,8 @@ impl FakeGitHub {
         self.lock().core.violations.clone()
     }
 
-    /// The next `n` requests are answered with `failure` (and recorded, and do nothing else).
+    /// The next `n` requests are answered with `failure` (and recorded, and do nothing else);
+    /// [`Failure::Status`] for any other error status GitHub may answer.
     pub fn fail_next(&self, n: usize, failure: Failure) {
         self.lock().core.fail_next(n, failure);
     }
@@ -236,6 +256,17 @@ impl FakeGitHub {
     /// The claims of every App JWT whose signature verified.
     pub fn jwt_claims(&self) -> Vec<Value> {
         self.lock().jwt_claims.clone()
+    }
+
+    /// Every App JWT received (the bearer of the App's endpoints), verified or not.
+    pub fn jwts(&self) -> Vec<String> {
+        self.lock().jwts.clone()
+    }
+
+    /// From now on, minted tokens also reach one more of the installation's repositories than
+    /// asked (a misbehaving GitHub, to test that a client checks the answer).
+    pub fn grant_extra_repo(&self) {
+        self.lock().grant_extra_repo = true;
     }
 
     /// Every comment, in the order created.
@@ -320,6 +351,7 @@ async fn handle(State(state): State<Shared>, method: Method, uri: Uri, headers: 
         Some(Failure::ServerError) => {
             return (StatusCode::BAD_GATEWAY, axum::Json(json!({"message": "Server Error"}))).into_response();
         }
+        Some(Failure::Status(status)) => return error_response(status, "fake: an injected failure"),
         None => {}
     }
     match state.route(&method, &uri, &headers, &body) {
@@ -379,6 +411,7 @@ impl Inner {
         const UNDECODABLE: &str = "A JSON web token could not be decoded";
         let fail = |m: &str| refuse(401, m);
         let jwt = bearer(headers).ok_or_else(|| fail(UNDECODABLE))?.to_owned();
+        self.jwts.push(jwt.clone());
         let [head, claims, signature] = jwt.split('.').collect::<Vec<_>>()[..] else {
             return Err(fail(UNDECODABLE));
         };
@@ -394,7 +427,9 @@ impl Inner {
         }
         let claims = part(claims).ok_or_else(|| fail(UNDECODABLE))?;
         self.jwt_claims.push(claims.clone());
-        if claims["iss"] != json!(self.app_id) && claims["iss"] != json!(self.app_id.to_string()) {
+        let iss = &claims["iss"];
+        let client_id = self.client_id.as_deref().is_some_and(|id| iss.as_str() == Some(id));
+        if *iss != json!(self.app_id) && *iss != json!(self.app_id.to_string()) && !client_id {
             return Err(fail("'Issuer' claim ('iss') must be the client ID or app ID of a GitHub App"));
         }
         let now = common::now_secs();
@@ -506,17 +541,21 @@ impl Inner {
             }
         };
         permissions.insert("metadata".into(), "read".into());
+        let mut granted = repos;
+        if let Some(extra) = installation.repos.iter().find(|r| self.grant_extra_repo && !granted.contains(r)) {
+            granted.push(extra.clone());
+        }
         let token = new_token();
         let expires_at = common::now_secs() + 3600;
         self.minted.push(Minted {
             token: token.clone(),
             installation_id: installation.id,
-            repos: repos.clone(),
+            repos: granted.clone(),
             permissions: permissions.clone(),
             revoked: false,
             expires_at,
         });
-        let repositories: Vec<Value> = repos
+        let repositories: Vec<Value> = granted
             .iter()
             .enumerate()
             .map(|(i, name)| {

@@ -28,7 +28,8 @@
 //! Every request is recorded; every one answered with an error (but an injected [`Failure`] and the
 //! `issue` query's entity-not-found) is also a violation. Injected failures: rate limited is HTTP
 //! 400 `RATELIMITED` with `X-RateLimit-Requests-Remaining: 0` and `Retry-After`, a server error
-//! HTTP 500.
+//! HTTP 500, any other status that status with an `INTERNAL_SERVER_ERROR` error (`fake: an injected
+//! failure`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -276,6 +277,13 @@ async fn handle(State(state): State<Shared>, method: Method, uri: Uri, headers: 
             return (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 axum::Json(json!({"errors": [{"message": "Internal server error", "extensions": {"code": "INTERNAL_SERVER_ERROR"}}]})),
+            )
+                .into_response();
+        }
+        Some(Failure::Status(status)) => {
+            return (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                axum::Json(json!({"errors": [{"message": "fake: an injected failure", "extensions": {"code": "INTERNAL_SERVER_ERROR"}}]})),
             )
                 .into_response();
         }

@@ -20,7 +20,8 @@
 //!
 //! Every request is recorded; every one answered with an error (but an injected [`Failure`], or
 //! `conversations.replies`' `thread_not_found`) is also a violation. Injected failures: rate limited
-//! is HTTP 429 with `Retry-After` and `{"ok":false,"error":"ratelimited"}`, a server error HTTP 500.
+//! is HTTP 429 with `Retry-After` and `{"ok":false,"error":"ratelimited"}`, a server error HTTP 500,
+//! any other status that status with `{"ok":false,"error":"fake_injected_failure"}`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -189,6 +190,10 @@ async fn handle(State(state): State<Shared>, method: Method, uri: Uri, headers: 
         Some(Failure::ServerError) => {
             return (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({"ok": false, "error": "fatal_error"})))
                 .into_response();
+        }
+        Some(Failure::Status(status)) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return (status, axum::Json(json!({"ok": false, "error": "fake_injected_failure"}))).into_response();
         }
         None => {}
     }

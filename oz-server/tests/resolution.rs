@@ -7,15 +7,11 @@
 
 #[path = "support/mod.rs"]
 mod server;
-// The fake GitHub of `oz-credentials`' tests, and what it shares (it names it `crate::support`).
-#[path = "../../oz-credentials/tests/providers/fake_github.rs"]
-mod fake_github;
-#[path = "../../oz-credentials/tests/providers/support.rs"]
-mod support;
 
 use std::time::Duration;
 
 use oz_core::wire::worker::{ServerMessage, TaskClaimed, WorkerMessage};
+use oz_provider_fakes::github::{FakeGitHub, TEST_APP_PRIVATE_PEM, TEST_APP_PUBLIC_PEM};
 use serde_json::{Value, json};
 use server::TestServer;
 
@@ -117,12 +113,12 @@ async fn a_run_token_resolves_its_own_run_only_and_only_until_the_harness_starts
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_github_app_token_covers_exactly_the_environments_repositories_and_is_revoked_at_the_end() {
     const CLIENT_ID: &str = "Iv1.resolution0123";
-    let github = fake_github::FakeGitHub::start(json!(CLIENT_ID), support::APP_PUBLIC_PEM).await;
-    github.install(77, "acme", &["api", "web", "secret-infra"]);
+    let github = FakeGitHub::start_with_client_id(4242, CLIENT_ID, TEST_APP_PUBLIC_PEM).await;
+    github.add_installation(77, "acme", &["api", "web", "secret-infra"], &[("contents", "write")]);
     let t = TestServer::start().await;
-    put(&t, "/secrets/github-app-key", json!({"value": support::APP_PRIVATE_PEM})).await;
+    put(&t, "/secrets/github-app-key", json!({"value": TEST_APP_PRIVATE_PEM})).await;
     let provider = json!({"kind": "github_app", "app": CLIENT_ID, "private_key_secret": "github-app-key",
-        "api_url": github.url});
+        "api_url": github.base_url()});
     put(&t, "/admin/git-providers/github.com", provider).await;
     let (status, listed) = t.get("/admin/git-providers", &t.key_a).await;
     assert_eq!(status, 200, "{listed}");
@@ -186,12 +182,12 @@ async fn a_github_app_token_covers_exactly_the_environments_repositories_and_is_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_gets_a_read_only_preparation_credential_for_its_own_teams_environments_only() {
     const CLIENT_ID: &str = "Iv1.preparation0123";
-    let github = fake_github::FakeGitHub::start(json!(CLIENT_ID), support::APP_PUBLIC_PEM).await;
-    github.install(78, "acme", &["api", "web", "secret-infra"]);
+    let github = FakeGitHub::start_with_client_id(4242, CLIENT_ID, TEST_APP_PUBLIC_PEM).await;
+    github.add_installation(78, "acme", &["api", "web", "secret-infra"], &[("contents", "write")]);
     let t = TestServer::start().await;
-    put(&t, "/secrets/github-app-key", json!({"value": support::APP_PRIVATE_PEM})).await;
+    put(&t, "/secrets/github-app-key", json!({"value": TEST_APP_PRIVATE_PEM})).await;
     let provider = json!({"kind": "github_app", "app": CLIENT_ID, "private_key_secret": "github-app-key",
-        "api_url": github.url});
+        "api_url": github.base_url()});
     put(&t, "/admin/git-providers/github.com", provider).await;
     let (_, env) = t
         .post(

@@ -5,10 +5,11 @@ use oz_credentials::{
     Access, Action, ActsAs, AppIssuer, CredentialError, CredentialRequest, CredentialScope, CredentialStrategy,
     GitCredentialProvider, GitHubAppProvider, GitHubAppProviderBuilder, ProviderKind, Revocation, RunIdentity, RunUser,
 };
+use oz_provider_fakes::Failure;
+use oz_provider_fakes::github::FakeGitHub;
 use secrecy::SecretString;
 use serde_json::json;
 
-use crate::fake_github::FakeGitHub;
 use crate::support::{
     APP_PRIVATE_PEM, APP_PUBLIC_PEM, OTHER_PRIVATE_PEM, assert_no_secret, quick_http, repo, run_id, shown,
 };
@@ -18,10 +19,15 @@ const CLIENT_ID: &str = "Iv23liFakeClientId01";
 
 /// A fake where the App (app id 4242) is installed on `acme` (installation 77) for three repos.
 async fn fake() -> FakeGitHub {
-    let fake = FakeGitHub::start(json!(APP_ID), APP_PUBLIC_PEM).await;
-    fake.install(77, "acme", &["api", "web", "secret-infra"]);
-    fake.install(88, "octo", &["tools"]);
+    let fake = FakeGitHub::start(APP_ID, APP_PUBLIC_PEM).await;
+    install(&fake, 77, "acme", &["api", "web", "secret-infra"]);
+    install(&fake, 88, "octo", &["tools"]);
     fake
+}
+
+/// Installs the App on `account` for `repos`, with `contents: write` (and `metadata: read`).
+fn install(fake: &FakeGitHub, id: u64, account: &str, repos: &[&str]) {
+    fake.add_installation(id, account, repos, &[("contents", "write"), ("metadata", "read")]);
 }
 
 /// The App 4242 with the key `pem`, at `api_base`, with quick retries.
@@ -30,12 +36,12 @@ fn builder(api_base: &str, pem: &str) -> GitHubAppProviderBuilder {
 }
 
 fn provider(fake: &FakeGitHub, pem: &str) -> GitHubAppProvider {
-    builder(&fake.url, pem).build().unwrap()
+    builder(&fake.base_url(), pem).build().unwrap()
 }
 
 /// Always the installation `id`, without a lookup.
 fn fixed(fake: &FakeGitHub, pem: &str, id: u64) -> GitHubAppProvider {
-    builder(&fake.url, pem).installation_id(id).build().unwrap()
+    builder(&fake.base_url(), pem).installation_id(id).build().unwrap()
 }
 
 fn request(repos: &[&str], access: Access) -> CredentialRequest {
@@ -59,7 +65,7 @@ async fn mints_a_token_for_exactly_the_environments_repositories() {
     let requests = fake.requests();
     let lines: Vec<String> = requests.iter().map(|r| r.line()).collect();
     assert_eq!(lines, ["GET /repos/acme/api/installation", "POST /app/installations/77/access_tokens"]);
-    assert_eq!(requests[1].body, Some(json!({"repositories": ["api", "web"], "permissions": {"contents": "read"}})));
+    assert_eq!(requests[1].json(), json!({"repositories": ["api", "web"], "permissions": {"contents": "read"}}));
     for r in &requests {
         assert_eq!(r.header("accept"), Some("application/vnd.github+json"));
         assert_eq!(r.header("x-github-api-version"), Some("2022-11-28"));
@@ -89,7 +95,7 @@ async fn mints_a_token_for_exactly_the_environments_repositories() {
 
     assert_eq!(issued.provider, ProviderKind::GitHubApp);
     assert_eq!(issued.username, "x-access-token");
-    assert_eq!(issued.host, fake.url.trim_start_matches("http://"));
+    assert_eq!(issued.host, fake.base_url().trim_start_matches("http://"));
     assert_eq!(issued.scope, CredentialScope::Repositories { repos: request.repos.clone(), access: Access::Read });
     assert_eq!(issued.acts_as, ActsAs::GitHubInstallation { installation_id: 77 });
     assert_eq!(issued.revocation, Revocation::GitHubInstallationToken);
@@ -99,14 +105,15 @@ async fn mints_a_token_for_exactly_the_environments_repositories() {
     assert!((3590..=3610).contains(&(expires.as_second() - before.as_second())), "{expires}");
     let git = issued.git_credential();
     assert_eq!((git.username.as_str(), git.expose()), ("x-access-token", minted[0].token.as_str()));
+    assert!(fake.violations().is_empty(), "{:?}", fake.violations());
 }
 
 #[tokio::test]
 async fn write_access_asks_for_contents_write_of_a_fixed_installation() {
-    let fake = FakeGitHub::start(json!(CLIENT_ID), APP_PUBLIC_PEM).await;
-    fake.install(77, "acme", &["api", "web"]);
+    let fake = FakeGitHub::start_with_client_id(APP_ID, CLIENT_ID, APP_PUBLIC_PEM).await;
+    install(&fake, 77, "acme", &["api", "web"]);
     let github = GitHubAppProvider::builder(AppIssuer::parse(CLIENT_ID), SecretString::from(APP_PRIVATE_PEM))
-        .api_base(format!("{}/", fake.url))
+        .api_base(format!("{}/", fake.base_url()))
         .installation_id(77)
         .git_host("github.com")
         .build()
@@ -115,7 +122,7 @@ async fn write_access_asks_for_contents_write_of_a_fixed_installation() {
     let requests = fake.requests();
     assert_eq!(requests.len(), 1, "no lookup with a fixed installation");
     assert_eq!(requests[0].line(), "POST /app/installations/77/access_tokens");
-    assert_eq!(requests[0].body, Some(json!({"repositories": ["web"], "permissions": {"contents": "write"}})));
+    assert_eq!(requests[0].json(), json!({"repositories": ["web"], "permissions": {"contents": "write"}}));
     assert_eq!(fake.jwt_claims()[0]["iss"], json!(CLIENT_ID), "a client id travels as a string");
     assert_eq!(issued.host, "github.com");
     assert_eq!(
@@ -125,6 +132,7 @@ async fn write_access_asks_for_contents_write_of_a_fixed_installation() {
     let minted = fake.minted();
     assert_eq!(minted[0].permissions.get("contents").map(String::as_str), Some("write"));
     assert_eq!(minted[0].permissions.get("metadata").map(String::as_str), Some("read"), "GitHub adds it");
+    assert!(fake.violations().is_empty(), "{:?}", fake.violations());
 }
 
 #[tokio::test]
@@ -155,7 +163,7 @@ async fn a_jwt_signed_with_another_key_is_refused() {
 async fn a_jwt_of_another_app_is_refused() {
     let fake = fake().await;
     let github = GitHubAppProvider::builder(AppIssuer::AppId(1), SecretString::from(APP_PRIVATE_PEM))
-        .api_base(&fake.url)
+        .api_base(fake.base_url())
         .build()
         .unwrap();
     let err = github.issue(&request(&["acme/api"], Access::Read)).await.unwrap_err();
@@ -249,16 +257,16 @@ async fn a_mint_is_not_retried_after_a_server_error_but_a_revoke_is() {
     let fake = fake().await;
     let github = fixed(&fake, APP_PRIVATE_PEM, 77);
 
-    fake.fail_next(502);
+    fake.fail_next(1, Failure::Status(502));
     let err = github.issue(&request(&["acme/api"], Access::Read)).await.unwrap_err();
     assert_eq!(err.status(), Some(502));
     assert_eq!(fake.requests().len(), 1, "GitHub may have minted a token: no second one");
 
-    fake.fail_next(429);
+    fake.fail_next(1, Failure::Status(429));
     let issued = github.issue(&request(&["acme/api"], Access::Read)).await.unwrap();
     assert_eq!(fake.requests().len(), 3, "a 429 was not acted on: tried again");
 
-    fake.fail_next(503);
+    fake.fail_next(1, Failure::Status(503));
     github.revoke(&issued).await.unwrap();
     let lines: Vec<String> = fake.requests().iter().skip(3).map(|r| r.line()).collect();
     assert_eq!(lines, ["DELETE /installation/token", "DELETE /installation/token"]);
@@ -269,7 +277,7 @@ async fn a_mint_is_not_retried_after_a_server_error_but_a_revoke_is() {
 async fn no_error_or_debug_output_shows_a_token_a_jwt_or_the_key() {
     let fake = fake().await;
     let github = provider(&fake, APP_PRIVATE_PEM);
-    let unbuilt = builder(&fake.url, APP_PRIVATE_PEM);
+    let unbuilt = builder(&fake.base_url(), APP_PRIVATE_PEM);
     let issued = github.issue(&request(&["acme/api"], Access::Read)).await.unwrap();
 
     let mut outputs = vec![
@@ -291,8 +299,8 @@ async fn no_error_or_debug_output_shows_a_token_a_jwt_or_the_key() {
         github.issue(&request(&["acme/api", "octo/tools"], Access::Read)).await.unwrap_err(),
         closed.issue(&request(&["acme/api"], Access::Read)).await.unwrap_err(),
         closed.revoke(&issued).await.unwrap_err(),
-        builder(&fake.url, APP_PUBLIC_PEM).build().unwrap_err(),
-        builder(&fake.url, &APP_PRIVATE_PEM[..800]).build().unwrap_err(),
+        builder(&fake.base_url(), APP_PUBLIC_PEM).build().unwrap_err(),
+        builder(&fake.base_url(), &APP_PRIVATE_PEM[..800]).build().unwrap_err(),
     ];
     assert!(matches!(errors[4], CredentialError::Transport { .. }), "{:?}", errors[4]);
     assert!(matches!(errors[6], CredentialError::PrivateKey(_)), "{:?}", errors[6]);

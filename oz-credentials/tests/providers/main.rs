@@ -3,7 +3,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, unreachable_pub)]
 
-mod fake_github;
 mod fake_gitlab;
 mod github;
 mod gitlab;

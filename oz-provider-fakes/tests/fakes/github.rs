@@ -127,13 +127,73 @@ async fn injected_failures_answer_as_github_does() {
     assert_eq!((status, body), (502, json!({"message": "Server Error"})));
     assert_eq!(mint(&fake, json!({"issues": "write"})).await.0, 201);
     assert!(fake.minted().len() == 1 && fake.violations().is_empty());
+
+    fake.fail_next(2, Failure::Status(503));
+    for _ in 0..2 {
+        let answer = request(reqwest::Method::GET, format!("{}/app", fake.base_url()), "x").send().await.unwrap();
+        assert_eq!(answer.status(), 503);
+        assert!(answer.headers().get("retry-after").is_none());
+        assert_eq!(answer.json::<Value>().await.unwrap()["message"], "fake: an injected failure");
+    }
+    assert!(fake.violations().is_empty(), "an injected failure is no violation");
 }
 
 #[test]
-fn signs_webhooks_as_github_documents() {
-    // The example of GitHub's "Validating webhook deliveries".
-    assert_eq!(
-        github::sign("It's a Secret to Everybody", b"Hello, World!"),
-        "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
-    );
+#[should_panic(expected = "not an HTTP error status")]
+fn only_error_statuses_can_be_injected() {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async { fake().await.fail_next(1, Failure::Status(200)) });
+}
+
+#[tokio::test]
+async fn an_app_jwt_may_name_the_client_id_and_every_jwt_is_kept() {
+    const CLIENT_ID: &str = "Iv23liFakeClientId01";
+    let fake = FakeGitHub::start_with_client_id(APP_ID, CLIENT_ID, TEST_APP_PUBLIC_PEM).await;
+    let url = format!("{}/app", fake.base_url());
+    let by_id = github::app_jwt(APP_ID, TEST_APP_PRIVATE_PEM);
+    assert_eq!(send(request(reqwest::Method::GET, url.clone(), &by_id)).await.0, 200);
+    let by_client_id = client_id_jwt(CLIENT_ID);
+    assert_eq!(send(request(reqwest::Method::GET, url.clone(), &by_client_id)).await.0, 200);
+    let other_client = client_id_jwt("Iv23liSomeoneElse");
+    let (status, answer) = send(request(reqwest::Method::GET, url.clone(), &other_client)).await;
+    assert_eq!((status, answer["message"].as_str().is_some_and(|m| m.contains("'iss'"))), (401, true));
+    assert_eq!(send(request(reqwest::Method::GET, url, "not.a.jwt")).await.0, 401);
+
+    let issuers: Vec<Value> = fake.jwt_claims().into_iter().map(|c| c["iss"].clone()).collect();
+    assert_eq!(issuers, [json!(APP_ID), json!(CLIENT_ID), json!("Iv23liSomeoneElse")]);
+    assert_eq!(fake.jwts(), [by_id, by_client_id, other_client, "not.a.jwt".to_owned()], "verified or not");
+
+    // Without a client id, only the app id is the App's.
+    let plain = FakeGitHub::start(APP_ID, TEST_APP_PUBLIC_PEM).await;
+    let url = format!("{}/app", plain.base_url());
+    assert_eq!(send(request(reqwest::Method::GET, url, &client_id_jwt(CLIENT_ID))).await.0, 401);
+}
+
+#[tokio::test]
+async fn a_misbehaving_github_grants_one_more_repository_than_asked() {
+    let fake = fake().await;
+    fake.grant_extra_repo();
+    let (status, answer) = mint(&fake, json!({"contents": "read"})).await;
+    assert_eq!(status, 201, "{answer}");
+    let names: Vec<&str> =
+        answer["repositories"].as_array().unwrap().iter().filter_map(|r| r["name"].as_str()).collect();
+    assert_eq!(names, ["api", "web"]);
+    assert_eq!(fake.minted()[0].repos, ["api", "web"]);
+}
+
+/// An App JWT as [`github::app_jwt`] makes them, but whose `iss` is the client id `client_id`.
+fn client_id_jwt(client_id: &str) -> String {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use rsa::pkcs1::DecodeRsaPrivateKey;
+    use rsa::pkcs1v15::{Signature, SigningKey};
+    use rsa::sha2::Sha256;
+    use rsa::signature::{SignatureEncoding, Signer};
+    let key = rsa::PrivateKey::from_pkcs1_pem(TEST_APP_PRIVATE_PEM).unwrap();
+    let now = jiff::Timestamp::now().as_second();
+    let head = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","typ":"JWT"}"#);
+    let claims = URL_SAFE_NO_PAD.encode(json!({"iss": client_id, "iat": now - 60, "exp": now + 540}).to_string());
+    let input = format!("{head}.{claims}");
+    let signature: Signature = SigningKey::<Sha256>::new(key).sign(input.as_bytes());
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.to_vec()))
 }

@@ -143,7 +143,10 @@ async fn injected_failures_answer_as_linear_does() {
     fake.fail_next(1, Failure::ServerError);
     let (status, _) = graphql(&fake, KEY, "{ issue(id: \"ENG-12\") { id } }", json!({})).await;
     assert_eq!(status, 500);
-    assert_eq!(fake.requests().len(), 2);
+    fake.fail_next(1, Failure::Status(418));
+    let (status, body) = graphql(&fake, KEY, "{ issue(id: \"ENG-12\") { id } }", json!({})).await;
+    assert_eq!((status, body["errors"][0]["message"].as_str()), (418, Some("fake: an injected failure")));
+    assert_eq!(fake.requests().len(), 3);
     assert!(fake.violations().is_empty());
 }
 

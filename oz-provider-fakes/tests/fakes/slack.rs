@@ -151,10 +151,15 @@ async fn injected_failures_answer_as_slack_does() {
     assert_eq!(limited.headers()["retry-after"], "7");
     assert_eq!(limited.json::<Value>().await.unwrap(), json!({"ok": false, "error": "ratelimited"}));
     assert_eq!(send().await.unwrap().status(), 500);
+    fake.fail_next(1, Failure::Status(503));
+    let unavailable = send().await.unwrap();
+    assert_eq!(unavailable.status(), 503);
+    assert!(unavailable.headers().get("retry-after").is_none());
+    assert_eq!(unavailable.json::<Value>().await.unwrap()["ok"], false);
     assert_eq!(send().await.unwrap().status(), 200);
     let posted = fake.wait_for("a posted message", Duration::from_secs(2), |f| f.messages().into_iter().next()).await;
     assert_eq!(posted.text, "hi");
-    assert_eq!(fake.requests().len(), 3);
+    assert_eq!(fake.requests().len(), 4);
     assert!(fake.violations().is_empty());
 }
 
