@@ -4,16 +4,12 @@
 //! comments back with the session link and the outcome; a redelivery, a forged signature, a
 //! stranger and a repository outside the environment start nothing.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{TestServer, report};
 use oz_core::wire::worker::{ServerMessage, TaskClaimed, WorkerMessage};
 use oz_provider_fakes::github::{self, APP_SLUG, FakeGitHub, TEST_APP_PRIVATE_PEM, TEST_APP_PUBLIC_PEM};
 use serde_json::{Value, json};
-use support::{TestServer, report};
 
 const APP_ID: u64 = 4242;
 const WEBHOOK_SECRET: &str = "gh_wh_SECRET_value_42";

@@ -3,18 +3,14 @@
 //! thread replies steer it; the Cancel button cancels; retries and replays start nothing; bad
 //! signatures are refused before parsing; strangers get an ephemeral refusal.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{self, TestServer, report};
 use jiff::Timestamp;
 use oz_core::wire::worker::{ServerMessage, TaskClaimed, WorkerMessage};
 use oz_provider_fakes::slack::{self, BOT_USER_ID, FakeSlack};
 use oz_provider_fakes::{Failure, Recorded};
 use serde_json::{Value, json};
-use support::{TestServer, report};
 
 const BOT_TOKEN: &str = "xoxb-1111-2222-SECRETBOTTOKEN";
 const SIGNING_SECRET: &str = "8f742231b10e8888abcd99slacksigning";

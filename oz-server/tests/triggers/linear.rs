@@ -4,18 +4,14 @@
 //! the outcome; a pull request moves it to the configured state; a mention in a comment steers the
 //! run; replays, bad signatures, stale timestamps and strangers start nothing.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{TestServer, report};
 use jiff::Timestamp;
 use oz_core::wire::worker::{ServerMessage, TaskClaimed, WorkerMessage};
 use oz_provider_fakes::Failure;
 use oz_provider_fakes::linear::{self, FakeLinear, LinearIssue};
 use serde_json::{Value, json};
-use support::{TestServer, report};
 
 const API_KEY: &str = "lin_api_SECRETKEY0123456789";
 const WEBHOOK_SECRET: &str = "lin_wh_SECRETSIGNING";
