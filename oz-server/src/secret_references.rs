@@ -60,6 +60,7 @@ pub async fn check(store: &dyn Store, team_id: &str, references: &[SecretReferen
         return Ok(());
     }
     let providers = store.git_providers(team_id).await?;
+    let integrations = store.integrations(team_id).await?;
     for reference in references {
         if let Some((host, _)) = providers.iter().find(|(_, p)| p.secret_names().contains(&reference.name.as_str())) {
             return Err(Refused::ProviderSecret {
@@ -68,7 +69,6 @@ pub async fn check(store: &dyn Store, team_id: &str, references: &[SecretReferen
                 host: host.clone(),
             });
         }
-        let integrations = store.integrations(team_id).await?;
         if let Some(integration) = integrations
             .iter()
             .find(|i| i.provider.as_ref().is_some_and(|p| p.secret_names().iter().any(|(_, n)| *n == reference.name)))

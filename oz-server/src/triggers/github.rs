@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 
 use super::client::{self, Answer, CallError};
 use super::postback::{Markup, Progress, Step};
-use super::{Decision, Start, TriggerError, signature, team_secret};
+use super::{Decision, Start, TriggerError, signature, str_of, team_secret};
 use crate::error::ApiError;
 use crate::extract::{ApiBytes, ApiPath};
 use crate::state::AppState;
@@ -51,10 +51,6 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
     format!("sha256={}", signature::sign_hex(secret.as_bytes(), &[body]))
 }
 
-fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
-    v.get(key).and_then(Value::as_str).unwrap_or("")
-}
-
 /// `POST /integrations/{id}/github/webhook`: the GitHub App's webhook URL.
 #[utoipa::path(post, path = "/integrations/{id}/github/webhook", tag = "integrations", params(("id" = String, Path)), request_body(content = String, content_type = "application/json"), responses((status = 200, body = Object, description = "What was done"), (status = 401, description = "Bad signature or unknown", body = crate::api::schema::Problem, content_type = "application/problem+json"), (status = 413, description = "Too large", body = crate::api::schema::Problem, content_type = "application/problem+json")))]
 pub async fn webhook(
@@ -68,15 +64,8 @@ pub async fn webhook(
         return Err(super::refused("the signature does not match"));
     };
     let secret = super::signing_secret(&state, &integration, &settings.webhook_secret).await?;
+    super::check_body_signature(&secret, &headers, SIGNATURE_HEADER, "sha256=", &body)?;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let given = header(SIGNATURE_HEADER).ok_or_else(|| super::refused("missing X-Hub-Signature-256"))?;
-    let hex = given
-        .trim()
-        .strip_prefix("sha256=")
-        .ok_or_else(|| super::refused("X-Hub-Signature-256 must start with sha256="))?;
-    if !signature::matches(secret.expose_secret().as_bytes(), &[&body], hex) {
-        return Err(super::refused("the signature does not match"));
-    }
     let delivery = header(DELIVERY_HEADER)
         .filter(|d| !d.trim().is_empty())
         .ok_or_else(|| ApiError::invalid("missing X-GitHub-Delivery"))?;

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use super::client::{self, Answer, CallError};
 use super::postback::{Markup, Progress, Step};
-use super::{Decision, Start, TriggerError, signature, team_secret};
+use super::{Decision, Start, TriggerError, signature, str_of, team_secret};
 use crate::error::ApiError;
 use crate::extract::{ApiBytes, ApiPath};
 use crate::state::AppState;
@@ -54,10 +54,6 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
     signature::sign_hex(secret.as_bytes(), &[body])
 }
 
-fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
-    v.get(key).and_then(Value::as_str).unwrap_or("")
-}
-
 /// `POST /integrations/{id}/linear/webhook`: Linear's webhook URL.
 #[utoipa::path(post, path = "/integrations/{id}/linear/webhook", tag = "integrations", params(("id" = String, Path)), request_body(content = String, content_type = "application/json"), responses((status = 200, body = Object, description = "What was done"), (status = 401, description = "Bad signature, stale or unknown", body = crate::api::schema::Problem, content_type = "application/problem+json"), (status = 413, description = "Too large", body = crate::api::schema::Problem, content_type = "application/problem+json")))]
 pub async fn webhook(
@@ -71,13 +67,7 @@ pub async fn webhook(
         return Err(super::refused("the signature does not match"));
     };
     let secret = super::signing_secret(&state, &integration, &settings.webhook_secret).await?;
-    let given = headers
-        .get(SIGNATURE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| super::refused("missing Linear-Signature"))?;
-    if !signature::matches(secret.expose_secret().as_bytes(), &[&body], given) {
-        return Err(super::refused("the signature does not match"));
-    }
+    super::check_body_signature(&secret, &headers, SIGNATURE_HEADER, "", &body)?;
     let payload: Value =
         serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("the body is not JSON: {e}")))?;
     let sent_ms = payload

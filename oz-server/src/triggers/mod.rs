@@ -134,6 +134,32 @@ pub(crate) async fn signing_secret(
     })
 }
 
+/// A string field of a provider's JSON, or `""`.
+pub(crate) fn str_of<'a>(v: &'a serde_json::Value, key: &str) -> &'a str {
+    v.get(key).and_then(serde_json::Value::as_str).unwrap_or("")
+}
+
+/// Checks a signature header holding `prefix` then the hex HMAC-SHA256 of the raw body under
+/// `secret` (Linear's `Linear-Signature`, GitHub's `X-Hub-Signature-256: sha256=...`).
+pub(crate) fn check_body_signature(
+    secret: &SecretString,
+    headers: &axum::http::HeaderMap,
+    header: &'static str,
+    prefix: &str,
+    body: &[u8],
+) -> Result<(), ApiError> {
+    use secrecy::ExposeSecret;
+    let given =
+        headers.get(header).and_then(|v| v.to_str().ok()).ok_or_else(|| refused(&format!("missing {header}")))?;
+    let hex =
+        given.trim().strip_prefix(prefix).ok_or_else(|| refused(&format!("{header} must start with {prefix:?}")))?;
+    if signature::matches(secret.expose_secret().as_bytes(), &[body], hex) {
+        Ok(())
+    } else {
+        Err(refused("the signature does not match"))
+    }
+}
+
 /// Whether `text` says `handle` (`@oz`, `@my-app`) as a word: not `@ozzie`, `@oz-two` or
 /// `me@oz.io`; `@oz,` and `@oz.` at a sentence's end are.
 pub(crate) fn mentions(text: &str, handle: &str) -> bool {
@@ -383,7 +409,8 @@ pub(crate) async fn follow_up(
     }
 }
 
-/// Acts on `decision`: the answer's JSON body says what was done.
+/// Acts on `decision` (the caller has checked the integration is enabled): the answer's JSON body
+/// says what was done.
 pub(crate) async fn act(
     state: &AppState,
     integration: &IntegrationRecord,
@@ -391,9 +418,6 @@ pub(crate) async fn act(
     delivery: &str,
     decision: Decision,
 ) -> Result<serde_json::Value, ApiError> {
-    if !integration.enabled {
-        return Ok(serde_json::json!({"ignored": "the integration is disabled"}));
-    }
     Ok(match decision {
         Decision::Ignore(why) => {
             tracing::debug!(integration_id = %integration.id, why, "an integration's event was ignored");

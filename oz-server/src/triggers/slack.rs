@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use super::client::{self, Answer, CallError};
 use super::postback::{Markup, Phase, Progress, Step};
-use super::{Decision, Start, TriggerError, signature, team_secret};
+use super::{Decision, Start, TriggerError, signature, str_of, team_secret};
 use crate::error::ApiError;
 use crate::extract::{ApiBytes, ApiPath};
 use crate::state::AppState;
@@ -114,10 +114,6 @@ fn without_mentions(text: &str, bot_users: &[String]) -> String {
         out = rest[end + 1..].to_owned();
     }
     out.trim().to_owned()
-}
-
-fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
-    v.get(key).and_then(Value::as_str).unwrap_or("")
 }
 
 /// `POST /integrations/{id}/slack/events`: the Events API's request URL.

@@ -220,6 +220,13 @@ impl Worker {
 pub async fn running(t: &TestServer) -> (String, String, Worker) {
     let mut worker = t.worker(&t.key_a, "w1").await;
     let run_id = t.create_run(&t.key_a, "w1", "watch me").await;
+    let token = start_offered(t, &mut worker, &run_id).await;
+    (run_id, token, worker)
+}
+
+/// Takes the offer of run `run_id` that `worker` is about to get: claims it and reports its harness
+/// started (the run is INPROGRESS); its workload token.
+pub async fn start_offered(t: &TestServer, worker: &mut Worker, run_id: &str) -> String {
     let assignment = match worker.next().await {
         ServerMessage::TaskAssignment(a) => a,
         other => panic!("expected an assignment, got {other:?}"),
@@ -227,15 +234,15 @@ pub async fn running(t: &TestServer) -> (String, String, Worker) {
     let token = assignment.env_vars["OZ_WORKLOAD_TOKEN"].clone();
     worker
         .send(WorkerMessage::TaskClaimed(TaskClaimed {
-            task_id: run_id.clone(),
+            task_id: run_id.to_owned(),
             worker_id: worker.worker_id.clone(),
             execution_id: None,
         }))
         .await;
-    t.wait_state(&t.key_a, &run_id, "CLAIMED").await;
-    report(t, &run_id, &token, json!({"event": "harness_started", "harness": "command"})).await;
-    t.wait_state(&t.key_a, &run_id, "INPROGRESS").await;
-    (run_id, token, worker)
+    t.wait_state(&t.key_a, run_id, "CLAIMED").await;
+    report(t, run_id, &token, json!({"event": "harness_started", "harness": "command"})).await;
+    t.wait_state(&t.key_a, run_id, "INPROGRESS").await;
+    token
 }
 
 /// The runner's report of `event`, now, with the run's token.

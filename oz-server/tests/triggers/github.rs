@@ -6,8 +6,7 @@
 
 use std::time::Duration;
 
-use crate::support::{TestServer, report};
-use oz_core::wire::worker::{ServerMessage, TaskClaimed, WorkerMessage};
+use crate::support::{TestServer, report, start_offered};
 use oz_provider_fakes::github::{self, APP_SLUG, FakeGitHub, TEST_APP_PRIVATE_PEM, TEST_APP_PUBLIC_PEM};
 use serde_json::{Value, json};
 
@@ -139,20 +138,7 @@ async fn an_app_mention_runs_in_the_repositorys_environment_and_the_app_comments
     );
 
     // It runs and ends with a pull request: the comment is kept current and the outcome posted.
-    let assignment = match worker.next().await {
-        ServerMessage::TaskAssignment(a) => a,
-        other => panic!("expected an assignment, got {other:?}"),
-    };
-    let token = assignment.env_vars["OZ_WORKLOAD_TOKEN"].clone();
-    worker
-        .send(WorkerMessage::TaskClaimed(TaskClaimed {
-            task_id: run_id.clone(),
-            worker_id: "w1".into(),
-            execution_id: None,
-        }))
-        .await;
-    t.wait_state(&t.key_a, &run_id, "CLAIMED").await;
-    report(&t, &run_id, &token, json!({"event": "harness_started", "harness": "command"})).await;
+    let token = start_offered(&t, &mut worker, &run_id).await;
     report(&t, &run_id, &token, json!({"event": "artifact", "artifact_type": "PULL_REQUEST", "url": "https://github.com/acme/api/pull/13", "branch": "oz/flake"})).await;
     report(&t, &run_id, &token, json!({"event": "finished", "state": "SUCCEEDED", "exit_code": 0, "message": "fixed"}))
         .await;

@@ -6,9 +6,8 @@
 
 use std::time::Duration;
 
-use crate::support::{TestServer, report};
+use crate::support::{TestServer, report, start_offered};
 use jiff::Timestamp;
-use oz_core::wire::worker::{ServerMessage, TaskClaimed, WorkerMessage};
 use oz_provider_fakes::Failure;
 use oz_provider_fakes::linear::{self, FakeLinear, LinearIssue};
 use serde_json::{Value, json};
@@ -157,20 +156,7 @@ async fn an_assigned_issue_runs_and_its_comments_follow_the_run() {
     assert_eq!(t.followups_of(&t.key_a, &run_id).await, vec!["@oz also check Firefox".to_owned()]);
 
     // The run works, opens a pull request and succeeds; Linear rate-limits once on the way.
-    let assignment = match worker.next().await {
-        ServerMessage::TaskAssignment(a) => a,
-        other => panic!("expected an assignment, got {other:?}"),
-    };
-    let token = assignment.env_vars["OZ_WORKLOAD_TOKEN"].clone();
-    worker
-        .send(WorkerMessage::TaskClaimed(TaskClaimed {
-            task_id: run_id.clone(),
-            worker_id: "w1".into(),
-            execution_id: None,
-        }))
-        .await;
-    t.wait_state(&t.key_a, &run_id, "CLAIMED").await;
-    report(&t, &run_id, &token, json!({"event": "harness_started", "harness": "command"})).await;
+    let token = start_offered(&t, &mut worker, &run_id).await;
     fake.wait_for("the comment says it works", WAIT, |f| {
         f.comments("issue-uuid-1").into_iter().find(|c| c.id == status_comment.id && c.body.contains("Working"))
     })

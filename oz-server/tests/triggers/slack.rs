@@ -5,9 +5,8 @@
 
 use std::time::Duration;
 
-use crate::support::{self, TestServer, report};
+use crate::support::{self, TestServer, report, start_offered};
 use jiff::Timestamp;
-use oz_core::wire::worker::{ServerMessage, TaskClaimed, WorkerMessage};
 use oz_provider_fakes::slack::{self, BOT_USER_ID, FakeSlack};
 use oz_provider_fakes::{Failure, Recorded};
 use serde_json::{Value, json};
@@ -179,20 +178,7 @@ async fn a_mention_starts_a_run_whose_thread_follows_it_to_the_end() {
     assert_eq!(s.runs().await.len(), 1);
 
     // The run starts: the status message says it works.
-    let assignment = match worker.next().await {
-        ServerMessage::TaskAssignment(a) => a,
-        other => panic!("expected an assignment, got {other:?}"),
-    };
-    let token = assignment.env_vars["OZ_WORKLOAD_TOKEN"].clone();
-    worker
-        .send(WorkerMessage::TaskClaimed(TaskClaimed {
-            task_id: run_id.clone(),
-            worker_id: "w1".into(),
-            execution_id: None,
-        }))
-        .await;
-    s.t.wait_state(&s.t.key_a, &run_id, "CLAIMED").await;
-    report(&s.t, &run_id, &token, json!({"event": "harness_started", "harness": "command"})).await;
+    let token = start_offered(&s.t, &mut worker, &run_id).await;
     s.fake
         .wait_for("the status message says it works", WAIT, |f| {
             f.messages().into_iter().find(|m| {
