@@ -20,14 +20,20 @@ fn spawn(data_dir: &std::path::Path) -> (Child, String, Vec<String>) {
 
 #[allow(clippy::zombie_processes)] // the callers kill and wait for it
 fn spawn_with(data_dir: &std::path::Path, extra: &[&str]) -> (Child, String, Vec<String>) {
+    spawn_logging(data_dir, extra, "warn", Stdio::null())
+}
+
+/// Its log (`OZ_LOG=level`) to `log`.
+#[allow(clippy::zombie_processes)] // the callers kill and wait for it
+fn spawn_logging(data_dir: &std::path::Path, extra: &[&str], level: &str, log: Stdio) -> (Child, String, Vec<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_oz-server"))
         .args(["--listen", "127.0.0.1:0", "--offer-timeout-secs", "1"])
         .args(extra)
         .arg("--data-dir")
         .arg(data_dir)
-        .env("OZ_LOG", "warn")
+        .env("OZ_LOG", level)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -188,7 +194,9 @@ async fn a_post_back_pending_when_the_server_was_killed_is_made_after_the_restar
     let http = reqwest::Client::new();
     let fake = FakeSlack::start("xoxb-crash-token").await;
     let allow = ["--allow-provider-api-url", "http://127.0.0.1:"];
-    let (mut server, url, output) = spawn_with(dir.path(), &allow);
+    let log_path = dir.path().join("server.log");
+    let log = || Stdio::from(std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap());
+    let (mut server, url, output) = spawn_logging(dir.path(), &allow, "debug", log());
     let key = key_in(&output);
     for (name, value) in [("SLACK_SIGNING_SECRET", "crash-signing"), ("SLACK_BOT_TOKEN", "xoxb-crash-token")] {
         let put = http
@@ -235,7 +243,7 @@ async fn a_post_back_pending_when_the_server_was_killed_is_made_after_the_restar
     server.wait().unwrap();
 
     fake.clear_failures();
-    let (mut server, url, _) = spawn_with(dir.path(), &allow);
+    let (mut server, url, _) = spawn_logging(dir.path(), &allow, "debug", log());
     let posted = fake
         .wait_for("the status message after the restart", Duration::from_secs(30), |f| {
             f.messages().into_iter().find(|m| m.by_bot)
@@ -248,4 +256,16 @@ async fn a_post_back_pending_when_the_server_was_killed_is_made_after_the_restar
     assert_eq!(fake.messages().into_iter().filter(|m| m.by_bot).count(), 1, "posted once");
     server.kill().unwrap();
     server.wait().unwrap();
+    // The server's debug log of all that (failed calls, retries, the restart) holds neither secret.
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("a post-back will be tried again"), "the log was captured: {log}");
+    assert!(!log.contains("xoxb-crash-token") && !log.contains("crash-signing"), "a secret reached the log");
+    for file in ["oz.db", "oz.db-wal"] {
+        let Ok(bytes) = std::fs::read(dir.path().join(file)) else { continue };
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains("xoxb-crash-token") && !text.contains("crash-signing"),
+            "{file}: secrets are sealed at rest"
+        );
+    }
 }
